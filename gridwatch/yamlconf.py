@@ -1,0 +1,130 @@
+"""Loading YAML into pydantic models with errors that point at the file, line and key path.
+
+A bad file is reported like::
+
+    firmware_configs/gateways/demo.yaml:14: devices -> 3 -> address: Input should be ... (got 'x')
+
+Nothing is dropped silently: every error in the file is reported, not just the first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+KeyPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    file: str
+    line: int | None
+    path: KeyPath
+    message: str
+    value: Any = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        keys = " -> ".join(str(p) for p in self.path) or "(top level)"
+        got = "" if self.value is None else f" (got {self.value!r})"
+        return f"{where}: {keys}: {self.message}{got}"
+
+
+class ConfigError(Exception):
+    """One or more problems in one configuration file."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def _walk(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int]) -> None:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            k = key.value
+            lines[(*path, k)] = key.start_mark.line + 1
+            _walk(value, (*path, k), lines)
+            # the value's own line is less useful than the key's for scalars
+            lines[(*path, k)] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _walk(item, (*path, i), lines)
+
+
+def line_map(text: str) -> dict[KeyPath, int]:
+    """Key path -> 1-based line number of every key and list item in a YAML document."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    lines: dict[KeyPath, int] = {}
+    if node is not None:
+        _walk(node, (), lines)
+    return lines
+
+
+def _nearest_line(lines: dict[KeyPath, int], path: KeyPath) -> int | None:
+    for n in range(len(path), -1, -1):
+        if path[:n] in lines:
+            return lines[path[:n]]
+    return None
+
+
+def parse_yaml(text: str, file: str) -> tuple[Any, dict[KeyPath, int]]:
+    try:
+        data = yaml.safe_load(text)
+        lines = line_map(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark else None
+        raise ConfigError([ConfigProblem(file, line, (), f"not valid YAML: {exc.problem}")]) from exc
+    return data, lines
+
+
+def validate(model: type[M], data: Any, file: str, lines: dict[KeyPath, int]) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_with_missing(exc, file, lines)) from exc
+
+
+def _with_missing(exc: ValidationError, file: str, lines: dict[KeyPath, int]) -> list[ConfigProblem]:
+    out = []
+    for err in exc.errors():
+        loc: KeyPath = tuple(err["loc"])
+        # a discriminated union adds its tag value as a location level; keep only real keys
+        path = _real_path(loc, lines)
+        value = None if err["type"] == "missing" else err.get("input")
+        if isinstance(value, dict | list):
+            value = None
+        out.append(ConfigProblem(file, _nearest_line(lines, path), path, err["msg"], value))
+    return out
+
+
+def _real_path(loc: KeyPath, lines: dict[KeyPath, int]) -> KeyPath:
+    path: KeyPath = ()
+    for i, part in enumerate(loc):
+        candidate = (*path, part)
+        if candidate in lines or i == len(loc) - 1 or isinstance(part, int):
+            path = candidate
+        # else: a union tag or model name inserted by pydantic, not a key in the file
+    return path
+
+
+def load_model(model: type[M], path: Path | str) -> M:
+    """Read one YAML file into ``model``; raises ConfigError naming file, line and keys."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(str(p), None, (), f"cannot read: {exc.strerror}")]) from exc
+    data, lines = parse_yaml(text, str(p))
+    return validate(model, data, str(p), lines)
+
+
+def iter_yaml_files(root: Path) -> Iterator[Path]:
+    yield from sorted(p for p in root.rglob("*.yaml") if p.is_file())
