@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _central_args(central_run)
 
-    reg = sub.add_parser("registry", help="device registry").add_subparsers(dest="sub", required=True)
+    reg = sub.add_parser("registry", help="device registry").add_subparsers(
+        dest="sub", required=True
+    )
     _central_args(reg.add_parser("serve", help="serve the registry API alone"))
     bridge = sub.add_parser("bridge", help="cloud bridge").add_subparsers(dest="sub", required=True)
     _central_args(bridge.add_parser("run", help="run the bridge alone"))

@@ -143,7 +143,9 @@ def resolve(
         where = ("devices", i, "profile")
         prof = profiles.get(d.profile)
         if prof is None:
-            problems.append(ConfigProblem(file, lines.get(where), where, "unknown profile", d.profile))
+            problems.append(
+                ConfigProblem(file, lines.get(where), where, "unknown profile", d.profile)
+            )
             continue
         bus = buses[d.bus]
         if (prof.protocol == "mqtt") != (bus.type == "mqtt"):

@@ -212,7 +212,9 @@ def load_profiles(root: Path | str) -> dict[str, ModbusProfile | MqttProfile]:
             problems.extend(exc.problems)
             continue
         if prof.id in found:
-            problems.append(ConfigProblem(str(path), None, ("profile", "id"), "duplicate id", prof.id))
+            problems.append(
+                ConfigProblem(str(path), None, ("profile", "id"), "duplicate id", prof.id)
+            )
         found[prof.id] = prof
     if problems:
         raise ConfigError(problems)

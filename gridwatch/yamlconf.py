@@ -81,7 +81,9 @@ def parse_yaml(text: str, file: str) -> tuple[Any, dict[KeyPath, int]]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         line = mark.line + 1 if mark else None
-        raise ConfigError([ConfigProblem(file, line, (), f"not valid YAML: {exc.problem}")]) from exc
+        raise ConfigError(
+            [ConfigProblem(file, line, (), f"not valid YAML: {exc.problem}")]
+        ) from exc
     return data, lines
 
 
@@ -92,7 +94,9 @@ def validate(model: type[M], data: Any, file: str, lines: dict[KeyPath, int]) ->
         raise ConfigError(_with_missing(exc, file, lines)) from exc
 
 
-def _with_missing(exc: ValidationError, file: str, lines: dict[KeyPath, int]) -> list[ConfigProblem]:
+def _with_missing(
+    exc: ValidationError, file: str, lines: dict[KeyPath, int]
+) -> list[ConfigProblem]:
     out = []
     for err in exc.errors():
         loc: KeyPath = tuple(err["loc"])
@@ -121,7 +125,9 @@ def load_model(model: type[M], path: Path | str) -> M:
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([ConfigProblem(str(p), None, (), f"cannot read: {exc.strerror}")]) from exc
+        raise ConfigError(
+            [ConfigProblem(str(p), None, (), f"cannot read: {exc.strerror}")]
+        ) from exc
     data, lines = parse_yaml(text, str(p))
     return validate(model, data, str(p), lines)
 

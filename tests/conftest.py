@@ -1,0 +1,61 @@
+"""Session fixtures: one real mosquitto, VictoriaMetrics and PostgreSQL per test session.
+
+Tests isolate themselves by topic prefix and temp dir, not by private brokers, so they stay fast;
+a test that stops a service (fault injection) starts its own with the classes in services.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.services import Mosquitto, Postgres, Victoria
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto")).start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def victoria(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Victoria]:
+    vm = Victoria(tmp_path_factory.mktemp("victoria")).start()
+    yield vm
+    vm.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    # not under pytest's tmp dir: that is private to root, and the server runs as `postgres`
+    workdir = Path(tempfile.mkdtemp(prefix="gridwatch-pg-"))
+    pg = Postgres(workdir).start()
+    yield pg
+    pg.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(postgres: Postgres) -> str:
+    """A fresh, empty PostgreSQL database for one test."""
+    return postgres.create_database("t_" + uuid.uuid4().hex[:12])
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A topic prefix of this test's own, so tests on one broker never see each other."""
+    return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

@@ -1,0 +1,215 @@
+"""Real components for the tests: mosquitto, VictoriaMetrics and PostgreSQL on free loopback ports.
+
+Each service can be stopped and started again on the same port (the fault-injection tests need
+that). Start-up waits on the service's own readiness (a TCP connect or /health), never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s") from None
+            time.sleep(0.02)
+
+
+def _need(binary: str) -> str:
+    path = shutil.which(binary) or (
+        f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None
+    )
+    if not path:
+        raise RuntimeError(f"{binary} is not installed: run `make test-deps` (Debian packages)")
+    return path
+
+
+@dataclass
+class Mosquitto:
+    """A mosquitto broker of our own. ``extra`` lines go into its config (auth, ACL, TLS)."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    extra: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def conf(self) -> Path:
+        return self.workdir / "mosquitto.conf"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "mosquitto.log"
+
+    def start(self) -> Mosquitto:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"listener {self.port} {self.host}",
+            "persistence false",
+            f"log_dest file {self.log}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "max_queued_messages 100000",
+            "max_inflight_messages 1000",
+        ]
+        if not any(line.startswith(("allow_anonymous", "password_file")) for line in self.extra):
+            lines.append("allow_anonymous true")
+        self.conf.write_text("\n".join([*lines, *self.extra]) + "\n")
+        os.chmod(self.workdir, 0o777)  # mosquitto drops to its own user before writing its log
+        self.proc = subprocess.Popen(
+            [_need("mosquitto"), "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_port(self.host, self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
+        self.proc = None
+
+    def reload(self) -> None:
+        """SIGHUP: mosquitto rereads password and ACL files."""
+        assert self.proc is not None
+        self.proc.send_signal(1)
+
+
+@dataclass
+class Victoria:
+    """VictoriaMetrics, which accepts InfluxDB's /api/v2/write."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Victoria:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                _need("victoria-metrics"),
+                f"-httpListenAddr=127.0.0.1:{self.port}",
+                f"-storageDataPath={self.workdir / 'data'}",
+                "-retentionPeriod=100y",
+                "-search.latencyOffset=0s",
+                "-search.disableCache",
+                "-loggerLevel=ERROR",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.workdir / "vm.log", "ab"),  # noqa: SIM115 - lives as long as the proc
+        )
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=0.5) as r:
+                    if r.status == 200:
+                        return self
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("victoria-metrics did not become healthy")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    def force_flush(self) -> None:
+        with urllib.request.urlopen(f"{self.url}/internal/force_flush", timeout=5):
+            pass
+
+    def export(self, match: str) -> list[dict[str, Any]]:
+        """Every series matching ``match`` as VictoriaMetrics' JSON-lines export."""
+        self.force_flush()
+        q = urllib.request.quote(match)
+        with urllib.request.urlopen(f"{self.url}/api/v1/export?match[]={q}", timeout=10) as r:
+            return [json.loads(line) for line in r.read().decode().splitlines() if line.strip()]
+
+
+@dataclass
+class Postgres:
+    """A throwaway PostgreSQL cluster (as root: initdb runs as the postgres user)."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    bindir: Path = field(default_factory=lambda: _pg_bindir())
+
+    @property
+    def data(self) -> Path:
+        return self.workdir / "data"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _as_postgres(self, *cmd: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        done = subprocess.run([*prefix, *cmd], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()}")
+
+    def start(self) -> Postgres:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.workdir, "postgres", "postgres")
+        if not self.data.exists():
+            self._as_postgres(
+                str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
+                "-A", "trust", "--no-sync",
+            )  # fmt: skip
+        opts = f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._as_postgres(
+            str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "-l",
+            str(self.workdir / "pg.log"), "-o", opts, "start",
+        )  # fmt: skip
+        return self
+
+    def create_database(self, name: str) -> str:
+        self._as_postgres(
+            str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
+            "-U", "postgres", name,
+        )  # fmt: skip
+        return self.url(name)
+
+    def stop(self) -> None:
+        self._as_postgres(
+            str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"
+        )
+
+
+def _pg_bindir() -> Path:
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+    if not versions:
+        raise RuntimeError("PostgreSQL server is not installed: run `make test-deps`")
+    return versions[-1]
