@@ -1,0 +1,146 @@
+"""The uplink: drains the outbox to the central broker over MQTT, QoS 1.
+
+On every connection it takes a new session number, publishes a retained Birth on the status topic
+and leaves a retained Death as its last will, so the centre marks the gateway's devices stale the
+moment the connection drops. A message is deleted from the outbox only after its PUBACK. A lost
+connection is retried with jittered exponential backoff capped at one second, so the uplink is back
+within about a second of the broker's return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Callable
+
+import aiomqtt
+import paho.mqtt.client as paho
+
+from edge.outbox import Outbox
+from edge.pipeline import Pipeline
+from gridwatch import __version__
+from gridwatch.contract import Birth, Death, Topics
+from gridwatch.gatewayconf import MqttUplink
+
+logger = logging.getLogger(__name__)
+
+BACKOFF_FIRST_S = 0.05
+BACKOFF_CAP_S = 1.0
+WINDOW = 200  # messages in flight at once
+
+
+class Uplink:
+    def __init__(
+        self,
+        cfg: MqttUplink,
+        gateway_id: str,
+        outbox: Outbox,
+        pipeline: Pipeline,
+        topics: Topics,
+        config_version: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self.cfg, self.gateway_id, self.outbox, self.pipeline = cfg, gateway_id, outbox, pipeline
+        self.topics, self.config_version, self.clock = topics, config_version, clock
+        self.wakeup = asyncio.Event()
+        self.connected = False
+        self.reconnects = 0
+        self.published = 0
+        self._failing = False
+
+    def notify(self) -> None:
+        """Called when something was queued: wake the sender."""
+        self.wakeup.set()
+
+    async def run(self) -> None:
+        attempt = 0
+        while True:
+            session = self.outbox.next_session()
+            try:
+                async with self._client(session) as client:
+                    await self._on_connected(client, session)
+                    attempt = 0
+                    await self._drain_forever(client)
+            except aiomqtt.MqttError as exc:
+                self._on_failure(exc)
+            finally:
+                self.connected = self.pipeline.uplink_up = False
+            delay = min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2**attempt) * random.uniform(0.5, 1.0)
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    def _client(self, session: int) -> aiomqtt.Client:
+        c = self.cfg
+        death = Death(gateway=self.gateway_id, session=session).model_dump_json()
+        tls = None
+        if c.tls:
+            tls = ssl.create_default_context(cafile=c.ca_file)
+        return aiomqtt.Client(
+            c.host,
+            c.port,
+            username=c.username or self.gateway_id,
+            password=c.password(),
+            identifier=f"gridwatch-edge-{self.gateway_id}",
+            protocol=paho.MQTTv5 if c.protocol == "5" else paho.MQTTv311,
+            will=aiomqtt.Will(self.topics.status(self.gateway_id), death, qos=1, retain=True),
+            keepalive=c.keepalive_s,
+            timeout=5,
+            max_inflight_messages=WINDOW,
+            tls_context=tls,
+        )
+
+    async def _on_connected(self, client: aiomqtt.Client, session: int) -> None:
+        birth = Birth(
+            gateway=self.gateway_id, session=session, ts=int(self.clock() * 1000),
+            software=f"gridwatch {__version__}", config_version=self.config_version,
+            devices=sorted(self.pipeline.devices),
+        )  # fmt: skip
+        await client.publish(
+            self.topics.status(self.gateway_id), birth.model_dump_json(), qos=1, retain=True
+        )
+        self.pipeline.session = session
+        self.connected = self.pipeline.uplink_up = True
+        if self._failing:
+            logger.info(
+                "uplink to %s:%d restored (session %d)", self.cfg.host, self.cfg.port, session
+            )
+        else:
+            logger.info(
+                "uplink connected to %s:%d (session %d)", self.cfg.host, self.cfg.port, session
+            )
+        self._failing = False
+
+    def _on_failure(self, exc: Exception) -> None:
+        if self.connected or not self._failing:
+            logger.error("uplink to %s:%d lost: %s", self.cfg.host, self.cfg.port, exc)
+            self.reconnects += 1
+        else:
+            logger.debug("uplink still down: %s", exc)
+        self._failing = True
+
+    async def _drain_forever(self, client: aiomqtt.Client) -> None:
+        while True:
+            self.wakeup.clear()
+            batch = self.outbox.peek(WINDOW)
+            if not batch:
+                try:
+                    await asyncio.wait_for(self.wakeup.wait(), timeout=1.0)
+                except TimeoutError:
+                    pass
+                continue
+            results = await asyncio.gather(
+                *(client.publish(m.topic, m.payload, qos=1) for m in batch),
+                return_exceptions=True,
+            )
+            done = [
+                m.id
+                for m, r in zip(batch, results, strict=True)
+                if not isinstance(r, BaseException)
+            ]
+            self.outbox.ack(done)
+            self.published += len(done)
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
