@@ -97,10 +97,10 @@ class ThresholdState:
             return self._t(AlertState.CLEARED, v, ts)
         # an update only when the peak moved by more than the hysteresis: no flood while high
         step = max(self.rule.hysteresis, 1e-9)
-        if self.peak is not None and self.reported_peak is not None:
-            if abs(self.peak - self.reported_peak) > step:
-                self.reported_peak = self.peak
-                return self._t(AlertState.UPDATED, v, ts)
+        moved = self.peak is not None and self.reported_peak is not None
+        if moved and abs(self.peak - self.reported_peak) > step:  # type: ignore[operator]
+            self.reported_peak = self.peak
+            return self._t(AlertState.UPDATED, v, ts)
         return None
 
     def _t(self, state: AlertState, v: float, ts: int) -> Transition:

@@ -10,6 +10,7 @@ within about a second of the broker's return.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import ssl
@@ -125,10 +126,8 @@ class Uplink:
             self.wakeup.clear()
             batch = self.outbox.peek(WINDOW)
             if not batch:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wakeup.wait(), timeout=1.0)
-                except TimeoutError:
-                    pass
                 continue
             results = await asyncio.gather(
                 *(client.publish(m.topic, m.payload, qos=1) for m in batch),
