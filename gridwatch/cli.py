@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="a simulated district, end to end, on this machine")
     demo.add_argument("--duration", type=float, default=0, help="stop after N seconds (0: never)")
     demo.add_argument("--workdir", default="var/demo", help="where state and logs go")
+    demo.add_argument("--speedup", type=float, default=1.0, help="run the rain event faster")
     return parser
 
 

@@ -101,7 +101,7 @@ def _with_missing(
     for err in exc.errors():
         loc: KeyPath = tuple(err["loc"])
         # a discriminated union adds its tag value as a location level; keep only real keys
-        path = _real_path(loc, lines)
+        path = _real_path(loc, lines, keep_last=err["type"] == "missing")
         value = None if err["type"] == "missing" else err.get("input")
         if isinstance(value, dict | list):
             value = None
@@ -109,11 +109,12 @@ def _with_missing(
     return out
 
 
-def _real_path(loc: KeyPath, lines: dict[KeyPath, int]) -> KeyPath:
+def _real_path(loc: KeyPath, lines: dict[KeyPath, int], keep_last: bool) -> KeyPath:
+    """The error's location as keys of the file (a missing key is kept: it is the point)."""
     path: KeyPath = ()
     for i, part in enumerate(loc):
         candidate = (*path, part)
-        if candidate in lines or i == len(loc) - 1 or isinstance(part, int):
+        if candidate in lines or (keep_last and i == len(loc) - 1):
             path = candidate
         # else: a union tag or model name inserted by pydantic, not a key in the file
     return path

@@ -1,0 +1,105 @@
+"""Configs and profiles: every shipped file is valid; a bad one is reported with file, line, keys."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gridwatch.cli import main as cli
+from gridwatch.configcheck import check
+from gridwatch.gatewayconf import load_gateway
+from gridwatch.profiles import load_profiles
+
+ROOT = Path(__file__).resolve().parent.parent / "firmware_configs"
+
+GOOD_PROFILE = """\
+profile:
+  id: p1
+  name: Test sensor
+  kind: water_level
+  protocol: modbus
+  interval_s: 1
+  points:
+    level:
+      table: holding
+      address: 0
+      data_type: uint16
+"""
+
+BAD = [
+    # (what, text, expected fragments of the message)
+    (
+        "wrong data type",
+        GOOD_PROFILE.replace("data_type: uint16", "data_type: uint17"),
+        [":11: profile -> points -> level -> data_type:", "uint17"],
+    ),
+    (
+        "typo in a key",
+        GOOD_PROFILE.replace("address: 0", "adress: 0"),
+        [":10: profile -> points -> level -> adress:", "Extra inputs are not permitted"],
+    ),
+    (
+        "coil that is not bool",
+        GOOD_PROFILE.replace("table: holding", "table: coil"),
+        [":8: profile -> points -> level:", "must have data_type 'bool'"],
+    ),
+    (
+        "rule on unknown point",
+        GOOD_PROFILE
+        + "  rules:\n    - {id: r, kind: threshold, point: nope, above: 1, category: X}\n",
+        [":1: profile:", "unknown point 'nope'"],
+    ),
+    ("not YAML at all", "profile: [unclosed\n", [":2:", "not valid YAML"]),
+    (
+        "band the wrong way round",
+        GOOD_PROFILE
+        + "  rules:\n    - {id: r, kind: threshold, point: level, above: 1, below: 2, category: X}\n",
+        [":13: profile -> rules -> 0:", "'below' must be lower than 'above'"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("what", "text", "expected"), BAD, ids=[b[0] for b in BAD])
+def test_bad_profile_is_reported_with_file_line_and_key(
+    tmp_path: Path, what: str, text: str, expected: list[str]
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    problems = check(path)
+    assert problems, what
+    joined = "\n".join(problems)
+    assert str(path) in joined
+    for fragment in expected:
+        assert fragment in joined, joined
+
+
+def test_every_shipped_profile_and_gateway_config_is_valid() -> None:
+    profiles = load_profiles(ROOT / "profiles")
+    assert {"water-level-ultrasonic", "smoke-detector-modbus"} <= set(profiles)
+    for gw in (ROOT / "gateways").glob("*.yaml"):
+        load_gateway(gw)
+
+
+def test_gateway_with_unknown_profile_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "gateway: {id: g1}\nbuses:\n  - {type: modbus_tcp, id: b, host: h}\n"
+        "devices:\n  - {id: d1, profile: no-such-profile, bus: b}\n"
+    )
+    assert check(path) == [
+        f"{path}:5: devices -> 0 -> profile: unknown profile (got 'no-such-profile')"
+    ]
+
+
+def test_cli_exit_codes_and_schema_export(tmp_path: Path) -> None:
+    good = tmp_path / "p.yaml"
+    good.write_text(GOOD_PROFILE)
+    assert cli(["config", "check", str(good), "--schema-dir", str(tmp_path / "s")]) == 0
+    schema = json.loads((tmp_path / "s" / "gateway.schema.json").read_text())
+    assert "devices" in schema["properties"]
+    bad = tmp_path / "b.yaml"
+    bad.write_text(GOOD_PROFILE.replace("interval_s: 1", "interval_s: -1"))
+    assert cli(["config", "check", str(bad)]) == 1
+    assert cli(["edge", "run", "-c", str(bad), "--validate-config"]) == 1
