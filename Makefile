@@ -1,0 +1,48 @@
+# gridwatch: `make demo` runs a simulated district on embedded defaults; `make test` runs the suite
+# against real mosquitto, VictoriaMetrics and PostgreSQL (installed here from Debian when missing).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+DEBS   := mosquitto mosquitto-clients victoria-metrics socat postgresql
+
+.PHONY: demo test test-deps lint venv bench clean
+
+venv: $(STAMP)
+
+# uv installs the ~50 dependencies in seconds where pip takes half a minute
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check uv
+	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: venv
+	$(BIN)/gridwatch demo
+
+# Debian packages the tests start for real; installed only when missing, and only as root
+test-deps:
+	@missing=""; \
+	for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages:$$missing (run as root or install them)"; exit 1; fi; \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# pytest exits 5 when a selection (PYTEST_ARGS="-k ...") matched no test: say so, don't fail
+test: venv test-deps lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected"; exit 0; fi; exit $$rc
+
+bench: venv test-deps
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) var test-artifacts .pytest_cache .mypy_cache .ruff_cache
