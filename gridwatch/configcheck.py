@@ -1,6 +1,6 @@
 """``gridwatch config check FILE...``: validate profiles and gateway configs, export JSON Schema.
 
-A file is a profile when its top-level key is ``profile``, else a gateway config. Every problem of
+A file is a profile or a catalogue layer when its top-level key says so, else a gateway config. Every problem of
 every file is printed as ``file:line: key -> path: message``; the exit code is 0 when all are
 valid, 1 otherwise.
 """
@@ -13,11 +13,16 @@ from pathlib import Path
 
 import yaml
 
+from gridwatch.catalogue import CatalogueFile
 from gridwatch.gatewayconf import GatewayConfig, load_gateway
 from gridwatch.profiles import ProfileFile, load_profile
-from gridwatch.yamlconf import ConfigError, iter_yaml_files
+from gridwatch.yamlconf import ConfigError, iter_yaml_files, load_model
 
-SCHEMAS = {"profile.schema.json": ProfileFile, "gateway.schema.json": GatewayConfig}
+SCHEMAS = {
+    "profile.schema.json": ProfileFile,
+    "gateway.schema.json": GatewayConfig,
+    "catalogue.schema.json": CatalogueFile,
+}
 
 
 def _files(args: list[str]) -> list[Path]:
@@ -28,18 +33,21 @@ def _files(args: list[str]) -> list[Path]:
     return out
 
 
-def _is_profile(path: Path) -> bool:
+def _top_key(path: Path) -> str:
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
-        return False  # let the real loader report it with its line
-    return isinstance(data, dict) and "profile" in data
+        return ""  # the real loader reports it with its line
+    return next(iter(data), "") if isinstance(data, dict) else ""
 
 
 def check(path: Path) -> list[str]:
     try:
-        if _is_profile(path):
+        kind = _top_key(path)
+        if kind == "profile":
             load_profile(path)
+        elif kind == "catalogue":
+            load_model(CatalogueFile, path)
         else:
             load_gateway(path)
     except ConfigError as exc:

@@ -103,3 +103,29 @@ def test_cli_exit_codes_and_schema_export(tmp_path: Path) -> None:
     bad.write_text(GOOD_PROFILE.replace("interval_s: 1", "interval_s: -1"))
     assert cli(["config", "check", str(bad)]) == 1
     assert cli(["edge", "run", "-c", str(bad), "--validate-config"]) == 1
+
+
+def test_catalogue_layers_merge_and_every_rule_code_exists() -> None:
+    from gridwatch.catalogue import load_catalogue
+
+    cat = load_catalogue(ROOT / "catalogue")
+    assert cat.lookup("FLOOD-WATERLOG-01").time_limit_min == 60  # type: ignore[union-attr]
+    assert cat.lookup("FLOOD-WATERLOG-01", "futian").time_limit_min == 45  # type: ignore[union-attr]
+    assert cat.lookup("FT-FLOOD-SCHOOL-01", "futian") is not None
+    assert cat.lookup("FT-FLOOD-SCHOOL-01", "luohu") is None
+    for profile in load_profiles(ROOT / "profiles").values():
+        for rule in profile.rules:
+            assert cat.lookup(rule.category) is not None, (profile.id, rule.id, rule.category)
+
+
+def test_district_may_not_loosen_a_city_limit(tmp_path: Path) -> None:
+    from gridwatch.catalogue import load_catalogue
+    from gridwatch.yamlconf import ConfigError
+
+    (tmp_path / "city.yaml").write_text((ROOT / "catalogue" / "city-base.yaml").read_text())
+    (tmp_path / "d.yaml").write_text(
+        "catalogue:\n  layer: district\n  district: x\n  extends: city.yaml\n  name: X\n"
+        "  overrides:\n    - {code: FIRE-SMOKE-01, time_limit_min: 999}\n"
+    )
+    with pytest.raises(ConfigError, match="may only tighten the city limit of 15 min"):
+        load_catalogue(tmp_path)
