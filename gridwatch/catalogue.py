@@ -13,7 +13,7 @@ from pydantic import Field
 
 from gridwatch.contract import Severity
 from gridwatch.profiles import Strict
-from gridwatch.yamlconf import ConfigError, ConfigProblem, iter_yaml_files, load_model
+from gridwatch.yamlconf import ConfigError, ConfigProblem, KeyPath, iter_yaml_files, load_model
 
 
 class Category(Strict):
@@ -71,8 +71,8 @@ def _merge(city: dict[str, Category], layer: DistrictLayer, file: str) -> dict[s
     problems = []
     for i, cat in enumerate(layer.categories):
         if cat.code in city:
-            where = ("catalogue", "categories", i, "code")
-            problems.append(ConfigProblem(file, None, where, "redefines a city code", cat.code))
+            at: KeyPath = ("catalogue", "categories", i, "code")
+            problems.append(ConfigProblem(file, None, at, "redefines a city code", cat.code))
         merged[cat.code] = cat
     for i, o in enumerate(layer.overrides):
         where = ("catalogue", "overrides", i)

@@ -12,13 +12,14 @@ import json
 from pathlib import Path
 
 import yaml
+from pydantic import BaseModel
 
 from gridwatch.catalogue import CatalogueFile
 from gridwatch.gatewayconf import GatewayConfig, load_gateway
 from gridwatch.profiles import ProfileFile, load_profile
 from gridwatch.yamlconf import ConfigError, iter_yaml_files, load_model
 
-SCHEMAS = {
+SCHEMAS: dict[str, type[BaseModel]] = {
     "profile.schema.json": ProfileFile,
     "gateway.schema.json": GatewayConfig,
     "catalogue.schema.json": CatalogueFile,

@@ -107,7 +107,7 @@ class Demo:
                 ) as c:
                     await c.subscribe(self.topics.platform_alerts(), qos=1)
                     async for msg in c.messages:
-                        print(format_alert(bytes(msg.payload)), flush=True)  # type: ignore[arg-type]
+                        print(format_alert(bytes(msg.payload)), flush=True)
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.5)
 
