@@ -1,0 +1,66 @@
+"""When each device is polled: fixed ticks, phase offsets, overlap guard and backoff.
+
+Pure: every method takes ``now`` (monotonic seconds) and the driver does the sleeping.
+Ticks are ``first + k * interval``, so a slow poll never makes the schedule drift, and ticks
+that pass while a poll still runs are skipped and counted, never queued: when the field cannot
+keep up the gateway sheds load visibly instead of building a backlog.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+def phase_offsets(intervals: Sequence[float]) -> list[float]:
+    """Spread devices over their intervals (device i of n starts i/n of an interval late),
+    so a hundred devices on one bus don't fire in the same millisecond."""
+    n = len(intervals)
+    return [iv * i / n for i, iv in enumerate(intervals)]
+
+
+@dataclass(slots=True)
+class Ticker:
+    """Due time of a device's next poll."""
+
+    interval: float
+    due: float
+
+    def advance(self, now: float) -> int:
+        """Move to the first tick after ``now``; return how many ticks were missed because
+        the poll for the current tick was still running when they came due."""
+        nxt = self.due + self.interval
+        missed = 0
+        if nxt <= now:
+            missed = math.floor((now - nxt) / self.interval) + 1
+            nxt += missed * self.interval
+        self.due = nxt
+        return missed
+
+
+@dataclass(slots=True)
+class Backoff:
+    """After ``after`` consecutive failures, stop asking the device for a growing while
+    (base, 2x base, 4x ... up to max_s). Ticks in between report COMM_ERROR without touching
+    the wire, so a dead device costs its neighbours one timeout per backoff period, not one
+    per tick."""
+
+    base_s: float
+    max_s: float
+    after: int = 2
+    failures: int = 0
+    retry_at: float = 0.0
+
+    def failed(self, now: float) -> None:
+        self.failures += 1
+        if self.failures >= self.after:
+            exp = min(self.failures - self.after, 16)
+            self.retry_at = now + min(self.base_s * 2**exp, self.max_s)
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.retry_at = 0.0
+
+    def holds(self, now: float) -> bool:
+        return now < self.retry_at
