@@ -39,6 +39,7 @@ class DriverError(Exception):
     def __init__(self, message: str, *, device_id: str = "", address: int | None = None) -> None:
         where = f"{device_id}" + (f"@{address}" if address is not None else "")
         super().__init__(f"{where}: {message}" if where else message)
+        self.reason = message  # without the device prefix, for outcomes and logs
         self.device_id = device_id
         self.address = address
 
@@ -144,8 +145,9 @@ def modbus_errors(device_id: str, address: int | None = None) -> Iterator[None]:
         raise ConnectError(str(exc), device_id=device_id, address=address) from exc
     except ModbusIOException as exc:
         # pymodbus reports "no response received" as an I/O error, not a timeout
-        cls = DeviceTimeout if "No response" in str(exc) else ProtocolError
-        raise cls(str(exc), device_id=device_id, address=address) from exc
+        if "No response" in str(exc):
+            raise DeviceTimeout("no answer in time", device_id=device_id, address=address) from exc
+        raise ProtocolError(str(exc), device_id=device_id, address=address) from exc
     except ModbusException as exc:
         raise ProtocolError(str(exc), device_id=device_id, address=address) from exc
     except OSError as exc:

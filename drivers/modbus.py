@@ -93,8 +93,9 @@ class DevicePoller:
             values = await self._read_all()
         except CommunicationError as exc:
             self.backoff.failed(asyncio.get_running_loop().time())
-            self.stats.failed(str(exc))
-            return self._failed(str(exc))
+            error = f"{exc.reason} (address {exc.address})" if exc.address is not None else exc.reason
+            self.stats.failed(error)
+            return self._failed(error)
         ms = (time.perf_counter() - t0) * 1000.0
         ts = _now_ms()
         self.backoff.succeeded()
