@@ -37,6 +37,15 @@ def _central_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--influx-url", default=None, help="InfluxDB v2 write API; none: SQLite")
     p.add_argument("--db-url", default=None, help="SQLAlchemy URL; none: SQLite in data dir")
     p.add_argument("--share-group", default=None, help="MQTT 5 shared subscription group")
+    p.add_argument("--bridge-id", default="gridwatch-bridge",
+                   help="bridge's MQTT client id (its persistent session); unique per bridge")
+    p.add_argument("--mqtt-protocol", choices=["auto", "5", "3.1.1"], default="auto",
+                   help="MQTT version to the broker; auto tries 5, then 3.1.1")
+    p.add_argument("--influx-bucket", default="gridwatch", help="InfluxDB bucket")
+    p.add_argument("--influx-org", default="gridwatch", help="InfluxDB organisation")
+    p.add_argument("--influx-token-env", default=None, help="env var holding the InfluxDB token")
+    p.add_argument("--history-hours", type=float, default=48.0,
+                   help="telemetry history kept by the embedded SQLite sink")
 
 
 def build_parser() -> argparse.ArgumentParser:

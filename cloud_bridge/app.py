@@ -1,0 +1,79 @@
+"""Composition root of ``gridwatch bridge run``: the ingest service alone.
+
+It opens the registry store and the telemetry sink itself (the registry API runs elsewhere),
+and starts the embedded broker when no ``--mqtt-host`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+from contextlib import AsyncExitStack
+
+from cloud_bridge.bridge import Bridge
+from cloud_bridge.broker import embedded_broker
+from cloud_bridge.config import BridgeConfig
+from cloud_bridge.runner import Service, forever, run_services, stop_on_signals
+from cloud_bridge.sink import TelemetrySink
+from cloud_bridge.sink_influx import InfluxSink
+from cloud_bridge.sink_sqlite import SqliteSink
+from device_registry import RegistryStore
+from device_registry.db import default_url
+
+logger = logging.getLogger(__name__)
+
+
+async def open_sink(cfg: BridgeConfig) -> TelemetrySink:
+    if cfg.influx_url:
+        logger.info("telemetry -> %s (InfluxDB v2 write API)", cfg.influx_url)
+        return InfluxSink(cfg.influx_url, cfg.influx_bucket, cfg.influx_org, cfg.influx_token)
+    path = cfg.data_dir / "telemetry.db"
+    logger.info("telemetry -> %s (embedded SQLite, %g h of history)", path, cfg.history_hours)
+    return await SqliteSink.open(path, cfg.history_hours)
+
+
+def broker_service(host: str, port: int) -> Service:
+    async def service(ready: asyncio.Event) -> None:
+        async with embedded_broker(host, port):
+            ready.set()
+            await forever()
+
+    return service
+
+
+def bridge_service(bridge: Bridge) -> Service:
+    async def service(ready: asyncio.Event) -> None:
+        ready.set()  # it connects (and reconnects) on its own
+        await bridge.run()
+
+    return service
+
+
+def embedded_settings(cfg: BridgeConfig) -> BridgeConfig:
+    """The embedded broker speaks MQTT 3.1.1 on loopback."""
+    return dataclasses.replace(cfg, mqtt_host="127.0.0.1", mqtt_protocol="3.1.1")
+
+
+async def run(args: argparse.Namespace) -> None:
+    stop = stop_on_signals()
+    cfg = BridgeConfig.from_args(args)
+    services: list[tuple[str, Service]] = []
+    if args.mqtt_host is None:
+        cfg = embedded_settings(cfg)
+        services.append(("broker", broker_service(cfg.mqtt_host, cfg.mqtt_port)))
+    async with AsyncExitStack() as stack:
+        store = await RegistryStore.open(args.db_url or default_url(cfg.data_dir))
+        stack.push_async_callback(store.close)
+        sink = await open_sink(cfg)
+        stack.push_async_callback(sink.close)
+        bridge = Bridge(cfg, store, sink)
+        services.append(("bridge", bridge_service(bridge)))
+        logger.info("bridge: broker %s:%d, prefix %r", cfg.mqtt_host, cfg.mqtt_port, cfg.prefix)
+        await run_services(services, stop)
+
+
+def main(args: argparse.Namespace) -> int:
+    asyncio.run(run(args))
+    return 0

@@ -1,0 +1,195 @@
+"""The bridge's I/O shell: MQTT in, the time-series sink and the registry out, acks last.
+
+For each batch of received messages: validate (core), ask the registry which ids it has seen,
+plan (core), write the telemetry, publish the platform alerts, apply the registry changes in one
+transaction, and only then acknowledge the MQTT messages. A sink or registry failure is retried
+with the messages unacknowledged; a broker failure reconnects, and the broker redelivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import ParamSpec, TypeVar
+
+from cloud_bridge.config import BridgeConfig
+from cloud_bridge.core import IngestCore, Stats
+from cloud_bridge.errors import BridgeError, BrokerError, ProtocolUnsupported, SinkError
+from cloud_bridge.mqtt import Inbound, MqttSession, MqttSettings, MqttVersion
+from cloud_bridge.sink import TelemetrySink
+from device_registry import RegistryStore, StoreUnavailable
+from gridwatch.contract import Topics
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+STREAMS = ("telemetry", "alert", "health", "status")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Backoff:
+    def __init__(self, first: float = 0.2, cap: float = 10.0) -> None:
+        self.first, self.cap, self.delay = first, cap, first
+
+    def next(self) -> float:
+        delay, self.delay = self.delay, min(self.delay * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+
+class Bridge:
+    def __init__(
+        self, cfg: BridgeConfig, store: RegistryStore, sink: TelemetrySink,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:  # fmt: skip
+        self.cfg, self.store, self.sink, self.clock = cfg, store, sink, clock
+        self.topics = Topics(cfg.prefix)
+        # a member of a shared subscription sees only part of each stream: gaps would be noise
+        self.core = IngestCore(self.topics, track_gaps=cfg.share_group is None)
+        self.connected = asyncio.Event()
+        self._progress = asyncio.Condition()
+        self._version: MqttVersion | None = None if cfg.mqtt_protocol == "auto" else cfg.mqtt_protocol
+        self._outage: dict[str, bool] = {}
+
+    @property
+    def stats(self) -> Stats:
+        return self.core.stats
+
+    async def run(self) -> None:
+        if self.cfg.share_group and self.cfg.mqtt_protocol == "3.1.1":
+            raise BridgeError("shared subscriptions (--share-group) need MQTT 5")
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._mqtt_loop(), name="bridge-mqtt")
+            tg.create_task(self._maintenance_loop(), name="bridge-maintenance")
+
+    async def until(self, predicate: Callable[[Stats], bool]) -> None:
+        """Wait until ``predicate(stats)`` holds after an ingest step (callers bound the wait)."""
+        async with self._progress:
+            await self._progress.wait_for(lambda: predicate(self.stats))
+
+    # ---- the MQTT session --------------------------------------------------------------------
+
+    async def _mqtt_loop(self) -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                async with self._session() as session:
+                    self._recovered("broker")
+                    self.connected.set()
+                    backoff.reset()
+                    await self._pump(session)
+            except BrokerError as exc:
+                self._failed("broker", exc)
+            except Exception:  # the task's outermost loop: log the bug, reconnect, redeliver
+                logger.exception("bridge ingest failed; reconnecting, unacked messages come again")
+            finally:
+                self.connected.clear()
+            await asyncio.sleep(backoff.next())
+
+    @asynccontextmanager
+    async def _session(self) -> AsyncIterator[MqttSession]:
+        filters = [self.topics.all_gateways(leaf) for leaf in STREAMS]
+        versions: list[MqttVersion] = (
+            [self._version] if self._version else ["5"] if self.cfg.share_group else ["5", "3.1.1"]
+        )
+        for version in versions:
+            session = MqttSession(self._settings(version), filters)
+            try:
+                await session.__aenter__()
+            except BrokerError as exc:
+                # amqtt neither accepts nor refuses an MQTT 5 CONNECT: it stays silent
+                timed_out = "timed out" in str(exc)
+                if version == versions[-1] or not (isinstance(exc, ProtocolUnsupported) or timed_out):
+                    raise
+                logger.info("broker does not answer MQTT 5 (%s); trying MQTT 3.1.1", exc)
+                continue
+            self._version = version
+            try:
+                yield session
+            finally:
+                await session.__aexit__(None, None, None)
+            return
+
+    def _settings(self, version: MqttVersion) -> MqttSettings:
+        c = self.cfg
+        return MqttSettings(
+            host=c.mqtt_host, port=c.mqtt_port, client_id=c.client_id, username=c.mqtt_username,
+            password=c.mqtt_password, version=version, share_group=c.share_group,
+        )  # fmt: skip
+
+    async def _pump(self, session: MqttSession) -> None:
+        while True:
+            batch = await session.receive(self.cfg.max_batch)
+            await self._ingest(session, batch)
+
+    # ---- one ingest step ---------------------------------------------------------------------
+
+    async def _ingest(self, session: MqttSession, batch: list[Inbound]) -> None:
+        decoded = self.core.decode(batch, self.clock())
+        ids = decoded.ids()
+        seen = await self._retrying("registry", self.store.seen, ids) if ids else set()
+        plan = self.core.plan(decoded, seen)
+        if plan.telemetry:
+            written, skipped = await self._retrying("sink", self.sink.write, plan.telemetry)
+            self.stats.points_written += written
+            self.stats.points_skipped += skipped
+        if plan.platform:
+            async with asyncio.TaskGroup() as tg:
+                for topic, payload in plan.platform:
+                    tg.create_task(session.publish(topic, payload, qos=1))
+            self.stats.alerts_published += len(plan.platform)
+        await self._retrying("registry", self.store.apply, plan.changes)
+        session.ack(batch)  # everything is written: now the broker may forget these messages
+        async with self._progress:
+            self._progress.notify_all()
+
+    async def _retrying(
+        self, what: str, call: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        backoff = Backoff(cap=5.0)
+        while True:
+            try:
+                result = await call(*args, **kwargs)
+            except (SinkError, StoreUnavailable) as exc:
+                self._failed(what, exc)
+                await asyncio.sleep(backoff.next())
+                continue
+            self._recovered(what)
+            return result
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        # first failure of an outage at ERROR, repeats at DEBUG, recovery at INFO
+        level = logging.DEBUG if self._outage.get(what) else logging.ERROR
+        self._outage[what] = True
+        logger.log(level, "%s unavailable (messages stay unacknowledged): %s", what, exc)
+
+    def _recovered(self, what: str) -> None:
+        if self._outage.pop(what, False):
+            logger.info("%s is back", what)
+
+    # ---- housekeeping ------------------------------------------------------------------------
+
+    async def _maintenance_loop(self) -> None:
+        last = self.stats.points_written
+        while True:
+            await asyncio.sleep(self.cfg.maintenance_s)
+            now = self.clock()
+            try:
+                pruned = await self.store.prune(now, self.cfg.seen_retention_s * 1000, self.cfg.quarantine_keep)
+                await self.sink.maintain(now)
+            except (SinkError, StoreUnavailable) as exc:
+                logger.warning("housekeeping skipped: %s", exc)
+                continue
+            rate = (self.stats.points_written - last) / self.cfg.maintenance_s
+            last = self.stats.points_written
+            logger.info("bridge: %.0f points/s; pruned %d ids; %s", rate, pruned, self.stats.as_dict())

@@ -1,0 +1,51 @@
+"""The bridge's settings, from the shared ``central`` command-line options."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+MqttProtocol = Literal["auto", "5", "3.1.1"]
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_protocol: MqttProtocol = "auto"
+    client_id: str = "gridwatch-bridge"
+    share_group: str | None = None
+    prefix: str = "gridwatch"
+    data_dir: Path = Path("var/central")
+    influx_url: str | None = None
+    influx_bucket: str = "gridwatch"
+    influx_org: str = "gridwatch"
+    influx_token: str = "unused"
+    history_hours: float = 48.0
+    max_batch: int = 200
+    """Messages handled (and acknowledged) together: bigger batches, fewer writes."""
+    seen_retention_s: int = 7 * 24 * 3600
+    """How long a message id is remembered for dedupe: longer than any redelivery."""
+    quarantine_keep: int = 1000
+    maintenance_s: float = 60.0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **overrides: object) -> BridgeConfig:
+        password = os.environ.get(args.mqtt_password_env) if args.mqtt_password_env else None
+        token = os.environ.get(args.influx_token_env) if args.influx_token_env else None
+        values: dict[str, object] = dict(
+            mqtt_host=args.mqtt_host or "127.0.0.1", mqtt_port=args.mqtt_port,
+            mqtt_username=args.mqtt_username, mqtt_password=password,
+            mqtt_protocol=args.mqtt_protocol, client_id=args.bridge_id,
+            share_group=args.share_group, prefix=args.prefix, data_dir=Path(args.data_dir),
+            influx_url=args.influx_url, influx_bucket=args.influx_bucket,
+            influx_org=args.influx_org, influx_token=token or "unused",
+            history_hours=args.history_hours,
+        )  # fmt: skip
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,84 @@
+"""Topic + payload -> a contract message, or the reason it was refused. Pure: no I/O, no clock."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from gridwatch.contract import (
+    AlertEvent,
+    Birth,
+    Death,
+    GatewayHealth,
+    Status,
+    TelemetryBatch,
+    Topics,
+)
+
+Message = TelemetryBatch | AlertEvent | GatewayHealth | Birth | Death
+
+_STATUS: TypeAdapter[Birth | Death] = TypeAdapter(Status)
+_MODELS: dict[str, type[BaseModel]] = {
+    "telemetry": TelemetryBatch,
+    "alert": AlertEvent,
+    "health": GatewayHealth,
+}
+LEAVES = ("telemetry", "alert", "health", "status")
+_DETAIL_MAX = 500
+
+
+class Reason(enum.StrEnum):
+    BAD_TOPIC = "bad_topic"
+    BAD_JSON = "bad_json"
+    BAD_SCHEMA = "bad_schema"
+    BAD_VERSION = "bad_version"
+    GATEWAY_MISMATCH = "gateway_mismatch"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: Reason
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Cleared:
+    """An empty retained payload: someone deleted a retained status. Nothing to ingest."""
+
+
+def decode(topics: Topics, topic: str, payload: bytes) -> Message | Rejection | Cleared:
+    parsed = topics.parse_gateway_topic(topic)
+    if parsed is None or parsed[1] not in LEAVES:
+        return Rejection(Reason.BAD_TOPIC, f"not a gateway upstream topic: {topic}")
+    gateway, leaf = parsed
+    if not payload and leaf == "status":
+        return Cleared()
+    try:
+        msg: Message
+        if leaf == "status":
+            msg = _STATUS.validate_json(payload)
+        else:
+            msg = _MODELS[leaf].model_validate_json(payload)  # type: ignore[assignment]
+    except ValidationError as exc:
+        return _rejection(exc)
+    if msg.gateway != gateway:
+        return Rejection(
+            Reason.GATEWAY_MISMATCH, f"gateway {msg.gateway!r} published on {gateway!r}'s topic"
+        )
+    return msg
+
+
+def _rejection(exc: ValidationError) -> Rejection:
+    first = exc.errors(include_url=False)[0]
+    detail = f"{exc.error_count()} error(s); first at {_loc(first['loc'])}: {first['msg']}"
+    if first["type"] == "json_invalid":
+        return Rejection(Reason.BAD_JSON, detail[:_DETAIL_MAX])
+    if first["loc"][:1] == ("v",) or first["loc"][1:2] == ("v",):
+        return Rejection(Reason.BAD_VERSION, detail[:_DETAIL_MAX])
+    return Rejection(Reason.BAD_SCHEMA, detail[:_DETAIL_MAX])
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    return " -> ".join(str(p) for p in loc) or "(root)"

@@ -1,0 +1,33 @@
+"""Errors of the cloud bridge.
+
+    BridgeError                   base of everything raised here
+    ├── BrokerError               the MQTT connection failed or was lost (from aiomqtt's MqttError)
+    │   └── ProtocolUnsupported   the broker refused MQTT 5 (amqtt): retry with 3.1.1
+    └── SinkError                 the time-series store refused or could not be reached
+                                  (influx-client, aiohttp, sqlite errors); ``sink`` names it
+
+A malformed message is not an error: the pure core turns it into a ``Rejection`` that is
+counted, logged and quarantined. Registry failures arrive as device_registry's
+``StoreUnavailable``; both they and ``SinkError`` are retried without acknowledging, so the broker
+keeps the messages until they are written.
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Base of the bridge's errors."""
+
+
+class BrokerError(BridgeError):
+    """The MQTT session failed; the bridge reconnects and the broker redelivers unacked messages."""
+
+
+class ProtocolUnsupported(BrokerError):
+    """The broker does not speak the MQTT version asked for."""
+
+
+class SinkError(BridgeError):
+    def __init__(self, sink: str, message: str) -> None:
+        super().__init__(f"{sink} sink: {message}")
+        self.sink = sink

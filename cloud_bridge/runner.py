@@ -1,0 +1,57 @@
+"""Running a process's services: one TaskGroup, started in order, stopped in reverse.
+
+A service is a coroutine function that sets its ``ready`` event once it is up and then runs
+until cancelled. Composition roots (``gridwatch central run``, ``bridge run``) build theirs and
+hand them to ``run_services`` with the event that SIGTERM/SIGINT set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+
+logger = logging.getLogger(__name__)
+
+Service = Callable[[asyncio.Event], Awaitable[None]]
+
+
+def stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def run_services(services: Sequence[tuple[str, Service]], stop: asyncio.Event) -> None:
+    """Start each service once the previous one is ready; on ``stop`` cancel them last-first."""
+    async with asyncio.TaskGroup() as tg:
+        started: list[asyncio.Task[None]] = []
+        for name, service in services:
+            ready = asyncio.Event()
+            task = tg.create_task(_run(service, ready), name=name)
+            started.append(task)
+            waiter = asyncio.create_task(ready.wait())
+            try:
+                await asyncio.wait([waiter, task], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+            if task.done():  # failed while starting: the TaskGroup re-raises its error
+                return
+            logger.debug("service %s ready", name)
+        await stop.wait()
+        logger.info("stopping: %s", ", ".join(t.get_name() for t in reversed(started)))
+        for task in reversed(started):
+            task.cancel()
+            await asyncio.wait([task])
+
+
+async def _run(service: Service, ready: asyncio.Event) -> None:
+    await service(ready)
+
+
+async def forever() -> None:
+    """What a service awaits once it is up: cancellation is its only way out."""
+    await asyncio.Future()

@@ -1,0 +1,158 @@
+"""The registry's tables (SQLAlchemy 2 declarative), portable between SQLite and PostgreSQL.
+
+Times are Unix epoch milliseconds (BIGINT), as on the wire. A device's registry id is
+``"<gateway>:<device>"``: device ids are unique only within their gateway.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, int: BigInteger}
+
+
+def device_key(gateway: str, device: str) -> str:
+    return f"{gateway}:{device}"
+
+
+class District(Base):
+    __tablename__ = "districts"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+
+
+class Site(Base):
+    """Where equipment stands: district, street, grid cell of the city's management grid."""
+
+    __tablename__ = "sites"
+    __table_args__ = (UniqueConstraint("district_id", "street", "grid"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    district_id: Mapped[str] = mapped_column(ForeignKey("districts.id"))
+    street: Mapped[str] = mapped_column(String(200), default="")
+    grid: Mapped[str] = mapped_column(String(64), default="")
+    lat: Mapped[float | None] = mapped_column(Float, default=None)
+    lon: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+class Gateway(Base):
+    __tablename__ = "gateways"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    site_id: Mapped[int | None] = mapped_column(ForeignKey("sites.id"), default=None)
+    online: Mapped[bool] = mapped_column(Boolean, default=False)
+    session: Mapped[int] = mapped_column(default=0)
+    software: Mapped[str] = mapped_column(String(100), default="")
+    config_version: Mapped[int] = mapped_column(default=0)
+    first_seen: Mapped[int] = mapped_column()
+    last_seen: Mapped[int] = mapped_column()
+    born_at: Mapped[int | None] = mapped_column(default=None)
+    died_at: Mapped[int | None] = mapped_column(default=None)
+
+
+class Device(Base):
+    __tablename__ = "devices"
+    id: Mapped[str] = mapped_column(String(260), primary_key=True)
+    gateway_id: Mapped[str] = mapped_column(ForeignKey("gateways.id"), index=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    site_id: Mapped[int | None] = mapped_column(ForeignKey("sites.id"), default=None)
+    status: Mapped[str] = mapped_column(String(16), default="online")
+    first_seen: Mapped[int] = mapped_column()
+    last_seen: Mapped[int | None] = mapped_column(default=None)
+    health: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+
+
+class LatestReading(Base):
+    """The last value of every point, with its quality: what the API shows; not the history."""
+
+    __tablename__ = "readings_latest"
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    point: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON, nullable=True)
+    unit: Mapped[str] = mapped_column(String(32), default="")
+    quality: Mapped[str] = mapped_column(String(16))
+    ts: Mapped[int] = mapped_column()
+    historical: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Alert(Base):
+    """One alert's current state; its transitions are in ``alert_transitions``."""
+
+    __tablename__ = "alerts"
+    alert_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    gateway_id: Mapped[str] = mapped_column(String(128), index=True)
+    device_id: Mapped[str] = mapped_column(String(260), index=True)
+    point: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    rule: Mapped[str] = mapped_column(String(128))
+    category: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))
+    district: Mapped[str] = mapped_column(String(64), default="")
+    grid: Mapped[str] = mapped_column(String(64), default="")
+    location: Mapped[dict[str, Any]] = mapped_column()
+    value: Mapped[Any] = mapped_column(JSON, nullable=True)
+    peak: Mapped[Any] = mapped_column(JSON, nullable=True)
+    threshold: Mapped[float | None] = mapped_column(Float, default=None)
+    unit: Mapped[str] = mapped_column(String(32), default="")
+    message: Mapped[str] = mapped_column(Text, default="")
+    raised_at: Mapped[int] = mapped_column()
+    updated_at: Mapped[int] = mapped_column()
+    cleared_at: Mapped[int | None] = mapped_column(default=None)
+    transitions: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AlertTransition(Base):
+    __tablename__ = "alert_transitions"
+    msg_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    alert_id: Mapped[str] = mapped_column(String(128), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    ts: Mapped[int] = mapped_column()
+    value: Mapped[Any] = mapped_column(JSON, nullable=True)
+    received_at: Mapped[int] = mapped_column()
+
+
+class GatewayHealthRow(Base):
+    """The latest health report of each gateway."""
+
+    __tablename__ = "gateway_health"
+    gateway_id: Mapped[str] = mapped_column(ForeignKey("gateways.id"), primary_key=True)
+    ts: Mapped[int] = mapped_column()
+    received_at: Mapped[int] = mapped_column()
+    report: Mapped[dict[str, Any]] = mapped_column()
+
+
+class SeenMessage(Base):
+    """Message ids already ingested: the bridge's dedupe table, pruned by age."""
+
+    __tablename__ = "seen_messages"
+    __table_args__ = (Index("ix_seen_received", "received_at"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    gateway: Mapped[str] = mapped_column(String(128))
+    received_at: Mapped[int] = mapped_column()
+
+
+class Quarantined(Base):
+    """A message the bridge refused, kept (bounded) for inspection."""
+
+    __tablename__ = "quarantine"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    received_at: Mapped[int] = mapped_column()
+    topic: Mapped[str] = mapped_column(String(512))
+    reason: Mapped[str] = mapped_column(String(32), index=True)
+    detail: Mapped[str] = mapped_column(Text)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)

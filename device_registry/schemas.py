@@ -1,0 +1,92 @@
+"""What the REST API returns: pydantic models, also the source of the OpenAPI schemas."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from gridwatch.contract import Value
+
+
+class View(BaseModel):
+    pass
+
+
+class PointValue(View):
+    value: Value
+    unit: str = ""
+    quality: str = Field(description="good | stale | comm_error | out_of_range | invalid")
+    ts: int = Field(description="Epoch ms of the reading (gateway clock).")
+    historical: bool = False
+
+
+class DeviceView(View):
+    id: str = Field(description="Registry id: '<gateway>:<device>'.")
+    gateway: str
+    device: str = Field(description="Device id within its gateway.")
+    status: Literal["online", "stale"] = Field(
+        description="stale once its gateway's death message arrived, online again on birth."
+    )
+    district: str = ""
+    grid: str = ""
+    first_seen: int
+    last_seen: int | None = Field(description="Epoch ms of its newest reading, if any.")
+    values: dict[str, PointValue] = Field(default_factory=dict)
+    health: dict[str, Any] | None = None
+
+
+class GatewayView(View):
+    id: str
+    online: bool
+    session: int
+    software: str
+    config_version: int
+    first_seen: int
+    last_seen: int = Field(description="Epoch ms (central clock) of its last message.")
+    born_at: int | None
+    died_at: int | None
+    devices: int
+    health: dict[str, Any] | None = None
+
+
+class AlertView(View):
+    alert_id: str
+    gateway: str
+    device: str
+    point: str
+    state: str
+    rule: str
+    category: str
+    severity: str
+    district: str
+    grid: str
+    location: dict[str, Any]
+    value: Value
+    peak: Value
+    threshold: float | None
+    unit: str
+    message: str
+    raised_at: int
+    updated_at: int
+    cleared_at: int | None
+    transitions: int
+
+
+class QuarantineView(View):
+    id: int
+    received_at: int
+    topic: str
+    reason: str
+    detail: str
+    payload: str = Field(description="The payload, UTF-8 with replacement, cut at 4 KiB.")
+
+
+class ErrorView(View):
+    error: str
+    detail: str = ""
+
+
+class HealthView(View):
+    status: Literal["ok", "degraded"]
+    database: str

@@ -1,0 +1,349 @@
+"""The registry store: what the bridge writes and the API reads, over SQLAlchemy async.
+
+One class, the same code on SQLite and PostgreSQL; only the upsert construct is per dialect.
+Every public method converts SQLAlchemy/driver errors into ``StoreUnavailable``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Collection, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import Select, case, delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
+
+from device_registry import views
+from device_registry.changes import Changes
+from device_registry.db import make_engine
+from device_registry.errors import Ambiguous, NotFound, StoreUnavailable
+from device_registry.models import (
+    Alert,
+    AlertTransition,
+    Base,
+    Device,
+    District,
+    Gateway,
+    GatewayHealthRow,
+    LatestReading,
+    Quarantined,
+    SeenMessage,
+    Site,
+    device_key,
+)
+from device_registry.schemas import AlertView, DeviceView, GatewayView, QuarantineView
+from gridwatch.contract import AlertEvent, AlertState, Birth, Death, GatewayHealth, Location
+
+logger = logging.getLogger(__name__)
+
+_ID_CHUNK = 500  # bound on ids in one IN (...) list: SQLite's variable limit, PG's plan size
+
+
+class RegistryStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    async def open(cls, url: str) -> RegistryStore:
+        """Connect and create missing tables (migrations come with provisioning)."""
+        store = cls(make_engine(url))
+        async with store._errors(), store.engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        logger.info("registry store open: %s", store.engine.url.render_as_string(hide_password=True))
+        return store
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def _errors(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreUnavailable(f"{self.dialect} store failed: {exc}") from exc
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[AsyncSession]:
+        async with self._errors(), self._sessions.begin() as session:
+            yield session
+
+    # ---- what the bridge calls -------------------------------------------------------------
+
+    async def seen(self, ids: Collection[str]) -> set[str]:
+        """The subset of ``ids`` already ingested."""
+        found: set[str] = set()
+        ordered = list(ids)
+        async with self._tx() as s:
+            for i in range(0, len(ordered), _ID_CHUNK):
+                chunk = ordered[i : i + _ID_CHUNK]
+                rows = await s.scalars(select(SeenMessage.id).where(SeenMessage.id.in_(chunk)))
+                found.update(rows)
+        return found
+
+    async def apply(self, ch: Changes) -> None:
+        """Write one ingest step atomically: a crash leaves all of it or none."""
+        async with self._tx() as s:
+            await self._touch_gateways(s, ch)
+            await self._upsert_devices(s, ch)
+            await self._upsert_latest(s, ch)
+            for msg in ch.status:
+                await self._apply_status(s, msg, ch.now)
+            await self._apply_alerts(s, ch.alerts, ch.now)
+            for report in ch.health:
+                await self._apply_health(s, report, ch.now)
+            await self._record(s, ch)
+
+    async def prune(self, now: int, seen_max_age_ms: int, quarantine_keep: int) -> int:
+        """Forget dedupe ids older than the redelivery window; keep the newest quarantine rows."""
+        async with self._tx() as s:
+            gone = await s.execute(
+                delete(SeenMessage).where(SeenMessage.received_at < now - seen_max_age_ms)
+            )
+            newest = await s.scalar(select(func.max(Quarantined.id)))
+            if newest is not None:
+                await s.execute(delete(Quarantined).where(Quarantined.id <= newest - quarantine_keep))
+        count: int = getattr(gone, "rowcount", 0) or 0
+        return count
+
+    # ---- the pieces of apply ---------------------------------------------------------------
+
+    def _insert(self, table: type[Base]) -> Any:
+        # the two dialects' INSERT .. ON CONFLICT constructs have the same API
+        return pg_insert(table) if self.dialect == "postgresql" else sqlite_insert(table)
+
+    async def _touch_gateways(self, s: AsyncSession, ch: Changes) -> None:
+        rows = [{"id": gw, "first_seen": ch.now, "last_seen": ch.now, "online": True}
+                for gw in sorted(ch.gateways())]  # fmt: skip
+        if rows:
+            stmt = self._insert(Gateway)
+            await s.execute(
+                stmt.on_conflict_do_update(index_elements=["id"], set_={"last_seen": ch.now}),
+                rows,
+            )
+
+    async def _upsert_devices(self, s: AsyncSession, ch: Changes) -> None:
+        rows = [
+            {"id": device_key(gw, dev), "gateway_id": gw, "name": dev, "first_seen": ch.now,
+             "last_seen": seen, "status": "online"}
+            for (gw, dev), seen in sorted(ch.device_seen.items())
+        ]  # fmt: skip
+        if not rows:
+            return
+        stmt = self._insert(Device)
+        new = stmt.excluded
+        await s.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["id"],
+                set_={
+                    "last_seen": _later(Device.last_seen, new.last_seen),
+                    # a reading proves the device alive; a mere mention does not
+                    "status": case((new.last_seen.is_not(None), "online"), else_=Device.status),
+                },
+            ),
+            rows,
+        )
+
+    async def _upsert_latest(self, s: AsyncSession, ch: Changes) -> None:
+        rows = [
+            {"device_id": device_key(v.gateway, v.device), "point": v.point, "value": v.value,
+             "unit": v.unit, "quality": str(v.quality), "ts": v.ts, "historical": v.historical}
+            for v in ch.latest.values()
+        ]  # fmt: skip
+        if not rows:
+            return
+        stmt = self._insert(LatestReading)
+        new = stmt.excluded
+        await s.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["device_id", "point"],
+                set_={k: new[k] for k in ("value", "unit", "quality", "ts", "historical")},
+                # a replayed (older) reading must not hide a newer one
+                where=LatestReading.ts <= new.ts,
+            ),
+            rows,
+        )
+
+    async def _apply_status(self, s: AsyncSession, msg: Birth | Death, now: int) -> None:
+        gw = await s.get(Gateway, msg.gateway)
+        # a message of an older session (a stale retained one, a late will) changes nothing
+        if gw is None or msg.session < gw.session:
+            return
+        gw.session = msg.session
+        if isinstance(msg, Birth):
+            gw.online, gw.born_at = True, msg.ts
+            gw.software, gw.config_version = msg.software, msg.config_version
+            status = "online"
+        else:
+            gw.online, gw.died_at = False, now
+            status = "stale"
+        await s.flush()
+        await s.execute(update(Device).where(Device.gateway_id == msg.gateway).values(status=status))
+
+    async def _apply_alerts(self, s: AsyncSession, events: Sequence[AlertEvent], now: int) -> None:
+        if not events:
+            return
+        ids = {e.alert_id for e in events}
+        known = {a.alert_id: a for a in await s.scalars(select(Alert).where(Alert.alert_id.in_(ids)))}
+        for ev in events:
+            row = known.get(ev.alert_id)
+            if row is None:
+                row = known[ev.alert_id] = _new_alert(ev)
+                s.add(row)
+            elif ev.ts >= row.updated_at:  # out-of-order replays don't roll the state back
+                _advance_alert(row, ev)
+            row.transitions += 1
+            site = await self._ensure_site(s, ev.location)
+            if site is not None:
+                await s.execute(
+                    update(Device)
+                    .where(Device.id == device_key(ev.gateway, ev.device))
+                    .values(site_id=site)
+                )
+        await s.flush()
+        rows = [{"msg_id": e.id, "alert_id": e.alert_id, "state": str(e.state), "ts": e.ts,
+                 "value": e.value, "received_at": now} for e in events]  # fmt: skip
+        await s.execute(self._insert(AlertTransition).on_conflict_do_nothing(), rows)
+
+    async def _ensure_site(self, s: AsyncSession, loc: Location) -> int | None:
+        if not loc.district:
+            return None
+        await s.execute(self._insert(District).values(id=loc.district).on_conflict_do_nothing())
+        key = {"district_id": loc.district, "street": loc.street, "grid": loc.grid}
+        await s.execute(
+            self._insert(Site).values(**key, lat=loc.lat, lon=loc.lon).on_conflict_do_nothing()
+        )
+        site: int | None = await s.scalar(select(Site.id).filter_by(**key))
+        return site
+
+    async def _apply_health(self, s: AsyncSession, report: GatewayHealth, now: int) -> None:
+        row = await s.get(GatewayHealthRow, report.gateway)
+        if row is not None and row.ts > report.ts:
+            return
+        data = report.model_dump(mode="json")
+        if row is None:
+            s.add(GatewayHealthRow(gateway_id=report.gateway, ts=report.ts, received_at=now, report=data))
+        else:
+            row.ts, row.received_at, row.report = report.ts, now, data
+        for dev in report.devices:
+            await s.execute(
+                update(Device)
+                .where(Device.id == device_key(report.gateway, dev.device))
+                .values(health=dev.model_dump(mode="json"))
+            )
+
+    async def _record(self, s: AsyncSession, ch: Changes) -> None:
+        if ch.seen_ids:
+            rows = [{"id": i, "gateway": gw, "received_at": ch.now} for i, gw in ch.seen_ids.items()]
+            await s.execute(self._insert(SeenMessage).on_conflict_do_nothing(), rows)
+        if ch.quarantine:
+            s.add_all(
+                Quarantined(received_at=q.received_at, topic=q.topic, reason=q.reason,
+                            detail=q.detail, payload=q.payload)
+                for q in ch.quarantine
+            )  # fmt: skip
+
+    # ---- what the API reads ----------------------------------------------------------------
+
+    async def ping(self) -> None:
+        async with self._tx() as s:
+            await s.execute(select(1))
+
+    async def gateways(self) -> list[GatewayView]:
+        counts = (
+            select(Device.gateway_id, func.count().label("n"))
+            .group_by(Device.gateway_id)
+            .subquery()
+        )
+        q = (
+            select(Gateway, counts.c.n, GatewayHealthRow.report)
+            .outerjoin(counts, counts.c.gateway_id == Gateway.id)
+            .outerjoin(GatewayHealthRow, GatewayHealthRow.gateway_id == Gateway.id)
+            .order_by(Gateway.id)
+        )
+        async with self._tx() as s:
+            return [views.gateway(gw, n or 0, report) for gw, n, report in await s.execute(q)]
+
+    async def devices(self, gateway: str | None = None, district: str | None = None) -> list[DeviceView]:
+        q = _device_query()
+        if gateway is not None:
+            q = q.where(Device.gateway_id == gateway)
+        if district is not None:
+            q = q.where(Site.district_id == district)
+        async with self._tx() as s:
+            return await _device_views(s, q)
+
+    async def device(self, key: str) -> DeviceView:
+        """By registry id ``gateway:device``, or by the bare device id when that is unique."""
+        column = Device.id if ":" in key else Device.name
+        async with self._tx() as s:
+            found = await _device_views(s, _device_query().where(column == key))
+        if not found:
+            raise NotFound("device", key)
+        if len(found) > 1:
+            raise Ambiguous(key, [d.id for d in found])
+        return found[0]
+
+    async def alerts(self, active_only: bool = True, limit: int = 1000) -> list[AlertView]:
+        q = select(Alert).order_by(Alert.updated_at.desc()).limit(limit)
+        if active_only:
+            q = q.where(Alert.state != AlertState.CLEARED.value)
+        async with self._tx() as s:
+            return [views.alert(a) for a in await s.scalars(q)]
+
+    async def quarantine(self, limit: int = 100) -> list[QuarantineView]:
+        q = select(Quarantined).order_by(Quarantined.id.desc()).limit(limit)
+        async with self._tx() as s:
+            return [views.quarantined(r) for r in await s.scalars(q)]
+
+
+def _later(current: Any, new: Any) -> ColumnElement[Any]:
+    return case((current.is_(None), new), (new > current, new), else_=current)
+
+
+def _new_alert(ev: AlertEvent) -> Alert:
+    row = Alert(
+        alert_id=ev.alert_id, gateway_id=ev.gateway, device_id=device_key(ev.gateway, ev.device),
+        point=ev.point, rule=ev.rule, category=ev.category, severity=str(ev.severity),
+        district=ev.location.district, grid=ev.location.grid,
+        location=ev.location.model_dump(mode="json"), raised_at=ev.raised_at, transitions=0,
+    )  # fmt: skip
+    _advance_alert(row, ev)
+    return row
+
+
+def _advance_alert(row: Alert, ev: AlertEvent) -> None:
+    row.state, row.severity = str(ev.state), str(ev.severity)
+    row.value, row.peak, row.threshold = ev.value, ev.peak, ev.threshold
+    row.unit, row.message, row.updated_at = ev.unit, ev.message, ev.ts
+    row.cleared_at = ev.ts if ev.state is AlertState.CLEARED else None
+
+
+_DeviceRows = Select[Device, str, str]  # device, its site's district and grid (outer join)
+
+
+def _device_query() -> _DeviceRows:
+    return (
+        select(Device, Site.district_id, Site.grid)
+        .outerjoin(Site, Site.id == Device.site_id)
+        .order_by(Device.id)
+    )
+
+
+async def _device_views(
+    s: AsyncSession, q: _DeviceRows
+) -> list[DeviceView]:
+    rows = (await s.execute(q)).all()
+    ids = [row[0].id for row in rows]
+    readings: dict[str, list[LatestReading]] = {}
+    for i in range(0, len(ids), _ID_CHUNK):
+        chunk = ids[i : i + _ID_CHUNK]
+        for r in await s.scalars(select(LatestReading).where(LatestReading.device_id.in_(chunk))):
+            readings.setdefault(r.device_id, []).append(r)
+    return [views.device(d, district, grid, readings.get(d.id, [])) for d, district, grid in rows]
