@@ -17,7 +17,8 @@ import ssl
 from collections.abc import Callable
 
 import aiomqtt
-import paho.mqtt.client as paho
+from aiomqtt import ProtocolVersion
+from aiomqtt.exceptions import MqttConnectError
 
 from edge.outbox import Outbox
 from edge.pipeline import Pipeline
@@ -30,6 +31,13 @@ logger = logging.getLogger(__name__)
 BACKOFF_FIRST_S = 0.05
 BACKOFF_CAP_S = 1.0
 WINDOW = 200  # messages in flight at once
+# CONNACK codes for "unsupported protocol version" in MQTT 3.1.1 (1) and MQTT 5 (132)
+_UNSUPPORTED_PROTOCOL = {1, 132}
+
+
+def _code(exc: MqttConnectError) -> int | None:
+    rc = exc.rc
+    return rc if isinstance(rc, int) or rc is None else int(rc.value)
 
 
 class Uplink:
@@ -50,6 +58,7 @@ class Uplink:
         self.reconnects = 0
         self.published = 0
         self._failing = False
+        self.mqtt5 = cfg.protocol != "3.1.1"
 
     def notify(self) -> None:
         """Called when something was queued: wake the sender."""
@@ -64,6 +73,12 @@ class Uplink:
                     await self._on_connected(client, session)
                     attempt = 0
                     await self._drain_forever(client)
+            except MqttConnectError as exc:
+                if _code(exc) in _UNSUPPORTED_PROTOCOL and self.cfg.protocol == "auto" and self.mqtt5:
+                    logger.info("broker %s does not speak MQTT 5: using 3.1.1", self.cfg.host)
+                    self.mqtt5 = False
+                    continue
+                self._on_failure(exc)
             except aiomqtt.MqttError as exc:
                 self._on_failure(exc)
             finally:
@@ -84,7 +99,7 @@ class Uplink:
             username=c.username or self.gateway_id,
             password=c.password(),
             identifier=f"gridwatch-edge-{self.gateway_id}",
-            protocol=paho.MQTTv5 if c.protocol == "5" else paho.MQTTv311,
+            protocol=ProtocolVersion.V5 if self.mqtt5 else ProtocolVersion.V311,
             will=aiomqtt.Will(self.topics.status(self.gateway_id), death, qos=1, retain=True),
             keepalive=c.keepalive_s,
             timeout=5,

@@ -32,7 +32,9 @@ class MqttUplink(Strict):
     )
     tls: bool = Field(default=False, description="Connect with TLS.")
     ca_file: str | None = Field(default=None, description="CA bundle for the broker's cert.")
-    protocol: Literal["5", "3.1.1"] = Field(default="5", description="MQTT protocol version.")
+    protocol: Literal["auto", "5", "3.1.1"] = Field(
+        default="auto", description="MQTT version; auto tries 5, falls back to 3.1.1."
+    )
     keepalive_s: int = Field(default=15, ge=2, description="MQTT keepalive.")
     batch_max: int = Field(default=500, ge=1, description="Readings per telemetry message.")
     batch_linger_s: float = Field(default=0.2, ge=0, description="Wait to fill a batch.")

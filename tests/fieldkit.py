@@ -1,0 +1,69 @@
+"""Building blocks for tests that run a gateway: configs on free ports, an MQTT listener."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import yaml
+
+from gridwatch.gatewayconf import GatewayConfig, ResolvedDevice, load_gateway
+from tests.services import free_port
+
+DEMO = Path(__file__).resolve().parent.parent / "firmware_configs" / "gateways" / "demo.yaml"
+
+
+def gateway_config(
+    tmp_path: Path, mqtt_port: int, prefix: str, modbus_port: int | None = None, **mqtt: Any
+) -> tuple[GatewayConfig, list[ResolvedDevice], Path]:
+    """The demo gateway's devices, on ports and a topic prefix of this test's own."""
+    cfg = yaml.safe_load(DEMO.read_text())
+    cfg["mqtt"].update({"port": mqtt_port, "prefix": prefix, "batch_linger_s": 0.05, **mqtt})
+    cfg["outbox"]["path"] = str(tmp_path / "outbox.db")
+    cfg["health_interval_s"] = 3600
+    port = modbus_port or free_port()
+    for bus in cfg["buses"]:
+        bus["port"] = port
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    gw, devices = load_gateway(path)
+    return gw, devices, path
+
+
+class Listener:
+    """Collects every message under a topic filter; tests wait on what they expect to see."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, dict[str, Any], bool]] = []
+        self._changed = asyncio.Condition()
+
+    async def _collect(self, client: aiomqtt.Client) -> None:
+        async for msg in client.messages:
+            payload = json.loads(bytes(msg.payload))  # type: ignore[arg-type]
+            async with self._changed:
+                self.messages.append((str(msg.topic), payload, msg.retain))
+                self._changed.notify_all()
+
+    def on(self, leaf: str) -> list[dict[str, Any]]:
+        return [p for t, p, _ in self.messages if t.endswith("/" + leaf)]
+
+    async def wait_for(self, predicate: Any, within_s: float = 15.0) -> None:
+        async with asyncio.timeout(within_s), self._changed:
+            await self._changed.wait_for(lambda: predicate(self))
+
+
+@asynccontextmanager
+async def listen(port: int, topic: str) -> AsyncIterator[Listener]:
+    listener = Listener()
+    async with aiomqtt.Client("127.0.0.1", port) as client:
+        await client.subscribe(topic, qos=1)
+        task = asyncio.create_task(listener._collect(client))
+        try:
+            yield listener
+        finally:
+            task.cancel()
