@@ -74,7 +74,11 @@ class Uplink:
                     attempt = 0
                     await self._drain_forever(client)
             except MqttConnectError as exc:
-                if _code(exc) in _UNSUPPORTED_PROTOCOL and self.cfg.protocol == "auto" and self.mqtt5:
+                if (
+                    _code(exc) in _UNSUPPORTED_PROTOCOL
+                    and self.cfg.protocol == "auto"
+                    and self.mqtt5
+                ):
                     logger.info("broker %s does not speak MQTT 5: using 3.1.1", self.cfg.host)
                     self.mqtt5 = False
                     continue
@@ -93,7 +97,7 @@ class Uplink:
         tls = None
         if c.tls:
             tls = ssl.create_default_context(cafile=c.ca_file)
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             c.host,
             c.port,
             username=c.username or self.gateway_id,
@@ -106,6 +110,9 @@ class Uplink:
             max_inflight_messages=WINDOW,
             tls_context=tls,
         )
+        # a window of publishes in flight is the design, not a backlog worth a warning each
+        client.pending_calls_threshold = WINDOW
+        return client
 
     async def _on_connected(self, client: aiomqtt.Client, session: int) -> None:
         birth = Birth(
