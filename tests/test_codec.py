@@ -14,7 +14,7 @@ from gridwatch.profiles import ModbusPoint
 
 def pt(data_type: str = "uint16", **kw: Any) -> ModbusPoint:
     kw.setdefault("table", "holding")
-    return ModbusPoint(address=0, data_type=data_type, **kw)  # type: ignore[arg-type]
+    return ModbusPoint(address=0, data_type=data_type, **kw)
 
 
 # float32 123.456 = 0x42F6E979 (the example in most converter manuals);

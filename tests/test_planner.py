@@ -13,7 +13,7 @@ from gridwatch.profiles import ModbusPoint
 def p(address: int, data_type: str = "uint16", table: str = "holding", **kw: Any) -> ModbusPoint:
     if data_type == "bit":
         kw.setdefault("bit", 0)
-    return ModbusPoint(table=table, address=address, data_type=data_type, **kw)  # type: ignore[arg-type]
+    return ModbusPoint(table=table, address=address, data_type=data_type, **kw)
 
 
 def shape(reqs: list[ReadRequest]) -> list[tuple[str, int, int, list[tuple[str, int]]]]:
@@ -54,8 +54,10 @@ PLAN_TABLE: list[tuple[str, Points, dict[str, int], list[tuple[str, int, int, li
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("why", "points", "opts", "expected"), PLAN_TABLE, ids=[r[0] for r in PLAN_TABLE])
-def test_plan_reads(why: str, points: Points, opts: dict[str, int], expected: Any) -> None:
+@pytest.mark.parametrize(
+    ("why", "points", "opts", "expected"), PLAN_TABLE, ids=[r[0] for r in PLAN_TABLE]
+)
+def test_plan_reads(why: str, points: Points, opts: dict[str, Any], expected: Any) -> None:
     assert shape(plan_reads(points, **opts)) == expected
 
 
@@ -79,7 +81,9 @@ BISECT_TABLE: list[tuple[str, Points, list[list[str]]]] = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("why", "points", "expected"), BISECT_TABLE, ids=[r[0] for r in BISECT_TABLE])
+@pytest.mark.parametrize(
+    ("why", "points", "expected"), BISECT_TABLE, ids=[r[0] for r in BISECT_TABLE]
+)
 def test_bisect(why: str, points: Points, expected: list[list[str]]) -> None:
     (req,) = plan_reads(points)
     halves = bisect(req, points)

@@ -1,0 +1,68 @@
+"""Helpers for the driver tests: free ports, gateways built in code, outcome collection."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from drivers.base import PollOutcome
+from gridwatch.gatewayconf import GatewayConfig, ResolvedDevice, default_profiles_dir, resolve
+from gridwatch.profiles import ModbusProfile, MqttProfile, load_profiles
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def gateway(
+    buses: list[dict[str, Any]],
+    devices: list[dict[str, Any]],
+    extra_profiles: list[dict[str, Any]] | None = None,
+) -> list[ResolvedDevice]:
+    """Resolved devices of a gateway config written as dicts, with the shipped profiles."""
+    profiles: dict[str, ModbusProfile | MqttProfile] = dict(load_profiles(default_profiles_dir()))
+    for raw in extra_profiles or []:
+        prof = ModbusProfile.model_validate(raw) if raw["protocol"] == "modbus" else (
+            MqttProfile.model_validate(raw))  # fmt: skip
+        profiles[prof.id] = prof
+    cfg = GatewayConfig.model_validate(
+        {"gateway": {"id": "gw-test"}, "buses": buses, "devices": devices}
+    )
+    return resolve(cfg, profiles)
+
+
+class Outcomes:
+    """A sink that keeps every outcome with its arrival time and wakes waiters."""
+
+    def __init__(self) -> None:
+        self.by_device: dict[str, list[tuple[float, PollOutcome]]] = defaultdict(list)
+        self._changed = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+
+    def __call__(self, outcome: PollOutcome) -> None:
+        self.by_device[outcome.device].append((self._loop.time(), outcome))
+        self._changed.set()
+
+    async def wait_for(self, cond: Callable[[], bool], within: float) -> None:
+        """Until ``cond()`` holds; TimeoutError after ``within`` seconds."""
+        async with asyncio.timeout(within):
+            while not cond():
+                self._changed.clear()
+                await self._changed.wait()
+
+    def count(self, device: str) -> int:
+        return len(self.by_device[device])
+
+    def outcomes(self, device: str) -> list[PollOutcome]:
+        return [o for _, o in self.by_device[device]]
+
+    def gaps(self, device: str) -> list[float]:
+        times = [t for t, _ in self.by_device[device]]
+        return [b - a for a, b in itertools.pairwise(times)]
