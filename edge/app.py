@@ -22,11 +22,18 @@ from pathlib import Path
 
 from drivers import DRIVERS
 from drivers.base import Driver
+from drivers.errors import UnknownPoint
 from edge.outbox import PRIO_TELEMETRY, Outbox
 from edge.pipeline import Pipeline
+from edge.remote import Remote
 from edge.uplink import Uplink
 from gridwatch.contract import DeviceHealth, GatewayHealth, Topics, new_id
-from gridwatch.gatewayconf import GatewayConfig, ResolvedDevice, load_gateway
+from gridwatch.gatewayconf import (
+    GatewayConfig,
+    ResolvedDevice,
+    load_gateway,
+    resolve_with_profiles,
+)
 from gridwatch.yamlconf import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -44,10 +51,14 @@ class EdgeAgent:
         base_dir: Path = Path("."),
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.cfg, self.clock = cfg, clock
-        gw = cfg.gateway.id
         path = Path(cfg.outbox.path)
-        self.outbox = Outbox(path if path.is_absolute() else base_dir / path, cfg.outbox.max_bytes)
+        path = path if path.is_absolute() else base_dir / path
+        self.outbox = Outbox(path, cfg.outbox.max_bytes)
+        self.cfg, self.clock = cfg, clock
+        stored = path.parent / "pushed-config.json"
+        cfg, devices = _newer_pushed_config(cfg, devices, stored)
+        self.cfg = cfg
+        gw = cfg.gateway.id
         self.topics = Topics(cfg.mqtt.prefix)
         self.pipeline = Pipeline(
             gw, devices, self.outbox, self.topics, clock, batch_max=cfg.mqtt.batch_max
@@ -56,24 +67,50 @@ class EdgeAgent:
             cfg.mqtt, gw, self.outbox, self.pipeline, self.topics, cfg.version, clock
         )
         self.outbox.notify = self.uplink.notify
-        self.drivers: dict[str, Driver] = {}
-        for bus in cfg.buses:
-            mine = [d for d in devices if d.bus.id == bus.id]
-            if mine:
-                self.drivers[bus.id] = DRIVERS[bus.type](bus, mine)
+        self.remote = Remote(
+            cfg, self.outbox, self.topics, stored, self.reconfigure, self.write, clock
+        )
+        self.uplink.on_down = self.remote.handle
+        self.drivers = _build_drivers(cfg, devices)
+        self._driver_tasks: list[asyncio.Task[None]] = []
+        self._tg: asyncio.TaskGroup | None = None
 
     async def run(self) -> None:
         try:
             async with asyncio.TaskGroup() as tg:
+                self._tg = tg
                 tg.create_task(self.uplink.run(), name="uplink")
                 tg.create_task(self._batcher(), name="batcher")
                 tg.create_task(self._health(), name="health")
-                for bus_id, drv in self.drivers.items():
-                    tg.create_task(drv.run(self.pipeline.sink), name=f"driver:{bus_id}")
+                self._start_drivers()
         finally:
             # whatever the drivers read before the stop is kept for the next start
             self.pipeline.flush()
             self.outbox.close()
+
+    def _start_drivers(self) -> None:
+        assert self._tg is not None
+        self._driver_tasks = [
+            self._tg.create_task(drv.run(self.pipeline.sink), name=f"driver:{bus_id}")
+            for bus_id, drv in self.drivers.items()
+        ]
+
+    async def reconfigure(self, cfg: GatewayConfig, devices: list[ResolvedDevice]) -> None:
+        """Apply a new device list without a restart; outbox and active alerts are kept."""
+        for task in self._driver_tasks:
+            task.cancel()
+        await asyncio.gather(*self._driver_tasks, return_exceptions=True)
+        self.pipeline.flush()
+        self.pipeline.reconfigure(devices)
+        self.cfg = cfg
+        self.drivers = _build_drivers(cfg, devices)
+        self._start_drivers()
+
+    async def write(self, device: str, point: str, value: float | int | bool) -> None:
+        dev = self.pipeline.devices.get(device)
+        if dev is None:
+            raise UnknownPoint(f"no device {device!r} on this gateway", device_id=device)
+        await self.drivers[dev.bus.id].write(device, point, value)
 
     async def _batcher(self) -> None:
         while True:
@@ -108,6 +145,31 @@ class EdgeAgent:
             return msg.model_dump_json().encode()
 
         self.outbox.enqueue(PRIO_TELEMETRY, "health", self.topics.health(gw), build)
+
+
+def _build_drivers(cfg: GatewayConfig, devices: list[ResolvedDevice]) -> dict[str, Driver]:
+    drivers: dict[str, Driver] = {}
+    for bus in cfg.buses:
+        mine = [d for d in devices if d.bus.id == bus.id]
+        if mine:
+            drivers[bus.id] = DRIVERS[bus.type](bus, mine)
+    return drivers
+
+
+def _newer_pushed_config(
+    cfg: GatewayConfig, devices: list[ResolvedDevice], stored: Path
+) -> tuple[GatewayConfig, list[ResolvedDevice]]:
+    """A config pushed by the registry outranks the file the gateway was installed with."""
+    if not stored.exists():
+        return cfg, devices
+    try:
+        pushed = GatewayConfig.model_validate_json(stored.read_text())
+        if pushed.version <= cfg.version:
+            return cfg, devices
+        return pushed, resolve_with_profiles(pushed, str(stored))
+    except (ValueError, ConfigError) as exc:
+        logger.error("ignoring stored pushed config %s: %s", stored, exc)
+        return cfg, devices
 
 
 _last_cpu: tuple[float, float] = (time.monotonic(), time.process_time())

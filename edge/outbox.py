@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gridwatch.contract import Value
+
 logger = logging.getLogger(__name__)
 
 PRIO_ALERT = 0
@@ -56,7 +58,7 @@ class ActiveAlert:
     rule: str
     alert_id: str
     raised_at: int
-    peak: object
+    peak: Value
 
 
 class Outbox:

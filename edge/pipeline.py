@@ -49,13 +49,40 @@ class Pipeline:
         self.on_alert: Callable[[AlertEvent], None] | None = None
         self._restore()
 
+    def reconfigure(self, devices: list[ResolvedDevice]) -> None:
+        """New devices and rules; alerts of rules that still exist stay active, others clear."""
+        self.flush()
+        now = self._now()
+        old = self.devices
+        self.devices = {d.id: d for d in devices}
+        self.rules = {d.id: DeviceRules(d.id, d.rules, d.interval_s, now) for d in devices}
+        for (device, rule_id), a in list(self.active.items()):
+            rules = self.rules.get(device)
+            rule = (
+                next((r for r in self.devices[device].rules if r.id == rule_id), None)
+                if rules
+                else None
+            )
+            if rules is not None and rule is not None:
+                rules.restore(rule_id, a.peak)
+                continue
+            # the rule is gone: clear its alert rather than leave it open forever
+            gone = next(r for r in old[device].rules if r.id == rule_id)
+            self.devices.setdefault(device, old[device])
+            point = getattr(gone, "point", "")
+            self._alert(
+                Transition(gone, device, point, AlertState.CLEARED, None, a.peak, None, now)
+            )
+            if device not in {d.id for d in devices}:
+                self.devices.pop(device, None)
+
     def _now(self) -> int:
         return int(self.clock() * 1000)
 
     def _restore(self) -> None:
         for a in self.outbox.active_alerts():
             if a.device in self.rules:
-                self.rules[a.device].restore(a.rule, a.peak)  # type: ignore[arg-type]
+                self.rules[a.device].restore(a.rule, a.peak)
                 self.active[(a.device, a.rule)] = a
         if self.active:
             logger.info("restored %d active alerts from the outbox", len(self.active))

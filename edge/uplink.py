@@ -14,7 +14,8 @@ import contextlib
 import logging
 import random
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import aiomqtt
 from aiomqtt import ProtocolVersion
@@ -33,6 +34,19 @@ BACKOFF_CAP_S = 1.0
 WINDOW = 200  # messages in flight at once
 # CONNACK codes for "unsupported protocol version" in MQTT 3.1.1 (1) and MQTT 5 (132)
 _UNSUPPORTED_PROTOCOL = {1, 132}
+
+
+async def _first_failure(*jobs: Coroutine[Any, Any, None]) -> None:
+    """Run jobs together until one ends; then cancel the rest and re-raise its error."""
+    tasks = [asyncio.create_task(j) for j in jobs]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for t in done:
+        t.result()
 
 
 def _code(exc: MqttConnectError) -> int | None:
@@ -59,6 +73,9 @@ class Uplink:
         self.published = 0
         self._failing = False
         self.mqtt5 = cfg.protocol != "3.1.1"
+        # configuration pushes and commands from the centre: (topic leaf, payload)
+        self.on_down: Callable[[str, bytes], Coroutine[Any, Any, None]] | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
 
     def notify(self) -> None:
         """Called when something was queued: wake the sender."""
@@ -72,7 +89,7 @@ class Uplink:
                 async with self._client(session) as client:
                     await self._on_connected(client, session)
                     attempt = 0
-                    await self._drain_forever(client)
+                    await _first_failure(self._drain_forever(client), self._read_down(client))
             except MqttConnectError as exc:
                 if (
                     _code(exc) in _UNSUPPORTED_PROTOCOL
@@ -123,6 +140,9 @@ class Uplink:
         await client.publish(
             self.topics.status(self.gateway_id), birth.model_dump_json(), qos=1, retain=True
         )
+        if self.on_down is not None:
+            await client.subscribe(self.topics.config(self.gateway_id), qos=1)
+            await client.subscribe(self.topics.command(self.gateway_id), qos=1)
         self.pipeline.session = session
         self.connected = self.pipeline.uplink_up = True
         if self._failing:
@@ -142,6 +162,18 @@ class Uplink:
         else:
             logger.debug("uplink still down: %s", exc)
         self._failing = True
+
+    async def _read_down(self, client: aiomqtt.Client) -> None:
+        async for msg in client.messages:
+            parsed = self.topics.parse_gateway_topic(str(msg.topic))
+            if parsed is None or self.on_down is None or not isinstance(msg.payload, bytes):
+                continue
+            # a slow command must not hold up the next message
+            task = asyncio.create_task(
+                self.on_down(parsed[1], msg.payload), name=f"down:{parsed[1]}"
+            )
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
 
     async def _drain_forever(self, client: aiomqtt.Client) -> None:
         while True:

@@ -10,7 +10,7 @@ gateway's MQTT username so a broker ACL ``pattern readwrite P/gw/%u/#`` confines
     P/gw/G/telemetry                 TelemetryBatch                                (up)
     P/gw/G/alert                     AlertEvent                                    (up)
     P/gw/G/health                    GatewayHealth                                 (up)
-    P/gw/G/config          retained  GatewayConfigPush                             (down)
+    P/gw/G/config          retained  ConfigPush                                    (down)
     P/gw/G/config/ack                ConfigAck                                     (up)
     P/gw/G/cmd                       Command                                       (down)
     P/gw/G/cmd/result                CommandResult                                 (up)
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -163,6 +163,16 @@ class GatewayHealth(Upstream):
     outbox_dropped: int = 0
     uplink_reconnects: int = 0
     devices: list[DeviceHealth] = Field(default_factory=list)
+
+
+class ConfigPush(_Msg):
+    """A gateway's whole configuration, as the registry generated it (retained)."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    gateway: str
+    version: int = Field(ge=1, description="Increases with every change; acks name it.")
+    config: dict[str, Any] = Field(description="The gateway config document (as in YAML).")
+    ts: int
 
 
 class ConfigAck(_Msg):

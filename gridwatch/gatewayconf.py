@@ -176,10 +176,17 @@ def resolve(
     return out
 
 
+def resolve_with_profiles(
+    cfg: GatewayConfig, file: str = "", base: Path | None = None
+) -> list[ResolvedDevice]:
+    """Resolve against the config's profile folder (relative to ``base``) or the shipped one."""
+    pdir = Path(cfg.profiles_dir) if cfg.profiles_dir else default_profiles_dir()
+    if cfg.profiles_dir and not pdir.is_absolute() and base is not None:
+        pdir = base / pdir
+    return resolve(cfg, load_profiles(pdir), file)
+
+
 def load_gateway(path: Path | str) -> tuple[GatewayConfig, list[ResolvedDevice]]:
     """Load a gateway config and its profiles; raises ConfigError with every problem found."""
     cfg = load_model(GatewayConfig, path)
-    pdir = Path(cfg.profiles_dir) if cfg.profiles_dir else default_profiles_dir()
-    if cfg.profiles_dir and not pdir.is_absolute():
-        pdir = Path(path).parent / pdir
-    return cfg, resolve(cfg, load_profiles(pdir), str(path))
+    return cfg, resolve_with_profiles(cfg, str(path), Path(path).parent)

@@ -67,6 +67,18 @@ def line_map(text: str) -> dict[KeyPath, int]:
     return lines
 
 
+def data_paths(data: Any, path: KeyPath = ()) -> dict[KeyPath, int]:
+    """Key paths of a document that has no lines (JSON pushed over MQTT): each at line 0."""
+    out: dict[KeyPath, int] = {path: 0}
+    if isinstance(data, dict):
+        for k, v in data.items():
+            out.update(data_paths(v, (*path, k)))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            out.update(data_paths(v, (*path, i)))
+    return out
+
+
 def _nearest_line(lines: dict[KeyPath, int], path: KeyPath) -> int | None:
     for n in range(len(path), -1, -1):
         if path[:n] in lines:
@@ -91,12 +103,13 @@ def validate(model: type[M], data: Any, file: str, lines: dict[KeyPath, int]) ->
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_with_missing(exc, file, lines)) from exc
+        raise ConfigError(problems_from(exc, file, lines)) from exc
 
 
-def _with_missing(
+def problems_from(
     exc: ValidationError, file: str, lines: dict[KeyPath, int]
 ) -> list[ConfigProblem]:
+    """A pydantic error as problems located by key path (and line, where ``lines`` has one)."""
     out = []
     for err in exc.errors():
         loc: KeyPath = tuple(err["loc"])

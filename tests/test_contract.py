@@ -22,7 +22,7 @@ MESSAGES = [
     "TelemetryBatch",
     "AlertEvent",
     "GatewayHealth",
-    "ConfigAck",
+    "ConfigPush", "ConfigAck",
     "Command",
     "CommandResult",
     "PlatformAlert",
