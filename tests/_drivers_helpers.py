@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import os
+import selectors
+import shutil
 import socket
+import subprocess
+import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from drivers.base import PollOutcome
@@ -66,3 +74,53 @@ class Outcomes:
     def gaps(self, device: str) -> list[float]:
         times = [t for t, _ in self.by_device[device]]
         return [b - a for a, b in itertools.pairwise(times)]
+
+
+class Broker:
+    """A mosquitto of the test's own on a free loopback port; ``start()`` returns once it
+    logged that it listens (read from its log, no fixed sleep)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> Broker:
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                        "log_dest stderr\npersistence false\n")  # fmt: skip
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)  # fmt: skip
+        wait_for_output(self.proc, f"port {self.port}", 10)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.communicate(timeout=10)
+            self.proc = None
+
+
+def wait_for_output(proc: subprocess.Popen[str], needle: str, within: float) -> None:
+    """Read the process's stderr until it contains ``needle``, then keep draining it in a
+    thread so a chatty process never blocks on a full pipe."""
+    assert proc.stderr is not None
+    fd = proc.stderr.fileno()
+    sel = selectors.DefaultSelector()
+    sel.register(fd, selectors.EVENT_READ)
+    seen = b""
+    deadline = time.monotonic() + within
+    while (left := deadline - time.monotonic()) > 0 and proc.poll() is None:
+        if sel.select(left):
+            seen += os.read(fd, 65536)
+            if needle.encode() in seen:
+                threading.Thread(target=_drain, args=(fd,), daemon=True).start()
+                return
+    raise TimeoutError(f"process never wrote {needle!r}: {seen[-500:]!r}")
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        while os.read(fd, 65536):
+            pass

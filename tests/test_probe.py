@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import io
-import selectors
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pytest
 
 from gridwatch import probe
 from gridwatch.cli import build_parser
-from tests._drivers_helpers import free_port
+from tests._drivers_helpers import free_port, wait_for_output
 
 PROFILE = """
 profile:
@@ -31,20 +29,6 @@ profile:
     level: {base: 123.456}
     code: {base: 42}
 """
-
-
-def _wait_for_line(proc: subprocess.Popen[str], needle: str, within: float) -> None:
-    """Read the process's stderr until a line contains ``needle``."""
-    assert proc.stderr is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stderr, selectors.EVENT_READ)
-    deadline = time.monotonic() + within
-    while (left := deadline - time.monotonic()) > 0:
-        if sel.select(left) and needle in proc.stderr.readline():
-            return
-        if proc.poll() is not None:
-            break
-    raise TimeoutError(f"sim never logged {needle!r}")
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +50,13 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         cwd=Path(__file__).resolve().parent.parent,
     )  # fmt: skip
     try:
-        _wait_for_line(proc, "sim: serving", 20)
+        wait_for_output(proc, "sim: serving", 20)
         yield port
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=10)
+        proc.wait(timeout=10)
+        assert proc.stdout is not None
+        out = proc.stdout.read()
     assert proc.returncode == 0
     assert out == ""  # nothing chatty on stdout
 
