@@ -76,6 +76,17 @@ class Uplink:
         # configuration pushes and commands from the centre: (topic leaf, payload)
         self.on_down: Callable[[str, bytes], Coroutine[Any, Any, None]] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._changed = asyncio.Event()
+
+    def _state_changed(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_until(self, predicate: Callable[[Uplink], bool], within_s: float) -> None:
+        """Until ``predicate(self)`` holds after a connect, failure or acknowledged batch."""
+        async with asyncio.timeout(within_s):
+            while not predicate(self):
+                await self._changed.wait()
 
     def notify(self) -> None:
         """Called when something was queued: wake the sender."""
@@ -154,6 +165,7 @@ class Uplink:
                 "uplink connected to %s:%d (session %d)", self.cfg.host, self.cfg.port, session
             )
         self._failing = False
+        self._state_changed()
 
     def _on_failure(self, exc: Exception) -> None:
         if self.connected or not self._failing:
@@ -162,6 +174,7 @@ class Uplink:
         else:
             logger.debug("uplink still down: %s", exc)
         self._failing = True
+        self._state_changed()
 
     async def _read_down(self, client: aiomqtt.Client) -> None:
         async for msg in client.messages:
@@ -194,6 +207,7 @@ class Uplink:
             ]
             self.outbox.ack(done)
             self.published += len(done)
+            self._state_changed()
             for r in results:
                 if isinstance(r, BaseException):
                     raise r

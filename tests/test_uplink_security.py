@@ -1,0 +1,76 @@
+"""The uplink over TLS with credentials, against a real mosquitto that demands both."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gridwatch.sim.modbus import SimField
+from tests.fieldkit import gateway_config
+from tests.services import Mosquitto
+from tests.test_edge_agent import running
+from tests.tls import Certs, make_certs
+
+
+@pytest.fixture
+def secure_broker() -> Iterator[tuple[Mosquitto, Certs]]:
+    # outside pytest's root-private tmp dir: mosquitto reads these as its own user
+    work = Path(tempfile.mkdtemp(prefix="gridwatch-tls-"))
+    work.chmod(0o755)
+    certs = make_certs(work / "certs")
+    (work / "certs").chmod(0o755)
+    passwd = work / "passwd"
+    passwd.touch()
+    subprocess.run(
+        ["mosquitto_passwd", "-b", str(passwd), "gw-futian-01", "s3cret-pass"], check=True
+    )
+    passwd.chmod(0o644)
+    broker = Mosquitto(
+        work / "mq",
+        extra=[
+            f"cafile {certs.ca}", f"certfile {certs.cert}", f"keyfile {certs.key}",
+            "allow_anonymous false", f"password_file {passwd}",
+        ],
+    ).start()  # fmt: skip
+    yield broker, certs
+    broker.stop()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+async def test_uplink_over_tls_with_password_from_environment(
+    secure_broker: tuple[Mosquitto, Certs],
+    prefix: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    broker, certs = secure_broker
+    monkeypatch.setenv("GW_PASSWORD", "s3cret-pass")
+    cfg, devices, _ = gateway_config(
+        tmp_path, broker.port, prefix, tls=True, ca_file=str(certs.ca), password_env="GW_PASSWORD"
+    )
+    async with SimField(devices, update_s=3600), running(cfg, devices) as agent:
+        await agent.uplink.wait_until(lambda u: u.published > 0, within_s=15)
+    assert agent.uplink.connected is False  # stopped cleanly
+
+
+@pytest.mark.parametrize("what", ["wrong password", "untrusted CA"])
+async def test_uplink_is_refused_without_the_right_secrets(
+    what: str, secure_broker: tuple[Mosquitto, Certs], prefix: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    broker, certs = secure_broker
+    other = make_certs(tmp_path / "other")
+    monkeypatch.setenv("GW_PASSWORD", "wrong" if what == "wrong password" else "s3cret-pass")
+    ca = other.ca if what == "untrusted CA" else certs.ca
+    cfg, devices, _ = gateway_config(
+        tmp_path, broker.port, prefix, tls=True, ca_file=str(ca), password_env="GW_PASSWORD"
+    )
+    async with SimField(devices, update_s=3600), running(cfg, devices) as agent:
+        await agent.uplink.wait_until(lambda u: u.reconnects > 0, within_s=15)
+        assert agent.uplink.published == 0
+    assert "s3cret-pass" not in caplog.text  # secrets never reach the log
