@@ -9,6 +9,7 @@ with the messages unacknowledged; a broker failure reconnects, and the broker re
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -58,12 +59,21 @@ class Bridge:
         self.core = IngestCore(self.topics, track_gaps=cfg.share_group is None)
         self.connected = asyncio.Event()
         self._progress = asyncio.Condition()
-        self._version: MqttVersion | None = None if cfg.mqtt_protocol == "auto" else cfg.mqtt_protocol
+        self._version: MqttVersion | None = (
+            None if cfg.mqtt_protocol == "auto" else cfg.mqtt_protocol
+        )
         self._outage: dict[str, bool] = {}
+        self._committed = Stats()
 
     @property
     def stats(self) -> Stats:
+        """Running counts, including a step still in progress."""
         return self.core.stats
+
+    @property
+    def committed(self) -> Stats:
+        """Counts as of the last acknowledged step: what they count is written."""
+        return self._committed
 
     async def run(self) -> None:
         if self.cfg.share_group and self.cfg.mqtt_protocol == "3.1.1":
@@ -72,10 +82,14 @@ class Bridge:
             tg.create_task(self._mqtt_loop(), name="bridge-mqtt")
             tg.create_task(self._maintenance_loop(), name="bridge-maintenance")
 
-    async def until(self, predicate: Callable[[Stats], bool]) -> None:
-        """Wait until ``predicate(stats)`` holds after an ingest step (callers bound the wait)."""
+    async def until(self, predicate: Callable[[Stats], bool], live: bool = False) -> None:
+        """Wait until ``predicate`` holds for the stats as of the last completed (acknowledged)
+        ingest step, so that what it counted is written; ``live``: for the running counts, checked
+        after each step and each failed write. Callers bound the wait."""
         async with self._progress:
-            await self._progress.wait_for(lambda: predicate(self.stats))
+            await self._progress.wait_for(
+                lambda: predicate(self.stats if live else self._committed)
+            )
 
     # ---- the MQTT session --------------------------------------------------------------------
 
@@ -109,7 +123,9 @@ class Bridge:
             except BrokerError as exc:
                 # amqtt neither accepts nor refuses an MQTT 5 CONNECT: it stays silent
                 timed_out = "timed out" in str(exc)
-                if version == versions[-1] or not (isinstance(exc, ProtocolUnsupported) or timed_out):
+                if version == versions[-1] or not (
+                    isinstance(exc, ProtocolUnsupported) or timed_out
+                ):
                     raise
                 logger.info("broker does not answer MQTT 5 (%s); trying MQTT 3.1.1", exc)
                 continue
@@ -151,6 +167,7 @@ class Bridge:
         await self._retrying("registry", self.store.apply, plan.changes)
         session.ack(batch)  # everything is written: now the broker may forget these messages
         async with self._progress:
+            self._committed = copy.deepcopy(self.stats)
             self._progress.notify_all()
 
     async def _retrying(
@@ -162,6 +179,9 @@ class Bridge:
                 result = await call(*args, **kwargs)
             except (SinkError, StoreUnavailable) as exc:
                 self._failed(what, exc)
+                self.stats.write_failures += 1
+                async with self._progress:
+                    self._progress.notify_all()
                 await asyncio.sleep(backoff.next())
                 continue
             self._recovered(what)
@@ -185,11 +205,15 @@ class Bridge:
             await asyncio.sleep(self.cfg.maintenance_s)
             now = self.clock()
             try:
-                pruned = await self.store.prune(now, self.cfg.seen_retention_s * 1000, self.cfg.quarantine_keep)
+                pruned = await self.store.prune(
+                    now, self.cfg.seen_retention_s * 1000, self.cfg.quarantine_keep
+                )
                 await self.sink.maintain(now)
             except (SinkError, StoreUnavailable) as exc:
                 logger.warning("housekeeping skipped: %s", exc)
                 continue
             rate = (self.stats.points_written - last) / self.cfg.maintenance_s
             last = self.stats.points_written
-            logger.info("bridge: %.0f points/s; pruned %d ids; %s", rate, pruned, self.stats.as_dict())
+            logger.info(
+                "bridge: %.0f points/s; pruned %d ids; %s", rate, pruned, self.stats.as_dict()
+            )

@@ -21,7 +21,9 @@ logger = logging.getLogger(__name__)
 
 def broker_config(host: str, port: int) -> dict[str, Any]:
     return {
-        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 1000}},
+        "listeners": {
+            "default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 1000}
+        },
         "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
     }
 

@@ -53,6 +53,8 @@ class Stats:
     points_written: int = 0
     points_skipped: int = 0
     """Readings without a numeric value (failed reads, strings): registry only."""
+    write_failures: int = 0
+    """Sink or registry writes that failed and were retried."""
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -60,7 +62,7 @@ class Stats:
             "rejected": dict(self.rejected), "duplicates": self.duplicates, "gaps": self.gaps,
             "missing": self.missing, "replays": self.replays, "readings": self.readings,
             "alerts_published": self.alerts_published, "points_written": self.points_written,
-            "points_skipped": self.points_skipped,
+            "points_skipped": self.points_skipped, "write_failures": self.write_failures,
         }  # fmt: skip
 
 

@@ -47,5 +47,7 @@ def batch_lines(batch: TelemetryBatch, measurement: str, out: list[str]) -> int:
         else:
             skipped += 1
             continue
-        out.append(f"{series_key(measurement, gw, r.device, r.point, r.quality.value)}{num!r} {r.ts}")
+        out.append(
+            f"{series_key(measurement, gw, r.device, r.point, r.quality.value)}{num!r} {r.ts}"
+        )
     return skipped

@@ -28,7 +28,10 @@ logger = logging.getLogger(__name__)
 
 MqttVersion = Literal["5", "3.1.1"]
 _SESSION_EXPIRY_S = 7 * 24 * 3600
-_UNSUPPORTED = {"Unsupported protocol version", "Connection Refused: unacceptable protocol version."}
+_UNSUPPORTED = {
+    "Unsupported protocol version",
+    "Connection Refused: unacceptable protocol version.",
+}
 
 
 @dataclass(frozen=True)

@@ -45,19 +45,30 @@ def _param(name: str, where: str, desc: str, **schema: Any) -> dict[str, Any]:
 
 @functools.cache
 def openapi_document() -> dict[str, Any]:
-    models: list[type[BaseModel]] = [DeviceView, GatewayView, AlertView, QuarantineView, ErrorView, HealthView]
+    models: list[type[BaseModel]] = [
+        DeviceView,
+        GatewayView,
+        AlertView,
+        QuarantineView,
+        ErrorView,
+        HealthView,
+    ]
     _, defs = models_json_schema([(m, "serialization") for m in models], ref_template=_REF)
     return {
         "openapi": "3.1.0",
         "info": {"title": "gridwatch device registry", "version": "1"},
         "paths": {
             "/health": _op("Liveness and database check", _ref("HealthView"), errors=(503,)),
-            "/api/v1/gateways": _op("Every gateway with its latest health", _ref("GatewayView", True)),
+            "/api/v1/gateways": _op(
+                "Every gateway with its latest health", _ref("GatewayView", True)
+            ),
             "/api/v1/devices": _op(
                 "Devices with status, last_seen and last values with quality",
                 _ref("DeviceView", True),
-                [_param("gateway", "query", "Only this gateway's devices"),
-                 _param("district", "query", "Only devices sited in this district")],
+                [
+                    _param("gateway", "query", "Only this gateway's devices"),
+                    _param("district", "query", "Only devices sited in this district"),
+                ],
             ),
             "/api/v1/devices/{id}": _op(
                 "One device, by 'gateway:device' or by a device id unique across gateways",
@@ -68,8 +79,10 @@ def openapi_document() -> dict[str, Any]:
             "/api/v1/alerts": _op(
                 "Alerts, newest transition first",
                 _ref("AlertView", True),
-                [_param("state", "query", "active (default) or all", enum=["active", "all"]),
-                 _param("limit", "query", "At most this many", type="integer", minimum=1)],
+                [
+                    _param("state", "query", "active (default) or all", enum=["active", "all"]),
+                    _param("limit", "query", "At most this many", type="integer", minimum=1),
+                ],
             ),
             "/api/v1/quarantine": _op(
                 "Messages the bridge refused, newest first",

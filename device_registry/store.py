@@ -56,7 +56,9 @@ class RegistryStore:
         store = cls(make_engine(url))
         async with store._errors(), store.engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
-        logger.info("registry store open: %s", store.engine.url.render_as_string(hide_password=True))
+        logger.info(
+            "registry store open: %s", store.engine.url.render_as_string(hide_password=True)
+        )
         return store
 
     async def close(self) -> None:
@@ -108,7 +110,9 @@ class RegistryStore:
             )
             newest = await s.scalar(select(func.max(Quarantined.id)))
             if newest is not None:
-                await s.execute(delete(Quarantined).where(Quarantined.id <= newest - quarantine_keep))
+                await s.execute(
+                    delete(Quarantined).where(Quarantined.id <= newest - quarantine_keep)
+                )
         count: int = getattr(gone, "rowcount", 0) or 0
         return count
 
@@ -184,13 +188,17 @@ class RegistryStore:
             gw.online, gw.died_at = False, now
             status = "stale"
         await s.flush()
-        await s.execute(update(Device).where(Device.gateway_id == msg.gateway).values(status=status))
+        await s.execute(
+            update(Device).where(Device.gateway_id == msg.gateway).values(status=status)
+        )
 
     async def _apply_alerts(self, s: AsyncSession, events: Sequence[AlertEvent], now: int) -> None:
         if not events:
             return
         ids = {e.alert_id for e in events}
-        known = {a.alert_id: a for a in await s.scalars(select(Alert).where(Alert.alert_id.in_(ids)))}
+        known = {
+            a.alert_id: a for a in await s.scalars(select(Alert).where(Alert.alert_id.in_(ids)))
+        }
         for ev in events:
             row = known.get(ev.alert_id)
             if row is None:
@@ -228,7 +236,11 @@ class RegistryStore:
             return
         data = report.model_dump(mode="json")
         if row is None:
-            s.add(GatewayHealthRow(gateway_id=report.gateway, ts=report.ts, received_at=now, report=data))
+            s.add(
+                GatewayHealthRow(
+                    gateway_id=report.gateway, ts=report.ts, received_at=now, report=data
+                )
+            )
         else:
             row.ts, row.received_at, row.report = report.ts, now, data
         for dev in report.devices:
@@ -240,7 +252,9 @@ class RegistryStore:
 
     async def _record(self, s: AsyncSession, ch: Changes) -> None:
         if ch.seen_ids:
-            rows = [{"id": i, "gateway": gw, "received_at": ch.now} for i, gw in ch.seen_ids.items()]
+            rows = [
+                {"id": i, "gateway": gw, "received_at": ch.now} for i, gw in ch.seen_ids.items()
+            ]
             await s.execute(self._insert(SeenMessage).on_conflict_do_nothing(), rows)
         if ch.quarantine:
             s.add_all(
@@ -270,7 +284,9 @@ class RegistryStore:
         async with self._tx() as s:
             return [views.gateway(gw, n or 0, report) for gw, n, report in await s.execute(q)]
 
-    async def devices(self, gateway: str | None = None, district: str | None = None) -> list[DeviceView]:
+    async def devices(
+        self, gateway: str | None = None, district: str | None = None
+    ) -> list[DeviceView]:
         q = _device_query()
         if gateway is not None:
             q = q.where(Device.gateway_id == gateway)
@@ -336,9 +352,7 @@ def _device_query() -> _DeviceRows:
     )
 
 
-async def _device_views(
-    s: AsyncSession, q: _DeviceRows
-) -> list[DeviceView]:
+async def _device_views(s: AsyncSession, q: _DeviceRows) -> list[DeviceView]:
     rows = (await s.execute(q)).all()
     ids = [row[0].id for row in rows]
     readings: dict[str, list[LatestReading]] = {}

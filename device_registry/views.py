@@ -16,7 +16,9 @@ from device_registry.schemas import (
 _PAYLOAD_SHOWN = 4096
 
 
-def device(d: Device, district: str | None, grid: str | None, readings: list[LatestReading]) -> DeviceView:
+def device(
+    d: Device, district: str | None, grid: str | None, readings: list[LatestReading]
+) -> DeviceView:
     return DeviceView(
         id=d.id, gateway=d.gateway_id, device=d.name,
         status=cast(Literal["online", "stale"], d.status),
@@ -47,6 +49,10 @@ def alert(a: Alert) -> AlertView:
 
 def quarantined(q: Quarantined) -> QuarantineView:
     return QuarantineView(
-        id=q.id, received_at=q.received_at, topic=q.topic, reason=q.reason, detail=q.detail,
+        id=q.id,
+        received_at=q.received_at,
+        topic=q.topic,
+        reason=q.reason,
+        detail=q.detail,
         payload=q.payload[:_PAYLOAD_SHOWN].decode("utf-8", "replace"),
     )
