@@ -120,9 +120,7 @@ class IngestCore:
         ]  # fmt: skip
         for msg in decoded.messages:
             if isinstance(msg, Birth | Death):
-                ch.status.append(msg)
-                for dev in msg.devices if isinstance(msg, Birth) else ():
-                    ch.device_seen.setdefault((msg.gateway, dev), None)
+                ch.status.append(msg)  # the store registers the devices a birth names
                 self.stats.ingested[msg.kind] += 1
                 continue
             if msg.id in seen or msg.id in ch.seen_ids:

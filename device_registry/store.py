@@ -188,6 +188,17 @@ class RegistryStore:
             gw.online, gw.died_at = False, now
             status = "stale"
         await s.flush()
+        if isinstance(msg, Birth) and msg.devices:  # a birth registers the devices it names
+            rows = [
+                {
+                    "id": device_key(msg.gateway, d),
+                    "gateway_id": msg.gateway,
+                    "name": d,
+                    "first_seen": now,
+                }
+                for d in msg.devices
+            ]
+            await s.execute(self._insert(Device).on_conflict_do_nothing(), rows)
         await s.execute(
             update(Device).where(Device.gateway_id == msg.gateway).values(status=status)
         )

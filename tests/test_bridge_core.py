@@ -1,0 +1,110 @@
+"""The bridge's pure core, as tables: decoding, sequence gaps, line protocol, planning."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cloud_bridge.core import IngestCore, Raw
+from cloud_bridge.decode import Cleared, Reason, Rejection, decode
+from cloud_bridge.lineproto import batch_lines
+from cloud_bridge.sequence import GapTracker, Seq
+from gridwatch.contract import AlertState, Quality, TelemetryBatch, Topics
+from tests._central_helpers import alert, batch, birth, reading
+
+T = Topics("p")
+GOOD = batch("g1", [reading("d1", "level", 1.0, 1000)], seq=1).model_dump_json().encode()
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "expected"),
+    [
+        ("p/gw/g1/telemetry", GOOD, TelemetryBatch),
+        ("p/gw/g1/status", b"", Cleared),
+        ("p/gw/g1/status", birth("g1", 1, []).model_dump_json().encode(), "birth"),
+        ("p/gw/g1/telemetry", b"{nope", Reason.BAD_JSON),
+        ("p/gw/g1/telemetry", b"", Reason.BAD_JSON),
+        ("p/gw/g1/telemetry", json.dumps({"v": 1, "id": "x"}).encode(), Reason.BAD_SCHEMA),
+        ("p/gw/g1/telemetry", GOOD.replace(b'"v":1', b'"v":9'), Reason.BAD_VERSION),
+        ("p/gw/g1/alert", GOOD, Reason.BAD_SCHEMA),  # telemetry on the alert topic
+        ("p/gw/g2/telemetry", GOOD, Reason.GATEWAY_MISMATCH),
+        ("p/gw/g1/cmd", GOOD, Reason.BAD_TOPIC),
+        ("q/gw/g1/telemetry", GOOD, Reason.BAD_TOPIC),
+        ("p/gw/g1/status", b'{"v":1,"kind":"zombie","gateway":"g1"}', Reason.BAD_SCHEMA),
+    ],
+)
+def test_decode(topic: str, payload: bytes, expected: object) -> None:
+    got = decode(T, topic, payload)
+    if isinstance(expected, Reason):
+        assert isinstance(got, Rejection) and got.reason is expected, got
+    elif isinstance(expected, str):
+        assert getattr(got, "kind", None) == expected
+    else:
+        assert isinstance(got, expected)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("observations", "expected"),
+    [
+        ([(1, 1), (1, 2), (1, 3)], [Seq.FIRST, Seq.NEXT, Seq.NEXT]),
+        ([(1, 1), (1, 4)], [Seq.FIRST, (Seq.GAP, 2)]),
+        ([(1, 5), (1, 5), (1, 3)], [Seq.FIRST, Seq.REPLAY, Seq.REPLAY]),
+        ([(1, 7), (2, 0), (2, 1)], [Seq.FIRST, Seq.RESTART, Seq.NEXT]),  # numbering per session
+        ([(1, 7), (2, 8)], [Seq.FIRST, Seq.NEXT]),  # numbering across sessions
+        ([(1, 7), (2, 10)], [Seq.FIRST, (Seq.GAP, 2)]),
+    ],
+)
+def test_gap_tracker(observations: list[tuple[int, int]], expected: list[object]) -> None:
+    tracker = GapTracker()
+    got: list[object] = []
+    for session, seq in observations:
+        o = tracker.observe("g", "telemetry", session, seq)
+        got.append((o.kind, o.missing) if o.kind is Seq.GAP else o.kind)
+    assert got == expected
+
+
+def test_line_protocol() -> None:
+    msg = batch("g 1", [
+        reading("d,1", "lev=el", 1.5, 1000),
+        reading("d2", "alarm", False, 1001),
+        reading("d3", "n", 7, 1002, Quality.OUT_OF_RANGE),
+        reading("d4", "text", "hi", 1003),
+        reading("d5", "x", None, 1004, Quality.COMM_ERROR),
+        reading("d6", "x", float("nan"), 1005),
+    ])  # fmt: skip
+    lines: list[str] = []
+    assert batch_lines(msg, "gw", lines) == 3
+    assert lines == [
+        r"gw,gateway=g\ 1,device=d\,1,point=lev\=el,quality=good value=1.5 1000",
+        "gw,gateway=g\\ 1,device=d2,point=alarm,quality=good value=0.0 1001",
+        "gw,gateway=g\\ 1,device=d3,point=n,quality=out_of_range value=7.0 1002",
+    ]
+
+
+def test_plan_drops_duplicates_and_coalesces_last_values() -> None:
+    core = IngestCore(T)
+    first = batch(
+        "g1", [reading("d1", "level", 1.0, 1000), reading("d1", "level", 3.0, 3000)], seq=1
+    )
+    second = batch("g1", [reading("d1", "level", 2.0, 2000)], seq=2)
+    known = batch("g1", [reading("d1", "level", 9.0, 9000)], seq=3)
+    ev = alert("g1", "a1", AlertState.RAISED, 1000)
+    raws = [
+        Raw(T.telemetry("g1"), m.model_dump_json().encode()) for m in (first, second, first, known)
+    ]
+    raws.append(Raw(T.alert("g1"), ev.model_dump_json().encode()))
+    raws.append(Raw(T.telemetry("g1"), b"junk"))
+    decoded = core.decode(raws, now=5000)
+    plan = core.plan(decoded, seen={known.id})
+    assert [b.id for b in plan.telemetry] == [first.id, second.id]
+    assert core.stats.duplicates == 2 and core.stats.rejected == {"bad_json": 1}
+    [latest] = plan.changes.latest.values()
+    assert (latest.value, latest.ts) == (3.0, 3000)
+    assert plan.changes.device_seen == {("g1", "d1"): 3000}
+    assert set(plan.changes.seen_ids) == {first.id, second.id, ev.id}
+    [(topic, payload)] = plan.platform
+    assert topic == "p/platform/alert/north/W-01/major"
+    assert json.loads(payload)["alert_id"] == "a1"
+    [q] = plan.changes.quarantine
+    assert (q.reason, q.payload, q.received_at) == ("bad_json", b"junk", 5000)

@@ -1,0 +1,138 @@
+"""The registry's REST API, served by a whole central process (store + API + bridge) in-process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from device_registry.app import build_app, serving
+from gridwatch.central import Central
+from gridwatch.cli import build_parser
+from gridwatch.contract import AlertState, Quality, Topics
+from tests._central_helpers import alert, batch, birth, now_ms, publisher, reading, until
+from tests.services import Mosquitto, free_port
+
+
+@asynccontextmanager
+async def central(*argv: str) -> AsyncIterator[Central]:
+    args = build_parser().parse_args(["central", "run", "--http-port", "0", *argv])
+    c = Central(args)
+    stop = asyncio.Event()
+    task = asyncio.create_task(c.run(stop), name="central")
+    try:
+        async with asyncio.timeout(10):
+            await asyncio.wait(
+                [asyncio.create_task(c.ready.wait()), task], return_when=asyncio.FIRST_COMPLETED
+            )
+        assert c.ready.is_set(), task.exception() if task.done() else "central did not start"
+        assert c.bridge is not None
+        async with asyncio.timeout(10):
+            await c.bridge.connected.wait()
+        yield c
+    finally:
+        stop.set()
+        async with asyncio.timeout(10):
+            await task  # a clean, ordered shutdown: no exception, no hang
+
+
+async def get(http: aiohttp.ClientSession, url: str, status: int = 200) -> Any:
+    async with http.get(url) as r:
+        assert r.status == status, await r.text()
+        assert r.content_type == "application/json"
+        return await r.json()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def test_rest_api_lists_what_gateways_reported(
+    mosquitto: Mosquitto, prefix: str, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    gw, t = prefix, now_ms()
+    topics = Topics(prefix)
+    argv = ["--mqtt-host", mosquitto.host, "--mqtt-port", str(mosquitto.port), "--prefix", prefix,
+            "--data-dir", str(tmp_path), "--bridge-id", f"central-{prefix}"]  # fmt: skip
+    async with central(*argv) as c, publisher(mosquitto.host, mosquitto.port) as pub:
+        assert c.bridge is not None
+        await pub.publish(topics.status(gw), birth(gw, 1, ["d1", "d2"]).model_dump_json(), qos=1)
+        readings = [
+            reading("d1", "level", 2.5, t),
+            reading("d2", "level", None, t, Quality.COMM_ERROR),
+        ]
+        await pub.publish(topics.telemetry(gw), batch(gw, readings).model_dump_json(), qos=1)
+        await pub.publish(
+            topics.alert(gw), alert(gw, "a1", AlertState.RAISED, t).model_dump_json(), qos=1
+        )
+        await until(c.bridge, lambda s: s.ingested["telemetry"] == 1 and s.ingested["alert"] == 1)
+        api = c.registry_url + "/api/v1"
+
+        devices = await get(http, f"{api}/devices")
+        assert [(d["id"], d["status"], d["last_seen"]) for d in devices] == [
+            (f"{gw}:d1", "online", t),
+            (f"{gw}:d2", "online", None),
+        ]
+        assert devices[0]["values"]["level"] == {
+            "value": 2.5, "unit": "m", "quality": "good", "ts": t, "historical": False
+        }  # fmt: skip
+        assert devices[1]["values"]["level"]["quality"] == "comm_error"
+        assert [d["id"] for d in await get(http, f"{api}/devices?gateway={gw}&district=north")] == [
+            f"{gw}:d1"
+        ]
+        assert await get(http, f"{api}/devices?gateway=nobody") == []
+        one = await get(http, f"{api}/devices/{gw}:d1")
+        assert (one["device"], one["district"], one["grid"]) == ("d1", "north", "G7")
+        [g] = await get(http, f"{api}/gateways")
+        assert (g["id"], g["online"], g["devices"]) == (gw, True, 2)
+        [a] = await get(http, f"{api}/alerts")
+        assert (a["alert_id"], a["state"], a["severity"]) == ("a1", "raised", "major")
+        assert len(await get(http, f"{api}/alerts?state=all&limit=5")) == 1
+        assert (await get(http, f"{c.registry_url}/health"))["status"] == "ok"
+        spec = await get(http, f"{api}/openapi.json")
+        assert {"/api/v1/devices", "/api/v1/devices/{id}", "/api/v1/alerts"} <= set(spec["paths"])
+        assert "DeviceView" in spec["components"]["schemas"]
+
+        # bad input: JSON errors that say what is wrong, never a 500
+        err = await get(http, f"{api}/alerts?state=open", 400)
+        assert "active" in err["detail"]
+        assert "gatway" in (await get(http, f"{api}/devices?gatway=x", 400))["detail"]
+        assert (await get(http, f"{api}/alerts?limit=ten", 400))["error"] == "bad request"
+        assert (await get(http, f"{api}/devices/{gw}:nope", 404))["error"] == "not found"
+        await get(http, f"{api}/nothing-here", 404)
+
+
+async def test_central_with_embedded_broker_needs_no_server(
+    prefix: str, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    port = free_port()
+    gw, t = prefix, now_ms()
+    async with central(
+        "--mqtt-port", str(port), "--data-dir", str(tmp_path), "--prefix", prefix
+    ) as c:
+        assert c.bridge is not None and c.embedded
+        async with publisher("127.0.0.1", port, v5=False) as pub:
+            msg = batch(gw, [reading("d1", "level", 1.0, t)])
+            await pub.publish(Topics(prefix).telemetry(gw), msg.model_dump_json(), qos=1)
+            await until(c.bridge, lambda s: s.ingested["telemetry"] == 1)
+        [dev] = await get(http, f"{c.registry_url}/api/v1/devices")
+        assert (dev["id"], dev["last_seen"]) == (f"{gw}:d1", t)
+    # the default sink kept the history in the data dir
+    assert (tmp_path / "telemetry.db").exists()
+
+
+async def test_registry_serves_alone_on_its_own_store(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    app = build_app(f"sqlite+aiosqlite:///{tmp_path}/r.db")
+    async with serving(app, "127.0.0.1", 0) as url:
+        assert (await get(http, f"{url}/health")) == {"status": "ok", "database": "sqlite"}
+        assert await get(http, f"{url}/api/v1/devices") == []
+        assert await get(http, f"{url}/api/v1/quarantine?limit=10") == []
