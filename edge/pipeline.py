@@ -16,6 +16,7 @@ from edge.outbox import PRIO_ALERT, PRIO_TELEMETRY, ActiveAlert, Outbox
 from edge.rules import DeviceRules, Transition
 from gridwatch.contract import SCHEMA_VERSION, AlertEvent, AlertState, Topics, new_id
 from gridwatch.gatewayconf import ResolvedDevice
+from gridwatch.watch import Watch
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class Pipeline:
         self.readings_in = 0
         self.alerts_out = 0
         self.on_alert: Callable[[AlertEvent], None] | None = None
+        self.watch = Watch()  # changes when batches or alerts are queued
         self._restore()
 
     def reconfigure(self, devices: list[ResolvedDevice]) -> None:
@@ -112,6 +114,8 @@ class Pipeline:
 
     def flush(self) -> None:
         """Write the buffered readings to the outbox as telemetry batches."""
+        if self.buffer:
+            self.watch.changed()
         while self.buffer:
             chunk, self.buffer = self.buffer[: self.batch_max], self.buffer[self.batch_max :]
             self.outbox.enqueue(
@@ -174,5 +178,6 @@ class Pipeline:
         else:
             self.active[key] = active
         self.alerts_out += 1
+        self.watch.changed()
         logger.info("alert %s %s (%s %s=%s)", t.state.value, active.alert_id, t.rule.category,
                     t.point or t.rule.kind, t.value)  # fmt: skip

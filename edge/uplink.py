@@ -26,6 +26,7 @@ from edge.pipeline import Pipeline
 from gridwatch import __version__
 from gridwatch.contract import Birth, Death, Topics
 from gridwatch.gatewayconf import MqttUplink
+from gridwatch.watch import Watch
 
 logger = logging.getLogger(__name__)
 
@@ -76,17 +77,10 @@ class Uplink:
         # configuration pushes and commands from the centre: (topic leaf, payload)
         self.on_down: Callable[[str, bytes], Coroutine[Any, Any, None]] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
-        self._changed = asyncio.Event()
-
-    def _state_changed(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self.watch = Watch()  # changes on connect, failure and every acknowledged window
 
     async def wait_until(self, predicate: Callable[[Uplink], bool], within_s: float) -> None:
-        """Until ``predicate(self)`` holds after a connect, failure or acknowledged batch."""
-        async with asyncio.timeout(within_s):
-            while not predicate(self):
-                await self._changed.wait()
+        await self.watch.until(lambda: predicate(self), within_s)
 
     def notify(self) -> None:
         """Called when something was queued: wake the sender."""
@@ -165,7 +159,7 @@ class Uplink:
                 "uplink connected to %s:%d (session %d)", self.cfg.host, self.cfg.port, session
             )
         self._failing = False
-        self._state_changed()
+        self.watch.changed()
 
     def _on_failure(self, exc: Exception) -> None:
         if self.connected or not self._failing:
@@ -174,7 +168,7 @@ class Uplink:
         else:
             logger.debug("uplink still down: %s", exc)
         self._failing = True
-        self._state_changed()
+        self.watch.changed()
 
     async def _read_down(self, client: aiomqtt.Client) -> None:
         async for msg in client.messages:
@@ -207,7 +201,7 @@ class Uplink:
             ]
             self.outbox.ack(done)
             self.published += len(done)
-            self._state_changed()
+            self.watch.changed()
             for r in results:
                 if isinstance(r, BaseException):
                     raise r

@@ -58,9 +58,11 @@ class Listener:
 
 
 @asynccontextmanager
-async def listen(port: int, topic: str) -> AsyncIterator[Listener]:
+async def listen(
+    port: int, topic: str, username: str | None = None, password: str | None = None
+) -> AsyncIterator[Listener]:
     listener = Listener()
-    async with aiomqtt.Client("127.0.0.1", port) as client:
+    async with aiomqtt.Client("127.0.0.1", port, username=username, password=password) as client:
         await client.subscribe(topic, qos=1)
         task = asyncio.create_task(listener._collect(client))
         try:
