@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from cloud_bridge.decode import Cleared, Message, Reason, Rejection, decode
 from cloud_bridge.sequence import GapTracker, Seq
-from device_registry import Changes, LatestValue, QuarantineEntry
+from device_registry import Changes, QuarantineEntry
 from gridwatch.contract import (
     AlertEvent,
     Birth,
@@ -155,21 +155,24 @@ class IngestCore:
             self.stats.replays += 1
 
     def _telemetry(self, ch: Changes, batch: TelemetryBatch) -> None:
+        # the hot loop of the bridge (every reading passes here): locals, no allocations
         gw = batch.gateway
+        latest, alive = ch.latest, ch.device_seen
+        failed = Quality.COMM_ERROR
         self.stats.readings += len(batch.readings)
         for r in batch.readings:
             key = (gw, r.device, r.point)
-            old = ch.latest.get(key)
+            old = latest.get(key)
             if old is None or r.ts >= old.ts:
-                ch.latest[key] = LatestValue(gw, r.device, r.point, r.value, r.unit, r.quality,
-                                             r.ts, r.historical)  # fmt: skip
+                latest[key] = r
             dev = (gw, r.device)
-            prev = ch.device_seen.get(dev)
-            # a failed read is the gateway's word that the device did not answer: not a sign of life
-            if r.quality is not Quality.COMM_ERROR and (prev is None or r.ts > prev):
-                ch.device_seen[dev] = r.ts
-            else:
-                ch.device_seen.setdefault(dev, prev)
+            prev = alive.get(dev)
+            # a failed read is the gateway's word that the device did not answer: no sign of life
+            if r.quality is not failed:
+                if prev is None or r.ts > prev:
+                    alive[dev] = r.ts
+            elif dev not in alive:
+                alive[dev] = None
 
     def _health(self, ch: Changes, report: GatewayHealth) -> None:
         ch.health.append(report)

@@ -9,7 +9,6 @@ to write; both stay in the registry's last values.
 
 from __future__ import annotations
 
-import functools
 import math
 
 from gridwatch.contract import TelemetryBatch
@@ -23,31 +22,42 @@ def _tag(value: str) -> str:
     return value.translate(_TAG_ESCAPES) if value else "_"
 
 
-@functools.lru_cache(maxsize=1 << 16)
+_KEYS: dict[tuple[str, str, str, str, str], str] = {}
+_KEYS_MAX = 1 << 18
+
+
 def series_key(measurement: str, gateway: str, device: str, point: str, quality: str) -> str:
-    return (
-        f"{measurement.translate(_MEASUREMENT_ESCAPES)},gateway={_tag(gateway)},"
-        f"device={_tag(device)},point={_tag(point)},quality={_tag(quality)} value="
-    )
+    """The line up to the field value; cached, since a field has a bounded set of series."""
+    k = (measurement, gateway, device, point, quality)
+    key = _KEYS.get(k)
+    if key is None:
+        if len(_KEYS) >= _KEYS_MAX:
+            _KEYS.clear()
+        key = _KEYS[k] = (
+            f"{measurement.translate(_MEASUREMENT_ESCAPES)},gateway={_tag(gateway)},"
+            f"device={_tag(device)},point={_tag(point)},quality={_tag(str(quality))} value="
+        )
+    return key
 
 
 def batch_lines(batch: TelemetryBatch, measurement: str, out: list[str]) -> int:
     """Append one line per writable reading to ``out``; return how many readings were skipped."""
     skipped = 0
     gw = batch.gateway
+    append = out.append
     for r in batch.readings:
         v = r.value
-        if isinstance(v, bool):
-            num = 1.0 if v else 0.0
-        elif isinstance(v, int | float):
-            num = float(v)
-            if not math.isfinite(num):
+        t = type(v)
+        if t is float:
+            if not math.isfinite(v):  # type: ignore[arg-type]
                 skipped += 1
                 continue
+        elif t is int:
+            v = float(v)  # type: ignore[arg-type]
+        elif t is bool:
+            v = 1.0 if v else 0.0
         else:
             skipped += 1
             continue
-        out.append(
-            f"{series_key(measurement, gw, r.device, r.point, r.quality.value)}{num!r} {r.ts}"
-        )
+        append(f"{series_key(measurement, gw, r.device, r.point, r.quality)}{v!r} {r.ts}")
     return skipped

@@ -3,7 +3,7 @@
 It never imports cloud_bridge, edge or drivers: data flows into it, not out of it.
 """
 
-from device_registry.changes import Changes, LatestValue, QuarantineEntry
+from device_registry.changes import Changes, QuarantineEntry
 from device_registry.errors import Ambiguous, NotFound, RegistryError, StoreUnavailable
 from device_registry.models import device_key
 from device_registry.store import RegistryStore
@@ -11,7 +11,6 @@ from device_registry.store import RegistryStore
 __all__ = [
     "Ambiguous",
     "Changes",
-    "LatestValue",
     "NotFound",
     "QuarantineEntry",
     "RegistryError",

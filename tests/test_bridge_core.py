@@ -99,8 +99,9 @@ def test_plan_drops_duplicates_and_coalesces_last_values() -> None:
     plan = core.plan(decoded, seen={known.id})
     assert [b.id for b in plan.telemetry] == [first.id, second.id]
     assert core.stats.duplicates == 2 and core.stats.rejected == {"bad_json": 1}
-    [latest] = plan.changes.latest.values()
-    assert (latest.value, latest.ts) == (3.0, 3000)
+    assert {k: (r.value, r.ts) for k, r in plan.changes.latest.items()} == {
+        ("g1", "d1", "level"): (3.0, 3000)
+    }
     assert plan.changes.device_seen == {("g1", "d1"): 3000}
     assert set(plan.changes.seen_ids) == {first.id, second.id, ev.id}
     [(topic, payload)] = plan.platform

@@ -10,13 +10,12 @@ import pytest
 from device_registry import (
     Ambiguous,
     Changes,
-    LatestValue,
     NotFound,
     QuarantineEntry,
     RegistryStore,
 )
 from gridwatch.contract import AlertState, DeviceHealth, GatewayHealth, Quality, new_id
-from tests._central_helpers import alert, birth, death
+from tests._central_helpers import alert, birth, death, reading
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -33,7 +32,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 def telemetry(now: int, *values: tuple[str, str, str, float | None, int, Quality]) -> Changes:
     ch = Changes(now=now)
     for gw, dev, point, value, ts, q in values:
-        ch.latest[(gw, dev, point)] = LatestValue(gw, dev, point, value, "m", q, ts)
+        ch.latest[(gw, dev, point)] = reading(dev, point, value, ts, q)
         alive = ts if q is not Quality.COMM_ERROR else None
         ch.device_seen[(gw, dev)] = alive
         ch.seen_ids[new_id()] = gw
