@@ -14,7 +14,7 @@ from contextlib import AsyncExitStack
 from cloud_bridge.app import bridge_service, broker_service, embedded_settings, open_sink
 from cloud_bridge.bridge import Bridge
 from cloud_bridge.config import BridgeConfig
-from cloud_bridge.runner import Service, forever, run_services, stop_on_signals
+from cloud_bridge.runner import Service, forever, run_services, stop_on_signals, tune_gc
 from device_registry import RegistryStore
 from device_registry.app import build_app, db_url_from, serving
 
@@ -73,6 +73,7 @@ class Central:
             services: list[tuple[str, Service]] = []
             if self.embedded:
                 services.append(("broker", broker_service(self.cfg.mqtt_host, self.cfg.mqtt_port)))
+            tune_gc()
             services += [
                 ("registry-api", self._registry_service(store)),
                 ("bridge", bridge_service(self.bridge)),
