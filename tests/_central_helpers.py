@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import shutil
+import sqlite3
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,6 +31,7 @@ from gridwatch.contract import (
     TelemetryBatch,
     new_id,
 )
+from tests.services import Victoria
 
 _seq = itertools.count(1)
 
@@ -101,3 +107,54 @@ async def publisher(host: str, port: int, v5: bool = True) -> AsyncIterator[aiom
     proto = aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311
     async with aiomqtt.Client(host, port, protocol=proto) as client:
         yield client
+
+
+def start_vm_with_dedup(workdir: Path) -> Victoria:
+    """A VictoriaMetrics that keeps one sample per series and millisecond, as production should
+    run it: a batch redelivered after a bridge crash is then written twice but stored once."""
+    vm = Victoria(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    vm.proc = subprocess.Popen(
+        [shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics",
+         f"-httpListenAddr=127.0.0.1:{vm.port}", f"-storageDataPath={workdir / 'data'}",
+         "-retentionPeriod=100y", "-search.latencyOffset=0s", "-search.disableCache",
+         "-dedup.minScrapeInterval=1ms", "-loggerLevel=ERROR"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            with urllib.request.urlopen(f"{vm.url}/health", timeout=0.5):
+                return vm
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError("victoria-metrics did not become healthy") from None
+            time.sleep(0.05)
+
+
+def bridge_process(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """``gridwatch bridge run`` as its own process; returns once it has subscribed."""
+    start = log.stat().st_size if log.exists() else 0
+    out = open(log, "ab")  # noqa: SIM115 - lives as long as the process
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gridwatch.cli", "bridge", "run", *args],
+        stdout=out, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    wait_for_log(proc, log, b"bridge subscribed", start)
+    return proc
+
+
+def wait_for_log(proc: subprocess.Popen[bytes], log: Path, needle: bytes, start: int = 0) -> None:
+    """Another process's readiness is in its log (after byte ``start``): poll it, with a deadline."""
+    deadline = time.monotonic() + 20
+    while needle not in log.read_bytes()[start:]:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited {proc.returncode}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{needle!r} not in {log}:\n{log.read_text()}")
+        time.sleep(0.02)
+
+
+def count_rows(db: Path, table: str) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
