@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,11 @@ async def running(cfg: GatewayConfig, devices: list[ResolvedDevice]) -> AsyncIte
         yield agent
     finally:
         task.cancel()
+        done, _ = await asyncio.wait([task], timeout=10)
+        if not done:  # a stop that hangs is a bug: show where every task is stuck
+            for t in asyncio.all_tasks():
+                t.print_stack(file=sys.stderr)
+            raise AssertionError("the edge agent did not stop within 10 s of its cancellation")
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
