@@ -74,6 +74,7 @@ class Uplink:
         self.published = 0
         self._failing = False
         self.mqtt5 = cfg.protocol != "3.1.1"
+        self._protocol_known = cfg.protocol != "auto"  # auto: learnt at the first connection
         # configuration pushes and commands from the centre: (topic leaf, payload)
         self.on_down: Callable[[str, bytes], Coroutine[Any, Any, None]] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
@@ -96,22 +97,27 @@ class Uplink:
                     attempt = 0
                     await _first_failure(self._drain_forever(client), self._read_down(client))
             except MqttConnectError as exc:
-                if (
-                    _code(exc) in _UNSUPPORTED_PROTOCOL
-                    and self.cfg.protocol == "auto"
-                    and self.mqtt5
-                ):
-                    logger.info("broker %s does not speak MQTT 5: using 3.1.1", self.cfg.host)
-                    self.mqtt5 = False
+                if _code(exc) in _UNSUPPORTED_PROTOCOL and self._try_other_protocol():
                     continue
                 self._on_failure(exc)
             except aiomqtt.MqttError as exc:
+                # some 3.1.1-only brokers drop an MQTT 5 CONNECT without any CONNACK
+                if not self._protocol_known:
+                    self._try_other_protocol()
                 self._on_failure(exc)
             finally:
                 self.connected = self.pipeline.uplink_up = False
             delay = min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2**attempt) * random.uniform(0.5, 1.0)
             attempt += 1
             await asyncio.sleep(delay)
+
+    def _try_other_protocol(self) -> bool:
+        """In auto mode, until a connection succeeds, alternate between MQTT 5 and 3.1.1."""
+        if self.cfg.protocol != "auto" or self._protocol_known:
+            return False
+        self.mqtt5 = not self.mqtt5
+        logger.info("uplink: trying MQTT %s with %s", "5" if self.mqtt5 else "3.1.1", self.cfg.host)
+        return True
 
     def _client(self, session: int) -> aiomqtt.Client:
         c = self.cfg
@@ -150,6 +156,7 @@ class Uplink:
             await client.subscribe(self.topics.command(self.gateway_id), qos=1)
         self.pipeline.session = session
         self.connected = self.pipeline.uplink_up = True
+        self._protocol_known = True
         if self._failing:
             logger.info(
                 "uplink to %s:%d restored (session %d)", self.cfg.host, self.cfg.port, session
@@ -163,7 +170,8 @@ class Uplink:
 
     def _on_failure(self, exc: Exception) -> None:
         if self.connected or not self._failing:
-            logger.error("uplink to %s:%d lost: %s", self.cfg.host, self.cfg.port, exc)
+            what = "lost" if self.connected else "cannot connect"
+            logger.error("uplink to %s:%d %s: %s", self.cfg.host, self.cfg.port, what, exc)
             self.reconnects += 1
         else:
             logger.debug("uplink still down: %s", exc)

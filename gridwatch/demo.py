@@ -43,6 +43,7 @@ def _port(preferred: int) -> int:
 def _write_config(workdir: Path, mqtt_port: int, modbus_port: int) -> Path:
     cfg = yaml.safe_load(DEMO_CONFIG.read_text())
     cfg["mqtt"]["port"] = mqtt_port
+    cfg["mqtt"]["protocol"] = "3.1.1"  # the embedded broker speaks 3.1.1 only
     cfg["outbox"]["path"] = str(workdir / "edge" / "outbox.db")
     for bus in cfg["buses"]:
         bus["port"] = modbus_port
