@@ -10,16 +10,19 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Coroutine
 from contextlib import AsyncExitStack
+from typing import Any
 
 from cloud_bridge.bridge import Bridge
 from cloud_bridge.broker import embedded_broker
 from cloud_bridge.config import BridgeConfig
+from cloud_bridge.errors import BridgeError
 from cloud_bridge.runner import Service, forever, run_services, stop_on_signals, tune_gc
 from cloud_bridge.sink import TelemetrySink
 from cloud_bridge.sink_influx import InfluxSink
 from cloud_bridge.sink_sqlite import SqliteSink
-from device_registry import RegistryStore
+from device_registry import RegistryError, RegistryStore
 from device_registry.db import default_url
 
 logger = logging.getLogger(__name__)
@@ -76,5 +79,30 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    asyncio.run(run(args))
+    return exit_code(run(args))
+
+
+def exit_code(main: Coroutine[Any, Any, None]) -> int:
+    """Run a composition root; our own errors (a port in use, a bad option) end it with a
+    message and exit status 1, not a traceback."""
+    ours = (BridgeError, RegistryError)
+    try:
+        asyncio.run(main)
+    except ours as exc:
+        logger.error("%s", exc)
+        return 1
+    except BaseExceptionGroup as group:  # from a TaskGroup
+        mine, rest = group.split(ours)
+        if rest is not None or mine is None:
+            raise
+        for leaf in _leaves(mine):
+            logger.error("%s", leaf)
+        return 1
     return 0
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from device_registry.api import STORE, json_errors, routes
 from device_registry.db import default_url
+from device_registry.errors import RegistryError
 from device_registry.store import RegistryStore
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,10 @@ async def serving(app: web.Application, host: str, port: int) -> AsyncIterator[s
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            raise RegistryError(f"registry API cannot listen on {host}:{port}: {exc}") from exc
         bound_host, bound_port = runner.addresses[0][:2]
         url = f"http://{bound_host}:{bound_port}"
         logger.info("registry API on %s (OpenAPI: %s/api/v1/openapi.json)", url, url)
@@ -75,5 +79,9 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    asyncio.run(serve(args))
+    try:
+        asyncio.run(serve(args))
+    except RegistryError as exc:
+        logger.error("%s", exc)
+        return 1
     return 0

@@ -11,7 +11,13 @@ import asyncio
 import logging
 from contextlib import AsyncExitStack
 
-from cloud_bridge.app import bridge_service, broker_service, embedded_settings, open_sink
+from cloud_bridge.app import (
+    bridge_service,
+    broker_service,
+    embedded_settings,
+    exit_code,
+    open_sink,
+)
 from cloud_bridge.bridge import Bridge
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.runner import Service, forever, run_services, stop_on_signals, tune_gc
@@ -88,5 +94,4 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    asyncio.run(_main(args))
-    return 0
+    return exit_code(_main(args))
