@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -16,6 +17,10 @@ from device_registry.store import RegistryStore
 logger = logging.getLogger(__name__)
 
 STORE = web.AppKey("store", RegistryStore)
+# name -> a function reporting one part of the hosting process (e.g. the bridge) for /health;
+# a callable, so that the registry need not import what reports
+HealthPart = Callable[[], dict[str, Any]]
+HEALTH_PARTS = web.AppKey("health_parts", dict[str, HealthPart])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -86,11 +91,12 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 async def health(request: web.Request) -> web.Response:
     store = request.app[STORE]
+    parts = {name: report() for name, report in request.app[HEALTH_PARTS].items()}
     try:
         await store.ping()
     except StoreUnavailable as exc:
-        return _json(HealthView(status="degraded", database=str(exc)), status=503)
-    return _json(HealthView(status="ok", database=store.dialect))
+        return _json(HealthView(status="degraded", database=str(exc), parts=parts), status=503)
+    return _json(HealthView(status="ok", database=store.dialect, parts=parts))
 
 
 async def openapi(request: web.Request) -> web.Response:

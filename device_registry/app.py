@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 
 from aiohttp import web
 
-from device_registry.api import STORE, json_errors, routes
+from device_registry.api import HEALTH_PARTS, STORE, HealthPart, json_errors, routes
 from device_registry.db import default_url
 from device_registry.errors import RegistryError
 from device_registry.store import RegistryStore
@@ -24,12 +24,17 @@ from device_registry.store import RegistryStore
 logger = logging.getLogger(__name__)
 
 
-def build_app(db_url: str | None = None, store: RegistryStore | None = None) -> web.Application:
+def build_app(
+    db_url: str | None = None,
+    store: RegistryStore | None = None,
+    health_parts: dict[str, HealthPart] | None = None,
+) -> web.Application:
     """The API on its own store (``db_url``) or on one the caller owns (``store``)."""
     if (db_url is None) == (store is None):
         raise ValueError("give build_app a db_url or a store, not both")
     app = web.Application(middlewares=[json_errors])
     app.add_routes(routes())
+    app[HEALTH_PARTS] = health_parts or {}
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         if store is not None:

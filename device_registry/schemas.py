@@ -90,3 +90,7 @@ class ErrorView(View):
 class HealthView(View):
     status: Literal["ok", "degraded"]
     database: str
+    parts: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What the process hosting the API reports, e.g. its bridge's counters.",
+    )

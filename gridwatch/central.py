@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 from contextlib import AsyncExitStack
+from typing import Any
 
 from cloud_bridge.app import (
     bridge_service,
@@ -45,9 +46,19 @@ class Central:
         kind = "embedded amqtt, MQTT 3.1.1" if self.embedded else "external"
         return f"{self.cfg.mqtt_host}:{self.cfg.mqtt_port} ({kind})"
 
+    def _bridge_health(self) -> dict[str, Any]:
+        bridge = self.bridge
+        if bridge is None:
+            return {"connected": False}
+        return {
+            "connected": bridge.connected.is_set(),
+            "broker": self.broker,
+            **bridge.stats.as_dict(),
+        }
+
     def _registry_service(self, store: RegistryStore) -> Service:
         async def service(ready: asyncio.Event) -> None:
-            app = build_app(store=store)
+            app = build_app(store=store, health_parts={"bridge": self._bridge_health})
             async with serving(app, self.args.http_host, self.args.http_port) as url:
                 self.registry_url = url
                 ready.set()

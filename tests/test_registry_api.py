@@ -95,7 +95,9 @@ async def test_rest_api_lists_what_gateways_reported(
         [a] = await get(http, f"{api}/alerts")
         assert (a["alert_id"], a["state"], a["severity"]) == ("a1", "raised", "major")
         assert len(await get(http, f"{api}/alerts?state=all&limit=5")) == 1
-        assert (await get(http, f"{c.registry_url}/health"))["status"] == "ok"
+        health = await get(http, f"{c.registry_url}/health")
+        assert (health["status"], health["parts"]["bridge"]["connected"]) == ("ok", True)
+        assert health["parts"]["bridge"]["ingested"] == {"birth": 1, "telemetry": 1, "alert": 1}
         spec = await get(http, f"{api}/openapi.json")
         assert {"/api/v1/devices", "/api/v1/devices/{id}", "/api/v1/alerts"} <= set(spec["paths"])
         assert "DeviceView" in spec["components"]["schemas"]
@@ -133,6 +135,10 @@ async def test_registry_serves_alone_on_its_own_store(
 ) -> None:
     app = build_app(f"sqlite+aiosqlite:///{tmp_path}/r.db")
     async with serving(app, "127.0.0.1", 0) as url:
-        assert (await get(http, f"{url}/health")) == {"status": "ok", "database": "sqlite"}
+        assert (await get(http, f"{url}/health")) == {
+            "status": "ok",
+            "database": "sqlite",
+            "parts": {},
+        }
         assert await get(http, f"{url}/api/v1/devices") == []
         assert await get(http, f"{url}/api/v1/quarantine?limit=10") == []
