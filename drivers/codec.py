@@ -90,9 +90,7 @@ class PointDecoder:
         lo = point.range.min if point.range and point.range.min is not None else -math.inf
         hi = point.range.max if point.range and point.range.max is not None else math.inf
         scaled = point.scale != 1.0 or point.offset != 0.0 or point.data_type in FLOAT_TYPES
-        self._judge = _Judge(
-            point.scale, point.offset, lo, hi, frozenset(point.sentinels), scaled
-        )
+        self._judge = _Judge(point.scale, point.offset, lo, hi, frozenset(point.sentinels), scaled)
         pack_e, unpack_e = _endians(point.byte_order, point.word_order)
         if self.kind == "string":  # characters run in register order; only bytes may swap
             pack_e = ">" if point.byte_order == "big" else "<"

@@ -55,7 +55,9 @@ def judge(raw: Any, point: MqttPoint) -> tuple[Value, Quality]:
         return None, Quality.INVALID
     value = raw * point.scale + point.offset if (point.scale, point.offset) != (1.0, 0.0) else raw
     rng = point.range
-    if rng and ((rng.min is not None and value < rng.min) or (rng.max is not None and value > rng.max)):
+    if rng and (
+        (rng.min is not None and value < rng.min) or (rng.max is not None and value > rng.max)
+    ):
         return None, Quality.OUT_OF_RANGE
     return value, Quality.GOOD
 
@@ -188,7 +190,9 @@ class MqttDriver:
 
     async def _watch(self, sink: SampleSink) -> None:
         loop = asyncio.get_running_loop()
-        period = max(0.05, min(d.interval for d in self.devices.values()) / 4) if self.devices else 1
+        period = (
+            max(0.05, min(d.interval for d in self.devices.values()) / 4) if self.devices else 1
+        )
         while True:
             await asyncio.sleep(period)  # a periodic check, not a wait for an event
             now = loop.time()
