@@ -6,6 +6,9 @@ From Python (tests, demo, benchmarks)::
     async with SimField(devices, speedup=10) as field:
         await field.set_raw("wl-001", "level", 65535)   # plant a sentinel
         field.kill("wl-002")                             # stops answering
+
+``RtuField`` does the same for the devices on ``modbus_rtu`` buses, over socat pty pairs
+that keep the baud rate's timing.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import signal
 
 from gridwatch.gatewayconf import load_gateway
 from gridwatch.sim.modbus import SimField, SimUnit
+from gridwatch.sim.rtu import RtuField, RtuLine
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SimField", "SimUnit", "main", "serve"]
+__all__ = ["RtuField", "RtuLine", "SimField", "SimUnit", "main", "serve"]
 
 
 async def serve(config: str, speedup: float = 1.0) -> None:
@@ -30,7 +34,7 @@ async def serve(config: str, speedup: float = 1.0) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with SimField(devices, speedup=speedup):
+    async with SimField(devices, speedup=speedup), RtuField(devices, speedup=speedup):
         await stop.wait()
     logger.info("sim: stopped")
 

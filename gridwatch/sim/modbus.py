@@ -55,12 +55,17 @@ class SimUnit:
         self.delay_s = 0.0
         self.illegal: set[tuple[str, int]] = set()
 
+    def mapped(self, table: str) -> tuple[int, int] | None:
+        """First and last address the device serves in ``table`` (gaps read as zero)."""
+        addrs = [a for p in self.points.values() if p.table == table
+                 for a in range(p.address, p.address + p.count)]  # fmt: skip
+        return (min(addrs), max(addrs)) if addrs else None
+
     def simdevice(self) -> SimDevice:
         blocks: list[list[SimData]] = []
         for table in TABLES:
-            addrs = [a for p in self.points.values() if p.table == table
-                     for a in range(p.address, p.address + p.count)]  # fmt: skip
-            blocks.append([_block(table, min(addrs), max(addrs))] if addrs else [_spare(table)])
+            span = self.mapped(table)
+            blocks.append([_block(table, *span)] if span else [_spare(table)])
         action = functools.partial(_action, self)
         return SimDevice(id=self.unit, simdata=(blocks[0], blocks[1], blocks[2], blocks[3]),
                          action=action)  # fmt: skip
@@ -116,73 +121,35 @@ def _catch_all() -> SimDevice:
     return SimDevice(id=0, simdata=(bits, list(bits), whole, list(whole)), action=no_device)
 
 
-class SimField:
-    """Serves every Modbus TCP device of ``devices``; an async context manager.
+class ModbusSimBase:
+    """What every simulated Modbus field shares: units animated from their profiles' ``sim:``
+    blocks, and the switches tests steer them with. Subclasses store the words."""
 
-    ``speedup`` runs the profiles' event timelines faster; ``update_s`` overrides how often
-    values change (default: each device's interval).
-    """
-
-    def __init__(
-        self,
-        devices: Sequence[ResolvedDevice],
-        *,
-        speedup: float = 1.0,
-        update_s: float | None = None,
-        seed: int = 0,
-    ) -> None:
-        rng = random.Random(seed)
+    def __init__(self, *, speedup: float = 1.0, update_s: float | None = None) -> None:
         self.speedup = speedup
         self.update_s = update_s
         self.units: dict[str, SimUnit] = {}
-        self.by_endpoint: dict[Endpoint, list[SimUnit]] = {}
-        for d in devices:
-            if isinstance(d.bus, ModbusTcpBus):
-                unit = SimUnit(d, rng)
-                self.units[d.id] = unit
-                self.by_endpoint.setdefault((d.bus.host, d.bus.port), []).append(unit)
-        self.servers: dict[Endpoint, ModbusTcpServer] = {}
-        self._unit_server: dict[str, ModbusTcpServer] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._t0 = 0.0
 
-    async def __aenter__(self) -> SimField:
-        await self.start()
-        return self
+    async def _store(self, unit: SimUnit, point: ModbusPoint, words: list[int]) -> None:
+        """Make ``words`` what the device serves at the point's address."""
+        raise NotImplementedError
 
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
-        quiet_pymodbus()
+    async def _start_animation(self) -> None:
         self._t0 = asyncio.get_running_loop().time()
-        for (host, port), units in self.by_endpoint.items():
-            _check_unique_units(host, port, units)
-            sims = [u.simdevice() for u in units] + [_catch_all()]
-            server = ModbusTcpServer(sims, address=(host, port))
-            await server.serve_forever(background=True)
-            self.servers[(host, port)] = server
-            for u in units:
-                self._unit_server[u.id] = server
-            logger.info("sim: serving %d device(s) on %s:%d (units %s)", len(units), host, port,
-                        ",".join(str(u.unit) for u in units))  # fmt: skip
         for u in self.units.values():
             await self._update(u)
             task = asyncio.create_task(self._animate(u), name=f"sim {u.id}")
             self._tasks.append(task)
 
-    async def stop(self) -> None:
+    async def _stop_animation(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         for u in self.units.values():
             u.alive.set()  # release requests parked on a dead device
-        for server in self.servers.values():
-            await server.shutdown()  # type: ignore[no-untyped-call]
-        self.servers.clear()
 
     async def _animate(self, unit: SimUnit) -> None:
         _internal.set(True)
@@ -205,16 +172,7 @@ class SimField:
         except ValueError:
             logger.debug("sim %s.%s: %r does not fit %s", unit.id, name, value, point.data_type)
             return
-        values: list[int] | list[bool] = words
-        if point.table in ("coil", "discrete"):
-            values = [bool(w) for w in words]
-        token = _internal.set(True)
-        try:
-            await self._unit_server[unit.id].async_setValues(
-                unit.unit, WRITE_FC[point.table], point.address, values
-            )
-        finally:
-            _internal.reset(token)
+        await self._store(unit, point, words)
 
     # --- what tests steer -------------------------------------------------------------
 
@@ -251,7 +209,75 @@ class SimField:
         unit.illegal.update((p.table, a) for a in range(p.address, p.address + p.count))
 
 
-def _check_unique_units(host: str, port: int, units: list[SimUnit]) -> None:
+class SimField(ModbusSimBase):
+    """Serves every Modbus TCP device of ``devices``; an async context manager.
+
+    ``speedup`` runs the profiles' event timelines faster; ``update_s`` overrides how often
+    values change (default: each device's interval).
+    """
+
+    def __init__(
+        self,
+        devices: Sequence[ResolvedDevice],
+        *,
+        speedup: float = 1.0,
+        update_s: float | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(speedup=speedup, update_s=update_s)
+        rng = random.Random(seed)
+        self.by_endpoint: dict[Endpoint, list[SimUnit]] = {}
+        for d in devices:
+            if isinstance(d.bus, ModbusTcpBus):
+                unit = SimUnit(d, rng)
+                self.units[d.id] = unit
+                self.by_endpoint.setdefault((d.bus.host, d.bus.port), []).append(unit)
+        self.servers: dict[Endpoint, ModbusTcpServer] = {}
+        self._unit_server: dict[str, ModbusTcpServer] = {}
+
+    async def __aenter__(self) -> SimField:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        quiet_pymodbus()
+        for (host, port), units in self.by_endpoint.items():
+            _check_unique_units(f"{host}:{port}", units)
+            sims = [u.simdevice() for u in units] + [_catch_all()]
+            server = ModbusTcpServer(sims, address=(host, port))
+            await server.serve_forever(background=True)
+            self.servers[(host, port)] = server
+            for u in units:
+                self._unit_server[u.id] = server
+            logger.info("sim: serving %d device(s) on %s:%d (units %s)", len(units), host, port,
+                        ",".join(str(u.unit) for u in units))  # fmt: skip
+        await self._start_animation()
+
+    async def stop(self) -> None:
+        await self._stop_animation()
+        for server in self.servers.values():
+            await server.shutdown()  # type: ignore[no-untyped-call]
+        self.servers.clear()
+
+    async def _store(self, unit: SimUnit, point: ModbusPoint, words: list[int]) -> None:
+        values: list[int] | list[bool] = words
+        if point.table in ("coil", "discrete"):
+            values = [bool(w) for w in words]
+        token = _internal.set(True)
+        try:
+            await self._unit_server[unit.id].async_setValues(
+                unit.unit, WRITE_FC[point.table], point.address, values
+            )
+        finally:
+            _internal.reset(token)
+
+
+def _check_unique_units(where: str, units: list[SimUnit]) -> None:
     ids = [u.unit for u in units]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"{host}:{port}: two devices share a unit id: {sorted(ids)}")
+        raise ValueError(f"{where}: two devices share a unit id: {sorted(ids)}")
