@@ -60,7 +60,9 @@ class DevicePoller:
         self.points = dict(device.profile.points)
         self.transport = transport
         self.plan = ReadPlan(self.points, max_gap=max_gap)
-        self.decoders: dict[str, PointDecoder] = {n: compile_point(p) for n, p in self.points.items()}
+        self.decoders: dict[str, PointDecoder] = {
+            n: compile_point(p) for n, p in self.points.items()
+        }
         self.units = {n: p.unit for n, p in self.points.items()}
         self.stats = DeviceStats(self.id)
         self.backoff = Backoff(base_s=self.interval, max_s=max(MAX_BACKOFF_S, self.interval))
@@ -93,7 +95,9 @@ class DevicePoller:
             values = await self._read_all()
         except CommunicationError as exc:
             self.backoff.failed(asyncio.get_running_loop().time())
-            error = f"{exc.reason} (address {exc.address})" if exc.address is not None else exc.reason
+            error = (
+                f"{exc.reason} (address {exc.address})" if exc.address is not None else exc.reason
+            )
             self.stats.failed(error)
             return self._failed(error)
         ms = (time.perf_counter() - t0) * 1000.0
@@ -184,7 +188,9 @@ class ModbusDriver:
         for d in devices:
             _check_device(bus, d)
         if transport is None:
-            transport = tcp_transport(bus) if isinstance(bus, ModbusTcpBus) else serial_transport(bus)
+            transport = (
+                tcp_transport(bus) if isinstance(bus, ModbusTcpBus) else serial_transport(bus)
+            )
         self.transport = transport
         self.pollers = {d.id: DevicePoller(d, transport, max_gap=max_gap) for d in devices}
 

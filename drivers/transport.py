@@ -64,6 +64,7 @@ class _Slot:
         self.retry_at = 0.0
         self.retry_delay = 0.0
         self.silent = 0  # consecutive timeouts
+        self.quiet_until = 0.0  # monotonic time before which the line must stay silent
 
     async def ensure(self, name: str) -> Any:
         if self.client is not None and self.client.connected:
@@ -106,10 +107,15 @@ class ModbusTransport:
     async def _slot(self) -> AsyncIterator[_Slot]:
         slot = await self._idle.get()
         try:
+            # The frame gap runs from the end of the last exchange: time the next poller
+            # spent getting here already counts towards it, so only the rest is waited.
+            wait = slot.quiet_until - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
             yield slot
         finally:
             if self.gap_s:
-                await asyncio.sleep(self.gap_s)  # line silence before the next frame
+                slot.quiet_until = time.monotonic() + self.gap_s
             self._idle.put_nowait(slot)
 
     async def read(
