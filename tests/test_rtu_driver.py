@@ -1,7 +1,7 @@
 """The Modbus RTU driver over a socat virtual serial pair against a pymodbus serial server.
 
 Pseudo-terminals ignore the baud rate, so this checks framing, the shared line and fault
-isolation, not serial timing (the baud-throttled simulator is not written yet).
+isolation, not serial timing (the baud-throttled simulator is in test_rtu_timing.py).
 """
 
 from __future__ import annotations
