@@ -30,6 +30,7 @@ from gridwatch.contract import (
 logger = logging.getLogger(__name__)
 
 _QUARANTINE_PAYLOAD_MAX = 64 * 1024
+_LOGGED_MAX = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +108,8 @@ class IngestCore:
         self.stats.rejected[why.reason] += 1
         # once per topic and reason at WARNING: a gateway stuck on a bad firmware floods the log
         level = logging.DEBUG if (raw.topic, why.reason) in self._logged else logging.WARNING
+        if len(self._logged) >= _LOGGED_MAX:  # garbage on ever new topics must not grow memory
+            self._logged.clear()
         self._logged.add((raw.topic, why.reason))
         logger.log(level, "quarantined a message on %s: %s: %s", raw.topic, why.reason, why.detail)
 
