@@ -1,0 +1,130 @@
+"""End to end: a water level crosses its line at a Modbus sensor and the city platform hears it.
+
+Real mosquitto and VictoriaMetrics; the central platform as its own process (`gridwatch central
+run`, as production runs it); the edge agent and a simulated Modbus field in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gridwatch.contract import PlatformAlert, TelemetryBatch
+from gridwatch.sim.modbus import SimField
+from tests.fieldkit import Listener, gateway_config, listen
+from tests.services import Mosquitto, Victoria, free_port
+from tests.test_edge_agent import running
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture
+def central(mosquitto: Mosquitto, victoria: Victoria, prefix: str, tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    log = tmp_path / "central.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gridwatch.cli", "central", "run",
+             "--data-dir", str(tmp_path / "central"), "--http-port", str(port),
+             "--mqtt-host", "127.0.0.1", "--mqtt-port", str(mosquitto.port), "--prefix", prefix,
+             "--influx-url", victoria.url, "--bridge-id", f"bridge-{prefix}"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while b"bridge subscribed" not in log.read_bytes():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    yield url
+    proc.terminate()
+    assert proc.wait(15) == 0, log.read_text()
+    assert "Traceback" not in log.read_text(), log.read_text()
+
+
+async def eventually(fetch: Any, ok: Any, within_s: float = 10.0) -> Any:
+    """Another process's state, fetched until ``ok`` holds (a deadline, not a fixed sleep)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        value = await asyncio.to_thread(fetch)
+        if ok(value):
+            return value
+        assert time.monotonic() < deadline, f"still not there after {within_s}s: {value}"
+        await asyncio.sleep(0.1)
+
+
+def platform(seen: Listener) -> list[PlatformAlert]:
+    unique = {
+        (p["alert_id"], p["state"]): p for t, p, _ in seen.messages if "/platform/alert/" in t
+    }
+    return [PlatformAlert.model_validate(p) for p in unique.values()]
+
+
+async def test_flood_alert_reaches_the_city_platform_and_telemetry_the_store(
+    central: str, mosquitto: Mosquitto, victoria: Victoria, prefix: str, tmp_path: Path
+) -> None:
+    cfg, devices, _ = gateway_config(tmp_path, mosquitto.port, prefix)
+    gw = cfg.gateway.id
+    started = int(time.time() * 1000)
+    async with (
+        SimField(devices, update_s=3600) as field,
+        listen(mosquitto.port, f"{prefix}/#") as seen,
+        running(cfg, devices),
+    ):
+        await field.set_value("wl-002", "level", 1.0)
+        await field.set_value("wl-001", "level", 1.0)
+        await seen.wait_for(lambda s: s.on("telemetry"))
+        await field.set_value("wl-001", "level", 2.9)  # the rain arrives
+        await seen.wait_for(lambda s: len(platform(s)) >= 1, within_s=20)
+        await field.set_value("wl-001", "level", 2.4)  # inside the hysteresis band: still active
+        await field.set_value("wl-001", "level", 1.1)
+        await seen.wait_for(lambda s: any(a.state == "cleared" for a in platform(s)), within_s=20)
+        await seen.wait_for(lambda s: len(s.on("telemetry")) >= 6)
+    sent = {
+        (r.ts, r.value)
+        for p in seen.on("telemetry")
+        for r in TelemetryBatch.model_validate(p).readings
+        if r.device == "wl-001" and r.point == "level"
+    }
+    # the bridge writes the store, then the registry, then acknowledges: once the registry has
+    # seen the newest reading, the store holds every one before it
+    newest = max(ts for ts, _ in sent)
+    devices_api = await eventually(
+        lambda: get_json(f"{central}/api/v1/devices?gateway={gw}"),
+        lambda ds: any(d["device"] == "wl-001" and (d["last_seen"] or 0) >= newest for d in ds),
+    )
+    alerts_api = await asyncio.to_thread(get_json, f"{central}/api/v1/alerts?state=all")
+
+    # exactly one raise and one clear, on the district/category/severity topic
+    got = platform(seen)
+    assert [(a.state, a.device) for a in got] == [("raised", "wl-001"), ("cleared", "wl-001")]
+    assert got[0].alert_id == got[1].alert_id and got[0].value == 2.9 and got[0].threshold == 2.5
+    topics = {t for t, _, _ in seen.messages if "/platform/alert/" in t}
+    assert topics == {f"{prefix}/platform/alert/futian/FLOOD-WATERLOG-01/major"}
+    assert any(a["alert_id"] == got[0].alert_id for a in alerts_api)
+
+    # the telemetry points are in VictoriaMetrics with the values and timestamps the edge read
+    series = await asyncio.to_thread(
+        victoria.export, f'gridwatch_value{{gateway="{gw}",device="wl-001",point="level"}}'
+    )
+    stored = {(t, v) for s in series for t, v in zip(s["timestamps"], s["values"], strict=True)}
+    assert sent and sent <= stored
+    assert {2.9, 1.1} <= {v for _, v in stored}
+
+    # the registry knows when the device was last seen, and its last value
+    wl1 = next(d for d in devices_api if d["device"] == "wl-001")
+    assert wl1["last_seen"] >= started and wl1["status"] == "online"
+    assert wl1["values"]["level"]["value"] == 1.1
+    assert wl1["last_seen"] == newest
