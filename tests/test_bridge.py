@@ -13,7 +13,15 @@ import pytest
 
 from cloud_bridge import InfluxSink, SqliteSink
 from device_registry import RegistryStore
-from gridwatch.contract import AlertState, PlatformAlert, Quality, Topics
+from gridwatch.contract import (
+    AlertState,
+    DeviceHealth,
+    GatewayHealth,
+    PlatformAlert,
+    Quality,
+    Topics,
+    new_id,
+)
 from tests._central_helpers import (
     alert,
     batch,
@@ -332,3 +340,50 @@ async def test_sqlite_sink_keeps_history_idempotently(tmp_path: Path) -> None:
         assert await sink.history("g", "d1", "level") == [(t, 2.0, "good")]
     finally:
         await sink.close()
+
+
+async def test_bridge_on_a_postgresql_registry(
+    mosquitto: Mosquitto, pg_url: str, prefix: str, tmp_path: Path
+) -> None:
+    gw, t = prefix, now_ms()
+    topics = Topics(prefix)
+    store = await RegistryStore.open(pg_url)
+    sink = await SqliteSink.open(tmp_path / "telemetry.db")
+    report = GatewayHealth(
+        id=new_id(), gateway=gw, seq=1, session=1, ts=t, cpu_percent=5.0, outbox_depth=3,
+        devices=[DeviceHealth(device="d1", online=True, reads_ok=10, response_ms=4.2)],
+    )  # fmt: skip
+    try:
+        async with (
+            bridge_on(
+                bridge_config(mosquitto.host, mosquitto.port, prefix, tmp_path), store, sink
+            ) as b,
+            publisher(mosquitto.host, mosquitto.port) as pub,
+        ):
+            await pub.publish(topics.status(gw), birth(gw, 1, ["d1"]).model_dump_json(), qos=1)
+            await pub.publish(
+                topics.telemetry(gw),
+                batch(gw, [reading("d1", "level", 1.0, t)]).model_dump_json(),
+                qos=1,
+            )
+            await pub.publish(
+                topics.alert(gw), alert(gw, "a9", AlertState.RAISED, t).model_dump_json(), qos=1
+            )
+            await pub.publish(topics.health(gw), report.model_dump_json(), qos=1)
+            await pub.publish(topics.status(gw), death(gw, 1).model_dump_json(), qos=1)
+            await until(b, lambda s: s.ingested["death"] == 1 and s.ingested["health"] == 1)
+        [dev] = await store.devices(district="north")
+        assert (dev.id, dev.status, dev.last_seen, dev.values["level"].value) == (
+            f"{gw}:d1",
+            "stale",
+            t,
+            1.0,
+        )
+        assert dev.health is not None and dev.health["response_ms"] == 4.2
+        [g] = await store.gateways()
+        assert g.health is not None and g.health["outbox_depth"] == 3 and not g.online
+        assert [a.alert_id for a in await store.alerts()] == ["a9"]
+        assert await sink.history(gw, "d1", "level") == [(t, 1.0, "good")]
+    finally:
+        await sink.close()
+        await store.close()
