@@ -5,7 +5,8 @@ Each device's topic is its profile's ``topic`` with ``{device}`` replaced by the
 (``data.level``, ``objects.0.score``). A payload that doesn't parse, or matches none of the
 points, is counted against the device and reported as a failed outcome, never raised. A device
 silent for longer than ``SILENT_FACTOR`` x its interval is reported STALE once per interval.
-Camera profiles (``events: true``) also hand each payload on as a detection event.
+Camera profiles (``events: true``) also hand on the payload's ``event`` object, when it has
+one, as a detection event; a payload without one (periodic stats) is readings only.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ class MqttDevice:
         if not any(s.quality is not Quality.INVALID for s in samples):
             return self._bad(ts, "payload matches none of the profile's points")
         self.stats.ok(ts, 0.0)
-        events = [_event(doc, self.id)] if self.profile.events else []
+        has_event = self.profile.events and isinstance(doc, dict) and "event" in doc
+        events = [_event(doc["event"], self.id)] if has_event else []
         return PollOutcome(self.id, ts, samples, ok=True, events=events)
 
     def _samples(self, doc: Any, ts: int) -> list[Sample]:
@@ -125,8 +127,7 @@ class MqttDevice:
         return PollOutcome(self.id, ts, samples, ok=False, error=why)
 
 
-def _event(doc: Any, device: str) -> dict[str, object]:
-    body = doc.get("event", doc) if isinstance(doc, dict) else {"value": doc}
+def _event(body: Any, device: str) -> dict[str, object]:
     event = dict(body) if isinstance(body, dict) else {"value": body}
     event.setdefault("device", device)
     return event

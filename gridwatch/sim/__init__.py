@@ -8,7 +8,7 @@ From Python (tests, demo, benchmarks)::
         field.kill("wl-002")                             # stops answering
 
 ``RtuField`` does the same for the devices on ``modbus_rtu`` buses, over socat pty pairs
-that keep the baud rate's timing.
+that keep the baud rate's timing, and ``MqttField`` publishes for the devices on ``mqtt`` buses.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ import signal
 
 from gridwatch.gatewayconf import load_gateway
 from gridwatch.sim.modbus import SimField, SimUnit
+from gridwatch.sim.mqtt import MqttField, SimSensor
 from gridwatch.sim.rtu import RtuField, RtuLine
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RtuField", "RtuLine", "SimField", "SimUnit", "main", "serve"]
+__all__ = ["MqttField", "RtuField", "RtuLine", "SimField", "SimSensor", "SimUnit", "main", "serve"]
 
 
 async def serve(config: str, speedup: float = 1.0) -> None:
@@ -34,7 +35,11 @@ async def serve(config: str, speedup: float = 1.0) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with SimField(devices, speedup=speedup), RtuField(devices, speedup=speedup):
+    async with (
+        SimField(devices, speedup=speedup),
+        RtuField(devices, speedup=speedup),
+        MqttField(devices, speedup=speedup),
+    ):
         await stop.wait()
     logger.info("sim: stopped")
 
