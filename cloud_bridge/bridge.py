@@ -1,8 +1,9 @@
 """The bridge's I/O shell: MQTT in, the time-series sink and the registry out, acks last.
 
 For each batch of received messages: validate (core), ask the registry which ids it has seen,
-plan (core), write the telemetry, publish the platform alerts, apply the registry changes in one
-transaction, and only then acknowledge the MQTT messages. A sink or registry failure is retried
+plan (core), write the telemetry while publishing the platform alerts, apply the registry changes
+in one transaction, and only then acknowledge the MQTT messages. Telemetry and events (alerts,
+status, health) arrive on two MQTT sessions that run these steps independently. A sink or registry failure is retried
 with the messages unacknowledged; a broker failure reconnects, and the broker redelivers.
 """
 
@@ -17,19 +18,25 @@ from contextlib import asynccontextmanager
 from typing import ParamSpec, TypeVar
 
 from cloud_bridge.config import BridgeConfig
-from cloud_bridge.core import IngestCore, Stats
+from cloud_bridge.core import IngestCore, Plan, Stats
 from cloud_bridge.errors import BridgeError, BrokerError, ProtocolUnsupported, SinkError
 from cloud_bridge.mqtt import Inbound, MqttSession, MqttSettings, MqttVersion
 from cloud_bridge.sink import TelemetrySink
 from device_registry import RegistryStore, StoreUnavailable
-from gridwatch.contract import Topics
+from gridwatch.contract import TelemetryBatch, Topics
 
 logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-STREAMS = ("telemetry", "alert", "health", "status")
+# Two MQTT sessions ("lanes"), so that an alert never queues behind a telemetry backlog (a
+# gateway replaying an outage, a slow time-series store): the broker delivers each session's
+# messages in order, one after the other.
+LANES: dict[str, tuple[str, ...]] = {
+    "telemetry": ("telemetry",),
+    "events": ("alert", "status", "health"),
+}
 
 
 def now_ms() -> int:
@@ -56,30 +63,35 @@ class Bridge:
         self.cfg, self.store, self.sink, self.clock = cfg, store, sink, clock
         self.topics = Topics(cfg.prefix)
         # a member of a shared subscription sees only part of each stream: gaps would be noise
-        self.core = IngestCore(self.topics, track_gaps=cfg.share_group is None)
+        self.cores = {
+            lane: IngestCore(self.topics, track_gaps=cfg.share_group is None) for lane in LANES
+        }
         self.connected = asyncio.Event()
+        """Set while every lane is subscribed."""
+        self._lanes_up: set[str] = set()
         self._progress = asyncio.Condition()
         self._version: MqttVersion | None = (
             None if cfg.mqtt_protocol == "auto" else cfg.mqtt_protocol
         )
         self._outage: dict[str, bool] = {}
-        self._committed = Stats()
+        self._committed = {lane: Stats() for lane in LANES}
 
     @property
     def stats(self) -> Stats:
         """Running counts, including a step still in progress."""
-        return self.core.stats
+        return Stats.total(core.stats for core in self.cores.values())
 
     @property
     def committed(self) -> Stats:
         """Counts as of the last acknowledged step: what they count is written."""
-        return self._committed
+        return Stats.total(self._committed.values())
 
     async def run(self) -> None:
         if self.cfg.share_group and self.cfg.mqtt_protocol == "3.1.1":
             raise BridgeError("shared subscriptions (--share-group) need MQTT 5")
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._mqtt_loop(), name="bridge-mqtt")
+            for lane, leaves in LANES.items():
+                tg.create_task(self._mqtt_loop(lane, leaves), name=f"bridge-{lane}")
             tg.create_task(self._maintenance_loop(), name="bridge-maintenance")
 
     async def until(self, predicate: Callable[[Stats], bool], live: bool = False) -> None:
@@ -87,37 +99,45 @@ class Bridge:
         ingest step, so that what it counted is written; ``live``: for the running counts, checked
         after each step and each failed write. Callers bound the wait."""
         async with self._progress:
-            await self._progress.wait_for(
-                lambda: predicate(self.stats if live else self._committed)
-            )
+            await self._progress.wait_for(lambda: predicate(self.stats if live else self.committed))
 
     # ---- the MQTT session --------------------------------------------------------------------
 
-    async def _mqtt_loop(self) -> None:
+    async def _mqtt_loop(self, lane: str, leaves: tuple[str, ...]) -> None:
         backoff = Backoff()
         while True:
             try:
-                async with self._session() as session:
-                    self._recovered("broker")
-                    self.connected.set()
+                async with self._session(lane, leaves) as session:
+                    self._recovered(f"broker ({lane})")
+                    self._lane(lane, up=True)
                     backoff.reset()
-                    await self._pump(session)
+                    await self._pump(session, lane)
             except BrokerError as exc:
-                self._failed("broker", exc)
+                self._failed(f"broker ({lane})", exc)
             except Exception:  # the task's outermost loop: log the bug, reconnect, redeliver
                 logger.exception("bridge ingest failed; reconnecting, unacked messages come again")
             finally:
-                self.connected.clear()
+                self._lane(lane, up=False)
             await asyncio.sleep(backoff.next())
 
+    def _lane(self, lane: str, up: bool) -> None:
+        if up:
+            self._lanes_up.add(lane)
+        else:
+            self._lanes_up.discard(lane)
+        if self._lanes_up == set(LANES):
+            self.connected.set()
+        else:
+            self.connected.clear()
+
     @asynccontextmanager
-    async def _session(self) -> AsyncIterator[MqttSession]:
-        filters = [self.topics.all_gateways(leaf) for leaf in STREAMS]
+    async def _session(self, lane: str, leaves: tuple[str, ...]) -> AsyncIterator[MqttSession]:
+        filters = [self.topics.all_gateways(leaf) for leaf in leaves]
         versions: list[MqttVersion] = (
             [self._version] if self._version else ["5"] if self.cfg.share_group else ["5", "3.1.1"]
         )
         for version in versions:
-            session = MqttSession(self._settings(version), filters)
+            session = MqttSession(self._settings(version, lane), filters)
             try:
                 await session.__aenter__()
             except BrokerError as exc:
@@ -136,42 +156,63 @@ class Bridge:
                 await session.__aexit__(None, None, None)
             return
 
-    def _settings(self, version: MqttVersion) -> MqttSettings:
+    def _settings(self, version: MqttVersion, lane: str) -> MqttSettings:
         c = self.cfg
         return MqttSettings(
-            host=c.mqtt_host, port=c.mqtt_port, client_id=c.client_id, username=c.mqtt_username,
+            host=c.mqtt_host, port=c.mqtt_port, client_id=f"{c.client_id}-{lane}",
+            username=c.mqtt_username,
             password=c.mqtt_password, version=version, share_group=c.share_group,
         )  # fmt: skip
 
-    async def _pump(self, session: MqttSession) -> None:
+    async def _pump(self, session: MqttSession, lane: str) -> None:
         while True:
             batch = await session.receive(self.cfg.max_batch)
-            await self._ingest(session, batch)
+            await self._ingest(session, batch, lane)
 
     # ---- one ingest step ---------------------------------------------------------------------
 
-    async def _ingest(self, session: MqttSession, batch: list[Inbound]) -> None:
-        decoded = self.core.decode(batch, self.clock())
+    async def _ingest(self, session: MqttSession, batch: list[Inbound], lane: str) -> None:
+        core = self.cores[lane]
+        stats = core.stats
+        decoded = core.decode(batch, self.clock())
         ids = decoded.ids()
-        seen = await self._retrying("registry", self.store.seen, ids) if ids else set()
-        plan = self.core.plan(decoded, seen)
-        if plan.telemetry:
-            written, skipped = await self._retrying("sink", self.sink.write, plan.telemetry)
-            self.stats.points_written += written
-            self.stats.points_skipped += skipped
-        if plan.platform:
-            async with asyncio.TaskGroup() as tg:
-                for topic, payload in plan.platform:
-                    tg.create_task(session.publish(topic, payload, qos=1))
-            self.stats.alerts_published += len(plan.platform)
-        await self._retrying("registry", self.store.apply, plan.changes)
+        seen = await self._retrying(stats, "registry", self.store.seen, ids) if ids else set()
+        plan = core.plan(decoded, seen)
+        await self._write_and_publish(session, plan, stats)
+        await self._retrying(stats, "registry", self.store.apply, plan.changes)
         session.ack(batch)  # everything is written: now the broker may forget these messages
         async with self._progress:
-            self._committed = copy.deepcopy(self.stats)
+            self._committed[lane] = copy.deepcopy(stats)
             self._progress.notify_all()
 
+    async def _write_and_publish(self, session: MqttSession, plan: Plan, stats: Stats) -> None:
+        """Alerts are what someone is waiting for: they go out while the telemetry is written,
+        not after it (a crash in between republishes them: at-least-once, like the rest)."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                if plan.telemetry:
+                    tg.create_task(self._write_telemetry(plan.telemetry, stats))
+                for topic, payload in plan.platform:
+                    tg.create_task(session.publish(topic, payload, qos=1))
+        except BaseExceptionGroup as group:
+            lost, _ = group.split(BrokerError)
+            if lost is None:
+                raise
+            raise lost.exceptions[0] from group  # the session is gone: reconnect, redeliver
+        stats.alerts_published += len(plan.platform)
+
+    async def _write_telemetry(self, batches: list[TelemetryBatch], stats: Stats) -> None:
+        written, skipped = await self._retrying(stats, "sink", self.sink.write, batches)
+        stats.points_written += written
+        stats.points_skipped += skipped
+
     async def _retrying(
-        self, what: str, call: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+        self,
+        stats: Stats,
+        what: str,
+        call: Callable[P, Awaitable[T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
     ) -> T:
         backoff = Backoff(cap=5.0)
         while True:
@@ -179,7 +220,7 @@ class Bridge:
                 result = await call(*args, **kwargs)
             except (SinkError, StoreUnavailable) as exc:
                 self._failed(what, exc)
-                self.stats.write_failures += 1
+                stats.write_failures += 1
                 async with self._progress:
                     self._progress.notify_all()
                 await asyncio.sleep(backoff.next())

@@ -9,6 +9,7 @@ registry changes, the telemetry to write and the platform alerts to publish).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,15 @@ class Stats:
     """Readings without a numeric value (failed reads, strings): registry only."""
     write_failures: int = 0
     """Sink or registry writes that failed and were retried."""
+
+    @classmethod
+    def total(cls, parts: Iterable[Stats]) -> Stats:
+        """The sum of several counters (the bridge keeps one per MQTT session)."""
+        out = cls()
+        for p in parts:
+            for f in dataclasses.fields(cls):
+                setattr(out, f.name, getattr(out, f.name) + getattr(p, f.name))
+        return out
 
     def as_dict(self) -> dict[str, object]:
         return {

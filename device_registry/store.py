@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, case, delete, func, select, update
+from sqlalchemy import Select, Table, and_, case, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -150,8 +150,12 @@ class RegistryStore:
                 index_elements=["id"],
                 set_={
                     "last_seen": _later(Device.last_seen, new.last_seen),
-                    # a reading proves the device alive; a mere mention does not
-                    "status": case((new.last_seen.is_not(None), "online"), else_=Device.status),
+                    # a reading proves the device alive, unless its gateway's death was processed
+                    # first (telemetry and status arrive on separate sessions); a mention does not
+                    "status": case(
+                        (and_(new.last_seen.is_not(None), _gateway_online), "online"),
+                        else_=Device.status,
+                    ),
                 },
             ),
             rows,
@@ -331,6 +335,9 @@ class RegistryStore:
         q = select(Quarantined).order_by(Quarantined.id.desc()).limit(limit)
         async with self._tx() as s:
             return [views.quarantined(r) for r in await s.scalars(q)]
+
+
+_gateway_online = select(Gateway.online).where(Gateway.id == Device.gateway_id).scalar_subquery()
 
 
 def _later(current: Any, new: Any) -> ColumnElement[Any]:

@@ -226,7 +226,7 @@ async def test_death_marks_devices_stale_and_birth_online_again(
             batch(gw, [reading("d1", "level", 1.0, t)]).model_dump_json(),
             qos=1,
         )
-        await until(b, lambda s: s.ingested["telemetry"] == 1)
+        await until(b, lambda s: s.ingested["telemetry"] == 1 and s.ingested["birth"] == 1)
         assert await statuses() == {"d1": "online", "d2": "online"}
         await pub.publish(topics.status(gw), death(gw, 1).model_dump_json(), qos=1, retain=True)
         await until(b, lambda s: s.ingested["death"] == 1)
@@ -371,7 +371,12 @@ async def test_bridge_on_a_postgresql_registry(
             )
             await pub.publish(topics.health(gw), report.model_dump_json(), qos=1)
             await pub.publish(topics.status(gw), death(gw, 1).model_dump_json(), qos=1)
-            await until(b, lambda s: s.ingested["death"] == 1 and s.ingested["health"] == 1)
+            await until(
+                b,
+                lambda s: (
+                    s.ingested == {"birth": 1, "telemetry": 1, "alert": 1, "health": 1, "death": 1}
+                ),
+            )
         [dev] = await store.devices(district="north")
         assert (dev.id, dev.status, dev.last_seen, dev.values["level"].value) == (
             f"{gw}:d1",
@@ -387,3 +392,34 @@ async def test_bridge_on_a_postgresql_registry(
     finally:
         await sink.close()
         await store.close()
+
+
+async def test_an_alert_does_not_wait_for_a_stuck_telemetry_write(
+    mosquitto: Mosquitto, store: RegistryStore, prefix: str, tmp_path: Path
+) -> None:
+    """Telemetry and events have their own MQTT sessions: with the time-series store down and
+    telemetry piling up unacknowledged, an alert still reaches the city platform at once."""
+    down = InfluxSink(Victoria(tmp_path / "vm").url)  # never started
+    gw, t = prefix, now_ms()
+    topics = Topics(prefix)
+    try:
+        async with (
+            bridge_on(
+                bridge_config(mosquitto.host, mosquitto.port, prefix, tmp_path), store, down
+            ) as b,
+            aiomqtt.Client(mosquitto.host, mosquitto.port) as city,
+            publisher(mosquitto.host, mosquitto.port) as pub,
+        ):
+            await city.subscribe(topics.platform_alerts(), qos=1)
+            for i in range(5):
+                msg = batch(gw, [reading("d1", "level", float(i), t + i)])
+                await pub.publish(topics.telemetry(gw), msg.model_dump_json(), qos=1)
+            await until(b, lambda s: s.write_failures >= 1, live=True)
+            ev = alert(gw, "a-now", AlertState.RAISED, t)
+            await pub.publish(topics.alert(gw), ev.model_dump_json(), qos=1)
+            async with asyncio.timeout(5):
+                got = await anext(aiter(city.messages))
+            assert PlatformAlert.model_validate_json(got.payload).alert_id == "a-now"
+            assert b.stats.points_written == 0
+    finally:
+        await down.close()

@@ -72,7 +72,7 @@ async def test_rest_api_lists_what_gateways_reported(
         await pub.publish(
             topics.alert(gw), alert(gw, "a1", AlertState.RAISED, t).model_dump_json(), qos=1
         )
-        await until(c.bridge, lambda s: s.ingested["telemetry"] == 1 and s.ingested["alert"] == 1)
+        await until(c.bridge, lambda s: s.ingested == {"birth": 1, "telemetry": 1, "alert": 1})
         api = c.registry_url + "/api/v1"
 
         devices = await get(http, f"{api}/devices")
