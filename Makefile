@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
-DEBS   := mosquitto mosquitto-clients victoria-metrics socat postgresql
+DEBS   := mosquitto mosquitto-clients victoria-metrics socat postgresql chromium
 
 .PHONY: demo test test-deps lint venv bench clean
 
