@@ -1,0 +1,114 @@
+"""The alert lifecycle core: transition tables, time limits from the catalogue, a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from device_registry.lifecycle import (
+    Action,
+    Refused,
+    Stage,
+    device_cleared,
+    due_at,
+    is_overdue,
+    needs_escalation,
+    step,
+    time_left_ms,
+)
+from gridwatch.catalogue import default_catalogue_dir, load_catalogue
+
+MIN = 60_000
+T0 = 1_700_000_000_000
+
+
+@pytest.mark.parametrize(
+    ("stage", "action", "after"),
+    [
+        (Stage.OPEN, Action.ACK, Stage.ACKNOWLEDGED),
+        (Stage.OPEN, Action.RESOLVE, Stage.RESOLVED),
+        (Stage.ACKNOWLEDGED, Action.RESOLVE, Stage.RESOLVED),
+        (Stage.RESOLVED, Action.CLOSE, Stage.CLOSED),
+        (Stage.CLEARED, Action.CLOSE, Stage.CLOSED),
+        (Stage.CLEARED, Action.RESOLVE, Stage.RESOLVED),
+        (Stage.OPEN, Action.CLOSE, None),
+        (Stage.ACKNOWLEDGED, Action.ACK, None),
+        (Stage.ACKNOWLEDGED, Action.CLOSE, None),
+        (Stage.RESOLVED, Action.ACK, None),
+        (Stage.RESOLVED, Action.RESOLVE, None),
+        (Stage.CLOSED, Action.ACK, None),
+        (Stage.CLOSED, Action.RESOLVE, None),
+        (Stage.CLOSED, Action.CLOSE, None),
+        (Stage.CLEARED, Action.ACK, None),
+    ],
+)
+def test_operator_steps(stage: Stage, action: Action, after: Stage | None) -> None:
+    if after is None:
+        with pytest.raises(Refused, match=f"cannot {action.value}"):
+            step(stage, action, "ops-1", T0)
+        return
+    t = step(stage, action, "ops-1", T0, note="pump on site")
+    assert (t.before, t.after, t.actor, t.at, t.note) == (stage, after, "ops-1", T0, "pump on site")
+
+
+@pytest.mark.parametrize(
+    ("stage", "after"),
+    [
+        (Stage.OPEN, Stage.CLEARED),
+        (Stage.ACKNOWLEDGED, Stage.CLEARED),
+        (Stage.RESOLVED, None),  # people already said it is fixed: the clear is only recorded
+        (Stage.CLOSED, None),
+        (Stage.CLEARED, None),
+    ],
+)
+def test_device_clear(stage: Stage, after: Stage | None) -> None:
+    t = device_cleared(stage, T0)
+    assert (t.after if t else None) == after
+    if t:
+        assert t.actor == "device"
+
+
+@pytest.mark.parametrize(
+    ("category", "district", "limit_min"),
+    [
+        ("FLOOD-WATERLOG-01", "", 60),  # city base
+        ("FLOOD-WATERLOG-01", "futian", 45),  # the district layer tightens it
+        ("FLOOD-WATERLOG-01", "nanshan", 60),  # a district without a layer: the city's
+        ("FT-FLOOD-SCHOOL-01", "futian", 20),  # a district's own category
+        ("FT-FLOOD-SCHOOL-01", "", None),  # ... unknown to the city
+        ("NO-SUCH-CODE", "futian", None),
+    ],
+)
+def test_time_limit_from_city_and_district_layers(
+    category: str, district: str, limit_min: int | None
+) -> None:
+    cat = load_catalogue(default_catalogue_dir())
+    due = due_at(cat, category, district, T0)
+    assert due == (None if limit_min is None else T0 + limit_min * MIN)
+
+
+@pytest.mark.parametrize(
+    ("stage", "now", "escalated_at", "overdue", "escalate", "left"),
+    [
+        (Stage.OPEN, T0 + 44 * MIN, None, False, False, 1 * MIN),
+        (Stage.OPEN, T0 + 45 * MIN, None, False, False, 0),
+        (Stage.OPEN, T0 + 45 * MIN + 1, None, True, True, -1),
+        (Stage.ACKNOWLEDGED, T0 + 50 * MIN, None, True, True, -5 * MIN),
+        (Stage.ACKNOWLEDGED, T0 + 50 * MIN, T0 + 46 * MIN, True, False, -5 * MIN),  # once
+        (Stage.RESOLVED, T0 + 50 * MIN, None, False, False, None),  # nobody has to act
+        (Stage.CLEARED, T0 + 50 * MIN, None, False, False, None),
+        (Stage.CLOSED, T0 + 50 * MIN, None, False, False, None),
+    ],
+)
+def test_overdue_and_escalation_with_a_fake_clock(
+    stage: Stage, now: int, escalated_at: int | None, overdue: bool, escalate: bool,
+    left: int | None,
+) -> None:  # fmt: skip
+    due = T0 + 45 * MIN
+    assert is_overdue(stage, due, now) is overdue
+    assert needs_escalation(stage, due, escalated_at, now) is escalate
+    assert time_left_ms(stage, due, now) == left
+
+
+def test_no_time_limit_never_overdue() -> None:
+    assert not is_overdue(Stage.OPEN, None, T0 + 10**9)
+    assert time_left_ms(Stage.OPEN, None, T0) is None
