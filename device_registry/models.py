@@ -63,6 +63,18 @@ class Gateway(Base):
     last_seen: Mapped[int] = mapped_column()
     born_at: Mapped[int | None] = mapped_column(default=None)
     died_at: Mapped[int | None] = mapped_column(default=None)
+    # registration by an installer (auto-registered gateways have none of this)
+    registered_at: Mapped[int | None] = mapped_column(default=None)
+    retired_at: Mapped[int | None] = mapped_column(default=None)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    labels: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    settings: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    """The generated config's fixed part: buses, mqtt uplink, outbox, health interval."""
+    config_desired: Mapped[int] = mapped_column(default=0)
+    config_acked: Mapped[int] = mapped_column(default=0)
+    config_accepted: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    config_errors: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    config_acked_at: Mapped[int | None] = mapped_column(default=None)
 
 
 class Device(Base):
@@ -75,6 +87,17 @@ class Device(Base):
     first_seen: Mapped[int] = mapped_column()
     last_seen: Mapped[int | None] = mapped_column(default=None)
     health: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # what an installer registered; auto-registered devices have no profile and are not
+    # part of any generated config
+    registered_at: Mapped[int | None] = mapped_column(default=None)
+    retired_at: Mapped[int | None] = mapped_column(default=None)
+    profile: Mapped[str | None] = mapped_column(String(128), default=None, index=True)
+    bus: Mapped[str | None] = mapped_column(String(128), default=None)
+    unit_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    address: Mapped[str] = mapped_column(String(200), default="")
+    install_date: Mapped[str | None] = mapped_column(String(10), default=None)
+    firmware: Mapped[str] = mapped_column(String(64), default="")
+    labels: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
 
 class LatestReading(Base):
@@ -156,3 +179,63 @@ class Quarantined(Base):
     reason: Mapped[str] = mapped_column(String(32), index=True)
     detail: Mapped[str] = mapped_column(Text)
     payload: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Street(Base):
+    __tablename__ = "streets"
+    __table_args__ = (UniqueConstraint("district_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    district_id: Mapped[str] = mapped_column(ForeignKey("districts.id"))
+    name: Mapped[str] = mapped_column(String(200))
+
+
+class GridCell(Base):
+    """A cell of the city's management grid; alerts and maintenance lists are routed by it."""
+
+    __tablename__ = "grid_cells"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    district_id: Mapped[str] = mapped_column(ForeignKey("districts.id"))
+    name: Mapped[str] = mapped_column(String(200), default="")
+
+
+class ApiToken(Base):
+    """An API token: only its SHA-256 is kept; the token itself is shown once at creation."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[int] = mapped_column()
+    created_by: Mapped[str] = mapped_column(String(128))
+    revoked_at: Mapped[int | None] = mapped_column(default=None)
+
+
+class AuditEntry(Base):
+    """Who changed what, when: one row per accepted change made through the API."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_target", "target"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ts: Mapped[int] = mapped_column(index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(260))
+    detail: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+
+
+class CommandRow(Base):
+    """A command sent down to a gateway and, once it answered, its result."""
+
+    __tablename__ = "commands"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    gateway_id: Mapped[str] = mapped_column(String(128), index=True)
+    device_id: Mapped[str] = mapped_column(String(260), index=True)
+    point: Mapped[str] = mapped_column(String(128))
+    value: Mapped[Any] = mapped_column(JSON)
+    requested_by: Mapped[str] = mapped_column(String(128))
+    requested_at: Mapped[int] = mapped_column()
+    state: Mapped[str] = mapped_column(String(16), default="sent")
+    error: Mapped[str] = mapped_column(Text, default="")
+    answered_at: Mapped[int | None] = mapped_column(default=None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Collection, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, cast
 
 from sqlalchemy import Select, Table, and_, case, delete, func, select, update
@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
-from device_registry import views
+from device_registry import migrate, views
 from device_registry.changes import Changes
 from device_registry.db import make_engine
 from device_registry.errors import Ambiguous, NotFound, StoreUnavailable
@@ -52,10 +52,10 @@ class RegistryStore:
 
     @classmethod
     async def open(cls, url: str) -> RegistryStore:
-        """Connect and create missing tables (migrations come with provisioning)."""
+        """Connect and upgrade the schema to the newest migration (``migrate.py``)."""
         store = cls(make_engine(url))
         async with store._errors(), store.engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
+            await conn.run_sync(migrate.upgrade)
         logger.info(
             "registry store open: %s", store.engine.url.render_as_string(hide_password=True)
         )
@@ -75,6 +75,11 @@ class RegistryStore:
     async def _tx(self) -> AsyncIterator[AsyncSession]:
         async with self._errors(), self._sessions.begin() as session:
             yield session
+
+    def transaction(self) -> AbstractAsyncContextManager[AsyncSession]:
+        """One transaction for the registry's other modules (registration, tokens, audit);
+        database errors become ``StoreUnavailable`` as everywhere in the store."""
+        return self._tx()
 
     # ---- what the bridge calls -------------------------------------------------------------
 
