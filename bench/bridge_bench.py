@@ -3,7 +3,8 @@
 Starts its own mosquitto and VictoriaMetrics, runs N bridge processes (``gridwatch bridge run``;
 with N > 1 on an MQTT 5 shared subscription), publishes M telemetry batches of 500 readings from
 1,000 devices x 10 points, and times until the registry has recorded every batch id (the bridge
-records ids in the same step it writes, after the time-series write returned).
+records ids in the same step it writes, after the time-series write returned). Meanwhile it raises
+alerts every 10 ms and times each to the platform alert topic.
 Target: >= 100,000 points/s for one process; about twice that for two.
 
     .venv/bin/python -m bench.bridge_bench [--bridges 1] [--batches 400] [--registry sqlite|postgres]
@@ -13,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,7 +29,16 @@ from pathlib import Path
 import asyncpg
 import paho.mqtt.client as paho
 
-from gridwatch.contract import Reading, TelemetryBatch, Topics, new_id
+from gridwatch.contract import (
+    AlertEvent,
+    AlertState,
+    Location,
+    Reading,
+    Severity,
+    TelemetryBatch,
+    Topics,
+    new_id,
+)
 from tests.services import Mosquitto, Postgres, Victoria
 
 PER_BATCH = 500
@@ -53,8 +65,9 @@ def payloads(batches: int, t0: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def publish(port: int, messages: list[tuple[str, bytes]]) -> float:
-    """Publish at QoS 1 with paho (threaded loop); returns when all are PUBACKed."""
+def publish(port: int, messages: list[tuple[str, bytes]], rate: float = 0) -> float:
+    """Publish at QoS 1 with paho (threaded loop), at ``rate`` points/s (0: as fast as it can);
+    returns when all are PUBACKed."""
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
@@ -63,7 +76,11 @@ def publish(port: int, messages: list[tuple[str, bytes]]) -> float:
     client.connect("127.0.0.1", port)
     client.loop_start()
     t = time.perf_counter()
-    for topic, payload in messages:
+    for i, (topic, payload) in enumerate(messages):
+        if rate:  # pace: batch i is due at i * 500 / rate seconds
+            delay = t + i * PER_BATCH / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
         client.publish(topic, payload, qos=1)
     for _ in messages:
         pending.acquire()
@@ -73,12 +90,70 @@ def publish(port: int, messages: list[tuple[str, bytes]]) -> float:
     return elapsed
 
 
+class AlertProbe:
+    """Raises alerts while the telemetry flood is ingested and times each one from the gateway's
+    publish to the city platform's subscriber (the event's ``message`` carries the send time)."""
+
+    def __init__(self, port: int, count: int, interval_s: float) -> None:
+        self.port, self.count, self.interval_s = port, count, interval_s
+        self.latencies_ms: list[float] = []
+        self.done = threading.Event()
+        self.topics = Topics("bench")
+        self.sub = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.sub.on_message = self._received
+
+    def _received(self, _c: object, _u: object, msg: paho.MQTTMessage) -> None:
+        sent = int(json.loads(msg.payload)["message"])
+        self.latencies_ms.append((time.time_ns() - sent) / 1e6)
+        if len(self.latencies_ms) == self.count:
+            self.done.set()
+
+    def start(self) -> None:
+        self.sub.connect("127.0.0.1", self.port)
+        self.sub.subscribe(self.topics.platform_alerts(), qos=1)
+        self.sub.loop_start()
+        threading.Thread(target=self._raise_alerts, daemon=True).start()
+
+    def _raise_alerts(self) -> None:
+        pub = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        pub.connect("127.0.0.1", self.port)
+        pub.loop_start()
+        for i in range(self.count):
+            now = time.time_ns()
+            ev = AlertEvent(
+                id=new_id(), gateway="gw00", seq=i + 1, session=1, alert_id=f"probe-{i}",
+                state=AlertState.RAISED, rule="level_high", category="W-01",
+                severity=Severity.MAJOR, device="dev0000", point="p0",
+                location=Location(district="bench"), value=9.9, raised_at=now // 1_000_000,
+                ts=now // 1_000_000, message=str(now),
+            )  # fmt: skip
+            pub.publish(self.topics.alert("gw00"), ev.model_dump_json(), qos=1)
+            time.sleep(self.interval_s)
+        pub.loop_stop()
+        pub.disconnect()
+
+    def report(self) -> str:
+        if not self.done.wait(30):
+            return f"alerts: only {len(self.latencies_ms)}/{self.count} reached the platform"
+        lat = sorted(self.latencies_ms)
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        self.sub.loop_stop()
+        return (
+            f"alert -> platform latency meanwhile ({self.count} alerts): "
+            f"p50 {statistics.median(lat):.1f} ms, p99 {p99:.1f} ms, max {lat[-1]:.1f} ms"
+        )
+
+
 def start_bridges(
     n: int, mq: Mosquitto, vm: Victoria, work: Path, db_url: str
 ) -> list[subprocess.Popen[bytes]]:
     procs = []
     for i in range(n):
-        prof = ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]] if os.environ.get("BENCH_PROFILE") else []
+        prof = (
+            ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]]
+            if os.environ.get("BENCH_PROFILE")
+            else []
+        )
         cmd = [sys.executable, *prof, "-m", "gridwatch.cli", "bridge", "run", "--mqtt-host", "127.0.0.1",
                "--mqtt-port", str(mq.port), "--influx-url", vm.url, "--prefix", "bench",
                "--data-dir", str(work / "central"), "--db-url", db_url, "--bridge-id", f"bench-{i}",
@@ -128,9 +203,13 @@ async def run(args: argparse.Namespace, work: Path) -> None:
         messages = payloads(args.batches, int(time.time() * 1000) - 3_600_000)
         points = len(messages) * PER_BATCH
         cpu0 = [cpu_seconds(p.pid) for p in procs]
+        # spread the alerts over the run: every 10 ms in a flood, over the paced duration otherwise
+        interval = 0.01 if not args.rate else points / args.rate / max(args.alerts, 1)
+        probe = AlertProbe(mq.port, args.alerts, interval)
         t0 = time.perf_counter()
-        pub_s = await asyncio.to_thread(publish, mq.port, messages)
-        while (done := await count_seen(db_url)) < len(messages):
+        probe.start()
+        pub_s = await asyncio.to_thread(publish, mq.port, messages, args.rate)
+        while (done := await count_seen(db_url)) < len(messages) + args.alerts:
             if time.perf_counter() - t0 > 300:
                 raise TimeoutError(f"only {done}/{len(messages)} batches ingested")
             await asyncio.sleep(0.05)
@@ -141,9 +220,11 @@ async def run(args: argparse.Namespace, work: Path) -> None:
         print(f"bridges: {args.bridges} process(es){' on a shared subscription' if args.bridges > 1 else ''}, "
               f"registry on {args.registry}, sink VictoriaMetrics (InfluxDB line protocol)")  # fmt: skip
         print(f"published {len(messages)} batches x {PER_BATCH} = {points} points in {pub_s:.2f}s")
-        print(f"ingested all {points} points in {elapsed:.2f}s: {points / elapsed:,.0f} points/s")
+        print(f"ingested all {points} points in {elapsed:.2f}s: {points / elapsed:,.0f} points/s"
+              + (f" (offered {args.rate:,.0f}/s)" if args.rate else ""))  # fmt: skip
         print(f"bridge CPU seconds: {', '.join(f'{c:.2f}' for c in cpu)} "
               f"({points / sum(cpu):,.0f} points per CPU second)")  # fmt: skip
+        print(probe.report())
     finally:
         for p in procs:
             p.terminate()
@@ -161,6 +242,8 @@ def main() -> None:
     parser.add_argument("--bridges", type=int, default=1)
     parser.add_argument("--batches", type=int, default=400)
     parser.add_argument("--registry", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--alerts", type=int, default=100, help="alerts raised during the flood")
+    parser.add_argument("--rate", type=float, default=0, help="telemetry points/s (0: a flood)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gw-bridge-bench-") as work:
         asyncio.run(run(args, Path(work)))

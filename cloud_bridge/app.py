@@ -18,7 +18,7 @@ from cloud_bridge.bridge import Bridge
 from cloud_bridge.broker import embedded_broker
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.errors import BridgeError
-from cloud_bridge.runner import Service, forever, run_services, stop_on_signals, tune_gc
+from cloud_bridge.runner import Service, forever, run_services, stop_on_signals, tune_runtime
 from cloud_bridge.sink import TelemetrySink
 from cloud_bridge.sink_influx import InfluxSink
 from cloud_bridge.sink_sqlite import SqliteSink
@@ -74,7 +74,7 @@ async def run(args: argparse.Namespace) -> None:
         bridge = Bridge(cfg, store, sink)
         services.append(("bridge", bridge_service(bridge)))
         logger.info("bridge: broker %s:%d, prefix %r", cfg.mqtt_host, cfg.mqtt_port, cfg.prefix)
-        tune_gc()
+        tune_runtime()
         await run_services(services, stop)
 
 

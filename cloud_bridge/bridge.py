@@ -2,7 +2,8 @@
 
 For each batch of received messages: validate (core), ask the registry which ids it has seen,
 plan (core), write the telemetry while publishing the platform alerts, apply the registry changes
-in one transaction, and only then acknowledge the MQTT messages. Telemetry and events (alerts,
+in one transaction, and only then acknowledge the MQTT messages (the next batch is written while
+one batch's registry transaction runs). Telemetry and events (alerts,
 status, health) arrive on two MQTT sessions that run these steps independently. A sink or registry failure is retried
 with the messages unacknowledged; a broker failure reconnects, and the broker redelivers.
 """
@@ -13,8 +14,10 @@ import asyncio
 import copy
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
 from cloud_bridge.config import BridgeConfig
@@ -29,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
+X = TypeVar("X")
 
 # Two MQTT sessions ("lanes"), so that an alert never queues behind a telemetry backlog (a
 # gateway replaying an outage, a slow time-series store): the broker delivers each session's
@@ -39,8 +43,35 @@ LANES: dict[str, tuple[str, ...]] = {
 }
 
 
+_DEPTH = 2  # steps per lane in progress: one being written while the one before commits
+_OFFLOAD_BYTES = 64 * 1024
+
+
+async def _cpu(size: int, fn: Callable[..., X], *args: object) -> X:
+    """Run the pure core on a big batch (up to 100,000 readings, 100s of ms of CPU) in a worker
+    thread: the event loop then gets the GIL back every switch interval (5 ms), so the other
+    lane's alerts and the registry's I/O do not wait for the whole batch. Small ones run here."""
+    if size >= _OFFLOAD_BYTES:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+@dataclass
+class _Lane:
+    core: IngestCore
+    unfinished: set[str] = field(default_factory=set)
+    """Ids written by a step whose registry transaction has not committed yet."""
+
+
+@dataclass(frozen=True)
+class _Step:
+    plan: Plan
+    stats: Stats
+    """The lane's counts once this step is written: what ``until`` sees after it commits."""
 
 
 class Backoff:
@@ -69,6 +100,7 @@ class Bridge:
         self.connected = asyncio.Event()
         """Set while every lane is subscribed."""
         self._lanes_up: set[str] = set()
+        self._registry_turn = asyncio.Lock()
         self._progress = asyncio.Condition()
         self._version: MqttVersion | None = (
             None if cfg.mqtt_protocol == "auto" else cfg.mqtt_protocol
@@ -165,24 +197,63 @@ class Bridge:
         )  # fmt: skip
 
     async def _pump(self, session: MqttSession, lane: str) -> None:
-        while True:
-            batch = await session.receive(self.cfg.max_batch)
-            await self._ingest(session, batch, lane)
+        """Steps overlap: the next batches are decoded, written and published while earlier
+        batches' registry transactions run, so neither lane waits on the other's transaction
+        to receive. Transactions and acknowledgements stay in order; at most ``_DEPTH`` steps
+        are unfinished."""
+        state = _Lane(self.cores[lane])
+        finishing: deque[asyncio.Task[None]] = deque()
+        try:
+            while True:
+                batch = await session.receive(self.cfg.max_batch)
+                step = await self._write(session, batch, state)
+                before = finishing[-1] if finishing else None
+                finishing.append(
+                    asyncio.create_task(self._finish(session, batch, step, lane, state, before))
+                )
+                while len(finishing) >= _DEPTH or (finishing and finishing[0].done()):
+                    await finishing.popleft()
+        finally:
+            for task in finishing:
+                task.cancel()  # not acknowledged: the broker redelivers these batches
+            await asyncio.gather(*finishing, return_exceptions=True)
 
     # ---- one ingest step ---------------------------------------------------------------------
 
-    async def _ingest(self, session: MqttSession, batch: list[Inbound], lane: str) -> None:
-        core = self.cores[lane]
-        stats = core.stats
-        decoded = core.decode(batch, self.clock())
+    async def _write(self, session: MqttSession, batch: list[Inbound], lane: _Lane) -> _Step:
+        """Validate, dedupe, plan; write the telemetry and publish the platform alerts."""
+        core, stats = lane.core, lane.core.stats
+        size = sum(len(m.payload) for m in batch)
+        decoded = await _cpu(size, core.decode, batch, self.clock())
         ids = decoded.ids()
         seen = await self._retrying(stats, "registry", self.store.seen, ids) if ids else set()
-        plan = core.plan(decoded, seen)
+        seen.update(i for i in ids if i in lane.unfinished)  # ingested by an unfinished step
+        plan = await _cpu(size, core.plan, decoded, seen)
+        lane.unfinished.update(plan.changes.seen_ids)
         await self._write_and_publish(session, plan, stats)
-        await self._retrying(stats, "registry", self.store.apply, plan.changes)
-        session.ack(batch)  # everything is written: now the broker may forget these messages
+        return _Step(plan, copy.deepcopy(stats))
+
+    async def _finish(
+        self,
+        session: MqttSession,
+        batch: list[Inbound],
+        step: _Step,
+        lane: str,
+        state: _Lane,
+        before: asyncio.Task[None] | None,
+    ) -> None:
+        """Apply the registry changes, then acknowledge: the broker may forget the messages."""
+        if before is not None:
+            await asyncio.shield(before)  # in order; cancelling this one must not cancel that
+        stats = state.core.stats
+        # one registry transaction at a time, first come first served: SQLite's own busy wait
+        # lets a stream of big telemetry transactions starve a small alert one for seconds
+        async with self._registry_turn:
+            await self._retrying(stats, "registry", self.store.apply, step.plan.changes)
+        session.ack(batch)
+        state.unfinished.difference_update(step.plan.changes.seen_ids)
         async with self._progress:
-            self._committed[lane] = copy.deepcopy(stats)
+            self._committed[lane] = step.stats
             self._progress.notify_all()
 
     async def _write_and_publish(self, session: MqttSession, plan: Plan, stats: Stats) -> None:

@@ -102,8 +102,9 @@ class IngestCore:
         self._gaps = GapTracker() if track_gaps else None
         self._logged: set[tuple[str, Reason]] = set()
 
-    def decode(self, raws: Iterable[Raw], now: int) -> Decoded:
-        out = Decoded(now)
+    def decode(self, raws: Iterable[Raw], now: int, into: Decoded | None = None) -> Decoded:
+        """Validate each message; ``into`` lets the shell decode a batch in slices."""
+        out = Decoded(now) if into is None else into
         for raw in raws:
             self.stats.received += 1
             result = decode(self.topics, raw.topic, raw.payload)
@@ -124,14 +125,24 @@ class IngestCore:
         logger.log(level, "quarantined a message on %s: %s: %s", raw.topic, why.reason, why.detail)
 
     def plan(self, decoded: Decoded, seen: set[str]) -> Plan:
+        plan = self.start_plan(decoded)
+        self.extend_plan(plan, decoded.messages, seen)
+        return plan
+
+    def start_plan(self, decoded: Decoded) -> Plan:
+        """A plan with the batch's refused messages; ``extend_plan`` adds the good ones."""
         ch = Changes(now=decoded.now)
-        plan = Plan(ch)
         ch.quarantine = [
             QuarantineEntry(raw.topic, str(why.reason), why.detail,
                             raw.payload[:_QUARANTINE_PAYLOAD_MAX], decoded.now)
             for raw, why in decoded.rejected
         ]  # fmt: skip
-        for msg in decoded.messages:
+        return Plan(ch)
+
+    def extend_plan(self, plan: Plan, messages: Iterable[Message], seen: set[str]) -> None:
+        """Drop duplicates (``seen``: ids the registry has), track sequences, add the rest."""
+        ch = plan.changes
+        for msg in messages:
             if isinstance(msg, Birth | Death):
                 ch.status.append(msg)  # the store registers the devices a birth names
                 self.stats.ingested[msg.kind] += 1
@@ -151,7 +162,6 @@ class IngestCore:
                 plan.platform.append(self._platform_alert(msg))
             else:
                 self._health(ch, msg)
-        return plan
 
     def _track(self, msg: TelemetryBatch | AlertEvent | GatewayHealth) -> None:
         if self._gaps is None:

@@ -21,7 +21,7 @@ from cloud_bridge.app import (
 )
 from cloud_bridge.bridge import Bridge
 from cloud_bridge.config import BridgeConfig
-from cloud_bridge.runner import Service, forever, run_services, stop_on_signals, tune_gc
+from cloud_bridge.runner import Service, forever, run_services, stop_on_signals, tune_runtime
 from device_registry import RegistryStore
 from device_registry.app import build_app, db_url_from, serving
 
@@ -90,7 +90,7 @@ class Central:
             services: list[tuple[str, Service]] = []
             if self.embedded:
                 services.append(("broker", broker_service(self.cfg.mqtt_host, self.cfg.mqtt_port)))
-            tune_gc()
+            tune_runtime()
             services += [
                 ("registry-api", self._registry_service(store)),
                 ("bridge", bridge_service(self.bridge)),
