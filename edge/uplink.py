@@ -24,7 +24,7 @@ from aiomqtt.exceptions import MqttConnectError
 from edge.outbox import Outbox
 from edge.pipeline import Pipeline
 from gridwatch import __version__
-from gridwatch.contract import Birth, Death, Topics
+from gridwatch.contract import Birth, Death, DeviceInfo, Topics
 from gridwatch.gatewayconf import MqttUplink
 from gridwatch.watch import Watch
 
@@ -147,6 +147,8 @@ class Uplink:
             gateway=self.gateway_id, session=session, ts=int(self.clock() * 1000),
             software=f"gridwatch {__version__}", config_version=self.config_version,
             devices=sorted(self.pipeline.devices),
+            device_info=[DeviceInfo(device=d.id, profile=d.profile.id, interval_s=d.interval_s)
+                         for d in self.pipeline.devices.values()],
         )  # fmt: skip
         await client.publish(
             self.topics.status(self.gateway_id), birth.model_dump_json(), qos=1, retain=True

@@ -15,6 +15,9 @@ gateway's MQTT username so a broker ACL ``pattern readwrite P/gw/%u/#`` confines
     P/gw/G/cmd                       Command                                       (down)
     P/gw/G/cmd/result                CommandResult                                 (up)
     P/platform/alert/D/C/S           PlatformAlert  (district D, category C, severity S)
+    P/platform/lifecycle/D/C/S       PlatformLifecycle  (opened with its incident, acknowledged,
+                                     resolved, closed, cleared: who, when, time limit)
+    P/platform/escalation/D/C/S      PlatformEscalation (past its time limit; once per alert)
 
 Upstream messages carry a message id and a per-gateway, per-stream sequence number so the
 central side drops duplicates (at-least-once delivery) and notices gaps.
@@ -120,6 +123,15 @@ class AlertEvent(Upstream):
     ts: int = Field(description="Epoch ms of this transition.")
 
 
+class DeviceInfo(_Msg):
+    """What the centre needs to judge a device's health: its profile's expected interval."""
+
+    device: str
+    profile: str = ""
+    interval_s: float | None = Field(default=None, description="Expected reporting interval.")
+    firmware: str = ""
+
+
 class Birth(_Msg):
     v: Literal[1] = SCHEMA_VERSION
     kind: Literal["birth"] = "birth"
@@ -129,6 +141,12 @@ class Birth(_Msg):
     software: str = ""
     config_version: int = 0
     devices: list[str] = Field(default_factory=list)
+    device_info: list[DeviceInfo] = Field(
+        default_factory=list, description="Profile and expected interval of each device."
+    )
+    health_interval_s: float | None = Field(
+        default=None, description="How often the gateway sends its GatewayHealth."
+    )
 
 
 class Death(_Msg):
@@ -230,6 +248,57 @@ class PlatformAlert(_Msg):
         return cls(**data)
 
 
+class PlatformLifecycle(_Msg):
+    """A step of an alert's lifecycle at the centre, with the incident it belongs to.
+
+    ``action`` ``open`` is sent once per alert when the centre first stores it; alerts with the
+    same ``incident_id`` are one incident (``incident_new`` is true on its first alert only).
+    """
+
+    v: Literal[1] = SCHEMA_VERSION
+    kind: Literal["lifecycle"] = "lifecycle"
+    alert_id: str
+    incident_id: str
+    incident_new: bool = False
+    action: Literal["open", "ack", "resolve", "close", "device_clear"]
+    stage: Literal["open", "acknowledged", "resolved", "closed", "cleared"]
+    actor: str = Field(description="Who: a token's name, 'device' or 'centre'.")
+    note: str = ""
+    gateway: str
+    device: str
+    category: str
+    severity: Severity
+    location: Location
+    due_at: int | None = Field(default=None, description="Epoch ms the time limit ends.")
+    time_limit_min: int | None = None
+    ts: int
+
+
+class PlatformEscalation(_Msg):
+    """An alert still waiting for people past its catalogue time limit (sent once)."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    kind: Literal["escalation"] = "escalation"
+    alert_id: str
+    incident_id: str
+    stage: Literal["open", "acknowledged"]
+    gateway: str
+    device: str
+    category: str
+    severity: Severity
+    location: Location
+    unit: str = Field(default="", description="Responsible unit from the catalogue.")
+    due_at: int
+    time_limit_min: int
+    overdue_ms: int
+    ts: int
+
+
+PlatformMessage = Annotated[
+    PlatformAlert | PlatformLifecycle | PlatformEscalation, Field(discriminator="kind")
+]
+
+
 UpstreamMessage = Annotated[
     TelemetryBatch | AlertEvent | GatewayHealth, Field(discriminator="kind")
 ]
@@ -281,6 +350,13 @@ class Topics:
 
     def platform_alerts(self) -> str:
         return f"{self.prefix}/platform/alert/#"
+
+    def platform(self, kind: str, district: str, category: str, severity: str) -> str:
+        """``kind``: alert, lifecycle or escalation (a platform message's ``kind``)."""
+        return f"{self.prefix}/platform/{kind}/{_level(district)}/{_level(category)}/{severity}"
+
+    def platform_all(self) -> str:
+        return f"{self.prefix}/platform/#"
 
     def parse_gateway_topic(self, topic: str) -> tuple[str, str] | None:
         """``P/gw/G/leaf...`` -> (G, leaf); None for a topic outside the gateway tree."""
