@@ -55,6 +55,16 @@ def frame_gap_s(baudrate: int, bytesize: int = 8, parity: str = "N", stopbits: i
     return 3.5 * char_time_s(baudrate, bytesize, parity, stopbits)
 
 
+def _raise_swallowed_cancel() -> None:
+    """pymodbus waits for answers with ``asyncio.wait_for``, which on Python 3.11 returns the
+    answer and drops the CancelledError when a cancellation lands as the answer arrives
+    (CPython gh-86296). The poller then polls on and the edge never stops (seen under load on
+    SIGTERM): a cancellation still pending on the task is raised here instead."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class _Slot:
     """One client connection of the pool, with its own reconnect pacing."""
 
@@ -147,12 +157,15 @@ class ModbusTransport:
     ) -> Any:
         """``client.<call>(*args, **kw, device_id=unit)``; errors name device ``who``."""
         with modbus_errors(who, address):
-            client = await slot.ensure(self.name)
             try:
-                resp = await getattr(client, call)(*args, **kw, device_id=unit)
-            except Exception as exc:  # re-raised at once, converted by modbus_errors
-                self._note_failure(slot, exc)
-                raise
+                client = await slot.ensure(self.name)
+                try:
+                    resp = await getattr(client, call)(*args, **kw, device_id=unit)
+                except Exception as exc:  # re-raised at once, converted by modbus_errors
+                    self._note_failure(slot, exc)
+                    raise
+            finally:
+                _raise_swallowed_cancel()
         slot.silent = 0
         return resp
 
