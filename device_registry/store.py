@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
 from device_registry import migrate, views
+from device_registry.alertops import AlertOperations
 from device_registry.changes import Changes
 from device_registry.db import make_engine
 from device_registry.errors import Ambiguous, NotFound, StoreUnavailable
@@ -49,6 +50,8 @@ class RegistryStore:
         self.engine = engine
         self.dialect = engine.dialect.name
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self.ops = AlertOperations()
+        """Alert lifecycle, incidents and the delivery feed (``alertops.py``)."""
 
     @classmethod
     async def open(cls, url: str) -> RegistryStore:
@@ -103,9 +106,13 @@ class RegistryStore:
             for msg in ch.status:
                 await self._apply_status(s, msg, ch.now)
             await self._apply_alerts(s, ch.alerts, ch.now)
+            births = [m for m in ch.status if isinstance(m, Birth)]
+            fed = await self.ops.on_ingest(s, ch.alerts, births, ch.now)
             for report in ch.health:
                 await self._apply_health(s, report, ch.now)
             await self._record(s, ch)
+        if fed:
+            self.ops.fed()
 
     async def prune(self, now: int, seen_max_age_ms: int, quarantine_keep: int) -> int:
         """Forget dedupe ids older than the redelivery window; keep the newest quarantine rows."""
@@ -308,13 +315,21 @@ class RegistryStore:
             return [views.gateway(gw, n or 0, report) for gw, n, report in await s.execute(q)]
 
     async def devices(
-        self, gateway: str | None = None, district: str | None = None
-    ) -> list[DeviceView]:
+        self, gateway: str | None = None, district: str | None = None, *,
+        grid: str | None = None, profile: str | None = None, status: str | None = None,
+        retired: bool | None = None, limit: int | None = None, offset: int = 0,
+    ) -> list[DeviceView]:  # fmt: skip
+        """Filtered, in id order; ``retired=None`` lists retired and active devices alike."""
         q = _device_query()
-        if gateway is not None:
-            q = q.where(Device.gateway_id == gateway)
-        if district is not None:
-            q = q.where(Site.district_id == district)
+        for column, value in ((Device.gateway_id, gateway), (Site.district_id, district),
+                              (Site.grid, grid), (Device.profile, profile),
+                              (Device.status, status)):  # fmt: skip
+            if value is not None:
+                q = q.where(column == value)
+        if retired is not None:
+            q = q.where(Device.retired_at.is_not(None) if retired else Device.retired_at.is_(None))
+        if limit is not None:
+            q = q.limit(limit).offset(offset)
         async with self._tx() as s:
             return await _device_views(s, q)
 
@@ -367,12 +382,12 @@ def _advance_alert(row: Alert, ev: AlertEvent) -> None:
     row.cleared_at = ev.ts if ev.state is AlertState.CLEARED else None
 
 
-_DeviceRows = Select[Device, str, str]  # device, its site's district and grid (outer join)
+_DeviceRows = Select[Device, str, str, str]  # device, its site's district, grid and street
 
 
 def _device_query() -> _DeviceRows:
     return (
-        select(Device, Site.district_id, Site.grid)
+        select(Device, Site.district_id, Site.grid, Site.street)
         .outerjoin(Site, Site.id == Device.site_id)
         .order_by(Device.id)
     )
@@ -386,4 +401,7 @@ async def _device_views(s: AsyncSession, q: _DeviceRows) -> list[DeviceView]:
         chunk = ids[i : i + _ID_CHUNK]
         for r in await s.scalars(select(LatestReading).where(LatestReading.device_id.in_(chunk))):
             readings.setdefault(r.device_id, []).append(r)
-    return [views.device(d, district, grid, readings.get(d.id, [])) for d, district, grid in rows]
+    return [
+        views.device(d, district, grid, readings.get(d.id, []), street)
+        for d, district, grid, street in rows
+    ]

@@ -1,0 +1,115 @@
+"""Alert operations on a real registry store (SQLite and PostgreSQL): lifecycle persisted with
+who and when, incidents grouped, overdue alerts escalated once, every change in the feed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from device_registry import Changes, RegistryStore
+from device_registry.lifecycle import Action, Refused
+from device_registry.opsstore import AlertFilter, OpsStore
+from gridwatch.contract import AlertEvent, AlertState, Location, Severity, new_id
+
+T0 = 1_700_000_000_000
+MIN = 60_000
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def ops(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OpsStore]:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    store = await RegistryStore.open(url)
+    yield OpsStore(store)
+    await store.close()
+
+
+def smoke(alert_id: str, device: str, at: int, state: AlertState = AlertState.RAISED,
+          grid: str = "FT-0042") -> AlertEvent:  # fmt: skip
+    return AlertEvent(
+        id=new_id(), gateway="gw1", seq=1, session=1, alert_id=alert_id, state=state,
+        rule="smoke", category="FIRE-SMOKE-01", severity=Severity.CRITICAL, device=device,
+        point="obscuration", location=Location(district="futian", grid=grid), value=5.0,
+        raised_at=at, ts=at,
+    )  # fmt: skip
+
+
+async def ingest(ops: OpsStore, *events: AlertEvent, now: int = T0) -> None:
+    await ops.store.apply(Changes(now=now, alerts=list(events)))
+
+
+async def test_lifecycle_is_persisted_with_who_and_when(ops: OpsStore) -> None:
+    await ingest(ops, smoke("a1", "sd-1", T0))
+    [a] = await ops.alerts(AlertFilter(), now=T0 + MIN)
+    assert (a.stage, a.time_limit_min, a.due_at) == ("open", 15, T0 + 15 * MIN)
+    assert a.time_left_ms == 14 * MIN and not a.overdue
+
+    await ops.act("a1", Action.ACK, "ops-anna", "crew on the way", T0 + 2 * MIN)
+    with pytest.raises(Refused):
+        await ops.act("a1", Action.ACK, "ops-bob", "", T0 + 3 * MIN)
+    await ops.act("a1", Action.RESOLVE, "ops-bob", "false alarm: kitchen", T0 + 9 * MIN)
+    await ingest(ops, smoke("a1", "sd-1", T0 + 10 * MIN, AlertState.CLEARED), now=T0 + 10 * MIN)
+    view = await ops.act("a1", Action.CLOSE, "ops-anna", "", T0 + 11 * MIN)
+    assert view.stage == "closed" and view.acked_by == "ops-anna" and view.resolved_by == "ops-bob"
+    assert view.cleared_at == T0 + 10 * MIN  # the device's clear is kept beside the people's steps
+
+    _, steps = await ops.alert("a1", T0 + 12 * MIN)
+    assert [(s.action, s.after, s.actor, s.at) for s in steps] == [
+        ("ack", "acknowledged", "ops-anna", T0 + 2 * MIN),
+        ("resolve", "resolved", "ops-bob", T0 + 9 * MIN),
+        ("close", "closed", "ops-anna", T0 + 11 * MIN),
+    ]
+    assert await ops.alerts(AlertFilter(), now=T0) == []  # closed alerts are not listed
+
+
+async def test_device_clear_moves_an_open_alert_to_cleared(ops: OpsStore) -> None:
+    await ingest(ops, smoke("a1", "sd-1", T0))
+    await ingest(ops, smoke("a1", "sd-1", T0 + MIN, AlertState.CLEARED), now=T0 + MIN)
+    [a] = await ops.alerts(AlertFilter(), now=T0 + 2 * MIN)
+    assert a.stage == "cleared" and a.time_left_ms is None
+
+
+async def test_two_detectors_in_one_cell_are_one_incident(ops: OpsStore) -> None:
+    await ingest(ops, smoke("a1", "sd-1", T0), smoke("a2", "sd-2", T0 + 20_000))
+    await ingest(ops, smoke("a3", "sd-3", T0 + 30_000, grid="FT-0099"))
+    await ingest(ops, smoke("a4", "sd-4", T0 + 5 * MIN))
+    views = {a.alert_id: a for a in await ops.alerts(AlertFilter(), now=T0)}
+    assert views["a1"].incident_id == views["a2"].incident_id
+    assert len({v.incident_id for v in views.values()}) == 3
+    opened = [e.payload for e in await ops.feed(0) if e.kind == "lifecycle"]
+    assert [(p["alert_id"], p["incident_new"]) for p in opened] == [
+        ("a1", True),
+        ("a2", False),
+        ("a3", True),
+        ("a4", True),
+    ]
+
+
+async def test_overdue_alert_is_escalated_once(ops: OpsStore) -> None:
+    await ingest(ops, smoke("a1", "sd-1", T0), smoke("a2", "sd-2", T0, grid="FT-0100"))
+    await ops.act("a2", Action.RESOLVE, "ops", "", T0 + MIN)
+    assert await ops.escalate(T0 + 15 * MIN) == []
+    assert await ops.escalate(T0 + 15 * MIN + 1) == ["a1"]
+    assert await ops.escalate(T0 + 30 * MIN) == []
+    [a] = await ops.alerts(AlertFilter(stages=frozenset({"open"})), now=T0 + 16 * MIN)
+    assert a.overdue and a.escalated_at == T0 + 15 * MIN + 1
+    [esc] = [e for e in await ops.feed(0) if e.kind == "escalation"]
+    assert esc.payload["overdue_ms"] == 1 and esc.payload["unit"] == "Fire and rescue brigade"
+    assert (esc.district, esc.category, esc.severity) == ("futian", "FIRE-SMOKE-01", "critical")
+
+
+async def test_feed_has_every_change_in_order(ops: OpsStore) -> None:
+    await ingest(ops, smoke("a1", "sd-1", T0))
+    await ops.act("a1", Action.ACK, "ops", "", T0 + 1)
+    feed = await ops.feed(0)
+    assert [(e.kind, e.payload.get("action") or e.payload.get("state")) for e in feed] == [
+        ("alert", "raised"),
+        ("lifecycle", "open"),
+        ("lifecycle", "ack"),
+    ]
+    assert [e.seq for e in feed] == sorted(e.seq for e in feed)
+    assert await ops.feed(feed[-1].seq) == []
