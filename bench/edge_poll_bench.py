@@ -54,10 +54,14 @@ def gateway_yaml(ports: list[int], per_port: int, timeout: float) -> str:
         f"  - {{id: d{i}-{u}, profile: bench-device, bus: b{i}, unit_id: {u}}}"
         for i in range(len(ports)) for u in range(1, per_port + 1)
     )  # fmt: skip
-    return f"gateway: {{id: gw-bench}}\nprofiles_dir: profiles\nbuses:\n{buses}\ndevices:\n{devices}\n"
+    return (
+        f"gateway: {{id: gw-bench}}\nprofiles_dir: profiles\nbuses:\n{buses}\ndevices:\n{devices}\n"
+    )
 
 
-def start_sims(root: Path, ports: list[int], per_port: int, timeout: float) -> list[subprocess.Popen[str]]:
+def start_sims(
+    root: Path, ports: list[int], per_port: int, timeout: float
+) -> list[subprocess.Popen[str]]:
     procs = []
     for i, port in enumerate(ports):
         cfg = root / f"sim{i}.yaml"
@@ -94,7 +98,9 @@ async def poll(cfg: Path, warmup: float, duration: float) -> None:
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"devices            {len(devices)} on {len(drivers)} endpoint(s)")
     print(f"readings/s         {readings / wall:,.0f}")
-    print(f"CPU s / 1k reads   {cpu / max(readings, 1) * 1000:.4f}  (CPU {cpu / wall:.0%} of a core)")
+    print(
+        f"CPU s / 1k reads   {cpu / max(readings, 1) * 1000:.4f}  (CPU {cpu / wall:.0%} of a core)"
+    )
     print(f"peak RSS           {rss_mb:.1f} MB")
     print(f"failed polls       {counted['failed']}   polls skipped (overrun) {skipped}")
 

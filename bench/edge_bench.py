@@ -1,0 +1,177 @@
+"""The whole edge: 500 simulated Modbus TCP devices -> EdgeAgent -> a real mosquitto.
+
+    .venv/bin/python bench/edge_bench.py [--devices 500] [--procs 4] [--interval 0.5]
+                                         [--points 20] [--duration 20] [--profile out.prof]
+
+The edge agent runs as ``gridwatch edge run`` in its own process (drivers -> pipeline rules ->
+SQLite outbox -> MQTT uplink, QoS 1), the simulators as ``gridwatch sim`` processes (one
+endpoint each), and the broker is a mosquitto of the bench's own. A subscriber in this process
+counts the readings that reached the broker. Printed: readings/s published, CPU seconds of the
+edge process per 1,000 readings and readings per CPU-second (target >= 45,000), its peak RSS
+(target < 100 MB), and the polls it skipped because a bus could not keep up.
+
+``--profile FILE`` runs the agent under cProfile (slower; for finding the hot path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.edge_poll_bench import profile_yaml, start_sims  # noqa: E402
+from tests._drivers_helpers import free_port  # noqa: E402
+from tests.services import Mosquitto  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+PREFIX = "bench"
+
+
+def gateway_yaml(ports: list[int], per_port: int, args: argparse.Namespace, mqtt: int,
+                 root: Path) -> str:  # fmt: skip
+    timeout = min(1.0, args.interval * 0.8)
+    buses = "\n".join(
+        f"  - {{type: modbus_tcp, id: b{i}, host: 127.0.0.1, port: {p}, timeout_s: {timeout}, "
+        "max_concurrency: 16}"
+        for i, p in enumerate(ports)
+    )
+    devices = "\n".join(
+        f"  - {{id: d{i}-{u}, profile: bench-device, bus: b{i}, unit_id: {u}}}"
+        for i in range(len(ports)) for u in range(1, per_port + 1)
+    )  # fmt: skip
+    return (
+        "gateway: {id: gw-bench}\nprofiles_dir: profiles\nhealth_interval_s: 2\n"
+        f"mqtt: {{host: 127.0.0.1, port: {mqtt}, prefix: {PREFIX}, batch_max: {args.batch}}}\n"
+        f"outbox: {{path: {root / 'outbox.db'}}}\n"
+        f"buses:\n{buses}\ndevices:\n{devices}\n"
+    )
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (``/proc/PID/stat`` fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Counter:
+    """Readings and health reports that reached the broker."""
+
+    def __init__(self) -> None:
+        self.readings = 0
+        self.batches = 0
+        self.skipped = 0  # polls_skipped summed over devices, from the latest health report
+        self.health_reports = 0
+
+    async def run(self, port: int, ready: asyncio.Event) -> None:
+        async with aiomqtt.Client("127.0.0.1", port, max_queued_incoming_messages=0) as client:
+            await client.subscribe(f"{PREFIX}/gw/+/telemetry", qos=1)
+            await client.subscribe(f"{PREFIX}/gw/+/health", qos=1)
+            ready.set()
+            async for msg in client.messages:
+                payload = msg.payload
+                assert isinstance(payload, bytes)
+                if msg.topic.value.endswith("/telemetry"):
+                    self.readings += payload.count(b'"quality"')  # no JSON parse on the count
+                    self.batches += 1
+                else:
+                    self.on_health(payload)
+
+    def on_health(self, payload: bytes) -> None:
+        doc: dict[str, Any] = json.loads(payload)
+        self.skipped = sum(d.get("polls_skipped", 0) for d in doc.get("devices", []))
+        self.health_reports += 1
+
+
+async def measure(edge: subprocess.Popen[str], mqtt_port: int, args: argparse.Namespace) -> None:
+    counter = Counter()
+    ready = asyncio.Event()
+    task = asyncio.create_task(counter.run(mqtt_port, ready))
+    await ready.wait()
+    await asyncio.sleep(args.warmup)  # a benchmark's measuring window, not a wait for an event
+    n0, skip0, cpu0, t0 = counter.readings, counter.skipped, cpu_s(edge.pid), time.monotonic()
+    await asyncio.sleep(args.duration)
+    n, cpu, wall = counter.readings - n0, cpu_s(edge.pid) - cpu0, time.monotonic() - t0
+    rss = peak_rss_mb(edge.pid)
+    skipped = counter.skipped - skip0
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    demand = args.devices * args.points / args.interval
+    print(f"field              {args.devices} devices x {args.points} points every "
+          f"{args.interval:g} s = {demand:,.0f} readings/s offered, {args.procs} sim processes")  # fmt: skip
+    print(f"published          {n / wall:,.0f} readings/s reached the broker "
+          f"({n:,} in {wall:.1f} s, {counter.batches:,} batches in all)")  # fmt: skip
+    print(f"edge CPU           {cpu / max(n, 1) * 1000:.4f} s per 1,000 readings, "
+          f"{n / max(cpu, 1e-9):,.0f} readings per CPU-second (target >= 45,000); "
+          f"{cpu / wall:.0%} of a core")  # fmt: skip
+    print(f"edge peak RSS      {rss:.1f} MB (target < 100 MB)")
+    print(f"skipped polls      {skipped} in the window (health reports seen: "
+          f"{counter.health_reports})")  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--devices", type=int, default=500)
+    ap.add_argument("--procs", type=int, default=4, help="simulator processes (one port each)")
+    ap.add_argument("--interval", type=float, default=0.5)
+    ap.add_argument("--points", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=500, help="readings per telemetry message")
+    ap.add_argument("--duration", type=float, default=20.0)
+    ap.add_argument("--warmup", type=float, default=5.0)
+    ap.add_argument("--profile", default=None, help="run the agent under cProfile into FILE")
+    args = ap.parse_args()
+    per_port = -(-args.devices // args.procs)
+    if per_port > 247:
+        ap.error("more than 247 devices per simulator: raise --procs")
+    timeout = min(1.0, args.interval * 0.8)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "profiles").mkdir()
+        (root / "profiles" / "bench.yaml").write_text(profile_yaml(args.points, args.interval))
+        broker = Mosquitto(root / "mosquitto").start()
+        ports = [free_port() for _ in range(args.procs)]
+        (root / "gw.yaml").write_text(gateway_yaml(ports, per_port, args, broker.port, root))
+        sims = start_sims(root, ports, per_port, timeout)
+        prof = ["-m", "cProfile", "-o", args.profile] if args.profile else []
+        edge = subprocess.Popen([sys.executable, *prof, "-m", "gridwatch.cli", "edge", "run",
+                                 "-c", str(root / "gw.yaml")], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                text=True)  # fmt: skip
+        try:
+            asyncio.run(measure(edge, broker.port, args))
+        finally:
+            edge.send_signal(signal.SIGTERM)  # a clean stop, which also writes the profile
+            try:
+                edge.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                print("edge agent did not stop within 30 s of SIGTERM: killed", file=sys.stderr)
+                edge.kill()
+                edge.wait()
+            for proc in sims:
+                proc.terminate()
+                proc.wait(timeout=10)
+            broker.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
