@@ -108,6 +108,8 @@ class ModbusTransport:
         quiet_pymodbus()
         self.name = name
         self.gap_s = gap_s
+        self.waiting = 0  # requests waiting for a free slot: at most one per device
+        self.peak_waiting = 0
         self._idle: asyncio.Queue[_Slot] = asyncio.Queue()
         self._slots = [_Slot(factory) for _ in range(size)]
         for slot in self._slots:
@@ -115,7 +117,12 @@ class ModbusTransport:
 
     @asynccontextmanager
     async def _slot(self) -> AsyncIterator[_Slot]:
-        slot = await self._idle.get()
+        self.waiting += 1
+        self.peak_waiting = max(self.peak_waiting, self.waiting)
+        try:
+            slot = await self._idle.get()
+        finally:
+            self.waiting -= 1
         try:
             # The frame gap runs from the end of the last exchange: time the next poller
             # spent getting here already counts towards it, so only the rest is waited.
