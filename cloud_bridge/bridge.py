@@ -2,8 +2,9 @@
 
 For each batch of received messages: validate (core), ask the registry which ids it has seen,
 plan (core), write the telemetry while publishing the platform alerts, apply the registry changes
-in one transaction, and only then acknowledge the MQTT messages (the next batch is written while
-one batch's registry transaction runs). Telemetry and events (alerts,
+in one transaction (the telemetry lane merges up to a second of steps into one, see
+``pending.py``), and only then acknowledge the MQTT messages. The next batches are written while
+earlier ones commit. Telemetry and events (alerts,
 status, health) arrive on two MQTT sessions that run these steps independently. A sink or registry failure is retried
 with the messages unacknowledged; a broker failure reconnects, and the broker redelivers.
 """
@@ -14,16 +15,15 @@ import asyncio
 import copy
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.core import IngestCore, Plan, Stats
 from cloud_bridge.errors import BridgeError, BrokerError, ProtocolUnsupported, SinkError
 from cloud_bridge.mqtt import Inbound, MqttSession, MqttSettings, MqttVersion
+from cloud_bridge.pending import Pending
 from cloud_bridge.sink import TelemetrySink
 from device_registry import RegistryStore, StoreUnavailable
 from gridwatch.contract import TelemetryBatch, Topics
@@ -43,7 +43,6 @@ LANES: dict[str, tuple[str, ...]] = {
 }
 
 
-_DEPTH = 2  # steps per lane in progress: one being written while the one before commits
 _OFFLOAD_BYTES = 64 * 1024
 
 
@@ -56,22 +55,22 @@ async def _cpu(size: int, fn: Callable[..., X], *args: object) -> X:
     return fn(*args)
 
 
+async def _first(work: Awaitable[X], watched: asyncio.Task[None]) -> X:
+    """``work``'s result, unless ``watched`` (a task that runs forever) fails first: its error."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.wait([task, watched], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if not task.done() or task.cancelled():
+        watched.result()  # raises what stopped it
+    return task.result()
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-@dataclass
-class _Lane:
-    core: IngestCore
-    unfinished: set[str] = field(default_factory=set)
-    """Ids written by a step whose registry transaction has not committed yet."""
-
-
-@dataclass(frozen=True)
-class _Step:
-    plan: Plan
-    stats: Stats
-    """The lane's counts once this step is written: what ``until`` sees after it commits."""
 
 
 class Backoff:
@@ -192,69 +191,63 @@ class Bridge:
         c = self.cfg
         return MqttSettings(
             host=c.mqtt_host, port=c.mqtt_port, client_id=f"{c.client_id}-{lane}",
+            receive_maximum=c.max_unacked,
             username=c.mqtt_username,
             password=c.mqtt_password, version=version, share_group=c.share_group,
         )  # fmt: skip
 
     async def _pump(self, session: MqttSession, lane: str) -> None:
-        """Steps overlap: the next batches are decoded, written and published while earlier
-        batches' registry transactions run, so neither lane waits on the other's transaction
-        to receive. Transactions and acknowledgements stay in order; at most ``_DEPTH`` steps
-        are unfinished."""
-        state = _Lane(self.cores[lane])
-        finishing: deque[asyncio.Task[None]] = deque()
+        """Write steps as messages come; commit them to the registry (and acknowledge them) in a
+        task of their own, so that the next step is written while earlier ones commit."""
+        window = self.cfg.registry_window_s if lane == "telemetry" else 0.0
+        if session.settings.version != "5":
+            window = 0.0  # a 3.1.1 broker may allow as few as 20 unacknowledged messages
+        pending = Pending(window, self.cfg.max_unacked // 2)
+        core = self.cores[lane]
+        committer = asyncio.create_task(
+            self._commit_loop(session, lane, pending), name=f"bridge-{lane}-commit"
+        )
         try:
             while True:
-                batch = await session.receive(self.cfg.max_batch)
-                step = await self._write(session, batch, state)
-                before = finishing[-1] if finishing else None
-                finishing.append(
-                    asyncio.create_task(self._finish(session, batch, step, lane, state, before))
-                )
-                while len(finishing) >= _DEPTH or (finishing and finishing[0].done()):
-                    await finishing.popleft()
+                batch = await _first(session.receive(self.cfg.max_batch), committer)
+                plan = await self._write(session, batch, core, pending.unfinished)
+                pending.add(batch, plan, copy.deepcopy(core.stats))
         finally:
-            for task in finishing:
-                task.cancel()  # not acknowledged: the broker redelivers these batches
-            await asyncio.gather(*finishing, return_exceptions=True)
+            committer.cancel()  # what it had not committed is not acknowledged: redelivered
+            await asyncio.gather(committer, return_exceptions=True)
 
     # ---- one ingest step ---------------------------------------------------------------------
 
-    async def _write(self, session: MqttSession, batch: list[Inbound], lane: _Lane) -> _Step:
+    async def _write(
+        self, session: MqttSession, batch: list[Inbound], core: IngestCore, unfinished: set[str]
+    ) -> Plan:
         """Validate, dedupe, plan; write the telemetry and publish the platform alerts."""
-        core, stats = lane.core, lane.core.stats
+        stats = core.stats
         size = sum(len(m.payload) for m in batch)
         decoded = await _cpu(size, core.decode, batch, self.clock())
         ids = decoded.ids()
         seen = await self._retrying(stats, "registry", self.store.seen, ids) if ids else set()
-        seen.update(i for i in ids if i in lane.unfinished)  # ingested by an unfinished step
+        seen.update(i for i in ids if i in unfinished)  # written by a step not yet committed
         plan = await _cpu(size, core.plan, decoded, seen)
-        lane.unfinished.update(plan.changes.seen_ids)
         await self._write_and_publish(session, plan, stats)
-        return _Step(plan, copy.deepcopy(stats))
+        plan.telemetry = []  # written: the pending commit keeps only the registry changes
+        return plan
 
-    async def _finish(
-        self,
-        session: MqttSession,
-        batch: list[Inbound],
-        step: _Step,
-        lane: str,
-        state: _Lane,
-        before: asyncio.Task[None] | None,
-    ) -> None:
-        """Apply the registry changes, then acknowledge: the broker may forget the messages."""
-        if before is not None:
-            await asyncio.shield(before)  # in order; cancelling this one must not cancel that
-        stats = state.core.stats
-        # one registry transaction at a time, first come first served: SQLite's own busy wait
-        # lets a stream of big telemetry transactions starve a small alert one for seconds
-        async with self._registry_turn:
-            await self._retrying(stats, "registry", self.store.apply, step.plan.changes)
-        session.ack(batch)
-        state.unfinished.difference_update(step.plan.changes.seen_ids)
-        async with self._progress:
-            self._committed[lane] = step.stats
-            self._progress.notify_all()
+    async def _commit_loop(self, session: MqttSession, lane: str, pending: Pending) -> None:
+        """Apply each group of steps in one transaction, then acknowledge its messages."""
+        stats = self.cores[lane].stats
+        while True:
+            group = await pending.take()
+            # one registry transaction at a time, first come first served: SQLite's own busy
+            # wait lets a stream of big telemetry transactions starve a small alert one
+            async with self._registry_turn:
+                await self._retrying(stats, "registry", self.store.apply, group.changes)
+            for batch in group.batches:
+                session.ack(batch)  # written everywhere: the broker may forget them
+            pending.committed(group)
+            async with self._progress:
+                self._committed[lane] = group.stats
+                self._progress.notify_all()
 
     async def _write_and_publish(self, session: MqttSession, plan: Plan, stats: Stats) -> None:
         """Alerts are what someone is waiting for: they go out while the telemetry is written,

@@ -28,7 +28,11 @@ class BridgeConfig:
     influx_token: str = "unused"
     history_hours: float = 48.0
     max_batch: int = 200
-    """Messages handled (and acknowledged) together: bigger batches, fewer writes."""
+    """Messages handled together in one step (one time-series write)."""
+    registry_window_s: float = 1.0
+    """Telemetry steps merged into one registry transaction (last values written once)."""
+    max_unacked: int = 1000
+    """MQTT 5 Receive Maximum: messages the broker may have out to us unacknowledged."""
     seen_retention_s: int = 7 * 24 * 3600
     """How long a message id is remembered for dedupe: longer than any redelivery."""
     quarantine_keep: int = 1000

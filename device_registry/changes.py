@@ -37,6 +37,23 @@ class Changes:
     """Births and deaths in arrival order."""
     quarantine: list[QuarantineEntry] = field(default_factory=list)
 
+    def merge(self, other: Changes) -> None:
+        """Fold a later step into this one, keeping keys coalesced (newest reading wins)."""
+        self.now = max(self.now, other.now)
+        self.seen_ids.update(other.seen_ids)
+        for dev, seen in other.device_seen.items():
+            old = self.device_seen.get(dev)
+            if old is None or (seen is not None and seen > old):
+                self.device_seen[dev] = seen
+        for key, reading in other.latest.items():
+            kept = self.latest.get(key)
+            if kept is None or reading.ts >= kept.ts:
+                self.latest[key] = reading
+        self.alerts += other.alerts
+        self.health += other.health
+        self.status += other.status
+        self.quarantine += other.quarantine
+
     def gateways(self) -> set[str]:
         """Every gateway this batch shows alive or mentions."""
         gws = {gw for gw, _ in self.device_seen}

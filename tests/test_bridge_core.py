@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 
-from cloud_bridge.core import IngestCore, Raw
+from cloud_bridge.core import IngestCore, Plan, Raw, Stats
 from cloud_bridge.decode import Cleared, Reason, Rejection, decode
 from cloud_bridge.lineproto import batch_lines
+from cloud_bridge.mqtt import Inbound
+from cloud_bridge.pending import Pending
 from cloud_bridge.sequence import GapTracker, Seq
 from gridwatch.contract import AlertState, Quality, TelemetryBatch, Topics
 from tests._central_helpers import alert, batch, birth, reading
@@ -109,3 +112,48 @@ def test_plan_drops_duplicates_and_coalesces_last_values() -> None:
     assert json.loads(payload)["alert_id"] == "a1"
     [q] = plan.changes.quarantine
     assert (q.reason, q.payload, q.received_at) == ("bad_json", b"junk", 5000)
+
+
+def test_changes_merge_keeps_the_newest_per_key() -> None:
+    core = IngestCore(T)
+    older = batch(
+        "g1",
+        [reading("d1", "level", 1.0, 2000), reading("d2", "x", None, 2000, Quality.COMM_ERROR)],
+    )
+    newer = batch("g1", [reading("d1", "level", 0.5, 1000), reading("d2", "x", 4.0, 3000)])
+    plans = [
+        core.plan(core.decode([Raw(T.telemetry("g1"), m.model_dump_json().encode())], now), set())
+        for m, now in ((older, 10), (newer, 20))
+    ]
+    merged = plans[0].changes
+    merged.merge(plans[1].changes)
+    assert merged.now == 20
+    assert {k: r.value for k, r in merged.latest.items()} == {
+        ("g1", "d1", "level"): 1.0,  # the replayed older reading does not win
+        ("g1", "d2", "x"): 4.0,
+    }
+    assert merged.device_seen == {("g1", "d1"): 2000, ("g1", "d2"): 3000}
+    assert set(merged.seen_ids) == {older.id, newer.id}
+
+
+async def test_pending_groups_steps_for_a_window_or_until_full() -> None:
+    core = IngestCore(T)
+
+    def step(n: int) -> tuple[list[Inbound], Plan]:
+        msg = batch("g1", [reading("d1", "level", float(n), n)])
+        raw = Inbound(T.telemetry("g1"), msg.model_dump_json().encode(), n, 1)
+        return [raw], core.plan(core.decode([raw], n), set())
+
+    pending = Pending(window_s=30, max_messages=2)
+    for n in (1, 2):
+        pending.add(*step(n), Stats())
+    async with asyncio.timeout(1):  # full: no need to wait for the window
+        group = await pending.take()
+    assert (group.messages, len(group.changes.seen_ids)) == (2, 2)
+    assert len(pending.unfinished) == 2
+    pending.committed(group)
+    assert pending.unfinished == set()
+    now = Pending(window_s=0, max_messages=100)
+    now.add(*step(3), Stats())
+    async with asyncio.timeout(1):
+        assert (await now.take()).messages == 1
