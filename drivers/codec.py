@@ -16,14 +16,21 @@ combinations put these words on the wire::
 Both orders reduce to one ``struct`` pack of the words and one unpack of the bytes: words are
 packed big-endian when the two orders agree (else little-endian, which swaps each register's
 bytes), and the bytes are unpacked in the word order. No list reversal on the hot path.
+
+Values come out without binary float noise: a scaled integer is rounded to the decimals its
+scale and offset imply (plus a margin), so 5895 x 0.001 reads 5.895, not 5.8950000000000005,
+and a float32 reads as the shortest decimal that is the same float32 (123.456, not
+123.45600128173828).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 
 from gridwatch.contract import Quality, Value
 from gridwatch.profiles import ModbusPoint
@@ -56,6 +63,40 @@ def _endians(byte_order: str, word_order: str) -> tuple[str, str]:
     return pack, unpack
 
 
+EXTRA_DIGITS = 3  # kept beyond the decimals a scale implies, so rounding never cuts a real digit
+_F32 = struct.Struct("<f")
+
+
+def decimals(x: float) -> int:
+    """Decimal places of a number as written: 0.001 -> 3, 2.5 -> 1, 100.0 -> 0, 1e-05 -> 5."""
+    exponent = Decimal(repr(x)).normalize().as_tuple().exponent
+    return max(0, -exponent) if isinstance(exponent, int) else 0  # NaN, infinity: 0
+
+
+def shortest_float32(x: float) -> float:
+    """The shortest decimal that is the same float32: 123.45600128173828 -> 123.456."""
+    want = _F32.pack(x)
+    for digits in (6, 7, 8):
+        y = float(f"{x:.{digits}g}")
+        if _F32.pack(y) == want:
+            return y
+    return float(f"{x:.9g}")  # nine significant digits always round-trip a float32
+
+
+def scaled_value(raw: float, scale: float, offset: float, places: int) -> float:
+    """``raw * scale + offset`` rounded to ``places`` decimals (plus the raw value's own when
+    it is a float): 5895 * 0.001 is 5.895, not 5.8950000000000005."""
+    if isinstance(raw, float):
+        places += decimals(raw)
+    return round(raw * scale + offset, places)
+
+
+@functools.cache
+def scale_places(scale: float, offset: float) -> int:
+    """Decimals that scale and offset can add to an integer raw value, plus a margin."""
+    return max(decimals(scale), decimals(offset)) + EXTRA_DIGITS
+
+
 @dataclass(frozen=True, slots=True)
 class _Judge:
     """Scale, sentinel and range handling shared by every numeric decoder."""
@@ -66,11 +107,15 @@ class _Judge:
     hi: float
     sentinels: frozenset[float]
     scaled: bool  # False keeps integers integers (scale 1, offset 0)
+    places: int  # see scale_places
+    float32: bool  # show the shortest decimal of the float32, not its binary expansion
 
     def judge(self, raw: int | float) -> Decoded:
         if raw in self.sentinels:
             return None, Quality.INVALID
-        value = raw * self.scale + self.offset if self.scaled else raw
+        if self.float32:
+            raw = shortest_float32(raw)
+        value = scaled_value(raw, self.scale, self.offset, self.places) if self.scaled else raw
         if value != value or value in (math.inf, -math.inf):  # NaN never equals itself
             return None, Quality.INVALID
         if value < self.lo or value > self.hi:
@@ -89,8 +134,12 @@ class PointDecoder:
         self.kind = _kind(point)
         lo = point.range.min if point.range and point.range.min is not None else -math.inf
         hi = point.range.max if point.range and point.range.max is not None else math.inf
-        scaled = point.scale != 1.0 or point.offset != 0.0 or point.data_type in FLOAT_TYPES
-        self._judge = _Judge(point.scale, point.offset, lo, hi, frozenset(point.sentinels), scaled)
+        self._judge = _Judge(
+            point.scale, point.offset, lo, hi, frozenset(point.sentinels),
+            scaled=point.scale != 1.0 or point.offset != 0.0,
+            places=scale_places(point.scale, point.offset),
+            float32=point.data_type == "float32",
+        )  # fmt: skip
         pack_e, unpack_e = _endians(point.byte_order, point.word_order)
         if self.kind == "string":  # characters run in register order; only bytes may swap
             pack_e = ">" if point.byte_order == "big" else "<"

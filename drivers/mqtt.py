@@ -22,6 +22,7 @@ from typing import Any
 import aiomqtt
 
 from drivers.base import PollOutcome, Sample, SampleSink
+from drivers.codec import scale_places, scaled_value
 from drivers.errors import BadConfig, PayloadError, UnknownPoint
 from drivers.health import DeviceStats
 from gridwatch.contract import DeviceHealth, Quality, Value
@@ -54,7 +55,12 @@ def judge(raw: Any, point: MqttPoint) -> tuple[Value, Quality]:
         return raw, Quality.GOOD
     if not isinstance(raw, int | float) or (isinstance(raw, float) and not math.isfinite(raw)):
         return None, Quality.INVALID
-    value = raw * point.scale + point.offset if (point.scale, point.offset) != (1.0, 0.0) else raw
+    if (point.scale, point.offset) != (1.0, 0.0):
+        value = scaled_value(
+            raw, point.scale, point.offset, scale_places(point.scale, point.offset)
+        )
+    else:
+        value = raw
     rng = point.range
     if rng and (
         (rng.min is not None and value < rng.min) or (rng.max is not None and value > rng.max)

@@ -192,3 +192,53 @@ def test_decode_raw_shows_every_layout() -> None:
     words = [0x42F6, 0xE979]
     assert decode_raw(words, "float32", "big", "big") == pytest.approx(123.456, rel=1e-6)
     assert not math.isclose(decode_raw(words, "float32", "big", "little"), 123.456)
+
+
+# (raw words, point options, the exact value): scaling must not leave binary float noise
+# (5895 * 0.001 is 5.8950000000000005 in floating point) nor cut a real digit.
+ROUNDING_TABLE: list[tuple[list[int], dict[str, Any], object]] = [
+    ([5895], {"scale": 0.001}, 5.895),
+    ([5901], {"scale": 0.001}, 5.901),
+    ([3], {"scale": 0.1}, 0.3),  # 0.30000000000000004
+    ([0xFFFD], {"data_type": "int16", "scale": 0.1}, -0.3),
+    ([7], {"scale": 0.01}, 0.07),
+    ([12345], {"scale": 0.0001}, 1.2345),
+    ([1], {"scale": 1e-05}, 0.00001),
+    ([4001], {"scale": 0.001, "offset": -4.0}, 0.001),  # 0.0009999999999998899
+    ([3], {"scale": 0.1, "offset": 0.2}, 0.5),  # 0.5000000000000001
+    ([123], {"scale": 2.5, "offset": 0.25}, 307.75),
+    ([65535], {"scale": 0.001}, 65.535),
+    ([0xFFFF, 0xFFFF], {"data_type": "uint32", "scale": 0.001}, 4294967.295),
+    ([0x0123, 0x4567, 0x89AB, 0xCDEF], {"data_type": "uint64", "scale": 0.001},
+     81985529216486.895),
+    ([1234], {}, 1234),  # unscaled integers stay integers
+    ([1234], {"scale": 1 / 3}, 411.3333333333333),  # a scale with no short decimal: as is
+    # float32: the shortest decimal that is the same float32, then scaled without noise
+    ([0x42F6, 0xE979], {"data_type": "float32"}, 123.456),  # not 123.45600128173828
+    ([0x3F4C, 0xCCCD], {"data_type": "float32"}, 0.8),  # not 0.800000011920929
+    ([0x3DCC, 0xCCCD], {"data_type": "float32"}, 0.1),
+    ([0x3F9D, 0xF3B6], {"data_type": "float32"}, 1.234),
+    ([0x3F80, 0x0001], {"data_type": "float32"}, 1.0000001),  # the next float32 after 1
+    ([0x42F6, 0xE979], {"data_type": "float32", "scale": 0.1}, 12.3456),
+    ([0x42F6, 0xE979], {"data_type": "float32", "scale": 0.001, "offset": 1}, 1.123456),
+    # float64 already prints as its shortest decimal; only the scale's noise goes
+    ([0x3FB9, 0x9999, 0x9999, 0x999A], {"data_type": "float64", "scale": 3}, 0.3),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("words", "options", "expected"), ROUNDING_TABLE)
+def test_scaled_values_carry_no_float_noise(
+    words: list[int], options: dict[str, Any], expected: object
+) -> None:
+    value, quality = decode(words, pt(**options))
+    assert quality is Quality.GOOD
+    assert value == expected and type(value) is type(expected)
+    assert repr(value) == repr(expected)
+
+
+def test_float32_shortest_decimal_is_the_same_float32() -> None:
+    point = pt("float32")
+    for value in (0.1, 1e-7, 3.4028235e38, -2.5e-38, 16777217.0, 0.333333333):
+        decoded, _ = decode(encode(value, point), point)
+        assert encode(decoded, point) == encode(value, point)  # type: ignore[arg-type]
+        assert len(repr(decoded)) <= len(repr(value)) + 1

@@ -11,8 +11,9 @@ import aiomqtt
 import pytest
 
 from drivers import DRIVERS, UnknownPoint
-from drivers.mqtt import MqttDriver
+from drivers.mqtt import MqttDriver, judge
 from gridwatch.contract import Quality
+from gridwatch.profiles import MqttPoint
 from tests._drivers_helpers import Broker, Outcomes, gateway
 
 
@@ -149,3 +150,19 @@ async def test_commands_are_refused(broker: Broker) -> None:
     driver = devices_on(broker)
     with pytest.raises(UnknownPoint):
         await driver.write("sm-1", "alarm", True)
+
+
+@pytest.mark.parametrize(("raw", "scale", "offset", "expected"), [
+    (3, 0.1, 0.0, 0.3),  # not 0.30000000000000004
+    (7, 0.01, 0.0, 0.07),
+    (12.5, 0.01, 0.0, 0.125),
+    (0.1, 3.0, 0.0, 0.3),
+    (2.95, 1.0, 0.0, 2.95),
+    (18, 0.01, 0.0, 0.18),
+    (5895, 0.001, 1.0, 6.895),
+])  # fmt: skip
+def test_scaled_payload_values_carry_no_float_noise(
+    raw: float, scale: float, offset: float, expected: float
+) -> None:
+    value, quality = judge(raw, MqttPoint(path="x", scale=scale, offset=offset))
+    assert quality is Quality.GOOD and repr(value) == repr(expected)
