@@ -73,6 +73,7 @@ def decimals(x: float) -> int:
     return max(0, -exponent) if isinstance(exponent, int) else 0  # NaN, infinity: 0
 
 
+@functools.lru_cache(maxsize=4096)  # field values repeat from poll to poll; bounded memory
 def shortest_float32(x: float) -> float:
     """The shortest decimal that is the same float32: 123.45600128173828 -> 123.456."""
     want = _F32.pack(x)
