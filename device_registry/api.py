@@ -7,11 +7,19 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from device_registry.errors import Ambiguous, NotFound, StoreUnavailable
+from device_registry.auth import Role, public, requires
+from device_registry.errors import (
+    Ambiguous,
+    BrokerUnavailable,
+    Conflict,
+    Invalid,
+    NotFound,
+    StoreUnavailable,
+)
 from device_registry.openapi import openapi_document
-from device_registry.schemas import ErrorView, HealthView
+from device_registry.schemas import ErrorView, HealthView, Problem
 from device_registry.store import RegistryStore
 
 logger = logging.getLogger(__name__)
@@ -29,7 +37,7 @@ def routes() -> list[web.RouteDef]:
     return [
         web.get("/health", health),
         web.get("/api/v1/openapi.json", openapi),
-        web.get("/api/v1/gateways", list_gateways),
+        # GET /api/v1/gateways (filters, locations, config state): registration_api
         web.get("/api/v1/devices", list_devices),
         web.get("/api/v1/devices/{id}", get_device),
         web.get("/api/v1/alerts", list_alerts),
@@ -83,12 +91,33 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except StoreUnavailable as exc:
         logger.error("store unavailable serving %s: %s", request.path, exc)
         return _error(503, "store unavailable", str(exc))
+    except ValidationError as exc:
+        return _invalid([(".".join(str(x) for x in e["loc"]) or "(body)", e["msg"])
+                         for e in exc.errors()])  # fmt: skip
+    except Invalid as exc:
+        return _invalid(exc.problems)
+    except Conflict as exc:
+        return _error(409, "conflict", str(exc))
+    except BrokerUnavailable as exc:
+        logger.error("broker unavailable serving %s: %s", request.path, exc)
+        return _error(503, "broker unavailable", str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         return _error(exc.status, exc.reason, f"{request.method} {request.path}")
 
 
+def _invalid(problems: list[tuple[str, str]]) -> web.Response:
+    view = ErrorView(error="invalid", detail="; ".join(f"{f}: {m}" for f, m in problems),
+                     problems=[Problem(field=f, message=m) for f, m in problems])  # fmt: skip
+    return _json(view, status=422)
+
+
+# every role may read the inventory; alerts are for those who act on them
+_READERS = (Role.INSTALLER, Role.MAINTENANCE, Role.OPERATOR, Role.PLATFORM)
+
+
+@public
 async def health(request: web.Request) -> web.Response:
     store = request.app[STORE]
     parts = {name: report() for name, report in request.app[HEALTH_PARTS].items()}
@@ -99,25 +128,35 @@ async def health(request: web.Request) -> web.Response:
     return _json(HealthView(status="ok", database=store.dialect, parts=parts))
 
 
+@public
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
 
-async def list_gateways(request: web.Request) -> web.Response:
-    _query(request, set())
-    return _json(await request.app[STORE].gateways())
-
-
+@requires(*_READERS)
 async def list_devices(request: web.Request) -> web.Response:
-    q = _query(request, {"gateway", "district"})
-    return _json(await request.app[STORE].devices(q.get("gateway"), q.get("district")))
+    q = _query(request, {"gateway", "district", "grid", "profile", "status", "retired", "limit",
+                         "offset"})  # fmt: skip
+    retired = {"false": False, "true": True, "any": None}
+    if q.get("retired", "false") not in retired:
+        raise BadQuery(f"retired must be true, false or any, got {q['retired']!r}")
+    return _json(
+        await request.app[STORE].devices(
+            q.get("gateway"), q.get("district"), grid=q.get("grid"), profile=q.get("profile"),
+            status=q.get("status"), retired=retired[q.get("retired", "false")],
+            limit=_int(q.get("limit"), "limit", 1000, 1, 10000),
+            offset=_int(q.get("offset"), "offset", 0, 0, 10**9),
+        )
+    )  # fmt: skip
 
 
+@requires(*_READERS)
 async def get_device(request: web.Request) -> web.Response:
     _query(request, set())
     return _json(await request.app[STORE].device(request.match_info["id"]))
 
 
+@requires(Role.OPERATOR, Role.MAINTENANCE, Role.PLATFORM)
 async def list_alerts(request: web.Request) -> web.Response:
     q = _query(request, {"state", "limit"})
     state = q.get("state", "active")
@@ -127,6 +166,7 @@ async def list_alerts(request: web.Request) -> web.Response:
     return _json(await request.app[STORE].alerts(active_only=state == "active", limit=limit))
 
 
+@requires(Role.MAINTENANCE)
 async def list_quarantine(request: web.Request) -> web.Response:
     q = _query(request, {"limit"})
     limit = _int(q.get("limit"), "limit", 100, 1, 1000)

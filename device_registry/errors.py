@@ -3,7 +3,12 @@
     RegistryError                 base of everything raised here
     ├── StoreUnavailable          the database cannot be reached or refused the statement
     ├── NotFound                  no such gateway/device/alert (``kind``, ``key``)
-    └── Ambiguous                 a short device id matches devices of several gateways
+    ├── Ambiguous                 a short device id matches devices of several gateways
+    ├── Invalid                   a request the registry refuses: ``problems`` = [(field path,
+    │                             message)] (HTTP 422)
+    ├── Conflict                  it exists already, or is retired (HTTP 409)
+    └── BrokerUnavailable         the MQTT broker cannot be reached or refused a control request
+                                  (credentials, config push, command) (HTTP 503)
 
 SQLAlchemy and driver errors are converted in ``store.py`` where they enter our code, chained
 with ``from exc``.
@@ -32,3 +37,17 @@ class Ambiguous(RegistryError):
         super().__init__(f"device id {key!r} is ambiguous; use one of {candidates}")
         self.key = key
         self.candidates = candidates
+
+
+class Invalid(RegistryError):
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{path}: {msg}" for path, msg in problems))
+        self.problems = problems
+
+
+class Conflict(RegistryError):
+    """The change contradicts what is registered (a duplicate id, a retired gateway)."""
+
+
+class BrokerUnavailable(RegistryError):
+    """A broker control request failed; nothing was changed in the registry."""

@@ -25,8 +25,9 @@ class DeviceView(View):
     id: str = Field(description="Registry id: '<gateway>:<device>'.")
     gateway: str
     device: str = Field(description="Device id within its gateway.")
-    status: Literal["online", "stale"] = Field(
-        description="stale once its gateway's death message arrived, online again on birth."
+    status: Literal["online", "stale", "new"] = Field(
+        description="stale once its gateway's death message arrived, online again on birth; "
+        "new: registered by an installer and not heard from yet."
     )
     district: str = ""
     grid: str = ""
@@ -34,6 +35,26 @@ class DeviceView(View):
     last_seen: int | None = Field(description="Epoch ms of its newest reading, if any.")
     values: dict[str, PointValue] = Field(default_factory=dict)
     health: dict[str, Any] | None = None
+    # what an installer registered (empty for a device only auto-registered from telemetry)
+    registered: bool = False
+    retired: bool = False
+    profile: str | None = None
+    bus: str | None = None
+    unit_id: int | None = None
+    address: str = ""
+    street: str = ""
+    install_date: str | None = None
+    firmware: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class ConfigState(View):
+    desired: int = Field(description="Version the registry generated last.")
+    acknowledged: int = Field(description="Newest version the gateway acknowledged.")
+    accepted: bool | None = Field(description="Whether that version was accepted.")
+    errors: list[str] = Field(default_factory=list, description="Why it was rejected.")
+    acknowledged_at: int | None = None
+    running: int = Field(description="Version the gateway's last birth message named.")
 
 
 class GatewayView(View):
@@ -48,6 +69,14 @@ class GatewayView(View):
     died_at: int | None
     devices: int
     health: dict[str, Any] | None = None
+    registered: bool = False
+    retired: bool = False
+    name: str = ""
+    location: dict[str, Any] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+    config: ConfigState | None = Field(
+        default=None, description="Config delivery: desired vs acknowledged (registered only)."
+    )
 
 
 class AlertView(View):
@@ -82,9 +111,17 @@ class QuarantineView(View):
     payload: str = Field(description="The payload, UTF-8 with replacement, cut at 4 KiB.")
 
 
+class Problem(View):
+    field: str = Field(description="Dotted path of the offending field, e.g. 'location.grid'.")
+    message: str
+
+
 class ErrorView(View):
     error: str
     detail: str = ""
+    problems: list[Problem] = Field(
+        default_factory=list, description="For 422: every field that is wrong, and why."
+    )
 
 
 class HealthView(View):

@@ -23,7 +23,7 @@ from cloud_bridge.bridge import Bridge
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.runner import Service, forever, run_services, stop_on_signals, tune_runtime
 from device_registry import RegistryStore
-from device_registry.app import build_app, db_url_from, serving
+from device_registry.app import build_app, db_url_from, installer_settings, serving, tls_from
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +58,11 @@ class Central:
 
     def _registry_service(self, store: RegistryStore) -> Service:
         async def service(ready: asyncio.Event) -> None:
-            app = build_app(store=store, health_parts={"bridge": self._bridge_health})
-            async with serving(app, self.args.http_host, self.args.http_port) as url:
+            installers = installer_settings(self.args, self.cfg.mqtt_host, self.cfg.mqtt_protocol)
+            app = build_app(store=store, health_parts={"bridge": self._bridge_health},
+                            installers=installers)  # fmt: skip
+            tls = tls_from(self.args)
+            async with serving(app, self.args.http_host, self.args.http_port, tls) as url:
                 self.registry_url = url
                 ready.set()
                 await forever()

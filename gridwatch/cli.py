@@ -22,6 +22,11 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("probe", "modbus"): "gridwatch.probe:main",
     ("config", "check"): "gridwatch.configcheck:main",
     ("demo",): "gridwatch.demo:main",
+    **{("gateway", c): "gridwatch.installer:main" for c in ("add", "list", "show", "retire")},
+    **{
+        ("device", c): "gridwatch.installer:main"
+        for c in ("add", "import", "list", "show", "retire", "commission", "command")
+    },
 }
 
 
@@ -48,6 +53,25 @@ def _central_args(p: argparse.ArgumentParser) -> None:
                    help="telemetry history kept by the embedded SQLite sink")
 
 
+def _installer_args(p: argparse.ArgumentParser) -> None:
+    """Registry options of ``registry serve`` and ``central run`` (docs/registry.md)."""
+    p.add_argument("--broker-admin-user", default=None,
+                   help="registry's broker user (configs, commands; dynsec admin); "
+                   "default: --mqtt-username")  # fmt: skip
+    p.add_argument("--broker-admin-password-env", default=None,
+                   help="env var holding its password; default: --mqtt-password-env")
+    p.add_argument("--dynsec", action="store_true",
+                   help="admit and revoke gateways through mosquitto's dynamic-security plugin")
+    p.add_argument("--gateway-mqtt-host", default=None,
+                   help="broker host that generated gateway configs name; default: --mqtt-host")
+    p.add_argument("--gateway-mqtt-port", type=int, default=None,
+                   help="broker port for gateways (e.g. its TLS listener); default: --mqtt-port")
+    p.add_argument("--gateway-mqtt-ca", default=None,
+                   help="CA file gateways check the broker's certificate with (turns TLS on)")
+    p.add_argument("--tls-cert", default=None, help="serve the API over HTTPS with this cert")
+    p.add_argument("--tls-key", default=None, help="and this private key")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gridwatch", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -63,11 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="registry + bridge in one process"
     )
     _central_args(central_run)
+    _installer_args(central_run)
 
     reg = sub.add_parser("registry", help="device registry").add_subparsers(
         dest="sub", required=True
     )
-    _central_args(reg.add_parser("serve", help="serve the registry API alone"))
+    reg_serve = reg.add_parser("serve", help="serve the registry API alone")
+    _central_args(reg_serve)
+    _installer_args(reg_serve)
     bridge = sub.add_parser("bridge", help="cloud bridge").add_subparsers(dest="sub", required=True)
     _central_args(bridge.add_parser("run", help="run the bridge alone"))
 
@@ -96,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = cfg.add_parser("check", help="validate profiles and gateway configs")
     check.add_argument("files", nargs="+", help="YAML files or folders")
     check.add_argument("--schema-dir", default=None, help="also write JSON Schemas here")
+
+    from gridwatch.installer import add_parsers  # argparse only: no I/O modules load
+
+    add_parsers(sub)
 
     demo = sub.add_parser("demo", help="a simulated district, end to end, on this machine")
     demo.add_argument("--duration", type=float, default=0, help="stop after N seconds (0: never)")

@@ -49,6 +49,16 @@ def pg_url(postgres: Postgres) -> str:
     return postgres.create_database("t_" + uuid.uuid4().hex[:12])
 
 
+ADMIN_TOKEN = "test-admin-token"
+"""Every registry a test starts (in-process or as a child process) knows this admin token."""
+
+
+@pytest.fixture(autouse=True)
+def admin_token(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("GRIDWATCH_ADMIN_TOKEN", ADMIN_TOKEN)
+    return ADMIN_TOKEN
+
+
 @pytest.fixture
 def prefix() -> str:
     """A topic prefix of this test's own, so tests on one broker never see each other."""

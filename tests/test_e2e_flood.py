@@ -20,13 +20,15 @@ import pytest
 
 from gridwatch.contract import PlatformAlert, TelemetryBatch
 from gridwatch.sim.modbus import SimField
+from tests.conftest import ADMIN_TOKEN
 from tests.fieldkit import Listener, gateway_config, listen
 from tests.services import Mosquitto, Victoria, free_port
 from tests.test_edge_agent import running
 
 
 def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as r:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
         return json.loads(r.read())
 
 

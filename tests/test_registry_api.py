@@ -16,6 +16,7 @@ from gridwatch.central import Central
 from gridwatch.cli import build_parser
 from gridwatch.contract import AlertState, Quality, Topics
 from tests._central_helpers import alert, batch, birth, now_ms, publisher, reading, until
+from tests.conftest import ADMIN_TOKEN
 from tests.services import Mosquitto, free_port
 
 
@@ -50,7 +51,7 @@ async def get(http: aiohttp.ClientSession, url: str, status: int = 200) -> Any:
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as s:
         yield s
 
 
