@@ -23,6 +23,7 @@ from pathlib import Path
 from drivers import DRIVERS
 from drivers.base import Driver
 from drivers.errors import UnknownPoint
+from edge.metrics import edge_registry
 from edge.outbox import PRIO_TELEMETRY, Outbox
 from edge.pipeline import Pipeline
 from edge.remote import Remote
@@ -34,6 +35,7 @@ from gridwatch.gatewayconf import (
     load_gateway,
     resolve_with_profiles,
 )
+from gridwatch.metrics import serve_metrics
 from gridwatch.yamlconf import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -50,7 +52,10 @@ class EdgeAgent:
         devices: list[ResolvedDevice],
         base_dir: Path = Path("."),
         clock: Callable[[], float] = time.time,
+        metrics_port: int | None = None,
     ) -> None:
+        self.metrics_port = metrics_port
+        self.metrics_url = ""
         path = Path(cfg.outbox.path)
         path = path if path.is_absolute() else base_dir / path
         self.outbox = Outbox(path, cfg.outbox.max_bytes)
@@ -82,6 +87,8 @@ class EdgeAgent:
                 tg.create_task(self.uplink.run(), name="uplink")
                 tg.create_task(self._batcher(), name="batcher")
                 tg.create_task(self._health(), name="health")
+                if self.metrics_port is not None:
+                    tg.create_task(self._metrics(self.metrics_port), name="metrics")
                 self._start_drivers()
         finally:
             # whatever the drivers read before the stop is kept for the next start
@@ -117,6 +124,11 @@ class EdgeAgent:
             await asyncio.sleep(max(self.cfg.mqtt.batch_linger_s, 0.01))
             self.pipeline.flush()
             self.pipeline.tick()
+
+    async def _metrics(self, port: int) -> None:
+        async with serve_metrics(edge_registry(self), "127.0.0.1", port) as url:
+            self.metrics_url = url
+            await asyncio.Future()  # until cancelled
 
     async def _health(self) -> None:
         while True:
@@ -193,7 +205,8 @@ def main(args: argparse.Namespace) -> int:
     if args.validate_config:
         print(f"{args.config}: ok ({len(devices)} devices on {len(cfg.buses)} buses)")
         return 0
-    return asyncio.run(_run_until_signal(EdgeAgent(cfg, devices, Path(os.getcwd()))))
+    agent = EdgeAgent(cfg, devices, Path(os.getcwd()), metrics_port=args.metrics_port)
+    return asyncio.run(_run_until_signal(agent))
 
 
 async def _run_until_signal(agent: EdgeAgent) -> int:

@@ -12,12 +12,15 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from gridwatch import healthcli
+
 # subcommand path -> "module:function"; each function takes the parsed args, returns an exit code
 COMMANDS: dict[tuple[str, ...], str] = {
     ("edge", "run"): "edge.app:main",
     ("central", "run"): "gridwatch.central:main",
     ("registry", "serve"): "device_registry.app:main",
     ("bridge", "run"): "cloud_bridge.app:main",
+    ("health",): "gridwatch.healthcli:main",
     ("sim",): "gridwatch.sim:main",
     ("probe", "modbus"): "gridwatch.probe:main",
     ("config", "check"): "gridwatch.configcheck:main",
@@ -81,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = edge.add_parser("run", help="run the edge agent")
     run.add_argument("-c", "--config", required=True, help="gateway config YAML")
     run.add_argument("--validate-config", action="store_true", help="check config, exit 0/1")
+    run.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
 
     central = sub.add_parser("central", help="central platform")
     central_run = central.add_subparsers(dest="sub", required=True).add_parser(
@@ -96,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     _central_args(reg_serve)
     _installer_args(reg_serve)
     bridge = sub.add_parser("bridge", help="cloud bridge").add_subparsers(dest="sub", required=True)
-    _central_args(bridge.add_parser("run", help="run the bridge alone"))
+    bridge_run = bridge.add_parser("run", help="run the bridge alone")
+    _central_args(bridge_run)
+    bridge_run.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
 
     sim = sub.add_parser("sim", help="a field of simulated devices")
     sim.add_argument("-c", "--config", required=True, help="gateway config whose devices to serve")
@@ -127,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gridwatch.installer import add_parsers  # argparse only: no I/O modules load
 
     add_parsers(sub)
+
+    health = sub.add_parser("health", help="what is unhealthy in the field (exit 0/1/3)")
+    healthcli.add_arguments(health)
 
     demo = sub.add_parser("demo", help="a simulated district, end to end, on this machine")
     demo.add_argument("--duration", type=float, default=0, help="stop after N seconds (0: never)")

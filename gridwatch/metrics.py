@@ -103,3 +103,26 @@ async def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> As
         yield url
     finally:
         await runner.cleanup()
+
+
+def counters_from(prefix: str, read: Callable[[], Mapping[str, object]],
+                  labels: Mapping[str, str] | None = None) -> list[Spec]:  # fmt: skip
+    """One counter per key of a process's own counter dict (e.g. the bridge's ``Stats``); a key
+    whose value is a dict becomes a labelled counter (label name from ``labels``, else "kind")."""
+    sample = read()
+    specs = []
+    for key, value in sample.items():
+        label = (labels or {}).get(key, "kind") if isinstance(value, Mapping) else ""
+        specs.append(counter(f"{prefix}_{key}", f"{prefix} {key.replace('_', ' ')}",
+                             _field(read, key), label))  # fmt: skip
+    return specs
+
+
+def _field(read: Callable[[], Mapping[str, object]], key: str) -> Reading:
+    def value() -> float | Mapping[str, float]:
+        v = read()[key]
+        if isinstance(v, Mapping):
+            return {str(k): float(n) for k, n in v.items()}
+        return float(v)  # type: ignore[arg-type]
+
+    return value

@@ -1,0 +1,40 @@
+"""The edge agent's Prometheus metrics, read at scrape time from the counters the outbox, the
+pipeline, the uplink and the drivers keep anyway (``gridwatch.metrics``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+
+from gridwatch.metrics import counter, gauge, registry_of
+
+if TYPE_CHECKING:
+    from edge.app import EdgeAgent
+
+
+def edge_registry(agent: EdgeAgent) -> CollectorRegistry:
+    def per_device(field: str) -> dict[str, float]:
+        return {h.device: float(getattr(h, field)) for d in agent.drivers.values()
+                for h in d.health()}  # fmt: skip
+
+    return registry_of(
+        gauge("gridwatch_edge_outbox_depth", "Messages waiting in the outbox",
+              lambda: agent.outbox.depth),
+        gauge("gridwatch_edge_outbox_bytes", "Bytes waiting in the outbox",
+              lambda: agent.outbox.bytes),
+        counter("gridwatch_edge_outbox_dropped", "Telemetry messages dropped on overflow",
+                lambda: agent.outbox.dropped),
+        counter("gridwatch_edge_readings_in", "Readings from the drivers",
+                lambda: agent.pipeline.readings_in),
+        counter("gridwatch_edge_alerts_out", "Alert transitions sent",
+                lambda: agent.pipeline.alerts_out),
+        gauge("gridwatch_edge_uplink_connected", "1 while the uplink is connected",
+              lambda: float(bool(agent.uplink.connected))),
+        counter("gridwatch_edge_uplink_reconnects", "Uplink losses and failed connects",
+                lambda: agent.uplink.reconnects),
+        counter("gridwatch_edge_poll_failures", "Failed reads per device",
+                lambda: per_device("reads_failed"), label="device"),
+        counter("gridwatch_edge_polls_skipped", "Polls skipped (previous still running)",
+                lambda: per_device("polls_skipped"), label="device"),
+    )  # fmt: skip
