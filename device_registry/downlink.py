@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 CONTROL = "$CONTROL/dynamic-security/v1"
 CONTROL_RESPONSE = f"{CONTROL}/response"
 _CONTROL_TIMEOUT_S = 5.0
+_CONNECT_WAIT_S = 3.0
 _SESSION_EXPIRY_S = 7 * 24 * 3600
 
 
@@ -105,9 +106,13 @@ class Downlink:
                 self._waiting.pop(c["correlationData"], None)
 
     async def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
+        try:  # a reconnect in progress is worth a short wait, an outage is not
+            async with asyncio.timeout(_CONNECT_WAIT_S):
+                await self.connected.wait()
+        except TimeoutError:
+            raise BrokerUnavailable(f"not connected to the broker {self._where()}") from None
         client = self._client
-        if client is None or not self.connected.is_set():
-            raise BrokerUnavailable(f"not connected to the broker {self._where()}")
+        assert client is not None
         try:
             await client.publish(topic, payload, qos=1, retain=retain, timeout=10)
         except aiomqtt.MqttError as exc:

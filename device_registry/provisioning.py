@@ -37,16 +37,14 @@ def acls(*topics: str) -> list[dict[str, Any]]:
 
 
 def grant_commands(prefix: str, gateway: str, password: str) -> list[dict[str, Any]]:
-    """Create (or reset) the gateway's role and client."""
+    """Create the gateway's role and a fresh client (an earlier one, from a registration that
+    failed half-way, is deleted first: its password is not the one being issued)."""
     role = role_name(gateway)
     return [
         {"command": "createRole", "rolename": role, "acls": acls(f"{prefix}/gw/{gateway}/#")},
+        {"command": "deleteClient", "username": gateway},
         {"command": "createClient", "username": gateway, "password": password,
          "roles": [{"rolename": role}]},
-        # when the client existed (an earlier registration): the new password and the role
-        {"command": "setClientPassword", "username": gateway, "password": password},
-        {"command": "addClientRole", "username": gateway, "rolename": role},
-        {"command": "enableClient", "username": gateway},
     ]  # fmt: skip
 
 
@@ -99,7 +97,15 @@ class DynsecAccess:
         logger.info("broker: gateway %s revoked and disconnected", gateway)
 
     async def ensure_central(self, username: str) -> None:
-        await self._run(central_commands(self.prefix, username), f"give {username} its role")
+        """Give the registry's own user the central role, only if it lacks it: a role change
+        makes the broker drop that user's sessions (ours included)."""
+        [found] = await self.downlink.control([{"command": "getClient", "username": username}])
+        roles = {
+            r.get("rolename") for r in found.get("data", {}).get("client", {}).get("roles", [])
+        }
+        if CENTRAL_ROLE not in roles:
+            await self._run(central_commands(self.prefix, username), f"give {username} its role")
+            logger.info("broker: %s given the %s role", username, CENTRAL_ROLE)
 
 
 class NoBrokerAccess:
