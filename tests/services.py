@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -55,21 +56,37 @@ class Mosquitto:
     port: int = field(default_factory=free_port)
     extra: list[str] = field(default_factory=list)
     host: str = "127.0.0.1"
+    persistent: bool = False  # keep sessions and queued messages across a restart
     proc: subprocess.Popen[bytes] | None = None
+
+    rundir: Path | None = None
 
     @property
     def conf(self) -> Path:
-        return self.workdir / "mosquitto.conf"
+        return self._rundir() / "mosquitto.conf"
 
     @property
     def log(self) -> Path:
-        return self.workdir / "mosquitto.log"
+        return self._rundir() / "mosquitto.log"
+
+    def _rundir(self) -> Path:
+        # mosquitto drops to its own user before it writes its log and persistence file, and
+        # pytest's tmp dirs are private to root: keep those files where that user can reach them
+        if self.rundir is None:
+            self.rundir = Path(tempfile.mkdtemp(prefix="gridwatch-mq-"))
+            self.rundir.chmod(0o777)
+        return self.rundir
 
     def start(self) -> Mosquitto:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        run = self._rundir()
         lines = [
             f"listener {self.port} {self.host}",
-            "persistence false",
+            *(
+                ["persistence true", f"persistence_location {run}/"]
+                if self.persistent
+                else ["persistence false"]
+            ),
             f"log_dest file {self.log}",
             "log_type error",
             "log_type warning",
@@ -80,7 +97,6 @@ class Mosquitto:
         if not any(line.startswith(("allow_anonymous", "password_file")) for line in self.extra):
             lines.append("allow_anonymous true")
         self.conf.write_text("\n".join([*lines, *self.extra]) + "\n")
-        os.chmod(self.workdir, 0o777)  # mosquitto drops to its own user before writing its log
         self.proc = subprocess.Popen(
             [_need("mosquitto"), "-c", str(self.conf)],
             stdout=subprocess.DEVNULL,
@@ -107,6 +123,7 @@ class Victoria:
 
     workdir: Path
     port: int = field(default_factory=free_port)
+    extra_args: list[str] = field(default_factory=list)  # e.g. -dedup.minScrapeInterval=1ms
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -124,6 +141,7 @@ class Victoria:
                 "-search.latencyOffset=0s",
                 "-search.disableCache",
                 "-loggerLevel=ERROR",
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=open(self.workdir / "vm.log", "ab"),  # noqa: SIM115 - lives as long as the proc
