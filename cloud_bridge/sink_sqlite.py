@@ -67,10 +67,13 @@ class SqliteSink:
                 await self._conn.commit()
         return len(rows), 0
 
-    async def history(self, gateway: str, device: str, point: str) -> list[tuple[int, Value, str]]:
-        """(ts, value, quality) of one point, oldest first."""
-        q = "SELECT ts, value, quality FROM samples WHERE gateway=? AND device=? AND point=? ORDER BY ts"
-        async with self._errors(), self._conn.execute(q, (gateway, device, point)) as cur:
+    async def history(
+        self, gateway: str, device: str, point: str, since: int = 0
+    ) -> list[tuple[int, Value, str]]:
+        """(ts, value, quality) of one point from ``since`` (epoch ms) on, oldest first."""
+        q = ("SELECT ts, value, quality FROM samples WHERE gateway=? AND device=? AND point=?"
+             " AND ts >= ? ORDER BY ts")  # fmt: skip
+        async with self._errors(), self._conn.execute(q, (gateway, device, point, since)) as cur:
             return [(ts, value, quality) for ts, value, quality in await cur.fetchall()]
 
     async def maintain(self, now: int) -> None:

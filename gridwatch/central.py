@@ -22,8 +22,13 @@ from cloud_bridge.app import (
 from cloud_bridge.bridge import Bridge
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.runner import Service, forever, run_services, stop_on_signals, tune_runtime
+from cloud_bridge.sink import TelemetrySink
+from cloud_bridge.sink_sqlite import SqliteSink
 from device_registry import RegistryStore
 from device_registry.app import build_app, db_url_from, installer_settings, serving, tls_from
+from device_registry.delivery.mqtt_out import MqttTarget
+from device_registry.opsapp import Delivery
+from gridwatch import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +45,7 @@ class Central:
         self.registry_url = ""
         self.bridge: Bridge | None = None
         self.store: RegistryStore | None = None
+        self.sink: TelemetrySink | None = None
 
     @property
     def broker(self) -> str:
@@ -60,7 +66,7 @@ class Central:
         async def service(ready: asyncio.Event) -> None:
             installers = installer_settings(self.args, self.cfg.mqtt_host, self.cfg.mqtt_protocol)
             app = build_app(store=store, health_parts={"bridge": self._bridge_health},
-                            installers=installers)  # fmt: skip
+                            installers=installers, delivery=self._delivery())  # fmt: skip
             tls = tls_from(self.args)
             async with serving(app, self.args.http_host, self.args.http_port, tls) as url:
                 self.registry_url = url
@@ -69,12 +75,29 @@ class Central:
 
         return service
 
+    def _delivery(self) -> Delivery:
+        """Lifecycle and escalation messages go to the bridge's broker; the device detail's
+        chart reads the embedded telemetry history when that is the sink."""
+        c = self.cfg
+        target = MqttTarget(c.mqtt_host, c.mqtt_port, c.prefix, c.mqtt_username, c.mqtt_password,
+                            client_id=f"{c.client_id}-platform")  # fmt: skip
+        sink = self.sink
+        history = sink.history if isinstance(sink, SqliteSink) else None
+        bridge = self.bridge
+        assert bridge is not None
+        specs = metrics.counters_from("gridwatch_bridge", bridge.stats.as_dict,
+                                      {"ingested": "kind", "rejected": "reason"})  # fmt: skip
+        specs.append(metrics.gauge("gridwatch_bridge_connected", "1 while every lane is subscribed",
+                                   lambda: float(bridge.connected.is_set())))  # fmt: skip
+        return Delivery(mqtt=target, history=history, extra_metrics=specs)
+
     def _announce(self) -> Service:
         async def service(ready: asyncio.Event) -> None:
             print(
                 f"gridwatch central: registry API {self.registry_url}/api/v1/devices | "
                 f"broker {self.broker} | topics {self.cfg.prefix}/gw/+/... | "
-                f"platform alerts {self.cfg.prefix}/platform/alert/#",
+                f"platform alerts {self.cfg.prefix}/platform/alert/# | "
+                f"dashboard {self.registry_url}/dashboard",
                 flush=True,
             )
             self.ready.set()
@@ -89,6 +112,7 @@ class Central:
             stack.push_async_callback(store.close)
             sink = await open_sink(self.cfg)
             stack.push_async_callback(sink.close)
+            self.sink = sink
             self.bridge = Bridge(self.cfg, store, sink)
             services: list[tuple[str, Service]] = []
             if self.embedded:

@@ -1,0 +1,69 @@
+"""A registry API of the test's own (real aiohttp server, real SQLite store) with a token per role,
+and alert events to feed its store as the bridge would."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from device_registry import Changes, RegistryStore
+from device_registry.app import build_app, serving
+from device_registry.auth import SYSTEM, Role, TokenRequest, issue
+from device_registry.opsapp import Delivery
+from gridwatch.contract import AlertEvent, AlertState, Location, Severity, new_id
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def smoke(alert_id: str, device: str = "sd-001", at: int | None = None,
+          state: AlertState = AlertState.RAISED, district: str = "futian",
+          grid: str = "FT-0042", gateway: str = "gw1") -> AlertEvent:  # fmt: skip
+    at = now_ms() if at is None else at
+    return AlertEvent(
+        id=new_id(), gateway=gateway, seq=1, session=1, alert_id=alert_id, state=state,
+        rule="smoke", category="FIRE-SMOKE-01", severity=Severity.CRITICAL, device=device,
+        point="obscuration", location=Location(district=district, grid=grid), value=5.2,
+        threshold=4.0, unit="%/m", message="Smoke detected", raised_at=at, ts=at,
+    )  # fmt: skip
+
+
+@dataclass
+class Registry:
+    url: str
+    store: RegistryStore
+    tokens: dict[Role, str]
+    http: aiohttp.ClientSession
+
+    def auth(self, role: Role) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[role]}"}
+
+    async def ingest(self, *events: AlertEvent) -> None:
+        await self.store.apply(Changes(now=now_ms(), alerts=list(events)))
+
+    async def call(self, method: str, path: str, role: Role, body: Any = None) -> tuple[int, Any]:
+        async with self.http.request(method, self.url + path, json=body,
+                                     headers=self.auth(role)) as r:  # fmt: skip
+            return r.status, await r.json()
+
+
+@asynccontextmanager
+async def registry(tmp_path: Path, delivery: Delivery | None = None) -> AsyncIterator[Registry]:
+    store = await RegistryStore.open(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}")
+    tokens = {}
+    for role in Role:
+        issued = await issue(store, TokenRequest(name=f"{role.value}-1", role=role), SYSTEM)
+        tokens[role] = issued.token
+    app = build_app(store=store, delivery=delivery or Delivery(poll_s=0.2))
+    try:
+        async with serving(app, "127.0.0.1", 0) as url, aiohttp.ClientSession() as http:
+            yield Registry(url, store, tokens, http)
+    finally:
+        await store.close()

@@ -1,0 +1,53 @@
+"""Operators acknowledge, resolve and close alerts through the API; roles are enforced."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from device_registry.auth import Role
+from tests._ops_helpers import registry, smoke
+
+
+async def test_operator_walks_an_alert_to_closed_with_notes(tmp_path: Path) -> None:
+    async with registry(tmp_path) as reg:
+        await reg.ingest(smoke("a1"))
+        status, [a] = await reg.call("GET", "/api/v1/alerts/lifecycle", Role.OPERATOR)
+        assert status == 200 and a["stage"] == "open" and a["time_limit_min"] == 15
+        assert 0 < a["time_left_ms"] <= 15 * 60_000
+
+        status, a = await reg.call("POST", "/api/v1/alerts/a1/ack", Role.OPERATOR,
+                                   {"note": "crew dispatched"})  # fmt: skip
+        assert status == 200 and a["stage"] == "acknowledged" and a["acked_by"] == "operator-1"
+        status, err = await reg.call("POST", "/api/v1/alerts/a1/close", Role.OPERATOR)
+        assert status == 409 and "cannot close an alert that is acknowledged" in err["detail"]
+        status, _ = await reg.call("POST", "/api/v1/alerts/a1/resolve", Role.OPERATOR, {})
+        assert status == 200
+        status, a = await reg.call("POST", "/api/v1/alerts/a1/close", Role.ADMIN)
+        assert status == 200 and a["stage"] == "closed"
+
+        status, detail = await reg.call("GET", "/api/v1/alerts/a1", Role.PLATFORM)
+        assert [(s["action"], s["actor"], s["note"]) for s in detail["actions"]] == [
+            ("ack", "operator-1", "crew dispatched"),
+            ("resolve", "operator-1", ""),
+            ("close", "admin-1", ""),
+        ]
+
+
+async def test_roles_and_bad_requests(tmp_path: Path) -> None:
+    async with registry(tmp_path) as reg:
+        await reg.ingest(smoke("a1"))
+        for role in (Role.MAINTENANCE, Role.PLATFORM, Role.INSTALLER):
+            status, _ = await reg.call("POST", "/api/v1/alerts/a1/ack", role)
+            assert status == 403, role
+        async with reg.http.post(f"{reg.url}/api/v1/alerts/a1/ack") as r:
+            assert r.status == 401
+        status, _ = await reg.call("POST", "/api/v1/alerts/nope/ack", Role.OPERATOR)
+        assert status == 404
+        status, _ = await reg.call("POST", "/api/v1/alerts/a1/ack", Role.OPERATOR, {"nte": "x"})
+        assert status == 400
+        status, _ = await reg.call("GET", "/api/v1/alerts/lifecycle?stage=bogus", Role.OPERATOR)
+        assert status == 400
+        status, _ = await reg.call("GET", "/api/v1/webhooks", Role.OPERATOR)
+        assert status == 403
+        status, _ = await reg.call("GET", "/api/v1/health", Role.INSTALLER)
+        assert status == 403
