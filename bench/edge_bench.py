@@ -60,10 +60,10 @@ def gateway_yaml(ports: list[int], per_port: int, args: argparse.Namespace, mqtt
     )
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (``/proc/PID/stat`` fields 14 and 15)."""
+def cpu_s(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process (``/proc/PID/stat`` fields 14 and 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -110,7 +110,9 @@ async def measure(edge: subprocess.Popen[str], mqtt_port: int, args: argparse.Na
     await asyncio.sleep(args.warmup)  # a benchmark's measuring window, not a wait for an event
     n0, skip0, cpu0, t0 = counter.readings, counter.skipped, cpu_s(edge.pid), time.monotonic()
     await asyncio.sleep(args.duration)
-    n, cpu, wall = counter.readings - n0, cpu_s(edge.pid) - cpu0, time.monotonic() - t0
+    n, cpu1, wall = counter.readings - n0, cpu_s(edge.pid), time.monotonic() - t0
+    user, system = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+    cpu = user + system
     rss = peak_rss_mb(edge.pid)
     skipped = counter.skipped - skip0
     task.cancel()
@@ -122,7 +124,7 @@ async def measure(edge: subprocess.Popen[str], mqtt_port: int, args: argparse.Na
           f"({n:,} in {wall:.1f} s, {counter.batches:,} batches in all)")  # fmt: skip
     print(f"edge CPU           {cpu / max(n, 1) * 1000:.4f} s per 1,000 readings, "
           f"{n / max(cpu, 1e-9):,.0f} readings per CPU-second (target >= 45,000); "
-          f"{cpu / wall:.0%} of a core")  # fmt: skip
+          f"{cpu / wall:.0%} of a core (user {user:.1f} s, system {system:.1f} s)")  # fmt: skip
     print(f"edge peak RSS      {rss:.1f} MB (target < 100 MB)")
     print(f"skipped polls      {skipped} in the window (health reports seen: "
           f"{counter.health_reports})")  # fmt: skip
