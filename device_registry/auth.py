@@ -136,7 +136,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     if principal is None:
         return _refuse(401, "unauthorized", "unknown or revoked token")
     if allowed is None or principal.role not in allowed:
-        names = sorted(allowed or ())
+        names = sorted(r.value for r in allowed or ())
         return _refuse(
             403, "forbidden",
             f"role {principal.role} may not {request.method} {match.route.resource.canonical if match.route.resource else request.path}; allowed: {names}",
