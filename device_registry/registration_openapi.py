@@ -63,7 +63,10 @@ def paths() -> dict[str, Any]:
                         "installer, admin", 201, _ref("GatewayView"), _ref("GatewayCreate"),
                         (400, 401, 403, 409, 422, 503)),
         },
+        "/api/v1/openapi.json": {"get": _op("This description", "public", 200, errors=())},
         "/api/v1/gateways/{id}": {
+            "get": _op("One gateway: location, devices, health, config desired vs acknowledged",
+                       "every role", 200, _ref("GatewayView"), errors=(401, 404), params=gw),
             "patch": _op("Change a gateway (name, location, buses, labels); bumps its config",
                          "installer, admin", 200, _ref("GatewayView"), _ref("GatewayPatch"),
                          (400, 401, 403, 404, 409, 422), gw),
