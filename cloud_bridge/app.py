@@ -24,6 +24,7 @@ from cloud_bridge.sink_influx import InfluxSink
 from cloud_bridge.sink_sqlite import SqliteSink
 from device_registry import RegistryError, RegistryStore
 from device_registry.db import default_url
+from gridwatch import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,27 @@ def bridge_service(bridge: Bridge) -> Service:
     return service
 
 
+def bridge_metrics(bridge: Bridge) -> list[metrics.Spec]:
+    """Read at scrape time from the bridge's own counters."""
+    specs = metrics.counters_from(
+        "gridwatch_bridge", bridge.stats.as_dict, {"ingested": "kind", "rejected": "reason"}
+    )
+    specs.append(metrics.gauge("gridwatch_bridge_connected", "1 while every lane is subscribed",
+                               lambda: float(bridge.connected.is_set())))  # fmt: skip
+    return specs
+
+
+def metrics_service(bridge: Bridge, host: str, port: int) -> Service:
+    """The standalone bridge has no HTTP app: a small listener serves its /metrics."""
+
+    async def service(ready: asyncio.Event) -> None:
+        async with metrics.serve_metrics(metrics.registry_of(*bridge_metrics(bridge)), host, port):
+            ready.set()
+            await forever()
+
+    return service
+
+
 def embedded_settings(cfg: BridgeConfig) -> BridgeConfig:
     """The embedded broker speaks MQTT 3.1.1 on loopback."""
     return dataclasses.replace(cfg, mqtt_host="127.0.0.1", mqtt_protocol="3.1.1")
@@ -73,6 +95,8 @@ async def run(args: argparse.Namespace) -> None:
         stack.push_async_callback(sink.close)
         bridge = Bridge(cfg, store, sink)
         services.append(("bridge", bridge_service(bridge)))
+        if getattr(args, "metrics_port", None) is not None:
+            services.append(("metrics", metrics_service(bridge, args.http_host, args.metrics_port)))
         logger.info("bridge: broker %s:%d, prefix %r", cfg.mqtt_host, cfg.mqtt_port, cfg.prefix)
         tune_runtime()
         await run_services(services, stop)

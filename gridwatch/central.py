@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from cloud_bridge.app import (
+    bridge_metrics,
     bridge_service,
     broker_service,
     embedded_settings,
@@ -28,7 +29,6 @@ from device_registry import RegistryStore
 from device_registry.app import build_app, db_url_from, installer_settings, serving, tls_from
 from device_registry.delivery.mqtt_out import MqttTarget
 from device_registry.opsapp import Delivery
-from gridwatch import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +85,7 @@ class Central:
         history = sink.history if isinstance(sink, SqliteSink) else None
         bridge = self.bridge
         assert bridge is not None
-        specs = metrics.counters_from("gridwatch_bridge", bridge.stats.as_dict,
-                                      {"ingested": "kind", "rejected": "reason"})  # fmt: skip
-        specs.append(metrics.gauge("gridwatch_bridge_connected", "1 while every lane is subscribed",
-                                   lambda: float(bridge.connected.is_set())))  # fmt: skip
-        return Delivery(mqtt=target, history=history, extra_metrics=specs)
+        return Delivery(mqtt=target, history=history, extra_metrics=bridge_metrics(bridge))
 
     def _announce(self) -> Service:
         async def service(ready: asyncio.Event) -> None:
