@@ -45,15 +45,26 @@ def _central_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--influx-url", default=None, help="InfluxDB v2 write API; none: SQLite")
     p.add_argument("--db-url", default=None, help="SQLAlchemy URL; none: SQLite in data dir")
     p.add_argument("--share-group", default=None, help="MQTT 5 shared subscription group")
-    p.add_argument("--bridge-id", default="gridwatch-bridge",
-                   help="bridge's MQTT client id (its persistent session); unique per bridge")
-    p.add_argument("--mqtt-protocol", choices=["auto", "5", "3.1.1"], default="auto",
-                   help="MQTT version to the broker; auto tries 5, then 3.1.1")
+    p.add_argument(
+        "--bridge-id",
+        default="gridwatch-bridge",
+        help="bridge's MQTT client id (its persistent session); unique per bridge",
+    )
+    p.add_argument(
+        "--mqtt-protocol",
+        choices=["auto", "5", "3.1.1"],
+        default="auto",
+        help="MQTT version to the broker; auto tries 5, then 3.1.1",
+    )
     p.add_argument("--influx-bucket", default="gridwatch", help="InfluxDB bucket")
     p.add_argument("--influx-org", default="gridwatch", help="InfluxDB organisation")
     p.add_argument("--influx-token-env", default=None, help="env var holding the InfluxDB token")
-    p.add_argument("--history-hours", type=float, default=48.0,
-                   help="telemetry history kept by the embedded SQLite sink")
+    p.add_argument(
+        "--history-hours",
+        type=float,
+        default=48.0,
+        help="telemetry history kept by the embedded SQLite sink",
+    )
 
 
 def _installer_args(p: argparse.ArgumentParser) -> None:
@@ -61,16 +72,32 @@ def _installer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker-admin-user", default=None,
                    help="registry's broker user (configs, commands; dynsec admin); "
                    "default: --mqtt-username")  # fmt: skip
-    p.add_argument("--broker-admin-password-env", default=None,
-                   help="env var holding its password; default: --mqtt-password-env")
-    p.add_argument("--dynsec", action="store_true",
-                   help="admit and revoke gateways through mosquitto's dynamic-security plugin")
-    p.add_argument("--gateway-mqtt-host", default=None,
-                   help="broker host that generated gateway configs name; default: --mqtt-host")
-    p.add_argument("--gateway-mqtt-port", type=int, default=None,
-                   help="broker port for gateways (e.g. its TLS listener); default: --mqtt-port")
-    p.add_argument("--gateway-mqtt-ca", default=None,
-                   help="CA file gateways check the broker's certificate with (turns TLS on)")
+    p.add_argument(
+        "--broker-admin-password-env",
+        default=None,
+        help="env var holding its password; default: --mqtt-password-env",
+    )
+    p.add_argument(
+        "--dynsec",
+        action="store_true",
+        help="admit and revoke gateways through mosquitto's dynamic-security plugin",
+    )
+    p.add_argument(
+        "--gateway-mqtt-host",
+        default=None,
+        help="broker host that generated gateway configs name; default: --mqtt-host",
+    )
+    p.add_argument(
+        "--gateway-mqtt-port",
+        type=int,
+        default=None,
+        help="broker port for gateways (e.g. its TLS listener); default: --mqtt-port",
+    )
+    p.add_argument(
+        "--gateway-mqtt-ca",
+        default=None,
+        help="CA file gateways check the broker's certificate with (turns TLS on)",
+    )
     p.add_argument("--tls-cert", default=None, help="serve the API over HTTPS with this cert")
     p.add_argument("--tls-key", default=None, help="and this private key")
 
@@ -150,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # alembic narrates every plugin and migration step at INFO: keep start-up logs readable
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     key = (args.cmd, args.sub) if getattr(args, "sub", None) else (args.cmd,)
     module, func = COMMANDS[key].split(":")
     result: int = getattr(importlib.import_module(module), func)(args)
