@@ -181,7 +181,7 @@ class IngestCore:
         # the hot loop of the bridge (every reading passes here): locals, no allocations
         gw = batch.gateway
         latest, alive = ch.latest, ch.device_seen
-        failed = Quality.COMM_ERROR
+        failed, stale = Quality.COMM_ERROR, Quality.STALE
         self.stats.readings += len(batch.readings)
         for r in batch.readings:
             key = (gw, r.device, r.point)
@@ -190,8 +190,10 @@ class IngestCore:
                 latest[key] = r
             dev = (gw, r.device)
             prev = alive.get(dev)
-            # a failed read is the gateway's word that the device did not answer: no sign of life
-            if r.quality is not failed:
+            # a failed read is the gateway's word that the device did not answer, a stale one that
+            # a push device stopped sending (silent): neither is a sign of life
+            q = r.quality
+            if q is not failed and q is not stale:
                 if prev is None or r.ts > prev:
                     alive[dev] = r.ts
             elif dev not in alive:
