@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 
 from gridwatch.contract import DEFAULT_PREFIX, Location
 from gridwatch.profiles import ModbusProfile, MqttProfile, Rule, Strict, load_profiles
-from gridwatch.yamlconf import ConfigError, ConfigProblem, line_map, load_model
+from gridwatch.yamlconf import ConfigError, ConfigProblem, KeyPath, line_map, load_model
 
 
 class GatewayIdentity(Strict):
@@ -130,6 +130,10 @@ class ResolvedDevice(Strict):
         return self.entry.id
 
 
+def _line(lines: dict[KeyPath, int], at: KeyPath) -> int | None:
+    return lines.get(at) or lines.get(at[:2])
+
+
 def default_profiles_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "firmware_configs" / "profiles"
 
@@ -153,6 +157,13 @@ def resolve(
         if (prof.protocol == "mqtt") != (bus.type == "mqtt"):
             msg = f"profile protocol {prof.protocol!r} cannot run on a {bus.type} bus"
             problems.append(ConfigProblem(file, lines.get(where), where, msg, d.profile))
+            continue
+        interval = d.interval_s or prof.interval_s
+        if bus.type != "mqtt" and bus.timeout_s >= interval:
+            # a poll that may outlive its interval would always collide with the next one
+            at: KeyPath = ("devices", i, "interval_s" if d.interval_s else "bus")
+            msg = f"poll interval {interval}s must be longer than bus {bus.id!r} timeout {bus.timeout_s}s"
+            problems.append(ConfigProblem(file, _line(lines, at), at, msg, interval))
             continue
         loc = d.location.model_copy(
             update={

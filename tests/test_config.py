@@ -129,3 +129,15 @@ def test_district_may_not_loosen_a_city_limit(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="may only tighten the city limit of 15 min"):
         load_catalogue(tmp_path)
+
+
+def test_poll_interval_not_longer_than_bus_timeout_is_refused_at_load(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "gateway: {id: g1}\nbuses:\n  - {type: modbus_tcp, id: b, host: h, timeout_s: 1.0}\n"
+        "devices:\n  - id: d1\n    profile: water-level-ultrasonic\n    bus: b\n    interval_s: 0.5\n"
+    )
+    assert check(path) == [
+        f"{path}:8: devices -> 0 -> interval_s: poll interval 0.5s must be longer than "
+        "bus 'b' timeout 1.0s (got 0.5)"
+    ]
