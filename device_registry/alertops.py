@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from device_registry import correlation, lifecycle
 from device_registry.lifecycle import Action, Stage, Transition
-from device_registry.models import Alert, device_key
+from device_registry.models import Alert, Device, District, Site, device_key
 from device_registry.opsmodels import AlertAction, AlertOps, DeviceInfo, PlatformEvent
 from gridwatch.catalogue import Catalogue, default_catalogue_dir, load_catalogue
 from gridwatch.contract import (
@@ -149,6 +149,8 @@ class AlertOperations:
                 s.add(row)
             row.profile, row.interval_s = info.profile, info.interval_s
             row.firmware, row.updated_at = info.firmware, now
+            if info.location is not None and info.location.district:
+                await _place(s, key, info.location)
 
     # ---- operators and the clock --------------------------------------------------------------
 
@@ -194,6 +196,22 @@ class AlertOperations:
             unit=entry.unit if entry else "", due_at=ops.due_at,
             time_limit_min=ops.time_limit_min, overdue_ms=now - ops.due_at, ts=now,
         ))  # fmt: skip
+
+
+async def _place(s: AsyncSession, device_id: str, loc: Location) -> None:
+    """Site a device where its gateway says it is, unless an installer placed it already."""
+    device = await s.get(Device, device_id)
+    if device is None or device.site_id is not None:
+        return
+    if await s.get(District, loc.district) is None:
+        s.add(District(id=loc.district))
+    key = {"district_id": loc.district, "street": loc.street, "grid": loc.grid}
+    site = await s.scalar(select(Site).filter_by(**key))
+    if site is None:
+        site = Site(**key, lat=loc.lat, lon=loc.lon)
+        s.add(site)
+        await s.flush()
+    device.site_id = site.id
 
 
 def _candidate(a: Alert, incident: str | None, stage: str) -> correlation.Candidate:

@@ -87,7 +87,10 @@ def assess_device(f: DeviceFacts, now: int, policy: Policy | None = None) -> Ass
     rep = f.report or {}
     rate = _success_rate(rep)
     status, reasons, since = _liveness(f, rep, now, p)
-    if rate is not None and rate < p.min_success_rate and status is Status.ONLINE:
+    failures = int(rep.get("consecutive_failures") or 0)
+    if status is Status.ONLINE and failures:  # on its way to offline: show it now
+        reasons.append(f"failing reads: the last {failures} failed")
+    elif rate is not None and rate < p.min_success_rate and status is Status.ONLINE:
         reasons.append(f"failing reads: {rate:.0%} succeed")
     reasons += _levels(f.values, p)
     return Assessment(status, reasons, since, rate)

@@ -147,7 +147,8 @@ class Uplink:
             gateway=self.gateway_id, session=session, ts=int(self.clock() * 1000),
             software=f"gridwatch {__version__}", config_version=self.config_version,
             devices=sorted(self.pipeline.devices),
-            device_info=[DeviceInfo(device=d.id, profile=d.profile.id, interval_s=d.interval_s)
+            device_info=[DeviceInfo(device=d.id, profile=d.profile.id, interval_s=d.interval_s,
+                                    location=d.location)
                          for d in self.pipeline.devices.values()],
         )  # fmt: skip
         await client.publish(

@@ -130,6 +130,7 @@ class DeviceInfo(_Msg):
     profile: str = ""
     interval_s: float | None = Field(default=None, description="Expected reporting interval.")
     firmware: str = ""
+    location: Location | None = Field(default=None, description="Where it is installed.")
 
 
 class Birth(_Msg):

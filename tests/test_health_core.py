@@ -41,6 +41,12 @@ def report(ok: int = 100, failed: int = 0, consecutive: int = 0, online: bool = 
             "3 consecutive failed reads",
         ),
         (
+            "one failed read: not offline yet, but unhealthy",
+            facts(report=report(consecutive=1)),
+            Status.ONLINE,
+            "the last 1 failed",
+        ),
+        (
             "gateway dead",
             facts(gateway_online=False, gateway_died_at=NOW - 5000),
             Status.OFFLINE,
