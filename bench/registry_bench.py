@@ -1,0 +1,160 @@
+"""Registry API under load: device lookups and filtered lists at 100,000 registered devices,
+50 concurrent clients, latency percentiles per kind of request.
+
+    .venv/bin/python -m bench.registry_bench [--devices 100000] [--clients 50] [--seconds 20]
+                                             [--db-url postgresql+asyncpg://...]
+
+The registry runs as its own process (``gridwatch registry serve``, as in production); this
+process fills the store first (1,000 gateways x 100 devices, each with a last value, across 10
+districts and 200 grid cells), then drives the API with aiohttp clients. It is a benchmark, not a
+test: it prints figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import aiohttp
+from sqlalchemy import insert
+
+from device_registry import RegistryStore
+from device_registry.models import Device, District, Gateway, LatestReading, Site
+from tests.services import free_port
+
+TOKEN = "bench-admin-token"
+PROFILES = ["water-level-ultrasonic", "smoke-detector-modbus", "gas-detector", "manhole-tilt"]
+
+
+async def fill(url: str, n_devices: int) -> None:
+    store = await RegistryStore.open(url)
+    per_gw = 100
+    now = int(time.time() * 1000)
+    async with store.transaction() as s:
+        await s.execute(insert(District), [{"id": f"d{i}", "name": ""} for i in range(10)])
+        sites = [{"id": i + 1, "district_id": f"d{i % 10}", "street": f"street {i}",
+                  "grid": f"G{i:03d}"} for i in range(200)]  # fmt: skip
+        await s.execute(insert(Site), sites)
+        gws = [{"id": f"gw{g:04d}", "first_seen": now, "last_seen": now, "online": True,
+                "session": 1, "software": "", "config_version": 1, "registered_at": now,
+                "name": "", "config_desired": 1, "config_acked": 1, "site_id": g % 200 + 1}
+               for g in range(n_devices // per_gw)]  # fmt: skip
+        await s.execute(insert(Gateway), gws)
+    rng = random.Random(1)
+    for start in range(0, n_devices, 5000):
+        devs, vals = [], []
+        for i in range(start, min(start + 5000, n_devices)):
+            key = f"gw{i // per_gw:04d}:dev{i % per_gw:03d}"
+            devs.append({"id": key, "gateway_id": f"gw{i // per_gw:04d}", "name": f"dev{i % per_gw:03d}",
+                         "site_id": rng.randrange(200) + 1, "status": "online", "first_seen": now,
+                         "last_seen": now, "registered_at": now, "profile": PROFILES[i % 4],
+                         "bus": "cabinet", "unit_id": i % 247 + 1, "address": "", "firmware": "1.0"})  # fmt: skip
+            vals.append({"device_id": key, "point": "level", "value": rng.random() * 3, "unit": "m",
+                         "quality": "good", "ts": now, "historical": False})  # fmt: skip
+        async with store.transaction() as s:
+            await s.execute(insert(Device), devs)
+            await s.execute(insert(LatestReading), vals)
+    await store.close()
+
+
+def requests(n_devices: int, rng: random.Random) -> tuple[str, str]:
+    """One request of the mix: (kind, path)."""
+    kind = rng.choice(["lookup", "lookup", "by_grid", "by_district_profile", "by_gateway"])
+    if kind == "lookup":
+        i = rng.randrange(n_devices)
+        return kind, f"/api/v1/devices/gw{i // 100:04d}:dev{i % 100:03d}"
+    if kind == "by_grid":
+        return kind, f"/api/v1/devices?grid=G{rng.randrange(200):03d}&limit=50"
+    if kind == "by_district_profile":
+        return kind, (f"/api/v1/devices?district=d{rng.randrange(10)}&profile="
+                      f"{rng.choice(PROFILES)}&limit=100&offset={rng.randrange(10) * 100}")  # fmt: skip
+    return kind, f"/api/v1/devices?gateway=gw{rng.randrange(n_devices // 100):04d}"
+
+
+async def client(base: str, n: int, until: float, seed: int, out: dict[str, list[float]]) -> None:
+    rng = random.Random(seed)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        while time.monotonic() < until:
+            kind, path = requests(n, rng)
+            t0 = time.perf_counter()
+            async with http.get(base + path) as r:
+                await r.read()
+                assert r.status == 200, (path, r.status)
+            out[kind].append((time.perf_counter() - t0) * 1000)
+
+
+def start_registry(url: str, port: int, work: Path) -> subprocess.Popen[bytes]:
+    with open(work / "registry.log", "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gridwatch.cli", "registry", "serve", "--db-url", url,
+             "--http-port", str(port), "--data-dir", str(work)],
+            env={**os.environ, "GRIDWATCH_ADMIN_TOKEN": TOKEN},
+            stdout=subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p))]
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--devices", type=int, default=100_000)
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--db-url", default=None)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="registry-bench-"))
+    url = args.db_url or f"sqlite+aiosqlite:///{work}/registry.db"
+    t0 = time.perf_counter()
+    await fill(url, args.devices)
+    print(f"filled {args.devices} devices in {time.perf_counter() - t0:.1f}s ({url.split(':')[0]})")
+    port = free_port()
+    proc = start_registry(url, port, work)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(200):
+                try:
+                    async with http.get(base + "/health") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.1)
+        lat: dict[str, list[float]] = defaultdict(list)
+        await asyncio.gather(*(client(base, args.devices, time.monotonic() + 2, i, defaultdict(list))
+                               for i in range(4)))  # warm-up  # fmt: skip
+        start = time.monotonic()
+        await asyncio.gather(*(client(base, args.devices, start + args.seconds, i, lat)
+                               for i in range(args.clients)))  # fmt: skip
+        took = time.monotonic() - start
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    total = sum(len(v) for v in lat.values())
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    print(
+        f"{args.clients} concurrent clients, {took:.1f}s: {total} requests, {total / took:.0f} req/s"
+    )
+    print(f"{'request':<22}{'n':>7}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'mean ms':>9}")
+    for kind, xs in sorted(lat.items()):
+        print(f"{kind:<22}{len(xs):>7}{pct(xs, 0.5):>9.1f}{pct(xs, 0.9):>9.1f}{pct(xs, 0.99):>9.1f}"
+              f"{statistics.fmean(xs):>9.1f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
