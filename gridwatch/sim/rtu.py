@@ -150,8 +150,9 @@ class RtuLine:
             data = os.read(self._fd, 4096)
         except (BlockingIOError, InterruptedError):
             return
-        except OSError as exc:  # EIO while no one holds the other end: nothing to read
-            logger.debug("sim %s: %s", self.path, exc)
+        except OSError as exc:  # EIO: the pty's master (socat) is gone, the line is dead
+            logger.error("sim %s: line lost: %s", self.path, exc)
+            self._loop.remove_reader(self._fd)  # or the loop would spin on the error
             return
         now = self._loop.time()
         if self._rx and now - self._first > STALE_PARTIAL_S:
