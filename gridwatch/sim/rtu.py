@@ -251,6 +251,10 @@ class RtuField(ModbusSimBase):
                 bus = self.buses[bus_id]
                 _check_unique_units(f"bus {bus_id}", units)
                 end = self.ends.get(bus_id) or await self._pair(bus)
+                if bus.parity != "N":
+                    logger.warning("sim: bus %s: a pty refuses parity %s, so a driver cannot "
+                                   "open %s; 8N2 has 8E1's timing", bus_id, bus.parity,
+                                   bus.port)  # fmt: skip
                 timing = LineTiming(bus.baudrate, bus.bytesize, bus.parity, bus.stopbits,
                                     self.turnaround_s)  # fmt: skip
                 line = RtuLine(end, units, timing)
