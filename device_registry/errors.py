@@ -1,7 +1,9 @@
 """Errors of the device registry.
 
     RegistryError                 base of everything raised here
-    ├── StoreUnavailable          the database cannot be reached or refused the statement
+    ├── StoreUnavailable          the database cannot be reached (connection, timeout): retry
+    ├── StoreRejected             the database refused a statement (a bug, bad data): retrying
+    │                             the same thing will not help
     ├── NotFound                  no such gateway/device/alert (``kind``, ``key``)
     ├── Ambiguous                 a short device id matches devices of several gateways
     ├── Invalid                   a request the registry refuses: ``problems`` = [(field path,
@@ -23,6 +25,10 @@ class RegistryError(Exception):
 
 class StoreUnavailable(RegistryError):
     """The database failed; the caller may retry later."""
+
+
+class StoreRejected(RegistryError):
+    """The database refused a statement; the caller should not retry it as it is."""
 
 
 class NotFound(RegistryError):

@@ -14,7 +14,13 @@ from typing import Any, cast
 from sqlalchemy import Select, Table, and_, case, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import (
+    DBAPIError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -22,7 +28,7 @@ from device_registry import migrate, views
 from device_registry.alertops import AlertOperations
 from device_registry.changes import Changes
 from device_registry.db import make_engine
-from device_registry.errors import Ambiguous, NotFound, StoreUnavailable
+from device_registry.errors import Ambiguous, NotFound, StoreRejected, StoreUnavailable
 from device_registry.models import (
     Alert,
     AlertTransition,
@@ -71,8 +77,14 @@ class RegistryStore:
     async def _errors(self) -> AsyncIterator[None]:
         try:
             yield
-        except (SQLAlchemyError, OSError) as exc:
-            raise StoreUnavailable(f"{self.dialect} store failed: {exc}") from exc
+        except (OperationalError, InterfaceError, PoolTimeout, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"{self.dialect} store unavailable: {exc}") from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise StoreUnavailable(f"{self.dialect} connection lost: {exc}") from exc
+            raise StoreRejected(f"{self.dialect} refused: {exc}") from exc
+        except SQLAlchemyError as exc:
+            raise StoreRejected(f"{self.dialect} store: {exc}") from exc
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncSession]:
@@ -148,13 +160,18 @@ class RegistryStore:
             )
 
     async def _upsert_devices(self, s: AsyncSession, ch: Changes) -> None:
+        if not ch.device_seen:
+            return
+        gws = {gw for gw, _ in ch.device_seen}
+        q = select(Gateway.id, Gateway.online).where(Gateway.id.in_(gws))
+        online: dict[str, bool] = {gw: up for gw, up in await s.execute(q)}
+        # a device of a gateway whose death was processed first (telemetry and status come on
+        # separate sessions) stays stale: its status follows its gateway's life
         rows = [
             {"id": device_key(gw, dev), "gateway_id": gw, "name": dev, "first_seen": ch.now,
-             "last_seen": seen, "status": "online"}
+             "last_seen": seen, "status": "online" if online.get(gw, True) else "stale"}
             for (gw, dev), seen in sorted(ch.device_seen.items())
         ]  # fmt: skip
-        if not rows:
-            return
         stmt = self._insert(Device)
         new = stmt.excluded
         await s.execute(
@@ -162,10 +179,9 @@ class RegistryStore:
                 index_elements=["id"],
                 set_={
                     "last_seen": _later(Device.last_seen, new.last_seen),
-                    # a reading proves the device alive, unless its gateway's death was processed
-                    # first (telemetry and status arrive on separate sessions); a mention does not
+                    # a reading proves the device alive; a mere mention does not
                     "status": case(
-                        (and_(new.last_seen.is_not(None), _gateway_online), "online"),
+                        (and_(new.last_seen.is_not(None), new.status == "online"), "online"),
                         else_=Device.status,
                     ),
                 },
@@ -355,9 +371,6 @@ class RegistryStore:
         q = select(Quarantined).order_by(Quarantined.id.desc()).limit(limit)
         async with self._tx() as s:
             return [views.quarantined(r) for r in await s.scalars(q)]
-
-
-_gateway_online = select(Gateway.online).where(Gateway.id == Device.gateway_id).scalar_subquery()
 
 
 def _later(current: Any, new: Any) -> ColumnElement[Any]:

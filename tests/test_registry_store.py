@@ -138,3 +138,22 @@ async def test_seen_ids_and_quarantine_are_bounded(store: RegistryStore) -> None
     kept = await store.quarantine()
     assert [q.topic for q in kept] == ["t/4", "t/3"]
     assert kept[0].payload == "\ufffd" * 3
+
+
+async def test_telemetry_after_a_death_leaves_devices_stale(store: RegistryStore) -> None:
+    """Telemetry and status come on separate sessions: a death may be applied before telemetry
+    read earlier. Also exercises the upsert's conflict path with several devices per gateway."""
+    good = Quality.GOOD
+    both = (("g1", "d1", "level", 1.0, 100, good), ("g1", "d2", "level", 2.0, 100, good))
+    await store.apply(telemetry(1000, *both))
+    await store.apply(telemetry(2000, *both))  # every row conflicts now
+    await store.apply(Changes(now=2500, status=[death("g1", 0)]))
+    await store.apply(
+        telemetry(3000, ("g1", "d1", "level", 3.0, 200, good), ("g1", "d3", "x", 1.0, 200, good))
+    )
+    assert {d.device: d.status for d in await store.devices()} == {
+        "d1": "stale", "d2": "stale", "d3": "stale"
+    }  # fmt: skip
+    assert (await store.device("g1:d1")).last_seen == 200
+    await store.apply(Changes(now=4000, status=[birth("g1", 1, [])]))
+    assert {d.status for d in await store.devices()} == {"online"}
