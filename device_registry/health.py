@@ -55,6 +55,8 @@ class DeviceFacts:
     grid: str = ""
     profile: str = ""
     interval_s: float | None = None
+    push: bool = False
+    """The device sends on its own (MQTT): a gateway's failed read of it is a silence."""
     firmware: str = ""
     last_seen: int | None = None
     """Gateway-clock epoch ms of its newest reading."""
@@ -105,6 +107,10 @@ def _liveness(
     if failures >= p.offline_failures or (rep.get("online") is False and failures):
         last_ok = rep.get("last_ok")
         since = None if last_ok is None else int(last_ok) - f.clock_offset_ms
+        if f.push:
+            quiet = "no data" if since is None else f"no data for {(now - since) / 1000:.0f} s"
+            expected = f" (expected every {f.interval_s:g} s)" if f.interval_s else ""
+            return Status.SILENT, [quiet + expected], since
         return Status.OFFLINE, [f"not answering: {failures} consecutive failed reads"], since
     seen = f.last_seen
     if f.interval_s and seen is not None:

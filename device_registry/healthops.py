@@ -34,10 +34,12 @@ class HealthFilter:
 
 
 @functools.cache
-def _profile_intervals() -> dict[str, float]:
+def _profiles() -> dict[str, tuple[float, bool]]:
+    """Profile id -> (expected interval, pushes on its own) from the shipped catalogue."""
     from gridwatch.gatewayconf import default_profiles_dir
 
-    return {pid: p.interval_s for pid, p in load_profiles(default_profiles_dir()).items()}
+    shipped = load_profiles(default_profiles_dir()).items()
+    return {pid: (p.interval_s, p.protocol == "mqtt") for pid, p in shipped}
 
 
 async def health_report(
@@ -118,13 +120,14 @@ def _device_facts(
     gw: GatewayFacts | None, values: dict[str, tuple[Any, str]],
 ) -> DeviceFacts:  # fmt: skip
     profile = (info.profile if info and info.profile else None) or d.profile or ""
-    interval = info.interval_s if info and info.interval_s else _profile_intervals().get(profile)
+    known = _profiles().get(profile)
+    interval = info.interval_s if info and info.interval_s else known[0] if known else None
     offset = 0
     if gw is not None and gw.report is not None:
         offset = health.clock_offset_ms(gw.report.get("ts"), gw.received_at)
     return DeviceFacts(
         id=d.id, gateway=d.gateway_id, device=d.name, district=district or "", grid=grid or "",
-        profile=profile, interval_s=interval,
+        profile=profile, interval_s=interval, push=bool(known and known[1]),
         firmware=(info.firmware if info and info.firmware else "") or d.firmware or "",
         last_seen=d.last_seen, first_seen=d.first_seen,
         gateway_online=gw.online if gw else True, gateway_died_at=gw.died_at if gw else None,

@@ -47,6 +47,12 @@ def report(ok: int = 100, failed: int = 0, consecutive: int = 0, online: bool = 
             "the last 1 failed",
         ),
         (
+            "a push device the gateway hears nothing from: silent, not offline",
+            facts(push=True, report=report(consecutive=4, online=False, last_ok=NOW - 6000)),
+            Status.SILENT,
+            "no data for 6 s (expected every 2 s)",
+        ),
+        (
             "gateway dead",
             facts(gateway_online=False, gateway_died_at=NOW - 5000),
             Status.OFFLINE,

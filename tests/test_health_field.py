@@ -1,0 +1,185 @@
+"""Device health on a simulated field: Modbus and MQTT devices behind a real edge agent, a real
+mosquitto, the bridge and the registry API in this process. A device goes offline (killed), one
+goes silent (stops publishing), one reports a low battery: each shows up in ``gridwatch health``
+with the right reason, and the time it took is checked against the device's interval."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from cloud_bridge import Bridge, SqliteSink
+from device_registry import RegistryStore
+from device_registry.app import build_app, serving
+from device_registry.auth import SYSTEM, Role, TokenRequest, issue
+from device_registry.opsapp import Delivery
+from gridwatch.gatewayconf import GatewayConfig, ResolvedDevice, load_gateway
+from gridwatch.sim import MqttField
+from gridwatch.sim.modbus import SimField
+from tests._central_helpers import bridge_config, running
+from tests.fieldkit import DEMO
+from tests.services import Mosquitto, free_port
+from tests.test_edge_agent import running as edge_running
+
+INTERVAL_S = 1.0
+LAST: list[Any] = []  # the last state seen, for the failure message
+HEALTH_S = 0.5  # the gateway's health report period
+
+
+def field_config(
+    tmp: Path, broker: Mosquitto, prefix: str
+) -> tuple[GatewayConfig, list[ResolvedDevice]]:
+    cfg = yaml.safe_load(DEMO.read_text())
+    cfg["mqtt"].update({"port": broker.port, "prefix": prefix, "batch_linger_s": 0.05})
+    cfg["outbox"]["path"] = str(tmp / "outbox.db")
+    cfg["health_interval_s"] = HEALTH_S
+    cfg["buses"][0].update({"port": free_port(), "timeout_s": 0.4})
+    cfg["buses"].append({"type": "mqtt", "id": "local", "host": "127.0.0.1", "port": broker.port})
+    for d in cfg["devices"]:
+        d["interval_s"] = INTERVAL_S
+    cfg["devices"] += [
+        {"id": f"sm-{i}", "profile": "smoke-detector-mqtt", "bus": "local",
+         "address": f"{prefix}-sm{i}", "interval_s": INTERVAL_S, "location": {"grid": "FT-0044"}}
+        for i in (1, 2)
+    ]  # fmt: skip
+    path = tmp / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return load_gateway(path)
+
+
+@dataclass
+class Centre:
+    url: str
+    token: str
+
+    async def health(self, http: aiohttp.ClientSession, query: str = "") -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        async with http.get(f"{self.url}/api/v1/health{query}", headers=headers) as r:
+            assert r.status == 200, await r.text()
+            body: dict[str, Any] = await r.json()
+            return body
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "GRIDWATCH_TOKEN": self.token}
+        return subprocess.run([sys.executable, "-m", "gridwatch.cli", "health", "--url", self.url,
+                               *args], capture_output=True, text=True, env=env, timeout=30)  # fmt: skip
+
+
+@asynccontextmanager
+async def centre(tmp: Path, broker: Mosquitto, prefix: str) -> AsyncIterator[Centre]:
+    store = await RegistryStore.open(f"sqlite+aiosqlite:///{tmp / 'registry.db'}")
+    sink = await SqliteSink.open(tmp / "telemetry.db")
+    token = (await issue(store, TokenRequest(name="crew-7", role=Role.MAINTENANCE), SYSTEM)).token
+    app = build_app(store=store, delivery=Delivery(poll_s=0.2, history=sink.history))
+    cfg = bridge_config("127.0.0.1", broker.port, prefix, tmp / "central")
+    try:
+        async with running(Bridge(cfg, store, sink)), serving(app, "127.0.0.1", 0) as url:
+            yield Centre(url, token)
+    finally:
+        await sink.close()
+        await store.close()
+
+
+async def within(
+    what: str, limit_s: float, check: Callable[[], Any], start: float | None = None
+) -> float:
+    """Seconds from ``start`` until ``check()`` (another component's state over HTTP) holds; fails
+    past the limit. Polling with a deadline: the API has no event to wait on."""
+    start = time.monotonic() if start is None else start
+    while True:
+        if await check():
+            return time.monotonic() - start
+        assert time.monotonic() - start < limit_s, f"{what}: not within {limit_s} s: {LAST}"
+        await asyncio.sleep(0.05)
+
+
+def device(report: dict[str, Any], dev_id: str) -> dict[str, Any]:
+    return next(d for d in report["devices"] if d["device"] == dev_id)
+
+
+async def test_offline_silent_and_low_battery_show_up_with_their_reasons(
+    mosquitto: Mosquitto, prefix: str, tmp_path: Path
+) -> None:
+    cfg, devices = field_config(tmp_path, mosquitto, prefix)
+    modbus = [d for d in devices if d.bus.type == "modbus_tcp"]
+    mqtt = [d for d in devices if d.bus.type == "mqtt"]
+    async with (
+        centre(tmp_path, mosquitto, prefix) as c,
+        aiohttp.ClientSession() as http,
+        SimField(modbus, update_s=3600) as field,
+        MqttField(mqtt) as push,
+        edge_running(cfg, devices),
+    ):
+
+        async def all_healthy() -> bool:
+            h = await c.health(http)
+            seen = all(d["last_seen"] for d in h["devices"])
+            return len(h["devices"]) == 6 and seen and h["healthy"]
+
+        await within("the field healthy", 20, all_healthy)
+        ok = await asyncio.to_thread(c.cli, "--district", "futian")
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        h = await c.health(http)
+        assert {(d["device"], d["grid"], d["profile"]) for d in h["devices"]} >= {
+            ("wl-002", "FT-0043", "water-level-ultrasonic"),
+            ("sm-1", "FT-0044", "smoke-detector-mqtt"),
+        }
+
+        t0 = time.monotonic()
+        field.kill("wl-002")
+        push.kill("sm-2")
+        await field.set_value("sd-001", "battery", 2.4)
+
+        def reason(dev: str, text: str, status: str) -> Callable[[], Any]:
+            async def check() -> bool:
+                d = device(await c.health(http), dev)
+                LAST[:] = [d]
+                return d["status"] == status and any(text in r for r in d["reasons"])
+
+            return check
+
+        # all four watched at once, each timed from the moment of the faults and bounded by its
+        # rule, in the device's expected interval (1 s): a failed read is seen at the next poll
+        # (+ the 0.4 s bus timeout) and reported with the next health report (0.5 s); a push
+        # device is stale at the edge after two intervals without data; the battery voltage comes
+        # with the next reading
+        slack = 1.0
+        failing, offline, battery, silent = await asyncio.gather(
+            within("wl-002 not answering", INTERVAL_S + 0.4 + HEALTH_S + slack,
+                   reason("wl-002", "not answering", "offline"), t0),
+            within("wl-002 three failures", 3 * INTERVAL_S + 0.4 + HEALTH_S + slack,
+                   reason("wl-002", "3 consecutive failed reads", "offline"), t0),
+            within("sd-001 battery", INTERVAL_S + slack,
+                   reason("sd-001", "battery low: 2.4 V", "online"), t0),
+            within("sm-2 silent", 2 * INTERVAL_S + HEALTH_S + slack,
+                   reason("sm-2", "no data", "silent"), t0),
+        )  # fmt: skip
+        print(
+            f"health latency: not answering {failing:.2f} s, offline (3 failures) {offline:.2f} s, "
+            f"battery {battery:.2f} s, silent {silent:.2f} s (interval {INTERVAL_S} s)"
+        )
+
+        bad = await asyncio.to_thread(c.cli, "--district", "futian")
+        assert bad.returncode == 1, bad.stdout + bad.stderr
+        out = bad.stdout
+        assert "wl-002" in out and "offline" in out and "consecutive failed reads" in out
+        assert "sm-2" in out and "silent" in out and "battery low: 2.4 V" in out
+        assert "wl-001" not in out  # healthy devices are not listed without --all
+        cell = await asyncio.to_thread(c.cli, "--grid", "FT-0043")
+        assert cell.returncode == 1 and "wl-002" in cell.stdout and "sm-2" not in cell.stdout
+        listed = await c.health(http)
+        assert {d["device"] for d in listed["devices"][:3]} == {"wl-002", "sd-001", "sm-2"}
+        assert all(d["healthy"] for d in listed["devices"][3:])  # unhealthy first
+        gone = await asyncio.to_thread(Centre(f"http://127.0.0.1:{free_port()}", "x").cli)
+        assert gone.returncode == 3 and "cannot be reached" in gone.stderr
