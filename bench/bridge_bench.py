@@ -162,7 +162,8 @@ def start_bridges(
             cmd += ["--share-group", "bench"]
         log = open(work / f"bridge{i}.log", "wb")  # noqa: SIM115 - lives as long as the process
         procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
-    for i in range(n):  # wait for each to log its subscription
+        # one after the other: the first creates (migrates) the registry's tables, and two
+        # processes doing that at once on PostgreSQL collide
         deadline = time.monotonic() + 30
         while b"bridge subscribed" not in (work / f"bridge{i}.log").read_bytes():
             if time.monotonic() > deadline or procs[i].poll() is not None:
