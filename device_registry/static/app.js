@@ -32,7 +32,11 @@ function span(ms) {
 
 async function api(path, options) {
   const r = await fetch(path, { credentials: "same-origin", ...options });
-  if (r.status === 401) { showLogin(); throw new Error("not logged in"); }
+  if (r.status === 401) {
+    const body = await r.json().catch(() => ({}));
+    showLogin();
+    throw Object.assign(new Error(body.detail || "not logged in"), { auth: true });
+  }
   if (!r.ok) {
     const body = await r.json().catch(() => ({}));
     throw new Error(body.detail || body.error || `HTTP ${r.status}`);
@@ -58,6 +62,7 @@ $("#login-form").addEventListener("submit", async (ev) => {
     // a maintenance token may not read alerts: try health before refusing
     try { await api("/api/v1/health?unhealthy=true"); } catch (e2) {
       $("#login-error").textContent = e2.message;
+      document.cookie = "gw_token=; path=/; max-age=0";
       return;
     }
   }
@@ -252,7 +257,7 @@ async function route() {
       await loadHealth();
     }
   } catch (e) {
-    if (e.message !== "not logged in") console.error(e);
+    if (!e.auth) console.error(e);
   }
 }
 
