@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from device_registry import registration_openapi
+from device_registry import ops_openapi, registration_openapi
 from device_registry.schemas import (
     AlertView,
     DeviceView,
@@ -55,7 +55,7 @@ def openapi_document() -> dict[str, Any]:
         HealthView,
     ]
     _, defs = models_json_schema([(m, "serialization") for m in models], ref_template=_REF)
-    return registration_openapi.merge({
+    doc = registration_openapi.merge({
         "openapi": "3.1.0",
         "info": {"title": "gridwatch device registry", "version": "1"},
         "paths": {
@@ -93,3 +93,4 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {"schemas": defs["$defs"]},
     })
+    return ops_openapi.merge(doc)

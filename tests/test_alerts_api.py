@@ -51,3 +51,16 @@ async def test_roles_and_bad_requests(tmp_path: Path) -> None:
         assert status == 403
         status, _ = await reg.call("GET", "/api/v1/health", Role.INSTALLER)
         assert status == 403
+
+
+async def test_openapi_describes_the_alert_and_health_endpoints(tmp_path: Path) -> None:
+    async with registry(tmp_path) as reg, reg.http.get(f"{reg.url}/api/v1/openapi.json") as r:
+        spec = await r.json()
+    for path, method in [("/api/v1/alerts/{id}/ack", "post"), ("/api/v1/health", "get"),
+                         ("/api/v1/alerts/stream", "get"), ("/api/v1/webhooks", "post"),
+                         ("/api/v1/webhooks/dead-letters/{id}/replay", "post"),
+                         ("/api/v1/devices/{id}/readings", "get")]:  # fmt: skip
+        assert method in spec["paths"][path], path
+    assert {"PlatformLifecycle", "PlatformEscalation", "HealthReport"} <= set(
+        spec["components"]["schemas"]
+    )
