@@ -46,6 +46,10 @@ def _param(name: str, where: str, desc: str, **schema: Any) -> dict[str, Any]:
 
 @functools.cache
 def openapi_document() -> dict[str, Any]:
+    return ops_openapi.merge(_document())
+
+
+def _document() -> dict[str, Any]:
     models: list[type[BaseModel]] = [
         DeviceView,
         GatewayView,
@@ -55,7 +59,7 @@ def openapi_document() -> dict[str, Any]:
         HealthView,
     ]
     _, defs = models_json_schema([(m, "serialization") for m in models], ref_template=_REF)
-    doc = registration_openapi.merge({
+    return registration_openapi.merge({
         "openapi": "3.1.0",
         "info": {"title": "gridwatch device registry", "version": "1"},
         "paths": {
@@ -93,4 +97,3 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {"schemas": defs["$defs"]},
     })
-    return ops_openapi.merge(doc)
