@@ -24,6 +24,7 @@ from device_registry.api import HEALTH_PARTS, STORE, HealthPart, json_errors, ro
 from device_registry.auth import AUTH_STORE, authenticate
 from device_registry.configgen import Uplink
 from device_registry.db import default_url
+from device_registry.delivery.mqtt_out import MqttTarget
 from device_registry.downlink import BrokerSettings
 from device_registry.errors import RegistryError
 from device_registry.store import RegistryStore
@@ -127,12 +128,24 @@ def db_url_from(args: argparse.Namespace) -> str:
     return url
 
 
+def delivery_settings(args: argparse.Namespace) -> opsapp.Delivery:
+    """Standing alone, the registry publishes lifecycle and escalation messages to the broker
+    named on its command line (none: webhooks and the stream only)."""
+    if not getattr(args, "mqtt_host", None):
+        return opsapp.Delivery()
+    password = os.environ.get(args.mqtt_password_env) if args.mqtt_password_env else None
+    target = MqttTarget(args.mqtt_host, args.mqtt_port, args.prefix, args.mqtt_username, password,
+                        client_id=f"{args.bridge_id}-registry-platform")  # fmt: skip
+    return opsapp.Delivery(mqtt=target)
+
+
 async def serve(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    app = build_app(db_url_from(args), installers=installer_settings(args))
+    app = build_app(db_url_from(args), installers=installer_settings(args),
+                    delivery=delivery_settings(args))  # fmt: skip
     async with serving(app, args.http_host, args.http_port, tls_from(args)):
         await stop.wait()
     logger.info("registry stopped")
