@@ -28,6 +28,8 @@ from gridwatch import metrics
 
 logger = logging.getLogger(__name__)
 
+_SUBSCRIBE_WAIT_S = 10.0
+
 
 async def open_sink(cfg: BridgeConfig) -> TelemetrySink:
     if cfg.influx_url:
@@ -49,8 +51,16 @@ def broker_service(host: str, port: int) -> Service:
 
 def bridge_service(bridge: Bridge) -> Service:
     async def service(ready: asyncio.Event) -> None:
-        ready.set()  # it connects (and reconnects) on its own
-        await bridge.run()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(bridge.run(), name="bridge")
+            # ready once subscribed, so that whatever starts next (a demo's gateways) is not
+            # published into a broker session nobody has yet; a broker that is down only delays it
+            try:
+                async with asyncio.timeout(_SUBSCRIBE_WAIT_S):
+                    await bridge.connected.wait()
+            except TimeoutError:
+                logger.warning("broker not reachable yet; the bridge keeps trying")
+            ready.set()
 
     return service
 
