@@ -44,6 +44,7 @@ LANES: dict[str, tuple[str, ...]] = {
 
 
 _OFFLOAD_BYTES = 64 * 1024
+_DRAIN_S = 10.0  # how long a lost session waits for its written steps to commit
 
 
 async def _cpu(size: int, fn: Callable[..., X], *args: object) -> X:
@@ -213,7 +214,12 @@ class Bridge:
                 plan = await self._write(session, batch, core, pending.unfinished)
                 pending.add(batch, plan, copy.deepcopy(core.stats))
         finally:
-            committer.cancel()  # what it had not committed is not acknowledged: redelivered
+            # The session is gone (or the bridge stops). What was written must still be
+            # committed, its message ids above all: the broker redelivers every unacknowledged
+            # message, and without those ids the redelivery would be written to the store twice.
+            pending.close()
+            await asyncio.wait([committer], timeout=_DRAIN_S)
+            committer.cancel()  # the registry is down too: redelivery is all that is left
             await asyncio.gather(committer, return_exceptions=True)
 
     # ---- one ingest step ---------------------------------------------------------------------
@@ -238,6 +244,8 @@ class Bridge:
         stats = self.cores[lane].stats
         while True:
             group = await pending.take()
+            if group is None:
+                return  # closed and drained
             # one registry transaction at a time, first come first served: SQLite's own busy
             # wait lets a stream of big telemetry transactions starve a small alert one
             async with self._registry_turn:

@@ -39,6 +39,13 @@ class Pending:
         self._since = 0.0
         self._added = asyncio.Event()
         self._full = asyncio.Event()
+        self._closed = False
+
+    def close(self) -> None:
+        """No more steps: ``take`` hands out what is left at once, then None."""
+        self._closed = True
+        self._added.set()
+        self._full.set()
 
     def add(self, batch: Sequence[Inbound], plan: Plan, stats: Stats) -> None:
         if self._group is None:
@@ -54,10 +61,12 @@ class Pending:
         if g.messages >= self.max_messages:
             self._full.set()
 
-    async def take(self) -> Group:
+    async def take(self) -> Group | None:
         """The next group to commit: once the window since its first step has passed, or it is
-        full; at once when the window is 0."""
+        full; at once when the window is 0 or the lane is closing (then None when empty)."""
         while self._group is None:
+            if self._closed:
+                return None
             self._added.clear()
             await self._added.wait()
         remaining = self._since + self.window_s - time.monotonic()
