@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import shutil
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -113,24 +111,7 @@ async def publisher(host: str, port: int, v5: bool = True) -> AsyncIterator[aiom
 def start_vm_with_dedup(workdir: Path) -> Victoria:
     """A VictoriaMetrics that keeps one sample per series and millisecond, as production should
     run it: a batch redelivered after a bridge crash is then written twice but stored once."""
-    vm = Victoria(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    vm.proc = subprocess.Popen(
-        [shutil.which("victoria-metrics") or "/usr/bin/victoria-metrics",
-         f"-httpListenAddr=127.0.0.1:{vm.port}", f"-storageDataPath={workdir / 'data'}",
-         "-retentionPeriod=100y", "-search.latencyOffset=0s", "-search.disableCache",
-         "-dedup.minScrapeInterval=1ms", "-loggerLevel=ERROR"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            with urllib.request.urlopen(f"{vm.url}/health", timeout=0.5):
-                return vm
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError("victoria-metrics did not become healthy") from None
-            time.sleep(0.05)
+    return Victoria(workdir, extra_args=["-dedup.minScrapeInterval=1ms"]).start()
 
 
 def bridge_process(args: list[str], log: Path) -> subprocess.Popen[bytes]:

@@ -57,6 +57,7 @@ class Mosquitto:
     extra: list[str] = field(default_factory=list)
     host: str = "127.0.0.1"
     persistent: bool = False  # keep sessions and queued messages across a restart
+    users: dict[str, str] | None = None  # name -> password; set: no anonymous clients
     proc: subprocess.Popen[bytes] | None = None
 
     rundir: Path | None = None
@@ -94,7 +95,11 @@ class Mosquitto:
             "max_queued_messages 100000",
             "max_inflight_messages 1000",
         ]
-        if not any(line.startswith(("allow_anonymous", "password_file")) for line in self.extra):
+        if self.users is not None:
+            for name, password in self.users.items():
+                self.add_user(name, password)
+            lines += ["allow_anonymous false", f"password_file {self.passwd}"]
+        elif not any(line.startswith(("allow_anonymous", "password_file")) for line in self.extra):
             lines.append("allow_anonymous true")
         self.conf.write_text("\n".join([*lines, *self.extra]) + "\n")
         self.proc = subprocess.Popen(
@@ -110,6 +115,16 @@ class Mosquitto:
             self.proc.terminate()
             self.proc.wait(5)
         self.proc = None
+
+    @property
+    def passwd(self) -> Path:
+        return self._rundir() / "passwd"
+
+    def add_user(self, name: str, password: str) -> None:
+        """Add (or change) a user; a running broker needs ``reload()`` to see it."""
+        self.passwd.touch()
+        subprocess.run(["mosquitto_passwd", "-b", str(self.passwd), name, password], check=True)
+        self.passwd.chmod(0o644)
 
     def reload(self) -> None:
         """SIGHUP: mosquitto rereads password and ACL files."""

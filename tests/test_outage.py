@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,29 +16,20 @@ from tests.test_edge_agent import running
 
 
 @pytest.fixture
-def gated_broker() -> Iterator[tuple[Mosquitto, Path]]:
+def gated_broker(tmp_path: Path) -> Iterator[Mosquitto]:
     """A broker that lets the test's watcher in but not the gateway, until the test says so."""
-    work = Path(tempfile.mkdtemp(prefix="gridwatch-gate-"))
-    work.chmod(0o755)
-    passwd = work / "passwd"
-    passwd.touch()
-    subprocess.run(["mosquitto_passwd", "-b", str(passwd), "watcher", "w"], check=True)
-    passwd.chmod(0o644)
-    broker = Mosquitto(
-        work / "mq", extra=["allow_anonymous false", f"password_file {passwd}"]
-    ).start()
-    yield broker, passwd
+    broker = Mosquitto(tmp_path / "mq", users={"watcher": "w"}).start()
+    yield broker
     broker.stop()
-    shutil.rmtree(work, ignore_errors=True)
 
 
 async def test_full_outbox_drops_oldest_telemetry_and_never_an_alert(
-    gated_broker: tuple[Mosquitto, Path],
+    gated_broker: Mosquitto,
     prefix: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    broker, passwd = gated_broker
+    broker = gated_broker
     monkeypatch.setenv("GW_PW", "gw")
     cfg, devices, _ = gateway_config(
         tmp_path, broker.port, prefix, password_env="GW_PW", batch_max=20
@@ -61,11 +49,7 @@ async def test_full_outbox_drops_oldest_telemetry_and_never_an_alert(
             produced_batches = box.meta("seq:telemetry")
             dropped = box.dropped
             # the uplink returns: let the gateway in
-            await asyncio.to_thread(
-                subprocess.run,
-                ["mosquitto_passwd", "-b", str(passwd), cfg.gateway.id, "gw"],
-                check=True,
-            )
+            await asyncio.to_thread(broker.add_user, cfg.gateway.id, "gw")
             broker.reload()
             await seen.wait_for(lambda s: len(s.on("alert")) >= 2, within_s=20)
             await seen.wait_for(

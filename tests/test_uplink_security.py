@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,27 +17,11 @@ from tests.tls import Certs, make_certs
 
 @pytest.fixture
 def secure_broker() -> Iterator[tuple[Mosquitto, Certs]]:
-    # outside pytest's root-private tmp dir: mosquitto reads these as its own user
-    work = Path(tempfile.mkdtemp(prefix="gridwatch-tls-"))
-    work.chmod(0o755)
-    certs = make_certs(work / "certs")
-    (work / "certs").chmod(0o755)
-    passwd = work / "passwd"
-    passwd.touch()
-    subprocess.run(
-        ["mosquitto_passwd", "-b", str(passwd), "gw-futian-01", "s3cret-pass"], check=True
-    )
-    passwd.chmod(0o644)
-    broker = Mosquitto(
-        work / "mq",
-        extra=[
-            f"cafile {certs.ca}", f"certfile {certs.cert}", f"keyfile {certs.key}",
-            "allow_anonymous false", f"password_file {passwd}",
-        ],
-    ).start()  # fmt: skip
-    yield broker, certs
+    broker = Mosquitto(Path(tempfile.mkdtemp()), users={"gw-futian-01": "s3cret-pass"})
+    certs = make_certs(broker._rundir() / "certs")  # where mosquitto's own user can read them
+    broker.extra = [f"cafile {certs.ca}", f"certfile {certs.cert}", f"keyfile {certs.key}"]
+    yield broker.start(), certs
     broker.stop()
-    shutil.rmtree(work, ignore_errors=True)
 
 
 async def test_uplink_over_tls_with_password_from_environment(
