@@ -136,7 +136,8 @@ class Bridge:
     # ---- the MQTT session --------------------------------------------------------------------
 
     async def _mqtt_loop(self, lane: str, leaves: tuple[str, ...]) -> None:
-        backoff = Backoff()
+        # the broker is the bridge's only input: back within a second of its return, like the edge
+        backoff = Backoff(cap=1.0)
         while True:
             try:
                 async with self._session(lane, leaves) as session:
