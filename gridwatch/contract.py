@@ -145,9 +145,6 @@ class Birth(_Msg):
     device_info: list[DeviceInfo] = Field(
         default_factory=list, description="Profile and expected interval of each device."
     )
-    health_interval_s: float | None = Field(
-        default=None, description="How often the gateway sends its GatewayHealth."
-    )
 
 
 class Death(_Msg):

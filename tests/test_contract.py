@@ -27,6 +27,8 @@ MESSAGES = [
     "Command",
     "CommandResult",
     "PlatformAlert",
+    "PlatformLifecycle",
+    "PlatformEscalation",
 ]
 
 
