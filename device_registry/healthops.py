@@ -151,7 +151,8 @@ def _gateway_view(g: GatewayFacts, a: Assessment) -> GatewayHealthView:
     rep = g.report or {}
     return GatewayHealthView(
         id=g.id, status=a.status.value, healthy=a.healthy, reasons=a.reasons, since=a.since,
-        last_seen=g.last_seen, cpu_percent=rep.get("cpu_percent"),
+        last_seen=g.last_seen, uplink="connected" if g.online else "down",
+        cpu_percent=rep.get("cpu_percent"),
         memory_mb=rep.get("memory_mb"), disk_free_mb=rep.get("disk_free_mb"),
         outbox_depth=rep.get("outbox_depth"), outbox_dropped=rep.get("outbox_dropped"),
         uplink_reconnects=rep.get("uplink_reconnects"),

@@ -105,6 +105,9 @@ class GatewayHealthView(BaseModel):
     reasons: list[str]
     since: int | None
     last_seen: int
+    uplink: Literal["connected", "down"] = Field(
+        description="down from its death message (last will) until its next birth"
+    )
     cpu_percent: float | None = None
     memory_mb: float | None = None
     disk_free_mb: float | None = None
