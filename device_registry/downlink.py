@@ -69,6 +69,11 @@ class Downlink:
         self.config_of, self.pending = config_of, pending
         self.on_ack, self.on_result, self.clock = on_ack, on_result, clock
         self.connected = asyncio.Event()
+        """The session is up (what the setup step needs)."""
+        self.ready = asyncio.Event()
+        """Up and set up (``on_connect`` done): what every other request waits for."""
+        self.on_connect: Callable[[], Awaitable[None]] | None = None
+        self._version_known = False
         self._client: aiomqtt.Client | None = None
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
@@ -85,15 +90,18 @@ class Downlink:
     async def command(self, gateway: str, cmd: Command) -> None:
         await self._publish(self.topics.command(gateway), cmd.model_dump_json().encode(), False)
 
-    async def control(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Run dynamic-security commands; their responses, in order (each may carry 'error')."""
+    async def control(
+        self, commands: list[dict[str, Any]], setup: bool = False
+    ) -> list[dict[str, Any]]:
+        """Run dynamic-security commands; their responses, in order (each may carry 'error').
+        ``setup``: from the ``on_connect`` step, which runs before the session is ready."""
         futures = []
         for c in commands:
             c["correlationData"] = uuid.uuid4().hex
             futures.append(asyncio.get_running_loop().create_future())
             self._waiting[c["correlationData"]] = futures[-1]
         try:
-            await self._publish(CONTROL, json.dumps({"commands": commands}).encode(), False)
+            await self._publish(CONTROL, json.dumps({"commands": commands}).encode(), False, setup)
             async with asyncio.timeout(_CONTROL_TIMEOUT_S):
                 return list(await asyncio.gather(*futures))
         except TimeoutError:
@@ -105,10 +113,10 @@ class Downlink:
             for c in commands:
                 self._waiting.pop(c["correlationData"], None)
 
-    async def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
+    async def _publish(self, topic: str, payload: bytes, retain: bool, setup: bool = False) -> None:
         try:  # a reconnect in progress is worth a short wait, an outage is not
             async with asyncio.timeout(_CONNECT_WAIT_S):
-                await self.connected.wait()
+                await (self.connected if setup else self.ready).wait()
         except TimeoutError:
             raise BrokerUnavailable(f"not connected to the broker {self._where()}") from None
         client = self._client
@@ -130,13 +138,17 @@ class Downlink:
                                             (CONTROL_RESPONSE, 1)])  # fmt: skip
                     self._client = client
                     self.connected.set()
-                    if failing:
-                        logger.info("registry downlink: broker %s is back", self._where())
-                    failing, delay = False, 0.2
-                    self._dirty.update(await self.pending())
-                    self._wake.set()
+                    self._version_known = True
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self._read(client), name="downlink-read")
+                        if self.on_connect is not None:
+                            await self.on_connect()
+                        self.ready.set()
+                        if failing:
+                            logger.info("registry downlink: broker %s is back", self._where())
+                        failing, delay = False, 0.2
+                        self._dirty.update(await self.pending())
+                        self._wake.set()
                         tg.create_task(self._push_loop(), name="downlink-push")
             except* (aiomqtt.MqttError, BrokerUnavailable) as group:
                 level = logging.DEBUG if failing else logging.ERROR
@@ -146,14 +158,20 @@ class Downlink:
                 failing = True
                 self._maybe_other_protocol(group.exceptions[0])
             finally:
+                self.ready.clear()
                 self.connected.clear()
                 self._client = None
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # aiomqtt's exit may turn our cancellation into an MqttError (a disconnect
+                # during iteration): we were told to stop, not to reconnect
+                raise asyncio.CancelledError
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
     def _maybe_other_protocol(self, exc: BaseException) -> None:
         # an MQTT 3.1.1-only broker (the embedded amqtt) does not answer an MQTT 5 CONNECT
-        if self.settings.protocol == "auto":
+        if self.settings.protocol == "auto" and not self._version_known:
             self._v5 = not self._v5
             logger.debug(
                 "registry downlink: next try MQTT %s (%s)", "5" if self._v5 else "3.1.1", exc

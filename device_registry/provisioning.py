@@ -80,8 +80,8 @@ class DynsecAccess:
     def __init__(self, downlink: Downlink, prefix: str) -> None:
         self.downlink, self.prefix = downlink, prefix
 
-    async def _run(self, commands: list[dict[str, Any]], what: str) -> None:
-        responses = await self.downlink.control(commands)
+    async def _run(self, commands: list[dict[str, Any]], what: str, setup: bool = False) -> None:
+        responses = await self.downlink.control(commands, setup)
         errors = failures(commands, responses)
         if errors:
             raise BrokerUnavailable(f"the broker refused to {what}: {'; '.join(errors)}")
@@ -99,12 +99,16 @@ class DynsecAccess:
     async def ensure_central(self, username: str) -> None:
         """Give the registry's own user the central role, only if it lacks it: a role change
         makes the broker drop that user's sessions (ours included)."""
-        [found] = await self.downlink.control([{"command": "getClient", "username": username}])
+        [found] = await self.downlink.control(
+            [{"command": "getClient", "username": username}], setup=True
+        )
         roles = {
             r.get("rolename") for r in found.get("data", {}).get("client", {}).get("roles", [])
         }
         if CENTRAL_ROLE not in roles:
-            await self._run(central_commands(self.prefix, username), f"give {username} its role")
+            await self._run(
+                central_commands(self.prefix, username), f"give {username} its role", setup=True
+            )
             logger.info("broker: %s given the %s role", username, CENTRAL_ROLE)
 
 

@@ -6,11 +6,10 @@ devices from CSV, send commands, manage API tokens, read the audit log; and thei
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +36,7 @@ from gridwatch.profiles import load_profiles
 logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
+_STOP_S = 3.0
 _ALL = (Role.INSTALLER, Role.MAINTENANCE, Role.OPERATOR, Role.PLATFORM)
 
 
@@ -96,15 +96,14 @@ def installer_ctx(settings: InstallerSettings) -> Callable[[web.Application], As
         if downlink is not None:
             tasks.append(asyncio.create_task(downlink.run(), name="registry-downlink"))
             if settings.dynsec and settings.broker and settings.broker.username:
-                tasks.append(asyncio.create_task(
-                    _central_role(downlink, registry, settings.broker.username),
-                    name="registry-central-role"))  # fmt: skip
+                downlink.on_connect = _central_role(downlink, registry, settings.broker.username)
         yield
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        if tasks:  # a broker that does not answer our DISCONNECT must not hold up the shutdown
+            _, stuck = await asyncio.wait(tasks, timeout=_STOP_S)
+            for t in stuck:
+                logger.warning("registry: %s did not stop within %.0fs", t.get_name(), _STOP_S)
 
     return ctx
 
@@ -130,14 +129,20 @@ def _config_source(registry: Registry) -> Any:
     return config_of
 
 
-async def _central_role(downlink: Downlink, registry: Registry, username: str) -> None:
-    """Once connected: the registry's own user may use the whole gateway tree."""
-    await downlink.connected.wait()
-    try:
-        assert isinstance(registry.broker, DynsecAccess)
-        await registry.broker.ensure_central(username)
-    except BrokerUnavailable as exc:
-        logger.error("broker: %s", exc)
+def _central_role(
+    downlink: Downlink, registry: Registry, username: str
+) -> Callable[[], Awaitable[None]]:
+    """On every connect, before the session serves requests: the registry's own user may use
+    the whole gateway tree (granting it drops the session once; the next connect finds it)."""
+
+    async def setup() -> None:
+        try:
+            assert isinstance(registry.broker, DynsecAccess)
+            await registry.broker.ensure_central(username)
+        except BrokerUnavailable as exc:
+            logger.error("broker: %s", exc)
+
+    return setup
 
 
 # ---- helpers ---------------------------------------------------------------------------------

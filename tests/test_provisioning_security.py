@@ -100,7 +100,7 @@ async def registry(tmp_path: Path, settings: InstallerSettings) -> AsyncIterator
         downlink = app[INSTALLERS].downlink
         assert downlink is not None
         async with asyncio.timeout(10):
-            await downlink.connected.wait()
+            await downlink.ready.wait()
         yield Reg(url, http)
 
 
