@@ -152,6 +152,18 @@ class OpsStore:
         async with self.store.transaction() as s:
             return int(await s.scalar(select(func.max(PlatformEvent.seq))) or 0)
 
+    async def prune_feed(self, before: int) -> int:
+        """Forget feed events older than ``before`` (epoch ms), except those a pending dead
+        letter still needs for its replay."""
+        pending = select(DeadLetter.seq).where(DeadLetter.replayed_at.is_(None))
+        async with self.store.transaction() as s:
+            gone = await s.execute(
+                delete(PlatformEvent).where(PlatformEvent.at < before,
+                                            PlatformEvent.seq.not_in(pending))
+            )  # fmt: skip
+        count: int = getattr(gone, "rowcount", 0) or 0
+        return count
+
     async def cursor(self, name: str) -> int | None:
         async with self.store.transaction() as s:
             row = await s.get(FeedCursor, name)

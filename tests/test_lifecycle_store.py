@@ -102,6 +102,15 @@ async def test_overdue_alert_is_escalated_once(ops: OpsStore) -> None:
     assert (esc.district, esc.category, esc.severity) == ("futian", "FIRE-SMOKE-01", "critical")
 
 
+async def test_feed_is_pruned_except_what_a_dead_letter_needs(ops: OpsStore) -> None:
+    await ingest(ops, smoke("a1", "sd-1", T0), now=T0)
+    await ingest(ops, smoke("a2", "sd-2", T0, grid="X"), now=T0 + 10 * MIN)
+    _, second, third, _ = await ops.feed(0)
+    await ops.dead_letter(1, second.seq, 6, "HTTP 500", T0 + MIN)
+    assert await ops.prune_feed(T0 + MIN) == 1  # the first; the second waits for its replay
+    assert [e.seq for e in await ops.feed(0)][:2] == [second.seq, third.seq]
+
+
 async def test_feed_has_every_change_in_order(ops: OpsStore) -> None:
     await ingest(ops, smoke("a1", "sd-1", T0))
     await ops.act("a1", Action.ACK, "ops", "", T0 + 1)
