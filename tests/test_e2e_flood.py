@@ -118,11 +118,17 @@ async def test_flood_alert_reaches_the_city_platform_and_telemetry_the_store(
     assert any(a["alert_id"] == got[0].alert_id for a in alerts_api)
 
     # the telemetry points are in VictoriaMetrics with the values and timestamps the edge read
-    series = await asyncio.to_thread(
-        victoria.export, f'gridwatch_value{{gateway="{gw}",device="wl-001",point="level"}}'
-    )
-    stored = {(t, v) for s in series for t, v in zip(s["timestamps"], s["values"], strict=True)}
-    assert sent and sent <= stored
+    def stored_levels() -> set[tuple[int, float]]:
+        match = f'gridwatch_value{{gateway="{gw}",device="wl-001",point="level"}}'
+        return {
+            (t, v)
+            for s in victoria.export(match)
+            for t, v in zip(s["timestamps"], s["values"], strict=True)
+        }
+
+    # VictoriaMetrics makes fresh samples searchable within a moment, not at once
+    stored = await eventually(stored_levels, lambda got: sent <= got)
+    assert sent
     assert {2.9, 1.1} <= {v for _, v in stored}
 
     # the registry knows when the device was last seen, and its last value
