@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -46,7 +47,8 @@ def _write_config(workdir: Path, mqtt_port: int, modbus_port: int) -> Path:
     cfg["mqtt"]["protocol"] = "3.1.1"  # the embedded broker speaks 3.1.1 only
     cfg["outbox"]["path"] = str(workdir / "edge" / "outbox.db")
     for bus in cfg["buses"]:
-        bus["port"] = modbus_port
+        # the demo's MQTT sensors publish to the embedded broker the centre runs
+        bus["port"] = mqtt_port if bus["type"] == "mqtt" else modbus_port
     path = workdir / "gateway.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -61,12 +63,15 @@ class Demo:
         self.modbus_port = _port(5020)
         self.procs: list[tuple[str, asyncio.subprocess.Process]] = []
         self.topics = Topics()
+        # the demo's admin token, so the newcomer can log in to the dashboard and call the API
+        self.token = secrets.token_urlsafe(18)
 
     async def _spawn(self, name: str, *args: str) -> None:
         log = _log_file(self.workdir / f"{name}.log")
+        env = {**os.environ, "GRIDWATCH_ADMIN_TOKEN": self.token}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gridwatch.cli", *args,
-            stdout=log, stderr=log, cwd=self.workdir,
+            stdout=log, stderr=log, cwd=self.workdir, env=env,
         )  # fmt: skip
         self.procs.append((name, proc))
 
@@ -84,11 +89,13 @@ class Demo:
 
     def banner(self) -> str:
         alerts = self.topics.platform_alerts()
+        url = f"http://127.0.0.1:{self.http_port}"
         return "\n".join(
             [
                 "gridwatch demo: a simulated district is running",
-                f"  registry API    http://127.0.0.1:{self.http_port}/api/v1/devices",
-                f"  alerts (JSON)   http://127.0.0.1:{self.http_port}/api/v1/alerts",
+                f"  dashboard       {url}/dashboard   (log in with token {self.token})",
+                f"  registry API    curl -H 'Authorization: Bearer {self.token}' {url}/api/v1/devices",
+                f"  health          GRIDWATCH_TOKEN={self.token} gridwatch health --url {url}",
                 f"  MQTT broker     127.0.0.1:{self.mqtt_port} (embedded)",
                 f"  city alerts     mosquitto_sub -p {self.mqtt_port} -t '{alerts}' -v",
                 f"  gateway data    mosquitto_sub -p {self.mqtt_port} -t 'gridwatch/gw/#' -v",
