@@ -59,41 +59,43 @@ def _document() -> dict[str, Any]:
         HealthView,
     ]
     _, defs = models_json_schema([(m, "serialization") for m in models], ref_template=_REF)
-    return registration_openapi.merge({
-        "openapi": "3.1.0",
-        "info": {"title": "gridwatch device registry", "version": "1"},
-        "paths": {
-            "/health": _op("Liveness and database check", _ref("HealthView"), errors=(503,)),
-            "/api/v1/gateways": _op(
-                "Every gateway with its latest health", _ref("GatewayView", True)
-            ),
-            "/api/v1/devices": _op(
-                "Devices with status, last_seen and last values with quality",
-                _ref("DeviceView", True),
-                [
-                    _param("gateway", "query", "Only this gateway's devices"),
-                    _param("district", "query", "Only devices sited in this district"),
-                ],
-            ),
-            "/api/v1/devices/{id}": _op(
-                "One device, by 'gateway:device' or by a device id unique across gateways",
-                _ref("DeviceView"),
-                [_param("id", "path", "'gateway:device' or a bare device id")],
-                errors=(404, 409),
-            ),
-            "/api/v1/alerts": _op(
-                "Alerts, newest transition first",
-                _ref("AlertView", True),
-                [
-                    _param("state", "query", "active (default) or all", enum=["active", "all"]),
-                    _param("limit", "query", "At most this many", type="integer", minimum=1),
-                ],
-            ),
-            "/api/v1/quarantine": _op(
-                "Messages the bridge refused, newest first",
-                _ref("QuarantineView", True),
-                [_param("limit", "query", "At most this many", type="integer", minimum=1)],
-            ),
-        },
-        "components": {"schemas": defs["$defs"]},
-    })
+    return registration_openapi.merge(
+        {
+            "openapi": "3.1.0",
+            "info": {"title": "gridwatch device registry", "version": "1"},
+            "paths": {
+                "/health": _op("Liveness and database check", _ref("HealthView"), errors=(503,)),
+                "/api/v1/gateways": _op(
+                    "Every gateway with its latest health", _ref("GatewayView", True)
+                ),
+                "/api/v1/devices": _op(
+                    "Devices with status, last_seen and last values with quality",
+                    _ref("DeviceView", True),
+                    [
+                        _param("gateway", "query", "Only this gateway's devices"),
+                        _param("district", "query", "Only devices sited in this district"),
+                    ],
+                ),
+                "/api/v1/devices/{id}": _op(
+                    "One device, by 'gateway:device' or by a device id unique across gateways",
+                    _ref("DeviceView"),
+                    [_param("id", "path", "'gateway:device' or a bare device id")],
+                    errors=(404, 409),
+                ),
+                "/api/v1/alerts": _op(
+                    "Alerts, newest transition first",
+                    _ref("AlertView", True),
+                    [
+                        _param("state", "query", "active (default) or all", enum=["active", "all"]),
+                        _param("limit", "query", "At most this many", type="integer", minimum=1),
+                    ],
+                ),
+                "/api/v1/quarantine": _op(
+                    "Messages the bridge refused, newest first",
+                    _ref("QuarantineView", True),
+                    [_param("limit", "query", "At most this many", type="integer", minimum=1)],
+                ),
+            },
+            "components": {"schemas": defs["$defs"]},
+        }
+    )
