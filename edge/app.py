@@ -23,7 +23,6 @@ from pathlib import Path
 from drivers import DRIVERS
 from drivers.base import Driver
 from drivers.errors import UnknownPoint
-from edge.metrics import edge_registry
 from edge.outbox import PRIO_TELEMETRY, Outbox
 from edge.pipeline import Pipeline
 from edge.remote import Remote
@@ -35,7 +34,6 @@ from gridwatch.gatewayconf import (
     load_gateway,
     resolve_with_profiles,
 )
-from gridwatch.metrics import serve_metrics
 from gridwatch.yamlconf import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -126,6 +124,10 @@ class EdgeAgent:
             self.pipeline.tick()
 
     async def _metrics(self, port: int) -> None:
+        # loaded only when asked for: prometheus-client and aiohttp cost a gateway ~9 MB of RSS
+        from edge.metrics import edge_registry
+        from gridwatch.metrics import serve_metrics
+
         async with serve_metrics(edge_registry(self), "127.0.0.1", port) as url:
             self.metrics_url = url
             await asyncio.Future()  # until cancelled
