@@ -98,3 +98,28 @@ async def test_lifecycle_and_escalation_on_the_platform_tree(
     steps = [PlatformLifecycle.model_validate(p) for t, p in by_topic if "/lifecycle/" in t]
     assert [(s.alert_id, s.action) for s in steps] == [("old", "open"), ("new", "open"),
                                                         ("new", "ack")]  # fmt: skip
+
+
+async def test_open_streams_do_not_hold_up_shutdown(tmp_path: Path) -> None:
+    got_first = asyncio.Event()
+
+    async def hold(reg: Registry) -> None:
+        url = f"{reg.url}/api/v1/alerts/stream?since=0"
+        # a session of its own: the stream must be ended by the server, not by our client
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(url, headers=reg.auth(Role.OPERATOR)) as resp,
+        ):
+            async for _ in sse_events(resp):
+                got_first.set()
+
+    async with registry(tmp_path) as reg:
+        await reg.ingest(smoke("a1"))
+        reader = asyncio.create_task(hold(reg))
+        async with asyncio.timeout(5):
+            await got_first.wait()
+        stopping = asyncio.get_running_loop().time()
+    # the registry is down: the server ended the stream instead of waiting for the client
+    assert asyncio.get_running_loop().time() - stopping < 3
+    async with asyncio.timeout(5):
+        await asyncio.gather(reader, return_exceptions=True)
