@@ -121,6 +121,9 @@ async def test_crew_and_operator_views(site: Registry, size: str, artifacts: Pat
             # a new alert arrives at the centre: the page shows it without a reload
             await site.ingest(smoke("a2", device="sd-002", gateway="gw1", grid="FT-0050"))
             await expect(page.locator('[data-alert="a2"] .badge.stage')).to_have_text("open")
+            # a second detector in a1's grid cell within the minute: one incident of two alerts
+            await site.ingest(smoke("a3", device="sd-003", gateway="gw1"))
+            await expect(card.locator(".badge.incident")).to_have_text("incident of 2")
             assert await page.evaluate("document.documentElement.scrollWidth") <= width
             await page.screenshot(path=str(artifacts / f"dashboard-alerts-{size}.png"),
                                   full_page=True)  # fmt: skip

@@ -139,7 +139,9 @@ const NEXT = { open: ["ack", "resolve"], acknowledged: ["resolve"], cleared: ["r
                resolved: ["close"] };
 const LABEL = { ack: "Acknowledge", resolve: "Resolve", close: "Close" };
 
-function alertCard(a) {
+function alertCard(a, sizes) {
+  const n = sizes.get(a.incident_id) || 1;
+  const incident = n > 1 ? `<span class="badge incident" title="alerts of one incident">incident of ${n}</span>` : "";
   const left = a.time_left_ms == null ? "" :
     `<span class="timeleft ${a.time_left_ms < 0 ? "overdue" : ""}" data-due="${a.due_at}">${esc(span(a.due_at - Date.now()))}</span>`;
   const buttons = (NEXT[a.stage] || []).map((act) =>
@@ -148,7 +150,7 @@ function alertCard(a) {
   return `<article class="card ${esc(a.severity)} ${a.overdue ? "overdue" : ""}" data-alert="${esc(a.alert_id)}">
     <h5>${esc(a.category)} <span class="badge ${esc(a.severity)}">${esc(a.severity)}</span>
       <span class="badge stage" data-stage="${esc(a.stage)}">${esc(a.stage)}</span>
-      ${a.overdue ? `<span class="badge overdue">overdue</span>` : ""}</h5>
+      ${a.overdue ? `<span class="badge overdue">overdue</span>` : ""}${incident}</h5>
     <div>${esc(a.message || a.rule)}: ${esc(a.value)} ${esc(a.unit)}</div>
     <div class="meta"><a href="#/device/${encodeURIComponent(a.gateway + ":" + a.device)}">${esc(a.device)}</a>
       · ${esc(a.district)} ${esc(a.grid)} · raised ${esc(ago(a.raised_at))} · incident ${esc(a.incident_id)}</div>
@@ -163,8 +165,16 @@ async function loadAlerts() {
   const waiting = list.filter((a) => a.stage === "open" || a.stage === "acknowledged");
   $("#alerts-summary").textContent =
     `${waiting.length} waiting · ${list.filter((a) => a.overdue).length} overdue · ${list.length} not closed`;
+  // one incident's alerts side by side, newest incident first: crews go to incidents
+  const sizes = new Map(), first = new Map();
+  list.forEach((a, i) => {
+    sizes.set(a.incident_id, (sizes.get(a.incident_id) || 0) + 1);
+    if (!first.has(a.incident_id)) first.set(a.incident_id, i);
+  });
+  const ordered = [...list].sort((x, y) => first.get(x.incident_id) - first.get(y.incident_id));
   $("#alerts-list").innerHTML = list.length
-    ? `<div class="cards">${list.map(alertCard).join("")}</div>` : `<p class="empty">No open alerts.</p>`;
+    ? `<div class="cards">${ordered.map((a) => alertCard(a, sizes)).join("")}</div>`
+    : `<p class="empty">No open alerts.</p>`;
 }
 
 $("#alerts-list").addEventListener("click", async (ev) => {
