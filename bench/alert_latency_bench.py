@@ -29,14 +29,14 @@ import yaml
 from gridwatch.contract import PlatformAlert, Topics
 from gridwatch.gatewayconf import load_gateway
 from gridwatch.sim.modbus import SimField
-from tests.fieldkit import DEMO
+from tests.fieldkit import CABINET
 from tests.services import Mosquitto, free_port
 
 PREFIX = "bench"
 
 
 def write_config(work: Path, mqtt_port: int, interval: float) -> Path:
-    cfg = yaml.safe_load(DEMO.read_text())
+    cfg = yaml.safe_load(CABINET.read_text())
     cfg["mqtt"].update({"port": mqtt_port, "prefix": PREFIX, "batch_linger_s": 0.05})
     cfg["outbox"]["path"] = str(work / "outbox.db")
     modbus = free_port()

@@ -15,14 +15,14 @@ import yaml
 from gridwatch.gatewayconf import GatewayConfig, ResolvedDevice, load_gateway
 from tests.services import free_port
 
-DEMO = Path(__file__).resolve().parent.parent / "firmware_configs" / "gateways" / "demo.yaml"
+CABINET = Path(__file__).resolve().parent / "data" / "cabinet.yaml"
 
 
 def gateway_config(
     tmp_path: Path, mqtt_port: int, prefix: str, modbus_port: int | None = None, **mqtt: Any
 ) -> tuple[GatewayConfig, list[ResolvedDevice], Path]:
-    """The demo gateway's devices, on ports and a topic prefix of this test's own."""
-    cfg = yaml.safe_load(DEMO.read_text())
+    """The test cabinet's devices, on ports and a topic prefix of this test's own."""
+    cfg = yaml.safe_load(CABINET.read_text())
     cfg["mqtt"].update({"port": mqtt_port, "prefix": prefix, "batch_linger_s": 0.05, **mqtt})
     cfg["outbox"]["path"] = str(tmp_path / "outbox.db")
     cfg["health_interval_s"] = 3600

@@ -64,9 +64,7 @@ def test_gateway_topic_parsing() -> None:
 
 def test_edge_payloads_follow_the_contract(tmp_path: Path) -> None:
     """The edge builds telemetry JSON by hand for speed: it must still be a valid TelemetryBatch."""
-    _, devices = load_gateway(
-        Path(__file__).resolve().parent.parent / "firmware_configs/gateways/demo.yaml"
-    )
+    _, devices = load_gateway(Path(__file__).resolve().parent / "data" / "cabinet.yaml")
     box = Outbox(tmp_path / "o.db", 10**7)
     now = [1_700_000_000.0]
     pipe = Pipeline("gw1", devices, box, Topics("p"), lambda: now[0], batch_max=10)

@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 from gridwatch.contract import TelemetryBatch
-from tests.fieldkit import DEMO
+from tests.fieldkit import CABINET
 from tests.services import Mosquitto, Victoria, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -175,7 +175,7 @@ class Rig:
 def rig_parts(tmp_path: Path, prefix: str) -> Iterator[tuple[Mosquitto, Victoria, Path]]:
     broker = Mosquitto(tmp_path / "mq", persistent=True).start()
     vm = Victoria(tmp_path / "vm").start()
-    cfg = yaml.safe_load(DEMO.read_text())
+    cfg = yaml.safe_load(CABINET.read_text())
     cfg["mqtt"].update(
         {"port": broker.port, "prefix": prefix, "batch_max": 50, "batch_linger_s": 0.1}
     )

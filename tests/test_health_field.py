@@ -28,7 +28,7 @@ from gridwatch.gatewayconf import GatewayConfig, ResolvedDevice, load_gateway
 from gridwatch.sim import MqttField
 from gridwatch.sim.modbus import SimField
 from tests._central_helpers import bridge_config, running
-from tests.fieldkit import DEMO
+from tests.fieldkit import CABINET
 from tests.services import Mosquitto, free_port
 from tests.test_edge_agent import running as edge_running
 
@@ -40,7 +40,7 @@ HEALTH_S = 0.5  # the gateway's health report period
 def field_config(
     tmp: Path, broker: Mosquitto, prefix: str
 ) -> tuple[GatewayConfig, list[ResolvedDevice]]:
-    cfg = yaml.safe_load(DEMO.read_text())
+    cfg = yaml.safe_load(CABINET.read_text())
     cfg["mqtt"].update({"port": broker.port, "prefix": prefix, "batch_linger_s": 0.05})
     cfg["outbox"]["path"] = str(tmp / "outbox.db")
     cfg["health_interval_s"] = HEALTH_S
