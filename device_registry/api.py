@@ -16,6 +16,7 @@ from device_registry.errors import (
     Conflict,
     Invalid,
     NotFound,
+    StoreRejected,
     StoreUnavailable,
 )
 from device_registry.openapi import openapi_document
@@ -91,6 +92,11 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except StoreUnavailable as exc:
         logger.error("store unavailable serving %s: %s", request.path, exc)
         return _error(503, "store unavailable", str(exc))
+    except StoreRejected:
+        # a statement the database refused is our bug (or a check we lack): log it whole, and
+        # answer in JSON without the database's words
+        logger.exception("store refused a statement serving %s %s", request.method, request.path)
+        return _error(500, "internal error", "the registry could not do this; see its log")
     except ValidationError as exc:
         return _invalid([(".".join(str(x) for x in e["loc"]) or "(body)", e["msg"])
                          for e in exc.errors()])  # fmt: skip
