@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import yaml
 
+from edge.app import EdgeAgent
 from gridwatch.gatewayconf import GatewayConfig, ResolvedDevice, load_gateway
 from tests.services import free_port
 
@@ -55,6 +58,29 @@ class Listener:
     async def wait_for(self, predicate: Any, within_s: float = 15.0) -> None:
         async with asyncio.timeout(within_s), self._changed:
             await self._changed.wait_for(lambda: predicate(self))
+
+
+@asynccontextmanager
+async def agent_running(agent: EdgeAgent) -> AsyncIterator[EdgeAgent]:
+    """Run ``agent`` for the block; a stop that hangs fails with every task's stack."""
+    task = asyncio.create_task(agent.run(), name="edge")
+    try:
+        yield agent
+    finally:
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=10)
+        if not done:
+            for t in asyncio.all_tasks():
+                t.print_stack(file=sys.stderr)
+            raise AssertionError("the edge agent did not stop within 10 s of its cancellation")
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def running(
+    cfg: GatewayConfig, devices: list[ResolvedDevice]
+) -> AbstractAsyncContextManager[EdgeAgent]:
+    return agent_running(EdgeAgent(cfg, devices))
 
 
 @asynccontextmanager

@@ -21,9 +21,8 @@ import pytest
 from gridwatch.contract import PlatformAlert, TelemetryBatch
 from gridwatch.sim.modbus import SimField
 from tests.conftest import ADMIN_TOKEN
-from tests.fieldkit import Listener, gateway_config, listen
+from tests.fieldkit import Listener, gateway_config, listen, running
 from tests.services import Mosquitto, Victoria, free_port
-from tests.test_edge_agent import running
 
 
 def get_json(url: str) -> Any:

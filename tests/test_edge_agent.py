@@ -2,36 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from edge.app import EdgeAgent
 from gridwatch.contract import AlertEvent, Birth, TelemetryBatch
-from gridwatch.gatewayconf import GatewayConfig, ResolvedDevice
 from gridwatch.sim.modbus import SimField
-from tests.fieldkit import Listener, gateway_config, listen
+from tests.fieldkit import Listener, gateway_config, listen, running
 from tests.services import Mosquitto
-
-
-@contextlib.asynccontextmanager
-async def running(cfg: GatewayConfig, devices: list[ResolvedDevice]) -> AsyncIterator[EdgeAgent]:
-    agent = EdgeAgent(cfg, devices)
-    task = asyncio.create_task(agent.run(), name="edge")
-    try:
-        yield agent
-    finally:
-        task.cancel()
-        done, _ = await asyncio.wait([task], timeout=10)
-        if not done:  # a stop that hangs is a bug: show where every task is stuck
-            for t in asyncio.all_tasks():
-                t.print_stack(file=sys.stderr)
-            raise AssertionError("the edge agent did not stop within 10 s of its cancellation")
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def alerts(seen: Listener) -> list[AlertEvent]:

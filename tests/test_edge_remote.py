@@ -12,9 +12,8 @@ import yaml
 
 from gridwatch.contract import Command, ConfigPush, Topics
 from gridwatch.sim.modbus import SimField
-from tests.fieldkit import gateway_config, listen
+from tests.fieldkit import gateway_config, listen, running
 from tests.services import Mosquitto
-from tests.test_edge_agent import running
 
 
 async def push(port: int, topic: str, message: ConfigPush | Command, retain: bool = False) -> None:

@@ -29,8 +29,8 @@ from gridwatch.sim import MqttField
 from gridwatch.sim.modbus import SimField
 from tests._central_helpers import bridge_config, running
 from tests.fieldkit import CABINET
+from tests.fieldkit import running as edge_running
 from tests.services import Mosquitto, free_port
-from tests.test_edge_agent import running as edge_running
 
 INTERVAL_S = 1.0
 LAST: list[Any] = []  # the last state seen, for the failure message

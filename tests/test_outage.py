@@ -10,9 +10,8 @@ import pytest
 
 from gridwatch.contract import AlertEvent, TelemetryBatch
 from gridwatch.sim.modbus import SimField
-from tests.fieldkit import gateway_config, listen
+from tests.fieldkit import gateway_config, listen, running
 from tests.services import Mosquitto
-from tests.test_edge_agent import running
 
 
 @pytest.fixture

@@ -3,13 +3,9 @@ keep their interval. The whole edge agent runs, against simulated devices and a 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import statistics
-import sys
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +18,7 @@ from gridwatch.gatewayconf import load_gateway
 from gridwatch.sim import SimField
 from tests._drivers_helpers import free_port
 from tests.fieldkit import Listener, listen
+from tests.fieldkit import agent_running as running
 from tests.services import Mosquitto
 
 SLOW_INTERVAL, SLOW_DELAY, SLOW_DEVICES = 0.4, 0.25, 4  # demand 10 polls/s, room for 4
@@ -52,20 +49,6 @@ def config(tmp_path: Path, mqtt_port: int, prefix: str) -> Path:
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
-
-
-@contextlib.asynccontextmanager
-async def running(agent: EdgeAgent) -> AsyncIterator[EdgeAgent]:
-    task = asyncio.create_task(agent.run(), name="edge")
-    try:
-        yield agent
-    finally:
-        task.cancel()
-        done, _ = await asyncio.wait([task], timeout=10)
-        if not done:
-            for t in asyncio.all_tasks():
-                t.print_stack(file=sys.stderr)
-            raise AssertionError("the edge agent did not stop within 10 s of its cancellation")
 
 
 def latest_health(seen: Listener) -> GatewayHealth | None:

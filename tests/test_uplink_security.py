@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from gridwatch.sim.modbus import SimField
-from tests.fieldkit import gateway_config
+from tests.fieldkit import gateway_config, running
 from tests.services import Mosquitto
-from tests.test_edge_agent import running
 from tests.tls import Certs, make_certs
 
 

@@ -13,7 +13,6 @@ import functools
 import logging
 import random
 from collections.abc import Sequence
-from types import TracebackType
 
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
@@ -24,6 +23,7 @@ from drivers.transport import quiet_pymodbus
 from gridwatch.gatewayconf import ModbusTcpBus, ResolvedDevice
 from gridwatch.profiles import ModbusPoint, ModbusProfile
 from gridwatch.sim.behaviour import PointAnimator
+from gridwatch.sim.served import Served
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def _catch_all() -> SimDevice:
     return SimDevice(id=0, simdata=(bits, list(bits), whole, list(whole)), action=no_device)
 
 
-class ModbusSimBase:
+class ModbusSimBase(Served):
     """What every simulated Modbus field shares: units animated from their profiles' ``sim:``
     blocks, and the switches tests steer them with. Subclasses store the words."""
 
@@ -234,15 +234,6 @@ class SimField(ModbusSimBase):
                 self.by_endpoint.setdefault((d.bus.host, d.bus.port), []).append(unit)
         self.servers: dict[Endpoint, ModbusTcpServer] = {}
         self._unit_server: dict[str, ModbusTcpServer] = {}
-
-    async def __aenter__(self) -> SimField:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         quiet_pymodbus()

@@ -24,7 +24,6 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any
 
 import aiomqtt
@@ -33,6 +32,7 @@ from gridwatch.contract import Value
 from gridwatch.gatewayconf import MqttSensorBus, ResolvedDevice
 from gridwatch.profiles import MqttPoint, MqttProfile
 from gridwatch.sim.behaviour import PointAnimator
+from gridwatch.sim.served import Served
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class SimSensor:
         return None
 
 
-class MqttField:
+class MqttField(Served):
     """Publishes for every device of ``devices`` on an ``mqtt`` bus; an async context manager.
 
     One client per broker, reconnecting when the broker goes away. ``speedup`` runs the
@@ -146,15 +146,6 @@ class MqttField:
         self.connected: dict[Endpoint, asyncio.Event] = {k: asyncio.Event() for k in self.by_broker}
         self._tasks: list[asyncio.Task[None]] = []
         self._t0 = 0.0
-
-    async def __aenter__(self) -> MqttField:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def start(self, within_s: float = 10.0) -> None:
         """Connect to every broker (waiting up to ``within_s``) and start publishing."""

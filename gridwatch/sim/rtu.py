@@ -26,7 +26,6 @@ import struct
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
 from gridwatch.gatewayconf import ModbusRtuBus, ResolvedDevice
 from gridwatch.profiles import ModbusPoint
@@ -235,15 +234,6 @@ class RtuField(ModbusSimBase):
         self._socats: list[asyncio.subprocess.Process] = []
         self._drains: list[asyncio.Task[None]] = []
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
-
-    async def __aenter__(self) -> RtuField:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         try:
