@@ -32,7 +32,7 @@ import aiomqtt
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.edge_poll_bench import profile_yaml, start_sims  # noqa: E402
+from bench.edge_poll_bench import field_yaml, profile_yaml, start_sims  # noqa: E402
 from tests._drivers_helpers import free_port  # noqa: E402
 from tests.services import Mosquitto  # noqa: E402
 
@@ -43,20 +43,10 @@ PREFIX = "bench"
 def gateway_yaml(ports: list[int], per_port: int, args: argparse.Namespace, mqtt: int,
                  root: Path) -> str:  # fmt: skip
     timeout = min(1.0, args.interval * 0.8)
-    buses = "\n".join(
-        f"  - {{type: modbus_tcp, id: b{i}, host: 127.0.0.1, port: {p}, timeout_s: {timeout}, "
-        "max_concurrency: 16}"
-        for i, p in enumerate(ports)
-    )
-    devices = "\n".join(
-        f"  - {{id: d{i}-{u}, profile: bench-device, bus: b{i}, unit_id: {u}}}"
-        for i in range(len(ports)) for u in range(1, per_port + 1)
-    )  # fmt: skip
     return (
         "gateway: {id: gw-bench}\nprofiles_dir: profiles\nhealth_interval_s: 2\n"
         f"mqtt: {{host: 127.0.0.1, port: {mqtt}, prefix: {PREFIX}, batch_max: {args.batch}}}\n"
-        f"outbox: {{path: {root / 'outbox.db'}}}\n"
-        f"buses:\n{buses}\ndevices:\n{devices}\n"
+        f"outbox: {{path: {root / 'outbox.db'}}}\n" + field_yaml(ports, per_port, timeout)
     )
 
 

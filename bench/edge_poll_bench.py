@@ -44,7 +44,8 @@ def profile_yaml(points: int, interval: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gateway_yaml(ports: list[int], per_port: int, timeout: float) -> str:
+def field_yaml(ports: list[int], per_port: int, timeout: float) -> str:
+    """The buses and devices sections: one bus per simulator endpoint, ``per_port`` units each."""
     buses = "\n".join(
         f"  - {{type: modbus_tcp, id: b{i}, host: 127.0.0.1, port: {p}, timeout_s: {timeout}, "
         "max_concurrency: 16}"
@@ -54,8 +55,12 @@ def gateway_yaml(ports: list[int], per_port: int, timeout: float) -> str:
         f"  - {{id: d{i}-{u}, profile: bench-device, bus: b{i}, unit_id: {u}}}"
         for i in range(len(ports)) for u in range(1, per_port + 1)
     )  # fmt: skip
-    return (
-        f"gateway: {{id: gw-bench}}\nprofiles_dir: profiles\nbuses:\n{buses}\ndevices:\n{devices}\n"
+    return f"buses:\n{buses}\ndevices:\n{devices}\n"
+
+
+def gateway_yaml(ports: list[int], per_port: int, timeout: float) -> str:
+    return "gateway: {id: gw-bench}\nprofiles_dir: profiles\n" + field_yaml(
+        ports, per_port, timeout
     )
 
 
