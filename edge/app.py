@@ -57,10 +57,10 @@ class EdgeAgent:
         path = Path(cfg.outbox.path)
         path = path if path.is_absolute() else base_dir / path
         self.outbox = Outbox(path, cfg.outbox.max_bytes)
-        self.cfg, self.clock = cfg, clock
+        self.outbox_dir = path.parent
         stored = path.parent / "pushed-config.json"
         cfg, devices = _newer_pushed_config(cfg, devices, stored)
-        self.cfg = cfg
+        self.cfg, self.clock = cfg, clock
         gw = cfg.gateway.id
         self.topics = Topics(cfg.mqtt.prefix)
         self.pipeline = Pipeline(
@@ -142,9 +142,7 @@ class EdgeAgent:
         for drv in self.drivers.values():
             devices.extend(drv.health())
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        disk = shutil.disk_usage(
-            Path(self.cfg.outbox.path).parent if Path(self.cfg.outbox.path).parent.exists() else "."
-        )
+        disk = shutil.disk_usage(self.outbox_dir)  # the outbox's own disk: what fills up
         gw = self.cfg.gateway.id
 
         def build(seq: int) -> bytes:

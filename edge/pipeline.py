@@ -55,28 +55,20 @@ class Pipeline:
         """New devices and rules; alerts of rules that still exist stay active, others clear."""
         self.flush()
         now = self._now()
-        old = self.devices
-        self.devices = {d.id: d for d in devices}
-        self.rules = {d.id: DeviceRules(d.id, d.rules, d.interval_s, now) for d in devices}
-        for (device, rule_id), a in list(self.active.items()):
-            rules = self.rules.get(device)
-            rule = (
-                next((r for r in self.devices[device].rules if r.id == rule_id), None)
-                if rules
-                else None
-            )
-            if rules is not None and rule is not None:
-                rules.restore(rule_id, a.peak)
+        new = {d.id: d for d in devices}
+        for device, rule_id in list(self.active):
+            if device in new and any(r.id == rule_id for r in new[device].rules):
                 continue
-            # the rule is gone: clear its alert rather than leave it open forever
-            gone = next(r for r in old[device].rules if r.id == rule_id)
-            self.devices.setdefault(device, old[device])
+            # the rule is gone: clear its alert (while the old device is still known for its
+            # location) rather than leave it open forever
+            gone = next(r for r in self.devices[device].rules if r.id == rule_id)
+            peak = self.active[(device, rule_id)].peak
             point = getattr(gone, "point", "")
-            self._alert(
-                Transition(gone, device, point, AlertState.CLEARED, None, a.peak, None, now)
-            )
-            if device not in {d.id for d in devices}:
-                self.devices.pop(device, None)
+            self._alert(Transition(gone, device, point, AlertState.CLEARED, None, peak, None, now))
+        self.devices = new
+        self.rules = {d.id: DeviceRules(d.id, d.rules, d.interval_s, now) for d in devices}
+        for (device, rule_id), a in self.active.items():
+            self.rules[device].restore(rule_id, a.peak)
 
     def _now(self) -> int:
         return int(self.clock() * 1000)
