@@ -32,6 +32,7 @@ import pytest
 import yaml
 
 from gridwatch.contract import TelemetryBatch
+from tests._central_helpers import wait_for_log
 from tests.fieldkit import CABINET
 from tests.services import Mosquitto, Victoria, free_port
 
@@ -43,15 +44,6 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [sys.executable, "-m", "gridwatch.cli", *args], stdout=out, stderr=subprocess.STDOUT
         )
-
-
-def _wait_log(proc: subprocess.Popen[bytes], log: Path, needle: bytes, start: int) -> None:
-    """Another process's readiness is in its log: poll it with a deadline."""
-    deadline = time.monotonic() + 20
-    while needle not in log.read_bytes()[start:]:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, f"{needle!r} not in {log}"
-        time.sleep(0.02)
 
 
 @dataclass
@@ -76,10 +68,10 @@ class Rig:
         if name == "sim":
             # events 5x faster: an alert is raised and cleared while the faults happen
             self.procs[name] = _spawn(["sim", "-c", str(self.config), "--speedup", "5"], log)
-            _wait_log(self.procs[name], log, b"sim: serving", start)
+            wait_for_log(self.procs[name], log, b"sim: serving", start)
         elif name == "edge":
             self.procs[name] = _spawn(["edge", "run", "-c", str(self.config)], log)
-            _wait_log(self.procs[name], log, b"edge agent", start)
+            wait_for_log(self.procs[name], log, b"edge agent", start)
         elif name == "bridge":
             self.procs[name] = _spawn(
                 ["bridge", "run", "--mqtt-host", "127.0.0.1", "--mqtt-port", str(self.broker.port),
@@ -87,7 +79,7 @@ class Rig:
                  str(self.work / "central"), "--bridge-id", f"bridge-{self.prefix}"],
                 log,
             )  # fmt: skip
-            _wait_log(self.procs[name], log, b"bridge subscribed", start)
+            wait_for_log(self.procs[name], log, b"bridge subscribed", start)
 
     def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
         proc = self.procs.pop(name)
