@@ -144,7 +144,12 @@ class SimBehaviour(Strict):
     event_rise: float = Field(default=0.0, description="How far the event moves the value.")
     event_ramp_s: float = Field(default=20.0, gt=0, description="Seconds to reach the peak.")
     event_hold_s: float = Field(default=30.0, ge=0, description="Seconds at the peak.")
-    counter: bool = Field(default=False, description="Increment by one every update.")
+    counter: bool = Field(
+        default=False,
+        description="Count what the gateway takes: a Modbus device serves the next number on "
+        "every read that covers the point (the first read gets 1); an MQTT device sends the next "
+        "number in every message. Tests use it to count exactly which readings arrived.",
+    )
 
 
 class ProfileBase(Strict):

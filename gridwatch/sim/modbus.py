@@ -47,7 +47,9 @@ class SimUnit:
         self.interval = device.interval_s
         self.points: dict[str, ModbusPoint] = dict(device.profile.points)
         self.codecs: dict[str, PointDecoder] = {n: compile_point(p) for n, p in self.points.items()}
-        self.animators = {n: PointAnimator(b, rng) for n, b in device.profile.sim.items()}
+        sim = device.profile.sim
+        self.animators = {n: PointAnimator(b, rng) for n, b in sim.items() if not b.counter}
+        self.counters = {n: 0 for n, b in sim.items() if b.counter}  # reads served so far
         self.shadow: dict[tuple[str, int], int] = {}  # (table, address) -> word, for shared bits
         self.pinned: set[str] = set()
         self.alive = asyncio.Event()
@@ -69,6 +71,18 @@ class SimUnit:
         action = functools.partial(_action, self)
         return SimDevice(id=self.unit, simdata=(blocks[0], blocks[1], blocks[2], blocks[3]),
                          action=action)  # fmt: skip
+
+    def count_read(self, table: str, address: int, count: int) -> list[tuple[int, list[int]]]:
+        """A read covering a counter point serves its next number: (address, words) to serve."""
+        served = []
+        for name in self.counters:
+            p = self.points[name]
+            if name in self.pinned or p.table != table:
+                continue
+            if address <= p.address and p.address + p.count <= address + count:
+                self.counters[name] += 1
+                served.append((p.address, self.words(name, self.counters[name])))
+        return served
 
     def words(self, name: str, value: float | int | bool | str, raw: bool = False) -> list[int]:
         point, codec = self.points[name], self.codecs[name]
@@ -94,8 +108,8 @@ def _spare(table: str) -> SimData:
 
 
 async def _action(
-    unit: SimUnit, fc: int, _start: int, address: int, count: int,
-    _regs: list[int], _values: list[int] | list[bool] | None,
+    unit: SimUnit, fc: int, start: int, address: int, count: int,
+    regs: list[int], values: list[int] | list[bool] | None,
 ) -> ExcCodes | None:  # fmt: skip
     if _internal.get():
         return None
@@ -106,6 +120,9 @@ async def _action(
     table = FC_TABLE.get(fc, "")
     if any((table, a) in unit.illegal for a in range(address, address + count)):
         return ExcCodes.ILLEGAL_ADDRESS
+    if values is None and table in ("holding", "input"):  # a register read: serve counters
+        for at, words in unit.count_read(table, address, count):
+            regs[at - start : at - start + len(words)] = words
     return None
 
 

@@ -84,6 +84,8 @@ def _check(unit: SimUnit, fc: int, address: int, count: int) -> str:
 
 def _read(unit: SimUnit, fc: int, address: int, count: int) -> bytes:
     table = _check(unit, fc, address, count)
+    if fc in READ_WORDS:
+        unit.count_read(table, address, count)  # counters land in the shadow it reads
     shadow = unit.shadow
     values = [shadow.get((table, a), 0) for a in range(address, address + count)]
     if fc in READ_WORDS:
