@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 
 from drivers.base import PollOutcome, Sample, SampleSink
-from drivers.codec import CodecError, Decoded, PointDecoder, compile_point
+from drivers.codec import BlockDecoder, CodecError, Decoded, PointDecoder, compile_point
 from drivers.errors import (
     BadConfig,
     CommunicationError,
@@ -64,6 +64,8 @@ class DevicePoller:
             n: compile_point(p) for n, p in self.points.items()
         }
         self.units = {n: p.unit for n, p in self.points.items()}
+        # per request of the plan, by identity: hashing a request hashes all its slices
+        self._blocks: dict[int, tuple[ReadRequest, BlockDecoder]] = {}
         self.stats = DeviceStats(self.id)
         self.backoff = Backoff(base_s=self.interval, max_s=max(MAX_BACKOFF_S, self.interval))
         self._recheck_at = 0.0
@@ -140,9 +142,15 @@ class DevicePoller:
                 quality = Quality.COMM_ERROR if busy else Quality.INVALID
                 values.update((s.name, (None, quality)) for s in req.slices)
                 continue
-            decoders = self.decoders
-            for s in req.slices:
-                values[s.name] = decoders[s.name].decode(words, s.offset)
+            cached = self._blocks.get(id(req))
+            if cached is None or cached[0] is not req:
+                live = {id(r) for r in self.plan.requests}  # the plan changed: forget the old
+                self._blocks = {k: v for k, v in self._blocks.items() if k in live}
+                block = BlockDecoder(
+                    req.count, [(s.name, s.offset, self.decoders[s.name]) for s in req.slices]
+                )
+                cached = self._blocks[id(req)] = (req, block)
+            cached[1].decode_into(words, values)
         return values
 
     def _split(self, req: ReadRequest) -> list[ReadRequest]:
