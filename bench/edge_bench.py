@@ -56,6 +56,15 @@ def cpu_s(pid: int) -> tuple[float, float]:
     return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
+def written(pid: int) -> int:
+    """Bytes the process handed to write calls (``/proc/PID/io`` wchar): outbox WAL and
+    checkpoints, since the agent writes no other file."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    return 0
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -99,8 +108,10 @@ async def measure(edge: subprocess.Popen[str], mqtt_port: int, args: argparse.Na
     await ready.wait()
     await asyncio.sleep(args.warmup)  # a benchmark's measuring window, not a wait for an event
     n0, skip0, cpu0, t0 = counter.readings, counter.skipped, cpu_s(edge.pid), time.monotonic()
+    w0 = written(edge.pid)
     await asyncio.sleep(args.duration)
     n, cpu1, wall = counter.readings - n0, cpu_s(edge.pid), time.monotonic() - t0
+    wrote = written(edge.pid) - w0
     user, system = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
     cpu = user + system
     rss = peak_rss_mb(edge.pid)
@@ -116,6 +127,9 @@ async def measure(edge: subprocess.Popen[str], mqtt_port: int, args: argparse.Na
           f"{n / max(cpu, 1e-9):,.0f} readings per CPU-second (target >= 45,000); "
           f"{cpu / wall:.0%} of a core (user {user:.1f} s, system {system:.1f} s)")  # fmt: skip
     print(f"edge peak RSS      {rss:.1f} MB (target < 100 MB)")
+    polls = args.devices / args.interval * wall
+    print(f"edge writes        {wrote / wall / 2**20:.1f} MB/s to the outbox, "
+          f"{wrote / polls / 1024:.1f} KiB per poll (each poll is committed before it is used)")  # fmt: skip
     print(f"skipped polls      {skipped} in the window (health reports seen: "
           f"{counter.health_reports})")  # fmt: skip
 

@@ -6,6 +6,12 @@ past the bound. Alerts are taken ahead of any telemetry backlog; within a priori
 
 The same file keeps what must survive a restart with the messages, in the same transactions:
 per-stream sequence numbers, the session counter, and the edge's active alerts.
+
+Readings are durable from the poll that took them: each poll is appended to the outbox's poll
+journal (``edge.journal``) at once, and the transaction that queues the telemetry batch carrying
+it also records how far the batches reach. A gateway killed between the two finds the poll in
+the journal at its next start. The journal is not counted against the byte bound: it holds at
+most one batch linger's worth of polls.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.journal import PollJournal, Staged
 from gridwatch.contract import Value
 
 logger = logging.getLogger(__name__)
@@ -61,12 +68,26 @@ class ActiveAlert:
     peak: Value
 
 
+class OutboxBusy(Exception):
+    """The outbox file is held by another process."""
+
+
 class Outbox:
     def __init__(self, path: str | Path, max_bytes: int) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
-        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db = sqlite3.connect(
+            str(path), isolation_level=None, check_same_thread=False, timeout=0.5
+        )
+        # One agent per outbox: the file stays locked while it runs, so a second agent started
+        # on it by mistake is refused instead of sending the same messages twice. It also spares
+        # every per-poll commit the shared-memory locking, a third of its cost.
+        self.db.execute("PRAGMA locking_mode=EXCLUSIVE")
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            self.db.close()
+            raise OutboxBusy(f"{path}: {exc}: is another edge agent running on it?") from exc
         # NORMAL in WAL survives kill -9 with every commit; alert commits are made FULL below
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
@@ -74,8 +95,10 @@ class Outbox:
         self.depth, self.bytes = int(row[0]), int(row[1])
         self.dropped = self.meta("dropped_telemetry")
         self.notify: Callable[[], None] | None = None  # the uplink's wake-up
+        self.journal = PollJournal(Path(f"{path}-polls"), self.meta("batched_through"))
 
     def close(self) -> None:
+        self.journal.close()
         self.db.close()
 
     # --- counters kept with the data -------------------------------------------------------
@@ -106,6 +129,16 @@ class Outbox:
     def _txn(self) -> _Txn:
         return _Txn(self.db)
 
+    def stage(self, payload: bytes, readings: int) -> Staged:
+        """Make one poll's readings durable now; they leave with the batch that carries them."""
+        return self.journal.append(payload, readings)
+
+    def take_staged(self) -> list[Staged]:
+        """Polls a previous run staged but never batched (it was killed), oldest first; handed
+        out once, to the pipeline that will batch them."""
+        polls, self.journal.recovered = self.journal.recovered, []
+        return polls
+
     def enqueue(
         self,
         prio: int,
@@ -114,17 +147,22 @@ class Outbox:
         build: Callable[[int], bytes],
         alert: ActiveAlert | None = None,
         cleared: tuple[str, str] | None = None,
+        unstage_through: int = 0,
     ) -> None:
         """Queue the message ``build(seq)`` with the stream's next sequence number.
 
         With ``alert`` or ``cleared`` the edge's active-alert table changes in the same
         transaction, made FULL-synchronous: an alert and its state are never out of step.
+        ``unstage_through`` releases the staged polls the message carries, also in that
+        transaction.
         """
         if prio == PRIO_ALERT:
             self.db.execute("PRAGMA synchronous=FULL")
         try:
             with self._txn():
                 self._insert(prio, topic, build(self.next_seq(stream)))
+                if unstage_through:
+                    self._set_meta("batched_through", unstage_through)
                 if alert is not None:
                     self.db.execute(
                         "INSERT OR REPLACE INTO active_alerts VALUES (?, ?, ?, ?, ?)",
@@ -138,6 +176,8 @@ class Outbox:
         finally:
             if prio == PRIO_ALERT:
                 self.db.execute("PRAGMA synchronous=NORMAL")
+        if unstage_through and unstage_through == self.journal.seq:
+            self.journal.clear()  # every staged poll is in a committed batch
         if self.notify is not None:
             self.notify()
 

@@ -1,17 +1,21 @@
 """Driver outcomes -> rules -> outbox: the edge's hot path.
 
-``Pipeline.sink`` is what every driver calls. It never waits on the network: samples are
-buffered and written to the outbox as telemetry batches; alert transitions go to the outbox at
-once, with the alert's persisted state, ahead of any telemetry backlog.
+``Pipeline.sink`` is what every driver calls. It never waits on the network. Each poll's
+readings are serialised once and appended to the outbox's poll journal before anything else
+happens, so a gateway killed a moment later still has them; the batcher then turns the staged
+polls into numbered telemetry batches. Alert transitions go to the outbox at once, with the
+alert's persisted state, ahead of any telemetry backlog.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 
+import orjson
+
 from drivers.base import PollOutcome
+from edge.journal import Staged
 from edge.outbox import PRIO_ALERT, PRIO_TELEMETRY, ActiveAlert, Outbox
 from edge.rules import DeviceRules, Transition
 from gridwatch.contract import SCHEMA_VERSION, AlertEvent, AlertState, Topics, new_id
@@ -44,7 +48,8 @@ class Pipeline:
         now = self._now()
         self.rules = {d.id: DeviceRules(d.id, d.rules, d.interval_s, now) for d in devices}
         self.active: dict[tuple[str, str], ActiveAlert] = {}
-        self.buffer: list[dict[str, object]] = []
+        self.buffer: list[Staged] = []  # polls staged in the outbox, not yet in a batch
+        self.buffered = 0  # readings in ``buffer``
         self.readings_in = 0
         self.alerts_out = 0
         self.on_alert: Callable[[AlertEvent], None] | None = None
@@ -74,6 +79,14 @@ class Pipeline:
         return int(self.clock() * 1000)
 
     def _restore(self) -> None:
+        for poll in self.outbox.take_staged():  # taken before a kill: they go out late, as history
+            rows = orjson.loads(b"[" + poll.payload + b"]")
+            for r in rows:
+                r["historical"] = True
+            self.buffer.append(Staged(poll.id, poll.readings, orjson.dumps(rows)[1:-1]))
+            self.buffered += poll.readings
+        if self.buffer:
+            logger.info("recovered %d staged readings from the outbox", self.buffered)
         for a in self.outbox.active_alerts():
             if a.device in self.rules:
                 self.rules[a.device].restore(a.rule, a.peak)
@@ -84,19 +97,21 @@ class Pipeline:
     # --- the drivers' sink -------------------------------------------------------------------
     def sink(self, outcome: PollOutcome) -> None:
         hist = not self.uplink_up
-        buf = self.buffer
-        for s in outcome.samples:
-            buf.append(
-                {"device": s.device, "point": s.point, "value": s.value, "unit": s.unit,
-                 "ts": s.ts, "quality": s.quality.value, "historical": hist}
-            )  # fmt: skip
-        self.readings_in += len(outcome.samples)
+        rows = [
+            {"device": s.device, "point": s.point, "value": s.value, "unit": s.unit,
+             "ts": s.ts, "quality": s.quality.value, "historical": hist}
+            for s in outcome.samples
+        ]  # fmt: skip
+        if rows:  # durable before the rules see them
+            self.buffer.append(self.outbox.stage(orjson.dumps(rows)[1:-1], len(rows)))
+            self.buffered += len(rows)
+            self.readings_in += len(rows)
         rules = self.rules.get(outcome.device)
         if rules is not None:
             for t in rules.feed(outcome):
                 self._alert(t)
-        if len(buf) >= self.batch_max:
-            self.flush()
+        if self.buffered >= self.batch_max:
+            self.flush(full_only=True)
 
     def tick(self) -> None:
         now = self._now()
@@ -104,24 +119,41 @@ class Pipeline:
             for t in rules.tick(now):
                 self._alert(t)
 
-    def flush(self) -> None:
-        """Write the buffered readings to the outbox as telemetry batches."""
-        if self.buffer:
-            self.watch.changed()
-        while self.buffer:
-            chunk, self.buffer = self.buffer[: self.batch_max], self.buffer[self.batch_max :]
-            self.outbox.enqueue(
-                PRIO_TELEMETRY, "telemetry", self.topics.telemetry(self.gateway_id),
-                lambda seq, c=chunk: self._batch(seq, c),  # type: ignore[misc]
-            )  # fmt: skip
+    def flush(self, full_only: bool = False) -> None:
+        """Turn the staged polls into telemetry batches of up to ``batch_max`` readings (a poll
+        is never split); each batch releases its polls from staging as it is queued.
+        ``full_only`` keeps back the last polls that do not fill a batch yet."""
+        polls = self.buffer
+        topic = self.topics.telemetry(self.gateway_id)
+        start = 0
+        try:
+            while start < len(polls):
+                end, n = start + 1, polls[start].readings
+                while end < len(polls) and n + polls[end].readings <= self.batch_max:
+                    n += polls[end].readings
+                    end += 1
+                if full_only and end == len(polls) and n < self.batch_max:
+                    break
+                chunk = polls[start:end]
+                self.outbox.enqueue(
+                    PRIO_TELEMETRY, "telemetry", topic,
+                    lambda seq, c=chunk: self._batch(seq, c),  # type: ignore[misc]
+                    unstage_through=chunk[-1].id,
+                )  # fmt: skip
+                self.buffered -= n
+                start = end
+        finally:  # what was queued leaves the buffer even if a later batch failed
+            if start:
+                self.buffer = polls[start:]
+                self.watch.changed()
 
-    def _batch(self, seq: int, readings: list[dict[str, object]]) -> bytes:
-        # built by hand for speed; tests check it against the contract's TelemetryBatch
-        msg = {
+    def _batch(self, seq: int, polls: list[Staged]) -> bytes:
+        # spliced from the polls' staged JSON; tests check it against the contract
+        head = orjson.dumps({
             "v": SCHEMA_VERSION, "kind": "telemetry", "id": new_id(), "gateway": self.gateway_id,
-            "seq": seq, "session": self.session, "readings": readings,
-        }  # fmt: skip
-        return json.dumps(msg, separators=(",", ":")).encode()
+            "seq": seq, "session": self.session,
+        })  # fmt: skip
+        return b"".join((head[:-1], b',"readings":[', b",".join(p.payload for p in polls), b"]}"))
 
     # --- alerts ----------------------------------------------------------------------------
     def _alert(self, t: Transition) -> None:

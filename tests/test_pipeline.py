@@ -7,7 +7,7 @@ from pathlib import Path
 from drivers.base import PollOutcome, Sample
 from edge.outbox import Outbox
 from edge.pipeline import Pipeline
-from gridwatch.contract import AlertEvent, Quality, Topics
+from gridwatch.contract import AlertEvent, Quality, TelemetryBatch, Topics
 from gridwatch.gatewayconf import load_gateway
 
 CABINET = Path(__file__).resolve().parent / "data" / "cabinet.yaml"
@@ -45,3 +45,41 @@ def test_reconfigure_keeps_surviving_alerts_and_clears_orphans(tmp_path: Path) -
     assert [a.rule for a in box.active_alerts()] == ["level_high"]
     raise_level_alert(pipe, "wl-001")  # still active after the change: not raised again
     assert len(alert_states(box)) == 3
+
+
+def level_poll(device: str, i: int) -> PollOutcome:
+    ts = 1_700_000_000_000 + i * 500
+    samples = [
+        Sample(device, "level", 1.0 + i / 1000, "m", ts, Quality.GOOD),
+        Sample(device, "counter", i, "", ts, Quality.GOOD),
+    ]
+    return PollOutcome(device, ts, samples, True)
+
+
+def test_a_poll_is_durable_the_moment_it_is_taken(tmp_path: Path) -> None:
+    """Killed before its batcher ran, the gateway still has every poll at its next start."""
+    _, devices = load_gateway(CABINET)
+    box = Outbox(tmp_path / "o.db", 10**7)
+    pipe = Pipeline("gw1", devices, box, Topics("p"), lambda: 1_700_000_000.0, batch_max=5)
+    pipe.uplink_up = True
+    for i in range(1, 8):
+        pipe.sink(level_poll("wl-001", i))  # 14 readings: two batches queued, one poll staged
+    queued = [TelemetryBatch.model_validate_json(m.payload) for m in box.peek(100)]
+    box.close()  # SIGKILL: no flush; the kernel releases the file, a new process opens it
+    box2 = Outbox(tmp_path / "o.db", 10**7)
+    pipe2 = Pipeline("gw1", devices, box2, Topics("p"), lambda: 1_700_000_100.0, batch_max=5)
+    pipe2.flush()
+    batches = [TelemetryBatch.model_validate_json(m.payload) for m in box2.peek(100)]
+    assert [b.seq for b in batches] == [1, 2, 3, 4]
+    assert batches[: len(queued)] == queued
+    counters = [r.value for b in batches for r in b.readings if r.point == "counter"]
+    assert counters == list(range(1, 8))  # every poll once, in order
+    # polls are never split across batches, and a batch stays within batch_max when it can
+    assert [len(b.readings) for b in batches] == [4, 4, 4, 2]
+    # what was staged at the kill goes out late, so it is marked historical
+    recovered = [r for b in batches[len(queued) :] for r in b.readings]
+    assert recovered and all(r.historical for r in recovered)
+    assert not any(r.historical for b in queued for r in b.readings)
+    assert box2.take_staged() == []
+    box2.close()
+    assert Outbox(tmp_path / "o.db", 10**7).take_staged() == []  # and nothing comes back twice
