@@ -5,6 +5,11 @@ run` (the gateway), `gridwatch bridge run` (ingest), with a real mosquitto and V
 the tests stop, kill and restart. A watcher with a persistent MQTT session records every telemetry
 batch the gateway published. At the end of each scenario:
 
+- every poll the field answered reached the broker: each water-level sensor serves the next
+  number of a read counter on every read, and the numbers that arrived are 1..N with no hole and
+  no repeat, where N is how many reads the simulator says it served. A hole is allowed only for
+  a poll the gateway itself reported failed (it gave up waiting, then the answer came) and, when
+  the edge is SIGKILLed, for the one read in flight at the kill;
 - the gateway's telemetry sequence numbers have no hole (nothing lost between rules and broker);
 - every reading the gateway published is in VictoriaMetrics, and no sample is stored twice
   (VictoriaMetrics runs without its own dedup here, so the bridge's dedupe is what is tested);
@@ -17,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import math
+import re
 import signal
 import sqlite3
 import subprocess
@@ -35,6 +41,7 @@ from gridwatch.contract import TelemetryBatch
 from tests._central_helpers import wait_for_log
 from tests.fieldkit import CABINET
 from tests.services import Mosquitto, Victoria, free_port
+from tests.test_metrics import scrape
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -54,6 +61,7 @@ class Rig:
     vm: Victoria
     config: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    metrics_port: int = field(default_factory=free_port)  # the edge's, for its outbox depth
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)  # by message id
     watcher_up: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -70,7 +78,10 @@ class Rig:
             self.procs[name] = _spawn(["sim", "-c", str(self.config), "--speedup", "5"], log)
             wait_for_log(self.procs[name], log, b"sim: serving", start)
         elif name == "edge":
-            self.procs[name] = _spawn(["edge", "run", "-c", str(self.config)], log)
+            self.procs[name] = _spawn(
+                ["edge", "run", "-c", str(self.config), "--metrics-port", str(self.metrics_port)],
+                log,
+            )
             wait_for_log(self.procs[name], log, b"edge agent", start)
         elif name == "bridge":
             self.procs[name] = _spawn(
@@ -86,9 +97,18 @@ class Rig:
         proc.send_signal(sig)
         proc.wait(15)
 
-    def outbox_depth(self) -> int:
-        with contextlib.closing(sqlite3.connect(self.work / "edge" / "outbox.db")) as db:
-            return int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+    def unsent(self) -> int:
+        """Readings not yet batched plus messages not yet acknowledged, from the running edge's
+        metrics (it holds the outbox file locked)."""
+        got = scrape(f"http://127.0.0.1:{self.metrics_port}/metrics")
+        return int(got[("gridwatch_edge_outbox_depth", ())]) + int(
+            got[("gridwatch_edge_readings_staged", ())]
+        )
+
+    def served_reads(self) -> dict[str, int]:
+        """Reads of each device's counter the simulator served (logged as it stops)."""
+        text = self.log("sim").read_text()
+        return {d: int(n) for d, n in re.findall(r"sim: (\S+) counter served (\d+) reads", text)}
 
     def registry_alerts(self) -> list[tuple[str, str]]:
         with contextlib.closing(sqlite3.connect(self.work / "central" / "registry.db")) as db:
@@ -116,15 +136,16 @@ class Rig:
         """Stop the field, let the gateway drain its outbox, and the store catch up."""
         self.stop("sim")
         deadline = time.monotonic() + within_s
-        while await asyncio.to_thread(self.outbox_depth) > 0:
+        while await asyncio.to_thread(self.unsent) > 0:
             assert time.monotonic() < deadline, "the outbox did not drain"
             await asyncio.sleep(0.2)
         self.stop("edge")
 
-    async def check(self, within_s: float = 30) -> dict[str, int]:
+    async def check(self, within_s: float = 30, edge_kills: int = 0) -> dict[str, int]:
         batches = [TelemetryBatch.model_validate(b) for b in self.batches.values()]
         seqs = sorted(b.seq for b in batches)
         assert seqs == list(range(1, len(seqs) + 1)), "a telemetry batch went missing"
+        polls = self._check_every_poll(batches, edge_kills)
         sent: dict[tuple[str, str, int], float] = {}
         for b in batches:
             for r in b.readings:
@@ -151,7 +172,32 @@ class Rig:
         assert not wrong, f"stored values differ: {list(wrong.items())[:5]}"
         transitions = self.registry_alerts()
         assert len(transitions) == len(set(transitions)), "an alert transition was doubled"
-        return {"batches": len(seqs), "readings": len(sent), "alert_transitions": len(transitions)}
+        return {"batches": len(seqs), "readings": len(sent), "polls": polls,
+                "alert_transitions": len(transitions)}  # fmt: skip
+
+    def _check_every_poll(self, batches: list[TelemetryBatch], edge_kills: int) -> int:
+        served = self.served_reads()
+        assert served, "the simulator logged no read counters"
+        arrived: dict[str, list[int]] = {d: [] for d in served}
+        failed = dict.fromkeys(served, 0)
+        for b in batches:
+            for r in b.readings:
+                if r.point == "counter" and r.device in served:
+                    if isinstance(r.value, int):
+                        arrived[r.device].append(r.value)
+                    elif r.quality == "comm_error":
+                        failed[r.device] += 1
+        for device, n in served.items():
+            got = arrived[device]
+            assert len(got) == len(set(got)), f"{device}: a poll arrived twice"
+            missing = sorted(set(range(1, n + 1)) - set(got))
+            # a poll the gateway reported failed may have been answered after it gave up; a
+            # SIGKILL may catch one read between the answer and the journal
+            assert len(missing) <= failed[device] + edge_kills, (
+                f"{device}: {len(missing)} of {n} polls never arrived: {missing[:20]} "
+                f"({failed[device]} failed polls, {edge_kills} edge kills)"
+            )
+        return sum(len(v) for v in arrived.values())
 
     def _stored(self) -> dict[tuple[str, str, int], tuple[float, int]]:
         out: dict[tuple[str, str, int], tuple[float, int]] = {}
@@ -225,14 +271,21 @@ async def test_broker_down_10s_three_times(
 async def test_edge_killed_mid_flow_and_restarted(
     rig_parts: tuple[Mosquitto, Victoria, Path], prefix: str
 ) -> None:
+    path = rig_parts[2]
+    cfg = yaml.safe_load(path.read_text())
+    # a long linger: at the kill, about four polls per device are not in a batch yet
+    cfg["mqtt"]["batch_linger_s"] = 2.0
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     async with running_rig(rig_parts, prefix) as rig:
-        await flow(rig, 3)
-        rig.stop("edge", signal.SIGKILL)
-        await flow(rig, 1)
-        await asyncio.to_thread(rig.start, "edge")
+        for wait in (3.3, 2.7):
+            await flow(rig, wait)
+            rig.stop("edge", signal.SIGKILL)
+            await flow(rig, 1)
+            await asyncio.to_thread(rig.start, "edge")
         await flow(rig, 3)
         await rig.settle()
-        figures = await rig.check()
+        figures = await rig.check(edge_kills=2)
+    assert "recovered" in rig.log("edge").read_text()  # the journal had polls to give back
     print(figures)
 
 

@@ -167,6 +167,8 @@ class ModbusSimBase(Served):
         self._tasks.clear()
         for u in self.units.values():
             u.alive.set()  # release requests parked on a dead device
+            for name, served in u.counters.items():  # how many reads the gateway was given
+                logger.info("sim: %s %s served %d reads", u.id, name, served)
 
     async def _animate(self, unit: SimUnit) -> None:
         _internal.set(True)
