@@ -187,7 +187,7 @@ class MqttDriver:
                 payload = message.payload if isinstance(message.payload, bytes) else (
                     str(message.payload).encode())  # fmt: skip
                 for dev in self._devices_for(message.topic):
-                    sink(dev.on_message(payload, loop.time()))
+                    _deliver(sink, dev.on_message(payload, loop.time()))
 
     def _devices_for(self, topic: aiomqtt.Topic) -> list[MqttDevice]:
         exact = self.by_topic.get(topic.value)
@@ -206,10 +206,18 @@ class MqttDriver:
             for dev in self.devices.values():
                 outcome = dev.check_silence(now)
                 if outcome is not None:
-                    sink(outcome)
+                    _deliver(sink, outcome)
 
     async def write(self, device: str, point: str, value: float | int | bool) -> None:
         raise UnknownPoint(f"MQTT sensors take no commands ({point!r})", device_id=device)
 
     def health(self) -> list[DeviceHealth]:
         return [d.stats.snapshot() for d in self.devices.values()]
+
+
+def _deliver(sink: SampleSink, outcome: PollOutcome) -> None:
+    """A failure downstream of one outcome must not end the bus's session."""
+    try:
+        sink(outcome)
+    except Exception:
+        logger.exception("%s: outcome not handled", outcome.device)

@@ -15,6 +15,7 @@ import os
 import resource
 import shutil
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from pathlib import Path
 from drivers import DRIVERS
 from drivers.base import Driver
 from drivers.errors import UnknownPoint
-from edge.outbox import PRIO_TELEMETRY, Outbox
+from edge.outbox import PRIO_TELEMETRY, Outbox, OutboxBusy
 from edge.pipeline import Pipeline
 from edge.remote import Remote
 from edge.uplink import Uplink
@@ -118,9 +119,16 @@ class EdgeAgent:
         await self.drivers[dev.bus.id].write(device, point, value)
 
     async def _batcher(self) -> None:
+        failures = 0
         while True:
             await asyncio.sleep(max(self.cfg.mqtt.batch_linger_s, 0.01))
-            self.pipeline.flush()
+            try:
+                self.pipeline.flush()
+                failures = 0
+            except (sqlite3.Error, OSError) as exc:  # disk full: the polls wait in the journal
+                failures += 1
+                if failures == 1 or failures % 100 == 0:
+                    logger.error("outbox write failed (%d in a row), retrying: %s", failures, exc)
             self.pipeline.tick()
 
     async def _metrics(self, port: int) -> None:
@@ -205,7 +213,11 @@ def main(args: argparse.Namespace) -> int:
     if args.validate_config:
         print(f"{args.config}: ok ({len(devices)} devices on {len(cfg.buses)} buses)")
         return 0
-    agent = EdgeAgent(cfg, devices, Path(os.getcwd()), metrics_port=args.metrics_port)
+    try:
+        agent = EdgeAgent(cfg, devices, Path(os.getcwd()), metrics_port=args.metrics_port)
+    except OutboxBusy as exc:
+        print(f"edge: {exc}", file=sys.stderr)
+        return 1
     return asyncio.run(_run_until_signal(agent))
 
 

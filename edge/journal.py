@@ -78,18 +78,26 @@ class PollJournal:
             os.ftruncate(self.fd, good)  # a torn tail: new records must not follow it
         self.recovered = [p for p in polls if p.id > batched_through]
         self.seq = max([batched_through, *(p.id for p in polls)])
+        self.size = good
 
     def append(self, payload: bytes, readings: int) -> Staged:
         self.seq += 1
         poll = Staged(self.seq, readings, payload)
-        record = memoryview(encode(poll))
-        while record:  # a regular file takes it whole unless the disk is full (that raises)
-            record = record[os.write(self.fd, record) :]
+        data = encode(poll)
+        record = memoryview(data)
+        try:
+            while record:  # a regular file takes it whole unless the disk is full (that raises)
+                record = record[os.write(self.fd, record) :]
+        except OSError:
+            os.ftruncate(self.fd, self.size)  # no torn record for the next one to follow
+            raise
+        self.size += len(data)
         return poll
 
     def clear(self) -> None:
         """Every record is in a committed batch: start the file again."""
         os.ftruncate(self.fd, 0)
+        self.size = 0
         self.recovered = []
 
     def close(self) -> None:

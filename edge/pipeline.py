@@ -50,6 +50,7 @@ class Pipeline:
         self.active: dict[tuple[str, str], ActiveAlert] = {}
         self.buffer: list[Staged] = []  # polls staged in the outbox, not yet in a batch
         self.buffered = 0  # readings in ``buffer``
+        self.stage_failures = 0
         self.readings_in = 0
         self.alerts_out = 0
         self.on_alert: Callable[[AlertEvent], None] | None = None
@@ -103,7 +104,7 @@ class Pipeline:
             for s in outcome.samples
         ]  # fmt: skip
         if rows:  # durable before the rules see them
-            self.buffer.append(self.outbox.stage(orjson.dumps(rows)[1:-1], len(rows)))
+            self.buffer.append(self._stage(orjson.dumps(rows)[1:-1], len(rows)))
             self.buffered += len(rows)
             self.readings_in += len(rows)
         rules = self.rules.get(outcome.device)
@@ -112,6 +113,16 @@ class Pipeline:
                 self._alert(t)
         if self.buffered >= self.batch_max:
             self.flush(full_only=True)
+
+    def _stage(self, payload: bytes, readings: int) -> Staged:
+        try:
+            return self.outbox.stage(payload, readings)
+        except OSError as exc:  # disk full, file system gone read-only: keep them in memory
+            self.stage_failures += 1
+            if self.stage_failures == 1 or self.stage_failures % 1000 == 0:
+                logger.error("poll journal write failed (%d so far), readings held in memory "
+                             "only: %s", self.stage_failures, exc)  # fmt: skip
+            return Staged(0, readings, payload)  # id 0: in no journal
 
     def tick(self) -> None:
         now = self._now()
@@ -138,7 +149,7 @@ class Pipeline:
                 self.outbox.enqueue(
                     PRIO_TELEMETRY, "telemetry", topic,
                     lambda seq, c=chunk: self._batch(seq, c),  # type: ignore[misc]
-                    unstage_through=chunk[-1].id,
+                    unstage_through=max(p.id for p in chunk),
                 )  # fmt: skip
                 self.buffered -= n
                 start = end

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,24 @@ def test_clear_empties_the_file_and_the_sequence_goes_on(tmp_path: Path) -> None
     assert journal.append(b"{}", 1).id == 4
     journal.close()
     assert [p.id for p in PollJournal(path, 3).recovered] == [4]
+
+
+def test_a_failed_write_leaves_no_torn_record_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "o.db-polls"
+    journal = PollJournal(path, 0)
+    journal.append(b'{"a":1}', 1)
+    real_write = os.write
+
+    def disk_full(fd: int, data: bytes) -> int:
+        real_write(fd, bytes(data[:5]))  # part of the record reaches the file, then ENOSPC
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("edge.journal.os.write", disk_full)
+    with pytest.raises(OSError):
+        journal.append(b'{"b":2}', 1)
+    monkeypatch.undo()
+    journal.append(b'{"c":3}', 1)
+    journal.close()
+    assert [p.payload for p in PollJournal(path, 0).recovered] == [b'{"a":1}', b'{"c":3}']

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge.outbox import PRIO_ALERT, PRIO_TELEMETRY, ActiveAlert, Outbox
+import pytest
+
+from edge.outbox import PRIO_ALERT, PRIO_TELEMETRY, ActiveAlert, Outbox, OutboxBusy
 
 
 def put(box: Outbox, prio: int, text: str) -> None:
@@ -70,3 +72,11 @@ def test_everything_survives_reopen(tmp_path: Path) -> None:
     again.enqueue(PRIO_ALERT, "alert", "t", lambda s: f"c{s}".encode(), cleared=("d1", "high"))
     assert again.active_alerts() == []
     assert payloads(again)[-2] == "c2"  # the alert stream's sequence continued
+
+
+def test_a_second_agent_on_the_same_outbox_is_refused(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", 10**6)
+    with pytest.raises(OutboxBusy, match="is another edge agent running"):
+        Outbox(tmp_path / "o.db", 10**6)
+    box.close()
+    Outbox(tmp_path / "o.db", 10**6).close()  # free again once the first one is gone

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from drivers.base import PollOutcome, Sample
 from edge.outbox import Outbox
 from edge.pipeline import Pipeline
@@ -83,3 +85,25 @@ def test_a_poll_is_durable_the_moment_it_is_taken(tmp_path: Path) -> None:
     assert box2.take_staged() == []
     box2.close()
     assert Outbox(tmp_path / "o.db", 10**7).take_staged() == []  # and nothing comes back twice
+
+
+def test_a_journal_that_cannot_be_written_keeps_the_readings_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, devices = load_gateway(CABINET)
+    box = Outbox(tmp_path / "o.db", 10**7)
+    pipe = Pipeline("gw1", devices, box, Topics("p"), lambda: 1_700_000_000.0)
+    pipe.sink(level_poll("wl-001", 1))  # journalled
+
+    def full(*_args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(box.journal, "append", full)
+    pipe.sink(level_poll("wl-001", 2))  # in memory only, and said so
+    monkeypatch.undo()
+    pipe.sink(level_poll("wl-001", 3))
+    pipe.flush()
+    batch = TelemetryBatch.model_validate_json(box.peek(1)[0].payload)
+    assert [r.value for r in batch.readings if r.point == "counter"] == [1, 2, 3]
+    assert pipe.stage_failures == 1
+    assert box.meta("batched_through") == 2  # the journal's own polls, numbered 1 and 2
