@@ -84,6 +84,7 @@ async def run(readings: int, work: Path) -> None:
             wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             sender.cancel()
             counter.cancel()
+            await asyncio.gather(sender, counter, return_exceptions=True)  # a quiet teardown
         print(
             f"replayed {got} readings in {wall:.2f}s: {got / wall:,.0f} readings/s "
             f"(in order: {in_order}; outbox left: {box.depth}; CPU of this process incl. subscriber {cpu:.2f}s)"
