@@ -8,12 +8,21 @@ alerts every 10 ms and times each to the platform alert topic.
 Target: >= 100,000 points/s for one process; about twice that for two.
 
     .venv/bin/python -m bench.bridge_bench [--bridges 1] [--batches 400] [--registry sqlite|postgres]
+                                           [--cpu-per-bridge 0.4]
+
+Scaling out needs spare cores: one bridge already keeps a core busy, and VictoriaMetrics,
+mosquitto and the publisher need theirs, so on a 2-core machine two uncapped bridges cannot
+double anything. ``--cpu-per-bridge F`` holds each bridge process to F of a core (a CPU cgroup,
+v1 or v2; needs root), which leaves the machine headroom, so 1 and 2 bridges compare like for
+like, as they would on a machine with a core per bridge. The bench also prints the CPU of every
+other process and how busy the machine was.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -144,8 +153,40 @@ class AlertProbe:
         )
 
 
+class CpuCap:
+    """A CPU cgroup holding each process put in it to ``fraction`` of one core."""
+
+    def __init__(self, fraction: float) -> None:
+        self.fraction = fraction
+        self.groups: list[Path] = []
+
+    def apply(self, pid: int) -> None:
+        period = 100_000
+        quota = int(self.fraction * period)
+        v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+        try:
+            if v2.exists():
+                group = Path(f"/sys/fs/cgroup/gw-bench-{pid}")
+                group.mkdir()
+                (group / "cpu.max").write_text(f"{quota} {period}")
+            else:
+                group = Path(f"/sys/fs/cgroup/cpu/gw-bench-{pid}")
+                group.mkdir()
+                (group / "cpu.cfs_period_us").write_text(str(period))
+                (group / "cpu.cfs_quota_us").write_text(str(quota))
+            self.groups.append(group)
+            (group / "cgroup.procs").write_text(str(pid))
+        except OSError as exc:
+            raise SystemExit(f"--cpu-per-bridge needs a writable CPU cgroup (root): {exc}") from exc
+
+    def remove(self) -> None:
+        for group in self.groups:
+            with contextlib.suppress(OSError):
+                group.rmdir()
+
+
 def start_bridges(
-    n: int, mq: Mosquitto, vm: Victoria, work: Path, db_url: str
+    n: int, mq: Mosquitto, vm: Victoria, work: Path, db_url: str, cap: CpuCap | None = None
 ) -> list[subprocess.Popen[bytes]]:
     procs = []
     for i in range(n):
@@ -162,6 +203,8 @@ def start_bridges(
             cmd += ["--share-group", "bench"]
         log = open(work / f"bridge{i}.log", "wb")  # noqa: SIM115 - lives as long as the process
         procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+        if cap is not None:
+            cap.apply(procs[-1].pid)
         # one after the other: the first creates (migrates) the registry's tables, and two
         # processes doing that at once on PostgreSQL collide
         deadline = time.monotonic() + 30
@@ -175,6 +218,14 @@ def start_bridges(
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks) - idle) / hz, sum(ticks) / hz
 
 
 async def count_seen(db_url: str) -> int:
@@ -199,11 +250,17 @@ async def run(args: argparse.Namespace, work: Path) -> None:
     )
     db_url = pg.create_database("bench") if pg else f"sqlite+aiosqlite:///{work}/registry.db"
     procs: list[subprocess.Popen[bytes]] = []
+    cap = CpuCap(args.cpu_per_bridge) if args.cpu_per_bridge else None
     try:
-        procs = start_bridges(args.bridges, mq, vm, work, db_url)
+        procs = start_bridges(args.bridges, mq, vm, work, db_url, cap)
         messages = payloads(args.batches, int(time.time() * 1000) - 3_600_000)
         points = len(messages) * PER_BATCH
         cpu0 = [cpu_seconds(p.pid) for p in procs]
+        assert mq.proc is not None and vm.proc is not None
+        others = {"mosquitto": mq.proc.pid, "VictoriaMetrics": vm.proc.pid,
+                  "publisher (this process)": os.getpid()}  # fmt: skip
+        others0 = {k: cpu_seconds(pid) for k, pid in others.items()}
+        busy0 = machine_busy_s()
         # spread the alerts over the run: every 10 ms in a flood, over the paced duration otherwise
         interval = 0.01 if not args.rate else points / args.rate / max(args.alerts, 1)
         probe = AlertProbe(mq.port, args.alerts, interval)
@@ -216,20 +273,31 @@ async def run(args: argparse.Namespace, work: Path) -> None:
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - t0
         cpu = [cpu_seconds(p.pid) - c for p, c in zip(procs, cpu0, strict=True)]
+        other_cpu = {k: cpu_seconds(pid) - others0[k] for k, pid in others.items()}
+        busy1 = machine_busy_s()
+        busy, total = busy1[0] - busy0[0], busy1[1] - busy0[1]
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
               f"Python {platform.python_version()}")  # fmt: skip
         print(f"bridges: {args.bridges} process(es){' on a shared subscription' if args.bridges > 1 else ''}, "
-              f"registry on {args.registry}, sink VictoriaMetrics (InfluxDB line protocol)")  # fmt: skip
+              f"registry on {args.registry}, sink VictoriaMetrics (InfluxDB line protocol)"
+              + (f", each held to {args.cpu_per_bridge:g} of a core" if cap else ""))  # fmt: skip
         print(f"published {len(messages)} batches x {PER_BATCH} = {points} points in {pub_s:.2f}s")
         print(f"ingested all {points} points in {elapsed:.2f}s: {points / elapsed:,.0f} points/s"
               + (f" (offered {args.rate:,.0f}/s)" if args.rate else ""))  # fmt: skip
         print(f"bridge CPU seconds: {', '.join(f'{c:.2f}' for c in cpu)} "
               f"({points / sum(cpu):,.0f} points per CPU second)")  # fmt: skip
+        print(
+            "meanwhile:          " + ", ".join(f"{k} {c:.2f} CPU s" for k, c in other_cpu.items())
+        )
+        print(f"machine busy:       {busy / total:.0%} of {os.cpu_count()} CPUs over the run "
+              f"({busy:.1f} of {total:.1f} CPU s)")  # fmt: skip
         print(probe.report())
     finally:
         for p in procs:
             p.terminate()
             p.wait(10)
+        if cap is not None:
+            cap.remove()
         vm.stop()
         mq.stop()
         if pg:
@@ -245,6 +313,8 @@ def main() -> None:
     parser.add_argument("--registry", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--alerts", type=int, default=100, help="alerts raised during the flood")
     parser.add_argument("--rate", type=float, default=0, help="telemetry points/s (0: a flood)")
+    parser.add_argument("--cpu-per-bridge", type=float, default=0,
+                        help="hold each bridge to this fraction of a core (cgroup; root)")  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gw-bridge-bench-") as work:
         asyncio.run(run(args, Path(work)))
