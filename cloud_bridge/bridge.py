@@ -93,7 +93,8 @@ class Bridge:
     ) -> None:  # fmt: skip
         self.cfg, self.store, self.sink, self.clock = cfg, store, sink, clock
         self.topics = Topics(cfg.prefix)
-        # a member of a shared subscription sees only part of each stream: gaps would be noise
+        # a member of a shared subscription sees only part of each stream: the members audit
+        # for gaps together through the registry instead (``_audit_loop``)
         self.cores = {
             lane: IngestCore(self.topics, track_gaps=cfg.share_group is None) for lane in LANES
         }
@@ -107,16 +108,17 @@ class Bridge:
         )
         self._outage: dict[str, bool] = {}
         self._committed = {lane: Stats() for lane in LANES}
+        self._audit = Stats()  # gaps the shared audit found: counted when its claim commits
 
     @property
     def stats(self) -> Stats:
         """Running counts, including a step still in progress."""
-        return Stats.total(core.stats for core in self.cores.values())
+        return Stats.total([*(core.stats for core in self.cores.values()), self._audit])
 
     @property
     def committed(self) -> Stats:
         """Counts as of the last acknowledged step: what they count is written."""
-        return Stats.total(self._committed.values())
+        return Stats.total([*self._committed.values(), self._audit])
 
     async def run(self) -> None:
         if self.cfg.share_group and self.cfg.mqtt_protocol == "3.1.1":
@@ -125,6 +127,8 @@ class Bridge:
             for lane, leaves in LANES.items():
                 tg.create_task(self._mqtt_loop(lane, leaves), name=f"bridge-{lane}")
             tg.create_task(self._maintenance_loop(), name="bridge-maintenance")
+            if self.cfg.share_group:
+                tg.create_task(self._audit_loop(), name="bridge-gap-audit")
 
     async def until(self, predicate: Callable[[Stats], bool], live: bool = False) -> None:
         """Wait until ``predicate`` holds for the stats as of the last completed (acknowledged)
@@ -312,6 +316,34 @@ class Bridge:
             logger.info("%s is back", what)
 
     # ---- housekeeping ------------------------------------------------------------------------
+
+    async def _audit_loop(self) -> None:
+        """Every ``gap_audit_s``: audit the numbers received ``gap_settle_s`` ago or earlier
+        (every member has committed its share by then) for gaps; see ``device_registry.seqaudit``."""
+        since = self.clock() - 2 * int(self.cfg.gap_settle_s * 1000)  # streams live at start
+        while True:
+            await asyncio.sleep(self.cfg.gap_audit_s)
+            settled = self.clock() - int(self.cfg.gap_settle_s * 1000)
+            try:
+                gaps = await self.store.audit_sequences(since, settled)
+            except StoreUnavailable as exc:
+                logger.warning("gap audit skipped: %s", exc)
+                continue
+            # overlapping windows: a stream whose claim lost a race is looked at once more (the
+            # ranges audited start where the stored audit stopped, so nothing is counted twice)
+            since = settled - int(self.cfg.gap_audit_s * 1000)
+            for gap in gaps:
+                self._audit.gaps += len(gap.holes)
+                self._audit.missing += gap.missing
+                runs = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in gap.holes[:10])
+                logger.warning(
+                    "gateway %s %s stream: %d message(s) never arrived: seq %s (audited "
+                    "across the shared subscription)",
+                    gap.gateway, gap.stream, gap.missing, runs,
+                )  # fmt: skip
+            if gaps:
+                async with self._progress:
+                    self._progress.notify_all()
 
     async def _maintenance_loop(self) -> None:
         last = self.stats.points_written

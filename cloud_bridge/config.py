@@ -36,6 +36,10 @@ class BridgeConfig:
     seen_retention_s: int = 7 * 24 * 3600
     """How long a message id is remembered for dedupe: longer than any redelivery."""
     quarantine_keep: int = 1000
+    gap_audit_s: float = 5.0
+    """Under a shared subscription: how often a member audits the streams for gaps."""
+    gap_settle_s: float = 10.0
+    """...and how old a number must be to be audited (every member has committed it by then)."""
     maintenance_s: float = 60.0
 
     @classmethod

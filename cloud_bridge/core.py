@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from cloud_bridge.decode import Cleared, Message, Reason, Rejection, decode
 from cloud_bridge.sequence import GapTracker, Seq
-from device_registry import Changes, QuarantineEntry
+from device_registry import Changes, QuarantineEntry, Seen
 from gridwatch.contract import (
     AlertEvent,
     Birth,
@@ -150,7 +150,7 @@ class IngestCore:
             if msg.id in seen or msg.id in ch.seen_ids:
                 self.stats.duplicates += 1
                 continue
-            ch.seen_ids[msg.id] = msg.gateway
+            ch.seen_ids[msg.id] = Seen(msg.gateway, msg.kind, msg.session, msg.seq)
             self._track(msg)
             self.stats.ingested[msg.kind] += 1
             if isinstance(msg, TelemetryBatch):

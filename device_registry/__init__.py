@@ -3,7 +3,7 @@
 It never imports cloud_bridge, edge or drivers: data flows into it, not out of it.
 """
 
-from device_registry.changes import Changes, QuarantineEntry
+from device_registry.changes import Changes, QuarantineEntry, Seen
 from device_registry.errors import Ambiguous, NotFound, RegistryError, StoreUnavailable
 from device_registry.models import device_key
 from device_registry.store import RegistryStore
@@ -15,6 +15,7 @@ __all__ = [
     "QuarantineEntry",
     "RegistryError",
     "RegistryStore",
+    "Seen",
     "StoreUnavailable",
     "device_key",
 ]

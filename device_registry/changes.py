@@ -21,12 +21,22 @@ class QuarantineEntry:
     received_at: int
 
 
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """Where an ingested message sits in its gateway's numbering (for the gap audit)."""
+
+    gateway: str
+    stream: str = ""  # "" for messages outside the numbered streams
+    session: int = 0
+    seq: int = 0
+
+
 @dataclass
 class Changes:
     now: int
     """Receive time (epoch ms, central clock) of the batch."""
-    seen_ids: dict[str, str] = field(default_factory=dict)
-    """Message id -> gateway, for the dedupe table."""
+    seen_ids: dict[str, Seen] = field(default_factory=dict)
+    """Message id -> its gateway and place in the stream, for the dedupe table."""
     device_seen: dict[tuple[str, str], int | None] = field(default_factory=dict)
     """(gateway, device) -> newest reading time that proves it alive (None: only mentioned)."""
     latest: dict[tuple[str, str, str], Reading] = field(default_factory=dict)

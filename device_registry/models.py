@@ -160,13 +160,32 @@ class GatewayHealthRow(Base):
 
 
 class SeenMessage(Base):
-    """Message ids already ingested: the bridge's dedupe table, pruned by age."""
+    """Message ids already ingested: the bridge's dedupe table, pruned by age. Stream, session
+    and sequence number let the bridges of a shared subscription audit for gaps together."""
 
     __tablename__ = "seen_messages"
-    __table_args__ = (Index("ix_seen_received", "received_at"),)
+    __table_args__ = (
+        Index("ix_seen_received", "received_at"),
+        Index("ix_seen_stream", "gateway", "stream", "seq"),
+    )
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     gateway: Mapped[str] = mapped_column(String(128))
     received_at: Mapped[int] = mapped_column()
+    stream: Mapped[str | None] = mapped_column(String(16), default=None)
+    session: Mapped[int | None] = mapped_column(default=None)
+    seq: Mapped[int | None] = mapped_column(default=None)
+
+
+class SeqAudit(Base):
+    """How far each gateway stream's numbers have been audited for gaps (shared subscriptions)."""
+
+    __tablename__ = "seq_audit"
+    gateway: Mapped[str] = mapped_column(String(128), primary_key=True)
+    stream: Mapped[str] = mapped_column(String(16), primary_key=True)
+    session: Mapped[int] = mapped_column()
+    through: Mapped[int] = mapped_column()
+    missing: Mapped[int] = mapped_column(default=0)
+    audited_at: Mapped[int] = mapped_column()
 
 
 class Quarantined(Base):

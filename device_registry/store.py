@@ -40,10 +40,12 @@ from device_registry.models import (
     LatestReading,
     Quarantined,
     SeenMessage,
+    SeqAudit,
     Site,
     device_key,
 )
 from device_registry.schemas import AlertView, DeviceView, GatewayView, QuarantineView
+from device_registry.seqaudit import AuditState, Gap, Span, holes, plan_audit
 from gridwatch.contract import AlertEvent, AlertState, Birth, Death, GatewayHealth, Location
 
 logger = logging.getLogger(__name__)
@@ -139,6 +141,62 @@ class RegistryStore:
                 )
         count: int = getattr(gone, "rowcount", 0) or 0
         return count
+
+    async def audit_sequences(self, since: int, settled_before: int) -> list[Gap]:
+        """Gaps in the streams whose messages (received in [since, settled_before)) have
+        settled, each reported by exactly one caller however many bridges audit at once."""
+        m = SeenMessage
+        settled = (
+            select(m.gateway, m.stream, m.session, func.min(m.seq), func.max(m.seq))
+            .where(m.stream.is_not(None), m.received_at >= since, m.received_at < settled_before)
+            .group_by(m.gateway, m.stream, m.session)
+        )
+        async with self._tx() as s:
+            rows = (await s.execute(settled)).all()
+        spans: dict[tuple[str, str], list[Span]] = {}
+        for gw, stream, session, lo, hi in rows:
+            span = Span(int(session or 0), int(lo or 0), int(hi or 0))
+            spans.setdefault((gw, str(stream)), []).append(span)
+        gaps = []
+        for (gw, stream), found in sorted(spans.items()):
+            gap = await self._audit_stream(gw, stream, found, settled_before)
+            if gap is not None:
+                gaps.append(gap)
+        return gaps
+
+    async def _audit_stream(self, gw: str, stream: str, spans: list[Span], now: int) -> Gap | None:
+        m = SeenMessage
+        async with self._tx() as s:
+            row = await s.get(SeqAudit, (gw, stream))
+            state = AuditState(row.session, row.through) if row is not None else None
+            step = plan_audit(state, spans)
+            if step is None:
+                return None
+            seen = await s.scalars(
+                select(m.seq).distinct().where(
+                    m.gateway == gw, m.stream == stream, m.session >= step.session,
+                    m.seq > step.lo, m.seq <= step.hi,
+                )
+            )  # fmt: skip
+            runs = holes(step.lo, step.hi, [int(q) for q in seen if q is not None])
+            missing = sum(last - first + 1 for first, last in runs)
+            new = {"session": step.state.session, "through": step.state.through,
+                   "audited_at": now}  # fmt: skip
+            if row is None:  # first audit of the stream: whoever inserts first owns it
+                claim = await s.execute(
+                    self._insert(SeqAudit).on_conflict_do_nothing(),
+                    [{"gateway": gw, "stream": stream, "missing": missing, **new}],
+                )
+            else:  # only if no other bridge moved it meanwhile
+                claim = await s.execute(
+                    update(SeqAudit)
+                    .where(SeqAudit.gateway == gw, SeqAudit.stream == stream,
+                           SeqAudit.session == row.session, SeqAudit.through == row.through)
+                    .values(missing=SeqAudit.missing + missing, **new)
+                )  # fmt: skip
+            if not getattr(claim, "rowcount", 0):
+                return None
+        return Gap(gw, stream, step.lo, step.hi, runs) if runs else None
 
     # ---- the pieces of apply ---------------------------------------------------------------
 
@@ -299,8 +357,10 @@ class RegistryStore:
     async def _record(self, s: AsyncSession, ch: Changes) -> None:
         if ch.seen_ids:
             rows = [
-                {"id": i, "gateway": gw, "received_at": ch.now} for i, gw in ch.seen_ids.items()
-            ]
+                {"id": i, "gateway": m.gateway, "received_at": ch.now, "stream": m.stream or None,
+                 "session": m.session, "seq": m.seq}
+                for i, m in ch.seen_ids.items()
+            ]  # fmt: skip
             await s.execute(self._insert(SeenMessage).on_conflict_do_nothing(), rows)
         if ch.quarantine:
             s.add_all(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from device_registry import (
     NotFound,
     QuarantineEntry,
     RegistryStore,
+    Seen,
 )
 from gridwatch.contract import AlertState, DeviceHealth, GatewayHealth, Quality, new_id
 from tests._central_helpers import alert, birth, death, reading
@@ -35,7 +37,7 @@ def telemetry(now: int, *values: tuple[str, str, str, float | None, int, Quality
         ch.latest[(gw, dev, point)] = reading(dev, point, value, ts, q)
         alive = ts if q is not Quality.COMM_ERROR else None
         ch.device_seen[(gw, dev)] = alive
-        ch.seen_ids[new_id()] = gw
+        ch.seen_ids[new_id()] = Seen(gw)
     return ch
 
 
@@ -125,8 +127,8 @@ async def test_health_is_stored_per_gateway_and_device(store: RegistryStore) -> 
 
 
 async def test_seen_ids_and_quarantine_are_bounded(store: RegistryStore) -> None:
-    old = Changes(now=1_000, seen_ids={"old": "g1"})
-    new = Changes(now=9_000, seen_ids={"new": "g1"})
+    old = Changes(now=1_000, seen_ids={"old": Seen("g1")})
+    new = Changes(now=9_000, seen_ids={"new": Seen("g1")})
     new.quarantine = [
         QuarantineEntry(f"t/{i}", "bad_json", "x", b"\xff" * 3, 9_000) for i in range(5)
     ]
@@ -157,3 +159,30 @@ async def test_telemetry_after_a_death_leaves_devices_stale(store: RegistryStore
     assert (await store.device("g1:d1")).last_seen == 200
     await store.apply(Changes(now=4000, status=[birth("g1", 1, [])]))
     assert {d.status for d in await store.devices()} == {"online"}
+
+
+def numbered(now: int, gw: str, stream: str, session: int, *seqs: int) -> Changes:
+    return Changes(now=now, seen_ids={new_id(): Seen(gw, stream, session, q) for q in seqs})
+
+
+async def test_the_sequence_audit_finds_each_gap_once_however_many_bridges_ask(
+    store: RegistryStore,
+) -> None:
+    """Two bridges of a shared subscription saw alternate messages; together they miss 4 and
+    7..8, which one of them reports; numbers not yet settled are left for the next audit."""
+    await store.apply(numbered(1_000, "g1", "telemetry", 1, 1, 3, 5, 9))  # bridge A's share
+    await store.apply(numbered(1_000, "g1", "telemetry", 1, 2, 6, 10))  # bridge B's share
+    await store.apply(numbered(1_000, "g1", "alert", 1, 1, 2))  # a stream with no hole
+    await store.apply(numbered(5_000, "g1", "telemetry", 1, 12))  # not settled yet
+    other = await RegistryStore.open(store.engine.url.render_as_string(hide_password=False))
+    results = await asyncio.gather(*(s.audit_sequences(0, 2_000) for s in (store, other)))
+    found = [g for r in results for g in r]
+    assert [(g.gateway, g.stream, g.after, g.through, g.holes) for g in found] == [
+        ("g1", "telemetry", 0, 10, ((4, 4), (7, 8)))
+    ]
+    # 11 never comes; 12 has settled by the next audit
+    assert [(g.after, g.through, g.missing) for g in await store.audit_sequences(0, 6_000)] == [
+        (10, 12, 1)
+    ]
+    assert await other.audit_sequences(0, 6_000) == []  # nothing new: nothing reported twice
+    await other.close()
