@@ -11,7 +11,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, MetaData, inspect
+from sqlalchemy import Connection, MetaData, inspect, text
 
 BASELINE = "r0001"
 _HERE = Path(__file__).resolve().parent / "migrations"
@@ -26,8 +26,22 @@ def alembic_config(connection: Connection, metadata: MetaData | None = None) -> 
     return cfg
 
 
+# any constant: the PostgreSQL advisory lock that serialises schema upgrades
+_UPGRADE_LOCK = 0x67726964  # "grid"
+
+
 def upgrade(connection: Connection) -> None:
-    """Bring the schema to head (sync: call through ``AsyncConnection.run_sync``)."""
+    """Bring the schema to head (sync: call through ``AsyncConnection.run_sync``).
+
+    Bridges and registry processes may start at the same moment on one fresh database: each
+    upgrade first takes a lock for its whole transaction (a transaction-scoped advisory lock on
+    PostgreSQL, the write lock on SQLite, whose driver would otherwise begin only at the first
+    write), so one migrates and the others find the schema at head.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _UPGRADE_LOCK})
+    elif connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
     cfg = alembic_config(connection)
     current = MigrationContext.configure(connection).get_current_revision()
     if current is None and inspect(connection).has_table("gateways"):
