@@ -106,11 +106,13 @@ class EdgeAgent:
         for task in self._driver_tasks:
             task.cancel()
         await asyncio.gather(*self._driver_tasks, return_exceptions=True)
-        self.pipeline.flush()
-        self.pipeline.reconfigure(devices)
-        self.cfg = cfg
-        self.drivers = _build_drivers(cfg, devices)
-        self._start_drivers()
+        try:
+            self.pipeline.flush()
+            self.pipeline.reconfigure(devices)
+            self.cfg = cfg
+            self.drivers = _build_drivers(cfg, devices)
+        finally:  # whatever failed, the field is polled again (with the old devices if need be)
+            self._start_drivers()
 
     async def write(self, device: str, point: str, value: float | int | bool) -> None:
         dev = self.pipeline.devices.get(device)
@@ -124,12 +126,12 @@ class EdgeAgent:
             await asyncio.sleep(max(self.cfg.mqtt.batch_linger_s, 0.01))
             try:
                 self.pipeline.flush()
+                self.pipeline.tick()
                 failures = 0
             except (sqlite3.Error, OSError) as exc:  # disk full: the polls wait in the journal
                 failures += 1
                 if failures == 1 or failures % 100 == 0:
                     logger.error("outbox write failed (%d in a row), retrying: %s", failures, exc)
-            self.pipeline.tick()
 
     async def _metrics(self, port: int) -> None:
         # loaded only when asked for: prometheus-client and aiohttp cost a gateway ~9 MB of RSS
@@ -142,7 +144,10 @@ class EdgeAgent:
 
     async def _health(self) -> None:
         while True:
-            self._report_health()
+            try:
+                self._report_health()
+            except (sqlite3.Error, OSError) as exc:  # disk full: skip this report
+                logger.error("health report not queued: %s", exc)
             await asyncio.sleep(self.cfg.health_interval_s)
 
     def _report_health(self) -> None:

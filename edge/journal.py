@@ -3,7 +3,7 @@
 An append-only file beside the outbox. The pipeline appends one record per poll (one ``write``
 call, no fsync: like the outbox's WAL commits it survives a killed process, not a power cut),
 and the outbox records in its own transaction how far the telemetry batches it queued reach
-(``staged_through``). A restarted gateway replays the records past that mark; once every
+(``batched_through``). A restarted gateway replays the records past that mark; once every
 record is in a batch the file is truncated, so it holds at most one batch linger of polls.
 
 Why not a table in the outbox: a SQLite commit per poll rewrote about five pages (the leaf,
@@ -81,8 +81,7 @@ class PollJournal:
         self.size = good
 
     def append(self, payload: bytes, readings: int) -> Staged:
-        self.seq += 1
-        poll = Staged(self.seq, readings, payload)
+        poll = Staged(self.seq + 1, readings, payload)
         data = encode(poll)
         record = memoryview(data)
         try:
@@ -92,6 +91,7 @@ class PollJournal:
             os.ftruncate(self.fd, self.size)  # no torn record for the next one to follow
             raise
         self.size += len(data)
+        self.seq = poll.id  # only now: after a failed write, truncation still sees the last one
         return poll
 
     def clear(self) -> None:

@@ -75,6 +75,7 @@ class OutboxBusy(Exception):
 class Outbox:
     def __init__(self, path: str | Path, max_bytes: int) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fresh = not Path(path).exists()
         self.max_bytes = max_bytes
         self.db = sqlite3.connect(
             str(path), isolation_level=None, check_same_thread=False, timeout=0.5
@@ -95,7 +96,13 @@ class Outbox:
         self.depth, self.bytes = int(row[0]), int(row[1])
         self.dropped = self.meta("dropped_telemetry")
         self.notify: Callable[[], None] | None = None  # the uplink's wake-up
-        self.journal = PollJournal(Path(f"{path}-polls"), self.meta("batched_through"))
+        journal = Path(f"{path}-polls")
+        if fresh and journal.exists() and journal.stat().st_size:
+            # a new outbox beside an old journal (the outbox was deleted): its records cannot be
+            # told apart from what was already sent, so they are not sent again
+            logger.warning("%s: new outbox, so the old poll journal %s is discarded", path, journal)
+            journal.unlink()
+        self.journal = PollJournal(journal, self.meta("batched_through"))
 
     def close(self) -> None:
         self.journal.close()
@@ -126,8 +133,14 @@ class Outbox:
         return seq
 
     # --- writing ---------------------------------------------------------------------------
-    def _txn(self) -> _Txn:
-        return _Txn(self.db)
+    def _txn(self, on_rollback: Callable[[], None] | None = None) -> _Txn:
+        return _Txn(self.db, on_rollback)
+
+    def _recount(self) -> None:
+        """After a rollback: the counters a failed transaction moved, as the file has them."""
+        row = self.db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox").fetchone()
+        self.depth, self.bytes = int(row[0]), int(row[1])
+        self.dropped = self.meta("dropped_telemetry")
 
     def stage(self, payload: bytes, readings: int) -> Staged:
         """Make one poll's readings durable now; they leave with the batch that carries them."""
@@ -159,7 +172,7 @@ class Outbox:
         if prio == PRIO_ALERT:
             self.db.execute("PRAGMA synchronous=FULL")
         try:
-            with self._txn():
+            with self._txn(on_rollback=self._recount):
                 self._insert(prio, topic, build(self.next_seq(stream)))
                 if unstage_through:
                     self._set_meta("batched_through", unstage_through)
@@ -177,7 +190,10 @@ class Outbox:
             if prio == PRIO_ALERT:
                 self.db.execute("PRAGMA synchronous=NORMAL")
         if unstage_through and unstage_through == self.journal.seq:
-            self.journal.clear()  # every staged poll is in a committed batch
+            try:
+                self.journal.clear()  # every staged poll is in a committed batch
+            except OSError as exc:  # harmless: its records are at or below batched_through
+                logger.warning("poll journal not truncated: %s", exc)
         if self.notify is not None:
             self.notify()
 
@@ -235,13 +251,28 @@ class Outbox:
 
 
 class _Txn:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on error (autocommit connection)."""
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on error (autocommit connection); a failed
+    COMMIT is rolled back too, and ``on_rollback`` then restores what the code had counted."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, on_rollback: Callable[[], None] | None) -> None:
         self.db = db
+        self.on_rollback = on_rollback
 
     def __enter__(self) -> None:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if exc_type is None:
+            try:
+                self.db.execute("COMMIT")
+                return
+            except sqlite3.Error:
+                self._rollback()
+                raise
+        self._rollback()
+
+    def _rollback(self) -> None:
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+        if self.on_rollback is not None:
+            self.on_rollback()

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import sqlite3
 import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -90,7 +91,12 @@ class Uplink:
     async def run(self) -> None:
         attempt = 0
         while True:
-            session = self.outbox.next_session()
+            try:
+                session = self.outbox.next_session()
+            except sqlite3.Error as exc:  # disk full: no new session can be recorded yet
+                logger.error("uplink waits: cannot record a new session: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
             try:
                 async with self._client(session) as client:
                     await self._on_connected(client, session)
@@ -210,7 +216,12 @@ class Uplink:
                 for m, r in zip(batch, results, strict=True)
                 if not isinstance(r, BaseException)
             ]
-            self.outbox.ack(done)
+            try:
+                self.outbox.ack(done)
+            except sqlite3.Error as exc:  # disk full: they go again; the bridge drops repeats
+                logger.error("outbox cannot delete %d acknowledged messages: %s", len(done), exc)
+                await asyncio.sleep(1.0)
+                continue
             self.published += len(done)
             self.watch.changed()
             for r in results:

@@ -80,3 +80,17 @@ def test_a_second_agent_on_the_same_outbox_is_refused(tmp_path: Path) -> None:
         Outbox(tmp_path / "o.db", 10**6)
     box.close()
     Outbox(tmp_path / "o.db", 10**6).close()  # free again once the first one is gone
+
+
+def test_a_failed_enqueue_leaves_the_counters_as_the_file_has_them(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", 2_000)
+    for i in range(8):
+        put(box, PRIO_TELEMETRY, f"t{i}" + "x" * 200)  # full: the oldest went already
+    before = (box.depth, box.bytes, box.dropped)
+    unwritable = ActiveAlert("d", "r", "a", 1, object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError):  # fails after making room and inserting, before COMMIT
+        box.enqueue(PRIO_TELEMETRY, "telemetry", "t", lambda s: b"y" * 900, alert=unwritable)
+    assert (box.depth, box.bytes, box.dropped) == before
+    box.close()
+    again = Outbox(tmp_path / "o.db", 2_000)
+    assert (again.depth, again.bytes, again.dropped) == before

@@ -107,3 +107,16 @@ def test_a_journal_that_cannot_be_written_keeps_the_readings_in_memory(
     assert [r.value for r in batch.readings if r.point == "counter"] == [1, 2, 3]
     assert pipe.stage_failures == 1
     assert box.meta("batched_through") == 2  # the journal's own polls, numbered 1 and 2
+
+
+def test_an_old_journal_beside_a_new_outbox_is_not_sent_again(tmp_path: Path) -> None:
+    _, devices = load_gateway(CABINET)
+    box = Outbox(tmp_path / "o.db", 10**7)
+    pipe = Pipeline("gw1", devices, box, Topics("p"), lambda: 1_700_000_000.0)
+    pipe.sink(level_poll("wl-001", 1))
+    box.close()
+    for f in tmp_path.glob("o.db*"):  # an operator resets the outbox, not the journal
+        if not f.name.endswith("-polls"):
+            f.unlink()
+    fresh = Outbox(tmp_path / "o.db", 10**7)
+    assert fresh.take_staged() == []
