@@ -129,7 +129,7 @@ async def measure(edge: subprocess.Popen[str], mqtt_port: int, args: argparse.Na
     print(f"edge peak RSS      {rss:.1f} MB (target < 100 MB)")
     polls = args.devices / args.interval * wall
     print(f"edge writes        {wrote / wall / 2**20:.1f} MB/s to the outbox, "
-          f"{wrote / polls / 1024:.1f} KiB per poll (each poll is committed before it is used)")  # fmt: skip
+          f"{wrote / polls / 1024:.1f} KiB per poll (each poll is journalled before the rules see it)")  # fmt: skip
     print(f"skipped polls      {skipped} in the window (health reports seen: "
           f"{counter.health_reports})")  # fmt: skip
 
