@@ -62,3 +62,14 @@ async def test_full_outbox_drops_oldest_telemetry_and_never_an_alert(
     assert seqs == list(range(seqs[0], seqs[-1] + 1))
     assert 1 < seqs[0] <= box.dropped + 1
     assert dropped > 0
+    # counted poll by poll: each water-level sensor's read counter arrived as one run ending at
+    # the newest poll, so the only polls lost are the oldest, which the overflow policy dropped
+    for device in ("wl-001", "wl-002"):
+        counts = sorted(
+            r.value
+            for p in seen.on("telemetry")
+            for r in TelemetryBatch.model_validate(p).readings
+            if r.device == device and r.point == "counter" and isinstance(r.value, int)
+        )
+        assert counts == list(range(counts[0], counts[-1] + 1)), device
+        assert counts[0] > 1, device  # the oldest polls were the ones dropped
