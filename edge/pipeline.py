@@ -10,7 +10,9 @@ alert's persisted state, ahead of any telemetry backlog.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import orjson
 
@@ -25,6 +27,13 @@ from gridwatch.watch import Watch
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]  # seconds since the epoch
+
+
+@dataclass(frozen=True, slots=True)
+class _QueuedAlert:
+    build: Callable[[int], bytes]
+    active: ActiveAlert | None  # the alert's state to persist with it (None: cleared)
+    cleared: tuple[str, str] | None
 
 
 class Pipeline:
@@ -53,7 +62,8 @@ class Pipeline:
         self.stage_failures = 0
         self.readings_in = 0
         self.alerts_out = 0
-        self.on_alert: Callable[[AlertEvent], None] | None = None
+        # alert transitions the outbox could not take yet (a full disk), retried in order
+        self.unqueued_alerts: list[_QueuedAlert] = []
         self.watch = Watch()  # changes when batches or alerts are queued
         self._restore()
 
@@ -124,7 +134,25 @@ class Pipeline:
                              "only: %s", self.stage_failures, exc)  # fmt: skip
             return Staged(0, readings, payload)  # id 0: in no journal
 
+    def queue_alerts(self) -> None:
+        """Put waiting alert transitions into the outbox, oldest first. One the outbox cannot
+        take (a full disk) waits, with those after it, for the next tick: the transition is
+        known and its state kept in memory, so it is sent late rather than never."""
+        while self.unqueued_alerts:
+            a = self.unqueued_alerts[0]
+            try:
+                self.outbox.enqueue(
+                    PRIO_ALERT, "alert", self.topics.alert(self.gateway_id), a.build,
+                    alert=a.active, cleared=a.cleared,
+                )  # fmt: skip
+            except (sqlite3.Error, OSError) as exc:
+                logger.error("%d alert transition(s) wait for the outbox: %s",
+                             len(self.unqueued_alerts), exc)  # fmt: skip
+                return
+            self.unqueued_alerts.pop(0)
+
     def tick(self) -> None:
+        self.queue_alerts()
         now = self._now()
         for rules in self.rules.values():
             for t in rules.tick(now):
@@ -199,15 +227,11 @@ class Pipeline:
                 threshold=t.threshold, unit=unit, message=t.rule.message,
                 raised_at=active.raised_at, ts=t.ts,
             )  # fmt: skip
-            if self.on_alert is not None:
-                self.on_alert(ev)
             return ev.model_dump_json().encode()
 
         cleared = key if t.state is AlertState.CLEARED else None
-        self.outbox.enqueue(
-            PRIO_ALERT, "alert", self.topics.alert(self.gateway_id), build,
-            alert=None if cleared else active, cleared=cleared,
-        )  # fmt: skip
+        self.unqueued_alerts.append(_QueuedAlert(build, None if cleared else active, cleared))
+        self.queue_alerts()
         if cleared:
             self.active.pop(key, None)
         else:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,3 +122,24 @@ def test_an_old_journal_beside_a_new_outbox_is_not_sent_again(tmp_path: Path) ->
             f.unlink()
     fresh = Outbox(tmp_path / "o.db", 10**7)
     assert fresh.take_staged() == []
+
+
+def test_an_alert_the_outbox_cannot_take_is_queued_late_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, devices = load_gateway(CABINET)
+    box = Outbox(tmp_path / "o.db", 10**7)
+    pipe = Pipeline("gw1", devices, box, Topics("p"), lambda: 1_700_000_000.0)
+    real = box.enqueue
+
+    def disk_full(*args: Any, **kw: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(box, "enqueue", disk_full)
+    raise_level_alert(pipe, "wl-001")  # no exception into the driver
+    pipe.tick()  # still full: it keeps waiting
+    assert alert_states(box) == [] and len(pipe.unqueued_alerts) == 1
+    monkeypatch.setattr(box, "enqueue", real)
+    pipe.tick()
+    assert alert_states(box) == [("wl-001", "raised")]
+    assert [a.rule for a in box.active_alerts()] == ["level_high"]
