@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from device_registry import correlation, lifecycle
@@ -179,7 +179,16 @@ class AlertOperations:
         for ops, alert in await s.execute(q):
             if not lifecycle.needs_escalation(Stage(ops.stage), ops.due_at, ops.escalated_at, now):
                 continue
-            ops.escalated_at = now
+            # several registry processes run this clock: only the one whose conditional update
+            # takes the row escalates (on PostgreSQL the others wait for it, then match nothing)
+            claim = await s.execute(
+                update(AlertOps)
+                .where(AlertOps.alert_id == ops.alert_id, AlertOps.escalated_at.is_(None))
+                .values(escalated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if not getattr(claim, "rowcount", 0):
+                continue
             msg = self._escalation(alert, ops, now)
             s.add(_event("escalation", alert, msg.model_dump(mode="json"), now))
             done.append(alert.alert_id)

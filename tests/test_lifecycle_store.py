@@ -3,12 +3,13 @@ who and when, incidents grouped, overdue alerts escalated once, every change in 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from device_registry import Changes, RegistryStore
+from device_registry import Changes, RegistryStore, StoreUnavailable
 from device_registry.lifecycle import Action, Refused
 from device_registry.opsstore import AlertFilter, OpsStore
 from gridwatch.contract import AlertEvent, AlertState, Location, Severity, new_id
@@ -122,3 +123,24 @@ async def test_feed_has_every_change_in_order(ops: OpsStore) -> None:
     ]
     assert [e.seq for e in feed] == sorted(e.seq for e in feed)
     assert await ops.feed(feed[-1].seq) == []
+
+
+async def test_two_registry_processes_escalate_an_alert_once(ops: OpsStore) -> None:
+    """Registry processes scale out on one database: both escalation clocks tick, one wins."""
+    await ingest(ops, smoke("a1", "sd-1", T0))
+    other_store = await RegistryStore.open(
+        ops.store.engine.url.render_as_string(hide_password=False)
+    )
+    other = OpsStore(other_store)
+    try:
+        results = await asyncio.gather(
+            *(o.escalate(T0 + 20 * MIN) for o in (ops, other)), return_exceptions=True
+        )
+        # SQLite may refuse the loser's stale write outright (it retries on its next tick)
+        done = [r for r in results if not isinstance(r, BaseException)]
+        assert sorted(a for r in done for a in r) == ["a1"]
+        assert all(isinstance(r, StoreUnavailable) for r in results if isinstance(r, BaseException))
+        assert await other.escalate(T0 + 21 * MIN) == []
+        assert [e.kind for e in await ops.feed(0)].count("escalation") == 1
+    finally:
+        await other_store.close()
