@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,12 +21,15 @@ from device_registry.api import STORE
 from device_registry.auth import public
 from device_registry.delivery.escalator import escalate_forever
 from device_registry.delivery.feed import FeedSignal
+from device_registry.delivery.lease import DeliveryLease
 from device_registry.delivery.mqtt_out import MqttTarget, PlatformPublisher
 from device_registry.delivery.sse import SseHub
 from device_registry.delivery.webhooks import RetryPolicy, WebhookDispatcher
 from device_registry.opsapi import OPS, History, Ops
 from device_registry.opsstore import OpsStore
 from gridwatch import metrics
+
+LEASE = web.AppKey("lease", DeliveryLease)
 
 
 @dataclass
@@ -37,6 +40,8 @@ class Delivery:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     poll_s: float = 1.0
     escalate_every_s: float = 5.0
+    lease_retry_s: float = 5.0
+    """How often a standby registry process asks for the delivery lease (``lease.py``)."""
     heartbeat_s: float = 15.0
     history: History | None = None
     extra_metrics: list[metrics.Spec] = field(default_factory=list)
@@ -72,21 +77,39 @@ async def _running(app: web.Application, d: Delivery) -> AsyncIterator[None]:
         ops = Ops(store, signal, SseHub(store, signal, d.heartbeat_s),
                   WebhookDispatcher(store, signal, session, d.retry), session, d.history)  # fmt: skip
         app[OPS] = ops
-        jobs: list[tuple[str, Coroutine[Any, Any, None]]] = [
-            ("webhooks", ops.dispatcher.run()),
-            ("escalation", escalate_forever(store, d.escalate_every_s)),
-        ]
         if d.mqtt is not None:
             ops.publisher = PlatformPublisher(store, signal, d.mqtt)
-            jobs.append(("platform-publisher", ops.publisher.run()))
-        tasks = [asyncio.create_task(job, name=name) for name, job in jobs]
+
+        def jobs() -> list[tuple[str, Coroutine[Any, Any, None]]]:
+            out = [("webhooks", ops.dispatcher.run()),
+                   ("escalation", escalate_forever(store, d.escalate_every_s))]  # fmt: skip
+            if ops.publisher is not None:
+                out.append(("platform-publisher", ops.publisher.run()))
+            return out
+
+        lease = app[LEASE] = DeliveryLease(app[STORE].engine, d.lease_retry_s)
+        leading = asyncio.create_task(_deliver_while_leading(lease, jobs), name="delivery")
         try:
             yield
         finally:
-            for task in reversed(tasks):
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+            leading.cancel()
+            await asyncio.gather(leading, return_exceptions=True)
             store.ops.on_feed.remove(signal.notify)
+
+
+async def _deliver_while_leading(
+    lease: DeliveryLease, jobs: Callable[[], list[tuple[str, Coroutine[Any, Any, None]]]]
+) -> None:
+    """Run the delivery jobs whenever this process holds the lease; stand by otherwise."""
+    while True:
+        async with lease.holding() as lost:
+            tasks = [asyncio.create_task(job, name=name) for name, job in jobs()]
+            try:
+                await lost
+            finally:
+                for task in reversed(tasks):
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
 
 
 def _metrics(app: web.Application) -> list[metrics.Spec]:
@@ -95,6 +118,10 @@ def _metrics(app: web.Application) -> list[metrics.Spec]:
         return lambda: read(app[OPS]) if OPS in app else 0
 
     return [
+        metrics.gauge("gridwatch_delivery_leader",
+                      "1 in the registry process that delivers webhooks, platform topics and "
+                      "escalations (one at a time)",
+                      lambda: float(app[LEASE].held) if LEASE in app else 0.0),
         metrics.counter("gridwatch_webhook_deliveries", "Webhook messages delivered",
                         part(lambda o: o.dispatcher.delivered)),
         metrics.counter("gridwatch_webhook_failed_attempts", "Webhook POSTs that failed",

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from device_registry import Changes, RegistryStore
 from device_registry.app import build_app, serving
@@ -41,6 +42,7 @@ class Registry:
     store: RegistryStore
     tokens: dict[Role, str]
     http: aiohttp.ClientSession
+    app: web.Application
 
     def auth(self, role: Role) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[role]}"}
@@ -55,15 +57,19 @@ class Registry:
 
 
 @asynccontextmanager
-async def registry(tmp_path: Path, delivery: Delivery | None = None) -> AsyncIterator[Registry]:
-    store = await RegistryStore.open(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}")
+async def registry(
+    tmp_path: Path, delivery: Delivery | None = None, db_url: str | None = None, name: str = "1"
+) -> AsyncIterator[Registry]:
+    """A registry API (with its delivery side) on ``db_url`` (default: SQLite in ``tmp_path``);
+    several on one database need distinct ``name``s for their tokens."""
+    store = await RegistryStore.open(db_url or f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}")
     tokens = {}
     for role in Role:
-        issued = await issue(store, TokenRequest(name=f"{role.value}-1", role=role), SYSTEM)
+        issued = await issue(store, TokenRequest(name=f"{role.value}-{name}", role=role), SYSTEM)
         tokens[role] = issued.token
     app = build_app(store=store, delivery=delivery or Delivery(poll_s=0.2))
     try:
         async with serving(app, "127.0.0.1", 0) as url, aiohttp.ClientSession() as http:
-            yield Registry(url, store, tokens, http)
+            yield Registry(url, store, tokens, http, app)
     finally:
         await store.close()

@@ -4,6 +4,7 @@ request, retries with growing delays, dead letters listed and replayed through t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import time
@@ -13,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from device_registry.auth import Role
 from device_registry.delivery.webhooks import SIGNATURE, TIMESTAMP, RetryPolicy, verify
-from device_registry.opsapp import Delivery
+from device_registry.opsapp import LEASE, Delivery
 from tests._ops_helpers import registry, smoke
 
 SECRET = "s3cret-for-the-city-platform"
@@ -137,3 +139,47 @@ async def test_signature_binds_body_and_timestamp() -> None:
     assert not verify(SECRET, "1700000001", b'{"a":1}', sig, 1_700_000_010)  # timestamp changed
     assert not verify("other-secret-0000000", "1700000000", b'{"a":1}', sig, 1_700_000_010)
     assert not verify(SECRET, "1700000000", b'{"a":1}', sig, 1_700_000_900)  # too old: replay
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgres"])
+async def test_two_registry_processes_deliver_each_message_once_and_take_over(
+    db: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Registries scaled out on one database: one delivers, the other stands by, and takes over
+    from the persisted cursor when the first goes away."""
+    url = (
+        request.getfixturevalue("pg_url")
+        if db == "postgres"
+        else f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
+    )
+    quick = Delivery(poll_s=0.2, lease_retry_s=0.2, retry=FAST.retry)
+    async with receiver() as rec, contextlib.AsyncExitStack() as second_stack:
+        async with contextlib.AsyncExitStack() as first_stack:
+            first = await first_stack.enter_async_context(registry(tmp_path, quick, url, "a"))
+            await until(lambda: first.app[LEASE].held)
+            second = await second_stack.enter_async_context(registry(tmp_path, quick, url, "b"))
+            status, _ = await second.call("POST", "/api/v1/webhooks", Role.ADMIN,
+                                          {"url": rec.url, "secret": SECRET})  # fmt: skip
+            assert status == 201
+            await second.ingest(smoke("a1"))
+            await rec.wait(lambda r: len(r.delivered) == 2)
+            await asyncio.sleep(1.0)  # time enough for a second deliverer to send them again
+            assert [(m["kind"], m["alert_id"]) for m in rec.delivered] == [
+                ("alert", "a1"), ("lifecycle", "a1")
+            ]  # fmt: skip
+            assert not second.app[LEASE].held
+        # the delivering process is gone: the other takes over where its cursor stopped
+        await until(lambda: second.app[LEASE].held)
+        await second.ingest(smoke("a2"))
+        await rec.wait(lambda r: len(r.delivered) == 4)
+        assert [(m["kind"], m["alert_id"]) for m in rec.delivered][2:] == [
+            ("alert", "a2"), ("lifecycle", "a2")
+        ]  # fmt: skip
+
+
+async def until(predicate: Any, within_s: float = 10.0) -> None:
+    async with asyncio.timeout(within_s):
+        while True:
+            if predicate():
+                return
+            await asyncio.sleep(0.05)  # polling another component's state, with a deadline
