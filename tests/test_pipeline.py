@@ -17,6 +17,14 @@ from gridwatch.gatewayconf import load_gateway
 CABINET = Path(__file__).resolve().parent / "data" / "cabinet.yaml"
 
 
+def cabinet(tmp_path: Path, batch_max: int = 500) -> tuple[Outbox, Pipeline]:
+    """The test cabinet's pipeline on an outbox in ``tmp_path``, at a fixed clock."""
+    _, devices = load_gateway(CABINET)
+    box = Outbox(tmp_path / "o.db", 10**7)
+    clock = lambda: 1_700_000_000.0  # noqa: E731
+    return box, Pipeline("gw1", devices, box, Topics("p"), clock, batch_max=batch_max)
+
+
 def raise_level_alert(pipe: Pipeline, device: str) -> None:
     for i in range(2):  # the profile debounces over two samples
         ts = 1_700_000_000_000 + i * 1000
@@ -35,14 +43,14 @@ def alert_states(box: Outbox) -> list[tuple[str, str]]:
 
 
 def test_reconfigure_keeps_surviving_alerts_and_clears_orphans(tmp_path: Path) -> None:
-    _, devices = load_gateway(CABINET)
-    box = Outbox(tmp_path / "o.db", 10**7)
-    pipe = Pipeline("gw1", devices, box, Topics("p"), lambda: 1_700_000_000.0)
+    box, pipe = cabinet(tmp_path)
     raise_level_alert(pipe, "wl-001")
     raise_level_alert(pipe, "wl-002")
     assert alert_states(box) == [("wl-001", "raised"), ("wl-002", "raised")]
 
-    pipe.reconfigure([d for d in devices if d.id != "wl-002"])  # wl-002 leaves the gateway
+    pipe.reconfigure(
+        [d for d in pipe.devices.values() if d.id != "wl-002"]
+    )  # wl-002 leaves the gateway
 
     assert alert_states(box)[2:] == [("wl-002", "cleared")]
     assert set(pipe.active) == {("wl-001", "level_high")}
@@ -62,15 +70,14 @@ def level_poll(device: str, i: int) -> PollOutcome:
 
 def test_a_poll_is_durable_the_moment_it_is_taken(tmp_path: Path) -> None:
     """Killed before its batcher ran, the gateway still has every poll at its next start."""
-    _, devices = load_gateway(CABINET)
-    box = Outbox(tmp_path / "o.db", 10**7)
-    pipe = Pipeline("gw1", devices, box, Topics("p"), lambda: 1_700_000_000.0, batch_max=5)
+    box, pipe = cabinet(tmp_path, batch_max=5)
     pipe.uplink_up = True
     for i in range(1, 8):
         pipe.sink(level_poll("wl-001", i))  # 14 readings: two batches queued, one poll staged
     queued = [TelemetryBatch.model_validate_json(m.payload) for m in box.peek(100)]
     box.close()  # SIGKILL: no flush; the kernel releases the file, a new process opens it
     box2 = Outbox(tmp_path / "o.db", 10**7)
+    devices = list(pipe.devices.values())
     pipe2 = Pipeline("gw1", devices, box2, Topics("p"), lambda: 1_700_000_100.0, batch_max=5)
     pipe2.flush()
     batches = [TelemetryBatch.model_validate_json(m.payload) for m in box2.peek(100)]
@@ -92,9 +99,7 @@ def test_a_poll_is_durable_the_moment_it_is_taken(tmp_path: Path) -> None:
 def test_a_journal_that_cannot_be_written_keeps_the_readings_in_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _, devices = load_gateway(CABINET)
-    box = Outbox(tmp_path / "o.db", 10**7)
-    pipe = Pipeline("gw1", devices, box, Topics("p"), lambda: 1_700_000_000.0)
+    box, pipe = cabinet(tmp_path)
     pipe.sink(level_poll("wl-001", 1))  # journalled
 
     def full(*_args: object) -> None:
@@ -112,9 +117,7 @@ def test_a_journal_that_cannot_be_written_keeps_the_readings_in_memory(
 
 
 def test_an_old_journal_beside_a_new_outbox_is_not_sent_again(tmp_path: Path) -> None:
-    _, devices = load_gateway(CABINET)
-    box = Outbox(tmp_path / "o.db", 10**7)
-    pipe = Pipeline("gw1", devices, box, Topics("p"), lambda: 1_700_000_000.0)
+    box, pipe = cabinet(tmp_path)
     pipe.sink(level_poll("wl-001", 1))
     box.close()
     for f in tmp_path.glob("o.db*"):  # an operator resets the outbox, not the journal
@@ -127,9 +130,7 @@ def test_an_old_journal_beside_a_new_outbox_is_not_sent_again(tmp_path: Path) ->
 def test_an_alert_the_outbox_cannot_take_is_queued_late_not_lost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _, devices = load_gateway(CABINET)
-    box = Outbox(tmp_path / "o.db", 10**7)
-    pipe = Pipeline("gw1", devices, box, Topics("p"), lambda: 1_700_000_000.0)
+    box, pipe = cabinet(tmp_path)
     real = box.enqueue
 
     def disk_full(*args: Any, **kw: Any) -> None:
