@@ -29,6 +29,9 @@ class CommandRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     point: str = Field(min_length=1, max_length=128, description="A writable point of its profile.")
     value: bool | int | float = Field(description="What to write (engineering units).")
+    ttl_s: int = Field(default=60, ge=1, le=86_400,
+                       description="Seconds the command stays valid: a gateway that gets it later "
+                       "(it was offline) does not run it, and it shows as 'expired'.")  # fmt: skip
 
 
 class CommandView(BaseModel):
@@ -39,19 +42,24 @@ class CommandView(BaseModel):
     value: bool | int | float
     requested_by: str
     requested_at: int
-    state: str = Field(description="sent | ok | failed")
+    state: str = Field(description="sent | ok | failed | expired (sent, no answer by expires_at)")
     error: str = ""
     answered_at: int | None = None
+    expires_at: int | None = None
 
 
 def _now() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _view(r: CommandRow) -> CommandView:
+def command_view(r: CommandRow, now: int) -> CommandView:
+    state = r.state
+    if state == "sent" and r.expires_at is not None and now > r.expires_at:
+        state = "expired"  # no answer in time; the gateway will not run it any more
     return CommandView(id=r.id, gateway=r.gateway_id, device=r.device_id, point=r.point,
                        value=r.value, requested_by=r.requested_by, requested_at=r.requested_at,
-                       state=r.state, error=r.error, answered_at=r.answered_at)  # fmt: skip
+                       state=state, error=r.error, answered_at=r.answered_at,
+                       expires_at=r.expires_at)  # fmt: skip
 
 
 def check_point(profile: ModbusProfile | None, point: str) -> None:
@@ -84,27 +92,28 @@ class Commands:
                 raise Conflict(f"device {dev.id!r} or its gateway is retired")
             prof = self.profiles().get(dev.profile or "")
             check_point(prof if isinstance(prof, ModbusProfile) else None, req.point)
+            now = _now()
             row = CommandRow(id=uuid.uuid4().hex, gateway_id=dev.gateway_id, device_id=dev.id,
                              point=req.point, value=req.value, requested_by=by.name,
-                             requested_at=_now(), state="sent", error="")  # fmt: skip
+                             requested_at=now, state="sent", error="",
+                             expires_at=now + req.ttl_s * 1000)  # fmt: skip
             s.add(row)
             s.add(audit_row(by, "device.command", f"device:{dev.id}", req.model_dump()))
-        cmd = Command(
-            id=row.id, device=dev.name, point=req.point, value=req.value, ts=row.requested_at
-        )
+        cmd = Command(id=row.id, device=dev.name, point=req.point, value=req.value,
+                      ts=row.requested_at, expires_at=row.expires_at)  # fmt: skip
         try:
             await self.send(dev.gateway_id, cmd)
         except BrokerUnavailable as exc:
             await self._answer(row.id, "failed", f"not sent: {exc}")
             raise
-        return _view(row)
+        return command_view(row, _now())
 
     async def get(self, command_id: str) -> CommandView:
         async with self.store.transaction() as s:
             row = await s.get(CommandRow, command_id)
             if row is None:
                 raise NotFound("command", command_id)
-            return _view(row)
+            return command_view(row, _now())
 
     async def record(self, result: CommandResult) -> None:
         async with self.store.transaction() as s:
@@ -112,7 +121,8 @@ class Commands:
             if row is None or row.gateway_id != result.gateway:
                 logger.warning("result of unknown command %s from %s", result.id, result.gateway)
                 return
-        await self._answer(result.id, "ok" if result.ok else "failed", result.error)
+        state = "ok" if result.ok else "expired" if result.expired else "failed"
+        await self._answer(result.id, state, result.error)
 
     async def _answer(self, command_id: str, state: str, error: str) -> None:
         async with self.store.transaction() as s:

@@ -258,3 +258,4 @@ class CommandRow(Base):
     state: Mapped[str] = mapped_column(String(16), default="sent")
     error: Mapped[str] = mapped_column(Text, default="")
     answered_at: Mapped[int | None] = mapped_column(default=None)
+    expires_at: Mapped[int | None] = mapped_column(default=None)

@@ -122,16 +122,21 @@ class Remote:
             logger.error("command unreadable: %s", exc.errors()[0]["msg"])
             return
         error = ""
-        try:
-            async with asyncio.timeout(COMMAND_TIMEOUT_S):
-                await self.write(cmd.device, cmd.point, cmd.value)
-        except DriverError as exc:
-            error = str(exc)
-        except TimeoutError:
-            error = f"no answer within {COMMAND_TIMEOUT_S}s"
-        result = CommandResult(
-            id=cmd.id, gateway=self.gateway, ok=not error, error=error, ts=int(self.clock() * 1000)
-        )
+        now_ms = int(self.clock() * 1000)
+        if cmd.expires_at is not None and now_ms > cmd.expires_at:
+            error = (f"expired: it reached the gateway {now_ms - cmd.expires_at} ms after its "
+                     "deadline and was not run")  # fmt: skip
+        else:
+            try:
+                async with asyncio.timeout(COMMAND_TIMEOUT_S):
+                    await self.write(cmd.device, cmd.point, cmd.value)
+            except DriverError as exc:
+                error = str(exc)
+            except TimeoutError:
+                error = f"no answer within {COMMAND_TIMEOUT_S}s"
+        expired = cmd.expires_at is not None and now_ms > cmd.expires_at
+        result = CommandResult(id=cmd.id, gateway=self.gateway, ok=not error, error=error,
+                               expired=expired, ts=int(self.clock() * 1000))  # fmt: skip
         logger.info(
             "command %s %s.%s=%s: %s", cmd.id, cmd.device, cmd.point, cmd.value, error or "ok"
         )

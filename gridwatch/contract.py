@@ -207,6 +207,12 @@ class Command(_Msg):
     point: str
     value: float | int | bool
     ts: int
+    expires_at: int | None = Field(
+        default=None,
+        description="Unix epoch ms. A gateway that gets the command later (it was offline and "
+        "the broker kept it) does not run it and answers 'expired': an actuator must not move "
+        "hours after someone asked.",
+    )
 
 
 class CommandResult(_Msg):
@@ -215,6 +221,7 @@ class CommandResult(_Msg):
     gateway: str
     ok: bool
     error: str = ""
+    expired: bool = Field(default=False, description="Not run: it arrived after expires_at.")
     ts: int
 
 

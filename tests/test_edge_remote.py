@@ -25,6 +25,10 @@ def readings_of(seen: Any, device: str) -> list[dict[str, Any]]:
     return [r for b in seen.on("telemetry") for r in b["readings"] if r["device"] == device]
 
 
+def polls_of(seen: Any, device: str) -> int:
+    return len({r["ts"] for r in readings_of(seen, device)})
+
+
 async def test_config_push_is_applied_without_restart_and_acknowledged(
     mosquitto: Mosquitto, prefix: str, tmp_path: Path
 ) -> None:
@@ -98,6 +102,16 @@ async def test_command_runs_on_the_device_and_its_result_comes_back(
         running(cfg, devices),
     ):
         await seen.wait_for(lambda s: s.on("status"))
+        # a command that waited too long (the gateway was offline) is answered, not run
+        late_id = uuid.uuid4().hex
+        await push(mosquitto.port, topics.command(gw),
+                   Command(id=late_id, device="sd-001", point="sounder", value=True, ts=0,
+                           expires_at=1))  # fmt: skip
+        await seen.wait_for(lambda s: len(s.on("cmd/result")) >= 1)
+        polled = polls_of(seen, "sd-001")
+        await seen.wait_for(lambda s: polls_of(s, "sd-001") >= polled + 2)
+        assert not any(r["point"] == "sounder" and r["value"] is True
+                       for r in readings_of(seen, "sd-001"))  # fmt: skip
         ok_id, bad_id = uuid.uuid4().hex, uuid.uuid4().hex
         await push(
             mosquitto.port,
@@ -109,13 +123,14 @@ async def test_command_runs_on_the_device_and_its_result_comes_back(
             topics.command(gw),
             Command(id=bad_id, device="sd-001", point="obscuration", value=1, ts=0),
         )
-        await seen.wait_for(lambda s: len(s.on("cmd/result")) >= 2)
+        await seen.wait_for(lambda s: len(s.on("cmd/result")) >= 3)
         await seen.wait_for(
             lambda s: any(
                 r["point"] == "sounder" and r["value"] is True for r in readings_of(s, "sd-001")
             )
         )
     results = {r["id"]: r for r in seen.on("cmd/result")}
-    assert results[ok_id]["ok"] is True
+    assert results[late_id]["ok"] is False and results[late_id]["expired"] is True
+    assert results[ok_id]["ok"] is True and results[ok_id]["expired"] is False
     assert results[bad_id]["ok"] is False and "obscuration" in results[bad_id]["error"]
     assert json.dumps(results)  # plain JSON for the platform
