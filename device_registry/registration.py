@@ -157,6 +157,20 @@ class Registry:
         self.pushed(gw_id)
         return await self.gateway(gw_id)
 
+    async def rotate_credentials(self, gw_id: str, by: Principal) -> Issued:
+        """A new broker password for a live gateway (a lost or leaked one). The old password
+        stops working and the gateway's live session is cut at once; it comes back with the new
+        one, which the answer holds, once."""
+        async with self.store.transaction() as s:
+            await _live_gateway(s, gw_id)
+        password = new_password()
+        await self.broker.grant(gw_id, password)  # re-creates the client: the session is cut
+        async with self.store.transaction() as s:
+            await _live_gateway(s, gw_id)
+            await self.store.cut_off(s, gw_id, _now())
+            s.add(audit_row(by, "gateway.credentials", f"gateway:{gw_id}", None))
+        return Issued(await self.gateway(gw_id), password)
+
     async def retire_gateway(self, gw_id: str, by: Principal) -> GatewayView:
         async with self.store.transaction() as s:
             await _live_gateway(s, gw_id)

@@ -27,7 +27,7 @@ from device_registry.downlink import BrokerSettings, Downlink
 from device_registry.errors import BrokerUnavailable, Invalid
 from device_registry.models import AuditEntry
 from device_registry.provisioning import DynsecAccess, NoBrokerAccess
-from device_registry.registration import Registry
+from device_registry.registration import Issued, Registry
 from device_registry.requests import DeviceCreate, DevicePatch, GatewayCreate, GatewayPatch
 from device_registry.store import RegistryStore
 from gridwatch.gatewayconf import default_profiles_dir
@@ -197,10 +197,22 @@ async def list_gateways(request: web.Request) -> web.Response:
 async def create_gateway(request: web.Request) -> web.Response:
     req = await _body(request, GatewayCreate)
     issued = await _inst(request).registry.add_gateway(req, request[PRINCIPAL])
+    return _ok(_with_password(issued), 201)
+
+
+@requires(Role.INSTALLER)
+async def rotate_credentials(request: web.Request) -> web.Response:
+    issued = await _inst(request).registry.rotate_credentials(
+        request.match_info["id"], request[PRINCIPAL]
+    )
+    return _ok(_with_password(issued))
+
+
+def _with_password(issued: Issued) -> dict[str, Any]:
     body = issued.gateway.model_dump(mode="json")
-    body["mqtt"] = {"username": req.id, "password": issued.password,
+    body["mqtt"] = {"username": issued.gateway.id, "password": issued.password,
                     "note": "the password is shown this once; the registry keeps no copy"}  # fmt: skip
-    return _ok(body, 201)
+    return body
 
 
 @requires(*_ALL)
@@ -345,6 +357,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/api/v1/gateways/{id}", get_gateway),
         web.patch("/api/v1/gateways/{id}", patch_gateway),
         web.post("/api/v1/gateways/{id}/retire", retire_gateway),
+        web.post("/api/v1/gateways/{id}/credentials", rotate_credentials),
         web.get("/api/v1/gateways/{id}/config", gateway_config),
         web.post("/api/v1/devices", create_device),
         web.post("/api/v1/devices/import", import_devices),

@@ -75,6 +75,10 @@ def paths() -> dict[str, Any]:
             "Retire a gateway: its broker access ends and its session is cut at once",
             "installer, admin", 200, _ref("GatewayView"), errors=(401, 403, 404, 409, 503),
             params=gw)},
+        "/api/v1/gateways/{id}/credentials": {"post": _op(
+            "New broker password for a gateway: the old one stops working and its session is "
+            "cut; the new one is in the answer, once", "installer, admin", 200,
+            _ref("GatewayView"), errors=(401, 403, 404, 409, 503), params=gw)},
         "/api/v1/gateways/{id}/config": {"get": _op(
             "The config document the gateway should run (what is pushed to it)",
             "installer, maintenance, admin", 200, errors=(401, 403, 404, 410), params=gw)},

@@ -267,6 +267,16 @@ class RegistryStore:
             rows,
         )
 
+    async def cut_off(self, s: AsyncSession, gateway: str, now: int) -> None:
+        """The registry itself cut the gateway's broker session (new credentials): its will is
+        not published for a client the broker deletes, so mark it offline as a will would."""
+        gw = await s.get(Gateway, gateway)
+        if gw is not None and gw.online:
+            gw.online, gw.died_at = False, now
+            await s.execute(
+                update(Device).where(Device.gateway_id == gateway).values(status="stale")
+            )
+
     async def _apply_status(self, s: AsyncSession, msg: Birth | Death, now: int) -> None:
         gw = await s.get(Gateway, msg.gateway)
         # a message of an older session (a stale retained one, a late will) changes nothing

@@ -25,7 +25,10 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("probe", "modbus"): "gridwatch.probe:main",
     ("config", "check"): "gridwatch.configcheck:main",
     ("demo",): "gridwatch.demo:main",
-    **{("gateway", c): "gridwatch.installer:main" for c in ("add", "list", "show", "retire")},
+    **{
+        ("gateway", c): "gridwatch.installer:main"
+        for c in ("add", "list", "show", "retire", "new-password")
+    },
     **{
         ("device", c): "gridwatch.installer:main"
         for c in ("add", "import", "list", "show", "retire", "commission", "command")

@@ -61,7 +61,9 @@ def add_parsers(sub: Any) -> None:
                      help="write the gateway's config (YAML) to FILE, to copy onto the box")  # fmt: skip
     _location(add)
     for name, helptext in (("list", "list gateways"), ("show", "one gateway, with its config state"),
-                           ("retire", "retire a gateway: its broker access ends at once")):  # fmt: skip
+                           ("retire", "retire a gateway: its broker access ends at once"),
+                           ("new-password", "a new MQTT password (the old one stops at once): "
+                            "printed once")):  # fmt: skip
         p = gws.add_parser(name, help=helptext)
         if name != "list":
             p.add_argument("id")
@@ -228,13 +230,7 @@ async def _gateway(args: argparse.Namespace, api: Api) -> int:
         body = {"id": args.id, "name": args.name, "location": _loc(args),
                 "buses": [_bus(b) for b in args.bus], "labels": _kv(args.label, "--label")}  # fmt: skip
         gw = await api.call("POST", "/api/v1/gateways", json=body)
-        if args.json:
-            print(json.dumps(gw, indent=2))
-        else:
-            _print_gateway(gw)
-            print(f"MQTT username: {gw['mqtt']['username']}")
-            print(f"MQTT password: {gw['mqtt']['password']}   (shown once: put it in the "
-                  f"gateway's environment as GRIDWATCH_MQTT_PASSWORD)")  # fmt: skip
+        _print_issued(gw, args.json)
         if args.write_config:
             import yaml
 
@@ -251,10 +247,23 @@ async def _gateway(args: argparse.Namespace, api: Api) -> int:
         for gw in [] if args.json else gws:
             _print_gateway(gw)
         return OK
+    if args.sub == "new-password":
+        _print_issued(await api.call("POST", f"/api/v1/gateways/{args.id}/credentials"), args.json)
+        return OK
     path = f"/api/v1/gateways/{args.id}" + ("/retire" if args.sub == "retire" else "")
     gw = await api.call("POST" if args.sub == "retire" else "GET", path)
     print(json.dumps(gw, indent=2)) if args.json else _print_gateway(gw)
     return OK
+
+
+def _print_issued(gw: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(gw, indent=2))
+        return
+    _print_gateway(gw)
+    print(f"MQTT username: {gw['mqtt']['username']}")
+    print(f"MQTT password: {gw['mqtt']['password']}   (shown once: put it in the "
+          f"gateway's environment as GRIDWATCH_MQTT_PASSWORD)")  # fmt: skip
 
 
 async def _device(args: argparse.Namespace, api: Api) -> int:

@@ -185,9 +185,19 @@ async def test_installer_registers_commissions_and_commands(
             code, out = await cli(central, operator, "device", "command", f"{gw}:sd-001",
                                   "obscuration", "1")  # fmt: skip
             assert code == 1 and "not writable" in out, out
+
+            # the box was stolen: a new password; the gateway drops offline until it has it
+            code, out = await cli(central, installer, "gateway", "new-password", gw)
+            assert code == 0, out
+            rotated = next(
+                line.split()[2] for line in out.splitlines() if line.startswith("MQTT password")
+            )
+            assert rotated != password
+            await until_cli(central, installer, ["gateway", "show", gw],
+                            lambda g: not g["online"])  # fmt: skip
         finally:
             edge.terminate()
             edge.wait(15)
     logs = central.log.read_text() + edge_log.read_text()
-    for secret in (password, installer, operator, ADMIN_PASSWORD):
+    for secret in (password, rotated, installer, operator, ADMIN_PASSWORD):
         assert secret not in logs

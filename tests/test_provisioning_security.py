@@ -189,3 +189,34 @@ async def test_gateways_are_admitted_confined_and_cut_off(
     logs = caplog.text + b.mq.log.read_text()
     for secret in (pw_a, pw_b, ADMIN_PASSWORD, ADMIN_TOKEN):
         assert secret not in logs
+
+
+async def test_a_leaked_password_is_rotated_the_old_one_stops_at_once(
+    dynsec_broker: SecureBroker, prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    b, ca = dynsec_broker, dynsec_broker.certs.ca
+    async with registry(tmp_path, installer_settings(b, prefix)) as reg:
+        old = (await reg.call("POST", "/api/v1/gateways", {"id": "gw-r"}, status=201))["mqtt"]
+        tls = __import__("ssl").create_default_context(cafile=str(ca))
+        async with aiomqtt.Client("127.0.0.1", b.tls_port, username="gw-r",
+                                  password=old["password"], tls_context=tls,
+                                  identifier="r-live") as live:  # fmt: skip
+            await live.subscribe(f"{prefix}/gw/gw-r/cmd", qos=1)
+            rotated = await reg.call("POST", "/api/v1/gateways/gw-r/credentials")
+            with pytest.raises(aiomqtt.MqttError):  # the session on the old password is cut
+                async with asyncio.timeout(10):
+                    async for _ in live.messages:
+                        pass
+        new = rotated["mqtt"]
+        assert new["username"] == "gw-r" and new["password"] != old["password"]
+        assert await connect_refused(b.tls_port, "gw-r", old["password"], ca)
+        assert not await connect_refused(b.tls_port, "gw-r", new["password"], ca)
+        # still confined to its own subtree
+        assert await asyncio.to_thread(publish_as, b.tls_port, "gw-r", new["password"],
+                                       f"{prefix}/gw/gw-x/telemetry", ca) == 135  # fmt: skip
+        audit = await reg.call("GET", "/api/v1/audit?target=gateway:gw-r")
+        assert [e["action"] for e in audit] == ["gateway.credentials", "gateway.register"]
+        await reg.call("POST", "/api/v1/gateways/gw-r/retire")
+        await reg.call("POST", "/api/v1/gateways/gw-r/credentials", status=409)  # not revived
+    logs = caplog.text + b.mq.log.read_text()
+    assert old["password"] not in logs and new["password"] not in logs

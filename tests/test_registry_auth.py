@@ -38,6 +38,7 @@ EXPECTED: dict[tuple[str, str], set[Role]] = {
     ("GET", "/api/v1/gateways/{id}"): READERS,
     ("PATCH", "/api/v1/gateways/{id}"): {INS, ADM},
     ("POST", "/api/v1/gateways/{id}/retire"): {INS, ADM},
+    ("POST", "/api/v1/gateways/{id}/credentials"): {INS, ADM},
     ("GET", "/api/v1/gateways/{id}/config"): {INS, MNT, ADM},
     ("GET", "/api/v1/devices"): READERS,
     ("POST", "/api/v1/devices"): {INS, ADM},
