@@ -15,6 +15,7 @@ from device_registry.opsviews import (
     AlertOpsView,
     DeadLetterView,
     HealthReport,
+    IncidentActed,
     ReadingsView,
     ReplayView,
     WebhookRequest,
@@ -26,6 +27,7 @@ _REF = "#/components/schemas/{model}"
 MODELS: list[type[BaseModel]] = [
     AlertOpsView, ActionView, ActionRequest, WebhookRequest, WebhookView, DeadLetterView,
     ReplayView, HealthReport, ReadingsView, PlatformAlert, PlatformLifecycle, PlatformEscalation,
+    IncidentActed,
 ]  # fmt: skip
 
 
@@ -63,6 +65,13 @@ def _act(verb: str) -> dict[str, Any]:
                         params=[_p("id", "path")], errors=(400, 401, 403, 404, 409))}  # fmt: skip
 
 
+def _act_incident(verb: str) -> dict[str, Any]:
+    return {"post": _op(f"{verb} every alert of an incident its stage allows (optional note), in "
+                        "one step; the others are listed as skipped", "operator, admin",
+                        _ref("IncidentActed"), request="ActionRequest", params=[_p("id", "path")],
+                        errors=(400, 401, 403, 404))}  # fmt: skip
+
+
 def paths() -> dict[str, Any]:
     message = {
         "oneOf": [_ref("PlatformAlert"), _ref("PlatformLifecycle"), _ref("PlatformEscalation")]
@@ -80,6 +89,9 @@ def paths() -> dict[str, Any]:
         "/api/v1/alerts/{id}/ack": _act("Acknowledge"),
         "/api/v1/alerts/{id}/resolve": _act("Resolve"),
         "/api/v1/alerts/{id}/close": _act("Close"),
+        "/api/v1/incidents/{id}/ack": _act_incident("Acknowledge"),
+        "/api/v1/incidents/{id}/resolve": _act_incident("Resolve"),
+        "/api/v1/incidents/{id}/close": _act_incident("Close"),
         "/api/v1/alerts/stream": {"get": _op(
             "Server-sent events: id = feed seq, event = kind, data = the platform message; "
             "resumes after Last-Event-ID", "platform, operator, admin", message,

@@ -65,6 +65,9 @@ def routes() -> list[web.RouteDef]:
         web.post("/api/v1/alerts/{id}/ack", ack),
         web.post("/api/v1/alerts/{id}/resolve", resolve),
         web.post("/api/v1/alerts/{id}/close", close),
+        web.post("/api/v1/incidents/{id}/ack", ack_incident),
+        web.post("/api/v1/incidents/{id}/resolve", resolve_incident),
+        web.post("/api/v1/incidents/{id}/close", close_incident),
         web.get("/api/v1/webhooks", list_webhooks),
         web.post("/api/v1/webhooks", add_webhook),
         web.delete("/api/v1/webhooks/{id}", delete_webhook),
@@ -122,6 +125,31 @@ async def _act(request: web.Request, action: Action) -> web.Response:
     except Refused as exc:
         return web.json_response({"error": "conflict", "detail": str(exc)}, status=409)
     return _json(view)
+
+
+async def _act_on_incident(request: web.Request, action: Action) -> web.Response:
+    _query(request, set())
+    body = await _body(request, ActionRequest)
+    assert isinstance(body, ActionRequest)
+    done = await request.app[OPS].store.act_on_incident(
+        request.match_info["id"], action, _actor(request), body.note, now_ms()
+    )
+    return _json(done)
+
+
+@requires(Role.OPERATOR)
+async def ack_incident(request: web.Request) -> web.Response:
+    return await _act_on_incident(request, Action.ACK)
+
+
+@requires(Role.OPERATOR)
+async def resolve_incident(request: web.Request) -> web.Response:
+    return await _act_on_incident(request, Action.RESOLVE)
+
+
+@requires(Role.OPERATOR)
+async def close_incident(request: web.Request) -> web.Response:
+    return await _act_on_incident(request, Action.CLOSE)
 
 
 @requires(Role.OPERATOR)

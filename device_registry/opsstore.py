@@ -14,7 +14,7 @@ from sqlalchemy import delete, func, select
 
 from device_registry import lifecycle
 from device_registry.errors import NotFound
-from device_registry.lifecycle import Action, Stage
+from device_registry.lifecycle import Action, Refused, Stage
 from device_registry.models import Alert
 from device_registry.opsmodels import (
     AlertAction,
@@ -28,6 +28,8 @@ from device_registry.opsviews import (
     ActionView,
     AlertOpsView,
     DeadLetterView,
+    IncidentActed,
+    SkippedAlert,
     WebhookRequest,
     WebhookView,
 )
@@ -123,6 +125,34 @@ class OpsStore:
             view = ops_view(a, o, now)
         self.ops.fed()
         return view
+
+    async def act_on_incident(
+        self, incident_id: str, action: Action, actor: str, note: str, now: int
+    ) -> IncidentActed:
+        """The action on every alert of the incident whose stage allows it, in one transaction;
+        the others are listed with the reason. Raises ``NotFound`` for an unknown incident."""
+        out = IncidentActed(incident_id=incident_id)
+        async with self.store.transaction() as s:
+            ids = list(await s.scalars(
+                select(AlertOps.alert_id).where(AlertOps.incident_id == incident_id)
+                .order_by(AlertOps.alert_id)
+            ))  # fmt: skip
+            if not ids:
+                raise NotFound("incident", incident_id)
+            for alert_id in ids:
+                try:
+                    await self.ops.act(s, alert_id, action, actor, note, now)
+                except Refused as exc:
+                    out.skipped.append(
+                        SkippedAlert(alert_id=alert_id, stage=exc.stage.value, reason=str(exc))
+                    )
+                    continue
+                a, o = await s.get(Alert, alert_id), await s.get(AlertOps, alert_id)
+                assert a is not None and o is not None
+                out.applied.append(ops_view(a, o, now))
+        if out.applied:
+            self.ops.fed()
+        return out
 
     async def escalate(self, now: int) -> list[str]:
         async with self.store.transaction() as s:

@@ -27,6 +27,20 @@ class AlertOpsView(AlertView):
     closed_at: int | None
 
 
+class SkippedAlert(BaseModel):
+    alert_id: str
+    stage: str
+    reason: str
+
+
+class IncidentActed(BaseModel):
+    """An action on a whole incident: the alerts it moved, and those whose stage refused it."""
+
+    incident_id: str
+    applied: list[AlertOpsView] = Field(default_factory=list)
+    skipped: list[SkippedAlert] = Field(default_factory=list)
+
+
 class ActionView(BaseModel):
     action: str
     before: str

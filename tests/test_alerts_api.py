@@ -43,6 +43,15 @@ async def test_roles_and_bad_requests(tmp_path: Path) -> None:
             assert r.status == 401
         status, _ = await reg.call("POST", "/api/v1/alerts/nope/ack", Role.OPERATOR)
         assert status == 404
+        _, alert = await reg.call("GET", "/api/v1/alerts/a1", Role.OPERATOR)
+        incident = f"/api/v1/incidents/{alert['incident_id']}/ack"
+        for role in (Role.MAINTENANCE, Role.PLATFORM, Role.INSTALLER):
+            status, _ = await reg.call("POST", incident, role)
+            assert status == 403, role
+        status, _ = await reg.call("POST", "/api/v1/incidents/nope/ack", Role.OPERATOR)
+        assert status == 404
+        status, done = await reg.call("POST", incident, Role.OPERATOR, {"note": "crew sent"})
+        assert status == 200 and [a["stage"] for a in done["applied"]] == ["acknowledged"]
         status, _ = await reg.call("POST", "/api/v1/alerts/a1/ack", Role.OPERATOR, {"nte": "x"})
         assert status == 400
         status, _ = await reg.call("GET", "/api/v1/alerts/lifecycle?stage=bogus", Role.OPERATOR)
@@ -59,7 +68,8 @@ async def test_openapi_describes_the_alert_and_health_endpoints(tmp_path: Path) 
     for path, method in [("/api/v1/alerts/{id}/ack", "post"), ("/api/v1/health", "get"),
                          ("/api/v1/alerts/stream", "get"), ("/api/v1/webhooks", "post"),
                          ("/api/v1/webhooks/dead-letters/{id}/replay", "post"),
-                         ("/api/v1/devices/{id}/readings", "get")]:  # fmt: skip
+                         ("/api/v1/devices/{id}/readings", "get"),
+                         ("/api/v1/incidents/{id}/resolve", "post")]:  # fmt: skip
         assert method in spec["paths"][path], path
     assert {"PlatformLifecycle", "PlatformEscalation", "HealthReport"} <= set(
         spec["components"]["schemas"]

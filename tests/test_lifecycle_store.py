@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from device_registry import Changes, RegistryStore, StoreUnavailable
+from device_registry.errors import NotFound
 from device_registry.lifecycle import Action, Refused
 from device_registry.opsstore import AlertFilter, OpsStore
 from gridwatch.contract import AlertEvent, AlertState, Location, Severity, new_id
@@ -144,3 +145,32 @@ async def test_two_registry_processes_escalate_an_alert_once(ops: OpsStore) -> N
         assert [e.kind for e in await ops.feed(0)].count("escalation") == 1
     finally:
         await other_store.close()
+
+
+async def test_an_incident_is_acknowledged_and_resolved_as_one(ops: OpsStore) -> None:
+    """Two detectors in one cell: the operator acts on the incident, not alert by alert."""
+    await ingest(ops, smoke("a1", "sd-1", T0), smoke("a2", "sd-2", T0 + 20_000))
+    await ingest(ops, smoke("x9", "sd-9", T0, grid="FT-0099"))  # another incident
+    views = {a.alert_id: a for a in await ops.alerts(AlertFilter(), now=T0)}
+    incident = views["a1"].incident_id
+    await ops.act("a1", Action.ACK, "ops-1", "seen on camera", T0 + MIN)
+
+    acked = await ops.act_on_incident(incident, Action.ACK, "ops-2", "crew sent", T0 + 2 * MIN)
+    assert [a.alert_id for a in acked.applied] == ["a2"]
+    assert [(s.alert_id, s.stage) for s in acked.skipped] == [("a1", "acknowledged")]
+    assert acked.applied[0].acked_by == "ops-2"
+
+    resolved = await ops.act_on_incident(incident, Action.RESOLVE, "ops-2", "", T0 + 30 * MIN)
+    assert sorted(a.alert_id for a in resolved.applied) == ["a1", "a2"] and not resolved.skipped
+    stages = {
+        a.alert_id: a.stage
+        for a in await ops.alerts(
+            AlertFilter(stages=frozenset({"open", "acknowledged", "resolved"})), now=T0 + 31 * MIN
+        )
+    }
+    assert stages == {"a1": "resolved", "a2": "resolved", "x9": "open"}  # fmt: skip
+    actions = [(e.payload["alert_id"], e.payload.get("action")) for e in await ops.feed(0)
+               if e.kind == "lifecycle" and e.payload.get("action") != "open"]  # fmt: skip
+    assert actions == [("a1", "ack"), ("a2", "ack"), ("a1", "resolve"), ("a2", "resolve")]
+    with pytest.raises(NotFound):
+        await ops.act_on_incident("no-such-incident", Action.ACK, "ops", "", T0)
