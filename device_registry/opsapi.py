@@ -15,7 +15,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from device_registry.api import STORE, BadQuery, _int, _json, _query
-from device_registry.auth import PRINCIPAL, Role, requires
+from device_registry.auth import PRINCIPAL, Handler, Role, requires
 from device_registry.delivery.feed import FeedSignal
 from device_registry.delivery.mqtt_out import PlatformPublisher
 from device_registry.delivery.sse import SseHub
@@ -62,12 +62,11 @@ def routes() -> list[web.RouteDef]:
         web.get("/api/v1/alerts/stream", stream),
         web.get("/api/v1/alerts/lifecycle", list_alert_ops),
         web.get("/api/v1/alerts/{id}", get_alert),
-        web.post("/api/v1/alerts/{id}/ack", ack),
-        web.post("/api/v1/alerts/{id}/resolve", resolve),
-        web.post("/api/v1/alerts/{id}/close", close),
-        web.post("/api/v1/incidents/{id}/ack", ack_incident),
-        web.post("/api/v1/incidents/{id}/resolve", resolve_incident),
-        web.post("/api/v1/incidents/{id}/close", close_incident),
+        *(web.post(f"/api/v1/alerts/{{id}}/{a.value}", _acting(_act, a)) for a in OPERATOR_ACTIONS),
+        *(
+            web.post(f"/api/v1/incidents/{{id}}/{a.value}", _acting(_act_on_incident, a))
+            for a in OPERATOR_ACTIONS
+        ),
         web.get("/api/v1/webhooks", list_webhooks),
         web.post("/api/v1/webhooks", add_webhook),
         web.delete("/api/v1/webhooks/{id}", delete_webhook),
@@ -137,34 +136,19 @@ async def _act_on_incident(request: web.Request, action: Action) -> web.Response
     return _json(done)
 
 
-@requires(Role.OPERATOR)
-async def ack_incident(request: web.Request) -> web.Response:
-    return await _act_on_incident(request, Action.ACK)
+OPERATOR_ACTIONS = (Action.ACK, Action.RESOLVE, Action.CLOSE)
 
 
-@requires(Role.OPERATOR)
-async def resolve_incident(request: web.Request) -> web.Response:
-    return await _act_on_incident(request, Action.RESOLVE)
+def _acting(
+    act: Callable[[web.Request, Action], Awaitable[web.Response]], action: Action
+) -> Handler:
+    """The operator's endpoint for ``action`` on one alert or one incident."""
 
+    @requires(Role.OPERATOR)
+    async def handler(request: web.Request) -> web.Response:
+        return await act(request, action)
 
-@requires(Role.OPERATOR)
-async def close_incident(request: web.Request) -> web.Response:
-    return await _act_on_incident(request, Action.CLOSE)
-
-
-@requires(Role.OPERATOR)
-async def ack(request: web.Request) -> web.Response:
-    return await _act(request, Action.ACK)
-
-
-@requires(Role.OPERATOR)
-async def resolve(request: web.Request) -> web.Response:
-    return await _act(request, Action.RESOLVE)
-
-
-@requires(Role.OPERATOR)
-async def close(request: web.Request) -> web.Response:
-    return await _act(request, Action.CLOSE)
+    return handler
 
 
 @requires(Role.PLATFORM, Role.OPERATOR)
