@@ -26,6 +26,9 @@ from gridwatch.watch import Watch
 
 logger = logging.getLogger(__name__)
 
+MEMORY_ONLY_MAX = 100_000
+"""Readings held in memory when the journal cannot be written (a full disk): about 10 MB."""
+
 Clock = Callable[[], float]  # seconds since the epoch
 
 
@@ -60,6 +63,7 @@ class Pipeline:
         self.buffer: list[Staged] = []  # polls staged in the outbox, not yet in a batch
         self.buffered = 0  # readings in ``buffer``
         self.stage_failures = 0
+        self.dropped_readings = 0  # memory-only polls dropped past MEMORY_ONLY_MAX
         self.readings_in = 0
         self.alerts_out = 0
         # alert transitions the outbox could not take yet (a full disk), retried in order
@@ -129,10 +133,25 @@ class Pipeline:
             return self.outbox.stage(payload, readings)
         except OSError as exc:  # disk full, file system gone read-only: keep them in memory
             self.stage_failures += 1
+            self._bound_memory_only(readings)
             if self.stage_failures == 1 or self.stage_failures % 1000 == 0:
                 logger.error("poll journal write failed (%d so far), readings held in memory "
-                             "only: %s", self.stage_failures, exc)  # fmt: skip
+                             "only (%d dropped, oldest first): %s", self.stage_failures,
+                             self.dropped_readings, exc)  # fmt: skip
             return Staged(0, readings, payload)  # id 0: in no journal
+
+    def _bound_memory_only(self, incoming: int) -> None:
+        """Polls held only in memory (the journal cannot be written) are bounded like the
+        outbox: past ``MEMORY_ONLY_MAX`` readings the oldest go, counted in ``dropped_readings``."""
+        held = sum(p.readings for p in self.buffer if p.id == 0)
+        while self.buffer and held + incoming > MEMORY_ONLY_MAX:
+            oldest = next((i for i, p in enumerate(self.buffer) if p.id == 0), None)
+            if oldest is None:
+                return
+            gone = self.buffer.pop(oldest)
+            held -= gone.readings
+            self.buffered -= gone.readings
+            self.dropped_readings += gone.readings
 
     def queue_alerts(self) -> None:
         """Put waiting alert transitions into the outbox, oldest first. One the outbox cannot

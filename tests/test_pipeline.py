@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from drivers.base import PollOutcome, Sample
@@ -144,3 +145,21 @@ def test_an_alert_the_outbox_cannot_take_is_queued_late_not_lost(
     pipe.tick()
     assert alert_states(box) == [("wl-001", "raised")]
     assert [a.rule for a in box.active_alerts()] == ["level_high"]
+
+
+def test_memory_only_polls_are_bounded_oldest_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    box, pipe = cabinet(tmp_path)
+    monkeypatch.setattr("edge.pipeline.MEMORY_ONLY_MAX", 4)
+
+    def full(*_args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(box.journal, "append", full)
+    for i in range(1, 6):  # 2 readings each: only the newest two polls fit
+        pipe.sink(level_poll("wl-001", i))
+    counters = [r["value"] for p in pipe.buffer for r in orjson.loads(b"[" + p.payload + b"]")
+                if r["point"] == "counter"]  # fmt: skip
+    assert counters == [4, 5]
+    assert (pipe.buffered, pipe.dropped_readings) == (4, 6)
