@@ -22,7 +22,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,21 +31,18 @@ import aiomqtt
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.edge_poll_bench import field_yaml, profile_yaml, start_sims  # noqa: E402
-from tests._drivers_helpers import free_port  # noqa: E402
+from bench.edge_poll_bench import Field, add_field_args, simulated_field  # noqa: E402
 from tests.services import Mosquitto  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 PREFIX = "bench"
 
 
-def gateway_yaml(ports: list[int], per_port: int, args: argparse.Namespace, mqtt: int,
-                 root: Path) -> str:  # fmt: skip
-    timeout = min(1.0, args.interval * 0.8)
+def gateway_yaml(field: Field, args: argparse.Namespace, mqtt: int) -> str:
     return (
         "gateway: {id: gw-bench}\nprofiles_dir: profiles\nhealth_interval_s: 2\n"
         f"mqtt: {{host: 127.0.0.1, port: {mqtt}, prefix: {PREFIX}, batch_max: {args.batch}}}\n"
-        f"outbox: {{path: {root / 'outbox.db'}}}\n" + field_yaml(ports, per_port, timeout)
+        f"outbox: {{path: {field.root / 'outbox.db'}}}\n" + field.yaml()
     )
 
 
@@ -136,27 +132,16 @@ async def measure(edge: subprocess.Popen[str], mqtt_port: int, args: argparse.Na
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--devices", type=int, default=500)
-    ap.add_argument("--procs", type=int, default=4, help="simulator processes (one port each)")
-    ap.add_argument("--interval", type=float, default=0.5)
-    ap.add_argument("--points", type=int, default=20)
+    add_field_args(ap)
     ap.add_argument("--batch", type=int, default=500, help="readings per telemetry message")
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--warmup", type=float, default=5.0)
     ap.add_argument("--profile", default=None, help="run the agent under cProfile into FILE")
     args = ap.parse_args()
-    per_port = -(-args.devices // args.procs)
-    if per_port > 247:
-        ap.error("more than 247 devices per simulator: raise --procs")
-    timeout = min(1.0, args.interval * 0.8)
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        (root / "profiles").mkdir()
-        (root / "profiles" / "bench.yaml").write_text(profile_yaml(args.points, args.interval))
+    with simulated_field(ap, args) as field:
+        root = field.root
         broker = Mosquitto(root / "mosquitto").start()
-        ports = [free_port() for _ in range(args.procs)]
-        (root / "gw.yaml").write_text(gateway_yaml(ports, per_port, args, broker.port, root))
-        sims = start_sims(root, ports, per_port, timeout)
+        (root / "gw.yaml").write_text(gateway_yaml(field, args, broker.port))
         prof = ["-m", "cProfile", "-o", args.profile] if args.profile else []
         edge = subprocess.Popen([sys.executable, *prof, "-m", "gridwatch.cli", "edge", "run",
                                  "-c", str(root / "gw.yaml")], cwd=ROOT,
@@ -172,9 +157,6 @@ def main() -> int:
                 print("edge agent did not stop within 30 s of SIGTERM: killed", file=sys.stderr)
                 edge.kill()
                 edge.wait()
-            for proc in sims:
-                proc.terminate()
-                proc.wait(timeout=10)
             broker.stop()
     return 0
 

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +65,48 @@ def gateway_yaml(ports: list[int], per_port: int, timeout: float) -> str:
     return "gateway: {id: gw-bench}\nprofiles_dir: profiles\n" + field_yaml(
         ports, per_port, timeout
     )
+
+
+def add_field_args(ap: argparse.ArgumentParser) -> None:
+    """The simulated field's options, shared by this bench and the whole-edge bench."""
+    ap.add_argument("--devices", type=int, default=500)
+    ap.add_argument("--procs", type=int, default=4, help="simulator processes (one port each)")
+    ap.add_argument("--interval", type=float, default=0.5)
+    ap.add_argument("--points", type=int, default=20)
+
+
+@dataclass(frozen=True)
+class Field:
+    root: Path  # a temporary directory with profiles/bench.yaml; gone when the field stops
+    ports: list[int]
+    per_port: int
+    timeout: float
+
+    def yaml(self) -> str:
+        """The buses and devices sections of a gateway config polling this field."""
+        return field_yaml(self.ports, self.per_port, self.timeout)
+
+
+@contextlib.contextmanager
+def simulated_field(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Iterator[Field]:
+    """``args.devices`` simulated devices served by ``args.procs`` ``gridwatch sim``
+    processes, until the block ends."""
+    per_port = -(-args.devices // args.procs)
+    if per_port > 247:
+        ap.error("more than 247 devices per simulator: raise --procs")
+    timeout = min(1.0, args.interval * 0.8)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "profiles").mkdir()
+        (root / "profiles" / "bench.yaml").write_text(profile_yaml(args.points, args.interval))
+        ports = [free_port() for _ in range(args.procs)]
+        sims = start_sims(root, ports, per_port, timeout)
+        try:
+            yield Field(root, ports, per_port, timeout)
+        finally:
+            for proc in sims:
+                proc.terminate()
+                proc.wait(timeout=10)
 
 
 def start_sims(
@@ -112,30 +157,14 @@ async def poll(cfg: Path, warmup: float, duration: float) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--devices", type=int, default=500)
-    ap.add_argument("--procs", type=int, default=4, help="simulator processes (one port each)")
-    ap.add_argument("--interval", type=float, default=0.5)
-    ap.add_argument("--points", type=int, default=20)
+    add_field_args(ap)
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--warmup", type=float, default=3.0)
     args = ap.parse_args()
-    per_port = -(-args.devices // args.procs)
-    if per_port > 247:
-        ap.error("more than 247 devices per simulator: raise --procs")
-    timeout = min(1.0, args.interval * 0.8)
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        (root / "profiles").mkdir()
-        (root / "profiles" / "bench.yaml").write_text(profile_yaml(args.points, args.interval))
-        ports = [free_port() for _ in range(args.procs)]
-        (root / "gw.yaml").write_text(gateway_yaml(ports, per_port, timeout))
-        sims = start_sims(root, ports, per_port, timeout)
-        try:
-            asyncio.run(poll(root / "gw.yaml", args.warmup, args.duration))
-        finally:
-            for proc in sims:
-                proc.terminate()
-                proc.wait(timeout=10)
+    with simulated_field(ap, args) as field:
+        cfg = field.root / "gw.yaml"
+        cfg.write_text(gateway_yaml(field.ports, field.per_port, field.timeout))
+        asyncio.run(poll(cfg, args.warmup, args.duration))
     return 0
 
 
