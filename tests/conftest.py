@@ -49,6 +49,16 @@ def pg_url(postgres: Postgres) -> str:
     return postgres.create_database("t_" + uuid.uuid4().hex[:12])
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh registry database, once as a SQLite file and once on PostgreSQL: the registry
+    must give the same answers on both."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/registry.db"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
 ADMIN_TOKEN = "test-admin-token"
 """Every registry a test starts (in-process or as a child process) knows this admin token."""
 

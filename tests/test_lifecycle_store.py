@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -19,13 +18,9 @@ T0 = 1_700_000_000_000
 MIN = 60_000
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def ops(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OpsStore]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    store = await RegistryStore.open(url)
+@pytest.fixture
+async def ops(registry_url: str) -> AsyncIterator[OpsStore]:
+    store = await RegistryStore.open(registry_url)
     yield OpsStore(store)
     await store.close()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -66,14 +65,9 @@ class Api:
     store: RegistryStore
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def api(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Api]:
-    url = (
-        f"sqlite+aiosqlite:///{tmp_path}/registry.db"
-        if request.param == "sqlite"
-        else request.getfixturevalue("pg_url")
-    )
-    store = await RegistryStore.open(url)
+@pytest.fixture
+async def api(registry_url: str) -> AsyncIterator[Api]:
+    store = await RegistryStore.open(registry_url)
     tokens = {
         role: (await issue(store, TokenRequest(name=f"{role}-t", role=role), SYSTEM)).token
         for role in Role

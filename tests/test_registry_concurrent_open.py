@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from pathlib import Path
-
-import pytest
 
 from device_registry import RegistryStore
 
@@ -25,15 +22,10 @@ def open_at_once(url: str, n: int) -> list[tuple[int, str]]:
     return [(p.wait(60), p.communicate()[1].decode()) for p in procs]
 
 
-@pytest.mark.parametrize("db", ["sqlite", "postgres"])
 async def test_processes_opening_at_once_on_a_fresh_database_all_come_up(
-    db: str, tmp_path: Path, request: pytest.FixtureRequest
+    registry_url: str,
 ) -> None:
-    url = (
-        f"sqlite+aiosqlite:///{tmp_path}/registry.db"
-        if db == "sqlite"
-        else request.getfixturevalue("pg_url")
-    )
+    url = registry_url
     results = await asyncio.to_thread(open_at_once, url, 4)
     assert [rc for rc, _ in results] == [0] * 4, [err for _, err in results]
     store = await RegistryStore.open(url)

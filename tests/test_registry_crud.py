@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -37,14 +36,9 @@ class Api:
             return await r.json()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def api(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Api]:
-    url = (
-        f"sqlite+aiosqlite:///{tmp_path}/registry.db"
-        if request.param == "sqlite"
-        else request.getfixturevalue("pg_url")
-    )
-    store = await RegistryStore.open(url)
+@pytest.fixture
+async def api(registry_url: str) -> AsyncIterator[Api]:
+    store = await RegistryStore.open(registry_url)
     token = (await issue(store, TokenRequest(name="anna", role=Role.INSTALLER), SYSTEM)).token
     op = (await issue(store, TokenRequest(name="olga", role=Role.OPERATOR), SYSTEM)).token
     settings = InstallerSettings(uplink=Uplink(host="broker.example", port=8883, prefix="city"))

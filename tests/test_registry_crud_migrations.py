@@ -3,8 +3,6 @@ database made before migrations existed is upgraded in place."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from sqlalchemy import inspect, text
 
@@ -13,12 +11,9 @@ from device_registry.db import make_engine
 from device_registry.migrate import BASELINE
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/registry.db"
-    value: str = request.getfixturevalue("pg_url")
-    return value
+@pytest.fixture
+def url(registry_url: str) -> str:
+    return registry_url
 
 
 async def test_migrations_build_exactly_the_models(url: str) -> None:

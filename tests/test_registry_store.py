@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -20,13 +19,9 @@ from gridwatch.contract import AlertState, DeviceHealth, GatewayHealth, Quality,
 from tests._central_helpers import alert, birth, death, reading
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RegistryStore]:
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path}/registry.db"
-    else:
-        url = request.getfixturevalue("pg_url")
-    s = await RegistryStore.open(url)
+@pytest.fixture
+async def store(registry_url: str) -> AsyncIterator[RegistryStore]:
+    s = await RegistryStore.open(registry_url)
     yield s
     await s.close()
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp import web
 
 from device_registry.auth import Role
@@ -141,17 +140,12 @@ async def test_signature_binds_body_and_timestamp() -> None:
     assert not verify(SECRET, "1700000000", b'{"a":1}', sig, 1_700_000_900)  # too old: replay
 
 
-@pytest.mark.parametrize("db", ["sqlite", "postgres"])
 async def test_two_registry_processes_deliver_each_message_once_and_take_over(
-    db: str, tmp_path: Path, request: pytest.FixtureRequest
+    registry_url: str, tmp_path: Path
 ) -> None:
     """Registries scaled out on one database: one delivers, the other stands by, and takes over
     from the persisted cursor when the first goes away."""
-    url = (
-        request.getfixturevalue("pg_url")
-        if db == "postgres"
-        else f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
-    )
+    url = registry_url
     quick = Delivery(poll_s=0.2, lease_retry_s=0.2, retry=FAST.retry)
     async with receiver() as rec, contextlib.AsyncExitStack() as second_stack:
         async with contextlib.AsyncExitStack() as first_stack:
