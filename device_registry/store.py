@@ -272,10 +272,12 @@ class RegistryStore:
         not published for a client the broker deletes, so mark it offline as a will would."""
         gw = await s.get(Gateway, gateway)
         if gw is not None and gw.online:
-            gw.online, gw.died_at = False, now
-            await s.execute(
-                update(Device).where(Device.gateway_id == gateway).values(status="stale")
-            )
+            await self._offline(s, gw, now)
+
+    async def _offline(self, s: AsyncSession, gw: Gateway, now: int) -> None:
+        """What a gateway's death means: offline since ``now``, its devices stale."""
+        gw.online, gw.died_at = False, now
+        await s.execute(update(Device).where(Device.gateway_id == gw.id).values(status="stale"))
 
     async def _apply_status(self, s: AsyncSession, msg: Birth | Death, now: int) -> None:
         gw = await s.get(Gateway, msg.gateway)
@@ -283,15 +285,13 @@ class RegistryStore:
         if gw is None or msg.session < gw.session:
             return
         gw.session = msg.session
-        if isinstance(msg, Birth):
-            gw.online, gw.born_at = True, msg.ts
-            gw.software, gw.config_version = msg.software, msg.config_version
-            status = "online"
-        else:
-            gw.online, gw.died_at = False, now
-            status = "stale"
+        if isinstance(msg, Death):
+            await self._offline(s, gw, now)
+            return
+        gw.online, gw.born_at = True, msg.ts
+        gw.software, gw.config_version = msg.software, msg.config_version
         await s.flush()
-        if isinstance(msg, Birth) and msg.devices:  # a birth registers the devices it names
+        if msg.devices:  # a birth registers the devices it names
             rows = [
                 {
                     "id": device_key(msg.gateway, d),
@@ -303,7 +303,7 @@ class RegistryStore:
             ]
             await s.execute(self._insert(Device).on_conflict_do_nothing(), rows)
         await s.execute(
-            update(Device).where(Device.gateway_id == msg.gateway).values(status=status)
+            update(Device).where(Device.gateway_id == msg.gateway).values(status="online")
         )
 
     async def _apply_alerts(self, s: AsyncSession, events: Sequence[AlertEvent], now: int) -> None:
