@@ -142,8 +142,9 @@ class DevicePoller:
                 quality = Quality.COMM_ERROR if busy else Quality.INVALID
                 values.update((s.name, (None, quality)) for s in req.slices)
                 continue
+            # an entry keeps its request alive, so no other request can take its id
             cached = self._blocks.get(id(req))
-            if cached is None or cached[0] is not req:
+            if cached is None:
                 live = {id(r) for r in self.plan.requests}  # the plan changed: forget the old
                 self._blocks = {k: v for k, v in self._blocks.items() if k in live}
                 block = BlockDecoder(
