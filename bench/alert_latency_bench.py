@@ -26,9 +26,9 @@ from pathlib import Path
 import aiomqtt
 import yaml
 
-from gridwatch.contract import PlatformAlert, Topics
-from gridwatch.gatewayconf import load_gateway
-from gridwatch.sim.modbus import SimField
+from gridwatch.ground.contract import PlatformAlert, Topics
+from gridwatch.ground.gatewayconf import load_gateway
+from gridwatch.top.sim.modbus import SimField
 from tests.fieldkit import CABINET
 from tests.services import Mosquitto, free_port
 
@@ -56,7 +56,7 @@ def write_config(work: Path, mqtt_port: int, interval: float) -> Path:
 def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "gridwatch.cli", *args], stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "gridwatch.top.cli", *args], stdout=out, stderr=subprocess.STDOUT
         )
 
 

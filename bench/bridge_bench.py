@@ -38,7 +38,7 @@ from pathlib import Path
 import asyncpg
 import paho.mqtt.client as paho
 
-from gridwatch.contract import (
+from gridwatch.ground.contract import (
     AlertEvent,
     AlertState,
     Location,
@@ -195,7 +195,7 @@ def start_bridges(
             if os.environ.get("BENCH_PROFILE")
             else []
         )
-        cmd = [sys.executable, *prof, "-m", "gridwatch.cli", "bridge", "run", "--mqtt-host", "127.0.0.1",
+        cmd = [sys.executable, *prof, "-m", "gridwatch.top.cli", "bridge", "run", "--mqtt-host", "127.0.0.1",
                "--mqtt-port", str(mq.port), "--influx-url", vm.url, "--prefix", "bench",
                "--data-dir", str(work / "central"), "--db-url", db_url, "--bridge-id", f"bench-{i}",
                "--mqtt-protocol", "5"]  # fmt: skip

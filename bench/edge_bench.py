@@ -143,7 +143,7 @@ def main() -> int:
         broker = Mosquitto(root / "mosquitto").start()
         (root / "gw.yaml").write_text(gateway_yaml(field, args, broker.port))
         prof = ["-m", "cProfile", "-o", args.profile] if args.profile else []
-        edge = subprocess.Popen([sys.executable, *prof, "-m", "gridwatch.cli", "edge", "run",
+        edge = subprocess.Popen([sys.executable, *prof, "-m", "gridwatch.top.cli", "edge", "run",
                                  "-c", str(root / "gw.yaml")], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 text=True)  # fmt: skip

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from drivers import build_drivers  # noqa: E402
 from drivers.base import PollOutcome  # noqa: E402
-from gridwatch.gatewayconf import load_gateway  # noqa: E402
+from gridwatch.ground.gatewayconf import load_gateway  # noqa: E402
 from tests._drivers_helpers import free_port, wait_for_output  # noqa: E402
 
 TYPES = ["uint16", "int16", "float32", "uint32", "float32"]
@@ -117,7 +117,7 @@ def start_sims(
         cfg = root / f"sim{i}.yaml"
         text = gateway_yaml([port], per_port, timeout).replace("id: b0", f"id: b{i}")
         cfg.write_text(text.replace("bus: b0", f"bus: b{i}").replace("id: d0-", f"id: d{i}-"))
-        proc = subprocess.Popen([sys.executable, "-m", "gridwatch.cli", "sim", "-c", str(cfg)],
+        proc = subprocess.Popen([sys.executable, "-m", "gridwatch.top.cli", "sim", "-c", str(cfg)],
                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True)  # fmt: skip
         wait_for_output(proc, "sim: serving", 60)

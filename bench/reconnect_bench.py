@@ -23,8 +23,8 @@ from pathlib import Path
 from edge.outbox import Outbox
 from edge.pipeline import Pipeline
 from edge.uplink import Uplink
-from gridwatch.contract import Topics
-from gridwatch.gatewayconf import MqttUplink
+from gridwatch.ground.contract import Topics
+from gridwatch.ground.gatewayconf import MqttUplink
 from tests.fieldkit import gateway_config
 from tests.services import Mosquitto
 

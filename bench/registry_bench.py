@@ -29,7 +29,7 @@ import aiohttp
 from sqlalchemy import insert
 
 from device_registry import RegistryStore
-from device_registry.models import Device, District, Gateway, LatestReading, Site
+from device_registry.db.tables import Device, District, Gateway, LatestReading, Site
 from tests.services import free_port
 
 TOKEN = "bench-admin-token"
@@ -97,7 +97,7 @@ async def client(base: str, n: int, until: float, seed: int, out: dict[str, list
 def start_registry(url: str, port: int, work: Path) -> subprocess.Popen[bytes]:
     with open(work / "registry.log", "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "gridwatch.cli", "registry", "serve", "--db-url", url,
+            [sys.executable, "-m", "gridwatch.top.cli", "registry", "serve", "--db-url", url,
              "--http-port", str(port), "--data-dir", str(work)],
             env={**os.environ, "GRIDWATCH_ADMIN_TOKEN": TOKEN},
             stdout=subprocess.DEVNULL, stderr=log,

@@ -22,8 +22,8 @@ from drivers.base import PollOutcome, Sample
 from edge.outbox import Outbox
 from edge.pipeline import Pipeline
 from edge.uplink import Uplink
-from gridwatch.contract import Quality, Topics
-from gridwatch.gatewayconf import MqttUplink
+from gridwatch.ground.contract import Quality, Topics
+from gridwatch.ground.gatewayconf import MqttUplink
 from tests.fieldkit import gateway_config
 from tests.services import Mosquitto
 

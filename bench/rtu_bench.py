@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 from drivers.base import PollOutcome  # noqa: E402
 from drivers.modbus import ModbusDriver  # noqa: E402
 from drivers.planner import ReadPlan  # noqa: E402
-from gridwatch.contract import Quality  # noqa: E402
-from gridwatch.gatewayconf import ModbusRtuBus, load_gateway  # noqa: E402
-from gridwatch.profiles import ModbusProfile  # noqa: E402
+from gridwatch.ground.contract import Quality  # noqa: E402
+from gridwatch.ground.gatewayconf import ModbusRtuBus, load_gateway  # noqa: E402
+from gridwatch.ground.profiles import ModbusProfile  # noqa: E402
 from tests._drivers_helpers import wait_for_output  # noqa: E402
 
 TYPES = ["uint16", "int16", "float32", "uint32"]
@@ -146,7 +146,7 @@ def main() -> int:
         (root / "profiles").mkdir()
         (root / "profiles" / "bench.yaml").write_text(profile_yaml(args.registers, args.interval))
         (root / "gw.yaml").write_text(gateway_yaml(str(root / "ttyRTU"), args))
-        sim = subprocess.Popen([sys.executable, "-m", "gridwatch.cli", "sim", "-c",
+        sim = subprocess.Popen([sys.executable, "-m", "gridwatch.top.cli", "sim", "-c",
                                 str(root / "gw.yaml")], cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)  # fmt: skip
         try:

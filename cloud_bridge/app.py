@@ -23,8 +23,8 @@ from cloud_bridge.sink import TelemetrySink
 from cloud_bridge.sink_influx import InfluxSink
 from cloud_bridge.sink_sqlite import SqliteSink
 from device_registry import RegistryError, RegistryStore
-from device_registry.db import default_url
-from gridwatch import metrics
+from device_registry.db.engine import default_url
+from gridwatch.ground import metrics
 
 logger = logging.getLogger(__name__)
 

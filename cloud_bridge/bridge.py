@@ -26,7 +26,7 @@ from cloud_bridge.mqtt import Inbound, MqttSession, MqttSettings, MqttVersion
 from cloud_bridge.pending import Pending
 from cloud_bridge.sink import TelemetrySink
 from device_registry import RegistryStore, StoreUnavailable
-from gridwatch.contract import TelemetryBatch, Topics
+from gridwatch.ground.contract import TelemetryBatch, Topics
 
 logger = logging.getLogger(__name__)
 
@@ -319,7 +319,7 @@ class Bridge:
 
     async def _audit_loop(self) -> None:
         """Every ``gap_audit_s``: audit the numbers received ``gap_settle_s`` ago or earlier
-        (every member has committed its share by then) for gaps; see ``device_registry.seqaudit``."""
+        (every member has committed its share by then) for gaps; see ``device_registry.ingest.seqaudit``."""
         since = self.clock() - 2 * int(self.cfg.gap_settle_s * 1000)  # streams live at start
         while True:
             await asyncio.sleep(self.cfg.gap_audit_s)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from cloud_bridge.decode import Cleared, Message, Reason, Rejection, decode
 from cloud_bridge.sequence import GapTracker, Seq
 from device_registry import Changes, QuarantineEntry, Seen
-from gridwatch.contract import (
+from gridwatch.ground.contract import (
     AlertEvent,
     Birth,
     Death,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from gridwatch.contract import (
+from gridwatch.ground.contract import (
     AlertEvent,
     Birth,
     Death,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from gridwatch.contract import TelemetryBatch
+from gridwatch.ground.contract import TelemetryBatch
 
 _TAG_ESCAPES = str.maketrans({"\\": "\\\\", ",": "\\,", "=": "\\=", " ": "\\ ", "\n": "\\n"})
 _MEASUREMENT_ESCAPES = str.maketrans({"\\": "\\\\", ",": "\\,", " ": "\\ ", "\n": "\\n"})

@@ -26,7 +26,7 @@ class GapTracker:
     Gaps are counted when a stream skips numbers, whether or not the session changed (a gateway
     whose outbox keeps numbering across reconnects). A smaller number under a new session is a
     restart, not a gap. Under a shared subscription each bridge sees only part of every stream:
-    there the members audit the registry together (``device_registry.seqaudit``).
+    there the members audit the registry together (``device_registry.ingest.seqaudit``).
     """
 
     def __init__(self) -> None:

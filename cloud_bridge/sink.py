@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from gridwatch.contract import TelemetryBatch
+from gridwatch.ground.contract import TelemetryBatch
 
 
 class TelemetrySink(Protocol):

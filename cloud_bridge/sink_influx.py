@@ -14,7 +14,7 @@ from influxdb_client.domain.write_precision import WritePrecision
 
 from cloud_bridge.errors import SinkError
 from cloud_bridge.lineproto import batch_lines
-from gridwatch.contract import TelemetryBatch
+from gridwatch.ground.contract import TelemetryBatch
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiosqlite
 
 from cloud_bridge.errors import SinkError
-from gridwatch.contract import TelemetryBatch, Value
+from gridwatch.ground.contract import TelemetryBatch, Value
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (

@@ -3,10 +3,10 @@
 It never imports cloud_bridge, edge or drivers: data flows into it, not out of it.
 """
 
-from device_registry.changes import Changes, QuarantineEntry, Seen
+from device_registry.db.store import RegistryStore
+from device_registry.db.tables import device_key
 from device_registry.errors import Ambiguous, NotFound, RegistryError, StoreUnavailable
-from device_registry.models import device_key
-from device_registry.store import RegistryStore
+from device_registry.ingest.changes import Changes, QuarantineEntry, Seen
 
 __all__ = [
     "Ambiguous",

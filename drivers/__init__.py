@@ -26,7 +26,7 @@ from drivers.errors import (
     UnknownPoint,
 )
 from drivers.modbus import ModbusDriver
-from gridwatch.gatewayconf import ResolvedDevice
+from gridwatch.ground.gatewayconf import ResolvedDevice
 
 DriverFactory = Callable[[Any, Sequence[ResolvedDevice]], Driver]
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gridwatch.contract import DeviceHealth, Quality, Value
+from gridwatch.ground.contract import DeviceHealth, Quality, Value
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,8 +32,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from gridwatch.contract import Quality, Value
-from gridwatch.profiles import ModbusPoint
+from gridwatch.ground.contract import Quality, Value
+from gridwatch.ground.profiles import ModbusPoint
 
 # data type -> (struct code, registers); 'bit', 'bool' and 'string' are handled apart.
 TYPES: dict[str, tuple[str, int]] = {

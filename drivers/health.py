@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from gridwatch.contract import DeviceHealth
+from gridwatch.ground.contract import DeviceHealth
 
 logger = logging.getLogger(__name__)
 

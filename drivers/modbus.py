@@ -31,9 +31,9 @@ from drivers.health import DeviceStats
 from drivers.planner import ReadPlan, ReadRequest
 from drivers.scheduler import Backoff, Ticker, phase_offsets
 from drivers.transport import ModbusTransport, serial_transport, tcp_transport
-from gridwatch.contract import DeviceHealth, Quality
-from gridwatch.gatewayconf import ModbusRtuBus, ModbusTcpBus, ResolvedDevice
-from gridwatch.profiles import ModbusProfile
+from gridwatch.ground.contract import DeviceHealth, Quality
+from gridwatch.ground.gatewayconf import ModbusRtuBus, ModbusTcpBus, ResolvedDevice
+from gridwatch.ground.profiles import ModbusProfile
 
 logger = logging.getLogger(__name__)
 

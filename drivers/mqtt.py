@@ -25,9 +25,9 @@ from drivers.base import PollOutcome, Sample, SampleSink
 from drivers.codec import scale_places, scaled_value
 from drivers.errors import BadConfig, PayloadError, UnknownPoint
 from drivers.health import DeviceStats
-from gridwatch.contract import DeviceHealth, Quality, Value
-from gridwatch.gatewayconf import MqttSensorBus, ResolvedDevice
-from gridwatch.profiles import MqttPoint, MqttProfile
+from gridwatch.ground.contract import DeviceHealth, Quality, Value
+from gridwatch.ground.gatewayconf import MqttSensorBus, ResolvedDevice
+from gridwatch.ground.profiles import MqttPoint, MqttProfile
 
 logger = logging.getLogger(__name__)
 

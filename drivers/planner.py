@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-from gridwatch.profiles import ModbusPoint, Table
+from gridwatch.ground.profiles import ModbusPoint, Table
 
 MAX_REGISTERS = 125  # FC3/FC4 limit: 250 data bytes in a 256-byte ADU
 MAX_BITS = 2000  # FC1/FC2 limit

@@ -20,7 +20,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.framer import FramerType
 
 from drivers.errors import ConnectError, check_response, modbus_errors
-from gridwatch.gatewayconf import ModbusRtuBus, ModbusTcpBus
+from gridwatch.ground.gatewayconf import ModbusRtuBus, ModbusTcpBus
 
 logger = logging.getLogger(__name__)
 

@@ -28,14 +28,14 @@ from edge.outbox import PRIO_TELEMETRY, Outbox, OutboxBusy
 from edge.pipeline import Pipeline
 from edge.remote import Remote
 from edge.uplink import Uplink
-from gridwatch.contract import DeviceHealth, GatewayHealth, Topics, new_id
-from gridwatch.gatewayconf import (
+from gridwatch.ground.contract import DeviceHealth, GatewayHealth, Topics, new_id
+from gridwatch.ground.gatewayconf import (
     GatewayConfig,
     ResolvedDevice,
     load_gateway,
     resolve_with_profiles,
 )
-from gridwatch.yamlconf import ConfigError
+from gridwatch.ground.yamlconf import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class EdgeAgent:
     async def _metrics(self, port: int) -> None:
         # loaded only when asked for: prometheus-client and aiohttp cost a gateway ~9 MB of RSS
         from edge.metrics import edge_registry
-        from gridwatch.metrics import serve_metrics
+        from gridwatch.ground.metrics import serve_metrics
 
         async with serve_metrics(edge_registry(self), "127.0.0.1", port) as url:
             self.metrics_url = url

@@ -1,5 +1,5 @@
 """The edge agent's Prometheus metrics, read at scrape time from the counters the outbox, the
-pipeline, the uplink and the drivers keep anyway (``gridwatch.metrics``)."""
+pipeline, the uplink and the drivers keep anyway (``gridwatch.ground.metrics``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
-from gridwatch.metrics import counter, gauge, registry_of
+from gridwatch.ground.metrics import counter, gauge, registry_of
 
 if TYPE_CHECKING:
     from edge.app import EdgeAgent

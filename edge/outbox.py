@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.journal import PollJournal, Staged
-from gridwatch.contract import Value
+from gridwatch.ground.contract import Value
 
 logger = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from drivers.base import PollOutcome
 from edge.journal import Staged
 from edge.outbox import PRIO_ALERT, PRIO_TELEMETRY, ActiveAlert, Outbox
 from edge.rules import DeviceRules, Transition
-from gridwatch.contract import SCHEMA_VERSION, AlertEvent, AlertState, Topics, new_id
-from gridwatch.gatewayconf import ResolvedDevice
-from gridwatch.watch import Watch
+from gridwatch.ground.contract import SCHEMA_VERSION, AlertEvent, AlertState, Topics, new_id
+from gridwatch.ground.gatewayconf import ResolvedDevice
+from gridwatch.ground.watch import Watch
 
 logger = logging.getLogger(__name__)
 

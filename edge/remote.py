@@ -19,9 +19,9 @@ from pydantic import ValidationError
 
 from drivers.errors import DriverError
 from edge.outbox import PRIO_ALERT, Outbox
-from gridwatch.contract import Command, CommandResult, ConfigAck, ConfigPush, Topics
-from gridwatch.gatewayconf import GatewayConfig, ResolvedDevice, resolve_with_profiles
-from gridwatch.yamlconf import ConfigError, ConfigProblem, data_paths, problems_from
+from gridwatch.ground.contract import Command, CommandResult, ConfigAck, ConfigPush, Topics
+from gridwatch.ground.gatewayconf import GatewayConfig, ResolvedDevice, resolve_with_profiles
+from gridwatch.ground.yamlconf import ConfigError, ConfigProblem, data_paths, problems_from
 
 logger = logging.getLogger(__name__)
 

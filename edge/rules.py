@@ -11,8 +11,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from drivers.base import PollOutcome
-from gridwatch.contract import AlertState, Quality, Value
-from gridwatch.profiles import NoDataRule, OfflineRule, RateRule, Rule, ThresholdRule
+from gridwatch.ground.contract import AlertState, Quality, Value
+from gridwatch.ground.profiles import NoDataRule, OfflineRule, RateRule, Rule, ThresholdRule
 
 
 @dataclass(frozen=True, slots=True)

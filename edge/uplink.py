@@ -25,9 +25,9 @@ from aiomqtt.exceptions import MqttConnectError
 from edge.outbox import Outbox
 from edge.pipeline import Pipeline
 from gridwatch import __version__
-from gridwatch.contract import Birth, Death, DeviceInfo, Topics
-from gridwatch.gatewayconf import MqttUplink
-from gridwatch.watch import Watch
+from gridwatch.ground.contract import Birth, Death, DeviceInfo, Topics
+from gridwatch.ground.gatewayconf import MqttUplink
+from gridwatch.ground.watch import Watch
 
 logger = logging.getLogger(__name__)
 

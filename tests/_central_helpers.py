@@ -17,7 +17,7 @@ import aiomqtt
 
 from cloud_bridge import Bridge, BridgeConfig, TelemetrySink
 from device_registry import RegistryStore
-from gridwatch.contract import (
+from gridwatch.ground.contract import (
     AlertEvent,
     AlertState,
     Birth,
@@ -119,7 +119,7 @@ def bridge_process(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     start = log.stat().st_size if log.exists() else 0
     out = open(log, "ab")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gridwatch.cli", "bridge", "run", *args],
+        [sys.executable, "-m", "gridwatch.top.cli", "bridge", "run", *args],
         stdout=out, stderr=subprocess.STDOUT,
     )  # fmt: skip
     wait_for_log(proc, log, b"bridge subscribed", start)

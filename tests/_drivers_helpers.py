@@ -18,8 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from drivers.base import PollOutcome
-from gridwatch.gatewayconf import GatewayConfig, ResolvedDevice, default_profiles_dir, resolve
-from gridwatch.profiles import ModbusProfile, MqttProfile, load_profiles
+from gridwatch.ground.gatewayconf import (
+    GatewayConfig,
+    ResolvedDevice,
+    default_profiles_dir,
+    resolve,
+)
+from gridwatch.ground.profiles import ModbusProfile, MqttProfile, load_profiles
 
 
 def free_port() -> int:

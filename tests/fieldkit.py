@@ -15,7 +15,7 @@ import aiomqtt
 import yaml
 
 from edge.app import EdgeAgent
-from gridwatch.gatewayconf import GatewayConfig, ResolvedDevice, load_gateway
+from gridwatch.ground.gatewayconf import GatewayConfig, ResolvedDevice, load_gateway
 from tests.services import free_port
 
 CABINET = Path(__file__).resolve().parent / "data" / "cabinet.yaml"

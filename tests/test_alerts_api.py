@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from device_registry.auth import Role
+from device_registry.http.auth import Role
 from tests._ops_helpers import registry, smoke
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from cloud_bridge import Bridge, InfluxSink, SqliteSink
 from device_registry import RegistryStore
-from gridwatch.contract import (
+from gridwatch.ground.contract import (
     AlertState,
     DeviceHealth,
     GatewayHealth,

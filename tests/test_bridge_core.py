@@ -13,7 +13,7 @@ from cloud_bridge.lineproto import batch_lines
 from cloud_bridge.mqtt import Inbound
 from cloud_bridge.pending import Pending
 from cloud_bridge.sequence import GapTracker, Seq
-from gridwatch.contract import AlertState, Quality, TelemetryBatch, Topics
+from gridwatch.ground.contract import AlertState, Quality, TelemetryBatch, Topics
 from tests._central_helpers import alert, batch, birth, reading
 
 T = Topics("p")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiomqtt
 
-from gridwatch.contract import Topics
+from gridwatch.ground.contract import Topics
 from tests._central_helpers import (
     batch,
     bridge_process,

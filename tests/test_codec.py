@@ -16,8 +16,8 @@ from drivers.codec import (
     decode_raw,
     encode,
 )
-from gridwatch.contract import Quality
-from gridwatch.profiles import ModbusPoint
+from gridwatch.ground.contract import Quality
+from gridwatch.ground.profiles import ModbusPoint
 
 
 def pt(data_type: str = "uint16", **kw: Any) -> ModbusPoint:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from device_registry.commands import command_view
-from device_registry.models import CommandRow
+from device_registry.db.tables import CommandRow
+from device_registry.inventory.commands import command_view
 
 # (stored state, expires_at, now, shown state)
 STATES: list[tuple[str, int | None, int, str]] = [

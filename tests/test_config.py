@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from gridwatch.cli import main as cli
-from gridwatch.configcheck import check
-from gridwatch.gatewayconf import load_gateway
-from gridwatch.profiles import load_profiles
+from gridwatch.ground.gatewayconf import load_gateway
+from gridwatch.ground.profiles import load_profiles
+from gridwatch.top.cli import main as cli
+from gridwatch.top.configcheck import check
 
 ROOT = Path(__file__).resolve().parent.parent / "firmware_configs"
 
@@ -106,7 +106,7 @@ def test_cli_exit_codes_and_schema_export(tmp_path: Path) -> None:
 
 
 def test_catalogue_layers_merge_and_every_rule_code_exists() -> None:
-    from gridwatch.catalogue import load_catalogue
+    from gridwatch.ground.catalogue import load_catalogue
 
     cat = load_catalogue(ROOT / "catalogue")
     assert cat.lookup("FLOOD-WATERLOG-01").time_limit_min == 60  # type: ignore[union-attr]
@@ -119,8 +119,8 @@ def test_catalogue_layers_merge_and_every_rule_code_exists() -> None:
 
 
 def test_district_may_not_loosen_a_city_limit(tmp_path: Path) -> None:
-    from gridwatch.catalogue import load_catalogue
-    from gridwatch.yamlconf import ConfigError
+    from gridwatch.ground.catalogue import load_catalogue
+    from gridwatch.ground.yamlconf import ConfigError
 
     (tmp_path / "city.yaml").write_text((ROOT / "catalogue" / "city-base.yaml").read_text())
     (tmp_path / "d.yaml").write_text(

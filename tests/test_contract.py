@@ -10,9 +10,9 @@ import pytest
 from drivers.base import PollOutcome, Sample
 from edge.outbox import Outbox
 from edge.pipeline import Pipeline
-from gridwatch import contract
-from gridwatch.contract import AlertEvent, Quality, TelemetryBatch, Topics
-from gridwatch.gatewayconf import load_gateway
+from gridwatch.ground import contract
+from gridwatch.ground.contract import AlertEvent, Quality, TelemetryBatch, Topics
+from gridwatch.ground.gatewayconf import load_gateway
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "contract.md"
 EXAMPLES = re.findall(r"```json (\w+)\n(.*?)```", DOC.read_text(), re.S)

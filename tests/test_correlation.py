@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from device_registry.correlation import DEFAULT_RULES, Candidate, Rule, incident_for, lookback_ms
+from device_registry.alerts.correlation import (
+    DEFAULT_RULES,
+    Candidate,
+    Rule,
+    incident_for,
+    lookback_ms,
+)
 
 T0 = 1_700_000_000_000
 S = 1000

@@ -13,9 +13,9 @@ import pytest
 
 from cloud_bridge import SqliteSink
 from device_registry import Changes
-from device_registry.auth import Role
-from device_registry.opsapp import Delivery
-from gridwatch.contract import (
+from device_registry.http.auth import Role
+from device_registry.http.opsapp import Delivery
+from gridwatch.ground.contract import (
     Birth,
     DeviceHealth,
     DeviceInfo,

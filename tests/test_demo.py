@@ -18,7 +18,7 @@ def test_demo_shows_a_flood_alert_and_stops_cleanly_on_ctrl_c(tmp_path: Path) ->
         [
             sys.executable,
             "-m",
-            "gridwatch.cli",
+            "gridwatch.top.cli",
             "demo",
             "--workdir",
             str(tmp_path),

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from gridwatch.contract import PlatformAlert, TelemetryBatch
-from gridwatch.sim.modbus import SimField
+from gridwatch.ground.contract import PlatformAlert, TelemetryBatch
+from gridwatch.top.sim.modbus import SimField
 from tests.conftest import ADMIN_TOKEN
 from tests.fieldkit import Listener, gateway_config, listen, running
 from tests.services import Mosquitto, Victoria, free_port
@@ -37,7 +37,7 @@ def central(mosquitto: Mosquitto, victoria: Victoria, prefix: str, tmp_path: Pat
     log = tmp_path / "central.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gridwatch.cli", "central", "run",
+            [sys.executable, "-m", "gridwatch.top.cli", "central", "run",
              "--data-dir", str(tmp_path / "central"), "--http-port", str(port),
              "--mqtt-host", "127.0.0.1", "--mqtt-port", str(mosquitto.port), "--prefix", prefix,
              "--influx-url", victoria.url, "--bridge-id", f"bridge-{prefix}"],

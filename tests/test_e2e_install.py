@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from gridwatch.sim.modbus import SimField
+from gridwatch.top.sim.modbus import SimField
 from tests.conftest import ADMIN_TOKEN
 from tests.fieldkit import gateway_config
 from tests.services import free_port
@@ -56,7 +56,7 @@ def central(dynsec_broker: SecureBroker, prefix: str, tmp_path: Path) -> Iterato
     log = tmp_path / "central.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gridwatch.cli", "central", "run",
+            [sys.executable, "-m", "gridwatch.top.cli", "central", "run",
              "--data-dir", str(tmp_path / "central"), "--http-port", str(port),
              "--mqtt-host", "127.0.0.1", "--mqtt-port", str(b.mq.port), "--prefix", prefix,
              "--bridge-id", f"bridge-{prefix}", "--mqtt-username", ADMIN_USER,
@@ -79,7 +79,7 @@ def central(dynsec_broker: SecureBroker, prefix: str, tmp_path: Path) -> Iterato
 async def cli(c: Central, token: str, *argv: str) -> tuple[int, str]:
     """``gridwatch ...`` as its own process, the way an installer runs it."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gridwatch.cli", *argv, "--url", c.url, "--ca-file", str(c.ca),
+        sys.executable, "-m", "gridwatch.top.cli", *argv, "--url", c.url, "--ca-file", str(c.ca),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         env=_env(GRIDWATCH_TOKEN=token),
     )  # fmt: skip
@@ -114,7 +114,7 @@ def start_edge(workdir: Path, log: Path, password: str) -> subprocess.Popen[byte
     """``gridwatch edge run`` on the config the CLI wrote, the password in its environment."""
     with open(log, "wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "gridwatch.cli", "edge", "run", "-c", "gateway.yaml"],
+            [sys.executable, "-m", "gridwatch.top.cli", "edge", "run", "-c", "gateway.yaml"],
             cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
             env=_env(GRIDWATCH_MQTT_PASSWORD=password),
         )  # fmt: skip

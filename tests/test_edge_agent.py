@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gridwatch.contract import AlertEvent, Birth, TelemetryBatch
-from gridwatch.sim.modbus import SimField
+from gridwatch.ground.contract import AlertEvent, Birth, TelemetryBatch
+from gridwatch.top.sim.modbus import SimField
 from tests.fieldkit import Listener, gateway_config, listen, running
 from tests.services import Mosquitto
 

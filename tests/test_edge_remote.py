@@ -10,8 +10,8 @@ from typing import Any
 import aiomqtt
 import yaml
 
-from gridwatch.contract import Command, ConfigPush, Topics
-from gridwatch.sim.modbus import SimField
+from gridwatch.ground.contract import Command, ConfigPush, Topics
+from gridwatch.top.sim.modbus import SimField
 from tests.fieldkit import gateway_config, listen, running
 from tests.services import Mosquitto
 

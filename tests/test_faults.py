@@ -37,7 +37,7 @@ import aiomqtt
 import pytest
 import yaml
 
-from gridwatch.contract import TelemetryBatch
+from gridwatch.ground.contract import TelemetryBatch
 from tests._central_helpers import wait_for_log
 from tests.fieldkit import CABINET
 from tests.services import Mosquitto, Victoria, free_port
@@ -49,7 +49,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "gridwatch.cli", *args], stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "gridwatch.top.cli", *args], stdout=out, stderr=subprocess.STDOUT
         )
 
 

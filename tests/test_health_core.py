@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from device_registry.health import (
+from device_registry.health.core import (
     DeviceFacts,
     GatewayFacts,
     Status,

@@ -21,12 +21,12 @@ import yaml
 
 from cloud_bridge import Bridge, SqliteSink
 from device_registry import RegistryStore
-from device_registry.app import build_app, serving
-from device_registry.auth import SYSTEM, Role, TokenRequest, issue
-from device_registry.opsapp import Delivery
-from gridwatch.gatewayconf import GatewayConfig, ResolvedDevice, load_gateway
-from gridwatch.sim import MqttField
-from gridwatch.sim.modbus import SimField
+from device_registry.http.app import build_app, serving
+from device_registry.http.auth import SYSTEM, Role, TokenRequest, issue
+from device_registry.http.opsapp import Delivery
+from gridwatch.ground.gatewayconf import GatewayConfig, ResolvedDevice, load_gateway
+from gridwatch.top.sim import MqttField
+from gridwatch.top.sim.modbus import SimField
 from tests._central_helpers import bridge_config, running
 from tests.fieldkit import CABINET
 from tests.fieldkit import running as edge_running
@@ -72,7 +72,7 @@ class Centre:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "GRIDWATCH_TOKEN": self.token}
-        return subprocess.run([sys.executable, "-m", "gridwatch.cli", "health", "--url", self.url,
+        return subprocess.run([sys.executable, "-m", "gridwatch.top.cli", "health", "--url", self.url,
                                *args], capture_output=True, text=True, env=env, timeout=30)  # fmt: skip
 
 

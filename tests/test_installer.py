@@ -8,8 +8,8 @@ import struct
 import pytest
 
 from drivers.codec import decode
-from gridwatch.installer import byte_order_alternatives, check_reading
-from gridwatch.profiles import ModbusPoint, ValueRange
+from gridwatch.ground.profiles import ModbusPoint, ValueRange
+from gridwatch.top.installer import byte_order_alternatives, check_reading
 
 LEVEL_CDAB = ModbusPoint(table="input", address=0, data_type="float32", word_order="little",
                          unit="m", range=ValueRange(min=-0.5, max=20))  # fmt: skip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from device_registry.lifecycle import (
+from device_registry.alerts.lifecycle import (
     Action,
     Refused,
     Stage,
@@ -15,7 +15,7 @@ from device_registry.lifecycle import (
     step,
     time_left_ms,
 )
-from gridwatch.catalogue import default_catalogue_dir, load_catalogue
+from gridwatch.ground.catalogue import default_catalogue_dir, load_catalogue
 
 MIN = 60_000
 T0 = 1_700_000_000_000

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from device_registry import Changes, RegistryStore, StoreUnavailable
+from device_registry.alerts.lifecycle import Action, Refused
+from device_registry.alerts.store import AlertFilter, OpsStore
 from device_registry.errors import NotFound
-from device_registry.lifecycle import Action, Refused
-from device_registry.opsstore import AlertFilter, OpsStore
-from gridwatch.contract import AlertEvent, AlertState, Location, Severity, new_id
+from gridwatch.ground.contract import AlertEvent, AlertState, Location, Severity, new_id
 
 T0 = 1_700_000_000_000
 MIN = 60_000

@@ -10,7 +10,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge.app import EdgeAgent
-from gridwatch.sim.modbus import SimField
+from gridwatch.top.sim.modbus import SimField
 from tests._central_helpers import bridge_process
 from tests._ops_helpers import registry, smoke
 from tests.fieldkit import gateway_config

@@ -12,9 +12,9 @@ import pytest
 from drivers import DRIVERS, BadConfig, UnknownPoint, build_drivers
 from drivers.modbus import ModbusDriver
 from drivers.transport import ModbusTransport
-from gridwatch.contract import Quality
-from gridwatch.gatewayconf import ResolvedDevice
-from gridwatch.sim import SimField
+from gridwatch.ground.contract import Quality
+from gridwatch.ground.gatewayconf import ResolvedDevice
+from gridwatch.top.sim import SimField
 from tests._drivers_helpers import Outcomes, free_port, gateway
 
 INTERVAL = 0.5

@@ -12,8 +12,8 @@ import pytest
 
 from drivers import DRIVERS, UnknownPoint
 from drivers.mqtt import MqttDriver, judge
-from gridwatch.contract import Quality
-from gridwatch.profiles import MqttPoint
+from gridwatch.ground.contract import Quality
+from gridwatch.ground.profiles import MqttPoint
 from tests._drivers_helpers import Broker, Outcomes, gateway
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gridwatch.contract import AlertEvent, TelemetryBatch
-from gridwatch.sim.modbus import SimField
+from gridwatch.ground.contract import AlertEvent, TelemetryBatch
+from gridwatch.top.sim.modbus import SimField
 from tests.fieldkit import gateway_config, listen, running
 from tests.services import Mosquitto
 

@@ -13,9 +13,9 @@ import yaml
 
 from drivers.modbus import ModbusDriver
 from edge.app import EdgeAgent
-from gridwatch.contract import GatewayHealth, TelemetryBatch
-from gridwatch.gatewayconf import load_gateway
-from gridwatch.sim import SimField
+from gridwatch.ground.contract import GatewayHealth, TelemetryBatch
+from gridwatch.ground.gatewayconf import load_gateway
+from gridwatch.top.sim import SimField
 from tests._drivers_helpers import free_port
 from tests.fieldkit import Listener, listen
 from tests.fieldkit import agent_running as running

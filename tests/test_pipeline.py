@@ -12,8 +12,8 @@ import pytest
 from drivers.base import PollOutcome, Sample
 from edge.outbox import Outbox
 from edge.pipeline import Pipeline
-from gridwatch.contract import AlertEvent, Quality, TelemetryBatch, Topics
-from gridwatch.gatewayconf import load_gateway
+from gridwatch.ground.contract import AlertEvent, Quality, TelemetryBatch, Topics
+from gridwatch.ground.gatewayconf import load_gateway
 
 CABINET = Path(__file__).resolve().parent / "data" / "cabinet.yaml"
 

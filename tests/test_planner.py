@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from drivers.planner import ReadPlan, ReadRequest, Slice, bisect, plan_reads
-from gridwatch.profiles import ModbusPoint
+from gridwatch.ground.profiles import ModbusPoint
 
 
 def p(address: int, data_type: str = "uint16", table: str = "holding", **kw: Any) -> ModbusPoint:

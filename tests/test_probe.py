@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gridwatch import probe
-from gridwatch.cli import build_parser
+from gridwatch.top import probe
+from gridwatch.top.cli import build_parser
 from tests._drivers_helpers import free_port, wait_for_output
 
 PROFILE = """
@@ -45,7 +45,7 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         "  - {id: b, profile: probe-target, bus: b, unit_id: 7}\n"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gridwatch.cli", "sim", "-c", str(root / "gw.yaml")],
+        [sys.executable, "-m", "gridwatch.top.cli", "sim", "-c", str(root / "gw.yaml")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         cwd=Path(__file__).resolve().parent.parent,
     )  # fmt: skip

@@ -11,10 +11,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from device_registry.app import build_app, serving
-from gridwatch.central import Central
-from gridwatch.cli import build_parser
-from gridwatch.contract import AlertState, Quality, Topics
+from device_registry.http.app import build_app, serving
+from gridwatch.ground.contract import AlertState, Quality, Topics
+from gridwatch.top.central import Central
+from gridwatch.top.cli import build_parser
 from tests._central_helpers import alert, batch, birth, now_ms, publisher, reading, until
 from tests.conftest import ADMIN_TOKEN
 from tests.services import Mosquitto, free_port

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 
 from device_registry import RegistryStore
-from device_registry.app import build_app, serving
-from device_registry.auth import (
+from device_registry.http.app import build_app, serving
+from device_registry.http.auth import (
     ALL_ROLES,
     COOKIE,
     PUBLIC,
@@ -147,7 +147,7 @@ async def test_tokens_bad_revoked_cookie(api: Api) -> None:
     async with api.store.transaction() as s:
         from sqlalchemy import select
 
-        from device_registry.models import ApiToken
+        from device_registry.db.tables import ApiToken
 
         hashes = list(await s.scalars(select(ApiToken.sha256)))
     assert issued["token"] not in hashes and all(len(h) == 64 for h in hashes)

@@ -12,11 +12,11 @@ import aiohttp
 import pytest
 
 from device_registry import RegistryStore
-from device_registry.app import build_app, serving
-from device_registry.auth import SYSTEM, Role, TokenRequest, issue
-from device_registry.configgen import Uplink
-from device_registry.registration_api import InstallerSettings
-from gridwatch.gatewayconf import GatewayConfig
+from device_registry.http.app import build_app, serving
+from device_registry.http.auth import SYSTEM, Role, TokenRequest, issue
+from device_registry.inventory.configgen import Uplink
+from device_registry.inventory.routes import InstallerSettings
+from gridwatch.ground.gatewayconf import GatewayConfig
 
 
 @dataclass

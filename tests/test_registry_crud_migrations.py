@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import inspect, text
 
-from device_registry import RegistryStore, migrate
-from device_registry.db import make_engine
-from device_registry.migrate import BASELINE
+from device_registry import RegistryStore
+from device_registry.db import migrate
+from device_registry.db.engine import make_engine
+from device_registry.db.migrate import BASELINE
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from device_registry import (
     RegistryStore,
     Seen,
 )
-from gridwatch.contract import AlertState, DeviceHealth, GatewayHealth, Quality, new_id
+from gridwatch.ground.contract import AlertState, DeviceHealth, GatewayHealth, Quality, new_id
 from tests._central_helpers import alert, birth, death, reading
 
 

@@ -19,8 +19,8 @@ from pymodbus.server import ModbusSerialServer
 
 from drivers.modbus import ModbusDriver
 from drivers.transport import frame_gap_s
-from gridwatch.contract import Quality
-from gridwatch.sim.modbus import SimUnit
+from gridwatch.ground.contract import Quality
+from gridwatch.top.sim.modbus import SimUnit
 from tests._drivers_helpers import Outcomes, gateway, wait_for_output
 
 pytestmark = pytest.mark.skipif(not shutil.which("socat"), reason="needs Debian socat")

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from drivers.modbus import ModbusDriver
-from gridwatch.contract import Quality
-from gridwatch.gatewayconf import ModbusRtuBus
-from gridwatch.sim import RtuField, SimUnit
-from gridwatch.sim.rtu import answer
-from gridwatch.sim.rtuwire import (
+from gridwatch.ground.contract import Quality
+from gridwatch.ground.gatewayconf import ModbusRtuBus
+from gridwatch.top.sim import RtuField, SimUnit
+from gridwatch.top.sim.rtu import answer
+from gridwatch.top.sim.rtuwire import (
     LineTiming,
     crc16,
     request_bytes,

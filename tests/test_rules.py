@@ -6,8 +6,8 @@ import pytest
 
 from drivers.base import PollOutcome, Sample
 from edge.rules import DeviceRules
-from gridwatch.contract import AlertState, Quality
-from gridwatch.profiles import NoDataRule, OfflineRule, RateRule, ThresholdRule
+from gridwatch.ground.contract import AlertState, Quality
+from gridwatch.ground.profiles import NoDataRule, OfflineRule, RateRule, ThresholdRule
 
 HIGH = ThresholdRule(
     kind="threshold", id="high", point="level", above=2.5, hysteresis=0.2, category="FLOOD"

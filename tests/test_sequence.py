@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from device_registry.seqaudit import AuditState, Span, holes, plan_audit
+from device_registry.ingest.seqaudit import AuditState, Span, holes, plan_audit
 
 S = AuditState
 

@@ -13,11 +13,11 @@ import pytest
 import yaml
 
 from drivers.mqtt import MqttDriver
-from gridwatch.contract import Quality
-from gridwatch.gatewayconf import ResolvedDevice
-from gridwatch.profiles import MqttPoint
-from gridwatch.sim import MqttField
-from gridwatch.sim.mqtt import put, to_wire
+from gridwatch.ground.contract import Quality
+from gridwatch.ground.gatewayconf import ResolvedDevice
+from gridwatch.ground.profiles import MqttPoint
+from gridwatch.top.sim import MqttField
+from gridwatch.top.sim.mqtt import put, to_wire
 from tests._drivers_helpers import Outcomes, gateway
 from tests.fieldkit import listen
 from tests.services import Mosquitto
@@ -144,7 +144,7 @@ async def test_gridwatch_sim_command_publishes(
     (tmp_path / "gw.yaml").write_text(yaml.safe_dump(cfg))
     async with listen(mosquitto.port, f"sensors/smoke/{prefix}-sm9/up") as heard:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gridwatch.cli", "sim", "-c", str(tmp_path / "gw.yaml"),
+            sys.executable, "-m", "gridwatch.top.cli", "sim", "-c", str(tmp_path / "gw.yaml"),
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
         assert proc.stderr is not None

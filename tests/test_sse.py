@@ -11,10 +11,10 @@ from typing import Any
 
 import aiohttp
 
-from device_registry.auth import Role
 from device_registry.delivery.mqtt_out import MqttTarget
-from device_registry.opsapp import Delivery
-from gridwatch.contract import PlatformEscalation, PlatformLifecycle
+from device_registry.http.auth import Role
+from device_registry.http.opsapp import Delivery
+from gridwatch.ground.contract import PlatformEscalation, PlatformLifecycle
 from tests._ops_helpers import Registry, now_ms, registry, smoke
 from tests.fieldkit import listen
 from tests.services import Mosquitto

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gridwatch.contract import AlertState, Topics
+from gridwatch.ground.contract import AlertState, Topics
 from tests._central_helpers import bridge_process, publisher, wait_for_log
 from tests._ops_helpers import smoke
 from tests.fieldkit import listen
@@ -27,7 +27,7 @@ def registry_process(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     """``gridwatch registry serve`` as its own process, with a known admin token."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gridwatch.cli", "registry", "serve", *args],
+            [sys.executable, "-m", "gridwatch.top.cli", "registry", "serve", *args],
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "GRIDWATCH_ADMIN_TOKEN": ADMIN},
         )  # fmt: skip
     wait_for_log(proc, log, b"registry API on")

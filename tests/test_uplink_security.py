@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gridwatch.sim.modbus import SimField
+from gridwatch.top.sim.modbus import SimField
 from tests.fieldkit import gateway_config, running
 from tests.services import Mosquitto
 from tests.tls import Certs, make_certs

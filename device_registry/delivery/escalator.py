@@ -10,8 +10,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from device_registry.alerts.store import OpsStore
 from device_registry.errors import StoreUnavailable
-from device_registry.opsstore import OpsStore
 
 logger = logging.getLogger(__name__)
 

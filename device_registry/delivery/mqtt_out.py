@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import aiomqtt
 
+from device_registry.alerts.store import OpsStore
 from device_registry.delivery.feed import FeedSignal
-from device_registry.opsstore import OpsStore
-from gridwatch.contract import Topics
+from gridwatch.ground.contract import Topics
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import time
 
 from aiohttp import web
 
+from device_registry.alerts.store import FeedEvent, OpsStore, matches
 from device_registry.delivery.feed import FeedSignal
-from device_registry.opsstore import FeedEvent, OpsStore, matches
 
 
 def frame(event: FeedEvent) -> bytes:

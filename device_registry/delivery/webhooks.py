@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from device_registry.alerts.store import FeedEvent, OpsStore, matches
+from device_registry.db.tables import Webhook
 from device_registry.delivery.feed import FeedSignal
-from device_registry.opsmodels import Webhook
-from device_registry.opsstore import FeedEvent, OpsStore, matches
 
 logger = logging.getLogger(__name__)
 

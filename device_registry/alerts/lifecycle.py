@@ -1,0 +1,121 @@
+"""An alert's lifecycle at the centre: the pure core (no I/O, time is an argument).
+
+The edge says what the device sees (raised, updated, cleared); the centre adds what people do::
+
+    open --ack--> acknowledged --resolve--> resolved --close--> closed
+      |               |
+      +---- device clears ----> cleared --close / resolve--> ...
+
+An operator may resolve an open alert without acknowledging it first (the fix was quick), and
+close a cleared one (the condition went away by itself). Every accepted step becomes a
+``Transition`` the store persists: who did what, when, with a note.
+
+Time limits come from the event catalogue (the city base list with the alert's district layer on
+top); an alert still waiting for people (open or acknowledged) past its limit is overdue, and is
+escalated once.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from gridwatch.ground.catalogue import Catalogue
+
+
+class Stage(enum.StrEnum):
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+    CLOSED = "closed"
+    CLEARED = "cleared"
+
+
+class Action(enum.StrEnum):
+    ACK = "ack"
+    RESOLVE = "resolve"
+    CLOSE = "close"
+    DEVICE_CLEAR = "device_clear"
+
+
+DEVICE = "device"
+"""The actor of a transition the device caused."""
+
+# (stage, action) -> next stage; a pair not in the table is refused
+TRANSITIONS: dict[tuple[Stage, Action], Stage] = {
+    (Stage.OPEN, Action.ACK): Stage.ACKNOWLEDGED,
+    (Stage.OPEN, Action.RESOLVE): Stage.RESOLVED,
+    (Stage.OPEN, Action.DEVICE_CLEAR): Stage.CLEARED,
+    (Stage.ACKNOWLEDGED, Action.RESOLVE): Stage.RESOLVED,
+    (Stage.ACKNOWLEDGED, Action.DEVICE_CLEAR): Stage.CLEARED,
+    (Stage.CLEARED, Action.RESOLVE): Stage.RESOLVED,
+    (Stage.CLEARED, Action.CLOSE): Stage.CLOSED,
+    (Stage.RESOLVED, Action.CLOSE): Stage.CLOSED,
+}
+
+WAITING = frozenset({Stage.OPEN, Stage.ACKNOWLEDGED})
+"""Stages in which the time limit runs: somebody still has to act."""
+
+
+class Refused(ValueError):
+    """An action that the alert's stage does not allow (an API 409)."""
+
+    def __init__(self, stage: Stage, action: Action) -> None:
+        super().__init__(f"cannot {action.value} an alert that is {stage.value}")
+        self.stage = stage
+        self.action = action
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One accepted step: the store persists it, the subscribers are told."""
+
+    before: Stage
+    after: Stage
+    action: Action
+    actor: str
+    note: str
+    at: int
+
+
+def step(stage: Stage, action: Action, actor: str, at: int, note: str = "") -> Transition:
+    """The transition ``action`` makes from ``stage`` at time ``at`` (epoch ms), or ``Refused``."""
+    after = TRANSITIONS.get((stage, action))
+    if after is None:
+        raise Refused(stage, action)
+    return Transition(stage, after, action, actor, note, at)
+
+
+def device_cleared(stage: Stage, at: int) -> Transition | None:
+    """What the device's clear changes: nothing once people have resolved or closed it."""
+    after = TRANSITIONS.get((stage, Action.DEVICE_CLEAR))
+    if after is None:
+        return None
+    return Transition(stage, after, Action.DEVICE_CLEAR, DEVICE, "", at)
+
+
+def time_limit_ms(catalogue: Catalogue, category: str, district: str) -> int | None:
+    """The disposal time limit of a category in a district (its layer may tighten the city's)."""
+    entry = catalogue.lookup(category, district)
+    return None if entry is None else entry.time_limit_min * 60_000
+
+
+def due_at(catalogue: Catalogue, category: str, district: str, raised_at: int) -> int | None:
+    limit = time_limit_ms(catalogue, category, district)
+    return None if limit is None else raised_at + limit
+
+
+def is_overdue(stage: Stage, due: int | None, now: int) -> bool:
+    return due is not None and stage in WAITING and now > due
+
+
+def needs_escalation(stage: Stage, due: int | None, escalated_at: int | None, now: int) -> bool:
+    """Escalate once: an overdue alert not escalated before."""
+    return escalated_at is None and is_overdue(stage, due, now)
+
+
+def time_left_ms(stage: Stage, due: int | None, now: int) -> int | None:
+    """Negative once overdue; None when no limit runs (unknown category, or nobody must act)."""
+    if due is None or stage not in WAITING:
+        return None
+    return due - now

@@ -1,0 +1,311 @@
+"""Reads and writes of alert operations for the API and the delivery tasks, on the registry store.
+
+Thin: SQL in, views out; the decisions are ``lifecycle``'s and ``alertops``'s. Every method opens
+its own transaction through ``RegistryStore.transaction`` (errors become ``StoreUnavailable``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, select
+
+from device_registry.alerts import lifecycle
+from device_registry.alerts.lifecycle import Action, Refused, Stage
+from device_registry.db.store import RegistryStore
+from device_registry.db.tables import (
+    Alert,
+    AlertAction,
+    AlertOps,
+    DeadLetter,
+    FeedCursor,
+    PlatformEvent,
+    Webhook,
+)
+from device_registry.errors import NotFound
+from device_registry.http.opsviews import (
+    ActionView,
+    AlertOpsView,
+    DeadLetterView,
+    IncidentActed,
+    SkippedAlert,
+    WebhookRequest,
+    WebhookView,
+)
+from device_registry.http.views import alert as alert_view
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEvent:
+    """One message of the delivery feed, as every channel sends it."""
+
+    seq: int
+    kind: str
+    district: str
+    category: str
+    severity: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AlertFilter:
+    stages: frozenset[str] = frozenset(s.value for s in Stage if s is not Stage.CLOSED)
+    district: str | None = None
+    category: str | None = None
+    incident: str | None = None
+    limit: int = 1000
+
+
+def ops_view(a: Alert, ops: AlertOps, now: int) -> AlertOpsView:
+    stage = Stage(ops.stage)
+    return AlertOpsView(
+        **alert_view(a).model_dump(), stage=stage.value, incident_id=ops.incident_id,
+        due_at=ops.due_at, time_limit_min=ops.time_limit_min,
+        time_left_ms=lifecycle.time_left_ms(stage, ops.due_at, now),
+        overdue=lifecycle.is_overdue(stage, ops.due_at, now), escalated_at=ops.escalated_at,
+        acked_by=ops.acked_by, acked_at=ops.acked_at, resolved_by=ops.resolved_by,
+        resolved_at=ops.resolved_at, closed_by=ops.closed_by, closed_at=ops.closed_at,
+    )  # fmt: skip
+
+
+def _webhook(w: Webhook) -> WebhookView:
+    return WebhookView(id=w.id, url=w.url, district=w.district, category=w.category,
+                       created_at=w.created_at, created_by=w.created_by, active=w.active,
+                       cursor=w.cursor)  # fmt: skip
+
+
+class OpsStore:
+    def __init__(self, store: RegistryStore) -> None:
+        self.store = store
+        self.ops = store.ops
+
+    # ---- alerts -------------------------------------------------------------------------------
+
+    async def alerts(self, f: AlertFilter, now: int) -> list[AlertOpsView]:
+        q = (
+            select(Alert, AlertOps)
+            .join(AlertOps, AlertOps.alert_id == Alert.alert_id)
+            .where(AlertOps.stage.in_(sorted(f.stages)))
+            .order_by(Alert.raised_at.desc())
+            .limit(f.limit)
+        )
+        if f.district is not None:
+            q = q.where(Alert.district == f.district)
+        if f.category is not None:
+            q = q.where(Alert.category == f.category)
+        if f.incident is not None:
+            q = q.where(AlertOps.incident_id == f.incident)
+        async with self.store.transaction() as s:
+            return [ops_view(a, o, now) for a, o in await s.execute(q)]
+
+    async def alert(self, alert_id: str, now: int) -> tuple[AlertOpsView, list[ActionView]]:
+        async with self.store.transaction() as s:
+            a, o = await s.get(Alert, alert_id), await s.get(AlertOps, alert_id)
+            if a is None or o is None:
+                raise NotFound("alert", alert_id)
+            rows = await s.scalars(
+                select(AlertAction).where(AlertAction.alert_id == alert_id).order_by(AlertAction.id)
+            )
+            steps = [ActionView(action=r.action, before=r.before, after=r.after, actor=r.actor,
+                                note=r.note, at=r.at) for r in rows]  # fmt: skip
+            return ops_view(a, o, now), steps
+
+    async def act(
+        self, alert_id: str, action: Action, actor: str, note: str, now: int
+    ) -> AlertOpsView:
+        """Raises ``NotFound`` or ``lifecycle.Refused``."""
+        async with self.store.transaction() as s:
+            t = await self.ops.act(s, alert_id, action, actor, note, now)
+            if t is None:
+                raise NotFound("alert", alert_id)
+            a, o = await s.get(Alert, alert_id), await s.get(AlertOps, alert_id)
+            assert a is not None and o is not None
+            view = ops_view(a, o, now)
+        self.ops.fed()
+        return view
+
+    async def act_on_incident(
+        self, incident_id: str, action: Action, actor: str, note: str, now: int
+    ) -> IncidentActed:
+        """The action on every alert of the incident whose stage allows it, in one transaction;
+        the others are listed with the reason. Raises ``NotFound`` for an unknown incident."""
+        out = IncidentActed(incident_id=incident_id)
+        async with self.store.transaction() as s:
+            ids = list(await s.scalars(
+                select(AlertOps.alert_id).where(AlertOps.incident_id == incident_id)
+                .order_by(AlertOps.alert_id)
+            ))  # fmt: skip
+            if not ids:
+                raise NotFound("incident", incident_id)
+            for alert_id in ids:
+                try:
+                    await self.ops.act(s, alert_id, action, actor, note, now)
+                except Refused as exc:
+                    out.skipped.append(
+                        SkippedAlert(alert_id=alert_id, stage=exc.stage.value, reason=str(exc))
+                    )
+                    continue
+                a, o = await s.get(Alert, alert_id), await s.get(AlertOps, alert_id)
+                assert a is not None and o is not None
+                out.applied.append(ops_view(a, o, now))
+        if out.applied:
+            self.ops.fed()
+        return out
+
+    async def escalate(self, now: int) -> list[str]:
+        async with self.store.transaction() as s:
+            done = await self.ops.escalate(s, now)
+        if done:
+            self.ops.fed()
+        return done
+
+    # ---- the feed -----------------------------------------------------------------------------
+
+    async def feed(self, after: int, limit: int = 500) -> list[FeedEvent]:
+        q = (
+            select(PlatformEvent)
+            .where(PlatformEvent.seq > after)
+            .order_by(PlatformEvent.seq)
+            .limit(limit)
+        )
+        async with self.store.transaction() as s:
+            return [_feed_event(e) for e in await s.scalars(q)]
+
+    async def feed_event(self, seq: int) -> FeedEvent | None:
+        async with self.store.transaction() as s:
+            e = await s.get(PlatformEvent, seq)
+            return None if e is None else _feed_event(e)
+
+    async def last_seq(self) -> int:
+        async with self.store.transaction() as s:
+            return int(await s.scalar(select(func.max(PlatformEvent.seq))) or 0)
+
+    async def prune_feed(self, before: int) -> int:
+        """Forget feed events older than ``before`` (epoch ms), except those a pending dead
+        letter still needs for its replay."""
+        pending = select(DeadLetter.seq).where(DeadLetter.replayed_at.is_(None))
+        async with self.store.transaction() as s:
+            gone = await s.execute(
+                delete(PlatformEvent).where(PlatformEvent.at < before,
+                                            PlatformEvent.seq.not_in(pending))
+            )  # fmt: skip
+        count: int = getattr(gone, "rowcount", 0) or 0
+        return count
+
+    async def cursor(self, name: str) -> int | None:
+        async with self.store.transaction() as s:
+            row = await s.get(FeedCursor, name)
+            return None if row is None else row.seq
+
+    async def set_cursor(self, name: str, seq: int) -> None:
+        async with self.store.transaction() as s:
+            row = await s.get(FeedCursor, name)
+            if row is None:
+                s.add(FeedCursor(name=name, seq=seq))
+            else:
+                row.seq = seq
+
+    # ---- webhooks -----------------------------------------------------------------------------
+
+    async def add_webhook(self, req: WebhookRequest, by: str, now: int) -> WebhookView:
+        """A new subscription starts at the end of the feed: it gets what happens from now on."""
+        start = await self.last_seq()
+        row = Webhook(url=req.url, secret=req.secret, district=req.district,
+                      category=req.category, created_at=now, created_by=by, cursor=start)  # fmt: skip
+        async with self.store.transaction() as s:
+            s.add(row)
+            await s.flush()
+            return _webhook(row)
+
+    async def webhooks(self, active_only: bool = False) -> list[Webhook]:
+        q = select(Webhook).order_by(Webhook.id)
+        if active_only:
+            q = q.where(Webhook.active.is_(True))
+        async with self.store.transaction() as s:
+            return list(await s.scalars(q))
+
+    async def webhook_views(self) -> list[WebhookView]:
+        return [_webhook(w) for w in await self.webhooks()]
+
+    async def delete_webhook(self, webhook_id: int) -> None:
+        async with self.store.transaction() as s:
+            row = await s.get(Webhook, webhook_id)
+            if row is None:
+                raise NotFound("webhook", str(webhook_id))
+            await s.delete(row)
+            await s.execute(delete(DeadLetter).where(DeadLetter.webhook_id == webhook_id))
+
+    async def advance(self, webhook_id: int, seq: int) -> None:
+        async with self.store.transaction() as s:
+            row = await s.get(Webhook, webhook_id)
+            if row is not None and seq > row.cursor:
+                row.cursor = seq
+
+    async def dead_letter(
+        self, webhook_id: int, seq: int, attempts: int, error: str, now: int
+    ) -> None:
+        """Record a message given up on and move the cursor past it, in one transaction."""
+        async with self.store.transaction() as s:
+            s.add(DeadLetter(webhook_id=webhook_id, seq=seq, attempts=attempts,
+                             last_error=error[:2000], failed_at=now))  # fmt: skip
+            row = await s.get(Webhook, webhook_id)
+            if row is not None and seq > row.cursor:
+                row.cursor = seq
+
+    async def dead_letters(
+        self, webhook_id: int | None = None, pending_only: bool = True
+    ) -> list[DeadLetterView]:
+        q = (
+            select(DeadLetter, PlatformEvent.payload)
+            .join(PlatformEvent, PlatformEvent.seq == DeadLetter.seq)
+            .order_by(DeadLetter.id)
+        )
+        if webhook_id is not None:
+            q = q.where(DeadLetter.webhook_id == webhook_id)
+        if pending_only:
+            q = q.where(DeadLetter.replayed_at.is_(None))
+        async with self.store.transaction() as s:
+            return [_dead(d, payload) for d, payload in await s.execute(q)]
+
+    async def dead_letter_row(self, dead_id: int) -> tuple[DeadLetter, Webhook, FeedEvent]:
+        async with self.store.transaction() as s:
+            d = await s.get(DeadLetter, dead_id)
+            w = None if d is None else await s.get(Webhook, d.webhook_id)
+            e = None if d is None else await s.get(PlatformEvent, d.seq)
+            if d is None or w is None or e is None:
+                raise NotFound("dead letter", str(dead_id))
+            return d, w, _feed_event(e)
+
+    async def replayed(self, dead_id: int, now: int, error: str | None) -> None:
+        async with self.store.transaction() as s:
+            d = await s.get(DeadLetter, dead_id)
+            if d is None:
+                return
+            d.attempts += 1
+            if error is None:
+                d.replayed_at = now
+            else:
+                d.last_error = error[:2000]
+
+
+def _feed_event(e: PlatformEvent) -> FeedEvent:
+    return FeedEvent(e.seq, e.kind, e.district, e.category, e.severity, e.payload)
+
+
+def _dead(d: DeadLetter, payload: dict[str, Any]) -> DeadLetterView:
+    return DeadLetterView(id=d.id, webhook_id=d.webhook_id, seq=d.seq, attempts=d.attempts,
+                          last_error=d.last_error, failed_at=d.failed_at,
+                          replayed_at=d.replayed_at, message=payload)  # fmt: skip
+
+
+def matches(event: FeedEvent, district: str | None, category: str | None) -> bool:
+    """A subscription's filter: none set means everything."""
+    return (district is None or event.district == district) and (
+        category is None or event.category == category
+    )
+
+
+def stages(names: Sequence[str]) -> frozenset[str]:
+    return frozenset(Stage(n).value for n in names)

@@ -1,0 +1,2 @@
+"""Device and gateway health: the pure judgement (``core``) and the queries that feed it
+(``store``)."""

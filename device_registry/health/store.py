@@ -1,0 +1,166 @@
+"""Health of the field from the registry: gather each device's and gateway's facts in a few
+queries, let the pure core (``health.py``) judge them, list the unhealthy first.
+
+A device's expected interval: the gateway's birth names it (``device_info``); a device registered
+by an installer with a profile but not yet born falls back to the profile catalogue.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from device_registry.db.store import RegistryStore
+from device_registry.db.tables import (
+    Device,
+    DeviceInfo,
+    Gateway,
+    GatewayHealthRow,
+    LatestReading,
+    Site,
+)
+from device_registry.health import core as health
+from device_registry.health.core import Assessment, DeviceFacts, GatewayFacts, Policy
+from device_registry.http.opsviews import DeviceHealthView, GatewayHealthView, HealthReport
+from gridwatch.ground.profiles import load_profiles
+
+LEVEL_POINTS = ("battery", "signal")
+
+
+@dataclass(frozen=True)
+class HealthFilter:
+    district: str | None = None
+    grid: str | None = None
+    gateway: str | None = None
+    profile: str | None = None
+    unhealthy_only: bool = False
+
+
+@functools.cache
+def _profiles() -> dict[str, tuple[float, bool]]:
+    """Profile id -> (expected interval, pushes on its own) from the shipped catalogue."""
+    from gridwatch.ground.gatewayconf import default_profiles_dir
+
+    shipped = load_profiles(default_profiles_dir()).items()
+    return {pid: (p.interval_s, p.protocol == "mqtt") for pid, p in shipped}
+
+
+async def health_report(
+    store: RegistryStore, f: HealthFilter, now: int, policy: Policy | None = None
+) -> HealthReport:
+    gws, devices = await _facts(store, f)
+    gw_views = [_gateway_view(g, health.assess_gateway(g, now, policy)) for g in gws.values()]
+    dev_views = [_device_view(d, health.assess_device(d, now, policy)) for d in devices]
+    if f.district or f.grid or f.profile:  # gateways only as far as the listed devices use them
+        used = {d.gateway for d in dev_views}
+        gw_views = [g for g in gw_views if g.id in used]
+    if f.unhealthy_only:
+        dev_views = [d for d in dev_views if not d.healthy]
+        gw_views = [g for g in gw_views if not g.healthy]
+    dev_views.sort(key=lambda d: (d.healthy, d.district, d.grid, d.id))
+    gw_views.sort(key=lambda g: (g.healthy, g.id))
+    bad = sum(not d.healthy for d in dev_views) + sum(not g.healthy for g in gw_views)
+    return HealthReport(healthy=bad == 0, unhealthy=bad, devices=dev_views, gateways=gw_views)
+
+
+async def _facts(
+    store: RegistryStore, f: HealthFilter
+) -> tuple[dict[str, GatewayFacts], list[DeviceFacts]]:
+    q = (
+        select(Device, Site.district_id, Site.grid, DeviceInfo)
+        .outerjoin(Site, Site.id == Device.site_id)
+        .outerjoin(DeviceInfo, DeviceInfo.device_id == Device.id)
+        .where(Device.retired_at.is_(None))
+        .order_by(Device.id)
+    )
+    if f.district is not None:
+        q = q.where(Site.district_id == f.district)
+    if f.grid is not None:
+        q = q.where(Site.grid == f.grid)
+    if f.gateway is not None:
+        q = q.where(Device.gateway_id == f.gateway)
+    async with store.transaction() as s:
+        rows = (await s.execute(q)).all()
+        gws = await _gateways(s, f.gateway)
+        levels = await _levels(s, [r[0].id for r in rows])
+    devices = [_device_facts(d, district, grid, info, gws.get(d.gateway_id), levels.get(d.id, {}))
+               for d, district, grid, info in rows]  # fmt: skip
+    if f.profile is not None:
+        devices = [d for d in devices if d.profile == f.profile]
+    return gws, devices
+
+
+async def _gateways(s: Any, only: str | None) -> dict[str, GatewayFacts]:
+    q = select(Gateway, GatewayHealthRow).outerjoin(
+        GatewayHealthRow, GatewayHealthRow.gateway_id == Gateway.id
+    )
+    if only is not None:
+        q = q.where(Gateway.id == only)
+    out = {}
+    for gw, rep in await s.execute(q):
+        out[gw.id] = GatewayFacts(
+            id=gw.id, online=gw.online, last_seen=gw.last_seen, died_at=gw.died_at,
+            report=None if rep is None else rep.report,
+            received_at=None if rep is None else rep.received_at,
+        )  # fmt: skip
+    return out
+
+
+async def _levels(s: Any, ids: list[str]) -> dict[str, dict[str, tuple[Any, str]]]:
+    out: dict[str, dict[str, tuple[Any, str]]] = {}
+    for i in range(0, len(ids), 500):
+        q = select(LatestReading).where(
+            LatestReading.device_id.in_(ids[i : i + 500]), LatestReading.point.in_(LEVEL_POINTS)
+        )
+        for r in await s.scalars(q):
+            if r.quality == "good":
+                out.setdefault(r.device_id, {})[r.point] = (r.value, r.unit)
+    return out
+
+
+def _device_facts(
+    d: Device, district: str | None, grid: str | None, info: DeviceInfo | None,
+    gw: GatewayFacts | None, values: dict[str, tuple[Any, str]],
+) -> DeviceFacts:  # fmt: skip
+    profile = (info.profile if info and info.profile else None) or d.profile or ""
+    known = _profiles().get(profile)
+    interval = info.interval_s if info and info.interval_s else known[0] if known else None
+    offset = 0
+    if gw is not None and gw.report is not None:
+        offset = health.clock_offset_ms(gw.report.get("ts"), gw.received_at)
+    return DeviceFacts(
+        id=d.id, gateway=d.gateway_id, device=d.name, district=district or "", grid=grid or "",
+        profile=profile, interval_s=interval, push=bool(known and known[1]),
+        firmware=(info.firmware if info and info.firmware else "") or d.firmware or "",
+        last_seen=d.last_seen, first_seen=d.first_seen,
+        gateway_online=gw.online if gw else True, gateway_died_at=gw.died_at if gw else None,
+        clock_offset_ms=offset, report=d.health, values=values,
+    )  # fmt: skip
+
+
+def _device_view(f: DeviceFacts, a: Assessment) -> DeviceHealthView:
+    rep = f.report or {}
+    return DeviceHealthView(
+        id=f.id, gateway=f.gateway, device=f.device, district=f.district, grid=f.grid,
+        profile=f.profile, firmware=f.firmware, status=a.status.value, healthy=a.healthy,
+        reasons=a.reasons, since=a.since, last_seen=f.last_seen, interval_s=f.interval_s,
+        success_rate=a.success_rate, consecutive_failures=rep.get("consecutive_failures"),
+        response_ms=rep.get("response_ms"), battery=f.values.get("battery", (None, ""))[0],
+        signal=f.values.get("signal", (None, ""))[0],
+    )  # fmt: skip
+
+
+def _gateway_view(g: GatewayFacts, a: Assessment) -> GatewayHealthView:
+    rep = g.report or {}
+    return GatewayHealthView(
+        id=g.id, status=a.status.value, healthy=a.healthy, reasons=a.reasons, since=a.since,
+        last_seen=g.last_seen, uplink="connected" if g.online else "down",
+        cpu_percent=rep.get("cpu_percent"),
+        memory_mb=rep.get("memory_mb"), disk_free_mb=rep.get("disk_free_mb"),
+        outbox_depth=rep.get("outbox_depth"), outbox_dropped=rep.get("outbox_dropped"),
+        uplink_reconnects=rep.get("uplink_reconnects"),
+        clock_offset_ms=health.clock_offset_ms(rep.get("ts"), g.received_at) if rep else None,
+    )  # fmt: skip

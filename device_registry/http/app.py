@@ -1,0 +1,161 @@
+"""Composition root of ``gridwatch registry serve``: the registry API alone, on its own store.
+
+``build_app`` is also what ``gridwatch central run`` mounts, on the store it shares with the
+bridge. Standing alone, the app owns its store through ``cleanup_ctx`` (opened on start-up,
+disposed last on shutdown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+from aiohttp import web
+
+from device_registry.db.engine import default_url
+from device_registry.db.store import RegistryStore
+from device_registry.delivery.mqtt_out import MqttTarget
+from device_registry.errors import RegistryError
+from device_registry.http import opsapp
+from device_registry.http.api import HEALTH_PARTS, STORE, HealthPart, json_errors, routes
+from device_registry.http.auth import AUTH_STORE, authenticate
+from device_registry.inventory import routes as registration_api
+from device_registry.inventory.configgen import Uplink
+from device_registry.inventory.downlink import BrokerSettings
+
+logger = logging.getLogger(__name__)
+
+
+def build_app(
+    db_url: str | None = None,
+    store: RegistryStore | None = None,
+    health_parts: dict[str, HealthPart] | None = None,
+    installers: registration_api.InstallerSettings | None = None,
+    delivery: opsapp.Delivery | None = None,
+) -> web.Application:
+    """The API on its own store (``db_url``) or on one the caller owns (``store``)."""
+    if (db_url is None) == (store is None):
+        raise ValueError("give build_app a db_url or a store, not both")
+    # errors outermost, so that whatever the auth check or a handler raises is JSON
+    app = web.Application(middlewares=[json_errors, authenticate])
+    app.add_routes(routes())
+    app.add_routes(registration_api.routes())
+    app[AUTH_STORE] = lambda: app[STORE]
+    app[HEALTH_PARTS] = health_parts or {}
+
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        if store is not None:
+            app[STORE] = store
+            yield
+            return
+        assert db_url is not None
+        app[STORE] = await RegistryStore.open(db_url)
+        yield
+        await app[STORE].close()
+
+    app.cleanup_ctx.append(store_ctx)
+    app.cleanup_ctx.append(
+        registration_api.installer_ctx(installers or registration_api.InstallerSettings())
+    )
+    opsapp.install(app, delivery)  # alerts' lifecycle, delivery, health, metrics, dashboard
+    return app
+
+
+@asynccontextmanager
+async def serving(
+    app: web.Application, host: str, port: int, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[str]:
+    """Serve ``app`` while the block runs; yields its base URL (port 0 picks a free one)."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        try:
+            await web.TCPSite(runner, host, port, ssl_context=tls).start()
+        except OSError as exc:
+            raise RegistryError(f"registry API cannot listen on {host}:{port}: {exc}") from exc
+        bound_host, bound_port = runner.addresses[0][:2]
+        url = f"{'https' if tls else 'http'}://{bound_host}:{bound_port}"
+        logger.info("registry API on %s (OpenAPI: %s/api/v1/openapi.json)", url, url)
+        yield url
+    finally:
+        await runner.cleanup()
+
+
+def tls_from(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The API's TLS context from ``--tls-cert``/``--tls-key``; None: plain HTTP."""
+    cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
+    if not cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise RegistryError(f"cannot load the API's TLS certificate {cert}: {exc}") from exc
+    return ctx
+
+
+def installer_settings(
+    args: argparse.Namespace, mqtt_host: str | None = None, protocol: str | None = None
+) -> registration_api.InstallerSettings:
+    """Broker access for the registry's downlink and what generated configs tell gateways."""
+    host = mqtt_host or args.mqtt_host
+    user = args.broker_admin_user or args.mqtt_username
+    pw_env = args.broker_admin_password_env or args.mqtt_password_env
+    broker = None
+    if host is not None:
+        broker = BrokerSettings(
+            host=host, port=args.mqtt_port, prefix=args.prefix, username=user,
+            password=os.environ.get(pw_env) if pw_env else None,
+            client_id=f"{args.bridge_id}-registry",
+            protocol=cast(Any, protocol or args.mqtt_protocol),
+        )  # fmt: skip
+    uplink = Uplink(
+        host=args.gateway_mqtt_host or host or "127.0.0.1",
+        port=args.gateway_mqtt_port or args.mqtt_port, prefix=args.prefix,
+        tls=bool(args.gateway_mqtt_ca), ca_file=args.gateway_mqtt_ca,
+    )  # fmt: skip
+    return registration_api.InstallerSettings(uplink=uplink, broker=broker, dynsec=args.dynsec)
+
+
+def db_url_from(args: argparse.Namespace) -> str:
+    url: str = args.db_url or default_url(args.data_dir)
+    return url
+
+
+def delivery_settings(args: argparse.Namespace) -> opsapp.Delivery:
+    """Standing alone, the registry publishes lifecycle and escalation messages to the broker
+    named on its command line (none: webhooks and the stream only)."""
+    if not getattr(args, "mqtt_host", None):
+        return opsapp.Delivery()
+    password = os.environ.get(args.mqtt_password_env) if args.mqtt_password_env else None
+    target = MqttTarget(args.mqtt_host, args.mqtt_port, args.prefix, args.mqtt_username, password,
+                        client_id=f"{args.bridge_id}-registry-platform")  # fmt: skip
+    return opsapp.Delivery(mqtt=target)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    app = build_app(db_url_from(args), installers=installer_settings(args),
+                    delivery=delivery_settings(args))  # fmt: skip
+    async with serving(app, args.http_host, args.http_port, tls_from(args)):
+        await stop.wait()
+    logger.info("registry stopped")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        asyncio.run(serve(args))
+    except RegistryError as exc:
+        logger.error("%s", exc)
+        return 1
+    return 0

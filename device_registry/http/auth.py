@@ -1,0 +1,263 @@
+"""Who may call what: API tokens, roles, and the middleware that checks them on every request.
+
+A token is 32 random bytes (URL-safe text) handed out once; the registry keeps only its SHA-256,
+so a copy of the database lets nobody in. A request carries it as ``Authorization: Bearer <token>``
+or, from the browser dashboard, as the cookie ``gw_token``.
+
+Every endpoint declares its roles with ``@requires(...)`` (or ``@public``); the middleware refuses
+a request to an endpoint that declared nothing (deny by default), so the decorators are the single
+role x endpoint table, and ``access_table(app)`` reads it back for the tests and the docs.
+``admin`` may call everything.
+
+Bootstrap: when the store opens without any admin token, ``bootstrap_admin`` makes one from
+``GRIDWATCH_ADMIN_TOKEN`` if that is set, else a random one that the caller prints once.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import hdrs, web
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from device_registry.db.store import RegistryStore
+from device_registry.db.tables import ApiToken, AuditEntry
+from device_registry.errors import NotFound
+
+logger = logging.getLogger(__name__)
+
+ADMIN_TOKEN_ENV = "GRIDWATCH_ADMIN_TOKEN"
+COOKIE = "gw_token"
+_ATTR = "__gridwatch_roles__"
+
+
+class Role(enum.StrEnum):
+    INSTALLER = "installer"
+    MAINTENANCE = "maintenance"
+    OPERATOR = "operator"
+    PLATFORM = "platform"
+    ADMIN = "admin"
+
+
+ALL_ROLES = frozenset(Role)
+PUBLIC: frozenset[Role] = frozenset()
+"""The roles of a ``@public`` endpoint: none needed, no token read."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    name: str
+    role: Role
+
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+AUTH_STORE: web.AppKey[Callable[[], RegistryStore]] = web.AppKey("auth_store")
+"""How the middleware reaches the store (it is opened after the app is built)."""
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def requires(*roles: Role) -> Callable[[Handler], Handler]:
+    """Declare who may call an endpoint; ``admin`` always may."""
+    allowed = frozenset(roles) | {Role.ADMIN}
+
+    def mark(handler: Handler) -> Handler:
+        setattr(handler, _ATTR, allowed)
+        return handler
+
+    return mark
+
+
+def public(handler: Handler) -> Handler:
+    """An endpoint anyone may call without a token (``/health``, ``/metrics``)."""
+    setattr(handler, _ATTR, PUBLIC)
+    return handler
+
+
+def roles_of(handler: Any) -> frozenset[Role] | None:
+    """The declared roles; None when the endpoint declared nothing (it is then refused)."""
+    found: frozenset[Role] | None = getattr(handler, _ATTR, None)
+    return found
+
+
+def access_table(app: web.Application) -> dict[tuple[str, str], frozenset[Role] | None]:
+    """(method, path) -> roles, for every route of ``app`` (HEAD routes aside)."""
+    table: dict[tuple[str, str], frozenset[Role] | None] = {}
+    for route in app.router.routes():
+        if route.method == hdrs.METH_HEAD or route.resource is None:
+            continue
+        path = route.resource.canonical
+        table[(route.method, path)] = roles_of(route.handler)
+    return table
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def _presented(request: web.Request) -> str | None:
+    header = request.headers.get(hdrs.AUTHORIZATION, "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.cookies.get(COOKIE) or None
+
+
+def _refuse(status: int, error: str, detail: str) -> web.Response:
+    headers = {"WWW-Authenticate": 'Bearer realm="gridwatch"'} if status == 401 else None
+    return web.json_response({"error": error, "detail": detail}, status=status, headers=headers)
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    match = request.match_info
+    if match.http_exception is not None:  # no such route: 404/405 as usual
+        return await handler(request)
+    allowed = roles_of(match.handler)
+    if allowed == PUBLIC:
+        return await handler(request)
+    token = _presented(request)
+    if token is None:
+        return _refuse(401, "unauthorized", "send 'Authorization: Bearer <token>'")
+    principal = await lookup(request.app[AUTH_STORE](), token)
+    if principal is None:
+        return _refuse(401, "unauthorized", "unknown or revoked token")
+    if allowed is None or principal.role not in allowed:
+        names = sorted(r.value for r in allowed or ())
+        return _refuse(
+            403, "forbidden",
+            f"role {principal.role} may not {request.method} {match.route.resource.canonical if match.route.resource else request.path}; allowed: {names}",
+        )  # fmt: skip
+    request[PRINCIPAL] = principal
+    return await handler(request)
+
+
+# ---- tokens in the store -------------------------------------------------------------------
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=128, description="Who or what uses it.")
+    role: Role
+
+
+class TokenView(BaseModel):
+    id: int
+    name: str
+    role: Role
+    created_at: int
+    created_by: str
+    revoked_at: int | None = None
+
+
+class IssuedToken(TokenView):
+    token: str = Field(description="The token itself: shown this once, kept only hashed.")
+
+
+def _now() -> int:
+    return time.time_ns() // 1_000_000
+
+
+_CACHE_S = 2.0
+"""How long a token's check is reused: one query less per request. A revocation through this
+process applies at once (the cache is cleared); through another registry process, within this."""
+_cache: dict[str, tuple[float, Principal | None]] = {}
+
+
+async def lookup(store: RegistryStore, token: str) -> Principal | None:
+    digest = hash_token(token)
+    now = time.monotonic()
+    hit = _cache.get(digest)
+    if hit is not None and now - hit[0] < _CACHE_S:
+        return hit[1]
+    async with store.transaction() as s:
+        row = await s.scalar(select(ApiToken).where(ApiToken.sha256 == digest))
+    found = (
+        None if row is None or row.revoked_at is not None else Principal(row.name, Role(row.role))
+    )
+    if len(_cache) > 10_000:  # unknown tokens must not grow it without bound
+        _cache.clear()
+    _cache[digest] = (now, found)
+    return found
+
+
+def _view(row: ApiToken) -> TokenView:
+    return TokenView(id=row.id, name=row.name, role=Role(row.role), created_at=row.created_at,
+                     created_by=row.created_by, revoked_at=row.revoked_at)  # fmt: skip
+
+
+async def issue(
+    store: RegistryStore, req: TokenRequest, by: Principal, token: str | None = None
+) -> IssuedToken:
+    token = token or new_token()
+    now = _now()
+    row = ApiToken(name=req.name, role=req.role.value, sha256=hash_token(token), created_at=now,
+                   created_by=by.name)  # fmt: skip
+    async with store.transaction() as s:
+        s.add(row)
+        await s.flush()
+        s.add(
+            audit_row(by, "token.create", f"token:{row.id}", {"name": req.name, "role": req.role})
+        )
+    return IssuedToken(**_view(row).model_dump(), token=token)
+
+
+async def tokens(store: RegistryStore) -> list[TokenView]:
+    async with store.transaction() as s:
+        return [_view(r) for r in await s.scalars(select(ApiToken).order_by(ApiToken.id))]
+
+
+async def revoke(store: RegistryStore, token_id: int, by: Principal) -> TokenView:
+    async with store.transaction() as s:
+        row = await s.get(ApiToken, token_id)
+        if row is None:
+            raise NotFound("token", str(token_id))
+        _cache.clear()
+        if row.revoked_at is None:
+            row.revoked_at = _now()
+            s.add(audit_row(by, "token.revoke", f"token:{row.id}", {"name": row.name}))
+        return _view(row)
+
+
+SYSTEM = Principal("system", Role.ADMIN)
+
+
+async def bootstrap_admin(store: RegistryStore) -> str | None:
+    """Make sure an admin can log in. Returns a freshly generated admin token (to be shown once)
+    when there was none and ``GRIDWATCH_ADMIN_TOKEN`` is not set; None otherwise."""
+    from_env = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
+    async with store.transaction() as s:
+        if from_env:
+            known = await s.scalar(
+                select(ApiToken.id).where(ApiToken.sha256 == hash_token(from_env))
+            )
+        else:
+            known = await s.scalar(
+                select(ApiToken.id).where(
+                    ApiToken.role == Role.ADMIN.value, ApiToken.revoked_at.is_(None)
+                )
+            )
+    if known is not None:
+        return None
+    name = "admin (from environment)" if from_env else "admin (bootstrap)"
+    issued = await issue(store, TokenRequest(name=name, role=Role.ADMIN), SYSTEM, from_env or None)
+    logger.info("created the %s token (id %d)", name, issued.id)
+    return None if from_env else issued.token
+
+
+def audit_row(by: Principal, action: str, target: str, detail: dict[str, Any] | None) -> AuditEntry:
+    return AuditEntry(ts=_now(), actor=by.name, role=by.role.value, action=action, target=target,
+                      detail=detail)  # fmt: skip

@@ -1,0 +1,136 @@
+"""Wiring of alert operations, delivery, health, metrics and the dashboard into the registry app.
+
+``install`` adds the routes and a ``cleanup_ctx`` that starts the delivery tasks once the store is
+open (webhook dispatcher, escalation clock, and the MQTT platform publisher when a broker is
+given) and stops them, last-started first, on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from device_registry.alerts.store import OpsStore
+from device_registry.delivery.escalator import escalate_forever
+from device_registry.delivery.feed import FeedSignal
+from device_registry.delivery.lease import DeliveryLease
+from device_registry.delivery.mqtt_out import MqttTarget, PlatformPublisher
+from device_registry.delivery.sse import SseHub
+from device_registry.delivery.webhooks import RetryPolicy, WebhookDispatcher
+from device_registry.http import dashboard, opsapi
+from device_registry.http.api import STORE
+from device_registry.http.auth import public
+from device_registry.http.opsapi import OPS, History, Ops
+from gridwatch.ground import metrics
+
+LEASE = web.AppKey("lease", DeliveryLease)
+
+
+@dataclass
+class Delivery:
+    """Settings of the delivery side; the defaults suit production."""
+
+    mqtt: MqttTarget | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    poll_s: float = 1.0
+    escalate_every_s: float = 5.0
+    lease_retry_s: float = 5.0
+    """How often a standby registry process asks for the delivery lease (``lease.py``)."""
+    heartbeat_s: float = 15.0
+    history: History | None = None
+    extra_metrics: list[metrics.Spec] = field(default_factory=list)
+    """Metrics of other parts of the hosting process (the bridge in ``central run``)."""
+
+
+def install(app: web.Application, delivery: Delivery | None = None) -> None:
+    d = delivery or Delivery()
+    app.add_routes(opsapi.routes())
+    dashboard.install(app)
+    registry = metrics.registry_of(*_metrics(app), *d.extra_metrics)
+    app.router.add_get("/metrics", public(metrics.handler(registry)))
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        async with _running(app, d):
+            yield
+
+    app.cleanup_ctx.append(ctx)
+    app.on_shutdown.append(_end_streams)
+
+
+async def _end_streams(app: web.Application) -> None:
+    if OPS in app:
+        await app[OPS].hub.close()
+
+
+@contextlib.asynccontextmanager
+async def _running(app: web.Application, d: Delivery) -> AsyncIterator[None]:
+    store = OpsStore(app[STORE])
+    signal = FeedSignal(d.poll_s)
+    store.ops.on_feed.append(signal.notify)
+    async with aiohttp.ClientSession() as session:
+        ops = Ops(store, signal, SseHub(store, signal, d.heartbeat_s),
+                  WebhookDispatcher(store, signal, session, d.retry), session, d.history)  # fmt: skip
+        app[OPS] = ops
+        if d.mqtt is not None:
+            ops.publisher = PlatformPublisher(store, signal, d.mqtt)
+
+        def jobs() -> list[tuple[str, Coroutine[Any, Any, None]]]:
+            out = [("webhooks", ops.dispatcher.run()),
+                   ("escalation", escalate_forever(store, d.escalate_every_s))]  # fmt: skip
+            if ops.publisher is not None:
+                out.append(("platform-publisher", ops.publisher.run()))
+            return out
+
+        lease = app[LEASE] = DeliveryLease(app[STORE].engine, d.lease_retry_s)
+        leading = asyncio.create_task(_deliver_while_leading(lease, jobs), name="delivery")
+        try:
+            yield
+        finally:
+            leading.cancel()
+            await asyncio.gather(leading, return_exceptions=True)
+            store.ops.on_feed.remove(signal.notify)
+
+
+async def _deliver_while_leading(
+    lease: DeliveryLease, jobs: Callable[[], list[tuple[str, Coroutine[Any, Any, None]]]]
+) -> None:
+    """Run the delivery jobs whenever this process holds the lease; stand by otherwise."""
+    while True:
+        async with lease.holding() as lost:
+            tasks = [asyncio.create_task(job, name=name) for name, job in jobs()]
+            try:
+                await lost
+            finally:
+                for task in reversed(tasks):
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+
+
+def _metrics(app: web.Application) -> list[metrics.Spec]:
+    def part(read: Any) -> Any:
+        # zero until the delivery side is up (a scrape may come first)
+        return lambda: read(app[OPS]) if OPS in app else 0
+
+    return [
+        metrics.gauge("gridwatch_delivery_leader",
+                      "1 in the registry process that delivers webhooks, platform topics and "
+                      "escalations (one at a time)",
+                      lambda: float(app[LEASE].held) if LEASE in app else 0.0),
+        metrics.counter("gridwatch_webhook_deliveries", "Webhook messages delivered",
+                        part(lambda o: o.dispatcher.delivered)),
+        metrics.counter("gridwatch_webhook_failed_attempts", "Webhook POSTs that failed",
+                        part(lambda o: o.dispatcher.failed_attempts)),
+        metrics.counter("gridwatch_webhook_dead_letters", "Webhook messages dead-lettered",
+                        part(lambda o: o.dispatcher.dead)),
+        metrics.gauge("gridwatch_sse_clients", "Open alert streams",
+                      part(lambda o: o.hub.clients)),
+        metrics.counter("gridwatch_platform_published", "Lifecycle and escalation messages "
+                        "published on the MQTT platform tree",
+                        part(lambda o: o.publisher.published if o.publisher else 0)),
+    ]  # fmt: skip

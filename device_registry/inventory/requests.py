@@ -1,0 +1,58 @@
+"""What the registry's write endpoints accept: strict request models (unknown fields refused).
+
+Their JSON Schemas go into the OpenAPI description; a body that does not validate is a 422 with
+each field's path and message.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gridwatch.ground.contract import Location
+from gridwatch.ground.gatewayconf import Bus
+
+_GW_ID = r"^[A-Za-z0-9_.-]+$"
+_DEV_ID = r"^[A-Za-z0-9_.:-]+$"
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GatewayCreate(Request):
+    id: str = Field(pattern=_GW_ID, max_length=128, description="Gateway id; its MQTT username.")
+    name: str = Field(default="", max_length=200)
+    location: Location = Field(default_factory=Location)
+    buses: list[Bus] = Field(default_factory=list, description="Its field buses.")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class GatewayPatch(Request):
+    name: str | None = Field(default=None, max_length=200)
+    location: Location | None = None
+    buses: list[Bus] | None = None
+    labels: dict[str, str] | None = None
+
+
+class DeviceFields(Request):
+    profile: str | None = Field(default=None, min_length=1, max_length=128)
+    bus: str | None = Field(default=None, min_length=1, max_length=128)
+    unit_id: int | None = Field(default=None, ge=0, le=247, description="Modbus unit id.")
+    address: str | None = Field(default=None, max_length=200, description="MQTT address.")
+    location: Location | None = None
+    install_date: datetime.date | None = None
+    firmware: str | None = Field(default=None, max_length=64)
+    labels: dict[str, str] | None = None
+
+
+class DeviceCreate(DeviceFields):
+    gateway: str = Field(pattern=_GW_ID, max_length=128)
+    id: str = Field(pattern=_DEV_ID, max_length=128, description="Device id within the gateway.")
+    profile: str = Field(min_length=1, max_length=128)
+    bus: str = Field(min_length=1, max_length=128)
+
+
+class DevicePatch(DeviceFields):
+    pass

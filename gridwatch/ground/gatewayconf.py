@@ -1,0 +1,203 @@
+"""A gateway's configuration: its identity, uplink, outbox, buses and devices.
+
+Devices refer to profiles by id; ``resolve`` joins them into what the edge runs. Secrets come from
+the environment (``password_env``), never from the YAML.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from gridwatch.ground.contract import DEFAULT_PREFIX, Location
+from gridwatch.ground.profiles import ModbusProfile, MqttProfile, Rule, Strict, load_profiles
+from gridwatch.ground.yamlconf import ConfigError, ConfigProblem, KeyPath, line_map, load_model
+
+
+class GatewayIdentity(Strict):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Gateway id; its MQTT username.")
+    location: Location = Field(default_factory=Location, description="Where the cabinet stands.")
+
+
+class MqttUplink(Strict):
+    host: str = Field(default="127.0.0.1", description="Central broker host.")
+    port: int = Field(default=1883, ge=1, le=65535, description="Central broker port.")
+    prefix: str = Field(default=DEFAULT_PREFIX, description="Topic prefix of the whole tree.")
+    username: str | None = Field(default=None, description="Defaults to the gateway id.")
+    password_env: str | None = Field(
+        default=None, description="Environment variable holding the password."
+    )
+    tls: bool = Field(default=False, description="Connect with TLS.")
+    ca_file: str | None = Field(default=None, description="CA bundle for the broker's cert.")
+    protocol: Literal["auto", "5", "3.1.1"] = Field(
+        default="auto", description="MQTT version; auto tries 5, falls back to 3.1.1."
+    )
+    keepalive_s: int = Field(default=15, ge=2, description="MQTT keepalive.")
+    batch_max: int = Field(default=500, ge=1, description="Readings per telemetry message.")
+    batch_linger_s: float = Field(default=0.2, ge=0, description="Wait to fill a batch.")
+
+    def password(self) -> str | None:
+        return os.environ.get(self.password_env) if self.password_env else None
+
+
+class OutboxConfig(Strict):
+    path: str = Field(default="var/edge/outbox.db", description="SQLite file of the outbox.")
+    max_bytes: int = Field(default=256 * 1024 * 1024, ge=4096, description="Bound on its size.")
+
+
+class ModbusTcpBus(Strict):
+    type: Literal["modbus_tcp"]
+    id: str = Field(description="Bus id that devices refer to.")
+    host: str = Field(description="Device or converter host.")
+    port: int = Field(default=502, ge=1, le=65535, description="TCP port.")
+    timeout_s: float = Field(default=1.0, gt=0, description="Per-request timeout.")
+    max_concurrency: int = Field(default=1, ge=1, le=32, description="Requests in flight.")
+    framer: Literal["socket", "rtu"] = Field(default="socket", description="rtu = RTU over TCP.")
+
+
+class ModbusRtuBus(Strict):
+    type: Literal["modbus_rtu"]
+    id: str = Field(description="Bus id that devices refer to.")
+    port: str = Field(description="Serial device, e.g. /dev/ttyUSB0.")
+    baudrate: int = Field(default=9600, description="Line speed.")
+    parity: Literal["N", "E", "O"] = Field(default="N", description="Parity.")
+    stopbits: Literal[1, 2] = Field(default=1, description="Stop bits.")
+    bytesize: Literal[7, 8] = Field(default=8, description="Data bits.")
+    timeout_s: float = Field(default=0.5, gt=0, description="Per-request timeout.")
+
+
+class MqttSensorBus(Strict):
+    type: Literal["mqtt"]
+    id: str = Field(description="Bus id that devices refer to.")
+    host: str = Field(default="127.0.0.1", description="Local broker the sensors publish to.")
+    port: int = Field(default=1883, ge=1, le=65535, description="Local broker port.")
+
+
+Bus = Annotated[ModbusTcpBus | ModbusRtuBus | MqttSensorBus, Field(discriminator="type")]
+
+
+class DeviceEntry(Strict):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.:-]+$", description="Device id, unique per gateway.")
+    profile: str = Field(description="Profile id.")
+    bus: str = Field(description="Bus id.")
+    unit_id: int = Field(default=1, ge=0, le=247, description="Modbus unit (slave) id.")
+    address: str = Field(default="", description="MQTT device address used in its topic.")
+    location: Location = Field(default_factory=Location, description="Where it is installed.")
+    interval_s: float | None = Field(default=None, gt=0, description="Override poll interval.")
+    rules: list[Rule] | None = Field(default=None, description="Replace the profile's rules.")
+
+
+class GatewayConfig(Strict):
+    version: int = Field(default=1, ge=0, description="Config version, bumped on every change.")
+    gateway: GatewayIdentity
+    mqtt: MqttUplink = Field(default_factory=MqttUplink, description="Uplink to the centre.")
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig, description="Store-and-forward.")
+    profiles_dir: str = Field(default="", description="Profile folder; default: the shipped one.")
+    health_interval_s: float = Field(default=30.0, gt=0, description="Gateway health period.")
+    buses: list[Bus] = Field(description="Field buses and endpoints.")
+    devices: list[DeviceEntry] = Field(description="Devices on those buses.")
+
+    @model_validator(mode="after")
+    def _check_refs(self) -> GatewayConfig:
+        bus_ids = [b.id for b in self.buses]
+        if len(set(bus_ids)) != len(bus_ids):
+            raise ValueError("bus ids must be unique")
+        dev_ids = [d.id for d in self.devices]
+        dupes = sorted({d for d in dev_ids if dev_ids.count(d) > 1})
+        if dupes:
+            raise ValueError(f"device ids must be unique: {dupes}")
+        for d in self.devices:
+            if d.bus not in bus_ids:
+                raise ValueError(f"device {d.id!r} is on unknown bus {d.bus!r}")
+        return self
+
+
+class ResolvedDevice(Strict):
+    """A device entry joined with its profile: what the edge actually runs."""
+
+    entry: DeviceEntry
+    profile: ModbusProfile | MqttProfile
+    bus: ModbusTcpBus | ModbusRtuBus | MqttSensorBus
+    location: Location
+    interval_s: float
+    rules: list[Rule]
+
+    @property
+    def id(self) -> str:
+        return self.entry.id
+
+
+def _line(lines: dict[KeyPath, int], at: KeyPath) -> int | None:
+    return lines.get(at) or lines.get(at[:2])
+
+
+def default_profiles_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "firmware_configs" / "profiles"
+
+
+def resolve(
+    cfg: GatewayConfig, profiles: dict[str, ModbusProfile | MqttProfile], file: str = ""
+) -> list[ResolvedDevice]:
+    """Join devices with profiles and buses; every unknown profile or mismatch reported."""
+    buses = {b.id: b for b in cfg.buses}
+    lines = line_map(Path(file).read_text()) if file and Path(file).exists() else {}
+    out, problems = [], []
+    for i, d in enumerate(cfg.devices):
+        where = ("devices", i, "profile")
+        prof = profiles.get(d.profile)
+        if prof is None:
+            problems.append(
+                ConfigProblem(file, lines.get(where), where, "unknown profile", d.profile)
+            )
+            continue
+        bus = buses[d.bus]
+        if (prof.protocol == "mqtt") != (bus.type == "mqtt"):
+            msg = f"profile protocol {prof.protocol!r} cannot run on a {bus.type} bus"
+            problems.append(ConfigProblem(file, lines.get(where), where, msg, d.profile))
+            continue
+        interval = d.interval_s or prof.interval_s
+        if bus.type != "mqtt" and bus.timeout_s >= interval:
+            # a poll that may outlive its interval would always collide with the next one
+            at: KeyPath = ("devices", i, "interval_s" if d.interval_s else "bus")
+            msg = f"poll interval {interval}s must be longer than bus {bus.id!r} timeout {bus.timeout_s}s"
+            problems.append(ConfigProblem(file, _line(lines, at), at, msg, interval))
+            continue
+        loc = d.location.model_copy(
+            update={
+                k: v
+                for k, v in cfg.gateway.location.model_dump().items()
+                if not getattr(d.location, k)
+            }
+        )
+        out.append(
+            ResolvedDevice(
+                entry=d,
+                profile=prof,
+                bus=bus,
+                location=loc,
+                interval_s=d.interval_s or prof.interval_s,
+                rules=d.rules if d.rules is not None else prof.rules,
+            )
+        )
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def resolve_with_profiles(
+    cfg: GatewayConfig, file: str = "", base: Path | None = None
+) -> list[ResolvedDevice]:
+    """Resolve against the config's profile folder (relative to ``base``) or the shipped one."""
+    pdir = Path(cfg.profiles_dir) if cfg.profiles_dir else default_profiles_dir()
+    if cfg.profiles_dir and not pdir.is_absolute() and base is not None:
+        pdir = base / pdir
+    return resolve(cfg, load_profiles(pdir), file)
+
+
+def load_gateway(path: Path | str) -> tuple[GatewayConfig, list[ResolvedDevice]]:
+    """Load a gateway config and its profiles; raises ConfigError with every problem found."""
+    cfg = load_model(GatewayConfig, path)
+    return cfg, resolve_with_profiles(cfg, str(path), Path(path).parent)

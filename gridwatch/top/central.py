@@ -1,0 +1,131 @@
+"""Composition root of ``gridwatch central run``: registry API + cloud bridge in one process.
+
+Start order: embedded broker (only when no ``--mqtt-host``), registry store, registry HTTP API,
+bridge; one TaskGroup with named tasks; SIGTERM/SIGINT stop them in reverse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from contextlib import AsyncExitStack
+from typing import Any
+
+from cloud_bridge.app import (
+    bridge_metrics,
+    bridge_service,
+    broker_service,
+    embedded_settings,
+    exit_code,
+    open_sink,
+)
+from cloud_bridge.bridge import Bridge
+from cloud_bridge.config import BridgeConfig
+from cloud_bridge.runner import Service, forever, run_services, stop_on_signals, tune_runtime
+from cloud_bridge.sink import TelemetrySink
+from cloud_bridge.sink_sqlite import SqliteSink
+from device_registry import RegistryStore
+from device_registry.delivery.mqtt_out import MqttTarget
+from device_registry.http.app import build_app, db_url_from, installer_settings, serving, tls_from
+from device_registry.http.opsapp import Delivery
+
+logger = logging.getLogger(__name__)
+
+
+class Central:
+    """The parts of one central process; ``run`` until ``stop`` is set."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.embedded = args.mqtt_host is None
+        cfg = BridgeConfig.from_args(args)
+        self.cfg = embedded_settings(cfg) if self.embedded else cfg
+        self.ready = asyncio.Event()
+        self.registry_url = ""
+        self.bridge: Bridge | None = None
+        self.store: RegistryStore | None = None
+        self.sink: TelemetrySink | None = None
+
+    @property
+    def broker(self) -> str:
+        kind = "embedded amqtt, MQTT 3.1.1" if self.embedded else "external"
+        return f"{self.cfg.mqtt_host}:{self.cfg.mqtt_port} ({kind})"
+
+    def _bridge_health(self) -> dict[str, Any]:
+        bridge = self.bridge
+        if bridge is None:
+            return {"connected": False}
+        return {
+            "connected": bridge.connected.is_set(),
+            "broker": self.broker,
+            **bridge.stats.as_dict(),
+        }
+
+    def _registry_service(self, store: RegistryStore) -> Service:
+        async def service(ready: asyncio.Event) -> None:
+            installers = installer_settings(self.args, self.cfg.mqtt_host, self.cfg.mqtt_protocol)
+            app = build_app(store=store, health_parts={"bridge": self._bridge_health},
+                            installers=installers, delivery=self._delivery())  # fmt: skip
+            tls = tls_from(self.args)
+            async with serving(app, self.args.http_host, self.args.http_port, tls) as url:
+                self.registry_url = url
+                ready.set()
+                await forever()
+
+        return service
+
+    def _delivery(self) -> Delivery:
+        """Lifecycle and escalation messages go to the bridge's broker; the device detail's
+        chart reads the embedded telemetry history when that is the sink."""
+        c = self.cfg
+        target = MqttTarget(c.mqtt_host, c.mqtt_port, c.prefix, c.mqtt_username, c.mqtt_password,
+                            client_id=f"{c.client_id}-platform")  # fmt: skip
+        sink = self.sink
+        history = sink.history if isinstance(sink, SqliteSink) else None
+        bridge = self.bridge
+        assert bridge is not None
+        return Delivery(mqtt=target, history=history, extra_metrics=bridge_metrics(bridge))
+
+    def _announce(self) -> Service:
+        async def service(ready: asyncio.Event) -> None:
+            print(
+                f"gridwatch central: registry API {self.registry_url}/api/v1/devices | "
+                f"broker {self.broker} | topics {self.cfg.prefix}/gw/+/... | "
+                f"platform alerts {self.cfg.prefix}/platform/alert/# | "
+                f"dashboard {self.registry_url}/dashboard",
+                flush=True,
+            )
+            self.ready.set()
+            ready.set()
+            await forever()
+
+        return service
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with AsyncExitStack() as stack:
+            store = self.store = await RegistryStore.open(db_url_from(self.args))
+            stack.push_async_callback(store.close)
+            sink = await open_sink(self.cfg)
+            stack.push_async_callback(sink.close)
+            self.sink = sink
+            self.bridge = Bridge(self.cfg, store, sink)
+            services: list[tuple[str, Service]] = []
+            if self.embedded:
+                services.append(("broker", broker_service(self.cfg.mqtt_host, self.cfg.mqtt_port)))
+            tune_runtime()
+            services += [
+                ("registry-api", self._registry_service(store)),
+                ("bridge", bridge_service(self.bridge)),
+                ("announce", self._announce()),
+            ]
+            await run_services(services, stop)
+        logger.info("central stopped")
+
+
+async def _main(args: argparse.Namespace) -> None:
+    await Central(args).run(stop_on_signals())
+
+
+def main(args: argparse.Namespace) -> int:
+    return exit_code(_main(args))

@@ -1,0 +1,192 @@
+"""The ``gridwatch`` command: one subcommand per role.
+
+Each role's module is imported only when its subcommand runs, so ``gridwatch config check`` does
+not load pymodbus and the edge never loads the registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from gridwatch.top import healthcli
+
+# subcommand path -> "module:function"; each function takes the parsed args, returns an exit code
+COMMANDS: dict[tuple[str, ...], str] = {
+    ("edge", "run"): "edge.app:main",
+    ("central", "run"): "gridwatch.top.central:main",
+    ("registry", "serve"): "device_registry.http.app:main",
+    ("bridge", "run"): "cloud_bridge.app:main",
+    ("health",): "gridwatch.top.healthcli:main",
+    ("sim",): "gridwatch.top.sim:main",
+    ("probe", "modbus"): "gridwatch.top.probe:main",
+    ("config", "check"): "gridwatch.top.configcheck:main",
+    ("demo",): "gridwatch.top.demo:main",
+    **{
+        ("gateway", c): "gridwatch.top.installer:main"
+        for c in ("add", "list", "show", "retire", "new-password")
+    },
+    **{
+        ("device", c): "gridwatch.top.installer:main"
+        for c in ("add", "import", "list", "show", "retire", "commission", "command")
+    },
+}
+
+
+def _central_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default="var/central", help="SQLite files and state")
+    p.add_argument("--http-host", default="127.0.0.1", help="registry API listen address")
+    p.add_argument("--http-port", type=int, default=8080, help="registry API port")
+    p.add_argument("--mqtt-host", default=None, help="broker host; none: embedded broker")
+    p.add_argument("--mqtt-port", type=int, default=1883, help="broker port (or embedded's)")
+    p.add_argument("--mqtt-username", default=None, help="bridge's broker username")
+    p.add_argument("--mqtt-password-env", default=None, help="env var holding its password")
+    p.add_argument("--prefix", default="gridwatch", help="topic prefix")
+    p.add_argument("--influx-url", default=None, help="InfluxDB v2 write API; none: SQLite")
+    p.add_argument("--db-url", default=None, help="SQLAlchemy URL; none: SQLite in data dir")
+    p.add_argument("--share-group", default=None, help="MQTT 5 shared subscription group")
+    p.add_argument(
+        "--bridge-id",
+        default="gridwatch-bridge",
+        help="bridge's MQTT client id (its persistent session); unique per bridge",
+    )
+    p.add_argument(
+        "--mqtt-protocol",
+        choices=["auto", "5", "3.1.1"],
+        default="auto",
+        help="MQTT version to the broker; auto tries 5, then 3.1.1",
+    )
+    p.add_argument("--influx-bucket", default="gridwatch", help="InfluxDB bucket")
+    p.add_argument("--influx-org", default="gridwatch", help="InfluxDB organisation")
+    p.add_argument("--influx-token-env", default=None, help="env var holding the InfluxDB token")
+    p.add_argument(
+        "--history-hours",
+        type=float,
+        default=48.0,
+        help="telemetry history kept by the embedded SQLite sink",
+    )
+
+
+def _installer_args(p: argparse.ArgumentParser) -> None:
+    """Registry options of ``registry serve`` and ``central run`` (docs/registry.md)."""
+    p.add_argument("--broker-admin-user", default=None,
+                   help="registry's broker user (configs, commands; dynsec admin); "
+                   "default: --mqtt-username")  # fmt: skip
+    p.add_argument(
+        "--broker-admin-password-env",
+        default=None,
+        help="env var holding its password; default: --mqtt-password-env",
+    )
+    p.add_argument(
+        "--dynsec",
+        action="store_true",
+        help="admit and revoke gateways through mosquitto's dynamic-security plugin",
+    )
+    p.add_argument(
+        "--gateway-mqtt-host",
+        default=None,
+        help="broker host that generated gateway configs name; default: --mqtt-host",
+    )
+    p.add_argument(
+        "--gateway-mqtt-port",
+        type=int,
+        default=None,
+        help="broker port for gateways (e.g. its TLS listener); default: --mqtt-port",
+    )
+    p.add_argument(
+        "--gateway-mqtt-ca",
+        default=None,
+        help="CA file gateways check the broker's certificate with (turns TLS on)",
+    )
+    p.add_argument("--tls-cert", default=None, help="serve the API over HTTPS with this cert")
+    p.add_argument("--tls-key", default=None, help="and this private key")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gridwatch", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    edge = sub.add_parser("edge", help="the edge agent").add_subparsers(dest="sub", required=True)
+    run = edge.add_parser("run", help="run the edge agent")
+    run.add_argument("-c", "--config", required=True, help="gateway config YAML")
+    run.add_argument("--validate-config", action="store_true", help="check config, exit 0/1")
+    run.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
+
+    central = sub.add_parser("central", help="central platform")
+    central_run = central.add_subparsers(dest="sub", required=True).add_parser(
+        "run", help="registry + bridge in one process"
+    )
+    _central_args(central_run)
+    _installer_args(central_run)
+
+    reg = sub.add_parser("registry", help="device registry").add_subparsers(
+        dest="sub", required=True
+    )
+    reg_serve = reg.add_parser("serve", help="serve the registry API alone")
+    _central_args(reg_serve)
+    _installer_args(reg_serve)
+    bridge = sub.add_parser("bridge", help="cloud bridge").add_subparsers(dest="sub", required=True)
+    bridge_run = bridge.add_parser("run", help="run the bridge alone")
+    _central_args(bridge_run)
+    bridge_run.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
+
+    sim = sub.add_parser("sim", help="a field of simulated devices")
+    sim.add_argument("-c", "--config", required=True, help="gateway config whose devices to serve")
+    sim.add_argument("--speedup", type=float, default=1.0, help="run sim events faster")
+
+    probe = sub.add_parser("probe", help="commissioning tools").add_subparsers(
+        dest="sub", required=True
+    )
+    pm = probe.add_parser("modbus", help="read registers and show every decoding")
+    pm.add_argument("--host", default="127.0.0.1")
+    pm.add_argument("--port", type=int, default=502)
+    pm.add_argument("--serial", default=None, help="serial device instead of TCP")
+    pm.add_argument("--baudrate", type=int, default=9600)
+    pm.add_argument("--unit", type=int, default=1, help="unit id")
+    pm.add_argument("--table", choices=["holding", "input"], default="holding")
+    pm.add_argument("--address", type=int, default=0)
+    pm.add_argument("--count", type=int, default=4)
+    pm.add_argument("--scan", action="store_true", help="scan unit ids 1..247 that answer")
+    pm.add_argument("--timeout", type=float, default=0.5)
+
+    cfg = sub.add_parser("config", help="configuration tools").add_subparsers(
+        dest="sub", required=True
+    )
+    check = cfg.add_parser("check", help="validate profiles and gateway configs")
+    check.add_argument("files", nargs="+", help="YAML files or folders")
+    check.add_argument("--schema-dir", default=None, help="also write JSON Schemas here")
+
+    from gridwatch.top.installer import add_parsers  # argparse only: no I/O modules load
+
+    add_parsers(sub)
+
+    health = sub.add_parser("health", help="what is unhealthy in the field (exit 0/1/3)")
+    healthcli.add_arguments(health)
+
+    demo = sub.add_parser("demo", help="a simulated district, end to end, on this machine")
+    demo.add_argument("--duration", type=float, default=0, help="stop after N seconds (0: never)")
+    demo.add_argument("--workdir", default="var/demo", help="where state and logs go")
+    demo.add_argument("--speedup", type=float, default=1.0, help="run the rain event faster")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # alembic narrates every plugin and migration step at INFO: keep start-up logs readable
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    key = (args.cmd, args.sub) if getattr(args, "sub", None) else (args.cmd,)
+    module, func = COMMANDS[key].split(":")
+    result: int = getattr(importlib.import_module(module), func)(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,457 @@
+"""``gridwatch gateway ...`` and ``gridwatch device ...``: the installer's side of the registry API.
+
+Exit codes, for scripts: 0 done, 1 refused or failed (the registry said no, a device did not
+report, a value looks wrong), 2 usage, 3 the registry cannot be reached.
+
+``device commission`` waits for a device's first readings, shows them with their quality, and
+flags values that look like a byte-order mistake: a multi-register value that is absurd (not a
+number, huge, a denormal-looking speck, outside its range) but plausible when its registers or
+bytes are read in another order. The codec does the re-reading (pure, no I/O).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import ssl
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
+TOKEN_ENV = "GRIDWATCH_TOKEN"
+URL_ENV = "GRIDWATCH_URL"
+
+
+# ---- arguments ------------------------------------------------------------------------------
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=os.environ.get(URL_ENV, "http://127.0.0.1:8080"),
+                   help=f"registry API base URL (env {URL_ENV})")  # fmt: skip
+    p.add_argument("--token", default=None, help=f"API token (default: env {TOKEN_ENV})")
+    p.add_argument("--ca-file", default=None, help="CA that signed the API's certificate")
+    p.add_argument("--json", action="store_true", help="print the registry's JSON answer")
+
+
+def _location(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--district", default=None)
+    p.add_argument("--street", default=None)
+    p.add_argument("--grid", default=None, help="grid cell of the city's management grid")
+    p.add_argument("--lat", type=float, default=None)
+    p.add_argument("--lon", type=float, default=None)
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+
+
+def add_parsers(sub: Any) -> None:
+    gw = sub.add_parser("gateway", help="register and inspect gateways (installers)")
+    gws = gw.add_subparsers(dest="sub", required=True)
+    add = gws.add_parser("add", help="register a gateway: prints its MQTT password once")
+    add.add_argument("id")
+    add.add_argument("--name", default="")
+    add.add_argument("--bus", action="append", default=[], metavar="type=...,id=...,...",
+                     help="a field bus, e.g. type=modbus_tcp,id=cabinet,host=10.0.0.5,port=502")  # fmt: skip
+    add.add_argument("--write-config", default=None, metavar="FILE",
+                     help="write the gateway's config (YAML) to FILE, to copy onto the box")  # fmt: skip
+    _location(add)
+    for name, helptext in (("list", "list gateways"), ("show", "one gateway, with its config state"),
+                           ("retire", "retire a gateway: its broker access ends at once"),
+                           ("new-password", "a new MQTT password (the old one stops at once): "
+                            "printed once")):  # fmt: skip
+        p = gws.add_parser(name, help=helptext)
+        if name != "list":
+            p.add_argument("id")
+        else:
+            p.add_argument("--district", default=None)
+        _common(p)
+    _common(add)
+
+    dev = sub.add_parser("device", help="register, commission and retire devices (installers)")
+    devs = dev.add_subparsers(dest="sub", required=True)
+    d = devs.add_parser("add", help="register a device on a gateway")
+    d.add_argument("gateway")
+    d.add_argument("id")
+    d.add_argument("--profile", required=True)
+    d.add_argument("--bus", required=True)
+    d.add_argument("--unit-id", type=int, default=None, help="Modbus unit id")
+    d.add_argument("--address", default=None, help="MQTT device address")
+    d.add_argument("--install-date", default=None, help="YYYY-MM-DD")
+    d.add_argument("--firmware", default=None)
+    _location(d)
+    _common(d)
+    imp = devs.add_parser("import", help="register devices from a CSV file (all or nothing)")
+    imp.add_argument("file")
+    _common(imp)
+    ls = devs.add_parser("list", help="list devices")
+    for f in ("gateway", "district", "grid", "profile", "status"):
+        ls.add_argument(f"--{f}", default=None)
+    ls.add_argument("--retired", choices=["true", "false", "any"], default=None)
+    ls.add_argument("--limit", type=int, default=None)
+    _common(ls)
+    for name, helptext in (("show", "one device with its last values"),
+                           ("retire", "retire a device (it leaves its gateway's config)")):  # fmt: skip
+        p = devs.add_parser(name, help=helptext)
+        p.add_argument("id", help="'gateway:device' or a device id unique across gateways")
+        _common(p)
+    com = devs.add_parser("commission", help="wait for a device's first readings and check them")
+    com.add_argument("id")
+    com.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
+    _common(com)
+    cmd = devs.add_parser("command", help="write a value to a device's point; wait for the result")
+    cmd.add_argument("id")
+    cmd.add_argument("point")
+    cmd.add_argument("value", help="true/false or a number")
+    cmd.add_argument("--timeout", type=float, default=30.0)
+    _common(cmd)
+
+
+# ---- the HTTP client ------------------------------------------------------------------------
+
+
+class Unreachable(Exception):
+    pass
+
+
+class Refused(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        self.status, self.body = status, body
+        super().__init__(_explain(status, body))
+
+
+def _explain(status: int, body: Any) -> str:
+    if not isinstance(body, dict):
+        return f"HTTP {status}: {body}"
+    lines = [f"refused ({status} {body.get('error', '')}): {body.get('detail', '')}".rstrip(": ")]
+    for p in body.get("problems", []):
+        lines.append(f"  - {p['field']}: {p['message']}")
+    for r in body.get("rejected", []):
+        for e in r["errors"]:
+            lines.append(f"  - line {r['line']} ({r['device']}): {e['field']}: {e['message']}")
+    return "\n".join(lines)
+
+
+class Api:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.base = args.url.rstrip("/")
+        token = args.token or os.environ.get(TOKEN_ENV, "")
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.ssl: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=args.ca_file) if args.ca_file else True
+        )
+
+    async def __aenter__(self) -> Api:
+        import aiohttp
+
+        self.session = aiohttp.ClientSession(
+            headers=self.headers, timeout=aiohttp.ClientTimeout(total=30)
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.session.close()
+
+    async def call(self, method: str, path: str, **kw: Any) -> Any:
+        import aiohttp
+
+        try:
+            async with self.session.request(method, self.base + path, ssl=self.ssl, **kw) as r:
+                text = await r.text()
+                try:
+                    body = json.loads(text) if text else None
+                except ValueError:
+                    body = text
+                if r.status >= 400:
+                    raise Refused(r.status, body)
+                return body
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise Unreachable(f"cannot reach the registry at {self.base}: {exc}") from exc
+
+
+# ---- commands -------------------------------------------------------------------------------
+
+
+def _kv(pairs: Sequence[str], what: str) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        for part in pair.split(","):
+            key, eq, value = part.partition("=")
+            if not eq:
+                raise SystemExit(f"gridwatch: {what} must be key=value, got {part!r}")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _bus(spec: str) -> dict[str, Any]:
+    bus: dict[str, Any] = _kv([spec], "--bus")
+    for key in ("port", "baudrate", "max_concurrency", "stopbits", "bytesize"):
+        if key in bus and bus[key].isdigit():
+            bus[key] = int(bus[key])
+    if "timeout_s" in bus:
+        bus["timeout_s"] = float(bus["timeout_s"])
+    return bus
+
+
+def _loc(args: argparse.Namespace) -> dict[str, Any]:
+    loc = {k: getattr(args, k) for k in ("district", "street", "grid", "lat", "lon")}
+    return {k: v for k, v in loc.items() if v is not None}
+
+
+def _print_gateway(gw: dict[str, Any]) -> None:
+    cfg = gw.get("config") or {}
+    state = "retired" if gw.get("retired") else "online" if gw.get("online") else "offline"
+    loc = gw.get("location") or {}
+    print(f"{gw['id']:<24} {state:<8} devices {gw['devices']:<5} "
+          f"{loc.get('district', '-')}/{loc.get('grid', '-')}", end="")  # fmt: skip
+    if cfg:
+        acked = "accepted" if cfg["accepted"] else "REJECTED" if cfg["accepted"] is False else "-"
+        print(f"  config v{cfg['desired']} (acknowledged v{cfg['acknowledged']} {acked})", end="")
+    print()
+    for err in cfg.get("errors", []):
+        print(f"    config error: {err}")
+
+
+def _print_device(d: dict[str, Any], values: bool = False) -> None:
+    state = "retired" if d.get("retired") else d["status"]
+    print(f"{d['id']:<32} {state:<8} {d.get('profile') or '-':<26} "
+          f"{d.get('district') or '-'}/{d.get('grid') or '-'}")  # fmt: skip
+    if values:
+        for point, v in sorted(d.get("values", {}).items()):
+            print(f"    {point:<16} {v['value']!s:>12} {v['unit']:<6} {v['quality']}")
+
+
+async def _gateway(args: argparse.Namespace, api: Api) -> int:
+    if args.sub == "add":
+        body = {"id": args.id, "name": args.name, "location": _loc(args),
+                "buses": [_bus(b) for b in args.bus], "labels": _kv(args.label, "--label")}  # fmt: skip
+        gw = await api.call("POST", "/api/v1/gateways", json=body)
+        _print_issued(gw, args.json)
+        if args.write_config:
+            import yaml
+
+            doc = await api.call("GET", f"/api/v1/gateways/{args.id}/config")
+            text = yaml.safe_dump(doc, sort_keys=False)
+            await asyncio.to_thread(Path(args.write_config).write_text, text)
+            print(f"config v{doc['version']} written to {args.write_config}")
+        return OK
+    if args.sub == "list":
+        q = {"district": args.district} if args.district else {}
+        gws = await api.call("GET", "/api/v1/gateways", params=q)
+        if args.json:
+            print(json.dumps(gws, indent=2))
+        for gw in [] if args.json else gws:
+            _print_gateway(gw)
+        return OK
+    if args.sub == "new-password":
+        _print_issued(await api.call("POST", f"/api/v1/gateways/{args.id}/credentials"), args.json)
+        return OK
+    path = f"/api/v1/gateways/{args.id}" + ("/retire" if args.sub == "retire" else "")
+    gw = await api.call("POST" if args.sub == "retire" else "GET", path)
+    print(json.dumps(gw, indent=2)) if args.json else _print_gateway(gw)
+    return OK
+
+
+def _print_issued(gw: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(gw, indent=2))
+        return
+    _print_gateway(gw)
+    print(f"MQTT username: {gw['mqtt']['username']}")
+    print(f"MQTT password: {gw['mqtt']['password']}   (shown once: put it in the "
+          f"gateway's environment as GRIDWATCH_MQTT_PASSWORD)")  # fmt: skip
+
+
+async def _device(args: argparse.Namespace, api: Api) -> int:
+    if args.sub == "add":
+        body: dict[str, Any] = {"gateway": args.gateway, "id": args.id, "profile": args.profile,
+                                "bus": args.bus, "location": _loc(args),
+                                "labels": _kv(args.label, "--label")}  # fmt: skip
+        for key in ("unit_id", "address", "install_date", "firmware"):
+            if getattr(args, key) is not None:
+                body[key] = getattr(args, key)
+        dev = await api.call("POST", "/api/v1/devices", json=body)
+        print(json.dumps(dev, indent=2)) if args.json else _print_device(dev)
+        return OK
+    if args.sub == "import":
+        text = await asyncio.to_thread(Path(args.file).read_text, encoding="utf-8")
+        result = await api.call("POST", "/api/v1/devices/import", data=text.encode(),
+                                headers={"Content-Type": "text/csv"})  # fmt: skip
+        print(
+            json.dumps(result, indent=2) if args.json else f"imported {result['imported']} devices"
+        )
+        return OK
+    if args.sub == "list":
+        q = {k: getattr(args, k) for k in ("gateway", "district", "grid", "profile", "status",
+                                           "retired", "limit") if getattr(args, k) is not None}  # fmt: skip
+        devices = await api.call("GET", "/api/v1/devices", params={k: str(v) for k, v in q.items()})
+        if args.json:
+            print(json.dumps(devices, indent=2))
+        for d in [] if args.json else devices:
+            _print_device(d)
+        return OK
+    if args.sub == "commission":
+        return await commission(api, args.id, args.timeout)
+    if args.sub == "command":
+        return await command(api, args.id, args.point, args.value, args.timeout)
+    path = f"/api/v1/devices/{args.id}" + ("/retire" if args.sub == "retire" else "")
+    dev = await api.call("POST" if args.sub == "retire" else "GET", path)
+    print(json.dumps(dev, indent=2)) if args.json else _print_device(dev, values=True)
+    return OK
+
+
+async def _wait(api: Api, path: str, done: Any, within_s: float, what: str) -> Any:
+    """Poll ``path`` until ``done(body)``, a progress line on stderr meanwhile."""
+    start = time.monotonic()
+    spinner = "|/-\\"
+    i = 0
+    while True:
+        body = await api.call("GET", path)
+        if done(body):
+            if sys.stderr.isatty():
+                print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
+            return body
+        elapsed = time.monotonic() - start
+        if elapsed > within_s:
+            return None
+        end = "\r" if sys.stderr.isatty() else "\n"
+        if sys.stderr.isatty() or i % 5 == 0:
+            print(f"{spinner[i % 4]} {what} ({elapsed:.0f}s of {within_s:.0f}s)", end=end,
+                  file=sys.stderr, flush=True)  # fmt: skip
+        i += 1
+        await asyncio.sleep(1.0)
+
+
+async def commission(api: Api, device: str, timeout: float) -> int:  # noqa: ASYNC109 - a poll budget
+    dev = await _wait(api, f"/api/v1/devices/{device}", lambda d: bool(d.get("values")),
+                      timeout, f"waiting for the first readings of {device}")  # fmt: skip
+    if dev is None:
+        print(f"{device}: no readings within {timeout:.0f}s. Check the wiring, the unit id / "
+              "address, the bus settings, and that its gateway is online "
+              "(gridwatch gateway show GATEWAY).")  # fmt: skip
+        return FAILED
+    points = _profile_points(dev.get("profile"))
+    print(f"{dev['id']} ({dev.get('profile') or 'no profile'}) reports:")
+    healthy = True
+    for name, v in sorted(dev["values"].items()):
+        notes = check_reading(points.get(name), v["value"], v["quality"])
+        healthy &= not notes
+        shown = "-" if v["value"] is None else v["value"]
+        print(f"  {name:<16} {shown!s:>14} {v['unit']:<6} {v['quality']:<12} {'; '.join(notes)}")
+    print(
+        "commissioned: every value is good" if healthy else "NOT commissioned: see the notes above"
+    )
+    return OK if healthy else FAILED
+
+
+async def command(api: Api, device: str, point: str, text: str, timeout: float) -> int:  # noqa: ASYNC109
+    value: Any = {"true": True, "false": False}.get(text.lower())
+    if value is None:
+        try:
+            value = float(text) if "." in text else int(text)
+        except ValueError:
+            raise SystemExit(
+                f"gridwatch: value must be true, false or a number, got {text!r}"
+            ) from None
+    sent = await api.call("POST", f"/api/v1/devices/{device}/commands",
+                          json={"point": point, "value": value})  # fmt: skip
+    done = await _wait(api, f"/api/v1/commands/{sent['id']}", lambda c: c["state"] != "sent",
+                       timeout, f"waiting for the result of command {sent['id']}")  # fmt: skip
+    if done is None:
+        print(f"command {sent['id']}: no result within {timeout:.0f}s (is the gateway online?)")
+        return FAILED
+    print(
+        f"command {done['id']} {device}.{point}={value}: {done['state']} {done['error']}".rstrip()
+    )
+    return OK if done["state"] == "ok" else FAILED
+
+
+# ---- the byte-order check (pure) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Alternative:
+    layout: str
+    value: float
+
+
+def _profile_points(profile: str | None) -> dict[str, Any]:
+    from gridwatch.ground.gatewayconf import default_profiles_dir
+    from gridwatch.ground.profiles import ModbusProfile, load_profiles
+
+    prof = load_profiles(default_profiles_dir()).get(profile or "")
+    return dict(prof.points) if isinstance(prof, ModbusProfile) else {}
+
+
+def _plausible(v: float, lo: float, hi: float) -> bool:
+    return math.isfinite(v) and lo <= v <= hi and (v == 0 or 1e-4 <= abs(v) < 1e9)
+
+
+def byte_order_alternatives(point: Any, value: float) -> list[Alternative]:
+    """The value read under every other register/byte layout; [] for single-register points."""
+    from drivers.codec import ORDERS, TYPES, compile_point, decode_raw
+
+    if (
+        point.data_type not in TYPES
+        or TYPES[point.data_type][1] < 2
+        or point.table in ("coil", "discrete")
+    ):
+        return []
+    words = compile_point(point).encode_raw((value - point.offset) / point.scale)
+    out = []
+    for label, byte_order, word_order in ORDERS:
+        if (byte_order, word_order) == (point.byte_order, point.word_order):
+            continue
+        raw = decode_raw(words, point.data_type, byte_order, word_order)
+        out.append(Alternative(label, raw * point.scale + point.offset))
+    return out
+
+
+def check_reading(point: Any, value: Any, quality: str) -> list[str]:
+    """What an installer should look at in one reading (empty: it looks right)."""
+    notes = [] if quality == "good" else [f"quality {quality}"]
+    if point is None or not isinstance(value, int | float) or isinstance(value, bool):
+        if quality in ("out_of_range", "invalid") and point is not None and point.data_type in (
+            "float32", "float64", "int32", "uint32", "int64", "uint64"):  # fmt: skip
+            notes.append("a multi-register value out of range: check byte/word order "
+                         f"(gridwatch probe modbus --address {point.address} shows every order)")  # fmt: skip
+        return notes
+    lo = point.range.min if point.range and point.range.min is not None else -math.inf
+    hi = point.range.max if point.range and point.range.max is not None else math.inf
+    if _plausible(float(value), lo, hi):
+        return notes
+    better = [
+        a for a in byte_order_alternatives(point, float(value)) if _plausible(a.value, lo, hi)
+    ]
+    if better:
+        alts = ", ".join(f"{a.layout} would read {a.value:.6g}" for a in better)
+        notes.append(f"looks like a byte-order mistake: {alts}")
+    else:
+        notes.append("implausible value")
+    return notes
+
+
+# ---- entry point ----------------------------------------------------------------------------
+
+
+async def _run(args: argparse.Namespace) -> int:
+    async with Api(args) as api:
+        return await (_gateway(args, api) if args.cmd == "gateway" else _device(args, api))
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_run(args))
+    except Refused as exc:
+        print(f"gridwatch: {exc}", file=sys.stderr)
+        return FAILED
+    except Unreachable as exc:
+        print(f"gridwatch: {exc}", file=sys.stderr)
+        return UNREACHABLE
+    except OSError as exc:  # a CSV or config file that cannot be read or written
+        print(f"gridwatch: {exc}", file=sys.stderr)
+        return FAILED
