@@ -4,6 +4,7 @@ edge agent on a small listener of their own."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import urllib.request
 from pathlib import Path
 
@@ -50,7 +51,12 @@ async def test_bridge_process_serves_metrics(
         tmp_path / "bridge.log",
     )  # fmt: skip
     try:
-        got = await asyncio.to_thread(scrape, f"http://127.0.0.1:{port}/metrics")
+        got: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        async with asyncio.timeout(30):  # the process needs a moment to listen and connect
+            while got.get(("gridwatch_bridge_connected", ())) != 1:
+                with contextlib.suppress(OSError):
+                    got = await asyncio.to_thread(scrape, f"http://127.0.0.1:{port}/metrics")
+                await asyncio.sleep(0.1)
     finally:
         proc.terminate()
         assert proc.wait(15) == 0
