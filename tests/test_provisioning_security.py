@@ -28,7 +28,7 @@ from device_registry import RegistryStore
 from device_registry.http.app import build_app, serving
 from device_registry.inventory.configgen import Uplink
 from device_registry.inventory.downlink import BrokerSettings
-from device_registry.inventory.provisioning import Account, refusal
+from device_registry.inventory.provisioning import Account, refusal, refused_login
 from device_registry.inventory.routes import INSTALLERS, InstallerSettings
 from tests._central_helpers import batch, bridge_config, bridge_on, now_ms, reading, until
 from tests.conftest import ADMIN_TOKEN
@@ -47,10 +47,10 @@ class SecureBroker:
     work: Path
 
 
-@pytest.fixture
-def dynsec_broker() -> Iterator[SecureBroker]:
+def start_dynsec_broker(readable: bool = True) -> SecureBroker:
     """mosquitto with dynsec (admin user only), a plain loopback listener for the centre and a
-    TLS listener for gateways. Files where the mosquitto user can read and write them."""
+    TLS listener for gateways. Files where the mosquitto user can read and write them, unless
+    ``readable`` is False: then the dynsec folder is root's alone, the classic set-up mistake."""
     work = Path(tempfile.mkdtemp(prefix="gridwatch-dynsec-"))
     work.chmod(0o755)
     certs = make_certs(work / "certs")
@@ -59,8 +59,11 @@ def dynsec_broker() -> Iterator[SecureBroker]:
     state.mkdir()
     subprocess.run(["mosquitto_ctrl", "dynsec", "init", str(state / "dynsec.json"), ADMIN_USER,
                     ADMIN_PASSWORD], check=True, capture_output=True)  # fmt: skip
-    shutil.chown(state, "mosquitto")
-    shutil.chown(state / "dynsec.json", "mosquitto")
+    if readable:
+        shutil.chown(state, "mosquitto")
+        shutil.chown(state / "dynsec.json", "mosquitto")
+    else:
+        state.chmod(0o700)
     tls_port = free_port()
     mq = Mosquitto(
         work / "mq",
@@ -72,9 +75,15 @@ def dynsec_broker() -> Iterator[SecureBroker]:
             f"cafile {certs.ca}", f"certfile {certs.cert}", f"keyfile {certs.key}",
         ],
     ).start()  # fmt: skip
-    yield SecureBroker(mq, tls_port, certs, work)
-    mq.stop()
-    shutil.rmtree(work, ignore_errors=True)
+    return SecureBroker(mq, tls_port, certs, work)
+
+
+@pytest.fixture
+def dynsec_broker() -> Iterator[SecureBroker]:
+    broker = start_dynsec_broker()
+    yield broker
+    broker.mq.stop()
+    shutil.rmtree(broker.work, ignore_errors=True)
 
 
 def installer_settings(broker: SecureBroker, prefix: str) -> InstallerSettings:
@@ -396,3 +405,44 @@ def test_the_account_a_gateways_stored_settings_name(
 ) -> None:
     account = Account.of("g", settings)
     assert (account.username, account.legacy) == (username, legacy)
+
+
+async def test_a_dynsec_file_mosquitto_cannot_read_is_said_in_words(
+    prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    b = start_dynsec_broker(readable=False)
+    logged = asyncio.Event()
+    watch = logging.Handler()
+    watch.emit = lambda r: logged.set() if "refused the registry" in r.getMessage() else None  # type: ignore[method-assign]
+    logging.getLogger("device_registry").addHandler(watch)
+    try:
+        app = build_app(f"sqlite+aiosqlite:///{tmp_path}/registry.db",
+                        installers=installer_settings(b, prefix))  # fmt: skip
+        async with serving(app, "127.0.0.1", 0), asyncio.timeout(10):
+            await logged.wait()
+        said = [r.getMessage() for r in caplog.records if "refused the registry" in r.getMessage()]
+        assert said[0] == (
+            f"registry downlink: the broker at 127.0.0.1:{b.mq.port} refused the registry's login "
+            f"as '{ADMIN_USER}' (CONNACK 135, not authorised): check --broker-admin-user and the "
+            "password in its environment variable; with --dynsec, check that user 'mosquitto' can "
+            "read the file named by plugin_opt_config_file and enter every folder above it "
+            "(mosquitto's own log then says 'Error loading Dynamic security plugin config'), see "
+            "docs/registry.md"
+        )
+        # the broker's own words that the docs tell the reader to look for
+        assert "Error loading Dynamic security plugin config" in b.mq.log.read_text()
+    finally:
+        logging.getLogger("device_registry").removeHandler(watch)
+        b.mq.stop()
+        shutil.rmtree(b.work, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [(135, "(CONNACK 135, not authorised)"), (134, "(CONNACK 134, bad username or password)"),
+     (5, "(CONNACK 5, not authorised)"), (4, "(CONNACK 4, bad username or password)"),
+     (0, None), (136, None), (128, None)],
+)  # fmt: skip
+def test_which_connacks_are_a_refused_login(code: int, words: str | None) -> None:
+    said = refused_login("admin", "h:1", code)
+    assert (said is None) if words is None else (said is not None and words in said)

@@ -161,6 +161,27 @@ def failures(commands: list[dict[str, Any]], responses: list[dict[str, Any]]) ->
     return out
 
 
+_LOGIN_REFUSED = {4: "bad username or password", 5: "not authorised",
+                  134: "bad username or password", 135: "not authorised"}  # fmt: skip
+"""CONNACK codes that refuse a login (MQTT 3.1.1, then MQTT 5), in words."""
+
+
+def refused_login(username: str | None, where: str, code: int) -> str | None:
+    """The broker refused the registry's own login, said in words with what to check (None:
+    ``code`` is no refused login). With dynsec the usual cause is not the password: mosquitto
+    reads the plugin's file after it drops to user ``mosquitto``, and when that user cannot read
+    it, or a folder above it, every login is refused, the admin's included."""
+    if code not in _LOGIN_REFUSED:
+        return None
+    return (
+        f"the broker at {where} refused the registry's login as {username!r} "
+        f"(CONNACK {code}, {_LOGIN_REFUSED[code]}): check --broker-admin-user and the password "
+        "in its environment variable; with --dynsec, check that user 'mosquitto' can read the "
+        "file named by plugin_opt_config_file and enter every folder above it (mosquitto's own "
+        "log then says 'Error loading Dynamic security plugin config'), see docs/registry.md"
+    )
+
+
 class DynsecAccess:
     """``BrokerAccess`` through the dynamic-security plugin."""
 
