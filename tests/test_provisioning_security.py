@@ -5,7 +5,10 @@ and no secret reaches a log."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
+import sqlite3
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -20,10 +23,14 @@ import aiomqtt
 import paho.mqtt.client as paho
 import pytest
 
+from cloud_bridge import SqliteSink
+from device_registry import RegistryStore
 from device_registry.http.app import build_app, serving
 from device_registry.inventory.configgen import Uplink
 from device_registry.inventory.downlink import BrokerSettings
+from device_registry.inventory.provisioning import Account, refusal, refused_login
 from device_registry.inventory.routes import INSTALLERS, InstallerSettings
+from tests._central_helpers import batch, bridge_config, bridge_on, now_ms, reading, until
 from tests.conftest import ADMIN_TOKEN
 from tests.services import Mosquitto, free_port
 from tests.tls import Certs, make_certs
@@ -40,10 +47,10 @@ class SecureBroker:
     work: Path
 
 
-@pytest.fixture
-def dynsec_broker() -> Iterator[SecureBroker]:
+def start_dynsec_broker(readable: bool = True) -> SecureBroker:
     """mosquitto with dynsec (admin user only), a plain loopback listener for the centre and a
-    TLS listener for gateways. Files where the mosquitto user can read and write them."""
+    TLS listener for gateways. Files where the mosquitto user can read and write them, unless
+    ``readable`` is False: then the dynsec folder is root's alone, the classic set-up mistake."""
     work = Path(tempfile.mkdtemp(prefix="gridwatch-dynsec-"))
     work.chmod(0o755)
     certs = make_certs(work / "certs")
@@ -52,8 +59,11 @@ def dynsec_broker() -> Iterator[SecureBroker]:
     state.mkdir()
     subprocess.run(["mosquitto_ctrl", "dynsec", "init", str(state / "dynsec.json"), ADMIN_USER,
                     ADMIN_PASSWORD], check=True, capture_output=True)  # fmt: skip
-    shutil.chown(state, "mosquitto")
-    shutil.chown(state / "dynsec.json", "mosquitto")
+    if readable:
+        shutil.chown(state, "mosquitto")
+        shutil.chown(state / "dynsec.json", "mosquitto")
+    else:
+        state.chmod(0o700)
     tls_port = free_port()
     mq = Mosquitto(
         work / "mq",
@@ -65,9 +75,15 @@ def dynsec_broker() -> Iterator[SecureBroker]:
             f"cafile {certs.ca}", f"certfile {certs.cert}", f"keyfile {certs.key}",
         ],
     ).start()  # fmt: skip
-    yield SecureBroker(mq, tls_port, certs, work)
-    mq.stop()
-    shutil.rmtree(work, ignore_errors=True)
+    return SecureBroker(mq, tls_port, certs, work)
+
+
+@pytest.fixture
+def dynsec_broker() -> Iterator[SecureBroker]:
+    broker = start_dynsec_broker()
+    yield broker
+    broker.mq.stop()
+    shutil.rmtree(broker.work, ignore_errors=True)
 
 
 def installer_settings(broker: SecureBroker, prefix: str) -> InstallerSettings:
@@ -105,12 +121,12 @@ async def registry(tmp_path: Path, settings: InstallerSettings) -> AsyncIterator
 
 
 def publish_as(port: int, user: str, password: str, topic: str, ca: Path) -> int:
-    """One QoS 1 publish over TLS with MQTT 5; the PUBACK's reason code (135: not authorised)."""
+    """One QoS 1 publish over TLS with MQTT 5; the PUBACK's reason code (135: not authorised).
+    ``user`` is a gateway's account, which only its own client id may use."""
     done = threading.Event()
     codes: list[int] = []
-    c = paho.Client(
-        paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, client_id=f"probe-{user}"
-    )
+    client_id = "gridwatch-edge-" + user.removeprefix("gw-")
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, client_id=client_id)
     c.username_pw_set(user, password)
     c.tls_set(ca_certs=str(ca))
     c.on_publish = lambda _c, _u, _mid, rc, _p: (codes.append(rc.value), done.set())  # type: ignore[func-returns-value]
@@ -125,13 +141,15 @@ def publish_as(port: int, user: str, password: str, topic: str, ca: Path) -> int
     return codes[0]
 
 
-async def connect_refused(port: int, user: str, password: str, ca: Path) -> bool:
-    import ssl
-
-    tls = ssl.create_default_context(cafile=str(ca))
+async def connect_refused(
+    port: int, user: str, password: str, ca: Path | None, client_id: str = ""
+) -> bool:
+    """``ca`` None: the centre's plain loopback listener."""
+    tls = ssl.create_default_context(cafile=str(ca)) if ca else None
     try:
         async with aiomqtt.Client("127.0.0.1", port, username=user, password=password,
-                                  tls_context=tls, timeout=5):  # fmt: skip
+                                  identifier=client_id or None, tls_context=tls,
+                                  timeout=5):  # fmt: skip
             return False
     except aiomqtt.MqttError:
         return True
@@ -145,20 +163,22 @@ async def test_gateways_are_admitted_confined_and_cut_off(
         gw_a = await reg.call("POST", "/api/v1/gateways", {"id": "gw-a"}, status=201)
         gw_b = await reg.call("POST", "/api/v1/gateways", {"id": "gw-b"}, status=201)
         pw_a, pw_b = gw_a["mqtt"]["password"], gw_b["mqtt"]["password"]
+        user_a, user_b = gw_a["mqtt"]["username"], gw_b["mqtt"]["username"]
+        assert (user_a, user_b) == ("gw-gw-a", "gw-gw-b")  # the registry's namespace
 
         # wrong credentials and unregistered gateways stay out
-        assert await connect_refused(b.tls_port, "gw-a", "wrong", ca)
-        assert await connect_refused(b.tls_port, "gw-unknown", pw_a, ca)
-        assert not await connect_refused(b.tls_port, "gw-a", pw_a, ca)
+        assert await connect_refused(b.tls_port, user_a, "wrong", ca)
+        assert await connect_refused(b.tls_port, "gw-gw-unknown", pw_a, ca)
+        assert not await connect_refused(b.tls_port, user_a, pw_a, ca, "gridwatch-edge-gw-a")
 
         # A may publish under its own subtree; into B's it gets PUBACK 135 and B hears nothing
-        tls = __import__("ssl").create_default_context(cafile=str(ca))
-        async with aiomqtt.Client("127.0.0.1", b.tls_port, username="gw-b", password=pw_b,
-                                  tls_context=tls, identifier="b-listener") as b_client:  # fmt: skip
+        tls = ssl.create_default_context(cafile=str(ca))
+        async with aiomqtt.Client("127.0.0.1", b.tls_port, username=user_b, password=pw_b,
+                                  tls_context=tls, identifier="gridwatch-edge-gw-b") as b_client:  # fmt: skip
             await b_client.subscribe(f"{prefix}/gw/gw-b/#", qos=1)
-            assert await asyncio.to_thread(publish_as, b.tls_port, "gw-a", pw_a,
+            assert await asyncio.to_thread(publish_as, b.tls_port, user_a, pw_a,
                                            f"{prefix}/gw/gw-a/telemetry", ca) < 128  # fmt: skip
-            assert await asyncio.to_thread(publish_as, b.tls_port, "gw-a", pw_a,
+            assert await asyncio.to_thread(publish_as, b.tls_port, user_a, pw_a,
                                            f"{prefix}/gw/gw-b/telemetry", ca) == 135  # fmt: skip
             await b_client.publish(f"{prefix}/gw/gw-b/marker", b"end", qos=1)
             async with asyncio.timeout(10):
@@ -171,9 +191,9 @@ async def test_gateways_are_admitted_confined_and_cut_off(
             assert f"{prefix}/gw/gw-b/telemetry" not in heard
 
         # retiring A cuts its live session at once and keeps it out
-        tls = __import__("ssl").create_default_context(cafile=str(ca))
-        async with aiomqtt.Client("127.0.0.1", b.tls_port, username="gw-a", password=pw_a,
-                                  tls_context=tls, identifier="a-live") as a_client:  # fmt: skip
+        tls = ssl.create_default_context(cafile=str(ca))
+        async with aiomqtt.Client("127.0.0.1", b.tls_port, username=user_a, password=pw_a,
+                                  tls_context=tls, identifier="gridwatch-edge-gw-a") as a_client:  # fmt: skip
             await a_client.subscribe(f"{prefix}/gw/gw-a/cmd", qos=1)
             retired = await reg.call("POST", "/api/v1/gateways/gw-a/retire")
             assert retired["retired"] is True
@@ -181,7 +201,7 @@ async def test_gateways_are_admitted_confined_and_cut_off(
                 async with asyncio.timeout(10):
                     async for _ in a_client.messages:  # ends when the broker drops the session
                         pass
-        assert await connect_refused(b.tls_port, "gw-a", pw_a, ca)
+        assert await connect_refused(b.tls_port, user_a, pw_a, ca, "gridwatch-edge-gw-a")
         audit = await reg.call("GET", "/api/v1/audit?target=gateway:gw-a")
         assert [e["action"] for e in audit] == ["gateway.retire", "gateway.register"]
 
@@ -197,10 +217,10 @@ async def test_a_leaked_password_is_rotated_the_old_one_stops_at_once(
     b, ca = dynsec_broker, dynsec_broker.certs.ca
     async with registry(tmp_path, installer_settings(b, prefix)) as reg:
         old = (await reg.call("POST", "/api/v1/gateways", {"id": "gw-r"}, status=201))["mqtt"]
-        tls = __import__("ssl").create_default_context(cafile=str(ca))
-        async with aiomqtt.Client("127.0.0.1", b.tls_port, username="gw-r",
+        tls = ssl.create_default_context(cafile=str(ca))
+        async with aiomqtt.Client("127.0.0.1", b.tls_port, username=old["username"],
                                   password=old["password"], tls_context=tls,
-                                  identifier="r-live") as live:  # fmt: skip
+                                  identifier="gridwatch-edge-gw-r") as live:  # fmt: skip
             await live.subscribe(f"{prefix}/gw/gw-r/cmd", qos=1)
             rotated = await reg.call("POST", "/api/v1/gateways/gw-r/credentials")
             with pytest.raises(aiomqtt.MqttError):  # the session on the old password is cut
@@ -208,11 +228,12 @@ async def test_a_leaked_password_is_rotated_the_old_one_stops_at_once(
                     async for _ in live.messages:
                         pass
         new = rotated["mqtt"]
-        assert new["username"] == "gw-r" and new["password"] != old["password"]
-        assert await connect_refused(b.tls_port, "gw-r", old["password"], ca)
-        assert not await connect_refused(b.tls_port, "gw-r", new["password"], ca)
+        assert new["username"] == "gw-gw-r" and new["password"] != old["password"]
+        user, edge_id = new["username"], "gridwatch-edge-gw-r"
+        assert await connect_refused(b.tls_port, user, old["password"], ca, edge_id)
+        assert not await connect_refused(b.tls_port, user, new["password"], ca, edge_id)
         # still confined to its own subtree
-        assert await asyncio.to_thread(publish_as, b.tls_port, "gw-r", new["password"],
+        assert await asyncio.to_thread(publish_as, b.tls_port, user, new["password"],
                                        f"{prefix}/gw/gw-x/telemetry", ca) == 135  # fmt: skip
         audit = await reg.call("GET", "/api/v1/audit?target=gateway:gw-r")
         assert [e["action"] for e in audit] == ["gateway.credentials", "gateway.register"]
@@ -220,3 +241,208 @@ async def test_a_leaked_password_is_rotated_the_old_one_stops_at_once(
         await reg.call("POST", "/api/v1/gateways/gw-r/credentials", status=409)  # not revived
     logs = caplog.text + b.mq.log.read_text()
     assert old["password"] not in logs and new["password"] not in logs
+
+
+# ---- issue 16: the broker namespace the registry owns, and client ids bound to accounts ----
+
+
+def dynsec_ctl(b: SecureBroker, *argv: str) -> None:
+    """What the broker's administrator does by hand, with ``mosquitto_ctrl``."""
+    subprocess.run(["mosquitto_ctrl", "-h", "127.0.0.1", "-p", str(b.mq.port), "-u", ADMIN_USER,
+                    "-P", ADMIN_PASSWORD, "dynsec", *argv], check=True, capture_output=True)  # fmt: skip
+
+
+async def test_an_installer_cannot_take_over_or_delete_an_account_it_did_not_make(
+    dynsec_broker: SecureBroker, prefix: str, tmp_path: Path
+) -> None:
+    b = dynsec_broker
+    dynsec_ctl(b, "createClient", "city-platform", "-p", "platform-pw")
+    dynsec_ctl(b, "createClient", "gw-city", "-p", "city-pw")  # made by hand in our namespace
+    async with registry(tmp_path, installer_settings(b, prefix)) as reg:
+        # the centre's own account is out of reach: the gateway gets a name of its own
+        hostile = await reg.call("POST", "/api/v1/gateways", {"id": ADMIN_USER}, status=201)
+        assert hostile["mqtt"]["username"] == f"gw-{ADMIN_USER}"
+        config = await reg.call("GET", f"/api/v1/gateways/{ADMIN_USER}/config")
+        assert config["mqtt"]["username"] == f"gw-{ADMIN_USER}"  # what the edge logs in with
+        assert not await connect_refused(b.mq.port, ADMIN_USER, ADMIN_PASSWORD, None)
+        await reg.call("POST", "/api/v1/gateways", {"id": "next"}, status=201)  # still in charge
+
+        took = await reg.call("POST", "/api/v1/gateways", {"id": "city-platform"}, status=201)
+        assert took["mqtt"]["username"] == "gw-city-platform"
+        assert not await connect_refused(b.mq.port, "city-platform", "platform-pw", None)
+
+        async with reg.http.post(reg.url + "/api/v1/gateways", json={"id": "city"}) as r:
+            assert r.status == 409
+            assert "'gw-city' exists and was not made by this registry" in await r.text()
+        await reg.call("GET", "/api/v1/gateways/city", status=404)  # nothing registered
+        assert not await connect_refused(b.mq.port, "gw-city", "city-pw", None)  # untouched
+
+
+async def connect_code(port: int, user: str, password: str, client_id: str, ca: Path) -> int:
+    """The CONNACK's reason code for this login (0: accepted; 135: not authorised)."""
+    tls = ssl.create_default_context(cafile=str(ca))
+    try:
+        async with aiomqtt.Client("127.0.0.1", port, username=user, password=password,
+                                  identifier=client_id, tls_context=tls, timeout=5,
+                                  protocol=aiomqtt.ProtocolVersion.V5):  # fmt: skip
+            return 0
+    except aiomqtt.MqttCodeError as exc:
+        return int(exc.rc) if isinstance(exc.rc, int) else int(exc.rc.value)  # type: ignore[union-attr]
+
+
+async def test_a_gateway_cannot_take_the_bridges_session(
+    dynsec_broker: SecureBroker, prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    b, ca = dynsec_broker, dynsec_broker.certs.ca
+    store = await RegistryStore.open(f"sqlite+aiosqlite:///{tmp_path}/bridge.db")
+    sink = await SqliteSink.open(tmp_path / "telemetry.db", retention_hours=1)
+    try:
+        async with registry(tmp_path, installer_settings(b, prefix)) as reg:
+            a = (await reg.call("POST", "/api/v1/gateways", {"id": "gw-a"}, status=201))["mqtt"]
+            m = (await reg.call("POST", "/api/v1/gateways", {"id": "gw-m"}, status=201))["mqtt"]
+            cfg = bridge_config("127.0.0.1", b.mq.port, prefix, tmp_path / "bridge",
+                                mqtt_username=ADMIN_USER, mqtt_password=ADMIN_PASSWORD,
+                                mqtt_protocol="5")  # fmt: skip
+            async with bridge_on(cfg, store, sink) as bridge:
+                for lane in ("telemetry", "events"):
+                    code = await connect_code(b.tls_port, m["username"], m["password"],
+                                              f"{cfg.client_id}-{lane}", ca)  # fmt: skip
+                    assert code == 135, f"gateway took the bridge's {lane} session ({code})"
+                # its own id still works: only the binding refused it
+                assert await connect_code(b.tls_port, m["username"], m["password"],
+                                          "gridwatch-edge-gw-m", ca) == 0  # fmt: skip
+                tls = ssl.create_default_context(cafile=str(ca))
+                async with aiomqtt.Client("127.0.0.1", b.tls_port, username=a["username"],
+                                          password=a["password"], tls_context=tls,
+                                          identifier="gridwatch-edge-gw-a") as gw:  # fmt: skip
+                    t = now_ms()
+                    for i in range(30):
+                        msg = batch("gw-a", [reading("d1", "level", float(i), t + i)], seq=i + 1)
+                        await gw.publish(f"{prefix}/gw/gw-a/telemetry", msg.model_dump_json(),
+                                         qos=1)  # fmt: skip
+                await until(bridge, lambda s: s.readings >= 30)
+                assert (bridge.committed.readings, bridge.committed.missing) == (30, 0)
+                assert bridge.connected.is_set()
+        bridge_trouble = [r for r in caplog.records
+                          if r.name.startswith("cloud_bridge") and r.levelno >= logging.WARNING]  # fmt: skip
+        assert bridge_trouble == []  # its sessions were never taken over
+    finally:
+        await sink.close()
+        await store.close()
+
+
+async def test_a_gateway_registered_before_the_namespace_keeps_working_and_is_adopted(
+    dynsec_broker: SecureBroker, prefix: str, tmp_path: Path
+) -> None:
+    b, ca = dynsec_broker, dynsec_broker.certs.ca
+    async with registry(tmp_path, installer_settings(b, prefix)) as reg:
+        await reg.call("POST", "/api/v1/gateways", {"id": "old"}, status=201)
+        await reg.call("POST", "/api/v1/gateways", {"id": "odd"}, status=201)
+        # make them what an older registry left: username = gateway id, role gw-<id>, no group
+        with sqlite3.connect(tmp_path / "registry.db") as db:
+            db.execute("UPDATE gateways SET settings = json_remove(settings, '$.mqtt.username')")
+        for gw in ("old", "odd"):
+            dynsec_ctl(b, "deleteClient", f"gw-{gw}")
+            dynsec_ctl(b, "createClient", gw, "-p", "legacy-pw")
+            dynsec_ctl(b, "addClientRole", gw, f"gw-{gw}")
+        dynsec_ctl(b, "addClientRole", "odd", "admin")  # changed by hand since: not ours now
+
+        assert not await connect_refused(b.tls_port, "old", "legacy-pw", ca, "anything")
+        rotated = (await reg.call("POST", "/api/v1/gateways/old/credentials"))["mqtt"]
+        assert rotated["username"] == "old"  # the box keeps its username
+        assert await connect_code(b.tls_port, "old", rotated["password"], "anything", ca) == 135
+        assert not await connect_refused(b.tls_port, "old", rotated["password"], ca,
+                                         "gridwatch-edge-old")  # fmt: skip
+        await reg.call("POST", "/api/v1/gateways/old/retire")
+        assert await connect_refused(b.tls_port, "old", rotated["password"], ca,
+                                     "gridwatch-edge-old")  # fmt: skip
+
+        await reg.call("POST", "/api/v1/gateways/odd/retire", status=409)
+        assert not await connect_refused(b.tls_port, "odd", "legacy-pw", ca, "x")  # untouched
+
+
+OURS = {"groups": [{"groupname": "gridwatch-gateways"}], "roles": [{"rolename": "gw-g"}]}
+LEGACY = {"groups": [], "roles": [{"rolename": "gw-g"}]}
+ROLE = {"acls": [{"acltype": t, "topic": "P/gw/g/#", "allow": True}
+                 for t in ("publishClientSend", "publishClientReceive", "subscribePattern",
+                           "unsubscribePattern")]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("username", "client", "role", "refused"),
+    [
+        ("gw-g", None, None, None),
+        ("gw-g", OURS, ROLE, None),
+        ("gw-g", {"groups": [], "roles": []}, None, "'gw-g' exists and was not made"),
+        ("gw-g", LEGACY, ROLE, "'gw-g' exists and was not made"),  # legacy shape, new name
+        ("g", LEGACY, ROLE, None),  # what an older registry made
+        ("g", {"groups": [], "roles": [{"rolename": "gw-g"}, {"rolename": "admin"}]}, ROLE,
+         "'g' exists and was not made"),
+        ("g", {"groups": [{"groupname": "ops"}], "roles": [{"rolename": "gw-g"}]}, ROLE,
+         "'g' exists and was not made"),
+        ("gw-g", None, {"acls": [{"acltype": "subscribePattern", "topic": "#", "allow": True}]},
+         "role 'gw-g' exists with other rights"),
+        ("gw-g", None, {"acls": []}, "role 'gw-g' exists with other rights"),
+    ],
+)  # fmt: skip
+def test_which_accounts_the_registry_may_touch(
+    username: str, client: dict[str, Any] | None, role: dict[str, Any] | None, refused: str | None
+) -> None:
+    why = refusal("P", Account("g", username), client, role)
+    assert (why is None) if refused is None else (why is not None and refused in why), why
+
+
+@pytest.mark.parametrize(
+    ("settings", "username", "legacy"),
+    [
+        ({"username": "gw-g"}, "gw-g", False),
+        ({"host": "h"}, "g", True),
+        (None, "g", True),
+    ],
+)
+def test_the_account_a_gateways_stored_settings_name(
+    settings: dict[str, Any] | None, username: str, legacy: bool
+) -> None:
+    account = Account.of("g", settings)
+    assert (account.username, account.legacy) == (username, legacy)
+
+
+async def test_a_dynsec_file_mosquitto_cannot_read_is_said_in_words(
+    prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    b = start_dynsec_broker(readable=False)
+    logged = asyncio.Event()
+    watch = logging.Handler()
+    watch.emit = lambda r: logged.set() if "refused the registry" in r.getMessage() else None  # type: ignore[method-assign]
+    logging.getLogger("device_registry").addHandler(watch)
+    try:
+        app = build_app(f"sqlite+aiosqlite:///{tmp_path}/registry.db",
+                        installers=installer_settings(b, prefix))  # fmt: skip
+        async with serving(app, "127.0.0.1", 0), asyncio.timeout(10):
+            await logged.wait()
+        said = [r.getMessage() for r in caplog.records if "refused the registry" in r.getMessage()]
+        assert said[0] == (
+            f"registry downlink: the broker at 127.0.0.1:{b.mq.port} refused the registry's login "
+            f"as '{ADMIN_USER}' (CONNACK 135, not authorised): check --broker-admin-user and the "
+            "password in its environment variable; with --dynsec, check that user 'mosquitto' can "
+            "read the file named by plugin_opt_config_file and enter every folder above it "
+            "(mosquitto's own log then says 'Error loading Dynamic security plugin config'), see "
+            "docs/registry.md"
+        )
+        # the broker's own words that the docs tell the reader to look for
+        assert "Error loading Dynamic security plugin config" in b.mq.log.read_text()
+    finally:
+        logging.getLogger("device_registry").removeHandler(watch)
+        b.mq.stop()
+        shutil.rmtree(b.work, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [(135, "(CONNACK 135, not authorised)"), (134, "(CONNACK 134, bad username or password)"),
+     (5, "(CONNACK 5, not authorised)"), (4, "(CONNACK 4, bad username or password)"),
+     (0, None), (136, None), (128, None)],
+)  # fmt: skip
+def test_which_connacks_are_a_refused_login(code: int, words: str | None) -> None:
+    said = refused_login("admin", "h:1", code)
+    assert (said is None) if words is None else (said is not None and words in said)

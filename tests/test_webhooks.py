@@ -14,9 +14,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
+from cryptography.fernet import Fernet
+from sqlalchemy import select
 
-from device_registry.delivery.webhooks import SIGNATURE, TIMESTAMP, RetryPolicy, verify
+from device_registry.db.tables import Webhook
+from device_registry.delivery.webhooks import (
+    SECRET_KEY_ENV,
+    SIGNATURE,
+    TIMESTAMP,
+    RetryPolicy,
+    SecretBox,
+    SecretUnreadable,
+    sign,
+    verify,
+)
+from device_registry.errors import RegistryError
 from device_registry.http.auth import Role
 from device_registry.http.opsapp import LEASE, Delivery
 from tests._ops_helpers import registry, smoke
@@ -36,10 +50,11 @@ class Receiver:
     delivered: list[dict[str, Any]] = field(default_factory=list)
     bad_signatures: int = 0
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    secret: str = SECRET
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        if not verify(SECRET, request.headers[TIMESTAMP], body, request.headers[SIGNATURE],
+        if not verify(self.secret, request.headers[TIMESTAMP], body, request.headers[SIGNATURE],
                       time.time()):  # fmt: skip
             self.bad_signatures += 1
             return web.Response(status=401)
@@ -130,8 +145,6 @@ async def test_retries_dead_letters_and_replay(tmp_path: Path) -> None:
 
 
 async def test_signature_binds_body_and_timestamp() -> None:
-    from device_registry.delivery.webhooks import sign
-
     sig = sign(SECRET, 1_700_000_000, b'{"a":1}')
     assert verify(SECRET, "1700000000", b'{"a":1}', sig, 1_700_000_010)
     assert not verify(SECRET, "1700000000", b'{"a":2}', sig, 1_700_000_010)  # body changed
@@ -177,3 +190,124 @@ async def until(predicate: Any, within_s: float = 10.0) -> None:
             if predicate():
                 return
             await asyncio.sleep(0.05)  # polling another component's state, with a deadline
+
+
+# ---- the secret at rest (issue 16 #17) -------------------------------------------------------
+
+LONG_SECRET = "ünïcode-and-long-" + "x" * 183  # 200 characters, the most the API takes
+KEY_A, KEY_B = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+
+
+async def stored_secrets(reg: Any) -> list[str]:
+    async with reg.store.transaction() as s:
+        return list(await s.scalars(select(Webhook.secret).order_by(Webhook.id)))
+
+
+async def test_the_secret_is_encrypted_at_rest_and_signing_still_verifies(
+    registry_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SECRET_KEY_ENV, KEY_A)
+    async with receiver() as rec, registry(tmp_path, FAST, registry_url) as reg:
+        rec.secret = LONG_SECRET
+        status, _ = await reg.call("POST", "/api/v1/webhooks", Role.ADMIN,
+                                   {"url": rec.url, "secret": LONG_SECRET})  # fmt: skip
+        assert status == 201
+        [stored] = await stored_secrets(reg)
+        assert stored.startswith("fernet:v1:") and len(stored) <= 200  # fits the column as it is
+        assert LONG_SECRET not in stored and "x" * 20 not in stored
+        await reg.ingest(smoke("a1"))
+        await rec.wait(lambda r: len(r.delivered) == 2)
+        assert rec.bad_signatures == 0
+
+
+async def test_plain_text_secrets_are_read_then_encrypted_and_keys_rotate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with receiver() as rec:
+        monkeypatch.delenv(SECRET_KEY_ENV, raising=False)
+        async with registry(tmp_path, FAST, name="before") as reg:  # an upgrade: no key yet
+            await reg.call("POST", "/api/v1/webhooks", Role.ADMIN,
+                           {"url": rec.url, "secret": SECRET})  # fmt: skip
+            assert await stored_secrets(reg) == [SECRET]
+            await reg.ingest(smoke("a1"))
+            await rec.wait(lambda r: len(r.delivered) == 2)
+        warned = [r for r in caplog.records if SECRET_KEY_ENV in r.getMessage()]
+        assert [(r.levelname, r.getMessage()) for r in warned] == [
+            ("WARNING", f"{SECRET_KEY_ENV} is not set: webhook secrets are kept in plain text in "
+                        "the registry database (see docs/security.md)")
+        ]  # fmt: skip
+
+        monkeypatch.setenv(SECRET_KEY_ENV, KEY_A)
+        async with registry(tmp_path, FAST, name="keyed") as reg:
+            await until(lambda: reg.app[LEASE].held)
+            [sealed_a] = await until_stored(reg, lambda v: v.startswith("fernet:v1:"))
+            await reg.ingest(smoke("a2"))
+            await rec.wait(lambda r: len(r.delivered) == 4)
+
+        monkeypatch.setenv(SECRET_KEY_ENV, f"{KEY_B},{KEY_A}")  # a new key first, the old after
+        async with registry(tmp_path, FAST, name="rotated") as reg:
+            [sealed_b] = await until_stored(reg, lambda v: v != sealed_a)
+            assert sealed_b.startswith("fernet:v1:")
+            await reg.ingest(smoke("a3"))
+            await rec.wait(lambda r: len(r.delivered) == 6)
+        assert rec.bad_signatures == 0
+
+        monkeypatch.setenv(SECRET_KEY_ENV, KEY_A)  # the key it was sealed with is gone
+        async with registry(tmp_path, FAST, name="lost") as reg:
+            await reg.ingest(smoke("a4"))
+            dead = await until_dead(reg)
+            assert dead[0]["last_error"] == (
+                f"cannot sign: the secret was encrypted with a key that is not in {SECRET_KEY_ENV}"
+            )
+        assert any(r.levelname == "ERROR" and "cannot be signed" in r.getMessage()
+                   for r in caplog.records)  # fmt: skip
+        assert len(rec.delivered) == 6  # nothing unsigned went out
+
+
+async def until_stored(reg: Any, ok: Any) -> list[str]:
+    async with asyncio.timeout(10):
+        while True:
+            found = await stored_secrets(reg)
+            if all(ok(v) for v in found):
+                return found
+            await asyncio.sleep(0.05)  # polling another component's state, with a deadline
+
+
+async def until_dead(reg: Any) -> list[dict[str, Any]]:
+    async with asyncio.timeout(10):
+        while True:
+            _, dead = await reg.call("GET", "/api/v1/webhooks/dead-letters", Role.ADMIN)
+            if dead:
+                return list(dead)
+            await asyncio.sleep(0.05)  # polling another component's state, with a deadline
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["s" * 16, "s" * 64, "s" * 65, "é" * 32, "é" * 33, LONG_SECRET, "x" * 200],
+)
+def test_a_sealed_secret_signs_as_the_secret_itself_and_fits_the_column(secret: str) -> None:
+    box = SecretBox([KEY_A])
+    stored = box.seal(secret)
+    assert len(stored) <= 200 and secret not in stored
+    body = b'{"kind":"alert"}'
+    assert sign(box.open(stored), 1_700_000_000, body) == sign(secret, 1_700_000_000, body)
+    assert verify(secret, "1700000000", body, sign(box.open(stored), 1_700_000_000, body),
+                  1_700_000_000)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("keys", "stored", "error"),
+    [
+        ([], "fernet:v1:gAAAA", f"the secret is encrypted and {SECRET_KEY_ENV} is not set"),
+        ([KEY_B], SecretBox([KEY_A]).seal(SECRET), "encrypted with a key that is not in"),
+    ],
+)
+def test_a_secret_that_cannot_be_opened_says_why(keys: list[str], stored: str, error: str) -> None:
+    with pytest.raises(SecretUnreadable, match=error):
+        SecretBox(keys).open(stored)
+
+
+def test_a_malformed_key_is_refused_with_what_to_do() -> None:
+    with pytest.raises(RegistryError, match=f"{SECRET_KEY_ENV} must be Fernet keys"):
+        SecretBox(["not-a-key"])

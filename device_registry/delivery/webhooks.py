@@ -7,6 +7,15 @@ POST (no 2xx, a network error, a timeout) is retried with exponential backoff; a
 attempt the message goes to the dead-letter list, from where an operator replays it through the
 API, and the subscription moves on. The cursor moves only after a delivery or a dead letter is
 recorded: a restart delivers again what was in flight (at-least-once; ``X-Gridwatch-Seq`` dedupes).
+
+Secrets at rest (``SecretBox``): signing needs the secret itself, so it cannot be hashed like an
+API token; it is encrypted with Fernet under ``GRIDWATCH_SECRET_KEY`` (a comma-separated list:
+the first key seals, every key opens, so a key is rotated by putting the new one first). What is
+sealed is the HMAC key the secret stands for (RFC 2104: a key longer than the 64-byte block is
+hashed first), at most 64 bytes, so the sealed form always fits the existing 200-character
+column: no migration. Rows stored in plain text (before this, or while no key was set) are read
+as they are and sealed when delivery starts with a key; without a key secrets stay plain and the
+registry says so once, at WARNING.
 """
 
 from __future__ import annotations
@@ -16,28 +25,104 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from sqlalchemy import select
 
 from device_registry.alerts.store import FeedEvent, OpsStore, matches
 from device_registry.db.tables import Webhook
 from device_registry.delivery.feed import FeedSignal
+from device_registry.errors import RegistryError
 
 logger = logging.getLogger(__name__)
 
 SIGNATURE = "X-Gridwatch-Signature"
 TIMESTAMP = "X-Gridwatch-Timestamp"
+SECRET_KEY_ENV = "GRIDWATCH_SECRET_KEY"
+SEALED = "fernet:v1:"
+"""The prefix of a sealed secret in the ``webhooks.secret`` column; anything else is plain text."""
+_HMAC_BLOCK = 64  # bytes, SHA-256's block size
+
+
+class SecretUnreadable(Exception):
+    """A stored secret cannot be opened (no key, or not one of the keys it was sealed with)."""
+
+
+def hmac_key(secret: str | bytes) -> bytes:
+    """The key HMAC-SHA256 really uses for ``secret``: signatures are the same either way."""
+    raw = secret.encode() if isinstance(secret, str) else secret
+    return hashlib.sha256(raw).digest() if len(raw) > _HMAC_BLOCK else raw
+
+
+class SecretBox:
+    """Seals webhook secrets for the database and opens them for signing."""
+
+    def __init__(self, keys: list[str]) -> None:
+        """``keys``: Fernet keys (``Fernet.generate_key()``), the sealing one first; none: plain."""
+        try:
+            fernets = [Fernet(k) for k in keys]
+        except ValueError as exc:
+            raise RegistryError(
+                f"{SECRET_KEY_ENV} must be Fernet keys (32 url-safe base64-encoded bytes, e.g. "
+                "from `python -c 'from cryptography.fernet import Fernet; "
+                f"print(Fernet.generate_key().decode())'`), comma-separated: {exc}"
+            ) from None
+        self._first = fernets[0] if fernets else None
+        self._fernet = MultiFernet(fernets) if fernets else None
+
+    @classmethod
+    def from_env(cls) -> SecretBox:
+        keys = [k.strip() for k in os.environ.get(SECRET_KEY_ENV, "").split(",") if k.strip()]
+        if not keys:
+            logger.warning("%s is not set: webhook secrets are kept in plain text in the "
+                           "registry database (see docs/security.md)", SECRET_KEY_ENV)  # fmt: skip
+        return cls(keys)
+
+    def seal(self, secret: str) -> str:
+        """What goes into the database."""
+        if self._first is None:
+            return secret
+        return SEALED + self._first.encrypt(hmac_key(secret)).decode()
+
+    def open(self, stored: str) -> bytes:
+        """The HMAC key for signing, from what the database holds."""
+        if not stored.startswith(SEALED):
+            return hmac_key(stored)
+        if self._fernet is None:
+            raise SecretUnreadable(f"the secret is encrypted and {SECRET_KEY_ENV} is not set")
+        try:
+            return self._fernet.decrypt(stored.removeprefix(SEALED).encode())
+        except InvalidToken:
+            raise SecretUnreadable(
+                f"the secret was encrypted with a key that is not in {SECRET_KEY_ENV}"
+            ) from None
+
+    def resealed(self, stored: str) -> str | None:
+        """The stored form under the first key, when ``stored`` is not that already (None);
+        ``SecretUnreadable`` when it cannot be opened at all."""
+        key = self.open(stored)
+        if self._first is None:
+            return None
+        if stored.startswith(SEALED):
+            try:
+                self._first.decrypt(stored.removeprefix(SEALED).encode())
+                return None
+            except InvalidToken:
+                pass  # sealed under an older key
+        return SEALED + self._first.encrypt(key).decode()
 
 
 def body_of(event: FeedEvent) -> bytes:
     return json.dumps(event.payload, separators=(",", ":")).encode()
 
 
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    mac = hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256)
+def sign(secret: str | bytes, timestamp: int, body: bytes) -> str:
+    mac = hmac.new(hmac_key(secret), str(timestamp).encode() + b"." + body, hashlib.sha256)
     return "sha256=" + mac.hexdigest()
 
 
@@ -70,12 +155,13 @@ class Failed(Exception):
     """One POST that did not succeed."""
 
 
-async def post(session: aiohttp.ClientSession, hook: Webhook, event: FeedEvent,
+async def post(session: aiohttp.ClientSession, hook: Webhook, key: bytes, event: FeedEvent,
                timeout_s: float) -> None:  # fmt: skip
+    """``key``: the hook's HMAC key (``SecretBox.open``)."""
     body = body_of(event)
     ts = int(time.time())
     headers = {
-        "Content-Type": "application/json", TIMESTAMP: str(ts), SIGNATURE: sign(hook.secret, ts, body),
+        "Content-Type": "application/json", TIMESTAMP: str(ts), SIGNATURE: sign(key, ts, body),
         "X-Gridwatch-Event": event.kind, "X-Gridwatch-Seq": str(event.seq),
     }  # fmt: skip
     try:
@@ -91,8 +177,10 @@ class WebhookDispatcher:
     def __init__(
         self, ops: OpsStore, signal: FeedSignal, session: aiohttp.ClientSession,
         retry: RetryPolicy | None = None, clock: Callable[[], int] = lambda: time.time_ns() // 10**6,
+        secrets: SecretBox | None = None,
     ) -> None:  # fmt: skip
         self.ops, self.signal, self.session = ops, signal, session
+        self.secrets = secrets or SecretBox([])
         self.retry = retry or RetryPolicy()
         self.clock = clock
         self.delivered = 0
@@ -102,6 +190,7 @@ class WebhookDispatcher:
     async def run(self) -> None:
         """One worker per active subscription; new and deleted subscriptions are picked up."""
         workers: dict[int, asyncio.Task[None]] = {}
+        await self._reseal()
         try:
             while True:
                 hooks = {h.id: h for h in await self._hooks()}
@@ -114,6 +203,24 @@ class WebhookDispatcher:
             for task in workers.values():
                 task.cancel()
             await asyncio.gather(*workers.values(), return_exceptions=True)
+
+    async def _reseal(self) -> None:
+        """Seal plain-text secrets (and those under an older key) with the current key, once,
+        when delivery starts; say which secrets cannot be opened (their hooks cannot sign)."""
+        try:
+            async with self.ops.store.transaction() as s:
+                for hook in await s.scalars(select(Webhook).with_for_update()):
+                    try:
+                        sealed = self.secrets.resealed(hook.secret)
+                    except SecretUnreadable as exc:
+                        logger.error("webhook %d (%s): %s; its deliveries cannot be signed and "
+                                     "go to the dead letters", hook.id, hook.url, exc)  # fmt: skip
+                        continue
+                    if sealed is not None:
+                        hook.secret = sealed
+                        logger.info("webhook %d: secret encrypted at rest", hook.id)
+        except Exception:  # delivery goes on with what is stored; the next start tries again
+            logger.exception("cannot encrypt the stored webhook secrets")
 
     async def _hooks(self) -> list[Webhook]:
         try:
@@ -150,7 +257,7 @@ class WebhookDispatcher:
         error = ""
         for attempt in range(1, self.retry.attempts + 1):
             try:
-                await post(self.session, hook, event, self.retry.timeout_s)
+                await post(self.session, hook, self._key(hook), event, self.retry.timeout_s)
             except Failed as exc:
                 error = str(exc)
                 self.failed_attempts += 1
@@ -168,11 +275,17 @@ class WebhookDispatcher:
                      event.seq, self.retry.attempts, error)  # fmt: skip
         await self.ops.dead_letter(hook.id, event.seq, self.retry.attempts, error, self.clock())
 
+    def _key(self, hook: Webhook) -> bytes:
+        try:
+            return self.secrets.open(hook.secret)
+        except SecretUnreadable as exc:
+            raise Failed(f"cannot sign: {exc}") from exc
+
     async def replay(self, dead_id: int) -> str | None:
         """One more attempt for a dead letter; None when delivered, else the error."""
         _, hook, event = await self.ops.dead_letter_row(dead_id)
         try:
-            await post(self.session, hook, event, self.retry.timeout_s)
+            await post(self.session, hook, self._key(hook), event, self.retry.timeout_s)
         except Failed as exc:
             await self.ops.replayed(dead_id, self.clock(), str(exc))
             return str(exc)

@@ -175,6 +175,7 @@ async def add_webhook(request: web.Request) -> web.Response:
     body = await _body(request, WebhookRequest)
     assert isinstance(body, WebhookRequest)
     ops = request.app[OPS]
+    body = body.model_copy(update={"secret": ops.dispatcher.secrets.seal(body.secret)})
     view = await ops.store.add_webhook(body, _actor(request), now_ms())
     ops.signal.notify()  # the dispatcher starts its worker now, not at the next poll
     return _json(view, status=201)

@@ -22,7 +22,7 @@ from device_registry.delivery.feed import FeedSignal
 from device_registry.delivery.lease import DeliveryLease
 from device_registry.delivery.mqtt_out import MqttTarget, PlatformPublisher
 from device_registry.delivery.sse import SseHub
-from device_registry.delivery.webhooks import RetryPolicy, WebhookDispatcher
+from device_registry.delivery.webhooks import RetryPolicy, SecretBox, WebhookDispatcher
 from device_registry.http import dashboard, opsapi
 from device_registry.http.api import STORE
 from device_registry.http.auth import public
@@ -75,7 +75,8 @@ async def _running(app: web.Application, d: Delivery) -> AsyncIterator[None]:
     store.ops.on_feed.append(signal.notify)
     async with aiohttp.ClientSession() as session:
         ops = Ops(store, signal, SseHub(store, signal, d.heartbeat_s),
-                  WebhookDispatcher(store, signal, session, d.retry), session, d.history)  # fmt: skip
+                  WebhookDispatcher(store, signal, session, d.retry, secrets=SecretBox.from_env()),
+                  session, d.history)  # fmt: skip
         app[OPS] = ops
         if d.mqtt is not None:
             ops.publisher = PlatformPublisher(store, signal, d.mqtt)

@@ -35,9 +35,11 @@ class Uplink:
     tls: bool = False
     ca_file: str | None = None
 
-    def mqtt_block(self) -> dict[str, Any]:
+    def mqtt_block(self, username: str) -> dict[str, Any]:
+        """``username``: the gateway's broker account (``provisioning.username_for``); the
+        edge would otherwise log in with its bare id, a name the registry does not own."""
         block: dict[str, Any] = {"host": self.host, "port": self.port, "prefix": self.prefix,
-                                 "password_env": PASSWORD_ENV}  # fmt: skip
+                                 "username": username, "password_env": PASSWORD_ENV}  # fmt: skip
         if self.tls:
             block.update(tls=True, ca_file=self.ca_file)
         return block
@@ -63,9 +65,11 @@ class ConfigProblems(Exception):
         self.problems = problems
 
 
-def initial_settings(uplink: Uplink, buses: list[dict[str, Any]], gateway: str) -> dict[str, Any]:
+def initial_settings(
+    uplink: Uplink, buses: list[dict[str, Any]], gateway: str, username: str
+) -> dict[str, Any]:
     return {
-        "mqtt": uplink.mqtt_block(),
+        "mqtt": uplink.mqtt_block(username),
         "outbox": {"path": f"var/edge/{gateway}/outbox.db"},
         "buses": buses,
     }

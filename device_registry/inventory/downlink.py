@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
 from device_registry.errors import BrokerUnavailable
+from device_registry.inventory.provisioning import refused_login
 from gridwatch.ground.contract import Command, CommandResult, ConfigAck, ConfigPush, Topics
 
 logger = logging.getLogger(__name__)
@@ -152,9 +154,7 @@ class Downlink:
                         tg.create_task(self._push_loop(), name="downlink-push")
             except* (aiomqtt.MqttError, BrokerUnavailable) as group:
                 level = logging.DEBUG if failing else logging.ERROR
-                logger.log(
-                    level, "registry downlink: broker %s: %s", self._where(), group.exceptions[0]
-                )
+                logger.log(level, "registry downlink: %s", self._explain(group.exceptions[0]))
                 failing = True
                 self._maybe_other_protocol(group.exceptions[0])
             finally:
@@ -192,6 +192,14 @@ class Downlink:
             s.host, s.port, identifier=s.client_id, username=s.username, password=s.password,
             protocol=aiomqtt.ProtocolVersion.V311, clean_session=False, tls_context=tls, timeout=5,
         )  # fmt: skip
+
+    def _explain(self, exc: BaseException) -> str:
+        if isinstance(exc, MqttConnectError) and exc.rc is not None:
+            code = exc.rc if isinstance(exc.rc, int) else exc.rc.value
+            said = refused_login(self.settings.username, self._where(), code)
+            if said is not None:
+                return said
+        return f"broker {self._where()}: {exc}"
 
     def _where(self) -> str:
         return f"{self.settings.host}:{self.settings.port}"

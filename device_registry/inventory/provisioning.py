@@ -7,52 +7,139 @@ applied in the broker atomically, with no file to write, no pid file and no sign
 against a broker on another host. The registry sends the plugin's JSON commands on
 ``$CONTROL/dynamic-security/v1`` through its downlink session, as ``mosquitto_ctrl`` would.
 
-Each gateway gets a client named after its id (its MQTT username) with a role of its own that
-allows publishing and subscribing only under ``P/gw/<id>/#``; with the plugin's default ACL
-access (publishing denied) nothing else is allowed. The registry's own user gets the
+The namespace the registry owns (docs/security.md): gateway ``G`` gets the client (MQTT
+username) ``gw-G``, a member of the group ``gridwatch-gateways``, bound to the client id
+``gridwatch-edge-G`` (the broker refuses that username with any other id, so a gateway cannot
+take over another session, the bridge's included), with the role ``gw-G`` that allows
+publishing and subscribing only under ``P/gw/G/#``; with the plugin's default ACL access
+(publishing denied) nothing else is allowed. The installer only chooses ``G``, never a whole
+account name, so the centre's own accounts are out of reach; and before it deletes or changes an
+account the registry checks it made it (group membership), answering 409 when the name belongs to
+someone else.
+
+Gateways registered before this namespace (their config names no username) keep their account
+``G``: the registry still rotates and retires it when it is exactly what an older registry made
+(no groups, the single role ``gw-G``); a rotation re-creates it with the client-id binding and the
+group, so it is the registry's from then on. The registry's own user gets the
 ``gridwatch-central`` role: ``P/gw/#`` and ``P/platform/#``.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from device_registry.errors import BrokerUnavailable
-from device_registry.inventory.downlink import Downlink
+from device_registry.errors import BrokerUnavailable, Conflict
+
+if TYPE_CHECKING:
+    from device_registry.inventory.downlink import Downlink
 
 logger = logging.getLogger(__name__)
 
 CENTRAL_ROLE = "gridwatch-central"
+GATEWAY_GROUP = "gridwatch-gateways"
+"""Membership marks a client as made by the registry (and lists every gateway account)."""
+USERNAME_PREFIX = "gw-"
+EDGE_CLIENT_PREFIX = "gridwatch-edge-"
 _ACL_TYPES = ("publishClientSend", "publishClientReceive", "subscribePattern", "unsubscribePattern")
 _TOLERATED = ("already", "not found")
+
+
+def username_for(gateway: str) -> str:
+    """The broker username of a gateway registered now."""
+    return f"{USERNAME_PREFIX}{gateway}"
+
+
+def client_id_for(gateway: str) -> str:
+    """The only MQTT client id the gateway's account may connect with (the edge uses it)."""
+    return f"{EDGE_CLIENT_PREFIX}{gateway}"
 
 
 def role_name(gateway: str) -> str:
     return f"gw-{gateway}"
 
 
+@dataclass(frozen=True)
+class Account:
+    """A gateway's broker account: its gateway id and the username it logs in with."""
+
+    gateway: str
+    username: str
+
+    @classmethod
+    def of(cls, gateway: str, mqtt_settings: dict[str, Any] | None) -> Account:
+        """The account a registered gateway's stored settings name; no username there: one
+        registered before the namespace, whose username is its id."""
+        return cls(gateway, str((mqtt_settings or {}).get("username") or gateway))
+
+    @property
+    def legacy(self) -> bool:
+        return self.username != username_for(self.gateway)
+
+
 def acls(*topics: str) -> list[dict[str, Any]]:
     return [{"acltype": t, "topic": topic, "allow": True} for topic in topics for t in _ACL_TYPES]
 
 
-def grant_commands(prefix: str, gateway: str, password: str) -> list[dict[str, Any]]:
-    """Create the gateway's role and a fresh client (an earlier one, from a registration that
-    failed half-way, is deleted first: its password is not the one being issued)."""
-    role = role_name(gateway)
+def gateway_acls(prefix: str, gateway: str) -> list[dict[str, Any]]:
+    return acls(f"{prefix}/gw/{gateway}/#")
+
+
+def inspect_commands(account: Account) -> list[dict[str, Any]]:
     return [
-        {"command": "createRole", "rolename": role, "acls": acls(f"{prefix}/gw/{gateway}/#")},
-        {"command": "deleteClient", "username": gateway},
-        {"command": "createClient", "username": gateway, "password": password,
-         "roles": [{"rolename": role}]},
+        {"command": "getClient", "username": account.username},
+        {"command": "getRole", "rolename": role_name(account.gateway)},
+    ]
+
+
+def refusal(
+    prefix: str, account: Account, client: dict[str, Any] | None, role: dict[str, Any] | None
+) -> str | None:
+    """Why the registry must not touch this account and role (None: they are its own, or do
+    not exist). ``client`` and ``role`` are what getClient/getRole answered (None: not found)."""
+    if client is not None:
+        groups = {g.get("groupname") for g in client.get("groups", [])}
+        roles = [r.get("rolename") for r in client.get("roles", [])]
+        made_before = account.legacy and not groups and roles == [role_name(account.gateway)]
+        if GATEWAY_GROUP not in groups and not made_before:
+            return (
+                f"broker account {account.username!r} exists and was not made by this registry "
+                f"for gateway {account.gateway!r}; choose another gateway id, or ask the "
+                "broker's administrator about that account"
+            )
+    if role is not None:
+        have = {(a.get("acltype"), a.get("topic"), a.get("allow")) for a in role.get("acls", [])}
+        want = {(a["acltype"], a["topic"], True) for a in gateway_acls(prefix, account.gateway)}
+        if have != want:
+            return (
+                f"broker role {role_name(account.gateway)!r} exists with other rights than this "
+                f"registry gives gateway {account.gateway!r}; choose another gateway id, or ask "
+                "the broker's administrator about that role"
+            )
+    return None
+
+
+def grant_commands(prefix: str, account: Account, password: str) -> list[dict[str, Any]]:
+    """The gateway's role and a fresh client (an earlier one of ours, from a registration that
+    failed half-way or a rotation, is deleted first: its password is not the one being issued,
+    and the delete cuts its live session)."""
+    role = role_name(account.gateway)
+    return [
+        {"command": "createGroup", "groupname": GATEWAY_GROUP},
+        {"command": "createRole", "rolename": role, "acls": gateway_acls(prefix, account.gateway)},
+        {"command": "deleteClient", "username": account.username},
+        {"command": "createClient", "username": account.username, "password": password,
+         "clientid": client_id_for(account.gateway), "roles": [{"rolename": role}],
+         "groups": [{"groupname": GATEWAY_GROUP}]},
     ]  # fmt: skip
 
 
-def revoke_commands(gateway: str) -> list[dict[str, Any]]:
+def revoke_commands(account: Account) -> list[dict[str, Any]]:
     # deleting the client disconnects its session in the same moment
     return [
-        {"command": "deleteClient", "username": gateway},
-        {"command": "deleteRole", "rolename": role_name(gateway)},
+        {"command": "deleteClient", "username": account.username},
+        {"command": "deleteRole", "rolename": role_name(account.gateway)},
     ]
 
 
@@ -74,6 +161,27 @@ def failures(commands: list[dict[str, Any]], responses: list[dict[str, Any]]) ->
     return out
 
 
+_LOGIN_REFUSED = {4: "bad username or password", 5: "not authorised",
+                  134: "bad username or password", 135: "not authorised"}  # fmt: skip
+"""CONNACK codes that refuse a login (MQTT 3.1.1, then MQTT 5), in words."""
+
+
+def refused_login(username: str | None, where: str, code: int) -> str | None:
+    """The broker refused the registry's own login, said in words with what to check (None:
+    ``code`` is no refused login). With dynsec the usual cause is not the password: mosquitto
+    reads the plugin's file after it drops to user ``mosquitto``, and when that user cannot read
+    it, or a folder above it, every login is refused, the admin's included."""
+    if code not in _LOGIN_REFUSED:
+        return None
+    return (
+        f"the broker at {where} refused the registry's login as {username!r} "
+        f"(CONNACK {code}, {_LOGIN_REFUSED[code]}): check --broker-admin-user and the password "
+        "in its environment variable; with --dynsec, check that user 'mosquitto' can read the "
+        "file named by plugin_opt_config_file and enter every folder above it (mosquitto's own "
+        "log then says 'Error loading Dynamic security plugin config'), see docs/registry.md"
+    )
+
+
 class DynsecAccess:
     """``BrokerAccess`` through the dynamic-security plugin."""
 
@@ -86,15 +194,30 @@ class DynsecAccess:
         if errors:
             raise BrokerUnavailable(f"the broker refused to {what}: {'; '.join(errors)}")
 
-    async def grant(self, gateway: str, password: str) -> None:
-        await self._run(grant_commands(self.prefix, gateway, password), f"admit {gateway}")
-        logger.info(
-            "broker: gateway %s admitted, confined to %s/gw/%s/#", gateway, self.prefix, gateway
-        )
+    async def _refuse_foreign(self, account: Account) -> None:
+        """``Conflict`` unless the account and role are absent or the registry's own."""
+        client, role = await self.downlink.control(inspect_commands(account))
+        found_client = client.get("data", {}).get("client") if "error" not in client else None
+        found_role = role.get("data", {}).get("role") if "error" not in role else None
+        why = refusal(self.prefix, account, found_client, found_role)
+        if why is not None:
+            logger.warning("broker: refused to change an account of someone else: %s", why)
+            raise Conflict(why)
 
-    async def revoke(self, gateway: str) -> None:
-        await self._run(revoke_commands(gateway), f"revoke {gateway}")
-        logger.info("broker: gateway %s revoked and disconnected", gateway)
+    async def grant(self, account: Account, password: str) -> None:
+        await self._refuse_foreign(account)
+        await self._run(grant_commands(self.prefix, account, password), f"admit {account.gateway}")
+        logger.info(
+            "broker: gateway %s admitted as %s (client id %s), confined to %s/gw/%s/#",
+            account.gateway, account.username, client_id_for(account.gateway), self.prefix,
+            account.gateway,
+        )  # fmt: skip
+
+    async def revoke(self, account: Account) -> None:
+        await self._refuse_foreign(account)
+        await self._run(revoke_commands(account), f"revoke {account.gateway}")
+        logger.info("broker: gateway %s (%s) revoked and disconnected", account.gateway,
+                    account.username)  # fmt: skip
 
     async def ensure_central(self, username: str) -> None:
         """Give the registry's own user the central role, only if it lacks it: a role change
@@ -125,8 +248,8 @@ class NoBrokerAccess:
                            "registered but the broker does not confine or revoke them")  # fmt: skip
             self._warned = True
 
-    async def grant(self, gateway: str, password: str) -> None:
+    async def grant(self, account: Account, password: str) -> None:
         self._warn()
 
-    async def revoke(self, gateway: str) -> None:
+    async def revoke(self, account: Account) -> None:
         self._warn()

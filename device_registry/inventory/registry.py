@@ -44,6 +44,7 @@ from device_registry.inventory.configgen import (
     validate,
 )
 from device_registry.inventory.csvimport import RowReport
+from device_registry.inventory.provisioning import Account, username_for
 from device_registry.inventory.requests import (
     DeviceCreate,
     DeviceFields,
@@ -63,13 +64,14 @@ class _RollBack(Exception):
 class BrokerAccess(Protocol):
     """Gateways' credentials and confinement in the broker (``provisioning.py``)."""
 
-    async def grant(self, gateway: str, password: str) -> None: ...
-    async def revoke(self, gateway: str) -> None: ...
+    async def grant(self, account: Account, password: str) -> None: ...
+    async def revoke(self, account: Account) -> None: ...
 
 
 @dataclass
 class Issued:
     gateway: GatewayView
+    username: str
     password: str
 
 
@@ -101,8 +103,8 @@ class Registry:
     async def add_gateway(self, req: GatewayCreate, by: Principal) -> Issued:
         async with self.store.transaction() as s:
             await self._refuse_registered_gateway(s, req.id)
-        password = new_password()
-        await self.broker.grant(req.id, password)  # BrokerUnavailable: nothing registered
+        password, account = new_password(), Account(req.id, username_for(req.id))
+        await self.broker.grant(account, password)  # BrokerUnavailable, Conflict: nothing done
         try:
             async with self.store.transaction() as s:
                 await self._refuse_registered_gateway(s, req.id)
@@ -111,7 +113,7 @@ class Registry:
                 gw.name, gw.labels = req.name, req.labels
                 gw.site_id = await ensure_site(s, req.location)
                 buses = [b.model_dump(mode="json") for b in req.buses]
-                gw.settings = initial_settings(self.uplink, buses, req.id)
+                gw.settings = initial_settings(self.uplink, buses, req.id, account.username)
                 gw.config_desired = max(gw.config_desired, gw.config_version) + 1
                 await self._generate(s, gw)
                 s.add(
@@ -120,10 +122,10 @@ class Registry:
                     )
                 )
         except BaseException:
-            await self.broker.revoke(req.id)  # no broker account without its registry row
+            await self.broker.revoke(account)  # no broker account without its registry row
             raise
         self.pushed(req.id)
-        return Issued(await self.gateway(req.id), password)
+        return Issued(await self.gateway(req.id), account.username, password)
 
     async def _refuse_registered_gateway(self, s: AsyncSession, gw_id: str) -> None:
         gw = await s.get(Gateway, gw_id)
@@ -162,19 +164,19 @@ class Registry:
         stops working and the gateway's live session is cut at once; it comes back with the new
         one, which the answer holds, once."""
         async with self.store.transaction() as s:
-            await _live_gateway(s, gw_id)
+            account = _account(await _live_gateway(s, gw_id))
         password = new_password()
-        await self.broker.grant(gw_id, password)  # re-creates the client: the session is cut
+        await self.broker.grant(account, password)  # re-creates the client: the session is cut
         async with self.store.transaction() as s:
             await _live_gateway(s, gw_id)
             await self.store.cut_off(s, gw_id, _now())
             s.add(audit_row(by, "gateway.credentials", f"gateway:{gw_id}", None))
-        return Issued(await self.gateway(gw_id), password)
+        return Issued(await self.gateway(gw_id), account.username, password)
 
     async def retire_gateway(self, gw_id: str, by: Principal) -> GatewayView:
         async with self.store.transaction() as s:
-            await _live_gateway(s, gw_id)
-        await self.broker.revoke(gw_id)  # first: cut it off, even if the commit below fails
+            account = _account(await _live_gateway(s, gw_id))
+        await self.broker.revoke(account)  # first: cut it off, even if the commit below fails
         now = _now()
         async with self.store.transaction() as s:
             gw = await _live_gateway(s, gw_id)
@@ -415,6 +417,10 @@ def _apply_fields(row: Device, req: DeviceFields) -> None:
             setattr(row, name, value)
     if req.install_date is not None:
         row.install_date = req.install_date.isoformat()
+
+
+def _account(gw: Gateway) -> Account:
+    return Account.of(gw.id, (gw.settings or {}).get("mqtt"))
 
 
 def _blank_gateway(s: AsyncSession, gw_id: str) -> Gateway:

@@ -22,7 +22,7 @@ class Request(BaseModel):
 
 
 class GatewayCreate(Request):
-    id: str = Field(pattern=_GW_ID, max_length=128, description="Gateway id; its MQTT username.")
+    id: str = Field(pattern=_GW_ID, max_length=128, description="Gateway id; broker user gw-<id>.")
     name: str = Field(default="", max_length=200)
     location: Location = Field(default_factory=Location)
     buses: list[Bus] = Field(default_factory=list, description="Its field buses.")

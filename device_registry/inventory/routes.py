@@ -216,7 +216,7 @@ async def rotate_credentials(request: web.Request) -> web.Response:
 
 def _with_password(issued: Issued) -> dict[str, Any]:
     body = issued.gateway.model_dump(mode="json")
-    body["mqtt"] = {"username": issued.gateway.id, "password": issued.password,
+    body["mqtt"] = {"username": issued.username, "password": issued.password,
                     "note": "the password is shown this once; the registry keeps no copy"}  # fmt: skip
     return body
 
