@@ -31,10 +31,13 @@ test-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+# lint-imports checks the import rule (pyproject.toml [tool.importlinter]): a back-pointing import
+# fails here, and so `make test`
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo
 
 # pytest exits 5 when a selection (PYTEST_ARGS="-k ...") matched no test: say so, don't fail
 test: venv test-deps lint
@@ -45,4 +48,4 @@ bench: venv test-deps
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) var test-artifacts .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var test-artifacts .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -3,17 +3,33 @@ pipeline, the uplink and the drivers keep anyway (``gridwatch.ground.metrics``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
+from drivers.base import Driver
+from edge.outbox import Outbox
+from edge.pipeline import Pipeline
+from edge.uplink import Uplink
 from gridwatch.ground.metrics import counter, gauge, registry_of
 
-if TYPE_CHECKING:
-    from edge.app import EdgeAgent
+
+class MeteredAgent(Protocol):
+    """What the metrics read of the edge agent: its parts, not the composition root that builds
+    them (which imports this module; the import rule forbids the reverse)."""
+
+    @property
+    def drivers(self) -> Mapping[str, Driver]: ...
+    @property
+    def outbox(self) -> Outbox: ...
+    @property
+    def pipeline(self) -> Pipeline: ...
+    @property
+    def uplink(self) -> Uplink: ...
 
 
-def edge_registry(agent: EdgeAgent) -> CollectorRegistry:
+def edge_registry(agent: MeteredAgent) -> CollectorRegistry:
     def per_device(field: str) -> dict[str, float]:
         return {h.device: float(getattr(h, field)) for d in agent.drivers.values()
                 for h in d.health()}  # fmt: skip

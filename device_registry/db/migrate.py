@@ -6,20 +6,21 @@ A database made before migrations existed (tables created straight from the mode
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, MetaData, inspect, text
 
+from gridwatch.ground.shipped import shipped
+
 BASELINE = "r0001"
-_HERE = Path(__file__).resolve().parent / "migrations"
+# package data (env.py, script.py.mako, versions/), so an installed registry migrates too
+_SCRIPTS = shipped("device_registry.db.migrations")
 
 
 def alembic_config(connection: Connection, metadata: MetaData | None = None) -> Config:
     cfg = Config()
-    cfg.set_main_option("script_location", str(_HERE))
+    cfg.set_main_option("script_location", str(_SCRIPTS))
     cfg.attributes["connection"] = connection
     if metadata is not None:
         cfg.attributes["metadata"] = metadata

@@ -7,13 +7,13 @@ token), so the dashboard sees exactly what that token's role may see.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from aiohttp import web
 
 from device_registry.http.auth import public
+from gridwatch.ground.shipped import shipped
 
-STATIC = Path(__file__).resolve().parent / "static"
+# package data, so an installed registry serves the same files as a checkout
+STATIC = shipped("device_registry.http", "static")
 
 
 @public

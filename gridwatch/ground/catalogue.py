@@ -11,8 +11,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from firmware_configs import CATALOGUE
 from gridwatch.ground.contract import Severity
 from gridwatch.ground.profiles import Strict
+from gridwatch.ground.shipped import firmware
 from gridwatch.ground.yamlconf import (
     ConfigError,
     ConfigProblem,
@@ -110,4 +112,5 @@ def load_catalogue(root: Path | str) -> Catalogue:
 
 
 def default_catalogue_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "firmware_configs" / "catalogue"
+    """The catalogue layers gridwatch ships (package data, wherever gridwatch is installed)."""
+    return firmware(CATALOGUE)

@@ -12,8 +12,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from firmware_configs import PROFILES
 from gridwatch.ground.contract import DEFAULT_PREFIX, Location
 from gridwatch.ground.profiles import ModbusProfile, MqttProfile, Rule, Strict, load_profiles
+from gridwatch.ground.shipped import firmware
 from gridwatch.ground.yamlconf import ConfigError, ConfigProblem, KeyPath, line_map, load_model
 
 
@@ -135,7 +137,8 @@ def _line(lines: dict[KeyPath, int], at: KeyPath) -> int | None:
 
 
 def default_profiles_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "firmware_configs" / "profiles"
+    """The profiles gridwatch ships (package data, wherever gridwatch is installed)."""
+    return firmware(PROFILES)
 
 
 def resolve(

@@ -157,7 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="sub", required=True
     )
     check = cfg.add_parser("check", help="validate profiles and gateway configs")
-    check.add_argument("files", nargs="+", help="YAML files or folders")
+    check.add_argument(
+        "files",
+        nargs="*",
+        help="YAML files or folders; none: the shipped profiles, gateways, catalogue",
+    )
     check.add_argument("--schema-dir", default=None, help="also write JSON Schemas here")
 
     from gridwatch.top.installer import add_parsers  # argparse only: no I/O modules load
@@ -169,7 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="a simulated district, end to end, on this machine")
     demo.add_argument("--duration", type=float, default=0, help="stop after N seconds (0: never)")
-    demo.add_argument("--workdir", default="var/demo", help="where state and logs go")
+    demo.add_argument(
+        "--workdir",
+        default="var/demo",
+        help="where state and logs go (relative: to this directory)",
+    )
     demo.add_argument("--speedup", type=float, default=1.0, help="run the rain event faster")
     return parser
 

@@ -1,8 +1,9 @@
-"""``gridwatch config check FILE...``: validate profiles and gateway configs, export JSON Schema.
+"""``gridwatch config check [FILE...]``: validate profiles and gateway configs, export JSON Schema.
 
-A file is a profile or a catalogue layer when its top-level key says so, else a gateway config. Every problem of
-every file is printed as ``file:line: key -> path: message``; the exit code is 0 when all are
-valid, 1 otherwise.
+A file is a profile or a catalogue layer when its top-level key says so, else a gateway config. Every
+problem of every file is printed as ``file:line: key -> path: message``; the exit code is 0 when all
+are valid, 1 otherwise. With no FILE it checks what this installation ships (``SHIPPED``), so an
+installed gridwatch can vouch for its own data.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
+from firmware_configs import CATALOGUE, GATEWAYS, PROFILES
 from gridwatch.ground.catalogue import CatalogueFile
 from gridwatch.ground.gatewayconf import GatewayConfig, load_gateway
 from gridwatch.ground.profiles import ProfileFile, load_profile
+from gridwatch.ground.shipped import firmware
 from gridwatch.ground.yamlconf import ConfigError, iter_yaml_files, load_model
 
 SCHEMAS: dict[str, type[BaseModel]] = {
@@ -26,10 +29,14 @@ SCHEMAS: dict[str, type[BaseModel]] = {
 }
 
 
+# the shipped folders checked when no file is named
+SHIPPED = (PROFILES, GATEWAYS, CATALOGUE)
+
+
 def _files(args: list[str]) -> list[Path]:
+    roots = [Path(a) for a in args] or [firmware(folder) for folder in SHIPPED]
     out: list[Path] = []
-    for a in args:
-        p = Path(a)
+    for p in roots:
         out.extend(iter_yaml_files(p) if p.is_dir() else [p])
     return out
 

@@ -4,6 +4,9 @@ Starts the same processes a city runs, as child processes: the central platform 
 and, since no broker is configured, an embedded MQTT broker), a field of simulated sensors, and one
 edge agent polling them. It prints where to look and every alert the city platform receives. A
 simulated rain event raises a water-level alert within the first minute. Ctrl-C stops everything.
+
+Its gateway config is the shipped ``firmware_configs/gateways/demo.yaml``; its state and logs go to
+``--workdir`` (``var/demo`` under the current directory), never into the installed package.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ from typing import IO
 import aiomqtt
 import yaml
 
+from firmware_configs import GATEWAYS
 from gridwatch.ground.contract import PlatformAlert, Topics
-
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "firmware_configs" / "gateways" / "demo.yaml"
+from gridwatch.ground.shipped import firmware
 
 
 def _port(preferred: int) -> int:
@@ -42,7 +45,7 @@ def _port(preferred: int) -> int:
 
 
 def _write_config(workdir: Path, mqtt_port: int, modbus_port: int) -> Path:
-    cfg = yaml.safe_load(DEMO_CONFIG.read_text())
+    cfg = yaml.safe_load((firmware(GATEWAYS) / "demo.yaml").read_text())
     cfg["mqtt"]["port"] = mqtt_port
     cfg["mqtt"]["protocol"] = "3.1.1"  # the embedded broker speaks 3.1.1 only
     cfg["outbox"]["path"] = str(workdir / "edge" / "outbox.db")

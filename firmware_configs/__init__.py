@@ -1,0 +1,17 @@
+"""The data gridwatch ships: device profiles, gateway configs, the event catalogue, JSON Schemas.
+
+This folder is a package, holding nothing but data and the names of its folders, so that a wheel
+carries it and an installed gridwatch finds it with ``importlib.resources`` (see
+``gridwatch.ground.shipped``), while in the repository it stays the plain folder that people read,
+edit and point ``gridwatch config check`` at. Walking up from a source file to find it works only in
+a checkout; a package works wherever pip puts it.
+"""
+
+PROFILES = "profiles"
+GATEWAYS = "gateways"
+CATALOGUE = "catalogue"
+SCHEMA = "schema"
+
+FOLDERS = (PROFILES, GATEWAYS, CATALOGUE, SCHEMA)
+
+__all__ = ["CATALOGUE", "FOLDERS", "GATEWAYS", "PROFILES", "SCHEMA"]
