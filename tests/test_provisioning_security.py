@@ -30,6 +30,7 @@ from device_registry.inventory.configgen import Uplink
 from device_registry.inventory.downlink import BrokerSettings
 from device_registry.inventory.provisioning import Account, refusal, refused_login
 from device_registry.inventory.routes import INSTALLERS, InstallerSettings
+from gridwatch.top.cli import build_parser
 from tests._central_helpers import batch, bridge_config, bridge_on, now_ms, reading, until
 from tests.conftest import ADMIN_TOKEN
 from tests.services import Mosquitto, free_port
@@ -446,3 +447,21 @@ async def test_a_dynsec_file_mosquitto_cannot_read_is_said_in_words(
 def test_which_connacks_are_a_refused_login(code: int, words: str | None) -> None:
     said = refused_login("admin", "h:1", code)
     assert (said is None) if words is None else (said is not None and words in said)
+
+
+@pytest.mark.parametrize(
+    ("bridge_id", "ok"),
+    [("gridwatch-bridge", True), ("bridge-north", True), ("gridwatch-edgy", True),
+     ("gridwatch-edge-x", False), ("gridwatch-edge-", False), ("", False)],
+)  # fmt: skip
+def test_a_bridge_id_in_the_gateways_client_id_space_is_refused(
+    bridge_id: str, ok: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = build_parser()
+    argv = ["bridge", "run", "--bridge-id", bridge_id]
+    if ok:
+        assert parser.parse_args(argv).bridge_id == bridge_id
+        return
+    with pytest.raises(SystemExit):
+        parser.parse_args(argv)
+    assert "the client ids of gateways" in capsys.readouterr().err
