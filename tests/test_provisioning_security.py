@@ -28,7 +28,7 @@ from device_registry import RegistryStore
 from device_registry.http.app import build_app, serving
 from device_registry.inventory.configgen import Uplink
 from device_registry.inventory.downlink import BrokerSettings
-from device_registry.inventory.provisioning import Account, refusal, refused_login
+from device_registry.inventory.provisioning import Account, issued_ms, refusal, refused_login
 from device_registry.inventory.routes import INSTALLERS, InstallerSettings
 from gridwatch.top.cli import build_parser
 from tests._central_helpers import batch, bridge_config, bridge_on, now_ms, reading, until
@@ -465,3 +465,46 @@ def test_a_bridge_id_in_the_gateways_client_id_space_is_refused(
     with pytest.raises(SystemExit):
         parser.parse_args(argv)
     assert "the client ids of gateways" in capsys.readouterr().err
+
+
+async def test_two_registrations_of_one_id_at_once_leave_one_working_account(
+    dynsec_broker: SecureBroker, prefix: str, tmp_path: Path
+) -> None:
+    b, ca = dynsec_broker, dynsec_broker.certs.ca
+    async with registry(tmp_path, installer_settings(b, prefix)) as reg:
+
+        async def register() -> tuple[int, Any]:
+            async with reg.http.post(reg.url + "/api/v1/gateways", json={"id": "dup"}) as r:
+                return r.status, await r.json()
+
+        answers = sorted(await asyncio.gather(register(), register()), key=lambda a: a[0])
+        assert [status for status, _ in answers] == [201, 409]
+        won, lost = answers[0][1], answers[1][1]
+        assert "'dup' is" in lost["detail"], lost
+        assert not await connect_refused(b.tls_port, "gw-dup", won["mqtt"]["password"], ca,
+                                         "gridwatch-edge-dup")  # fmt: skip
+        await reg.call("GET", "/api/v1/gateways/dup")
+
+
+async def test_an_account_left_by_a_registration_that_failed_half_way_is_replaced(
+    dynsec_broker: SecureBroker, prefix: str, tmp_path: Path
+) -> None:
+    b, ca = dynsec_broker, dynsec_broker.certs.ca
+    async with registry(tmp_path, installer_settings(b, prefix)) as reg:
+        await reg.call("POST", "/api/v1/gateways", {"id": "first"}, status=201)  # makes the group
+        # what a registry that crashed between the broker and its commit leaves behind
+        dynsec_ctl(b, "createClient", "gw-left", "-p", "stale-pw")
+        dynsec_ctl(b, "addGroupClient", "gridwatch-gateways", "gw-left")
+        issued = await reg.call("POST", "/api/v1/gateways", {"id": "left"}, status=201)
+        password = issued["mqtt"]["password"]
+        assert await connect_refused(b.tls_port, "gw-left", "stale-pw", ca, "gridwatch-edge-left")
+        assert not await connect_refused(b.tls_port, "gw-left", password, ca, "gridwatch-edge-left")
+
+
+@pytest.mark.parametrize(
+    ("textname", "issued"),
+    [("gridwatch gateway account, issued at 1700000000000", 1_700_000_000_000),
+     (None, 0), ("", 0), ("made by hand", 0), ("gridwatch gateway account, issued at soon", 0)],
+)  # fmt: skip
+def test_when_the_registry_made_an_account(textname: str | None, issued: int) -> None:
+    assert issued_ms({"textname": textname}) == issued
