@@ -247,10 +247,12 @@ async def test_a_leaked_password_is_rotated_the_old_one_stops_at_once(
 # ---- issue 16: the broker namespace the registry owns, and client ids bound to accounts ----
 
 
-def dynsec_ctl(b: SecureBroker, *argv: str) -> None:
-    """What the broker's administrator does by hand, with ``mosquitto_ctrl``."""
-    subprocess.run(["mosquitto_ctrl", "-h", "127.0.0.1", "-p", str(b.mq.port), "-u", ADMIN_USER,
-                    "-P", ADMIN_PASSWORD, "dynsec", *argv], check=True, capture_output=True)  # fmt: skip
+def dynsec_ctl(b: SecureBroker, *argv: str) -> str:
+    """What the broker's administrator does by hand, with ``mosquitto_ctrl``; what it printed."""
+    done = subprocess.run(["mosquitto_ctrl", "-h", "127.0.0.1", "-p", str(b.mq.port), "-u",
+                           ADMIN_USER, "-P", ADMIN_PASSWORD, "dynsec", *argv], check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    return done.stdout + done.stderr
 
 
 async def test_an_installer_cannot_take_over_or_delete_an_account_it_did_not_make(
@@ -277,6 +279,15 @@ async def test_an_installer_cannot_take_over_or_delete_an_account_it_did_not_mak
             assert "'gw-city' exists and was not made by this registry" in await r.text()
         await reg.call("GET", "/api/v1/gateways/city", status=404)  # nothing registered
         assert not await connect_refused(b.mq.port, "gw-city", "city-pw", None)  # untouched
+
+        # a role of that name with wider rights is not handed to a gateway either
+        dynsec_ctl(b, "createRole", "gw-wide")
+        dynsec_ctl(b, "addRoleACL", "gw-wide", "subscribePattern", "#", "allow")
+        async with reg.http.post(reg.url + "/api/v1/gateways", json={"id": "wide"}) as r:
+            assert r.status == 409
+            assert "role 'gw-wide' exists with other rights" in await r.text()
+        assert "not found" in dynsec_ctl(b, "getClient", "gw-wide").lower()  # nothing made
+        assert "subscribePattern" in dynsec_ctl(b, "getRole", "gw-wide")  # nor changed
 
 
 async def connect_code(port: int, user: str, password: str, client_id: str, ca: Path) -> int:
