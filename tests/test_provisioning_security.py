@@ -28,8 +28,9 @@ from device_registry import RegistryStore
 from device_registry.http.app import build_app, serving
 from device_registry.inventory.configgen import Uplink
 from device_registry.inventory.downlink import BrokerSettings
-from device_registry.inventory.provisioning import Account, refusal, refused_login
+from device_registry.inventory.provisioning import Account, issued_ms, refusal, refused_login
 from device_registry.inventory.routes import INSTALLERS, InstallerSettings
+from gridwatch.top.cli import build_parser
 from tests._central_helpers import batch, bridge_config, bridge_on, now_ms, reading, until
 from tests.conftest import ADMIN_TOKEN
 from tests.services import Mosquitto, free_port
@@ -246,10 +247,12 @@ async def test_a_leaked_password_is_rotated_the_old_one_stops_at_once(
 # ---- issue 16: the broker namespace the registry owns, and client ids bound to accounts ----
 
 
-def dynsec_ctl(b: SecureBroker, *argv: str) -> None:
-    """What the broker's administrator does by hand, with ``mosquitto_ctrl``."""
-    subprocess.run(["mosquitto_ctrl", "-h", "127.0.0.1", "-p", str(b.mq.port), "-u", ADMIN_USER,
-                    "-P", ADMIN_PASSWORD, "dynsec", *argv], check=True, capture_output=True)  # fmt: skip
+def dynsec_ctl(b: SecureBroker, *argv: str) -> str:
+    """What the broker's administrator does by hand, with ``mosquitto_ctrl``; what it printed."""
+    done = subprocess.run(["mosquitto_ctrl", "-h", "127.0.0.1", "-p", str(b.mq.port), "-u",
+                           ADMIN_USER, "-P", ADMIN_PASSWORD, "dynsec", *argv], check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    return done.stdout + done.stderr
 
 
 async def test_an_installer_cannot_take_over_or_delete_an_account_it_did_not_make(
@@ -276,6 +279,15 @@ async def test_an_installer_cannot_take_over_or_delete_an_account_it_did_not_mak
             assert "'gw-city' exists and was not made by this registry" in await r.text()
         await reg.call("GET", "/api/v1/gateways/city", status=404)  # nothing registered
         assert not await connect_refused(b.mq.port, "gw-city", "city-pw", None)  # untouched
+
+        # a role of that name with wider rights is not handed to a gateway either
+        dynsec_ctl(b, "createRole", "gw-wide")
+        dynsec_ctl(b, "addRoleACL", "gw-wide", "subscribePattern", "#", "allow")
+        async with reg.http.post(reg.url + "/api/v1/gateways", json={"id": "wide"}) as r:
+            assert r.status == 409
+            assert "role 'gw-wide' exists with other rights" in await r.text()
+        assert "not found" in dynsec_ctl(b, "getClient", "gw-wide").lower()  # nothing made
+        assert "subscribePattern" in dynsec_ctl(b, "getRole", "gw-wide")  # nor changed
 
 
 async def connect_code(port: int, user: str, password: str, client_id: str, ca: Path) -> int:
@@ -446,3 +458,64 @@ async def test_a_dynsec_file_mosquitto_cannot_read_is_said_in_words(
 def test_which_connacks_are_a_refused_login(code: int, words: str | None) -> None:
     said = refused_login("admin", "h:1", code)
     assert (said is None) if words is None else (said is not None and words in said)
+
+
+@pytest.mark.parametrize(
+    ("bridge_id", "ok"),
+    [("gridwatch-bridge", True), ("bridge-north", True), ("gridwatch-edgy", True),
+     ("gridwatch-edge-x", False), ("gridwatch-edge-", False), ("", False)],
+)  # fmt: skip
+def test_a_bridge_id_in_the_gateways_client_id_space_is_refused(
+    bridge_id: str, ok: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = build_parser()
+    argv = ["bridge", "run", "--bridge-id", bridge_id]
+    if ok:
+        assert parser.parse_args(argv).bridge_id == bridge_id
+        return
+    with pytest.raises(SystemExit):
+        parser.parse_args(argv)
+    assert "the client ids of gateways" in capsys.readouterr().err
+
+
+async def test_two_registrations_of_one_id_at_once_leave_one_working_account(
+    dynsec_broker: SecureBroker, prefix: str, tmp_path: Path
+) -> None:
+    b, ca = dynsec_broker, dynsec_broker.certs.ca
+    async with registry(tmp_path, installer_settings(b, prefix)) as reg:
+
+        async def register() -> tuple[int, Any]:
+            async with reg.http.post(reg.url + "/api/v1/gateways", json={"id": "dup"}) as r:
+                return r.status, await r.json()
+
+        answers = sorted(await asyncio.gather(register(), register()), key=lambda a: a[0])
+        assert [status for status, _ in answers] == [201, 409]
+        won, lost = answers[0][1], answers[1][1]
+        assert "'dup' is" in lost["detail"], lost
+        assert not await connect_refused(b.tls_port, "gw-dup", won["mqtt"]["password"], ca,
+                                         "gridwatch-edge-dup")  # fmt: skip
+        await reg.call("GET", "/api/v1/gateways/dup")
+
+
+async def test_an_account_left_by_a_registration_that_failed_half_way_is_replaced(
+    dynsec_broker: SecureBroker, prefix: str, tmp_path: Path
+) -> None:
+    b, ca = dynsec_broker, dynsec_broker.certs.ca
+    async with registry(tmp_path, installer_settings(b, prefix)) as reg:
+        await reg.call("POST", "/api/v1/gateways", {"id": "first"}, status=201)  # makes the group
+        # what a registry that crashed between the broker and its commit leaves behind
+        dynsec_ctl(b, "createClient", "gw-left", "-p", "stale-pw")
+        dynsec_ctl(b, "addGroupClient", "gridwatch-gateways", "gw-left")
+        issued = await reg.call("POST", "/api/v1/gateways", {"id": "left"}, status=201)
+        password = issued["mqtt"]["password"]
+        assert await connect_refused(b.tls_port, "gw-left", "stale-pw", ca, "gridwatch-edge-left")
+        assert not await connect_refused(b.tls_port, "gw-left", password, ca, "gridwatch-edge-left")
+
+
+@pytest.mark.parametrize(
+    ("textname", "issued"),
+    [("gridwatch gateway account, issued at 1700000000000", 1_700_000_000_000),
+     (None, 0), ("", 0), ("made by hand", 0), ("gridwatch gateway account, issued at soon", 0)],
+)  # fmt: skip
+def test_when_the_registry_made_an_account(textname: str | None, issued: int) -> None:
+    assert issued_ms({"textname": textname}) == issued

@@ -11,6 +11,12 @@ import pytest
 from gridwatch.top.sim.modbus import SimField
 from tests.fieldkit import gateway_config, running
 from tests.services import Mosquitto
+from tests.test_provisioning_security import (  # noqa: F401 - dynsec_broker: a fixture
+    SecureBroker,
+    dynsec_broker,
+    installer_settings,
+    registry,
+)
 from tests.tls import Certs, make_certs
 
 
@@ -55,3 +61,25 @@ async def test_uplink_is_refused_without_the_right_secrets(
         await agent.uplink.wait_until(lambda u: u.reconnects > 0, within_s=15)
         assert agent.uplink.published == 0
     assert "s3cret-pass" not in caplog.text  # secrets never reach the log
+
+
+async def test_the_edge_logs_in_with_what_the_registry_issued_on_a_dynsec_broker(
+    dynsec_broker: SecureBroker,  # noqa: F811
+    prefix: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The username and client id of the registry's namespace, end to end: the broker binds
+    the account to ``gridwatch-edge-<id>``, so the edge must connect with exactly that id."""
+    b = dynsec_broker
+    async with registry(tmp_path, installer_settings(b, prefix)) as reg:
+        issued = await reg.call("POST", "/api/v1/gateways", {"id": "gw-futian-01"}, status=201)
+        generated = (await reg.call("GET", "/api/v1/gateways/gw-futian-01/config"))["mqtt"]
+        assert generated["username"] == issued["mqtt"]["username"] == "gw-gw-futian-01"
+        monkeypatch.setenv(generated["password_env"], issued["mqtt"]["password"])
+        mqtt = {k: generated[k] for k in ("host", "port", "username", "password_env", "tls",
+                                          "ca_file")}  # fmt: skip
+        cfg, devices, _ = gateway_config(tmp_path, generated["port"], prefix, **mqtt)
+        async with SimField(devices, update_s=3600), running(cfg, devices) as agent:
+            await agent.uplink.wait_until(lambda u: u.published > 0, within_s=15)
+            assert agent.uplink.reconnects == 0

@@ -27,6 +27,8 @@ group, so it is the registry's from then on. The registry's own user gets the
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +45,13 @@ GATEWAY_GROUP = "gridwatch-gateways"
 USERNAME_PREFIX = "gw-"
 EDGE_CLIENT_PREFIX = "gridwatch-edge-"
 _ACL_TYPES = ("publishClientSend", "publishClientReceive", "subscribePattern", "unsubscribePattern")
-_TOLERATED = ("already", "not found")
+_TOLERATED = {"createGroup": "already", "createRole": "already", "addClientRole": "already",
+              "deleteClient": "not found", "deleteRole": "not found"}  # fmt: skip
+"""The errors of an idempotent step that mean it was done already."""
+IN_FLIGHT_MS = 60_000
+"""An account of ours younger than this, for a gateway not registered yet, belongs to a
+registration in progress (grant to commit takes seconds); older, one that failed half-way."""
+_ISSUED = "gridwatch gateway account, issued at "
 
 
 def username_for(gateway: str) -> str:
@@ -120,19 +128,29 @@ def refusal(
     return None
 
 
-def grant_commands(prefix: str, account: Account, password: str) -> list[dict[str, Any]]:
-    """The gateway's role and a fresh client (an earlier one of ours, from a registration that
-    failed half-way or a rotation, is deleted first: its password is not the one being issued,
-    and the delete cuts its live session)."""
+def grant_commands(
+    prefix: str, account: Account, password: str, replace: bool, now_ms: int
+) -> list[dict[str, Any]]:
+    """The gateway's role and a fresh client. ``replace``: an earlier client of ours (a rotation,
+    or a registration that failed half-way) is deleted first, which cuts its live session;
+    otherwise creating the client fails if it exists, which the broker decides atomically, so
+    two registrations of one id at once cannot both get in."""
     role = role_name(account.gateway)
     return [
         {"command": "createGroup", "groupname": GATEWAY_GROUP},
         {"command": "createRole", "rolename": role, "acls": gateway_acls(prefix, account.gateway)},
-        {"command": "deleteClient", "username": account.username},
+        *([{"command": "deleteClient", "username": account.username}] if replace else []),
         {"command": "createClient", "username": account.username, "password": password,
          "clientid": client_id_for(account.gateway), "roles": [{"rolename": role}],
-         "groups": [{"groupname": GATEWAY_GROUP}]},
+         "groups": [{"groupname": GATEWAY_GROUP}], "textname": f"{_ISSUED}{now_ms}"},
     ]  # fmt: skip
+
+
+def issued_ms(client: dict[str, Any]) -> int:
+    """When the registry made this client (0: unknown, e.g. made by an older registry)."""
+    text = str(client.get("textname") or "")
+    stamp = text.removeprefix(_ISSUED)
+    return int(stamp) if text.startswith(_ISSUED) and stamp.isdigit() else 0
 
 
 def revoke_commands(account: Account) -> list[dict[str, Any]]:
@@ -156,7 +174,8 @@ def failures(commands: list[dict[str, Any]], responses: list[dict[str, Any]]) ->
     out = []
     for cmd, resp in zip(commands, responses, strict=True):
         error = str(resp.get("error", ""))
-        if error and not any(t in error.lower() for t in _TOLERATED):
+        done_already = _TOLERATED.get(cmd["command"])
+        if error and not (done_already and done_already in error.lower()):
             out.append(f"{cmd['command']}: {error}")
     return out
 
@@ -185,8 +204,10 @@ def refused_login(username: str | None, where: str, code: int) -> str | None:
 class DynsecAccess:
     """``BrokerAccess`` through the dynamic-security plugin."""
 
-    def __init__(self, downlink: Downlink, prefix: str) -> None:
-        self.downlink, self.prefix = downlink, prefix
+    def __init__(
+        self, downlink: Downlink, prefix: str, clock: Callable[[], int] = lambda: _now_ms()
+    ) -> None:
+        self.downlink, self.prefix, self.clock = downlink, prefix, clock
 
     async def _run(self, commands: list[dict[str, Any]], what: str, setup: bool = False) -> None:
         responses = await self.downlink.control(commands, setup)
@@ -194,8 +215,9 @@ class DynsecAccess:
         if errors:
             raise BrokerUnavailable(f"the broker refused to {what}: {'; '.join(errors)}")
 
-    async def _refuse_foreign(self, account: Account) -> None:
-        """``Conflict`` unless the account and role are absent or the registry's own."""
+    async def _refuse_foreign(self, account: Account) -> dict[str, Any] | None:
+        """``Conflict`` unless the account and role are absent or the registry's own; the
+        client found (None: there is none)."""
         client, role = await self.downlink.control(inspect_commands(account))
         found_client = client.get("data", {}).get("client") if "error" not in client else None
         found_role = role.get("data", {}).get("role") if "error" not in role else None
@@ -203,10 +225,24 @@ class DynsecAccess:
         if why is not None:
             logger.warning("broker: refused to change an account of someone else: %s", why)
             raise Conflict(why)
+        return found_client
 
-    async def grant(self, account: Account, password: str) -> None:
-        await self._refuse_foreign(account)
-        await self._run(grant_commands(self.prefix, account, password), f"admit {account.gateway}")
+    async def grant(self, account: Account, password: str, replace: bool) -> None:
+        """``replace``: the gateway is registered and this is its new password; otherwise a new
+        registration, which an account of ours still in use by another one must not replace."""
+        found = await self._refuse_foreign(account)
+        now = self.clock()
+        if found is not None and not replace and now - issued_ms(found) < IN_FLIGHT_MS:
+            raise _in_flight(account)
+        replace = replace or found is not None  # a registration that failed half-way: replace
+        commands = grant_commands(self.prefix, account, password, replace, now)
+        responses = await self.downlink.control(commands)
+        if "already" in str(responses[-1].get("error", "")).lower():
+            raise _in_flight(account)  # another registration created it since we looked
+        errors = failures(commands, responses)
+        if errors:
+            raise BrokerUnavailable(f"the broker refused to admit {account.gateway}: "
+                                    f"{'; '.join(errors)}")  # fmt: skip
         logger.info(
             "broker: gateway %s admitted as %s (client id %s), confined to %s/gw/%s/#",
             account.gateway, account.username, client_id_for(account.gateway), self.prefix,
@@ -235,6 +271,17 @@ class DynsecAccess:
             logger.info("broker: %s given the %s role", username, CENTRAL_ROLE)
 
 
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _in_flight(account: Account) -> Conflict:
+    return Conflict(
+        f"gateway {account.gateway!r} is being registered by another request right now; if "
+        f"that one failed, try again in {IN_FLIGHT_MS // 1000} s"
+    )
+
+
 class NoBrokerAccess:
     """No broker control configured (e.g. the embedded demo broker): credentials are issued and
     recorded, but the broker does not check them. Said once, loudly."""
@@ -248,7 +295,7 @@ class NoBrokerAccess:
                            "registered but the broker does not confine or revoke them")  # fmt: skip
             self._warned = True
 
-    async def grant(self, account: Account, password: str) -> None:
+    async def grant(self, account: Account, password: str, replace: bool) -> None:
         self._warn()
 
     async def revoke(self, account: Account) -> None:

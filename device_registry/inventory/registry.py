@@ -64,7 +64,7 @@ class _RollBack(Exception):
 class BrokerAccess(Protocol):
     """Gateways' credentials and confinement in the broker (``provisioning.py``)."""
 
-    async def grant(self, account: Account, password: str) -> None: ...
+    async def grant(self, account: Account, password: str, replace: bool) -> None: ...
     async def revoke(self, account: Account) -> None: ...
 
 
@@ -104,7 +104,9 @@ class Registry:
         async with self.store.transaction() as s:
             await self._refuse_registered_gateway(s, req.id)
         password, account = new_password(), Account(req.id, username_for(req.id))
-        await self.broker.grant(account, password)  # BrokerUnavailable, Conflict: nothing done
+        # BrokerUnavailable, Conflict (a foreign account; the same id registered at this moment
+        # by another request): nothing was changed
+        await self.broker.grant(account, password, replace=False)
         try:
             async with self.store.transaction() as s:
                 await self._refuse_registered_gateway(s, req.id)
@@ -166,7 +168,7 @@ class Registry:
         async with self.store.transaction() as s:
             account = _account(await _live_gateway(s, gw_id))
         password = new_password()
-        await self.broker.grant(account, password)  # re-creates the client: the session is cut
+        await self.broker.grant(account, password, replace=True)  # the session is cut
         async with self.store.transaction() as s:
             await _live_gateway(s, gw_id)
             await self.store.cut_off(s, gw_id, _now())

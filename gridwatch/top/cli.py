@@ -36,6 +36,19 @@ COMMANDS: dict[tuple[str, ...], str] = {
 }
 
 
+def _bridge_id(value: str) -> str:
+    # the centre's sessions are not bound to their accounts: an id in the gateways' space would
+    # let gateway "<rest>-telemetry", bound to gridwatch-edge-<rest>-telemetry, take one over
+    from device_registry.inventory.provisioning import EDGE_CLIENT_PREFIX
+
+    if value.startswith(EDGE_CLIENT_PREFIX) or not value:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a bridge id: it must not be empty or start with "
+            f"{EDGE_CLIENT_PREFIX!r}, the client ids of gateways (docs/security.md)"
+        )
+    return value
+
+
 def _central_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default="var/central", help="SQLite files and state")
     p.add_argument("--http-host", default="127.0.0.1", help="registry API listen address")
@@ -51,7 +64,9 @@ def _central_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--bridge-id",
         default="gridwatch-bridge",
-        help="bridge's MQTT client id (its persistent session); unique per bridge",
+        type=_bridge_id,
+        help="prefix of the centre's MQTT client ids (-telemetry, -events, -registry, "
+        "-platform); unique per bridge; not gridwatch-edge-*, the gateways' ids",
     )
     p.add_argument(
         "--mqtt-protocol",
