@@ -158,7 +158,9 @@ def format_alert(payload: bytes) -> str:
     )
 
 
-async def _wait_port(port: int, demo: Demo, name: str, within_s: float = 20) -> None:
+# a child that dies is noticed at once (check_children); the deadline only bounds a slow start,
+# and a busy two-core box has taken over 20 s to import and start the central platform
+async def _wait_port(port: int, demo: Demo, name: str, within_s: float = 60) -> None:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         problem = demo.check_children()
