@@ -56,13 +56,16 @@ OTHERS = [
 
 
 async def test_twenty_writers_racing_for_one_new_place_make_one_row_each(
-    store: RegistryStore,
+    store: RegistryStore, registry_url: str
 ) -> None:
     writers = 20
     start = asyncio.Barrier(writers)
+    # a second store on the same database: its own engine and connections, as another
+    # registry or bridge process has
+    other = await RegistryStore.open(registry_url)
 
     async def one(i: int) -> dict[PlaceKey, int]:
-        async with store.transaction() as s:
+        async with (store if i % 4 < 2 else other).transaction() as s:
             await start.wait()  # all at once, each in its own transaction
             if i % 2:
                 site = await resolve_site(s, SAME)
@@ -73,7 +76,10 @@ async def test_twenty_writers_racing_for_one_new_place_make_one_row_each(
             k = i // 2 % len(places)
             return await resolve_sites(s, places[k:] + places[:k])
 
-    results = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(writers))), 60)
+    try:
+        results = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(writers))), 60)
+    finally:
+        await other.close()
     ids: dict[PlaceKey, set[int]] = {}
     for found in results:
         for key, site in found.items():
