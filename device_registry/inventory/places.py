@@ -27,6 +27,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from device_registry.db.tables import Base, District, GridCell, Site, Street
+from device_registry.errors import StoreRejected
 from gridwatch.ground.contract import Location
 
 PlaceKey = tuple[str, str, str]
@@ -76,8 +77,10 @@ async def _site_id(s: AsyncSession, key: PlaceKey) -> int:
     found = await s.scalar(
         select(Site.id).filter_by(district_id=district, street=street, grid=grid)
     )
-    # the insert before it either made the row or met a committed one with this key
-    assert found is not None, f"site {key} neither inserted nor found"
+    if found is None:
+        # the insert before it made the row or met a committed one: only an isolation level
+        # above READ COMMITTED (a snapshot older than the winner's commit) gets here
+        raise StoreRejected(f"site {district}/{street}/{grid}: neither inserted nor found")
     return int(found)
 
 
