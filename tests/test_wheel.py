@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from gridwatch.ground.shipped import firmware, shipped
+from gridwatch.top.cli import main as cli
 
 ROOT = Path(__file__).resolve().parent.parent
 UV = Path(sys.executable).parent / "uv"  # installed by `make venv`
@@ -71,6 +72,17 @@ def test_a_missing_shipped_file_is_named(
 def test_shipped_folders_are_the_checkouts_in_a_checkout() -> None:
     assert firmware("profiles") == ROOT / "firmware_configs" / "profiles"
     assert shipped("device_registry.db.migrations", "script.py.mako").is_file()
+
+
+def test_config_check_without_files_checks_the_shipped_ones(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli(["config", "check"]) == 0
+    checked = sorted(
+        Path(line.removesuffix(": ok")).relative_to(ROOT).as_posix()
+        for line in capsys.readouterr().out.splitlines()
+    )
+    assert checked == SHIPPED_YAML
 
 
 @pytest.fixture(scope="module")

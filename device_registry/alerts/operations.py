@@ -24,11 +24,10 @@ from device_registry.db.tables import (
     AlertOps,
     Device,
     DeviceInfo,
-    District,
     PlatformEvent,
-    Site,
     device_key,
 )
+from device_registry.inventory.places import resolve_site
 from gridwatch.ground.catalogue import Catalogue, default_catalogue_dir, load_catalogue
 from gridwatch.ground.contract import (
     AlertEvent,
@@ -221,15 +220,7 @@ async def _place(s: AsyncSession, device_id: str, loc: Location) -> None:
     device = await s.get(Device, device_id)
     if device is None or device.site_id is not None:
         return
-    if await s.get(District, loc.district) is None:
-        s.add(District(id=loc.district))
-    key = {"district_id": loc.district, "street": loc.street, "grid": loc.grid}
-    site = await s.scalar(select(Site).filter_by(**key))
-    if site is None:
-        site = Site(**key, lat=loc.lat, lon=loc.lon)
-        s.add(site)
-        await s.flush()
-    device.site_id = site.id
+    device.site_id = await resolve_site(s, loc)
 
 
 def _candidate(a: Alert, incident: str | None, stage: str) -> correlation.Candidate:

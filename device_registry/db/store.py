@@ -32,7 +32,6 @@ from device_registry.db.tables import (
     AlertTransition,
     Base,
     Device,
-    District,
     Gateway,
     GatewayHealthRow,
     LatestReading,
@@ -47,7 +46,8 @@ from device_registry.http import views
 from device_registry.http.schemas import AlertView, DeviceView, GatewayView, QuarantineView
 from device_registry.ingest.changes import Changes
 from device_registry.ingest.seqaudit import AuditState, Gap, Span, holes, plan_audit
-from gridwatch.ground.contract import AlertEvent, AlertState, Birth, Death, GatewayHealth, Location
+from device_registry.inventory.places import place_key, resolve_sites
+from gridwatch.ground.contract import AlertEvent, AlertState, Birth, Death, GatewayHealth
 
 logger = logging.getLogger(__name__)
 
@@ -314,6 +314,8 @@ class RegistryStore:
         known = {
             a.alert_id: a for a in await s.scalars(select(Alert).where(Alert.alert_id.in_(ids)))
         }
+        # every place of the batch at once, in key order (places.py: no deadlock between bridges)
+        sites = await resolve_sites(s, (e.location for e in events))
         for ev in events:
             row = known.get(ev.alert_id)
             if row is None:
@@ -322,28 +324,17 @@ class RegistryStore:
             elif ev.ts >= row.updated_at:  # out-of-order replays don't roll the state back
                 _advance_alert(row, ev)
             row.transitions += 1
-            site = await self._ensure_site(s, ev.location)
-            if site is not None:
+            key = place_key(ev.location)
+            if key is not None:
                 await s.execute(
                     update(Device)
                     .where(Device.id == device_key(ev.gateway, ev.device))
-                    .values(site_id=site)
+                    .values(site_id=sites[key])
                 )
         await s.flush()
         rows = [{"msg_id": e.id, "alert_id": e.alert_id, "state": str(e.state), "ts": e.ts,
                  "value": e.value, "received_at": now} for e in events]  # fmt: skip
         await s.execute(self._insert(AlertTransition).on_conflict_do_nothing(), rows)
-
-    async def _ensure_site(self, s: AsyncSession, loc: Location) -> int | None:
-        if not loc.district:
-            return None
-        await s.execute(self._insert(District).values(id=loc.district).on_conflict_do_nothing())
-        key = {"district_id": loc.district, "street": loc.street, "grid": loc.grid}
-        await s.execute(
-            self._insert(Site).values(**key, lat=loc.lat, lon=loc.lon).on_conflict_do_nothing()
-        )
-        site: int | None = await s.scalar(select(Site.id).filter_by(**key))
-        return site
 
     async def _apply_health(self, s: AsyncSession, report: GatewayHealth, now: int) -> None:
         row = await s.get(GatewayHealthRow, report.gateway)

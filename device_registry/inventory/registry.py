@@ -22,12 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from device_registry.db.store import RegistryStore
 from device_registry.db.tables import (
     Device,
-    District,
     Gateway,
     GatewayHealthRow,
-    GridCell,
     Site,
-    Street,
     device_key,
 )
 from device_registry.errors import Conflict, Invalid, NotFound
@@ -44,6 +41,7 @@ from device_registry.inventory.configgen import (
     validate,
 )
 from device_registry.inventory.csvimport import RowReport
+from device_registry.inventory.places import resolve_site, resolve_sites
 from device_registry.inventory.provisioning import Account, username_for
 from device_registry.inventory.requests import (
     DeviceCreate,
@@ -113,7 +111,7 @@ class Registry:
                 gw = await s.get(Gateway, req.id) or _blank_gateway(s, req.id)
                 gw.registered_at, gw.retired_at = _now(), None
                 gw.name, gw.labels = req.name, req.labels
-                gw.site_id = await ensure_site(s, req.location)
+                gw.site_id = await resolve_site(s, req.location)
                 buses = [b.model_dump(mode="json") for b in req.buses]
                 gw.settings = initial_settings(self.uplink, buses, req.id, account.username)
                 gw.config_desired = max(gw.config_desired, gw.config_version) + 1
@@ -143,7 +141,7 @@ class Registry:
             if req.labels is not None:
                 gw.labels = req.labels
             if req.location is not None:
-                gw.site_id = await ensure_site(s, req.location)
+                gw.site_id = await resolve_site(s, req.location)
             if req.buses is not None:
                 settings = dict(gw.settings or {})
                 settings["buses"] = [b.model_dump(mode="json") for b in req.buses]
@@ -293,7 +291,7 @@ class Registry:
             s.add(row)
         row.registered_at = _now()
         _apply_fields(row, req)
-        row.site_id = await ensure_site(s, req.location or Location())
+        row.site_id = await resolve_site(s, req.location or Location())
         await s.flush()
         gw.config_desired += 1
         try:
@@ -314,6 +312,8 @@ class Registry:
         refused: list[RowReport] = []
         try:
             async with self.store.transaction() as s:
+                # every row's place first, in key order (places.py: no deadlock with ingest)
+                await resolve_sites(s, (req.location for _, req in rows if req.location))
                 for line, req in rows:
                     try:
                         await self._add_device(s, req, by)
@@ -333,7 +333,7 @@ class Registry:
             row, gw = await _live_device(s, key)
             _apply_fields(row, req)
             if req.location is not None:
-                row.site_id = await ensure_site(s, req.location)
+                row.site_id = await resolve_site(s, req.location)
             gw.config_desired += 1
             await self._generate(s, gw, focus=row.name)
             s.add(
@@ -459,28 +459,3 @@ def _location(site: Site | None) -> dict[str, Any]:
     loc = {"district": site.district_id, "street": site.street, "grid": site.grid,
            "lat": site.lat, "lon": site.lon}  # fmt: skip
     return {k: v for k, v in loc.items() if v not in ("", None)}
-
-
-async def ensure_site(s: AsyncSession, loc: Location) -> int | None:
-    """The site row for a location (made, with its district, street and grid cell, if new)."""
-    if not loc.district:
-        return None
-    if await s.get(District, loc.district) is None:
-        s.add(District(id=loc.district))
-        await s.flush()
-    if (
-        loc.street
-        and await s.scalar(select(Street.id).filter_by(district_id=loc.district, name=loc.street))
-        is None
-    ):
-        s.add(Street(district_id=loc.district, name=loc.street))
-    if loc.grid and await s.get(GridCell, loc.grid) is None:
-        s.add(GridCell(id=loc.grid, district_id=loc.district))
-    key = {"district_id": loc.district, "street": loc.street, "grid": loc.grid}
-    site_id: int | None = await s.scalar(select(Site.id).filter_by(**key))
-    if site_id is None:
-        site = Site(**key, lat=loc.lat, lon=loc.lon)
-        s.add(site)
-        await s.flush()
-        site_id = site.id
-    return site_id

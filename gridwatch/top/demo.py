@@ -7,6 +7,8 @@ simulated rain event raises a water-level alert within the first minute. Ctrl-C 
 
 Its gateway config is the shipped ``firmware_configs/gateways/demo.yaml``; its state and logs go to
 ``--workdir`` (``var/demo`` under the current directory), never into the installed package.
+Ctrl-C or SIGTERM stops the parts in reverse; on Linux a demo that is killed outright takes them
+with it too (the kernel signals them), so none is left holding the ports and the state folder.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
+import functools
 import os
 import secrets
 import signal
@@ -72,9 +76,10 @@ class Demo:
     async def _spawn(self, name: str, *args: str) -> None:
         log = _log_file(self.workdir / f"{name}.log")
         env = {**os.environ, "GRIDWATCH_ADMIN_TOKEN": self.token}
+        orphan_guard = functools.partial(_die_with_parent, os.getpid())
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gridwatch.top.cli", *args,
-            stdout=log, stderr=log, cwd=self.workdir, env=env,
+            stdout=log, stderr=log, cwd=self.workdir, env=env, preexec_fn=orphan_guard,
         )  # fmt: skip
         self.procs.append((name, proc))
 
@@ -139,6 +144,22 @@ class Demo:
         return None
 
 
+# Linux's prctl(PR_SET_PDEATHSIG): the kernel sends the child this signal when the demo dies, so a
+# demo that is killed (SIGKILL, an OOM kill) leaves no platform, simulator or edge holding its
+# ports and state. Looked up before any fork: the child only makes the call.
+_PR_SET_PDEATHSIG = 1
+_prctl = (
+    getattr(ctypes.CDLL(None, use_errno=True), "prctl", None) if sys.platform == "linux" else None
+)
+
+
+def _die_with_parent(parent: int) -> None:
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the demo died before the call: nobody will signal us
+            os._exit(1)
+
+
 def _log_file(path: Path) -> IO[bytes]:
     return open(path, "ab")  # the child process writes to it until it exits
 
@@ -158,7 +179,9 @@ def format_alert(payload: bytes) -> str:
     )
 
 
-async def _wait_port(port: int, demo: Demo, name: str, within_s: float = 20) -> None:
+# a child that dies is noticed at once (check_children); the deadline only bounds a slow start,
+# and a busy two-core box has taken over 20 s to import and start the central platform
+async def _wait_port(port: int, demo: Demo, name: str, within_s: float = 60) -> None:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         problem = demo.check_children()
