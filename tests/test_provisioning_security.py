@@ -23,7 +23,7 @@ import pytest
 from device_registry.http.app import build_app, serving
 from device_registry.inventory.configgen import Uplink
 from device_registry.inventory.downlink import BrokerSettings
-from device_registry.inventory.routes import INSTALLERS, InstallerSettings
+from device_registry.inventory.wiring import INSTALLERS, InstallerSettings
 from tests.conftest import ADMIN_TOKEN
 from tests.services import Mosquitto, free_port
 from tests.tls import Certs, make_certs

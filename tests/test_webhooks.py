@@ -16,9 +16,9 @@ from typing import Any
 
 from aiohttp import web
 
+from device_registry.delivery.runtime import LEASE, Delivery
 from device_registry.delivery.webhooks import SIGNATURE, TIMESTAMP, RetryPolicy, verify
 from device_registry.http.auth import Role
-from device_registry.http.opsapp import LEASE, Delivery
 from tests._ops_helpers import registry, smoke
 
 SECRET = "s3cret-for-the-city-platform"
