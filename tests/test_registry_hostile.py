@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from device_registry.http.auth import Role
 from device_registry.http.routing import finite
 from gridwatch.ground.contract import Reading
 from tests._ops_helpers import Registry, now_ms, registry, smoke
+from tests.services import Postgres
 
 ECHO = "ECHO" * 600
 """A marker: an error answer must not carry the client's input back whole."""
@@ -154,9 +157,9 @@ async def reg(tmp_path: Path) -> AsyncIterator[Registry]:
         yield r
 
 
-async def _check(r: aiohttp.ClientResponse, what: str) -> tuple[int, Any]:
+async def _check(r: aiohttp.ClientResponse, what: str, worst: int = 499) -> tuple[int, Any]:
     text = await r.text()
-    assert r.status < 500, (what, r.status, text[:300])
+    assert r.status <= worst, (what, r.status, text[:300])
     assert ECHO not in text, (what, "the input is echoed back")
     body = strict_json(text)
     if r.status >= 400:
@@ -245,3 +248,32 @@ async def test_stored_non_finite_values_are_served_as_null(reg: Registry) -> Non
 )
 def test_finite_replaces_non_finite_floats_with_null(value: Any, expected: Any) -> None:
     assert finite(value) == expected
+
+
+async def test_a_database_outage_is_a_503_problem_and_health_says_degraded(
+    tmp_path: Path,
+) -> None:
+    """A crash of the database (immediate stop, not a clean one) under a running API: the API
+    answers 503 problems that say so, /health its own view with a 503; never a 500."""
+    # not under pytest's tmp dir: that is private to root, and the server runs as `postgres`
+    workdir = Path(tempfile.mkdtemp(prefix="gridwatch-pg-outage-"))
+    pg = Postgres(workdir).start()
+    try:
+        url = pg.create_database("outage")
+        async with registry(tmp_path, Delivery(poll_s=0.2), db_url=url) as reg:
+            status, _ = await reg.call("GET", "/api/v1/devices", Role.OPERATOR)
+            assert status == 200
+            pg.stop()
+            # the token check may be cached a moment; what follows must be 503s, not 500s
+            for path in ("/api/v1/devices", "/api/v1/gateways", "/api/v1/alerts/lifecycle"):
+                async with reg.http.get(reg.url + path, headers=reg.auth(Role.OPERATOR)) as r:
+                    status, problem = await _check(r, path, worst=503)
+                assert status == 503, (path, problem)
+                assert problem["type"] == "urn:gridwatch:problem:store-unavailable", problem
+            async with reg.http.get(reg.url + "/health") as r:
+                assert r.status == 503 and r.content_type == "application/json"
+                assert strict_json(await r.text())["status"] == "degraded"
+    finally:
+        if (pg.data / "postmaster.pid").exists():
+            pg.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -6,7 +6,7 @@ or, from the browser dashboard, as the cookie ``gw_token``.
 
 Every endpoint declares its roles where its room declares the route (``routing.route``; an empty
 set is public); the middleware refuses a request to an endpoint that declared nothing (deny by
-default). ``access_table(app)`` reads the roles back for the docs. ``admin`` may call everything.
+default). ``admin`` may call everything.
 Refusals are raised as ``Unauthorized``/``Forbidden`` and answered by ``problems.py``.
 
 Bootstrap: when the store opens without any admin token, ``bootstrap_admin`` makes one from
@@ -48,7 +48,6 @@ class Role(enum.StrEnum):
     ADMIN = "admin"
 
 
-ALL_ROLES = frozenset(Role)
 PUBLIC: frozenset[Role] = frozenset()
 """The roles of a ``@public`` endpoint: none needed, no token read."""
 
@@ -81,17 +80,6 @@ def roles_of(handler: Any) -> frozenset[Role] | None:
     """The declared roles; None when the endpoint declared nothing (it is then refused)."""
     found: frozenset[Role] | None = getattr(handler, ROLES_ATTR, None)
     return found
-
-
-def access_table(app: web.Application) -> dict[tuple[str, str], frozenset[Role] | None]:
-    """(method, path) -> roles, for every route of ``app`` (HEAD routes aside)."""
-    table: dict[tuple[str, str], frozenset[Role] | None] = {}
-    for route in app.router.routes():
-        if route.method == hdrs.METH_HEAD or route.resource is None:
-            continue
-        path = route.resource.canonical
-        table[(route.method, path)] = roles_of(route.handler)
-    return table
 
 
 def hash_token(token: str) -> str:
