@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -100,6 +101,12 @@ def build_app(
 @route("GET", "/api/v1/openapi.json", PUBLIC, "This document")
 async def openapi(request: web.Request) -> dict[str, Any]:
     served: tuple[Route, ...] = request.app[ROUTES]
+    return _document(served)
+
+
+@functools.cache
+def _document(served: tuple[Route, ...]) -> dict[str, Any]:
+    # generating it takes most of a second (every model's JSON Schema): once per set of routes
     return document(served)
 
 

@@ -120,8 +120,9 @@ def add_routes(app: web.Application, routes: typing.Iterable[Route]) -> None:
 
 
 def _serving(r: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    models = r.models
-    out = None if r.raw else TypeAdapter(r.returns)
+    # read from the annotations once, here, not on every request
+    models, raw = r.models, r.raw
+    out = None if raw else TypeAdapter(r.returns)
 
     async def serve(request: web.Request) -> web.StreamResponse:
         args: dict[str, Any] = {}
@@ -129,7 +130,7 @@ def _serving(r: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]
             args["path"] = parse("the path", models["path"], dict(request.match_info))
         if "query" in models:
             args["query"] = parse_query(request, models["query"])
-        elif not r.raw:  # a page or a file may carry a cache-buster; an API call may not
+        elif not raw:  # a page or a file may carry a cache-buster; an API call may not
             parse_query(request, None)
         if "body" in models:
             args["body"] = await parse_body(request, models["body"])
