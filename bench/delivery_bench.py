@@ -18,9 +18,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+from device_registry.delivery.runtime import Delivery
 from device_registry.delivery.webhooks import RetryPolicy
 from device_registry.http.auth import Role
-from device_registry.http.opsapp import Delivery
 from tests._ops_helpers import registry, smoke
 
 

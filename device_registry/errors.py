@@ -9,8 +9,12 @@
     ├── Invalid                   a request the registry refuses: ``problems`` = [(field path,
     │                             message)] (HTTP 422)
     ├── Conflict                  it exists already, or is retired (HTTP 409)
-    └── BrokerUnavailable         the MQTT broker cannot be reached or refused a control request
-                                  (credentials, config push, command) (HTTP 503)
+    ├── BrokerUnavailable         the MQTT broker cannot be reached or refused a control request
+    │                             (credentials, config push, command) (HTTP 503)
+    ├── Unauthorized              no token, or one the registry does not know (HTTP 401)
+    └── Forbidden                 the token's role may not do this (HTTP 403)
+
+``http/problems.py`` turns each into one ``application/problem+json`` answer.
 
 SQLAlchemy and driver errors are converted in ``store.py`` where they enter our code, chained
 with ``from exc``.
@@ -46,9 +50,11 @@ class Ambiguous(RegistryError):
 
 
 class Invalid(RegistryError):
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
+    def __init__(self, problems: list[tuple[str, str]], where: str = "the request") -> None:
         super().__init__("; ".join(f"{path}: {msg}" for path, msg in problems))
         self.problems = problems
+        self.where = where
+        """What was invalid: the body, the query string, the path, a CSV file."""
 
 
 class Conflict(RegistryError):
@@ -57,3 +63,11 @@ class Conflict(RegistryError):
 
 class BrokerUnavailable(RegistryError):
     """A broker control request failed; nothing was changed in the registry."""
+
+
+class Unauthorized(RegistryError):
+    """No token, or an unknown or revoked one."""
+
+
+class Forbidden(RegistryError):
+    """The caller's role may not call this endpoint."""

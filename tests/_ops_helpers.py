@@ -14,9 +14,9 @@ import aiohttp
 from aiohttp import web
 
 from device_registry import Changes, RegistryStore
+from device_registry.delivery.runtime import Delivery
 from device_registry.http.app import build_app, serving
 from device_registry.http.auth import SYSTEM, Role, TokenRequest, issue
-from device_registry.http.opsapp import Delivery
 from gridwatch.ground.contract import AlertEvent, AlertState, Location, Severity, new_id
 
 

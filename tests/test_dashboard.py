@@ -13,8 +13,8 @@ import pytest
 
 from cloud_bridge import SqliteSink
 from device_registry import Changes
+from device_registry.delivery.runtime import Delivery
 from device_registry.http.auth import Role
-from device_registry.http.opsapp import Delivery
 from gridwatch.ground.contract import (
     Birth,
     DeviceHealth,

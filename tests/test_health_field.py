@@ -21,9 +21,9 @@ import yaml
 
 from cloud_bridge import Bridge, SqliteSink
 from device_registry import RegistryStore
+from device_registry.delivery.runtime import Delivery
 from device_registry.http.app import build_app, serving
 from device_registry.http.auth import SYSTEM, Role, TokenRequest, issue
-from device_registry.http.opsapp import Delivery
 from gridwatch.ground.gatewayconf import GatewayConfig, ResolvedDevice, load_gateway
 from gridwatch.top.sim import MqttField
 from gridwatch.top.sim.modbus import SimField

@@ -29,7 +29,7 @@ from device_registry.http.app import build_app, serving
 from device_registry.inventory.configgen import Uplink
 from device_registry.inventory.downlink import BrokerSettings
 from device_registry.inventory.provisioning import Account, issued_ms, refusal, refused_login
-from device_registry.inventory.routes import INSTALLERS, InstallerSettings
+from device_registry.inventory.wiring import INSTALLERS, InstallerSettings
 from gridwatch.top.cli import build_parser
 from tests._central_helpers import batch, bridge_config, bridge_on, now_ms, reading, until
 from tests.conftest import ADMIN_TOKEN

@@ -45,7 +45,9 @@ async def central(*argv: str) -> AsyncIterator[Central]:
 async def get(http: aiohttp.ClientSession, url: str, status: int = 200) -> Any:
     async with http.get(url) as r:
         assert r.status == status, await r.text()
-        assert r.content_type == "application/json"
+        assert r.content_type == (
+            "application/problem+json" if status >= 400 else "application/json"
+        )
         return await r.json()
 
 
@@ -103,12 +105,12 @@ async def test_rest_api_lists_what_gateways_reported(
         assert {"/api/v1/devices", "/api/v1/devices/{id}", "/api/v1/alerts"} <= set(spec["paths"])
         assert "DeviceView" in spec["components"]["schemas"]
 
-        # bad input: JSON errors that say what is wrong, never a 500
-        err = await get(http, f"{api}/alerts?state=open", 400)
-        assert "active" in err["detail"]
-        assert "gatway" in (await get(http, f"{api}/devices?gatway=x", 400))["detail"]
-        assert (await get(http, f"{api}/alerts?limit=ten", 400))["error"] == "bad request"
-        assert (await get(http, f"{api}/devices/{gw}:nope", 404))["error"] == "not found"
+        # bad input: problems that say what is wrong, never a 500
+        err = await get(http, f"{api}/alerts?state=open", 422)
+        assert "active" in err["detail"] and err["errors"][0]["loc"] == "state"
+        assert "gatway" in (await get(http, f"{api}/devices?gatway=x", 422))["detail"]
+        assert (await get(http, f"{api}/alerts?limit=ten", 422))["title"] == "Invalid request"
+        assert (await get(http, f"{api}/devices/{gw}:nope", 404))["title"] == "Not found"
         await get(http, f"{api}/nothing-here", 404)
 
 

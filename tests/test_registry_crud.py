@@ -15,7 +15,7 @@ from device_registry import RegistryStore
 from device_registry.http.app import build_app, serving
 from device_registry.http.auth import SYSTEM, Role, TokenRequest, issue
 from device_registry.inventory.configgen import Uplink
-from device_registry.inventory.routes import InstallerSettings
+from device_registry.inventory.wiring import InstallerSettings
 from gridwatch.ground.gatewayconf import GatewayConfig
 
 
@@ -32,7 +32,9 @@ class Api:
         async with self.http.request(method, self.url + path, **kw) as r:
             text = await r.text()
             assert r.status == status, f"{method} {path}: {r.status} {text}"
-            assert r.content_type == "application/json", text
+            # every error is a problem (RFC 9457), every answer plain JSON
+            media = "application/problem+json" if status >= 400 else "application/json"
+            assert r.content_type == media, text
             return await r.json()
 
 
@@ -138,7 +140,7 @@ async def test_filters_and_pagination(api: Api) -> None:
 
 # (what is sent, status, the field named, words of the message)
 BAD_BODIES: list[tuple[str, Any, int, str, str]] = [
-    ("/api/v1/gateways", "{not json", 400, "", "not JSON"),
+    ("/api/v1/gateways", "{not json", 422, "(body)", "not valid JSON"),
     ("/api/v1/gateways", [1, 2], 422, "(body)", "JSON object"),
     ("/api/v1/gateways", {"id": "gw x"}, 422, "id", "pattern"),
     ("/api/v1/gateways", {"id": "gw9", "colour": "red"}, 422, "colour", "Extra inputs"),
@@ -179,7 +181,7 @@ async def test_bad_requests_are_4xx_with_the_reason(
     err = await api.call("POST", path, None if isinstance(body, str) else body, status, **kw)
     assert words in err["detail"], err
     if field:
-        assert field in [p["field"] for p in err["problems"]], err
+        assert field in [p["loc"] for p in err["errors"]], err
 
 
 CSV_GOOD = """gateway,id,profile,bus,unit_id,district,grid,install_date,labels
@@ -209,21 +211,21 @@ async def test_csv_import_is_all_or_nothing_with_a_row_report(api: Api) -> None:
     )
 
     report = await api.call("POST", "/api/v1/devices/import", status=422, data=CSV_BAD, **csv)
-    assert report["imported"] == 0
-    assert [(r["line"], r["errors"][0]["field"]) for r in report["rejected"]] == [
-        (2, "id"), (4, "unit_id"), (5, "id"),
+    assert "nothing imported" in report["detail"]
+    assert [e["loc"] for e in report["errors"]] == [
+        "line 2 (gw1:wl-20).id", "line 4 (gw1:wl-22).unit_id", "line 5 (gw1:wl-20).id",
     ]  # fmt: skip
     # the static problems first; a row that only its gateway's config refuses comes after them
     assert len(await api.call("GET", "/api/v1/devices?gateway=gw1")) == 2  # nothing half-imported
     profile_only = CSV_BAD.splitlines()[0] + "\n" + CSV_BAD.splitlines()[2] + "\n"
     report = await api.call("POST", "/api/v1/devices/import", status=422, data=profile_only, **csv)
-    assert report["rejected"][0]["errors"][0] == {
-        "field": "profile",
-        "message": "unknown profile (got 'no-such-profile')",
+    assert report["errors"][0] == {
+        "loc": "line 2 (gw1:wl-21).profile",
+        "msg": "unknown profile (got 'no-such-profile')",
     }
     assert (await api.call("GET", "/api/v1/gateways/gw1"))["config"]["desired"] == 3
 
-    err = await api.call("POST", "/api/v1/devices/import", status=400, data="gw,name\n", **csv)
+    err = await api.call("POST", "/api/v1/devices/import", status=422, data="gw,name\n", **csv)
     assert "unknown columns ['gw', 'name']" in err["detail"]
     await api.call("POST", "/api/v1/devices/import", status=415, data=CSV_GOOD,
                    headers={"Content-Type": "application/json"})  # fmt: skip
@@ -237,12 +239,12 @@ async def test_commands_need_a_broker_and_a_writable_point(api: Api) -> None:
     await api.call("POST", path, {"point": "sounder", "value": True}, 403)
     op = {"headers": api.operator}
     err = await api.call("POST", path, {"point": "sounder", "value": True}, 503, **op)
-    assert err["error"] == "broker unavailable"
+    assert err["title"] == "Broker unavailable"
     err = await api.call("POST", path, {"point": "obscuration", "value": 1}, 422, **op)
-    assert err["problems"][0] == {"field": "point", "message": err["problems"][0]["message"]}
+    assert err["errors"][0] == {"loc": "point", "msg": err["errors"][0]["msg"]}
     assert "not writable" in err["detail"]
     err = await api.call("POST", path, {"point": "sounder", "value": "loud"}, 422, **op)
-    assert err["problems"][0]["field"].startswith("value")
+    assert err["errors"][0]["loc"].startswith("value")
     await api.call(
         "POST", "/api/v1/devices/gw1:nope/commands", {"point": "x", "value": 1}, 404, **op
     )

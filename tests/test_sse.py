@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 
 from device_registry.delivery.mqtt_out import MqttTarget
+from device_registry.delivery.runtime import Delivery
 from device_registry.http.auth import Role
-from device_registry.http.opsapp import Delivery
 from gridwatch.ground.contract import PlatformEscalation, PlatformLifecycle
 from tests._ops_helpers import Registry, now_ms, registry, smoke
 from tests.fieldkit import listen

@@ -20,6 +20,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import select
 
 from device_registry.db.tables import Webhook
+from device_registry.delivery.runtime import LEASE, Delivery
 from device_registry.delivery.webhooks import (
     SECRET_KEY_ENV,
     SIGNATURE,
@@ -32,7 +33,6 @@ from device_registry.delivery.webhooks import (
 )
 from device_registry.errors import RegistryError
 from device_registry.http.auth import Role
-from device_registry.http.opsapp import LEASE, Delivery
 from tests._ops_helpers import registry, smoke
 
 SECRET = "s3cret-for-the-city-platform"

@@ -14,6 +14,16 @@ from sqlalchemy import delete, func, select
 
 from device_registry.alerts import lifecycle
 from device_registry.alerts.lifecycle import Action, Refused, Stage
+from device_registry.alerts.views import (
+    ActionView,
+    AlertOpsView,
+    DeadLetterView,
+    IncidentActed,
+    SkippedAlert,
+    WebhookRequest,
+    WebhookView,
+)
+from device_registry.alerts.views import alert as alert_view
 from device_registry.db.store import RegistryStore
 from device_registry.db.tables import (
     Alert,
@@ -25,16 +35,6 @@ from device_registry.db.tables import (
     Webhook,
 )
 from device_registry.errors import NotFound
-from device_registry.http.opsviews import (
-    ActionView,
-    AlertOpsView,
-    DeadLetterView,
-    IncidentActed,
-    SkippedAlert,
-    WebhookRequest,
-    WebhookView,
-)
-from device_registry.http.views import alert as alert_view
 
 
 @dataclass(frozen=True, slots=True)

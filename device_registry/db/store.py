@@ -25,6 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
 from device_registry.alerts.operations import AlertOperations
+from device_registry.alerts.views import AlertView
+from device_registry.alerts.views import alert as alert_view
 from device_registry.db import migrate
 from device_registry.db.engine import make_engine
 from device_registry.db.tables import (
@@ -42,11 +44,12 @@ from device_registry.db.tables import (
     device_key,
 )
 from device_registry.errors import Ambiguous, NotFound, StoreRejected, StoreUnavailable
-from device_registry.http import views
-from device_registry.http.schemas import AlertView, DeviceView, GatewayView, QuarantineView
 from device_registry.ingest.changes import Changes
 from device_registry.ingest.seqaudit import AuditState, Gap, Span, holes, plan_audit
+from device_registry.ingest.views import QuarantineView, quarantined
+from device_registry.inventory import views
 from device_registry.inventory.places import place_key, resolve_sites
+from device_registry.inventory.views import DeviceView, GatewayView
 from gridwatch.ground.contract import AlertEvent, AlertState, Birth, Death, GatewayHealth
 
 logger = logging.getLogger(__name__)
@@ -427,12 +430,12 @@ class RegistryStore:
         if active_only:
             q = q.where(Alert.state != AlertState.CLEARED.value)
         async with self._tx() as s:
-            return [views.alert(a) for a in await s.scalars(q)]
+            return [alert_view(a) for a in await s.scalars(q)]
 
     async def quarantine(self, limit: int = 100) -> list[QuarantineView]:
         q = select(Quarantined).order_by(Quarantined.id.desc()).limit(limit)
         async with self._tx() as s:
-            return [views.quarantined(r) for r in await s.scalars(q)]
+            return [quarantined(r) for r in await s.scalars(q)]
 
 
 def _later(current: Any, new: Any) -> ColumnElement[Any]:

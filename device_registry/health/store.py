@@ -24,7 +24,7 @@ from device_registry.db.tables import (
 )
 from device_registry.health import core as health
 from device_registry.health.core import Assessment, DeviceFacts, GatewayFacts, Policy
-from device_registry.http.opsviews import DeviceHealthView, GatewayHealthView, HealthReport
+from device_registry.health.views import DeviceHealthView, GatewayHealthView, HealthReport
 from gridwatch.ground.profiles import load_profiles
 
 LEVEL_POINTS = ("battery", "signal")

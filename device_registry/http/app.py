@@ -1,14 +1,20 @@
 """Composition root of ``gridwatch registry serve``: the registry API alone, on its own store.
 
 ``build_app`` is also what ``gridwatch central run`` mounts, on the store it shares with the
-bridge. Standing alone, the app owns its store through ``cleanup_ctx`` (opened on start-up,
-disposed last on shutdown).
+bridge. It adds every room's routes (each room's ``routes.py`` declares its own), the OpenAPI
+document generated from them, ``/metrics`` and the dashboard's pages, behind two middlewares:
+``problems`` outermost (whatever is raised becomes one problem+json answer), then ``auth``.
+
+Its cleanup contexts run in order on start-up and in reverse on shutdown: the store (owned when
+standing alone: opened first, disposed last), the inventory (admin bootstrap, registry, downlink
+session), then the delivery side (webhooks, escalation, platform publisher, under the lease).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -18,37 +24,62 @@ from contextlib import asynccontextmanager
 from typing import Any, cast
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
+from device_registry.alerts import routes as alerts
 from device_registry.db.engine import default_url
 from device_registry.db.store import RegistryStore
+from device_registry.delivery import routes as delivery_routes
 from device_registry.delivery.mqtt_out import MqttTarget
+from device_registry.delivery.runtime import Delivery, delivery_ctx, delivery_metrics, end_streams
 from device_registry.errors import RegistryError
-from device_registry.http import opsapp
-from device_registry.http.api import HEALTH_PARTS, STORE, HealthPart, json_errors, routes
-from device_registry.http.auth import AUTH_STORE, authenticate
-from device_registry.inventory import routes as registration_api
+from device_registry.health import routes as health
+from device_registry.http import access, dashboard
+from device_registry.http.auth import AUTH_STORE, PUBLIC, authenticate
+from device_registry.http.openapi import document
+from device_registry.http.problems import problem_answers
+from device_registry.http.routing import Route, add_routes, route
+from device_registry.http.state import HEALTH_PARTS, STORE, HealthPart
+from device_registry.ingest import routes as ingest
+from device_registry.inventory import routes as inventory
 from device_registry.inventory.configgen import Uplink
 from device_registry.inventory.downlink import BrokerSettings
+from device_registry.inventory.wiring import InstallerSettings, installer_ctx
+from gridwatch.ground import metrics
+
+__all__ = ["Delivery", "InstallerSettings", "build_app", "serving"]
 
 logger = logging.getLogger(__name__)
+
+ROUTES: web.AppKey[tuple[Route, ...]] = web.AppKey("routes")
+"""Every route the app serves, as declared: what the OpenAPI document is generated from."""
 
 
 def build_app(
     db_url: str | None = None,
     store: RegistryStore | None = None,
     health_parts: dict[str, HealthPart] | None = None,
-    installers: registration_api.InstallerSettings | None = None,
-    delivery: opsapp.Delivery | None = None,
+    installers: InstallerSettings | None = None,
+    delivery: Delivery | None = None,
 ) -> web.Application:
     """The API on its own store (``db_url``) or on one the caller owns (``store``)."""
     if (db_url is None) == (store is None):
         raise ValueError("give build_app a db_url or a store, not both")
-    # errors outermost, so that whatever the auth check or a handler raises is JSON
-    app = web.Application(middlewares=[json_errors, authenticate])
-    app.add_routes(routes())
-    app.add_routes(registration_api.routes())
+    d = delivery or Delivery()
+    app = web.Application(middlewares=[problem_answers, authenticate])
     app[AUTH_STORE] = lambda: app[STORE]
     app[HEALTH_PARTS] = health_parts or {}
+    if d.history is not None:
+        app[health.HISTORY] = d.history
+    registry = metrics.registry_of(*delivery_metrics(app), *d.extra_metrics)
+    served: tuple[Route, ...] = (
+        *access.ROUTES, *inventory.ROUTES,
+        # the stream's fixed path before the alerts' /alerts/{id}
+        *delivery_routes.ROUTES, *alerts.ROUTES, *health.ROUTES, *ingest.ROUTES,
+        openapi, _metrics(registry), *_PAGES,
+    )  # fmt: skip
+    app[ROUTES] = served
+    add_routes(app, served)
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         if store is not None:
@@ -61,11 +92,36 @@ def build_app(
         await app[STORE].close()
 
     app.cleanup_ctx.append(store_ctx)
-    app.cleanup_ctx.append(
-        registration_api.installer_ctx(installers or registration_api.InstallerSettings())
-    )
-    opsapp.install(app, delivery)  # alerts' lifecycle, delivery, health, metrics, dashboard
+    app.cleanup_ctx.append(installer_ctx(installers or InstallerSettings()))
+    app.cleanup_ctx.append(delivery_ctx(d))
+    app.on_shutdown.append(end_streams)
     return app
+
+
+@route("GET", "/api/v1/openapi.json", PUBLIC, "This document")
+async def openapi(request: web.Request) -> dict[str, Any]:
+    served: tuple[Route, ...] = request.app[ROUTES]
+    return _document(served)
+
+
+@functools.cache
+def _document(served: tuple[Route, ...]) -> dict[str, Any]:
+    # generating it takes most of a second (every model's JSON Schema): once per set of routes
+    return document(served)
+
+
+def _metrics(registry: CollectorRegistry) -> Route:
+    return route("GET", "/metrics", PUBLIC, "Prometheus metrics of this process",
+                 media=metrics.CONTENT_TYPE)(metrics.handler(registry))  # fmt: skip
+
+
+_PAGES = (
+    route("GET", "/", PUBLIC, "Redirects to the dashboard", media="text/html")(dashboard.root),
+    route("GET", "/dashboard", PUBLIC, "The dashboard page", media="text/html")(dashboard.page),
+    # a name of plain characters only: anything else (a NUL, a slash) is no asset, 404
+    route("GET", "/static/{name:[A-Za-z0-9._-]+}", PUBLIC, "The dashboard's scripts and styles",
+          media="application/octet-stream")(dashboard.asset),
+)  # fmt: skip
 
 
 @asynccontextmanager
@@ -103,7 +159,7 @@ def tls_from(args: argparse.Namespace) -> ssl.SSLContext | None:
 
 def installer_settings(
     args: argparse.Namespace, mqtt_host: str | None = None, protocol: str | None = None
-) -> registration_api.InstallerSettings:
+) -> InstallerSettings:
     """Broker access for the registry's downlink and what generated configs tell gateways."""
     host = mqtt_host or args.mqtt_host
     user = args.broker_admin_user or args.mqtt_username
@@ -121,7 +177,7 @@ def installer_settings(
         port=args.gateway_mqtt_port or args.mqtt_port, prefix=args.prefix,
         tls=bool(args.gateway_mqtt_ca), ca_file=args.gateway_mqtt_ca,
     )  # fmt: skip
-    return registration_api.InstallerSettings(uplink=uplink, broker=broker, dynsec=args.dynsec)
+    return InstallerSettings(uplink=uplink, broker=broker, dynsec=args.dynsec)
 
 
 def db_url_from(args: argparse.Namespace) -> str:
@@ -129,15 +185,15 @@ def db_url_from(args: argparse.Namespace) -> str:
     return url
 
 
-def delivery_settings(args: argparse.Namespace) -> opsapp.Delivery:
+def delivery_settings(args: argparse.Namespace) -> Delivery:
     """Standing alone, the registry publishes lifecycle and escalation messages to the broker
     named on its command line (none: webhooks and the stream only)."""
     if not getattr(args, "mqtt_host", None):
-        return opsapp.Delivery()
+        return Delivery()
     password = os.environ.get(args.mqtt_password_env) if args.mqtt_password_env else None
     target = MqttTarget(args.mqtt_host, args.mqtt_port, args.prefix, args.mqtt_username, password,
                         client_id=f"{args.bridge_id}-registry-platform")  # fmt: skip
-    return opsapp.Delivery(mqtt=target)
+    return Delivery(mqtt=target)
 
 
 async def serve(args: argparse.Namespace) -> None:

@@ -4,10 +4,10 @@ A token is 32 random bytes (URL-safe text) handed out once; the registry keeps o
 so a copy of the database lets nobody in. A request carries it as ``Authorization: Bearer <token>``
 or, from the browser dashboard, as the cookie ``gw_token``.
 
-Every endpoint declares its roles with ``@requires(...)`` (or ``@public``); the middleware refuses
-a request to an endpoint that declared nothing (deny by default), so the decorators are the single
-role x endpoint table, and ``access_table(app)`` reads it back for the tests and the docs.
-``admin`` may call everything.
+Every endpoint declares its roles where its room declares the route (``routing.route``; an empty
+set is public); the middleware refuses a request to an endpoint that declared nothing (deny by
+default). ``admin`` may call everything.
+Refusals are raised as ``Unauthorized``/``Forbidden`` and answered by ``problems.py``.
 
 Bootstrap: when the store opens without any admin token, ``bootstrap_admin`` makes one from
 ``GRIDWATCH_ADMIN_TOKEN`` if that is set, else a random one that the caller prints once.
@@ -31,13 +31,13 @@ from sqlalchemy import select
 
 from device_registry.db.store import RegistryStore
 from device_registry.db.tables import ApiToken, AuditEntry
-from device_registry.errors import NotFound
+from device_registry.errors import Forbidden, NotFound, Unauthorized
 
 logger = logging.getLogger(__name__)
 
 ADMIN_TOKEN_ENV = "GRIDWATCH_ADMIN_TOKEN"
 COOKIE = "gw_token"
-_ATTR = "__gridwatch_roles__"
+ROLES_ATTR = "__gridwatch_roles__"
 
 
 class Role(enum.StrEnum):
@@ -48,7 +48,6 @@ class Role(enum.StrEnum):
     ADMIN = "admin"
 
 
-ALL_ROLES = frozenset(Role)
 PUBLIC: frozenset[Role] = frozenset()
 """The roles of a ``@public`` endpoint: none needed, no token read."""
 
@@ -66,38 +65,21 @@ AUTH_STORE: web.AppKey[Callable[[], RegistryStore]] = web.AppKey("auth_store")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def requires(*roles: Role) -> Callable[[Handler], Handler]:
-    """Declare who may call an endpoint; ``admin`` always may."""
-    allowed = frozenset(roles) | {Role.ADMIN}
-
-    def mark(handler: Handler) -> Handler:
-        setattr(handler, _ATTR, allowed)
-        return handler
-
-    return mark
+def roles(*named: Role) -> frozenset[Role]:
+    """The roles a route names (``routing.route`` adds ``admin``)."""
+    return frozenset(named)
 
 
 def public(handler: Handler) -> Handler:
     """An endpoint anyone may call without a token (``/health``, ``/metrics``)."""
-    setattr(handler, _ATTR, PUBLIC)
+    setattr(handler, ROLES_ATTR, PUBLIC)
     return handler
 
 
 def roles_of(handler: Any) -> frozenset[Role] | None:
     """The declared roles; None when the endpoint declared nothing (it is then refused)."""
-    found: frozenset[Role] | None = getattr(handler, _ATTR, None)
+    found: frozenset[Role] | None = getattr(handler, ROLES_ATTR, None)
     return found
-
-
-def access_table(app: web.Application) -> dict[tuple[str, str], frozenset[Role] | None]:
-    """(method, path) -> roles, for every route of ``app`` (HEAD routes aside)."""
-    table: dict[tuple[str, str], frozenset[Role] | None] = {}
-    for route in app.router.routes():
-        if route.method == hdrs.METH_HEAD or route.resource is None:
-            continue
-        path = route.resource.canonical
-        table[(route.method, path)] = roles_of(route.handler)
-    return table
 
 
 def hash_token(token: str) -> str:
@@ -116,11 +98,6 @@ def _presented(request: web.Request) -> str | None:
     return request.cookies.get(COOKIE) or None
 
 
-def _refuse(status: int, error: str, detail: str) -> web.Response:
-    headers = {"WWW-Authenticate": 'Bearer realm="gridwatch"'} if status == 401 else None
-    return web.json_response({"error": error, "detail": detail}, status=status, headers=headers)
-
-
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     match = request.match_info
@@ -131,16 +108,15 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         return await handler(request)
     token = _presented(request)
     if token is None:
-        return _refuse(401, "unauthorized", "send 'Authorization: Bearer <token>'")
+        raise Unauthorized("send 'Authorization: Bearer <token>'")
     principal = await lookup(request.app[AUTH_STORE](), token)
     if principal is None:
-        return _refuse(401, "unauthorized", "unknown or revoked token")
+        raise Unauthorized("unknown or revoked token")
     if allowed is None or principal.role not in allowed:
         names = sorted(r.value for r in allowed or ())
-        return _refuse(
-            403, "forbidden",
-            f"role {principal.role} may not {request.method} {match.route.resource.canonical if match.route.resource else request.path}; allowed: {names}",
-        )  # fmt: skip
+        where = match.route.resource.canonical if match.route.resource else request.path[:200]
+        raise Forbidden(f"role {principal.role} may not {request.method} {where}; "
+                        f"allowed: {names}")  # fmt: skip
     request[PRINCIPAL] = principal
     return await handler(request)
 

@@ -1,101 +1,135 @@
-"""The OpenAPI 3.1 description of the registry API, with schemas generated from the views."""
+"""The OpenAPI 3.1 document of the registry API, generated from the routes the app serves.
+
+Each ``Route`` (``routing.py``) says its method, path, roles, and through its handler's signature
+its path, query and body models and its answer; this module turns those into paths, parameters,
+request bodies, responses (errors are ``ProblemView`` as ``application/problem+json``) and the
+roles: ``x-roles`` on every operation (empty: public) and bearer or cookie security on every one
+that needs a token. Nothing here is written per endpoint, so the document cannot drift from what
+is served.
+"""
 
 from __future__ import annotations
 
-import functools
+import re
+from collections.abc import Iterable
 from typing import Any
 
-from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic import TypeAdapter
+from pydantic.json_schema import JsonSchemaMode
 
-from device_registry.http import ops_openapi, registration_openapi
-from device_registry.http.schemas import (
-    AlertView,
-    DeviceView,
-    ErrorView,
-    GatewayView,
-    HealthView,
-    QuarantineView,
-)
+from device_registry.http.auth import COOKIE
+from device_registry.http.problems import MEDIA as PROBLEM
+from device_registry.http.problems import ProblemView
+from device_registry.http.routing import Route
 
 _REF = "#/components/schemas/{model}"
+_PLACEHOLDER = re.compile(r"\{(\w+)(?::[^{}]+)?\}")
+_SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"cookie": []}]
 
 
-def _ref(name: str, many: bool = False) -> dict[str, Any]:
-    schema: dict[str, Any] = {"$ref": _REF.format(model=name)}
-    return {"type": "array", "items": schema} if many else schema
+def path_of(route: Route) -> str:
+    """The route's path as OpenAPI writes it: ``{name}``, without aiohttp's regex."""
+    return _PLACEHOLDER.sub(r"{\1}", route.path)
 
 
-def _op(summary: str, body: dict[str, Any], params: list[dict[str, Any]] | None = None,
-        errors: tuple[int, ...] = (400,)) -> dict[str, Any]:  # fmt: skip
-    responses: dict[str, Any] = {
-        "200": {"description": "OK", "content": {"application/json": {"schema": body}}}
-    }
-    for code in errors:
-        responses[str(code)] = {
-            "description": "Error",
-            "content": {"application/json": {"schema": _ref("ErrorView")}},
-        }
-    return {"get": {"summary": summary, "parameters": params or [], "responses": responses}}
-
-
-def _param(name: str, where: str, desc: str, **schema: Any) -> dict[str, Any]:
-    return {"name": name, "in": where, "required": where == "path", "description": desc,
-            "schema": schema or {"type": "string"}}  # fmt: skip
-
-
-@functools.cache
-def openapi_document() -> dict[str, Any]:
-    return ops_openapi.merge(_document())
-
-
-def _document() -> dict[str, Any]:
-    models: list[type[BaseModel]] = [
-        DeviceView,
-        GatewayView,
-        AlertView,
-        QuarantineView,
-        ErrorView,
-        HealthView,
-    ]
-    _, defs = models_json_schema([(m, "serialization") for m in models], ref_template=_REF)
-    return registration_openapi.merge(
-        {
-            "openapi": "3.1.0",
-            "info": {"title": "gridwatch device registry", "version": "1"},
-            "paths": {
-                "/health": _op("Liveness and database check", _ref("HealthView"), errors=(503,)),
-                "/api/v1/gateways": _op(
-                    "Every gateway with its latest health", _ref("GatewayView", True)
-                ),
-                "/api/v1/devices": _op(
-                    "Devices with status, last_seen and last values with quality",
-                    _ref("DeviceView", True),
-                    [
-                        _param("gateway", "query", "Only this gateway's devices"),
-                        _param("district", "query", "Only devices sited in this district"),
-                    ],
-                ),
-                "/api/v1/devices/{id}": _op(
-                    "One device, by 'gateway:device' or by a device id unique across gateways",
-                    _ref("DeviceView"),
-                    [_param("id", "path", "'gateway:device' or a bare device id")],
-                    errors=(404, 409),
-                ),
-                "/api/v1/alerts": _op(
-                    "Alerts, newest transition first",
-                    _ref("AlertView", True),
-                    [
-                        _param("state", "query", "active (default) or all", enum=["active", "all"]),
-                        _param("limit", "query", "At most this many", type="integer", minimum=1),
-                    ],
-                ),
-                "/api/v1/quarantine": _op(
-                    "Messages the bridge refused, newest first",
-                    _ref("QuarantineView", True),
-                    [_param("limit", "query", "At most this many", type="integer", minimum=1)],
-                ),
+def document(routes: Iterable[Route]) -> dict[str, Any]:
+    routes = list(routes)
+    schemas = _Schemas(routes)
+    paths: dict[str, dict[str, Any]] = {}
+    for r in routes:
+        paths.setdefault(path_of(r), {})[r.method.lower()] = _operation(r, schemas)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "gridwatch device registry", "version": "1",
+                 "description": "Every operation lists the roles that may call it in `x-roles` "
+                 "(`admin` may call everything; an empty list: public, no token)."},
+        "paths": paths,
+        "components": {
+            "schemas": schemas.defs,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "An API token: `Authorization: Bearer <token>`."},
+                "cookie": {"type": "apiKey", "in": "cookie", "name": COOKIE,
+                           "description": "The same token, as the dashboard sends it."},
             },
-            "components": {"schemas": defs["$defs"]},
-        }
-    )
+        },
+    }  # fmt: skip
+
+
+class _Schemas:
+    """JSON Schemas of every model the routes use, with one shared ``components.schemas``."""
+
+    def __init__(self, routes: list[Route]) -> None:
+        inputs: list[tuple[Any, JsonSchemaMode, TypeAdapter[Any]]] = [
+            ("problem", "serialization", TypeAdapter(ProblemView))
+        ]
+        for r in routes:
+            for part, model in r.models.items():
+                inputs.append(((r, part), "validation", TypeAdapter(model)))
+            answer = r.shows if r.raw else r.returns
+            if answer is not None:
+                inputs.append(((r, "answer"), "serialization", TypeAdapter(answer)))
+        found, defs = TypeAdapter.json_schemas(inputs, ref_template=_REF)
+        self.of = {key: schema for (key, _mode), schema in found.items()}
+        self.defs: dict[str, Any] = defs.get("$defs", {})
+
+    def model(self, r: Route, part: str) -> dict[str, Any]:
+        """The flat object schema of a path or query model (its properties are parameters)."""
+        schema = self.of[(r, part)]
+        if "$ref" in schema:
+            schema = self.defs[schema["$ref"].rsplit("/", 1)[1]]
+        return schema
+
+
+def _operation(r: Route, schemas: _Schemas) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "operationId": getattr(r.handler, "__name__", "op"),
+        "summary": r.summary,
+        "x-roles": sorted(role.value for role in r.roles),
+        "parameters": _parameters(r, schemas),
+        "responses": _responses(r, schemas),
+    }
+    op["security"] = _SECURITY if r.roles else []
+    if "body" in r.models:
+        op["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": schemas.of[(r, "body")]}}}  # fmt: skip
+    elif r.body_media != "application/json":
+        op["requestBody"] = {"required": True,
+                             "content": {r.body_media: {"schema": {"type": "string"}}}}  # fmt: skip
+    return op
+
+
+def _parameters(r: Route, schemas: _Schemas) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    declared = schemas.model(r, "path") if "path" in r.models else {"properties": {}}
+    for name in _PLACEHOLDER.findall(r.path):
+        schema = declared["properties"].get(name, {"type": "string"})
+        out.append({"name": name, "in": "path", "required": True, "schema": schema})
+    if "query" in r.models:
+        query = schemas.model(r, "query")
+        required = set(query.get("required", []))
+        for name, schema in query["properties"].items():
+            param = {"name": name, "in": "query", "required": name in required,
+                     "schema": {k: v for k, v in schema.items() if k != "description"}}  # fmt: skip
+            if "description" in schema:
+                param["description"] = schema["description"]
+            out.append(param)
+    return out
+
+
+def _responses(r: Route, schemas: _Schemas) -> dict[str, Any]:
+    key = (r, "answer")
+    content = {"schema": schemas.of[key]} if key in schemas.of else {}
+    ok = {"description": "OK", "content": {r.media: content or {"schema": {"type": "string"}}}}
+    problem = {"description": "A problem (RFC 9457)",
+               "content": {PROBLEM: {"schema": schemas.of["problem"]}}}  # fmt: skip
+    out: dict[str, Any] = {str(r.status): ok}
+    if r.roles:
+        out["401"] = {**problem, "description": "No token, or an unknown or revoked one"}
+        out["403"] = {**problem, "description": "The token's role may not call this"}
+    if r.models or not r.raw:
+        out["422"] = {**problem, "description": "The path, query string or body is invalid"}
+    if _PLACEHOLDER.search(r.path):
+        out["404"] = {**problem, "description": "No such thing"}
+    out["default"] = problem
+    return out

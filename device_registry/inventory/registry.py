@@ -28,9 +28,8 @@ from device_registry.db.tables import (
     device_key,
 )
 from device_registry.errors import Conflict, Invalid, NotFound
-from device_registry.http import views
 from device_registry.http.auth import Principal, audit_row
-from device_registry.http.schemas import GatewayView
+from device_registry.inventory import views
 from device_registry.inventory.configgen import (
     ConfigProblems,
     DeviceSpec,
@@ -50,6 +49,7 @@ from device_registry.inventory.requests import (
     GatewayCreate,
     GatewayPatch,
 )
+from device_registry.inventory.views import GatewayView
 from gridwatch.ground.contract import ConfigAck, Location
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""What the registry's write endpoints accept: strict request models (unknown fields refused).
+"""What the inventory endpoints accept: strict request models (unknown fields refused), for bodies
+and query strings alike.
 
 Their JSON Schemas go into the OpenAPI description; a body that does not validate is a 422 with
 each field's path and message.
@@ -7,6 +8,7 @@ each field's path and message.
 from __future__ import annotations
 
 import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -56,3 +58,34 @@ class DeviceCreate(DeviceFields):
 
 class DevicePatch(DeviceFields):
     pass
+
+
+# ---- query strings ---------------------------------------------------------------------------
+
+Retired = Literal["true", "false", "any"]
+_RETIRED: dict[str, bool | None] = {"true": True, "false": False, "any": None}
+
+
+def retired_flag(value: Retired | None) -> bool | None:
+    """``retired=any`` -> None: retired or not."""
+    return None if value is None else _RETIRED[value]
+
+
+class Page(Request):
+    limit: int = Field(default=1000, ge=1, le=10000, description="At most this many.")
+    offset: int = Field(default=0, ge=0, le=10**9, description="Skip this many first.")
+
+
+class GatewayQuery(Page):
+    district: str | None = Field(default=None, max_length=200, description="Sited in it.")
+    online: bool | None = Field(default=None, description="Only online (true) or offline ones.")
+    retired: Retired | None = Field(default=None, description="Default: retired or not.")
+
+
+class DeviceQuery(Page):
+    gateway: str | None = Field(default=None, max_length=128, description="This gateway's.")
+    district: str | None = Field(default=None, max_length=200, description="Sited in it.")
+    grid: str | None = Field(default=None, max_length=200)
+    profile: str | None = Field(default=None, max_length=128)
+    status: str | None = Field(default=None, max_length=32, description="online, stale or new.")
+    retired: Retired = Field(default="false", description="Default: in service only.")

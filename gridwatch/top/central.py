@@ -27,8 +27,14 @@ from cloud_bridge.sink import TelemetrySink
 from cloud_bridge.sink_sqlite import SqliteSink
 from device_registry import RegistryStore
 from device_registry.delivery.mqtt_out import MqttTarget
-from device_registry.http.app import build_app, db_url_from, installer_settings, serving, tls_from
-from device_registry.http.opsapp import Delivery
+from device_registry.http.app import (
+    Delivery,
+    build_app,
+    db_url_from,
+    installer_settings,
+    serving,
+    tls_from,
+)
 
 logger = logging.getLogger(__name__)
 

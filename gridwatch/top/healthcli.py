@@ -62,12 +62,23 @@ def render(report: dict[str, Any], show_all: bool, out: TextIO) -> None:
           f"{len(report['gateways'])} gateways checked)", file=out)  # fmt: skip
 
 
+def _problem(exc: urllib.error.HTTPError) -> str:
+    """The registry's problem answer (RFC 9457) in one line: its title and detail."""
+    text = exc.read().decode("utf-8", "replace")
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text[:500]
+    if not isinstance(body, dict):
+        return text[:500]
+    return f"{body.get('title', '')}: {body.get('detail', '')}"[:500]
+
+
 def main(args: argparse.Namespace) -> int:
     try:
         report = fetch(args)
     except urllib.error.HTTPError as exc:
-        detail = exc.read().decode("utf-8", "replace")[:500]
-        print(f"registry at {args.url} refused: HTTP {exc.code} {detail}", file=sys.stderr)
+        print(f"registry at {args.url} refused: HTTP {exc.code} {_problem(exc)}", file=sys.stderr)
         return UNREACHABLE
     except (urllib.error.URLError, OSError, ValueError) as exc:
         print(f"registry at {args.url} cannot be reached: {exc}", file=sys.stderr)

@@ -127,12 +127,10 @@ class Refused(Exception):
 def _explain(status: int, body: Any) -> str:
     if not isinstance(body, dict):
         return f"HTTP {status}: {body}"
-    lines = [f"refused ({status} {body.get('error', '')}): {body.get('detail', '')}".rstrip(": ")]
-    for p in body.get("problems", []):
-        lines.append(f"  - {p['field']}: {p['message']}")
-    for r in body.get("rejected", []):
-        for e in r["errors"]:
-            lines.append(f"  - line {r['line']} ({r['device']}): {e['field']}: {e['message']}")
+    # the registry's errors are problems (RFC 9457): title, detail, and each field's error
+    lines = [f"refused ({status} {body.get('title', '')}): {body.get('detail', '')}".rstrip(": ")]
+    for e in body.get("errors", []):
+        lines.append(f"  - {e['loc']}: {e['msg']}")
     return "\n".join(lines)
 
 

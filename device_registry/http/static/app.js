@@ -39,7 +39,7 @@ async function api(path, options) {
   }
   if (!r.ok) {
     const body = await r.json().catch(() => ({}));
-    throw new Error(body.detail || body.error || `HTTP ${r.status}`);
+    throw new Error(body.detail || body.title || `HTTP ${r.status}`);
   }
   return r.json();
 }

@@ -1,8 +1,7 @@
-"""Wiring of alert operations, delivery, health, metrics and the dashboard into the registry app.
-
-``install`` adds the routes and a ``cleanup_ctx`` that starts the delivery tasks once the store is
-open (webhook dispatcher, escalation clock, and the MQTT platform publisher when a broker is
-given) and stops them, last-started first, on shutdown.
+"""The delivery side's wiring: ``delivery_ctx`` is a cleanup context (after the store's) that
+starts the delivery tasks (webhook dispatcher, escalation clock, and the MQTT platform publisher
+when a broker is given) whenever this process holds the delivery lease, and stops them,
+last-started first, on shutdown; ``OPS`` is what the delivery routes reach.
 """
 
 from __future__ import annotations
@@ -23,12 +22,24 @@ from device_registry.delivery.lease import DeliveryLease
 from device_registry.delivery.mqtt_out import MqttTarget, PlatformPublisher
 from device_registry.delivery.sse import SseHub
 from device_registry.delivery.webhooks import RetryPolicy, SecretBox, WebhookDispatcher
-from device_registry.http import dashboard, opsapi
-from device_registry.http.api import STORE
-from device_registry.http.auth import public
-from device_registry.http.opsapi import OPS, History, Ops
+from device_registry.health.routes import History
+from device_registry.http.state import STORE
 from gridwatch.ground import metrics
 
+
+@dataclass
+class Ops:
+    """What the delivery handlers reach: built at start-up by ``delivery_ctx``."""
+
+    store: OpsStore
+    signal: FeedSignal
+    hub: SseHub
+    dispatcher: WebhookDispatcher
+    session: aiohttp.ClientSession
+    publisher: PlatformPublisher | None = None
+
+
+OPS = web.AppKey("ops", Ops)
 LEASE = web.AppKey("lease", DeliveryLease)
 
 
@@ -44,26 +55,20 @@ class Delivery:
     """How often a standby registry process asks for the delivery lease (``lease.py``)."""
     heartbeat_s: float = 15.0
     history: History | None = None
+    """The hosting process's telemetry history, for the readings endpoint (none: 501)."""
     extra_metrics: list[metrics.Spec] = field(default_factory=list)
     """Metrics of other parts of the hosting process (the bridge in ``central run``)."""
 
 
-def install(app: web.Application, delivery: Delivery | None = None) -> None:
-    d = delivery or Delivery()
-    app.add_routes(opsapi.routes())
-    dashboard.install(app)
-    registry = metrics.registry_of(*_metrics(app), *d.extra_metrics)
-    app.router.add_get("/metrics", public(metrics.handler(registry)))
-
+def delivery_ctx(d: Delivery) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         async with _running(app, d):
             yield
 
-    app.cleanup_ctx.append(ctx)
-    app.on_shutdown.append(_end_streams)
+    return ctx
 
 
-async def _end_streams(app: web.Application) -> None:
+async def end_streams(app: web.Application) -> None:
     if OPS in app:
         await app[OPS].hub.close()
 
@@ -76,7 +81,7 @@ async def _running(app: web.Application, d: Delivery) -> AsyncIterator[None]:
     async with aiohttp.ClientSession() as session:
         ops = Ops(store, signal, SseHub(store, signal, d.heartbeat_s),
                   WebhookDispatcher(store, signal, session, d.retry, secrets=SecretBox.from_env()),
-                  session, d.history)  # fmt: skip
+                  session)  # fmt: skip
         app[OPS] = ops
         if d.mqtt is not None:
             ops.publisher = PlatformPublisher(store, signal, d.mqtt)
@@ -113,7 +118,7 @@ async def _deliver_while_leading(
                     await asyncio.gather(task, return_exceptions=True)
 
 
-def _metrics(app: web.Application) -> list[metrics.Spec]:
+def delivery_metrics(app: web.Application) -> list[metrics.Spec]:
     def part(read: Any) -> Any:
         # zero until the delivery side is up (a scrape may come first)
         return lambda: read(app[OPS]) if OPS in app else 0

@@ -1,14 +1,37 @@
-"""What the alert-operations and health endpoints return (and accept): pydantic models, also the
-source of their OpenAPI schemas."""
+"""What the alert and webhook endpoints return (and the webhook one accepts): alerts, their operations and incidents; and how an
+alert row becomes its view."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from device_registry.http.schemas import AlertView
+from device_registry.db.tables import Alert
 from gridwatch.ground.contract import Value
+
+
+class AlertView(BaseModel):
+    alert_id: str
+    gateway: str
+    device: str
+    point: str
+    state: str
+    rule: str
+    category: str
+    severity: str
+    district: str
+    grid: str
+    location: dict[str, Any]
+    value: Value
+    peak: Value
+    threshold: float | None
+    unit: str
+    message: str
+    raised_at: int
+    updated_at: int
+    cleared_at: int | None
+    transitions: int
 
 
 class AlertOpsView(AlertView):
@@ -50,9 +73,7 @@ class ActionView(BaseModel):
     at: int
 
 
-class ActionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    note: str = Field(default="", max_length=2000, description="Why, what was done.")
+# ---- webhooks: kept by ``OpsStore`` beside the feed they read (delivery/ serves them) ----
 
 
 class WebhookRequest(BaseModel):
@@ -91,60 +112,11 @@ class ReplayView(BaseModel):
     error: str = ""
 
 
-class DeviceHealthView(BaseModel):
-    id: str
-    gateway: str
-    device: str
-    district: str
-    grid: str
-    profile: str
-    firmware: str
-    status: Literal["online", "offline", "silent"]
-    healthy: bool
-    reasons: list[str]
-    since: int | None = Field(description="When the trouble began (centre clock, epoch ms).")
-    last_seen: int | None
-    interval_s: float | None
-    success_rate: float | None
-    consecutive_failures: int | None
-    response_ms: float | None
-    battery: Value = None
-    signal: Value = None
-
-
-class GatewayHealthView(BaseModel):
-    id: str
-    status: Literal["online", "offline", "silent"]
-    healthy: bool
-    reasons: list[str]
-    since: int | None
-    last_seen: int
-    uplink: Literal["connected", "down"] = Field(
-        description="down from its death message (last will) until its next birth"
-    )
-    cpu_percent: float | None = None
-    memory_mb: float | None = None
-    disk_free_mb: float | None = None
-    outbox_depth: int | None = None
-    outbox_dropped: int | None = None
-    uplink_reconnects: int | None = None
-    clock_offset_ms: int | None = None
-
-
-class HealthReport(BaseModel):
-    healthy: bool = Field(description="True when nothing listed is unhealthy.")
-    unhealthy: int
-    devices: list[DeviceHealthView] = Field(description="Unhealthy first.")
-    gateways: list[GatewayHealthView] = Field(description="Unhealthy first.")
-
-
-class ReadingPoint(BaseModel):
-    ts: int
-    value: Value
-    quality: str
-
-
-class ReadingsView(BaseModel):
-    device: str
-    point: str
-    readings: list[ReadingPoint]
+def alert(a: Alert) -> AlertView:
+    return AlertView(
+        alert_id=a.alert_id, gateway=a.gateway_id, device=a.device_id.partition(":")[2],
+        point=a.point, state=a.state, rule=a.rule, category=a.category, severity=a.severity,
+        district=a.district, grid=a.grid, location=a.location, value=a.value, peak=a.peak,
+        threshold=a.threshold, unit=a.unit, message=a.message, raised_at=a.raised_at,
+        updated_at=a.updated_at, cleared_at=a.cleared_at, transitions=a.transitions,
+    )  # fmt: skip

@@ -1,0 +1,81 @@
+"""The alerts' endpoints: the alert list, alert operations (ack, resolve, close; one alert or a
+whole incident) and one alert with its actions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from device_registry.alerts.lifecycle import Action, Refused
+from device_registry.alerts.requests import ActionRequest, AlertQuery, LifecycleQuery
+from device_registry.alerts.store import AlertFilter, OpsStore, stages
+from device_registry.alerts.views import AlertOpsView, AlertView, IncidentActed
+from device_registry.errors import Conflict
+from device_registry.http.auth import PRINCIPAL, Role, roles
+from device_registry.http.routing import Route, route
+from device_registry.http.state import STORE, now_ms
+
+# alerts are for those who act on them
+WATCHERS = roles(Role.OPERATOR, Role.MAINTENANCE, Role.PLATFORM)
+OPERATOR_ACTIONS = (Action.ACK, Action.RESOLVE, Action.CLOSE)
+
+
+def _ops(request: web.Request) -> OpsStore:
+    return OpsStore(request.app[STORE])
+
+
+@route("GET", "/api/v1/alerts", WATCHERS, "Alerts, newest transition first")
+async def list_alerts(request: web.Request, query: AlertQuery) -> list[AlertView]:
+    store = request.app[STORE]
+    return await store.alerts(active_only=query.state == "active", limit=query.limit)
+
+
+@route("GET", "/api/v1/alerts/lifecycle", WATCHERS, "Alerts with their operations stage, time "
+       "limit and incident")  # fmt: skip
+async def list_alert_ops(request: web.Request, query: LifecycleQuery) -> list[AlertOpsView]:
+    chosen = AlertFilter().stages if query.stage is None else stages(query.stage.split(","))
+    f = AlertFilter(chosen, query.district, query.category, query.incident, query.limit)
+    return await _ops(request).alerts(f, now_ms())
+
+
+@route("GET", "/api/v1/alerts/{id}", WATCHERS, "One alert with the actions taken on it")
+async def get_alert(request: web.Request) -> dict[str, Any]:
+    view, steps = await _ops(request).alert(request.match_info["id"], now_ms())
+    return {**view.model_dump(mode="json"), "actions": [s.model_dump(mode="json") for s in steps]}
+
+
+def _on_alert(action: Action) -> Route:
+    async def act(request: web.Request, body: ActionRequest) -> AlertOpsView:
+        principal = request[PRINCIPAL]
+        try:
+            return await _ops(request).act(
+                request.match_info["id"], action, principal.name, body.note, now_ms()
+            )
+        except Refused as exc:
+            raise Conflict(str(exc)) from exc
+
+    act.__name__ = f"{action.value}_alert"
+    return route("POST", f"/api/v1/alerts/{{id}}/{action.value}", roles(Role.OPERATOR),
+                 f"{action.value.capitalize()} one alert, with a note")(act)  # fmt: skip
+
+
+def _on_incident(action: Action) -> Route:
+    async def act(request: web.Request, body: ActionRequest) -> IncidentActed:
+        return await _ops(request).act_on_incident(
+            request.match_info["id"], action, request[PRINCIPAL].name, body.note, now_ms()
+        )
+
+    act.__name__ = f"{action.value}_incident"
+    return route("POST", f"/api/v1/incidents/{{id}}/{action.value}", roles(Role.OPERATOR),
+                 f"{action.value.capitalize()} every alert of an incident that allows it")(act)  # fmt: skip
+
+
+ROUTES: tuple[Route, ...] = (
+    list_alerts,
+    # fixed paths before /alerts/{id}: aiohttp tries resources in the order they were added
+    list_alert_ops,
+    get_alert,
+    *(_on_alert(a) for a in OPERATOR_ACTIONS),
+    *(_on_incident(a) for a in OPERATOR_ACTIONS),
+)

@@ -1,0 +1,77 @@
+"""What the health endpoints return: the liveness check, the health report, and readings."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from gridwatch.ground.contract import Value
+
+
+class HealthView(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: str
+    parts: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What the process hosting the API reports, e.g. its bridge's counters.",
+    )
+
+
+class DeviceHealthView(BaseModel):
+    id: str
+    gateway: str
+    device: str
+    district: str
+    grid: str
+    profile: str
+    firmware: str
+    status: Literal["online", "offline", "silent"]
+    healthy: bool
+    reasons: list[str]
+    since: int | None = Field(description="When the trouble began (centre clock, epoch ms).")
+    last_seen: int | None
+    interval_s: float | None
+    success_rate: float | None
+    consecutive_failures: int | None
+    response_ms: float | None
+    battery: Value = None
+    signal: Value = None
+
+
+class GatewayHealthView(BaseModel):
+    id: str
+    status: Literal["online", "offline", "silent"]
+    healthy: bool
+    reasons: list[str]
+    since: int | None
+    last_seen: int
+    uplink: Literal["connected", "down"] = Field(
+        description="down from its death message (last will) until its next birth"
+    )
+    cpu_percent: float | None = None
+    memory_mb: float | None = None
+    disk_free_mb: float | None = None
+    outbox_depth: int | None = None
+    outbox_dropped: int | None = None
+    uplink_reconnects: int | None = None
+    clock_offset_ms: int | None = None
+
+
+class HealthReport(BaseModel):
+    healthy: bool = Field(description="True when nothing listed is unhealthy.")
+    unhealthy: int
+    devices: list[DeviceHealthView] = Field(description="Unhealthy first.")
+    gateways: list[GatewayHealthView] = Field(description="Unhealthy first.")
+
+
+class ReadingPoint(BaseModel):
+    ts: int
+    value: Value
+    quality: str
+
+
+class ReadingsView(BaseModel):
+    device: str
+    point: str
+    readings: list[ReadingPoint]

@@ -1,0 +1,143 @@
+"""Every error answer of the API, in one shape: ``application/problem+json`` (RFC 9457).
+
+    {"type": "urn:gridwatch:problem:invalid", "title": "Invalid request", "status": 422,
+     "detail": "the body is invalid: location.grid: Field required",
+     "errors": [{"loc": "location.grid", "msg": "Field required"}]}
+
+Handlers raise the registry's errors (``device_registry/errors.py``); ``problem_answers`` is the
+one place that turns them into answers, by the ``KINDS`` table. ``type`` is stable for a client
+to branch on; ``title`` and ``detail`` are for people. Nothing the client sent is echoed back
+whole: validation messages name the field, not its value.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from pydantic import BaseModel, Field, ValidationError
+
+from device_registry.errors import (
+    Ambiguous,
+    BrokerUnavailable,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    RegistryError,
+    StoreRejected,
+    StoreUnavailable,
+    Unauthorized,
+)
+from device_registry.http.routing import json_reply, problems
+
+logger = logging.getLogger(__name__)
+
+MEDIA = "application/problem+json"
+_TYPE = "urn:gridwatch:problem:{}"
+
+
+class FieldError(BaseModel):
+    loc: str = Field(description="Dotted path of the offending field, e.g. 'location.grid'.")
+    msg: str
+
+
+class ProblemView(BaseModel):
+    """An error answer (RFC 9457)."""
+
+    type: str = Field(description="Stable id of the kind of problem, e.g. "
+                      "'urn:gridwatch:problem:invalid'.")  # fmt: skip
+    title: str = Field(description="The kind of problem, in words.")
+    status: int
+    detail: str = Field(description="What went wrong in this request, in words.")
+    errors: list[FieldError] = Field(
+        default_factory=list, description="For 422: every field that is wrong, and why."
+    )
+
+
+KINDS: list[tuple[type[RegistryError], int, str, str]] = [
+    (Unauthorized, 401, "unauthorized", "Unauthorized"),
+    (Forbidden, 403, "forbidden", "Forbidden"),
+    (NotFound, 404, "not-found", "Not found"),
+    (Ambiguous, 409, "ambiguous", "Ambiguous id"),
+    (Conflict, 409, "conflict", "Conflict"),
+    (Invalid, 422, "invalid", "Invalid request"),
+    (StoreRejected, 500, "internal", "Internal error"),
+    (StoreUnavailable, 503, "store-unavailable", "Store unavailable"),
+    (BrokerUnavailable, 503, "broker-unavailable", "Broker unavailable"),
+]
+"""Error class -> (status, type, title); the first class the error is an instance of wins."""
+
+
+def problem(
+    status: int, kind: str, title: str, detail: str, errors: list[tuple[str, str]] | None = None
+) -> web.Response:
+    view = ProblemView(type=_TYPE.format(kind), title=title, status=status, detail=detail,
+                       errors=[FieldError(loc=f, msg=m) for f, m in errors or []])  # fmt: skip
+    headers = {"WWW-Authenticate": 'Bearer realm="gridwatch"'} if status == 401 else None
+    return json_reply(view.model_dump(mode="json"), status, MEDIA, headers)
+
+
+def answer(exc: RegistryError, request: web.Request) -> web.Response:
+    """The problem answer to ``exc`` raised serving ``request``."""
+    status, kind, title = next((s, k, t) for cls, s, k, t in KINDS if isinstance(exc, cls))
+    if isinstance(exc, Invalid):
+        found = [(_cut(loc, _LOC), _cut(msg, _MSG)) for loc, msg in exc.problems[:_LISTED]]
+        said = "; ".join(f"{loc}: {msg}" for loc, msg in found[:_SAID])
+        more = len(exc.problems) - min(len(found), _SAID)
+        detail = f"{exc.where} is invalid: {said}" + (f" (and {more} more)" if more else "")
+        return problem(422, kind, title, detail, found)
+    if isinstance(exc, StoreRejected):
+        # a statement the database refused is our bug (or a check we lack): log it whole, and
+        # answer without the database's words
+        logger.error("store refused a statement serving %s %s: %s", request.method, request.path,
+                     exc, exc_info=exc)  # fmt: skip
+        return problem(status, kind, title, "the registry could not do this; see its log")
+    if status == 503:
+        logger.error("%s serving %s: %s", title.lower(), request.path, exc)
+    return problem(status, kind, title, str(exc))
+
+
+# a field's path can be the client's own words (an unknown key): cut, like the list's length
+_LOC, _MSG, _LISTED, _SAID = 100, 300, 50, 5
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def problem_answers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The outermost middleware: whatever is raised serving a request becomes a problem."""
+    try:
+        return await handler(request)
+    except RegistryError as exc:
+        return answer(exc, request)
+    except ValidationError as exc:  # a model built from what the client sent, deeper in
+        found = problems(exc)
+        return answer(Invalid(found), request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _http(exc, request)
+    except Exception:
+        # the request's outermost frame: a bug, logged whole; the client gets the same shape
+        logger.exception("internal error serving %s %s", request.method, request.path[:200])
+        return problem(500, "internal", "Internal error", "the registry could not do this; "
+                       "see its log")  # fmt: skip
+
+
+def _http(exc: web.HTTPException, request: web.Request) -> web.Response:
+    """aiohttp's own errors (no such route, wrong method, body too large) and the few a handler
+    raises for plain HTTP facts (410 Gone, 415, 501), with the handler's words if it gave any."""
+    default = f"{exc.status}: {exc.reason}"
+    given = exc.text if exc.text and exc.text != default else ""
+    detail = given or f"{request.method} {request.path[:200]}"
+    resp = problem(exc.status, exc.reason.lower().replace(" ", "-"), exc.reason, detail)
+    if "Allow" in exc.headers:
+        resp.headers["Allow"] = exc.headers["Allow"]
+    return resp

@@ -1,0 +1,228 @@
+"""How an endpoint is declared, and the one way its request is parsed and its answer written.
+
+Each room's ``routes.py`` declares its endpoints with ``@route(method, path, roles, ...)``. The
+handler's own signature says what it takes and returns::
+
+    @route("GET", "/api/v1/devices", READERS, "Devices with their latest values")
+    async def list_devices(request: web.Request, query: DeviceQuery) -> list[DeviceView]: ...
+
+A parameter named ``query``, ``body`` or ``path`` is parsed from the query string, the JSON body or
+the URL's ``{placeholders}`` by its pydantic model before the handler runs; the return annotation
+is the response model. So one declaration is what is served (``add_routes``), what the auth
+middleware enforces (the roles) and what the OpenAPI document says (``openapi.py``).
+
+Parsing never echoes the input back: a failure is ``Invalid`` (422) with each field's path and
+pydantic's message. Bodies are parsed by pydantic-core's JSON parser with ``NaN``/``Infinity``
+refused; it also refuses lone UTF-16 surrogates and nesting deeper than its recursion limit,
+which Python's ``json`` would pass on (and then crash on) further in.
+
+Answers are written by ``json_reply``: non-finite floats become ``null`` (a reading stored as
+NaN must not make the whole answer unreadable to ``JSON.parse``), and ``allow_nan=False`` makes
+sure nothing else slips through.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import typing
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pydantic_core
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from device_registry.errors import Invalid
+from device_registry.http.auth import ROLES_ATTR, Role
+
+Handler = Callable[..., Awaitable[Any]]
+M = TypeVar("M", bound=BaseModel)
+PARTS = ("path", "query", "body")
+"""The parameters a handler may declare besides the request, in the order they are parsed."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """One endpoint, as declared by its room."""
+
+    method: str
+    path: str
+    handler: Handler
+    roles: frozenset[Role]
+    """Who may call it; empty: public (no token read). ``admin`` is added to any non-empty set."""
+    summary: str
+    status: int = 200
+    """The status of a successful answer."""
+    media: str = "application/json"
+    """What a successful answer is (a raw handler's, e.g. ``text/html``)."""
+    body_media: str = "application/json"
+    """How the body is sent (``text/csv`` for a raw body the handler reads itself)."""
+    shows: Any = None
+    """What a raw handler's answer carries, for the docs: the model of ``/health``'s JSON, the
+    messages of the alert stream's events."""
+
+    def __post_init__(self) -> None:
+        # a typo in a parameter's name would only show as a 500 on the first call: say it now
+        where = f"route {self.method} {self.path} ({getattr(self.handler, '__name__', '?')})"
+        params = list(inspect.signature(self.handler).parameters)[1:]
+        unknown = [p for p in params if p not in PARTS]
+        if unknown:
+            raise TypeError(f"{where}: parameters {unknown} are none of {list(PARTS)}")
+        hints = typing.get_type_hints(self.handler)
+        if "return" not in hints:
+            raise TypeError(f"{where}: annotate what it returns (its answer's model)")
+        for part, model in self.models.items():
+            if not (inspect.isclass(model) and issubclass(model, BaseModel)):
+                raise TypeError(f"{where}: {part} must be a pydantic model, not {model!r}")
+
+    @property
+    def models(self) -> dict[str, type[BaseModel]]:
+        """``path``/``query``/``body`` -> the model its parameter declares."""
+        hints = typing.get_type_hints(self.handler)
+        return {p: hints[p] for p in PARTS if p in hints}
+
+    @property
+    def returns(self) -> Any:
+        """The return annotation: a model, ``list[model]``, a JSON type, or a raw response."""
+        return typing.get_type_hints(self.handler).get("return")
+
+    @property
+    def raw(self) -> bool:
+        out = self.returns
+        return inspect.isclass(out) and issubclass(out, web.StreamResponse)
+
+
+def route(
+    method: str, path: str, roles: frozenset[Role], summary: str, *, status: int = 200,
+    media: str = "application/json", body_media: str = "application/json",
+    shows: Any = None,
+) -> Callable[[Handler], Route]:  # fmt: skip
+    """Declare an endpoint (see the module docstring)."""
+
+    def declare(handler: Handler) -> Route:
+        return Route(method, path, handler, _with_admin(roles), summary, status, media,
+                     body_media, shows)  # fmt: skip
+
+    return declare
+
+
+def _with_admin(roles: frozenset[Role]) -> frozenset[Role]:
+    return roles | {Role.ADMIN} if roles else roles
+
+
+def add_routes(app: web.Application, routes: typing.Iterable[Route]) -> None:
+    """Serve ``routes``; their handlers carry their roles for the auth middleware."""
+    for r in routes:
+        app.router.add_route(r.method, r.path, _serving(r))
+
+
+def _serving(r: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    # read from the annotations once, here, not on every request
+    models, raw = r.models, r.raw
+    out = None if raw else TypeAdapter(r.returns)
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        args: dict[str, Any] = {}
+        if "path" in models:
+            args["path"] = parse("the path", models["path"], dict(request.match_info))
+        if "query" in models:
+            args["query"] = parse_query(request, models["query"])
+        elif not raw:  # a page or a file may carry a cache-buster; an API call may not
+            parse_query(request, None)
+        if "body" in models:
+            args["body"] = await parse_body(request, models["body"])
+        result = await r.handler(request, **args)
+        if out is None:
+            assert isinstance(result, web.StreamResponse), r.path
+            return result
+        return json_reply(out.dump_python(result, mode="json"), r.status)
+
+    setattr(serve, ROLES_ATTR, r.roles)
+    serve.__name__ = getattr(r.handler, "__name__", "serve")
+    return serve
+
+
+class NumericId(BaseModel):
+    """The path of an endpoint on one numbered thing (a token, a webhook, a dead letter)."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: int = Field(ge=0, le=2**62, description="Its number.")
+
+
+# ---- parsing -----------------------------------------------------------------------------------
+
+
+def parse(where: str, model: type[M], data: Mapping[str, Any]) -> M:
+    """``model`` from ``data``; a failure is ``Invalid`` naming each field, never its value."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise Invalid(problems(exc), where) from None
+
+
+def parse_query(request: web.Request, model: type[M] | None) -> M | None:
+    """The query string by ``model``; with no model, any parameter is refused (a typo in a
+    parameter's name must not be ignored silently). A repeated parameter is refused too."""
+    repeated = sorted({k for k in request.query if len(request.query.getall(k)) > 1})
+    if repeated:
+        raise Invalid([(k, "given more than once") for k in repeated], "the query string")
+    if model is None:
+        if request.query:
+            raise Invalid([(k, "unknown parameter") for k in sorted(request.query)],
+                          "the query string")  # fmt: skip
+        return None
+    return parse("the query string", model, dict(request.query))
+
+
+async def parse_body(request: web.Request, model: type[M]) -> M:
+    """The JSON body by ``model``; an empty body is ``{}`` (an action with no note)."""
+    raw = await request.read()
+    try:
+        data = pydantic_core.from_json(raw or b"{}", allow_inf_nan=False)
+    except ValueError as exc:
+        raise Invalid([("(body)", f"not valid JSON: {_short(str(exc))}")], "the body") from None
+    if not isinstance(data, dict):
+        raise Invalid([("(body)", f"expected a JSON object, got {_json_type(data)}")], "the body")
+    return parse("the body", model, data)
+
+
+def problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """(dotted field path, message) of each error; pydantic's ``input`` is left out on purpose."""
+    return [(".".join(str(x) for x in e["loc"]) or "(body)", _short(e["msg"]))
+            for e in exc.errors(include_url=False, include_input=False)]  # fmt: skip
+
+
+def _short(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}  # fmt: skip
+    return names.get(type(value), type(value).__name__)
+
+
+# ---- answering ---------------------------------------------------------------------------------
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN/Infinity replaced by None, in nested dicts and lists too."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def json_reply(
+    value: Any, status: int = 200, content_type: str = "application/json",
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:  # fmt: skip
+    """Strict RFC 8259 JSON (no NaN/Infinity), UTF-8."""
+    text = json.dumps(finite(value), allow_nan=False)
+    return web.Response(text=text, status=status, content_type=content_type, headers=headers)

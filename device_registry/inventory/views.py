@@ -1,0 +1,125 @@
+"""What the inventory endpoints return: devices and gateways as the API shows them, and how rows
+become those views (kept apart from the store so the store stays about SQL)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, cast
+
+from pydantic import BaseModel, Field
+
+from device_registry.db.tables import Device, Gateway, LatestReading
+from gridwatch.ground.contract import Value
+
+
+class PointValue(BaseModel):
+    value: Value
+    unit: str = ""
+    quality: str = Field(description="good | stale | comm_error | out_of_range | invalid")
+    ts: int = Field(description="Epoch ms of the reading (gateway clock).")
+    historical: bool = False
+
+
+class DeviceView(BaseModel):
+    id: str = Field(description="Registry id: '<gateway>:<device>'.")
+    gateway: str
+    device: str = Field(description="Device id within its gateway.")
+    status: Literal["online", "stale", "new"] = Field(
+        description="stale once its gateway's death message arrived, online again on birth; "
+        "new: registered by an installer and not heard from yet."
+    )
+    district: str = ""
+    grid: str = ""
+    first_seen: int
+    last_seen: int | None = Field(description="Epoch ms of its newest reading, if any.")
+    values: dict[str, PointValue] = Field(default_factory=dict)
+    health: dict[str, Any] | None = None
+    # what an installer registered (empty for a device only auto-registered from telemetry)
+    registered: bool = False
+    retired: bool = False
+    profile: str | None = None
+    bus: str | None = None
+    unit_id: int | None = None
+    address: str = ""
+    street: str = ""
+    install_date: str | None = None
+    firmware: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class ConfigState(BaseModel):
+    desired: int = Field(description="Version the registry generated last.")
+    acknowledged: int = Field(description="Newest version the gateway acknowledged.")
+    accepted: bool | None = Field(description="Whether that version was accepted.")
+    errors: list[str] = Field(default_factory=list, description="Why it was rejected.")
+    acknowledged_at: int | None = None
+    running: int = Field(description="Version the gateway's last birth message named.")
+
+
+class GatewayView(BaseModel):
+    id: str
+    online: bool
+    session: int
+    software: str
+    config_version: int
+    first_seen: int
+    last_seen: int = Field(description="Epoch ms (central clock) of its last message.")
+    born_at: int | None
+    died_at: int | None
+    devices: int
+    health: dict[str, Any] | None = None
+    registered: bool = False
+    retired: bool = False
+    name: str = ""
+    location: dict[str, Any] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+    config: ConfigState | None = Field(
+        default=None, description="Config delivery: desired vs acknowledged (registered only)."
+    )
+
+
+class MqttAccount(BaseModel):
+    username: str = Field(description="The gateway's id.")
+    password: str = Field(description="Shown this once; the registry keeps no copy.")
+    note: str
+
+
+class IssuedGateway(GatewayView):
+    """A gateway with the MQTT password just issued to it."""
+
+    mqtt: MqttAccount
+
+
+def device(
+    d: Device, district: str | None, grid: str | None, readings: list[LatestReading],
+    street: str | None = None,
+) -> DeviceView:  # fmt: skip
+    return DeviceView(
+        id=d.id, gateway=d.gateway_id, device=d.name,
+        status=cast(Literal["online", "stale", "new"], d.status),
+        district=district or "", grid=grid or "", first_seen=d.first_seen, last_seen=d.last_seen,
+        values={r.point: PointValue(value=r.value, unit=r.unit, quality=r.quality, ts=r.ts,
+                                    historical=r.historical) for r in readings},
+        health=d.health, registered=d.registered_at is not None, retired=d.retired_at is not None,
+        profile=d.profile, bus=d.bus, unit_id=d.unit_id, address=d.address or "",
+        street=street or "", install_date=d.install_date, firmware=d.firmware or "",
+        labels=d.labels or {},
+    )  # fmt: skip
+
+
+def gateway(
+    gw: Gateway, devices: int, report: dict[str, Any] | None,
+    location: dict[str, Any] | None = None,
+) -> GatewayView:  # fmt: skip
+    registered = gw.registered_at is not None
+    config = ConfigState(
+        desired=gw.config_desired, acknowledged=gw.config_acked, accepted=gw.config_accepted,
+        errors=list((gw.config_errors or {}).get("errors", [])),
+        acknowledged_at=gw.config_acked_at, running=gw.config_version,
+    ) if registered else None  # fmt: skip
+    return GatewayView(
+        id=gw.id, online=gw.online, session=gw.session, software=gw.software,
+        config_version=gw.config_version, first_seen=gw.first_seen, last_seen=gw.last_seen,
+        born_at=gw.born_at, died_at=gw.died_at, devices=devices, health=report,
+        registered=registered, retired=gw.retired_at is not None, name=gw.name or "",
+        location=location or {}, labels=gw.labels or {}, config=config,
+    )  # fmt: skip
