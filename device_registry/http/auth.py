@@ -2,7 +2,9 @@
 
 A token is 32 random bytes (URL-safe text) handed out once; the registry keeps only its SHA-256,
 so a copy of the database lets nobody in. A request carries it as ``Authorization: Bearer <token>``
-or, from the browser dashboard, as the cookie ``gw_token``.
+or, from the browser dashboard, as the cookie ``gw_token``. A write that carries the cookie must
+come from a page of this server, in JSON (``cross_site``), so that another page cannot forge it.
+Bearer requests are machines': unchecked.
 
 Every endpoint declares its roles with ``@requires(...)`` (or ``@public``); the middleware refuses
 a request to an endpoint that declared nothing (deny by default), so the decorators are the single
@@ -21,6 +23,7 @@ import logging
 import os
 import secrets
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -108,12 +111,16 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def _presented(request: web.Request) -> str | None:
+def _bearer(request: web.Request) -> str | None:
     header = request.headers.get(hdrs.AUTHORIZATION, "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return request.cookies.get(COOKIE) or None
+    return None
+
+
+def _presented(request: web.Request) -> str | None:
+    return _bearer(request) or request.cookies.get(COOKIE) or None
 
 
 def _refuse(status: int, error: str, detail: str) -> web.Response:
@@ -132,6 +139,8 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     token = _presented(request)
     if token is None:
         return _refuse(401, "unauthorized", "send 'Authorization: Bearer <token>'")
+    if _bearer(request) is None and (why := forged(request)) is not None:
+        return _refuse(403, "forbidden", why)
     principal = await lookup(request.app[AUTH_STORE](), token)
     if principal is None:
         return _refuse(401, "unauthorized", "unknown or revoked token")
@@ -261,3 +270,49 @@ async def bootstrap_admin(store: RegistryStore) -> str | None:
 def audit_row(by: Principal, action: str, target: str, detail: dict[str, Any] | None) -> AuditEntry:
     return AuditEntry(ts=_now(), actor=by.name, role=by.role.value, action=action, target=target,
                       detail=detail)  # fmt: skip
+
+
+# ---- browser sessions: refusing writes forged by other pages ----------------------------------
+
+UNSAFE_METHODS = frozenset({hdrs.METH_POST, hdrs.METH_PUT, hdrs.METH_PATCH, hdrs.METH_DELETE})
+
+
+def cross_site(
+    method: str, host: str, origin: str | None, referer: str | None, content_type: str,
+    has_body: bool,
+) -> str | None:  # fmt: skip
+    """Why a write that carries the session cookie looks forged by another page; None if not.
+
+    A browser attaches the cookie whichever page sends the request (``SameSite=Strict`` stops
+    other *sites*, not another port or a sibling host of the same site), but on a write it names
+    the sending page in ``Origin`` (``Referer`` in older browsers), and a page of another origin
+    cannot send an ``application/json`` body without a CORS preflight, which we never grant.
+    Only the host and port are compared, not the scheme: a proxy that ends TLS passes the
+    browser's ``Host`` on while it speaks plain HTTP to us.
+    """
+    if method not in UNSAFE_METHODS:
+        return None
+    source = origin if origin is not None else referer
+    if source is None:
+        return f"a {method} with the session cookie must carry an Origin or Referer header"
+    try:
+        netloc = urllib.parse.urlsplit(source).netloc
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        netloc = ""
+    if netloc.lower() != host.lower():
+        return (f"a {method} with the session cookie from {source!r} is refused: only pages "
+                f"served by {host} may write with it (machines send 'Authorization: Bearer')")  # fmt: skip
+    if has_body and content_type != "application/json":
+        got = content_type or "no Content-Type"
+        return (
+            f"a {method} with the session cookie must send its body as application/json, not {got}"
+        )
+    return None
+
+
+def forged(request: web.Request) -> str | None:
+    """``cross_site`` of this request."""
+    typed = hdrs.CONTENT_TYPE in request.headers
+    return cross_site(request.method, request.host, request.headers.get(hdrs.ORIGIN),
+                      request.headers.get(hdrs.REFERER), request.content_type if typed else "",
+                      request.body_exists)  # fmt: skip
