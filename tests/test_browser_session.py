@@ -1,6 +1,6 @@
-"""A write that carries the browser's session cookie is refused unless a page of this server sent
-it, in JSON (cross-site request forgery). Bearer requests (machines) are not concerned. A pure
-table for the rule, then the real registry."""
+"""The browser's session: log in sets an HttpOnly cookie, log out clears it; a write that carries
+the cookie is refused unless a page of this server sent it, in JSON (cross-site request forgery).
+Bearer requests (machines) are not concerned. A pure table for the rule, then the real registry."""
 
 from __future__ import annotations
 
@@ -103,3 +103,35 @@ async def test_forged_writes_are_refused_and_ours_pass(tmp_path: Path) -> None:
         # and a refused write changed nothing
         _, forged = await reg.call("GET", "/api/v1/alerts/s3", R.ADMIN)
         assert forged["stage"] == "open" and forged["actions"] == []
+
+
+async def test_log_in_sets_an_httponly_cookie_and_log_out_clears_it(tmp_path: Path) -> None:
+    async with registry(tmp_path) as reg:
+        url = f"{reg.url}/api/v1/session"
+        own = {"Origin": reg.url}
+        async with reg.http.post(url, json={"token": "nope"}, headers=own) as r:
+            assert r.status == 401 and (await r.json())["detail"] == "unknown or revoked token"
+            assert COOKIE not in r.cookies
+        async with reg.http.post(url, json={"token": reg.tokens[R.MAINTENANCE]},
+                                 headers={"Origin": "https://evil.example"}) as r:  # fmt: skip
+            assert r.status == 403  # a login forged by another page (login CSRF)
+        async with reg.http.post(url, data="token=x", headers=own) as r:
+            assert r.status == 422
+        async with reg.http.post(url, json={"token": reg.tokens[R.MAINTENANCE]}, headers=own) as r:
+            assert r.status == 200 and await r.json() == {"name": "maintenance-1",
+                                                          "role": "maintenance"}  # fmt: skip
+            morsel = r.cookies[COOKIE]
+        assert morsel.value == reg.tokens[R.MAINTENANCE]
+        assert morsel["httponly"] and morsel["samesite"] == "Strict" and morsel["path"] == "/"
+        assert not morsel["secure"]  # plain HTTP: a browser would not keep a Secure cookie
+        cookie = {"Cookie": f"{COOKIE}={morsel.value}"}
+        async with reg.http.get(url, headers=cookie) as r:
+            assert r.status == 200 and (await r.json())["role"] == "maintenance"
+        async with reg.http.delete(url, headers={**cookie, "Origin": "https://evil.example"}) as r:
+            assert r.status == 403  # another page cannot log the crew out either
+        async with reg.http.delete(url, headers={**cookie, **own}) as r:
+            assert r.status == 200
+            gone = r.cookies[COOKIE]
+        assert gone.value == "" and gone["max-age"] == "0"
+        async with reg.http.get(url) as r:
+            assert r.status == 401

@@ -2,9 +2,10 @@
 
 A token is 32 random bytes (URL-safe text) handed out once; the registry keeps only its SHA-256,
 so a copy of the database lets nobody in. A request carries it as ``Authorization: Bearer <token>``
-or, from the browser dashboard, as the cookie ``gw_token``. A write that carries the cookie must
-come from a page of this server, in JSON (``cross_site``), so that another page cannot forge it.
-Bearer requests are machines': unchecked.
+or, from the browser dashboard, as the cookie ``gw_token``. The dashboard logs in with
+``POST /api/v1/session``, which sets that cookie ``HttpOnly; SameSite=Strict`` (no script can read
+it); a write that carries the cookie must come from a page of this server, in JSON
+(``cross_site``), so that another page cannot forge it. Bearer requests are machines': unchecked.
 
 Every endpoint declares its roles with ``@requires(...)`` (or ``@public``); the middleware refuses
 a request to an endpoint that declared nothing (deny by default), so the decorators are the single
@@ -272,9 +273,10 @@ def audit_row(by: Principal, action: str, target: str, detail: dict[str, Any] | 
                       detail=detail)  # fmt: skip
 
 
-# ---- browser sessions: refusing writes forged by other pages ----------------------------------
+# ---- browser sessions: the HttpOnly cookie, and refusing writes forged by other pages -------
 
 UNSAFE_METHODS = frozenset({hdrs.METH_POST, hdrs.METH_PUT, hdrs.METH_PATCH, hdrs.METH_DELETE})
+SESSION_PATH = "/api/v1/session"
 
 
 def cross_site(
@@ -316,3 +318,58 @@ def forged(request: web.Request) -> str | None:
     return cross_site(request.method, request.host, request.headers.get(hdrs.ORIGIN),
                       request.headers.get(hdrs.REFERER), request.content_type if typed else "",
                       request.body_exists)  # fmt: skip
+
+
+class SessionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    token: str = Field(min_length=1, max_length=512, description="An API token, as issued.")
+
+
+class SessionView(BaseModel):
+    name: str = Field(description="The token's name.")
+    role: Role
+
+
+def _session(principal: Principal) -> web.Response:
+    view = SessionView(name=principal.name, role=principal.role)
+    return web.json_response(view.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
+
+
+@public
+async def log_in(request: web.Request) -> web.Response:
+    """Check a token and keep it in the ``HttpOnly`` cookie: the page's scripts never see it.
+
+    ``Secure`` only when this request came over TLS: on plain HTTP a browser would refuse to
+    keep a ``Secure`` cookie (loopback aside), and the token crosses the wire in clear anyway."""
+    body = SessionRequest.model_validate_json(await request.read() or b"{}")
+    if (why := forged(request)) is not None:  # a login forged by another page: refused too
+        return _refuse(403, "forbidden", why)
+    principal = await lookup(request.app[AUTH_STORE](), body.token)
+    if principal is None:
+        return _refuse(401, "unauthorized", "unknown or revoked token")
+    resp = _session(principal)
+    resp.set_cookie(COOKIE, body.token, path="/", httponly=True, samesite="Strict",
+                    secure=request.secure or None)  # fmt: skip
+    return resp
+
+
+@requires(*ALL_ROLES)
+async def whoami(request: web.Request) -> web.Response:
+    """Who the session (or bearer token) is: how the page learns it is logged in."""
+    return _session(request[PRINCIPAL])
+
+
+@public
+async def log_out(request: web.Request) -> web.Response:
+    """Forget the cookie; public, so that a revoked token's cookie can be cleared too."""
+    if COOKIE in request.cookies and (why := forged(request)) is not None:
+        return _refuse(403, "forbidden", why)
+    resp = web.json_response({"logged_out": True}, headers={"Cache-Control": "no-store"})
+    resp.del_cookie(COOKIE, path="/", httponly=True, samesite="Strict",
+                    secure=request.secure or None)  # fmt: skip
+    return resp
+
+
+def session_routes() -> list[web.RouteDef]:
+    return [web.post(SESSION_PATH, log_in), web.get(SESSION_PATH, whoami),
+            web.delete(SESSION_PATH, log_out)]  # fmt: skip
