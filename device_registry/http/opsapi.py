@@ -6,6 +6,7 @@ call what is declared here with ``auth.requires`` (the single role x endpoint ta
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,7 +23,14 @@ from device_registry.delivery.sse import SseHub
 from device_registry.delivery.webhooks import WebhookDispatcher
 from device_registry.health.store import HealthFilter, health_report
 from device_registry.http.api import STORE, BadQuery, _int, _json, _query
-from device_registry.http.auth import PRINCIPAL, Handler, Role, requires
+from device_registry.http.auth import (
+    PRINCIPAL,
+    Handler,
+    Role,
+    requires,
+    revoked_among,
+    token_key,
+)
 from device_registry.http.opsviews import (
     ActionRequest,
     ReadingPoint,
@@ -157,7 +165,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
     last = request.headers.get("Last-Event-ID") or q.get("since")
     start = None if last is None else _int(last, "Last-Event-ID/since", 0, 0, 2**62)
     hub = request.app[OPS].hub
-    return await hub.stream(request, q.get("district"), q.get("category"), start)
+    revoked = functools.partial(revoked_among, request.app[STORE])
+    return await hub.stream(request, q.get("district"), q.get("category"), start,
+                            token_key(request), revoked)  # fmt: skip
 
 
 # ---- webhooks -------------------------------------------------------------------------------
