@@ -4,13 +4,18 @@ Bearer requests (machines) are not concerned. A pure table for the rule, then th
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
+import aiohttp
 import pytest
 
-from device_registry.http.auth import COOKIE, cross_site
+from device_registry import RegistryStore
+from device_registry.http.app import build_app, serving
+from device_registry.http.auth import COOKIE, SYSTEM, TokenRequest, cross_site, issue
 from device_registry.http.auth import Role as R
 from tests._ops_helpers import Registry, registry, smoke
+from tests.tls import make_certs
 
 HOST = "127.0.0.1:8080"
 OURS = f"http://{HOST}"
@@ -135,3 +140,23 @@ async def test_log_in_sets_an_httponly_cookie_and_log_out_clears_it(tmp_path: Pa
         assert gone.value == "" and gone["max-age"] == "0"
         async with reg.http.get(url) as r:
             assert r.status == 401
+
+
+async def test_over_tls_the_cookie_is_secure(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path / "certs")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(certs.cert, certs.key)
+    client = ssl.create_default_context(cafile=str(certs.ca))
+    store = await RegistryStore.open(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}")
+    try:
+        crew = await issue(store, TokenRequest(name="crew", role=R.MAINTENANCE), SYSTEM)
+        app = build_app(store=store)
+        async with serving(app, "127.0.0.1", 0, server) as url, aiohttp.ClientSession() as http:
+            body, origin = {"token": crew.token}, {"Origin": url}
+            async with http.post(f"{url}/api/v1/session", json=body, headers=origin,
+                                 ssl=client) as r:  # fmt: skip
+                assert r.status == 200
+                morsel = r.cookies[COOKIE]
+    finally:
+        await store.close()
+    assert morsel["secure"] and morsel["httponly"] and morsel["samesite"] == "Strict"

@@ -17,6 +17,7 @@ from cloud_bridge import SqliteSink
 from device_registry import Changes
 from device_registry.db.tables import Device
 from device_registry.http.auth import SYSTEM, Role, TokenRequest, issue
+from device_registry.http.opsapi import OPS
 from device_registry.http.opsapp import Delivery
 from gridwatch.ground.contract import (
     Birth,
@@ -158,6 +159,22 @@ async def test_dashboard_needs_a_valid_token(site: Registry) -> None:
             await page.click("#login-form button[type=submit]")
             await expect(page.locator("#login-error")).to_contain_text("unknown or revoked token")
             await expect(page.locator("#health")).to_be_hidden()
+
+            # a crew logs in; the session outlives a reload, and ends with "Log out"
+            await page.fill("#token", site.tokens[Role.MAINTENANCE])
+            await page.click("#login-form button[type=submit]")
+            await expect(page.locator("#who")).to_have_text("maintenance-1 (maintenance)")
+            await expect(page.locator("#health-list article[data-device]").first).to_be_visible()
+            assert await page.evaluate("document.cookie") == ""
+            await page.reload()
+            await expect(page.locator("#health")).to_be_visible()
+            await expect(page.locator("#live")).to_have_text("offline")  # no stream for crews
+            await page.click("#logout")
+            await expect(page.locator("#login")).to_be_visible()
+            assert await page.context.cookies() == []
+            await page.reload()
+            await expect(page.locator("#login")).to_be_visible()
+            await expect(page.locator("#health")).to_be_hidden()
         finally:
             await browser.close()
 
@@ -296,3 +313,25 @@ async def test_hostile_data_is_shown_as_text_and_runs_nothing(tmp_path: Path) ->
     assert dialogs == [] and planted == []
     # nothing even tried: the page never handed the policy anything to block
     assert [m for m in console if "Content Security Policy" in m or "Trusted Type" in m] == []
+
+
+async def test_a_revoked_operator_is_sent_back_to_the_login(site: Registry) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    site.app[OPS].hub.recheck_s = 0.3  # the production period is 5 s
+    crew = await issue(site.store, TokenRequest(name="late shift", role=Role.OPERATOR), SYSTEM)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(f"{site.url}/dashboard#/alerts")
+            await page.fill("#token", crew.token)
+            await page.click("#login-form button[type=submit]")
+            await expect(page.locator("#live")).to_have_text("live")
+            status, _ = await site.call("DELETE", f"/api/v1/tokens/{crew.id}", Role.ADMIN)
+            assert status == 200
+            # the stream ends, its reconnection is refused, and the page asks for a login
+            await expect(page.locator("#login")).to_be_visible(timeout=10_000)
+            await expect(page.locator("#live")).to_have_text("offline")
+        finally:
+            await browser.close()

@@ -164,13 +164,19 @@ class SseHub:
 
     async def _watch(self, revoked: Revoked) -> None:
         """Ends the streams whose token was revoked; it stops when the last stream has gone."""
+        failing = False
         while self._subs:
             await asyncio.sleep(self.recheck_s)  # a period, not a wait for something
             try:
                 gone = await revoked({sub.key for sub in self._subs})
             except Exception:  # the warden's outermost loop: it asks again next period
-                logger.exception("alert stream cannot check its clients' tokens")
+                logger.log(logging.DEBUG if failing else logging.ERROR,
+                           "alert stream cannot check its clients' tokens", exc_info=True)  # fmt: skip
+                failing = True
                 continue
+            if failing:
+                logger.info("alert stream checks its clients' tokens again")
+                failing = False
             for sub in self._subs:
                 if sub.key in gone:
                     sub.revoked = True
