@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Callable, Collection
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from device_registry import RegistryStore
 from device_registry.alerts.store import FeedEvent
 from device_registry.db.tables import ApiToken
 from device_registry.delivery.mqtt_out import MqttTarget
+from device_registry.errors import StoreUnavailable
 from device_registry.http import opsapi
 from device_registry.http.auth import SYSTEM, Role, TokenRequest, hash_token, issue, revoked_among
 from device_registry.http.opsapi import OPS
@@ -267,3 +269,43 @@ async def test_one_token_check_serves_all_streams_and_ends_only_the_revoked(
         # each check asked about every open stream's token at once
         assert checks and all(keys <= digests for keys in checks)
         assert digests in checks
+
+
+async def test_a_client_of_a_replaced_database_gets_the_new_feed(tmp_path: Path) -> None:
+    async with registry(tmp_path) as reg:
+        await reg.ingest(smoke("a1"))
+        # the client saw seq 1000 of a feed this database never had (restored from a backup)
+        reader = asyncio.create_task(collect(reg, 2, {"Last-Event-ID": "1000"}))
+        await until(lambda: reg.app[OPS].hub.clients == 1)
+        await reg.ingest(smoke("a2", grid="FT-0077"))
+        async with asyncio.timeout(10):
+            events = await reader
+        assert [(e["event"], e["data"]["alert_id"]) for e in events] == [
+            ("alert", "a2"), ("lifecycle", "a2"),
+        ]  # fmt: skip
+
+
+async def test_the_feed_reader_outlives_a_failing_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="device_registry.delivery.sse")
+    async with registry(tmp_path) as reg:
+        ops = reg.app[OPS].store
+        real, failures = ops.feed, [3]
+
+        async def feed(after: int, limit: int = 500) -> list[FeedEvent]:
+            if failures[0]:
+                failures[0] -= 1
+                raise StoreUnavailable("database is locked (injected)")
+            return await real(after, limit)
+
+        reader = asyncio.create_task(collect(reg, 2, {}))
+        await until(lambda: reg.app[OPS].hub.clients == 1)
+        monkeypatch.setattr(ops, "feed", feed)
+        await reg.ingest(smoke("a1"))
+        async with asyncio.timeout(10):
+            events = await reader
+        assert [e["data"]["alert_id"] for e in events] == ["a1", "a1"]
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name.endswith(".sse")]
+    assert said == [("ERROR", "alert stream cannot read the feed"),
+                    ("INFO", "alert stream reads the feed again")]  # fmt: skip

@@ -131,14 +131,29 @@ class SseHub:
         async with self._starting:
             if self._reader is None or self._reader.done():
                 self.cursor = await self.ops.last_seq()
+            if start is not None and start > self.cursor:
+                start = await self._resumable(start)
+            # no await from here on: a reader or warden that found no stream would stop, and
+            # the reader must not read past the cursor before this stream is in the set
+            if self._reader is None or self._reader.done():
                 self._reader = asyncio.create_task(self._read(), name="sse-feed-reader")
             if self._warden is None or self._warden.done():
                 self._warden = asyncio.create_task(self._watch(revoked), name="sse-token-warden")
             sub = _Subscriber(self.cursor if start is None else start, self.backlog, key)
-            # in the set before the reader runs again: nothing after the cursor is missed
             self._subs.add(sub)
             sub.lagged = start is not None and start < self.cursor
             return sub
+
+    async def _resumable(self, start: int) -> int:
+        """Where a client that saw ``start`` resumes. Past the feed's end, it saw another feed
+        (the database was restored or replaced): waiting for the new one to pass ``start``
+        would send it nothing for as long, so it starts at the end, as a new client does."""
+        end = await self.ops.last_seq()
+        if start <= end:  # another registry process served it; this reader is a tick behind
+            return start
+        logger.warning("a client resumed the alert stream after seq %d, past the feed's end %d "
+                       "(a restored or new database?): it starts at the end", start, end)  # fmt: skip
+        return end
 
     async def _read(self) -> None:
         """The one feed reader; it stops when the last stream has gone."""
