@@ -1,20 +1,23 @@
 """The dashboard in a real browser (Debian's Chromium driven by Playwright), at desktop and phone
 sizes: a crew sees the unhealthy devices first with why; an operator acknowledges an alert and its
 state changes; a new alert appears live (SSE) without a reload; the device detail charts its
-readings. Screenshots go to test-artifacts/."""
+readings. Hostile ids, names and labels show as text and run nothing; the token stays in an
+HttpOnly cookie. Screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from cloud_bridge import SqliteSink
 from device_registry import Changes
-from device_registry.delivery.runtime import Delivery
-from device_registry.http.auth import Role
+from device_registry.db.tables import Device
+from device_registry.delivery.runtime import OPS, Delivery
+from device_registry.http.auth import SYSTEM, Role, TokenRequest, issue
 from gridwatch.ground.contract import (
     Birth,
     DeviceHealth,
@@ -155,5 +158,179 @@ async def test_dashboard_needs_a_valid_token(site: Registry) -> None:
             await page.click("#login-form button[type=submit]")
             await expect(page.locator("#login-error")).to_contain_text("unknown or revoked token")
             await expect(page.locator("#health")).to_be_hidden()
+
+            # a crew logs in; the session outlives a reload, and ends with "Log out"
+            await page.fill("#token", site.tokens[Role.MAINTENANCE])
+            await page.click("#login-form button[type=submit]")
+            await expect(page.locator("#who")).to_have_text("maintenance-1 (maintenance)")
+            await expect(page.locator("#health-list article[data-device]").first).to_be_visible()
+            assert await page.evaluate("document.cookie") == ""
+            await page.reload()
+            await expect(page.locator("#health")).to_be_visible()
+            await expect(page.locator("#live")).to_have_text("offline")  # no stream for crews
+            await page.click("#logout")
+            await expect(page.locator("#login")).to_be_visible()
+            assert await page.context.cookies() == []
+            await page.reload()
+            await expect(page.locator("#login")).to_be_visible()
+            await expect(page.locator("#health")).to_be_hidden()
+        finally:
+            await browser.close()
+
+
+# ---- hostile data: gateways choose ids, units and messages; people choose names and labels ----
+
+
+def hostile(where: str, slash: bool = True) -> str:
+    """Text that runs script wherever a page pastes it into HTML: it breaks out of an attribute
+    (and fires without a click, ``content-visibility``), opens an ``<img>`` whose error handler
+    runs, and (``slash``) a ``<script>``. Each marks ``window.__pwned`` and asks for a URL with
+    ``planted`` in it, so a test sees any of them run."""
+    attr = (f'" style="display:block;content-visibility:auto" oncontentvisibilityautostatechange='
+            f"\"window.__pwned='{where}';fetch('planted-{where}-attr')\" x=\"")  # fmt: skip
+    tag = f"'\"><img src=planted-{where} onerror=\"window.__pwned='{where}'\">"
+    script = f"<script>window.__pwned='{where}'</script><svg onload=alert('{where}')>"
+    return where + attr + tag + (script if slash else "")
+
+
+# ids go into URLs: no '/' (a path separator) and no ':' (the registry id's separator) there
+GATEWAY = "gw'\"><img src=planted-gw onerror=\"window.__pwned='gw'\">"
+DEVICE = "sd'\"><img src=planted-dev onerror=\"alert('dev')\">"
+ALERT = hostile("alert", slash=False)
+
+
+async def seed_hostile(reg: Registry) -> str:
+    """A gateway, device and two alerts whose every text field is hostile; returns the device's
+    registry id."""
+    now = now_ms()
+    here = Location(district=hostile("district"), street=hostile("street"), grid=hostile("grid"))
+    info = DeviceInfo(device=DEVICE, profile=hostile("profile"), interval_s=3600, location=here)
+    birth = Birth(gateway=GATEWAY, session=1, ts=now, devices=[DEVICE], device_info=[info])
+    reading = Reading(device=DEVICE, point=hostile("point"), value=hostile("value"),
+                      unit=hostile("unit"), ts=now)  # fmt: skip
+    ch = Changes(now=now, status=[birth])
+    ch.latest[(GATEWAY, DEVICE, reading.point)] = reading
+    ch.device_seen[(GATEWAY, DEVICE)] = now
+    await reg.store.apply(ch)
+    first = smoke(ALERT, device=DEVICE, gateway=GATEWAY, district=hostile("a-district"),
+                  grid=hostile("a-grid"))  # fmt: skip
+    second = smoke(hostile("alert2"), device=DEVICE, gateway=GATEWAY, grid="FT-0099")
+    second = second.model_copy(update={"category": hostile("category"), "unit": hostile("aunit"),
+                                       "message": hostile("message"), "location": here})  # fmt: skip
+    await reg.ingest(first, second)
+    device_id = f"{GATEWAY}:{DEVICE}"
+    # an installer's labels (the API accepts any text in them); set in the store, as the API's
+    # PATCH takes only devices an installer registered, whose ids are plain
+    async with reg.store.transaction() as s:
+        row = await s.get(Device, device_id)
+        assert row is not None
+        row.labels = {"crew": hostile("label")}
+    return device_id
+
+
+async def test_hostile_data_is_shown_as_text_and_runs_nothing(tmp_path: Path) -> None:
+    from playwright.async_api import ConsoleMessage, Dialog, Request, async_playwright, expect
+
+    dialogs: list[str] = []
+    planted: list[str] = []
+    console: list[str] = []
+
+    async def dismiss(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        await dialog.dismiss()
+
+    def requested(request: Request) -> None:
+        # the payloads' relative URLs resolve to /planted-...; API calls merely quote them
+        if urlsplit(request.url).path.startswith("/planted"):
+            planted.append(request.url)
+
+    def logged(msg: ConsoleMessage) -> None:
+        if msg.type == "error":
+            console.append(msg.text)
+
+    async with registry(tmp_path) as reg, async_playwright() as pw:
+        device_id = await seed_hostile(reg)
+        # an admin may name a token anything: the name shows as "acknowledged by ..."
+        name = "<img src=planted-name onerror=alert('name')>"
+        crew = await issue(reg.store, TokenRequest(name=name, role=Role.OPERATOR), SYSTEM)
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            context = await browser.new_context()
+            page = await context.new_page()
+            page.on("dialog", dismiss)
+            page.on("request", requested)
+            page.on("console", logged)
+            answer = await page.goto(f"{reg.url}/dashboard")
+            assert answer is not None
+            csp = answer.headers["content-security-policy"]
+            assert "script-src 'self'" in csp and "object-src 'none'" in csp, csp
+            assert answer.headers["x-content-type-options"] == "nosniff"
+            await page.fill("#token", crew.token)
+            await page.click("#login-form button[type=submit]")
+
+            # the crew's view: the device's id, profile and location, as text
+            card = page.locator("#health-list article[data-device]").first
+            await expect(card).to_have_attribute("data-device", device_id)
+            await expect(card).to_contain_text(DEVICE)
+            await expect(card).to_contain_text(hostile("profile"))
+            await expect(page.locator("#health-list h3.district")).to_have_text(hostile("district"))
+            await expect(page.locator("#health-list h4.grid")).to_have_text(hostile("grid"))
+
+            # the operator's: ids in attributes, category, message, unit in text
+            await page.click("#nav-alerts")
+            alert = page.locator("#alerts-list article[data-alert]").filter(
+                has_text="Smoke detected"
+            )
+            await expect(alert).to_have_attribute("data-alert", ALERT)
+            await expect(alert).to_contain_text(hostile("a-district"))
+            other = page.locator("#alerts-list article[data-alert]").filter(
+                has_text="planted-message"
+            )
+            await expect(other).to_have_attribute("data-alert", hostile("alert2"))
+            for text in ("category", "message", "aunit"):
+                await expect(other).to_contain_text(hostile(text))
+            await alert.locator('button[data-act="ack"]').click()
+            await expect(alert.locator(".badge.stage")).to_have_text("acknowledged")
+            await expect(alert).to_contain_text(f"acknowledged by {name}")
+
+            # the device's page: labels, point, value and unit
+            await alert.locator(".meta a").first.click()
+            detail = page.locator("#device-detail")
+            await expect(detail).to_contain_text(f"crew={hostile('label')}")
+            await expect(detail).to_contain_text(f"{hostile('point')}: {hostile('value')}")
+            await expect(detail).to_contain_text(hostile("street"))
+
+            # the token stays out of reach of any script, and the cookie is not sent cross-site
+            assert await page.evaluate("document.cookie") == ""
+            (cookie,) = await context.cookies()
+            assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"]) == (
+                "gw_token", True, "Strict",
+            )  # fmt: skip
+            assert await page.evaluate("window.__pwned") is None
+        finally:
+            await browser.close()
+    assert dialogs == [] and planted == []
+    # nothing even tried: the page never handed the policy anything to block
+    assert [m for m in console if "Content Security Policy" in m or "Trusted Type" in m] == []
+
+
+async def test_a_revoked_operator_is_sent_back_to_the_login(site: Registry) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    site.app[OPS].hub.recheck_s = 0.3  # the production period is 5 s
+    crew = await issue(site.store, TokenRequest(name="late shift", role=Role.OPERATOR), SYSTEM)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(f"{site.url}/dashboard#/alerts")
+            await page.fill("#token", crew.token)
+            await page.click("#login-form button[type=submit]")
+            await expect(page.locator("#live")).to_have_text("live")
+            status, _ = await site.call("DELETE", f"/api/v1/tokens/{crew.id}", Role.ADMIN)
+            assert status == 200
+            # the stream ends, its reconnection is refused, and the page asks for a login
+            await expect(page.locator("#login")).to_be_visible(timeout=10_000)
+            await expect(page.locator("#live")).to_have_text("offline")
         finally:
             await browser.close()

@@ -31,6 +31,10 @@ EXPECTED: dict[tuple[str, str], set[Role]] = {
     ("GET", "/"): PUBLIC,
     ("GET", "/dashboard"): PUBLIC,
     ("GET", "/static/{name}"): PUBLIC,
+    # the browser's session: logging in and out need no token; who am I needs one
+    ("POST", "/api/v1/session"): PUBLIC,
+    ("DELETE", "/api/v1/session"): PUBLIC,
+    ("GET", "/api/v1/session"): READERS,
     # inventory
     ("GET", "/api/v1/gateways"): READERS,
     ("POST", "/api/v1/gateways"): {INS, ADM},

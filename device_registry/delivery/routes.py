@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+
 from aiohttp import web
 
 from device_registry.alerts.views import DeadLetterView, ReplayView, WebhookRequest, WebhookView
 from device_registry.delivery.requests import DeadLetterQuery, LastEventId, StreamQuery
 from device_registry.delivery.runtime import OPS
-from device_registry.http.auth import PRINCIPAL, Role, roles
+from device_registry.http.auth import PRINCIPAL, Role, revoked_among, roles, token_key
 from device_registry.http.routing import NumericId, Route, parse, route
-from device_registry.http.state import now_ms
+from device_registry.http.state import STORE, now_ms
 from gridwatch.ground.contract import PlatformAlert, PlatformEscalation, PlatformLifecycle
 
 ADMIN = roles(Role.ADMIN)
@@ -22,7 +24,9 @@ ADMIN = roles(Role.ADMIN)
 async def stream(request: web.Request, query: StreamQuery) -> web.StreamResponse:
     last = request.headers.get("Last-Event-ID")
     start = query.since if last is None else parse("Last-Event-ID", LastEventId, {"seq": last}).seq
-    return await request.app[OPS].hub.stream(request, query.district, query.category, start)
+    revoked = functools.partial(revoked_among, request.app[STORE])
+    return await request.app[OPS].hub.stream(request, query.district, query.category, start,
+                                             token_key(request), revoked)  # fmt: skip
 
 
 @route("GET", "/api/v1/webhooks", ADMIN, "Webhook subscriptions")

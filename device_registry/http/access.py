@@ -1,8 +1,13 @@
-"""Access control's endpoints: API tokens and the audit log.
+"""Access control's endpoints: API tokens, the audit log, and the browser's session.
 
 They stay in ``http/`` beside ``auth.py`` rather than in a room: who may call what is a concern of
 the HTTP layer across every room (the middleware that enforces it lives here), and the audit log
 is written by every room's changes.
+
+The browser's session: ``POST /api/v1/session`` checks a token and keeps it in the ``HttpOnly``
+cookie, so the dashboard's scripts never see it; ``DELETE`` forgets it (public, so that a revoked
+token's cookie can be cleared too). Writes with the cookie are checked against forgery by the
+auth middleware (``auth.forged``); login and logout check it themselves, being public.
 """
 
 from __future__ import annotations
@@ -14,8 +19,23 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from device_registry.db.tables import AuditEntry
+from device_registry.errors import Forbidden, Unauthorized
 from device_registry.http import auth
-from device_registry.http.auth import PRINCIPAL, IssuedToken, Role, TokenRequest, TokenView, roles
+from device_registry.http.auth import (
+    AUTH_STORE,
+    COOKIE,
+    PRINCIPAL,
+    PUBLIC,
+    SESSION_PATH,
+    IssuedToken,
+    Principal,
+    Role,
+    TokenRequest,
+    TokenView,
+    forged,
+    lookup,
+    roles,
+)
 from device_registry.http.routing import NumericId, Route, route
 from device_registry.http.state import STORE
 
@@ -54,4 +74,59 @@ async def audit_log(request: web.Request, query: AuditQuery) -> list[dict[str, A
              "target": r.target, "detail": r.detail} for r in rows]  # fmt: skip
 
 
-ROUTES: tuple[Route, ...] = (create_token, list_tokens, revoke_token, audit_log)
+class SessionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    token: str = Field(min_length=1, max_length=512, description="An API token, as issued.")
+
+
+class SessionView(BaseModel):
+    name: str = Field(description="The token's name.")
+    role: Role
+
+
+def _session(principal: Principal) -> web.Response:
+    view = SessionView(name=principal.name, role=principal.role)
+    return web.json_response(view.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
+
+
+@route("POST", SESSION_PATH, PUBLIC, "Log a browser in: the token is kept in an HttpOnly cookie",
+       shows=SessionView)  # fmt: skip
+async def log_in(request: web.Request, body: SessionRequest) -> web.Response:
+    """``Secure`` only when this request came over TLS: on plain HTTP a browser would refuse to
+    keep a ``Secure`` cookie (loopback aside), and the token crosses the wire in clear anyway."""
+    if (why := forged(request)) is not None:  # a login forged by another page: refused too
+        raise Forbidden(why)
+    principal = await lookup(request.app[AUTH_STORE](), body.token)
+    if principal is None:
+        raise Unauthorized("unknown or revoked token")
+    resp = _session(principal)
+    resp.set_cookie(COOKIE, body.token, path="/", httponly=True, samesite="Strict",
+                    secure=request.secure or None)  # fmt: skip
+    return resp
+
+
+@route("GET", SESSION_PATH, roles(*Role), "Who this session (or bearer token) is",
+       shows=SessionView)  # fmt: skip
+async def whoami(request: web.Request) -> web.Response:
+    return _session(request[PRINCIPAL])
+
+
+@route("DELETE", SESSION_PATH, PUBLIC, "Log a browser out: forget the cookie")
+async def log_out(request: web.Request) -> web.Response:
+    if COOKIE in request.cookies and (why := forged(request)) is not None:
+        raise Forbidden(why)
+    resp = web.json_response({"logged_out": True}, headers={"Cache-Control": "no-store"})
+    resp.del_cookie(COOKIE, path="/", httponly=True, samesite="Strict",
+                    secure=request.secure or None)  # fmt: skip
+    return resp
+
+
+ROUTES: tuple[Route, ...] = (
+    create_token,
+    list_tokens,
+    revoke_token,
+    audit_log,
+    log_in,
+    whoami,
+    log_out,
+)

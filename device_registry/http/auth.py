@@ -2,7 +2,10 @@
 
 A token is 32 random bytes (URL-safe text) handed out once; the registry keeps only its SHA-256,
 so a copy of the database lets nobody in. A request carries it as ``Authorization: Bearer <token>``
-or, from the browser dashboard, as the cookie ``gw_token``.
+or, from the browser dashboard, as the cookie ``gw_token``. The dashboard logs in with
+``POST /api/v1/session``, which sets that cookie ``HttpOnly; SameSite=Strict`` (no script can read
+it); a write that carries the cookie must come from a page of this server, in JSON
+(``cross_site``), so that another page cannot forge it. Bearer requests are machines': unchecked.
 
 Every endpoint declares its roles where its room declares the route (``routing.route``; an empty
 set is public); the middleware refuses a request to an endpoint that declared nothing (deny by
@@ -21,7 +24,8 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+import urllib.parse
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,12 +94,16 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def _presented(request: web.Request) -> str | None:
+def _bearer(request: web.Request) -> str | None:
     header = request.headers.get(hdrs.AUTHORIZATION, "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return request.cookies.get(COOKIE) or None
+    return None
+
+
+def _presented(request: web.Request) -> str | None:
+    return _bearer(request) or request.cookies.get(COOKIE) or None
 
 
 @web.middleware
@@ -109,6 +117,8 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     token = _presented(request)
     if token is None:
         raise Unauthorized("send 'Authorization: Bearer <token>'")
+    if _bearer(request) is None and (why := forged(request)) is not None:
+        raise Forbidden(why)
     principal = await lookup(request.app[AUTH_STORE](), token)
     if principal is None:
         raise Unauthorized("unknown or revoked token")
@@ -168,6 +178,26 @@ async def lookup(store: RegistryStore, token: str) -> Principal | None:
         _cache.clear()
     _cache[digest] = (now, found)
     return found
+
+
+def token_key(request: web.Request) -> str:
+    """The digest of the token this request came with: what ``revoked_among`` asks about."""
+    return hash_token(_presented(request) or "")
+
+
+async def revoked_among(store: RegistryStore, keys: Collection[str]) -> set[str]:
+    """Which of these token digests are revoked (or unknown), in one query and past the cache:
+    long-lived responses (the alert streams) ask this every few seconds, all at once."""
+    wanted = list(keys)
+    live: set[str] = set()
+    async with store.transaction() as s:
+        for i in range(0, len(wanted), 500):  # a bounded number of parameters per statement
+            chunk = wanted[i : i + 500]
+            live.update(await s.scalars(
+                select(ApiToken.sha256).where(ApiToken.sha256.in_(chunk),
+                                              ApiToken.revoked_at.is_(None))
+            ))  # fmt: skip
+    return set(wanted) - live
 
 
 def _view(row: ApiToken) -> TokenView:
@@ -237,3 +267,50 @@ async def bootstrap_admin(store: RegistryStore) -> str | None:
 def audit_row(by: Principal, action: str, target: str, detail: dict[str, Any] | None) -> AuditEntry:
     return AuditEntry(ts=_now(), actor=by.name, role=by.role.value, action=action, target=target,
                       detail=detail)  # fmt: skip
+
+
+# ---- browser sessions: the HttpOnly cookie, and refusing writes forged by other pages -------
+
+UNSAFE_METHODS = frozenset({hdrs.METH_POST, hdrs.METH_PUT, hdrs.METH_PATCH, hdrs.METH_DELETE})
+SESSION_PATH = "/api/v1/session"
+
+
+def cross_site(
+    method: str, host: str, origin: str | None, referer: str | None, content_type: str,
+    has_body: bool,
+) -> str | None:  # fmt: skip
+    """Why a write that carries the session cookie looks forged by another page; None if not.
+
+    A browser attaches the cookie whichever page sends the request (``SameSite=Strict`` stops
+    other *sites*, not another port or a sibling host of the same site), but on a write it names
+    the sending page in ``Origin`` (``Referer`` in older browsers), and a page of another origin
+    cannot send an ``application/json`` body without a CORS preflight, which we never grant.
+    Only the host and port are compared, not the scheme: a proxy that ends TLS passes the
+    browser's ``Host`` on while it speaks plain HTTP to us.
+    """
+    if method not in UNSAFE_METHODS:
+        return None
+    source = origin if origin is not None else referer
+    if source is None:
+        return f"a {method} with the session cookie must carry an Origin or Referer header"
+    try:
+        netloc = urllib.parse.urlsplit(source).netloc
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        netloc = ""
+    if netloc.lower() != host.lower():
+        return (f"a {method} with the session cookie from {source!r} is refused: only pages "
+                f"served by {host} may write with it (machines send 'Authorization: Bearer')")  # fmt: skip
+    if has_body and content_type != "application/json":
+        got = content_type or "no Content-Type"
+        return (
+            f"a {method} with the session cookie must send its body as application/json, not {got}"
+        )
+    return None
+
+
+def forged(request: web.Request) -> str | None:
+    """``cross_site`` of this request."""
+    typed = hdrs.CONTENT_TYPE in request.headers
+    return cross_site(request.method, request.host, request.headers.get(hdrs.ORIGIN),
+                      request.headers.get(hdrs.REFERER), request.content_type if typed else "",
+                      request.body_exists)  # fmt: skip

@@ -1,15 +1,31 @@
-// gridwatch dashboard: vanilla JS, no build step. Data from the registry API with the token
-// kept in the gw_token cookie; live updates from the SSE alert stream.
+// gridwatch dashboard: vanilla JS, no build step. Data from the registry API; the session is an
+// HttpOnly cookie set by POST /api/v1/session, so no script (ours or an injected one) can read the
+// token. Live updates from the SSE alert stream.
+//
+// Gateways choose alert ids, device ids, units and messages: every piece of data goes into the
+// page through textContent or setAttribute on elements built here, never through HTML text. The
+// page's Content-Security-Policy (dashboard.py) enforces it with Trusted Types: an innerHTML
+// assignment would throw.
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { alerts: [], health: null, stream: null };
+const state = { alerts: [], health: null, stream: null, role: null };
+const SVG = "http://www.w3.org/2000/svg";
 
-function esc(text) {
-  const d = document.createElement("div");
-  d.textContent = text == null ? "" : String(text);
-  return d.innerHTML;
+function build(el, attrs, children) {
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value != null && value !== false) el.setAttribute(name, String(value));
+  }
+  for (const child of children) {
+    if (child == null || child === false) continue;
+    el.append(child instanceof Node ? child : String(child));  // a string becomes a text node
+  }
+  return el;
 }
+
+// h("a", {href: "#/x", class: "y"}, "text", otherNode): an element; strings stay text
+const h = (tag, attrs, ...children) => build(document.createElement(tag), attrs, children);
+const svg = (tag, attrs, ...children) => build(document.createElementNS(SVG, tag), attrs, children);
 
 function ago(ms) {
   if (ms == null) return "never";
@@ -25,9 +41,13 @@ function clock(ms) {
 
 function span(ms) {
   const neg = ms < 0, s = Math.floor(Math.abs(ms) / 1000);
-  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
-  const txt = h ? `${h} h ${m} min` : m ? `${m} min ${r} s` : `${r} s`;
+  const hr = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+  const txt = hr ? `${hr} h ${m} min` : m ? `${m} min ${r} s` : `${r} s`;
   return neg ? `overdue by ${txt}` : `${txt} left`;
+}
+
+function text(value) {
+  return value == null ? "" : String(value);
 }
 
 async function api(path, options) {
@@ -44,53 +64,77 @@ async function api(path, options) {
   return r.json();
 }
 
+function send(method, path, body) {
+  // JSON only: the registry refuses cookie-authenticated writes in any other type (CSRF)
+  const options = { method };
+  if (body !== undefined) {
+    options.headers = { "Content-Type": "application/json" };
+    options.body = JSON.stringify(body);
+  }
+  return api(path, options);
+}
+
 // ---- login --------------------------------------------------------------------------------
 
 function showLogin() {
   for (const s of ["#health", "#alerts", "#device"]) $(s).hidden = true;
   $("#login").hidden = false;
   $("#logout").hidden = true;
+  if (state.stream) { state.stream.close(); state.stream = null; }
+  setLive("offline", false);
+}
+
+function loggedIn(who) {
+  state.role = who.role;
+  $("#login").hidden = true;
+  $("#logout").hidden = false;
+  $("#who").textContent = `${who.name} (${who.role})`;
+  // the stream is for operators and platforms; a maintenance crew refreshes by the clock
+  if (["operator", "platform", "admin"].includes(who.role)) startStream();
+  route();
 }
 
 $("#login-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
-  const token = $("#token").value.trim();
-  document.cookie = `gw_token=${encodeURIComponent(token)}; path=/; SameSite=Strict`;
+  const input = $("#token");
   try {
-    await api("/api/v1/alerts/lifecycle?limit=1");
+    const who = await send("POST", "/api/v1/session", { token: input.value.trim() });
+    input.value = "";
+    $("#login-error").textContent = "";
+    loggedIn(who);
   } catch (e) {
-    // a maintenance token may not read alerts: try health before refusing
-    try { await api("/api/v1/health?unhealthy=true"); } catch (e2) {
-      $("#login-error").textContent = e2.message;
-      document.cookie = "gw_token=; path=/; max-age=0";
-      return;
-    }
+    $("#login-error").textContent = e.message;
   }
-  $("#login").hidden = true;
-  $("#logout").hidden = false;
-  startStream();
-  route();
 });
 
-$("#logout").addEventListener("click", () => {
-  document.cookie = "gw_token=; path=/; max-age=0";
-  if (state.stream) state.stream.close();
+$("#logout").addEventListener("click", async () => {
+  try { await send("DELETE", "/api/v1/session"); } catch (e) { console.error(e); }
+  $("#who").textContent = "";
   showLogin();
 });
 
 // ---- maintenance: health ------------------------------------------------------------------
 
+function reasonList(reasons) {
+  return reasons.length ? h("ul", { class: "reasons" }, ...reasons.map((r) => h("li", {}, r))) : null;
+}
+
 function deviceCard(d) {
   const cls = d.healthy ? "online" : d.status === "online" ? "unhealthy" : d.status;
-  const since = d.since ? `<div class="meta">${esc(d.status)} since ${esc(clock(d.since))}</div>` : "";
-  const reasons = d.reasons.length
-    ? `<ul class="reasons">${d.reasons.map((r) => `<li>${esc(r)}</li>`).join("")}</ul>` : "";
-  return `<article class="card ${cls}" data-device="${esc(d.id)}">
-    <h5><a href="#/device/${encodeURIComponent(d.id)}">${esc(d.device)}</a>
-      <span class="badge ${esc(d.status)}">${esc(d.status)}</span></h5>
-    ${reasons}${since}
-    <div class="meta">${esc(d.profile || "unknown profile")} · gateway ${esc(d.gateway)} ·
-      last seen ${esc(ago(d.last_seen))}</div></article>`;
+  return h("article", { class: `card ${cls}`, "data-device": d.id },
+    h("h5", {},
+      h("a", { href: `#/device/${encodeURIComponent(d.id)}` }, d.device),
+      h("span", { class: `badge ${d.status}` }, d.status)),
+    reasonList(d.reasons),
+    d.since ? h("div", { class: "meta" }, `${d.status} since ${clock(d.since)}`) : null,
+    h("div", { class: "meta" },
+      `${d.profile || "unknown profile"} · gateway ${d.gateway} · last seen ${ago(d.last_seen)}`));
+}
+
+function gatewayCard(g) {
+  return h("article", { class: `card ${g.status === "online" ? "unhealthy" : g.status}` },
+    h("h5", {}, g.id, " ", h("span", { class: `badge ${g.status}` }, g.status)),
+    reasonList(g.reasons));
 }
 
 function grouped(devices) {
@@ -106,31 +150,29 @@ function grouped(devices) {
 }
 
 async function loadHealth() {
-  const h = await api("/api/v1/health");
-  state.health = h;
-  const bad = h.devices.filter((d) => !d.healthy), good = h.devices.length - bad.length;
+  const hr = await api("/api/v1/health");
+  state.health = hr;
+  const bad = hr.devices.filter((d) => !d.healthy), good = hr.devices.length - bad.length;
+  const gws = hr.gateways.filter((g) => !g.healthy);
   $("#health-summary").textContent =
-    `${bad.length} unhealthy, ${good} healthy devices · ${h.gateways.filter((g) => !g.healthy).length} gateways with findings`;
-  let html = "";
-  const gws = h.gateways.filter((g) => !g.healthy);
+    `${bad.length} unhealthy, ${good} healthy devices · ${gws.length} gateways with findings`;
+  const parts = [];
   if (gws.length) {
-    html += `<h3 class="district">Gateways</h3><div class="cards">${gws.map((g) => `
-      <article class="card ${g.status === "online" ? "unhealthy" : g.status}">
-        <h5>${esc(g.id)} <span class="badge ${esc(g.status)}">${esc(g.status)}</span></h5>
-        <ul class="reasons">${g.reasons.map((r) => `<li>${esc(r)}</li>`).join("")}</ul>
-      </article>`).join("")}</div>`;
+    parts.push(h("h3", { class: "district" }, "Gateways"),
+               h("div", { class: "cards" }, ...gws.map(gatewayCard)));
   }
-  for (const [title, list] of [["Unhealthy", bad], ["Healthy", h.devices.filter((d) => d.healthy)]]) {
+  for (const [title, list] of [["Unhealthy", bad], ["Healthy", hr.devices.filter((d) => d.healthy)]]) {
     if (!list.length) continue;
-    html += `<h2 class="group">${title}</h2>`;
+    parts.push(h("h2", { class: "group" }, title));
     for (const [district, cells] of grouped(list)) {
-      html += `<h3 class="district">${esc(district)}</h3>`;
+      parts.push(h("h3", { class: "district" }, district));
       for (const [grid, devs] of cells) {
-        html += `<h4 class="grid">${esc(grid)}</h4><div class="cards">${devs.map(deviceCard).join("")}</div>`;
+        parts.push(h("h4", { class: "grid" }, grid), h("div", { class: "cards" }, ...devs.map(deviceCard)));
       }
     }
   }
-  $("#health-list").innerHTML = html || `<p class="empty">No devices known yet.</p>`;
+  if (!parts.length) parts.push(h("p", { class: "empty" }, "No devices known yet."));
+  $("#health-list").replaceChildren(...parts);
 }
 
 // ---- operators: alerts --------------------------------------------------------------------
@@ -141,22 +183,27 @@ const LABEL = { ack: "Acknowledge", resolve: "Resolve", close: "Close" };
 
 function alertCard(a, sizes) {
   const n = sizes.get(a.incident_id) || 1;
-  const incident = n > 1 ? `<span class="badge incident" title="alerts of one incident">incident of ${n}</span>` : "";
-  const left = a.time_left_ms == null ? "" :
-    `<span class="timeleft ${a.time_left_ms < 0 ? "overdue" : ""}" data-due="${a.due_at}">${esc(span(a.due_at - Date.now()))}</span>`;
-  const buttons = (NEXT[a.stage] || []).map((act) =>
-    `<button data-act="${act}" data-id="${esc(a.alert_id)}" class="${act === "ack" ? "" : "secondary"}">${LABEL[act]}</button>`).join("");
-  const who = a.acked_by ? `<div class="meta">acknowledged by ${esc(a.acked_by)} ${esc(ago(a.acked_at))}</div>` : "";
-  return `<article class="card ${esc(a.severity)} ${a.overdue ? "overdue" : ""}" data-alert="${esc(a.alert_id)}">
-    <h5>${esc(a.category)} <span class="badge ${esc(a.severity)}">${esc(a.severity)}</span>
-      <span class="badge stage" data-stage="${esc(a.stage)}">${esc(a.stage)}</span>
-      ${a.overdue ? `<span class="badge overdue">overdue</span>` : ""}${incident}</h5>
-    <div>${esc(a.message || a.rule)}: ${esc(a.value)} ${esc(a.unit)}</div>
-    <div class="meta"><a href="#/device/${encodeURIComponent(a.gateway + ":" + a.device)}">${esc(a.device)}</a>
-      · ${esc(a.district)} ${esc(a.grid)} · raised ${esc(ago(a.raised_at))} · incident ${esc(a.incident_id)}</div>
-    ${who}<div>${left}</div>
-    <div class="actions">${buttons ? `<input placeholder="note (optional)" aria-label="note">${buttons}` : ""}</div>
-  </article>`;
+  const acts = NEXT[a.stage] || [];
+  const device = `${a.gateway}:${a.device}`;
+  return h("article", { class: `card ${a.severity} ${a.overdue ? "overdue" : ""}`, "data-alert": a.alert_id },
+    h("h5", {}, a.category, " ",
+      h("span", { class: `badge ${a.severity}` }, a.severity), " ",
+      h("span", { class: "badge stage", "data-stage": a.stage }, a.stage), " ",
+      a.overdue ? h("span", { class: "badge overdue" }, "overdue") : null,
+      n > 1 ? h("span", { class: "badge incident", title: "alerts of one incident" }, `incident of ${n}`) : null),
+    h("div", {}, `${a.message || a.rule}: ${text(a.value)} ${a.unit}`),
+    h("div", { class: "meta" },
+      h("a", { href: `#/device/${encodeURIComponent(device)}` }, a.device),
+      ` · ${a.district} ${a.grid} · raised ${ago(a.raised_at)} · incident ${a.incident_id}`),
+    a.acked_by ? h("div", { class: "meta" }, `acknowledged by ${a.acked_by} ${ago(a.acked_at)}`) : null,
+    h("div", {}, a.time_left_ms == null ? null :
+      h("span", { class: `timeleft ${a.time_left_ms < 0 ? "overdue" : ""}`, "data-due": a.due_at },
+        span(a.due_at - Date.now()))),
+    h("div", { class: "actions" }, ...(acts.length ? [
+      h("input", { placeholder: "note (optional)", "aria-label": "note" }),
+      ...acts.map((act) => h("button", { "data-act": act, class: act === "ack" ? null : "secondary" }, LABEL[act])),
+    ] : [])),
+    h("p", { class: "error", role: "alert" }));
 }
 
 async function loadAlerts() {
@@ -172,22 +219,23 @@ async function loadAlerts() {
     if (!first.has(a.incident_id)) first.set(a.incident_id, i);
   });
   const ordered = [...list].sort((x, y) => first.get(x.incident_id) - first.get(y.incident_id));
-  $("#alerts-list").innerHTML = list.length
-    ? `<div class="cards">${ordered.map((a) => alertCard(a, sizes)).join("")}</div>`
-    : `<p class="empty">No open alerts.</p>`;
+  $("#alerts-list").replaceChildren(list.length
+    ? h("div", { class: "cards" }, ...ordered.map((a) => alertCard(a, sizes)))
+    : h("p", { class: "empty" }, "No open alerts."));
 }
 
 $("#alerts-list").addEventListener("click", async (ev) => {
   const btn = ev.target.closest("button[data-act]");
   if (!btn) return;
-  const note = btn.closest(".actions").querySelector("input")?.value || "";
+  const card = btn.closest("article[data-alert]");
+  const note = card.querySelector(".actions input")?.value || "";
   btn.disabled = true;
   try {
-    await api(`/api/v1/alerts/${encodeURIComponent(btn.dataset.id)}/${btn.dataset.act}`, {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ note }),
-    });
+    await send("POST", `/api/v1/alerts/${encodeURIComponent(card.dataset.alert)}/${btn.dataset.act}`, { note });
   } catch (e) {
-    alert(e.message);
+    card.querySelector(".error").textContent = e.message;
+    btn.disabled = false;
+    return;
   }
   await loadAlerts();
 });
@@ -204,7 +252,7 @@ setInterval(() => {
 
 function chart(points) {
   const vals = points.filter((p) => typeof p.value === "number");
-  if (vals.length < 2) return `<p class="empty">Not enough readings for a chart.</p>`;
+  if (vals.length < 2) return h("p", { class: "empty" }, "Not enough readings for a chart.");
   const W = 600, H = 160, P = 24;
   const t0 = vals[0].ts, t1 = vals[vals.length - 1].ts;
   let lo = Math.min(...vals.map((p) => p.value)), hi = Math.max(...vals.map((p) => p.value));
@@ -212,39 +260,48 @@ function chart(points) {
   const x = (t) => P + ((t - t0) / Math.max(t1 - t0, 1)) * (W - 2 * P);
   const y = (v) => H - P - ((v - lo) / (hi - lo)) * (H - 2 * P);
   const line = vals.map((p) => `${x(p.ts).toFixed(1)},${y(p.value).toFixed(1)}`).join(" ");
-  return `<svg class="chart" viewBox="0 0 ${W} ${H}" preserveAspectRatio="none" role="img">
-    <polyline fill="none" stroke="#1a73e8" stroke-width="2" points="${line}"/>
-    <text x="${P}" y="14" font-size="11" fill="#5f6368">${hi.toPrecision(4)}</text>
-    <text x="${P}" y="${H - 6}" font-size="11" fill="#5f6368">${lo.toPrecision(4)}</text></svg>`;
+  return svg("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img" },
+    svg("polyline", { fill: "none", stroke: "#1a73e8", "stroke-width": 2, points: line }),
+    svg("text", { x: P, y: 14, "font-size": 11, fill: "#5f6368" }, hi.toPrecision(4)),
+    svg("text", { x: P, y: H - 6, "font-size": 11, fill: "#5f6368" }, lo.toPrecision(4)));
+}
+
+function facts(pairs) {
+  return h("dl", { class: "facts" }, ...pairs.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
 }
 
 async function loadDevice(id) {
   const d = await api(`/api/v1/devices/${encodeURIComponent(id)}`);
-  const h = state.health || await api("/api/v1/health").catch(() => null);
-  const hd = h && h.devices.find((x) => x.id === d.id);
-  let html = `<h2>${esc(d.device)} <span class="badge ${esc(hd ? hd.status : d.status)}">${esc(hd ? hd.status : d.status)}</span></h2>
-    <dl class="facts"><dt>Registry id</dt><dd>${esc(d.id)}</dd><dt>Gateway</dt><dd>${esc(d.gateway)}</dd>
-    <dt>Location</dt><dd>${esc(d.district)} ${esc(d.street || "")} ${esc(d.grid)}</dd>
-    <dt>Profile</dt><dd>${esc(hd ? hd.profile : d.profile || "")}</dd>
-    <dt>Firmware</dt><dd>${esc(hd ? hd.firmware : d.firmware || "") || "unknown"}</dd>
-    <dt>Last seen</dt><dd>${esc(ago(d.last_seen))}</dd>`;
+  const hr = state.health || await api("/api/v1/health").catch(() => null);
+  const hd = hr && hr.devices.find((x) => x.id === d.id);
+  const status = hd ? hd.status : d.status;
+  const rows = [
+    ["Registry id", d.id], ["Gateway", d.gateway],
+    ["Location", `${d.district} ${d.street || ""} ${d.grid}`],
+    ["Profile", (hd ? hd.profile : d.profile) || ""],
+    ["Firmware", (hd ? hd.firmware : d.firmware) || "unknown"],
+    ["Last seen", ago(d.last_seen)],
+  ];
+  const labels = Object.entries(d.labels || {});
+  if (labels.length) rows.push(["Labels", labels.map(([k, v]) => `${k}=${v}`).join(", ")]);
   if (hd) {
-    html += `<dt>Health</dt><dd>${hd.reasons.length ? esc(hd.reasons.join("; ")) : "healthy"}</dd>
-      <dt>Read success</dt><dd>${hd.success_rate == null ? "n/a" : Math.round(hd.success_rate * 100) + " %"}</dd>
-      <dt>Response time</dt><dd>${hd.response_ms == null ? "n/a" : hd.response_ms.toFixed(1) + " ms"}</dd>`;
+    rows.push(["Health", hd.reasons.length ? hd.reasons.join("; ") : "healthy"],
+      ["Read success", hd.success_rate == null ? "n/a" : `${Math.round(hd.success_rate * 100)} %`],
+      ["Response time", hd.response_ms == null ? "n/a" : `${hd.response_ms.toFixed(1)} ms`]);
   }
-  html += `</dl><h3>Recent readings</h3>`;
+  const parts = [h("h2", {}, d.device, " ", h("span", { class: `badge ${status}` }, status)),
+                 facts(rows), h("h3", {}, "Recent readings")];
   const since = Date.now() - 3600 * 1000;
   for (const [point, v] of Object.entries(d.values || {})) {
-    html += `<h4 class="grid">${esc(point)}: ${esc(v.value)} ${esc(v.unit)} (${esc(v.quality)})</h4>`;
+    parts.push(h("h4", { class: "grid" }, `${point}: ${text(v.value)} ${text(v.unit)} (${text(v.quality)})`));
     try {
       const r = await api(`/api/v1/devices/${encodeURIComponent(d.id)}/readings?point=${encodeURIComponent(point)}&since=${since}`);
-      html += chart(r.readings);
+      parts.push(chart(r.readings));
     } catch (e) {
-      html += `<p class="empty">${esc(e.message)}</p>`;
+      parts.push(h("p", { class: "empty" }, e.message));
     }
   }
-  $("#device-detail").innerHTML = html;
+  $("#device-detail").replaceChildren(...parts);
 }
 
 // ---- routing and live updates -------------------------------------------------------------
@@ -278,11 +335,20 @@ function refreshSoon() {
   pending = setTimeout(() => { pending = null; route(); }, 150);
 }
 
+function setLive(label, on) {
+  $("#live").textContent = label;
+  $("#live").classList.toggle("on", on);
+}
+
 function startStream() {
   if (state.stream) state.stream.close();
   const es = new EventSource("/api/v1/alerts/stream");
-  es.onopen = () => { $("#live").textContent = "live"; $("#live").classList.add("on"); };
-  es.onerror = () => { $("#live").textContent = "reconnecting"; $("#live").classList.remove("on"); };
+  es.addEventListener("open", () => setLive("live", true));
+  es.addEventListener("error", () => {
+    // CLOSED: the server refused or ended it for good (logged out, token revoked)
+    if (es.readyState === EventSource.CLOSED) { setLive("offline", false); refreshSoon(); }
+    else setLive("reconnecting", false);
+  });
   for (const kind of ["alert", "lifecycle", "escalation"]) es.addEventListener(kind, refreshSoon);
   state.stream = es;
 }
@@ -291,8 +357,10 @@ window.addEventListener("hashchange", route);
 setInterval(() => { if (location.hash.startsWith("#/health") || !location.hash) route(); }, 10000);
 
 (async function start() {
-  if (!document.cookie.includes("gw_token=")) { showLogin(); return; }
-  $("#logout").hidden = false;
-  startStream();
-  await route();
+  // the cookie is HttpOnly: ask the registry whether it holds a session
+  try {
+    loggedIn(await api("/api/v1/session"));
+  } catch (e) {
+    showLogin();
+  }
 })();
