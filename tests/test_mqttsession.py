@@ -138,18 +138,21 @@ async def test_session_moves_on_to_the_next_endpoint(mosquitto: Mosquitto) -> No
 async def test_a_bug_in_serve_does_not_end_the_session(
     mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
 ) -> None:
-    calls = 0
+    calls, again = 0, asyncio.Event()
 
     async def buggy(_client: aiomqtt.Client) -> None:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise KeyError("a bug")
+        again.set()
         await asyncio.Event().wait()
 
     s = MqttSession(settings(Endpoint(mosquitto.host, mosquitto.port)), "t")
     async with running(s, buggy):
-        await s.watch.until(lambda: calls == 2 and s.state.connected, 10)
+        async with asyncio.timeout(10):
+            await again.wait()
+        assert s.state.connected and s.state.outages == 1
     assert "KeyError: 'a bug'" in caplog.text  # logged with its traceback
 
 
@@ -178,3 +181,17 @@ async def test_session_connects_with_the_version_the_broker_speaks(
         async with running(s, forever):
             await s.watch.until(lambda: s.state.connected, 10)
     assert s.state.version == version
+
+
+async def test_an_idle_session_notices_the_loss_at_once(tmp_path: Path) -> None:
+    """``serve`` need not touch the client for the loss to show in the state (health reports)."""
+    broker = Mosquitto(tmp_path / "mq").start()
+    s = MqttSession(settings(Endpoint(broker.host, broker.port)), "idle")
+    try:
+        async with running(s, forever):
+            await s.watch.until(lambda: s.state.connected, 10)
+            broker.restart(signal.SIGKILL)
+            await s.watch.until(lambda: s.state.outages == 1, 5)
+            await s.watch.until(lambda: s.state.connected, 10)
+    finally:
+        broker.stop()

@@ -139,13 +139,20 @@ async def first_failure(*jobs: Coroutine[Any, Any, None]) -> None:
         t.result()
 
 
+async def _until_lost(client: aiomqtt.Client) -> None:
+    """Raise the connection's loss as soon as paho reports it: a ``serve`` that waits on
+    something else (the platform publisher on its feed) would otherwise notice only at its next
+    publish, and the state would say "connected" until then."""
+    await asyncio.shield(client._disconnected)  # aiomqtt sets it (with the error) on a loss
+
+
 def ack(client: aiomqtt.Client, mid: int, qos: int) -> None:
     """Acknowledge one received message of a ``manual_ack`` session."""
     if qos > 0:
         client._client.ack(mid, qos)  # paho's manual ack, which aiomqtt does not expose
 
 
-Serve = Callable[[aiomqtt.Client], Awaitable[None]]
+Serve = Callable[[aiomqtt.Client], Coroutine[Any, Any, None]]
 
 
 class MqttSession:
@@ -213,7 +220,7 @@ class MqttSession:
             await client.subscribe(list(self.settings.subscriptions))
         self._learnt = True
         self._went_up(client, endpoint)
-        await serve(client)
+        await first_failure(serve(client), _until_lost(client))
         raise aiomqtt.MqttError(f"{self.name}: the session's work ended")  # serve runs forever
 
     def _went_up(self, client: aiomqtt.Client, endpoint: Endpoint) -> None:
