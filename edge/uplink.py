@@ -59,7 +59,8 @@ class Uplink:
 
     @property
     def connected(self) -> bool:
-        return self.mqtt.state.connected
+        """Connected and the Birth of this session sent (what the centre sees as online)."""
+        return self.mqtt.state.connected and self.pipeline.uplink_up
 
     @property
     def reconnects(self) -> int:
