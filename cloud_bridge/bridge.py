@@ -68,7 +68,9 @@ async def _first(work: Awaitable[X], watched: asyncio.Task[None]) -> X:
     finally:
         if not task.done():
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        # also when it is done: a session lost while we are cancelled must not leave its error
+        # unretrieved ("Task exception was never retrieved" at exit)
+        await asyncio.gather(task, return_exceptions=True)
     if not task.done() or task.cancelled():
         watched.result()  # raises what stopped it
     return task.result()
