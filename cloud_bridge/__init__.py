@@ -8,7 +8,7 @@ of ours.
 from cloud_bridge.bridge import Bridge
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.core import IngestCore, Stats
-from cloud_bridge.errors import BridgeError, BrokerError, ProtocolUnsupported, SinkError
+from cloud_bridge.errors import BridgeError, BrokerError, SinkError
 from cloud_bridge.sink import TelemetrySink
 from cloud_bridge.sink_influx import InfluxSink
 from cloud_bridge.sink_sqlite import SqliteSink
@@ -20,7 +20,6 @@ __all__ = [
     "BrokerError",
     "InfluxSink",
     "IngestCore",
-    "ProtocolUnsupported",
     "SinkError",
     "SqliteSink",
     "Stats",

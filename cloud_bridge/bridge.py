@@ -15,18 +15,22 @@ import asyncio
 import copy
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import ParamSpec, TypeVar
+
+import aiomqtt
 
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.core import IngestCore, Plan, Stats
-from cloud_bridge.errors import BridgeError, BrokerError, ProtocolUnsupported, SinkError
-from cloud_bridge.mqtt import Inbound, MqttSession, MqttSettings, MqttVersion
+from cloud_bridge.errors import BridgeError, BrokerError, SinkError
+from cloud_bridge.mqtt import Inbound, Lane, MqttSettings, session_settings
 from cloud_bridge.pending import Pending
 from cloud_bridge.sink import TelemetrySink
 from device_registry import RegistryStore, StoreUnavailable
+from gridwatch.ground.backoff import Backoff
 from gridwatch.ground.contract import TelemetryBatch, Topics
+from gridwatch.ground.mqttsession import MqttSession
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +68,9 @@ async def _first(work: Awaitable[X], watched: asyncio.Task[None]) -> X:
     finally:
         if not task.done():
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        # also when it is done: a session lost while we are cancelled must not leave its error
+        # unretrieved ("Task exception was never retrieved" at exit)
+        await asyncio.gather(task, return_exceptions=True)
     if not task.done() or task.cancelled():
         watched.result()  # raises what stopped it
     return task.result()
@@ -72,18 +78,6 @@ async def _first(work: Awaitable[X], watched: asyncio.Task[None]) -> X:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-class Backoff:
-    def __init__(self, first: float = 0.2, cap: float = 10.0) -> None:
-        self.first, self.cap, self.delay = first, cap, first
-
-    def next(self) -> float:
-        delay, self.delay = self.delay, min(self.delay * 2, self.cap)
-        return delay
-
-    def reset(self) -> None:
-        self.delay = self.first
 
 
 class Bridge:
@@ -103,9 +97,8 @@ class Bridge:
         self._lanes_up: set[str] = set()
         self._registry_turn = asyncio.Lock()
         self._progress = asyncio.Condition()
-        self._version: MqttVersion | None = (
-            None if cfg.mqtt_protocol == "auto" else cfg.mqtt_protocol
-        )
+        self.sessions: dict[str, MqttSession] = {}
+        """Each lane's MQTT session (its ``state`` for health reports)."""
         self._outage: dict[str, bool] = {}
         self._committed = {lane: Stats() for lane in LANES}
         self._audit = Stats()  # gaps the shared audit found: counted when its claim commits
@@ -140,22 +133,24 @@ class Bridge:
     # ---- the MQTT session --------------------------------------------------------------------
 
     async def _mqtt_loop(self, lane: str, leaves: tuple[str, ...]) -> None:
-        # the broker is the bridge's only input: back within a second of its return, like the edge
-        backoff = Backoff(cap=1.0)
-        while True:
+        settings = self._settings(lane)
+        filters = [self.topics.all_gateways(leaf) for leaf in leaves]
+        mqtt = MqttSession(session_settings(settings, filters), f"bridge {lane}")
+        self.sessions[lane] = mqtt
+
+        async def serve(client: aiomqtt.Client) -> None:
+            session = Lane(client, replace(settings, version=mqtt.state.version or "5"))
+            logger.info("bridge subscribed on %s:%d (MQTT %s): %s", settings.host, settings.port,
+                        mqtt.state.version, filters)  # fmt: skip
+            self._lane(lane, up=True)
             try:
-                async with self._session(lane, leaves) as session:
-                    self._recovered(f"broker ({lane})")
-                    self._lane(lane, up=True)
-                    backoff.reset()
-                    await self._pump(session, lane)
-            except BrokerError as exc:
-                self._failed(f"broker ({lane})", exc)
-            except Exception:  # the task's outermost loop: log the bug, reconnect, redeliver
-                logger.exception("bridge ingest failed; reconnecting, unacked messages come again")
+                await self._pump(session, lane)
+            except BrokerError as exc:  # the session is gone: reconnect, the broker redelivers
+                raise aiomqtt.MqttError(str(exc)) from exc
             finally:
                 self._lane(lane, up=False)
-            await asyncio.sleep(backoff.next())
+
+        await mqtt.run(serve)
 
     def _lane(self, lane: str, up: bool) -> None:
         if up:
@@ -167,42 +162,16 @@ class Bridge:
         else:
             self.connected.clear()
 
-    @asynccontextmanager
-    async def _session(self, lane: str, leaves: tuple[str, ...]) -> AsyncIterator[MqttSession]:
-        filters = [self.topics.all_gateways(leaf) for leaf in leaves]
-        versions: list[MqttVersion] = (
-            [self._version] if self._version else ["5"] if self.cfg.share_group else ["5", "3.1.1"]
-        )
-        for version in versions:
-            session = MqttSession(self._settings(version, lane), filters)
-            try:
-                await session.__aenter__()
-            except BrokerError as exc:
-                # amqtt neither accepts nor refuses an MQTT 5 CONNECT: it stays silent
-                timed_out = "timed out" in str(exc)
-                if version == versions[-1] or not (
-                    isinstance(exc, ProtocolUnsupported) or timed_out
-                ):
-                    raise
-                logger.info("broker does not answer MQTT 5 (%s); trying MQTT 3.1.1", exc)
-                continue
-            self._version = version
-            try:
-                yield session
-            finally:
-                await session.__aexit__(None, None, None)
-            return
-
-    def _settings(self, version: MqttVersion, lane: str) -> MqttSettings:
+    def _settings(self, lane: str) -> MqttSettings:
         c = self.cfg
         return MqttSettings(
             host=c.mqtt_host, port=c.mqtt_port, client_id=f"{c.client_id}-{lane}",
             receive_maximum=c.max_unacked,
             username=c.mqtt_username,
-            password=c.mqtt_password, version=version, share_group=c.share_group,
+            password=c.mqtt_password, version=c.mqtt_protocol, share_group=c.share_group,
         )  # fmt: skip
 
-    async def _pump(self, session: MqttSession, lane: str) -> None:
+    async def _pump(self, session: Lane, lane: str) -> None:
         """Write steps as messages come; commit them to the registry (and acknowledge them) in a
         task of their own, so that the next step is written while earlier ones commit."""
         window = self.cfg.registry_window_s if lane == "telemetry" else 0.0
@@ -230,7 +199,7 @@ class Bridge:
     # ---- one ingest step ---------------------------------------------------------------------
 
     async def _write(
-        self, session: MqttSession, batch: list[Inbound], core: IngestCore, unfinished: set[str]
+        self, session: Lane, batch: list[Inbound], core: IngestCore, unfinished: set[str]
     ) -> Plan:
         """Validate, dedupe, plan; write the telemetry and publish the platform alerts."""
         stats = core.stats
@@ -244,7 +213,7 @@ class Bridge:
         plan.telemetry = []  # written: the pending commit keeps only the registry changes
         return plan
 
-    async def _commit_loop(self, session: MqttSession, lane: str, pending: Pending) -> None:
+    async def _commit_loop(self, session: Lane, lane: str, pending: Pending) -> None:
         """Apply each group of steps in one transaction, then acknowledge its messages."""
         stats = self.cores[lane].stats
         while True:
@@ -262,7 +231,7 @@ class Bridge:
                 self._committed[lane] = group.stats
                 self._progress.notify_all()
 
-    async def _write_and_publish(self, session: MqttSession, plan: Plan, stats: Stats) -> None:
+    async def _write_and_publish(self, session: Lane, plan: Plan, stats: Stats) -> None:
         """Alerts are what someone is waiting for: they go out while the telemetry is written,
         not after it (a crash in between republishes them: at-least-once, like the rest)."""
         try:
@@ -291,7 +260,7 @@ class Bridge:
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> T:
-        backoff = Backoff(cap=5.0)
+        backoff = Backoff(first_s=0.2, cap_s=5.0)
         while True:
             try:
                 result = await call(*args, **kwargs)

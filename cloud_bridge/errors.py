@@ -2,7 +2,6 @@
 
     BridgeError                   base of everything raised here
     ├── BrokerError               the MQTT connection failed or was lost (from aiomqtt's MqttError)
-    │   └── ProtocolUnsupported   the broker refused MQTT 5 (amqtt): retry with 3.1.1
     └── SinkError                 the time-series store refused or could not be reached
                                   (influx-client, aiohttp, sqlite errors); ``sink`` names it
 
@@ -21,10 +20,6 @@ class BridgeError(Exception):
 
 class BrokerError(BridgeError):
     """The MQTT session failed; the bridge reconnects and the broker redelivers unacked messages."""
-
-
-class ProtocolUnsupported(BrokerError):
-    """The broker does not speak the MQTT version asked for."""
 
 
 class SinkError(BridgeError):

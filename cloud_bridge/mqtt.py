@@ -1,8 +1,10 @@
-"""One MQTT session of the bridge: subscribe at QoS 1, receive in batches, acknowledge by hand.
+"""One MQTT lane of the bridge: subscribe at QoS 1, receive in batches, acknowledge by hand.
 
-Why aiomqtt and not paho with our own loop glue: aiomqtt already ties paho to asyncio (socket
-callbacks, cancellation, awaited PUBACKs for our publishes). What it lacks is manual
-acknowledgement, which paho has; ``_ManualAck`` reaches into the paho client in that one place.
+The connection itself (connect, MQTT 5 / 3.1.1 fallback, subscribe on every connect, reconnect
+with the one backoff) is ``gridwatch.ground.mqttsession``'s; this module says how the bridge's
+sessions are set up (``session_settings``) and what the bridge does with a connected client
+(``Lane``). aiomqtt lacks manual acknowledgement, which paho has: the session helper reaches
+into the paho client for it in that one place.
 
 The session is persistent (fixed client id, no clean start, a session expiry on MQTT 5), so
 messages received but not yet acknowledged when the bridge dies are delivered again.
@@ -13,25 +15,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Literal
 
 import aiomqtt
-import paho.mqtt.client as paho
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from cloud_bridge.core import Raw
-from cloud_bridge.errors import BrokerError, ProtocolUnsupported
+from cloud_bridge.errors import BrokerError
+from gridwatch.ground.mqttsession import Endpoint, Protocol, SessionSettings, Version, ack
 
 logger = logging.getLogger(__name__)
 
-MqttVersion = Literal["5", "3.1.1"]
-_SESSION_EXPIRY_S = 7 * 24 * 3600
-_UNSUPPORTED = {
-    "Unsupported protocol version",
-    "Connection Refused: unacceptable protocol version.",
-}
+MqttVersion = Version
 
 
 @dataclass(frozen=True)
@@ -41,11 +34,29 @@ class MqttSettings:
     client_id: str
     username: str | None = None
     password: str | None = None
-    version: MqttVersion = "5"
+    version: Protocol = "auto"
+    """What to ask for; on a connected ``Lane``, what the broker speaks."""
     share_group: str | None = None
     receive_maximum: int = 1000
     """MQTT 5: unacknowledged messages the broker may send us at once (our memory bound)."""
     keepalive: int = 30
+
+    def __repr__(self) -> str:  # the password never reaches a log line or a traceback
+        return f"MqttSettings({self.client_id}, {self.username}@{self.host}:{self.port})"
+
+
+def session_settings(s: MqttSettings, filters: Sequence[str]) -> SessionSettings:
+    """A persistent, manually acknowledged session subscribed to ``filters`` at QoS 1 (shared
+    by ``share_group`` if set, which needs MQTT 5); back within a second of the broker's return,
+    like the edge: the broker is the bridge's only input."""
+    group = s.share_group
+    shared = [f"$share/{group}/{f}" if group else f for f in filters]
+    return SessionSettings(
+        endpoints=(Endpoint(s.host, s.port),), client_id=s.client_id, username=s.username,
+        password=s.password, protocol="5" if group and s.version == "auto" else s.version,
+        receive_maximum=s.receive_maximum, manual_ack=True,
+        subscriptions=tuple((f, 1) for f in shared), keepalive_s=s.keepalive,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,56 +65,13 @@ class Inbound(Raw):
     qos: int
 
 
-class _ManualAck:
-    """paho's manual acknowledgement, which aiomqtt does not expose (private ``_client``)."""
+class Lane:
+    """What the bridge does with one connected session; aiomqtt's errors become ``BrokerError``."""
 
-    def __init__(self, client: aiomqtt.Client) -> None:
-        self._paho: paho.Client = client._client
-        self._paho.manual_ack_set(True)  # before connecting: paho must not PUBACK on receipt
-
-    def ack(self, mid: int, qos: int) -> None:
-        self._paho.ack(mid, qos)
-
-
-class MqttSession:
-    """``async with MqttSession(settings, filters) as s``: connected and subscribed."""
-
-    def __init__(self, settings: MqttSettings, filters: Sequence[str]) -> None:
+    def __init__(self, client: aiomqtt.Client, settings: MqttSettings) -> None:
         self.settings = settings
-        self.filters = [self._shared(f) for f in filters]
-        self._client = _client(settings)
-        self._acker = _ManualAck(self._client)
-        self._messages = self._client.messages
-
-    def _shared(self, topic_filter: str) -> str:
-        group = self.settings.share_group
-        return f"$share/{group}/{topic_filter}" if group else topic_filter
-
-    async def __aenter__(self) -> MqttSession:
-        try:
-            await self._client.__aenter__()
-        except aiomqtt.MqttCodeError as exc:
-            if str(exc.rc) in _UNSUPPORTED or exc.rc in (1, 132):
-                raise ProtocolUnsupported(f"broker refused MQTT {self.settings.version}") from exc
-            raise BrokerError(f"connect to {self._where()} refused: {exc}") from exc
-        except aiomqtt.MqttError as exc:
-            raise BrokerError(f"connect to {self._where()} failed: {exc}") from exc
-        try:
-            granted = await self._client.subscribe([(f, 1) for f in self.filters])
-        except aiomqtt.MqttError as exc:
-            await self._client.__aexit__(None, None, None)
-            raise BrokerError(f"subscribe failed: {exc}") from exc
-        logger.info("bridge subscribed on %s (MQTT %s): %s granted %s", self._where(),
-                    self.settings.version, self.filters, [str(g) for g in granted])  # fmt: skip
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        try:
-            await self._client.__aexit__(et, e, tb)
-        except aiomqtt.MqttError as exc:
-            logger.debug("disconnect from %s: %s", self._where(), exc)
+        self._client = client
+        self._messages = client.messages
 
     def _where(self) -> str:
         return f"{self.settings.host}:{self.settings.port}"
@@ -123,8 +91,7 @@ class MqttSession:
 
     def ack(self, messages: Sequence[Inbound]) -> None:
         for m in messages:
-            if m.qos > 0:
-                self._acker.ack(m.mid, m.qos)
+            ack(self._client, m.mid, m.qos)
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
         """Returns once the broker has the message (PUBACK)."""
@@ -134,21 +101,4 @@ class MqttSession:
             raise BrokerError(f"publish to {topic} failed: {exc}") from exc
 
 
-def _client(s: MqttSettings) -> aiomqtt.Client:
-    if s.version == "5":
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = _SESSION_EXPIRY_S
-        props.ReceiveMaximum = s.receive_maximum
-        return aiomqtt.Client(
-            s.host, s.port, identifier=s.client_id, username=s.username, password=s.password,
-            protocol=aiomqtt.ProtocolVersion.V5, clean_start=False, properties=props,
-            keepalive=s.keepalive, max_inflight_messages=100,
-        )  # fmt: skip
-    return aiomqtt.Client(
-        s.host, s.port, identifier=s.client_id, username=s.username, password=s.password,
-        protocol=aiomqtt.ProtocolVersion.V311, clean_session=False, keepalive=s.keepalive,
-        max_inflight_messages=100,
-    )  # fmt: skip
-
-
-__all__ = ["Inbound", "MqttSession", "MqttSettings", "MqttVersion"]
+__all__ = ["Inbound", "Lane", "MqttSettings", "MqttVersion", "session_settings"]

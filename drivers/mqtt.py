@@ -25,6 +25,7 @@ from drivers.base import PollOutcome, Sample, SampleSink
 from drivers.codec import scale_places, scaled_value
 from drivers.errors import BadConfig, PayloadError, UnknownPoint
 from drivers.health import DeviceStats
+from gridwatch.ground.backoff import Backoff
 from gridwatch.ground.contract import DeviceHealth, Quality, Value
 from gridwatch.ground.gatewayconf import MqttSensorBus, ResolvedDevice
 from gridwatch.ground.profiles import MqttPoint, MqttProfile
@@ -146,6 +147,7 @@ class MqttDriver:
         self.bus = bus
         self.devices = {d.id: MqttDevice(d) for d in devices}
         self.ready = asyncio.Event()  # set while subscribed (tests and health wait on it)
+        self._waits = Backoff(0.5, RECONNECT_MAX_S)  # between reconnects to the sensor broker
         self.by_topic: dict[str, list[MqttDevice]] = {}
         for dev in self.devices.values():
             self.by_topic.setdefault(dev.topic, []).append(dev)
@@ -159,20 +161,15 @@ class MqttDriver:
             tg.create_task(self._watch(sink), name=f"mqtt {self.bus.id} liveness")
 
     async def _listen(self, sink: SampleSink) -> None:
-        delay, failures = 0.5, 0
         while True:
             try:
                 await self._session(sink)
             except aiomqtt.MqttError as exc:
                 self.ready.clear()
-                failures += 1
-                level = logging.ERROR if failures == 1 else logging.DEBUG
+                level = logging.ERROR if self._waits.attempt == 0 else logging.DEBUG
                 logger.log(level, "bus %s: broker %s:%d: %s", self.bus.id, self.bus.host,
                            self.bus.port, exc)  # fmt: skip
-                await asyncio.sleep(delay)  # reconnect pacing, not a wait for an event
-                delay = min(delay * 2, RECONNECT_MAX_S)
-                continue
-            delay, failures = 0.5, 0
+                await asyncio.sleep(self._waits.next())  # pacing, not a wait for an event
 
     async def _session(self, sink: SampleSink) -> None:
         loop = asyncio.get_running_loop()
@@ -183,6 +180,7 @@ class MqttDriver:
             logger.info("bus %s: listening to %d topic(s) on %s:%d", self.bus.id,
                         len(self.by_topic), self.bus.host, self.bus.port)  # fmt: skip
             self.ready.set()
+            self._waits.reset()  # connected: the next outage is logged and paced afresh
             async for message in client.messages:
                 payload = message.payload if isinstance(message.payload, bytes) else (
                     str(message.payload).encode())  # fmt: skip

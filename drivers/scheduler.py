@@ -12,6 +12,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gridwatch.ground.backoff import Backoff as Waits
+
 
 def phase_offsets(intervals: Sequence[float]) -> list[float]:
     """Spread devices over their intervals (device i of n starts i/n of an interval late),
@@ -44,7 +46,8 @@ class Backoff:
     """After ``after`` consecutive failures, stop asking the device for a growing while
     (base, 2x base, 4x ... up to max_s). Ticks in between report COMM_ERROR without touching
     the wire, so a dead device costs its neighbours one timeout per backoff period, not one
-    per tick."""
+    per tick. The waits are the one backoff's (``gridwatch.ground.backoff``) without jitter: a
+    hold ends at the device's next tick anyway, and the phase offsets already spread devices out."""
 
     base_s: float
     max_s: float
@@ -55,8 +58,8 @@ class Backoff:
     def failed(self, now: float) -> None:
         self.failures += 1
         if self.failures >= self.after:
-            exp = min(self.failures - self.after, 16)
-            self.retry_at = now + min(self.base_s * 2**exp, self.max_s)
+            waits = Waits(self.base_s, self.max_s, jitter=0.0)
+            self.retry_at = now + waits.delay(self.failures - self.after)
 
     def succeeded(self) -> None:
         self.failures = 0

@@ -20,6 +20,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.framer import FramerType
 
 from drivers.errors import ConnectError, check_response, modbus_errors
+from gridwatch.ground.backoff import Backoff
 from gridwatch.ground.gatewayconf import ModbusRtuBus, ModbusTcpBus
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class _Slot:
         self.factory = factory
         self.client: Any = None
         self.retry_at = 0.0
-        self.retry_delay = 0.0
+        self.waits = Backoff(0.25, 30.0)  # between connect attempts to an unreachable device
         self.silent = 0  # consecutive timeouts
         self.quiet_until = 0.0  # monotonic time before which the line must stay silent
 
@@ -87,10 +88,10 @@ class _Slot:
         client.set_max_no_responses(NO_REPLY)
         if not await client.connect():
             client.close()
-            self.retry_delay = min(max(0.25, self.retry_delay * 2), 30.0)
-            self.retry_at = now + self.retry_delay
+            self.retry_at = now + self.waits.next()
             raise ConnectError(f"cannot connect to {name}")
-        self.client, self.retry_delay, self.silent = client, 0.0, 0
+        self.client, self.silent = client, 0
+        self.waits.reset()
         return client
 
     def drop(self) -> None:

@@ -3,8 +3,9 @@
 On every connection it takes a new session number, publishes a retained Birth on the status topic
 and leaves a retained Death as its last will, so the centre marks the gateway's devices stale the
 moment the connection drops. A message is deleted from the outbox only after its PUBACK. A lost
-connection is retried with jittered exponential backoff capped at one second, so the uplink is back
-within about a second of the broker's return.
+connection is retried by ``gridwatch.ground.mqttsession`` with the one jittered exponential backoff
+capped at one second, so the uplink is back within about a second of the broker's return; with
+``protocol: auto`` it falls back to MQTT 3.1.1 when the broker refuses (or ignores) MQTT 5.
 """
 
 from __future__ import annotations
@@ -12,48 +13,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import sqlite3
-import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiomqtt
-from aiomqtt import ProtocolVersion
-from aiomqtt.exceptions import MqttConnectError
 
 from edge.outbox import Outbox
 from edge.pipeline import Pipeline
 from gridwatch import __version__
+from gridwatch.ground.backoff import Backoff
 from gridwatch.ground.contract import Birth, Death, DeviceInfo, Topics
 from gridwatch.ground.gatewayconf import MqttUplink
-from gridwatch.ground.watch import Watch
-
-logger = logging.getLogger(__name__)
+from gridwatch.ground.mqttsession import Endpoint, MqttSession, SessionSettings, first_failure
 
 BACKOFF_FIRST_S = 0.05
 BACKOFF_CAP_S = 1.0
+
+logger = logging.getLogger(__name__)
+
 WINDOW = 200  # messages in flight at once
-# CONNACK codes for "unsupported protocol version" in MQTT 3.1.1 (1) and MQTT 5 (132)
-_UNSUPPORTED_PROTOCOL = {1, 132}
-
-
-async def _first_failure(*jobs: Coroutine[Any, Any, None]) -> None:
-    """Run jobs together until one ends; then cancel the rest and re-raise its error."""
-    tasks = [asyncio.create_task(j) for j in jobs]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    for t in done:
-        t.result()
-
-
-def _code(exc: MqttConnectError) -> int | None:
-    rc = exc.rc
-    return rc if isinstance(rc, int) or rc is None else int(rc.value)
 
 
 class Uplink:
@@ -70,16 +49,23 @@ class Uplink:
         self.cfg, self.gateway_id, self.outbox, self.pipeline = cfg, gateway_id, outbox, pipeline
         self.topics, self.config_version, self.clock = topics, config_version, clock
         self.wakeup = asyncio.Event()
-        self.connected = False
-        self.reconnects = 0
         self.published = 0
-        self._failing = False
-        self.mqtt5 = cfg.protocol != "3.1.1"
-        self._protocol_known = cfg.protocol != "auto"  # auto: learnt at the first connection
+        self._session = 0  # the session number of the current (or next) connection
         # configuration pushes and commands from the centre: (topic leaf, payload)
         self.on_down: Callable[[str, bytes], Coroutine[Any, Any, None]] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
-        self.watch = Watch()  # changes on connect, failure and every acknowledged window
+        self.mqtt = MqttSession(self._settings(), "uplink", will=self._will)
+        self.watch = self.mqtt.watch  # changes on connect, failure and every acknowledged window
+
+    @property
+    def connected(self) -> bool:
+        """Connected and the Birth of this session sent (what the centre sees as online)."""
+        return self.mqtt.state.connected and self.pipeline.uplink_up
+
+    @property
+    def reconnects(self) -> int:
+        """Outages of the connection so far."""
+        return self.mqtt.state.outages
 
     async def wait_until(self, predicate: Callable[[Uplink], bool], within_s: float) -> None:
         await self.watch.until(lambda: predicate(self), within_s)
@@ -89,64 +75,37 @@ class Uplink:
         self.wakeup.set()
 
     async def run(self) -> None:
-        attempt = 0
+        await self.mqtt.run(self._serve)
+
+    def _settings(self) -> SessionSettings:
+        c = self.cfg
+        return SessionSettings(
+            endpoints=(Endpoint(c.host, c.port),),
+            client_id=f"gridwatch-edge-{self.gateway_id}",
+            username=c.username or self.gateway_id, password=c.password(), tls=c.tls,
+            ca_file=c.ca_file, protocol=c.protocol, persistent=False, keepalive_s=c.keepalive_s,
+            max_inflight=WINDOW, backoff_first_s=BACKOFF_FIRST_S, backoff_cap_s=BACKOFF_CAP_S,
+        )  # fmt: skip
+
+    async def _will(self) -> aiomqtt.Will:
+        """A new session number for each connection, and its Death as the last will."""
+        waits = Backoff(first_s=1.0, cap_s=5.0)
         while True:
             try:
-                session = self.outbox.next_session()
+                self._session = self.outbox.next_session()
+                break
             except sqlite3.Error as exc:  # disk full: no new session can be recorded yet
                 logger.error("uplink waits: cannot record a new session: %s", exc)
-                await asyncio.sleep(1.0)
-                continue
-            try:
-                async with self._client(session) as client:
-                    await self._on_connected(client, session)
-                    attempt = 0
-                    await _first_failure(self._drain_forever(client), self._read_down(client))
-            except MqttConnectError as exc:
-                if _code(exc) in _UNSUPPORTED_PROTOCOL and self._try_other_protocol():
-                    continue
-                self._on_failure(exc)
-            except aiomqtt.MqttError as exc:
-                # some 3.1.1-only brokers drop an MQTT 5 CONNECT without any CONNACK
-                if not self._protocol_known:
-                    self._try_other_protocol()
-                self._on_failure(exc)
-            finally:
-                self.connected = self.pipeline.uplink_up = False
-            delay = min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2**attempt) * random.uniform(0.5, 1.0)
-            attempt += 1
-            await asyncio.sleep(delay)
+                await asyncio.sleep(waits.next())
+        death = Death(gateway=self.gateway_id, session=self._session).model_dump_json()
+        return aiomqtt.Will(self.topics.status(self.gateway_id), death, qos=1, retain=True)
 
-    def _try_other_protocol(self) -> bool:
-        """In auto mode, until a connection succeeds, alternate between MQTT 5 and 3.1.1."""
-        if self.cfg.protocol != "auto" or self._protocol_known:
-            return False
-        self.mqtt5 = not self.mqtt5
-        logger.info("uplink: trying MQTT %s with %s", "5" if self.mqtt5 else "3.1.1", self.cfg.host)
-        return True
-
-    def _client(self, session: int) -> aiomqtt.Client:
-        c = self.cfg
-        death = Death(gateway=self.gateway_id, session=session).model_dump_json()
-        tls = None
-        if c.tls:
-            tls = ssl.create_default_context(cafile=c.ca_file)
-        client = aiomqtt.Client(
-            c.host,
-            c.port,
-            username=c.username or self.gateway_id,
-            password=c.password(),
-            identifier=f"gridwatch-edge-{self.gateway_id}",
-            protocol=ProtocolVersion.V5 if self.mqtt5 else ProtocolVersion.V311,
-            will=aiomqtt.Will(self.topics.status(self.gateway_id), death, qos=1, retain=True),
-            keepalive=c.keepalive_s,
-            timeout=5,
-            max_inflight_messages=WINDOW,
-            tls_context=tls,
-        )
-        # a window of publishes in flight is the design, not a backlog worth a warning each
-        client.pending_calls_threshold = WINDOW
-        return client
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        try:
+            await self._on_connected(client, self._session)
+            await first_failure(self._drain_forever(client), self._read_down(client))
+        finally:
+            self.pipeline.uplink_up = False
 
     async def _on_connected(self, client: aiomqtt.Client, session: int) -> None:
         birth = Birth(
@@ -164,27 +123,8 @@ class Uplink:
             await client.subscribe(self.topics.config(self.gateway_id), qos=1)
             await client.subscribe(self.topics.command(self.gateway_id), qos=1)
         self.pipeline.session = session
-        self.connected = self.pipeline.uplink_up = True
-        self._protocol_known = True
-        if self._failing:
-            logger.info(
-                "uplink to %s:%d restored (session %d)", self.cfg.host, self.cfg.port, session
-            )
-        else:
-            logger.info(
-                "uplink connected to %s:%d (session %d)", self.cfg.host, self.cfg.port, session
-            )
-        self._failing = False
-        self.watch.changed()
-
-    def _on_failure(self, exc: Exception) -> None:
-        if self.connected or not self._failing:
-            what = "lost" if self.connected else "cannot connect"
-            logger.error("uplink to %s:%d %s: %s", self.cfg.host, self.cfg.port, what, exc)
-            self.reconnects += 1
-        else:
-            logger.debug("uplink still down: %s", exc)
-        self._failing = True
+        self.pipeline.uplink_up = True
+        logger.info("uplink: session %d on %s:%d", session, self.cfg.host, self.cfg.port)
         self.watch.changed()
 
     async def _read_down(self, client: aiomqtt.Client) -> None:

@@ -116,6 +116,15 @@ class Mosquitto:
             self.proc.wait(5)
         self.proc = None
 
+    def restart(self, sig: int = 9) -> None:
+        """End the broker with ``sig`` (SIGKILL: a crash; SIGTERM: a clean stop), then start it
+        again on the same port, with the same config."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(10)
+        self.proc = None
+        self.start()
+
     @property
     def passwd(self) -> Path:
         return self._rundir() / "passwd"

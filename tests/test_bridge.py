@@ -12,6 +12,7 @@ import aiomqtt
 import pytest
 
 from cloud_bridge import Bridge, InfluxSink, SqliteSink
+from cloud_bridge.broker import embedded_broker
 from device_registry import RegistryStore
 from gridwatch.ground.contract import (
     AlertState,
@@ -34,7 +35,7 @@ from tests._central_helpers import (
     reading,
     until,
 )
-from tests.services import Mosquitto, Victoria
+from tests.services import Mosquitto, Victoria, free_port
 
 
 @pytest.fixture
@@ -431,3 +432,25 @@ async def test_an_alert_does_not_wait_for_a_stuck_telemetry_write(
             assert b.stats.points_written == 0
     finally:
         await down.close()
+
+
+async def test_bridge_falls_back_to_mqtt311_on_the_embedded_broker(
+    store: RegistryStore, prefix: str, tmp_path: Path
+) -> None:
+    """amqtt (the demo's broker) ignores an MQTT 5 CONNECT: with ``auto`` both lanes fall back to
+    3.1.1 and ingest."""
+    port, gw, t = free_port(), prefix, now_ms()
+    sink = await SqliteSink.open(tmp_path / "telemetry.db", retention_hours=1)
+    try:
+        async with embedded_broker("127.0.0.1", port):
+            cfg = bridge_config("127.0.0.1", port, prefix, tmp_path, mqtt_protocol="auto")
+            async with (
+                bridge_on(cfg, store, sink) as b,
+                publisher("127.0.0.1", port, v5=False) as pub,
+            ):
+                assert {s.state.version for s in b.sessions.values()} == {"3.1.1"}
+                msg = batch(gw, [reading("d1", "level", 1.0, t)])
+                await pub.publish(Topics(prefix).telemetry(gw), msg.model_dump_json(), qos=1)
+                await until(b, lambda s: s.ingested["telemetry"] == 1)
+    finally:
+        await sink.close()

@@ -74,13 +74,20 @@ async def test_edge_metrics_count_readings_and_failed_polls(
         task = asyncio.create_task(agent.run())
         try:
             async with asyncio.timeout(15):
-                while True:  # scrape until the agent has polled and failed: its own counters
+                # scrape until the agent has polled and failed (its own counters) and its uplink
+                # is up: on a loaded machine the polls can come before the first connection
+                while True:
                     got = {}
                     if agent.metrics_url:
                         got = await asyncio.to_thread(scrape, agent.metrics_url)
                     failed = got.get(("gridwatch_edge_poll_failures_total",
                                       (("device", "sd-002"),)), 0)  # fmt: skip
-                    if failed >= 1 and got.get(("gridwatch_edge_readings_in_total", ()), 0) > 0:
+                    up = got.get(("gridwatch_edge_uplink_connected", ()), 0) == 1
+                    if (
+                        failed >= 1
+                        and got.get(("gridwatch_edge_readings_in_total", ()), 0) > 0
+                        and up
+                    ):
                         break
                     await asyncio.sleep(0.1)
         finally:

@@ -426,7 +426,7 @@ async def test_a_dynsec_file_mosquitto_cannot_read_is_said_in_words(
     logged = asyncio.Event()
     watch = logging.Handler()
     watch.emit = lambda r: logged.set() if "refused the registry" in r.getMessage() else None  # type: ignore[method-assign]
-    logging.getLogger("device_registry").addHandler(watch)
+    logging.getLogger("gridwatch.ground.mqttsession").addHandler(watch)
     try:
         app = build_app(f"sqlite+aiosqlite:///{tmp_path}/registry.db",
                         installers=installer_settings(b, prefix))  # fmt: skip
@@ -434,7 +434,8 @@ async def test_a_dynsec_file_mosquitto_cannot_read_is_said_in_words(
             await logged.wait()
         said = [r.getMessage() for r in caplog.records if "refused the registry" in r.getMessage()]
         assert said[0] == (
-            f"registry downlink: the broker at 127.0.0.1:{b.mq.port} refused the registry's login "
+            f"mqtt registry downlink: 127.0.0.1:{b.mq.port} cannot connect: "
+            f"the broker at 127.0.0.1:{b.mq.port} refused the registry's login "
             f"as '{ADMIN_USER}' (CONNACK 135, not authorised): check --broker-admin-user and the "
             "password in its environment variable; with --dynsec, check that user 'mosquitto' can "
             "read the file named by plugin_opt_config_file and enter every folder above it "
@@ -444,7 +445,7 @@ async def test_a_dynsec_file_mosquitto_cannot_read_is_said_in_words(
         # the broker's own words that the docs tell the reader to look for
         assert "Error loading Dynamic security plugin config" in b.mq.log.read_text()
     finally:
-        logging.getLogger("device_registry").removeHandler(watch)
+        logging.getLogger("gridwatch.ground.mqttsession").removeHandler(watch)
         b.mq.stop()
         shutil.rmtree(b.work, ignore_errors=True)
 

@@ -3,11 +3,14 @@ tree at QoS 1, from a persisted cursor: a restart resumes where the broker last 
 
 The device transitions (``alert``) are published by the bridge as it ingests them, on the fast
 path; this publisher skips them so each message is on the tree once.
+
+The connection is ``gridwatch.ground.mqttsession``'s: it comes back after any broker restart,
+and the pump resumes from the cursor (at-least-once: an event published but not yet recorded in
+the cursor when the connection dropped goes out again).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ import aiomqtt
 from device_registry.alerts.store import OpsStore
 from device_registry.delivery.feed import FeedSignal
 from gridwatch.ground.contract import Topics
+from gridwatch.ground.mqttsession import Endpoint, MqttSession, SessionSettings
 
 logger = logging.getLogger(__name__)
 
@@ -39,32 +43,21 @@ class PlatformPublisher:
         self.ops, self.signal, self.target = ops, signal, target
         self.topics = Topics(target.prefix)
         self.published = 0
-        self.connected = False
+        t = target
+        self.mqtt = MqttSession(
+            SessionSettings(endpoints=(Endpoint(t.host, t.port),), client_id=t.client_id,
+                            username=t.username, password=t.password, persistent=False),
+            "platform publisher",
+        )  # fmt: skip
+
+    @property
+    def connected(self) -> bool:
+        return self.mqtt.state.connected
 
     async def run(self) -> None:
         if await self.ops.cursor(CURSOR) is None:  # first start: from now on, not the history
             await self.ops.set_cursor(CURSOR, await self.ops.last_seq())
-        failing = False
-        while True:
-            try:
-                async with self._client() as client:
-                    self.connected = True
-                    if failing:
-                        logger.info("platform publisher: broker is back")
-                    failing = False
-                    await self._pump(client)
-            except aiomqtt.MqttError as exc:
-                logger.log(logging.DEBUG if failing else logging.ERROR,
-                           "platform publisher: broker unavailable: %s", exc)  # fmt: skip
-                failing = True
-            finally:
-                self.connected = False
-            await asyncio.sleep(1.0)
-
-    def _client(self) -> aiomqtt.Client:
-        t = self.target
-        return aiomqtt.Client(t.host, t.port, username=t.username, password=t.password,
-                              identifier=t.client_id, timeout=5)  # fmt: skip
+        await self.mqtt.run(self._pump)
 
     async def _pump(self, client: aiomqtt.Client) -> None:
         while True:

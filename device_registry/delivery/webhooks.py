@@ -3,7 +3,7 @@
 A message is POSTed as the same JSON document the MQTT platform topics carry, signed with
 HMAC-SHA256 over ``"<timestamp>.<body>"`` (headers ``X-Gridwatch-Timestamp``,
 ``X-Gridwatch-Signature: sha256=<hex>``), so a receiver checks both origin and freshness. A failed
-POST (no 2xx, a network error, a timeout) is retried with exponential backoff; after the last
+POST (no 2xx, a network error, a timeout) is retried with the one backoff; after the last
 attempt the message goes to the dead-letter list, from where an operator replays it through the
 API, and the subscription moves on. The cursor moves only after a delivery or a dead letter is
 recorded: a restart delivers again what was in flight (at-least-once; ``X-Gridwatch-Seq`` dedupes).
@@ -38,6 +38,7 @@ from device_registry.alerts.store import FeedEvent, OpsStore, matches
 from device_registry.db.tables import Webhook
 from device_registry.delivery.feed import FeedSignal
 from device_registry.errors import RegistryError
+from gridwatch.ground.backoff import Backoff
 
 logger = logging.getLogger(__name__)
 
@@ -140,15 +141,20 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, now_s: floa
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """How often and how fast a failed POST is tried again: the one backoff of
+    ``gridwatch.ground.backoff`` (after ``first_s``, doubling up to ``cap_s``, each wait jittered
+    down by up to ``jitter``, so the subscriptions that failed on one receiver at once do not all
+    come back at the same moment), ``attempts`` in all."""
+
     attempts: int = 6
     first_s: float = 1.0
-    factor: float = 2.0
     cap_s: float = 60.0
+    jitter: float = 0.5
     timeout_s: float = 10.0
 
-    def delay(self, attempt: int) -> float:
-        """Wait before attempt ``attempt + 1`` (``attempt`` counts from 1)."""
-        return float(min(self.first_s * self.factor ** (attempt - 1), self.cap_s))
+    def waits(self) -> Backoff:
+        """A fresh schedule for one message's attempts."""
+        return Backoff(self.first_s, self.cap_s, jitter=self.jitter)
 
 
 class Failed(Exception):
@@ -254,7 +260,7 @@ class WebhookDispatcher:
                     await self.ops.advance(hook.id, event.seq)
 
     async def _deliver(self, hook: Webhook, event: FeedEvent) -> None:
-        error = ""
+        error, waits = "", self.retry.waits()
         for attempt in range(1, self.retry.attempts + 1):
             try:
                 await post(self.session, hook, self._key(hook), event, self.retry.timeout_s)
@@ -265,7 +271,7 @@ class WebhookDispatcher:
                            "webhook %d (%s) seq %d attempt %d: %s", hook.id, hook.url, event.seq,
                            attempt, error)  # fmt: skip
                 if attempt < self.retry.attempts:
-                    await asyncio.sleep(self.retry.delay(attempt))
+                    await asyncio.sleep(waits.next())
                 continue
             self.delivered += 1
             await self.ops.advance(hook.id, event.seq)

@@ -7,6 +7,12 @@ few, and the registry needs a broker session to send them anyway (also when it r
 start), so answers sent while the registry was away are delivered when it is back; on every
 connect it republishes the configs that are not acknowledged yet (retained, QoS 1: the edge
 acknowledges a version it already runs without re-applying it).
+
+The session must always come back: while it is down, registering, retiring, rotating passwords
+and commands answer 503, so a stolen gateway that could end it would block its own revocation.
+It runs on ``gridwatch.ground.mqttsession`` (reconnects forever, within about a second of the
+broker's return), and a message it cannot read or store is logged (once per topic at WARNING),
+counted in ``dropped`` and dropped: it never ends the session.
 """
 
 from __future__ import annotations
@@ -14,21 +20,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import ssl
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiomqtt
-from aiomqtt.exceptions import MqttConnectError
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
-from device_registry.errors import BrokerUnavailable
+from device_registry.errors import BrokerUnavailable, RegistryError
 from device_registry.inventory.provisioning import refused_login
 from gridwatch.ground.contract import Command, CommandResult, ConfigAck, ConfigPush, Topics
+from gridwatch.ground.mqttsession import Endpoint, MqttSession, SessionSettings, first_failure
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +39,6 @@ CONTROL = "$CONTROL/dynamic-security/v1"
 CONTROL_RESPONSE = f"{CONTROL}/response"
 _CONTROL_TIMEOUT_S = 5.0
 _CONNECT_WAIT_S = 3.0
-_SESSION_EXPIRY_S = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,15 @@ class BrokerSettings:
 
     def __repr__(self) -> str:  # the password never reaches a log line or a traceback
         return f"BrokerSettings({self.username}@{self.host}:{self.port}, prefix={self.prefix!r})"
+
+
+def _session_settings(s: BrokerSettings, topics: Topics) -> SessionSettings:
+    return SessionSettings(
+        endpoints=(Endpoint(s.host, s.port),), client_id=s.client_id, username=s.username,
+        password=s.password, tls=s.tls, ca_file=s.ca_file, protocol=s.protocol,
+        subscriptions=((topics.all_gateways("config/ack"), 1),
+                       (topics.all_gateways("cmd/result"), 1), (CONTROL_RESPONSE, 1)),
+    )  # fmt: skip
 
 
 ConfigSource = Callable[[str], Awaitable[tuple[int, dict[str, Any] | None]]]
@@ -75,12 +86,17 @@ class Downlink:
         self.ready = asyncio.Event()
         """Up and set up (``on_connect`` done): what every other request waits for."""
         self.on_connect: Callable[[], Awaitable[None]] | None = None
-        self._version_known = False
+        self.session = MqttSession(
+            _session_settings(settings, self.topics), "registry downlink",
+            explain=lambda code: refused_login(settings.username, self._where(), code),
+        )  # fmt: skip
+        self.dropped = 0
+        """Messages on our topics that could not be read or stored (dropped, logged)."""
+        self._dropped_on: set[str] = set()  # topics already logged at WARNING
         self._client: aiomqtt.Client | None = None
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._v5 = settings.protocol != "3.1.1"
 
     # ---- what the registry calls -------------------------------------------------------------
 
@@ -131,75 +147,28 @@ class Downlink:
     # ---- the session -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        delay, failing = 0.2, False
-        while True:
-            try:
-                async with self._connect() as client:
-                    await client.subscribe([(self.topics.all_gateways("config/ack"), 1),
-                                            (self.topics.all_gateways("cmd/result"), 1),
-                                            (CONTROL_RESPONSE, 1)])  # fmt: skip
-                    self._client = client
-                    self.connected.set()
-                    self._version_known = True
-                    async with asyncio.TaskGroup() as tg:
-                        tg.create_task(self._read(client), name="downlink-read")
-                        if self.on_connect is not None:
-                            await self.on_connect()
-                        self.ready.set()
-                        if failing:
-                            logger.info("registry downlink: broker %s is back", self._where())
-                        failing, delay = False, 0.2
-                        self._dirty.update(await self.pending())
-                        self._wake.set()
-                        tg.create_task(self._push_loop(), name="downlink-push")
-            except* (aiomqtt.MqttError, BrokerUnavailable) as group:
-                level = logging.DEBUG if failing else logging.ERROR
-                logger.log(level, "registry downlink: %s", self._explain(group.exceptions[0]))
-                failing = True
-                self._maybe_other_protocol(group.exceptions[0])
-            finally:
-                self.ready.clear()
-                self.connected.clear()
-                self._client = None
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                # aiomqtt's exit may turn our cancellation into an MqttError (a disconnect
-                # during iteration): we were told to stop, not to reconnect
-                raise asyncio.CancelledError
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        await self.session.run(self._serve)
 
-    def _maybe_other_protocol(self, exc: BaseException) -> None:
-        # an MQTT 3.1.1-only broker (the embedded amqtt) does not answer an MQTT 5 CONNECT
-        if self.settings.protocol == "auto" and not self._version_known:
-            self._v5 = not self._v5
-            logger.debug(
-                "registry downlink: next try MQTT %s (%s)", "5" if self._v5 else "3.1.1", exc
-            )
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        self._client = client
+        self.connected.set()
+        try:
+            await first_failure(self._read(client), self._set_up_and_push())
+        finally:
+            self.ready.clear()
+            self.connected.clear()
+            self._client = None
 
-    def _connect(self) -> aiomqtt.Client:
-        s = self.settings
-        tls = ssl.create_default_context(cafile=s.ca_file) if s.tls else None
-        if self._v5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = _SESSION_EXPIRY_S
-            return aiomqtt.Client(
-                s.host, s.port, identifier=s.client_id, username=s.username, password=s.password,
-                protocol=aiomqtt.ProtocolVersion.V5, clean_start=False, properties=props,
-                tls_context=tls, timeout=5,
-            )  # fmt: skip
-        return aiomqtt.Client(
-            s.host, s.port, identifier=s.client_id, username=s.username, password=s.password,
-            protocol=aiomqtt.ProtocolVersion.V311, clean_session=False, tls_context=tls, timeout=5,
-        )  # fmt: skip
-
-    def _explain(self, exc: BaseException) -> str:
-        if isinstance(exc, MqttConnectError) and exc.rc is not None:
-            code = exc.rc if isinstance(exc.rc, int) else exc.rc.value
-            said = refused_login(self.settings.username, self._where(), code)
-            if said is not None:
-                return said
-        return f"broker {self._where()}: {exc}"
+    async def _set_up_and_push(self) -> None:
+        if self.on_connect is not None:
+            await self.on_connect()
+        self.ready.set()
+        try:
+            self._dirty.update(await self.pending())
+        except RegistryError as exc:  # the database is down: the next change pushes again
+            logger.error("registry downlink: unacknowledged configs not republished: %s", exc)
+        self._wake.set()
+        await self._push_loop()
 
     def _where(self) -> str:
         return f"{self.settings.host}:{self.settings.port}"
@@ -210,14 +179,28 @@ class Downlink:
             topic = msg.topic.value
             try:
                 await self._dispatch(topic, payload)
-            except ValidationError as exc:
-                logger.warning("registry downlink: unreadable message on %s: %s", topic,
-                               exc.errors()[0]["msg"])  # fmt: skip
+            except (ValueError, ArithmeticError, RegistryError) as exc:
+                # a gateway's garbage (or a value the database cannot hold) ends this message,
+                # never the session: the session is what revokes a stolen gateway
+                self._drop(topic, exc)
+
+    def _drop(self, topic: str, exc: Exception) -> None:
+        self.dropped += 1
+        first = topic not in self._dropped_on
+        self._dropped_on.add(topic)
+        why = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+        logger.log(logging.WARNING if first else logging.DEBUG,
+                   "registry downlink: dropped a message on %s it cannot read or store (%d "
+                   "dropped so far): %s", topic, self.dropped, why[:300])  # fmt: skip
 
     async def _dispatch(self, topic: str, payload: bytes) -> None:
         if topic == CONTROL_RESPONSE:
-            for r in json.loads(payload).get("responses", []):
-                fut = self._waiting.get(r.get("correlationData", ""))
+            answer = json.loads(payload)
+            responses = answer.get("responses", []) if isinstance(answer, dict) else []
+            for r in responses if isinstance(responses, list) else []:
+                fut = (
+                    self._waiting.get(r.get("correlationData", "")) if isinstance(r, dict) else None
+                )
                 if fut is not None and not fut.done():
                     fut.set_result(r)
             return
@@ -242,9 +225,9 @@ class Downlink:
                 gateway = self._dirty.pop()
                 try:
                     await self._push_one(gateway)
-                except BrokerUnavailable:
+                except BrokerUnavailable as exc:
                     self._dirty.add(gateway)  # again after the reconnect
-                    raise
+                    raise aiomqtt.MqttError(f"config push to {gateway}: {exc}") from exc
                 except Exception:  # one gateway's bad row must not stop the others' pushes
                     logger.exception("registry downlink: config of %s not pushed", gateway)
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import aiomqtt
 
+from gridwatch.ground.backoff import Backoff
 from gridwatch.ground.contract import Value
 from gridwatch.ground.gatewayconf import MqttSensorBus, ResolvedDevice
 from gridwatch.ground.profiles import MqttPoint, MqttProfile
@@ -165,14 +166,14 @@ class MqttField(Served):
         self._tasks.clear()
 
     async def _session(self, endpoint: Endpoint, sensors: list[SimSensor]) -> None:
-        delay = 0.1
+        waits = Backoff(0.1, RECONNECT_MAX_S)
         while True:
             try:
                 async with aiomqtt.Client(*endpoint, identifier=f"gridwatch-sim-{id(self):x}",
                                           max_inflight_messages=1000) as client:  # fmt: skip
                     self.clients[endpoint] = client
                     self.connected[endpoint].set()
-                    delay = 0.1
+                    waits.reset()
                     async with asyncio.TaskGroup() as tg:
                         for s in sensors:
                             tg.create_task(self._publish_every(client, s), name=f"sim {s.id}")
@@ -180,8 +181,7 @@ class MqttField(Served):
                 self.connected[endpoint].clear()
                 self.clients.pop(endpoint, None)
                 logger.warning("sim: broker %s:%d: %s", *endpoint, exc)
-                await asyncio.sleep(delay)  # reconnect pacing, not a wait for an event
-                delay = min(delay * 2, RECONNECT_MAX_S)
+                await asyncio.sleep(waits.next())  # reconnect pacing, not a wait for an event
 
     async def _publish_every(self, client: aiomqtt.Client, sensor: SimSensor) -> None:
         loop = asyncio.get_running_loop()

@@ -1,0 +1,197 @@
+"""The one MQTT session: the MQTT 5 -> 3.1.1 decision as a table, then the session against a real mosquitto (killed and started again, down for a while,
+a list of endpoints of which the first is dead) and the embedded amqtt broker (MQTT 3.1.1 only)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiomqtt
+import pytest
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
+from cloud_bridge.broker import embedded_broker
+from gridwatch.ground.mqttsession import (
+    Endpoint,
+    MqttSession,
+    SessionSettings,
+    connack_code,
+    fall_back,
+)
+from tests.services import Mosquitto, free_port
+
+# ---- falling back from MQTT 5 to 3.1.1 -----------------------------------------------------------
+
+# (CONNACK code or None for no CONNACK, TCP connection made, fall back to the other version?)
+FALLBACK: list[tuple[int | None, bool, bool]] = [
+    (132, True, True),  # MQTT 5: Unsupported Protocol Version
+    (1, True, True),  # MQTT 3.1.1: unacceptable protocol version
+    (135, True, False),  # not authorised: the other version will not help
+    (134, True, False),  # bad user name or password
+    (5, True, False),  # 3.1.1: not authorised
+    (128, True, False),  # unspecified error
+    (136, True, False),  # server unavailable
+    (None, True, True),  # connected, and the CONNECT got no answer: a 3.1.1-only broker (amqtt)
+    (None, False, False),  # nothing listens there: no version will help
+]
+
+
+@pytest.mark.parametrize(("code", "reached", "other"), FALLBACK)
+def test_fall_back_decision(code: int | None, reached: bool, other: bool) -> None:
+    assert fall_back(code, reached) is other
+
+
+def test_connack_code_from_aiomqtt_errors() -> None:
+    refused_v5 = MqttConnectError(ReasonCode(PacketTypes.CONNACK, identifier=132))
+    assert connack_code(refused_v5) == 132
+    assert connack_code(MqttConnectError(1)) == 1
+    assert connack_code(aiomqtt.MqttError("Operation timed out")) is None
+    assert connack_code(OSError("refused")) is None
+
+
+# ---- the session on real brokers ---------------------------------------------------------------
+
+
+def settings(*endpoints: Endpoint, **kw: object) -> SessionSettings:
+    return SessionSettings(endpoints=endpoints, client_id=f"test-{free_port()}", **kw)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def running(
+    session: MqttSession, serve: Callable[[aiomqtt.Client], Awaitable[None]]
+) -> AsyncIterator[MqttSession]:
+    task = asyncio.create_task(session.run(serve))
+    try:
+        yield session
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()  # only cancellation ends it
+
+
+async def forever(_client: aiomqtt.Client) -> None:
+    await asyncio.Event().wait()
+
+
+async def test_session_comes_back_after_a_kill_and_an_outage_and_subscribes_again(
+    tmp_path: Path, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="gridwatch.ground.mqttsession")
+    broker = Mosquitto(tmp_path / "mq").start()
+    heard: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def listen(client: aiomqtt.Client) -> None:
+        async for m in client.messages:
+            assert isinstance(m.payload, bytes)
+            await heard.put(m.payload)
+
+    s = MqttSession(
+        settings(Endpoint(broker.host, broker.port), subscriptions=((f"{prefix}/x", 1),)), "t"
+    )
+
+    async def say(word: bytes) -> None:
+        async with aiomqtt.Client(broker.host, broker.port) as pub:
+            await pub.publish(f"{prefix}/x", word, qos=1)
+        async with asyncio.timeout(5):
+            assert await heard.get() == word
+
+    try:
+        async with running(s, listen):
+            await s.watch.until(lambda: s.state.connected, 10)
+            await say(b"before")
+            broker.restart(signal.SIGKILL)  # a crash: the broker forgets the subscription
+            await s.watch.until(lambda: s.state.outages == 1 and s.state.connected, 10)
+            await say(b"after the kill")
+            broker.stop()
+            await s.watch.until(lambda: not s.state.connected, 10)
+            down_since = s.state.since
+            await asyncio.sleep(1.5)  # the outage itself: the session retries meanwhile
+            broker.start()
+            await s.watch.until(lambda: s.state.connected, 5)
+            await say(b"after the outage")
+            assert s.state.outages == 2 and down_since is not None
+            assert s.state.since is not None and s.state.since > down_since
+    finally:
+        broker.stop()
+    records = [r for r in caplog.records if r.name == "gridwatch.ground.mqttsession"]
+    errors = [r for r in records if r.levelno == logging.ERROR]
+    assert len(errors) == 2, [r.getMessage() for r in errors]  # one per outage, not one per try
+    assert sum("still down" in r.getMessage() for r in records if r.levelno == logging.DEBUG) >= 2
+    assert sum("is back" in r.getMessage() for r in records if r.levelno == logging.INFO) == 2
+
+
+async def test_session_moves_on_to_the_next_endpoint(mosquitto: Mosquitto) -> None:
+    dead = Endpoint("127.0.0.1", free_port())  # nothing listens there
+    s = MqttSession(settings(dead, Endpoint(mosquitto.host, mosquitto.port)), "t")
+    async with running(s, forever):
+        await s.watch.until(lambda: s.state.connected, 10)
+    assert s.state.endpoint == f"{mosquitto.host}:{mosquitto.port}"
+    assert s.state.last_error is not None and str(dead) in s.state.last_error
+
+
+async def test_a_bug_in_serve_does_not_end_the_session(
+    mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls, again = 0, asyncio.Event()
+
+    async def buggy(_client: aiomqtt.Client) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise KeyError("a bug")
+        again.set()
+        await asyncio.Event().wait()
+
+    s = MqttSession(settings(Endpoint(mosquitto.host, mosquitto.port)), "t")
+    async with running(s, buggy):
+        async with asyncio.timeout(10):
+            await again.wait()
+        assert s.state.connected and s.state.outages == 1
+    assert "KeyError: 'a bug'" in caplog.text  # logged with its traceback
+
+
+# (asked for, what the broker speaks, version connected with)
+VERSIONS: list[tuple[str, str, str]] = [
+    ("auto", "mosquitto", "5"),
+    ("3.1.1", "mosquitto", "3.1.1"),
+    ("auto", "amqtt", "3.1.1"),  # amqtt ignores an MQTT 5 CONNECT: no CONNACK, then 3.1.1
+]
+
+
+@pytest.mark.parametrize(("asked", "broker", "version"), VERSIONS)
+async def test_session_connects_with_the_version_the_broker_speaks(
+    mosquitto: Mosquitto, asked: str, broker: str, version: str
+) -> None:
+    if broker == "amqtt":
+        port = free_port()
+        async with embedded_broker("127.0.0.1", port):
+            s = MqttSession(
+                settings(Endpoint("127.0.0.1", port), protocol=asked, timeout_s=1.0), "t"
+            )
+            async with running(s, forever):
+                await s.watch.until(lambda: s.state.connected, 10)
+    else:
+        s = MqttSession(settings(Endpoint(mosquitto.host, mosquitto.port), protocol=asked), "t")
+        async with running(s, forever):
+            await s.watch.until(lambda: s.state.connected, 10)
+    assert s.state.version == version
+
+
+async def test_an_idle_session_notices_the_loss_at_once(tmp_path: Path) -> None:
+    """``serve`` need not touch the client for the loss to show in the state (health reports)."""
+    broker = Mosquitto(tmp_path / "mq").start()
+    s = MqttSession(settings(Endpoint(broker.host, broker.port)), "idle")
+    try:
+        async with running(s, forever):
+            await s.watch.until(lambda: s.state.connected, 10)
+            broker.restart(signal.SIGKILL)
+            await s.watch.until(lambda: s.state.outages == 1, 5)
+            await s.watch.until(lambda: s.state.connected, 10)
+    finally:
+        broker.stop()
