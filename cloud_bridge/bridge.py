@@ -5,8 +5,15 @@ plan (core), write the telemetry while publishing the platform alerts, apply the
 in one transaction (the telemetry lane merges up to a second of steps into one, see
 ``pending.py``), and only then acknowledge the MQTT messages. The next batches are written while
 earlier ones commit. Telemetry and events (alerts,
-status, health) arrive on two MQTT sessions that run these steps independently. A sink or registry failure is retried
-with the messages unacknowledged; a broker failure reconnects, and the broker redelivers.
+status, health) arrive on two MQTT sessions that run these steps independently. A sink or registry
+outage is retried with the messages unacknowledged; a broker failure reconnects, and the broker
+redelivers.
+
+A registry that *refuses* a step (``StoreRejected``: a bug, or data the contract let through and
+the database does not take) is not an outage: retrying would refuse it forever and stop the lane
+for every gateway. The step is then applied in halves until the messages the registry refuses are
+found; each is quarantined once (``store_refused``) and acknowledged with the rest, which is
+written (``_apply_apart``).
 """
 
 from __future__ import annotations
@@ -20,13 +27,15 @@ from contextlib import asynccontextmanager
 from typing import ParamSpec, TypeVar
 
 from cloud_bridge.config import BridgeConfig
-from cloud_bridge.core import IngestCore, Plan, Stats
+from cloud_bridge.core import ClockWindow, IngestCore, Plan, Stats
+from cloud_bridge.decode import Message, Reason, Rejection
 from cloud_bridge.errors import BridgeError, BrokerError, ProtocolUnsupported, SinkError
 from cloud_bridge.mqtt import Inbound, MqttSession, MqttSettings, MqttVersion
-from cloud_bridge.pending import Pending
+from cloud_bridge.pending import Group, Pending
 from cloud_bridge.sink import TelemetrySink
-from device_registry import RegistryStore, StoreUnavailable
-from gridwatch.ground.contract import TelemetryBatch, Topics
+from device_registry import Changes, RegistryStore, StoreUnavailable
+from device_registry.errors import StoreRejected
+from gridwatch.ground.contract import Birth, Death, TelemetryBatch, Topics
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +104,10 @@ class Bridge:
         self.topics = Topics(cfg.prefix)
         # a member of a shared subscription sees only part of each stream: the members audit
         # for gaps together through the registry instead (``_audit_loop``)
+        window = ClockWindow(int(cfg.clock_back_s * 1000), int(cfg.clock_ahead_s * 1000))
         self.cores = {
-            lane: IngestCore(self.topics, track_gaps=cfg.share_group is None) for lane in LANES
+            lane: IngestCore(self.topics, track_gaps=cfg.share_group is None, window=window)
+            for lane in LANES
         }
         self.connected = asyncio.Event()
         """Set while every lane is subscribed."""
@@ -109,16 +120,19 @@ class Bridge:
         self._outage: dict[str, bool] = {}
         self._committed = {lane: Stats() for lane in LANES}
         self._audit = Stats()  # gaps the shared audit found: counted when its claim commits
+        self._poison = Stats()  # messages the registry refused (``_apply_apart``)
 
     @property
     def stats(self) -> Stats:
         """Running counts, including a step still in progress."""
-        return Stats.total([*(core.stats for core in self.cores.values()), self._audit])
+        return Stats.total(
+            [*(core.stats for core in self.cores.values()), self._audit, self._poison]
+        )
 
     @property
     def committed(self) -> Stats:
         """Counts as of the last acknowledged step: what they count is written."""
-        return Stats.total([*self._committed.values(), self._audit])
+        return Stats.total([*self._committed.values(), self._audit, self._poison])
 
     async def run(self) -> None:
         if self.cfg.share_group and self.cfg.mqtt_protocol == "3.1.1":
@@ -254,13 +268,60 @@ class Bridge:
             # one registry transaction at a time, first come first served: SQLite's own busy
             # wait lets a stream of big telemetry transactions starve a small alert one
             async with self._registry_turn:
-                await self._retrying(stats, "registry", self.store.apply, group.changes)
+                try:
+                    await self._retrying(stats, "registry", self.store.apply, group.changes)
+                except StoreRejected as exc:
+                    await self._apply_apart(lane, group, exc)
             for batch in group.batches:
                 session.ack(batch)  # written everywhere: the broker may forget them
             pending.committed(group)
             async with self._progress:
                 self._committed[lane] = group.stats
                 self._progress.notify_all()
+
+    async def _apply_apart(self, lane: str, group: Group, exc: StoreRejected) -> None:
+        """The registry refused the group: write it in halves, quarantine what it refuses."""
+        core, now = self.cores[lane], group.changes.now
+        logger.warning("registry refused a step of %d message(s) (%s); finding the message(s) it "
+                       "refuses", len(group.accepted), exc)  # fmt: skip
+        msgs, mid = group.accepted, len(group.accepted) // 2
+        poison = [*await self._bisect(core, msgs[:mid], now),
+                  *await self._bisect(core, msgs[mid:], now)]  # fmt: skip
+        bad = {id(m) for m, _ in poison}
+        written = {m.id for m in msgs if id(m) not in bad and not isinstance(m, Birth | Death)}
+        rest = Changes(now=now, quarantine=list(group.changes.quarantine))
+        # the ids of what was not written (refused by decode, policy or the registry) are kept
+        # all the same: a redelivery is then a duplicate, never quarantined twice
+        rest.seen_ids = {i: s for i, s in group.changes.seen_ids.items() if i not in written}
+        # counted apart from the lane's (its later steps' counts are taken already); logged one
+        # line each by the core
+        counts = Stats()
+        for msg, why in poison:
+            core.quarantine(rest, msg, Rejection(Reason.STORE_REFUSED, str(why)[:500]), counts)
+            counts.ingested[msg.kind] -= 1
+        try:
+            await self._retrying(core.stats, "registry", self.store.apply, rest)
+        except StoreRejected as again:  # only the quarantine is left: losing it loses no data
+            logger.error("registry refused the quarantine of a step too: %s", again)
+        self._poison = Stats.total([self._poison, counts])
+
+    async def _bisect(
+        self, core: IngestCore, msgs: list[Message], now: int
+    ) -> list[tuple[Message, StoreRejected]]:
+        """Apply ``msgs``, or if the registry refuses them, each half: the messages it refuses
+        alone, with its error (a few transactions per refused message, not one per message)."""
+        if not msgs:
+            return []
+        try:
+            changes = core.changes_for(msgs, now)
+            await self._retrying(core.stats, "registry", self.store.apply, changes)
+        except StoreRejected as exc:
+            if len(msgs) == 1:
+                return [(msgs[0], exc)]
+            mid = len(msgs) // 2
+            return [*await self._bisect(core, msgs[:mid], now),
+                    *await self._bisect(core, msgs[mid:], now)]  # fmt: skip
+        return []
 
     async def _write_and_publish(self, session: MqttSession, plan: Plan, stats: Stats) -> None:
         """Alerts are what someone is waiting for: they go out while the telemetry is written,

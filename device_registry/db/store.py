@@ -88,6 +88,8 @@ class RegistryStore:
             raise StoreRejected(f"{self.dialect} refused: {exc}") from exc
         except SQLAlchemyError as exc:
             raise StoreRejected(f"{self.dialect} store: {exc}") from exc
+        except OverflowError as exc:  # sqlite3 binds an int beyond 64 bits this way, unwrapped
+            raise StoreRejected(f"{self.dialect} refused a number: {exc}") from exc
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncSession]:
