@@ -120,7 +120,9 @@ class Bridge:
         self._outage: dict[str, bool] = {}
         self._committed = {lane: Stats() for lane in LANES}
         self._audit = Stats()  # gaps the shared audit found: counted when its claim commits
-        self._poison = Stats()  # messages the registry refused (``_apply_apart``)
+        self._poison = Stats()  # what the registry refused as it applied: messages, devices
+        self._device_limit = cfg.max_devices_per_gateway
+        self._limited: set[str] = set()  # gateways warned about their device limit
 
     @property
     def stats(self) -> Stats:
@@ -253,7 +255,9 @@ class Bridge:
         ids = decoded.ids()
         seen = await self._retrying(stats, "registry", self.store.seen, ids) if ids else set()
         seen.update(i for i in ids if i in unfinished)  # written by a step not yet committed
-        plan = await _cpu(size, core.plan, decoded, seen)
+        named = decoded.devices()
+        facts = await self._retrying(stats, "registry", self.store.device_facts, named)
+        plan = await _cpu(size, core.plan, decoded, seen, facts)
         await self._write_and_publish(session, plan, stats)
         plan.telemetry = []  # written: the pending commit keeps only the registry changes
         return plan
@@ -269,9 +273,12 @@ class Bridge:
             # wait lets a stream of big telemetry transactions starve a small alert one
             async with self._registry_turn:
                 try:
-                    await self._retrying(stats, "registry", self.store.apply, group.changes)
+                    refused = await self._retrying(
+                        stats, "registry", self.store.apply, group.changes, self._device_limit
+                    )
                 except StoreRejected as exc:
-                    await self._apply_apart(lane, group, exc)
+                    refused = await self._apply_apart(lane, group, exc)
+                self._over_limit(lane, refused)
             for batch in group.batches:
                 session.ack(batch)  # written everywhere: the broker may forget them
             pending.committed(group)
@@ -279,14 +286,29 @@ class Bridge:
                 self._committed[lane] = group.stats
                 self._progress.notify_all()
 
-    async def _apply_apart(self, lane: str, group: Group, exc: StoreRejected) -> None:
+    def _over_limit(self, lane: str, refused: dict[str, int]) -> None:
+        """Count the new devices the registry did not add (``max_devices_per_gateway``)."""
+        if not refused:
+            return
+        for gw, n in refused.items():
+            self._poison.refused[Reason.DEVICE_LIMIT] += n
+            if gw not in self._limited:  # once per gateway: it will keep naming new ones
+                self._limited.add(gw)
+                logger.warning(
+                    "gateway %s named more than %d devices of its own; %d new one(s) not added "
+                    "(%s lane): register them, or raise max_devices_per_gateway",
+                    gw, self._device_limit, n, lane,
+                )  # fmt: skip
+
+    async def _apply_apart(self, lane: str, group: Group, exc: StoreRejected) -> dict[str, int]:
         """The registry refused the group: write it in halves, quarantine what it refuses."""
         core, now = self.cores[lane], group.changes.now
         logger.warning("registry refused a step of %d message(s) (%s); finding the message(s) it "
                        "refuses", len(group.accepted), exc)  # fmt: skip
         msgs, mid = group.accepted, len(group.accepted) // 2
-        poison = [*await self._bisect(core, msgs[:mid], now),
-                  *await self._bisect(core, msgs[mid:], now)]  # fmt: skip
+        refused: dict[str, int] = {}
+        poison = [*await self._bisect(core, msgs[:mid], now, refused),
+                  *await self._bisect(core, msgs[mid:], now, refused)]  # fmt: skip
         bad = {id(m) for m, _ in poison}
         written = {m.id for m in msgs if id(m) not in bad and not isinstance(m, Birth | Death)}
         rest = Changes(now=now, quarantine=list(group.changes.quarantine))
@@ -304,9 +326,10 @@ class Bridge:
         except StoreRejected as again:  # only the quarantine is left: losing it loses no data
             logger.error("registry refused the quarantine of a step too: %s", again)
         self._poison = Stats.total([self._poison, counts])
+        return refused
 
     async def _bisect(
-        self, core: IngestCore, msgs: list[Message], now: int
+        self, core: IngestCore, msgs: list[Message], now: int, refused: dict[str, int]
     ) -> list[tuple[Message, StoreRejected]]:
         """Apply ``msgs``, or if the registry refuses them, each half: the messages it refuses
         alone, with its error (a few transactions per refused message, not one per message)."""
@@ -314,13 +337,17 @@ class Bridge:
             return []
         try:
             changes = core.changes_for(msgs, now)
-            await self._retrying(core.stats, "registry", self.store.apply, changes)
+            over = await self._retrying(
+                core.stats, "registry", self.store.apply, changes, self._device_limit
+            )
         except StoreRejected as exc:
             if len(msgs) == 1:
                 return [(msgs[0], exc)]
             mid = len(msgs) // 2
-            return [*await self._bisect(core, msgs[:mid], now),
-                    *await self._bisect(core, msgs[mid:], now)]  # fmt: skip
+            return [*await self._bisect(core, msgs[:mid], now, refused),
+                    *await self._bisect(core, msgs[mid:], now, refused)]  # fmt: skip
+        for gw, n in over.items():
+            refused[gw] = refused.get(gw, 0) + n
         return []
 
     async def _write_and_publish(self, session: MqttSession, plan: Plan, stats: Stats) -> None:

@@ -14,6 +14,10 @@ Beyond the contract, the centre applies its own policy here:
   quarantined whole. Both are counted in ``Stats.refused``.
 - Alert scope: the registry keys an alert by the gateway whose topic it came through, never by
   the payload: ``scoped_alert_id``. A gateway cannot clear or update another gateway's alert.
+- A gateway speaks for its own devices only (``DeviceFacts``, from the registry): readings and
+  alerts about a device an installer registered under another gateway are refused (counted as
+  ``foreign_device``), and an alert about a registered device is placed where the installer
+  registered it, whatever location its payload names.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 from cloud_bridge.decode import Cleared, Message, Reason, Rejection, decode
 from cloud_bridge.sequence import GapTracker, Seq
 from device_registry import Changes, QuarantineEntry, Seen
+from device_registry.ingest.changes import DeviceFacts
 from gridwatch.ground.contract import (
     AlertEvent,
     Birth,
@@ -133,6 +138,18 @@ class Decoded:
     def ids(self) -> list[str]:
         return [m.id for m in self.messages if not isinstance(m, Birth | Death)]
 
+    def devices(self) -> set[tuple[str, str]]:
+        """(gateway, device) of every device the batch names: to ask the registry about."""
+        named: set[tuple[str, str]] = set()
+        for m in self.messages:
+            if isinstance(m, TelemetryBatch):
+                named.update((m.gateway, r.device) for r in m.readings)
+            elif isinstance(m, AlertEvent):
+                named.add((m.gateway, m.device))
+            elif isinstance(m, Birth):
+                named.update((m.gateway, d) for d in m.devices)
+        return named
+
 
 @dataclass
 class Plan:
@@ -180,9 +197,9 @@ class IngestCore:
         self._logged.add((topic, why.reason))
         logger.log(level, "%s on %s: %s: %s", what, topic, why.reason, why.detail)
 
-    def plan(self, decoded: Decoded, seen: set[str]) -> Plan:
+    def plan(self, decoded: Decoded, seen: set[str], facts: DeviceFacts | None = None) -> Plan:
         plan = self.start_plan(decoded)
-        self.extend_plan(plan, decoded.messages, seen)
+        self.extend_plan(plan, decoded.messages, seen, facts)
         return plan
 
     def start_plan(self, decoded: Decoded) -> Plan:
@@ -214,13 +231,19 @@ class IngestCore:
         self._reject(raw, why, stats)
         ch.quarantine.append(quarantine_entry(raw, why, ch.now))
 
-    def extend_plan(self, plan: Plan, messages: Iterable[Message], seen: set[str]) -> None:
-        """Drop duplicates (``seen``: ids the registry has), track sequences, add the rest."""
-        ch = plan.changes
+    def extend_plan(
+        self, plan: Plan, messages: Iterable[Message], seen: set[str],
+        facts: DeviceFacts | None = None,
+    ) -> None:  # fmt: skip
+        """Drop duplicates (``seen``: ids the registry has), track sequences, add the rest;
+        ``facts``: the registry's word on the devices named (``Decoded.devices``)."""
+        ch, facts = plan.changes, facts or DeviceFacts()
         for msg in messages:
             if isinstance(msg, Birth | Death):
                 if isinstance(msg, Birth) and self._off_clock(ch, msg, msg.ts):
                     continue
+                if isinstance(msg, Birth) and facts.owners:
+                    msg = self._own_devices(msg, facts)
                 ch.status.append(msg)  # the store registers the devices a birth names
                 plan.accepted.append(msg)
                 self.stats.ingested[msg.kind] += 1
@@ -232,12 +255,15 @@ class IngestCore:
             ch.seen_ids[msg.id] = Seen(msg.gateway, msg.kind, msg.session, msg.seq)
             self._track(msg)
             if isinstance(msg, TelemetryBatch):
-                msg = self._telemetry(ch, msg)
+                banned = self._foreign(msg, facts) if facts.owners else frozenset()
+                msg = self._telemetry(ch, msg, banned)
                 plan.telemetry.append(msg)
             elif isinstance(msg, AlertEvent):
                 scoped = None
-                if not self._off_clock(ch, msg, msg.ts, msg.raised_at):
-                    scoped = self._scoped(ch, msg)
+                if not self._off_clock(ch, msg, msg.ts, msg.raised_at) and not self._not_its_own(
+                    ch, msg, facts
+                ):
+                    scoped = self._scoped(ch, msg, facts)
                 if scoped is None:
                     continue
                 msg = scoped
@@ -263,13 +289,42 @@ class IngestCore:
         self.quarantine(ch, msg, Rejection(Reason.CLOCK, detail))
         return True
 
-    def _scoped(self, ch: Changes, ev: AlertEvent) -> AlertEvent | None:
+    def _scoped(self, ch: Changes, ev: AlertEvent, facts: DeviceFacts) -> AlertEvent | None:
+        """The alert keyed by its gateway, at its device's registered place (if registered)."""
         key = scoped_alert_id(ev.gateway, ev.alert_id)
         if len(key) > ALERT_ID_MAX:
             detail = f"alert_id: {len(key)} characters with its gateway, at most {ALERT_ID_MAX}"
             self.quarantine(ch, ev, Rejection(Reason.OUT_OF_RANGE, detail))
             return None
-        return ev if key == ev.alert_id else ev.model_copy(update={"alert_id": key})
+        update: dict[str, object] = {} if key == ev.alert_id else {"alert_id": key}
+        registered = facts.locations.get((ev.gateway, ev.device))
+        if registered is not None and registered != ev.location:
+            update["location"] = registered  # a gateway cannot move its alerts to other districts
+        return ev.model_copy(update=update) if update else ev
+
+    def _not_its_own(self, ch: Changes, ev: AlertEvent, facts: DeviceFacts) -> bool:
+        """Quarantine an alert about a device an installer registered under another gateway."""
+        if not facts.foreign(ev.gateway, ev.device):
+            return False
+        self.stats.refused[Reason.FOREIGN_DEVICE] += 1
+        detail = f"device {ev.device!r} is registered to another gateway, not {ev.gateway!r}"
+        self.quarantine(ch, ev, Rejection(Reason.FOREIGN_DEVICE, detail))
+        return True
+
+    def _foreign(self, batch: TelemetryBatch, facts: DeviceFacts) -> frozenset[str]:
+        return frozenset(
+            d for d in {r.device for r in batch.readings} if facts.foreign(batch.gateway, d)
+        )
+
+    def _own_devices(self, msg: Birth, facts: DeviceFacts) -> Birth:
+        """A birth registers the devices it names: not other gateways' registered ones."""
+        foreign = [d for d in msg.devices if facts.foreign(msg.gateway, d)]
+        if not foreign:
+            return msg
+        self.stats.refused[Reason.FOREIGN_DEVICE] += len(foreign)
+        why = Rejection(Reason.FOREIGN_DEVICE, f"names other gateways' devices: {foreign[:10]}")
+        self._log_once(self.topics.status(msg.gateway), why, "refused devices")
+        return msg.model_copy(update={"devices": [d for d in msg.devices if d not in foreign]})
 
     def _track(self, msg: TelemetryBatch | AlertEvent | GatewayHealth) -> None:
         if self._gaps is None:
@@ -285,8 +340,11 @@ class IngestCore:
         elif seen.kind is Seq.REPLAY:
             self.stats.replays += 1
 
-    def _telemetry(self, ch: Changes, batch: TelemetryBatch) -> TelemetryBatch:
-        """Add the batch's readings; returns it without the readings the window refuses."""
+    def _telemetry(
+        self, ch: Changes, batch: TelemetryBatch, banned: frozenset[str] = frozenset()
+    ) -> TelemetryBatch:
+        """Add the batch's readings; returns it without the readings the window refuses, nor
+        those of ``banned`` devices (other gateways' registered devices)."""
         # the hot loop of the bridge (every reading passes here): locals, no allocations
         gw = batch.gateway
         latest, alive = ch.latest, ch.device_seen
@@ -295,7 +353,7 @@ class IngestCore:
         refused: list[Reading] = []
         self.stats.readings += len(batch.readings)
         for r in batch.readings:
-            if not lo <= r.ts <= hi:
+            if not lo <= r.ts <= hi or r.device in banned:
                 refused.append(r)
                 continue
             key = (gw, r.device, r.point)
@@ -314,17 +372,29 @@ class IngestCore:
                 alive[dev] = None
         if not refused:
             return batch
-        self._refused_readings(batch, refused, ch.now)
-        kept = [r for r in batch.readings if lo <= r.ts <= hi]
+        self.stats.readings -= len(refused)
+        foreign = [r for r in refused if r.device in banned]
+        if foreign:
+            self._refused_foreign(batch, foreign)
+        if len(foreign) < len(refused):
+            self._refused_off_clock(batch, [r for r in refused if r.device not in banned], ch.now)
+        kept = [r for r in batch.readings if lo <= r.ts <= hi and r.device not in banned]
         return batch.model_copy(update={"readings": kept})
 
-    def _refused_readings(self, batch: TelemetryBatch, refused: list[Reading], now: int) -> None:
+    def _refused_off_clock(self, batch: TelemetryBatch, refused: list[Reading], now: int) -> None:
         self.stats.refused[Reason.CLOCK] += len(refused)
-        self.stats.readings -= len(refused)
         first = refused[0]
         why = Rejection(Reason.CLOCK, (
             f"{len(refused)} reading(s) outside the clock window, first {first.device}/"
             f"{first.point} at {first.ts}, {_offset(first.ts - now)} the centre's clock"
+        ))  # fmt: skip
+        self._log_once(self.topics.telemetry(batch.gateway), why, "refused readings")
+
+    def _refused_foreign(self, batch: TelemetryBatch, refused: list[Reading]) -> None:
+        self.stats.refused[Reason.FOREIGN_DEVICE] += len(refused)
+        devices = sorted({r.device for r in refused})[:10]
+        why = Rejection(Reason.FOREIGN_DEVICE, (
+            f"{len(refused)} reading(s) of devices registered to other gateways: {devices}"
         ))  # fmt: skip
         self._log_once(self.topics.telemetry(batch.gateway), why, "refused readings")
 

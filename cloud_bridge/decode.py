@@ -41,6 +41,10 @@ class Reason(enum.StrEnum):
     GATEWAY_MISMATCH = "gateway_mismatch"
     CLOCK = "clock"
     """A time outside the centre's clock window (``core.ClockWindow``)."""
+    FOREIGN_DEVICE = "foreign_device"
+    """About a device an installer registered under another gateway."""
+    DEVICE_LIMIT = "device_limit"
+    """A new device beyond its gateway's limit: not added to the registry (counted only)."""
     STORE_REFUSED = "store_refused"
     """Valid by the contract, but the registry refused to store it (a poison message)."""
 

@@ -244,3 +244,89 @@ async def test_a_reading_dated_year_9999_does_not_pin_the_device(
         t + 1000, 2.0, t + 1000
     )  # fmt: skip
     assert (b.committed.refused, b.committed.points_written) == ({"clock": 1}, 2)
+
+
+async def test_a_gateway_adds_at_most_its_limit_of_devices(
+    mosquitto: Mosquitto, registry_url: str, prefix: str, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    gw, t = prefix, now_ms()
+    topics = Topics(prefix)
+    caplog.set_level(logging.WARNING)
+    async with (
+        central(mosquitto, registry_url, prefix, tmp_path, max_devices_per_gateway=3) as (b, store),
+        publisher(mosquitto.host, mosquitto.port) as pub,
+    ):
+        first = batch(gw, [reading(f"d{i}", "level", float(i), t) for i in range(5)])
+        await pub.publish(topics.telemetry(gw), first.model_dump_json(), qos=1)
+        await until(b, lambda s: s.ingested["telemetry"] == 1)
+        more = batch(gw, [reading(f"d{i}", "level", 10.0 + i, t + 1) for i in range(3, 8)]
+                     + [reading("d0", "level", 9.0, t + 1)])  # fmt: skip
+        await pub.publish(topics.telemetry(gw), more.model_dump_json(), qos=1)
+        await pub.publish(topics.status(gw), birth(gw, 1, ["d0", "x1", "x2"]).model_dump_json(), qos=1)  # fmt: skip
+        await until(b, lambda s: s.ingested["telemetry"] == 2 and s.ingested["birth"] == 1)
+        values = {d.device: d.values["level"].value for d in await store.devices(gateway=gw)
+                  if "level" in d.values}  # fmt: skip
+        names = sorted(d.device for d in await store.devices(gateway=gw))
+        refused = b.committed.refused
+    assert names == ["d0", "d1", "d2"]
+    assert values == {"d0": 9.0, "d1": 1.0, "d2": 2.0}  # the ones it has keep updating
+    assert refused == {"device_limit": 2 + 5 + 2}
+    warned = [r for r in caplog.records if "max_devices_per_gateway" in r.getMessage()]
+    assert len(warned) == 1 and gw in warned[0].getMessage()  # once per gateway
+
+
+async def _register(store: RegistryStore, gw: str, device: str, district: str, t: int) -> None:
+    """What an installer's registration leaves in the registry: the device, at its site."""
+    async with store.transaction() as s:
+        await s.execute(text("INSERT INTO districts (id, name) VALUES (:d, '')"), {"d": district})
+        await s.execute(
+            text("INSERT INTO sites (district_id, street, grid) VALUES (:d, 'Dock Rd', 'Z9')"),
+            {"d": district},
+        )
+        site = (await s.execute(text("SELECT id FROM sites WHERE district_id = :d"), {"d": district})).scalar_one()  # fmt: skip
+        await s.execute(
+            text("INSERT INTO gateways (id, online, session, software, config_version, "
+                 "first_seen, last_seen, registered_at, name, config_desired, config_acked) "
+                 "VALUES (:g, false, 0, '', 0, :t, :t, :t, '', 0, 0)"),
+            {"g": gw, "t": t},
+        )  # fmt: skip
+        await s.execute(
+            text("INSERT INTO devices (id, gateway_id, name, site_id, status, first_seen, "
+                 "registered_at, address, firmware) VALUES (:id, :g, :n, :site, 'online', :t, "
+                 ":t, '', '')"),
+            {"id": f"{gw}:{device}", "g": gw, "n": device, "site": site, "t": t},
+        )  # fmt: skip
+
+
+async def test_a_gateway_speaks_only_for_its_own_registered_devices_and_places(
+    mosquitto: Mosquitto, registry_url: str, prefix: str, tmp_path: Path
+) -> None:
+    gw_a, gw_b, t = f"{prefix}-a", f"{prefix}-b", now_ms()
+    topics = Topics(prefix)
+    smoke = alert(gw_a, "s1", AlertState.RAISED, t, district="elsewhere")
+    smoke = smoke.model_copy(update={"device": "sd-001"})
+    async with (
+        central(mosquitto, registry_url, prefix, tmp_path) as (b, store),
+        aiomqtt.Client(mosquitto.host, mosquitto.port) as city,
+        publisher(mosquitto.host, mosquitto.port) as pub,
+    ):
+        await _register(store, gw_a, "sd-001", "harbour", t)
+        await city.subscribe(topics.platform_alerts(), qos=1)
+        forged = alert(gw_b, "s1", AlertState.RAISED, t).model_copy(update={"device": "sd-001"})
+        await pub.publish(topics.alert(gw_b), forged.model_dump_json(), qos=1)
+        readings = batch(gw_b, [reading("sd-001", "smoke", 1, t), reading("own", "smoke", 0, t)])
+        await pub.publish(topics.telemetry(gw_b), readings.model_dump_json(), qos=1)
+        await pub.publish(topics.alert(gw_a), smoke.model_dump_json(), qos=1)
+        await until(b, lambda s: s.ingested["alert"] == 1 and s.ingested["telemetry"] == 1)
+        [published] = await platform_alerts(city, 1)
+        b_devices = sorted(d.device for d in await store.devices(gateway=gw_b))
+        [stored] = await store.alerts()
+        kept = await store.quarantine()
+        refused = b.committed.refused
+    # gw-a's alert, placed where the installer registered its device, not where it said
+    assert (published.alert_id, published.location.district) == (f"{gw_a}:s1", "harbour")
+    assert (stored.alert_id, stored.district) == (f"{gw_a}:s1", "harbour")
+    assert b_devices == ["own"]
+    assert [(q.topic, q.reason) for q in kept] == [(topics.alert(gw_b), "foreign_device")]
+    assert refused == {"foreign_device": 2}  # the alert and the reading
