@@ -35,6 +35,7 @@ from cloud_bridge.pending import Group, Pending
 from cloud_bridge.sink import TelemetrySink
 from device_registry import Changes, RegistryStore, StoreUnavailable
 from device_registry.errors import StoreRejected
+from device_registry.ingest.changes import DeviceFacts
 from gridwatch.ground.contract import Birth, Death, TelemetryBatch, Topics
 
 logger = logging.getLogger(__name__)
@@ -256,7 +257,11 @@ class Bridge:
         seen = await self._retrying(stats, "registry", self.store.seen, ids) if ids else set()
         seen.update(i for i in ids if i in unfinished)  # written by a step not yet committed
         named = decoded.devices()
-        facts = await self._retrying(stats, "registry", self.store.device_facts, named)
+        facts = (
+            await self._retrying(stats, "registry", self.store.device_facts, named)
+            if named
+            else DeviceFacts()
+        )
         plan = await _cpu(size, core.plan, decoded, seen, facts)
         await self._write_and_publish(session, plan, stats)
         plan.telemetry = []  # written: the pending commit keeps only the registry changes

@@ -330,3 +330,25 @@ async def test_a_gateway_speaks_only_for_its_own_registered_devices_and_places(
     assert b_devices == ["own"]
     assert [(q.topic, q.reason) for q in kept] == [(topics.alert(gw_b), "foreign_device")]
     assert refused == {"foreign_device": 2}  # the alert and the reading
+
+
+async def test_a_refused_message_is_not_delivered_again_after_a_restart(
+    mosquitto: Mosquitto, registry_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """Acknowledged means gone: a new bridge on the same persistent session gets nothing back."""
+    gw, t = prefix, now_ms()
+    topics = Topics(prefix)
+    async with publisher(mosquitto.host, mosquitto.port) as pub:
+        async with central(mosquitto, registry_url, prefix, tmp_path) as (b, store):
+            await _refuse_point(store, "readings_latest", "poison")
+            poison = batch(gw, [reading("d1", "poison", 1.0, t)])
+            await pub.publish(topics.telemetry(gw), poison.model_dump_json(), qos=1)
+            await until(b, lambda s: s.rejected["store_refused"] == 1)
+        async with central(mosquitto, registry_url, prefix, tmp_path) as (again, store):
+            marker = batch(gw, [reading("d1", "level", 2.0, t)])
+            await pub.publish(topics.telemetry(gw), marker.model_dump_json(), qos=1)
+            await until(again, lambda s: s.ingested["telemetry"] == 1)
+            kept = await store.quarantine()
+            stats = again.committed
+    assert [q.reason for q in kept] == ["store_refused"]
+    assert (stats.received, stats.rejected, stats.duplicates) == (1, {}, 0)
