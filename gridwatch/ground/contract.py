@@ -36,7 +36,7 @@ import enum
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 SCHEMA_VERSION: Literal[1] = 1
 DEFAULT_PREFIX = "gridwatch"
@@ -79,13 +79,6 @@ DEVICES_MAX = 10_000
 """Devices a birth or a health report names: far more than one gateway's buses can poll."""
 
 
-def _no_nul(text: str) -> str:
-    # PostgreSQL's text cannot hold NUL: refused here, at decode, rather than by the store
-    if "\x00" in text:
-        raise ValueError("must not contain the NUL character")
-    return text
-
-
 def _int64(value: object) -> object:
     # without this a JSON integer too big for 64 bits would pass as a float (1e30 for 10**30)
     if type(value) is int and not -INT64_MAX - 1 <= value <= INT64_MAX:
@@ -95,9 +88,13 @@ def _int64(value: object) -> object:
 
 GatewayId = Annotated[str, Field(min_length=1, max_length=ID_MAX, pattern=r"^[A-Za-z0-9_.-]+$")]
 DeviceId = Annotated[str, Field(min_length=1, max_length=ID_MAX, pattern=r"^[A-Za-z0-9_.:-]+$")]
-Name = Annotated[str, Field(max_length=ID_MAX), AfterValidator(_no_nul)]
-"""A short free name (a point, a rule, a district, a grid cell, a unit)."""
-Text = Annotated[str, Field(max_length=TEXT_MAX), AfterValidator(_no_nul)]
+_NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+_NO_NUL = r"^[^\x00]*$"  # PostgreSQL's text cannot hold NUL: refused at decode, not by the store
+Name = Annotated[str, Field(max_length=ID_MAX, pattern=_NO_CONTROL)]
+"""A short free name (a point, a rule, a district, a grid cell, a unit): no control characters,
+which would break the time-series store's line protocol (a refused write is retried)."""
+Unit = Annotated[str, Field(max_length=32, pattern=_NO_CONTROL)]
+Text = Annotated[str, Field(max_length=TEXT_MAX, pattern=_NO_NUL)]
 Int64 = Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX)]
 Count = Annotated[int, Field(ge=0, le=INT64_MAX)]
 """Counters, sequence numbers, sessions, versions."""
@@ -124,7 +121,7 @@ class Reading(_Msg):
     device: DeviceId = Field(description="Device id, unique within the gateway.")
     point: Name = Field(description="Point name from the device profile.")
     value: Value = Field(description="Decoded, scaled value; null when quality is not good.")
-    unit: Name = Field(default="", max_length=32, description="Engineering unit, e.g. 'm', 'ppm'.")
+    unit: Unit = Field(default="", description="Engineering unit, e.g. 'm', 'ppm'.")
     ts: EpochMs = Field(description="Time the value was read, Unix epoch milliseconds (UTC).")
     quality: Quality = Field(default=Quality.GOOD)
     historical: bool = Field(
@@ -170,8 +167,8 @@ class AlertEvent(Upstream):
     value: Value = Field(description="The value that caused this transition.")
     peak: Value = Field(default=None, description="Most extreme value while active.")
     threshold: Finite | None = None
-    unit: Name = Field(default="", max_length=32)
-    message: Annotated[str, Field(max_length=1000), AfterValidator(_no_nul)] = ""
+    unit: Unit = ""
+    message: Annotated[str, Field(max_length=1000, pattern=_NO_NUL)] = ""
     raised_at: EpochMs = Field(description="Epoch ms when the alert was raised.")
     ts: EpochMs = Field(description="Epoch ms of this transition.")
 
@@ -194,7 +191,7 @@ class Birth(_Msg):
     gateway: GatewayId
     session: Count
     ts: EpochMs
-    software: Name = Field(default="", max_length=100)
+    software: Annotated[str, Field(max_length=100, pattern=_NO_CONTROL)] = ""
     config_version: Count = 0
     devices: list[DeviceId] = Field(default_factory=list, max_length=DEVICES_MAX)
     device_info: list[DeviceInfo] = Field(
