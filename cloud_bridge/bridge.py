@@ -326,12 +326,22 @@ class Bridge:
         for msg, why in poison:
             core.quarantine(rest, msg, Rejection(Reason.STORE_REFUSED, str(why)[:500]), counts)
             counts.ingested[msg.kind] -= 1
-        try:
-            await self._retrying(core.stats, "registry", self.store.apply, rest)
-        except StoreRejected as again:  # only the quarantine is left: losing it loses no data
-            logger.error("registry refused the quarantine of a step too: %s", again)
+        await self._quarantine_until_stored(core.stats, rest)
         self._poison = Stats.total([self._poison, counts])
         return refused
+
+    async def _quarantine_until_stored(self, stats: Stats, rest: Changes) -> None:
+        """A registry that refuses even the quarantine is broken itself (a missing table, a
+        failed migration), not the messages: then it is an outage, nothing is acknowledged,
+        and the quarantine is retried like any write until it is stored."""
+
+        async def apply(changes: Changes) -> None:
+            try:
+                await self.store.apply(changes)
+            except StoreRejected as exc:
+                raise StoreUnavailable(f"it refuses even the quarantine: {exc}") from exc
+
+        await self._retrying(stats, "registry", apply, rest)
 
     async def _bisect(
         self, core: IngestCore, msgs: list[Message], now: int, refused: dict[str, int]

@@ -352,3 +352,46 @@ async def test_a_refused_message_is_not_delivered_again_after_a_restart(
             stats = again.committed
     assert [q.reason for q in kept] == ["store_refused"]
     assert (stats.received, stats.rejected, stats.duplicates) == (1, {}, 0)
+
+
+async def _refuse_all(store: RegistryStore, table: str, refuse: bool = True) -> None:
+    """Make the real database refuse every new row of ``table`` (or stop refusing)."""
+    name = f"refuse_all_{table}"
+    if store.dialect == "sqlite":
+        ddl = [f"CREATE TRIGGER {name} BEFORE INSERT ON {table} BEGIN "
+               f"SELECT RAISE(ABORT, 'refused every {table} row'); END"]  # fmt: skip
+        undo = [f"DROP TRIGGER {name}"]
+    else:
+        ddl = [
+            f"CREATE FUNCTION {name}() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION "
+            f"'refused every {table} row'; END $$ LANGUAGE plpgsql",
+            f"CREATE TRIGGER {name} BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION "
+            f"{name}()",
+        ]
+        undo = [f"DROP TRIGGER {name} ON {table}"]
+    async with store.engine.begin() as conn:
+        for statement in ddl if refuse else undo:
+            await conn.execute(text(statement))
+
+
+async def test_a_registry_that_refuses_even_the_quarantine_is_an_outage_not_poison(
+    mosquitto: Mosquitto, registry_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """Nothing is acknowledged, nothing is lost: once the registry takes the quarantine again,
+    the message is quarantined (once) and acknowledged."""
+    gw, t = prefix, now_ms()
+    topics = Topics(prefix)
+    async with (
+        central(mosquitto, registry_url, prefix, tmp_path) as (b, store),
+        publisher(mosquitto.host, mosquitto.port) as pub,
+    ):
+        await _refuse_point(store, "readings_latest", "poison")
+        await _refuse_all(store, "quarantine")
+        poison = batch(gw, [reading("d1", "poison", 1.0, t)])
+        await pub.publish(topics.telemetry(gw), poison.model_dump_json(), qos=1)
+        await until(b, lambda s: s.write_failures >= 2, live=True)
+        assert (await store.quarantine(), b.committed.rejected) == ([], {})
+        await _refuse_all(store, "quarantine", refuse=False)
+        await until(b, lambda s: s.rejected["store_refused"] == 1)
+        kept = await store.quarantine()
+    assert [(q.topic, q.reason) for q in kept] == [(topics.telemetry(gw), "store_refused")]
