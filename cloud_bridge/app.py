@@ -68,7 +68,9 @@ def bridge_service(bridge: Bridge) -> Service:
 def bridge_metrics(bridge: Bridge) -> list[metrics.Spec]:
     """Read at scrape time from the bridge's own counters."""
     specs = metrics.counters_from(
-        "gridwatch_bridge", bridge.stats.as_dict, {"ingested": "kind", "rejected": "reason"}
+        "gridwatch_bridge",
+        bridge.stats.as_dict,
+        {"ingested": "kind", "rejected": "reason", "refused": "reason"},
     )
     specs.append(metrics.gauge("gridwatch_bridge_connected", "1 while every lane is subscribed",
                                lambda: float(bridge.connected.is_set())))  # fmt: skip

@@ -5,8 +5,15 @@ plan (core), write the telemetry while publishing the platform alerts, apply the
 in one transaction (the telemetry lane merges up to a second of steps into one, see
 ``pending.py``), and only then acknowledge the MQTT messages. The next batches are written while
 earlier ones commit. Telemetry and events (alerts,
-status, health) arrive on two MQTT sessions that run these steps independently. A sink or registry failure is retried
-with the messages unacknowledged; a broker failure reconnects, and the broker redelivers.
+status, health) arrive on two MQTT sessions that run these steps independently. A sink or registry
+outage is retried with the messages unacknowledged; a broker failure reconnects, and the broker
+redelivers.
+
+A registry that *refuses* a step (``StoreRejected``: a bug, or data the contract let through and
+the database does not take) is not an outage: retrying would refuse it forever and stop the lane
+for every gateway. The step is then applied in halves until the messages the registry refuses are
+found; each is quarantined once (``store_refused``) and acknowledged with the rest, which is
+written (``_apply_apart``).
 """
 
 from __future__ import annotations
@@ -22,14 +29,17 @@ from typing import ParamSpec, TypeVar
 import aiomqtt
 
 from cloud_bridge.config import BridgeConfig
-from cloud_bridge.core import IngestCore, Plan, Stats
+from cloud_bridge.core import ClockWindow, IngestCore, Plan, Stats
+from cloud_bridge.decode import Message, Reason, Rejection
 from cloud_bridge.errors import BridgeError, BrokerError, SinkError
 from cloud_bridge.mqtt import Inbound, Lane, MqttSettings, session_settings
-from cloud_bridge.pending import Pending
+from cloud_bridge.pending import Group, Pending
 from cloud_bridge.sink import TelemetrySink
-from device_registry import RegistryStore, StoreUnavailable
+from device_registry import Changes, RegistryStore, StoreUnavailable
+from device_registry.errors import StoreRejected
+from device_registry.ingest.changes import DeviceFacts
 from gridwatch.ground.backoff import Backoff
-from gridwatch.ground.contract import TelemetryBatch, Topics
+from gridwatch.ground.contract import Birth, Death, TelemetryBatch, Topics
 from gridwatch.ground.mqttsession import MqttSession
 
 logger = logging.getLogger(__name__)
@@ -89,8 +99,10 @@ class Bridge:
         self.topics = Topics(cfg.prefix)
         # a member of a shared subscription sees only part of each stream: the members audit
         # for gaps together through the registry instead (``_audit_loop``)
+        window = ClockWindow(int(cfg.clock_back_s * 1000), int(cfg.clock_ahead_s * 1000))
         self.cores = {
-            lane: IngestCore(self.topics, track_gaps=cfg.share_group is None) for lane in LANES
+            lane: IngestCore(self.topics, track_gaps=cfg.share_group is None, window=window)
+            for lane in LANES
         }
         self.connected = asyncio.Event()
         """Set while every lane is subscribed."""
@@ -102,16 +114,21 @@ class Bridge:
         self._outage: dict[str, bool] = {}
         self._committed = {lane: Stats() for lane in LANES}
         self._audit = Stats()  # gaps the shared audit found: counted when its claim commits
+        self._poison = Stats()  # what the registry refused as it applied: messages, devices
+        self._device_limit = cfg.max_devices_per_gateway
+        self._limited: set[str] = set()  # gateways warned about their device limit
 
     @property
     def stats(self) -> Stats:
         """Running counts, including a step still in progress."""
-        return Stats.total([*(core.stats for core in self.cores.values()), self._audit])
+        return Stats.total(
+            [*(core.stats for core in self.cores.values()), self._audit, self._poison]
+        )
 
     @property
     def committed(self) -> Stats:
         """Counts as of the last acknowledged step: what they count is written."""
-        return Stats.total([*self._committed.values(), self._audit])
+        return Stats.total([*self._committed.values(), self._audit, self._poison])
 
     async def run(self) -> None:
         if self.cfg.share_group and self.cfg.mqtt_protocol == "3.1.1":
@@ -208,7 +225,13 @@ class Bridge:
         ids = decoded.ids()
         seen = await self._retrying(stats, "registry", self.store.seen, ids) if ids else set()
         seen.update(i for i in ids if i in unfinished)  # written by a step not yet committed
-        plan = await _cpu(size, core.plan, decoded, seen)
+        named = decoded.devices()
+        facts = (
+            await self._retrying(stats, "registry", self.store.device_facts, named)
+            if named
+            else DeviceFacts()
+        )
+        plan = await _cpu(size, core.plan, decoded, seen, facts)
         await self._write_and_publish(session, plan, stats)
         plan.telemetry = []  # written: the pending commit keeps only the registry changes
         return plan
@@ -223,13 +246,93 @@ class Bridge:
             # one registry transaction at a time, first come first served: SQLite's own busy
             # wait lets a stream of big telemetry transactions starve a small alert one
             async with self._registry_turn:
-                await self._retrying(stats, "registry", self.store.apply, group.changes)
+                try:
+                    refused = await self._retrying(
+                        stats, "registry", self.store.apply, group.changes, self._device_limit
+                    )
+                except StoreRejected as exc:
+                    refused = await self._apply_apart(lane, group, exc)
+                self._over_limit(lane, refused)
             for batch in group.batches:
                 session.ack(batch)  # written everywhere: the broker may forget them
             pending.committed(group)
             async with self._progress:
                 self._committed[lane] = group.stats
                 self._progress.notify_all()
+
+    def _over_limit(self, lane: str, refused: dict[str, int]) -> None:
+        """Count the new devices the registry did not add (``max_devices_per_gateway``)."""
+        if not refused:
+            return
+        for gw, n in refused.items():
+            self._poison.refused[Reason.DEVICE_LIMIT] += n
+            if gw not in self._limited:  # once per gateway: it will keep naming new ones
+                self._limited.add(gw)
+                logger.warning(
+                    "gateway %s named more than %d devices of its own; %d new one(s) not added "
+                    "(%s lane): register them, or raise max_devices_per_gateway",
+                    gw, self._device_limit, n, lane,
+                )  # fmt: skip
+
+    async def _apply_apart(self, lane: str, group: Group, exc: StoreRejected) -> dict[str, int]:
+        """The registry refused the group: write it in halves, quarantine what it refuses."""
+        core, now = self.cores[lane], group.changes.now
+        logger.warning("registry refused a step of %d message(s) (%s); finding the message(s) it "
+                       "refuses", len(group.accepted), exc)  # fmt: skip
+        msgs, mid = group.accepted, len(group.accepted) // 2
+        refused: dict[str, int] = {}
+        poison = [*await self._bisect(core, msgs[:mid], now, refused),
+                  *await self._bisect(core, msgs[mid:], now, refused)]  # fmt: skip
+        bad = {id(m) for m, _ in poison}
+        written = {m.id for m in msgs if id(m) not in bad and not isinstance(m, Birth | Death)}
+        rest = Changes(now=now, quarantine=list(group.changes.quarantine))
+        # the ids of what was not written (refused by decode, policy or the registry) are kept
+        # all the same: a redelivery is then a duplicate, never quarantined twice
+        rest.seen_ids = {i: s for i, s in group.changes.seen_ids.items() if i not in written}
+        # counted apart from the lane's (its later steps' counts are taken already); logged one
+        # line each by the core
+        counts = Stats()
+        for msg, why in poison:
+            core.quarantine(rest, msg, Rejection(Reason.STORE_REFUSED, str(why)[:500]), counts)
+            counts.ingested[msg.kind] -= 1
+        await self._quarantine_until_stored(core.stats, rest)
+        self._poison = Stats.total([self._poison, counts])
+        return refused
+
+    async def _quarantine_until_stored(self, stats: Stats, rest: Changes) -> None:
+        """A registry that refuses even the quarantine is broken itself (a missing table, a
+        failed migration), not the messages: then it is an outage, nothing is acknowledged,
+        and the quarantine is retried like any write until it is stored."""
+
+        async def apply(changes: Changes) -> None:
+            try:
+                await self.store.apply(changes)
+            except StoreRejected as exc:
+                raise StoreUnavailable(f"it refuses even the quarantine: {exc}") from exc
+
+        await self._retrying(stats, "registry", apply, rest)
+
+    async def _bisect(
+        self, core: IngestCore, msgs: list[Message], now: int, refused: dict[str, int]
+    ) -> list[tuple[Message, StoreRejected]]:
+        """Apply ``msgs``, or if the registry refuses them, each half: the messages it refuses
+        alone, with its error (a few transactions per refused message, not one per message)."""
+        if not msgs:
+            return []
+        try:
+            changes = core.changes_for(msgs, now)
+            over = await self._retrying(
+                core.stats, "registry", self.store.apply, changes, self._device_limit
+            )
+        except StoreRejected as exc:
+            if len(msgs) == 1:
+                return [(msgs[0], exc)]
+            mid = len(msgs) // 2
+            return [*await self._bisect(core, msgs[:mid], now, refused),
+                    *await self._bisect(core, msgs[mid:], now, refused)]  # fmt: skip
+        for gw, n in over.items():
+            refused[gw] = refused.get(gw, 0) + n
+        return []
 
     async def _write_and_publish(self, session: Lane, plan: Plan, stats: Stats) -> None:
         """Alerts are what someone is waiting for: they go out while the telemetry is written,

@@ -41,6 +41,12 @@ class BridgeConfig:
     gap_settle_s: float = 10.0
     """...and how old a number must be to be audited (every member has committed it by then)."""
     maintenance_s: float = 60.0
+    clock_back_s: float = 7 * 24 * 3600.0
+    """Times older than this before the centre's clock are refused (``core.ClockWindow``)."""
+    clock_ahead_s: float = 300.0
+    """Times later than this after the centre's clock are refused."""
+    max_devices_per_gateway: int = 1000
+    """Devices a gateway may add to the registry by naming them; an installer registers more."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides: object) -> BridgeConfig:

@@ -30,11 +30,31 @@ _DETAIL_MAX = 500
 
 
 class Reason(enum.StrEnum):
+    """Why a message was quarantined (the quarantine table's ``reason``, the stats' key)."""
+
     BAD_TOPIC = "bad_topic"
     BAD_JSON = "bad_json"
     BAD_SCHEMA = "bad_schema"
     BAD_VERSION = "bad_version"
+    OUT_OF_RANGE = "out_of_range"
+    """Well formed, but a number, string or list outside the contract's ranges."""
     GATEWAY_MISMATCH = "gateway_mismatch"
+    CLOCK = "clock"
+    """A time outside the centre's clock window (``core.ClockWindow``)."""
+    FOREIGN_DEVICE = "foreign_device"
+    """About a device an installer registered under another gateway."""
+    DEVICE_LIMIT = "device_limit"
+    """A new device beyond its gateway's limit: not added to the registry (counted only)."""
+    STORE_REFUSED = "store_refused"
+    """Valid by the contract, but the registry refused to store it (a poison message)."""
+
+
+# pydantic error types that mean "the right type, outside its range"
+_RANGE_ERRORS = frozenset({
+    "greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number",
+    "string_too_long", "string_too_short", "too_long", "too_short", "string_pattern_mismatch",
+    "value_error",
+})  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +97,10 @@ def _rejection(exc: ValidationError) -> Rejection:
         return Rejection(Reason.BAD_JSON, detail[:_DETAIL_MAX])
     if first["loc"][:1] == ("v",) or first["loc"][1:2] == ("v",):
         return Rejection(Reason.BAD_VERSION, detail[:_DETAIL_MAX])
+    # a value of a union (a reading's value) fails once per member: any range error means the
+    # sender meant the right type and went out of range
+    if any(e["type"] in _RANGE_ERRORS for e in exc.errors(include_url=False)):
+        return Rejection(Reason.OUT_OF_RANGE, detail[:_DETAIL_MAX])
     return Rejection(Reason.BAD_SCHEMA, detail[:_DETAIL_MAX])
 
 

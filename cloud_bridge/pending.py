@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cloud_bridge.core import Plan, Stats
+from cloud_bridge.decode import Message
 from cloud_bridge.mqtt import Inbound
 from device_registry import Changes
 
@@ -27,6 +28,8 @@ class Group:
     stats: Stats = field(default_factory=Stats)
     """The lane's counts after the group's last step: what ``Bridge.until`` sees once committed."""
     messages: int = 0
+    accepted: list[Message] = field(default_factory=list)
+    """What ``changes`` was built from: to find a message the registry refuses."""
 
 
 class Pending:
@@ -54,6 +57,7 @@ class Pending:
         g = self._group
         g.changes.merge(plan.changes)
         g.batches.append(batch)
+        g.accepted += plan.accepted
         g.stats = stats
         g.messages += len(batch)
         self.unfinished.update(plan.changes.seen_ids)

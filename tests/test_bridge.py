@@ -84,7 +84,7 @@ async def test_telemetry_lands_in_victoria_with_values_and_timestamps(
         reading("d1", "level", 1.25, t), reading("d1", "level", 1.5, t + 1000),
         reading("d2", "alarm", True, t), reading("d2", "label", "hello", t),
         reading("d3", "level", None, t, Quality.COMM_ERROR),
-        reading("d1 north,1", "temp=x", -3, t),  # needs line-protocol escaping
+        reading("d1", "temp=x north,1", -3, t),  # needs line-protocol escaping
     ])  # fmt: skip
     topics = Topics(prefix)
     async with bridge_on(
@@ -96,7 +96,7 @@ async def test_telemetry_lands_in_victoria_with_values_and_timestamps(
     assert await export(victoria, gw, 4) == {
         ("d1", "level", "good"): [(t, 1.25), (t + 1000, 1.5)],
         ("d2", "alarm", "good"): [(t, 1.0)],
-        ("d1 north,1", "temp=x", "good"): [(t, -3.0)],
+        ("d1", "temp=x north,1", "good"): [(t, -3.0)],
     }
     assert (b.stats.points_written, b.stats.points_skipped) == (4, 2)
     devices = {d.id: d for d in await store.devices(gateway=gw)}
@@ -189,11 +189,11 @@ async def test_alert_raised_gives_exactly_one_platform_alert(
                     break
     # the duplicate would have come between the two: same topic, so in order
     assert [(topic, a.alert_id, a.state) for topic, a in got] == [
-        (f"{prefix}/platform/alert/north/W-01/major", "a-1", AlertState.RAISED),
-        (f"{prefix}/platform/alert/north/W-01/major", "a-1", AlertState.CLEARED),
+        (f"{prefix}/platform/alert/north/W-01/major", f"{gw}:a-1", AlertState.RAISED),
+        (f"{prefix}/platform/alert/north/W-01/major", f"{gw}:a-1", AlertState.CLEARED),
     ]
     assert got[0][1].gateway == gw and got[0][1].location.grid == "G7"
-    assert [(a.alert_id, a.state) for a in active] == [("a-1", "raised")]
+    assert [(a.alert_id, a.state) for a in active] == [(f"{gw}:a-1", "raised")]
     assert await store.alerts(active_only=True) == []
     [done] = await store.alerts(active_only=False)
     assert (done.state, done.cleared_at, done.transitions, done.value) == (
@@ -396,7 +396,7 @@ async def test_bridge_on_a_postgresql_registry(
         assert dev.health is not None and dev.health["response_ms"] == 4.2
         [g] = await store.gateways()
         assert g.health is not None and g.health["outbox_depth"] == 3 and not g.online
-        assert [a.alert_id for a in await store.alerts()] == ["a9"]
+        assert [a.alert_id for a in await store.alerts()] == [f"{gw}:a9"]
         assert await sink.history(gw, "d1", "level") == [(t, 1.0, "good")]
     finally:
         await sink.close()
@@ -428,7 +428,7 @@ async def test_an_alert_does_not_wait_for_a_stuck_telemetry_write(
             await pub.publish(topics.alert(gw), ev.model_dump_json(), qos=1)
             async with asyncio.timeout(5):
                 got = await anext(aiter(city.messages))
-            assert PlatformAlert.model_validate_json(got.payload).alert_id == "a-now"
+            assert PlatformAlert.model_validate_json(got.payload).alert_id == f"{gw}:a-now"
             assert b.stats.points_written == 0
     finally:
         await down.close()

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
-from cloud_bridge.core import IngestCore, Plan, Raw, Stats
+from cloud_bridge.core import ClockWindow, IngestCore, Plan, Raw, Stats, scoped_alert_id
 from cloud_bridge.decode import Cleared, Reason, Rejection, decode
 from cloud_bridge.lineproto import batch_lines
 from cloud_bridge.mqtt import Inbound
 from cloud_bridge.pending import Pending
 from cloud_bridge.sequence import GapTracker, Seq
-from gridwatch.ground.contract import AlertState, Quality, TelemetryBatch, Topics
+from gridwatch.ground.contract import AlertState, Quality, Reading, TelemetryBatch, Topics
 from tests._central_helpers import alert, batch, birth, reading
 
 T = Topics("p")
@@ -67,14 +69,21 @@ def test_gap_tracker(observations: list[tuple[int, int]], expected: list[object]
     assert got == expected
 
 
+def _unchecked(
+    device: str, point: str, value: object, ts: int, q: Quality = Quality.GOOD
+) -> Reading:
+    # the contract refuses these ids and NaN at decode; the sink escapes and skips them anyway
+    return Reading.model_construct(device=device, point=point, value=value, ts=ts, quality=q)
+
+
 def test_line_protocol() -> None:
-    msg = batch("g 1", [
-        reading("d,1", "lev=el", 1.5, 1000),
-        reading("d2", "alarm", False, 1001),
-        reading("d3", "n", 7, 1002, Quality.OUT_OF_RANGE),
-        reading("d4", "text", "hi", 1003),
-        reading("d5", "x", None, 1004, Quality.COMM_ERROR),
-        reading("d6", "x", float("nan"), 1005),
+    msg = TelemetryBatch.model_construct(id="m", gateway="g 1", seq=1, session=1, readings=[
+        _unchecked("d,1", "lev=el", 1.5, 1000),
+        _unchecked("d2", "alarm", False, 1001),
+        _unchecked("d3", "n", 7, 1002, Quality.OUT_OF_RANGE),
+        _unchecked("d4", "text", "hi", 1003),
+        _unchecked("d5", "x", None, 1004, Quality.COMM_ERROR),
+        _unchecked("d6", "x", float("nan"), 1005),
     ])  # fmt: skip
     lines: list[str] = []
     assert batch_lines(msg, "gw", lines) == 3
@@ -109,7 +118,7 @@ def test_plan_drops_duplicates_and_coalesces_last_values() -> None:
     assert set(plan.changes.seen_ids) == {first.id, second.id, ev.id}
     [(topic, payload)] = plan.platform
     assert topic == "p/platform/alert/north/W-01/major"
-    assert json.loads(payload)["alert_id"] == "a1"
+    assert json.loads(payload)["alert_id"] == "g1:a1"  # scoped by its gateway
     [q] = plan.changes.quarantine
     assert (q.reason, q.payload, q.received_at) == ("bad_json", b"junk", 5000)
 
@@ -157,3 +166,93 @@ async def test_pending_groups_steps_for_a_window_or_until_full() -> None:
     now.add(*step(3), Stats())
     async with asyncio.timeout(1):
         assert (await now.take()).messages == 1
+
+
+def _json_with(msg: BaseModel, path: tuple[str | int, ...], value: object) -> bytes:
+    doc = json.loads(msg.model_dump_json())
+    node: Any = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return json.dumps(doc).encode()
+
+
+_B = batch("g1", [reading("d1", "level", 1.0, 1000)], seq=1)
+_A = alert("g1", "a1", AlertState.RAISED, 1000)
+
+
+@pytest.mark.parametrize(
+    ("leaf", "payload", "expected"),
+    [
+        ("telemetry", _json_with(_B, ("readings", 0, "value"), 10**30), Reason.OUT_OF_RANGE),
+        ("telemetry", _json_with(_B, ("readings", 0, "value"), float("nan")), Reason.OUT_OF_RANGE),
+        ("telemetry", _json_with(_B, ("readings", 0, "value"), "x" * 800_000), Reason.OUT_OF_RANGE),
+        ("telemetry", _json_with(_B, ("readings", 0, "device"), "a b"), Reason.OUT_OF_RANGE),
+        ("telemetry", _json_with(_B, ("readings", 0, "value"), [1]), Reason.BAD_SCHEMA),
+        ("alert", _json_with(_A, ("ts",), 2**63), Reason.OUT_OF_RANGE),
+        ("status", _json_with(birth("g1", 1, []), ("session",), 2**63), Reason.OUT_OF_RANGE),
+        ("telemetry", b'{"readings": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", Reason.BAD_JSON),
+        ("telemetry", b'{"v": 1, "id": "\xff\xfe"}', Reason.BAD_JSON),
+        ("telemetry", b'{"v": 1, "id": "\\ud800"}', Reason.BAD_JSON),  # a lone surrogate
+    ],
+)
+def test_decode_refuses_what_is_out_of_range(leaf: str, payload: bytes, expected: Reason) -> None:
+    got = decode(T, f"p/gw/g1/{leaf}", payload)
+    assert isinstance(got, Rejection) and got.reason is expected, got
+    assert len(got.detail) <= 500
+
+
+NOW = 1_800_000_000_000
+H = 3_600_000
+
+
+@pytest.mark.parametrize(
+    ("ts", "refused"),
+    [
+        (NOW, False),
+        (NOW + 5 * 60_000, False),
+        (NOW + 5 * 60_000 + 1, True),
+        (NOW - 24 * H, False),
+        (NOW - 24 * H - 1, True),
+        (253_402_300_799_999, True),  # year 9999
+        (0, True),
+    ],
+)
+def test_clock_window(ts: int, refused: bool) -> None:
+    assert ClockWindow(back_ms=24 * H, ahead_ms=5 * 60_000).refuses(ts, NOW) is refused
+
+
+@pytest.mark.parametrize(
+    ("gateway", "alert_id", "key"),
+    [
+        ("gw-a", "gw-a:d1:level_high:1700", "gw-a:d1:level_high:1700"),  # the edge's own ids
+        ("gw-a", "fire-1", "gw-a:fire-1"),
+        ("gw-b", "gw-a:d1:level_high:1700", "gw-b:gw-a:d1:level_high:1700"),
+        ("gw-b", "gw-bx:1", "gw-b:gw-bx:1"),
+    ],
+)
+def test_alerts_are_scoped_by_their_gateway(gateway: str, alert_id: str, key: str) -> None:
+    assert scoped_alert_id(gateway, alert_id) == key
+
+
+def test_plan_refuses_times_outside_the_clock_window() -> None:
+    core = IngestCore(T, window=ClockWindow(back_ms=24 * H, ahead_ms=5 * 60_000))
+    year_9999 = 253_402_300_799_999
+    tele = batch("g1", [reading("d1", "level", 9.0, year_9999), reading("d1", "level", 1.0, NOW),
+                        reading("d2", "level", 2.0, NOW - 48 * H)], seq=1)  # fmt: skip
+    future = alert("g1", "a1", AlertState.RAISED, NOW + H, seq=1)
+    fine = alert("g1", "a2", AlertState.RAISED, NOW, seq=2)
+    raws = [Raw(T.telemetry("g1"), tele.model_dump_json().encode()),
+            Raw(T.alert("g1"), future.model_dump_json().encode()),
+            Raw(T.alert("g1"), fine.model_dump_json().encode())]  # fmt: skip
+    plan = core.plan(core.decode(raws, NOW), seen=set())
+    assert {k: r.ts for k, r in plan.changes.latest.items()} == {("g1", "d1", "level"): NOW}
+    assert plan.changes.device_seen == {("g1", "d1"): NOW}
+    assert [len(b.readings) for b in plan.telemetry] == [1]  # nor to the time-series store
+    assert [json.loads(p)["alert_id"] for _, p in plan.platform] == ["g1:a2"]
+    assert [a.alert_id for a in plan.changes.alerts] == ["g1:a2"]
+    [q] = plan.changes.quarantine
+    assert (q.topic, q.reason) == (T.alert("g1"), "clock")
+    assert "1 h after the centre's clock" in q.detail
+    assert core.stats.refused == {"clock": 3}  # two readings, one alert
+    assert set(plan.changes.seen_ids) == {tele.id, future.id, fine.id}  # a redelivery is a dupe

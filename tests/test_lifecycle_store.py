@@ -7,10 +7,12 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from sqlalchemy import update
 
 from device_registry import Changes, RegistryStore, StoreUnavailable
 from device_registry.alerts.lifecycle import Action, Refused
 from device_registry.alerts.store import AlertFilter, OpsStore
+from device_registry.db.tables import Alert
 from device_registry.errors import NotFound
 from gridwatch.ground.contract import AlertEvent, AlertState, Location, Severity, new_id
 
@@ -169,3 +171,15 @@ async def test_an_incident_is_acknowledged_and_resolved_as_one(ops: OpsStore) ->
     assert actions == [("a1", "ack"), ("a2", "ack"), ("a1", "resolve"), ("a2", "resolve")]
     with pytest.raises(NotFound):
         await ops.act_on_incident("no-such-incident", Action.ACK, "ops", "", T0)
+
+
+async def test_an_alert_stored_before_the_contract_had_ranges_still_moves(ops: OpsStore) -> None:
+    """A row written before the contract bounded its strings (an 800 KB street) must not stop
+    the ingest of its clear: the platform message is built from what is stored."""
+    await ingest(ops, smoke("old-1", "sd-1", T0))
+    legacy = {"district": "futian", "street": "x" * 800_000, "grid": "FT-0042"}
+    async with ops.store.transaction() as s:
+        await s.execute(update(Alert).where(Alert.alert_id == "old-1").values(location=legacy))
+    await ingest(ops, smoke("old-1", "sd-1", T0 + MIN, AlertState.CLEARED), now=T0 + MIN)
+    [a] = await ops.alerts(AlertFilter(), now=T0 + 2 * MIN)
+    assert (a.alert_id, a.stage) == ("old-1", "cleared")

@@ -96,7 +96,7 @@ async def test_rest_api_lists_what_gateways_reported(
         [g] = await get(http, f"{api}/gateways")
         assert (g["id"], g["online"], g["devices"]) == (gw, True, 2)
         [a] = await get(http, f"{api}/alerts")
-        assert (a["alert_id"], a["state"], a["severity"]) == ("a1", "raised", "major")
+        assert (a["alert_id"], a["state"], a["severity"]) == (f"{gw}:a1", "raised", "major")
         assert len(await get(http, f"{api}/alerts?state=all&limit=5")) == 1
         health = await get(http, f"{c.registry_url}/health")
         assert (health["status"], health["parts"]["bridge"]["connected"]) == ("ok", True)

@@ -61,6 +61,13 @@ def _event(kind: str, alert: Alert, payload: dict[str, object], at: int) -> Plat
     )  # fmt: skip
 
 
+def _stored_location(alert: Alert) -> Location:
+    """The location as the registry stored it, not validated again: a row written before the
+    contract bounded its strings must not stop the ingest transaction that reports on it (the
+    platform messages carry what is stored; see ``PlatformAlert``)."""
+    return Location.model_construct(**alert.location)
+
+
 def _lifecycle_msg(
     alert: Alert, ops: AlertOps, t: Transition | None, at: int, new_incident: bool = False
 ) -> PlatformLifecycle:
@@ -70,7 +77,7 @@ def _lifecycle_msg(
         actor=CENTRE if t is None else t.actor, note="" if t is None else t.note,
         gateway=alert.gateway_id, device=alert.device_id.partition(":")[2],
         category=alert.category, severity=alert.severity,
-        location=Location.model_validate(alert.location), due_at=ops.due_at,
+        location=_stored_location(alert), due_at=ops.due_at,
         time_limit_min=ops.time_limit_min, ts=at,
     ))  # fmt: skip
 
@@ -209,7 +216,7 @@ class AlertOperations:
             alert_id=alert.alert_id, incident_id=ops.incident_id, stage=ops.stage,
             gateway=alert.gateway_id, device=alert.device_id.partition(":")[2],
             category=alert.category, severity=alert.severity,
-            location=Location.model_validate(alert.location),
+            location=_stored_location(alert),
             unit=entry.unit if entry else "", due_at=ops.due_at,
             time_limit_min=ops.time_limit_min, overdue_ms=now - ops.due_at, ts=now,
         ))  # fmt: skip

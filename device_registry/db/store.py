@@ -6,6 +6,8 @@ Every public method converts SQLAlchemy/driver errors into ``StoreUnavailable``.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -44,13 +46,13 @@ from device_registry.db.tables import (
     device_key,
 )
 from device_registry.errors import Ambiguous, NotFound, StoreRejected, StoreUnavailable
-from device_registry.ingest.changes import Changes
+from device_registry.ingest.changes import Changes, DeviceFacts
 from device_registry.ingest.seqaudit import AuditState, Gap, Span, holes, plan_audit
 from device_registry.ingest.views import QuarantineView, quarantined
 from device_registry.inventory import views
 from device_registry.inventory.places import place_key, resolve_sites
 from device_registry.inventory.views import DeviceView, GatewayView
-from gridwatch.ground.contract import AlertEvent, AlertState, Birth, Death, GatewayHealth
+from gridwatch.ground.contract import AlertEvent, AlertState, Birth, Death, GatewayHealth, Location
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +93,8 @@ class RegistryStore:
             raise StoreRejected(f"{self.dialect} refused: {exc}") from exc
         except SQLAlchemyError as exc:
             raise StoreRejected(f"{self.dialect} store: {exc}") from exc
+        except OverflowError as exc:  # sqlite3 binds an int beyond 64 bits this way, unwrapped
+            raise StoreRejected(f"{self.dialect} refused a number: {exc}") from exc
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncSession]:
@@ -115,9 +119,38 @@ class RegistryStore:
                 found.update(rows)
         return found
 
-    async def apply(self, ch: Changes) -> None:
-        """Write one ingest step atomically: a crash leaves all of it or none."""
+    async def device_facts(self, pairs: Collection[tuple[str, str]]) -> DeviceFacts:
+        """Who registered the devices named in ``pairs`` ((gateway, device)), and where."""
+        names = sorted({dev for _, dev in pairs})
+        owners: dict[str, set[str]] = {}
+        locations: dict[tuple[str, str], Location] = {}
+        q = (
+            select(Device.name, Device.gateway_id, Site.district_id, Site.street, Site.grid,
+                   Site.lat, Site.lon)
+            .outerjoin(Site, Site.id == Device.site_id)
+            .where(Device.registered_at.is_not(None), Device.retired_at.is_(None))
+        )  # fmt: skip
         async with self._tx() as s:
+            for i in range(0, len(names), _ID_CHUNK):
+                chunk = names[i : i + _ID_CHUNK]
+                for name, gw, district, street, grid, lat, lon in await s.execute(
+                    q.where(Device.name.in_(chunk))
+                ):
+                    owners.setdefault(name, set()).add(gw)
+                    if district is not None:
+                        locations[(gw, name)] = Location(
+                            district=district, street=street, grid=grid, lat=lat, lon=lon
+                        )
+        return DeviceFacts({k: frozenset(v) for k, v in owners.items()}, locations)
+
+    async def apply(self, ch: Changes, device_limit: int | None = None) -> dict[str, int]:
+        """Write one ingest step atomically: a crash leaves all of it or none.
+
+        ``device_limit``: devices a gateway may add by naming them (installers' registrations
+        do not count); the new devices beyond it are not added, nor their last values. Returns
+        how many were refused, by gateway."""
+        async with self._tx() as s:
+            ch, refused = await self._admit_devices(s, ch, device_limit)
             await self._touch_gateways(s, ch)
             await self._upsert_devices(s, ch)
             await self._upsert_latest(s, ch)
@@ -131,6 +164,7 @@ class RegistryStore:
             await self._record(s, ch)
         if fed:
             self.ops.fed()
+        return refused
 
     async def prune(self, now: int, seen_max_age_ms: int, quarantine_keep: int) -> int:
         """Forget dedupe ids older than the redelivery window; keep the newest quarantine rows."""
@@ -210,6 +244,48 @@ class RegistryStore:
         # per-row bulk path (3x faster for the last values)
         table = cast(Table, model.__table__)
         return pg_insert(table) if self.dialect == "postgresql" else sqlite_insert(table)
+
+    async def _admit_devices(
+        self, s: AsyncSession, ch: Changes, limit: int | None
+    ) -> tuple[Changes, dict[str, int]]:
+        """``ch`` without the new devices beyond each gateway's limit (a copy: a retry after an
+        outage applies the same ``ch`` again), and how many were refused per gateway."""
+        births = [m for m in ch.status if isinstance(m, Birth)]
+        named = set(ch.device_seen) | {(b.gateway, d) for b in births for d in b.devices}
+        if limit is None or not named:
+            return ch, {}
+        keys = sorted(device_key(gw, dev) for gw, dev in named)
+        known: set[str] = set()
+        for i in range(0, len(keys), _ID_CHUNK):
+            chunk = keys[i : i + _ID_CHUNK]
+            known.update(await s.scalars(select(Device.id).where(Device.id.in_(chunk))))
+        new = sorted(p for p in named if device_key(*p) not in known)
+        if not new:
+            return ch, {}
+        gws = {gw for gw, _ in new}
+        q = (
+            select(Device.gateway_id, func.count())
+            .where(Device.gateway_id.in_(gws), Device.registered_at.is_(None))
+            .group_by(Device.gateway_id)
+        )
+        room = {gw: limit for gw in gws}
+        for gw, n in await s.execute(q):
+            room[gw] = limit - n
+        dropped: set[tuple[str, str]] = set()
+        for gw, dev in new:
+            if room[gw] > 0:
+                room[gw] -= 1
+            else:
+                dropped.add((gw, dev))
+        if not dropped:
+            return ch, {}
+        kept = dataclasses.replace(
+            ch,
+            device_seen={k: v for k, v in ch.device_seen.items() if k not in dropped},
+            latest={k: r for k, r in ch.latest.items() if (k[0], k[1]) not in dropped},
+            status=[_without(m, dropped) for m in ch.status],
+        )
+        return kept, dict(collections.Counter(gw for gw, _ in dropped))
 
     async def _touch_gateways(self, s: AsyncSession, ch: Changes) -> None:
         rows = [{"id": gw, "first_seen": ch.now, "last_seen": ch.now, "online": True}
@@ -436,6 +512,13 @@ class RegistryStore:
         q = select(Quarantined).order_by(Quarantined.id.desc()).limit(limit)
         async with self._tx() as s:
             return [quarantined(r) for r in await s.scalars(q)]
+
+
+def _without(msg: Birth | Death, dropped: set[tuple[str, str]]) -> Birth | Death:
+    if isinstance(msg, Death) or not any((msg.gateway, d) in dropped for d in msg.devices):
+        return msg
+    devices = [d for d in msg.devices if (msg.gateway, d) not in dropped]
+    return msg.model_copy(update={"devices": devices})
 
 
 def _later(current: Any, new: Any) -> ColumnElement[Any]:

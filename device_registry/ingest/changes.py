@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gridwatch.ground.contract import AlertEvent, Birth, Death, GatewayHealth, Reading
+from gridwatch.ground.contract import AlertEvent, Birth, Death, GatewayHealth, Location, Reading
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,3 +71,19 @@ class Changes:
         gws.update(h.gateway for h in self.health)
         gws.update(s.gateway for s in self.status)
         return gws
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What the registry knows of the devices a batch names, for the bridge's core to decide by:
+    a gateway speaks only for its own registered devices, at their registered places."""
+
+    owners: dict[str, frozenset[str]] = field(default_factory=dict)
+    """Device name -> the gateways an installer registered it under (active devices only)."""
+    locations: dict[tuple[str, str], Location] = field(default_factory=dict)
+    """(gateway, device) -> where the installer registered it (devices with a site only)."""
+
+    def foreign(self, gateway: str, device: str) -> bool:
+        """Registered under other gateways, not this one: another gateway's device."""
+        owners = self.owners.get(device)
+        return owners is not None and gateway not in owners

@@ -21,6 +21,13 @@ gateway's MQTT username so a broker ACL ``pattern readwrite P/gw/%u/#`` confines
 
 Upstream messages carry a message id and a per-gateway, per-stream sequence number so the
 central side drops duplicates (at-least-once delivery) and notices gaps.
+
+Every field has a range, so that a message the models accept can be stored and served back:
+integers fit a signed 64-bit column (times, counters and numbers tighter, see ``EpochMs``),
+floats are finite (JSON has no NaN), strings and lists are bounded, ids use a safe character
+set. The bounds follow the registry's columns; a message outside them is refused at decode,
+never half-written. How far a time may be from the centre's clock is the centre's policy
+(``cloud_bridge``), not the contract's.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import enum
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 SCHEMA_VERSION: Literal[1] = 1
 DEFAULT_PREFIX = "gridwatch"
@@ -58,7 +65,50 @@ class AlertState(enum.StrEnum):
     CLEARED = "cleared"
 
 
-Value = float | int | bool | str | None
+INT64_MAX = 2**63 - 1
+EPOCH_MS_MAX = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z: the contract's outer bound for a time; the centre refuses times far
+from its own clock long before that (``cloud_bridge.core.ClockWindow``)."""
+ID_MAX = 64
+"""Gateway, device, rule, point and district ids; an alert id may be twice that."""
+TEXT_MAX = 200
+"""Free text that is shown (street, message, software, an error)."""
+READINGS_MAX = 100_000
+"""Readings in one telemetry batch: the edge's outbox replays at most this many at once."""
+DEVICES_MAX = 10_000
+"""Devices a birth or a health report names: far more than one gateway's buses can poll."""
+
+
+def _int64(value: object) -> object:
+    # without this a JSON integer too big for 64 bits would pass as a float (1e30 for 10**30)
+    if type(value) is int and not -INT64_MAX - 1 <= value <= INT64_MAX:
+        raise ValueError("integer out of the signed 64-bit range")
+    return value
+
+
+GatewayId = Annotated[str, Field(min_length=1, max_length=ID_MAX, pattern=r"^[A-Za-z0-9_.-]+$")]
+DeviceId = Annotated[str, Field(min_length=1, max_length=ID_MAX, pattern=r"^[A-Za-z0-9_.:-]+$")]
+_NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+_NO_NUL = r"^[^\x00]*$"  # PostgreSQL's text cannot hold NUL: refused at decode, not by the store
+Name = Annotated[str, Field(max_length=ID_MAX, pattern=_NO_CONTROL)]
+"""A short free name (a point, a rule, a district, a grid cell, a unit): no control characters,
+which would break the time-series store's line protocol (a refused write is retried)."""
+Unit = Annotated[str, Field(max_length=32, pattern=_NO_CONTROL)]
+Text = Annotated[str, Field(max_length=TEXT_MAX, pattern=_NO_NUL)]
+Int64 = Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX)]
+Count = Annotated[int, Field(ge=0, le=INT64_MAX)]
+"""Counters, sequence numbers, sessions, versions."""
+EpochMs = Annotated[int, Field(ge=0, le=EPOCH_MS_MAX)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+"""NaN and Infinity are refused: JSON cannot carry them and a store would serve them back bare."""
+
+MessageId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+AlertId = Annotated[
+    str, Field(min_length=1, max_length=2 * ID_MAX, pattern=r"^[^\x00-\x20\x7f/]+$")
+]
+"""Stable across an alert's transitions; the centre scopes it by the gateway it came through."""
+
+Value = Annotated[Int64 | Finite | bool | Text | None, BeforeValidator(_int64)]
 
 
 class _Msg(BaseModel):
@@ -68,11 +118,11 @@ class _Msg(BaseModel):
 class Reading(_Msg):
     """One value of one point of one device at one instant."""
 
-    device: str = Field(description="Device id, unique within the gateway.")
-    point: str = Field(description="Point name from the device profile.")
+    device: DeviceId = Field(description="Device id, unique within the gateway.")
+    point: Name = Field(description="Point name from the device profile.")
     value: Value = Field(description="Decoded, scaled value; null when quality is not good.")
-    unit: str = Field(default="", description="Engineering unit, e.g. 'm', 'ppm'.")
-    ts: int = Field(description="Time the value was read, Unix epoch milliseconds (UTC).")
+    unit: Unit = Field(default="", description="Engineering unit, e.g. 'm', 'ppm'.")
+    ts: EpochMs = Field(description="Time the value was read, Unix epoch milliseconds (UTC).")
     quality: Quality = Field(default=Quality.GOOD)
     historical: bool = Field(
         default=False, description="True when replayed from the outbox after an outage."
@@ -83,131 +133,137 @@ class Upstream(_Msg):
     """Fields every message from a gateway carries."""
 
     v: Literal[1] = SCHEMA_VERSION
-    id: str = Field(description="Message id (UUID), unique forever; the dedupe key.")
-    gateway: str
-    seq: int = Field(ge=0, description="Per-gateway, per-stream sequence number.")
-    session: int = Field(ge=0, description="Increments every time the gateway connects.")
+    id: MessageId = Field(description="Message id (UUID), unique forever; the dedupe key.")
+    gateway: GatewayId
+    seq: Count = Field(description="Per-gateway, per-stream sequence number.")
+    session: Count = Field(description="Increments every time the gateway connects.")
 
 
 class TelemetryBatch(Upstream):
     kind: Literal["telemetry"] = "telemetry"
-    readings: list[Reading]
+    readings: list[Reading] = Field(max_length=READINGS_MAX)
 
 
 class Location(_Msg):
-    district: str = ""
-    street: str = ""
-    grid: str = Field(default="", description="Grid cell of the city's management grid.")
-    lat: float | None = None
-    lon: float | None = None
+    district: Name = ""
+    street: Text = ""
+    grid: Name = Field(default="", description="Grid cell of the city's management grid.")
+    lat: Finite | None = Field(default=None, ge=-90, le=90)
+    lon: Finite | None = Field(default=None, ge=-180, le=180)
 
 
 class AlertEvent(Upstream):
     """A transition of one alert. ``alert_id`` is stable across raise, updates and clear."""
 
     kind: Literal["alert"] = "alert"
-    alert_id: str
+    alert_id: AlertId
     state: AlertState
-    rule: str = Field(description="Rule id that fired, e.g. 'level_high'.")
-    category: str = Field(description="Event catalogue code.")
+    rule: Name = Field(description="Rule id that fired, e.g. 'level_high'.")
+    category: Name = Field(description="Event catalogue code.")
     severity: Severity
-    device: str
-    point: str
+    device: DeviceId
+    point: Name
     location: Location
     value: Value = Field(description="The value that caused this transition.")
     peak: Value = Field(default=None, description="Most extreme value while active.")
-    threshold: float | None = None
-    unit: str = ""
-    message: str = ""
-    raised_at: int = Field(description="Epoch ms when the alert was raised.")
-    ts: int = Field(description="Epoch ms of this transition.")
+    threshold: Finite | None = None
+    unit: Unit = ""
+    message: Annotated[str, Field(max_length=1000, pattern=_NO_NUL)] = ""
+    raised_at: EpochMs = Field(description="Epoch ms when the alert was raised.")
+    ts: EpochMs = Field(description="Epoch ms of this transition.")
 
 
 class DeviceInfo(_Msg):
     """What the centre needs to judge a device's health: its profile's expected interval."""
 
-    device: str
-    profile: str = ""
-    interval_s: float | None = Field(default=None, description="Expected reporting interval.")
-    firmware: str = ""
+    device: DeviceId
+    profile: Name = ""
+    interval_s: Finite | None = Field(
+        default=None, gt=0, le=366 * 24 * 3600, description="Expected reporting interval."
+    )
+    firmware: Name = ""
     location: Location | None = Field(default=None, description="Where it is installed.")
 
 
 class Birth(_Msg):
     v: Literal[1] = SCHEMA_VERSION
     kind: Literal["birth"] = "birth"
-    gateway: str
-    session: int
-    ts: int
-    software: str = ""
-    config_version: int = 0
-    devices: list[str] = Field(default_factory=list)
+    gateway: GatewayId
+    session: Count
+    ts: EpochMs
+    software: Annotated[str, Field(max_length=100, pattern=_NO_CONTROL)] = ""
+    config_version: Count = 0
+    devices: list[DeviceId] = Field(default_factory=list, max_length=DEVICES_MAX)
     device_info: list[DeviceInfo] = Field(
-        default_factory=list, description="Profile and expected interval of each device."
+        default_factory=list,
+        max_length=DEVICES_MAX,
+        description="Profile and expected interval of each device.",
     )
 
 
 class Death(_Msg):
     v: Literal[1] = SCHEMA_VERSION
     kind: Literal["death"] = "death"
-    gateway: str
-    session: int
+    gateway: GatewayId
+    session: Count
 
 
 Status = Annotated[Birth | Death, Field(discriminator="kind")]
 
 
 class DeviceHealth(_Msg):
-    device: str
+    device: DeviceId
     online: bool
-    reads_ok: int = 0
-    reads_failed: int = 0
-    consecutive_failures: int = 0
-    response_ms: float | None = None
-    last_ok: int | None = None
-    polls_skipped: int = 0
+    reads_ok: Count = 0
+    reads_failed: Count = 0
+    consecutive_failures: Count = 0
+    response_ms: Finite | None = Field(default=None, ge=0)
+    last_ok: EpochMs | None = None
+    polls_skipped: Count = 0
 
 
 class GatewayHealth(Upstream):
     kind: Literal["health"] = "health"
-    ts: int
-    cpu_percent: float | None = None
-    memory_mb: float | None = None
-    disk_free_mb: float | None = None
-    outbox_depth: int = 0
-    outbox_bytes: int = 0
-    outbox_dropped: int = 0
-    uplink_reconnects: int = 0
-    devices: list[DeviceHealth] = Field(default_factory=list)
+    ts: EpochMs
+    cpu_percent: Finite | None = None
+    memory_mb: Finite | None = None
+    disk_free_mb: Finite | None = None
+    outbox_depth: Count = 0
+    outbox_bytes: Count = 0
+    outbox_dropped: Count = 0
+    uplink_reconnects: Count = 0
+    devices: list[DeviceHealth] = Field(default_factory=list, max_length=DEVICES_MAX)
 
 
 class ConfigPush(_Msg):
     """A gateway's whole configuration, as the registry generated it (retained)."""
 
     v: Literal[1] = SCHEMA_VERSION
-    gateway: str
-    version: int = Field(ge=1, description="Increases with every change; acks name it.")
+    gateway: GatewayId
+    version: Count = Field(ge=1, description="Increases with every change; acks name it.")
     config: dict[str, Any] = Field(description="The gateway config document (as in YAML).")
-    ts: int
+    ts: EpochMs
 
 
 class ConfigAck(_Msg):
     v: Literal[1] = SCHEMA_VERSION
-    gateway: str
-    version: int
+    gateway: GatewayId
+    version: Count
     accepted: bool
-    errors: list[str] = Field(default_factory=list)
-    ts: int
+    errors: list[Annotated[str, Field(max_length=2000)]] = Field(
+        default_factory=list, max_length=1000
+    )
+    ts: EpochMs
 
 
 class Command(_Msg):
     v: Literal[1] = SCHEMA_VERSION
-    id: str
-    device: str
-    point: str
-    value: float | int | bool
-    ts: int
-    expires_at: int | None = Field(
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    device: Annotated[str, Field(min_length=1, max_length=ID_MAX)]
+    point: Annotated[str, Field(max_length=ID_MAX)]
+    value: Annotated[Int64 | Finite | bool, BeforeValidator(_int64)]
+    ts: EpochMs
+    expires_at: EpochMs | None = Field(
         default=None,
         description="Unix epoch ms. A gateway that gets the command later (it was offline and "
         "the broker kept it) does not run it and answers 'expired': an actuator must not move "
@@ -217,16 +273,19 @@ class Command(_Msg):
 
 class CommandResult(_Msg):
     v: Literal[1] = SCHEMA_VERSION
-    id: str
-    gateway: str
+    id: MessageId
+    gateway: GatewayId
     ok: bool
-    error: str = ""
+    error: Annotated[str, Field(max_length=2000)] = ""
     expired: bool = Field(default=False, description="Not run: it arrived after expires_at.")
-    ts: int
+    ts: EpochMs
 
 
 class PlatformAlert(_Msg):
-    """What the city platform receives: the edge's alert event plus where it came from."""
+    """What the city platform receives: the edge's alert event plus where it came from.
+
+    The platform messages are built by the centre from what it stored (already in range): their
+    numbers are bounded to 64 bits, their strings are as the registry keeps them."""
 
     v: Literal[1] = SCHEMA_VERSION
     kind: Literal["alert"] = "alert"
@@ -244,8 +303,8 @@ class PlatformAlert(_Msg):
     threshold: float | None = None
     unit: str = ""
     message: str = ""
-    raised_at: int
-    ts: int
+    raised_at: Int64
+    ts: Int64
 
     @classmethod
     def from_event(cls, ev: AlertEvent) -> PlatformAlert:
@@ -274,9 +333,9 @@ class PlatformLifecycle(_Msg):
     category: str
     severity: Severity
     location: Location
-    due_at: int | None = Field(default=None, description="Epoch ms the time limit ends.")
-    time_limit_min: int | None = None
-    ts: int
+    due_at: Int64 | None = Field(default=None, description="Epoch ms the time limit ends.")
+    time_limit_min: Int64 | None = None
+    ts: Int64
 
 
 class PlatformEscalation(_Msg):
@@ -293,10 +352,10 @@ class PlatformEscalation(_Msg):
     severity: Severity
     location: Location
     unit: str = Field(default="", description="Responsible unit from the catalogue.")
-    due_at: int
-    time_limit_min: int
-    overdue_ms: int
-    ts: int
+    due_at: Int64
+    time_limit_min: Int64
+    overdue_ms: Int64
+    ts: Int64
 
 
 PlatformMessage = Annotated[
