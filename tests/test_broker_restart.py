@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from device_registry.http.opsapp import Delivery
 
 from cloud_bridge import SqliteSink
 from device_registry import RegistryStore
 from device_registry.delivery.mqtt_out import MqttTarget
+from device_registry.delivery.runtime import Delivery
 from gridwatch.ground.contract import Topics
 from tests._central_helpers import (
     batch,

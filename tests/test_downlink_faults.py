@@ -66,11 +66,24 @@ async def test_registering_works_again_after_a_long_broker_outage(
         # the outage itself, long enough for the backoff to reach its cap (1 s) a few times
         await asyncio.sleep(4)
         assert await register(reg, "gw-1") == 503
+        # /health names the failing part, and gives no broker address to an anonymous caller
+        async with reg.http.get(reg.url + "/health", headers={"Authorization": ""}) as r:
+            assert r.status == 503
+            body = await r.text()
+        health = json.loads(body)
+        assert (health["status"], health["failing"]) == ("degraded", ["registry downlink"])
+        assert health["parts"]["registry downlink"]["connected"] is False
+        assert str(b.mq.port) not in body and str(b.tls_port) not in body
         b.mq.proc = None
         b.mq.start()
         back = time.monotonic()
         await register_when_back(reg, "gw-1")
         assert time.monotonic() - back < 5
+        async with reg.http.get(reg.url + "/health") as r:
+            assert r.status == 200
+            health = await r.json()
+        assert (health["status"], health["failing"]) == ("ok", [])
+        assert health["parts"]["registry downlink"]["outages"] >= 1
 
 
 async def _ack_as(broker: SecureBroker, gateway: str, password: str, topic: str,

@@ -141,6 +141,7 @@ async def test_registry_serves_alone_on_its_own_store(
         assert (await get(http, f"{url}/health")) == {
             "status": "ok",
             "database": "sqlite",
+            "failing": [],
             "parts": {},
         }
         assert await get(http, f"{url}/api/v1/devices") == []

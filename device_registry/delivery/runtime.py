@@ -23,7 +23,7 @@ from device_registry.delivery.mqtt_out import MqttTarget, PlatformPublisher
 from device_registry.delivery.sse import SseHub
 from device_registry.delivery.webhooks import RetryPolicy, SecretBox, WebhookDispatcher
 from device_registry.health.routes import History
-from device_registry.http.state import STORE
+from device_registry.http.state import HEALTH_PARTS, STORE
 from gridwatch.ground import metrics
 
 
@@ -84,7 +84,7 @@ async def _running(app: web.Application, d: Delivery) -> AsyncIterator[None]:
                   session)  # fmt: skip
         app[OPS] = ops
         if d.mqtt is not None:
-            ops.publisher = PlatformPublisher(store, signal, d.mqtt)
+            ops.publisher = publisher = PlatformPublisher(store, signal, d.mqtt)
 
         def jobs() -> list[tuple[str, Coroutine[Any, Any, None]]]:
             out = [("webhooks", ops.dispatcher.run()),
@@ -94,6 +94,12 @@ async def _running(app: web.Application, d: Delivery) -> AsyncIterator[None]:
             return out
 
         lease = app[LEASE] = DeliveryLease(app[STORE].engine, d.lease_retry_s)
+        if ops.publisher is not None:
+            # only the process holding the lease publishes: the others' session is down by design
+            app[HEALTH_PARTS]["platform publisher"] = lambda: {
+                **publisher.mqtt.state.report(), "delivering": lease.held,
+                "failing": lease.held and publisher.mqtt.state.failing,
+            }  # fmt: skip
         leading = asyncio.create_task(_deliver_while_leading(lease, jobs), name="delivery")
         try:
             yield

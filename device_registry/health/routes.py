@@ -44,13 +44,15 @@ async def health(request: web.Request) -> web.Response:
     # raw, not a problem when degraded: the same view, with a 503 for a load balancer
     store = request.app[STORE]
     parts = {name: report() for name, report in request.app[HEALTH_PARTS].items()}
+    failing = sorted(name for name, part in parts.items() if part.get("failing"))
     try:
         await store.ping()
     except StoreUnavailable as exc:
-        view = HealthView(status="degraded", database=str(exc), parts=parts)
+        view = HealthView(status="degraded", database=str(exc), failing=failing, parts=parts)
         return json_reply(view.model_dump(mode="json"), 503)
-    view = HealthView(status="ok", database=store.dialect, parts=parts)
-    return json_reply(view.model_dump(mode="json"))
+    view = HealthView(status="degraded" if failing else "ok", database=store.dialect,
+                      failing=failing, parts=parts)  # fmt: skip
+    return json_reply(view.model_dump(mode="json"), 503 if failing else 200)
 
 
 @route("GET", "/api/v1/health", roles(Role.MAINTENANCE, Role.OPERATOR),

@@ -10,11 +10,18 @@ from gridwatch.ground.contract import Value
 
 
 class HealthView(BaseModel):
+    """``degraded`` (HTTP 503) when the database cannot be reached or a part of this process is
+    failing: the bridge's broker sessions, the registry's downlink session (without it gateways
+    cannot be registered, retired or commanded), the platform publisher while this process is
+    the one delivering. A part still making its first connection is not failing yet."""
+
     status: Literal["ok", "degraded"]
     database: str
+    failing: list[str] = Field(default_factory=list, description="The parts that are failing.")
     parts: dict[str, Any] = Field(
         default_factory=dict,
-        description="What the process hosting the API reports, e.g. its bridge's counters.",
+        description="What each part of the process reports: connected, since (epoch s), "
+        "outages, failing; the bridge's counters. Never a broker address or an error text.",
     )
 
 

@@ -68,7 +68,7 @@ def build_app(
     d = delivery or Delivery()
     app = web.Application(middlewares=[problem_answers, authenticate])
     app[AUTH_STORE] = lambda: app[STORE]
-    app[HEALTH_PARTS] = health_parts or {}
+    app[HEALTH_PARTS] = dict(health_parts or {})  # the rooms add theirs as they start
     if d.history is not None:
         app[health.HISTORY] = d.history
     registry = metrics.registry_of(*delivery_metrics(app), *d.extra_metrics)

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from device_registry.errors import BrokerUnavailable
 from device_registry.http import auth
-from device_registry.http.state import STORE
+from device_registry.http.state import HEALTH_PARTS, STORE
 from device_registry.inventory.commands import Commands
 from device_registry.inventory.configgen import Profiles, Uplink
 from device_registry.inventory.downlink import BrokerSettings, Downlink
@@ -86,6 +86,10 @@ def installer_ctx(settings: InstallerSettings) -> Callable[[web.Application], As
         tasks: list[asyncio.Task[None]] = []
         if downlink is not None:
             tasks.append(asyncio.create_task(downlink.run(), name="registry-downlink"))
+            state = downlink.session.state
+            app[HEALTH_PARTS]["registry downlink"] = lambda: {
+                **state.report(), "failing": state.failing, "dropped": downlink.dropped,
+            }  # fmt: skip
             if settings.dynsec and settings.broker and settings.broker.username:
                 downlink.on_connect = _central_role(downlink, registry, settings.broker.username)
         yield

@@ -109,6 +109,16 @@ class SessionState:
     outages: int = 0
     """Outages so far (a lost connection or a failed first connect; repeats count once)."""
 
+    def report(self) -> dict[str, Any]:
+        """What a public health check may show: up or down and since when, never the broker's
+        address or its error text (those are in the process's log)."""
+        return {"connected": self.connected, "since": self.since, "outages": self.outages}
+
+    @property
+    def failing(self) -> bool:
+        """Down after having tried: not merely still starting up."""
+        return not self.connected and self.since is not None
+
 
 def connack_code(exc: BaseException) -> int | None:
     """The code the broker answered with (CONNACK or DISCONNECT); None when it answered nothing."""

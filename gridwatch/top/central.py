@@ -62,9 +62,11 @@ class Central:
         bridge = self.bridge
         if bridge is None:
             return {"connected": False}
+        # no broker address here: /health is public (the address is in the start-up log)
         return {
             "connected": bridge.connected.is_set(),
-            "broker": self.broker,
+            "lanes": {lane: s.state.report() for lane, s in bridge.sessions.items()},
+            "failing": any(s.state.failing for s in bridge.sessions.values()),
             **bridge.stats.as_dict(),
         }
 
