@@ -193,6 +193,12 @@ def hostile(where: str, slash: bool = True) -> str:
     return where + attr + tag + (script if slash else "")
 
 
+def short(where: str) -> str:
+    """Hostile text within the contract's length limits (an alert's place is re-checked when its
+    platform message is built)."""
+    return f'{where}\'"><img src=planted-{where} onerror="window.__pwned=1">'
+
+
 # ids go into URLs: no '/' (a path separator) and no ':' (the registry id's separator) there
 GATEWAY = "gw'\"><img src=planted-gw onerror=\"window.__pwned='gw'\">"
 DEVICE = "sd'\"><img src=planted-dev onerror=\"alert('dev')\">"
@@ -201,22 +207,30 @@ ALERT = hostile("alert", slash=False)
 
 async def seed_hostile(reg: Registry) -> str:
     """A gateway, device and two alerts whose every text field is hostile; returns the device's
-    registry id."""
+    registry id. Built without validation (``model_construct``, ``model_copy``): the bridge now
+    refuses such ids and names at decode, but rows stored before the contract had its ranges,
+    and whatever a future path lets through, must be shown just as safely."""
     now = now_ms()
-    here = Location(district=hostile("district"), street=hostile("street"), grid=hostile("grid"))
-    info = DeviceInfo(device=DEVICE, profile=hostile("profile"), interval_s=3600, location=here)
-    birth = Birth(gateway=GATEWAY, session=1, ts=now, devices=[DEVICE], device_info=[info])
-    reading = Reading(device=DEVICE, point=hostile("point"), value=hostile("value"),
-                      unit=hostile("unit"), ts=now)  # fmt: skip
+    here = Location(district=short("district"), street=short("street"), grid=short("grid"))
+    info = DeviceInfo.model_construct(device=DEVICE, profile=hostile("profile"), interval_s=3600,
+                                      location=here)  # fmt: skip
+    birth = Birth.model_construct(gateway=GATEWAY, session=1, ts=now, devices=[DEVICE],
+                                  device_info=[info])  # fmt: skip
+    reading = Reading.model_construct(device=DEVICE, point=hostile("point"),
+                                      value=hostile("value"), unit=hostile("unit"), ts=now)  # fmt: skip
     ch = Changes(now=now, status=[birth])
     ch.latest[(GATEWAY, DEVICE, reading.point)] = reading
     ch.device_seen[(GATEWAY, DEVICE)] = now
     await reg.store.apply(ch)
-    first = smoke(ALERT, device=DEVICE, gateway=GATEWAY, district=hostile("a-district"),
-                  grid=hostile("a-grid"))  # fmt: skip
-    second = smoke(hostile("alert2"), device=DEVICE, gateway=GATEWAY, grid="FT-0099")
-    second = second.model_copy(update={"category": hostile("category"), "unit": hostile("aunit"),
-                                       "message": hostile("message"), "location": here})  # fmt: skip
+    first = smoke("a1").model_copy(update={
+        "alert_id": ALERT, "device": DEVICE, "gateway": GATEWAY,
+        "location": Location(district=short("a-dist"), grid=short("a-grid")),
+    })  # fmt: skip
+    second = smoke("a2", grid="FT-0099").model_copy(update={
+        "alert_id": hostile("alert2"), "device": DEVICE, "gateway": GATEWAY,
+        "category": hostile("category"), "unit": hostile("aunit"), "message": hostile("message"),
+        "location": here,
+    })  # fmt: skip
     await reg.ingest(first, second)
     device_id = f"{GATEWAY}:{DEVICE}"
     # an installer's labels (the API accepts any text in them); set in the store, as the API's
@@ -273,8 +287,8 @@ async def test_hostile_data_is_shown_as_text_and_runs_nothing(tmp_path: Path) ->
             await expect(card).to_have_attribute("data-device", device_id)
             await expect(card).to_contain_text(DEVICE)
             await expect(card).to_contain_text(hostile("profile"))
-            await expect(page.locator("#health-list h3.district")).to_have_text(hostile("district"))
-            await expect(page.locator("#health-list h4.grid")).to_have_text(hostile("grid"))
+            await expect(page.locator("#health-list h3.district")).to_have_text(short("district"))
+            await expect(page.locator("#health-list h4.grid")).to_have_text(short("grid"))
 
             # the operator's: ids in attributes, category, message, unit in text
             await page.click("#nav-alerts")
@@ -282,7 +296,7 @@ async def test_hostile_data_is_shown_as_text_and_runs_nothing(tmp_path: Path) ->
                 has_text="Smoke detected"
             )
             await expect(alert).to_have_attribute("data-alert", ALERT)
-            await expect(alert).to_contain_text(hostile("a-district"))
+            await expect(alert).to_contain_text(short("a-dist"))
             other = page.locator("#alerts-list article[data-alert]").filter(
                 has_text="planted-message"
             )
@@ -298,7 +312,7 @@ async def test_hostile_data_is_shown_as_text_and_runs_nothing(tmp_path: Path) ->
             detail = page.locator("#device-detail")
             await expect(detail).to_contain_text(f"crew={hostile('label')}")
             await expect(detail).to_contain_text(f"{hostile('point')}: {hostile('value')}")
-            await expect(detail).to_contain_text(hostile("street"))
+            await expect(detail).to_contain_text(short("street"))
 
             # the token stays out of reach of any script, and the cookie is not sent cross-site
             assert await page.evaluate("document.cookie") == ""

@@ -89,8 +89,10 @@ async def test_registering_works_again_after_a_long_broker_outage(
 async def _ack_as(broker: SecureBroker, gateway: str, password: str, topic: str,
                   payloads: list[bytes]) -> None:  # fmt: skip
     tls = ssl.create_default_context(cafile=str(broker.certs.ca))
-    async with aiomqtt.Client("127.0.0.1", broker.tls_port, username=gateway, password=password,
-                              tls_context=tls, identifier=f"{gateway}-box") as box:  # fmt: skip
+    # the account and client id the registry issues (its own namespace, bound to the id)
+    async with aiomqtt.Client("127.0.0.1", broker.tls_port, username=f"gw-{gateway}",
+                              password=password, tls_context=tls,
+                              identifier=f"gridwatch-edge-{gateway}") as box:  # fmt: skip
         for p in payloads:
             await box.publish(topic, p, qos=1)
 

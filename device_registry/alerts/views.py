@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from device_registry.db.tables import Alert
-from gridwatch.ground.contract import Value
+from device_registry.http.values import Served
 
 
 class AlertView(BaseModel):
@@ -23,8 +23,8 @@ class AlertView(BaseModel):
     district: str
     grid: str
     location: dict[str, Any]
-    value: Value
-    peak: Value
+    value: Served
+    peak: Served
     threshold: float | None
     unit: str
     message: str

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from gridwatch.ground.contract import Value
+from device_registry.http.values import Served
 
 
 class HealthView(BaseModel):
@@ -42,8 +42,8 @@ class DeviceHealthView(BaseModel):
     success_rate: float | None
     consecutive_failures: int | None
     response_ms: float | None
-    battery: Value = None
-    signal: Value = None
+    battery: Served = None
+    signal: Served = None
 
 
 class GatewayHealthView(BaseModel):
@@ -74,7 +74,7 @@ class HealthReport(BaseModel):
 
 class ReadingPoint(BaseModel):
     ts: int
-    value: Value
+    value: Served
     quality: str
 
 

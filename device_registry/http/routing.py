@@ -39,6 +39,7 @@ from device_registry.errors import Invalid
 from device_registry.http.auth import ROLES_ATTR, Role
 
 Handler = Callable[..., Awaitable[Any]]
+
 M = TypeVar("M", bound=BaseModel)
 PARTS = ("path", "query", "body")
 """The parameters a handler may declare besides the request, in the order they are parsed."""

@@ -8,11 +8,11 @@ from typing import Any, Literal, cast
 from pydantic import BaseModel, Field
 
 from device_registry.db.tables import Device, Gateway, LatestReading
-from gridwatch.ground.contract import Value
+from device_registry.http.values import Served
 
 
 class PointValue(BaseModel):
-    value: Value
+    value: Served
     unit: str = ""
     quality: str = Field(description="good | stale | comm_error | out_of_range | invalid")
     ts: int = Field(description="Epoch ms of the reading (gateway clock).")
