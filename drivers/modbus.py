@@ -29,7 +29,7 @@ from drivers.errors import (
 )
 from drivers.health import DeviceStats
 from drivers.planner import ReadPlan, ReadRequest
-from drivers.scheduler import Backoff, Ticker, phase_offsets
+from drivers.scheduler import DeviceHold, Ticker, phase_offsets
 from drivers.transport import ModbusTransport, serial_transport, tcp_transport
 from gridwatch.ground.contract import DeviceHealth, Quality
 from gridwatch.ground.gatewayconf import ModbusRtuBus, ModbusTcpBus, ResolvedDevice
@@ -67,7 +67,7 @@ class DevicePoller:
         # per request of the plan, by identity: hashing a request hashes all its slices
         self._blocks: dict[int, tuple[ReadRequest, BlockDecoder]] = {}
         self.stats = DeviceStats(self.id)
-        self.backoff = Backoff(base_s=self.interval, max_s=max(MAX_BACKOFF_S, self.interval))
+        self.backoff = DeviceHold(base_s=self.interval, max_s=max(MAX_BACKOFF_S, self.interval))
         self._recheck_at = 0.0
 
     async def run(self, sink: SampleSink, first_due: float) -> None:

@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gridwatch.ground.backoff import Backoff as Waits
+from gridwatch.ground.backoff import Backoff
 
 
 def phase_offsets(intervals: Sequence[float]) -> list[float]:
@@ -42,7 +42,7 @@ class Ticker:
 
 
 @dataclass(slots=True)
-class Backoff:
+class DeviceHold:
     """After ``after`` consecutive failures, stop asking the device for a growing while
     (base, 2x base, 4x ... up to max_s). Ticks in between report COMM_ERROR without touching
     the wire, so a dead device costs its neighbours one timeout per backoff period, not one
@@ -58,7 +58,7 @@ class Backoff:
     def failed(self, now: float) -> None:
         self.failures += 1
         if self.failures >= self.after:
-            waits = Waits(self.base_s, self.max_s, jitter=0.0)
+            waits = Backoff(self.base_s, self.max_s, jitter=0.0)
             self.retry_at = now + waits.delay(self.failures - self.after)
 
     def succeeded(self) -> None:

@@ -179,3 +179,26 @@ async def test_tokens_bad_revoked_cookie(api: Api) -> None:
 
         hashes = list(await s.scalars(select(ApiToken.sha256)))
     assert issued["token"] not in hashes and all(len(h) == 64 for h in hashes)
+
+
+ROUTE_MODULES = [
+    "device_registry.http.access",
+    "device_registry.inventory.routes",
+    "device_registry.alerts.routes",
+    "device_registry.health.routes",
+    "device_registry.delivery.routes",
+    "device_registry.ingest.routes",
+]
+
+
+@pytest.mark.parametrize("name", ROUTE_MODULES)
+def test_every_declared_route_is_in_its_rooms_routes(name: str) -> None:
+    """A handler declared with ``@route`` but left out of its room's ``ROUTES`` would never be
+    served, and no other test would notice (the role table compares what is served)."""
+    import importlib
+
+    from device_registry.http.routing import Route
+
+    module = importlib.import_module(name)
+    declared = {v for v in vars(module).values() if isinstance(v, Route)}
+    assert declared - set(module.ROUTES) == set(), f"declared in {name} but not in its ROUTES"

@@ -161,7 +161,8 @@ def parse(where: str, model: type[M], data: Mapping[str, Any]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise Invalid(problems(exc), where) from None
+        unknown = "unknown parameter" if where == "the query string" else "unknown field"
+        raise Invalid(problems(exc, unknown), where) from None
 
 
 def parse_query(request: web.Request, model: type[M] | None) -> M | None:
@@ -190,9 +191,11 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
     return parse("the body", model, data)
 
 
-def problems(exc: ValidationError) -> list[tuple[str, str]]:
-    """(dotted field path, message) of each error; pydantic's ``input`` is left out on purpose."""
-    return [(".".join(str(x) for x in e["loc"]) or "(body)", _short(e["msg"]))
+def problems(exc: ValidationError, unknown: str = "unknown field") -> list[tuple[str, str]]:
+    """(dotted field path, message) of each error; pydantic's ``input`` is left out on purpose.
+    A name the model does not know is said in words (``unknown``), the same on every endpoint."""
+    return [(".".join(str(x) for x in e["loc"]) or "(body)",
+             unknown if e["type"] == "extra_forbidden" else _short(e["msg"]))
             for e in exc.errors(include_url=False, include_input=False)]  # fmt: skip
 
 

@@ -1,8 +1,10 @@
 """One MQTT session that always comes back: connect, subscribe, serve, and after any loss do it
 again, forever, with the one backoff (``gridwatch.ground.backoff``).
 
-Every long-lived MQTT client of gridwatch runs on it: the edge's uplink, the bridge's two lanes,
-the registry's downlink and its platform publisher. Each of them gives ``run`` a ``serve``
+Every long-lived MQTT client of the central side and of the edge's uplink runs on it: the edge's
+uplink, the bridge's two lanes, the registry's downlink and its platform publisher. (The edge's
+MQTT *sensor* driver, ``drivers/mqtt.py``, listens to a field broker with a loop of its own, paced
+by the same backoff: it is a driver, below the ground's session, and reports per device.) Each of them gives ``run`` a ``serve``
 coroutine that uses the connected aiomqtt client until the connection fails (it raises
 ``aiomqtt.MqttError``); the session then reconnects, subscribes again and calls ``serve`` again.
 Only cancellation ends ``run``: any other error of ``serve`` is a bug, logged with its traceback,
