@@ -241,6 +241,13 @@ async def test_commands_need_a_broker_and_a_writable_point(api: Api) -> None:
     err = await api.call("POST", path, {"point": "obscuration", "value": 1}, 422, **op)
     assert err["problems"][0] == {"field": "point", "message": err["problems"][0]["message"]}
     assert "not writable" in err["detail"]
+    # the value must be one the point accepts: the sounder is a coil
+    err = await api.call("POST", path, {"point": "sounder", "value": 12345.678}, 422, **op)
+    assert err["problems"] == [{"field": "value", "message": "point 'sounder' (bool) accepts "
+                                "true or false; got 12345.678"}]  # fmt: skip
+    err = await api.call("POST", path, data='{"point": "sounder", "value": NaN}', status=422,
+                         headers={"Content-Type": "application/json", **api.operator})  # fmt: skip
+    assert err["problems"][0]["field"] == "value" and "got nan" in err["detail"]
     err = await api.call("POST", path, {"point": "sounder", "value": "loud"}, 422, **op)
     assert err["problems"][0]["field"].startswith("value")
     await api.call(
