@@ -26,11 +26,14 @@ from device_registry.errors import RegistryError
 from device_registry.http import opsapp
 from device_registry.http.api import HEALTH_PARTS, STORE, HealthPart, json_errors, routes
 from device_registry.http.auth import AUTH_STORE, authenticate
+from device_registry.http.limits import CONNECTION_LOG, ServerLimits
 from device_registry.inventory import routes as registration_api
 from device_registry.inventory.configgen import Uplink
 from device_registry.inventory.downlink import BrokerSettings
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_LIMITS = ServerLimits()
 
 
 def build_app(
@@ -44,7 +47,9 @@ def build_app(
     if (db_url is None) == (store is None):
         raise ValueError("give build_app a db_url or a store, not both")
     # errors outermost, so that whatever the auth check or a handler raises is JSON
-    app = web.Application(middlewares=[json_errors, authenticate])
+    app = web.Application(
+        middlewares=[json_errors, authenticate], client_max_size=ServerLimits.client_max_size
+    )
     app.add_routes(routes())
     app.add_routes(registration_api.routes())
     app[AUTH_STORE] = lambda: app[STORE]
@@ -70,14 +75,19 @@ def build_app(
 
 @asynccontextmanager
 async def serving(
-    app: web.Application, host: str, port: int, tls: ssl.SSLContext | None = None
-) -> AsyncIterator[str]:
+    app: web.Application, host: str, port: int, tls: ssl.SSLContext | None = None,
+    limits: ServerLimits = DEFAULT_LIMITS,
+) -> AsyncIterator[str]:  # fmt: skip
     """Serve ``app`` while the block runs; yields its base URL (port 0 picks a free one)."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, keepalive_timeout=limits.keepalive_s,
+        shutdown_timeout=limits.shutdown_s, logger=CONNECTION_LOG,
+    )  # fmt: skip
     await runner.setup()
     try:
         try:
-            await web.TCPSite(runner, host, port, ssl_context=tls).start()
+            site = web.TCPSite(runner, host, port, ssl_context=tls, backlog=limits.backlog)
+            await site.start()
         except OSError as exc:
             raise RegistryError(f"registry API cannot listen on {host}:{port}: {exc}") from exc
         bound_host, bound_port = runner.addresses[0][:2]
