@@ -65,6 +65,8 @@ def build_app(
         yield
         await app[STORE].close()
 
+    app[registration_api.IMPORTS] = set()
+    app.on_shutdown.append(registration_api.stop_imports)  # before the store closes
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(
         registration_api.installer_ctx(installers or registration_api.InstallerSettings())
