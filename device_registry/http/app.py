@@ -36,6 +36,7 @@ from device_registry.errors import RegistryError
 from device_registry.health import routes as health
 from device_registry.http import access, dashboard
 from device_registry.http.auth import AUTH_STORE, PUBLIC, authenticate
+from device_registry.http.limits import CONNECTION_LOG, ServerLimits
 from device_registry.http.openapi import document
 from device_registry.http.problems import problem_answers
 from device_registry.http.routing import Route, add_routes, route
@@ -53,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 ROUTES: web.AppKey[tuple[Route, ...]] = web.AppKey("routes")
 """Every route the app serves, as declared: what the OpenAPI document is generated from."""
+DEFAULT_LIMITS = ServerLimits()
 
 
 def build_app(
@@ -66,7 +68,9 @@ def build_app(
     if (db_url is None) == (store is None):
         raise ValueError("give build_app a db_url or a store, not both")
     d = delivery or Delivery()
-    app = web.Application(middlewares=[problem_answers, authenticate])
+    app = web.Application(
+        middlewares=[problem_answers, authenticate], client_max_size=ServerLimits.client_max_size
+    )
     app[AUTH_STORE] = lambda: app[STORE]
     app[HEALTH_PARTS] = dict(health_parts or {})  # the rooms add theirs as they start
     if d.history is not None:
@@ -91,6 +95,8 @@ def build_app(
         yield
         await app[STORE].close()
 
+    app[inventory.IMPORTS] = set()
+    app.on_shutdown.append(inventory.stop_imports)  # before the store closes
     app.cleanup_ctx.append(store_ctx)
     app.cleanup_ctx.append(installer_ctx(installers or InstallerSettings()))
     app.cleanup_ctx.append(delivery_ctx(d))
@@ -126,14 +132,19 @@ _PAGES = (
 
 @asynccontextmanager
 async def serving(
-    app: web.Application, host: str, port: int, tls: ssl.SSLContext | None = None
-) -> AsyncIterator[str]:
+    app: web.Application, host: str, port: int, tls: ssl.SSLContext | None = None,
+    limits: ServerLimits = DEFAULT_LIMITS,
+) -> AsyncIterator[str]:  # fmt: skip
     """Serve ``app`` while the block runs; yields its base URL (port 0 picks a free one)."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, keepalive_timeout=limits.keepalive_s,
+        shutdown_timeout=limits.shutdown_s, logger=CONNECTION_LOG,
+    )  # fmt: skip
     await runner.setup()
     try:
         try:
-            await web.TCPSite(runner, host, port, ssl_context=tls).start()
+            site = web.TCPSite(runner, host, port, ssl_context=tls, backlog=limits.backlog)
+            await site.start()
         except OSError as exc:
             raise RegistryError(f"registry API cannot listen on {host}:{port}: {exc}") from exc
         bound_host, bound_port = runner.addresses[0][:2]

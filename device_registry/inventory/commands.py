@@ -1,5 +1,11 @@
 """Commands to devices: checked against the device's profile, sent down, their results kept.
 
+An actuator gets only a value its point accepts (``value_problem``, pure): a writable point of
+the profile, a boolean for a coil or bit, a whole number that fits the register's integer type
+(after the point's scale and offset, as the edge encodes it), a finite number that fits a float
+register, and within the point's valid range if the profile gives one. A string point takes no
+commands: the wire contract's command value carries numbers and booleans only.
+
 A command is recorded before it is published (state ``sent``), so its result always finds it;
 a command the broker did not take is recorded as ``failed`` with the reason.
 """
@@ -7,6 +13,7 @@ a command the broker did not take is recorded as ``failed`` with the reason.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -20,7 +27,7 @@ from device_registry.errors import BrokerUnavailable, Conflict, Invalid, NotFoun
 from device_registry.http.auth import Principal, audit_row
 from device_registry.inventory.configgen import Profiles
 from gridwatch.ground.contract import Command, CommandResult
-from gridwatch.ground.profiles import ModbusProfile
+from gridwatch.ground.profiles import ModbusPoint, ModbusProfile
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +69,18 @@ def command_view(r: CommandRow, now: int) -> CommandView:
                        expires_at=r.expires_at)  # fmt: skip
 
 
-def check_point(profile: ModbusProfile | None, point: str) -> None:
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "int16": (-(2**15), 2**15 - 1), "uint16": (0, 2**16 - 1),
+    "int32": (-(2**31), 2**31 - 1), "uint32": (0, 2**32 - 1),
+    "int64": (-(2**63), 2**63 - 1), "uint64": (0, 2**64 - 1),
+}  # fmt: skip
+FLOAT_MAX = {"float32": 3.4028234663852886e38, "float64": 1.7976931348623157e308}
+
+Value = bool | int | float
+
+
+def check_point(profile: ModbusProfile | None, point: str, value: Value) -> None:
+    """``Invalid`` unless ``point`` is a writable point of ``profile`` that accepts ``value``."""
     if profile is None:
         raise Invalid([("point", "the device's profile takes no commands")])
     found = profile.points.get(point)
@@ -71,6 +89,53 @@ def check_point(profile: ModbusProfile | None, point: str) -> None:
                                  f"writable: {sorted(p for p, v in profile.points.items() if v.writable)}")])  # fmt: skip
     if not found.writable:
         raise Invalid([("point", f"point {point!r} of profile {profile.id!r} is not writable")])
+    accepts = value_problem(found, value)
+    if accepts is not None:
+        raise Invalid([("value", f"point {point!r} ({found.data_type}) accepts {accepts}; "
+                                 f"got {_shown(value)}")])  # fmt: skip
+
+
+def value_problem(p: ModbusPoint, value: Value) -> str | None:
+    """None if the point accepts ``value``; else what it accepts, in words."""
+    if p.data_type in ("bool", "bit"):
+        return None if isinstance(value, bool) else "true or false"
+    if p.data_type == "string":
+        return "no commands (a text point)"
+    low, high = _limits(p)
+    if p.range is not None:  # the profile's valid range narrows what the type allows
+        low = max(low, p.range.min) if p.range.min is not None else low
+        high = min(high, p.range.max) if p.range.max is not None else high
+    whole = p.data_type in INT_RANGES and p.scale == 1 and p.offset == 0
+    kind = "whole numbers" if whole else "numbers"
+    accepts = f"{kind} from {_shown(low)} to {_shown(high)}"
+    if isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
+        return accepts  # NaN would be stored as null and sent as nothing the device can take
+    if whole and isinstance(value, float) and not value.is_integer():
+        return accepts
+    return None if low <= value <= high else accepts
+
+
+def _limits(p: ModbusPoint) -> tuple[float, float]:
+    """The engineering values the point's register type can hold (``raw * scale + offset``)."""
+    lo: float
+    hi: float
+    if p.data_type in INT_RANGES:
+        lo, hi = INT_RANGES[p.data_type]
+    else:
+        hi = FLOAT_MAX[p.data_type]
+        lo = -hi
+    if p.scale == 1 and p.offset == 0:
+        return lo, hi  # ints stay exact: 2**63 - 1 as a float would admit 2**63
+    ends = sorted((lo * p.scale + p.offset, hi * p.scale + p.offset))
+    return ends[0], ends[1]
+
+
+def _shown(value: Value | float) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return str(int(value))
+    return repr(value)
 
 
 class Commands:
@@ -91,7 +156,7 @@ class Commands:
             if dev.retired_at is not None or gw is None or gw.retired_at is not None:
                 raise Conflict(f"device {dev.id!r} or its gateway is retired")
             prof = self.profiles().get(dev.profile or "")
-            check_point(prof if isinstance(prof, ModbusProfile) else None, req.point)
+            check_point(prof if isinstance(prof, ModbusProfile) else None, req.point, req.value)
             now = _now()
             row = CommandRow(id=uuid.uuid4().hex, gateway_id=dev.gateway_id, device_id=dev.id,
                              point=req.point, value=req.value, requested_by=by.name,

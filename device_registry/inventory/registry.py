@@ -9,27 +9,30 @@ gateway the registry does not know, and a retired one is out the moment the call
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, and_, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 from device_registry.db.store import RegistryStore
 from device_registry.db.tables import (
+    AuditEntry,
     Device,
     Gateway,
     GatewayHealthRow,
     Site,
     device_key,
 )
-from device_registry.errors import Conflict, Invalid, NotFound
+from device_registry.errors import Conflict, Invalid, NotFound, RegistryError, StoreRejected
 from device_registry.http.auth import Principal, audit_row
-from device_registry.inventory import views
+from device_registry.inventory import csvimport, views
 from device_registry.inventory.configgen import (
     ConfigProblems,
     DeviceSpec,
@@ -53,10 +56,6 @@ from device_registry.inventory.views import GatewayView
 from gridwatch.ground.contract import ConfigAck, Location
 
 logger = logging.getLogger(__name__)
-
-
-class _RollBack(Exception):
-    """Raised inside a transaction to undo it."""
 
 
 class BrokerAccess(Protocol):
@@ -294,39 +293,129 @@ class Registry:
         row.site_id = await resolve_site(s, req.location or Location())
         await s.flush()
         gw.config_desired += 1
-        try:
-            await self._generate(s, gw, focus=req.id)
-        except Invalid:
-            # out of the gateway's config again, so that an import judges the next rows alone
-            row.registered_at = None
-            await s.flush()
-            raise
+        await self._generate(s, gw, focus=req.id)
         s.add(audit_row(by, "device.register", f"device:{key}", req.model_dump(mode="json")))
         return key
 
-    async def import_devices(
-        self, rows: Sequence[tuple[int, DeviceCreate]], by: Principal
-    ) -> list[RowReport]:
-        """All rows in one transaction; any refused row rolls back the whole import.
-        Returns the refused rows (empty: everything was imported)."""
-        refused: list[RowReport] = []
+    async def plan_import(self, rows: csvimport.Rows) -> ImportPlan:
+        """Judge an import against the registry as it is now: read once, checked in memory."""
+        states = await self._import_states({req.gateway for _, req in rows})
+        # CPU-bound for a big file (a second or two): off the event loop, so ingest and the
+        # other requests go on meanwhile
+        refused = await asyncio.to_thread(csvimport.judge, rows, states, self.profiles())
+        return ImportPlan(rows, states, refused)
+
+    async def import_devices(self, plan: ImportPlan, by: Principal) -> None:
+        """Register the devices of a judged import, all or nothing, without holding the
+        database for the whole import.
+
+        The new rows are written first in chunks of ``IMPORT_CHUNK`` rows, one short transaction
+        each, *unregistered* (as if their gateway had reported them): no config includes them
+        yet, and an ingest or alert commit waits for one chunk at most. One last transaction
+        then registers them all at once, adopts the devices the gateways had already reported,
+        bumps each gateway's config version once and writes the audit (one ``device.import`` entry
+        per gateway naming its devices: 50,000 entries of one device each held that transaction,
+        and with it every ingest commit, for seconds); it first checks that no
+        gateway changed since the import was judged (its config version is unchanged), so what
+        was validated is what is committed. Should that check or any step fail (a change that
+        raced the import, the database gone, the request cancelled at shutdown), the rows
+        written so far are deleted again (``_staged`` finds them without a list of ids, in one
+        statement per 500 gateways, quick enough for a shutdown) and nothing is imported; a
+        crash in between leaves them unregistered, and importing the file again adopts them.
+        A cancel lets the transaction under way finish first: one that lands in the last
+        transaction leaves the import whole.
+        """
+        if plan.refused:
+            raise ValueError("an import with refused rows cannot be applied")
+        now = _now()
+        adopt = [(ln, r) for ln, r in plan.rows if r.id in plan.states[r.gateway].unregistered]
+        new = [(ln, r) for ln, r in plan.rows if r.id not in plan.states[r.gateway].unregistered]
+        gateways = sorted(plan.states)
+        try:
+            for i in range(0, len(new), IMPORT_CHUNK):
+                await _to_its_end(self._stage([r for _, r in new[i : i + IMPORT_CHUNK]], now))
+            await _to_its_end(self._commit_import(plan, adopt, len(new), by, now))
+        except BaseException:
+            if new:
+                await self._unstage(gateways, now)
+            raise
+        for gw in sorted(plan.states):
+            self.pushed(gw)
+
+    async def _commit_import(
+        self, plan: ImportPlan, adopt: csvimport.Rows, staged: int, by: Principal, now: int
+    ) -> None:
+        async with self.store.transaction() as s:
+            await self._claim_gateways(s, plan.states)
+            await _register_staged(s, sorted(plan.states), now, staged)
+            await _adopt(s, [r for _, r in adopt], await resolve_sites(s, _locs(adopt)), now)
+            s.add_all(_import_audit(by, plan.rows))
+
+    async def _import_states(self, gateways: set[str]) -> dict[str, csvimport.GatewayState]:
+        ids = sorted(gateways)
+        found: list[tuple[Gateway, Site | None]] = []
+        devices: dict[str, list[tuple[Device, Site | None]]] = {}
+        async with self.store.transaction() as s:
+            for i in range(0, len(ids), _ID_CHUNK):
+                chunk = ids[i : i + _ID_CHUNK]
+                gws = select(Gateway, Site).outerjoin(Site, Site.id == Gateway.site_id)
+                found.extend(
+                    (gw, site) for gw, site in await s.execute(gws.where(Gateway.id.in_(chunk)))
+                )
+                devs = select(Device, Site).outerjoin(Site, Site.id == Device.site_id)
+                for d, site in await s.execute(devs.where(Device.gateway_id.in_(chunk))):
+                    devices.setdefault(d.gateway_id, []).append((d, site))
+        return {gw.id: _gateway_state(gw, site, devices.get(gw.id, [])) for gw, site in found}
+
+    async def _stage(self, chunk: Sequence[DeviceCreate], now: int) -> None:
         try:
             async with self.store.transaction() as s:
-                # every row's place first, in key order (places.py: no deadlock with ingest)
-                await resolve_sites(s, (req.location for _, req in rows if req.location))
-                for line, req in rows:
-                    try:
-                        await self._add_device(s, req, by)
-                    except (Invalid, Conflict) as exc:
-                        problems = exc.problems if isinstance(exc, Invalid) else [("id", str(exc))]
-                        refused.append(RowReport(line, f"{req.gateway}:{req.id}", problems))
-                if refused:
-                    raise _RollBack
-        except _RollBack:
-            return refused
-        for gw in sorted({r.gateway for _, r in rows}):
-            self.pushed(gw)
-        return []
+                sites = await resolve_sites(s, [r.location for r in chunk if r.location])
+                values = [{**_device_values(r, sites), "id": device_key(r.gateway, r.id),
+                           "gateway_id": r.gateway, "name": r.id, "first_seen": now,
+                           "status": "new", "registered_at": None} for r in chunk]  # fmt: skip
+                await s.execute(insert(_table(Device)), values)
+        except StoreRejected as exc:  # a device of the file appeared meanwhile
+            raise Conflict(f"devices of this file appeared while it was imported ({exc}); "
+                           "nothing was imported: send the file again") from exc  # fmt: skip
+
+    async def _claim_gateways(
+        self, s: AsyncSession, states: dict[str, csvimport.GatewayState]
+    ) -> None:
+        """One config version more per gateway, refused if anything changed a gateway since
+        the judgement (its version moved, it was retired). The UPDATE comes first so that
+        SQLite takes its write lock at once; a refusal rolls it back."""
+        ids = sorted(states)
+        for i in range(0, len(ids), _ID_CHUNK):
+            chunk = ids[i : i + _ID_CHUNK]
+            await s.execute(
+                update(Gateway)
+                .where(Gateway.id.in_(chunk), Gateway.registered_at.is_not(None),
+                       Gateway.retired_at.is_(None))
+                .values(config_desired=Gateway.config_desired + 1)
+            )  # fmt: skip
+            live = (
+                select(Gateway.id, Gateway.config_desired)
+                .where(Gateway.id.in_(chunk), Gateway.registered_at.is_not(None),
+                       Gateway.retired_at.is_(None))
+            )  # fmt: skip
+            now_at = {gw: version for gw, version in await s.execute(live)}
+            for gw_id in chunk:
+                if now_at.get(gw_id) != states[gw_id].config_desired + 1:
+                    raise Conflict(f"gateway {gw_id!r} was changed while the file was "
+                                   "imported; nothing was imported: send the file again")  # fmt: skip
+
+    async def _unstage(self, gateways: list[str], stamp: int) -> None:
+        """Best effort, one short transaction: rows that cannot go (the database is gone) stay
+        unregistered, and importing the file again registers them."""
+        try:
+            async with self.store.transaction() as s:
+                for i in range(0, len(gateways), _ID_CHUNK):
+                    await s.execute(
+                        delete(Device).where(_staged(gateways[i : i + _ID_CHUNK], stamp))
+                    )
+        except RegistryError as exc:
+            logger.error("import: its unregistered devices were left behind: %s", exc)
 
     async def update_device(self, key: str, req: DevicePatch, by: Principal) -> str:
         async with self.store.transaction() as s:
@@ -423,6 +512,109 @@ def _apply_fields(row: Device, req: DeviceFields) -> None:
 
 def _account(gw: Gateway) -> Account:
     return Account.of(gw.id, (gw.settings or {}).get("mqtt"))
+
+
+IMPORT_CHUNK = 1_000
+"""Rows written per transaction by an import: what an ingest commit may have to wait for."""
+_ID_CHUNK = 500  # ids in one IN (...) list
+
+
+@dataclass
+class ImportPlan:
+    """An import judged against the registry: applied only when nothing was refused."""
+
+    rows: csvimport.Rows
+    states: dict[str, csvimport.GatewayState]
+    refused: list[RowReport]
+
+
+def _table(model: type[Any]) -> Table:
+    # Core's executemany on the Table: many rows in one statement, not the ORM's per-row path
+    return cast(Table, model.__table__)
+
+
+def _gateway_state(
+    gw: Gateway, site: Site | None, devices: list[tuple[Device, Site | None]]
+) -> csvimport.GatewayState:
+    live = [(d, ds) for d, ds in devices if d.registered_at is not None and d.retired_at is None]
+    return csvimport.GatewayState(
+        id=gw.id, registered=gw.registered_at is not None, retired=gw.retired_at is not None,
+        config_desired=gw.config_desired, location=Location(**_location(site)),
+        settings=gw.settings or {},
+        devices=[DeviceSpec(d.name, d.profile or "", d.bus or "", d.unit_id, d.address or "",
+                            Location(**_location(ds))) for d, ds in live],
+        taken={d.name: "retired" if d.retired_at is not None else "registered"
+               for d, _ in devices if d.registered_at is not None},
+        unregistered=frozenset(d.name for d, _ in devices if d.registered_at is None),
+    )  # fmt: skip
+
+
+def _locs(rows: csvimport.Rows) -> list[Location]:
+    return [r.location for _, r in rows if r.location]
+
+
+def _device_values(req: DeviceCreate, sites: dict[tuple[str, str, str], int]) -> dict[str, Any]:
+    """The registered fields of a device, every column given (one executemany shape)."""
+    loc = req.location or Location()
+    return {"profile": req.profile, "bus": req.bus, "unit_id": req.unit_id,
+            "address": req.address or "", "firmware": req.firmware or "", "labels": req.labels,
+            "install_date": req.install_date.isoformat() if req.install_date else None,
+            "site_id": sites.get((loc.district, loc.street, loc.grid))}  # fmt: skip
+
+
+def _import_audit(by: Principal, rows: csvimport.Rows) -> list[AuditEntry]:
+    lines: dict[str, list[int]] = {}
+    devices: dict[str, list[str]] = {}
+    for line, r in rows:
+        lines.setdefault(r.gateway, []).append(line)
+        devices.setdefault(r.gateway, []).append(r.id)
+    return [audit_row(by, "device.import", f"gateway:{gw}",
+                      {"lines": [min(lines[gw]), max(lines[gw])], "devices": devices[gw]})
+            for gw in sorted(devices)]  # fmt: skip
+
+
+async def _to_its_end(step: Coroutine[Any, Any, None]) -> None:
+    """One transaction of an import, run to its end even if the import is cancelled meanwhile
+    (a stop): a commit interrupted half-way leaves its connection, and SQLite's write lock, to
+    finish on its own, and the undo that follows would wait for it. The cancel is raised once
+    the transaction is over."""
+    task = asyncio.ensure_future(step)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
+
+
+def _staged(gateways: Sequence[str], stamp: int) -> ColumnElement[bool]:
+    """The rows an import wrote and has not registered yet: on its gateways, unregistered, with
+    a profile (which only registration gives) and first seen at the import's own time stamp."""
+    return and_(Device.gateway_id.in_(gateways), Device.registered_at.is_(None),
+                Device.profile.is_not(None), Device.first_seen == stamp)  # fmt: skip
+
+
+async def _register_staged(s: AsyncSession, gateways: list[str], stamp: int, count: int) -> None:
+    done = 0
+    for i in range(0, len(gateways), _ID_CHUNK):
+        result = await s.execute(
+            update(Device).where(_staged(gateways[i : i + _ID_CHUNK], stamp))
+            .values(registered_at=stamp)
+        )  # fmt: skip
+        done += getattr(result, "rowcount", 0) or 0
+    if done != count:
+        raise Conflict("devices of this file were registered or removed by someone else while "
+                       "it was imported; nothing was imported: send the file again")  # fmt: skip
+
+
+async def _adopt(
+    s: AsyncSession, rows: Sequence[DeviceCreate], sites: dict[tuple[str, str, str], int],
+    now: int,
+) -> None:  # fmt: skip
+    """Register devices their gateway reported before anyone registered them."""
+    if rows:
+        values = [{**_device_values(r, sites), "id": device_key(r.gateway, r.id),
+                   "registered_at": now} for r in rows]  # fmt: skip
+        await s.execute(update(Device), values)  # ORM bulk UPDATE by primary key
 
 
 def _blank_gateway(s: AsyncSession, gw_id: str) -> Gateway:

@@ -3,6 +3,10 @@ import, commands and profiles. Thin: parse (``routing``), call the registry, ret
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +29,8 @@ from device_registry.inventory.requests import (
 )
 from device_registry.inventory.views import DeviceView, GatewayView, IssuedGateway, MqttAccount
 from device_registry.inventory.wiring import INSTALLERS, Installers
+
+logger = logging.getLogger(__name__)
 
 # every role may read the inventory
 READERS = roles(Role.INSTALLER, Role.MAINTENANCE, Role.OPERATOR, Role.PLATFORM)
@@ -143,21 +149,87 @@ async def retire_device(request: web.Request) -> DeviceView:
 async def import_devices(request: web.Request) -> dict[str, Any]:
     if request.content_type not in ("text/csv", "text/plain"):
         raise web.HTTPUnsupportedMediaType(text="send the CSV as text/csv")
+    text = await _csv_text(request)
     try:
-        text = (await request.read()).decode("utf-8")
-    except UnicodeDecodeError:
-        raise Invalid([("(body)", "the CSV must be UTF-8")], "the CSV file") from None
-    try:
-        good, bad = csvimport.parse(text)
+        good, bad = await asyncio.to_thread(csvimport.parse, text)  # CPU-bound for a big file
     except csvimport.CsvRejected as exc:
         raise Invalid([("(file)", str(exc))], "the CSV file") from None
-    if not bad:
-        bad = await _inst(request).registry.import_devices(good, request[PRINCIPAL])
-    if bad:
-        found = [(f"line {r.line} ({r.device}).{f}", m) for r in bad for f, m in r.errors]
-        raise Invalid(found, f"the CSV file ({len(bad)} of {len(good) + len(bad)} rows; "
-                      "nothing imported)")  # fmt: skip
+    registry = _inst(request).registry
+    with _running_import(request):
+        plan = await registry.plan_import(good)
+        bad = sorted(bad + plan.refused, key=lambda r: r.line)
+        if bad:
+            found = [(f"line {r.line} ({r.device}).{f}", m) for r in bad for f, m in r.errors]
+            raise Invalid(found, f"the CSV file ({len(bad)} of {len(good) + len(bad)} rows; "
+                          "nothing imported)")  # fmt: skip
+        await registry.import_devices(plan, request[PRINCIPAL])
     return {"imported": len(good), "devices": [f"{d.gateway}:{d.id}" for _, d in good]}
+
+
+IMPORTS = web.AppKey("imports", set[asyncio.Task[Any]])
+"""The imports running now: a stop cancels those that do not finish in ``IMPORT_STOP_S``."""
+IMPORT_STOP_S = 5.0
+IMPORT_UNDO_S = 10.0
+"""How long a stop waits for a cancelled import to take its rows back (about a second)."""
+
+
+@contextlib.contextmanager
+def _running_import(request: web.Request) -> Iterator[None]:
+    task = asyncio.current_task()
+    assert task is not None
+    running = request.app[IMPORTS]
+    running.add(task)
+    try:
+        yield
+    finally:
+        running.discard(task)
+
+
+async def stop_imports(app: web.Application) -> None:
+    """On shutdown, before the store closes: imports get ``IMPORT_STOP_S`` to finish, then are
+    cancelled, which undoes them (aiohttp itself would let them run on past the shutdown)."""
+    running = app[IMPORTS].copy()
+    if not running:
+        return
+    _, late = await asyncio.wait(running, timeout=IMPORT_STOP_S)
+    for task in late:
+        task.cancel()
+    if late:
+        logger.warning("registry: stopping: %d CSV import(s) cancelled and undone", len(late))
+        _, stuck = await asyncio.wait(late, timeout=IMPORT_UNDO_S)
+        if stuck:
+            logger.error("registry: stopping: %d CSV import(s) not undone within %.0f s; their "
+                         "devices stay unregistered until the file is imported again",
+                         len(stuck), IMPORT_UNDO_S)  # fmt: skip
+
+
+_CSV_READ_S = 120.0  # 16 MiB at ~140 KB/s: slower than that is a stuck or hostile client
+
+
+async def _csv_text(request: web.Request) -> str:
+    """The body, up to the import's own limit (``csvimport.MAX_BYTES``), not the API's 1 MiB."""
+    limit = csvimport.MAX_BYTES
+    too_big = web.HTTPRequestEntityTooLarge(
+        max_size=limit, actual_size=request.content_length or limit + 1,
+        reason=f"the CSV is larger than {limit // 2**20} MiB: split the file",
+    )  # fmt: skip
+    if (request.content_length or 0) > limit:
+        raise too_big
+    data = bytearray()
+    try:
+        async with asyncio.timeout(_CSV_READ_S):
+            async for part in request.content.iter_any():
+                data += part
+                if len(data) > limit:
+                    raise too_big
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(
+            reason=f"the CSV did not arrive within {_CSV_READ_S:.0f} s"
+        ) from None
+    try:
+        return data.decode(request.charset or "utf-8")
+    except (UnicodeDecodeError, LookupError):
+        raise Invalid([("(body)", "the CSV must be UTF-8")], "the CSV file") from None
 
 
 # ---- commands and profiles -------------------------------------------------------------------

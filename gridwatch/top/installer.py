@@ -134,6 +134,9 @@ def _explain(status: int, body: Any) -> str:
     return "\n".join(lines)
 
 
+IMPORT_TIMEOUT_S = 600.0
+
+
 class Api:
     def __init__(self, args: argparse.Namespace) -> None:
         self.base = args.url.rstrip("/")
@@ -276,9 +279,14 @@ async def _device(args: argparse.Namespace, api: Api) -> int:
         print(json.dumps(dev, indent=2)) if args.json else _print_device(dev)
         return OK
     if args.sub == "import":
+        import aiohttp
+
         text = await asyncio.to_thread(Path(args.file).read_text, encoding="utf-8")
+        # 50,000 rows take seconds to check and write, more than the 30 s of the other calls
+        # on a busy registry
         result = await api.call("POST", "/api/v1/devices/import", data=text.encode(),
-                                headers={"Content-Type": "text/csv"})  # fmt: skip
+                                headers={"Content-Type": "text/csv"},
+                                timeout=aiohttp.ClientTimeout(total=IMPORT_TIMEOUT_S))  # fmt: skip
         print(
             json.dumps(result, indent=2) if args.json else f"imported {result['imported']} devices"
         )
