@@ -304,3 +304,38 @@ async def test_every_route_answers_hostile_input_without_a_500(reg: Registry) ->
                 if r.content_type.startswith("text/plain") and path == "/metrics":
                     continue
                 await _check(r, f"{method} {path}{query[:40]}")
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/v1/gateways", {"id": "g" * 65}),
+        ("/api/v1/devices", {"gateway": "gw-ok", "id": "d" * 65, "profile": "p", "bus": "b"}),
+    ],
+)
+async def test_ids_the_wire_contract_would_refuse_are_refused_at_registration(
+    reg: Registry, path: str, body: dict[str, Any]
+) -> None:
+    """A gateway or device id longer than the contract's 64 characters registered fine, and then
+    every message it sent was quarantined: a gateway that could never report."""
+    status, err = await reg.call("POST", path, Role.INSTALLER, body)
+    assert status == 422, err
+    assert err["errors"][0]["loc"] == "id"
+
+
+async def test_an_ack_of_a_config_version_never_issued_is_ignored(reg: Registry) -> None:
+    """A gateway acknowledging v2**63-1 would make every later version look acknowledged, so it
+    would never be republished: only versions the registry issued count."""
+    from device_registry.inventory.wiring import INSTALLERS
+    from gridwatch.ground.contract import INT64_MAX, ConfigAck
+
+    status, _ = await reg.call("POST", "/api/v1/gateways", Role.INSTALLER, {"id": "gw-ack"})
+    assert status == 201
+    registry = reg.app[INSTALLERS].registry
+    await registry.record_ack(ConfigAck(gateway="gw-ack", version=INT64_MAX, accepted=True,
+                                        ts=now_ms()))  # fmt: skip
+    status, gw = await reg.call("GET", "/api/v1/gateways/gw-ack", Role.INSTALLER)
+    assert (gw["config"]["acknowledged"], gw["config"]["desired"]) == (0, 1)
+    await registry.record_ack(ConfigAck(gateway="gw-ack", version=1, accepted=True, ts=now_ms()))
+    status, gw = await reg.call("GET", "/api/v1/gateways/gw-ack", Role.INSTALLER)
+    assert gw["config"]["acknowledged"] == 1

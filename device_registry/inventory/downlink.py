@@ -136,7 +136,9 @@ class Downlink:
             async with asyncio.timeout(_CONNECT_WAIT_S):
                 await (self.connected if setup else self.ready).wait()
         except TimeoutError:
-            raise BrokerUnavailable(f"not connected to the broker {self._where()}") from None
+            raise BrokerUnavailable(
+                "not connected to the broker (its address is in the log)"
+            ) from None
         client = self._client
         assert client is not None
         try:

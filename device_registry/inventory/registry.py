@@ -257,6 +257,12 @@ class Registry:
             gw = await s.get(Gateway, ack.gateway)
             if gw is None or gw.registered_at is None or ack.version < gw.config_acked:
                 return
+            if ack.version > gw.config_desired:
+                # a version never issued would make every later one look acknowledged already
+                logger.warning("gateway %s acknowledged config v%d, which was never issued "
+                               "(newest v%d): ignored", ack.gateway, ack.version,
+                               gw.config_desired)  # fmt: skip
+                return
             gw.config_acked, gw.config_accepted = ack.version, ack.accepted
             gw.config_errors = {"errors": ack.errors}
             gw.config_acked_at = _now()

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gridwatch.ground.contract import Location
+from gridwatch.ground.contract import ID_MAX, Location
 from gridwatch.ground.gatewayconf import Bus
 
 _GW_ID = r"^[A-Za-z0-9_.-]+$"
@@ -24,7 +24,9 @@ class Request(BaseModel):
 
 
 class GatewayCreate(Request):
-    id: str = Field(pattern=_GW_ID, max_length=128, description="Gateway id; broker user gw-<id>.")
+    id: str = Field(
+        pattern=_GW_ID, max_length=ID_MAX, description="Gateway id; broker user gw-<id>."
+    )
     name: str = Field(default="", max_length=200)
     location: Location = Field(default_factory=Location)
     buses: list[Bus] = Field(default_factory=list, description="Its field buses.")
@@ -50,8 +52,8 @@ class DeviceFields(Request):
 
 
 class DeviceCreate(DeviceFields):
-    gateway: str = Field(pattern=_GW_ID, max_length=128)
-    id: str = Field(pattern=_DEV_ID, max_length=128, description="Device id within the gateway.")
+    gateway: str = Field(pattern=_GW_ID, max_length=ID_MAX)
+    id: str = Field(pattern=_DEV_ID, max_length=ID_MAX, description="Device id within the gateway.")
     profile: str = Field(min_length=1, max_length=128)
     bus: str = Field(min_length=1, max_length=128)
 
