@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gridwatch.ground.backoff import Backoff
 
@@ -54,12 +54,16 @@ class DeviceHold:
     after: int = 2
     failures: int = 0
     retry_at: float = 0.0
+    waits: Backoff = field(init=False)
+
+    def __post_init__(self) -> None:
+        # built (and its schedule checked) once, not on every failed poll of a dead device
+        self.waits = Backoff(self.base_s, self.max_s, jitter=0.0)
 
     def failed(self, now: float) -> None:
         self.failures += 1
         if self.failures >= self.after:
-            waits = Backoff(self.base_s, self.max_s, jitter=0.0)
-            self.retry_at = now + waits.delay(self.failures - self.after)
+            self.retry_at = now + self.waits.delay(self.failures - self.after)
 
     def succeeded(self) -> None:
         self.failures = 0

@@ -11,11 +11,9 @@ import dataclasses
 import logging
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Select, Table, and_, case, delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Select, and_, case, delete, func, select, update
 from sqlalchemy.exc import (
     DBAPIError,
     InterfaceError,
@@ -30,7 +28,7 @@ from device_registry.alerts.operations import AlertOperations
 from device_registry.alerts.views import AlertView
 from device_registry.alerts.views import alert as alert_view
 from device_registry.db import migrate
-from device_registry.db.engine import make_engine
+from device_registry.db.engine import make_engine, upsert
 from device_registry.db.tables import (
     Alert,
     AlertTransition,
@@ -239,11 +237,7 @@ class RegistryStore:
     # ---- the pieces of apply ---------------------------------------------------------------
 
     def _insert(self, model: type[Base]) -> Any:
-        # the two dialects' INSERT .. ON CONFLICT constructs have the same API; on the Table, not
-        # the mapped class, so that many rows go through Core's executemany, not the ORM's
-        # per-row bulk path (3x faster for the last values)
-        table = cast(Table, model.__table__)
-        return pg_insert(table) if self.dialect == "postgresql" else sqlite_insert(table)
+        return upsert(self.dialect, model)
 
     async def _admit_devices(
         self, s: AsyncSession, ch: Changes, limit: int | None

@@ -19,13 +19,12 @@ coordinates are those of the first location that made it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from device_registry.db.engine import upsert
 from device_registry.db.tables import Base, District, GridCell, Site, Street
 from device_registry.errors import StoreRejected
 from gridwatch.ground.contract import Location
@@ -86,11 +85,5 @@ async def _site_id(s: AsyncSession, key: PlaceKey) -> int:
 
 async def _insert_missing(s: AsyncSession, model: type[Base], rows: list[dict[str, Any]]) -> None:
     if rows:
-        await s.execute(_insert(s, model).on_conflict_do_nothing(), rows)
-
-
-def _insert(s: AsyncSession, model: type[Base]) -> Any:
-    # the two dialects' INSERT .. ON CONFLICT constructs share one API (as RegistryStore._insert)
-    table = cast(Table, model.__table__)
-    dialect = s.get_bind().dialect.name
-    return pg_insert(table) if dialect == "postgresql" else sqlite_insert(table)
+        stmt = upsert(s.get_bind().dialect.name, model).on_conflict_do_nothing()
+        await s.execute(stmt, rows)
