@@ -67,9 +67,11 @@ def bridge_service(bridge: Bridge) -> Service:
 
 def bridge_metrics(bridge: Bridge) -> list[metrics.Spec]:
     """Read at scrape time from the bridge's own counters."""
+    # ``bridge.stats`` sums the lanes into a new object on each access: it must be read inside
+    # the callback (a bound ``bridge.stats.as_dict`` would serve the start-up sum for ever)
     specs = metrics.counters_from(
         "gridwatch_bridge",
-        bridge.stats.as_dict,
+        lambda: bridge.stats.as_dict(),
         {"ingested": "kind", "rejected": "reason", "refused": "reason"},
     )
     specs.append(metrics.gauge("gridwatch_bridge_connected", "1 while every lane is subscribed",

@@ -108,7 +108,8 @@ async def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> As
 def counters_from(prefix: str, read: Callable[[], Mapping[str, object]],
                   labels: Mapping[str, str] | None = None) -> list[Spec]:  # fmt: skip
     """One counter per key of a process's own counter dict (e.g. the bridge's ``Stats``); a key
-    whose value is a dict becomes a labelled counter (label name from ``labels``, else "kind")."""
+    whose value is a dict becomes a labelled counter (label name from ``labels``, else "kind").
+    ``read`` is called at every scrape and must return the live counts, not a copy taken once."""
     sample = read()
     specs = []
     for key, value in sample.items():
