@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from cloud_bridge.bridge import Bridge
-from cloud_bridge.broker import embedded_broker
+from cloud_bridge.broker import Scope, embedded_broker
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.errors import BridgeError
 from cloud_bridge.runner import Service, forever, run_services, stop_on_signals, tune_runtime
@@ -40,9 +40,13 @@ async def open_sink(cfg: BridgeConfig) -> TelemetrySink:
     return await SqliteSink.open(path, cfg.history_hours)
 
 
-def broker_service(host: str, port: int) -> Service:
+def broker_service(cfg: BridgeConfig) -> Service:
+    """The embedded broker on the bridge's address, scoped to its prefix; the bridge's id (and
+    the ids derived from it) are the centre's."""
+    scope = Scope(cfg.prefix, cfg.client_id)
+
     async def service(ready: asyncio.Event) -> None:
-        async with embedded_broker(host, port):
+        async with embedded_broker(cfg.mqtt_host, cfg.mqtt_port, scope):
             ready.set()
             await forever()
 
@@ -101,7 +105,7 @@ async def run(args: argparse.Namespace) -> None:
     services: list[tuple[str, Service]] = []
     if args.mqtt_host is None:
         cfg = embedded_settings(cfg)
-        services.append(("broker", broker_service(cfg.mqtt_host, cfg.mqtt_port)))
+        services.append(("broker", broker_service(cfg)))
     async with AsyncExitStack() as stack:
         store = await RegistryStore.open(args.db_url or default_url(cfg.data_dir))
         stack.push_async_callback(store.close)

@@ -120,7 +120,7 @@ class Central:
             self.bridge = Bridge(self.cfg, store, sink)
             services: list[tuple[str, Service]] = []
             if self.embedded:
-                services.append(("broker", broker_service(self.cfg.mqtt_host, self.cfg.mqtt_port)))
+                services.append(("broker", broker_service(self.cfg)))
             tune_runtime()
             services += [
                 ("registry-api", self._registry_service(store)),
