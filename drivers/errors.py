@@ -14,7 +14,8 @@ Exception tree::
     │   ├── ConnectError         endpoint unreachable, or the connection dropped
     │   ├── DeviceTimeout        no answer within the bus timeout
     │   ├── ProtocolError        a garbled, truncated or mismatched frame
-    │   └── GatewayNoResponse    a TCP gateway says the device behind it is silent (0x0A/0x0B)
+    │   └── GatewayNoResponse    a TCP gateway says the device behind it is silent (0x0A/0x0B);
+    │                            attribute code
     └── DeviceRefused            the device answered with a Modbus exception; attribute code
         ├── IllegalFunction      0x01
         ├── IllegalAddress       0x02: the register does not exist (the planner splits on it)
@@ -77,7 +78,11 @@ class ProtocolError(CommunicationError):
 
 
 class GatewayNoResponse(CommunicationError):
-    pass
+    def __init__(
+        self, message: str, *, code: int, device_id: str = "", address: int | None = None
+    ) -> None:
+        super().__init__(message, device_id=device_id, address=address)
+        self.code = code  # 0x0A (no path to the device) or 0x0B (the device did not answer)
 
 
 class DeviceRefused(DriverError):
@@ -120,8 +125,8 @@ _REFUSALS: dict[int, type[DeviceRefused]] = {
 def refusal(code: int, *, device_id: str, address: int) -> DriverError:
     """The error for a Modbus exception response with ``code``."""
     if code in (0x0A, 0x0B):
-        return GatewayNoResponse(f"gateway reports exception {code:#04x}", device_id=device_id,
-                                 address=address)  # fmt: skip
+        return GatewayNoResponse(f"gateway reports exception {code:#04x}", code=code,
+                                 device_id=device_id, address=address)  # fmt: skip
     cls = _REFUSALS.get(code, DeviceRefused)
     return cls(f"device refused with exception {code:#04x}", code=code, device_id=device_id,
                address=address)  # fmt: skip

@@ -34,6 +34,12 @@ COMMANDS: dict[tuple[str, ...], str] = {
         for c in ("add", "import", "list", "show", "retire", "commission", "command")
     },
 }
+PROBE_EXIT_CODES = (
+    "exit status: 0 read; 1 nothing answered (cannot connect, no answer in time, a garbled "
+    "answer, or a converter saying the unit behind it is silent: 0x0A/0x0B); 2 bad arguments "
+    "or profile; 3 the unit answered with a Modbus exception (it refused)"
+)
+"""gridwatch/top/probe.py's codes; here so that building the parser does not load pymodbus."""
 
 
 def _bridge_id(value: str) -> str:
@@ -156,17 +162,26 @@ def build_parser() -> argparse.ArgumentParser:
     probe = sub.add_parser("probe", help="commissioning tools").add_subparsers(
         dest="sub", required=True
     )
-    pm = probe.add_parser("modbus", help="read registers and show every decoding")
+    pm = probe.add_parser("modbus", help="read registers and show every decoding",
+                          description="Read registers, coils or discrete inputs of one unit "
+                          "and show what they mean; or read a unit as its profile declares.",
+                          epilog=PROBE_EXIT_CODES)  # fmt: skip
     pm.add_argument("--host", default="127.0.0.1")
     pm.add_argument("--port", type=int, default=502)
     pm.add_argument("--serial", default=None, help="serial device instead of TCP")
     pm.add_argument("--baudrate", type=int, default=9600)
     pm.add_argument("--unit", type=int, default=1, help="unit id")
-    pm.add_argument("--table", choices=["holding", "input"], default="holding")
-    pm.add_argument("--address", type=int, default=0)
-    pm.add_argument("--count", type=int, default=4)
+    pm.add_argument("--table", choices=["holding", "input", "coil", "discrete"],
+                    default="holding",
+                    help="what to read: registers under every decoding, or bits as on/off")  # fmt: skip
+    pm.add_argument("--address", type=int, default=0, help="first address, from 0")
+    pm.add_argument("--count", type=int, default=4, help="1..125 registers or 1..2000 bits")
+    pm.add_argument("--profile", default=None, metavar="NAME",
+                    help="read every point of a shipped profile (by id) or a profile file, "
+                    "decoded with its unit and scale as the edge would; --table, --address "
+                    "and --count are then not used")  # fmt: skip
     pm.add_argument("--scan", action="store_true", help="scan unit ids 1..247 that answer")
-    pm.add_argument("--timeout", type=float, default=0.5)
+    pm.add_argument("--timeout", type=float, default=0.5, help="seconds to wait for an answer")
 
     cfg = sub.add_parser("config", help="configuration tools").add_subparsers(
         dest="sub", required=True
