@@ -14,8 +14,8 @@ Two things amqtt 0.12 does not do by itself, done here:
   and a second gateway received the first one's config. :class:`EmbeddedBroker` sends retained
   messages to a session only for filters that session holds, and only what it may receive.
 - **Per-gateway topic scoping by client id** (:func:`allowed`, through :class:`GatewayScope`):
-  gateway ``G`` connects as ``gridwatch-edge-G`` and may publish, subscribe and receive only
-  under ``P/gw/G/#``; a gateway's ``config`` and ``cmd`` topics reach only that gateway and the
+  gateway ``G`` connects as ``gridwatch-edge-G`` and may publish (its last will included:
+  :class:`GatewayWill`), subscribe and receive only under ``P/gw/G/#``; a gateway's ``config`` and ``cmd`` topics reach only that gateway and the
   centre, whose clients (``B`` and ``B-*``, ``B`` the bridge id) may do everything. Client ids are
   taken on trust (no authentication): this contains a misconfigured gateway, not an attacker;
   :data:`LIMITS` says so at start-up. Field gateways belong on mosquitto with dynamic security
@@ -33,7 +33,7 @@ from typing import Any
 
 from amqtt.broker import Broker
 from amqtt.contexts import Action
-from amqtt.plugins.base import BaseTopicPlugin
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 
 from cloud_bridge.errors import BrokerError
 from device_registry.inventory.provisioning import EDGE_CLIENT_PREFIX
@@ -51,8 +51,8 @@ LIMITS = (
     "program on this machine may connect under any client id, a gateway's or the centre's. It "
     "does NOT encrypt (no TLS). It does NOT persist: retained configs, sessions and queued "
     "messages are gone when it stops, and messages for a disconnected client are not kept. It "
-    "enforces, by client id: a gateway (%s<id>) publishes, subscribes and receives only under "
-    "%s/gw/<id>/#; a gateway's config and cmd topics reach only that gateway and the centre "
+    "enforces, by client id: a gateway (%s<id>) publishes (its last will too), subscribes and "
+    "receives only under %s/gw/<id>/#; a gateway's config and cmd topics reach only that gateway and the centre "
     "(client ids %s and %s-*); a retained message goes only to subscriptions it matches. Other "
     "client ids may publish anywhere and read all but gateways' config and cmd. Use mosquitto "
     "(--mqtt-host) with dynamic security for a district (docs/security.md)."
@@ -110,6 +110,27 @@ class GatewayScope(BaseTopicPlugin):  # type: ignore[misc]  # amqtt ships no typ
         return allowed(self.scope, str(session.client_id or ""), topic, action)
 
 
+class GatewayWill(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no type hints
+    """Refuses the CONNECT of a gateway whose last will would publish outside its tree: amqtt
+    publishes a will without the topic check, so a gateway could announce another's Death."""
+
+    Config = GatewayScope.Config
+
+    def __init__(self, context: Any) -> None:
+        super().__init__(context)
+        self.scope = Scope(context.config.prefix, context.config.centre)
+
+    async def authenticate(self, *, session: Any) -> bool | None:
+        client_id, topic = str(session.client_id or ""), session.will_topic
+        if not session.will_flag or topic is None:
+            return None  # no opinion: the anonymous plugin decides
+        if allowed(self.scope, client_id, topic, Action.PUBLISH):
+            return None
+        logger.warning("embedded broker: refused %s, whose last will names %s, outside its "
+                       "tree", client_id, topic)  # fmt: skip
+        return False
+
+
 class EmbeddedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
     """amqtt's broker, sending retained messages only where they belong (module docstring)."""
 
@@ -145,6 +166,7 @@ def broker_config(host: str, port: int, scope: Scope | None = None) -> dict[str,
         "plugins": {
             "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
             f"{__name__}.GatewayScope": {"prefix": scope.prefix, "centre": scope.centre},
+            f"{__name__}.GatewayWill": {"prefix": scope.prefix, "centre": scope.centre},
         },
     }
 

@@ -9,12 +9,15 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiomqtt
 import pytest
 from amqtt.contexts import Action
 
 from cloud_bridge.broker import Scope, allowed, embedded_broker
+from gridwatch.top.central import Central
+from gridwatch.top.cli import build_parser
 from tests.services import free_port
 
 CENTRE = "bridge-x"
@@ -172,6 +175,21 @@ async def test_a_gateway_cannot_reach_into_another_gateways_tree() -> None:
             assert (await until(late, f"{P}/gw/g1/status"))[0].payload == b"birth g1"
 
 
+async def test_a_gateway_whose_will_names_another_gateway_is_refused() -> None:
+    forged = aiomqtt.Will(f"{P}/gw/g1/status", b"death g1", qos=1, retain=True)
+    async with broker() as port:
+        with pytest.raises(aiomqtt.MqttCodeError) as refused:
+            async with aiomqtt.Client("127.0.0.1", port, identifier="gridwatch-edge-g2",
+                                      protocol=aiomqtt.ProtocolVersion.V311, will=forged):  # fmt: skip
+                pass
+        # CONNACK 5 under MQTT 3.1.1, which paho reports as reason code 135, "Not authorized"
+        assert getattr(refused.value.rc, "value", None) == 135
+        own = aiomqtt.Will(f"{P}/gw/g2/status", b"death g2", qos=1, retain=True)
+        async with aiomqtt.Client("127.0.0.1", port, identifier="gridwatch-edge-g2",
+                                  protocol=aiomqtt.ProtocolVersion.V311, will=own) as g2:  # fmt: skip
+            await g2.subscribe(f"{P}/gw/g2/cmd", qos=1)  # connected, and served
+
+
 async def test_a_watcher_sees_gateways_data_but_not_their_configs_or_commands() -> None:
     async with (
         broker() as port,
@@ -207,6 +225,43 @@ async def test_start_up_says_what_it_does_not_enforce(caplog: pytest.LogCaptureF
     [warning] = [r.getMessage() for r in caplog.records if r.name == "cloud_bridge.broker"]
     assert f"127.0.0.1:{port}" in warning
     for fact in ("does NOT authenticate", "any client id", "does NOT encrypt (no TLS)",
+                 "its last will too",
                  "does NOT persist", f"only under {P}/gw/<id>/#", f"{CENTRE}-*",
                  "only to subscriptions it matches", "mosquitto"):  # fmt: skip
         assert fact in warning, fact
+
+
+async def test_central_run_scopes_its_broker_to_its_prefix_and_bridge_id(
+    tmp_path: Path, prefix: str
+) -> None:
+    """The default ``central run``: no --mqtt-host, so the embedded broker, scoped with the
+    run's --prefix and with --bridge-id's clients as the centre."""
+    port = free_port()
+    args = build_parser().parse_args(["central", "run", "--http-port", "0", "--data-dir",
+                                      str(tmp_path), "--prefix", prefix, "--mqtt-port",
+                                      str(port), "--bridge-id", "hq"])  # fmt: skip
+    central = Central(args)
+    stop = asyncio.Event()
+    task = asyncio.create_task(central.run(stop), name="central")
+    try:
+        async with asyncio.timeout(20):
+            await central.ready.wait()
+        async with (
+            client(port, "hq-registry") as centre,
+            client(port, "gridwatch-edge-g2") as g2,
+            client(port, "watcher") as watcher,
+        ):
+            assert codes(await g2.subscribe(f"{prefix}/gw/+/config", qos=1)) == [0x80]
+            await centre.publish(f"{prefix}/gw/g1/config", b"config g1", qos=1, retain=True)
+            await watcher.subscribe(f"{prefix}/gw/#", qos=1)
+            await watcher.subscribe("marker", qos=1)
+            await centre.publish("marker", b"marker", qos=1)
+            assert await until(watcher, "marker") == [Got("marker", b"marker", False)]
+            async with client(port, "hq-console") as console:  # another of the centre's
+                await console.subscribe(f"{prefix}/gw/+/config", qos=1)
+                got = await until(console, f"{prefix}/gw/g1/config")
+                assert got == [Got(f"{prefix}/gw/g1/config", b"config g1", True)]
+    finally:
+        stop.set()
+        async with asyncio.timeout(10):
+            await task
