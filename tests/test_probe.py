@@ -18,7 +18,8 @@ from drivers.errors import ConnectError, DeviceTimeout, ProtocolError, refusal
 from gridwatch.ground.gatewayconf import default_profiles_dir
 from gridwatch.top import probe
 from gridwatch.top.cli import build_parser
-from tests._drivers_helpers import free_port, wait_for_output
+from gridwatch.top.sim.rtu import RtuField
+from tests._drivers_helpers import free_port, gateway, wait_for_output
 
 PROFILE = """
 profile:
@@ -281,7 +282,7 @@ USAGE: list[tuple[list[str], str]] = [
     (["--profile", "no-such-thing"], "no shipped profile 'no-such-thing'; Modbus profiles "
      "shipped: gas-detector"),
     (["--profile", "smoke-detector-mqtt"], "is an MQTT profile"),
-    (["--profile", "/nonexistent/p.yaml"], "profile /nonexistent/p.yaml:"),
+    (["--profile", "/nonexistent/p.yaml"], "profile /nonexistent/p.yaml: (top level): cannot read: No such file"),
 ]  # fmt: skip
 
 
@@ -291,6 +292,43 @@ def test_usage_errors_exit_2_and_say_why(
 ) -> None:
     assert run_probe(*argv)[0] == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not shutil.which("socat"), reason="needs Debian socat")
+async def test_a_serial_line_reads_and_a_silent_unit_times_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """RTU over a socat pair: on a serial line a missing unit is silence, not an exception."""
+    port = str(tmp_path / "ttyRS485")
+    bus = {"type": "modbus_rtu", "id": "r", "port": port, "baudrate": 19200, "timeout_s": 0.3}
+    devices = gateway([bus], [{"id": "sd", "profile": "smoke-detector-modbus", "bus": "r",
+                               "unit_id": 3}])  # fmt: skip
+    serial = ("--serial", port, "--baudrate", "19200", "--timeout", "0.3")
+    async with RtuField(devices):
+        coil = await asyncio.to_thread(run_probe, *serial, "--unit", "3", "--table", "coil",
+                                       "--count", "1")  # fmt: skip
+        profile = await asyncio.to_thread(run_probe, *serial, "--unit", "3", "--profile",
+                                          "smoke-detector-modbus")  # fmt: skip
+        silent = await asyncio.to_thread(run_probe, *serial, "--unit", "4")
+    assert coil == (0, "unit 3 coil 0\n     0 off\n")
+    assert profile[0] == 0 and rows(profile[1])["battery"][-3:] == ["3", "V", "good"]
+    assert silent == (1, "")
+    assert capsys.readouterr().err == (
+        f"No answer from unit 4 at {port} within 0.3 s: check the unit id, wiring, baud rate "
+        "and parity\n"
+    )
+
+
+def test_a_broken_profile_file_is_a_usage_error_that_says_where(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(PROFILE.replace("data_type: uint16", "data_type: uint17"))
+    assert run_probe("--profile", str(broken))[0] == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gridwatch probe modbus: profile {broken}:10: profile -> points -> "
+                          "code -> data_type: ")  # fmt: skip
+    assert "(got 'uint17')" in err
 
 
 def test_unknown_option_exits_2() -> None:

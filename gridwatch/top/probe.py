@@ -299,8 +299,10 @@ def find_profile(name: str) -> ModbusProfile:
                 raise ProfileProblem(f"no shipped profile {name!r}; Modbus profiles shipped: "
                                      f"{', '.join(modbus)}; or give a profile file's path")  # fmt: skip
             profile = shipped[name]
-    except (ConfigError, OSError) as exc:
-        raise ProfileProblem(f"profile {name}: {exc}") from exc
+    except ConfigError as exc:  # its message names file, line and key path
+        raise ProfileProblem(f"profile {exc}") from exc
+    except OSError as exc:
+        raise ProfileProblem(f"profile {name}: {exc.strerror or exc}") from exc
     if not isinstance(profile, ModbusProfile):
         raise ProfileProblem(f"profile {profile.id!r} is an MQTT profile; probe modbus reads "
                              "Modbus profiles")  # fmt: skip
