@@ -15,8 +15,9 @@ Two things amqtt 0.12 does not do by itself, done here:
   messages to a session only for filters that session holds, and only what it may receive.
 - **Per-gateway topic scoping by client id** (:func:`allowed`, through :class:`GatewayScope`):
   gateway ``G`` connects as ``gridwatch-edge-G`` and may publish (its last will included:
-  :class:`GatewayWill`), subscribe and receive only under ``P/gw/G/#``; a gateway's ``config`` and ``cmd`` topics reach only that gateway and the
-  centre, whose clients (``B`` and ``B-*``, ``B`` the bridge id) may do everything. Client ids are
+  :class:`GatewayWill`), subscribe and receive only under ``P/gw/G/#``; a gateway's ``config``
+  and ``cmd`` topics reach only that gateway and the centre, whose clients (``B`` and ``B-*``,
+  ``B`` the bridge id) may do everything. Client ids are
   taken on trust (no authentication): this contains a misconfigured gateway, not an attacker;
   :data:`LIMITS` says so at start-up. Field gateways belong on mosquitto with dynamic security
   (docs/security.md).
@@ -35,6 +36,7 @@ from amqtt.broker import Broker
 from amqtt.contexts import Action
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 
+from cloud_bridge.config import BridgeConfig
 from cloud_bridge.errors import BrokerError
 from device_registry.inventory.provisioning import EDGE_CLIENT_PREFIX
 from gridwatch.ground.contract import DEFAULT_PREFIX, Topics
@@ -43,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 DOWNLINK_LEAVES = frozenset({"config", "cmd"})
 """A gateway's topics that carry the centre's orders to it: nobody else's to read."""
-DEFAULT_CENTRE = "gridwatch-bridge"
+DEFAULT_CENTRE = BridgeConfig.client_id
 
 LIMITS = (
     "embedded MQTT broker (amqtt, MQTT 3.1.1) on %s:%d is for a demo or a trial on this machine, "
@@ -52,8 +54,9 @@ LIMITS = (
     "does NOT encrypt (no TLS). It does NOT persist: retained configs, sessions and queued "
     "messages are gone when it stops, and messages for a disconnected client are not kept. It "
     "enforces, by client id: a gateway (%s<id>) publishes (its last will too), subscribes and "
-    "receives only under %s/gw/<id>/#; a gateway's config and cmd topics reach only that gateway and the centre "
-    "(client ids %s and %s-*); a retained message goes only to subscriptions it matches. Other "
+    "receives only under %s/gw/<id>/#; a gateway's config and cmd topics reach only that "
+    "gateway and the centre (client ids %s and %s-*); a retained message goes only to "
+    "subscriptions it matches. Other "
     "client ids may publish anywhere and read all but gateways' config and cmd. Use mosquitto "
     "(--mqtt-host) with dynamic security for a district (docs/security.md)."
 )

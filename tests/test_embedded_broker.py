@@ -175,18 +175,21 @@ async def test_a_gateway_cannot_reach_into_another_gateways_tree() -> None:
             assert (await until(late, f"{P}/gw/g1/status"))[0].payload == b"birth g1"
 
 
+def gateway_with_will(port: int, will: aiomqtt.Will) -> aiomqtt.Client:
+    return aiomqtt.Client("127.0.0.1", port, identifier="gridwatch-edge-g2",
+                          protocol=aiomqtt.ProtocolVersion.V311, will=will)  # fmt: skip
+
+
 async def test_a_gateway_whose_will_names_another_gateway_is_refused() -> None:
     forged = aiomqtt.Will(f"{P}/gw/g1/status", b"death g1", qos=1, retain=True)
     async with broker() as port:
         with pytest.raises(aiomqtt.MqttCodeError) as refused:
-            async with aiomqtt.Client("127.0.0.1", port, identifier="gridwatch-edge-g2",
-                                      protocol=aiomqtt.ProtocolVersion.V311, will=forged):  # fmt: skip
+            async with gateway_with_will(port, forged):
                 pass
         # CONNACK 5 under MQTT 3.1.1, which paho reports as reason code 135, "Not authorized"
         assert getattr(refused.value.rc, "value", None) == 135
         own = aiomqtt.Will(f"{P}/gw/g2/status", b"death g2", qos=1, retain=True)
-        async with aiomqtt.Client("127.0.0.1", port, identifier="gridwatch-edge-g2",
-                                  protocol=aiomqtt.ProtocolVersion.V311, will=own) as g2:  # fmt: skip
+        async with gateway_with_will(port, own) as g2:
             await g2.subscribe(f"{P}/gw/g2/cmd", qos=1)  # connected, and served
 
 

@@ -282,7 +282,8 @@ USAGE: list[tuple[list[str], str]] = [
     (["--profile", "no-such-thing"], "no shipped profile 'no-such-thing'; Modbus profiles "
      "shipped: gas-detector"),
     (["--profile", "smoke-detector-mqtt"], "is an MQTT profile"),
-    (["--profile", "/nonexistent/p.yaml"], "profile /nonexistent/p.yaml: (top level): cannot read: No such file"),
+    (["--profile", "/nonexistent/p.yaml"],
+     "profile /nonexistent/p.yaml: (top level): cannot read: No such file"),
 ]  # fmt: skip
 
 
@@ -344,5 +345,6 @@ def test_help_lists_the_exit_codes() -> None:
     ).stdout  # fmt: skip
     flat = " ".join(out.split())
     for part in ("exit status: 0 read;", "1 nothing answered", "2 bad arguments",
-                 "3 the unit answered with a Modbus exception", "coil", "--profile NAME"):  # fmt: skip
+                 "3 the unit answered with a Modbus exception",
+                 "coil", "--profile NAME"):  # fmt: skip
         assert part in flat, part

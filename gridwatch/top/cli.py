@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--unit", type=int, default=1, help="unit id")
     pm.add_argument("--table", choices=["holding", "input", "coil", "discrete"],
                     default="holding",
-                    help="what to read: registers under every decoding, or bits as on/off")  # fmt: skip
+                    help="registers (shown under every decoding) or bits (on/off)")  # fmt: skip
     pm.add_argument("--address", type=int, default=0, help="first address, from 0")
     pm.add_argument("--count", type=int, default=4, help="1..125 registers or 1..2000 bits")
     pm.add_argument("--profile", default=None, metavar="NAME",

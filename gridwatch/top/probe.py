@@ -296,8 +296,10 @@ def find_profile(name: str) -> ModbusProfile:
             shipped = load_profiles(default_profiles_dir())
             if name not in shipped:
                 modbus = sorted(p for p, v in shipped.items() if isinstance(v, ModbusProfile))
-                raise ProfileProblem(f"no shipped profile {name!r}; Modbus profiles shipped: "
-                                     f"{', '.join(modbus)}; or give a profile file's path")  # fmt: skip
+                raise ProfileProblem(
+                    f"no shipped profile {name!r}; Modbus profiles shipped: {', '.join(modbus)}; "
+                    "or give a profile file's path"
+                )
             profile = shipped[name]
     except ConfigError as exc:  # its message names file, line and key path
         raise ProfileProblem(f"profile {exc}") from exc
