@@ -11,14 +11,23 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
 
+from cloud_bridge import SqliteSink
+from device_registry import RegistryStore
+from edge.outbox import PRIO_TELEMETRY, Outbox
+from edge.pipeline import Pipeline
+from edge.uplink import Uplink
+from gridwatch.ground.contract import Birth, Topics
 from gridwatch.ground.endpoints import Endpoint, parse_endpoints
-from gridwatch.ground.gatewayconf import GatewayConfig
+from gridwatch.ground.gatewayconf import GatewayConfig, MqttUplink
 from gridwatch.ground.mqttsession import MqttSession, SessionSettings
 from gridwatch.ground.yamlconf import ConfigError, line_map, validate
+from tests._central_helpers import birth, bridge_config, bridge_on, publisher, until
+from tests.fieldkit import gateway_config, listen
 from tests.services import Mosquitto, free_port
 from tests.test_mqttsession import forever, running
 
@@ -278,3 +287,72 @@ async def test_a_shared_persistent_session_moves_to_the_other_broker_and_back(
     said = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert any(f"moved to {b.host}:{b.port} (broker 2 of 2, MQTT 5)" in m for m in said), said
     assert any(f"moved to {a.host}:{a.port} (broker 1 of 2, MQTT 5)" in m for m in said), said
+
+
+async def test_the_edge_uplink_moves_to_the_other_broker_and_keeps_sending(
+    brokers: tuple[Mosquitto, Mosquitto], prefix: str, tmp_path: Path
+) -> None:
+    a, b = brokers
+    cfg, devices, _ = gateway_config(tmp_path, a.port, prefix)
+    box = Outbox(tmp_path / "outbox.db", 10**7)
+    topics = Topics(prefix)
+    pipe = Pipeline(cfg.gateway.id, devices, box, topics, time.time)
+    mqtt = MqttUplink.model_validate({"prefix": prefix, "endpoints": [
+        {"host": a.host, "port": a.port}, {"host": b.host, "port": b.port}]})  # fmt: skip
+    uplink = Uplink(mqtt, cfg.gateway.id, box, pipe, topics, 1, time.time)
+    box.notify = uplink.notify
+    task = asyncio.create_task(uplink.run())
+    try:
+        await uplink.wait_until(lambda u: u.connected and u.mqtt.state.broker == 1, within_s=10)
+        first = pipe.session
+        kill(a)
+        began = time.monotonic()
+        await uplink.wait_until(lambda u: u.connected and u.mqtt.state.broker == 2, within_s=5)
+        moved_s = time.monotonic() - began
+        assert pipe.session == first + 1
+        async with listen(b.port, f"{prefix}/#") as seen:
+            await seen.wait_for(lambda s: len(s.on("status")) == 1)
+            assert Birth.model_validate(seen.on("status")[0]).session == first + 1
+            box.enqueue(PRIO_TELEMETRY, "health", topics.health(cfg.gateway.id), lambda _: b"{}")
+            await seen.wait_for(lambda s: len(s.on("health")) == 1)  # sent on B
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        box.close()
+    assert moved_s < 3, moved_s
+
+
+async def test_the_bridge_moves_its_lanes_to_the_other_broker(
+    brokers: tuple[Mosquitto, Mosquitto], prefix: str, tmp_path: Path
+) -> None:
+    a, b = brokers
+    store = await RegistryStore.open(f"sqlite+aiosqlite:///{tmp_path}/registry.db")
+    sink = await SqliteSink.open(tmp_path / "history.db")
+    cfg = bridge_config(f"{a.host}:{a.port},{b.host}:{b.port}", 1883, prefix, tmp_path / "c")
+    try:
+        async with bridge_on(cfg, store, sink) as bridge:
+            async with publisher(a.host, a.port) as pub:
+                await pub.publish(Topics(prefix).status("gw-1"), _birth(1), qos=1)
+            await until(bridge, lambda s: s.ingested["birth"] == 1)
+            kill(a)
+            for lane in bridge.sessions.values():  # both lanes, each subscribed again on B
+                await lane.watch.until(lambda s=lane: s.state.connected and s.state.broker == 2, 5)
+            async with publisher(b.host, b.port) as pub:
+                await pub.publish(Topics(prefix).status("gw-1"), _birth(2), qos=1)
+            await until(bridge, lambda s: s.ingested["birth"] == 2)
+    finally:
+        await sink.close()
+        await store.close()
+    assert [g.session for g in await _gateways(tmp_path)] == [2]
+
+
+def _birth(session: int) -> bytes:
+    return birth("gw-1", session, ["d1"]).model_dump_json().encode()
+
+
+async def _gateways(tmp_path: Path) -> list[Any]:
+    store = await RegistryStore.open(f"sqlite+aiosqlite:///{tmp_path}/registry.db")
+    try:
+        return list(await store.gateways())
+    finally:
+        await store.close()
