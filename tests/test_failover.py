@@ -18,6 +18,8 @@ import pytest
 
 from cloud_bridge import SqliteSink
 from device_registry import RegistryStore
+from device_registry.inventory.configgen import Uplink as ConfigUplink
+from device_registry.inventory.downlink import BrokerSettings, Downlink
 from edge.outbox import PRIO_TELEMETRY, Outbox
 from edge.pipeline import Pipeline
 from edge.uplink import Uplink
@@ -194,9 +196,9 @@ async def test_the_session_tries_the_brokers_in_turn(
     failures = len(tried) - (1 if on else 0)
     async with running(s, forever):
         await s.watch.until(lambda: s.state.connected if on else _tries(caplog) >= failures, 10)
+        assert s.state.report()["broker"] == on and s.state.report()["brokers"] == len(layout)
     attempts = [endpoints.index(_endpoint(m)) + 1 for m in _failures(caplog)][:failures]
     assert attempts + ([on] if on else []) == tried
-    assert s.state.report()["broker"] == on and s.state.report()["brokers"] == len(layout)
 
 
 def _failures(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -356,3 +358,59 @@ async def _gateways(tmp_path: Path) -> list[Any]:
         return list(await store.gateways())
     finally:
         await store.close()
+
+
+async def test_the_registry_downlink_moves_and_pushes_configs_on_the_other_broker(
+    brokers: tuple[Mosquitto, Mosquitto], prefix: str
+) -> None:
+    a, b = brokers
+    versions = {"gw-1": 1}
+
+    async def config_of(gateway: str) -> tuple[int, dict[str, Any] | None]:
+        return versions[gateway], {"gateway": {"id": gateway}, "buses": [], "devices": []}
+
+    async def nothing_pending() -> list[str]:
+        return []
+
+    async def ignore(_: object) -> None:
+        return None
+
+    settings = BrokerSettings(f"{a.host}:{a.port},{b.host}:{b.port}", 1883, prefix,
+                              client_id=f"reg-{prefix}")  # fmt: skip
+    downlink = Downlink(settings, config_of, nothing_pending, ignore, ignore, lambda: 1)
+    task = asyncio.create_task(downlink.run())
+    try:
+        async with asyncio.timeout(10):
+            await downlink.ready.wait()
+        assert downlink.session.state.broker == 1
+        kill(a)
+        await downlink.session.watch.until(lambda: downlink.session.state.broker == 2, 5)
+        async with listen(b.port, Topics(prefix).config("gw-1")) as seen:
+            versions["gw-1"] = 2
+            downlink.push("gw-1")
+            await seen.wait_for(lambda s: len(s.messages) == 1)
+        assert seen.messages[0][1]["version"] == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+# ---- generated gateway configs -------------------------------------------------------------------
+
+# (what --gateway-mqtt-host says, the broker part of the generated mqtt block)
+GENERATED: list[tuple[str, dict[str, Any]]] = [
+    ("mq.city", {"host": "mq.city", "port": 8883}),
+    (
+        "mq-a:1883,mq-b",
+        {"endpoints": [{"host": "mq-a", "port": 1883}, {"host": "mq-b", "port": 8883}]},
+    ),
+]
+
+
+@pytest.mark.parametrize(("given", "block"), GENERATED)
+def test_generated_configs_list_several_brokers_as_endpoints(
+    given: str, block: dict[str, Any]
+) -> None:
+    mqtt = ConfigUplink(host=given, port=8883, prefix="city").mqtt_block("gw-x")
+    assert {k: v for k, v in mqtt.items() if k in ("host", "port", "endpoints")} == block
+    MqttUplink.model_validate(mqtt)  # what the edge will accept
