@@ -6,9 +6,14 @@ subscribed again (an MQTT 5 shared subscription on a persistent session, as the 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +33,13 @@ from gridwatch.ground.endpoints import Endpoint, parse_endpoints
 from gridwatch.ground.gatewayconf import GatewayConfig, MqttUplink
 from gridwatch.ground.mqttsession import MqttSession, SessionSettings
 from gridwatch.ground.yamlconf import ConfigError, line_map, validate
-from tests._central_helpers import birth, bridge_config, bridge_on, publisher, until
+from tests._central_helpers import (
+    birth,
+    bridge_config,
+    bridge_on,
+    publisher,
+    until,
+)
 from tests.fieldkit import gateway_config, listen
 from tests.services import Mosquitto, free_port
 from tests.test_mqttsession import forever, running
@@ -414,3 +425,70 @@ def test_generated_configs_list_several_brokers_as_endpoints(
     mqtt = ConfigUplink(host=given, port=8883, prefix="city").mqtt_block("gw-x")
     assert {k: v for k, v in mqtt.items() if k in ("host", "port", "endpoints")} == block
     MqttUplink.model_validate(mqtt)  # what the edge will accept
+
+
+def _sessions(health: dict[str, Any]) -> dict[str, int | None]:
+    """Every MQTT session in a /health answer: where it is -> which broker it is on."""
+    out: dict[str, int | None] = {}
+
+    def walk(node: object, at: str) -> None:
+        if isinstance(node, dict):
+            if "brokers" in node:
+                out[at] = node["broker"]
+            for k, v in node.items():
+                walk(v, f"{at}/{k}")
+
+    walk(health["parts"], "")
+    return out
+
+
+def _health(port: int) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+            body: dict[str, Any] = json.load(r)
+    except urllib.error.HTTPError as err:  # 503 while a part is down: the same body
+        body = json.load(err)
+    return body
+
+
+def _wait_health(port: int, broker: int, within_s: float = 10) -> dict[str, int | None]:
+    """Poll another process's /health until every MQTT session is on ``broker``."""
+    deadline = time.monotonic() + within_s
+    while set((on := _sessions(_health(port))).values()) != {broker}:
+        assert time.monotonic() < deadline, on
+        time.sleep(0.1)
+    return on
+
+
+def test_central_run_with_two_brokers_moves_every_session_and_says_so_on_health(
+    brokers: tuple[Mosquitto, Mosquitto], prefix: str, tmp_path: Path
+) -> None:
+    a, b = brokers
+    port, log = free_port(), tmp_path / "central.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gridwatch.top.cli", "central", "run",
+             "--data-dir", str(tmp_path / "central"), "--http-port", str(port),
+             "--mqtt-host", f"{a.host}:{a.port},{b.host}:{b.port}", "--prefix", prefix,
+             "--bridge-id", f"bridge-{prefix}"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        started = time.monotonic() + 90  # a whole central process: slow on a loaded machine
+        while b"gridwatch central: registry API" not in log.read_bytes():
+            assert proc.poll() is None and time.monotonic() < started, log.read_text()
+            time.sleep(0.1)
+        assert f"broker {a.host}:{a.port}, {b.host}:{b.port} (external)" in log.read_text()
+        on = _wait_health(port, 1)
+        assert {"/bridge/lanes/telemetry", "/bridge/lanes/events", "/registry downlink"} <= set(on)
+        kill(a)
+        began = time.monotonic()
+        _wait_health(port, 2)
+        moved_s = time.monotonic() - began
+        proc.terminate()
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in log.read_text(), log.read_text()
+    assert moved_s < 5, moved_s

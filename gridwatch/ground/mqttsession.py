@@ -306,11 +306,12 @@ class MqttSession:
                 await self.farewell(client)
         except (TimeoutError, aiomqtt.MqttError) as exc:
             logger.warning("mqtt %s: stopping without a goodbye on %s: %s", self.name, endpoint,
-                           exc or "no answer in time")  # fmt: skip
+                           str(exc) or f"no answer within {self.settings.farewell_s} s")  # fmt: skip
 
     def _went_up(self, client: aiomqtt.Client, endpoint: Endpoint, version: Version) -> None:
         s = self.state
-        where = f"{endpoint} (broker {self._position(endpoint)} of {s.brokers}, MQTT {version})"
+        of = f"broker {self._position(endpoint)} of {s.brokers}, " if s.brokers > 1 else ""
+        where = f"{endpoint} ({of}MQTT {version})"
         if not self._down or s.endpoint is None:  # the first connection, perhaps after failures
             logger.info("mqtt %s: connected to %s", self.name, where)
         elif s.endpoint == str(endpoint):
