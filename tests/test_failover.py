@@ -155,6 +155,10 @@ BAD_CONFIGS: list[tuple[str, str]] = [
         "  endpoints:\n    - {host: a}\n    - {host: a, port: 1883}\n",
         "g.yaml:5: mqtt -> endpoints: Value error, each broker once: a:1883 is listed twice",
     ),
+    (
+        "  endpoints:\n" + "    - {host: h, port: %d}\n" * 17 % tuple(range(1, 18)),
+        "g.yaml:5: mqtt -> endpoints: List should have at most 16 items after validation, not 17",
+    ),
     ("  endpoints:\n    - {port: 1}\n", "g.yaml:6: mqtt -> endpoints -> 0 -> host: Field required"),
     (
         "  endpoints:\n    - {host: a, prot: 1}\n",
