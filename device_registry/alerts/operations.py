@@ -177,7 +177,9 @@ class AlertOperations:
         ops = await s.get(AlertOps, alert_id)
         if alert is None or ops is None:
             return None
-        t = lifecycle.step(Stage(ops.stage), action, actor, now, note)
+        active = lifecycle.still_reported(alert.state, alert.message, alert.point, alert.value,
+                                          alert.unit, alert.threshold)  # fmt: skip
+        t = lifecycle.step(Stage(ops.stage), action, actor, now, note, active)
         _record(s, alert, ops, t)
         return t
 

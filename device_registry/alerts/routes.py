@@ -1,5 +1,6 @@
-"""The alerts' endpoints: the alert list, alert operations (ack, resolve, close; one alert or a
-whole incident) and one alert with its actions."""
+"""The alerts' endpoints: the alert list, alert operations (ack, resolve, close; one alert, a
+whole incident, or many cleared and resolved alerts closed at once) and one alert with its
+actions."""
 
 from __future__ import annotations
 
@@ -8,9 +9,14 @@ from typing import Any
 from aiohttp import web
 
 from device_registry.alerts.lifecycle import Action, Refused
-from device_registry.alerts.requests import ActionRequest, AlertQuery, LifecycleQuery
+from device_registry.alerts.requests import (
+    ActionRequest,
+    AlertQuery,
+    BulkCloseRequest,
+    LifecycleQuery,
+)
 from device_registry.alerts.store import AlertFilter, OpsStore, stages
-from device_registry.alerts.views import AlertOpsView, AlertView, IncidentActed
+from device_registry.alerts.views import AlertOpsView, AlertView, BulkClosed, IncidentActed
 from device_registry.errors import Conflict
 from device_registry.http.auth import PRINCIPAL, Role, roles
 from device_registry.http.routing import Route, route
@@ -45,6 +51,12 @@ async def get_alert(request: web.Request) -> dict[str, Any]:
     return {**view.model_dump(mode="json"), "actions": [s.model_dump(mode="json") for s in steps]}
 
 
+@route("POST", "/api/v1/alerts/close", roles(Role.OPERATOR), "Close many cleared or resolved "
+       "alerts at once (those that may not be closed are listed with the reason)")  # fmt: skip
+async def close_alerts(request: web.Request, body: BulkCloseRequest) -> BulkClosed:
+    return await _ops(request).close_many(body.alert_ids, request[PRINCIPAL], body.note, now_ms())
+
+
 def _on_alert(action: Action) -> Route:
     async def act(request: web.Request, body: ActionRequest) -> AlertOpsView:
         principal = request[PRINCIPAL]
@@ -75,6 +87,7 @@ ROUTES: tuple[Route, ...] = (
     list_alerts,
     # fixed paths before /alerts/{id}: aiohttp tries resources in the order they were added
     list_alert_ops,
+    close_alerts,
     get_alert,
     *(_on_alert(a) for a in OPERATOR_ACTIONS),
     *(_on_incident(a) for a in OPERATOR_ACTIONS),
