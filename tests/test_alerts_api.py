@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from device_registry import Changes
 from device_registry.http.auth import Role
-from gridwatch.ground.contract import AlertState
-from tests._ops_helpers import registry, smoke
+from gridwatch.ground.contract import AlertState, Birth, DeviceInfo
+from tests._ops_helpers import now_ms, registry, smoke
 
 
 async def test_operator_walks_an_alert_to_closed_with_notes(tmp_path: Path) -> None:
@@ -15,6 +16,16 @@ async def test_operator_walks_an_alert_to_closed_with_notes(tmp_path: Path) -> N
         status, [a] = await reg.call("GET", "/api/v1/alerts/lifecycle", Role.OPERATOR)
         assert status == 200 and a["stage"] == "open" and a["time_limit_min"] == 15
         assert 0 < a["time_left_ms"] <= 15 * 60_000
+        # the catalogue's words beside the code; no profile known yet, so no decimals
+        assert (a["category_name"], a["responsible_unit"], a["decimals"]) == (
+            "Smoke detected in a public building", "Fire and rescue brigade", None,
+        )  # fmt: skip
+        # its gateway says the device is a Modbus smoke detector: obscuration has two decimals
+        info = DeviceInfo(device="sd-001", profile="smoke-detector-modbus", interval_s=2)
+        birth = Birth(gateway="gw1", session=1, ts=now_ms(), devices=["sd-001"], device_info=[info])
+        await reg.store.apply(Changes(now=now_ms(), status=[birth]))
+        _, [a] = await reg.call("GET", "/api/v1/alerts/lifecycle", Role.OPERATOR)
+        assert a["decimals"] == 2
 
         status, a = await reg.call("POST", "/api/v1/alerts/a1/ack", Role.OPERATOR,
                                    {"note": "crew dispatched"})  # fmt: skip

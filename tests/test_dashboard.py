@@ -311,6 +311,45 @@ async def test_a_note_survives_an_alert_burst_and_incidents_act_as_one(
     assert closed["stage"] == "closed"
 
 
+async def test_a_refused_resolve_is_said_in_the_card(site: Registry) -> None:
+    """The sensor raises the alert again between the page's refresh and the operator's tap: the
+    API refuses, and the card says why in words (no pop-up), then shows the alert as it is."""
+    from playwright.async_api import Dialog, Route, async_playwright, expect
+
+    dialogs: list[str] = []
+
+    async def dismiss(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        await dialog.dismiss()
+
+    async def no_stream(route: Route) -> None:
+        await route.abort()  # no live refresh: the page cannot know before the tap
+
+    await site.ingest(smoke("a1", state=AlertState.CLEARED))
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = await browser.new_page(viewport={"width": 390, "height": 844})
+            page.on("dialog", dismiss)
+            await page.route("**/api/v1/alerts/stream", no_stream)
+            await _log_in(page, site.url, site.tokens[Role.OPERATOR], "#/alerts")
+            await page.select_option("#f-stage", "done")
+            a1 = page.locator('[data-alert="a1"]')
+            await expect(a1.locator('button[data-act="resolve"]')).to_be_visible()
+            await site.ingest(smoke("a1"))  # smoke again
+            await a1.locator('button[data-act="resolve"]').click()
+            await expect(a1.locator(".msg")).to_contain_text(
+                "This alert cannot be resolved yet: the sensor still reports Smoke detected"
+            )
+            await expect(a1.locator(".still")).to_have_text(
+                "Sensor reports it again: resolve or close once it clears."
+            )
+            await expect(a1.locator('button[data-act="resolve"]')).to_have_count(0)
+        finally:
+            await browser.close()
+    assert dialogs == []
+
+
 async def test_a_crew_sees_what_it_may_do_and_no_broken_stream(
     site: Registry, artifacts: Path
 ) -> None:
@@ -354,6 +393,13 @@ async def test_a_crew_sees_what_it_may_do_and_no_broken_stream(
             # 11 open alerts of 91 not closed: the phone shows the open work, compactly
             assert height < 11 * 200, height
             await expect(page.locator("#live")).not_to_have_text("reconnecting")
+
+            # an installer has no page here: the dashboard says where its work is done
+            await page.click("#logout")
+            await _log_in(page, site.url, site.tokens[Role.INSTALLER])
+            await expect(page.locator("#nothing")).to_contain_text("no page for the installer role")
+            await expect(page.locator("#nav-alerts")).to_be_hidden()
+            await expect(page.locator("#nav-health")).to_be_hidden()
         finally:
             await browser.close()
 

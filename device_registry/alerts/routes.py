@@ -21,6 +21,7 @@ from device_registry.errors import Conflict
 from device_registry.http.auth import PRINCIPAL, Role, roles
 from device_registry.http.routing import Route, route
 from device_registry.http.state import STORE, now_ms
+from device_registry.inventory.wiring import INSTALLERS
 
 # alerts are for those who act on them
 WATCHERS = roles(Role.OPERATOR, Role.MAINTENANCE, Role.PLATFORM)
@@ -28,7 +29,9 @@ OPERATOR_ACTIONS = (Action.ACK, Action.RESOLVE, Action.CLOSE)
 
 
 def _ops(request: web.Request) -> OpsStore:
-    return OpsStore(request.app[STORE])
+    # the registry's own profiles (as installers configured them) say how each point is shown
+    installers = request.app.get(INSTALLERS)
+    return OpsStore(request.app[STORE], installers.registry.profiles if installers else None)
 
 
 @route("GET", "/api/v1/alerts", WATCHERS, "Alerts, newest transition first")

@@ -6,7 +6,7 @@ its own transaction through ``RegistryStore.transaction`` (errors become ``Store
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,13 +32,17 @@ from device_registry.db.tables import (
     AlertAction,
     AlertOps,
     DeadLetter,
+    Device,
+    DeviceInfo,
     FeedCursor,
     PlatformEvent,
     Webhook,
 )
 from device_registry.errors import NotFound
 from device_registry.http.auth import Principal, audit_row
+from device_registry.inventory.configgen import Profiles
 from gridwatch.ground.catalogue import Category
+from gridwatch.ground.profiles import point_decimals
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +68,10 @@ class AlertFilter:
 
 def ops_view(
     a: Alert, ops: AlertOps, now: int, entry: Category | None = None,
-    notes: dict[str, str] | None = None,
+    notes: dict[str, str] | None = None, decimals: int | None = None,
 ) -> AlertOpsView:  # fmt: skip
     """``entry``: the alert's catalogue category in its district; ``notes``: the latest note of
-    each action people took on it."""
+    each action people took on it; ``decimals``: its point's, from the device's profile."""
     stage = Stage(ops.stage)
     return AlertOpsView(
         **alert_view(a).model_dump(), stage=stage.value, incident_id=ops.incident_id,
@@ -77,7 +81,7 @@ def ops_view(
         acked_by=ops.acked_by, acked_at=ops.acked_at, resolved_by=ops.resolved_by,
         resolved_at=ops.resolved_at, closed_by=ops.closed_by, closed_at=ops.closed_at,
         category_name=entry.name if entry else "", responsible_unit=entry.unit if entry else "",
-        notes=notes or {},
+        notes=notes or {}, decimals=decimals,
     )  # fmt: skip
 
 
@@ -88,9 +92,13 @@ def _webhook(w: Webhook) -> WebhookView:
 
 
 class OpsStore:
-    def __init__(self, store: RegistryStore) -> None:
+    def __init__(
+        self, store: RegistryStore, profiles: Callable[[], Profiles] | None = None
+    ) -> None:
         self.store = store
         self.ops = store.ops
+        self.profiles = profiles
+        """The registry's device profiles (how each point is shown); None: not known here."""
 
     # ---- alerts -------------------------------------------------------------------------------
 
@@ -110,14 +118,23 @@ class OpsStore:
             q = q.where(AlertOps.incident_id == f.incident)
         async with self.store.transaction() as s:
             rows = list(await s.execute(q))
-            notes = await _notes(s, [a.alert_id for a, _ in rows])
-        return [self._view(a, o, now, notes.get(a.alert_id)) for a, o in rows]
+            return await self._views(s, rows, now)
 
-    def _view(
-        self, a: Alert, o: AlertOps, now: int, notes: dict[str, str] | None = None
-    ) -> AlertOpsView:
-        entry = self.ops.policy.catalogue.lookup(a.category, a.district)
-        return ops_view(a, o, now, entry, notes)
+    async def _views(
+        self, s: AsyncSession, rows: Sequence[tuple[Alert, AlertOps]], now: int
+    ) -> list[AlertOpsView]:
+        """The views of these alerts, with their notes and their points' decimals."""
+        notes = await _notes(s, [a.alert_id for a, _ in rows])
+        kinds = await _profile_ids(s, [a.device_id for a, _ in rows]) if self.profiles else {}
+        known = self.profiles() if self.profiles else {}
+        out = []
+        for a, o in rows:
+            profile = known.get(kinds.get(a.device_id, ""))
+            point = profile.points.get(a.point) if profile else None
+            entry = self.ops.policy.catalogue.lookup(a.category, a.district)
+            decimals = point_decimals(point) if point is not None else None
+            out.append(ops_view(a, o, now, entry, notes.get(a.alert_id), decimals))
+        return out
 
     async def alert(self, alert_id: str, now: int) -> tuple[AlertOpsView, list[ActionView]]:
         async with self.store.transaction() as s:
@@ -129,8 +146,8 @@ class OpsStore:
             )
             steps = [ActionView(action=r.action, before=r.before, after=r.after, actor=r.actor,
                                 note=r.note, at=r.at) for r in rows]  # fmt: skip
-            notes = {st.action: st.note for st in steps if st.note}
-            return self._view(a, o, now, notes), steps
+            [view] = await self._views(s, [(a, o)], now)
+            return view, steps
 
     async def act(
         self, alert_id: str, action: Action, actor: str, note: str, now: int
@@ -142,7 +159,7 @@ class OpsStore:
                 raise NotFound("alert", alert_id)
             a, o = await s.get(Alert, alert_id), await s.get(AlertOps, alert_id)
             assert a is not None and o is not None
-            view = self._view(a, o, now, (await _notes(s, [alert_id])).get(alert_id))
+            [view] = await self._views(s, [(a, o)], now)
         self.ops.fed()
         return view
 
@@ -171,8 +188,7 @@ class OpsStore:
                 a, o = await s.get(Alert, alert_id), await s.get(AlertOps, alert_id)
                 assert a is not None and o is not None
                 moved.append((a, o))
-            notes = await _notes(s, [a.alert_id for a, _ in moved])
-            out.applied = [self._view(a, o, now, notes.get(a.alert_id)) for a, o in moved]
+            out.applied = await self._views(s, moved, now)
         if out.applied:
             self.ops.fed()
         return out
@@ -350,6 +366,23 @@ async def _notes(s: AsyncSession, alert_ids: Sequence[str]) -> dict[str, dict[st
         )
         for alert_id, action, note in await s.execute(q):
             out.setdefault(alert_id, {})[action] = note
+    return out
+
+
+async def _profile_ids(s: AsyncSession, device_ids: Sequence[str]) -> dict[str, str]:
+    """device id -> its profile: the installer's if registered, else what its gateway said."""
+    out: dict[str, str] = {}
+    wanted = list(dict.fromkeys(device_ids))
+    for i in range(0, len(wanted), 500):  # a bounded number of parameters per statement
+        chunk = wanted[i : i + 500]
+        said = select(DeviceInfo.device_id, DeviceInfo.profile).where(
+            DeviceInfo.device_id.in_(chunk)
+        )
+        out.update({d: p for d, p in await s.execute(said) if p})
+        registered = select(Device.id, Device.profile).where(
+            Device.id.in_(chunk), Device.profile.is_not(None)
+        )
+        out.update({d: p for d, p in await s.execute(registered) if p})
     return out
 
 

@@ -53,6 +53,9 @@ class AlertOpsView(AlertView):
                                   "responsible for it.")  # fmt: skip
     notes: dict[str, str] = Field(default_factory=dict, description="The note of the latest "
                                   "ack, resolve and close, by action (those given one).")  # fmt: skip
+    decimals: int | None = Field(default=None, description="Decimals its point's values are "
+                                 "shown with (from the device's profile); null: not known, or "
+                                 "not a number.")  # fmt: skip
 
 
 class SkippedAlert(BaseModel):

@@ -289,16 +289,6 @@ function nextActs(a) {
              .filter((act) => can(`POST /api/v1/alerts/{id}/${act}`));
 }
 
-function profileOf(a) {
-  const hr = state.health;
-  if (!hr) return null;
-  if (state.profileIndex !== hr) {
-    state.byDevice = new Map(hr.devices.map((d) => [d.id, d.profile]));
-    state.profileIndex = hr;
-  }
-  return state.byDevice.get(`${a.gateway}:${a.device}`) || null;
-}
-
 function note(key) {
   return h("input", { class: "note", "data-key": key, placeholder: "note (optional)",
                       "aria-label": "note", maxlength: 2000 });
@@ -307,7 +297,8 @@ function note(key) {
 function people(a) {
   const n = a.notes || {};
   const line = (what, by, at, said) => by
-    ? h("div", { class: `meta who-${what}` }, `${what} by ${by} ${ago(at)}`, said ? `: “${said}”` : "")
+    ? h("div", { class: `meta who-${what}`, title: clock(at) }, `${what} by ${by} ${ago(at)}`,
+        said ? `: “${said}”` : "")
     : null;
   return [line("acknowledged", a.acked_by, a.acked_at, n.ack),
           line("resolved", a.resolved_by, a.resolved_at, n.resolve)];
@@ -315,7 +306,7 @@ function people(a) {
 
 function alertCard(a, inIncident, listed) {
   const acts = nextActs(a);
-  const shown = shownOf(profileOf(a), a.point);
+  const shown = { decimals: a.decimals };  // the API's, from the device's profile
   const key = `alert:${a.alert_id}`;
   const reading = `${a.message || a.rule}: ${withUnit(a.value, a.unit, shown)}`;
   return h("article", { class: `card alert ${a.severity} ${a.overdue ? "overdue" : ""} ${listed ? "" : "context"}`,
@@ -337,9 +328,10 @@ function alertCard(a, inIncident, listed) {
     a.time_left_ms == null ? null : h("div", {},
       h("span", { class: `timeleft ${a.time_left_ms < 0 ? "overdue" : ""}`, "data-due": a.due_at },
         span(a.due_at - Date.now()))),
-    active(a) && ["open", "acknowledged"].includes(a.stage) && can("POST /api/v1/alerts/{id}/resolve")
-      ? h("div", { class: "meta still" },
-          "Sensor still reports it: resolve once it clears.")
+    active(a) && can("POST /api/v1/alerts/{id}/resolve")
+      ? h("div", { class: "meta still" }, ["open", "acknowledged"].includes(a.stage)
+          ? "Sensor still reports it: resolve once it clears."
+          : "Sensor reports it again: resolve or close once it clears.")
       : null,
     acts.length ? h("div", { class: "actions" }, note(key),
       ...acts.map((act) => h("button", { "data-act": act, class: act === "ack" ? null : "secondary" },
@@ -491,7 +483,9 @@ $("#alerts-list").addEventListener("click", async (ev) => {
   } catch (e) {
     tell(key, said(e, (alertId ? DOING : DOING_INC)[act]));
     btn.disabled = false;
-    if (e.status !== 404) return;
+    // a 404 or 409 means the alert changed under the page: show it as it is now (the message
+    // stays); after a network failure or a refusal there is nothing new to show
+    if (![404, 409].includes(e.status)) return;
   }
   await loadAlerts().catch(() => {});
 });
@@ -515,9 +509,10 @@ $("#close-done").addEventListener("click", async () => {
     // a second tap confirms: closing many is not undone, and no pop-up asks
     btn.dataset.armed = "1";
     btn.textContent = `Tap again to close ${ids.length} alerts`;
-    setTimeout(() => { delete btn.dataset.armed; renderAlerts(); }, 6000);
+    state.disarm = setTimeout(() => { delete btn.dataset.armed; renderAlerts(); }, 6000);
     return;
   }
+  clearTimeout(state.disarm);
   delete btn.dataset.armed;
   btn.disabled = true;
   let closed = 0;
