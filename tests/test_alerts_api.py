@@ -130,3 +130,7 @@ async def test_cleared_and_resolved_alerts_are_closed_at_once(tmp_path: Path) ->
         status, err = await reg.call("POST", "/api/v1/alerts/close", Role.OPERATOR,
                                      {"alert_ids": []})  # fmt: skip
         assert status == 422 and err["errors"][0]["loc"] == "alert_ids"
+        for bad in ({"alert_ids": ["x" * 129]}, {"alert_ids": ["c3"] * 1001},
+                    {"alert_ids": "c3"}, {"alert_ids": [""]}):  # fmt: skip
+            status, err = await reg.call("POST", "/api/v1/alerts/close", Role.OPERATOR, bad)
+            assert status == 422 and err["errors"][0]["loc"].startswith("alert_ids"), bad

@@ -356,9 +356,13 @@ async def test_a_crew_sees_what_it_may_do_and_no_broken_stream(
     """Maintenance may read alerts, not act on them or read the live stream: the page offers no
     button that would be refused, opens no stream, and its header says when the page was last
     updated, never "reconnecting". After a burst the phone lists the open work compactly."""
-    from playwright.async_api import Request, async_playwright, expect
+    from playwright.async_api import Request, Route, async_playwright, expect
 
     asked: list[str] = []
+
+    async def no_network(route: Route) -> None:
+        await route.abort("internetdisconnected")
+
     await site.ingest(*(smoke(f"c{n}", device=f"sd-2{n}", grid=f"C-{n}") for n in range(90)))
     await site.ingest(*(smoke(f"c{n}", device=f"sd-2{n}", grid=f"C-{n}", state=AlertState.CLEARED)
                         for n in range(80)))  # fmt: skip
@@ -393,6 +397,16 @@ async def test_a_crew_sees_what_it_may_do_and_no_broken_stream(
             # 11 open alerts of 91 not closed: the phone shows the open work, compactly
             assert height < 11 * 200, height
             await expect(page.locator("#live")).not_to_have_text("reconnecting")
+
+            # without a stream, the clock brings news: a new alert shows within a poll
+            await site.ingest(smoke("late", device="sd-999", grid="L-1"))
+            await expect(page.locator('[data-alert="late"]')).to_have_count(1, timeout=15_000)
+            # and when the registry cannot be reached, the header says since when, in words
+            await page.route("**/api/v1/alerts/lifecycle*", no_network)
+            await expect(page.locator("#live")).to_have_text(
+                re.compile(r"^not updated since .+: no connection$"), timeout=15_000
+            )
+            await page.unroute("**/api/v1/alerts/lifecycle*")
 
             # an installer has no page here: the dashboard says where its work is done
             await page.click("#logout")

@@ -3,7 +3,7 @@ strings of the lists."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -19,8 +19,10 @@ class ActionRequest(Request):
 
 
 class BulkCloseRequest(Request):
-    alert_ids: list[str] = Field(min_length=1, max_length=1000, description="The alerts to "
-                                 "close: each must be cleared or resolved.")  # fmt: skip
+    alert_ids: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        min_length=1, max_length=1000,
+        description="The alerts to close (at most 1,000): each must be cleared or resolved.",
+    )  # fmt: skip
     note: str = Field(default="", max_length=2000, description="Why, what was done.")
 
 

@@ -376,6 +376,9 @@ function choices(sel, values, all) {
   // keep the choice made even when no alert has it any more
   const keep = sel.value;
   const opts = [...new Set([...values, ...(keep ? [keep] : [])])].sort();
+  const same = JSON.stringify(opts);
+  if (sel.dataset.opts === same) return;  // rebuilding would close a list the user has open
+  sel.dataset.opts = same;
   sel.replaceChildren(h("option", { value: "" }, all), ...opts.map((v) => h("option", { value: v }, v)));
   sel.value = keep;
 }
