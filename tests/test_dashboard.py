@@ -163,7 +163,7 @@ async def test_crew_and_operator_views(site: Registry, size: str, artifacts: Pat
             await expect(detail).to_contain_text("obscuration: 0.74 %/m")  # not 0.73812767
             level = detail.locator('[data-point="obscuration"] svg.chart')
             # a time axis, the smoke rule's limit as a line, a gap where readings are missing
-            assert await level.locator(".xlabel").count() >= 3
+            assert await level.locator(".xlabel").count() >= 2
             await expect(level.locator("text.limit-label")).to_have_text("alarm above 4.00")
             await expect(level.locator("polyline.series")).to_have_count(2)
             await expect(level.locator("rect.gap")).to_have_count(1)
@@ -171,7 +171,7 @@ async def test_crew_and_operator_views(site: Registry, size: str, artifacts: Pat
             alarm = detail.locator('[data-point="alarm"] svg.chart.onoff')
             await expect(alarm.locator("path.steps")).to_have_count(1)
             await expect(alarm.locator("text.ylabel")).to_have_text(["on", "off"])
-            await expect(alarm.locator("rect.on")).not_to_have_count(0)
+            await expect(alarm.locator("rect.on")).to_have_count(1)  # one stretch of "on"
             await page.screenshot(path=str(artifacts / f"dashboard-device-{size}.png"),
                                   full_page=True)  # fmt: skip
         finally:

@@ -549,16 +549,92 @@ setInterval(() => {
 const STEPS_MS = [1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440].map((m) => m * 60000);
 
 function niceTicks(lo, hi, count) {
-  // round values (1, 2 or 5 times a power of ten apart) for the value axis
+  // round values (1, 2 or 5 times a power of ten apart) for the value axis, and their decimals
   const raw = (hi - lo) / count, mag = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw);
-  const out = [];
-  for (let v = Math.ceil(lo / step) * step; v <= hi + 1e-9; v += step) out.push(Math.abs(v) < step / 1e6 ? 0 : v);
-  return out;
+  const step = [1, 2, 5, 10].map((m) => m * mag).find((st) => st >= raw);
+  const decimals = Math.max(0, Math.min(6, -Math.floor(Math.log10(step) + 1e-9)));
+  const values = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi + 1e-9; v += step) values.push(Math.abs(v) < step / 1e6 ? 0 : v);
+  return { values, decimals };
 }
 
-function tickDecimals(v, range) {
-  return Math.max(0, Math.min(6, -Math.floor(Math.log10(range / 4)) + (range / 4 < 1 ? 1 : 0)));
+// a chart is drawn on a frame: its size, its margins, and the scales from time and value to pixels
+function frame(vals, limits, onoffs, width) {
+  const W = Math.max(280, Math.round(width || 600)), H = onoffs ? 110 : 180;
+  const f = { W, H, L: onoffs ? 34 : 52, R: 12, T: 12, B: 26, lo: 0, hi: 1,
+              t0: vals[0].ts, t1: Math.max(vals[vals.length - 1].ts, vals[0].ts + 1) };
+  if (!onoffs) {
+    const all = [...vals.map((p) => p.v), ...limits.map((l) => l.v)];
+    f.lo = Math.min(...all); f.hi = Math.max(...all);
+    const pad = (f.hi - f.lo) * 0.08 || Math.abs(f.hi) * 0.1 || 1;
+    f.lo -= pad; f.hi += pad;
+  }
+  f.x = (t) => f.L + ((t - f.t0) / (f.t1 - f.t0)) * (W - f.L - f.R);
+  f.y = (v) => H - f.B - ((v - f.lo) / (f.hi - f.lo)) * (H - f.T - f.B);
+  return f;
+}
+
+function runs(vals) {
+  // a gap: two readings further apart than three times the usual spacing
+  const steps = vals.slice(1).map((p, i) => p.ts - vals[i].ts).sort((a, b) => a - b);
+  const gapMs = Math.max(3 * steps[Math.floor(steps.length / 2)], 1000);
+  const out = [[vals[0]]], gaps = [];
+  for (let i = 1; i < vals.length; i++) {
+    if (vals[i].ts - vals[i - 1].ts > gapMs) { gaps.push([vals[i - 1].ts, vals[i].ts]); out.push([]); }
+    out[out.length - 1].push(vals[i]);
+  }
+  return { runs: out, gaps };
+}
+
+function timeAxis(f) {
+  // round times at a step that leaves room for the labels
+  const { x, W, H, L, R, T, B, t0, t1 } = f;
+  const step = STEPS_MS.find((s) => (t1 - t0) / s <= (W - L - R) / 90) || STEPS_MS[STEPS_MS.length - 1];
+  const parts = [svg("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B })];
+  for (let t = Math.ceil(t0 / step) * step; t <= t1; t += step) {
+    parts.push(svg("line", { class: "tick", x1: x(t).toFixed(1), x2: x(t).toFixed(1), y1: T, y2: H - B }));
+    if (x(t) < W - R - 28) {  // a label cut by the edge says nothing
+      parts.push(svg("text", { class: "xlabel", x: x(t).toFixed(1), y: H - 8, "text-anchor": "middle" }, hhmm(t)));
+    }
+  }
+  return parts;
+}
+
+function valueAxis(f, onoffs, limits) {
+  const { y, W, L, R, lo, hi, H } = f;
+  const label = (v, words) => svg("text", { class: "ylabel", x: L - 6, y: (y(v) + 4).toFixed(1),
+                                            "text-anchor": "end" }, words);
+  const line = (cls, v) => svg("line", { class: cls, x1: L, x2: W - R, y1: y(v).toFixed(1), y2: y(v).toFixed(1) });
+  if (onoffs) return [label(1, "on"), label(0, "off")];
+  const ticks = niceTicks(lo, hi, H > 150 ? 4 : 3);
+  const parts = ticks.values.flatMap((v) => [line("tick", v), label(v, fmt(v, ticks))]);
+  for (const l of limits) {
+    parts.push(line("limit", l.v), svg("text", { class: "limit-label", x: W - R - 4,
+                                                 y: (y(l.v) - 4).toFixed(1), "text-anchor": "end" }, l.label));
+  }
+  return parts;
+}
+
+function series(f, run, onoffs) {
+  const { x, y } = f;
+  const at = (p) => `${x(p.ts).toFixed(1)},${y(p.v).toFixed(1)}`;
+  if (!onoffs) {
+    return run.length > 1 ? [svg("polyline", { class: "series", points: run.map(at).join(" ") })]
+      : [svg("circle", { class: "series-dot", cx: x(run[0].ts).toFixed(1), cy: y(run[0].v).toFixed(1), r: 2.5 })];
+  }
+  // on/off: a step where the state changes, and a band while it is on
+  let d = `M${at(run[0])}`;
+  for (let i = 1; i < run.length; i++) d += ` H${x(run[i].ts).toFixed(1)} V${y(run[i].v).toFixed(1)}`;
+  const bands = [];
+  for (let i = 0; i < run.length - 1; i++) {
+    if (!run[i].v) continue;
+    let j = i;
+    while (j < run.length - 1 && run[j].v) j++;  // one band for a whole stretch of "on"
+    bands.push(svg("rect", { class: "on", x: x(run[i].ts).toFixed(1), y: y(1),
+                             width: (x(run[j].ts) - x(run[i].ts)).toFixed(1), height: (y(0) - y(1)).toFixed(1) }));
+    i = j;
+  }
+  return [...bands, svg("path", { class: "steps", d })];
 }
 
 function chart(points, shown, width) {
@@ -567,77 +643,20 @@ function chart(points, shown, width) {
   const vals = points.filter((p) => typeof p.value === "number" || typeof p.value === "boolean")
     .map((p) => ({ ts: p.ts, v: Number(p.value) }));
   if (vals.length < 2) return h("p", { class: "empty" }, "Not enough readings for a chart.");
-  const W = Math.max(280, Math.round(width || 600)), H = onoffs ? 110 : 180;
-  const L = onoffs ? 34 : 52, R = 12, T = 12, B = 26;
-  const t0 = vals[0].ts, t1 = Math.max(vals[vals.length - 1].ts, t0 + 1);
   const limits = onoffs ? [] : ((shown && shown.limits) || []).flatMap((l) => [
     l.above != null ? { v: l.above, label: `alarm above ${fmt(l.above, shown)}` } : null,
     l.below != null ? { v: l.below, label: `alarm below ${fmt(l.below, shown)}` } : null,
   ]).filter(Boolean);
-  let lo = 0, hi = 1;
-  if (!onoffs) {
-    const all = [...vals.map((p) => p.v), ...limits.map((l) => l.v)];
-    lo = Math.min(...all); hi = Math.max(...all);
-    const pad = (hi - lo) * 0.08 || Math.abs(hi) * 0.1 || 1;
-    lo -= pad; hi += pad;
-  }
-  const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
-  const y = (v) => H - B - ((v - lo) / (hi - lo)) * (H - T - B);
-  // a gap: two readings further apart than three times the usual spacing
-  const steps = vals.slice(1).map((p, i) => p.ts - vals[i].ts).sort((a, b) => a - b);
-  const gapMs = Math.max(3 * steps[Math.floor(steps.length / 2)], 1000);
-  const runs = [[vals[0]]], gaps = [];
-  for (let i = 1; i < vals.length; i++) {
-    if (vals[i].ts - vals[i - 1].ts > gapMs) { gaps.push([vals[i - 1].ts, vals[i].ts]); runs.push([]); }
-    runs[runs.length - 1].push(vals[i]);
-  }
-  const parts = [];
-  for (const [a, b] of gaps) {
-    parts.push(svg("rect", { class: "gap", x: x(a).toFixed(1), y: T, width: (x(b) - x(a)).toFixed(1),
-                             height: H - T - B }, svg("title", {}, `no readings ${hhmm(a)}–${hhmm(b)}`)));
-  }
-  // the time axis: round times at a step that leaves room for the labels
-  const step = STEPS_MS.find((s) => (t1 - t0) / s <= (W - L - R) / 90) || STEPS_MS[STEPS_MS.length - 1];
-  parts.push(svg("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }));
-  for (let t = Math.ceil(t0 / step) * step; t <= t1; t += step) {
-    parts.push(svg("line", { class: "tick", x1: x(t).toFixed(1), x2: x(t).toFixed(1), y1: T, y2: H - B }));
-    if (x(t) < W - R - 28) {  // a label cut by the edge says nothing
-      parts.push(svg("text", { class: "xlabel", x: x(t).toFixed(1), y: H - 8, "text-anchor": "middle" }, hhmm(t)));
-    }
-  }
-  const ylabel = (v, label) => svg("text", { class: "ylabel", x: L - 6, y: (y(v) + 4).toFixed(1),
-                                              "text-anchor": "end" }, label);
-  if (onoffs) parts.push(ylabel(1, "on"), ylabel(0, "off"));
-  else {
-    for (const v of niceTicks(lo, hi, H > 150 ? 4 : 3)) {
-      parts.push(svg("line", { class: "tick", x1: L, x2: W - R, y1: y(v).toFixed(1), y2: y(v).toFixed(1) }),
-                 ylabel(v, fmt(v, { decimals: tickDecimals(v, hi - lo) })));
-    }
-  }
-  for (const l of limits) {
-    parts.push(svg("line", { class: "limit", x1: L, x2: W - R, y1: y(l.v).toFixed(1), y2: y(l.v).toFixed(1) }),
-               svg("text", { class: "limit-label", x: W - R - 4, y: (y(l.v) - 4).toFixed(1),
-                             "text-anchor": "end" }, l.label));
-  }
-  for (const run of runs) {
-    if (onoffs) {
-      // a step where the state changes, and a band while it is on
-      let d = `M${x(run[0].ts).toFixed(1)},${y(run[0].v).toFixed(1)}`;
-      for (let i = 1; i < run.length; i++) d += ` H${x(run[i].ts).toFixed(1)} V${y(run[i].v).toFixed(1)}`;
-      for (let i = 0; i < run.length - 1; i++) {
-        if (run[i].v) parts.push(svg("rect", { class: "on", x: x(run[i].ts).toFixed(1), y: y(1),
-          width: (x(run[i + 1].ts) - x(run[i].ts)).toFixed(1), height: (y(0) - y(1)).toFixed(1) }));
-      }
-      parts.push(svg("path", { class: "steps", d }));
-    } else if (run.length > 1) {
-      parts.push(svg("polyline", { class: "series",
-        points: run.map((p) => `${x(p.ts).toFixed(1)},${y(p.v).toFixed(1)}`).join(" ") }));
-    } else {
-      parts.push(svg("circle", { class: "series-dot", cx: x(run[0].ts).toFixed(1), cy: y(run[0].v).toFixed(1), r: 2.5 }));
-    }
-  }
-  return svg("svg", { class: `chart ${onoffs ? "onoff" : ""}`, viewBox: `0 0 ${W} ${H}`, width: W, height: H,
-                      role: "img", "aria-label": `readings from ${hhmm(t0)} to ${hhmm(t1)}` }, ...parts);
+  const f = frame(vals, limits, onoffs, width);
+  const cut = runs(vals);
+  const gaps = cut.gaps.map(([a, b]) => svg("rect", { class: "gap", x: f.x(a).toFixed(1), y: f.T,
+    width: (f.x(b) - f.x(a)).toFixed(1), height: f.H - f.T - f.B },
+    svg("title", {}, `no readings ${hhmm(a)}–${hhmm(b)}`)));
+  return svg("svg", { class: `chart ${onoffs ? "onoff" : ""}`, viewBox: `0 0 ${f.W} ${f.H}`,
+                      width: f.W, height: f.H, role: "img",
+                      "aria-label": `readings from ${hhmm(f.t0)} to ${hhmm(f.t1)}` },
+    ...gaps, ...timeAxis(f), ...valueAxis(f, onoffs, limits),
+    ...cut.runs.flatMap((run) => series(f, run, onoffs)));
 }
 
 function facts(pairs) {
