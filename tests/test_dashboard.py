@@ -543,9 +543,11 @@ async def test_hostile_data_is_shown_as_text_and_runs_nothing(tmp_path: Path) ->
             await expect(other).to_have_attribute("data-alert", hostile("alert2"))
             for text in ("category", "message", "aunit"):
                 await expect(other).to_contain_text(hostile(text))
+            await alert.locator("input.note").fill(hostile("note"))  # people's words, shown back
             await alert.locator('button[data-act="ack"]').click()
             await expect(alert.locator(".badge.stage")).to_have_text("acknowledged")
             await expect(alert).to_contain_text(f"acknowledged by {name}")
+            await expect(alert).to_contain_text(hostile("note"))
 
             # the device's page: labels, point, value and unit
             await alert.locator(".meta a").first.click()
