@@ -14,6 +14,7 @@ from device_registry.alerts.lifecycle import Action, Refused, StillActive
 from device_registry.alerts.store import AlertFilter, OpsStore
 from device_registry.db.tables import Alert
 from device_registry.errors import NotFound
+from device_registry.http.auth import Principal, Role
 from gridwatch.ground.contract import AlertEvent, AlertState, Location, Severity, new_id
 
 T0 = 1_700_000_000_000
@@ -201,3 +202,35 @@ async def test_an_alert_stored_before_the_contract_had_ranges_still_moves(ops: O
     await ingest(ops, smoke("old-1", "sd-1", T0 + MIN, AlertState.CLEARED), now=T0 + MIN)
     [a] = await ops.alerts(AlertFilter(), now=T0 + 2 * MIN)
     assert (a.alert_id, a.stage) == ("old-1", "cleared")
+
+
+async def test_two_operators_closing_at_once_close_each_alert_once(ops: OpsStore) -> None:
+    """Two operators (through two registry processes) close the same cleared alerts at once:
+    each alert is closed once, by one of them, with one lifecycle message; the other is told
+    it was closed already."""
+    ids = [f"c{n}" for n in range(5)]
+    await ingest(ops, *(smoke(i, f"sd-{i}", T0, grid=f"G-{i}") for i in ids))
+    await ingest(ops, *(smoke(i, f"sd-{i}", T0 + MIN, AlertState.CLEARED, grid=f"G-{i}")
+                        for i in ids))  # fmt: skip
+    other_store = await RegistryStore.open(
+        ops.store.engine.url.render_as_string(hide_password=False)
+    )
+    other = OpsStore(other_store)
+    anna, bob = Principal("anna", Role.OPERATOR), Principal("bob", Role.OPERATOR)
+    try:
+        results = await asyncio.gather(
+            ops.close_many(ids, anna, "", T0 + 2 * MIN),
+            other.close_many(ids, bob, "", T0 + 2 * MIN),
+            return_exceptions=True,
+        )
+    finally:
+        await other_store.close()
+    # SQLite may refuse the loser's stale transaction outright (its operator tries again)
+    done = [r for r in results if not isinstance(r, BaseException)]
+    assert all(isinstance(r, StoreUnavailable) for r in results if isinstance(r, BaseException))
+    assert sorted(i for r in done for i in r.closed) == ids
+    for r in done:
+        assert all(sk.reason == "cannot close an alert that is closed" for sk in r.skipped)
+    closes = [e.payload["alert_id"] for e in await ops.feed(0)
+              if e.kind == "lifecycle" and e.payload.get("action") == "close"]  # fmt: skip
+    assert sorted(closes) == ids
