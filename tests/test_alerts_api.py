@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from device_registry import Changes
 from device_registry.http.auth import Role
-from tests._ops_helpers import registry, smoke
+from gridwatch.ground.contract import AlertState, Birth, DeviceInfo
+from tests._ops_helpers import now_ms, registry, smoke
 
 
 async def test_operator_walks_an_alert_to_closed_with_notes(tmp_path: Path) -> None:
@@ -14,12 +16,29 @@ async def test_operator_walks_an_alert_to_closed_with_notes(tmp_path: Path) -> N
         status, [a] = await reg.call("GET", "/api/v1/alerts/lifecycle", Role.OPERATOR)
         assert status == 200 and a["stage"] == "open" and a["time_limit_min"] == 15
         assert 0 < a["time_left_ms"] <= 15 * 60_000
+        # the catalogue's words beside the code; no profile known yet, so no decimals
+        assert (a["category_name"], a["responsible_unit"], a["decimals"]) == (
+            "Smoke detected in a public building", "Fire and rescue brigade", None,
+        )  # fmt: skip
+        # its gateway says the device is a Modbus smoke detector: obscuration has two decimals
+        info = DeviceInfo(device="sd-001", profile="smoke-detector-modbus", interval_s=2)
+        birth = Birth(gateway="gw1", session=1, ts=now_ms(), devices=["sd-001"], device_info=[info])
+        await reg.store.apply(Changes(now=now_ms(), status=[birth]))
+        _, [a] = await reg.call("GET", "/api/v1/alerts/lifecycle", Role.OPERATOR)
+        assert a["decimals"] == 2
 
         status, a = await reg.call("POST", "/api/v1/alerts/a1/ack", Role.OPERATOR,
                                    {"note": "crew dispatched"})  # fmt: skip
         assert status == 200 and a["stage"] == "acknowledged" and a["acked_by"] == "operator-1"
         status, err = await reg.call("POST", "/api/v1/alerts/a1/close", Role.OPERATOR)
         assert status == 409 and "cannot close an alert that is acknowledged" in err["detail"]
+        # the detector still sees smoke: resolving it would hide the fire from every list
+        status, err = await reg.call("POST", "/api/v1/alerts/a1/resolve", Role.OPERATOR, {})
+        assert status == 409 and err["detail"].startswith(
+            "this alert cannot be resolved yet: the sensor still reports Smoke detected "
+            "(obscuration 5.2 %/m, threshold 4)."
+        )
+        await reg.ingest(smoke("a1", state=AlertState.CLEARED))
         status, _ = await reg.call("POST", "/api/v1/alerts/a1/resolve", Role.OPERATOR, {})
         assert status == 200
         status, a = await reg.call("POST", "/api/v1/alerts/a1/close", Role.ADMIN)
@@ -28,6 +47,7 @@ async def test_operator_walks_an_alert_to_closed_with_notes(tmp_path: Path) -> N
         status, detail = await reg.call("GET", "/api/v1/alerts/a1", Role.PLATFORM)
         assert [(s["action"], s["actor"], s["note"]) for s in detail["actions"]] == [
             ("ack", "operator-1", "crew dispatched"),
+            ("device_clear", "device", ""),
             ("resolve", "operator-1", ""),
             ("close", "admin-1", ""),
         ]
@@ -75,3 +95,42 @@ async def test_openapi_describes_the_alert_and_health_endpoints(tmp_path: Path) 
     assert {"PlatformLifecycle", "PlatformEscalation", "HealthReport"} <= set(
         spec["components"]["schemas"]
     )
+
+
+async def test_cleared_and_resolved_alerts_are_closed_at_once(tmp_path: Path) -> None:
+    """After a burst, cleared alerts pile up: one call closes them; what may not be closed (the
+    sensor still reports it, no such alert) stays, each with the reason."""
+    async with registry(tmp_path) as reg:
+        await reg.ingest(*(smoke(f"c{n}", grid=f"G-{n}") for n in range(4)), smoke("live"))
+        await reg.ingest(*(smoke(f"c{n}", grid=f"G-{n}", state=AlertState.CLEARED)
+                           for n in range(3)))  # fmt: skip
+        status, _ = await reg.call("POST", "/api/v1/alerts/c2/resolve", Role.OPERATOR,
+                                   {"note": "pump restarted"})  # fmt: skip
+        assert status == 200
+        body = {"alert_ids": ["c0", "c1", "c2", "c3", "live", "nope", "c0"], "note": "after rain"}
+        for role in (Role.MAINTENANCE, Role.PLATFORM, Role.INSTALLER):
+            status, _ = await reg.call("POST", "/api/v1/alerts/close", role, body)
+            assert status == 403, role
+        status, done = await reg.call("POST", "/api/v1/alerts/close", Role.OPERATOR, body)
+        assert status == 200 and done["closed"] == ["c0", "c1", "c2"]
+        skipped = {s["alert_id"]: s["reason"] for s in done["skipped"]}
+        assert skipped["nope"] == "no such alert"
+        assert skipped["c3"] == skipped["live"] == "cannot close an alert that is open"
+        status, left = await reg.call("GET", "/api/v1/alerts/lifecycle", Role.OPERATOR)
+        assert sorted(a["alert_id"] for a in left) == ["c3", "live"]
+        _, c2 = await reg.call("GET", "/api/v1/alerts/c2", Role.OPERATOR)
+        assert (c2["stage"], c2["closed_by"], c2["notes"]) == (
+            "closed", "operator-1", {"resolve": "pump restarted", "close": "after rain"},
+        )  # fmt: skip
+        # one audit entry says who closed which
+        _, [entry] = await reg.call("GET", "/api/v1/audit?target=alerts:3", Role.ADMIN)
+        assert (entry["actor"], entry["action"], entry["detail"]["closed"]) == (
+            "operator-1", "alerts.close", ["c0", "c1", "c2"],
+        )  # fmt: skip
+        status, err = await reg.call("POST", "/api/v1/alerts/close", Role.OPERATOR,
+                                     {"alert_ids": []})  # fmt: skip
+        assert status == 422 and err["errors"][0]["loc"] == "alert_ids"
+        for bad in ({"alert_ids": ["x" * 129]}, {"alert_ids": ["c3"] * 1001},
+                    {"alert_ids": "c3"}, {"alert_ids": [""]}):  # fmt: skip
+            status, err = await reg.call("POST", "/api/v1/alerts/close", Role.OPERATOR, bad)
+            assert status == 422 and err["errors"][0]["loc"].startswith("alert_ids"), bad

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from gridwatch.ground.gatewayconf import load_gateway
-from gridwatch.ground.profiles import load_profiles
+from gridwatch.ground.profiles import (
+    ModbusPoint,
+    MqttPoint,
+    load_profiles,
+    onoff,
+    point_decimals,
+    shown_points,
+)
 from gridwatch.top.cli import main as cli
 from gridwatch.top.configcheck import check
 
@@ -141,3 +148,36 @@ def test_poll_interval_not_longer_than_bus_timeout_is_refused_at_load(tmp_path: 
         f"{path}:8: devices -> 0 -> interval_s: poll interval 0.5s must be longer than "
         "bus 'b' timeout 1.0s (got 0.5)"
     ]
+
+
+# how a point's value is shown: (the point, decimals, on/off)
+SHOWN = [
+    (ModbusPoint(table="input", address=0, data_type="float32", unit="%/m"), 2, False),
+    (ModbusPoint(table="input", address=0, data_type="float32", decimals=3), 3, False),
+    (ModbusPoint(table="holding", address=0, data_type="uint16", scale=0.001, unit="m"), 3, False),
+    (ModbusPoint(table="holding", address=0, data_type="int16", scale=0.1), 1, False),
+    (ModbusPoint(table="holding", address=0, data_type="uint16", scale=0.5), 1, False),
+    (ModbusPoint(table="holding", address=0, data_type="uint16", scale=10), 0, False),
+    (ModbusPoint(table="holding", address=0, data_type="uint32"), 0, False),
+    (ModbusPoint(table="holding", address=0, data_type="uint16", scale=0.01, decimals=1), 1, False),
+    (ModbusPoint(table="input", address=2, data_type="bit", bit=0), None, True),
+    (ModbusPoint(table="coil", address=0, data_type="bool"), None, True),
+    (ModbusPoint(table="holding", address=0, data_type="string", length=4), None, False),
+    (MqttPoint(path="data.obscuration"), 2, False),
+    (MqttPoint(path="stats.depth_cm", scale=0.01), 2, False),
+]
+
+
+@pytest.mark.parametrize(("point", "decimals", "is_onoff"), SHOWN)
+def test_a_value_is_shown_with_its_points_decimals(
+    point: ModbusPoint | MqttPoint, decimals: int | None, is_onoff: bool
+) -> None:
+    assert (point_decimals(point), onoff(point)) == (decimals, is_onoff)
+
+
+def test_a_profile_says_how_its_points_are_shown() -> None:
+    smoke = load_profiles(ROOT / "profiles")["smoke-detector-modbus"]
+    shown = shown_points(smoke)
+    assert shown["obscuration"] == {"unit": "%/m", "decimals": 2, "onoff": False,
+                                    "limits": [{"rule": "smoke", "above": 4.0, "below": None}]}  # fmt: skip
+    assert shown["alarm"]["onoff"] and shown["battery"]["decimals"] == 2

@@ -7,8 +7,10 @@ HttpOnly cookie. Screenshots go to test-artifacts/."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -19,6 +21,7 @@ from device_registry.db.tables import Device
 from device_registry.delivery.runtime import OPS, Delivery
 from device_registry.http.auth import SYSTEM, Role, TokenRequest, issue
 from gridwatch.ground.contract import (
+    AlertState,
     Birth,
     DeviceHealth,
     DeviceInfo,
@@ -51,8 +54,13 @@ async def seed(reg: Registry, sink: SqliteSink) -> None:
         DeviceInfo(device=n, profile="smoke-detector-modbus" if n.startswith("sd") else
                    "water-level-ultrasonic", interval_s=3600, location=here) for n in names
     ])  # fmt: skip
-    readings = [Reading(device="sd-001", point="obscuration", value=0.3 + (i % 5) / 10, unit="%/m",
-                        ts=now - (60 - i) * 1000) for i in range(60)]  # fmt: skip
+    # half an hour of obscuration every 30 s, with eight minutes missing in the middle (a gap), and
+    # the alarm bit going on and off again (on/off steps)
+    readings = [Reading(device="sd-001", point="obscuration", value=0.33812767 + (i % 5) / 10,
+                        unit="%/m", ts=now - (60 - i) * 30_000)
+                for i in range(60) if not 25 <= i < 41]  # fmt: skip
+    readings += [Reading(device="sd-001", point="alarm", value=40 <= i < 50, unit="",
+                         ts=now - (60 - i) * 30_000) for i in range(0, 60, 2)]  # fmt: skip
     readings += [Reading(device=n, point="battery", value=2.3 if n == "sd-001" else 3.0, unit="V",
                          ts=now) for n in ("sd-001", "sd-002")]  # fmt: skip
     readings += [Reading(device=n, point="level", value=1.2, unit="m", ts=now) for n in names[2:]]
@@ -115,10 +123,21 @@ async def test_crew_and_operator_views(site: Registry, size: str, artifacts: Pat
             card = page.locator('[data-alert="a1"]')
             await expect(card.locator(".badge.stage")).to_have_text("open")
             await expect(card.locator(".timeleft")).to_contain_text("left")
+            # the catalogue's words beside the code, and the value at the point's decimals
+            await expect(card).to_contain_text("Smoke detected in a public building")
+            await expect(card).to_contain_text("Fire and rescue brigade")
+            await expect(card.locator(".reading")).to_have_text("Smoke detected: 5.20 %/m")
+            await expect(page.locator("#alerts-title")).to_have_text(
+                "Open work: 1 alert in 1 incident"
+            )
             await card.locator("input").fill("crew on the way")
             await card.locator('button[data-act="ack"]').click()
             await expect(card.locator(".badge.stage")).to_have_text("acknowledged")
             await expect(card).to_contain_text("acknowledged by operator-1")
+            await expect(card).to_contain_text("“crew on the way”")
+            # the detector still sees smoke: no resolve, and the card says why
+            await expect(card.locator('button[data-act="resolve"]')).to_have_count(0)
+            await expect(card.locator(".still")).to_contain_text("Sensor still reports it")
             await expect(page.locator("#live")).to_have_text("live")
 
             # a new alert arrives at the centre: the page shows it without a reload
@@ -126,7 +145,11 @@ async def test_crew_and_operator_views(site: Registry, size: str, artifacts: Pat
             await expect(page.locator('[data-alert="a2"] .badge.stage')).to_have_text("open")
             # a second detector in a1's grid cell within the minute: one incident of two alerts
             await site.ingest(smoke("a3", device="sd-003", gateway="gw1"))
-            await expect(card.locator(".badge.incident")).to_have_text("incident of 2")
+            incident = page.locator("section.incident").filter(has=card)
+            await expect(incident.locator(".badge.incident")).to_have_text("incident of 2")
+            await expect(incident.locator('button[data-inc-act="ack"]')).to_have_text(
+                "Acknowledge all"
+            )
             assert await page.evaluate("document.documentElement.scrollWidth") <= width
             await page.screenshot(path=str(artifacts / f"dashboard-alerts-{size}.png"),
                                   full_page=True)  # fmt: skip
@@ -137,6 +160,18 @@ async def test_crew_and_operator_views(site: Registry, size: str, artifacts: Pat
             await expect(detail).to_contain_text("gw1:sd-001")
             await expect(detail).to_contain_text("battery low: 2.3 V")
             await expect(detail.locator("svg.chart polyline").first).to_be_visible()
+            await expect(detail).to_contain_text("obscuration: 0.74 %/m")  # not 0.73812767
+            level = detail.locator('[data-point="obscuration"] svg.chart')
+            # a time axis, the smoke rule's limit as a line, a gap where readings are missing
+            assert await level.locator(".xlabel").count() >= 2
+            await expect(level.locator("text.limit-label")).to_have_text("alarm above 4.00")
+            await expect(level.locator("polyline.series")).to_have_count(2)
+            await expect(level.locator("rect.gap")).to_have_count(1)
+            # the alarm bit: steps on an on/off scale, not a line on -1..1
+            alarm = detail.locator('[data-point="alarm"] svg.chart.onoff')
+            await expect(alarm.locator("path.steps")).to_have_count(1)
+            await expect(alarm.locator("text.ylabel")).to_have_text(["on", "off"])
+            await expect(alarm.locator("rect.on")).to_have_count(1)  # one stretch of "on"
             await page.screenshot(path=str(artifacts / f"dashboard-device-{size}.png"),
                                   full_page=True)  # fmt: skip
         finally:
@@ -156,7 +191,9 @@ async def test_dashboard_needs_a_valid_token(site: Registry) -> None:
             await page.goto(f"{site.url}/dashboard")
             await page.fill("#token", "not-a-token")
             await page.click("#login-form button[type=submit]")
-            await expect(page.locator("#login-error")).to_contain_text("unknown or revoked token")
+            await expect(page.locator("#login-error")).to_contain_text(
+                "This token is unknown or has been revoked"
+            )
             await expect(page.locator("#health")).to_be_hidden()
 
             # a crew logs in; the session outlives a reload, and ends with "Log out"
@@ -167,13 +204,216 @@ async def test_dashboard_needs_a_valid_token(site: Registry) -> None:
             assert await page.evaluate("document.cookie") == ""
             await page.reload()
             await expect(page.locator("#health")).to_be_visible()
-            await expect(page.locator("#live")).to_have_text("offline")  # no stream for crews
+            # no stream for crews: the page refreshes by the clock and says when it last did
+            await expect(page.locator("#live")).to_have_text(re.compile(r"^updated \d"))
             await page.click("#logout")
             await expect(page.locator("#login")).to_be_visible()
             assert await page.context.cookies() == []
             await page.reload()
             await expect(page.locator("#login")).to_be_visible()
             await expect(page.locator("#health")).to_be_hidden()
+        finally:
+            await browser.close()
+
+
+async def _log_in(page: Any, url: str, token: str, where: str = "") -> None:
+    await page.goto(f"{url}/dashboard{where}")
+    await page.fill("#token", token)
+    await page.click("#login-form button[type=submit]")
+
+
+async def test_a_note_survives_an_alert_burst_and_incidents_act_as_one(
+    site: Registry, artifacts: Path
+) -> None:
+    """An operator types a note while an alert burst arrives live: the note, its focus and its
+    caret survive every refresh. The incident's buttons act on all its alerts; what the API
+    refuses (a detector that still sees smoke) is said in the incident, in words. Filters narrow
+    the list, and cleared and resolved alerts are closed with one button (and a second tap)."""
+    from playwright.async_api import async_playwright, expect
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 800})
+            await _log_in(page, site.url, site.tokens[Role.OPERATOR], "#/alerts")
+            await expect(page.locator("#live")).to_have_text("live")
+            a1 = page.locator('[data-alert="a1"]')
+            note = a1.locator("input.note")
+            await note.click()
+            await page.keyboard.type("crew 12 at the")
+
+            # the burst: eight alerts in other cells and another district, each a live refresh
+            for n in range(8):
+                district = "luohu" if n % 2 else "futian"
+                await site.ingest(smoke(f"b{n}", device=f"sd-1{n}", district=district,
+                                        grid=f"G-{n}"))  # fmt: skip
+                await expect(page.locator(f'[data-alert="b{n}"]')).to_have_count(1)
+            await expect(page.locator("#alerts-title")).to_have_text(
+                "Open work: 9 alerts in 9 incidents"
+            )
+            await expect(note).to_have_value("crew 12 at the")
+            assert await page.evaluate("document.activeElement.dataset.key") == "alert:a1"
+            await page.keyboard.type(" pump")  # typing goes on where it was
+            await expect(note).to_have_value("crew 12 at the pump")
+
+            # a second detector in a1's cell: one incident; its buttons act on both alerts
+            await site.ingest(smoke("a3", device="sd-003"))
+            incident = page.locator("section.incident").filter(has=a1)
+            await expect(incident.locator(".badge.incident")).to_have_text("incident of 2")
+            await expect(note).to_have_value("crew 12 at the pump")  # moved into the incident
+            await incident.locator(".incident-head input.note").fill("brigade called")
+            await incident.locator('button[data-inc-act="ack"]').click()
+            await expect(incident.locator(".incident-head .msg")).to_have_text("2 acknowledged.")
+            await expect(a1.locator(".badge.stage")).to_have_text("acknowledged")
+            await expect(a1).to_contain_text("“brigade called”")
+
+            # a1's detector clears, a3's still sees smoke: resolving the incident moves a1 only,
+            # and says why a3 stays
+            await site.ingest(smoke("a1", state=AlertState.CLEARED))
+            await expect(a1.locator(".badge.stage")).to_have_text("cleared")
+            await incident.locator('button[data-inc-act="resolve"]').click()
+            said = incident.locator(".incident-head .msg")
+            await expect(said).to_contain_text("1 resolved. 1 not resolved: a3: This alert cannot "
+                                               "be resolved yet: the sensor still reports Smoke "
+                                               "detected (obscuration 5.2 %/m, threshold 4).")  # fmt: skip
+            await page.screenshot(path=str(artifacts / "dashboard-incident-desktop.png"),
+                                  full_page=True)  # fmt: skip
+
+            # the filters: what is listed, and the heading says it
+            await page.select_option("#f-district", "luohu")
+            await expect(page.locator("#alerts-title")).to_have_text(
+                "Open work: 4 alerts in 4 incidents (luohu)"
+            )
+            await expect(page.locator("#alerts-list article[data-alert]")).to_have_count(4)
+            await page.select_option("#f-district", "")
+            await page.select_option("#f-stage", "done")
+            await expect(page.locator("#alerts-title")).to_have_text(
+                "Cleared and resolved, to close: 1 alert in 1 incident"
+            )
+            # a3, still burning, is shown beside it: an incident is listed whole
+            await expect(page.locator('[data-alert="a3"]')).to_have_class(re.compile("context"))
+            # the resolved card says who resolved it, when, and the note
+            await expect(a1.locator(".who-resolved")).to_have_text(
+                re.compile(r"^resolved by operator-1 \d+ s ago")
+            )
+            # many at once: one button, a second tap confirms, no pop-up
+            close = page.locator("#close-done")
+            await expect(close).to_have_text("Close 1 cleared and resolved")
+            await close.click()
+            await expect(close).to_have_text("Tap again to close 1 alerts")
+            await close.click()
+            await expect(page.locator("#alerts-msg")).to_have_text("Closed 1 alert.")
+            await expect(a1).to_have_count(0)
+            await expect(close).to_be_hidden()
+        finally:
+            await browser.close()
+    _, closed = await site.call("GET", "/api/v1/alerts/a1", Role.ADMIN)
+    assert closed["stage"] == "closed"
+
+
+async def test_a_refused_resolve_is_said_in_the_card(site: Registry) -> None:
+    """The sensor raises the alert again between the page's refresh and the operator's tap: the
+    API refuses, and the card says why in words (no pop-up), then shows the alert as it is."""
+    from playwright.async_api import Dialog, Route, async_playwright, expect
+
+    dialogs: list[str] = []
+
+    async def dismiss(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        await dialog.dismiss()
+
+    async def no_stream(route: Route) -> None:
+        await route.abort()  # no live refresh: the page cannot know before the tap
+
+    await site.ingest(smoke("a1", state=AlertState.CLEARED))
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = await browser.new_page(viewport={"width": 390, "height": 844})
+            page.on("dialog", dismiss)
+            await page.route("**/api/v1/alerts/stream", no_stream)
+            await _log_in(page, site.url, site.tokens[Role.OPERATOR], "#/alerts")
+            await page.select_option("#f-stage", "done")
+            a1 = page.locator('[data-alert="a1"]')
+            await expect(a1.locator('button[data-act="resolve"]')).to_be_visible()
+            await site.ingest(smoke("a1"))  # smoke again
+            await a1.locator('button[data-act="resolve"]').click()
+            await expect(a1.locator(".msg")).to_contain_text(
+                "This alert cannot be resolved yet: the sensor still reports Smoke detected"
+            )
+            await expect(a1.locator(".still")).to_have_text(
+                "Sensor reports it again: resolve or close once it clears."
+            )
+            await expect(a1.locator('button[data-act="resolve"]')).to_have_count(0)
+        finally:
+            await browser.close()
+    assert dialogs == []
+
+
+async def test_a_crew_sees_what_it_may_do_and_no_broken_stream(
+    site: Registry, artifacts: Path
+) -> None:
+    """Maintenance may read alerts, not act on them or read the live stream: the page offers no
+    button that would be refused, opens no stream, and its header says when the page was last
+    updated, never "reconnecting". After a burst the phone lists the open work compactly."""
+    from playwright.async_api import Request, Route, async_playwright, expect
+
+    asked: list[str] = []
+
+    async def no_network(route: Route) -> None:
+        await route.abort("internetdisconnected")
+
+    await site.ingest(*(smoke(f"c{n}", device=f"sd-2{n}", grid=f"C-{n}") for n in range(90)))
+    await site.ingest(*(smoke(f"c{n}", device=f"sd-2{n}", grid=f"C-{n}", state=AlertState.CLEARED)
+                        for n in range(80)))  # fmt: skip
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = await browser.new_page(viewport={"width": 390, "height": 844})
+
+            def requested(request: Request) -> None:
+                asked.append(urlsplit(request.url).path)
+
+            page.on("request", requested)
+            await _log_in(page, site.url, site.tokens[Role.MAINTENANCE], "#/alerts")
+            await expect(page.locator("#alerts-title")).to_have_text(
+                "Open work: 11 alerts in 11 incidents"
+            )
+            await expect(page.locator("#alerts-summary")).to_contain_text(
+                "80 cleared or resolved, to close"
+            )
+            await expect(page.locator("#live")).to_have_text(re.compile(r"^updated \d"))
+            assert await page.locator("button[data-act], button[data-inc-act]").count() == 0
+            assert await page.locator("input.note").count() == 0
+            await expect(page.locator("#close-done")).to_be_hidden()
+            assert "/api/v1/alerts/stream" not in asked
+            # a refusal, had one happened, reads as a sentence for the crew
+            words = await page.evaluate('said({status: 403}, "acknowledge this alert")')
+            assert words == "Your role (maintenance) may not acknowledge this alert."
+            assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+            height = await page.evaluate("document.documentElement.scrollHeight")
+            await page.screenshot(path=str(artifacts / "dashboard-alerts-crew-phone.png"),
+                                  full_page=True)  # fmt: skip
+            # 11 open alerts of 91 not closed: the phone shows the open work, compactly
+            assert height < 11 * 200, height
+            await expect(page.locator("#live")).not_to_have_text("reconnecting")
+
+            # without a stream, the clock brings news: a new alert shows within a poll
+            await site.ingest(smoke("late", device="sd-999", grid="L-1"))
+            await expect(page.locator('[data-alert="late"]')).to_have_count(1, timeout=15_000)
+            # and when the registry cannot be reached, the header says since when, in words
+            await page.route("**/api/v1/alerts/lifecycle*", no_network)
+            await expect(page.locator("#live")).to_have_text(
+                re.compile(r"^not updated since .+: no connection$"), timeout=15_000
+            )
+            await page.unroute("**/api/v1/alerts/lifecycle*")
+
+            # an installer has no page here: the dashboard says where its work is done
+            await page.click("#logout")
+            await _log_in(page, site.url, site.tokens[Role.INSTALLER])
+            await expect(page.locator("#nothing")).to_contain_text("no page for the installer role")
+            await expect(page.locator("#nav-alerts")).to_be_hidden()
+            await expect(page.locator("#nav-health")).to_be_hidden()
         finally:
             await browser.close()
 
@@ -303,9 +543,11 @@ async def test_hostile_data_is_shown_as_text_and_runs_nothing(tmp_path: Path) ->
             await expect(other).to_have_attribute("data-alert", hostile("alert2"))
             for text in ("category", "message", "aunit"):
                 await expect(other).to_contain_text(hostile(text))
+            await alert.locator("input.note").fill(hostile("note"))  # people's words, shown back
             await alert.locator('button[data-act="ack"]').click()
             await expect(alert.locator(".badge.stage")).to_have_text("acknowledged")
             await expect(alert).to_contain_text(f"acknowledged by {name}")
+            await expect(alert).to_contain_text(hostile("note"))
 
             # the device's page: labels, point, value and unit
             await alert.locator(".meta a").first.click()

@@ -8,11 +8,13 @@ from device_registry.alerts.lifecycle import (
     Action,
     Refused,
     Stage,
+    StillActive,
     device_cleared,
     due_at,
     is_overdue,
     needs_escalation,
     step,
+    still_reported,
     time_left_ms,
 )
 from gridwatch.ground.catalogue import default_catalogue_dir, load_catalogue
@@ -48,6 +50,47 @@ def test_operator_steps(stage: Stage, action: Action, after: Stage | None) -> No
         return
     t = step(stage, action, "ops-1", T0, note="pump on site")
     assert (t.before, t.after, t.actor, t.at, t.note) == (stage, after, "ops-1", T0, "pump on site")
+
+
+SMOKE = "Smoke detected (obscuration 5.2 %/m, threshold 4)"
+
+
+@pytest.mark.parametrize(
+    ("stage", "action", "refused"),
+    [
+        # while the sensor still reports the condition, nothing takes it off the lists...
+        (Stage.OPEN, Action.RESOLVE, "cannot be resolved yet: the sensor still reports " + SMOKE),
+        (Stage.ACKNOWLEDGED, Action.RESOLVE, "cannot be resolved yet"),
+        (Stage.RESOLVED, Action.CLOSE, "cannot be closed yet: the sensor still reports"),
+        (Stage.OPEN, Action.CLOSE, "cannot close an alert that is open"),  # the stage says first
+        # ...but it may be acknowledged: somebody is on it
+        (Stage.OPEN, Action.ACK, None),
+    ],
+)
+def test_an_alert_the_sensor_still_reports_is_not_resolved_or_closed(
+    stage: Stage, action: Action, refused: str | None
+) -> None:
+    if refused is None:
+        assert step(stage, action, "ops-1", T0, active=SMOKE).after is Stage.ACKNOWLEDGED
+        return
+    with pytest.raises(Refused, match=refused.replace("(", r"\(").replace(")", r"\)")) as exc:
+        step(stage, action, "ops-1", T0, active=SMOKE)
+    assert isinstance(exc.value, StillActive) == ("yet" in refused)
+
+
+@pytest.mark.parametrize(
+    ("state", "message", "value", "unit", "threshold", "said"),
+    [
+        ("raised", "Smoke detected", 5.2, "%/m", 4.0, SMOKE),
+        ("updated", "", 2.896005, "m", None, "obscuration 2.896 m"),
+        ("raised", "Cover open", True, "", None, "Cover open (obscuration True)"),
+        ("cleared", "Smoke detected", 0.3, "%/m", 4.0, None),
+    ],
+)
+def test_what_the_sensor_still_reports(
+    state: str, message: str, value: object, unit: str, threshold: float | None, said: str | None
+) -> None:
+    assert still_reported(state, message, "obscuration", value, unit, threshold) == said
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,11 @@ import pytest
 from sqlalchemy import update
 
 from device_registry import Changes, RegistryStore, StoreUnavailable
-from device_registry.alerts.lifecycle import Action, Refused
+from device_registry.alerts.lifecycle import Action, Refused, StillActive
 from device_registry.alerts.store import AlertFilter, OpsStore
 from device_registry.db.tables import Alert
 from device_registry.errors import NotFound
+from device_registry.http.auth import Principal, Role
 from gridwatch.ground.contract import AlertEvent, AlertState, Location, Severity, new_id
 
 T0 = 1_700_000_000_000
@@ -50,16 +51,24 @@ async def test_lifecycle_is_persisted_with_who_and_when(ops: OpsStore) -> None:
     await ops.act("a1", Action.ACK, "ops-anna", "crew on the way", T0 + 2 * MIN)
     with pytest.raises(Refused):
         await ops.act("a1", Action.ACK, "ops-bob", "", T0 + 3 * MIN)
-    await ops.act("a1", Action.RESOLVE, "ops-bob", "false alarm: kitchen", T0 + 9 * MIN)
-    await ingest(ops, smoke("a1", "sd-1", T0 + 10 * MIN, AlertState.CLEARED), now=T0 + 10 * MIN)
+    with pytest.raises(StillActive, match="the sensor still reports obscuration 5"):
+        await ops.act("a1", Action.RESOLVE, "ops-bob", "", T0 + 8 * MIN)
+    await ingest(ops, smoke("a1", "sd-1", T0 + 9 * MIN, AlertState.CLEARED), now=T0 + 9 * MIN)
+    view = await ops.act("a1", Action.RESOLVE, "ops-bob", "false alarm: kitchen", T0 + 10 * MIN)
+    assert (view.resolved_by, view.resolved_at) == ("ops-bob", T0 + 10 * MIN)
+    assert view.notes == {"ack": "crew on the way", "resolve": "false alarm: kitchen"}
+    assert (view.category_name, view.responsible_unit) == (
+        "Smoke detected in a public building", "Fire and rescue brigade",
+    )  # fmt: skip
     view = await ops.act("a1", Action.CLOSE, "ops-anna", "", T0 + 11 * MIN)
     assert view.stage == "closed" and view.acked_by == "ops-anna" and view.resolved_by == "ops-bob"
-    assert view.cleared_at == T0 + 10 * MIN  # the device's clear is kept beside the people's steps
+    assert view.cleared_at == T0 + 9 * MIN  # the device's clear is kept beside the people's steps
 
     _, steps = await ops.alert("a1", T0 + 12 * MIN)
     assert [(s.action, s.after, s.actor, s.at) for s in steps] == [
         ("ack", "acknowledged", "ops-anna", T0 + 2 * MIN),
-        ("resolve", "resolved", "ops-bob", T0 + 9 * MIN),
+        ("device_clear", "cleared", "device", T0 + 9 * MIN),
+        ("resolve", "resolved", "ops-bob", T0 + 10 * MIN),
         ("close", "closed", "ops-anna", T0 + 11 * MIN),
     ]
     assert await ops.alerts(AlertFilter(), now=T0) == []  # closed alerts are not listed
@@ -90,6 +99,7 @@ async def test_two_detectors_in_one_cell_are_one_incident(ops: OpsStore) -> None
 
 async def test_overdue_alert_is_escalated_once(ops: OpsStore) -> None:
     await ingest(ops, smoke("a1", "sd-1", T0), smoke("a2", "sd-2", T0, grid="FT-0100"))
+    await ingest(ops, smoke("a2", "sd-2", T0 + MIN // 2, AlertState.CLEARED, grid="FT-0100"))
     await ops.act("a2", Action.RESOLVE, "ops", "", T0 + MIN)
     assert await ops.escalate(T0 + 15 * MIN) == []
     assert await ops.escalate(T0 + 15 * MIN + 1) == ["a1"]
@@ -157,8 +167,16 @@ async def test_an_incident_is_acknowledged_and_resolved_as_one(ops: OpsStore) ->
     assert [(s.alert_id, s.stage) for s in acked.skipped] == [("a1", "acknowledged")]
     assert acked.applied[0].acked_by == "ops-2"
 
+    # one detector still sees smoke: that alert stays, with the reason in words
+    await ingest(ops, smoke("a1", "sd-1", T0 + 20 * MIN, AlertState.CLEARED))
     resolved = await ops.act_on_incident(incident, Action.RESOLVE, "ops-2", "", T0 + 30 * MIN)
-    assert sorted(a.alert_id for a in resolved.applied) == ["a1", "a2"] and not resolved.skipped
+    assert [a.alert_id for a in resolved.applied] == ["a1"]
+    assert [(s.alert_id, s.stage) for s in resolved.skipped] == [("a2", "acknowledged")]
+    assert "cannot be resolved yet: the sensor still reports" in resolved.skipped[0].reason
+    await ingest(ops, smoke("a2", "sd-2", T0 + 31 * MIN, AlertState.CLEARED))
+    resolved = await ops.act_on_incident(incident, Action.RESOLVE, "ops-2", "", T0 + 32 * MIN)
+    assert [a.alert_id for a in resolved.applied] == ["a2"]
+    assert [(s.alert_id, s.stage) for s in resolved.skipped] == [("a1", "resolved")]
     stages = {
         a.alert_id: a.stage
         for a in await ops.alerts(
@@ -168,7 +186,8 @@ async def test_an_incident_is_acknowledged_and_resolved_as_one(ops: OpsStore) ->
     assert stages == {"a1": "resolved", "a2": "resolved", "x9": "open"}  # fmt: skip
     actions = [(e.payload["alert_id"], e.payload.get("action")) for e in await ops.feed(0)
                if e.kind == "lifecycle" and e.payload.get("action") != "open"]  # fmt: skip
-    assert actions == [("a1", "ack"), ("a2", "ack"), ("a1", "resolve"), ("a2", "resolve")]
+    assert actions == [("a1", "ack"), ("a2", "ack"), ("a1", "device_clear"), ("a1", "resolve"),
+                       ("a2", "device_clear"), ("a2", "resolve")]  # fmt: skip
     with pytest.raises(NotFound):
         await ops.act_on_incident("no-such-incident", Action.ACK, "ops", "", T0)
 
@@ -183,3 +202,35 @@ async def test_an_alert_stored_before_the_contract_had_ranges_still_moves(ops: O
     await ingest(ops, smoke("old-1", "sd-1", T0 + MIN, AlertState.CLEARED), now=T0 + MIN)
     [a] = await ops.alerts(AlertFilter(), now=T0 + 2 * MIN)
     assert (a.alert_id, a.stage) == ("old-1", "cleared")
+
+
+async def test_two_operators_closing_at_once_close_each_alert_once(ops: OpsStore) -> None:
+    """Two operators (through two registry processes) close the same cleared alerts at once:
+    each alert is closed once, by one of them, with one lifecycle message; the other is told
+    it was closed already."""
+    ids = [f"c{n}" for n in range(5)]
+    await ingest(ops, *(smoke(i, f"sd-{i}", T0, grid=f"G-{i}") for i in ids))
+    await ingest(ops, *(smoke(i, f"sd-{i}", T0 + MIN, AlertState.CLEARED, grid=f"G-{i}")
+                        for i in ids))  # fmt: skip
+    other_store = await RegistryStore.open(
+        ops.store.engine.url.render_as_string(hide_password=False)
+    )
+    other = OpsStore(other_store)
+    anna, bob = Principal("anna", Role.OPERATOR), Principal("bob", Role.OPERATOR)
+    try:
+        results = await asyncio.gather(
+            ops.close_many(ids, anna, "", T0 + 2 * MIN),
+            other.close_many(ids, bob, "", T0 + 2 * MIN),
+            return_exceptions=True,
+        )
+    finally:
+        await other_store.close()
+    # SQLite may refuse the loser's stale transaction outright (its operator tries again)
+    done = [r for r in results if not isinstance(r, BaseException)]
+    assert all(isinstance(r, StoreUnavailable) for r in results if isinstance(r, BaseException))
+    assert sorted(i for r in done for i in r.closed) == ids
+    for r in done:
+        assert all(sk.reason == "cannot close an alert that is closed" for sk in r.skipped)
+    closes = [e.payload["alert_id"] for e in await ops.feed(0)
+              if e.kind == "lifecycle" and e.payload.get("action") == "close"]  # fmt: skip
+    assert sorted(closes) == ids

@@ -59,6 +59,7 @@ EXPECTED: dict[tuple[str, str], set[Role]] = {
     ("POST", "/api/v1/alerts/{id}/ack"): {OPR, ADM},
     ("POST", "/api/v1/alerts/{id}/resolve"): {OPR, ADM},
     ("POST", "/api/v1/alerts/{id}/close"): {OPR, ADM},
+    ("POST", "/api/v1/alerts/close"): {OPR, ADM},
     ("POST", "/api/v1/incidents/{id}/ack"): {OPR, ADM},
     ("POST", "/api/v1/incidents/{id}/resolve"): {OPR, ADM},
     ("POST", "/api/v1/incidents/{id}/close"): {OPR, ADM},

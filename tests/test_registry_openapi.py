@@ -93,6 +93,8 @@ SCHEMAS: list[tuple[str, str, str | None, str, dict[str, Any]]] = [
      {"$ref": "#/components/schemas/AlertOpsView"}),
     ("POST", "/api/v1/incidents/{id}/close", "ActionRequest", "200",
      {"$ref": "#/components/schemas/IncidentActed"}),
+    ("POST", "/api/v1/alerts/close", "BulkCloseRequest", "200",
+     {"$ref": "#/components/schemas/BulkClosed"}),
     ("POST", "/api/v1/webhooks", "WebhookRequest", "201",
      {"$ref": "#/components/schemas/WebhookView"}),
     ("POST", "/api/v1/tokens", "TokenRequest", "201", {"$ref": "#/components/schemas/IssuedToken"}),

@@ -10,6 +10,11 @@ An operator may resolve an open alert without acknowledging it first (the fix wa
 close a cleared one (the condition went away by itself). Every accepted step becomes a
 ``Transition`` the store persists: who did what, when, with a note.
 
+Nobody may resolve or close an alert while its sensor still reports the condition
+(``StillActive``): a closed alert leaves every list, and a flood that is still there would then be
+shown by nothing. Such an alert can be acknowledged; it becomes ``cleared`` when the device says
+the condition is gone, and can be resolved or closed from there.
+
 Time limits come from the event catalogue (the city base list with the alert's district layer on
 top); an alert still waiting for people (open or acknowledged) past its limit is overdue, and is
 escalated once.
@@ -60,10 +65,27 @@ WAITING = frozenset({Stage.OPEN, Stage.ACKNOWLEDGED})
 class Refused(ValueError):
     """An action that the alert's stage does not allow (an API 409)."""
 
-    def __init__(self, stage: Stage, action: Action) -> None:
-        super().__init__(f"cannot {action.value} an alert that is {stage.value}")
+    def __init__(self, stage: Stage, action: Action, message: str = "") -> None:
+        super().__init__(message or f"cannot {action.value} an alert that is {stage.value}")
         self.stage = stage
         self.action = action
+
+
+ENDING = frozenset({Action.RESOLVE, Action.CLOSE})
+"""Actions that take an alert off the operators' lists: refused while the condition lasts."""
+
+
+class StillActive(Refused):
+    """Resolve or close of an alert whose sensor still reports the condition (an API 409)."""
+
+    def __init__(self, stage: Stage, action: Action, condition: str) -> None:
+        verb = {Action.RESOLVE: "resolved", Action.CLOSE: "closed"}[action]
+        super().__init__(stage, action, (
+            f"this alert cannot be {verb} yet: the sensor still reports {condition}. "
+            "It can be acknowledged now; once the device reports the condition gone, the alert "
+            f"shows as cleared and can be {verb}."
+        ))  # fmt: skip
+        self.condition = condition
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,12 +100,35 @@ class Transition:
     at: int
 
 
-def step(stage: Stage, action: Action, actor: str, at: int, note: str = "") -> Transition:
-    """The transition ``action`` makes from ``stage`` at time ``at`` (epoch ms), or ``Refused``."""
+def step(
+    stage: Stage, action: Action, actor: str, at: int, note: str = "", active: str | None = None
+) -> Transition:
+    """The transition ``action`` makes from ``stage`` at time ``at`` (epoch ms), or ``Refused``.
+    ``active``: what the sensor still reports (e.g. "obscuration 5.2 %/m, threshold 4"), None
+    once the device has cleared the condition."""
     after = TRANSITIONS.get((stage, action))
     if after is None:
         raise Refused(stage, action)
+    if active is not None and action in ENDING:
+        raise StillActive(stage, action, active)
     return Transition(stage, after, action, actor, note, at)
+
+
+def still_reported(
+    state: str, message: str, point: str, value: object, unit: str, threshold: float | None
+) -> str | None:
+    """What the sensor still reports, in words, or None once the device cleared the alert
+    (``state`` is the device's own: raised, updated, cleared)."""
+    if state == "cleared":
+        return None
+    # four significant digits: a sentence, not a record (the reading's own view has them all)
+    shown = str(value)
+    if isinstance(value, float):
+        shown = f"{value:.4g}" if abs(value) < 10_000 else f"{value:.0f}"
+    reading = " ".join(x for x in (point, shown, unit) if x)
+    if threshold is not None:
+        reading += f", threshold {threshold:g}"
+    return f"{message} ({reading})" if message else reading
 
 
 def device_cleared(stage: Stage, at: int) -> Transition | None:

@@ -177,7 +177,21 @@ class AlertOperations:
         ops = await s.get(AlertOps, alert_id)
         if alert is None or ops is None:
             return None
-        t = lifecycle.step(Stage(ops.stage), action, actor, now, note)
+        active = lifecycle.still_reported(alert.state, alert.message, alert.point, alert.value,
+                                          alert.unit, alert.threshold)  # fmt: skip
+        t = lifecycle.step(Stage(ops.stage), action, actor, now, note, active)
+        # two operators (or two registry processes) acting on one alert at once: only the one
+        # whose conditional update finds the stage it decided from moves it; on PostgreSQL the
+        # other waits for it, then matches nothing and is refused by the stage it now sees
+        claim = await s.execute(
+            update(AlertOps)
+            .where(AlertOps.alert_id == alert_id, AlertOps.stage == t.before.value)
+            .values(stage=t.after.value)
+            .execution_options(synchronize_session=False)
+        )
+        if not getattr(claim, "rowcount", 0):
+            await s.refresh(ops)
+            raise lifecycle.Refused(Stage(ops.stage), action)
         _record(s, alert, ops, t)
         return t
 

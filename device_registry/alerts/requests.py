@@ -1,8 +1,9 @@
-"""What the alert endpoints accept: an operator's note, and the query strings of the lists."""
+"""What the alert endpoints accept: an operator's note, a list of alerts to close, and the query
+strings of the lists."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -14,6 +15,14 @@ class Request(BaseModel):
 
 
 class ActionRequest(Request):
+    note: str = Field(default="", max_length=2000, description="Why, what was done.")
+
+
+class BulkCloseRequest(Request):
+    alert_ids: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        min_length=1, max_length=1000,
+        description="The alerts to close (at most 1,000): each must be cleared or resolved.",
+    )  # fmt: skip
     note: str = Field(default="", max_length=2000, description="Why, what was done.")
 
 

@@ -1,5 +1,6 @@
-"""The alerts' endpoints: the alert list, alert operations (ack, resolve, close; one alert or a
-whole incident) and one alert with its actions."""
+"""The alerts' endpoints: the alert list, alert operations (ack, resolve, close; one alert, a
+whole incident, or many cleared and resolved alerts closed at once) and one alert with its
+actions."""
 
 from __future__ import annotations
 
@@ -8,13 +9,19 @@ from typing import Any
 from aiohttp import web
 
 from device_registry.alerts.lifecycle import Action, Refused
-from device_registry.alerts.requests import ActionRequest, AlertQuery, LifecycleQuery
+from device_registry.alerts.requests import (
+    ActionRequest,
+    AlertQuery,
+    BulkCloseRequest,
+    LifecycleQuery,
+)
 from device_registry.alerts.store import AlertFilter, OpsStore, stages
-from device_registry.alerts.views import AlertOpsView, AlertView, IncidentActed
+from device_registry.alerts.views import AlertOpsView, AlertView, BulkClosed, IncidentActed
 from device_registry.errors import Conflict
 from device_registry.http.auth import PRINCIPAL, Role, roles
 from device_registry.http.routing import Route, route
 from device_registry.http.state import STORE, now_ms
+from device_registry.inventory.wiring import INSTALLERS
 
 # alerts are for those who act on them
 WATCHERS = roles(Role.OPERATOR, Role.MAINTENANCE, Role.PLATFORM)
@@ -22,7 +29,9 @@ OPERATOR_ACTIONS = (Action.ACK, Action.RESOLVE, Action.CLOSE)
 
 
 def _ops(request: web.Request) -> OpsStore:
-    return OpsStore(request.app[STORE])
+    # the registry's own profiles (as installers configured them) say how each point is shown
+    installers = request.app.get(INSTALLERS)
+    return OpsStore(request.app[STORE], installers.registry.profiles if installers else None)
 
 
 @route("GET", "/api/v1/alerts", WATCHERS, "Alerts, newest transition first")
@@ -43,6 +52,12 @@ async def list_alert_ops(request: web.Request, query: LifecycleQuery) -> list[Al
 async def get_alert(request: web.Request) -> dict[str, Any]:
     view, steps = await _ops(request).alert(request.match_info["id"], now_ms())
     return {**view.model_dump(mode="json"), "actions": [s.model_dump(mode="json") for s in steps]}
+
+
+@route("POST", "/api/v1/alerts/close", roles(Role.OPERATOR), "Close many cleared or resolved "
+       "alerts at once (those that may not be closed are listed with the reason)")  # fmt: skip
+async def close_alerts(request: web.Request, body: BulkCloseRequest) -> BulkClosed:
+    return await _ops(request).close_many(body.alert_ids, request[PRINCIPAL], body.note, now_ms())
 
 
 def _on_alert(action: Action) -> Route:
@@ -75,6 +90,7 @@ ROUTES: tuple[Route, ...] = (
     list_alerts,
     # fixed paths before /alerts/{id}: aiohttp tries resources in the order they were added
     list_alert_ops,
+    close_alerts,
     get_alert,
     *(_on_alert(a) for a in OPERATOR_ACTIONS),
     *(_on_incident(a) for a in OPERATOR_ACTIONS),

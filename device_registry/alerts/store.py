@@ -6,17 +6,19 @@ its own transaction through ``RegistryStore.transaction`` (errors become ``Store
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from device_registry.alerts import lifecycle
 from device_registry.alerts.lifecycle import Action, Refused, Stage
 from device_registry.alerts.views import (
     ActionView,
     AlertOpsView,
+    BulkClosed,
     DeadLetterView,
     IncidentActed,
     SkippedAlert,
@@ -30,11 +32,17 @@ from device_registry.db.tables import (
     AlertAction,
     AlertOps,
     DeadLetter,
+    Device,
+    DeviceInfo,
     FeedCursor,
     PlatformEvent,
     Webhook,
 )
 from device_registry.errors import NotFound
+from device_registry.http.auth import Principal, audit_row
+from device_registry.inventory.configgen import Profiles
+from gridwatch.ground.catalogue import Category
+from gridwatch.ground.profiles import point_decimals
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +66,12 @@ class AlertFilter:
     limit: int = 1000
 
 
-def ops_view(a: Alert, ops: AlertOps, now: int) -> AlertOpsView:
+def ops_view(
+    a: Alert, ops: AlertOps, now: int, entry: Category | None = None,
+    notes: dict[str, str] | None = None, decimals: int | None = None,
+) -> AlertOpsView:  # fmt: skip
+    """``entry``: the alert's catalogue category in its district; ``notes``: the latest note of
+    each action people took on it; ``decimals``: its point's, from the device's profile."""
     stage = Stage(ops.stage)
     return AlertOpsView(
         **alert_view(a).model_dump(), stage=stage.value, incident_id=ops.incident_id,
@@ -67,6 +80,8 @@ def ops_view(a: Alert, ops: AlertOps, now: int) -> AlertOpsView:
         overdue=lifecycle.is_overdue(stage, ops.due_at, now), escalated_at=ops.escalated_at,
         acked_by=ops.acked_by, acked_at=ops.acked_at, resolved_by=ops.resolved_by,
         resolved_at=ops.resolved_at, closed_by=ops.closed_by, closed_at=ops.closed_at,
+        category_name=entry.name if entry else "", responsible_unit=entry.unit if entry else "",
+        notes=notes or {}, decimals=decimals,
     )  # fmt: skip
 
 
@@ -77,9 +92,13 @@ def _webhook(w: Webhook) -> WebhookView:
 
 
 class OpsStore:
-    def __init__(self, store: RegistryStore) -> None:
+    def __init__(
+        self, store: RegistryStore, profiles: Callable[[], Profiles] | None = None
+    ) -> None:
         self.store = store
         self.ops = store.ops
+        self.profiles = profiles
+        """The registry's device profiles (how each point is shown); None: not known here."""
 
     # ---- alerts -------------------------------------------------------------------------------
 
@@ -98,7 +117,24 @@ class OpsStore:
         if f.incident is not None:
             q = q.where(AlertOps.incident_id == f.incident)
         async with self.store.transaction() as s:
-            return [ops_view(a, o, now) for a, o in await s.execute(q)]
+            rows = list(await s.execute(q))
+            return await self._views(s, rows, now)
+
+    async def _views(
+        self, s: AsyncSession, rows: Sequence[tuple[Alert, AlertOps]], now: int
+    ) -> list[AlertOpsView]:
+        """The views of these alerts, with their notes and their points' decimals."""
+        notes = await _notes(s, [a.alert_id for a, _ in rows])
+        kinds = await _profile_ids(s, [a.device_id for a, _ in rows]) if self.profiles else {}
+        known = self.profiles() if self.profiles else {}
+        out = []
+        for a, o in rows:
+            profile = known.get(kinds.get(a.device_id, ""))
+            point = profile.points.get(a.point) if profile else None
+            entry = self.ops.policy.catalogue.lookup(a.category, a.district)
+            decimals = point_decimals(point) if point is not None else None
+            out.append(ops_view(a, o, now, entry, notes.get(a.alert_id), decimals))
+        return out
 
     async def alert(self, alert_id: str, now: int) -> tuple[AlertOpsView, list[ActionView]]:
         async with self.store.transaction() as s:
@@ -110,7 +146,8 @@ class OpsStore:
             )
             steps = [ActionView(action=r.action, before=r.before, after=r.after, actor=r.actor,
                                 note=r.note, at=r.at) for r in rows]  # fmt: skip
-            return ops_view(a, o, now), steps
+            [view] = await self._views(s, [(a, o)], now)
+            return view, steps
 
     async def act(
         self, alert_id: str, action: Action, actor: str, note: str, now: int
@@ -122,7 +159,7 @@ class OpsStore:
                 raise NotFound("alert", alert_id)
             a, o = await s.get(Alert, alert_id), await s.get(AlertOps, alert_id)
             assert a is not None and o is not None
-            view = ops_view(a, o, now)
+            [view] = await self._views(s, [(a, o)], now)
         self.ops.fed()
         return view
 
@@ -132,6 +169,7 @@ class OpsStore:
         """The action on every alert of the incident whose stage allows it, in one transaction;
         the others are listed with the reason. Raises ``NotFound`` for an unknown incident."""
         out = IncidentActed(incident_id=incident_id)
+        moved: list[tuple[Alert, AlertOps]] = []
         async with self.store.transaction() as s:
             ids = list(await s.scalars(
                 select(AlertOps.alert_id).where(AlertOps.incident_id == incident_id)
@@ -149,8 +187,35 @@ class OpsStore:
                     continue
                 a, o = await s.get(Alert, alert_id), await s.get(AlertOps, alert_id)
                 assert a is not None and o is not None
-                out.applied.append(ops_view(a, o, now))
+                moved.append((a, o))
+            out.applied = await self._views(s, moved, now)
         if out.applied:
+            self.ops.fed()
+        return out
+
+    async def close_many(
+        self, alert_ids: Sequence[str], by: Principal, note: str, now: int
+    ) -> BulkClosed:
+        """Close each of these alerts whose stage and sensor allow it, in one transaction, with
+        one audit entry; the others are listed with the reason (an unknown id among them)."""
+        out = BulkClosed()
+        async with self.store.transaction() as s:
+            for alert_id in dict.fromkeys(alert_ids):  # once each, in the order given
+                try:
+                    t = await self.ops.act(s, alert_id, Action.CLOSE, by.name, note, now)
+                except Refused as exc:
+                    out.skipped.append(
+                        SkippedAlert(alert_id=alert_id, stage=exc.stage.value, reason=str(exc))
+                    )
+                    continue
+                if t is None:
+                    out.skipped.append(SkippedAlert(alert_id=alert_id, stage="",
+                                                    reason="no such alert"))  # fmt: skip
+                    continue
+                out.closed.append(alert_id)
+            detail = {"closed": out.closed, "skipped": len(out.skipped), "note": note}
+            s.add(audit_row(by, "alerts.close", f"alerts:{len(out.closed)}", detail))
+        if out.closed:
             self.ops.fed()
         return out
 
@@ -288,6 +353,37 @@ class OpsStore:
                 d.replayed_at = now
             else:
                 d.last_error = error[:2000]
+
+
+async def _notes(s: AsyncSession, alert_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+    """alert id -> action -> the note of its latest such action, for the notes people gave."""
+    out: dict[str, dict[str, str]] = {}
+    for i in range(0, len(alert_ids), 500):  # a bounded number of parameters per statement
+        q = (
+            select(AlertAction.alert_id, AlertAction.action, AlertAction.note)
+            .where(AlertAction.alert_id.in_(alert_ids[i : i + 500]), AlertAction.note != "")
+            .order_by(AlertAction.id)
+        )
+        for alert_id, action, note in await s.execute(q):
+            out.setdefault(alert_id, {})[action] = note
+    return out
+
+
+async def _profile_ids(s: AsyncSession, device_ids: Sequence[str]) -> dict[str, str]:
+    """device id -> its profile: the installer's if registered, else what its gateway said."""
+    out: dict[str, str] = {}
+    wanted = list(dict.fromkeys(device_ids))
+    for i in range(0, len(wanted), 500):  # a bounded number of parameters per statement
+        chunk = wanted[i : i + 500]
+        said = select(DeviceInfo.device_id, DeviceInfo.profile).where(
+            DeviceInfo.device_id.in_(chunk)
+        )
+        out.update({d: p for d, p in await s.execute(said) if p})
+        registered = select(Device.id, Device.profile).where(
+            Device.id.in_(chunk), Device.profile.is_not(None)
+        )
+        out.update({d: p for d, p in await s.execute(registered) if p})
+    return out
 
 
 def _feed_event(e: PlatformEvent) -> FeedEvent:

@@ -48,6 +48,14 @@ class AlertOpsView(AlertView):
     resolved_at: int | None
     closed_by: str | None
     closed_at: int | None
+    category_name: str = Field(default="", description="The catalogue's name of the category.")
+    responsible_unit: str = Field(default="", description="Who the catalogue makes "
+                                  "responsible for it.")  # fmt: skip
+    notes: dict[str, str] = Field(default_factory=dict, description="The note of the latest "
+                                  "ack, resolve and close, by action (those given one).")  # fmt: skip
+    decimals: int | None = Field(default=None, description="Decimals its point's values are "
+                                 "shown with (from the device's profile); null: not known, or "
+                                 "not a number.")  # fmt: skip
 
 
 class SkippedAlert(BaseModel):
@@ -61,6 +69,13 @@ class IncidentActed(BaseModel):
 
     incident_id: str
     applied: list[AlertOpsView] = Field(default_factory=list)
+    skipped: list[SkippedAlert] = Field(default_factory=list)
+
+
+class BulkClosed(BaseModel):
+    """A close of many alerts: those it closed, and those it left with the reason."""
+
+    closed: list[str] = Field(default_factory=list)
     skipped: list[SkippedAlert] = Field(default_factory=list)
 
 

@@ -5,8 +5,9 @@ the HTTP layer across every room (the middleware that enforces it lives here), a
 is written by every room's changes.
 
 The browser's session: ``POST /api/v1/session`` checks a token and keeps it in the ``HttpOnly``
-cookie, so the dashboard's scripts never see it; ``DELETE`` forgets it (public, so that a revoked
-token's cookie can be cleared too). Writes with the cookie are checked against forgery by the
+cookie, so the dashboard's scripts never see it; it and ``GET`` answer who that is and what the
+role may call (``may``), so the page offers each role only what it may do; ``DELETE`` forgets it
+(public, so that a revoked token's cookie can be cleared too). Writes with the cookie are checked against forgery by the
 auth middleware (``auth.forged``); login and logout check it themselves, being public.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
@@ -35,6 +36,7 @@ from device_registry.http.auth import (
     forged,
     lookup,
     roles,
+    roles_of,
 )
 from device_registry.http.routing import NumericId, Route, route
 from device_registry.http.state import STORE
@@ -82,10 +84,25 @@ class SessionRequest(BaseModel):
 class SessionView(BaseModel):
     name: str = Field(description="The token's name.")
     role: Role
+    may: list[str] = Field(default_factory=list, description="Every call this role may make, as "
+                           "'METHOD /path/{placeholder}': what a page shows it a button or a "
+                           "live stream for.")  # fmt: skip
 
 
-def _session(principal: Principal) -> web.Response:
-    view = SessionView(name=principal.name, role=principal.role)
+def may(app: web.Application, role: Role) -> list[str]:
+    """The calls ``role`` may make on ``app``, read from the roles each route declares: the same
+    declaration the middleware enforces, so a page never offers what would be refused."""
+    found = set()
+    for r in app.router.routes():
+        allowed = roles_of(r.handler)
+        if allowed and role in allowed and r.resource is not None and r.method != hdrs.METH_HEAD:
+            found.add(f"{r.method} {r.resource.canonical}")
+    return sorted(found)
+
+
+def _session(request: web.Request, principal: Principal) -> web.Response:
+    view = SessionView(name=principal.name, role=principal.role,
+                       may=may(request.app, principal.role))  # fmt: skip
     return web.json_response(view.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
 
 
@@ -99,7 +116,7 @@ async def log_in(request: web.Request, body: SessionRequest) -> web.Response:
     principal = await lookup(request.app[AUTH_STORE](), body.token)
     if principal is None:
         raise Unauthorized("unknown or revoked token")
-    resp = _session(principal)
+    resp = _session(request, principal)
     resp.set_cookie(COOKIE, body.token, path="/", httponly=True, samesite="Strict",
                     secure=request.secure or None)  # fmt: skip
     return resp
@@ -108,7 +125,7 @@ async def log_in(request: web.Request, body: SessionRequest) -> web.Response:
 @route("GET", SESSION_PATH, roles(*Role), "Who this session (or bearer token) is",
        shows=SessionView)  # fmt: skip
 async def whoami(request: web.Request) -> web.Response:
-    return _session(request[PRINCIPAL])
+    return _session(request, request[PRINCIPAL])
 
 
 @route("DELETE", SESSION_PATH, PUBLIC, "Log a browser out: forget the cookie")

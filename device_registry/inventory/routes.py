@@ -29,6 +29,7 @@ from device_registry.inventory.requests import (
 )
 from device_registry.inventory.views import DeviceView, GatewayView, IssuedGateway, MqttAccount
 from device_registry.inventory.wiring import INSTALLERS, Installers
+from gridwatch.ground.profiles import shown_points
 
 logger = logging.getLogger(__name__)
 
@@ -247,10 +248,12 @@ async def get_command(request: web.Request) -> CommandView:
     return await _inst(request).commands.get(request.match_info["id"])
 
 
-@route("GET", "/api/v1/profiles", READERS, "Device profiles and their points")
+@route("GET", "/api/v1/profiles", READERS, "Device profiles, their points, and how each point "
+       "is shown (unit, decimals, on/off, rule limits)")  # fmt: skip
 async def list_profiles(request: web.Request) -> list[dict[str, Any]]:
     profiles = _inst(request).registry.profiles()
-    return [{"id": p.id, "protocol": p.protocol, "points": sorted(p.points)}
+    return [{"id": p.id, "protocol": p.protocol, "points": sorted(p.points),
+             "shown": shown_points(p)}
             for p in sorted(profiles.values(), key=lambda p: p.id)]  # fmt: skip
 
 

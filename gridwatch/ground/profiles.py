@@ -7,6 +7,7 @@ Pure models only; loading goes through :mod:`gridwatch.ground.yamlconf` so error
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -53,6 +54,13 @@ class ModbusPoint(Strict):
         default_factory=list, description="Raw values meaning 'sensor absent' (e.g. 65535)."
     )
     writable: bool = Field(default=False, description="Commands may write this point.")
+    decimals: int | None = Field(
+        default=None,
+        ge=0,
+        le=6,
+        description="Decimals a value is shown with; default: from "
+        "the scale (0.01 -> 2), 2 for a float, 0 for an integer.",
+    )
 
     @model_validator(mode="after")
     def _check_shape(self) -> ModbusPoint:
@@ -81,6 +89,38 @@ class MqttPoint(Strict):
     scale: float = Field(default=1.0, description="value = raw * scale + offset")
     offset: float = Field(default=0.0, description="value = raw * scale + offset")
     range: ValueRange | None = Field(default=None, description="Valid range; outside is flagged.")
+    decimals: int | None = Field(
+        default=None,
+        ge=0,
+        le=6,
+        description="Decimals a value is shown with; default: from "
+        "the scale (0.01 -> 2), 2 for a float, 0 for an integer.",
+    )
+
+
+Point = ModbusPoint | MqttPoint
+
+
+def onoff(point: Point) -> bool:
+    """A point whose value is on or off (a bit, a coil): drawn as steps, never as a number."""
+    return isinstance(point, ModbusPoint) and point.data_type in ("bool", "bit")
+
+
+def point_decimals(point: Point) -> int | None:
+    """The decimals a value of ``point`` is shown with; None for on/off and text points.
+
+    A float32 reading of 2.9 arrives as 2.896005...: the digits past the sensor's resolution are
+    decoding noise. The resolution is the profile's ``decimals`` when it says, else the scale's
+    (a raw count times 0.01 has two), else 2 for a float and 0 for an integer."""
+    if onoff(point) or (isinstance(point, ModbusPoint) and point.data_type == "string"):
+        return None
+    if point.decimals is not None:
+        return point.decimals
+    if point.scale != 1 and point.scale != 0:
+        return min(6, max(0, math.ceil(-math.log10(abs(point.scale)) - 1e-9)))
+    if isinstance(point, ModbusPoint) and not point.data_type.startswith("float"):
+        return 0
+    return 2
 
 
 class RuleBase(Strict):
@@ -194,6 +234,19 @@ class MqttProfile(ProfileBase):
 
 
 Profile = Annotated[ModbusProfile | MqttProfile, Field(discriminator="protocol")]
+
+
+def shown_points(profile: ModbusProfile | MqttProfile) -> dict[str, dict[str, object]]:
+    """How a page shows each point of ``profile``: unit, decimals, whether it is on/off, and the
+    limits of the threshold rules that watch it (a chart draws them as lines)."""
+    out: dict[str, dict[str, object]] = {}
+    points: dict[str, Point] = dict(profile.points)
+    for name, point in sorted(points.items()):
+        limits = [{"rule": r.id, "above": r.above, "below": r.below}
+                  for r in profile.rules if isinstance(r, ThresholdRule) and r.point == name]  # fmt: skip
+        out[name] = {"unit": point.unit, "decimals": point_decimals(point),
+                     "onoff": onoff(point), "limits": limits}  # fmt: skip
+    return out
 
 
 class ProfileFile(Strict):

@@ -1,16 +1,25 @@
 // gridwatch dashboard: vanilla JS, no build step. Data from the registry API; the session is an
 // HttpOnly cookie set by POST /api/v1/session, so no script (ours or an injected one) can read the
-// token. Live updates from the SSE alert stream.
+// token. Live updates from the SSE alert stream for the roles that may read it; the others poll.
 //
 // Gateways choose alert ids, device ids, units and messages: every piece of data goes into the
 // page through textContent or setAttribute on elements built here, never through HTML text. The
 // page's Content-Security-Policy (dashboard.py) enforces it with Trusted Types: an innerHTML
 // assignment would throw.
+//
+// Each role sees what it may do: the session answer lists the calls the role may make ("may",
+// read from the same declarations the API enforces), and a button is only drawn for a call in it.
+// Failures are said in the card they concern, in words for the person at the screen: never a
+// browser pop-up, never the API's developer text for a refusal.
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { alerts: [], health: null, stream: null, role: null };
+const state = {
+  alerts: [], health: null, stream: null, role: null, may: new Set(), profiles: new Map(),
+  inputs: new Map(), msgs: new Map(), updated: null,
+};
 const SVG = "http://www.w3.org/2000/svg";
+const POLL_MS = 10000;
 
 function build(el, attrs, children) {
   for (const [name, value] of Object.entries(attrs || {})) {
@@ -39,6 +48,11 @@ function clock(ms) {
   return ms == null ? "" : new Date(ms).toLocaleString();
 }
 
+function hhmm(ms, seconds) {
+  const o = { hour: "2-digit", minute: "2-digit", ...(seconds ? { second: "2-digit" } : {}) };
+  return new Date(ms).toLocaleTimeString([], o);
+}
+
 function span(ms) {
   const neg = ms < 0, s = Math.floor(Math.abs(ms) / 1000);
   const hr = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
@@ -50,16 +64,51 @@ function text(value) {
   return value == null ? "" : String(value);
 }
 
+// ---- values: shown with their point's decimals (from the profile), on/off as words ----------
+
+function shownOf(profile, point) {
+  const p = profile && state.profiles.get(profile);
+  return (p && p.shown && p.shown[point]) || null;
+}
+
+function decimalsFor(v) {
+  // a point no profile describes: enough digits to tell values apart, not float noise
+  const a = Math.abs(v);
+  return a >= 1000 ? 0 : a >= 100 ? 1 : a >= 1 ? 2 : 3;
+}
+
+function fmt(value, shown) {
+  if (value == null) return "no value";
+  if (typeof value === "boolean" || (shown && shown.onoff && typeof value === "number")) {
+    return value ? "on" : "off";
+  }
+  if (typeof value !== "number") return String(value);
+  const d = shown && shown.decimals != null ? shown.decimals : decimalsFor(value);
+  return value.toFixed(d);
+}
+
+function withUnit(value, unit, shown) {
+  const v = fmt(value, shown);
+  return unit && typeof value === "number" && !(shown && shown.onoff) ? `${v} ${unit}` : v;
+}
+
+// ---- talking to the API, and saying what went wrong in words --------------------------------
+
 async function api(path, options) {
-  const r = await fetch(path, { credentials: "same-origin", ...options });
+  let r;
+  try {
+    r = await fetch(path, { credentials: "same-origin", ...options });
+  } catch (e) {
+    throw Object.assign(new Error("the registry cannot be reached"), { network: true });
+  }
   if (r.status === 401) {
     const body = await r.json().catch(() => ({}));
     showLogin();
-    throw Object.assign(new Error(body.detail || "not logged in"), { auth: true });
+    throw Object.assign(new Error(body.detail || "not logged in"), { auth: true, status: 401 });
   }
   if (!r.ok) {
     const body = await r.json().catch(() => ({}));
-    throw new Error(body.detail || body.title || `HTTP ${r.status}`);
+    throw Object.assign(new Error(body.detail || body.title || `HTTP ${r.status}`), { status: r.status });
   }
   return r.json();
 }
@@ -74,23 +123,54 @@ function send(method, path, body) {
   return api(path, options);
 }
 
+function sentence(s) {
+  const t = text(s).trim();
+  return t ? t[0].toUpperCase() + t.slice(1) + (/[.!?]$/.test(t) ? "" : ".") : "";
+}
+
+function said(e, doing) {
+  // what a person reads when `doing` ("acknowledge this alert") failed
+  if (e.network) return `Could not ${doing}: the registry cannot be reached. Check the connection and try again.`;
+  if (e.status === 403) return `Your role (${state.role}) may not ${doing}.`;
+  if (e.status === 404) return `Could not ${doing}: it is no longer there. The list is refreshed.`;
+  if (e.status === 409 || e.status === 422) return sentence(e.message);
+  if (e.status >= 500) return `Could not ${doing}: the registry had a problem. Try again in a minute.`;
+  return `Could not ${doing}: ${sentence(e.message)}`;
+}
+
+function can(call) {
+  return state.may.has(call);
+}
+
 // ---- login --------------------------------------------------------------------------------
 
+const PAGES = ["#health", "#alerts", "#device", "#nothing"];
+
 function showLogin() {
-  for (const s of ["#health", "#alerts", "#device"]) $(s).hidden = true;
+  for (const s of PAGES) $(s).hidden = true;
   $("#login").hidden = false;
   $("#logout").hidden = true;
+  for (const a of ["#nav-health", "#nav-alerts"]) $(a).hidden = true;
   if (state.stream) { state.stream.close(); state.stream = null; }
-  setLive("offline", false);
+  state.may = new Set();
+  setLive("offline", "off", "not logged in");
 }
 
 function loggedIn(who) {
   state.role = who.role;
+  state.may = new Set(who.may || []);
   $("#login").hidden = true;
   $("#logout").hidden = false;
   $("#who").textContent = `${who.name} (${who.role})`;
-  // the stream is for operators and platforms; a maintenance crew refreshes by the clock
-  if (["operator", "platform", "admin"].includes(who.role)) startStream();
+  $("#nav-health").hidden = !can("GET /api/v1/health");
+  $("#nav-alerts").hidden = !can("GET /api/v1/alerts/lifecycle");
+  api("/api/v1/profiles").then((list) => {
+    state.profiles = new Map(list.map((p) => [p.id, p]));
+  }).catch(() => {});
+  // the stream is for the roles the API lets read it; the others refresh by the clock, and the
+  // header says when the page was last updated, not that something is broken
+  if (can("GET /api/v1/alerts/stream")) startStream();
+  else setLive("updating…", "poll", `this page refreshes every ${POLL_MS / 1000} s`);
   route();
 }
 
@@ -103,7 +183,9 @@ $("#login-form").addEventListener("submit", async (ev) => {
     $("#login-error").textContent = "";
     loggedIn(who);
   } catch (e) {
-    $("#login-error").textContent = e.message;
+    $("#login-error").textContent = e.status === 401
+      ? "This token is unknown or has been revoked. Check it, or ask an administrator for a new one."
+      : said(e, "log in");
   }
 });
 
@@ -176,68 +258,283 @@ async function loadHealth() {
 }
 
 // ---- operators: alerts --------------------------------------------------------------------
+//
+// The page keeps the whole not-closed list and filters it here: counts for the heading, the
+// filters' choices and the bulk close come from the same list. A refresh (live or by the clock)
+// rebuilds the cards, but a note being typed is never lost: the very same input element moves
+// into the new card, keeps its text, and keeps the focus and the caret.
 
-const NEXT = { open: ["ack", "resolve"], acknowledged: ["resolve"], cleared: ["resolve", "close"],
-               resolved: ["close"] };
+const SEVERITY_RANK = { critical: 0, major: 1, minor: 2, info: 3 };
+const STAGE_VIEWS = {
+  work: { label: "Open work", stages: ["open", "acknowledged"] },
+  done: { label: "Cleared and resolved, to close", stages: ["cleared", "resolved"] },
+  all: { label: "All not closed", stages: ["open", "acknowledged", "cleared", "resolved"] },
+  open: { label: "Open", stages: ["open"] },
+  acknowledged: { label: "Acknowledged", stages: ["acknowledged"] },
+  cleared: { label: "Cleared by the sensor", stages: ["cleared"] },
+  resolved: { label: "Resolved", stages: ["resolved"] },
+};
 const LABEL = { ack: "Acknowledge", resolve: "Resolve", close: "Close" };
+const DOING = { ack: "acknowledge this alert", resolve: "resolve this alert", close: "close this alert" };
+const DOING_INC = { ack: "acknowledge this incident", resolve: "resolve this incident",
+                    close: "close this incident" };
 
-function alertCard(a, sizes) {
-  const n = sizes.get(a.incident_id) || 1;
-  const acts = NEXT[a.stage] || [];
-  const device = `${a.gateway}:${a.device}`;
-  return h("article", { class: `card ${a.severity} ${a.overdue ? "overdue" : ""}`, "data-alert": a.alert_id },
-    h("h5", {}, a.category, " ",
-      h("span", { class: `badge ${a.severity}` }, a.severity), " ",
-      h("span", { class: "badge stage", "data-stage": a.stage }, a.stage), " ",
+const active = (a) => a.state !== "cleared";  // the sensor still reports the condition
+
+function nextActs(a) {
+  // what may be done with this alert now; resolve and close wait for the sensor to clear it
+  const acts = { open: ["ack", "resolve"], acknowledged: ["resolve"], cleared: ["resolve", "close"],
+                 resolved: ["close"] }[a.stage] || [];
+  return acts.filter((act) => !(active(a) && act !== "ack"))
+             .filter((act) => can(`POST /api/v1/alerts/{id}/${act}`));
+}
+
+function note(key) {
+  return h("input", { class: "note", "data-key": key, placeholder: "note (optional)",
+                      "aria-label": "note", maxlength: 2000 });
+}
+
+function people(a) {
+  const n = a.notes || {};
+  const line = (what, by, at, said) => by
+    ? h("div", { class: `meta who-${what}`, title: clock(at) }, `${what} by ${by} ${ago(at)}`,
+        said ? `: “${said}”` : "")
+    : null;
+  return [line("acknowledged", a.acked_by, a.acked_at, n.ack),
+          line("resolved", a.resolved_by, a.resolved_at, n.resolve)];
+}
+
+function alertCard(a, inIncident, listed) {
+  const acts = nextActs(a);
+  const shown = { decimals: a.decimals };  // the API's, from the device's profile
+  const key = `alert:${a.alert_id}`;
+  const reading = `${a.message || a.rule}: ${withUnit(a.value, a.unit, shown)}`;
+  return h("article", { class: `card alert ${a.severity} ${a.overdue ? "overdue" : ""} ${listed ? "" : "context"}`,
+                        "data-alert": a.alert_id, "data-stage": a.stage },
+    h("h5", {},
+      h("span", { class: `badge ${a.severity}` }, a.severity),
+      h("span", { class: "badge stage", "data-stage": a.stage }, a.stage),
       a.overdue ? h("span", { class: "badge overdue" }, "overdue") : null,
-      n > 1 ? h("span", { class: "badge incident", title: "alerts of one incident" }, `incident of ${n}`) : null),
-    h("div", {}, `${a.message || a.rule}: ${text(a.value)} ${a.unit}`),
+      h("span", { class: "code" }, a.category)),
+    a.category_name || a.responsible_unit ? h("div", { class: "catline" },
+      h("span", { class: "catname" }, a.category_name),
+      a.responsible_unit ? h("span", { class: "unit" }, ` · ${a.responsible_unit}`) : null) : null,
+    h("div", { class: "reading" }, reading,
+      active(a) ? null : h("span", { class: "meta" }, ` · sensor cleared ${ago(a.cleared_at)}`)),
     h("div", { class: "meta" },
-      h("a", { href: `#/device/${encodeURIComponent(device)}` }, a.device),
-      ` · ${a.district} ${a.grid} · raised ${ago(a.raised_at)} · incident ${a.incident_id}`),
-    a.acked_by ? h("div", { class: "meta" }, `acknowledged by ${a.acked_by} ${ago(a.acked_at)}`) : null,
-    h("div", {}, a.time_left_ms == null ? null :
+      h("a", { href: `#/device/${encodeURIComponent(`${a.gateway}:${a.device}`)}` }, a.device),
+      inIncident ? null : ` · ${a.district} ${a.grid}`,
+      ` · raised ${ago(a.raised_at)}`),
+    ...people(a),
+    a.time_left_ms == null ? null : h("div", {},
       h("span", { class: `timeleft ${a.time_left_ms < 0 ? "overdue" : ""}`, "data-due": a.due_at },
         span(a.due_at - Date.now()))),
-    h("div", { class: "actions" }, ...(acts.length ? [
-      h("input", { placeholder: "note (optional)", "aria-label": "note" }),
-      ...acts.map((act) => h("button", { "data-act": act, class: act === "ack" ? null : "secondary" }, LABEL[act])),
-    ] : [])),
-    h("p", { class: "error", role: "alert" }));
+    active(a) && can("POST /api/v1/alerts/{id}/resolve")
+      ? h("div", { class: "meta still" }, ["open", "acknowledged"].includes(a.stage)
+          ? "Sensor still reports it: resolve once it clears."
+          : "Sensor reports it again: resolve or close once it clears.")
+      : null,
+    acts.length ? h("div", { class: "actions" }, note(key),
+      ...acts.map((act) => h("button", { "data-act": act, class: act === "ack" ? null : "secondary" },
+                             LABEL[act]))) : null,
+    h("p", { class: "msg", role: "status", "data-key": key }, state.msgs.get(key) || ""));
+}
+
+function incidentBox(id, alerts, listed) {
+  const key = `incident:${id}`;
+  const first = alerts[0];
+  const acts = ["ack", "resolve", "close"].filter((act) =>
+    can(`POST /api/v1/incidents/{id}/${act}`) && alerts.some((a) => nextActs(a).includes(act)));
+  return h("section", { class: "incident", "data-incident": id },
+    h("div", { class: "incident-head" },
+      h("h4", {}, h("span", { class: "badge incident" }, `incident of ${alerts.length}`), " ",
+        first.category_name || first.category, " · ", `${first.district} ${first.grid}`),
+      acts.length ? h("div", { class: "actions" }, note(key),
+        ...acts.map((act) => h("button", { "data-inc-act": act, class: act === "ack" ? null : "secondary" },
+                               `${LABEL[act]} all`))) : null,
+      h("p", { class: "msg", role: "status", "data-key": key }, state.msgs.get(key) || "")),
+    h("div", { class: "cards" }, ...alerts.map((a) => alertCard(a, true, listed.has(a.alert_id)))));
+}
+
+function urgency(a) {
+  // open work first, then the overdue, the severe, the newest
+  const waiting = a.stage === "open" || a.stage === "acknowledged" ? 0 : 1;
+  return [waiting, a.overdue ? 0 : 1, SEVERITY_RANK[a.severity] ?? 9, -a.raised_at];
+}
+
+function before(x, y) {
+  const a = urgency(x), b = urgency(y);
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return a[i] - b[i];
+  return 0;
+}
+
+function filters() {
+  return { stage: $("#f-stage").value || "work", district: $("#f-district").value,
+           category: $("#f-category").value, severity: $("#f-severity").value };
+}
+
+function choices(sel, values, all) {
+  // keep the choice made even when no alert has it any more
+  const keep = sel.value;
+  const opts = [...new Set([...values, ...(keep ? [keep] : [])])].sort();
+  const same = JSON.stringify(opts);
+  if (sel.dataset.opts === same) return;  // rebuilding would close a list the user has open
+  sel.dataset.opts = same;
+  sel.replaceChildren(h("option", { value: "" }, all), ...opts.map((v) => h("option", { value: v }, v)));
+  sel.value = keep;
+}
+
+function matches(a, f, stageToo) {
+  return (!stageToo || STAGE_VIEWS[f.stage].stages.includes(a.stage))
+    && (!f.district || a.district === f.district) && (!f.category || a.category === f.category)
+    && (!f.severity || a.severity === f.severity);
 }
 
 async function loadAlerts() {
-  const list = await api("/api/v1/alerts/lifecycle?stage=open,acknowledged,cleared,resolved");
-  state.alerts = list;
-  const waiting = list.filter((a) => a.stage === "open" || a.stage === "acknowledged");
-  $("#alerts-summary").textContent =
-    `${waiting.length} waiting · ${list.filter((a) => a.overdue).length} overdue · ${list.length} not closed`;
-  // one incident's alerts side by side, newest incident first: crews go to incidents
-  const sizes = new Map(), first = new Map();
-  list.forEach((a, i) => {
-    sizes.set(a.incident_id, (sizes.get(a.incident_id) || 0) + 1);
-    if (!first.has(a.incident_id)) first.set(a.incident_id, i);
-  });
-  const ordered = [...list].sort((x, y) => first.get(x.incident_id) - first.get(y.incident_id));
-  $("#alerts-list").replaceChildren(list.length
-    ? h("div", { class: "cards" }, ...ordered.map((a) => alertCard(a, sizes)))
-    : h("p", { class: "empty" }, "No open alerts."));
+  state.alerts = await api("/api/v1/alerts/lifecycle?stage=open,acknowledged,cleared,resolved");
+  renderAlerts();
+}
+
+function renderAlerts() {
+  const list = state.alerts;
+  choices($("#f-district"), list.map((a) => a.district).filter(Boolean), "all districts");
+  choices($("#f-category"), list.map((a) => a.category), "all categories");
+  const f = filters();
+  const around = list.filter((a) => matches(a, f, false));  // the other filters, every stage
+  const shown = around.filter((a) => matches(a, f, true)).sort(before);
+  // an incident is listed whole: its other alerts (a cleared one beside one still burning) show
+  // as context, so the incident's buttons never act on alerts the operator cannot see
+  const incidents = new Map(shown.map((a) => [a.incident_id, []]));
+  for (const a of [...around].sort(before)) {
+    if (incidents.has(a.incident_id)) incidents.get(a.incident_id).push(a);
+  }
+  const listed = new Set(shown.map((a) => a.alert_id));
+  const narrowed = [f.district, f.category, f.severity].filter(Boolean).join(", ");
+  $("#alerts-title").textContent =
+    `${STAGE_VIEWS[f.stage].label}: ${shown.length} alert${shown.length === 1 ? "" : "s"}` +
+    (shown.length ? ` in ${incidents.size} incident${incidents.size === 1 ? "" : "s"}` : "") +
+    (narrowed ? ` (${narrowed})` : "");
+  const count = (stages) => around.filter((a) => stages.includes(a.stage)).length;
+  const overdue = around.filter((a) => a.overdue).length;
+  $("#alerts-summary").textContent = [
+    `${count(["open"])} open`, `${count(["acknowledged"])} acknowledged`,
+    overdue ? `${overdue} overdue` : null,
+    `${count(["cleared", "resolved"])} cleared or resolved, to close`,
+  ].filter(Boolean).join(" · ");
+  bulkButton(around.filter((a) => a.stage === "cleared" || a.stage === "resolved"));
+
+  // incidents of several alerts in boxes; the single alerts between them side by side
+  const parts = [];
+  for (const [id, alerts] of incidents) {
+    if (alerts.length > 1) { parts.push(incidentBox(id, alerts, listed)); continue; }
+    if (!parts.length || !parts[parts.length - 1].classList.contains("single")) {
+      parts.push(h("div", { class: "cards single" }));
+    }
+    parts[parts.length - 1].append(alertCard(alerts[0], false, true));
+  }
+  const empty = f.stage === "work" ? "No open work: nothing waits for people." : "No alerts match.";
+  place($("#alerts-list"), parts.length ? parts : [h("p", { class: "empty" }, empty)]);
+}
+
+function place(where, parts) {
+  // notes being typed survive: the same input (text, focus, caret) moves into the new card
+  const focused = document.activeElement;
+  const caret = focused && focused.matches && focused.matches("input.note")
+    ? [focused.selectionStart, focused.selectionEnd] : null;
+  for (const part of parts) {
+    for (const input of part.querySelectorAll ? part.querySelectorAll("input.note") : []) {
+      const old = state.inputs.get(input.dataset.key);
+      if (old && (old.value || old === focused)) input.replaceWith(old);
+    }
+  }
+  where.replaceChildren(...parts);
+  state.inputs = new Map([...where.querySelectorAll("input.note")].map((i) => [i.dataset.key, i]));
+  if (caret && where.contains(focused) && document.activeElement !== focused) {
+    focused.focus({ preventScroll: true });
+    focused.setSelectionRange(caret[0], caret[1]);
+  }
+}
+
+function bulkButton(done) {
+  const btn = $("#close-done");
+  btn.hidden = !done.length || !can("POST /api/v1/alerts/close");
+  btn.dataset.ids = JSON.stringify(done.map((a) => a.alert_id));
+  if (!btn.dataset.armed) btn.textContent = `Close ${done.length} cleared and resolved`;
+}
+
+function tell(key, message, ok) {
+  if (message) state.msgs.set(key, message); else state.msgs.delete(key);
+  const el = document.querySelector(`p.msg[data-key="${CSS.escape(key)}"]`);
+  if (el) { el.textContent = message || ""; el.classList.toggle("ok", !!ok); }
 }
 
 $("#alerts-list").addEventListener("click", async (ev) => {
-  const btn = ev.target.closest("button[data-act]");
+  const btn = ev.target.closest("button[data-act], button[data-inc-act]");
   if (!btn) return;
-  const card = btn.closest("article[data-alert]");
-  const note = card.querySelector(".actions input")?.value || "";
+  const box = btn.closest("[data-alert], [data-incident]");
+  const alertId = btn.dataset.act ? box.dataset.alert : null;
+  const act = btn.dataset.act || btn.dataset.incAct;
+  const key = alertId ? `alert:${alertId}` : `incident:${box.dataset.incident}`;
+  const input = box.querySelector("input.note");
+  const path = alertId ? `/api/v1/alerts/${encodeURIComponent(alertId)}/${act}`
+    : `/api/v1/incidents/${encodeURIComponent(box.dataset.incident)}/${act}`;
   btn.disabled = true;
   try {
-    await send("POST", `/api/v1/alerts/${encodeURIComponent(card.dataset.alert)}/${btn.dataset.act}`, { note });
+    const done = await send("POST", path, { note: input ? input.value : "" });
+    if (input) input.value = "";
+    if (alertId) tell(key, "");
+    else tell(key, incidentResult(act, done), !done.skipped.length);
   } catch (e) {
-    card.querySelector(".error").textContent = e.message;
+    tell(key, said(e, (alertId ? DOING : DOING_INC)[act]));
     btn.disabled = false;
+    // a 404 or 409 means the alert changed under the page: show it as it is now (the message
+    // stays); after a network failure or a refusal there is nothing new to show
+    if (![404, 409].includes(e.status)) return;
+  }
+  await loadAlerts().catch(() => {});
+});
+
+function incidentResult(act, done) {
+  const verb = { ack: "acknowledged", resolve: "resolved", close: "closed" }[act];
+  const moved = `${done.applied.length} ${verb}.`;
+  if (!done.skipped.length) return moved;
+  const why = done.skipped.map((s) => `${s.alert_id}: ${sentence(s.reason)}`).join(" ");
+  return `${moved} ${done.skipped.length} not ${verb}: ${why}`;
+}
+
+for (const id of ["#f-stage", "#f-district", "#f-category", "#f-severity"]) {
+  $(id).addEventListener("change", () => renderAlerts());
+}
+
+$("#close-done").addEventListener("click", async () => {
+  const btn = $("#close-done");
+  const ids = JSON.parse(btn.dataset.ids || "[]");
+  if (!btn.dataset.armed) {
+    // a second tap confirms: closing many is not undone, and no pop-up asks
+    btn.dataset.armed = "1";
+    btn.textContent = `Tap again to close ${ids.length} alerts`;
+    state.disarm = setTimeout(() => { delete btn.dataset.armed; renderAlerts(); }, 6000);
     return;
   }
-  await loadAlerts();
+  clearTimeout(state.disarm);
+  delete btn.dataset.armed;
+  btn.disabled = true;
+  let closed = 0;
+  const left = [];
+  try {
+    for (let i = 0; i < ids.length; i += 1000) {
+      const done = await send("POST", "/api/v1/alerts/close", { alert_ids: ids.slice(i, i + 1000) });
+      closed += done.closed.length;
+      left.push(...done.skipped);
+    }
+    $("#alerts-msg").textContent = `Closed ${closed} alert${closed === 1 ? "" : "s"}.` +
+      (left.length ? ` ${left.length} left open: ${left.map((s) => `${s.alert_id}: ${sentence(s.reason)}`).join(" ")}` : "");
+  } catch (e) {
+    $("#alerts-msg").textContent = said(e, "close these alerts");
+  } finally {
+    btn.disabled = false;
+  }
+  await loadAlerts().catch(() => {});
 });
 
 setInterval(() => {
@@ -250,20 +547,117 @@ setInterval(() => {
 
 // ---- device detail ------------------------------------------------------------------------
 
-function chart(points) {
-  const vals = points.filter((p) => typeof p.value === "number");
+const STEPS_MS = [1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440].map((m) => m * 60000);
+
+function niceTicks(lo, hi, count) {
+  // round values (1, 2 or 5 times a power of ten apart) for the value axis, and their decimals
+  const raw = (hi - lo) / count, mag = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * mag).find((st) => st >= raw);
+  const decimals = Math.max(0, Math.min(6, -Math.floor(Math.log10(step) + 1e-9)));
+  const values = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi + 1e-9; v += step) values.push(Math.abs(v) < step / 1e6 ? 0 : v);
+  return { values, decimals };
+}
+
+// a chart is drawn on a frame: its size, its margins, and the scales from time and value to pixels
+function frame(vals, limits, onoffs, width) {
+  const W = Math.max(280, Math.round(width || 600)), H = onoffs ? 110 : 180;
+  const f = { W, H, L: onoffs ? 34 : 52, R: 12, T: 12, B: 26, lo: 0, hi: 1,
+              t0: vals[0].ts, t1: Math.max(vals[vals.length - 1].ts, vals[0].ts + 1) };
+  if (!onoffs) {
+    const all = [...vals.map((p) => p.v), ...limits.map((l) => l.v)];
+    f.lo = Math.min(...all); f.hi = Math.max(...all);
+    const pad = (f.hi - f.lo) * 0.08 || Math.abs(f.hi) * 0.1 || 1;
+    f.lo -= pad; f.hi += pad;
+  }
+  f.x = (t) => f.L + ((t - f.t0) / (f.t1 - f.t0)) * (W - f.L - f.R);
+  f.y = (v) => H - f.B - ((v - f.lo) / (f.hi - f.lo)) * (H - f.T - f.B);
+  return f;
+}
+
+function runs(vals) {
+  // a gap: two readings further apart than three times the usual spacing
+  const steps = vals.slice(1).map((p, i) => p.ts - vals[i].ts).sort((a, b) => a - b);
+  const gapMs = Math.max(3 * steps[Math.floor(steps.length / 2)], 1000);
+  const out = [[vals[0]]], gaps = [];
+  for (let i = 1; i < vals.length; i++) {
+    if (vals[i].ts - vals[i - 1].ts > gapMs) { gaps.push([vals[i - 1].ts, vals[i].ts]); out.push([]); }
+    out[out.length - 1].push(vals[i]);
+  }
+  return { runs: out, gaps };
+}
+
+function timeAxis(f) {
+  // round times at a step that leaves room for the labels
+  const { x, W, H, L, R, T, B, t0, t1 } = f;
+  const step = STEPS_MS.find((s) => (t1 - t0) / s <= (W - L - R) / 90) || STEPS_MS[STEPS_MS.length - 1];
+  const parts = [svg("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B })];
+  for (let t = Math.ceil(t0 / step) * step; t <= t1; t += step) {
+    parts.push(svg("line", { class: "tick", x1: x(t).toFixed(1), x2: x(t).toFixed(1), y1: T, y2: H - B }));
+    if (x(t) < W - R - 28) {  // a label cut by the edge says nothing
+      parts.push(svg("text", { class: "xlabel", x: x(t).toFixed(1), y: H - 8, "text-anchor": "middle" }, hhmm(t)));
+    }
+  }
+  return parts;
+}
+
+function valueAxis(f, onoffs, limits) {
+  const { y, W, L, R, lo, hi, H } = f;
+  const label = (v, words) => svg("text", { class: "ylabel", x: L - 6, y: (y(v) + 4).toFixed(1),
+                                            "text-anchor": "end" }, words);
+  const line = (cls, v) => svg("line", { class: cls, x1: L, x2: W - R, y1: y(v).toFixed(1), y2: y(v).toFixed(1) });
+  if (onoffs) return [label(1, "on"), label(0, "off")];
+  const ticks = niceTicks(lo, hi, H > 150 ? 4 : 3);
+  const parts = ticks.values.flatMap((v) => [line("tick", v), label(v, fmt(v, ticks))]);
+  for (const l of limits) {
+    parts.push(line("limit", l.v), svg("text", { class: "limit-label", x: W - R - 4,
+                                                 y: (y(l.v) - 4).toFixed(1), "text-anchor": "end" }, l.label));
+  }
+  return parts;
+}
+
+function series(f, run, onoffs) {
+  const { x, y } = f;
+  const at = (p) => `${x(p.ts).toFixed(1)},${y(p.v).toFixed(1)}`;
+  if (!onoffs) {
+    return run.length > 1 ? [svg("polyline", { class: "series", points: run.map(at).join(" ") })]
+      : [svg("circle", { class: "series-dot", cx: x(run[0].ts).toFixed(1), cy: y(run[0].v).toFixed(1), r: 2.5 })];
+  }
+  // on/off: a step where the state changes, and a band while it is on
+  let d = `M${at(run[0])}`;
+  for (let i = 1; i < run.length; i++) d += ` H${x(run[i].ts).toFixed(1)} V${y(run[i].v).toFixed(1)}`;
+  const bands = [];
+  for (let i = 0; i < run.length - 1; i++) {
+    if (!run[i].v) continue;
+    let j = i;
+    while (j < run.length - 1 && run[j].v) j++;  // one band for a whole stretch of "on"
+    bands.push(svg("rect", { class: "on", x: x(run[i].ts).toFixed(1), y: y(1),
+                             width: (x(run[j].ts) - x(run[i].ts)).toFixed(1), height: (y(0) - y(1)).toFixed(1) }));
+    i = j;
+  }
+  return [...bands, svg("path", { class: "steps", d })];
+}
+
+function chart(points, shown, width) {
+  // a time axis, the rules' limits as lines, a gap where readings are missing, on/off as steps
+  const onoffs = (shown && shown.onoff) || points.some((p) => typeof p.value === "boolean");
+  const vals = points.filter((p) => typeof p.value === "number" || typeof p.value === "boolean")
+    .map((p) => ({ ts: p.ts, v: Number(p.value) }));
   if (vals.length < 2) return h("p", { class: "empty" }, "Not enough readings for a chart.");
-  const W = 600, H = 160, P = 24;
-  const t0 = vals[0].ts, t1 = vals[vals.length - 1].ts;
-  let lo = Math.min(...vals.map((p) => p.value)), hi = Math.max(...vals.map((p) => p.value));
-  if (hi === lo) { hi += 1; lo -= 1; }
-  const x = (t) => P + ((t - t0) / Math.max(t1 - t0, 1)) * (W - 2 * P);
-  const y = (v) => H - P - ((v - lo) / (hi - lo)) * (H - 2 * P);
-  const line = vals.map((p) => `${x(p.ts).toFixed(1)},${y(p.value).toFixed(1)}`).join(" ");
-  return svg("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img" },
-    svg("polyline", { fill: "none", stroke: "#1a73e8", "stroke-width": 2, points: line }),
-    svg("text", { x: P, y: 14, "font-size": 11, fill: "#5f6368" }, hi.toPrecision(4)),
-    svg("text", { x: P, y: H - 6, "font-size": 11, fill: "#5f6368" }, lo.toPrecision(4)));
+  const limits = onoffs ? [] : ((shown && shown.limits) || []).flatMap((l) => [
+    l.above != null ? { v: l.above, label: `alarm above ${fmt(l.above, shown)}` } : null,
+    l.below != null ? { v: l.below, label: `alarm below ${fmt(l.below, shown)}` } : null,
+  ]).filter(Boolean);
+  const f = frame(vals, limits, onoffs, width);
+  const cut = runs(vals);
+  const gaps = cut.gaps.map(([a, b]) => svg("rect", { class: "gap", x: f.x(a).toFixed(1), y: f.T,
+    width: (f.x(b) - f.x(a)).toFixed(1), height: f.H - f.T - f.B },
+    svg("title", {}, `no readings ${hhmm(a)}–${hhmm(b)}`)));
+  return svg("svg", { class: `chart ${onoffs ? "onoff" : ""}`, viewBox: `0 0 ${f.W} ${f.H}`,
+                      width: f.W, height: f.H, role: "img",
+                      "aria-label": `readings from ${hhmm(f.t0)} to ${hhmm(f.t1)}` },
+    ...gaps, ...timeAxis(f), ...valueAxis(f, onoffs, limits),
+    ...cut.runs.flatMap((run) => series(f, run, onoffs)));
 }
 
 function facts(pairs) {
@@ -272,13 +666,14 @@ function facts(pairs) {
 
 async function loadDevice(id) {
   const d = await api(`/api/v1/devices/${encodeURIComponent(id)}`);
-  const hr = state.health || await api("/api/v1/health").catch(() => null);
+  const hr = state.health || (can("GET /api/v1/health") ? await api("/api/v1/health").catch(() => null) : null);
   const hd = hr && hr.devices.find((x) => x.id === d.id);
   const status = hd ? hd.status : d.status;
+  const profile = (hd ? hd.profile : d.profile) || "";
   const rows = [
     ["Registry id", d.id], ["Gateway", d.gateway],
     ["Location", `${d.district} ${d.street || ""} ${d.grid}`],
-    ["Profile", (hd ? hd.profile : d.profile) || ""],
+    ["Profile", profile],
     ["Firmware", (hd ? hd.firmware : d.firmware) || "unknown"],
     ["Last seen", ago(d.last_seen)],
   ];
@@ -292,39 +687,60 @@ async function loadDevice(id) {
   const parts = [h("h2", {}, d.device, " ", h("span", { class: `badge ${status}` }, status)),
                  facts(rows), h("h3", {}, "Recent readings")];
   const since = Date.now() - 3600 * 1000;
+  const width = $("#device-detail").clientWidth || 600;
+  const readable = can("GET /api/v1/devices/{id}/readings");
   for (const [point, v] of Object.entries(d.values || {})) {
-    parts.push(h("h4", { class: "grid" }, `${point}: ${text(v.value)} ${text(v.unit)} (${text(v.quality)})`));
+    const shown = shownOf(profile, point);
+    const box = h("div", { class: "point", "data-point": point },
+      h("h4", { class: "grid" }, `${point}: ${withUnit(v.value, v.unit, shown)} (${text(v.quality)})`));
+    parts.push(box);
+    if (!readable) continue;
     try {
       const r = await api(`/api/v1/devices/${encodeURIComponent(d.id)}/readings?point=${encodeURIComponent(point)}&since=${since}`);
-      parts.push(chart(r.readings));
+      box.append(chart(r.readings, shown, width));
     } catch (e) {
-      parts.push(h("p", { class: "empty" }, e.message));
+      box.append(h("p", { class: "empty" }, e.status === 501
+        ? "This registry keeps no reading history, so there is no chart."
+        : said(e, "load the readings")));
     }
   }
   $("#device-detail").replaceChildren(...parts);
 }
 
-// ---- routing and live updates -------------------------------------------------------------
+// ---- routing and updates ------------------------------------------------------------------
 
 async function route() {
   if (!$("#login").hidden) return;
-  const hash = location.hash || "#/health";
-  for (const s of ["#health", "#alerts", "#device"]) $(s).hidden = true;
+  const health = can("GET /api/v1/health"), alerts = can("GET /api/v1/alerts/lifecycle");
+  const hash = location.hash || (health ? "#/health" : "#/alerts");
+  for (const s of PAGES) $(s).hidden = true;
   $("#nav-health").classList.toggle("active", hash.startsWith("#/health"));
   $("#nav-alerts").classList.toggle("active", hash.startsWith("#/alerts"));
   try {
     if (hash.startsWith("#/device/")) {
       $("#device").hidden = false;
       await loadDevice(decodeURIComponent(hash.slice("#/device/".length)));
-    } else if (hash.startsWith("#/alerts")) {
+    } else if (hash.startsWith("#/alerts") && alerts) {
       $("#alerts").hidden = false;
       await loadAlerts();
-    } else {
+    } else if (health) {
       $("#health").hidden = false;
       await loadHealth();
+    } else {
+      $("#nothing").hidden = false;
+      $("#nothing-text").textContent = `This dashboard has no page for the ${state.role} role. ` +
+        "Installers register gateways and devices with the gridwatch command (gridwatch gateway add, gridwatch device add).";
     }
+    state.updated = Date.now();
+    if (!state.stream) setLive(`updated ${hhmm(state.updated, true)}`, "poll",
+                               `this page refreshes every ${POLL_MS / 1000} s`);
   } catch (e) {
-    if (!e.auth) console.error(e);
+    if (e.auth) return;
+    if (!state.stream) {
+      const since = state.updated ? `not updated since ${hhmm(state.updated)}` : "not updated";
+      setLive(e.network ? `${since}: no connection` : since, "stale", said(e, "refresh this page"));
+    }
+    console.error(e);
   }
 }
 
@@ -335,26 +751,31 @@ function refreshSoon() {
   pending = setTimeout(() => { pending = null; route(); }, 150);
 }
 
-function setLive(label, on) {
-  $("#live").textContent = label;
-  $("#live").classList.toggle("on", on);
+function setLive(label, kind, title) {
+  const el = $("#live");
+  el.textContent = label;
+  el.className = `live ${kind}`;
+  el.title = title || "";
 }
 
 function startStream() {
   if (state.stream) state.stream.close();
   const es = new EventSource("/api/v1/alerts/stream");
-  es.addEventListener("open", () => setLive("live", true));
+  es.addEventListener("open", () => setLive("live", "on", "updates arrive as they happen"));
   es.addEventListener("error", () => {
     // CLOSED: the server refused or ended it for good (logged out, token revoked)
-    if (es.readyState === EventSource.CLOSED) { setLive("offline", false); refreshSoon(); }
-    else setLive("reconnecting", false);
+    if (es.readyState === EventSource.CLOSED) { setLive("offline", "off"); refreshSoon(); }
+    else setLive("reconnecting", "off", "the live stream was interrupted; it comes back by itself");
   });
   for (const kind of ["alert", "lifecycle", "escalation"]) es.addEventListener(kind, refreshSoon);
   state.stream = es;
 }
 
 window.addEventListener("hashchange", route);
-setInterval(() => { if (location.hash.startsWith("#/health") || !location.hash) route(); }, 10000);
+setInterval(() => {
+  // health has no stream; roles without the alert stream refresh everything by the clock
+  if ($("#login").hidden && (!state.stream || !$("#health").hidden)) route();
+}, POLL_MS);
 
 (async function start() {
   // the cookie is HttpOnly: ask the registry whether it holds a session
