@@ -56,6 +56,7 @@ class AlertFilter:
     category: str | None = None
     incident: str | None = None
     limit: int = 1000
+    severity: str | None = None
 
 
 def ops_view(a: Alert, ops: AlertOps, now: int) -> AlertOpsView:
@@ -97,6 +98,8 @@ class OpsStore:
             q = q.where(Alert.category == f.category)
         if f.incident is not None:
             q = q.where(AlertOps.incident_id == f.incident)
+        if f.severity is not None:
+            q = q.where(Alert.severity == f.severity)
         async with self.store.transaction() as s:
             return [ops_view(a, o, now) for a, o in await s.execute(q)]
 

@@ -27,12 +27,16 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("demo",): "gridwatch.top.demo:main",
     **{
         ("gateway", c): "gridwatch.top.installer:main"
-        for c in ("add", "list", "show", "retire", "new-password")
+        for c in ("add", "list", "show", "config", "retire", "new-password")
     },
     **{
         ("device", c): "gridwatch.top.installer:main"
         for c in ("add", "import", "list", "show", "retire", "commission", "command")
     },
+    ("profile", "list"): "gridwatch.top.registrycli:main",
+    ("profile", "show"): "gridwatch.top.registrycli:main",
+    ("token", "create"): "gridwatch.top.registrycli:main",
+    **{("alert", c): "gridwatch.top.registrycli:main" for c in ("list", "ack", "resolve", "close")},
 }
 
 
@@ -179,9 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--schema-dir", default=None, help="also write JSON Schemas here")
 
-    from gridwatch.top.installer import add_parsers  # argparse only: no I/O modules load
+    # argparse only: no I/O modules load
+    from gridwatch.top import installer, registrycli
 
-    add_parsers(sub)
+    installer.add_parsers(sub)
+    registrycli.add_parsers(sub)
 
     health = sub.add_parser("health", help="what is unhealthy in the field (exit 0/1/3)")
     healthcli.add_arguments(health)
