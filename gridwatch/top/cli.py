@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import sys
 from collections.abc import Sequence
 
@@ -51,6 +52,26 @@ def _bridge_id(value: str) -> str:
             f"{EDGE_CLIENT_PREFIX!r}, the client ids of gateways (docs/security.md)"
         )
     return value
+
+
+def _scale(value: str) -> float:
+    try:
+        scale = float(value)
+    except ValueError:
+        scale = math.nan
+    if not 0 < scale <= 1:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a scale: a number above 0 and at most 1 (0.01 makes an hour's "
+            "time limit 36 s)"
+        )
+    return scale
+
+
+def _drill_args(p: argparse.ArgumentParser) -> None:
+    """Of the processes that open alerts (``central run``, ``bridge run``): docs/alerts.md."""
+    p.add_argument("--escalation-scale", type=_scale, default=1.0, metavar="FACTOR",
+                   help="drill: every alert time limit times FACTOR (0.01: 60 min -> 36 s), "
+                   "for alerts opened from now on; 1 (default) in service")  # fmt: skip
 
 
 def _central_args(p: argparse.ArgumentParser) -> None:
@@ -141,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _central_args(central_run)
     _installer_args(central_run)
+    _drill_args(central_run)
 
     reg = sub.add_parser("registry", help="device registry").add_subparsers(
         dest="sub", required=True
@@ -151,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     bridge = sub.add_parser("bridge", help="cloud bridge").add_subparsers(dest="sub", required=True)
     bridge_run = bridge.add_parser("run", help="run the bridge alone")
     _central_args(bridge_run)
+    _drill_args(bridge_run)
     bridge_run.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
 
     sim = sub.add_parser("sim", help="a field of simulated devices")
