@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from device_registry.http.auth import Role
-from gridwatch.top.installer import DEFAULT_URL, BadUrl, base_url
+from gridwatch.top.installer import DEFAULT_URL, BadOption, base_url
 from tests._ops_helpers import Registry, registry, smoke
 from tests.services import free_port
 
@@ -45,7 +45,7 @@ async def gridwatch(*argv: str, token: str | None = None, url_env: str | None = 
     if url_env is not None:
         env["GRIDWATCH_URL"] = url_env
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gridwatch.top.cli", *argv, env=env,
+        sys.executable, "-m", "gridwatch.top.cli", *argv, env=env, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     async with asyncio.timeout(60):
@@ -85,7 +85,7 @@ def test_base_url(typed: str, base: str | None, words: str | None) -> None:
     if base is not None:
         assert base_url(typed, "--url") == base
         return
-    with pytest.raises(BadUrl) as err:
+    with pytest.raises(BadOption) as err:
         base_url(typed, "GRIDWATCH_URL")
     assert words is not None and words in str(err.value)
     assert "set GRIDWATCH_URL to an address like http://127.0.0.1:8080" in str(err.value)
@@ -127,10 +127,14 @@ async def test_no_url_or_failure_ever_prints_a_traceback(reg: Registry) -> None:
         ("http://[::1", "--url", USAGE, "--url is 'http://[::1', not a URL"),
         ("http://127.0.0.1:99999", "--url", USAGE, "not a URL"),
         ("http://", "env", USAGE, "names no host"),
+        (reg.url, "no CA file", USAGE, "--ca-file /nonexistent/ca.pem: cannot use it"),
+        (reg.url, "not a CA", USAGE, "--ca-file README.md: cannot use it"),
     ]
     try:
         for url, given, code, words in cases:
-            flag = ["--url", url] if given == "--url" else []
+            flag = {"--url": ["--url", url], "env": [],
+                    "no CA file": ["--url", url, "--ca-file", "/nonexistent/ca.pem"],
+                    "not a CA": ["--url", url, "--ca-file", "README.md"]}[given]  # fmt: skip
             env = url if given == "env" else None
             runs = [gridwatch(*argv, *flag, token="t", url_env=env) for argv in COMMANDS]
             for argv, ran in zip(COMMANDS, await asyncio.gather(*runs), strict=True):

@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from gridwatch.top.installer import TOKEN_ENV, URL_HELP, Api, BadUrl, Refused, Unreachable
+from gridwatch.top.installer import TOKEN_ENV, URL_HELP, Api, BadOption, Refused, Unreachable
 
 HEALTHY, UNHEALTHY, UNREACHABLE = 0, 1, 3
 USAGE = 2
@@ -69,7 +69,7 @@ def render(report: dict[str, Any], show_all: bool, out: TextIO) -> None:
 def main(args: argparse.Namespace) -> int:
     try:
         report = asyncio.run(fetch(args))
-    except BadUrl as exc:
+    except BadOption as exc:
         print(f"gridwatch: {exc}", file=sys.stderr)
         return USAGE
     except (Refused, Unreachable, OSError) as exc:  # OSError: a CA file that cannot be read

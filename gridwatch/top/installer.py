@@ -133,8 +133,8 @@ class Unreachable(Exception):
     pass
 
 
-class BadUrl(Exception):
-    """The registry's address cannot be used: a usage mistake (exit 2)."""
+class BadOption(Exception):
+    """The registry's address or the CA file given cannot be used: a usage mistake (exit 2)."""
 
 
 class Refused(Exception):
@@ -170,7 +170,7 @@ def _whole(loc: str) -> bool:
 def base_url(text: str, source: str) -> str:
     """The registry's base URL from what a person typed. ``http://`` is assumed when no scheme is
     given (``127.0.0.1:8080``); anything that is not then an http(s) address with a host and a
-    valid port is ``BadUrl``, naming ``source`` (``--url``, the environment) and what to set."""
+    valid port is ``BadOption``, naming ``source`` (``--url``, the environment) and what to set."""
     url = text.strip()
     if "://" not in url:
         url = "http://" + url
@@ -179,11 +179,11 @@ def base_url(text: str, source: str) -> str:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - parsing the port is what raises for a bad one
     except ValueError as exc:
-        raise BadUrl(f"{source} is {text!r}, not a URL ({exc}): {fix}") from None
+        raise BadOption(f"{source} is {text!r}, not a URL ({exc}): {fix}") from None
     if parts.scheme not in ("http", "https"):
-        raise BadUrl(f"{source} is {text!r}, not an http:// or https:// address: {fix}")
+        raise BadOption(f"{source} is {text!r}, not an http:// or https:// address: {fix}")
     if not parts.hostname:
-        raise BadUrl(f"{source} is {text!r}, which names no host: {fix}")
+        raise BadOption(f"{source} is {text!r}, which names no host: {fix}")
     return url.rstrip("/")
 
 
@@ -196,6 +196,18 @@ def url_of(args: argparse.Namespace) -> str:
     return DEFAULT_URL
 
 
+def _trusting(ca_file: str | None) -> ssl.SSLContext | bool:
+    """The TLS check of the API: the system's CAs, or ``--ca-file``'s alone."""
+    if not ca_file:
+        return True
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except OSError as exc:  # ssl.SSLError too: a file that holds no certificate
+        why = exc.strerror or str(exc)
+        raise BadOption(f"--ca-file {ca_file}: cannot use it ({why}); give the PEM file of "
+                        "the CA that signed the registry's certificate") from None  # fmt: skip
+
+
 IMPORT_TIMEOUT_S = 600.0
 
 
@@ -204,11 +216,7 @@ class Api:
         self.base = url_of(args)
         self.token = getattr(args, "token", None) or os.environ.get(token_env, "")
         self.headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        self.ssl: ssl.SSLContext | bool = (
-            ssl.create_default_context(cafile=args.ca_file)
-            if getattr(args, "ca_file", None)
-            else True
-        )
+        self.ssl = _trusting(getattr(args, "ca_file", None))
 
     async def __aenter__(self) -> Api:
         import aiohttp
@@ -545,7 +553,7 @@ def run_api(
     try:
         result: int = asyncio.run(run(args))
         return result
-    except BadUrl as exc:
+    except BadOption as exc:
         print(f"gridwatch: {exc}", file=sys.stderr)
         return USAGE
     except Refused as exc:
