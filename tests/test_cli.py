@@ -202,6 +202,14 @@ async def test_each_field_error_is_said_once_in_plain_words(reg: Registry) -> No
     status, body = await reg.call("GET", "/api/v1/alerts/lifecycle?stage=bogus", Role.OPERATOR)
     assert status == 422 and "Value error" not in json.dumps(body), body
     assert body["detail"].startswith("the query string is invalid: stage: stage must be among")
+    # a problem of the whole generated config: a sentence, not "(top level): Value error, ..."
+    status, _ = await reg.call("POST", "/api/v1/gateways", Role.INSTALLER, {"id": "gw1"})
+    assert status == 201
+    dev = await gridwatch("device", "add", "gw1", "wl-1", "--profile", "water-level-ultrasonic",
+                          "--bus", "nope", "--unit-id", "1", "--url", reg.url,
+                          token=reg.tokens[Role.INSTALLER])  # fmt: skip
+    assert dev.code == FAILED and "'nope'" in dev.err and dev.err.count("\n") == 2, dev
+    assert "(top level)" not in dev.err and "Value error" not in dev.err, dev
 
 
 # ---- the commands ------------------------------------------------------------------------------
