@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from device_registry.http import problems
 from device_registry.http.auth import Role
 from gridwatch.top.installer import DEFAULT_URL, BadOption, base_url
 from tests._ops_helpers import Registry, registry, smoke
@@ -186,6 +187,27 @@ async def test_an_admin_creates_a_token_that_works(reg: Registry) -> None:
 
 
 # ---- errors said once, in plain words ----------------------------------------------------------
+
+PLAIN = [
+    # (pydantic's message, as people read it)
+    ("Value error, stage must be among open,acknowledged", "stage must be among open,acknowledged"),
+    ("Assertion failed, timeout must be below interval", "timeout must be below interval"),
+    ("Field required", "Field required"),
+    ("a Value error, in the middle stays", "a Value error, in the middle stays"),
+]
+
+
+@pytest.mark.parametrize(("said", "read"), PLAIN)
+def test_plain_messages(said: str, read: str) -> None:
+    assert problems.plain(said) == read
+
+
+@pytest.mark.parametrize(
+    ("loc", "whole"), [("(body)", True), ("(top level)", True), ("location.grid", False),
+                       ("line 4 (gw1:wl-22).unit_id", False)],
+)  # fmt: skip
+def test_whole_document_locations(loc: str, whole: bool) -> None:
+    assert problems.whole(loc) is whole
 
 
 async def test_each_field_error_is_said_once_in_plain_words(reg: Registry) -> None:
