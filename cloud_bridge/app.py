@@ -23,6 +23,7 @@ from cloud_bridge.sink import TelemetrySink
 from cloud_bridge.sink_influx import InfluxSink
 from cloud_bridge.sink_sqlite import SqliteSink
 from device_registry import RegistryError, RegistryStore
+from device_registry.alerts.operations import drill_policy
 from device_registry.db.engine import default_url
 from gridwatch.ground import metrics
 
@@ -107,7 +108,8 @@ async def run(args: argparse.Namespace) -> None:
         cfg = embedded_settings(cfg)
         services.append(("broker", broker_service(cfg)))
     async with AsyncExitStack() as stack:
-        store = await RegistryStore.open(args.db_url or default_url(cfg.data_dir))
+        policy = drill_policy(getattr(args, "escalation_scale", 1.0))
+        store = await RegistryStore.open(args.db_url or default_url(cfg.data_dir), policy)
         stack.push_async_callback(store.close)
         sink = await open_sink(cfg)
         stack.push_async_callback(sink.close)

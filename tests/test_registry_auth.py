@@ -52,6 +52,7 @@ EXPECTED: dict[tuple[str, str], set[Role]] = {
     ("POST", "/api/v1/devices/{id}/commands"): {OPR, ADM},
     ("GET", "/api/v1/commands/{id}"): {OPR, MNT, INS, ADM},
     ("GET", "/api/v1/profiles"): READERS,
+    ("GET", "/api/v1/profiles/{id}"): READERS,
     # alerts and their operations
     ("GET", "/api/v1/alerts"): WATCHERS,
     ("GET", "/api/v1/alerts/lifecycle"): WATCHERS,
@@ -71,7 +72,8 @@ EXPECTED: dict[tuple[str, str], set[Role]] = {
     ("GET", "/api/v1/webhooks/dead-letters"): {OPR, ADM},
     ("POST", "/api/v1/webhooks/dead-letters/{id}/replay"): {OPR, ADM},
     # health
-    ("GET", "/api/v1/health"): {MNT, OPR, ADM},
+    # an installer commissioning a cabinet checks its health before leaving
+    ("GET", "/api/v1/health"): {MNT, OPR, INS, ADM},
     ("GET", "/api/v1/devices/{id}/readings"): {MNT, OPR, INS, ADM},
     # ingest
     ("GET", "/api/v1/quarantine"): {MNT, ADM},

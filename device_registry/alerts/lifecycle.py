@@ -17,7 +17,8 @@ the condition is gone, and can be resolved or closed from there.
 
 Time limits come from the event catalogue (the city base list with the alert's district layer on
 top); an alert still waiting for people (open or acknowledged) past its limit is overdue, and is
-escalated once.
+escalated once. A drill scales every limit down (``due_at``'s ``scale``) so that escalation can
+be rehearsed in minutes; the catalogue's own minutes are still what messages report.
 """
 
 from __future__ import annotations
@@ -145,9 +146,13 @@ def time_limit_ms(catalogue: Catalogue, category: str, district: str) -> int | N
     return None if entry is None else entry.time_limit_min * 60_000
 
 
-def due_at(catalogue: Catalogue, category: str, district: str, raised_at: int) -> int | None:
+def due_at(
+    catalogue: Catalogue, category: str, district: str, raised_at: int, scale: float = 1.0
+) -> int | None:
+    """When the alert's time limit runs out; ``scale`` shortens every limit for an escalation
+    drill (0.01: an hour's limit runs out after 36 s), 1 in service."""
     limit = time_limit_ms(catalogue, category, district)
-    return None if limit is None else raised_at + limit
+    return None if limit is None else raised_at + round(limit * scale)
 
 
 def is_overdue(stage: Stage, due: int | None, now: int) -> bool:

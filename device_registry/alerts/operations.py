@@ -9,6 +9,7 @@ same in transactions of their own. Decisions are the pure cores' (``lifecycle``,
 from __future__ import annotations
 
 import functools
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ from gridwatch.ground.contract import (
     PlatformLifecycle,
 )
 
+logger = logging.getLogger(__name__)
+
 CENTRE = "centre"
 
 
@@ -47,11 +50,22 @@ class Policy:
     """The data the alert operations decide by."""
 
     catalogue_dir: str | None = None
+    time_limit_scale: float = 1.0
+    """Every time limit times this (``--escalation-scale``): below 1 only for a drill."""
     rules: Sequence[correlation.Rule] = field(default_factory=lambda: correlation.DEFAULT_RULES)
 
     @functools.cached_property
     def catalogue(self) -> Catalogue:
         return load_catalogue(self.catalogue_dir or default_catalogue_dir())
+
+
+def drill_policy(scale: float) -> Policy:
+    """The policy of a process run with ``--escalation-scale``; a drill is said at WARNING, as
+    nobody must run a city on a drill's time limits by mistake."""
+    if scale != 1:
+        logger.warning("escalation drill: every alert time limit is x%g for alerts opened from "
+                       "now on (--escalation-scale); restart without it to end the drill", scale)  # fmt: skip
+    return Policy(time_limit_scale=scale)
 
 
 def _event(kind: str, alert: Alert, payload: dict[str, object], at: int) -> PlatformEvent:
@@ -132,11 +146,12 @@ class AlertOperations:
     async def _open(self, s: AsyncSession, alert: Alert, now: int) -> AlertOps:
         cat = self.policy.catalogue
         limit = lifecycle.time_limit_ms(cat, alert.category, alert.district)
+        due = lifecycle.due_at(cat, alert.category, alert.district, alert.raised_at,
+                               self.policy.time_limit_scale)  # fmt: skip
         joined = await self._incident(s, alert)
         ops = AlertOps(
             alert_id=alert.alert_id, stage=Stage.OPEN.value,
-            incident_id=joined or f"inc-{uuid.uuid4().hex[:12]}",
-            due_at=None if limit is None else alert.raised_at + limit,
+            incident_id=joined or f"inc-{uuid.uuid4().hex[:12]}", due_at=due,
             time_limit_min=None if limit is None else limit // 60_000,
         )  # fmt: skip
         s.add(ops)

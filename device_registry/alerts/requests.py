@@ -39,6 +39,8 @@ class LifecycleQuery(Request):
                               f"among {STAGES}; default: the open ones.")  # fmt: skip
     district: str | None = Field(default=None, max_length=200)
     category: str | None = Field(default=None, max_length=200, description="Catalogue code.")
+    severity: str | None = Field(default=None, max_length=200,
+                                 description="Only this severity, e.g. critical.")  # fmt: skip
     incident: str | None = Field(default=None, max_length=200)
     limit: int = Field(default=1000, ge=1, le=10000, description="At most this many.")
 

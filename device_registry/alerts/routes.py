@@ -44,7 +44,8 @@ async def list_alerts(request: web.Request, query: AlertQuery) -> list[AlertView
        "limit and incident")  # fmt: skip
 async def list_alert_ops(request: web.Request, query: LifecycleQuery) -> list[AlertOpsView]:
     chosen = AlertFilter().stages if query.stage is None else stages(query.stage.split(","))
-    f = AlertFilter(chosen, query.district, query.category, query.incident, query.limit)
+    f = AlertFilter(chosen, query.district, query.category, query.incident, query.limit,
+                    query.severity)  # fmt: skip
     return await _ops(request).alerts(f, now_ms())
 
 

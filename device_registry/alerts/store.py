@@ -64,6 +64,7 @@ class AlertFilter:
     category: str | None = None
     incident: str | None = None
     limit: int = 1000
+    severity: str | None = None
 
 
 def ops_view(
@@ -116,6 +117,8 @@ class OpsStore:
             q = q.where(Alert.category == f.category)
         if f.incident is not None:
             q = q.where(AlertOps.incident_id == f.incident)
+        if f.severity is not None:
+            q = q.where(Alert.severity == f.severity)
         async with self.store.transaction() as s:
             rows = list(await s.execute(q))
             return await self._views(s, rows, now)

@@ -24,7 +24,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
-from device_registry.alerts.operations import AlertOperations
+from device_registry.alerts.operations import AlertOperations, Policy
 from device_registry.alerts.views import AlertView
 from device_registry.alerts.views import alert as alert_view
 from device_registry.db import migrate
@@ -58,17 +58,18 @@ _ID_CHUNK = 500  # bound on ids in one IN (...) list: SQLite's variable limit, P
 
 
 class RegistryStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, policy: Policy | None = None) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
-        self.ops = AlertOperations()
+        self.ops = AlertOperations(policy)
         """Alert lifecycle, incidents and the delivery feed (``alertops.py``)."""
 
     @classmethod
-    async def open(cls, url: str) -> RegistryStore:
-        """Connect and upgrade the schema to the newest migration (``migrate.py``)."""
-        store = cls(make_engine(url))
+    async def open(cls, url: str, policy: Policy | None = None) -> RegistryStore:
+        """Connect and upgrade the schema to the newest migration (``migrate.py``); ``policy``:
+        what alert operations decide by (the catalogue, a drill's time-limit scale)."""
+        store = cls(make_engine(url), policy)
         async with store._errors(), store.engine.begin() as conn:
             await conn.run_sync(migrate.upgrade)
         logger.info(

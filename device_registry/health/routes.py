@@ -55,7 +55,8 @@ async def health(request: web.Request) -> web.Response:
     return json_reply(view.model_dump(mode="json"), 503 if failing else 200)
 
 
-@route("GET", "/api/v1/health", roles(Role.MAINTENANCE, Role.OPERATOR),
+# installers too: commissioning a cabinet ends with `gridwatch health --gateway G` coming up clean
+@route("GET", "/api/v1/health", roles(Role.MAINTENANCE, Role.OPERATOR, Role.INSTALLER),
        "Health of every device and gateway, unhealthy first")  # fmt: skip
 async def get_health(request: web.Request, query: HealthQuery) -> HealthReport:
     f = HealthFilter(query.district, query.grid, query.gateway, query.profile,

@@ -83,8 +83,8 @@ def answer(exc: RegistryError, request: web.Request) -> web.Response:
     """The problem answer to ``exc`` raised serving ``request``."""
     status, kind, title = next((s, k, t) for cls, s, k, t in KINDS if isinstance(exc, cls))
     if isinstance(exc, Invalid):
-        found = [(_cut(loc, _LOC), _cut(msg, _MSG)) for loc, msg in exc.problems[:_LISTED]]
-        said = "; ".join(f"{loc}: {msg}" for loc, msg in found[:_SAID])
+        found = [(_cut(loc, _LOC), _cut(plain(msg), _MSG)) for loc, msg in exc.problems[:_LISTED]]
+        said = "; ".join(msg if whole(loc) else f"{loc}: {msg}" for loc, msg in found[:_SAID])
         more = len(exc.problems) - min(len(found), _SAID)
         detail = f"{exc.where} is invalid: {said}" + (f" (and {more} more)" if more else "")
         return problem(422, kind, title, detail, found)
@@ -97,6 +97,25 @@ def answer(exc: RegistryError, request: web.Request) -> web.Response:
     if status == 503:
         logger.error("%s serving %s: %s", title.lower(), request.path, exc)
     return problem(status, kind, title, str(exc))
+
+
+# what pydantic puts before the words of a validator's own error: jargon to whoever reads it
+_PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
+def plain(msg: str) -> str:
+    """A field's message as a sentence for people: without pydantic's ``Value error,`` prefix
+    (every validation message of every room passes here on its way out, and nowhere else)."""
+    for prefix in _PYDANTIC_PREFIXES:
+        if msg.startswith(prefix):
+            return msg[len(prefix) :]
+    return msg
+
+
+def whole(loc: str) -> bool:
+    """A location in parentheses (``(body)``, ``(top level)``) names no field but the whole
+    document: a sentence says the message alone."""
+    return loc.startswith("(") and loc.endswith(")")
 
 
 # a field's path can be the client's own words (an unknown key): cut, like the list's length

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from device_registry.errors import Invalid
+from device_registry.errors import Invalid, NotFound
 from device_registry.http.auth import PRINCIPAL, Role, roles
 from device_registry.http.routing import Route, route
 from device_registry.http.state import STORE
@@ -257,10 +257,20 @@ async def list_profiles(request: web.Request) -> list[dict[str, Any]]:
             for p in sorted(profiles.values(), key=lambda p: p.id)]  # fmt: skip
 
 
+@route("GET", "/api/v1/profiles/{id}", READERS, "One device profile, every point in full")
+async def get_profile(request: web.Request) -> dict[str, Any]:
+    name = request.match_info["id"]
+    profile = _inst(request).registry.profiles().get(name)
+    if profile is None:
+        raise NotFound("profile", name)
+    found: dict[str, Any] = profile.model_dump(mode="json")
+    return found
+
+
 ROUTES: tuple[Route, ...] = (
     list_gateways, create_gateway, get_gateway, patch_gateway, retire_gateway,
     rotate_credentials, gateway_config,
     # fixed paths before /devices/{id}: aiohttp tries resources in the order they were added
     list_devices, create_device, import_devices, get_device, patch_device, retire_device,
-    send_command, get_command, list_profiles,
+    send_command, get_command, list_profiles, get_profile,
 )  # fmt: skip

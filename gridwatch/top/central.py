@@ -26,6 +26,7 @@ from cloud_bridge.runner import Service, forever, run_services, stop_on_signals,
 from cloud_bridge.sink import TelemetrySink
 from cloud_bridge.sink_sqlite import SqliteSink
 from device_registry import RegistryStore
+from device_registry.alerts.operations import drill_policy
 from device_registry.delivery.mqtt_out import MqttTarget
 from device_registry.http.app import (
     Delivery,
@@ -97,13 +98,8 @@ class Central:
 
     def _announce(self) -> Service:
         async def service(ready: asyncio.Event) -> None:
-            print(
-                f"gridwatch central: registry API {self.registry_url}/api/v1/devices | "
-                f"broker {self.broker} | topics {self.cfg.prefix}/gw/+/... | "
-                f"platform alerts {self.cfg.prefix}/platform/alert/# | "
-                f"dashboard {self.registry_url}/dashboard",
-                flush=True,
-            )
+            print(banner(self.registry_url, self.broker, self.cfg.prefix,
+                         self.args.escalation_scale), flush=True)  # fmt: skip
             self.ready.set()
             ready.set()
             await forever()
@@ -112,7 +108,8 @@ class Central:
 
     async def run(self, stop: asyncio.Event) -> None:
         async with AsyncExitStack() as stack:
-            store = self.store = await RegistryStore.open(db_url_from(self.args))
+            policy = drill_policy(self.args.escalation_scale)
+            store = self.store = await RegistryStore.open(db_url_from(self.args), policy)
             stack.push_async_callback(store.close)
             sink = await open_sink(self.cfg)
             stack.push_async_callback(sink.close)
@@ -129,6 +126,17 @@ class Central:
             ]
             await run_services(services, stop)
         logger.info("central stopped")
+
+
+def banner(registry_url: str, broker: str, prefix: str, scale: float) -> str:
+    """The start-up line: where the API, the dashboard and every platform topic are (the city
+    platform subscribes to all three kinds: docs/alerts.md)."""
+    platform = f"{prefix}/platform"
+    drill = (f" | DRILL: alert time limits x{scale:g}" if scale != 1 else "")  # fmt: skip
+    return (f"gridwatch central: registry API {registry_url}/api/v1/devices | broker {broker} | "
+            f"topics {prefix}/gw/+/... | platform alerts {platform}/alert/# | "
+            f"lifecycle {platform}/lifecycle/# | escalation {platform}/escalation/# | "
+            f"dashboard {registry_url}/dashboard{drill}")  # fmt: skip
 
 
 async def _main(args: argparse.Namespace) -> None:

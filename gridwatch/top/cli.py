@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import sys
 from collections.abc import Sequence
 
@@ -28,12 +29,16 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("demo",): "gridwatch.top.demo:main",
     **{
         ("gateway", c): "gridwatch.top.installer:main"
-        for c in ("add", "list", "show", "retire", "new-password")
+        for c in ("add", "list", "show", "config", "retire", "new-password")
     },
     **{
         ("device", c): "gridwatch.top.installer:main"
         for c in ("add", "import", "list", "show", "retire", "commission", "command")
     },
+    ("profile", "list"): "gridwatch.top.registrycli:main",
+    ("profile", "show"): "gridwatch.top.registrycli:main",
+    ("token", "create"): "gridwatch.top.registrycli:main",
+    **{("alert", c): "gridwatch.top.registrycli:main" for c in ("list", "ack", "resolve", "close")},
 }
 PROBE_EXIT_CODES = (
     "exit status: 0 read; 1 nothing answered (cannot connect, no answer in time, a garbled "
@@ -64,6 +69,26 @@ def _brokers(value: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return value
+
+
+def _scale(value: str) -> float:
+    try:
+        scale = float(value)
+    except ValueError:
+        scale = math.nan
+    if not 0 < scale <= 1:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a scale: a number above 0 and at most 1 (0.01 makes an hour's "
+            "time limit 36 s)"
+        )
+    return scale
+
+
+def _drill_args(p: argparse.ArgumentParser) -> None:
+    """Of the processes that open alerts (``central run``, ``bridge run``): docs/alerts.md."""
+    p.add_argument("--escalation-scale", type=_scale, default=1.0, metavar="FACTOR",
+                   help="drill: every alert time limit times FACTOR (0.01: 60 min -> 36 s), "
+                   "for alerts opened from now on; 1 (default) in service")  # fmt: skip
 
 
 def _central_args(p: argparse.ArgumentParser) -> None:
@@ -159,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _central_args(central_run)
     _installer_args(central_run)
+    _drill_args(central_run)
 
     reg = sub.add_parser("registry", help="device registry").add_subparsers(
         dest="sub", required=True
@@ -169,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     bridge = sub.add_parser("bridge", help="cloud bridge").add_subparsers(dest="sub", required=True)
     bridge_run = bridge.add_parser("run", help="run the bridge alone")
     _central_args(bridge_run)
+    _drill_args(bridge_run)
     bridge_run.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
 
     sim = sub.add_parser("sim", help="a field of simulated devices")
@@ -210,9 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--schema-dir", default=None, help="also write JSON Schemas here")
 
-    from gridwatch.top.installer import add_parsers  # argparse only: no I/O modules load
+    # argparse only: no I/O modules load
+    from gridwatch.top import installer, registrycli
 
-    add_parsers(sub)
+    installer.add_parsers(sub)
+    registrycli.add_parsers(sub)
 
     health = sub.add_parser("health", help="what is unhealthy in the field (exit 0/1/3)")
     healthcli.add_arguments(health)

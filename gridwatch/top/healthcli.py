@@ -1,28 +1,30 @@
 """``gridwatch health``: what is unhealthy in the field, from the registry API.
 
-Exit status: 0 when everything listed is healthy, 1 when something is not, 3 when the registry
-cannot be reached (or refuses the token), so scripts and monitoring can act on it.
+Exit status: 0 when everything listed is healthy, 1 when something is not, 2 for a URL that is
+no URL, 3 when the registry cannot be reached (or refuses the token), so scripts and monitoring
+can act on it. It talks to the registry through the installer's client (``installer.Api``): the
+same options, the same one-line errors.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
-import os
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 from typing import Any, TextIO
 
-TOKEN_ENV = "GRIDWATCH_TOKEN"
+from gridwatch.top.installer import TOKEN_ENV, URL_HELP, Api, BadOption, Refused, Unreachable
+
 HEALTHY, UNHEALTHY, UNREACHABLE = 0, 1, 3
+USAGE = 2
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default=os.environ.get("GRIDWATCH_URL", "http://127.0.0.1:8080"),
-                   help="registry API base URL (env GRIDWATCH_URL)")  # fmt: skip
+    p.add_argument("--url", default=None, help=URL_HELP)
+    p.add_argument("--token", default=None, help=f"API token (default: env {TOKEN_ENV})")
     p.add_argument("--token-env", default=TOKEN_ENV, help="env var holding the API token")
+    p.add_argument("--ca-file", default=None, help="CA that signed the API's certificate")
     for name in ("district", "grid", "gateway", "profile"):
         p.add_argument(f"--{name}", default=None, help=f"only this {name}")
     p.add_argument("--all", action="store_true", help="list healthy devices too")
@@ -30,16 +32,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=10.0)
 
 
-def fetch(args: argparse.Namespace) -> dict[str, Any]:
+async def fetch(args: argparse.Namespace) -> dict[str, Any]:
+    import aiohttp
+
     query = {k: getattr(args, k) for k in ("district", "grid", "gateway", "profile")}
     params = {k: v for k, v in query.items() if v is not None}
-    url = f"{args.url.rstrip('/')}/api/v1/health?{urllib.parse.urlencode(params)}"
-    req = urllib.request.Request(url)
-    token = os.environ.get(args.token_env)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=args.timeout) as r:
-        body: dict[str, Any] = json.loads(r.read())
+    async with Api(args, token_env=args.token_env) as api:
+        body: dict[str, Any] = await api.call(
+            "GET",
+            "/api/v1/health",
+            params=params,
+            timeout=aiohttp.ClientTimeout(total=args.timeout),
+        )
         return body
 
 
@@ -62,26 +66,14 @@ def render(report: dict[str, Any], show_all: bool, out: TextIO) -> None:
           f"{len(report['gateways'])} gateways checked)", file=out)  # fmt: skip
 
 
-def _problem(exc: urllib.error.HTTPError) -> str:
-    """The registry's problem answer (RFC 9457) in one line: its title and detail."""
-    text = exc.read().decode("utf-8", "replace")
-    try:
-        body = json.loads(text)
-    except ValueError:
-        return text[:500]
-    if not isinstance(body, dict):
-        return text[:500]
-    return f"{body.get('title', '')}: {body.get('detail', '')}"[:500]
-
-
 def main(args: argparse.Namespace) -> int:
     try:
-        report = fetch(args)
-    except urllib.error.HTTPError as exc:
-        print(f"registry at {args.url} refused: HTTP {exc.code} {_problem(exc)}", file=sys.stderr)
-        return UNREACHABLE
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        print(f"registry at {args.url} cannot be reached: {exc}", file=sys.stderr)
+        report = asyncio.run(fetch(args))
+    except BadOption as exc:
+        print(f"gridwatch: {exc}", file=sys.stderr)
+        return USAGE
+    except (Refused, Unreachable, OSError) as exc:  # OSError: a CA file that cannot be read
+        print(f"gridwatch: {exc}", file=sys.stderr)
         return UNREACHABLE
     if args.json:
         print(json.dumps(report, indent=2))

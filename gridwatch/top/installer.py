@@ -3,6 +3,12 @@
 Exit codes, for scripts: 0 done, 1 refused or failed (the registry said no, a device did not
 report, a value looks wrong), 2 usage, 3 the registry cannot be reached.
 
+``Api`` is the one client every command that talks to the registry uses (here, ``healthcli`` and
+``registrycli``): the address from ``--url``, ``GRIDWATCH_URL`` or ``DEFAULT_URL`` (``http://``
+assumed without a scheme), the token from ``--token`` or ``GRIDWATCH_TOKEN``, and every failure
+(no such host, nobody listening, a bad URL, a refused or missing token) as one line that says
+what to do, through ``run_api``: never a traceback.
+
 ``device commission`` waits for a device's first readings, shows them with their quality, and
 flags values that look like a byte-order mistake: a multi-register value that is absurd (not a
 number, huge, a denormal-looking speck, outside its range) but plausible when its registers or
@@ -19,7 +25,8 @@ import os
 import ssl
 import sys
 import time
-from collections.abc import Sequence
+import urllib.parse
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,14 +34,20 @@ from typing import Any
 OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
 TOKEN_ENV = "GRIDWATCH_TOKEN"
 URL_ENV = "GRIDWATCH_URL"
+DEFAULT_URL = "http://127.0.0.1:8080"
+"""Where ``gridwatch central run`` and ``registry serve`` listen unless told otherwise."""
+URL_HELP = f"registry API base URL (default: env {URL_ENV}, else {DEFAULT_URL})"
+TOKEN_HINT = (
+    f"set {TOKEN_ENV} or use --token; an admin creates one with "
+    "`gridwatch token create --role installer`"
+)
 
 
 # ---- arguments ------------------------------------------------------------------------------
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default=os.environ.get(URL_ENV, "http://127.0.0.1:8080"),
-                   help=f"registry API base URL (env {URL_ENV})")  # fmt: skip
+    p.add_argument("--url", default=None, help=URL_HELP)
     p.add_argument("--token", default=None, help=f"API token (default: env {TOKEN_ENV})")
     p.add_argument("--ca-file", default=None, help="CA that signed the API's certificate")
     p.add_argument("--json", action="store_true", help="print the registry's JSON answer")
@@ -61,6 +74,8 @@ def add_parsers(sub: Any) -> None:
                      help="write the gateway's config (YAML) to FILE, to copy onto the box")  # fmt: skip
     _location(add)
     for name, helptext in (("list", "list gateways"), ("show", "one gateway, with its config state"),
+                           ("config", "print the gateway's current config (YAML), e.g. "
+                            "> gw.yaml"),
                            ("retire", "retire a gateway: its broker access ends at once"),
                            ("new-password", "a new MQTT password (the old one stops at once): "
                             "printed once")):  # fmt: skip
@@ -118,33 +133,90 @@ class Unreachable(Exception):
     pass
 
 
+class BadOption(Exception):
+    """The registry's address or the CA file given cannot be used: a usage mistake (exit 2)."""
+
+
 class Refused(Exception):
-    def __init__(self, status: int, body: Any) -> None:
+    def __init__(self, status: int, body: Any, message: str | None = None) -> None:
         self.status, self.body = status, body
-        super().__init__(_explain(status, body))
+        super().__init__(message or _explain(status, body))
 
 
 def _explain(status: int, body: Any) -> str:
     if not isinstance(body, dict):
         return f"HTTP {status}: {body}"
-    # the registry's errors are problems (RFC 9457): title, detail, and each field's error
-    lines = [f"refused ({status} {body.get('title', '')}): {body.get('detail', '')}".rstrip(": ")]
-    for e in body.get("errors", []):
-        lines.append(f"  - {e['loc']}: {e['msg']}")
-    return "\n".join(lines)
+    # the registry's errors are problems (RFC 9457): title, detail, and each field's error.
+    # A 422's detail repeats its first errors in one line: print the list alone, each field once
+    head = f"refused ({status} {body.get('title', '')})"
+    errors = body.get("errors") or []
+    if not errors:
+        return f"{head}: {body.get('detail', '')}".rstrip(": ")
+    lines = [f"  - {e['msg']}" if _whole(e["loc"]) else f"  - {e['loc']}: {e['msg']}"
+             for e in errors]  # fmt: skip
+    return "\n".join([f"{head}:", *lines])
+
+
+def segment(name: str) -> str:
+    """A name typed by a person as one path segment: ``../tokens`` must stay a (wrong) name."""
+    return urllib.parse.quote(name, safe="")
+
+
+def _whole(loc: str) -> bool:
+    # the registry's mark for "the whole document, no one field" (problems.whole)
+    return loc.startswith("(") and loc.endswith(")")
+
+
+def base_url(text: str, source: str) -> str:
+    """The registry's base URL from what a person typed. ``http://`` is assumed when no scheme is
+    given (``127.0.0.1:8080``); anything that is not then an http(s) address with a host and a
+    valid port is ``BadOption``, naming ``source`` (``--url``, the environment) and what to set."""
+    url = text.strip()
+    if "://" not in url:
+        url = "http://" + url
+    fix = f"set {source} to an address like {DEFAULT_URL} or https://registry.example:8443"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is what raises for a bad one
+    except ValueError as exc:
+        raise BadOption(f"{source} is {text!r}, not a URL ({exc}): {fix}") from None
+    if parts.scheme not in ("http", "https"):
+        raise BadOption(f"{source} is {text!r}, not an http:// or https:// address: {fix}")
+    if not parts.hostname:
+        raise BadOption(f"{source} is {text!r}, which names no host: {fix}")
+    return url.rstrip("/")
+
+
+def url_of(args: argparse.Namespace) -> str:
+    """``--url``, else ``GRIDWATCH_URL``, else the default; checked by ``base_url``."""
+    if args.url is not None:
+        return base_url(args.url, "--url")
+    if os.environ.get(URL_ENV):
+        return base_url(os.environ[URL_ENV], URL_ENV)
+    return DEFAULT_URL
+
+
+def _trusting(ca_file: str | None) -> ssl.SSLContext | bool:
+    """The TLS check of the API: the system's CAs, or ``--ca-file``'s alone."""
+    if not ca_file:
+        return True
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except OSError as exc:  # ssl.SSLError too: a file that holds no certificate
+        why = exc.strerror or str(exc)
+        raise BadOption(f"--ca-file {ca_file}: cannot use it ({why}); give the PEM file of "
+                        "the CA that signed the registry's certificate") from None  # fmt: skip
 
 
 IMPORT_TIMEOUT_S = 600.0
 
 
 class Api:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.base = args.url.rstrip("/")
-        token = args.token or os.environ.get(TOKEN_ENV, "")
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.ssl: ssl.SSLContext | bool = (
-            ssl.create_default_context(cafile=args.ca_file) if args.ca_file else True
-        )
+    def __init__(self, args: argparse.Namespace, token_env: str = TOKEN_ENV) -> None:
+        self.base = url_of(args)
+        self.token = getattr(args, "token", None) or os.environ.get(token_env, "")
+        self.headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self.ssl = _trusting(getattr(args, "ca_file", None))
 
     async def __aenter__(self) -> Api:
         import aiohttp
@@ -167,11 +239,22 @@ class Api:
                     body = json.loads(text) if text else None
                 except ValueError:
                     body = text
+                if r.status == 401:
+                    raise Refused(401, body, self._token_problem())
                 if r.status >= 400:
                     raise Refused(r.status, body)
                 return body
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise Unreachable(f"cannot reach the registry at {self.base}: {exc}") from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # every way the registry cannot be talked to (refused, no such host, TLS, a URL
+            # aiohttp will not take, an answer cut off): one line, never a traceback
+            why = str(exc) or type(exc).__name__
+            raise Unreachable(f"the registry at {self.base} cannot be reached: {why}") from exc
+
+    def _token_problem(self) -> str:
+        if not self.token:
+            return f"no API token: {TOKEN_HINT}"
+        return (f"the registry at {self.base} does not know this API token (mistyped, or "
+                f"revoked): {TOKEN_HINT}")  # fmt: skip
 
 
 # ---- commands -------------------------------------------------------------------------------
@@ -233,12 +316,13 @@ async def _gateway(args: argparse.Namespace, api: Api) -> int:
         gw = await api.call("POST", "/api/v1/gateways", json=body)
         _print_issued(gw, args.json)
         if args.write_config:
-            import yaml
-
-            doc = await api.call("GET", f"/api/v1/gateways/{args.id}/config")
-            text = yaml.safe_dump(doc, sort_keys=False)
+            doc, text = await _config(api, args.id)
             await asyncio.to_thread(Path(args.write_config).write_text, text)
             print(f"config v{doc['version']} written to {args.write_config}")
+        return OK
+    if args.sub == "config":
+        doc, text = await _config(api, args.id)
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n" if args.json else text)
         return OK
     if args.sub == "list":
         q = {"district": args.district} if args.district else {}
@@ -255,6 +339,14 @@ async def _gateway(args: argparse.Namespace, api: Api) -> int:
     gw = await api.call("POST" if args.sub == "retire" else "GET", path)
     print(json.dumps(gw, indent=2)) if args.json else _print_gateway(gw)
     return OK
+
+
+async def _config(api: Api, gateway: str) -> tuple[dict[str, Any], str]:
+    """The gateway's current config as the registry generates it, and as YAML for its box."""
+    import yaml
+
+    doc = await api.call("GET", f"/api/v1/gateways/{segment(gateway)}/config")
+    return doc, yaml.safe_dump(doc, sort_keys=False)
 
 
 def _print_issued(gw: dict[str, Any], as_json: bool) -> None:
@@ -450,8 +542,20 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    return run_api(_run, args)
+
+
+def run_api(
+    run: Callable[[argparse.Namespace], Coroutine[Any, Any, int]], args: argparse.Namespace
+) -> int:
+    """Run ``run(args)`` (a coroutine function that talks to the registry); every failure a
+    person can cause or meet is one line on stderr and an exit code, never a traceback."""
     try:
-        return asyncio.run(_run(args))
+        result: int = asyncio.run(run(args))
+        return result
+    except BadOption as exc:
+        print(f"gridwatch: {exc}", file=sys.stderr)
+        return USAGE
     except Refused as exc:
         print(f"gridwatch: {exc}", file=sys.stderr)
         return FAILED

@@ -1,0 +1,127 @@
+"""``gridwatch profile ...``, ``gridwatch token ...`` and ``gridwatch alert ...``: the registry API
+for whoever is not registering hardware (that is ``installer.py``): device profiles to read,
+API tokens for an admin to hand out, alerts for an operator to list and act on.
+
+They share the installer's client (``installer.Api``): the same ``--url``/``--token`` options,
+the same one-line errors and the same exit codes: 0 done, 1 refused or failed, 2 usage, 3 the
+registry cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+# the installer's --url/--token/--ca-file/--json, so every registry command reads them alike
+from gridwatch.top.installer import OK, Api, run_api, segment
+from gridwatch.top.installer import _common as common_arguments
+
+ROLES = ("installer", "maintenance", "operator", "platform", "admin")
+STAGES = ("open", "acknowledged", "cleared", "resolved", "closed")
+ACTIONS = ("ack", "resolve", "close")
+
+
+def add_parsers(sub: Any) -> None:
+    prof = sub.add_parser("profile", help="device profiles the registry knows")
+    profs = prof.add_subparsers(dest="sub", required=True)
+    common_arguments(profs.add_parser("list", help="every profile with its protocol and points"))
+    show = profs.add_parser("show", help="one profile, every point in full")
+    show.add_argument("name")
+    common_arguments(show)
+
+    tok = sub.add_parser("token", help="API tokens (admin)")
+    toks = tok.add_subparsers(dest="sub", required=True)
+    create = toks.add_parser("create", help="issue a token for a person or machine: shown once")
+    create.add_argument("--role", required=True, choices=ROLES)
+    create.add_argument("--name", default=None, help="who holds it (default: ROLE-YYYYMMDD-HHMM); "
+                        "it names them in the audit log")  # fmt: skip
+    common_arguments(create)
+
+    alert = sub.add_parser("alert", help="list alerts and act on them (operators)")
+    alerts = alert.add_subparsers(dest="sub", required=True)
+    ls = alerts.add_parser("list", help="alerts with their stage and time left; default: open ones")
+    ls.add_argument("--stage", default=None, help=f"comma-separated, among {','.join(STAGES)}")
+    ls.add_argument("--severity", default=None, help="e.g. critical")
+    ls.add_argument("--district", default=None)
+    ls.add_argument("--category", default=None, help="catalogue code, e.g. FIRE-SMOKE-01")
+    ls.add_argument("--limit", type=int, default=None)
+    common_arguments(ls)
+    for action in ACTIONS:
+        act = alerts.add_parser(action, help=f"{action} one alert, with a note")
+        act.add_argument("id", help="the alert id, as `alert list` shows it")
+        act.add_argument("--note", default="", help="why, what was done (the audit trail)")
+        common_arguments(act)
+
+
+async def _profile(args: argparse.Namespace, api: Api) -> int:
+    if args.sub == "list":
+        profiles = await api.call("GET", "/api/v1/profiles")
+        if args.json:
+            print(json.dumps(profiles, indent=2))
+        for p in [] if args.json else profiles:
+            print(f"{p['id']:<28} {p['protocol']:<12} {', '.join(p['points'])}")
+        return OK
+    profile = await api.call("GET", f"/api/v1/profiles/{segment(args.name)}")
+    if args.json:
+        print(json.dumps(profile, indent=2))
+        return OK
+    import yaml
+
+    print(yaml.safe_dump(profile, sort_keys=False), end="")
+    return OK
+
+
+async def _token(args: argparse.Namespace, api: Api) -> int:
+    name = args.name or f"{args.role}-{time.strftime('%Y%m%d-%H%M')}"
+    issued = await api.call("POST", "/api/v1/tokens", json={"name": name, "role": args.role})
+    if args.json:
+        print(json.dumps(issued, indent=2))
+        return OK
+    print(f"token {issued['id']} for {issued['name']!r}, role {issued['role']}:")
+    print(issued["token"])
+    print("(shown once: give it to its holder, who sets GRIDWATCH_TOKEN to it)")
+    return OK
+
+
+def _time_left(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    minutes = abs(ms) // 60_000
+    return f"{minutes} min overdue" if ms < 0 else f"{minutes} min left"
+
+
+def _print_alert(a: dict[str, Any]) -> None:
+    print(f"{a['alert_id']:<14} {a['stage']:<13} {a['severity']:<9} {a['category']:<20} "
+          f"{a['district'] or '-'}/{a['grid'] or '-'}  {a['gateway']}:{a['device']}.{a['point']}  "
+          f"{_time_left(a['time_left_ms'])}")  # fmt: skip
+
+
+async def _alert(args: argparse.Namespace, api: Api) -> int:
+    if args.sub == "list":
+        q = {k: getattr(args, k) for k in ("stage", "severity", "district", "category", "limit")}
+        found = await api.call("GET", "/api/v1/alerts/lifecycle",
+                               params={k: str(v) for k, v in q.items() if v is not None})  # fmt: skip
+        if args.json:
+            print(json.dumps(found, indent=2))
+        for a in [] if args.json else found:
+            _print_alert(a)
+        return OK
+    path = f"/api/v1/alerts/{segment(args.id)}/{args.sub}"
+    done = await api.call("POST", path, json={"note": args.note})
+    print(json.dumps(done, indent=2)) if args.json else _print_alert(done)
+    return OK
+
+
+COMMANDS = {"profile": _profile, "token": _token, "alert": _alert}
+
+
+async def _run(args: argparse.Namespace) -> int:
+    async with Api(args) as api:
+        result: int = await COMMANDS[args.cmd](args, api)
+        return result
+
+
+def main(args: argparse.Namespace) -> int:
+    return run_api(_run, args)

@@ -1,0 +1,305 @@
+"""The ``gridwatch`` command as people meet it: run as its own process against a real registry
+(aiohttp on SQLite), against ports nobody listens on, hosts that do not exist, a server that
+hangs up, and URLs that are no URLs. Whatever happens, one line says what to do, the exit code
+says what kind of failure it was, and no traceback is ever printed.
+
+Also: the registry commands beyond installing (gateway config, profiles, tokens, alerts), the
+token messages, each 422 said once and in plain words, and installers reading health.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from device_registry.http import problems
+from device_registry.http.auth import Role
+from gridwatch.top.installer import DEFAULT_URL, BadOption, base_url
+from tests._ops_helpers import Registry, registry, smoke
+from tests.services import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
+
+
+@dataclass
+class Ran:
+    code: int
+    out: str
+    err: str
+
+
+async def gridwatch(*argv: str, token: str | None = None, url_env: str | None = None) -> Ran:
+    """``gridwatch ARGV`` as its own process; no token or URL from this test's environment."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GRIDWATCH_TOKEN", "GRIDWATCH_URL")}
+    env["PYTHONPATH"] = str(ROOT)
+    if token is not None:
+        env["GRIDWATCH_TOKEN"] = token
+    if url_env is not None:
+        env["GRIDWATCH_URL"] = url_env
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gridwatch.top.cli", *argv, env=env, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
+    ran = Ran(proc.returncode or 0, out.decode(), err.decode())
+    assert "Traceback" not in ran.out + ran.err, ran
+    return ran
+
+
+@pytest.fixture
+async def reg(tmp_path: Path) -> AsyncIterator[Registry]:
+    async with registry(tmp_path) as r:
+        yield r
+
+
+# ---- the URL (pure) ----------------------------------------------------------------------------
+
+URLS = [
+    # (typed, the base URL used, or the words of the one-line error)
+    ("http://127.0.0.1:8080", "http://127.0.0.1:8080", None),
+    ("https://registry.city.example:8443/", "https://registry.city.example:8443", None),
+    ("127.0.0.1:8080", "http://127.0.0.1:8080", None),  # no scheme: http:// assumed
+    ("registry.city.example", "http://registry.city.example", None),
+    ("  localhost:8080 ", "http://localhost:8080", None),
+    ("http://[::1]:8080", "http://[::1]:8080", None),
+    ("ftp://x", None, "not an http:// or https:// address"),
+    ("http://[::1", None, "not a URL"),
+    ("http://127.0.0.1:99999", None, "not a URL"),
+    ("localhost:abc", None, "not a URL"),
+    ("http://", None, "names no host"),
+    ("", None, "names no host"),
+]
+
+
+@pytest.mark.parametrize(("typed", "base", "words"), URLS)
+def test_base_url(typed: str, base: str | None, words: str | None) -> None:
+    if base is not None:
+        assert base_url(typed, "--url") == base
+        return
+    with pytest.raises(BadOption) as err:
+        base_url(typed, "GRIDWATCH_URL")
+    assert words is not None and words in str(err.value)
+    assert "set GRIDWATCH_URL to an address like http://127.0.0.1:8080" in str(err.value)
+
+
+# ---- never a traceback -------------------------------------------------------------------------
+
+
+async def _hangs_up() -> tuple[asyncio.Server, int]:
+    """A server that accepts and closes at once: an answer that never comes."""
+
+    async def close(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.close()
+
+    server = await asyncio.start_server(close, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+COMMANDS = [  # one of each module's way to the registry: installer, health, registrycli
+    ["gateway", "config", "gw1"],
+    ["health"],
+    ["token", "create", "--role", "installer"],
+    ["alert", "ack", "a1", "--note", "crew 7"],
+]
+
+
+async def test_no_url_or_failure_ever_prints_a_traceback(reg: Registry) -> None:
+    server, hangs_up = await _hangs_up()
+    refused = free_port()  # nobody listens there
+    plain = reg.url.removeprefix("http://")
+    cases = [
+        # (URL, how it is given, exit code, words on stderr)
+        (f"http://127.0.0.1:{refused}", "--url", UNREACHABLE, "cannot be reached"),
+        (f"127.0.0.1:{refused}", "env", UNREACHABLE, f"http://127.0.0.1:{refused} cannot be"),
+        ("http://no-such-host.invalid:8080", "--url", UNREACHABLE, "cannot be reached"),
+        (f"http://127.0.0.1:{hangs_up}", "--url", UNREACHABLE, "cannot be reached"),
+        (f"https://{plain}", "--url", UNREACHABLE, "cannot be reached"),  # TLS to plain HTTP
+        ("ftp://registry", "env", USAGE, "GRIDWATCH_URL is 'ftp://registry'"),
+        ("http://[::1", "--url", USAGE, "--url is 'http://[::1', not a URL"),
+        ("http://127.0.0.1:99999", "--url", USAGE, "not a URL"),
+        ("http://", "env", USAGE, "names no host"),
+        (reg.url, "no CA file", USAGE, "--ca-file /nonexistent/ca.pem: cannot use it"),
+        (reg.url, "not a CA", USAGE, "--ca-file README.md: cannot use it"),
+    ]
+    try:
+        for url, given, code, words in cases:
+            flag = {"--url": ["--url", url], "env": [],
+                    "no CA file": ["--url", url, "--ca-file", "/nonexistent/ca.pem"],
+                    "not a CA": ["--url", url, "--ca-file", "README.md"]}[given]  # fmt: skip
+            env = url if given == "env" else None
+            runs = [gridwatch(*argv, *flag, token="t", url_env=env) for argv in COMMANDS]
+            for argv, ran in zip(COMMANDS, await asyncio.gather(*runs), strict=True):
+                assert ran.code == code, (url, argv, ran)
+                assert words in ran.err and ran.err.count("\n") == 1, (url, argv, ran)
+    finally:
+        server.close()
+
+
+async def test_a_url_without_a_scheme_is_taken_as_http(reg: Registry) -> None:
+    plain = reg.url.removeprefix("http://")
+    for given in ({"url_env": plain}, {}):
+        argv = ["gateway", "list", "--json", *([] if given else ["--url", plain])]
+        ran = await gridwatch(*argv, token=reg.tokens[Role.INSTALLER], **given)
+        assert ran.code == OK and json.loads(ran.out) == [], ran
+
+
+async def test_the_default_url_is_documented_where_people_look() -> None:
+    ran = await gridwatch("gateway", "list", "--help")
+    assert DEFAULT_URL in ran.out and "GRIDWATCH_URL" in ran.out
+    for doc in ("README.md", "docs/registry.md"):
+        assert DEFAULT_URL in (ROOT / doc).read_text(encoding="utf-8"), doc
+
+
+# ---- tokens ------------------------------------------------------------------------------------
+
+
+async def test_missing_or_rejected_token_says_what_to_set(reg: Registry) -> None:
+    hint = "set GRIDWATCH_TOKEN or use --token; an admin creates one with `gridwatch token create"
+    for argv in (["gateway", "list"], ["health"], ["alert", "list"]):
+        missing = await gridwatch(*argv, "--url", reg.url)
+        assert missing.code in (FAILED, UNREACHABLE) and "no API token: " + hint in missing.err
+        assert "Authorization" not in missing.err, missing
+        wrong = await gridwatch(*argv, "--url", reg.url, token="not-a-token")
+        assert "does not know this API token" in wrong.err and hint in wrong.err, wrong
+        assert wrong.err.count("\n") == 1, wrong
+
+
+async def test_an_admin_creates_a_token_that_works(reg: Registry) -> None:
+    ran = await gridwatch("token", "create", "--role", "installer", "--name", "anna",
+                          "--url", reg.url, token=reg.tokens[Role.ADMIN])  # fmt: skip
+    assert ran.code == OK and "'anna', role installer" in ran.out, ran
+    token = ran.out.splitlines()[1]
+    listed = await gridwatch("gateway", "list", "--url", reg.url, token=token)
+    assert listed.code == OK, listed
+    # an installer cannot make tokens: refused, in the registry's words, once
+    refused = await gridwatch("token", "create", "--role", "admin", "--url", reg.url, token=token)
+    assert refused.code == FAILED and "403" in refused.err, refused
+
+
+# ---- errors said once, in plain words ----------------------------------------------------------
+
+PLAIN = [
+    # (pydantic's message, as people read it)
+    ("Value error, stage must be among open,acknowledged", "stage must be among open,acknowledged"),
+    ("Assertion failed, timeout must be below interval", "timeout must be below interval"),
+    ("Field required", "Field required"),
+    ("a Value error, in the middle stays", "a Value error, in the middle stays"),
+]
+
+
+@pytest.mark.parametrize(("said", "read"), PLAIN)
+def test_plain_messages(said: str, read: str) -> None:
+    assert problems.plain(said) == read
+
+
+@pytest.mark.parametrize(
+    ("loc", "whole"), [("(body)", True), ("(top level)", True), ("location.grid", False),
+                       ("line 4 (gw1:wl-22).unit_id", False)],
+)  # fmt: skip
+def test_whole_document_locations(loc: str, whole: bool) -> None:
+    assert problems.whole(loc) is whole
+
+
+async def test_each_field_error_is_said_once_in_plain_words(reg: Registry) -> None:
+    ran = await gridwatch("gateway", "add", "gw1", "--url", reg.url,
+                          "--bus", "type=modbus_tcp,id=cab,host=10.0.0.5,port=abc",
+                          token=reg.tokens[Role.INSTALLER])  # fmt: skip
+    assert ran.code == FAILED, ran
+    assert ran.err.count("buses.0.modbus_tcp.port") + ran.err.count("buses.0.port") == 1, ran.err
+    # a validator's own words, without pydantic's "Value error," and no field for a whole query
+    bad = await gridwatch("alert", "list", "--stage", "bogus", "--url", reg.url,
+                          token=reg.tokens[Role.OPERATOR])  # fmt: skip
+    assert bad.code == FAILED and bad.err.count("stage must be among") == 1, bad
+    assert "Value error" not in bad.err, bad
+    status, body = await reg.call("GET", "/api/v1/alerts/lifecycle?stage=bogus", Role.OPERATOR)
+    assert status == 422 and "Value error" not in json.dumps(body), body
+    assert body["detail"].startswith("the query string is invalid: stage: stage must be among")
+    # a problem of the whole generated config: a sentence, not "(top level): Value error, ..."
+    status, _ = await reg.call("POST", "/api/v1/gateways", Role.INSTALLER, {"id": "gw1"})
+    assert status == 201
+    dev = await gridwatch("device", "add", "gw1", "wl-1", "--profile", "water-level-ultrasonic",
+                          "--bus", "nope", "--unit-id", "1", "--url", reg.url,
+                          token=reg.tokens[Role.INSTALLER])  # fmt: skip
+    assert dev.code == FAILED and "'nope'" in dev.err and dev.err.count("\n") == 2, dev
+    assert "(top level)" not in dev.err and "Value error" not in dev.err, dev
+
+
+# ---- the commands ------------------------------------------------------------------------------
+
+
+async def test_gateway_config_prints_the_current_config(reg: Registry) -> None:
+    bus = {"type": "modbus_tcp", "id": "cabinet", "host": "10.0.0.5", "port": 502}
+    status, _ = await reg.call("POST", "/api/v1/gateways", Role.INSTALLER,
+                               {"id": "gw1", "location": {"district": "futian"}, "buses": [bus]})  # fmt: skip
+    assert status == 201
+    status, _ = await reg.call("POST", "/api/v1/devices", Role.INSTALLER,
+                               {"gateway": "gw1", "id": "wl-1", "bus": "cabinet", "unit_id": 1,
+                                "profile": "water-level-ultrasonic"})  # fmt: skip
+    assert status == 201
+    ran = await gridwatch("gateway", "config", "gw1", "--url", reg.url,
+                          token=reg.tokens[Role.MAINTENANCE])  # fmt: skip
+    assert ran.code == OK, ran
+    status, served = await reg.call("GET", "/api/v1/gateways/gw1/config", Role.INSTALLER)
+    assert yaml.safe_load(ran.out) == served and served["devices"][0]["id"] == "wl-1"
+    assert served["version"] == 2  # registered, then a device added: the current one
+    missing = await gridwatch("gateway", "config", "nope", "--url", reg.url,
+                              token=reg.tokens[Role.INSTALLER])  # fmt: skip
+    assert missing.code == FAILED and "no gateway 'nope'" in missing.err, missing
+
+
+async def test_profile_list_and_show(reg: Registry) -> None:
+    token = reg.tokens[Role.INSTALLER]
+    ls = await gridwatch("profile", "list", "--url", reg.url, token=token)
+    assert ls.code == OK and "water-level-ultrasonic" in ls.out and "modbus" in ls.out, ls
+    show = await gridwatch("profile", "show", "water-level-ultrasonic", "--url", reg.url,
+                           token=token)  # fmt: skip
+    profile = yaml.safe_load(show.out)
+    assert show.code == OK and profile["id"] == "water-level-ultrasonic", show
+    assert "level" in profile["points"] and "data_type" in profile["points"]["level"]
+    for name in ("nope", "../gateways", "a/b?c=1"):  # a name stays a name, never another path
+        none = await gridwatch("profile", "show", name, "--url", reg.url, token=token)
+        assert none.code == FAILED and f"no profile {name!r}" in none.err, none
+
+
+async def test_alert_list_filters_and_actions(reg: Registry) -> None:
+    await reg.ingest(
+        smoke("a-fut", district="futian"), smoke("a-nan", "sd-002", district="nanshan")
+    )
+    token = reg.tokens[Role.OPERATOR]
+
+    async def listed(*filters: str) -> set[str]:
+        ran = await gridwatch("alert", "list", *filters, "--json", "--url", reg.url, token=token)
+        assert ran.code == OK, ran
+        return {a["alert_id"] for a in json.loads(ran.out)}
+
+    assert await listed() == {"a-fut", "a-nan"}
+    assert await listed("--district", "futian") == {"a-fut"}
+    assert await listed("--severity", "critical") == {"a-fut", "a-nan"}
+    assert await listed("--severity", "warning") == set()
+    ack = await gridwatch("alert", "ack", "a-fut", "--note", "crew 7 on its way", "--url",
+                          reg.url, token=token)  # fmt: skip
+    assert ack.code == OK and "acknowledged" in ack.out, ack
+    assert await listed("--stage", "acknowledged") == {"a-fut"}
+    again = await gridwatch("alert", "ack", "a-fut", "--url", reg.url, token=token)
+    assert again.code == FAILED and "409" in again.err, again
+    for action, stage in (("resolve", "resolved"), ("close", "closed")):
+        ran = await gridwatch("alert", action, "a-fut", "--url", reg.url, token=token)
+        assert ran.code == OK and stage in ran.out, ran
+    _, body = await reg.call("GET", "/api/v1/alerts/a-fut", Role.OPERATOR)
+    assert [a["action"] for a in body["actions"]] == ["ack", "resolve", "close"]
+    assert body["actions"][0]["note"] == "crew 7 on its way"
+
+
+async def test_an_installer_reads_health(reg: Registry) -> None:
+    ran = await gridwatch("health", "--url", reg.url, token=reg.tokens[Role.INSTALLER])
+    assert ran.code == OK and "0 unhealthy" in ran.out, ran
