@@ -279,8 +279,8 @@ def group_problems(
         covered.update(f.id for f in mine)
     for g, a in sorted(gateways, key=lambda ga: ga[0].id):
         if a.status is Status.ONLINE:
-            out += _bus_problems(g, [f for f in by_gw.get(g.id, []) if f.id not in covered],
-                                 [f for f, _ in devices if f.gateway == g.id], covered)  # fmt: skip
+            mine = [f for f in by_gw.get(g.id, []) if f.id not in covered]
+            out += _bus_problems(g, mine, covered)
     rest = sorted((fa for fa in sick if fa[0].id not in covered),
                   key=lambda fa: (fa[0].district, fa[0].grid, fa[0].id))  # fmt: skip
     out += [Problem("device", f.id, f.gateway, a.status.value, "; ".join(a.reasons), a.since,
@@ -288,9 +288,7 @@ def group_problems(
     return out
 
 
-def _bus_problems(
-    g: GatewayFacts, sick: list[DeviceFacts], listed: list[DeviceFacts], covered: set[str]
-) -> list[Problem]:
+def _bus_problems(g: GatewayFacts, sick: list[DeviceFacts], covered: set[str]) -> list[Problem]:
     """A bus the edge reports down; or one whose every device (two or more) has stopped
     answering while the edge still reaches the bus (a cut line behind a converter)."""
     out = []
@@ -302,23 +300,24 @@ def _bus_problems(
         since = bus.get("down_since")
         if bus.get("up") is False:
             reason = f"{where} on gateway {g.id} unreachable"
+            if on_bus:
+                reason += f": {_its(len(on_bus), _NOT_ANSWERING)}"
         else:
-            answering = [f for f in listed if f.device in names]
-            dead = [f for f in on_bus if f.report and int(f.report.get("consecutive_failures")
-                                                          or 0) > 0]  # fmt: skip
-            if len(names) < 2 or len(dead) < len(names) or len(answering) < len(names):
-                continue
-            on_bus = dead
+            failing = [f for f in on_bus if _failing(f)]
+            if len(names) < 2 or len(failing) < len(names):
+                continue  # one device alone, or some still answer: the devices are the problem
+            on_bus, since = failing, None
             reason = f"{where} on gateway {g.id}: none of its {len(names)} devices answers"
-            since = None
-        if on_bus:
-            reason += f": {_its(len(on_bus), _NOT_ANSWERING)}"
         out.append(Problem("bus", f"{g.id}/{bus.get('bus')}", g.id, Status.OFFLINE.value, reason,
                            None if since is None else int(since) - offset,
                            tuple(f.id for f in on_bus), bus=str(bus.get("bus") or ""),
                            address=str(bus.get("address") or "")))  # fmt: skip
         covered.update(f.id for f in on_bus)
     return out
+
+
+def _failing(f: DeviceFacts) -> bool:
+    return bool(f.report) and int((f.report or {}).get("consecutive_failures") or 0) > 0
 
 
 def _its(n: int, verb: tuple[str, str]) -> str:
