@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from device_registry.health.core import (
     group_problems,
 )
 from drivers.health import BusState, DeviceStats
+from gridwatch.top import healthcli
 
 NOW = 1_700_000_000_000
 
@@ -411,3 +413,59 @@ def test_bus_state_down_until_it_connects_again() -> None:
     assert not down.up and down.down_since == since and "unreachable" in down.error
     state.up()
     assert state.snapshot("cabinet", "modbus_tcp", "127.0.0.1:5020", []).up
+
+
+# ---- `gridwatch health`: the groups, printed; the summary; the exit code ---------------------
+
+
+def cli_report(problems: list[dict[str, Any]], devices: list[dict[str, Any]],
+               gateways: tuple[int, int] = (1, 0)) -> dict[str, Any]:  # fmt: skip
+    bad = sum(not d["healthy"] for d in devices)
+    return {"healthy": not problems, "unhealthy": len(problems), "problems": problems,
+            "devices": devices, "gateways": [],
+            "summary": {"devices": len(devices), "devices_unhealthy": bad,
+                        "gateways": gateways[0], "gateways_unhealthy": gateways[1]}}  # fmt: skip
+
+
+def cli_dev(i: str, healthy: bool = False, reason: str = "not answering") -> dict[str, Any]:
+    return {"id": f"gw1:{i}", "device": i, "status": "online" if healthy else "offline",
+            "healthy": healthy, "reasons": [] if healthy else [reason], "district": "futian",
+            "grid": "FT-1"}  # fmt: skip
+
+
+BUS_DOWN = {"kind": "bus", "id": "gw1/cab", "gateway": "gw1", "status": "offline",
+            "reason": "bus cab (10.0.0.5:502) on gateway gw1 unreachable: its 2 devices are not "
+            "answering", "since": 1, "devices": ["gw1:a", "gw1:b"], "bus": "cab",
+            "address": "10.0.0.5:502", "district": "", "grid": ""}  # fmt: skip
+ALONE = {"kind": "device", "id": "gw1:c", "gateway": "gw1", "status": "offline",
+         "reason": "not answering", "since": 1, "devices": ["gw1:c"], "bus": "", "address": "",
+         "district": "futian", "grid": "FT-1"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "report", "show_all", "lines"),
+    [
+        ("all healthy", cli_report([], [cli_dev("a", True)]), False,
+         ["", "healthy: 0 of 1 devices unhealthy; 0 of 1 gateways unhealthy"]),
+        ("a bus down and a device: two groups, the bus's devices under it",
+         cli_report([BUS_DOWN, ALONE], [cli_dev("a"), cli_dev("b"), cli_dev("c"),
+                                        cli_dev("d", True)]), False,
+         ["", "bus gw1/cab: offline: bus cab (10.0.0.5:502) on gateway gw1 unreachable: its 2 "
+          "devices are not answering",
+          "  gw1:a                        offline  not answering",
+          "  gw1:b                        offline  not answering",
+          "", "futian / FT-1",
+          "  gw1:c                        offline  not answering",
+          "", "2 problems: 3 of 4 devices unhealthy; 0 of 1 gateways unhealthy"]),
+        ("--all adds the healthy ones", cli_report([], [cli_dev("d", True)]), True,
+         ["", "healthy", "  gw1:d                        online   ok",
+          "", "healthy: 0 of 1 devices unhealthy; 0 of 1 gateways unhealthy"]),
+    ],
+)  # fmt: skip
+def test_health_cli_prints_the_groups(
+    name: str, report: dict[str, Any], show_all: bool, lines: list[str]
+) -> None:
+    """(The exit code on the real CLI: tests/test_health_field.py.)"""
+    out = io.StringIO()
+    healthcli.render(report, show_all, out)
+    assert out.getvalue().split("\n")[:-1] == lines, name
