@@ -119,12 +119,10 @@ async def _gateways(s: Any, only: str | None) -> dict[str, GatewayFacts]:
         q = q.where(Gateway.id == only)
     out = {}
     for gw, rep in await s.execute(q):
-        period = (gw.settings or {}).get("health_interval_s")
         out[gw.id] = GatewayFacts(
             id=gw.id, online=gw.online, last_seen=gw.last_seen, died_at=gw.died_at,
             report=None if rep is None else rep.report,
             received_at=None if rep is None else rep.received_at,
-            report_interval_s=float(period) if isinstance(period, int | float) else 30.0,
             connected_once=gw.online or gw.born_at is not None or gw.died_at is not None,
         )  # fmt: skip
     return out
