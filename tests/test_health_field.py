@@ -24,11 +24,14 @@ from device_registry import Changes, RegistryStore
 from device_registry.delivery.runtime import Delivery
 from device_registry.http.app import build_app, serving
 from device_registry.http.auth import SYSTEM, Role, TokenRequest, issue
+from drivers import DRIVERS
+from drivers.mqtt import MqttDriver
 from gridwatch.ground.contract import DeviceHealth, GatewayHealth, new_id
 from gridwatch.ground.gatewayconf import GatewayConfig, ResolvedDevice, load_gateway
 from gridwatch.top.sim import MqttField
 from gridwatch.top.sim.modbus import SimField
 from tests._central_helpers import birth, bridge_config, death, now_ms, running
+from tests._drivers_helpers import Broker, Outcomes, gateway
 from tests._ops_helpers import registry
 from tests.fieldkit import CABINET
 from tests.fieldkit import running as edge_running
@@ -309,3 +312,40 @@ async def test_gateway_states_retired_never_connected_and_silent(tmp_path: Path)
         assert out.returncode == 0, out.stdout + out.stderr
         assert out.stdout.strip().endswith("healthy: 0 of 0 devices unhealthy; 0 of 0 gateways "
                                            "unhealthy")  # fmt: skip
+
+
+async def test_a_sensor_broker_that_crashes_is_a_bus_down_until_it_is_back(tmp_path: Path) -> None:
+    """The MQTT sensor broker is SIGKILLed (a crash, not a stop): the driver's bus state, which
+    goes into the gateway's health report, says the bus is down with its address; the broker
+    back on the same port, the bus is up again."""
+    broker = Broker(tmp_path).start()
+    bus = {"type": "mqtt", "id": "local", "host": "127.0.0.1", "port": broker.port}
+    devices = gateway([bus], [{"id": "sm-1", "profile": "smoke-detector-mqtt", "bus": "local"}])
+    driver = DRIVERS["mqtt"](devices[0].bus, devices)
+    assert isinstance(driver, MqttDriver)
+    task = asyncio.create_task(driver.run(Outcomes()))
+    try:
+        async with asyncio.timeout(10):
+            await driver.ready.wait()
+        assert driver.bus_health().up
+        assert broker.proc is not None
+        broker.proc.kill()
+        broker.proc.wait(10)
+        broker.proc = None
+
+        async def bus_down() -> bool:  # the driver has no event for a loss: poll, bounded
+            return not driver.bus_health().up
+
+        await within("the bus down", 15, bus_down)
+        down = driver.bus_health()
+        assert down.error == f"sensor broker 127.0.0.1:{broker.port} unreachable"
+        assert down.address == f"127.0.0.1:{broker.port}" and down.devices == ["sm-1"]
+        assert down.down_since is not None and down.type == "mqtt"
+        broker.start()  # the same port
+        async with asyncio.timeout(30):
+            await driver.ready.wait()
+        assert driver.bus_health().up and driver.bus_health().down_since is None
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        broker.stop()
