@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gridwatch.ground.contract import DeviceHealth, Quality, Value
+from gridwatch.ground.contract import BusHealth, DeviceHealth, Quality, Value
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +49,6 @@ class Driver(Protocol):
 
     def health(self) -> list[DeviceHealth]:
         """Per-device health counters for the gateway's health report."""
+
+    def bus_health(self) -> BusHealth:
+        """The bus's own state (reachable or not) for the gateway's health report."""

@@ -31,7 +31,7 @@ from drivers.health import DeviceStats
 from drivers.planner import ReadPlan, ReadRequest
 from drivers.scheduler import DeviceHold, Ticker, phase_offsets
 from drivers.transport import ModbusTransport, serial_transport, tcp_transport
-from gridwatch.ground.contract import DeviceHealth, Quality
+from gridwatch.ground.contract import BusHealth, DeviceHealth, Quality
 from gridwatch.ground.gatewayconf import ModbusRtuBus, ModbusTcpBus, ResolvedDevice
 from gridwatch.ground.profiles import ModbusProfile
 
@@ -225,6 +225,11 @@ class ModbusDriver:
 
     def health(self) -> list[DeviceHealth]:
         return [p.stats.snapshot() for p in self.pollers.values()]
+
+    def bus_health(self) -> BusHealth:
+        bus = self.bus
+        address = f"{bus.host}:{bus.port}" if isinstance(bus, ModbusTcpBus) else bus.port
+        return self.transport.state.snapshot(bus.id, bus.type, address, list(self.pollers))
 
 
 def _check_device(bus: ModbusTcpBus | ModbusRtuBus, device: ResolvedDevice) -> None:

@@ -24,9 +24,9 @@ import aiomqtt
 from drivers.base import PollOutcome, Sample, SampleSink
 from drivers.codec import scale_places, scaled_value
 from drivers.errors import BadConfig, PayloadError, UnknownPoint
-from drivers.health import DeviceStats
+from drivers.health import BusState, DeviceStats
 from gridwatch.ground.backoff import Backoff
-from gridwatch.ground.contract import DeviceHealth, Quality, Value
+from gridwatch.ground.contract import BusHealth, DeviceHealth, Quality, Value
 from gridwatch.ground.gatewayconf import MqttSensorBus, ResolvedDevice
 from gridwatch.ground.profiles import MqttPoint, MqttProfile
 
@@ -147,6 +147,7 @@ class MqttDriver:
         self.bus = bus
         self.devices = {d.id: MqttDevice(d) for d in devices}
         self.ready = asyncio.Event()  # set while subscribed (tests and health wait on it)
+        self.state = BusState()
         self._waits = Backoff(0.5, RECONNECT_MAX_S)  # between reconnects to the sensor broker
         self.by_topic: dict[str, list[MqttDevice]] = {}
         for dev in self.devices.values():
@@ -166,6 +167,7 @@ class MqttDriver:
                 await self._session(sink)
             except aiomqtt.MqttError as exc:
                 self.ready.clear()
+                self.state.down(f"sensor broker {self.bus.host}:{self.bus.port} unreachable")
                 level = logging.ERROR if self._waits.attempt == 0 else logging.DEBUG
                 logger.log(level, "bus %s: broker %s:%d: %s", self.bus.id, self.bus.host,
                            self.bus.port, exc)  # fmt: skip
@@ -180,6 +182,7 @@ class MqttDriver:
             logger.info("bus %s: listening to %d topic(s) on %s:%d", self.bus.id,
                         len(self.by_topic), self.bus.host, self.bus.port)  # fmt: skip
             self.ready.set()
+            self.state.up()
             self._waits.reset()  # connected: the next outage is logged and paced afresh
             async for message in client.messages:
                 payload = message.payload if isinstance(message.payload, bytes) else (
@@ -211,6 +214,10 @@ class MqttDriver:
 
     def health(self) -> list[DeviceHealth]:
         return [d.stats.snapshot() for d in self.devices.values()]
+
+    def bus_health(self) -> BusHealth:
+        bus = self.bus
+        return self.state.snapshot(bus.id, bus.type, f"{bus.host}:{bus.port}", list(self.devices))
 
 
 def _deliver(sink: SampleSink, outcome: PollOutcome) -> None:

@@ -20,6 +20,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.framer import FramerType
 
 from drivers.errors import ConnectError, check_response, modbus_errors
+from drivers.health import BusState
 from gridwatch.ground.backoff import Backoff
 from gridwatch.ground.gatewayconf import ModbusRtuBus, ModbusTcpBus
 
@@ -109,6 +110,7 @@ class ModbusTransport:
         quiet_pymodbus()
         self.name = name
         self.gap_s = gap_s
+        self.state = BusState()  # the endpoint reachable or not, for the health report
         self.waiting = 0  # requests waiting for a free slot: at most one per device
         self.peak_waiting = 0
         self._idle: asyncio.Queue[_Slot] = asyncio.Queue()
@@ -166,7 +168,12 @@ class ModbusTransport:
         """``client.<call>(*args, **kw, device_id=unit)``; errors name device ``who``."""
         with modbus_errors(who, address):
             try:
-                client = await slot.ensure(self.name)
+                try:
+                    client = await slot.ensure(self.name)
+                except ConnectError:
+                    self.state.down(f"{self.name} unreachable")
+                    raise
+                self.state.up()
                 try:
                     resp = await getattr(client, call)(*args, **kw, device_id=unit)
                 except Exception as exc:  # re-raised at once, converted by modbus_errors

@@ -28,7 +28,7 @@ from edge.outbox import PRIO_TELEMETRY, Outbox, OutboxBusy
 from edge.pipeline import Pipeline
 from edge.remote import Remote
 from edge.uplink import Uplink
-from gridwatch.ground.contract import DeviceHealth, GatewayHealth, Topics, new_id
+from gridwatch.ground.contract import BusHealth, DeviceHealth, GatewayHealth, Topics, new_id
 from gridwatch.ground.gatewayconf import (
     GatewayConfig,
     ResolvedDevice,
@@ -152,8 +152,10 @@ class EdgeAgent:
 
     def _report_health(self) -> None:
         devices: list[DeviceHealth] = []
+        buses: list[BusHealth] = []
         for drv in self.drivers.values():
             devices.extend(drv.health())
+            buses.append(drv.bus_health())
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         disk = shutil.disk_usage(self.outbox_dir)  # the outbox's own disk: what fills up
         gw = self.cfg.gateway.id
@@ -161,11 +163,12 @@ class EdgeAgent:
         def build(seq: int) -> bytes:
             msg = GatewayHealth(
                 id=new_id(), gateway=gw, seq=seq, session=self.pipeline.session,
-                ts=int(self.clock() * 1000), cpu_percent=_cpu_percent(),
+                ts=int(self.clock() * 1000), interval_s=self.cfg.health_interval_s,
+                cpu_percent=_cpu_percent(),
                 memory_mb=round(rss_mb, 1), disk_free_mb=disk.free // 2**20,
                 outbox_depth=self.outbox.depth, outbox_bytes=self.outbox.bytes,
                 outbox_dropped=self.outbox.dropped, uplink_reconnects=self.uplink.reconnects,
-                devices=devices,
+                devices=devices, buses=buses,
             )  # fmt: skip
             return msg.model_dump_json().encode()
 

@@ -19,7 +19,7 @@ import orjson
 from drivers.base import PollOutcome
 from edge.journal import Staged
 from edge.outbox import PRIO_ALERT, PRIO_TELEMETRY, ActiveAlert, Outbox
-from edge.rules import DeviceRules, Transition
+from edge.rules import DeviceRules, Transition, message_for
 from gridwatch.ground.contract import SCHEMA_VERSION, AlertEvent, AlertState, Topics, new_id
 from gridwatch.ground.gatewayconf import ResolvedDevice
 from gridwatch.ground.watch import Watch
@@ -243,7 +243,7 @@ class Pipeline:
                 alert_id=active.alert_id, state=t.state, rule=t.rule.id,
                 category=t.rule.category, severity=t.rule.severity, device=t.device,
                 point=t.point, location=dev.location, value=t.value, peak=t.peak,
-                threshold=t.threshold, unit=unit, message=t.rule.message,
+                threshold=t.threshold, unit=unit, message=message_for(t.rule, t.state),
                 raised_at=active.raised_at, ts=t.ts,
             )  # fmt: skip
             return ev.model_dump_json().encode()

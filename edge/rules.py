@@ -27,6 +27,16 @@ class Transition:
     ts: int
 
 
+def message_for(rule: Rule, state: AlertState) -> str:
+    """The alert's text for a transition: a cleared alert says it cleared, never the raise text
+    (a crew reading 'Water level above warning line: 1.82 m' goes out to a flood that is over)."""
+    if state is not AlertState.CLEARED:
+        return rule.message
+    if rule.clear_message:
+        return rule.clear_message
+    return f"Cleared: {rule.message}" if rule.message else "Cleared"
+
+
 class _Debounce:
     """A condition must hold for N samples and T seconds before it counts."""
 

@@ -181,3 +181,92 @@ def test_a_profile_says_how_its_points_are_shown() -> None:
     assert shown["obscuration"] == {"unit": "%/m", "decimals": 2, "onoff": False,
                                     "limits": [{"rule": "smoke", "above": 4.0, "below": None}]}  # fmt: skip
     assert shown["alarm"]["onoff"] and shown["battery"]["decimals"] == 2
+
+
+RULED = (
+    GOOD_PROFILE
+    + """\
+  rules:
+    - id: level_high
+      kind: threshold
+      point: level
+      above: 2.5
+      category: "FLOOD-WATERLOG-01"
+      severity: major
+    - id: level_rising
+      kind: rate_of_change
+      point: level
+      rise: 0.5
+      window_s: 60
+      category: "FLOOD-WATERLOG-02"
+      severity: minor
+"""
+)
+
+
+@pytest.mark.parametrize(
+    ("what", "text", "expected"),
+    [
+        ("code and severity agree", RULED.replace("FLOOD-WATERLOG-02", "FLOOD-WATERLOG-04"), []),
+        (
+            "a minor rule under a critical code (the issue's pressure sensor)",
+            RULED,
+            [":25: profile -> rules -> 1 -> severity: FLOOD-WATERLOG-02 is 'Underpass flooding', "
+             "critical in the event catalogue: a rule under it must be critical too, or use a "
+             "code that fits the rule (got 'minor')"],
+        ),
+        (
+            "a code the catalogue does not have",
+            RULED.replace("FLOOD-WATERLOG-01", "FLOOD-WATERLOG-99"),
+            [":17: profile -> rules -> 0 -> category: not a code of the event catalogue (got "
+             "'FLOOD-WATERLOG-99')", ":25: profile -> rules -> 1 -> severity: FLOOD-WATERLOG-02 "
+             "is 'Underpass flooding', critical in the event catalogue: a rule under it must be "
+             "critical too, or use a code that fits the rule (got 'minor')"],
+        ),
+        (
+            "a code a district layer adds is a catalogue code",
+            RULED.replace("FLOOD-WATERLOG-01", "FT-FLOOD-SCHOOL-01").replace(
+                "severity: major", "severity: critical").replace(
+                "FLOOD-WATERLOG-02", "FLOOD-WATERLOG-04"),
+            [],
+        ),
+    ],
+)  # fmt: skip
+def test_a_rule_must_agree_with_the_catalogue(
+    tmp_path: Path, what: str, text: str, expected: list[str]
+) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    assert check(path) == [f"{path}{e}" for e in expected], what
+    assert cli(["config", "check", str(path)]) == (1 if expected else 0)
+
+
+def test_a_device_rule_in_a_gateway_config_must_agree_with_the_catalogue(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "gateway: {id: g1}\nbuses:\n  - {type: modbus_tcp, id: b, host: h}\n"
+        "devices:\n  - id: d1\n    profile: water-level-ultrasonic\n    bus: b\n    rules:\n"
+        "      - {id: smoke, kind: threshold, point: level, above: 1, category: FIRE-SMOKE-01,\n"
+        "         severity: minor}\n"
+    )
+    [problem] = check(path)
+    assert problem.startswith(f"{path}:10: devices -> 0 -> rules -> 0 -> severity: FIRE-SMOKE-01")
+
+
+def test_a_checked_catalogue_is_the_one_rules_are_held_to(tmp_path: Path) -> None:
+    """`config check` given a catalogue folder and a profile judges the profile by that folder."""
+    cat = tmp_path / "catalogue"
+    cat.mkdir()
+    (cat / "city.yaml").write_text(
+        "catalogue:\n  layer: city\n  name: C\n  categories:\n"
+        "    - {code: FLOOD-WATERLOG-01, name: W, severity: major, time_limit_min: 60}\n"
+        "    - {code: FLOOD-WATERLOG-02, name: Rising, severity: minor, time_limit_min: 60}\n"
+    )
+    prof = tmp_path / "p.yaml"
+    prof.write_text(RULED)
+    assert cli(["config", "check", str(cat), str(prof)]) == 0
+    assert cli(["config", "check", str(prof)]) == 1  # the shipped catalogue says critical
+
+
+def test_every_shipped_rule_agrees_with_the_shipped_catalogue() -> None:
+    assert cli(["config", "check"]) == 0

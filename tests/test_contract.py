@@ -36,7 +36,8 @@ MESSAGES = [
 
 
 def test_every_message_has_an_example() -> None:
-    assert sorted(name for name, _ in EXAMPLES) == sorted(MESSAGES)
+    # a message may show more than one (GatewayHealth: as an older edge sends it too)
+    assert sorted({name for name, _ in EXAMPLES}) == sorted(MESSAGES)
 
 
 @pytest.mark.parametrize(("name", "text"), EXAMPLES, ids=[n for n, _ in EXAMPLES])
@@ -101,7 +102,7 @@ def test_edge_payloads_follow_the_contract(tmp_path: Path) -> None:
 
 
 def _doc(name: str) -> dict[str, object]:
-    [text] = [t for n, t in EXAMPLES if n == name]
+    text = next(t for n, t in EXAMPLES if n == name)  # the first, the current edge's
     doc: dict[str, object] = json.loads(text)
     return doc
 

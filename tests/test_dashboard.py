@@ -23,6 +23,8 @@ from device_registry.http.auth import SYSTEM, Role, TokenRequest, issue
 from gridwatch.ground.contract import (
     AlertState,
     Birth,
+    BusHealth,
+    Death,
     DeviceHealth,
     DeviceInfo,
     GatewayHealth,
@@ -590,3 +592,54 @@ async def test_a_revoked_operator_is_sent_back_to_the_login(site: Registry) -> N
             await expect(page.locator("#live")).to_have_text("offline")
         finally:
             await browser.close()
+
+
+HOSTILE_ADDRESS = "<img src=x onerror=window.pwned=1>:502"
+
+
+async def test_health_shows_one_card_per_root_cause_with_its_devices(
+    tmp_path: Path, artifacts: Path
+) -> None:
+    """A gateway offline and a bus down are one card each with their devices inside, not a
+    card per device; the summary counts devices and gateways apart."""
+    from playwright.async_api import async_playwright, expect
+
+    now = now_ms()
+    dead = Birth(gateway="gw1", session=1, ts=now, devices=["a1", "a2", "a3"])
+    live = Birth(gateway="gw2", session=1, ts=now, devices=["b1", "b2"])
+    report = GatewayHealth(id=new_id(), gateway="gw2", seq=1, session=1, ts=now, interval_s=30,
+                           devices=[DeviceHealth(device=d, online=False, reads_ok=9,
+                                                 reads_failed=4, consecutive_failures=4)
+                                    for d in ("b1", "b2")],
+                           buses=[BusHealth(bus="cabinet", type="modbus_tcp",
+                                            address=HOSTILE_ADDRESS, up=False,
+                                            error="cabinet (192.0.2.10:502) unreachable",
+                                            down_since=now - 60_000, devices=["b1", "b2"])])  # fmt: skip
+    async with registry(tmp_path) as reg:
+        await reg.store.apply(Changes(now=now, status=[dead, live], health=[report]))
+        await reg.store.apply(Changes(now=now, status=[Death(gateway="gw1", session=1)]))
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            try:
+                page = await browser.new_page(viewport={"width": 390, "height": 844})
+                await page.goto(f"{reg.url}/dashboard")
+                await page.fill("#token", reg.tokens[Role.MAINTENANCE])
+                await page.click("#login-form button[type=submit]")
+                gw = page.locator('[data-problem="gw1"]')
+                await expect(gw).to_contain_text("gateway gw1 offline (death message): its 3 "
+                                                 "devices are stale")  # fmt: skip
+                await expect(gw.locator("li[data-member]")).to_have_count(3)
+                bus = page.locator('[data-problem="gw2/cabinet"]')
+                await expect(bus).to_contain_text(f"bus cabinet ({HOSTILE_ADDRESS}) on gateway gw2 "
+                                                  "unreachable")  # fmt: skip
+                await expect(bus.locator("li[data-member]")).to_have_count(2)
+                await expect(page.locator("#health-list article")).to_have_count(2)
+                await expect(page.locator("#health-summary")).to_have_text(
+                    "2 problems · 5 of 5 devices unhealthy · 1 of 2 gateways unhealthy"
+                )
+                # the address the gateway reports is shown as text and runs nothing
+                assert await page.evaluate("window.pwned") is None
+                await page.screenshot(path=str(artifacts / "dashboard-health-groups.png"),
+                                      full_page=True)  # fmt: skip
+            finally:
+                await browser.close()

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import pytest
 
 from device_registry.health.core import (
+    Assessment,
     DeviceFacts,
     GatewayFacts,
     Status,
     assess_device,
     assess_gateway,
+    group_problems,
 )
+from drivers.health import BusState, DeviceStats
+from gridwatch.top import healthcli
 
 NOW = 1_700_000_000_000
 
@@ -25,9 +30,13 @@ def facts(**kw: Any) -> DeviceFacts:
 
 
 def report(ok: int = 100, failed: int = 0, consecutive: int = 0, online: bool = True,
-           last_ok: int | None = NOW - 1000) -> dict[str, Any]:  # fmt: skip
-    return {"device": "d1", "online": online, "reads_ok": ok, "reads_failed": failed,
-            "consecutive_failures": consecutive, "last_ok": last_ok}  # fmt: skip
+           last_ok: int | None = NOW - 1000, recent: tuple[int, int] | None = None,
+           ) -> dict[str, Any]:  # fmt: skip
+    rep = {"device": "d1", "online": online, "reads_ok": ok, "reads_failed": failed,
+           "consecutive_failures": consecutive, "last_ok": last_ok}  # fmt: skip
+    if recent is not None:
+        rep["recent_ok"], rep["recent_failed"] = recent
+    return rep
 
 
 @pytest.mark.parametrize(
@@ -83,10 +92,34 @@ def report(ok: int = 100, failed: int = 0, consecutive: int = 0, online: bool = 
             None,
         ),
         (
-            "one read in five fails",
+            "an older edge (lifetime counters only): one read in five fails",
             facts(report=report(ok=80, failed=20)),
             Status.ONLINE,
-            "failing reads: 80% succeed",
+            "failing reads: 80% succeed since the gateway started",
+        ),
+        (
+            "a past outage outside the window: 65 % lifetime, every recent poll answered",
+            facts(report=report(ok=130, failed=70, recent=(50, 0))),
+            Status.ONLINE,
+            None,
+        ),
+        (
+            "12 of the last 50 polls failed",
+            facts(report=report(ok=10_000, failed=12, recent=(38, 12))),
+            Status.ONLINE,
+            "failing reads: 12 of the last 50 polls failed",
+        ),
+        (
+            "a window of a slow device: 2 of 8 in the last 10 minutes",
+            facts(report=report(recent=(6, 2))),
+            Status.ONLINE,
+            "failing reads: 2 of the last 8 polls failed",
+        ),
+        (
+            "its gateway never connected",
+            facts(gateway_online=False, gateway_connected_once=False),
+            Status.OFFLINE,
+            "gateway gw1 never connected",
         ),
         (
             "battery low (V)",
@@ -136,6 +169,60 @@ def test_offline_since_is_the_last_good_read_on_the_centre_clock() -> None:
         ),
         ("dead", GatewayFacts("gw1", False, NOW, died_at=NOW - 1), Status.OFFLINE, "offline"),
         (
+            "registered, never connected: not a death message",
+            GatewayFacts("gw1", False, NOW, connected_once=False),
+            Status.NEVER_CONNECTED,
+            "never connected",
+        ),
+        (
+            "online, its agent silent 124 s (reports every 30 s): its own state",
+            GatewayFacts(
+                "gw1",
+                True,
+                NOW - 124_000,
+                report={"ts": NOW - 124_000, "interval_s": 30},
+                received_at=NOW - 124_000,
+            ),
+            Status.SILENT,
+            "connected, but no health report for 124 s (expected every 30 s)",
+        ),
+        (
+            "the report names its own period: 5 s, silent after 15 s",
+            GatewayFacts(
+                "gw1",
+                True,
+                NOW,
+                report={"ts": NOW - 16_000, "interval_s": 5},
+                received_at=NOW - 16_000,
+            ),
+            Status.SILENT,
+            "no health report for 16 s (expected every 5 s)",
+        ),
+        (
+            "a short period: never silent before 10 s",
+            GatewayFacts(
+                "gw1",
+                True,
+                NOW,
+                report={"ts": NOW - 9000, "interval_s": 0.5},
+                received_at=NOW - 9000,
+            ),
+            Status.ONLINE,
+            None,
+        ),
+        (
+            "born, no report yet, within the bound",
+            GatewayFacts("gw1", True, NOW - 10_000),
+            Status.ONLINE,
+            None,
+        ),
+        (
+            "born long ago, never a report",
+            GatewayFacts("gw1", True, NOW - 100_000),
+            Status.SILENT,
+            "connected, but no health report (expected every 30 s)",
+        ),
+        (
             "clock 8 s behind",
             GatewayFacts("gw1", True, NOW, report={"ts": NOW - 8000}, received_at=NOW),
             Status.ONLINE,
@@ -159,7 +246,7 @@ def test_offline_since_is_the_last_good_read_on_the_centre_clock() -> None:
                 received_at=NOW - 100_000,
                 report_interval_s=30,
             ),
-            Status.ONLINE,
+            Status.SILENT,
             "no health report for 100 s",
         ),
     ],
@@ -167,6 +254,218 @@ def test_offline_since_is_the_last_good_read_on_the_centre_clock() -> None:
 def test_gateway(name: str, g: GatewayFacts, status: Status, reason: str | None) -> None:
     a = assess_gateway(g, NOW)
     assert a.status is status, name
-    assert (reason is None) == (a.reasons == [] and status is Status.ONLINE), (name, a.reasons)
+    assert (reason is None) == a.healthy, (name, a.reasons)
     if reason:
         assert any(reason in r for r in a.reasons), (name, a.reasons)
+
+
+# ---- problems grouped by root cause ---------------------------------------------------------
+
+GW_OK = GatewayFacts("gw1", True, NOW, report={"ts": NOW}, received_at=NOW)
+DOWN = {"dead": report(consecutive=5, online=False), "ok": report()}
+
+
+def dev(name: str, state: str = "ok", gateway: str = "gw1", grid: str = "") -> DeviceFacts:
+    # as the store builds them: a device carries its gateway's state (gw2 dead, gw3 never seen)
+    return facts(id=f"{gateway}:{name}", gateway=gateway, device=name, report=DOWN[state],
+                 grid=grid, gateway_online=gateway == "gw1",
+                 gateway_connected_once=gateway != "gw3")  # fmt: skip
+
+
+def gw_with_buses(*buses: dict[str, Any]) -> GatewayFacts:
+    return GatewayFacts("gw1", True, NOW, report={"ts": NOW, "buses": list(buses)},
+                        received_at=NOW)  # fmt: skip
+
+
+def bus(name: str, up: bool, *devices: str) -> dict[str, Any]:
+    return {"bus": name, "type": "modbus_tcp", "address": "127.0.0.1:5020", "up": up,
+            "down_since": NOW - 60_000 if not up else None, "devices": list(devices)}  # fmt: skip
+
+
+def judged(gws: list[GatewayFacts], devs: list[DeviceFacts]) -> tuple[
+    list[tuple[GatewayFacts, Assessment]], list[tuple[DeviceFacts, Assessment]]
+]:  # fmt: skip
+    return [(g, assess_gateway(g, NOW)) for g in gws], [(d, assess_device(d, NOW)) for d in devs]
+
+
+DEAD_GW = GatewayFacts("gw2", False, NOW, died_at=NOW - 5000)
+NEW_GW = GatewayFacts("gw3", False, NOW, connected_once=False)
+
+
+@pytest.mark.parametrize(
+    ("name", "gws", "devs", "expected"),
+    [
+        ("all healthy", [GW_OK], [dev("a"), dev("b")], []),
+        (
+            "a gateway offline covers its devices: one entry",
+            [GW_OK, DEAD_GW],
+            [dev(f"d{i}", gateway="gw2") for i in range(20)] + [dev("a")],
+            [("gateway", "gw2", "gateway gw2 offline (death message): its 20 devices are stale",
+              20)],
+        ),
+        (
+            "a never-connected gateway: never connected, not a death message",
+            [NEW_GW],
+            [dev("x", gateway="gw3")],
+            [("gateway", "gw3", "gateway gw3 never connected: its device has never reported",
+              1)],
+        ),
+        (
+            "a silent gateway (agent stopped, no will) covers its devices gone silent",
+            [GatewayFacts("gw1", True, NOW - 200_000, report={"ts": NOW - 200_000},
+                          received_at=NOW - 200_000)],
+            [dev("a", "ok"), facts(id="gw1:b", device="b", last_seen=NOW - 200_000)],
+            [("gateway", "gw1", "gateway gw1 connected, but no health report for 200 s "
+              "(expected every 30 s): its device is not reported on", 1)],
+        ),
+        (
+            "a bus the edge reports down covers its devices; a device elsewhere stands alone",
+            [gw_with_buses(bus("cabinet", False, "a", "b", "c"), bus("other", True, "d", "e"))],
+            [dev("a", "dead"), dev("b", "dead"), dev("c", "dead"), dev("d", "dead"), dev("e")],
+            [("bus", "gw1/cabinet", "bus cabinet (127.0.0.1:5020) on gateway gw1 unreachable: "
+              "its 3 devices are not answering", 3),
+             ("device", "gw1:d", "not answering: 5 consecutive failed reads", 1)],
+        ),
+        (
+            "the bus reachable but not one of its devices answers: the bus, not 3 devices",
+            [gw_with_buses(bus("rs485", True, "a", "b", "c"))],
+            [dev("a", "dead"), dev("b", "dead"), dev("c", "dead")],
+            [("bus", "gw1/rs485", "bus rs485 (127.0.0.1:5020) on gateway gw1: none of its 3 "
+              "devices answers", 3)],
+        ),
+        (
+            "one device of a bus: the device itself",
+            [gw_with_buses(bus("rs485", True, "a", "b"))],
+            [dev("a", "dead"), dev("b")],
+            [("device", "gw1:a", "not answering: 5 consecutive failed reads", 1)],
+        ),
+        (
+            "a gateway with a finding covers nothing: its devices are their own problems",
+            [GatewayFacts("gw1", True, NOW, report={"ts": NOW, "outbox_dropped": 3},
+                          received_at=NOW)],
+            [dev("a", "dead")],
+            [("gateway", "gw1", "outbox dropped 3 messages", 0),
+             ("device", "gw1:a", "not answering: 5 consecutive failed reads", 1)],
+        ),
+    ],
+)  # fmt: skip
+def test_problems_by_root_cause(
+    name: str, gws: list[GatewayFacts], devs: list[DeviceFacts],
+    expected: list[tuple[str, str, str, int]],
+) -> None:  # fmt: skip
+    got = group_problems(*judged(gws, devs))
+    assert [(p.kind, p.id, p.reason, len(p.devices)) for p in got] == expected, name
+
+
+def test_a_bus_down_since_is_on_the_centre_clock() -> None:
+    g = GatewayFacts("gw1", True, NOW, report={"ts": NOW + 2000, "buses": [bus("c", False, "a")]},
+                     received_at=NOW)  # fmt: skip
+    (p,) = group_problems(*judged([g], [dev("a", "dead")]))
+    assert p.since == NOW - 60_000 - 2000 and p.address == "127.0.0.1:5020" and p.bus == "c"
+
+
+# ---- the edge's side: the window of recent polls (drivers.health), with a fake clock ---------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def polls(stats: DeviceStats, clock: FakeClock, pattern: str, every_s: float = 1.0) -> None:
+    for c in pattern:
+        clock.t += every_s
+        stats.ok(int(clock.t * 1000), 3.0) if c == "o" else stats.failed("timeout")
+
+
+@pytest.mark.parametrize(
+    ("name", "pattern", "every_s", "later_s", "recent"),
+    [
+        ("a one-minute outage, then 50 answered polls", "o" * 100 + "x" * 60 + "o" * 50, 1, 0,
+         (50, 0)),
+        ("12 of the last 50 failed", "o" * 500 + "x" * 12 + "o" * 38, 1, 0, (38, 12)),
+        ("a slow device: polls older than 10 minutes drop out", "x" * 5 + "o" * 10, 60, 0,
+         (10, 1)),
+        ("nothing polled for 11 minutes: nothing to judge", "xxo", 1, 660, (0, 0)),
+    ],
+)  # fmt: skip
+def test_recent_polls_window(
+    name: str, pattern: str, every_s: float, later_s: float, recent: tuple[int, int]
+) -> None:
+    clock = FakeClock()
+    stats = DeviceStats("d1", clock=clock)
+    polls(stats, clock, pattern, every_s)
+    clock.t += later_s
+    snap = stats.snapshot()
+    assert (snap.recent_ok, snap.recent_failed) == recent, name
+    assert snap.reads_ok + snap.reads_failed == len(pattern)  # lifetime counters unchanged
+
+
+def test_bus_state_down_until_it_connects_again() -> None:
+    state = BusState()
+    state.down("cabinet (127.0.0.1:5020) unreachable")
+    since = state.down_since
+    state.down("cabinet (127.0.0.1:5020) unreachable")
+    down = state.snapshot("cabinet", "modbus_tcp", "127.0.0.1:5020", ["wl-1"])
+    assert not down.up and down.down_since == since and "unreachable" in down.error
+    state.up()
+    assert state.snapshot("cabinet", "modbus_tcp", "127.0.0.1:5020", []).up
+
+
+# ---- `gridwatch health`: the groups, printed; the summary; the exit code ---------------------
+
+
+def cli_report(problems: list[dict[str, Any]], devices: list[dict[str, Any]],
+               gateways: tuple[int, int] = (1, 0)) -> dict[str, Any]:  # fmt: skip
+    bad = sum(not d["healthy"] for d in devices)
+    return {"healthy": not problems, "unhealthy": len(problems), "problems": problems,
+            "devices": devices, "gateways": [],
+            "summary": {"devices": len(devices), "devices_unhealthy": bad,
+                        "gateways": gateways[0], "gateways_unhealthy": gateways[1]}}  # fmt: skip
+
+
+def cli_dev(i: str, healthy: bool = False, reason: str = "not answering") -> dict[str, Any]:
+    return {"id": f"gw1:{i}", "device": i, "status": "online" if healthy else "offline",
+            "healthy": healthy, "reasons": [] if healthy else [reason], "district": "futian",
+            "grid": "FT-1"}  # fmt: skip
+
+
+BUS_DOWN = {"kind": "bus", "id": "gw1/cab", "gateway": "gw1", "status": "offline",
+            "reason": "bus cab (10.0.0.5:502) on gateway gw1 unreachable: its 2 devices are not "
+            "answering", "since": 1, "devices": ["gw1:a", "gw1:b"], "bus": "cab",
+            "address": "10.0.0.5:502", "district": "", "grid": ""}  # fmt: skip
+ALONE = {"kind": "device", "id": "gw1:c", "gateway": "gw1", "status": "offline",
+         "reason": "not answering", "since": 1, "devices": ["gw1:c"], "bus": "", "address": "",
+         "district": "futian", "grid": "FT-1"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "report", "show_all", "lines"),
+    [
+        ("all healthy", cli_report([], [cli_dev("a", True)]), False,
+         ["", "healthy: 0 of 1 devices unhealthy; 0 of 1 gateways unhealthy"]),
+        ("a bus down and a device: two groups, the bus's devices under it",
+         cli_report([BUS_DOWN, ALONE], [cli_dev("a"), cli_dev("b"), cli_dev("c"),
+                                        cli_dev("d", True)]), False,
+         ["", "bus gw1/cab: offline: bus cab (10.0.0.5:502) on gateway gw1 unreachable: its 2 "
+          "devices are not answering",
+          "  gw1:a                        offline  not answering",
+          "  gw1:b                        offline  not answering",
+          "", "futian / FT-1",
+          "  gw1:c                        offline  not answering",
+          "", "2 problems: 3 of 4 devices unhealthy; 0 of 1 gateways unhealthy"]),
+        ("--all adds the healthy ones", cli_report([], [cli_dev("d", True)]), True,
+         ["", "healthy", "  gw1:d                        online   ok",
+          "", "healthy: 0 of 1 devices unhealthy; 0 of 1 gateways unhealthy"]),
+    ],
+)  # fmt: skip
+def test_health_cli_prints_the_groups(
+    name: str, report: dict[str, Any], show_all: bool, lines: list[str]
+) -> None:
+    """(The exit code on the real CLI: tests/test_health_field.py.)"""
+    out = io.StringIO()
+    healthcli.render(report, show_all, out)
+    assert out.getvalue().split("\n")[:-1] == lines, name

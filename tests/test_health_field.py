@@ -20,14 +20,19 @@ import aiohttp
 import yaml
 
 from cloud_bridge import Bridge, SqliteSink
-from device_registry import RegistryStore
+from device_registry import Changes, RegistryStore
 from device_registry.delivery.runtime import Delivery
 from device_registry.http.app import build_app, serving
 from device_registry.http.auth import SYSTEM, Role, TokenRequest, issue
+from drivers import DRIVERS
+from drivers.mqtt import MqttDriver
+from gridwatch.ground.contract import DeviceHealth, GatewayHealth, new_id
 from gridwatch.ground.gatewayconf import GatewayConfig, ResolvedDevice, load_gateway
 from gridwatch.top.sim import MqttField
 from gridwatch.top.sim.modbus import SimField
-from tests._central_helpers import bridge_config, running
+from tests._central_helpers import birth, bridge_config, death, now_ms, running
+from tests._drivers_helpers import Broker, Outcomes, gateway
+from tests._ops_helpers import registry
 from tests.fieldkit import CABINET
 from tests.fieldkit import running as edge_running
 from tests.services import Mosquitto, free_port
@@ -38,16 +43,20 @@ HEALTH_S = 0.5  # the gateway's health report period
 
 
 def field_config(
-    tmp: Path, broker: Mosquitto, prefix: str
+    tmp: Path, broker: Mosquitto, prefix: str, push: bool = True
 ) -> tuple[GatewayConfig, list[ResolvedDevice]]:
     cfg = yaml.safe_load(CABINET.read_text())
     cfg["mqtt"].update({"port": broker.port, "prefix": prefix, "batch_linger_s": 0.05})
     cfg["outbox"]["path"] = str(tmp / "outbox.db")
     cfg["health_interval_s"] = HEALTH_S
     cfg["buses"][0].update({"port": free_port(), "timeout_s": 0.4})
-    cfg["buses"].append({"type": "mqtt", "id": "local", "host": "127.0.0.1", "port": broker.port})
     for d in cfg["devices"]:
         d["interval_s"] = INTERVAL_S
+    if not push:
+        path = tmp / "gateway.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        return load_gateway(path)
+    cfg["buses"].append({"type": "mqtt", "id": "local", "host": "127.0.0.1", "port": broker.port})
     cfg["devices"] += [
         {"id": f"sm-{i}", "profile": "smoke-detector-mqtt", "bus": "local",
          "address": f"{prefix}-sm{i}", "interval_s": INTERVAL_S, "location": {"grid": "FT-0044"}}
@@ -183,3 +192,160 @@ async def test_offline_silent_and_low_battery_show_up_with_their_reasons(
         assert all(d["healthy"] for d in listed["devices"][3:])  # unhealthy first
         gone = await asyncio.to_thread(Centre(f"http://127.0.0.1:{free_port()}", "x").cli)
         assert gone.returncode == 3 and "cannot be reached" in gone.stderr
+
+
+async def test_a_bus_down_is_one_problem_naming_the_bus_and_its_address(
+    mosquitto: Mosquitto, prefix: str, tmp_path: Path
+) -> None:
+    """The simulator behind the cabinet's Modbus TCP endpoint stops: one problem, the bus with
+    its address as the edge logs it, its four devices listed under it; not four cards. Back, the
+    bus problem goes and the devices' read success is told over the recent polls."""
+    cfg, devices = field_config(tmp_path, mosquitto, prefix, push=False)
+    bus = cfg.buses[0]
+    address = f"{bus.host}:{bus.port}"  # type: ignore[union-attr]
+    async with (
+        centre(tmp_path, mosquitto, prefix) as c,
+        aiohttp.ClientSession() as http,
+        edge_running(cfg, devices),
+    ):
+
+        async def healthy() -> bool:
+            h = await c.health(http)
+            LAST[:] = [h["problems"], h["summary"]]
+            return len(h["devices"]) == 4 and all(d["last_seen"] for d in h["devices"]) and (
+                h["healthy"])  # fmt: skip
+
+        async with SimField(devices, update_s=3600):
+            await within("the field healthy", 20, healthy)
+        t0 = time.monotonic()
+
+        async def bus_down() -> bool:
+            h = await c.health(http)
+            LAST[:] = [h["problems"]]
+            return [p["kind"] for p in h["problems"]] == ["bus"] and len(
+                h["problems"][0]["devices"]) == 4  # fmt: skip
+
+        took = await within("one bus problem", 3 * INTERVAL_S + HEALTH_S + 5, bus_down, t0)
+        print(f"bus down seen as one problem after {took:.2f} s (interval {INTERVAL_S} s)")
+        (p,) = (await c.health(http))["problems"]
+        assert p["reason"] == (f"bus cabinet-tcp ({address}) on gateway gw-futian-01 unreachable: "
+                               "its 4 devices are not answering")  # fmt: skip
+        assert p["address"] == address and p["since"] is not None
+        out = await asyncio.to_thread(c.cli)
+        assert out.returncode == 1, out.stdout + out.stderr
+        lines = out.stdout.splitlines()
+        head = next(i for i, line in enumerate(lines) if line.startswith("bus "))
+        assert "unreachable" in lines[head]
+        assert {line.split()[0] for line in lines[head + 1 : head + 5]} == {
+            f"gw-futian-01:{d.id}" for d in devices
+        }
+        assert lines[-1] == "1 problem: 4 of 4 devices unhealthy; 0 of 1 gateways unhealthy"
+
+        async with SimField(devices, update_s=3600):
+
+            async def recovered() -> bool:
+                h = await c.health(http)
+                LAST[:] = [h["problems"]]
+                kinds = {p["kind"] for p in h["problems"]}
+                return "bus" not in kinds and all(d["consecutive_failures"] == 0 and
+                                                  d["status"] == "online"
+                                                  for d in h["devices"])  # fmt: skip
+
+            await within("the bus back", 30 + 10, recovered)
+            reasons = [r for d in (await c.health(http))["devices"] for r in d["reasons"]]
+            # the outage is still inside the window of recent polls, and the reason says so
+            failing = [r for r in reasons if r.startswith("failing reads: ")]
+            assert failing and all(" of the last " in r for r in failing), reasons
+
+
+async def test_gateway_states_retired_never_connected_and_silent(tmp_path: Path) -> None:
+    """A retired gateway (and its devices) leaves health; one registered but never connected
+    reads 'never connected'; one connected whose agent stopped reporting is silent; the summary
+    counts devices and gateways apart; ``gridwatch health`` follows the problems."""
+    async with registry(tmp_path) as reg:
+        bus = {"type": "modbus_tcp", "id": "cabinet", "host": "10.0.0.5", "port": 502}
+        for gw in ("gw-old", "gw-new", "gw-quiet"):
+            status, body = await reg.call("POST", "/api/v1/gateways", Role.INSTALLER,
+                                          {"id": gw, "buses": [bus]})  # fmt: skip
+            assert status == 201, body
+        now = now_ms()
+        long_ago = now - 124_000
+        report = GatewayHealth(id=new_id(), gateway="gw-quiet", seq=1, session=1, ts=long_ago,
+                               interval_s=30, devices=[DeviceHealth(device="q1", online=True)])  # fmt: skip
+        await reg.store.apply(Changes(now=long_ago, status=[birth("gw-quiet", 1, ["q1"])],
+                                      health=[report]))  # fmt: skip
+        await reg.store.apply(Changes(now=now, status=[birth("gw-old", 1, ["d1", "d2"])]))
+        await reg.store.apply(Changes(now=now, status=[death("gw-old", 1)]))
+
+        async def health() -> dict[str, Any]:
+            status, body = await reg.call("GET", "/api/v1/health", Role.MAINTENANCE)
+            assert status == 200, body
+            return body
+
+        h = await health()
+        gws = {g["id"]: (g["status"], g["reasons"]) for g in h["gateways"]}
+        assert gws["gw-new"] == ("never_connected", ["never connected"])
+        assert gws["gw-old"] == ("offline", ["offline (death message)"])
+        assert gws["gw-quiet"][0] == "silent"
+        assert gws["gw-quiet"][1] == ["connected, but no health report for 124 s (expected every "
+                                      "30 s)"]  # fmt: skip
+        problems = {p["id"]: p["reason"] for p in h["problems"]}
+        assert (
+            problems["gw-old"] == "gateway gw-old offline (death message): its 2 devices are stale"
+        )
+        assert problems["gw-new"] == "gateway gw-new never connected"
+        assert len(h["problems"]) == 3  # not one per device
+        # q1 has no interval known (a bare birth): its gateway's silence is the finding
+        assert h["summary"] == {"devices": 3, "devices_unhealthy": 2, "gateways": 3,
+                                "gateways_unhealthy": 3}  # fmt: skip
+
+        for gw in ("gw-old", "gw-new", "gw-quiet"):
+            status, body = await reg.call("POST", f"/api/v1/gateways/{gw}/retire", Role.INSTALLER)
+            assert status == 200, body
+        h = await health()
+        assert h["gateways"] == [] and h["devices"] == [] and h["problems"] == []
+        assert h["healthy"] and h["summary"]["gateways"] == 0
+        env = {**os.environ, "GRIDWATCH_TOKEN": reg.tokens[Role.MAINTENANCE]}
+        out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "gridwatch.top.cli",
+                                      "health", "--url", reg.url], capture_output=True, text=True,
+                                      env=env, timeout=30)  # fmt: skip
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert out.stdout.strip().endswith("healthy: 0 of 0 devices unhealthy; 0 of 0 gateways "
+                                           "unhealthy")  # fmt: skip
+
+
+async def test_a_sensor_broker_that_crashes_is_a_bus_down_until_it_is_back(tmp_path: Path) -> None:
+    """The MQTT sensor broker is SIGKILLed (a crash, not a stop): the driver's bus state, which
+    goes into the gateway's health report, says the bus is down with its address; the broker
+    back on the same port, the bus is up again."""
+    broker = Broker(tmp_path).start()
+    bus = {"type": "mqtt", "id": "local", "host": "127.0.0.1", "port": broker.port}
+    devices = gateway([bus], [{"id": "sm-1", "profile": "smoke-detector-mqtt", "bus": "local"}])
+    driver = DRIVERS["mqtt"](devices[0].bus, devices)
+    assert isinstance(driver, MqttDriver)
+    task = asyncio.create_task(driver.run(Outcomes()))
+    try:
+        async with asyncio.timeout(10):
+            await driver.ready.wait()
+        assert driver.bus_health().up
+        assert broker.proc is not None
+        broker.proc.kill()
+        broker.proc.wait(10)
+        broker.proc = None
+
+        async def bus_down() -> bool:  # the driver has no event for a loss: poll, bounded
+            return not driver.bus_health().up
+
+        await within("the bus down", 15, bus_down)
+        down = driver.bus_health()
+        assert down.error == f"sensor broker 127.0.0.1:{broker.port} unreachable"
+        assert down.address == f"127.0.0.1:{broker.port}" and down.devices == ["sm-1"]
+        assert down.down_since is not None and down.type == "mqtt"
+        broker.start()  # the same port
+        async with asyncio.timeout(30):
+            await driver.ready.wait()
+        assert driver.bus_health().up and driver.bus_health().down_since is None
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        broker.stop()

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from drivers.base import PollOutcome, Sample
-from edge.rules import DeviceRules
-from gridwatch.ground.contract import AlertState, Quality
+from edge.outbox import Outbox
+from edge.pipeline import Pipeline
+from edge.rules import DeviceRules, message_for
+from gridwatch.ground.contract import AlertEvent, AlertState, Quality, Topics
+from gridwatch.ground.gatewayconf import load_gateway
 from gridwatch.ground.profiles import NoDataRule, OfflineRule, RateRule, ThresholdRule
+
+CABINET = Path(__file__).resolve().parent / "data" / "cabinet.yaml"
+OFFLINE_RULE = OfflineRule(kind="offline", id="offline", category="DEVICE-OFFLINE")
 
 HIGH = ThresholdRule(
     kind="threshold", id="high", point="level", above=2.5, hysteresis=0.2, category="FLOOD"
@@ -120,3 +128,45 @@ def test_restored_alert_is_not_raised_again_but_clears() -> None:
     rules.restore("high", 2.9)
     assert rules.feed(outcome(0, 2.8)) == []
     assert [t.state for t in rules.feed(outcome(1, 2.0))] == [AlertState.CLEARED]
+
+
+@pytest.mark.parametrize(
+    ("name", "rule", "state", "message"),
+    [
+        ("raised: the rule's text", HIGH.model_copy(update={"message": "Water level above warning "
+         "line"}), AlertState.RAISED, "Water level above warning line"),
+        ("updated: the same", HIGH.model_copy(update={"message": "Above"}), AlertState.UPDATED,
+         "Above"),
+        ("cleared: the rule's clear text", HIGH.model_copy(update={
+            "message": "Water level above warning line",
+            "clear_message": "Water level back below warning line"}), AlertState.CLEARED,
+         "Water level back below warning line"),
+        ("cleared without a clear text: says it cleared", HIGH.model_copy(update={
+            "message": "Water level above warning line"}), AlertState.CLEARED,
+         "Cleared: Water level above warning line"),
+        ("cleared, no text at all", OFFLINE_RULE, AlertState.CLEARED, "Cleared"),
+    ],
+)  # fmt: skip
+def test_a_cleared_alert_says_it_cleared(
+    name: str, rule: ThresholdRule | OfflineRule, state: AlertState, message: str
+) -> None:
+    assert message_for(rule, state) == message, name
+
+
+def test_the_edge_sends_the_clear_text_with_the_clearing_value(tmp_path: Path) -> None:
+    """The shipped ultrasonic profile through the real pipeline and outbox: the cleared event
+    reads 'Water level back below warning line' and carries the value that cleared it."""
+    _, devices = load_gateway(CABINET)
+    box = Outbox(tmp_path / "o.db", 10**7)
+    pipe = Pipeline("gw1", devices, box, Topics("p"), lambda: 1_700_000_000.0)
+    for i, level in enumerate([3.0, 3.0, 1.9, 1.82]):  # debounced over two samples both ways
+        ts = 1_700_000_000_000 + i * 1000
+        pipe.sink(PollOutcome("wl-001", ts, [Sample("wl-001", "level", level, "m", ts,
+                                                    Quality.GOOD)], True))  # fmt: skip
+    events = [AlertEvent.model_validate_json(m.payload) for m in box.peek(1000)
+              if m.topic.endswith("/alert")]  # fmt: skip
+    assert [(e.state.value, e.message, e.value) for e in events] == [
+        ("raised", "Water level above warning line", 3.0),
+        ("cleared", "Water level back below warning line", 1.82),
+    ]
+    box.close()

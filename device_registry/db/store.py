@@ -490,11 +490,18 @@ class RegistryStore:
         column = Device.id if ":" in key else Device.name
         async with self._tx() as s:
             found = await _device_views(s, _device_query().where(column == key))
+            ids = [d.id for d in found]
+            q = (
+                select(Alert)
+                .where(Alert.device_id.in_(ids[:1]), Alert.state != AlertState.CLEARED.value)
+                .order_by(Alert.raised_at)
+            )
+            active = [views.device_alert(a) for a in await s.scalars(q)]
         if not found:
             raise NotFound("device", key)
         if len(found) > 1:
-            raise Ambiguous(key, [d.id for d in found])
-        return found[0]
+            raise Ambiguous(key, ids)
+        return found[0].model_copy(update={"active_alerts": active})
 
     async def alerts(self, active_only: bool = True, limit: int = 1000) -> list[AlertView]:
         q = select(Alert).order_by(Alert.updated_at.desc()).limit(limit)

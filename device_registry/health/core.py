@@ -8,19 +8,32 @@ maintenance crew can act on.
 
 Expected interval: each device's profile ``interval_s``, which the gateway names in its birth
 message (``Birth.device_info``); without it the device cannot be found silent, only offline.
+
+Read success is judged on the device's recent polls as the gateway counts them
+(``DeviceHealth.recent_ok``/``recent_failed``: the last 50, none older than 10 minutes), so a
+past outage stops counting once the window has moved past it; from an older edge that sends only
+lifetime counters, the lifetime ratio is judged and the reason says so.
+
+``group_problems`` turns the assessments into one problem per root cause: a gateway that is
+offline, never connected or silent covers its devices; a bus that is down covers the devices on
+it; what is left is listed device by device.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 
 class Status(enum.StrEnum):
     ONLINE = "online"
     OFFLINE = "offline"
     SILENT = "silent"
+    """A device without data; a gateway connected but without a health report."""
+    NEVER_CONNECTED = "never_connected"
+    """A gateway registered by an installer that has not sent its birth message yet."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +54,10 @@ class Policy:
     clock_offset_ms: int = 5000
     outbox_depth: int = 10_000
     report_stale_intervals: float = 3.0
-    """A gateway health report older than this many report periods is a finding."""
+    """A connected gateway without a health report for this many report periods is silent..."""
+    report_stale_min_s: float = 10.0
+    """...and never sooner than this: a short period (tests, commissioning) would otherwise make
+    a queue of a few seconds in the outbox look like a stopped agent."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +79,8 @@ class DeviceFacts:
     first_seen: int = 0
     gateway_online: bool = True
     gateway_died_at: int | None = None
+    gateway_connected_once: bool = True
+    """False while its gateway has never connected (no birth, no death)."""
     clock_offset_ms: int = 0
     """Gateway clock minus centre clock, to bring ``last_seen`` onto the centre's clock."""
     report: dict[str, Any] | None = None
@@ -87,13 +105,13 @@ class Assessment:
 def assess_device(f: DeviceFacts, now: int, policy: Policy | None = None) -> Assessment:
     p = policy or Policy()
     rep = f.report or {}
-    rate = _success_rate(rep)
+    rate, why_rate = _success_rate(rep)
     status, reasons, since = _liveness(f, rep, now, p)
     failures = int(rep.get("consecutive_failures") or 0)
     if status is Status.ONLINE and failures:  # on its way to offline: show it now
         reasons.append(f"failing reads: the last {failures} failed")
     elif rate is not None and rate < p.min_success_rate and status is Status.ONLINE:
-        reasons.append(f"failing reads: {rate:.0%} succeed")
+        reasons.append(f"failing reads: {why_rate}")
     reasons += _levels(f.values, p)
     return Assessment(status, reasons, since, rate)
 
@@ -101,6 +119,8 @@ def assess_device(f: DeviceFacts, now: int, policy: Policy | None = None) -> Ass
 def _liveness(
     f: DeviceFacts, rep: dict[str, Any], now: int, p: Policy
 ) -> tuple[Status, list[str], int | None]:
+    if not f.gateway_connected_once:
+        return Status.OFFLINE, [f"gateway {f.gateway} never connected"], None
     if not f.gateway_online:
         return Status.OFFLINE, [f"gateway {f.gateway} offline"], f.gateway_died_at
     failures = int(rep.get("consecutive_failures") or 0)
@@ -122,9 +142,18 @@ def _liveness(
     return Status.ONLINE, [], None
 
 
-def _success_rate(rep: dict[str, Any]) -> float | None:
+def _success_rate(rep: dict[str, Any]) -> tuple[float | None, str]:
+    """The share of polls answered, and how to say it when it is too low."""
+    if rep.get("recent_ok") is not None and rep.get("recent_failed") is not None:
+        ok, failed = int(rep["recent_ok"]), int(rep["recent_failed"])
+        n = ok + failed
+        return (None if n == 0 else ok / n), f"{failed} of the last {n} polls failed"
+    # an edge older than the window sends only what it counted since it started
     ok, failed = int(rep.get("reads_ok") or 0), int(rep.get("reads_failed") or 0)
-    return None if ok + failed == 0 else ok / (ok + failed)
+    if ok + failed == 0:
+        return None, ""
+    rate = ok / (ok + failed)
+    return rate, f"{rate:.0%} succeed since the gateway started"
 
 
 def _levels(values: dict[str, tuple[Any, str]], p: Policy) -> list[str]:
@@ -144,12 +173,16 @@ class GatewayFacts:
     id: str
     online: bool
     last_seen: int
+    """Centre clock of its latest message."""
     died_at: int | None = None
     report: dict[str, Any] | None = None
     """contract.GatewayHealth as JSON."""
     received_at: int | None = None
     """Centre clock when that report arrived."""
     report_interval_s: float = 30.0
+    """Its health report period when the report does not name it (an older edge)."""
+    connected_once: bool = True
+    """False for a gateway registered by an installer that never sent a birth (nor a death)."""
 
 
 def clock_offset_ms(report_ts: int | None, received_at: int | None) -> int:
@@ -161,9 +194,24 @@ def clock_offset_ms(report_ts: int | None, received_at: int | None) -> int:
 
 def assess_gateway(g: GatewayFacts, now: int, policy: Policy | None = None) -> Assessment:
     p = policy or Policy()
+    if not g.connected_once:
+        return Assessment(Status.NEVER_CONNECTED, ["never connected"])
     if not g.online:
         return Assessment(Status.OFFLINE, ["offline (death message)"], g.died_at)
     rep = g.report or {}
+    interval = float(rep.get("interval_s") or g.report_interval_s)
+    heard = g.received_at if g.received_at is not None else g.last_seen
+    age = now - heard
+    if age > max(interval * p.report_stale_intervals, p.report_stale_min_s) * 1000:
+        # connected as far as the broker knows, yet its agent says nothing: stopped, hung, or
+        # cut off in a way that did not fire its will
+        why = (
+            "no health report"
+            if g.received_at is None
+            else f"no health report for {age / 1000:.0f} s"
+        )
+        return Assessment(Status.SILENT, [f"connected, but {why} (expected every {interval:g} s)"],
+                          heard)  # fmt: skip
     reasons: list[str] = []
     offset = clock_offset_ms(rep.get("ts"), g.received_at)
     if abs(offset) > p.clock_offset_ms:
@@ -172,8 +220,105 @@ def assess_gateway(g: GatewayFacts, now: int, policy: Policy | None = None) -> A
         reasons.append(f"outbox backlog: {rep['outbox_depth']} messages")
     if int(rep.get("outbox_dropped") or 0) > 0:
         reasons.append(f"outbox dropped {rep['outbox_dropped']} messages")
-    if g.received_at is not None:
-        age = now - g.received_at
-        if age > g.report_interval_s * 1000 * p.report_stale_intervals:
-            reasons.append(f"no health report for {age / 1000:.0f} s")
     return Assessment(Status.ONLINE, reasons)
+
+
+Kind = Literal["gateway", "bus", "device"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One root cause and the devices it accounts for."""
+
+    kind: Kind
+    id: str
+    """The gateway id, ``gateway/bus``, or the device's registry id."""
+    gateway: str
+    status: str
+    reason: str
+    since: int | None = None
+    devices: tuple[str, ...] = ()
+    """Registry ids of the unhealthy devices this cause accounts for."""
+    bus: str = ""
+    address: str = ""
+    district: str = ""
+    grid: str = ""
+
+
+_COVERS = {Status.OFFLINE: "offline (death message)", Status.NEVER_CONNECTED: "never connected"}
+_DEVICES_ARE = {  # (one device, several)
+    Status.OFFLINE: ("is stale", "are stale"),
+    Status.NEVER_CONNECTED: ("has never reported", "have never reported"),
+    Status.SILENT: ("is not reported on", "are not reported on"),
+}
+_NOT_ANSWERING = ("is not answering", "are not answering")
+
+
+def group_problems(
+    gateways: Sequence[tuple[GatewayFacts, Assessment]],
+    devices: Sequence[tuple[DeviceFacts, Assessment]],
+) -> list[Problem]:
+    """Root causes first (gateways, then buses), then each device no cause accounts for."""
+    sick = [(f, a) for f, a in devices if not a.healthy]
+    by_gw: dict[str, list[DeviceFacts]] = {}
+    for f, _ in sick:
+        by_gw.setdefault(f.gateway, []).append(f)
+    out: list[Problem] = []
+    covered: set[str] = set()
+    for g, a in sorted(gateways, key=lambda ga: ga[0].id):
+        if a.healthy:
+            continue
+        mine = by_gw.get(g.id, []) if a.status is not Status.ONLINE else []
+        reason = "; ".join(a.reasons)
+        if a.status is not Status.ONLINE:
+            reason = f"gateway {g.id} {_COVERS.get(a.status, reason)}"
+            if mine:
+                reason += f": {_its(len(mine), _DEVICES_ARE[a.status])}"
+        out.append(Problem("gateway", g.id, g.id, a.status.value, reason, a.since,
+                           tuple(f.id for f in mine)))  # fmt: skip
+        covered.update(f.id for f in mine)
+    for g, a in sorted(gateways, key=lambda ga: ga[0].id):
+        if a.status is Status.ONLINE:
+            mine = [f for f in by_gw.get(g.id, []) if f.id not in covered]
+            out += _bus_problems(g, mine, covered)
+    rest = sorted((fa for fa in sick if fa[0].id not in covered),
+                  key=lambda fa: (fa[0].district, fa[0].grid, fa[0].id))  # fmt: skip
+    out += [Problem("device", f.id, f.gateway, a.status.value, "; ".join(a.reasons), a.since,
+                    (f.id,), district=f.district, grid=f.grid) for f, a in rest]  # fmt: skip
+    return out
+
+
+def _bus_problems(g: GatewayFacts, sick: list[DeviceFacts], covered: set[str]) -> list[Problem]:
+    """A bus the edge reports down; or one whose every device (two or more) has stopped
+    answering while the edge still reaches the bus (a cut line behind a converter)."""
+    out = []
+    offset = clock_offset_ms((g.report or {}).get("ts"), g.received_at)
+    for bus in (g.report or {}).get("buses") or []:
+        names = set(bus.get("devices") or [])
+        on_bus = [f for f in sick if f.device in names]
+        where = f"bus {bus.get('bus')}" + (f" ({bus['address']})" if bus.get("address") else "")
+        since = bus.get("down_since")
+        if bus.get("up") is False:
+            reason = f"{where} on gateway {g.id} unreachable"
+            if on_bus:
+                reason += f": {_its(len(on_bus), _NOT_ANSWERING)}"
+        else:
+            failing = [f for f in on_bus if _failing(f)]
+            if len(names) < 2 or len(failing) < len(names):
+                continue  # one device alone, or some still answer: the devices are the problem
+            on_bus, since = failing, None
+            reason = f"{where} on gateway {g.id}: none of its {len(names)} devices answers"
+        out.append(Problem("bus", f"{g.id}/{bus.get('bus')}", g.id, Status.OFFLINE.value, reason,
+                           None if since is None else int(since) - offset,
+                           tuple(f.id for f in on_bus), bus=str(bus.get("bus") or ""),
+                           address=str(bus.get("address") or "")))  # fmt: skip
+        covered.update(f.id for f in on_bus)
+    return out
+
+
+def _failing(f: DeviceFacts) -> bool:
+    return bool(f.report) and int((f.report or {}).get("consecutive_failures") or 0) > 0
+
+
+def _its(n: int, verb: tuple[str, str]) -> str:
+    return f"its device {verb[0]}" if n == 1 else f"its {n} devices {verb[1]}"

@@ -1,5 +1,6 @@
 """Health of the field from the registry: gather each device's and gateway's facts in a few
-queries, let the pure core (``health.py``) judge them, list the unhealthy first.
+queries, let the pure core (``core.py``) judge them and group them by root cause, list the
+unhealthy first. Retired gateways and devices are not part of the field.
 
 A device's expected interval: the gateway's birth names it (``device_info``); a device registered
 by an installer with a profile but not yet born falls back to the profile catalogue.
@@ -23,8 +24,14 @@ from device_registry.db.tables import (
     Site,
 )
 from device_registry.health import core as health
-from device_registry.health.core import Assessment, DeviceFacts, GatewayFacts, Policy
-from device_registry.health.views import DeviceHealthView, GatewayHealthView, HealthReport
+from device_registry.health.core import Assessment, DeviceFacts, GatewayFacts, Policy, Problem
+from device_registry.health.views import (
+    DeviceHealthView,
+    GatewayHealthView,
+    HealthProblem,
+    HealthReport,
+    HealthSummary,
+)
 from gridwatch.ground.profiles import load_profiles
 
 LEVEL_POINTS = ("battery", "signal")
@@ -52,18 +59,25 @@ async def health_report(
     store: RegistryStore, f: HealthFilter, now: int, policy: Policy | None = None
 ) -> HealthReport:
     gws, devices = await _facts(store, f)
-    gw_views = [_gateway_view(g, health.assess_gateway(g, now, policy)) for g in gws.values()]
-    dev_views = [_device_view(d, health.assess_device(d, now, policy)) for d in devices]
     if f.district or f.grid or f.profile:  # gateways only as far as the listed devices use them
-        used = {d.gateway for d in dev_views}
-        gw_views = [g for g in gw_views if g.id in used]
+        used = {d.gateway for d in devices}
+        gws = {k: g for k, g in gws.items() if k in used}
+    judged_gws = [(g, health.assess_gateway(g, now, policy)) for g in gws.values()]
+    judged = [(d, health.assess_device(d, now, policy)) for d in devices]
+    problems = [_problem_view(p) for p in health.group_problems(judged_gws, judged)]
+    gw_views = [_gateway_view(g, a) for g, a in judged_gws]
+    dev_views = [_device_view(d, a) for d, a in judged]
+    summary = HealthSummary(
+        devices=len(dev_views), devices_unhealthy=sum(not d.healthy for d in dev_views),
+        gateways=len(gw_views), gateways_unhealthy=sum(not g.healthy for g in gw_views),
+    )  # fmt: skip
     if f.unhealthy_only:
         dev_views = [d for d in dev_views if not d.healthy]
         gw_views = [g for g in gw_views if not g.healthy]
     dev_views.sort(key=lambda d: (d.healthy, d.district, d.grid, d.id))
     gw_views.sort(key=lambda g: (g.healthy, g.id))
-    bad = sum(not d.healthy for d in dev_views) + sum(not g.healthy for g in gw_views)
-    return HealthReport(healthy=bad == 0, unhealthy=bad, devices=dev_views, gateways=gw_views)
+    return HealthReport(healthy=not problems, unhealthy=len(problems), summary=summary,
+                        problems=problems, devices=dev_views, gateways=gw_views)  # fmt: skip
 
 
 async def _facts(
@@ -73,7 +87,8 @@ async def _facts(
         select(Device, Site.district_id, Site.grid, DeviceInfo)
         .outerjoin(Site, Site.id == Device.site_id)
         .outerjoin(DeviceInfo, DeviceInfo.device_id == Device.id)
-        .where(Device.retired_at.is_(None))
+        .outerjoin(Gateway, Gateway.id == Device.gateway_id)
+        .where(Device.retired_at.is_(None), Gateway.retired_at.is_(None))
         .order_by(Device.id)
     )
     if f.district is not None:
@@ -94,8 +109,11 @@ async def _facts(
 
 
 async def _gateways(s: Any, only: str | None) -> dict[str, GatewayFacts]:
-    q = select(Gateway, GatewayHealthRow).outerjoin(
-        GatewayHealthRow, GatewayHealthRow.gateway_id == Gateway.id
+    # a retired gateway is gone from the field: it has no health to judge
+    q = (
+        select(Gateway, GatewayHealthRow)
+        .outerjoin(GatewayHealthRow, GatewayHealthRow.gateway_id == Gateway.id)
+        .where(Gateway.retired_at.is_(None))
     )
     if only is not None:
         q = q.where(Gateway.id == only)
@@ -105,6 +123,7 @@ async def _gateways(s: Any, only: str | None) -> dict[str, GatewayFacts]:
             id=gw.id, online=gw.online, last_seen=gw.last_seen, died_at=gw.died_at,
             report=None if rep is None else rep.report,
             received_at=None if rep is None else rep.received_at,
+            connected_once=gw.online or gw.born_at is not None or gw.died_at is not None,
         )  # fmt: skip
     return out
 
@@ -137,6 +156,7 @@ def _device_facts(
         firmware=(info.firmware if info and info.firmware else "") or d.firmware or "",
         last_seen=d.last_seen, first_seen=d.first_seen,
         gateway_online=gw.online if gw else True, gateway_died_at=gw.died_at if gw else None,
+        gateway_connected_once=gw.connected_once if gw else True,
         clock_offset_ms=offset, report=d.health, values=values,
     )  # fmt: skip
 
@@ -163,4 +183,12 @@ def _gateway_view(g: GatewayFacts, a: Assessment) -> GatewayHealthView:
         outbox_depth=rep.get("outbox_depth"), outbox_dropped=rep.get("outbox_dropped"),
         uplink_reconnects=rep.get("uplink_reconnects"),
         clock_offset_ms=health.clock_offset_ms(rep.get("ts"), g.received_at) if rep else None,
+    )  # fmt: skip
+
+
+def _problem_view(p: Problem) -> HealthProblem:
+    return HealthProblem(
+        kind=p.kind, id=p.id, gateway=p.gateway, status=p.status, reason=p.reason,
+        since=p.since, devices=list(p.devices), bus=p.bus, address=p.address,
+        district=p.district, grid=p.grid,
     )  # fmt: skip

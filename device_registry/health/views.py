@@ -48,7 +48,11 @@ class DeviceHealthView(BaseModel):
 
 class GatewayHealthView(BaseModel):
     id: str
-    status: Literal["online", "offline", "silent"]
+    status: Literal["online", "offline", "silent", "never_connected"] = Field(
+        description="offline from its death message until its next birth; never_connected "
+        "until its first birth; silent while connected without a health report for three of "
+        "its report periods."
+    )
     healthy: bool
     reasons: list[str]
     since: int | None
@@ -65,9 +69,37 @@ class GatewayHealthView(BaseModel):
     clock_offset_ms: int | None = None
 
 
+class HealthProblem(BaseModel):
+    """One root cause: a gateway (offline, never connected, silent, or with findings), a bus
+    that is down, or a device that no gateway or bus accounts for."""
+
+    kind: Literal["gateway", "bus", "device"]
+    id: str = Field(description="Gateway id, 'gateway/bus', or the device's registry id.")
+    gateway: str
+    status: str
+    reason: str = Field(description="One line, naming the cause and how many devices it covers.")
+    since: int | None = Field(description="When it began (centre clock, epoch ms).")
+    devices: list[str] = Field(description="Registry ids of the unhealthy devices it covers.")
+    bus: str = ""
+    address: str = Field(default="", description="The bus's host:port or serial port.")
+    district: str = ""
+    grid: str = ""
+
+
+class HealthSummary(BaseModel):
+    devices: int = Field(description="Devices checked.")
+    devices_unhealthy: int
+    gateways: int = Field(description="Gateways checked (retired ones are not).")
+    gateways_unhealthy: int
+
+
 class HealthReport(BaseModel):
-    healthy: bool = Field(description="True when nothing listed is unhealthy.")
-    unhealthy: int
+    healthy: bool = Field(description="True when there is no problem.")
+    unhealthy: int = Field(description="How many problems (root causes): len(problems).")
+    summary: HealthSummary
+    problems: list[HealthProblem] = Field(
+        description="One per root cause: gateways, then buses, then single devices."
+    )
     devices: list[DeviceHealthView] = Field(description="Unhealthy first.")
     gateways: list[GatewayHealthView] = Field(description="Unhealthy first.")
 

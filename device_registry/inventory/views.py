@@ -7,7 +7,7 @@ from typing import Any, Literal, cast
 
 from pydantic import BaseModel, Field
 
-from device_registry.db.tables import Device, Gateway, LatestReading
+from device_registry.db.tables import Alert, Device, Gateway, LatestReading
 from device_registry.http.values import Served
 
 
@@ -17,6 +17,19 @@ class PointValue(BaseModel):
     quality: str = Field(description="good | stale | comm_error | out_of_range | invalid")
     ts: int = Field(description="Epoch ms of the reading (gateway clock).")
     historical: bool = False
+
+
+class DeviceAlert(BaseModel):
+    """An alert of the device that has not cleared at the device."""
+
+    alert_id: str
+    category: str
+    severity: str
+    point: str
+    message: str
+    value: Served
+    unit: str = ""
+    raised_at: int
 
 
 class DeviceView(BaseModel):
@@ -44,6 +57,11 @@ class DeviceView(BaseModel):
     install_date: str | None = None
     firmware: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
+    active_alerts: list[DeviceAlert] = Field(
+        default_factory=list,
+        description="Its alerts not cleared at the device (one device's view only; lists leave "
+        "it empty). Commissioning shows them: a device in alarm is not simply 'good'.",
+    )
 
 
 class ConfigState(BaseModel):
@@ -104,6 +122,12 @@ def device(
         street=street or "", install_date=d.install_date, firmware=d.firmware or "",
         labels=d.labels or {},
     )  # fmt: skip
+
+
+def device_alert(a: Alert) -> DeviceAlert:
+    return DeviceAlert(alert_id=a.alert_id, category=a.category, severity=a.severity,
+                       point=a.point, message=a.message, value=a.value, unit=a.unit,
+                       raised_at=a.raised_at)  # fmt: skip
 
 
 def gateway(

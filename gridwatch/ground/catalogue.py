@@ -2,10 +2,14 @@
 
 A district layer may add categories of its own and tighten a city time limit, never loosen it or
 redefine a city code. Rules refer to catalogue codes; the centre takes time limits from here.
+``rule_problems`` holds a rule to its code: the code must be in the catalogue and the rule's
+severity must be the code's (a minor 'rising fast' rule filed under a critical 'underpass
+flooding' code would dispatch the wrong crew at the wrong speed).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -13,7 +17,7 @@ from pydantic import Field
 
 from firmware_configs import CATALOGUE
 from gridwatch.ground.contract import Severity
-from gridwatch.ground.profiles import Strict
+from gridwatch.ground.profiles import Rule, Strict
 from gridwatch.ground.shipped import firmware
 from gridwatch.ground.yamlconf import (
     ConfigError,
@@ -72,6 +76,36 @@ class Catalogue:
 
     def lookup(self, code: str, district: str = "") -> Category | None:
         return self.for_district(district).get(code)
+
+    def find(self, code: str) -> Category | None:
+        """A code of the city, or one a district layer adds (a profile belongs to no district)."""
+        found = self.city.get(code)
+        for cats in self.districts.values():
+            found = found or cats.get(code)
+        return found
+
+
+def rule_problems(
+    rules: Sequence[Rule], catalogue: Catalogue, file: str, at: KeyPath,
+    lines: dict[KeyPath, int],
+) -> list[ConfigProblem]:  # fmt: skip
+    """Each rule (listed at key path ``at``) whose category is not in the catalogue, or whose
+    severity is not the one the catalogue gives that category."""
+    out = []
+    for i, rule in enumerate(rules):
+        cat = catalogue.find(rule.category)
+        if cat is None:
+            where = (*at, i, "category")
+            out.append(ConfigProblem(file, lines.get(where), where,
+                                     "not a code of the event catalogue", rule.category))  # fmt: skip
+        elif rule.severity != cat.severity:
+            where = (*at, i, "severity")
+            msg = (f"{cat.code} is '{cat.name}', {cat.severity.value} in the event catalogue: "
+                   f"a rule under it must be {cat.severity.value} too, or use a code that fits "
+                   "the rule")  # fmt: skip
+            out.append(ConfigProblem(file, lines.get(where) or lines.get(where[:-1]), where, msg,
+                                     rule.severity.value))  # fmt: skip
+    return out
 
 
 def _merge(city: dict[str, Category], layer: DistrictLayer, file: str) -> dict[str, Category]:

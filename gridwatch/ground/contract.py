@@ -211,20 +211,48 @@ class Death(_Msg):
 Status = Annotated[Birth | Death, Field(discriminator="kind")]
 
 
+RECENT_POLLS = 50
+"""The window of ``DeviceHealth.recent_ok``/``recent_failed``: the last this many polls..."""
+RECENT_S = 600
+"""...none older than this many seconds, so an outage an hour ago no longer counts."""
+
+
 class DeviceHealth(_Msg):
     device: DeviceId
     online: bool
-    reads_ok: Count = 0
-    reads_failed: Count = 0
+    reads_ok: Count = Field(default=0, description="Polls answered since the gateway started.")
+    reads_failed: Count = Field(default=0, description="Polls failed since the gateway started.")
     consecutive_failures: Count = 0
     response_ms: Finite | None = Field(default=None, ge=0)
     last_ok: EpochMs | None = None
     polls_skipped: Count = 0
+    recent_ok: Count | None = Field(
+        default=None,
+        description="Polls answered among the recent ones (the last RECENT_POLLS, none older "
+        "than RECENT_S). Absent from an older edge: the centre then judges the lifetime counters.",
+    )
+    recent_failed: Count | None = Field(default=None, description="Polls failed among them.")
+
+
+class BusHealth(_Msg):
+    """One bus of the gateway (a Modbus TCP endpoint, a serial line, a sensor broker)."""
+
+    bus: Name = Field(description="Bus id from the gateway config.")
+    type: Name = Field(default="", description="modbus_tcp, modbus_rtu or mqtt.")
+    address: Text = Field(default="", description="host:port or serial port.")
+    up: bool = Field(description="False when the bus itself cannot be reached.")
+    error: Text = Field(default="", description="Why it is down, as the edge logs it.")
+    down_since: EpochMs | None = None
+    devices: list[DeviceId] = Field(default_factory=list, max_length=DEVICES_MAX)
 
 
 class GatewayHealth(Upstream):
     kind: Literal["health"] = "health"
     ts: EpochMs
+    interval_s: Finite | None = Field(
+        default=None, gt=0, le=366 * 24 * 3600,
+        description="This gateway's report period (absent from an older edge).",
+    )  # fmt: skip
     cpu_percent: Finite | None = None
     memory_mb: Finite | None = None
     disk_free_mb: Finite | None = None
@@ -233,6 +261,10 @@ class GatewayHealth(Upstream):
     outbox_dropped: Count = 0
     uplink_reconnects: Count = 0
     devices: list[DeviceHealth] = Field(default_factory=list, max_length=DEVICES_MAX)
+    buses: list[BusHealth] = Field(
+        default_factory=list, max_length=DEVICES_MAX,
+        description="Each bus's state (absent from an older edge).",
+    )  # fmt: skip
 
 
 class ConfigPush(_Msg):

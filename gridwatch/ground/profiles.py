@@ -128,6 +128,11 @@ class RuleBase(Strict):
     category: str = Field(description="Event catalogue code this rule reports under.")
     severity: Severity = Field(default=Severity.MAJOR, description="Alert severity.")
     message: str = Field(default="", description="Human text for the alert.")
+    clear_message: str = Field(
+        default="",
+        description="Human text when the alert clears, e.g. 'Water level back below warning "
+        "line'; without it: 'Cleared: <message>'. The clearing value follows it.",
+    )
 
 
 class ThresholdRule(RuleBase):

@@ -4,6 +4,10 @@ A file is a profile or a catalogue layer when its top-level key says so, else a 
 problem of every file is printed as ``file:line: key -> path: message``; the exit code is 0 when all
 are valid, 1 otherwise. With no FILE it checks what this installation ships (``SHIPPED``), so an
 installed gridwatch can vouch for its own data.
+
+Rules (a profile's, or a device's in a gateway config) are held to the event catalogue: their
+category must be a catalogue code and their severity that code's. The catalogue is the one among
+the files checked when they hold a city layer, else the one this installation ships.
 """
 
 from __future__ import annotations
@@ -16,11 +20,18 @@ import yaml
 from pydantic import BaseModel
 
 from firmware_configs import CATALOGUE, GATEWAYS, PROFILES
-from gridwatch.ground.catalogue import CatalogueFile
+from gridwatch.ground.catalogue import (
+    Catalogue,
+    CatalogueFile,
+    CityLayer,
+    default_catalogue_dir,
+    load_catalogue,
+    rule_problems,
+)
 from gridwatch.ground.gatewayconf import GatewayConfig, load_gateway
 from gridwatch.ground.profiles import ProfileFile, load_profile
 from gridwatch.ground.shipped import firmware
-from gridwatch.ground.yamlconf import ConfigError, iter_yaml_files, load_model
+from gridwatch.ground.yamlconf import ConfigError, iter_yaml_files, line_map, load_model
 
 SCHEMAS: dict[str, type[BaseModel]] = {
     "profile.schema.json": ProfileFile,
@@ -49,18 +60,42 @@ def _top_key(path: Path) -> str:
     return next(iter(data), "") if isinstance(data, dict) else ""
 
 
-def check(path: Path) -> list[str]:
+def check(path: Path, catalogue: Catalogue | None = None) -> list[str]:
     try:
         kind = _top_key(path)
+        cat = catalogue or load_catalogue(default_catalogue_dir())
         if kind == "profile":
-            load_profile(path)
+            rules = load_profile(path).rules
+            found = rule_problems(rules, cat, str(path), ("profile", "rules"), _lines(path))
         elif kind == "catalogue":
             load_model(CatalogueFile, path)
+            found = []
         else:
-            load_gateway(path)
+            cfg, _ = load_gateway(path)
+            lines = _lines(path)
+            found = [p for i, d in enumerate(cfg.devices) if d.rules is not None
+                     for p in rule_problems(d.rules, cat, str(path), ("devices", i, "rules"),
+                                            lines)]  # fmt: skip
     except ConfigError as exc:
         return [str(p) for p in exc.problems]
-    return []
+    return [str(p) for p in found]
+
+
+def _lines(path: Path) -> dict[tuple[str | int, ...], int]:
+    return line_map(path.read_text())
+
+
+def catalogue_for(paths: list[Path]) -> Catalogue | None:
+    """The catalogue formed by the layers among ``paths`` when one is a city layer (its folder
+    holds the whole catalogue); None: the shipped one. A broken layer is reported by ``check``."""
+    for p in paths:
+        if _top_key(p) == "catalogue":
+            try:
+                if isinstance(load_model(CatalogueFile, p).catalogue, CityLayer):
+                    return load_catalogue(p.parent)
+            except ConfigError:
+                return None
+    return None
 
 
 def write_schemas(folder: Path) -> list[Path]:
@@ -75,8 +110,15 @@ def write_schemas(folder: Path) -> list[Path]:
 
 def main(args: argparse.Namespace) -> int:
     bad = 0
-    for path in _files(args.files):
-        problems = check(path)
+    files = _files(args.files)
+    catalogue = catalogue_for(files)
+    if catalogue is None:
+        try:
+            catalogue = load_catalogue(default_catalogue_dir())
+        except ConfigError:
+            catalogue = None  # its own files say why; each check reports it again
+    for path in files:
+        problems = check(path, catalogue)
         for line in problems:
             print(line)
         if problems:

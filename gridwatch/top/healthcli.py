@@ -1,6 +1,10 @@
 """``gridwatch health``: what is unhealthy in the field, from the registry API.
 
-Exit status: 0 when everything listed is healthy, 1 when something is not, 2 for a URL that is
+Problems are printed one per root cause, as the registry groups them: a gateway offline, never
+connected or silent (with the devices it accounts for), a bus that is down (with its devices),
+then single devices by district and grid cell.
+
+Exit status: 0 when there is no problem, 1 when there is one or more, 2 for a URL that is
 no URL, 3 when the registry cannot be reached (or refuses the token), so scripts and monitoring
 can act on it. It talks to the registry through the installer's client (``installer.Api``): the
 same options, the same one-line errors.
@@ -48,22 +52,46 @@ async def fetch(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def render(report: dict[str, Any], show_all: bool, out: TextIO) -> None:
-    gateways = [g for g in report["gateways"] if show_all or not g["healthy"]]
-    devices = [d for d in report["devices"] if show_all or not d["healthy"]]
-    for g in gateways:
-        why = "; ".join(g["reasons"]) or "ok"
-        print(f"gateway {g['id']:<24} {g['status']:<8} {why}", file=out)
+    """One block per root cause (a gateway, a bus, then single devices by place), the devices a
+    cause covers listed under it, then a summary that counts devices and gateways apart."""
+    problems = report.get("problems", [])
+    devices = {d["id"]: d for d in report["devices"]}
     last = None
-    for d in devices:
-        where = (d["district"] or "-", d["grid"] or "-")
-        if where != last:
-            print(f"\n{where[0]} / {where[1]}", file=out)
-            last = where
-        why = "; ".join(d["reasons"]) or "ok"
-        print(f"  {d['id']:<28} {d['status']:<8} {why}", file=out)
-    total = len(report["devices"])
-    print(f"\n{report['unhealthy']} unhealthy ({total} devices, "
-          f"{len(report['gateways'])} gateways checked)", file=out)  # fmt: skip
+    for p in problems:
+        if p["kind"] == "device":
+            where = (p["district"] or "-", p["grid"] or "-")
+            if where != last:
+                print(f"\n{where[0]} / {where[1]}", file=out)
+                last = where
+            print(f"  {p['id']:<28} {_status(p['status']):<8} {p['reason']}", file=out)
+            continue
+        print(f"\n{p['kind']} {p['id']}: {_status(p['status'])}: {p['reason']}", file=out)
+        for dev_id in p["devices"]:
+            d = devices.get(dev_id, {"status": "", "reasons": []})
+            print(f"  {dev_id:<28} {_status(d['status']):<8} {'; '.join(d['reasons'])}",
+                  file=out)  # fmt: skip
+    if show_all:
+        listed = {i for p in problems for i in p["devices"]}
+        healthy = [d for d in report["devices"] if d["id"] not in listed and d["healthy"]]
+        if healthy:
+            print("\nhealthy", file=out)
+        for d in healthy:
+            print(f"  {d['id']:<28} {_status(d['status']):<8} ok", file=out)
+    print(f"\n{summary_line(report)}", file=out)
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """'2 problems: 28 of 40 devices unhealthy; 3 of 5 gateways unhealthy': devices and gateways
+    are counted apart, never added together."""
+    s = report["summary"]
+    n = len(report.get("problems", []))
+    head = "healthy" if n == 0 else "1 problem" if n == 1 else f"{n} problems"
+    return (f"{head}: {s['devices_unhealthy']} of {s['devices']} devices unhealthy; "
+            f"{s['gateways_unhealthy']} of {s['gateways']} gateways unhealthy")  # fmt: skip
+
+
+def _status(status: str) -> str:
+    return status.replace("_", " ")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -79,4 +107,5 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         render(report, args.all, sys.stdout)
-    return HEALTHY if report["healthy"] else UNHEALTHY
+    # the groups decide: a registry that finds no root cause has nothing for a crew to do
+    return UNHEALTHY if report["problems"] else HEALTHY

@@ -9,7 +9,8 @@ assumed without a scheme), the token from ``--token`` or ``GRIDWATCH_TOKEN``, an
 (no such host, nobody listening, a bad URL, a refused or missing token) as one line that says
 what to do, through ``run_api``: never a traceback.
 
-``device commission`` waits for a device's first readings, shows them with their quality, and
+``device commission`` waits for a device's first readings, shows them with their quality and the
+device's active alerts (a device in alarm is never reported as simply good), and
 flags values that look like a byte-order mistake: a multi-register value that is absurd (not a
 number, huge, a denormal-looking speck, outside its range) but plausible when its registers or
 bytes are read in another order. The codec does the re-reading (pure, no I/O).
@@ -440,9 +441,21 @@ async def commission(api: Api, device: str, timeout: float) -> int:  # noqa: ASY
         healthy &= not notes
         shown = "-" if v["value"] is None else v["value"]
         print(f"  {name:<16} {shown!s:>14} {v['unit']:<6} {v['quality']:<12} {'; '.join(notes)}")
-    print(
-        "commissioned: every value is good" if healthy else "NOT commissioned: see the notes above"
-    )
+    alarms = dev.get("active_alerts") or []
+    for a in alarms:
+        shown = "-" if a["value"] is None else f"{a['value']} {a['unit']}".rstrip()
+        print(f"  IN ALARM: {a['severity']} {a['category']} on {a['point']}: "
+              f"{a['message'] or a['category']}: {shown}")  # fmt: skip
+    if not healthy:
+        print("NOT commissioned: see the notes above")
+    elif alarms:
+        # the wiring reads true, and what it reads is an alarm: the installer must know that
+        # before leaving the site, not learn it from the operations centre
+        n = "1 alert" if len(alarms) == 1 else f"{len(alarms)} alerts"
+        print(f"commissioned: every value reads correctly, but the device is in alarm ({n} "
+              "above): confirm on site whether it is real")  # fmt: skip
+    else:
+        print("commissioned: every value is good, no alert active")
     return OK if healthy else FAILED
 
 

@@ -213,10 +213,22 @@ function deviceCard(d) {
       `${d.profile || "unknown profile"} · gateway ${d.gateway} · last seen ${ago(d.last_seen)}`));
 }
 
-function gatewayCard(g) {
-  return h("article", { class: `card ${g.status === "online" ? "unhealthy" : g.status}` },
-    h("h5", {}, g.id, " ", h("span", { class: `badge ${g.status}` }, g.status)),
-    reasonList(g.reasons));
+// one card per problem the API found (a gateway or a bus that accounts for several devices),
+// its devices listed inside it; single devices get their own card
+function problemCard(p, devices) {
+  const cls = p.status === "online" ? "unhealthy" : p.status === "never_connected" ? "offline" : p.status;
+  const title = p.kind === "bus" ? `bus ${p.bus} · gateway ${p.gateway}` : `gateway ${p.gateway}`;
+  const members = p.devices.map((id) => {
+    const d = devices.get(id);
+    return h("li", { "data-member": id },
+      h("a", { href: `#/device/${encodeURIComponent(id)}` }, d ? d.device : id),
+      d && d.reasons.length ? ` · ${d.reasons.join("; ")}` : "");
+  });
+  return h("article", { class: `card ${cls}`, "data-problem": p.id, "data-kind": p.kind },
+    h("h5", {}, title, " ", h("span", { class: `badge ${cls}` }, p.status.replace("_", " "))),
+    h("div", {}, p.reason),
+    p.since ? h("div", { class: "meta" }, `since ${clock(p.since)}`) : null,
+    members.length ? h("ul", { class: "reasons members" }, ...members) : null);
 }
 
 function grouped(devices) {
@@ -231,28 +243,37 @@ function grouped(devices) {
   return out;
 }
 
+function byPlace(title, list) {
+  const parts = [h("h2", { class: "group" }, title)];
+  for (const [district, cells] of grouped(list)) {
+    parts.push(h("h3", { class: "district" }, district));
+    for (const [grid, devs] of cells) {
+      parts.push(h("h4", { class: "grid" }, grid), h("div", { class: "cards" }, ...devs.map(deviceCard)));
+    }
+  }
+  return parts;
+}
+
 async function loadHealth() {
   const hr = await api("/api/v1/health");
   state.health = hr;
-  const bad = hr.devices.filter((d) => !d.healthy), good = hr.devices.length - bad.length;
-  const gws = hr.gateways.filter((g) => !g.healthy);
+  const s = hr.summary, devices = new Map(hr.devices.map((d) => [d.id, d]));
+  const causes = hr.problems.filter((p) => p.kind !== "device");
+  const single = hr.problems.filter((p) => p.kind === "device").map((p) => devices.get(p.id)).filter(Boolean);
+  const n = hr.problems.length;
+  // devices and gateways are counted apart, never added together
   $("#health-summary").textContent =
-    `${bad.length} unhealthy, ${good} healthy devices · ${gws.length} gateways with findings`;
+    `${n === 0 ? "no problems" : n === 1 ? "1 problem" : `${n} problems`} · ` +
+    `${s.devices_unhealthy} of ${s.devices} devices unhealthy · ` +
+    `${s.gateways_unhealthy} of ${s.gateways} gateways unhealthy`;
   const parts = [];
-  if (gws.length) {
-    parts.push(h("h3", { class: "district" }, "Gateways"),
-               h("div", { class: "cards" }, ...gws.map(gatewayCard)));
+  if (causes.length) {
+    parts.push(h("h2", { class: "group" }, "Gateways and buses"),
+               h("div", { class: "cards" }, ...causes.map((p) => problemCard(p, devices))));
   }
-  for (const [title, list] of [["Unhealthy", bad], ["Healthy", hr.devices.filter((d) => d.healthy)]]) {
-    if (!list.length) continue;
-    parts.push(h("h2", { class: "group" }, title));
-    for (const [district, cells] of grouped(list)) {
-      parts.push(h("h3", { class: "district" }, district));
-      for (const [grid, devs] of cells) {
-        parts.push(h("h4", { class: "grid" }, grid), h("div", { class: "cards" }, ...devs.map(deviceCard)));
-      }
-    }
-  }
+  if (single.length) parts.push(...byPlace("Unhealthy", single));
+  const healthy = hr.devices.filter((d) => d.healthy);
+  if (healthy.length) parts.push(...byPlace("Healthy", healthy));
   if (!parts.length) parts.push(h("p", { class: "empty" }, "No devices known yet."));
   $("#health-list").replaceChildren(...parts);
 }
