@@ -40,6 +40,25 @@ class GatewayPatch(Request):
     labels: dict[str, str] | None = None
 
 
+class BusPatch(Request):
+    """Settings of one field bus to change (those given); with ``type``, a bus to add."""
+
+    type: Literal["modbus_tcp", "modbus_rtu", "mqtt"] | None = Field(
+        default=None, description="Only to add a bus; a bus keeps its type."
+    )
+    host: str | None = Field(default=None, max_length=253, description="Device/converter host.")
+    port: int | str | None = Field(
+        default=None, description="TCP port, or the serial device (modbus_rtu)."
+    )
+    timeout_s: float | None = Field(default=None, gt=0, le=60, description="Per request.")
+    max_concurrency: int | None = Field(default=None, ge=1, le=32)
+    framer: Literal["socket", "rtu"] | None = None
+    baudrate: int | None = Field(default=None, ge=300, le=921600)
+    parity: Literal["N", "E", "O"] | None = None
+    stopbits: Literal[1, 2] | None = None
+    bytesize: Literal[7, 8] | None = None
+
+
 class DeviceFields(Request):
     profile: str | None = Field(default=None, min_length=1, max_length=128)
     bus: str | None = Field(default=None, min_length=1, max_length=128)

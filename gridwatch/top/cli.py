@@ -27,7 +27,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("demo",): "gridwatch.top.demo:main",
     **{
         ("gateway", c): "gridwatch.top.installer:main"
-        for c in ("add", "list", "show", "retire", "new-password")
+        for c in ("add", "edit", "list", "show", "retire", "new-password")
     },
     **{
         ("device", c): "gridwatch.top.installer:main"
