@@ -360,6 +360,19 @@ FILES: list[tuple[str, int, list[tuple[int, str, str]]]] = [
 ]  # fmt: skip
 
 
+def test_a_file_all_at_one_unit_id_is_answered_quickly_and_briefly() -> None:
+    """50,000 rows left at unit id 1 (a template filled in halfway): each row names three others
+    and how many more, in about the time a good file takes."""
+    text = H + "\n" + "".join(f"gw1,d{i},{WL},cab,1,\n" for i in range(50_000))
+    started = time.process_time()
+    parsed = csvimport.parse(text)
+    took = time.process_time() - started
+    assert len(parsed.bad) == 50_000 and parsed.good == []
+    assert parsed.bad[0].errors == [("unit_id", "line 3, 4, 5 and 49996 more has the same unit id "
+                                     "1 on bus 'cab' (two devices would answer as one)")]  # fmt: skip
+    assert took < 60, took
+
+
 @pytest.mark.parametrize(("text", "total", "refused"), FILES)
 def test_parse(text: str, total: int, refused: list[tuple[int, str, str]]) -> None:
     parsed = csvimport.parse(text)

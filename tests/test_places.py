@@ -236,6 +236,23 @@ def test_a_coordinate_out_of_range_is_refused_where_it_enters(
     assert (report.line, where) == (2, field) and span in message, report
 
 
+@pytest.mark.parametrize("coords", [{"lat": 22.54}, {"lon": 114.05}])
+def test_coordinates_come_as_a_pair(coords: dict[str, float]) -> None:
+    """A latitude alone sends a crew nowhere; the edge would complete it with its cabinet's."""
+    with pytest.raises(ValidationError) as api:
+        DeviceCreate.model_validate(
+            {"gateway": "gw", "id": "d1", "profile": "p", "bus": "b", "location": coords}
+        )
+    assert [(e["loc"], e["msg"]) for e in api.value.errors()] == [
+        (("location",), "lat and lon go together: give both, or neither")
+    ]
+    with pytest.raises(ValidationError):
+        GatewayPatch.model_validate({"location": coords})
+    [(column, value)] = coords.items()
+    [report] = csvimport.parse(f"gateway,id,profile,bus,{column}\ngw,d1,p,b,{value}\n").bad
+    assert report.errors == [("lat/lon", "lat and lon go together: give both, or neither")]
+
+
 async def test_the_migration_copies_the_site_coordinates_to_each_device(registry_url: str) -> None:
     """Devices registered before r0006 keep what they were shown: their site's coordinates."""
     engine = make_engine(registry_url)

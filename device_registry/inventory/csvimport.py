@@ -148,7 +148,9 @@ def _header(reader: Any) -> tuple[list[str], int]:
 def _where(loc: tuple[int | str, ...]) -> str:
     """``location.lat`` is the file's ``lat`` column."""
     parts = [str(x) for x in loc]
-    if parts[:1] == ["location"] and len(parts) > 1:
+    if parts == ["location"]:
+        return "lat/lon"  # the location as a whole: its coordinates, given as a pair
+    if parts[:1] == ["location"]:
         parts = parts[1:]
     return ".".join(parts) or "(row)"
 
@@ -206,6 +208,17 @@ def slots(cells: Mapping[str, str]) -> list[Slot]:
 
 
 _SLOT_NAME = {"unit_id": "unit id", "address": "address"}
+_NAMED_LINES = 3
+"""Other lines named in a duplicate's message: a file of 50,000 rows all at unit id 1 must not
+answer with 50,000 lists of 50,000 lines."""
+
+
+def _others(lines: list[int], line: int) -> str:
+    """The lines of ``lines`` other than ``line``, the first few named (linear in the rows)."""
+    shown = [n for n in lines[: _NAMED_LINES + 1] if n != line][:_NAMED_LINES]
+    more = len(lines) - 1 - len(shown)
+    named = ", ".join(str(n) for n in shown)
+    return f"{named} and {more} more" if more > 0 else named
 
 
 def _cells(req: DeviceCreate) -> dict[str, str]:
@@ -227,7 +240,7 @@ def _duplicates(good: list[tuple[int, DeviceCreate]], bad: list[RowReport]) -> N
     problems: dict[int, list[tuple[str, str]]] = {}
     for (column, key), lines in seen.items():
         for line in lines if len(lines) > 1 else ():
-            others = ", ".join(str(n) for n in lines if n != line)
+            others = _others(lines, line)
             what = ("device id" if column == "id" else
                     f"{_SLOT_NAME[column]} {key[3]} on bus {key[1]!r} (two devices would answer "
                     "as one)")  # fmt: skip
