@@ -161,6 +161,7 @@ EDITS = [
     (("--bus", "cabinet", "--type", "mqtt"), 1, "a bus keeps its type"),
     (("--bus", "cabinet", "--timeout", "5"), 1, "--timeout 1"),  # a 2 s gauge on it
     (("--bus", "rtu", "--type", "modbus_rtu"), 1, "port"),  # a serial bus needs its port
+    (("--bus", "x" * 129, "--type", "mqtt"), 1, "a bus id is 1 to 128 letters"),
     (("--bus", "rtu", "--type", "modbus_rtu", "--port", "/dev/ttyUSB0"), 0, ""),
     (("--bus", "cabinet", "--host", "10.0.0.9", "--port", "5020"), 0, ""),
 ]

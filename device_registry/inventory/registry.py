@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -184,6 +185,9 @@ class Registry:
                     have = ", ".join(repr(str(b.get("id"))) for b in buses) or "none"
                     raise Invalid([("type", f"gateway {gw_id!r} has no bus {bus_id!r} (its "
                                             f"buses: {have}): give its type to add it")])  # fmt: skip
+                if not _BUS_ID.fullmatch(bus_id):
+                    raise Invalid([("bus", f"a bus id is 1 to 128 letters, digits, '-', '_' or "
+                                           f"'.' (got {bus_id[:40]!r})")])  # fmt: skip
                 found = {"id": bus_id}
                 buses.append(found)
             elif req.type is not None and req.type != found.get("type"):
@@ -681,6 +685,7 @@ async def _adopt(
 
 
 _BUS: TypeAdapter[Any] = TypeAdapter(Bus)
+_BUS_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 
 def _check_bus(bus: dict[str, Any]) -> None:
