@@ -391,3 +391,22 @@ async def test_devices_in_one_grid_cell_keep_their_own_coordinates_to_the_platfo
         assert got == {"wl-a": WL_A, "wl-b": WL_B, "mh-c": MH_C}
     finally:
         await store.close()
+
+
+async def test_an_alert_gives_coordinates_only_to_a_device_nobody_registered(
+    store: RegistryStore,
+) -> None:
+    """Where its gateway says (nothing better is known); a registered device keeps the
+    installer's, whatever an alert that reaches the store says."""
+    async with store.transaction() as s:
+        s.add(Gateway(id="g1", first_seen=1, last_seen=1))
+        await s.flush()  # no ORM relationship orders the two inserts
+        s.add(Device(id="g1:d9", gateway_id="g1", name="d9", first_seen=1, registered_at=1,
+                     lat=22.54311, lon=114.05721))  # fmt: skip
+    said = Location(district="north", street="Main St", grid="G7", lat=22.6, lon=114.2)
+    events = [alert("g1", f"a-{d}", AlertState.RAISED, 100).model_copy(
+                  update={"device": d, "location": said}) for d in ("d1", "d9")]  # fmt: skip
+    await store.apply(Changes(now=1000, alerts=events, device_seen={("g1", "d1"): 100}))
+    d1, d9 = await store.device("g1:d1"), await store.device("g1:d9")
+    assert (d1.lat, d1.lon, d1.coordinates) == (22.6, 114.2, "device")
+    assert (d9.lat, d9.lon, d9.coordinates) == (22.54311, 114.05721, "device")
