@@ -37,8 +37,9 @@ BUSES = [{"type": "modbus_tcp", "id": f"b{i}", "host": "10.0.0.5", "timeout_s": 
 def csv_text(rows: int, tag: str) -> str:
     out = ["gateway,id,profile,bus,unit_id,district,street,grid,install_date,firmware,labels"]
     for i in range(rows):
-        out.append(f"{tag}gw{i % GATEWAYS:02d},wl-{i:05d},water-level-ultrasonic,b{i % 5},"
-                   f"{i % 247 + 1},futian,Shennan Rd {i % 40},FT-{i % 25},2026-11-20,1.2,"
+        k = i // GATEWAYS  # each device of a gateway at its own bus and unit id (1,000 a gateway)
+        out.append(f"{tag}gw{i % GATEWAYS:02d},wl-{i:05d},water-level-ultrasonic,b{k % 5},"
+                   f"{k // 5 % 247 + 1},futian,Shennan Rd {i % 40},FT-{i % 25},2026-11-20,1.2,"
                    f"crew={i % 9};lot=A")  # fmt: skip
     return "\n".join(out) + "\n"
 

@@ -1,6 +1,8 @@
 """Big CSV imports, on SQLite and PostgreSQL: 50,000 rows in seconds, all or nothing, without
 holding up ingest, a bad row far down reported by its line, a race lost cleanly, a stop on
-SIGTERM that does not wait for the import; and the pure judgement of rows as a table."""
+SIGTERM that does not wait for the import; the pure reading and judgement of rows as tables
+(every problem in one round, two devices at one bus slot, line numbers as an editor shows them);
+the sample file shipped for installers."""
 
 from __future__ import annotations
 
@@ -27,9 +29,11 @@ from device_registry.ingest.changes import Changes, Seen
 from device_registry.inventory import csvimport, routes
 from device_registry.inventory.configgen import DeviceSpec
 from device_registry.inventory.wiring import INSTALLERS, InstallerSettings
+from firmware_configs import SAMPLES
 from gridwatch.ground.contract import Location
 from gridwatch.ground.gatewayconf import default_profiles_dir
 from gridwatch.ground.profiles import load_profiles
+from gridwatch.ground.shipped import firmware
 
 GATEWAYS = 50
 BUSES = [{"type": "modbus_tcp", "id": f"b{i}", "host": "10.0.0.5", "timeout_s": 0.5}
@@ -45,7 +49,9 @@ def big_csv(rows: int, bad_line: int | None = None) -> str:
     out = [HEADER]
     for i in range(rows):
         profile = "no-such-profile" if i + 2 == bad_line else "water-level-ultrasonic"
-        out.append(f"gw{i % GATEWAYS:02d},wl-{i:05d},{profile},b{i % 5},{i % 247 + 1},futian,"
+        # each device of a gateway at its own bus and unit id: two at one would answer as one
+        k = i // GATEWAYS
+        out.append(f"gw{i % GATEWAYS:02d},wl-{i:05d},{profile},b{k % 5},{k // 5 % 247 + 1},futian,"
                    f"Shennan Rd {i % 40},FT-{i % 25},2026-11-20,1.2,crew={i % 9};lot=A")  # fmt: skip
     return "\n".join(out) + "\n"
 
@@ -158,7 +164,9 @@ async def test_a_bad_row_at_line_40000_is_named_and_nothing_is_imported(central:
     assert "nothing imported" in report["detail"]
     assert report["errors"] == [
         {"loc": "line 40000 (gw48:wl-39998).profile",
-         "msg": "unknown profile (got 'no-such-profile')"},
+         "msg": "unknown profile (got 'no-such-profile'); known profiles: camera-mqtt, "
+                "gas-detector, manhole-tilt, smoke-detector-modbus, smoke-detector-mqtt, "
+                "water-level-pressure, water-level-ultrasonic"},
     ]  # fmt: skip
     assert await central.registered() == 0 and await central.registered(unregistered=True) == 0
     assert await central.config_versions() == {1}
@@ -168,9 +176,9 @@ async def test_a_change_racing_the_import_undoes_it(central: Central) -> None:
     """Judged, then a device registered on one of its gateways before the import commits: the
     import refuses (409) and takes back the rows it had written."""
     registry = central.app[INSTALLERS].registry
-    good, bad = csvimport.parse(big_csv(2_500))
-    assert not bad
-    plan = await registry.plan_import(good)
+    parsed = csvimport.parse(big_csv(2_500))
+    assert not parsed.bad
+    plan = await registry.plan_import(parsed.good)
     assert plan.refused == []
     body = {"gateway": "gw03", "id": "racer", "profile": "water-level-ultrasonic", "bus": "b0"}
     async with central.http.post(central.url + "/api/v1/devices", json=body) as r:
@@ -272,7 +280,7 @@ ROWS: list[tuple[dict[str, Any], list[tuple[str, str]]]] = [
     ({"id": "wl-1"}, [("id", "'gw1:wl-1' is already registered")]),
     ({"id": "wl-0"}, [("id", "'gw1:wl-0' is already retired")]),
     ({"profile": "nope"}, [("profile", "unknown profile (got 'nope')")]),
-    ({"bus": "rs485"}, [("bus", "unknown bus 'rs485': gateway 'gw1' has buses ['cab', 'local']")]),
+    ({"bus": "rs485"}, [("bus", "unknown bus 'rs485': gateway 'gw1' has buses 'cab', 'local'")]),
     ({"id": "wl-1", "profile": "nope"}, [("id", "already registered"), ("profile", "unknown")]),
     ({"profile": "smoke-detector-mqtt"}, [("profile", "cannot run on a modbus_tcp bus")]),
     ({"bus": "local"}, [("profile", "cannot run on a mqtt bus")]),
@@ -303,3 +311,189 @@ def test_judge_reports_config_problems_on_their_rows_only() -> None:
     assert [(r.line, r.device, [f for f, _ in r.errors]) for r in reports] == [
         (3, "gw1:b", ["profile"])
     ]
+
+
+# (what the installer gets the row as, a slot clash with wl-1: unit 1 on bus cab)
+ROWS_AGAINST_REGISTERED = [
+    ({"unit_id": 1}, [("unit_id", "unit id 1 on bus 'cab' is already device 'gw1:wl-1'")]),
+    ({"unit_id": 1, "bus": "local", "profile": "smoke-detector-mqtt", "address": "a1"}, []),
+]
+
+
+@pytest.mark.parametrize(("fields", "problems"), ROWS_AGAINST_REGISTERED)
+def test_judge_refuses_a_second_device_at_a_registered_ones_unit_id(
+    fields: dict[str, Any], problems: list[tuple[str, str]]
+) -> None:
+    test_judge_one_row(fields, problems)
+
+
+# ---- reading the file, pure -----------------------------------------------------------------
+
+H = "gateway,id,profile,bus,unit_id,address"
+WL = "water-level-ultrasonic"
+# (the file, how many data rows it has, the refusals (line, field, words); [] = all good)
+FILES: list[tuple[str, int, list[tuple[int, str, str]]]] = [
+    # the header as docs/registry.md writes it, with spaces; and as Excel saves it, with a BOM
+    (f"gateway, id, profile, bus , unit_id\ngw1,a,{WL},cab,1\n", 1, []),
+    (f"\ufeff{H}\ngw1,a,{WL},cab,1,\n", 1, []),
+    (f"Gateway,ID,Profile,Bus\ngw1,a,{WL},cab\n", 1, []),
+    # line numbers as an editor shows them: blank lines count, a row starts where it starts
+    (f'{H}\n\ngw1,a,{WL},cab,1,\ngw1,b,{WL},cab,x,\n"gw1","c\nd",{WL},cab,3,\ngw1,e,{WL},cab,y,\n',
+     4, [(4, "unit_id", "valid integer"), (5, "id", "should match pattern"),
+         (7, "unit_id", "valid integer")]),
+    # a second device at one bus's unit id: both rows named, each with the other's line
+    (f"{H}\ngw1,a,{WL},cab,3,\ngw1,b,{WL},cab,03,\ngw1,c,{WL},cab2,3,\ngw2,d,{WL},cab,3,\n", 4,
+     [(2, "unit_id", "line 3 has the same unit id 3 on bus 'cab'"),
+      (3, "unit_id", "line 2 has the same unit id 3 on bus 'cab'")]),
+    (f"{H}\ngw1,a,smoke-detector-mqtt,local,,860001\ngw1,b,smoke-detector-mqtt,local,,860001\n",
+     2, [(2, "address", "line 3 has the same address 860001"),
+         (3, "address", "line 2 has the same address 860001")]),
+    (f"{H}\ngw1,a,{WL},cab,1,\ngw1,a,{WL},cab,2,\n", 2,
+     [(2, "id", "line 3 has the same device id"), (3, "id", "line 2 has the same device id")]),
+    # a malformed row still takes part in the duplicate check
+    (f"{H}\ngw1,a,{WL},cab,4,\ngw1,b c,{WL},cab,4,\n,d,{WL},cab,5,\n", 3,
+     [(2, "unit_id", "line 3"), (3, "id", "should match pattern"), (3, "unit_id", "line 2"),
+      (4, "gateway", "required: the cell is empty")]),
+    (f"{H}\ngw1,a,{WL},cab,1,,extra\n", 1, [(2, "(row)", "7 cells, but the header names 6")]),
+    (f"gateway,id,profile,bus,lat,lon\ngw1,a,{WL},cab,122.54,114.05\n", 1,
+     [(2, "lat", "must be a latitude, -90 to 90 (got '122.54')")]),
+]  # fmt: skip
+
+
+def test_a_file_all_at_one_unit_id_is_answered_quickly_and_briefly() -> None:
+    """50,000 rows left at unit id 1 (a template filled in halfway): each row names three others
+    and how many more, in about the time a good file takes."""
+    text = H + "\n" + "".join(f"gw1,d{i},{WL},cab,1,\n" for i in range(50_000))
+    started = time.process_time()
+    parsed = csvimport.parse(text)
+    took = time.process_time() - started
+    assert len(parsed.bad) == 50_000 and parsed.good == []
+    assert parsed.bad[0].errors == [("unit_id", "line 3, 4, 5 and 49996 more has the same unit id "
+                                     "1 on bus 'cab' (two devices would answer as one)")]  # fmt: skip
+    assert took < 60, took
+
+
+@pytest.mark.parametrize(("text", "total", "refused"), FILES)
+def test_parse(text: str, total: int, refused: list[tuple[int, str, str]]) -> None:
+    parsed = csvimport.parse(text)
+    assert parsed.total == total
+    found = [(r.line, f, m) for r in parsed.bad for f, m in r.errors]
+    assert [(line, f) for line, f, _ in found] == [(line, f) for line, f, _ in refused], found
+    for (_, _, message), (_, _, words) in zip(found, refused, strict=True):
+        assert words in message, found
+
+
+# (header, words of the refusal)
+HEADERS = [
+    ("gateway,id,profil,bus", ["line 1 (the header)", "unknown column 'profil'",
+                               "missing column 'profile'", "Known columns: gateway, id"]),
+    ("gateway,id,profile,bus,id", ["column named twice: id"]),
+    ("", ["empty file"]),
+    ("\n\n", ["empty file"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("header", "words"), HEADERS)
+def test_a_header_refused_says_which_names(header: str, words: list[str]) -> None:
+    with pytest.raises(csvimport.CsvRejected) as err:
+        csvimport.parse(header + "\n")
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_every_problem_of_a_file_comes_in_one_round() -> None:
+    """A row with a malformed value is judged on its other cells too: the installer fixes the
+    file once, not once per kind of problem."""
+    text = (f"{H}\ngw1,a,nope,cab,x,\ngw1,b,{WL},rs485,2,\ngw1,c,{WL},cab,1,\n"
+            f"gw-none,d,{WL},cab,many,\ngw1,e,{WL},cab,5,\n")  # fmt: skip
+    parsed = csvimport.parse(text)
+    refused = csvimport.judge(parsed.good, STATES, PROFILES, parsed.bad)
+    found = [(r.line, f) for r in csvimport.merged(parsed.bad, refused) for f, _ in r.errors]
+    assert found == [(2, "unit_id"), (2, "profile"), (3, "bus"), (4, "unit_id"),
+                     (5, "unit_id"), (5, "gateway")]  # fmt: skip
+
+
+def test_a_device_read_faster_than_its_bus_times_out_is_told_how_to_fix_it() -> None:
+    slow = {"buses": [{"type": "modbus_tcp", "id": "cabinet", "host": "10.0.0.5"}]}  # 1.0 s
+    gw = csvimport.GatewayState("gw-ft-12", True, False, 1, Location(), slow, [], {})
+    row = {"gateway": "gw-ft-12", "id": "gd-001", "profile": "gas-detector", "bus": "cabinet",
+           "unit_id": 6}  # fmt: skip
+    [report] = csvimport.judge([(2, csvimport.DeviceCreate.model_validate(row))],
+                               {"gw-ft-12": gw}, PROFILES)  # fmt: skip
+    [(where, message)] = report.errors
+    assert where == "bus" and report.line == 2
+    assert "gas device 'gd-001' (gas-detector) is read every 1 s" in message
+    assert "bus 'cabinet' waits up to 1 s" in message
+    assert "gridwatch gateway edit gw-ft-12 --bus cabinet --timeout 0.5" in message
+
+
+# ---- the file an installer starts from, and the count -----------------------------------------
+
+
+async def test_the_shipped_sample_imports_as_it_is(central: Central) -> None:
+    """``firmware_configs/samples/devices.csv``, for the gateway docs/registry.md registers."""
+    body = {"id": "gw-ft-12", "location": {"district": "futian", "grid": "FT-0042"},
+            "buses": [{"type": "modbus_tcp", "id": "cabinet", "host": "10.0.0.5", "port": 502,
+                       "timeout_s": 0.5}, {"type": "mqtt", "id": "local"}]}  # fmt: skip
+    async with central.http.post(central.url + "/api/v1/gateways", json=body) as r:
+        assert r.status == 201, await r.text()
+    text = (firmware(SAMPLES) / "devices.csv").read_text(encoding="utf-8")
+    result = await central.post_csv(text, 200)
+    assert result["imported"] == 20
+    async with central.http.get(central.url + "/api/v1/devices?gateway=gw-ft-12") as r:
+        devices = await r.json()
+    coords = {(d["lat"], d["lon"]) for d in devices}
+    assert len(coords) == 20 and {d["grid"] for d in devices} == {"FT-0042"}
+
+
+async def test_the_count_is_the_files_data_rows_and_names_each_refused_line_once(
+    central: Central,
+) -> None:
+    """20 rows, 2 refused (one malformed, one the registry refuses twice over): '2 of 20'."""
+    rows = [f"gw00,wl-{i:02d},{WL},b0,{i + 1},futian" for i in range(20)]
+    rows[4] = f"gw00,wl-04,{WL},b0,many,futian"  # line 6
+    rows[9] = "gw00,wl-09,no-such-profile,rs485,10,futian"  # line 11
+    text = "gateway,id,profile,bus,unit_id,district\n" + "\n".join(rows) + "\n"
+    report = await central.post_csv(text, 422)
+    assert "(2 of 20 rows refused; nothing imported)" in report["detail"], report["detail"]
+    assert [e["loc"] for e in report["errors"]] == [
+        "line 6 (gw00:wl-04).unit_id", "line 11 (gw00:wl-09).profile",
+        "line 11 (gw00:wl-09).bus"]  # fmt: skip
+    assert "gateway 'gw00' has buses 'b0', 'b1', 'b2', 'b3', 'b4'" in report["errors"][2]["msg"]
+
+
+async def test_a_device_at_a_taken_unit_id_is_refused_naming_the_other(central: Central) -> None:
+    """Through the API and through a file: the registered device is named."""
+    first = {"gateway": "gw01", "id": "wl-first", "profile": WL, "bus": "b1", "unit_id": 7}
+    async with central.http.post(central.url + "/api/v1/devices", json=first) as r:
+        assert r.status == 201, await r.text()
+    second = {**first, "id": "wl-second"}
+    async with central.http.post(central.url + "/api/v1/devices", json=second) as r:
+        err = await r.json()
+        assert r.status == 409, err
+    assert "unit id 7 on bus 'b1' is already device 'gw01:wl-first'" in err["detail"], err
+    async with central.http.post(central.url + "/api/v1/devices",
+                                 json={**second, "bus": "b2"}) as r:  # fmt: skip
+        assert r.status == 201, await r.text()  # another bus: another line, no clash
+    report = await central.post_csv(f"gateway,id,profile,bus,unit_id\ngw01,wl-3,{WL},b1,7\n", 422)
+    assert report["errors"] == [{
+        "loc": "line 2 (gw01:wl-3).unit_id",
+        "msg": "unit id 7 on bus 'b1' is already device 'gw01:wl-first' (two devices would "
+               "answer as one)"}]  # fmt: skip
+
+
+async def test_two_registrations_at_one_unit_id_at_once_one_wins(central: Central) -> None:
+    """Checked and inserted under the gateway's lock: never both in."""
+
+    async def register(i: int) -> int:
+        body = {"gateway": "gw02", "id": f"wl-race-{i}", "profile": WL, "bus": "b3", "unit_id": 9}
+        async with central.http.post(central.url + "/api/v1/devices", json=body) as r:
+            return r.status
+
+    for _ in range(3):
+        answers = await asyncio.gather(*(register(i) for i in range(4)))
+        assert set(answers) <= {201, 409}, answers
+    async with central.http.get(central.url + "/api/v1/devices?gateway=gw02") as r:
+        assert [d["id"] for d in await r.json() if d["unit_id"] == 9 and d["bus"] == "b3"] in (
+            [f"gw02:wl-race-{i}"] for i in range(4)
+        )

@@ -1,17 +1,25 @@
 """The commissioning check (pure): values that look like a byte-order mistake are flagged with
-what they would read under the other layouts; sane values pass. And `device commission` against
-a real registry: a device in alarm is shown with its alerts, never as simply good."""
+what they would read under the other layouts; sane values pass. And, against a real registry,
+`device commission` (a device in alarm is shown with its alerts, never as simply good), the
+installer's ``gateway edit`` (a bus's settings, name, location, labels) and ``gateway list``."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from device_registry import Changes
-from device_registry.http.auth import Role
+from device_registry import Changes, RegistryStore
+from device_registry.http.app import build_app, serving
+from device_registry.http.auth import SYSTEM, Role, TokenRequest, issue
+from device_registry.inventory.wiring import InstallerSettings
 from drivers.codec import decode
 from gridwatch.ground.contract import (
     AlertEvent,
@@ -23,8 +31,10 @@ from gridwatch.ground.contract import (
     new_id,
 )
 from gridwatch.ground.profiles import ModbusPoint, ValueRange
+from gridwatch.top.cli import main as cli
 from gridwatch.top.installer import Api, byte_order_alternatives, check_reading, commission
-from tests._ops_helpers import now_ms, registry
+from tests._ops_helpers import now_ms
+from tests._ops_helpers import registry as ops_registry
 
 LEVEL_CDAB = ModbusPoint(table="input", address=0, data_type="float32", word_order="little",
                          unit="m", range=ValueRange(min=-0.5, max=20))  # fmt: skip
@@ -124,7 +134,7 @@ async def test_commission_names_the_active_alerts(
                 ts=now,
             )
         )
-    async with registry(tmp_path) as reg:
+    async with ops_registry(tmp_path) as reg:
         await reg.store.apply(ch)
         args = argparse.Namespace(url=reg.url, token=reg.tokens[Role.INSTALLER], ca_file=None)
         async with Api(args) as api:
@@ -136,3 +146,124 @@ async def test_commission_names_the_active_alerts(
     expected = ["  IN ALARM: major FLOOD-WATERLOG-01 on level: Water level above warning line: "
                 "2 m"] if alarm else []  # fmt: skip
     assert alarm_lines == expected, out
+
+
+# ---- against a registry: gateway edit, gateway list ------------------------------------------
+
+
+@dataclass
+class Registry:
+    url: str
+    token: str
+    capsys: pytest.CaptureFixture[str]
+
+    async def cli(self, *args: str) -> tuple[int, str, str]:
+        """``gridwatch ARGS`` against this registry: exit code, stdout, stderr."""
+        self.capsys.readouterr()
+        code = await asyncio.to_thread(cli, [*args, "--url", self.url, "--token", self.token])
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    async def gateway(self, gw: str) -> dict[str, Any]:
+        code, out, err = await self.cli("gateway", "show", gw, "--json")
+        assert code == 0, err
+        found: dict[str, Any] = json.loads(out)
+        return found
+
+
+@pytest.fixture
+async def registry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> AsyncIterator[Registry]:
+    store = await RegistryStore.open(f"sqlite+aiosqlite:///{tmp_path}/registry.db")
+    token = (await issue(store, TokenRequest(name="ines", role=Role.INSTALLER), SYSTEM)).token
+    app = build_app(store=store, installers=InstallerSettings())
+    try:
+        async with serving(app, "127.0.0.1", 0) as url:
+            yield Registry(url, token, capsys)
+    finally:
+        await store.close()
+
+
+GAS = ("device", "add", "gw-ft-12", "gd-001", "--profile", "gas-detector", "--bus", "cabinet",
+       "--unit-id", "6")  # fmt: skip
+
+
+async def test_a_gas_detector_refused_for_the_bus_timeout_goes_in_after_gateway_edit(
+    registry: Registry,
+) -> None:
+    """The bus left at its default timeout (1 s), as an installer following the docs leaves it:
+    the refusal names the command that fixes it, and that command does."""
+    code, _, err = await registry.cli("gateway", "add", "gw-ft-12", "--district", "futian",
+                                      "--grid", "FT-0042",
+                                      "--bus", "type=modbus_tcp,id=cabinet,host=10.0.0.5")  # fmt: skip
+    assert code == 0, err
+    code, _, err = await registry.cli(*GAS)
+    assert code == 1
+    fix = "gridwatch gateway edit gw-ft-12 --bus cabinet --timeout 0.5"
+    assert fix in err and "gas device 'gd-001' (gas-detector) is read every 1 s" in err, err
+    code, out, err = await registry.cli(*fix.split()[1:])
+    assert code == 0, err
+    assert "config v2 goes to the gateway now" in out, out
+    code, _, err = await registry.cli(*GAS)
+    assert code == 0, err
+    gw = await registry.gateway("gw-ft-12")
+    assert (gw["devices"], gw["config"]["desired"]) == (1, 3)
+
+    # name and location: given parts merged into what it has, its own coordinates kept
+    code, _, err = await registry.cli("gateway", "edit", "gw-ft-12", "--name", "Cabinet 12",
+                                      "--street", "Shennan Rd", "--lat", "22.5431",
+                                      "--lon", "114.0572", "--label", "crew=north")  # fmt: skip
+    assert code == 0, err
+    code, _, err = await registry.cli("gateway", "edit", "gw-ft-12", "--grid", "FT-0043")
+    assert code == 0, err
+    gw = await registry.gateway("gw-ft-12")
+    assert (gw["name"], gw["labels"], gw["coordinates"]) == ("Cabinet 12", {"crew": "north"},
+                                                             "gateway")  # fmt: skip
+    assert gw["location"] == {"district": "futian", "street": "Shennan Rd", "grid": "FT-0043",
+                              "lat": 22.5431, "lon": 114.0572}  # fmt: skip
+
+
+# (gateway edit's arguments, exit code, words of what it prints on stderr)
+EDITS = [
+    ((), 2, "nothing to change"),
+    (("--timeout", "0.5"), 2, "--timeout: name the bus to change with --bus ID"),
+    (("--bus", "cabinet"), 2, "say what to change"),
+    (("--bus", "rs485", "--timeout", "0.5"), 1, "has no bus 'rs485' (its buses: 'cabinet')"),
+    (("--bus", "cabinet", "--timeout", "-1"), 1, "timeout_s"),
+    (("--bus", "cabinet", "--type", "mqtt"), 1, "a bus keeps its type"),
+    (("--bus", "cabinet", "--timeout", "5"), 1, "--timeout 1"),  # a 2 s gauge on it
+    (("--bus", "rtu", "--type", "modbus_rtu"), 1, "port"),  # a serial bus needs its port
+    (("--bus", "x" * 129, "--type", "mqtt"), 1, "a bus id is 1 to 128 letters"),
+    (("--bus", "rtu", "--type", "modbus_rtu", "--port", "/dev/ttyUSB0"), 0, ""),
+    (("--bus", "cabinet", "--host", "10.0.0.9", "--port", "5020"), 0, ""),
+]
+
+
+@pytest.mark.parametrize(("args", "code", "words"), EDITS)
+async def test_gateway_edit(
+    registry: Registry, args: tuple[str, ...], code: int, words: str
+) -> None:
+    done, _, err = await registry.cli("gateway", "add", "gw-1",
+                                      "--bus", "type=modbus_tcp,id=cabinet,host=10.0.0.5,timeout_s=0.5")  # fmt: skip
+    assert done == 0, err
+    done, _, err = await registry.cli("device", "add", "gw-1", "wl-1", "--profile",
+                                      "water-level-ultrasonic", "--bus", "cabinet")  # fmt: skip
+    assert done == 0, err
+    got, _, err = await registry.cli("gateway", "edit", "gw-1", *args)
+    assert (got, words in err) == (code, True), err
+    config = (await registry.gateway("gw-1"))["config"]["desired"]
+    assert config == (3 if code == 0 else 2)  # a refused edit changes nothing
+
+
+async def test_gateway_list_hides_retired_gateways_unless_all(registry: Registry) -> None:
+    for gw in ("gw-live", "gw-old"):
+        code, _, err = await registry.cli("gateway", "add", gw, "--district", "futian")
+        assert code == 0, err
+    code, _, err = await registry.cli("gateway", "retire", "gw-old")
+    assert code == 0, err
+    _, out, _ = await registry.cli("gateway", "list")
+    assert "gw-live" in out and "gw-old" not in out, out
+    _, out, _ = await registry.cli("gateway", "list", "--all")
+    [old] = [line for line in out.splitlines() if line.startswith("gw-old")]
+    assert "retired" in old and "gw-live" in out, out
+    _, out, _ = await registry.cli("gateway", "list", "--json")
+    assert [g["id"] for g in json.loads(out)] == ["gw-live"]

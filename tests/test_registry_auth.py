@@ -40,6 +40,7 @@ EXPECTED: dict[tuple[str, str], set[Role]] = {
     ("POST", "/api/v1/gateways"): {INS, ADM},
     ("GET", "/api/v1/gateways/{id}"): READERS,
     ("PATCH", "/api/v1/gateways/{id}"): {INS, ADM},
+    ("PATCH", "/api/v1/gateways/{id}/buses/{bus}"): {INS, ADM},
     ("POST", "/api/v1/gateways/{id}/retire"): {INS, ADM},
     ("POST", "/api/v1/gateways/{id}/credentials"): {INS, ADM},
     ("GET", "/api/v1/gateways/{id}/config"): {INS, MNT, ADM},

@@ -198,3 +198,12 @@ def _lines_of(proc: subprocess.Popen[str]) -> queue.Queue[str | None]:
 
     threading.Thread(target=pump, daemon=True).start()
     return lines
+
+
+@pytest.mark.slow
+def test_the_sample_device_csv_ships(installed: Path, outside: Path) -> None:
+    """docs/registry.md sends installers to it: it must be there for a pip-installed gridwatch."""
+    code = ("from firmware_configs import SAMPLES; from gridwatch.ground.shipped import firmware; "
+            "print((firmware(SAMPLES) / 'devices.csv').read_text().splitlines()[0])")  # fmt: skip
+    out = run(installed / "python", "-c", code, cwd=outside)
+    assert out.startswith("gateway,id,profile,bus,unit_id"), out

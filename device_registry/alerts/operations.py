@@ -28,7 +28,7 @@ from device_registry.db.tables import (
     PlatformEvent,
     device_key,
 )
-from device_registry.inventory.places import resolve_site
+from device_registry.inventory.places import coordinates, resolve_site
 from gridwatch.ground.catalogue import Catalogue, default_catalogue_dir, load_catalogue
 from gridwatch.ground.contract import (
     AlertEvent,
@@ -179,7 +179,7 @@ class AlertOperations:
                 s.add(row)
             row.profile, row.interval_s = info.profile, info.interval_s
             row.firmware, row.updated_at = info.firmware, now
-            if info.location is not None and info.location.district:
+            if info.location is not None:
                 await _place(s, key, info.location)
 
     # ---- operators and the clock --------------------------------------------------------------
@@ -252,11 +252,15 @@ class AlertOperations:
 
 
 async def _place(s: AsyncSession, device_id: str, loc: Location) -> None:
-    """Site a device where its gateway says it is, unless an installer placed it already."""
+    """Site a device where its gateway says it is, unless an installer placed it already;
+    its coordinates too, unless it has its own (an installer's, or an earlier birth's)."""
     device = await s.get(Device, device_id)
-    if device is None or device.site_id is not None:
+    if device is None:
         return
-    device.site_id = await resolve_site(s, loc)
+    if device.site_id is None:
+        device.site_id = await resolve_site(s, loc)
+    if device.registered_at is None and (device.lat, device.lon) == (None, None):
+        device.lat, device.lon = coordinates(loc)
 
 
 def _candidate(a: Alert, incident: str | None, stage: str) -> correlation.Candidate:

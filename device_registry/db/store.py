@@ -48,7 +48,13 @@ from device_registry.ingest.changes import Changes, DeviceFacts
 from device_registry.ingest.seqaudit import AuditState, Gap, Span, holes, plan_audit
 from device_registry.ingest.views import QuarantineView, quarantined
 from device_registry.inventory import views
-from device_registry.inventory.places import place_key, resolve_sites
+from device_registry.inventory.places import (
+    coordinates,
+    place_key,
+    resolve_site,
+    resolve_sites,
+    shared_place,
+)
 from device_registry.inventory.views import DeviceView, GatewayView
 from gridwatch.ground.contract import AlertEvent, AlertState, Birth, Death, GatewayHealth, Location
 
@@ -124,8 +130,12 @@ class RegistryStore:
         owners: dict[str, set[str]] = {}
         locations: dict[tuple[str, str], Location] = {}
         q = (
+            # its own coordinates, the site's only for a device that has none (a pair)
             select(Device.name, Device.gateway_id, Site.district_id, Site.street, Site.grid,
-                   Site.lat, Site.lon)
+                   case((Device.lat.is_(None) & Device.lon.is_(None), Site.lat),
+                        else_=Device.lat),
+                   case((Device.lat.is_(None) & Device.lon.is_(None), Site.lon),
+                        else_=Device.lon))
             .outerjoin(Site, Site.id == Device.site_id)
             .where(Device.registered_at.is_not(None), Device.retired_at.is_(None))
         )  # fmt: skip
@@ -365,6 +375,8 @@ class RegistryStore:
             return
         gw.online, gw.born_at = True, msg.ts
         gw.software, gw.config_version = msg.software, msg.config_version
+        if gw.registered_at is None and gw.site_id is None:
+            await _site_from_birth(s, gw, msg)
         await s.flush()
         if msg.devices:  # a birth registers the devices it names
             rows = [
@@ -405,6 +417,15 @@ class RegistryStore:
                     .where(Device.id == device_key(ev.gateway, ev.device))
                     .values(site_id=sites[key])
                 )
+            if coordinates(ev.location) != (None, None):
+                # a device nobody registered is where its gateway says; a registered one's
+                # coordinates are the installer's (the bridge put them on the alert already)
+                await s.execute(
+                    update(Device)
+                    .where(Device.id == device_key(ev.gateway, ev.device),
+                           Device.registered_at.is_(None))
+                    .values(lat=ev.location.lat, lon=ev.location.lon)
+                )  # fmt: skip
         await s.flush()
         rows = [{"msg_id": e.id, "alert_id": e.alert_id, "state": str(e.state), "ts": e.ts,
                  "value": e.value, "received_at": now} for e in events]  # fmt: skip
@@ -516,6 +537,24 @@ class RegistryStore:
             return [quarantined(r) for r in await s.scalars(q)]
 
 
+async def _site_from_birth(s: AsyncSession, gw: Gateway, msg: Birth) -> None:
+    """A gateway nobody registered stands where its devices say they are (the edge gives a
+    device without a location of its own the cabinet's): where they all agree."""
+    named = set(msg.devices)
+    locs = [i.location for i in msg.device_info if i.location is not None and i.device in named]
+    place, agreed = shared_place(locs)
+    gw.site_id = await resolve_site(s, place)
+    if not agreed:
+        where = sorted({_shown(loc) for loc in locs})
+        logger.warning("gateway %s connected unregistered; its devices are in %d places (%s): "
+                       "sited at what they share (%s); register it with its location",
+                       gw.id, len(where), ", ".join(where[:5]), _shown(place))  # fmt: skip
+
+
+def _shown(loc: Location) -> str:
+    return "/".join(x for x in (loc.district, loc.street, loc.grid) if x) or "nowhere"
+
+
 def _without(msg: Birth | Death, dropped: set[tuple[str, str]]) -> Birth | Death:
     if isinstance(msg, Death) or not any((msg.gateway, d) in dropped for d in msg.devices):
         return msg
@@ -545,15 +584,11 @@ def _advance_alert(row: Alert, ev: AlertEvent) -> None:
     row.cleared_at = ev.ts if ev.state is AlertState.CLEARED else None
 
 
-_DeviceRows = Select[Device, str, str, str]  # device, its site's district, grid and street
+_DeviceRows = Select[Device, Site]  # a device and its site
 
 
 def _device_query() -> _DeviceRows:
-    return (
-        select(Device, Site.district_id, Site.grid, Site.street)
-        .outerjoin(Site, Site.id == Device.site_id)
-        .order_by(Device.id)
-    )
+    return select(Device, Site).outerjoin(Site, Site.id == Device.site_id).order_by(Device.id)
 
 
 async def _device_views(s: AsyncSession, q: _DeviceRows) -> list[DeviceView]:
@@ -564,7 +599,4 @@ async def _device_views(s: AsyncSession, q: _DeviceRows) -> list[DeviceView]:
         chunk = ids[i : i + _ID_CHUNK]
         for r in await s.scalars(select(LatestReading).where(LatestReading.device_id.in_(chunk))):
             readings.setdefault(r.device_id, []).append(r)
-    return [
-        views.device(d, district, grid, readings.get(d.id, []), street)
-        for d, district, grid, street in rows
-    ]
+    return [views.device(d, site, readings.get(d.id, [])) for d, site in rows]

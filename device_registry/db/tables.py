@@ -40,7 +40,9 @@ class District(Base):
 
 
 class Site(Base):
-    """Where equipment stands: district, street, grid cell of the city's management grid."""
+    """Where equipment stands: district, street, grid cell of the city's management grid. Its
+    coordinates are those of the first location that named it: a device's own (``Device.lat``,
+    ``Device.lon``) come first, these only stand in for a device that has none."""
 
     __tablename__ = "sites"
     __table_args__ = (UniqueConstraint("district_id", "street", "grid"),)
@@ -56,6 +58,9 @@ class Gateway(Base):
     __tablename__ = "gateways"
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     site_id: Mapped[int | None] = mapped_column(ForeignKey("sites.id"), default=None)
+    lat: Mapped[float | None] = mapped_column(Float, default=None)
+    lon: Mapped[float | None] = mapped_column(Float, default=None)
+    """Its cabinet's own coordinates (None: not known; the site's stand in)."""
     online: Mapped[bool] = mapped_column(Boolean, default=False)
     session: Mapped[int] = mapped_column(default=0)
     software: Mapped[str] = mapped_column(String(100), default="")
@@ -84,6 +89,10 @@ class Device(Base):
     gateway_id: Mapped[str] = mapped_column(ForeignKey("gateways.id"), index=True)
     name: Mapped[str] = mapped_column(String(128), index=True)
     site_id: Mapped[int | None] = mapped_column(ForeignKey("sites.id"), default=None)
+    # the device's own coordinates: devices of one site (a street, a grid cell) stand metres
+    # apart, and a crew is sent to these; None: not known, the site's are the best guess
+    lat: Mapped[float | None] = mapped_column(Float, default=None)
+    lon: Mapped[float | None] = mapped_column(Float, default=None)
     status: Mapped[str] = mapped_column(String(16), default="online")
     first_seen: Mapped[int] = mapped_column()
     last_seen: Mapped[int | None] = mapped_column(default=None)

@@ -119,10 +119,33 @@ def validate(doc: dict[str, Any], profiles: Profiles) -> GatewayConfig:
     try:
         resolve(cfg, profiles)
     except ConfigError as exc:
+        hints = _slow_bus_hints(cfg, profiles)
         raise ConfigProblems(
-            [(_path(p.path), _msg(p.message, p.value)) for p in exc.problems]
+            [(_path(p.path), hints.get(p.path) or _msg(p.message, p.value)) for p in exc.problems]
         ) from exc
     return cfg
+
+
+def _slow_bus_hints(cfg: GatewayConfig, profiles: Profiles) -> dict[tuple[str | int, ...], str]:
+    """For each device read more often than its bus's timeout (which ``resolve`` refuses, at the
+    same key path): what to change, as the installer's command that changes it."""
+    buses = {b.id: b for b in cfg.buses}
+    hints: dict[tuple[str | int, ...], str] = {}
+    for i, d in enumerate(cfg.devices):
+        prof, bus = profiles.get(d.profile), buses.get(d.bus)
+        if prof is None or bus is None or bus.type == "mqtt":
+            continue
+        interval = d.interval_s or prof.interval_s
+        if bus.timeout_s < interval:
+            continue
+        hints[("devices", i, "interval_s" if d.interval_s else "bus")] = (
+            f"{prof.kind.replace('_', ' ')} device {d.id!r} ({prof.id}) is read every "
+            f"{interval:g} s, but bus {bus.id!r} waits up to {bus.timeout_s:g} s for an answer, "
+            f"so a slow answer would run into the next read: give the bus a shorter timeout, "
+            f"e.g. gridwatch gateway edit {cfg.gateway.id} --bus {bus.id} "
+            f"--timeout {interval / 2:g}"
+        )
+    return hints
 
 
 def _path(path: tuple[str | int, ...]) -> str:

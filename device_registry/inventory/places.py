@@ -13,7 +13,9 @@ several places therefore takes them in one call, in key order, so that two trans
 overlapping places wait for each other in the same order and cannot deadlock.
 
 A grid cell belongs to one district: the first location to name it decides which. A site's
-coordinates are those of the first location that made it.
+coordinates are those of the first location that made it, and stand in only for equipment that
+has none of its own: a device and a gateway keep their own latitude and longitude (``located``),
+because the devices of one street or grid cell stand metres apart and a crew is sent to them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from device_registry.db.tables import Base, District, GridCell, Site, Street
 from device_registry.errors import StoreRejected
 from gridwatch.ground.contract import Location
 
+Coordinates = tuple[float | None, float | None]
+
 PlaceKey = tuple[str, str, str]
 """district, street, grid: a site's unique key ("" for a part the location leaves out)."""
 
@@ -36,6 +40,48 @@ PlaceKey = tuple[str, str, str]
 def place_key(loc: Location) -> PlaceKey | None:
     """The site key of a location; None when it names no district (it is then nowhere)."""
     return (loc.district, loc.street, loc.grid) if loc.district else None
+
+
+def site_location(site: Site | None) -> Location:
+    """A site as a location (district, street, grid and its stand-in coordinates)."""
+    if site is None:
+        return Location()
+    loc: dict[str, Any] = {"district": site.district_id, "street": site.street,
+                           "grid": site.grid, "lat": site.lat, "lon": site.lon}  # fmt: skip
+    # as stored, not validated again: a row written before the contract bounded its strings
+    # must not stop a read
+    return Location.model_construct(**{k: v for k, v in loc.items() if v not in ("", None)})
+
+
+def located(site: Site | None, own: Coordinates) -> Location:
+    """Where a device or gateway is: its site, at its own coordinates when it has them (a
+    pair), else at the site's."""
+    loc = site_location(site)
+    if own == (None, None):
+        return loc
+    lat, lon = own
+    return loc.model_copy(update={"lat": lat, "lon": lon})
+
+
+def coordinates(loc: Location | None) -> Coordinates:
+    """The coordinates a location gives equipment of its own (None, None: none given)."""
+    return (None, None) if loc is None else (loc.lat, loc.lon)
+
+
+def shared_place(locs: Iterable[Location]) -> tuple[Location, bool]:
+    """The place every location agrees on (district, then street and grid cell in it; no
+    coordinates: a cabinet is not where any one of its devices is), and whether they all agreed
+    on all three. Nothing given: nowhere, agreed."""
+    keys = {(loc.district, loc.street, loc.grid) for loc in locs}
+    if not keys:
+        return Location(), True
+    districts = {d for d, _, _ in keys}
+    if len(districts) != 1:
+        return Location(), False
+    streets, grids = {st for _, st, _ in keys}, {g for _, _, g in keys}
+    shared = Location(district=districts.pop(), street=streets.pop() if len(streets) == 1 else "",
+                      grid=grids.pop() if len(grids) == 1 else "")  # fmt: skip
+    return shared, len(keys) == 1
 
 
 async def resolve_site(s: AsyncSession, loc: Location) -> int | None:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import Table, and_, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
@@ -43,9 +45,15 @@ from device_registry.inventory.configgen import (
     validate,
 )
 from device_registry.inventory.csvimport import RowReport
-from device_registry.inventory.places import resolve_site, resolve_sites
+from device_registry.inventory.places import (
+    coordinates,
+    located,
+    resolve_site,
+    resolve_sites,
+)
 from device_registry.inventory.provisioning import Account, username_for
 from device_registry.inventory.requests import (
+    BusPatch,
     DeviceCreate,
     DeviceFields,
     DevicePatch,
@@ -54,6 +62,7 @@ from device_registry.inventory.requests import (
 )
 from device_registry.inventory.views import GatewayView
 from gridwatch.ground.contract import ConfigAck, Location
+from gridwatch.ground.gatewayconf import Bus
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +120,7 @@ class Registry:
                 gw.registered_at, gw.retired_at = _now(), None
                 gw.name, gw.labels = req.name, req.labels
                 gw.site_id = await resolve_site(s, req.location)
+                gw.lat, gw.lon = coordinates(req.location)
                 buses = [b.model_dump(mode="json") for b in req.buses]
                 gw.settings = initial_settings(self.uplink, buses, req.id, account.username)
                 gw.config_desired = max(gw.config_desired, gw.config_version) + 1
@@ -141,6 +151,7 @@ class Registry:
                 gw.labels = req.labels
             if req.location is not None:
                 gw.site_id = await resolve_site(s, req.location)
+                gw.lat, gw.lon = coordinates(req.location)
             if req.buses is not None:
                 settings = dict(gw.settings or {})
                 settings["buses"] = [b.model_dump(mode="json") for b in req.buses]
@@ -155,6 +166,39 @@ class Registry:
                     req.model_dump(mode="json", exclude_none=True),
                 )
             )
+        self.pushed(gw_id)
+        return await self.gateway(gw_id)
+
+    async def update_bus(
+        self, gw_id: str, bus_id: str, req: BusPatch, by: Principal
+    ) -> GatewayView:
+        """Change one field bus of a live gateway (or add it, given its type), checked as the
+        edge checks it and with the gateway's devices on it; a new config is pushed."""
+        async with self.store.transaction() as s:
+            gw = await _live_gateway(s, gw_id)
+            settings = dict(gw.settings or {})
+            buses = [dict(b) for b in settings.get("buses", [])]
+            found = next((b for b in buses if b.get("id") == bus_id), None)
+            change = req.model_dump(exclude_none=True)
+            if found is None:
+                if req.type is None:
+                    have = ", ".join(repr(str(b.get("id"))) for b in buses) or "none"
+                    raise Invalid([("type", f"gateway {gw_id!r} has no bus {bus_id!r} (its "
+                                            f"buses: {have}): give its type to add it")])  # fmt: skip
+                if not _BUS_ID.fullmatch(bus_id):
+                    raise Invalid([("bus", f"a bus id is 1 to 128 letters, digits, '-', '_' or "
+                                           f"'.' (got {bus_id[:40]!r})")])  # fmt: skip
+                found = {"id": bus_id}
+                buses.append(found)
+            elif req.type is not None and req.type != found.get("type"):
+                raise Invalid([("type", f"bus {bus_id!r} is {found.get('type')}: a bus keeps "
+                                        "its type (add another bus instead)")])  # fmt: skip
+            found.update(change)
+            _check_bus(found)
+            gw.settings = {**settings, "buses": buses}
+            gw.config_desired += 1
+            await self._generate(s, gw)
+            s.add(audit_row(by, "gateway.bus", f"gateway:{gw_id}", {"bus": bus_id, **change}))
         self.pushed(gw_id)
         return await self.gateway(gw_id)
 
@@ -227,7 +271,7 @@ class Registry:
             )
         async with self.store.transaction() as s:
             return [
-                views.gateway(gw, n or 0, report, _location(site))
+                views.gateway(gw, n or 0, report, _shown(located(site, (gw.lat, gw.lon))))
                 for gw, n, report, site in await s.execute(q)
             ]
 
@@ -279,7 +323,8 @@ class Registry:
         return key
 
     async def _add_device(self, s: AsyncSession, req: DeviceCreate, by: Principal) -> str:
-        gw = await s.get(Gateway, req.gateway)
+        # locked: two registrations on one gateway at once must see each other's unit ids
+        gw = await s.get(Gateway, req.gateway, with_for_update=True)
         if gw is None or gw.registered_at is None:
             raise Invalid([("gateway", f"gateway {req.gateway!r} is not registered")])
         if gw.retired_at is not None:
@@ -294,21 +339,28 @@ class Registry:
                 id=key, gateway_id=req.gateway, name=req.id, first_seen=_now(), status="new"
             )
             s.add(row)
+        _refuse_unknown_bus(gw, req.bus)
+        await _refuse_taken_slot(s, gw.id, req.id, req.bus, req.unit_id, req.address)
         row.registered_at = _now()
         _apply_fields(row, req)
         row.site_id = await resolve_site(s, req.location or Location())
+        row.lat, row.lon = coordinates(req.location)
         await s.flush()
         gw.config_desired += 1
         await self._generate(s, gw, focus=req.id)
         s.add(audit_row(by, "device.register", f"device:{key}", req.model_dump(mode="json")))
         return key
 
-    async def plan_import(self, rows: csvimport.Rows) -> ImportPlan:
-        """Judge an import against the registry as it is now: read once, checked in memory."""
-        states = await self._import_states({req.gateway for _, req in rows})
+    async def plan_import(
+        self, rows: csvimport.Rows, unparsed: Sequence[RowReport] = ()
+    ) -> ImportPlan:
+        """Judge an import against the registry as it is now: read once, checked in memory.
+        ``unparsed``: rows refused for malformed values, judged on their other cells."""
+        named = {req.gateway for _, req in rows} | {r.cells.get("gateway", "") for r in unparsed}
+        states = await self._import_states(named - {""})
         # CPU-bound for a big file (a second or two): off the event loop, so ingest and the
         # other requests go on meanwhile
-        refused = await asyncio.to_thread(csvimport.judge, rows, states, self.profiles())
+        refused = await asyncio.to_thread(csvimport.judge, rows, states, self.profiles(), unparsed)
         return ImportPlan(rows, states, refused)
 
     async def import_devices(self, plan: ImportPlan, by: Principal) -> None:
@@ -426,9 +478,17 @@ class Registry:
     async def update_device(self, key: str, req: DevicePatch, by: Principal) -> str:
         async with self.store.transaction() as s:
             row, gw = await _live_device(s, key)
+            if req.bus is not None:
+                _refuse_unknown_bus(gw, req.bus)
+            if (req.bus, req.unit_id, req.address) != (None, None, None):
+                bus = req.bus or row.bus or ""
+                unit = row.unit_id if req.unit_id is None else req.unit_id
+                address = row.address if req.address is None else req.address
+                await _refuse_taken_slot(s, gw.id, row.name, bus, unit, address)
             _apply_fields(row, req)
             if req.location is not None:
                 row.site_id = await resolve_site(s, req.location)
+                row.lat, row.lon = coordinates(req.location)
             gw.config_desired += 1
             await self._generate(s, gw, focus=row.name)
             s.add(
@@ -478,12 +538,12 @@ class Registry:
                 d.bus or "",
                 d.unit_id,
                 d.address or "",
-                Location(**_location(site)),
+                located(site, (d.lat, d.lon)),
             )
             for d, site in rows
         ]
         site = await s.get(Site, gw.site_id) if gw.site_id is not None else None
-        doc = document(gw.id, Location(**_location(site)), gw.settings or {}, specs,
+        doc = document(gw.id, located(site, (gw.lat, gw.lon)), gw.settings or {}, specs,
                        max(gw.config_desired, 1))  # fmt: skip
         try:
             validate(doc, self.profiles())
@@ -545,10 +605,10 @@ def _gateway_state(
     live = [(d, ds) for d, ds in devices if d.registered_at is not None and d.retired_at is None]
     return csvimport.GatewayState(
         id=gw.id, registered=gw.registered_at is not None, retired=gw.retired_at is not None,
-        config_desired=gw.config_desired, location=Location(**_location(site)),
+        config_desired=gw.config_desired, location=located(site, (gw.lat, gw.lon)),
         settings=gw.settings or {},
         devices=[DeviceSpec(d.name, d.profile or "", d.bus or "", d.unit_id, d.address or "",
-                            Location(**_location(ds))) for d, ds in live],
+                            located(ds, (d.lat, d.lon))) for d, ds in live],
         taken={d.name: "retired" if d.retired_at is not None else "registered"
                for d, _ in devices if d.registered_at is not None},
         unregistered=frozenset(d.name for d, _ in devices if d.registered_at is None),
@@ -563,6 +623,7 @@ def _device_values(req: DeviceCreate, sites: dict[tuple[str, str, str], int]) ->
     """The registered fields of a device, every column given (one executemany shape)."""
     loc = req.location or Location()
     return {"profile": req.profile, "bus": req.bus, "unit_id": req.unit_id,
+            "lat": loc.lat, "lon": loc.lon,
             "address": req.address or "", "firmware": req.firmware or "", "labels": req.labels,
             "install_date": req.install_date.isoformat() if req.install_date else None,
             "site_id": sites.get((loc.district, loc.street, loc.grid))}  # fmt: skip
@@ -623,6 +684,43 @@ async def _adopt(
         await s.execute(update(Device), values)  # ORM bulk UPDATE by primary key
 
 
+_BUS: TypeAdapter[Any] = TypeAdapter(Bus)
+_BUS_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+def _check_bus(bus: dict[str, Any]) -> None:
+    """The bus as the edge would load it: each wrong setting named."""
+    try:
+        _BUS.validate_python(bus)
+    except ValidationError as exc:
+        raise Invalid(
+            [(".".join(str(x) for x in e["loc"][1:]) or "(bus)", e["msg"]) for e in exc.errors()]
+        ) from None
+
+
+def _refuse_unknown_bus(gw: Gateway, bus: str) -> None:
+    buses = {str(b.get("id")) for b in (gw.settings or {}).get("buses", [])}
+    if bus not in buses:
+        raise Invalid([("bus", csvimport.unknown_bus(gw.id, bus, buses))])
+
+
+async def _refuse_taken_slot(
+    s: AsyncSession, gw_id: str, name: str, bus: str, unit_id: int | None, address: str | None
+) -> None:
+    """A second live device at one bus's unit id (or MQTT address) would answer as the first:
+    its readings would be the other's, its commands go to the other."""
+    live = (Device.gateway_id == gw_id, Device.bus == bus, Device.name != name,
+            Device.registered_at.is_not(None), Device.retired_at.is_(None))  # fmt: skip
+    for column, value, what in ((Device.unit_id, unit_id, "unit id"),
+                                (Device.address, address, "address")):  # fmt: skip
+        if value is None or value == "":
+            continue
+        holder = await s.scalar(select(Device.id).where(*live, column == value).limit(1))
+        if holder is not None:
+            raise Conflict(f"{what} {value} on bus {bus!r} is already device {holder!r} (two "
+                           "devices would answer as one)")  # fmt: skip
+
+
 def _blank_gateway(s: AsyncSession, gw_id: str) -> Gateway:
     now = _now()
     gw = Gateway(id=gw_id, first_seen=now, last_seen=now, online=False, session=0, software="",
@@ -651,9 +749,5 @@ async def _live_device(s: AsyncSession, key: str) -> tuple[Device, Gateway]:
     return row, await _live_gateway(s, row.gateway_id)
 
 
-def _location(site: Site | None) -> dict[str, Any]:
-    if site is None:
-        return {}
-    loc = {"district": site.district_id, "street": site.street, "grid": site.grid,
-           "lat": site.lat, "lon": site.lon}  # fmt: skip
-    return {k: v for k, v in loc.items() if v not in ("", None)}
+def _shown(loc: Location) -> dict[str, Any]:
+    return loc.model_dump(mode="json", exclude_none=True, exclude_defaults=True)

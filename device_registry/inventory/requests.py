@@ -8,9 +8,10 @@ each field's path and message.
 from __future__ import annotations
 
 import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from gridwatch.ground.contract import ID_MAX, Location
 from gridwatch.ground.gatewayconf import Bus
@@ -23,21 +24,51 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _paired(loc: Location | None) -> Location | None:
+    """A latitude alone sends a crew nowhere (and the edge would complete it with its cabinet's
+    longitude): coordinates come as a pair."""
+    if loc is not None and (loc.lat is None) != (loc.lon is None):
+        raise PydanticCustomError("coordinates", "lat and lon go together: give both, or neither")
+    return loc
+
+
+Located = Annotated[Location, AfterValidator(_paired)]
+
+
 class GatewayCreate(Request):
     id: str = Field(
         pattern=_GW_ID, max_length=ID_MAX, description="Gateway id; broker user gw-<id>."
     )
     name: str = Field(default="", max_length=200)
-    location: Location = Field(default_factory=Location)
+    location: Located = Field(default_factory=Location)
     buses: list[Bus] = Field(default_factory=list, description="Its field buses.")
     labels: dict[str, str] = Field(default_factory=dict)
 
 
 class GatewayPatch(Request):
     name: str | None = Field(default=None, max_length=200)
-    location: Location | None = None
+    location: Located | None = None
     buses: list[Bus] | None = None
     labels: dict[str, str] | None = None
+
+
+class BusPatch(Request):
+    """Settings of one field bus to change (those given); with ``type``, a bus to add."""
+
+    type: Literal["modbus_tcp", "modbus_rtu", "mqtt"] | None = Field(
+        default=None, description="Only to add a bus; a bus keeps its type."
+    )
+    host: str | None = Field(default=None, max_length=253, description="Device/converter host.")
+    port: int | str | None = Field(
+        default=None, description="TCP port, or the serial device (modbus_rtu)."
+    )
+    timeout_s: float | None = Field(default=None, gt=0, le=60, description="Per request.")
+    max_concurrency: int | None = Field(default=None, ge=1, le=32)
+    framer: Literal["socket", "rtu"] | None = None
+    baudrate: int | None = Field(default=None, ge=300, le=921600)
+    parity: Literal["N", "E", "O"] | None = None
+    stopbits: Literal[1, 2] | None = None
+    bytesize: Literal[7, 8] | None = None
 
 
 class DeviceFields(Request):
@@ -45,7 +76,7 @@ class DeviceFields(Request):
     bus: str | None = Field(default=None, min_length=1, max_length=128)
     unit_id: int | None = Field(default=None, ge=0, le=247, description="Modbus unit id.")
     address: str | None = Field(default=None, max_length=200, description="MQTT address.")
-    location: Location | None = None
+    location: Located | None = None
     install_date: datetime.date | None = None
     firmware: str | None = Field(default=None, max_length=64)
     labels: dict[str, str] | None = None

@@ -19,6 +19,7 @@ from device_registry.inventory import csvimport
 from device_registry.inventory.commands import CommandRequest, CommandView
 from device_registry.inventory.registry import Issued
 from device_registry.inventory.requests import (
+    BusPatch,
     DeviceCreate,
     DevicePatch,
     DeviceQuery,
@@ -88,6 +89,14 @@ async def patch_gateway(request: web.Request, body: GatewayPatch) -> GatewayView
     )
 
 
+@route("PATCH", "/api/v1/gateways/{id}/buses/{bus}", INSTALLER, "Change one field bus of a "
+       "gateway (timeout, host, port, ...), or add it given its type")  # fmt: skip
+async def patch_bus(request: web.Request, body: BusPatch) -> GatewayView:
+    return await _inst(request).registry.update_bus(
+        request.match_info["id"], request.match_info["bus"], body, request[PRINCIPAL]
+    )
+
+
 @route("POST", "/api/v1/gateways/{id}/retire", INSTALLER, "Retire a gateway and its devices")
 async def retire_gateway(request: web.Request) -> GatewayView:
     return await _inst(request).registry.retire_gateway(
@@ -152,19 +161,21 @@ async def import_devices(request: web.Request) -> dict[str, Any]:
         raise web.HTTPUnsupportedMediaType(text="send the CSV as text/csv")
     text = await _csv_text(request)
     try:
-        good, bad = await asyncio.to_thread(csvimport.parse, text)  # CPU-bound for a big file
+        parsed = await asyncio.to_thread(csvimport.parse, text)  # CPU-bound for a big file
     except csvimport.CsvRejected as exc:
         raise Invalid([("(file)", str(exc))], "the CSV file") from None
     registry = _inst(request).registry
     with _running_import(request):
-        plan = await registry.plan_import(good)
-        bad = sorted(bad + plan.refused, key=lambda r: r.line)
+        plan = await registry.plan_import(parsed.good, parsed.bad)
+        # every problem of the file at once: malformed values and what the registry refuses
+        bad = csvimport.merged(parsed.bad, plan.refused)
         if bad:
             found = [(f"line {r.line} ({r.device}).{f}", m) for r in bad for f, m in r.errors]
-            raise Invalid(found, f"the CSV file ({len(bad)} of {len(good) + len(bad)} rows; "
+            raise Invalid(found, f"the CSV file ({len(bad)} of {parsed.total} rows refused; "
                           "nothing imported)")  # fmt: skip
         await registry.import_devices(plan, request[PRINCIPAL])
-    return {"imported": len(good), "devices": [f"{d.gateway}:{d.id}" for _, d in good]}
+    return {"imported": len(parsed.good),
+            "devices": [f"{d.gateway}:{d.id}" for _, d in parsed.good]}  # fmt: skip
 
 
 IMPORTS = web.AppKey("imports", set[asyncio.Task[Any]])
@@ -268,7 +279,7 @@ async def get_profile(request: web.Request) -> dict[str, Any]:
 
 
 ROUTES: tuple[Route, ...] = (
-    list_gateways, create_gateway, get_gateway, patch_gateway, retire_gateway,
+    list_gateways, create_gateway, get_gateway, patch_gateway, patch_bus, retire_gateway,
     rotate_credentials, gateway_config,
     # fixed paths before /devices/{id}: aiohttp tries resources in the order they were added
     list_devices, create_device, import_devices, get_device, patch_device, retire_device,

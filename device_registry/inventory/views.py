@@ -7,8 +7,9 @@ from typing import Any, Literal, cast
 
 from pydantic import BaseModel, Field
 
-from device_registry.db.tables import Alert, Device, Gateway, LatestReading
+from device_registry.db.tables import Alert, Device, Gateway, LatestReading, Site
 from device_registry.http.values import Served
+from device_registry.inventory.places import located
 
 
 class PointValue(BaseModel):
@@ -54,6 +55,13 @@ class DeviceView(BaseModel):
     unit_id: int | None = None
     address: str = ""
     street: str = ""
+    lat: float | None = Field(default=None, description="Where a crew finds it: latitude.")
+    lon: float | None = Field(default=None, description="Longitude.")
+    coordinates: Literal["device", "site", "none"] = Field(
+        default="none",
+        description="Whose lat/lon these are: the device's own, or (it has none) its site's, "
+        "the first location registered in its district/street/grid cell: only a guess.",
+    )
     install_date: str | None = None
     firmware: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
@@ -89,6 +97,10 @@ class GatewayView(BaseModel):
     retired: bool = False
     name: str = ""
     location: dict[str, Any] = Field(default_factory=dict)
+    coordinates: Literal["gateway", "site", "none"] = Field(
+        default="none", description="Whose lat/lon the location has: the gateway's own, or "
+        "(it has none) its site's, the first location registered there: only a guess.",
+    )  # fmt: skip
     labels: dict[str, str] = Field(default_factory=dict)
     config: ConfigState | None = Field(
         default=None, description="Config delivery: desired vs acknowledged (registered only)."
@@ -107,10 +119,17 @@ class IssuedGateway(GatewayView):
     mqtt: MqttAccount
 
 
-def device(
-    d: Device, district: str | None, grid: str | None, readings: list[LatestReading],
-    street: str | None = None,
-) -> DeviceView:  # fmt: skip
+def device(d: Device, site: Site | None, readings: list[LatestReading]) -> DeviceView:
+    where = located(site, (d.lat, d.lon))
+    lat, lon, district, grid, street = (
+        where.lat,
+        where.lon,
+        where.district,
+        where.grid,
+        where.street,
+    )
+    own = (d.lat, d.lon) != (None, None)
+    source = "device" if own else "site" if (lat, lon) != (None, None) else "none"
     return DeviceView(
         id=d.id, gateway=d.gateway_id, device=d.name,
         status=cast(Literal["online", "stale", "new"], d.status),
@@ -119,7 +138,9 @@ def device(
                                     historical=r.historical) for r in readings},
         health=d.health, registered=d.registered_at is not None, retired=d.retired_at is not None,
         profile=d.profile, bus=d.bus, unit_id=d.unit_id, address=d.address or "",
-        street=street or "", install_date=d.install_date, firmware=d.firmware or "",
+        street=street or "", lat=lat, lon=lon,
+        coordinates=cast(Literal["device", "site", "none"], source),
+        install_date=d.install_date, firmware=d.firmware or "",
         labels=d.labels or {},
     )  # fmt: skip
 
@@ -135,6 +156,9 @@ def gateway(
     location: dict[str, Any] | None = None,
 ) -> GatewayView:  # fmt: skip
     registered = gw.registered_at is not None
+    own = (gw.lat, gw.lon) != (None, None)
+    has = "lat" in (location or {}) or "lon" in (location or {})
+    source = "gateway" if own else "site" if has else "none"
     config = ConfigState(
         desired=gw.config_desired, acknowledged=gw.config_acked, accepted=gw.config_accepted,
         errors=list((gw.config_errors or {}).get("errors", [])),
@@ -146,4 +170,5 @@ def gateway(
         born_at=gw.born_at, died_at=gw.died_at, devices=devices, health=report,
         registered=registered, retired=gw.retired_at is not None, name=gw.name or "",
         location=location or {}, labels=gw.labels or {}, config=config,
+        coordinates=cast(Literal["gateway", "site", "none"], source),
     )  # fmt: skip

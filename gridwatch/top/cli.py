@@ -29,7 +29,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("demo",): "gridwatch.top.demo:main",
     **{
         ("gateway", c): "gridwatch.top.installer:main"
-        for c in ("add", "list", "show", "config", "retire", "new-password")
+        for c in ("add", "edit", "list", "show", "config", "retire", "new-password")
     },
     **{
         ("device", c): "gridwatch.top.installer:main"

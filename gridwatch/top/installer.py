@@ -31,6 +31,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
 TOKEN_ENV = "GRIDWATCH_TOKEN"
@@ -63,6 +64,33 @@ def _location(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
 
 
+_BUS_SETTINGS = ("type", "host", "port", "timeout_s", "max_concurrency", "framer", "baudrate",
+                 "parity", "stopbits", "bytesize")  # fmt: skip
+
+
+def _edit_parser(gws: Any) -> None:
+    ed = gws.add_parser("edit", help="change a registered gateway: name, location, labels, or "
+                        "one field bus's settings (a new config is pushed to it)")  # fmt: skip
+    ed.add_argument("id")
+    ed.add_argument("--name", default=None)
+    _location(ed)
+    b = ed.add_argument_group("a field bus", "e.g. --bus cabinet --timeout 0.5; with --type, "
+                              "a bus to add")  # fmt: skip
+    b.add_argument("--bus", default=None, metavar="ID", help="the bus to change (or add)")
+    b.add_argument("--type", default=None, choices=["modbus_tcp", "modbus_rtu", "mqtt"])
+    b.add_argument("--host", default=None)
+    b.add_argument("--port", default=None, help="TCP port, or the serial device (modbus_rtu)")
+    b.add_argument("--timeout", dest="timeout_s", type=float, default=None, metavar="SECONDS",
+                   help="how long to wait for a device's answer")  # fmt: skip
+    b.add_argument("--max-concurrency", type=int, default=None)
+    b.add_argument("--framer", default=None, choices=["socket", "rtu"])
+    b.add_argument("--baudrate", type=int, default=None)
+    b.add_argument("--parity", default=None, choices=["N", "E", "O"])
+    b.add_argument("--stopbits", type=int, default=None, choices=[1, 2])
+    b.add_argument("--bytesize", type=int, default=None, choices=[7, 8])
+    _common(ed)
+
+
 def add_parsers(sub: Any) -> None:
     gw = sub.add_parser("gateway", help="register and inspect gateways (installers)")
     gws = gw.add_subparsers(dest="sub", required=True)
@@ -85,8 +113,10 @@ def add_parsers(sub: Any) -> None:
             p.add_argument("id")
         else:
             p.add_argument("--district", default=None)
+            p.add_argument("--all", action="store_true", help="retired gateways too (marked)")
         _common(p)
     _common(add)
+    _edit_parser(gws)
 
     dev = sub.add_parser("device", help="register, commission and retire devices (installers)")
     devs = dev.add_subparsers(dest="sub", required=True)
@@ -306,8 +336,18 @@ def _print_device(d: dict[str, Any], values: bool = False) -> None:
     print(f"{d['id']:<32} {state:<8} {d.get('profile') or '-':<26} "
           f"{d.get('district') or '-'}/{d.get('grid') or '-'}")  # fmt: skip
     if values:
+        print(f"    {_coordinates(d)}")
         for point, v in sorted(d.get("values", {}).items()):
             print(f"    {point:<16} {v['value']!s:>12} {v['unit']:<6} {v['quality']}")
+
+
+def _coordinates(d: dict[str, Any]) -> str:
+    if d.get("lat") is None and d.get("lon") is None:
+        return "coordinates: none registered"
+    whose = {"device": "its own", "site": "its site's, a guess: it has none of its own"}
+    return (
+        f"coordinates: {d.get('lat')}, {d.get('lon')} ({whose.get(d.get('coordinates', ''), '')})"
+    )
 
 
 async def _gateway(args: argparse.Namespace, api: Api) -> int:
@@ -325,8 +365,11 @@ async def _gateway(args: argparse.Namespace, api: Api) -> int:
         doc, text = await _config(api, args.id)
         sys.stdout.write(json.dumps(doc, indent=2) + "\n" if args.json else text)
         return OK
+    if args.sub == "edit":
+        return await edit_gateway(args, api)
     if args.sub == "list":
         q = {"district": args.district} if args.district else {}
+        q["retired"] = "any" if args.all else "false"  # a retired gateway is history
         gws = await api.call("GET", "/api/v1/gateways", params=q)
         if args.json:
             print(json.dumps(gws, indent=2))
@@ -348,6 +391,50 @@ async def _config(api: Api, gateway: str) -> tuple[dict[str, Any], str]:
 
     doc = await api.call("GET", f"/api/v1/gateways/{segment(gateway)}/config")
     return doc, yaml.safe_dump(doc, sort_keys=False)
+
+
+async def edit_gateway(args: argparse.Namespace, api: Api) -> int:
+    """Name, location and labels through the gateway; a bus's settings through the bus. Given
+    parts of a location or labels are merged into what the gateway has."""
+    bus = {k: getattr(args, k) for k in _BUS_SETTINGS if getattr(args, k) is not None}
+    if isinstance(bus.get("port"), str) and bus["port"].isdigit():
+        bus["port"] = int(bus["port"])
+    loc, labels = _loc(args), _kv(args.label, "--label")
+    if bus and args.bus is None:
+        return _usage(f"{', '.join('--' + k.removesuffix('_s') for k in bus)}: name the bus "
+                      "to change with --bus ID")  # fmt: skip
+    if args.bus is not None and not bus:
+        return _usage(f"--bus {args.bus}: say what to change (--timeout, --host, --port, ...)")
+    if args.name is None and not loc and not labels and args.bus is None:
+        return _usage("nothing to change: give --name, a location (--district, --street, "
+                      "--grid, --lat, --lon), --label, or --bus ID with its settings")  # fmt: skip
+    patch: dict[str, Any] = {} if args.name is None else {"name": args.name}
+    if loc or labels:
+        now = await api.call("GET", f"/api/v1/gateways/{quote(args.id, safe='')}")
+        here = dict(now.get("location") or {})
+        if now.get("coordinates") != "gateway":  # its site's stand-in, not its own
+            here = {k: v for k, v in here.items() if k not in ("lat", "lon")}
+        if loc:
+            patch["location"] = {**here, **loc}
+        if labels:
+            patch["labels"] = {**(now.get("labels") or {}), **labels}
+    gw_path = f"/api/v1/gateways/{quote(args.id, safe='')}"
+    gw = await api.call("PATCH", gw_path, json=patch) if patch else None
+    if args.bus is not None:
+        gw = await api.call("PATCH", f"{gw_path}/buses/{quote(args.bus, safe='')}", json=bus)
+    assert gw is not None
+    if args.json:
+        print(json.dumps(gw, indent=2))
+        return OK
+    _print_gateway(gw)
+    print(f"config v{(gw.get('config') or {}).get('desired', '?')} goes to the gateway now "
+          f"(see it arrive: gridwatch gateway show {args.id})")  # fmt: skip
+    return OK
+
+
+def _usage(message: str) -> int:
+    print(f"gridwatch gateway edit: {message}", file=sys.stderr)
+    return USAGE
 
 
 def _print_issued(gw: dict[str, Any], as_json: bool) -> None:
