@@ -12,10 +12,12 @@ DEBS   := mosquitto mosquitto-clients victoria-metrics socat postgresql chromium
 venv: $(STAMP)
 
 # uv installs the ~50 dependencies in seconds where pip takes half a minute
+# all of gridwatch's extras (a gateway installs [edge] alone, README "Install"): `make demo` runs
+# the edge and the centre on one box, and the tests exercise both
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv
-	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q -e '.[test]'
+	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q -e '.[all,test]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: venv

@@ -1,6 +1,9 @@
 """gridwatch as a wheel: built from the tree, installed (not editable) into a fresh virtual
 environment, and run from a directory outside the tree, it finds the profiles, gateway configs,
 catalogue, dashboard files and migrations it ships, and the demo raises its first alert.
+Installed as a gateway installs it, ``gridwatch[edge]`` alone, it runs an edge agent against a
+simulator and a real mosquitto without the central stack, and refuses the centre's commands
+with the one line that says which extra to install.
 
 The tree is copied first: building writes ``build/`` and ``*.egg-info`` beside the sources."""
 
@@ -21,8 +24,14 @@ from typing import Any
 
 import pytest
 
+from gridwatch.ground.contract import Topics
 from gridwatch.ground.shipped import firmware, shipped
+from gridwatch.top.cli import EXTRAS
 from gridwatch.top.cli import main as cli
+from gridwatch.top.extras import lacking, missing_extras
+from tests._central_helpers import wait_for_log
+from tests.fieldkit import gateway_config, listen
+from tests.services import Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 UV = Path(sys.executable).parent / "uv"  # installed by `make venv`
@@ -86,8 +95,8 @@ def test_config_check_without_files_checks_the_shipped_ones(
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A virtual environment outside the tree with gridwatch's wheel installed: its bin folder."""
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """gridwatch's wheel, built from a copy of the tree that is then removed."""
     base = tmp_path_factory.mktemp("wheel")
     src = base / "src"
     src.mkdir()
@@ -97,16 +106,34 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         else:
             shutil.copy(ROOT / name, src / name)
     run(UV, "build", "--wheel", "--out-dir", base / "dist", src, cwd=base, timeout=180)
-    (wheel,) = (base / "dist").glob("gridwatch-*.whl")
-    # the same interpreter; dependencies come from uv's cache or the registry, as in `make venv`
-    run(UV, "venv", "--python", sys.executable, base / "venv", cwd=base)
-    python = base / "venv" / "bin" / "python"
-    # compiled as pip would: a first start that compiles every module is not what users see
-    run(
-        UV, "pip", "install", "--compile-bytecode", "--python", python, wheel, cwd=base, timeout=180
-    )
+    (built,) = (base / "dist").glob("gridwatch-*.whl")
     shutil.rmtree(src)  # nothing left to fall back on
+    return built
+
+
+def _venv_with(wheel: Path, extras: str) -> Path:
+    """A virtual environment outside the tree with ``gridwatch[extras]`` installed from the wheel:
+    its bin folder."""
+    venv = wheel.parent.parent / f"venv-{extras}"
+    # the same interpreter; dependencies come from uv's cache or the registry, as in `make venv`
+    run(UV, "venv", "--python", sys.executable, venv, cwd=wheel.parent)
+    python = venv / "bin" / "python"
+    # compiled as pip would: a first start that compiles every module is not what users see
+    run(UV, "pip", "install", "--compile-bytecode", "--python", python, f"{wheel}[{extras}]",
+        cwd=wheel.parent, timeout=180)  # fmt: skip
     return python.parent
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path) -> Path:
+    """Everything, as on one box that runs the demo: ``gridwatch[all]``."""
+    return _venv_with(wheel, "all")
+
+
+@pytest.fixture(scope="module")
+def edge_installed(wheel: Path) -> Path:
+    """What a gateway in a street cabinet installs: ``gridwatch[edge]``."""
+    return _venv_with(wheel, "edge")
 
 
 @pytest.fixture
@@ -207,3 +234,119 @@ def test_the_sample_device_csv_ships(installed: Path, outside: Path) -> None:
             "print((firmware(SAMPLES) / 'devices.csv').read_text().splitlines()[0])")  # fmt: skip
     out = run(installed / "python", "-c", code, cwd=outside)
     assert out.startswith("gateway,id,profile,bus,unit_id"), out
+
+
+# Requires-Dist lines as a wheel's METADATA holds them (pyproject.toml's extras, trimmed)
+REQUIRES = [
+    "pydantic>=2.9",
+    'pymodbus>=3.16.1; extra == "edge"',
+    "orjson>=3.10 ; extra == 'edge'",
+    'aiohttp>=3.10; extra == "metrics"',
+    'gridwatch[metrics]; extra == "central"',
+    'sqlalchemy[asyncio]>=2.0; extra == "central"',
+    'gridwatch[central, edge]; extra == "all"',
+    'tomli; python_version < "3.11" and extra == "edge"',
+]
+# (extra, distributions installed, what it lacks)
+LACKING = [
+    ("edge", {"pydantic"}, ["pymodbus", "orjson"]),  # another marker is not ours to judge
+    ("edge", {"pymodbus", "orjson"}, []),  # the base is not the extra's to check
+    ("central", {"sqlalchemy"}, ["aiohttp"]),  # through gridwatch[metrics]
+    ("all", set(), ["aiohttp", "sqlalchemy", "pymodbus", "orjson"]),  # extras of extras, once
+    ("nope", set(), []),
+]
+
+
+@pytest.mark.parametrize(("extra", "have", "lacks"), LACKING)
+def test_what_an_extra_lacks_is_read_from_the_metadata(
+    extra: str, have: set[str], lacks: list[str]
+) -> None:
+    assert lacking(extra, REQUIRES, have.__contains__) == lacks
+
+
+def test_the_checkout_has_every_extra_a_command_needs() -> None:
+    """`make venv` installs all of them: no command is refused in the tree."""
+    needed = {extra for extras in EXTRAS.values() for extra in extras} | {"metrics"}
+    assert missing_extras(sorted(needed)) == []
+
+
+# (command, what a gateway's installation answers: one line on stderr, exit status 2)
+REFUSED = [
+    (["central", "run"], 'gridwatch central run needs the central extra: pip install "gridwatch[central]"'),
+    (["registry", "serve"], 'gridwatch registry serve needs the central extra: pip install "gridwatch[central]"'),
+    (["bridge", "run", "--bridge-id", "b1"], 'gridwatch bridge run needs the central extra: pip install "gridwatch[central]"'),
+    (["demo"], 'gridwatch demo needs the all extra: pip install "gridwatch[all]"'),
+    (["edge", "run", "-c", "gw.yaml", "--metrics-port", "9100"],
+     'gridwatch edge run --metrics-port needs the metrics extra: pip install "gridwatch[edge,metrics]"'),
+]  # fmt: skip
+CENTRAL_STACK = ("sqlalchemy", "aiosqlite", "asyncpg", "alembic", "amqtt", "aiohttp",
+                 "prometheus-client", "influxdb-client", "cryptography")  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("command", "line"), REFUSED, ids=[" ".join(c[:2]) for c, _ in REFUSED])
+def test_a_gateway_install_names_the_extra_a_command_needs(
+    edge_installed: Path, outside: Path, command: list[str], line: str
+) -> None:
+    done = subprocess.run(
+        [str(edge_installed / "gridwatch"), *command], cwd=outside, env=_clean_env(),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr, done.stdout) == (2, line + "\n", "")
+
+
+@pytest.mark.slow
+def test_a_gateway_install_has_no_central_stack(edge_installed: Path, outside: Path) -> None:
+    found = run(edge_installed / "python", "-c", "import importlib.metadata as m, sys\n"
+                "for name in sys.argv[1:]:\n"
+                "    try: m.distribution(name); print(name)\n"
+                "    except m.PackageNotFoundError: pass", *CENTRAL_STACK, cwd=outside)  # fmt: skip
+    assert found == ""
+    for module in ("device_registry", "cloud_bridge.app"):
+        done = subprocess.run(
+            [str(edge_installed / "python"), "-c", f"import {module}"], cwd=outside,
+            env=_clean_env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 1 and "ModuleNotFoundError" in done.stderr, done.stderr
+    assert "edge" in run(edge_installed / "gridwatch", "--help", cwd=outside)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+async def test_a_gateway_install_sends_telemetry(
+    edge_installed: Path, outside: Path, tmp_path: Path, mosquitto: Mosquitto, prefix: str
+) -> None:
+    gw, _, config = gateway_config(tmp_path, mosquitto.port, prefix)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        async with listen(mosquitto.port, Topics(prefix).telemetry(gw.gateway.id)) as heard:
+            for name, args, ready in (
+                ("sim", ["sim", "-c", str(config)], b"sim: serving"),
+                ("edge", ["edge", "run", "-c", str(config)], b"edge agent"),
+            ):
+                procs[name] = _started(edge_installed, args, outside / f"{name}.log", ready)
+            await heard.wait_for(lambda got: got.on("telemetry"), within_s=60)
+    finally:
+        for proc in procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    for name in procs:
+        log = (outside / f"{name}.log").read_text()
+        assert "Traceback" not in log, f"{name}.log:\n{log[-3000:]}"
+    assert procs["edge"].returncode == 0, (outside / "edge.log").read_text()[-3000:]
+
+
+def _started(bin: Path, args: list[str], log: Path, ready: bytes) -> subprocess.Popen[bytes]:
+    """``gridwatch ARGS`` of that installation, run outside the tree, once its log says ready."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(bin / "gridwatch"), *args], cwd=log.parent, env=_clean_env(), stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    wait_for_log(proc, log, ready)
+    return proc

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from gridwatch.ground.endpoints import parse_endpoints
 from gridwatch.top import healthcli
+from gridwatch.top.extras import missing_extras
 
 # subcommand path -> "module:function"; each function takes the parsed args, returns an exit code
 COMMANDS: dict[tuple[str, ...], str] = {
@@ -40,6 +41,21 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("token", "create"): "gridwatch.top.registrycli:main",
     **{("alert", c): "gridwatch.top.registrycli:main" for c in ("list", "ack", "resolve", "close")},
 }
+# the extras (pyproject.toml) a command needs beyond the base install, checked before its module
+# is imported (gridwatch.top.extras); a command not named here runs on the base alone. `edge run
+# --metrics-port` needs "metrics" as well (_missing_extra).
+EXTRAS: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("edge", "run"): ("edge",),
+    ("sim",): ("edge",),
+    ("probe", "modbus"): ("edge",),
+    ("central", "run"): ("central",),
+    ("registry", "serve"): ("central",),
+    ("bridge", "run"): ("central",),
+    ("demo",): ("all",),
+}
+MISSING_EXTRA = 2
+"""Exit status of a command whose extra is not installed: argparse's, for a command that cannot
+run as asked."""
 PROBE_EXIT_CODES = (
     "exit status: 0 read; 1 nothing answered (cannot connect, no answer in time, a garbled "
     "answer, or a converter saying the unit behind it is silent: 0x0A/0x0B); 2 bad arguments "
@@ -51,7 +67,10 @@ PROBE_EXIT_CODES = (
 def _bridge_id(value: str) -> str:
     # the centre's sessions are not bound to their accounts: an id in the gateways' space would
     # let gateway "<rest>-telemetry", bound to gridwatch-edge-<rest>-telemetry, take one over
-    from device_registry.inventory.provisioning import EDGE_CLIENT_PREFIX
+    try:
+        from device_registry.inventory.provisioning import EDGE_CLIENT_PREFIX
+    except ModuleNotFoundError:  # argparse checks the default too: main() names the extra
+        return value
 
     if value.startswith(EDGE_CLIENT_PREFIX) or not value:
         raise argparse.ArgumentTypeError(
@@ -257,6 +276,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _missing_extra(key: tuple[str, ...], args: argparse.Namespace) -> str:
+    """One line naming the extra the command lacks and how to install it, or ""."""
+    command, needs = " ".join(("gridwatch", *key)), EXTRAS.get(key, ())
+    if key == ("edge", "run") and args.metrics_port is not None:
+        needs = (*needs, "metrics")
+    missing = missing_extras(needs)
+    if not missing:
+        return ""
+    if missing[0] == "metrics":
+        command += " --metrics-port"
+    return f'{command} needs the {missing[0]} extra: pip install "gridwatch[{",".join(needs)}]"'
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -266,6 +298,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # alembic narrates every plugin and migration step at INFO: keep start-up logs readable
     logging.getLogger("alembic").setLevel(logging.WARNING)
     key = (args.cmd, args.sub) if getattr(args, "sub", None) else (args.cmd,)
+    refusal = _missing_extra(key, args)
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return MISSING_EXTRA
     module, func = COMMANDS[key].split(":")
     result: int = getattr(importlib.import_module(module), func)(args)
     return result
