@@ -39,7 +39,7 @@ from device_registry import Changes, RegistryStore, StoreUnavailable
 from device_registry.errors import StoreRejected
 from device_registry.ingest.changes import DeviceFacts
 from gridwatch.ground.backoff import Backoff
-from gridwatch.ground.contract import Birth, Death, TelemetryBatch, Topics
+from gridwatch.ground.contract import Birth, Death, TelemetryBatch, Topics, encode_acks
 from gridwatch.ground.mqttsession import MqttSession
 
 logger = logging.getLogger(__name__)
@@ -255,10 +255,26 @@ class Bridge:
                 self._over_limit(lane, refused)
             for batch in group.batches:
                 session.ack(batch)  # written everywhere: the broker may forget them
+            await self._tell_gateways(session, group.delivered)
             pending.committed(group)
             async with self._progress:
                 self._committed[lane] = group.stats
                 self._progress.notify_all()
+
+    async def _tell_gateways(self, session: Lane, delivered: list[tuple[str, str, int]]) -> None:
+        """Committed: tell each gateway which of its messages it may now forget (one Ack per
+        gateway). A lost Ack costs the gateway a resend, which the dedupe drops and acks."""
+        acks = encode_acks(delivered, self.clock())
+        sent = await asyncio.gather(
+            *(session.publish(self.topics.ack(gw), a.model_dump_json().encode())
+              for gw, a in acks.items()),
+            return_exceptions=True,
+        )  # fmt: skip
+        for result in sent:
+            if isinstance(result, BrokerError):  # the session is gone: the receive side says so
+                logger.debug("ack not sent: %s", result)
+            elif isinstance(result, BaseException):
+                raise result
 
     def _over_limit(self, lane: str, refused: dict[str, int]) -> None:
         """Count the new devices the registry did not add (``max_devices_per_gateway``)."""

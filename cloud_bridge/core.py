@@ -28,7 +28,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from cloud_bridge.decode import Cleared, Message, Reason, Rejection, decode
+from cloud_bridge.decode import Cleared, Message, Reason, Rejection, decode, delivery_key
 from cloud_bridge.sequence import GapTracker, Seq
 from device_registry import Changes, QuarantineEntry, Seen
 from device_registry.ingest.changes import DeviceFacts
@@ -160,6 +160,9 @@ class Plan:
     accepted: list[Message] = field(default_factory=list)
     """The messages ``changes`` was built from, as planned (windowed, scoped): should the
     registry refuse the whole step, the shell finds the one it refuses (``changes_for``)."""
+    delivered: list[tuple[str, str, int]] = field(default_factory=list)
+    """(gateway, stream, seq) of every upstream message of the step: stored, duplicate or
+    quarantined, all dealt with once the step commits (``contract.Ack``)."""
 
 
 class IngestCore:
@@ -206,7 +209,14 @@ class IngestCore:
         """A plan with the batch's refused messages; ``extend_plan`` adds the good ones."""
         ch = Changes(now=decoded.now)
         ch.quarantine = [quarantine_entry(raw, why, decoded.now) for raw, why in decoded.rejected]
-        return Plan(ch)
+        delivered: list[tuple[str, str, int]] = [
+            (m.gateway, m.kind, m.seq) for m in decoded.messages if not isinstance(m, Birth | Death)
+        ]
+        for raw, _ in decoded.rejected:
+            key = delivery_key(self.topics, raw.topic, raw.payload)
+            if key is not None:
+                delivered.append(key)
+        return Plan(ch, delivered=delivered)
 
     def changes_for(self, messages: Sequence[Message], now: int) -> Changes:
         """The registry changes of some of a plan's ``accepted`` messages alone, the same as

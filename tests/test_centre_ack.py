@@ -1,0 +1,124 @@
+"""The centre's acknowledgement (``contract.Ack``) against a real mosquitto and a real bridge:
+every message a commit dealt with is named to its own gateway (stored, duplicate, quarantined),
+also when bridges share a subscription and each commits part of one stream."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from cloud_bridge import SqliteSink
+from device_registry import RegistryStore
+from gridwatch.ground.contract import Ack, AlertState, Topics
+from tests._central_helpers import (
+    alert,
+    batch,
+    bridge_config,
+    bridge_on,
+    now_ms,
+    publisher,
+    reading,
+)
+from tests.fieldkit import Listener, listen
+from tests.services import Mosquitto
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[RegistryStore]:
+    s = await RegistryStore.open(f"sqlite+aiosqlite:///{tmp_path}/registry.db")
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def sink(tmp_path: Path) -> AsyncIterator[SqliteSink]:
+    s = await SqliteSink.open(tmp_path / "telemetry.db", retention_hours=1)
+    yield s
+    await s.close()
+
+
+def acked(seen: Listener, gateway: str) -> dict[str, set[int]]:
+    """Every (stream -> seq) the centre has acknowledged to ``gateway`` so far."""
+    out: dict[str, set[int]] = {}
+    for topic, doc, _ in seen.messages:
+        if topic.endswith(f"/gw/{gateway}/ack"):
+            ack = Ack.model_validate(doc)
+            assert ack.gateway == gateway
+            for stream, runs in ack.streams.items():
+                out.setdefault(stream, set()).update(
+                    n for first, last in runs for n in range(first, last + 1)
+                )
+    return out
+
+
+async def test_every_message_dealt_with_is_acknowledged_to_its_own_gateway(
+    mosquitto: Mosquitto, store: RegistryStore, sink: SqliteSink, prefix: str, tmp_path: Path
+) -> None:
+    gw, other, t = f"{prefix}-a", f"{prefix}-b", now_ms()
+    topics = Topics(prefix)
+    first = batch(gw, [reading("d1", "level", 1.0, t)], seq=1)
+    out_of_range = batch(gw, [reading("d1", "level", 2.0, t)], seq=3).model_dump_json()
+    out_of_range = out_of_range.replace('"level"', '"' + "x" * 100 + '"')  # a point name too long
+    off_clock = alert(gw, "a1", AlertState.RAISED, t - 30 * 24 * 3600 * 1000, seq=1)
+    async with (
+        listen(mosquitto.port, topics.all_gateways("ack")) as seen,
+        bridge_on(bridge_config(mosquitto.host, mosquitto.port, prefix, tmp_path), store, sink),
+        publisher(mosquitto.host, mosquitto.port) as pub,
+    ):
+        await pub.publish(topics.telemetry(gw), first.model_dump_json(), qos=1)
+        await pub.publish(topics.telemetry(gw), first.model_dump_json(), qos=1)  # duplicate
+        await pub.publish(
+            topics.telemetry(gw), batch(gw, [reading("d1", "level", 3.0, t)], seq=2)
+            .model_dump_json(), qos=1,
+        )  # fmt: skip
+        await pub.publish(topics.telemetry(gw), out_of_range, qos=1)  # quarantined at decode
+        await pub.publish(topics.alert(gw), off_clock.model_dump_json(), qos=1)  # quarantined
+        await pub.publish(topics.telemetry(gw), b"not json", qos=1)  # not from an outbox
+        await pub.publish(
+            topics.telemetry(other), batch(other, [reading("d9", "level", 1.0, t)], seq=7)
+            .model_dump_json(), qos=1,
+        )  # fmt: skip
+        await seen.wait_for(
+            lambda s: (
+                acked(s, gw) == {"telemetry": {1, 2, 3}, "alert": {1}}
+                and acked(s, other) == {"telemetry": {7}}
+            )
+        )
+    assert json.dumps(sorted(q.reason for q in await store.quarantine())) == json.dumps(
+        ["bad_json", "clock", "out_of_range"]
+    )
+
+
+async def test_bridges_sharing_a_subscription_acknowledge_what_each_committed(
+    mosquitto: Mosquitto, store: RegistryStore, sink: SqliteSink, prefix: str, tmp_path: Path
+) -> None:
+    """Each member commits part of one stream; its acks name that part only (runs, not a
+    watermark), and together they name every number once committed."""
+    gw, t = prefix, now_ms()
+    topics = Topics(prefix)
+    cfgs = [bridge_config(mosquitto.host, mosquitto.port, prefix, tmp_path, share_group="g",
+                          client_id=f"{prefix}-{i}") for i in (1, 2)]  # fmt: skip
+    seqs = range(1, 41)
+    async with (
+        listen(mosquitto.port, topics.ack(gw)) as seen,
+        bridge_on(cfgs[0], store, sink),
+        bridge_on(cfgs[1], store, sink),
+        publisher(mosquitto.host, mosquitto.port) as pub,
+    ):
+        for seq in seqs:
+            msg = batch(gw, [reading("d1", "level", float(seq), t + seq)], seq=seq)
+            await pub.publish(topics.telemetry(gw), msg.model_dump_json(), qos=1)
+        await seen.wait_for(lambda s: acked(s, gw) == {"telemetry": set(seqs)})
+    # every acknowledged number is committed: its id is in the registry
+    with sqlite3.connect(tmp_path / "registry.db") as db:
+        stored = {
+            n for (n,) in db.execute("SELECT seq FROM seen_messages WHERE gateway = ?", (gw,))
+        }
+    assert stored == set(seqs)
+    runs = [Ack.model_validate(doc).streams["telemetry"] for _, doc, _ in seen.messages]
+    assert len(runs) >= 2  # both members acknowledged
+    assert any(len(r) > 1 for r in runs) or len(runs) > 2  # neither covered the stream alone
