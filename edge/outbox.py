@@ -449,6 +449,11 @@ class Outbox:
         self.kept, self.kept_bytes = self.kept - int(n), self.kept_bytes - int(b)
         return int(n)
 
+    def unsent(self) -> int:
+        """Messages queued to go (the broker has not acknowledged them)."""
+        row = self.db.execute("SELECT COUNT(*) FROM outbox WHERE state = ?", (QUEUED,)).fetchone()
+        return int(row[0])
+
     def waiting(self, now: float) -> Waiting:
         """What the broker has and the centre has not acknowledged, and since when."""
         n, oldest = self.db.execute(
