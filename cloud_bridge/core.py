@@ -28,7 +28,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from cloud_bridge.decode import Cleared, Message, Reason, Rejection, decode
+from cloud_bridge.decode import Cleared, Message, Reason, Rejection, decode, delivery_key
 from cloud_bridge.sequence import GapTracker, Seq
 from device_registry import Changes, QuarantineEntry, Seen
 from device_registry.ingest.changes import DeviceFacts
@@ -88,7 +88,9 @@ class Stats:
     duplicates: int = 0
     gaps: int = 0
     missing: int = 0
-    """Messages the sequence numbers say never arrived."""
+    """Messages the sequence numbers say never arrived (less those that came later)."""
+    repaired: int = 0
+    """Messages counted missing that came later (the gateway answered a Repair)."""
     replays: int = 0
     readings: int = 0
     alerts_published: int = 0
@@ -122,7 +124,7 @@ class Stats:
         return {
             "received": self.received, "ingested": dict(self.ingested),
             "rejected": dict(self.rejected), "duplicates": self.duplicates, "gaps": self.gaps,
-            "missing": self.missing, "replays": self.replays, "readings": self.readings,
+            "missing": self.missing, "repaired": self.repaired, "replays": self.replays, "readings": self.readings,
             "alerts_published": self.alerts_published, "points_written": self.points_written,
             "points_skipped": self.points_skipped, "write_failures": self.write_failures,
             "refused": dict(self.refused),
@@ -160,6 +162,11 @@ class Plan:
     accepted: list[Message] = field(default_factory=list)
     """The messages ``changes`` was built from, as planned (windowed, scoped): should the
     registry refuse the whole step, the shell finds the one it refuses (``changes_for``)."""
+    delivered: list[tuple[str, str, int]] = field(default_factory=list)
+    """(gateway, stream, seq) of every upstream message of the step: stored, duplicate or
+    quarantined, all dealt with once the step commits (``contract.Ack``)."""
+    repairs: dict[tuple[str, str], list[tuple[int, int]]] = field(default_factory=dict)
+    """(gateway, stream) -> runs of numbers a gap skipped: to ask the gateway for (``Repair``)."""
 
 
 class IngestCore:
@@ -206,7 +213,14 @@ class IngestCore:
         """A plan with the batch's refused messages; ``extend_plan`` adds the good ones."""
         ch = Changes(now=decoded.now)
         ch.quarantine = [quarantine_entry(raw, why, decoded.now) for raw, why in decoded.rejected]
-        return Plan(ch)
+        delivered: list[tuple[str, str, int]] = [
+            (m.gateway, m.kind, m.seq) for m in decoded.messages if not isinstance(m, Birth | Death)
+        ]
+        for raw, _ in decoded.rejected:
+            key = delivery_key(self.topics, raw.topic, raw.payload)
+            if key is not None:
+                delivered.append(key)
+        return Plan(ch, delivered=delivered)
 
     def changes_for(self, messages: Sequence[Message], now: int) -> Changes:
         """The registry changes of some of a plan's ``accepted`` messages alone, the same as
@@ -253,7 +267,7 @@ class IngestCore:
                 continue
             # seen even when refused below: a redelivery is then a duplicate, not quarantined again
             ch.seen_ids[msg.id] = Seen(msg.gateway, msg.kind, msg.session, msg.seq)
-            self._track(msg)
+            self._track(msg, plan.repairs)
             if isinstance(msg, TelemetryBatch):
                 banned = self._foreign(msg, facts) if facts.owners else frozenset()
                 msg = self._telemetry(ch, msg, banned)
@@ -326,13 +340,22 @@ class IngestCore:
         self._log_once(self.topics.status(msg.gateway), why, "refused devices")
         return msg.model_copy(update={"devices": [d for d in msg.devices if d not in foreign]})
 
-    def _track(self, msg: TelemetryBatch | AlertEvent | GatewayHealth) -> None:
+    def _track(
+        self,
+        msg: TelemetryBatch | AlertEvent | GatewayHealth,
+        repairs: dict[tuple[str, str], list[tuple[int, int]]],
+    ) -> None:
         if self._gaps is None:
             return
         seen = self._gaps.observe(msg.gateway, msg.kind, msg.session, msg.seq)
-        if seen.kind is Seq.GAP:
+        if seen.kind is Seq.FILLED:
+            self.stats.missing -= 1
+            self.stats.repaired += 1
+        elif seen.kind is Seq.GAP:
             self.stats.gaps += 1
             self.stats.missing += seen.missing
+            run = (seen.first, seen.first + seen.missing - 1)
+            repairs.setdefault((msg.gateway, msg.kind), []).append(run)
             logger.warning(
                 "gateway %s %s stream skipped %d message(s) before seq %d (session %d)",
                 msg.gateway, msg.kind, seen.missing, msg.seq, msg.session,

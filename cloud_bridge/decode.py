@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from gridwatch.ground.contract import (
+    STREAMS,
     AlertEvent,
     Birth,
     Death,
@@ -106,3 +108,18 @@ def _rejection(exc: ValidationError) -> Rejection:
 
 def _loc(loc: tuple[int | str, ...]) -> str:
     return " -> ".join(str(p) for p in loc) or "(root)"
+
+
+def delivery_key(topics: Topics, topic: str, payload: bytes) -> tuple[str, str, int] | None:
+    """(gateway, stream, seq) of a message refused at decode, when its topic and payload still
+    name them: it is acknowledged like any message the centre dealt with, or the gateway's
+    outbox would send it forever. The gateway is the topic's (the one that published it)."""
+    parsed = topics.parse_gateway_topic(topic)
+    if parsed is None or parsed[1] not in STREAMS:
+        return None
+    try:
+        doc = json.loads(payload)
+    except ValueError:  # not JSON (nor UTF-8): not from an outbox
+        return None
+    seq = doc.get("seq") if isinstance(doc, dict) else None
+    return (parsed[0], parsed[1], seq) if type(seq) is int else None

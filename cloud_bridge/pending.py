@@ -30,6 +30,9 @@ class Group:
     messages: int = 0
     accepted: list[Message] = field(default_factory=list)
     """What ``changes`` was built from: to find a message the registry refuses."""
+    delivered: list[tuple[str, str, int]] = field(default_factory=list)
+    """(gateway, stream, seq) of every message of the group: acknowledged to the gateways once
+    the group commits."""
 
 
 class Pending:
@@ -58,6 +61,7 @@ class Pending:
         g.changes.merge(plan.changes)
         g.batches.append(batch)
         g.accepted += plan.accepted
+        g.delivered += plan.delivered
         g.stats = stats
         g.messages += len(batch)
         self.unfinished.update(plan.changes.seen_ids)

@@ -35,8 +35,11 @@ def edge_registry(agent: MeteredAgent) -> CollectorRegistry:
                 for h in d.health()}  # fmt: skip
 
     return registry_of(
-        gauge("gridwatch_edge_outbox_depth", "Messages waiting in the outbox",
+        gauge("gridwatch_edge_outbox_depth",
+              "Messages in the outbox the centre has not acknowledged (queued or sent)",
               lambda: agent.outbox.depth),
+        gauge("gridwatch_edge_outbox_unsent", "Messages in the outbox the broker has not taken",
+              lambda: agent.outbox.unsent()),
         gauge("gridwatch_edge_outbox_bytes", "Bytes waiting in the outbox",
               lambda: agent.outbox.bytes),
         counter("gridwatch_edge_outbox_dropped", "Telemetry messages dropped on overflow",

@@ -29,6 +29,8 @@ MESSAGES = [
     "ConfigAck",
     "Command",
     "CommandResult",
+    "Ack",
+    "Repair",
     "PlatformAlert",
     "PlatformLifecycle",
     "PlatformEscalation",
@@ -187,3 +189,75 @@ def test_every_field_has_a_range(
             model.model_validate_json(payload)
         # the error says where: the field's path
         assert any(tuple(e["loc"][: len(path)]) == path for e in err.value.errors()), err.value
+
+
+@pytest.mark.parametrize(
+    ("seqs", "runs"),
+    [
+        ([], []),
+        ([5], [(5, 5)]),
+        ([3, 1, 2], [(1, 3)]),
+        ([1, 2, 4, 4, 5, 9], [(1, 2), (4, 5), (9, 9)]),
+        ([0, 2**63 - 1], [(0, 0), (2**63 - 1, 2**63 - 1)]),
+    ],
+)
+def test_seq_ranges_are_the_fewest_runs(seqs: list[int], runs: list[tuple[int, int]]) -> None:
+    assert contract.seq_ranges(seqs) == runs
+
+
+@pytest.mark.parametrize(
+    ("delivered", "expected"),
+    [
+        ([], {}),
+        (  # one gateway, two streams, out of order and repeated (a duplicate in the same step)
+            [("g1", "telemetry", 7), ("g1", "telemetry", 5), ("g1", "alert", 2),
+             ("g1", "telemetry", 6), ("g1", "telemetry", 7)],
+            {"g1": {"telemetry": [[5, 7]], "alert": [[2, 2]]}},
+        ),
+        (  # two gateways: one message each, never mixed
+            [("g1", "health", 1), ("g2", "health", 1)],
+            {"g1": {"health": [[1, 1]]}, "g2": {"health": [[1, 1]]}},
+        ),
+        (  # a shared subscription's member committed every other number: runs, no watermark
+            [("g1", "telemetry", n) for n in (2, 4, 6)],
+            {"g1": {"telemetry": [[2, 2], [4, 4], [6, 6]]}},
+        ),
+        (  # not from an outbox: an unknown stream, a negative number, a gateway id the
+           # contract refuses (from a message quarantined for its topic)
+            [("g1", "status", 1), ("g1", "telemetry", -1), ("a b", "telemetry", 1)],
+            {},
+        ),
+    ],
+)  # fmt: skip
+def test_encode_acks_one_per_gateway(
+    delivered: list[tuple[str, str, int]], expected: dict[str, dict[str, list[list[int]]]]
+) -> None:
+    acks = contract.encode_acks(delivered, ts=1_764_280_900_000)
+    wire = {gw: json.loads(a.model_dump_json()) for gw, a in acks.items()}
+    assert {gw: doc["streams"] for gw, doc in wire.items()} == expected
+    for gw, doc in wire.items():  # what goes out decodes back to the same message
+        assert doc["gateway"] == gw and doc["kind"] == "ack"
+        assert contract.Ack.model_validate(doc) == acks[gw]
+
+
+@pytest.mark.parametrize(
+    ("name", "doc", "where"),
+    [
+        ("Ack", {"gateway": "g", "ts": 1, "streams": {"telemetry": [[3, 1]]}},
+         ("streams", "telemetry", 0)),
+        ("Ack", {"gateway": "g", "ts": 1, "streams": {"status": [[1, 1]]}}, ("streams", "status")),
+        ("Ack", {"gateway": "g", "ts": 1, "streams": {"alert": [[-1, 1]]}},
+         ("streams", "alert", 0, 0)),
+        ("Ack", {"gateway": "g/h", "ts": 1, "streams": {}}, ("gateway",)),
+        ("Repair", {"gateway": "g", "stream": "alert", "ranges": [], "ts": 1}, ("ranges",)),
+        ("Repair", {"gateway": "g", "stream": "alert", "ranges": [[2, 1]], "ts": 1},
+         ("ranges", 0)),
+        ("Repair", {"gateway": "g", "stream": "cmd", "ranges": [[1, 1]], "ts": 1}, ("stream",)),
+    ],
+)  # fmt: skip
+def test_ack_and_repair_refusals_say_where(
+    name: str, doc: dict[str, object], where: tuple[str | int, ...]
+) -> None:
+    with pytest.raises(ValidationError) as err:
+        getattr(contract, name).model_validate_json(json.dumps(doc))
+    assert any(tuple(e["loc"][: len(where)]) == where for e in err.value.errors()), err.value

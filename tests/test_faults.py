@@ -98,10 +98,12 @@ class Rig:
         proc.wait(15)
 
     def unsent(self) -> int:
-        """Readings not yet batched plus messages not yet acknowledged, from the running edge's
-        metrics (it holds the outbox file locked)."""
+        """Readings not yet batched plus messages the broker has not taken, from the running
+        edge's metrics (it holds the outbox file locked). Not the messages the centre has not
+        acknowledged: the edge polls on (failed reads, once the field stops), so there are
+        always a second's worth of those; ``check`` waits for the store."""
         got = scrape(f"http://127.0.0.1:{self.metrics_port}/metrics")
-        return int(got[("gridwatch_edge_outbox_depth", ())]) + int(
+        return int(got[("gridwatch_edge_outbox_unsent", ())]) + int(
             got[("gridwatch_edge_readings_staged", ())]
         )
 

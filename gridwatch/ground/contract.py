@@ -14,13 +14,18 @@ gateway's MQTT username so a broker ACL ``pattern readwrite P/gw/%u/#`` confines
     P/gw/G/config/ack                ConfigAck                                     (up)
     P/gw/G/cmd                       Command                                       (down)
     P/gw/G/cmd/result                CommandResult                                 (up)
+    P/gw/G/ack                       Ack: what the centre has committed            (down)
+    P/gw/G/repair                    Repair: numbers the centre never received     (down)
     P/platform/alert/D/C/S           PlatformAlert  (district D, category C, severity S)
     P/platform/lifecycle/D/C/S       PlatformLifecycle  (opened with its incident, acknowledged,
                                      resolved, closed, cleared: who, when, time limit)
     P/platform/escalation/D/C/S      PlatformEscalation (past its time limit; once per alert)
 
 Upstream messages carry a message id and a per-gateway, per-stream sequence number so the
-central side drops duplicates (at-least-once delivery) and notices gaps.
+central side drops duplicates (at-least-once delivery) and notices gaps. The centre answers
+with an ``Ack`` naming the sequence numbers it has committed (the edge keeps a message until
+then, not only until the broker's PUBACK) and asks for numbers it never received with a
+``Repair``.
 
 Every field has a range, so that a message the models accept can be stored and served back:
 integers fit a signed 64-bit column (times, counters and numbers tighter, see ``EpochMs``),
@@ -34,9 +39,10 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 SCHEMA_VERSION: Literal[1] = 1
 DEFAULT_PREFIX = "gridwatch"
@@ -259,6 +265,12 @@ class GatewayHealth(Upstream):
     outbox_depth: Count = 0
     outbox_bytes: Count = 0
     outbox_dropped: Count = 0
+    outbox_unacked: Count = Field(
+        default=0, description="Messages the broker has and the centre has not acknowledged."
+    )
+    outbox_unacked_oldest_s: Finite | None = Field(
+        default=None, ge=0, description="Seconds since the oldest of them was first sent."
+    )
     uplink_reconnects: Count = 0
     devices: list[DeviceHealth] = Field(default_factory=list, max_length=DEVICES_MAX)
     buses: list[BusHealth] = Field(
@@ -400,6 +412,84 @@ UpstreamMessage = Annotated[
 ]
 
 
+Stream = Literal["telemetry", "alert", "health"]
+"""The upstream streams that carry sequence numbers (an upstream message's ``kind``)."""
+STREAMS: tuple[Stream, ...] = ("telemetry", "alert", "health")
+RANGES_MAX = 100_000
+"""Runs of numbers in one Ack or Repair: far more than one commit step or gap holds."""
+
+
+def _forwards(run: tuple[int, int]) -> tuple[int, int]:
+    if run[0] > run[1]:
+        raise ValueError(f"range [{run[0]}, {run[1]}] runs backwards")
+    return run
+
+
+SeqRange = Annotated[tuple[Count, Count], AfterValidator(_forwards)]
+"""An inclusive run of sequence numbers, first <= last."""
+SeqRanges = Annotated[list[SeqRange], Field(max_length=RANGES_MAX)]
+
+
+class Ack(_Msg):
+    """The centre has committed these messages of one gateway (down, QoS 1, not retained).
+
+    Sent after each registry commit, one per gateway and commit step, naming every message of
+    the step by (stream, seq): stored, dropped as a duplicate, or quarantined; all are dealt
+    with, so the edge may forget them. Runs of numbers rather than a watermark: under a shared
+    subscription each bridge commits a different subset of one stream."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    kind: Literal["ack"] = "ack"
+    gateway: GatewayId
+    ts: EpochMs
+    streams: dict[Stream, SeqRanges] = Field(
+        description="Per stream, the committed sequence numbers as inclusive [first, last] runs."
+    )
+
+
+class Repair(_Msg):
+    """The centre never received these numbers of one stream: send them again if still held
+    (down, QoS 1). The edge answers with the original messages (same id and seq)."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    kind: Literal["repair"] = "repair"
+    gateway: GatewayId
+    stream: Stream
+    ranges: SeqRanges = Field(min_length=1, description="Inclusive [first, last] runs.")
+    ts: EpochMs
+
+
+def seq_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
+    """Sequence numbers -> the fewest inclusive runs that hold them, ascending."""
+    runs: list[tuple[int, int]] = []
+    for n in sorted(set(seqs)):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], n)
+        else:
+            runs.append((n, n))
+    return runs
+
+
+def encode_acks(delivered: Iterable[tuple[str, str, int]], ts: int) -> dict[str, Ack]:
+    """(gateway, stream, seq) of everything a commit step dealt with -> one Ack per gateway.
+    Keys outside the contract (a stream that is not one, a gateway id it refuses) are left out:
+    they did not come from a gateway's outbox."""
+    by_gateway: dict[str, dict[str, set[int]]] = {}
+    for gateway, stream, seq in delivered:
+        if stream in STREAMS and 0 <= seq <= INT64_MAX:
+            by_gateway.setdefault(gateway, {}).setdefault(stream, set()).add(seq)
+    acks: dict[str, Ack] = {}
+    for gateway, streams in by_gateway.items():
+        try:
+            acks[gateway] = Ack.model_validate(
+                {"gateway": gateway, "ts": ts,
+                 "streams": {s: seq_ranges(n) for s, n in streams.items()}}
+            )  # fmt: skip
+        except ValidationError:
+            continue
+    return acks
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 
@@ -436,6 +526,12 @@ class Topics:
 
     def command_result(self, gw: str) -> str:
         return self.gateway(gw, "cmd/result")
+
+    def ack(self, gw: str) -> str:
+        return self.gateway(gw, "ack")
+
+    def repair(self, gw: str) -> str:
+        return self.gateway(gw, "repair")
 
     def all_gateways(self, leaf: str) -> str:
         """Subscription filter for one leaf of every gateway."""
