@@ -410,6 +410,18 @@ class Outbox:
                 )
         return cur.rowcount
 
+    def resend_below(self, stream: str, seq: int, sent_before: float) -> int:
+        """Queue again the unacknowledged numbers of ``stream`` below ``seq`` sent before
+        ``sent_before``: the centre has committed ``seq``, so these were most likely lost on the
+        way (a broker that crashed with them, a centre that was not subscribed yet)."""
+        with self._txn():
+            cur = self.db.execute(
+                "UPDATE outbox SET state = ? WHERE stream = ? AND seq < ? AND state = ? "
+                "AND sent_at < ?",
+                (QUEUED, stream, seq, SENT, sent_before),
+            )
+        return cur.rowcount
+
     def repair(self, stream: str, runs: Iterable[tuple[int, int]]) -> int:
         """The centre never got these numbers: queue every one still held to go again, with its
         original id and seq. Returns how many were found."""

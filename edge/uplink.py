@@ -5,7 +5,9 @@ and leaves a retained Death as its last will, so the centre marks the gateway's 
 moment the connection drops. With ``mqtt.ack: centre`` (the default) a message's PUBACK only marks
 it sent in the outbox: it is forgotten when the centre's ``Ack`` (``P/gw/G/ack``) names it, and sent
 again after a reconnect or when no Ack came within ``ack_timeout_s`` (doubled while the centre stays
-silent, so a centre that is down is not flooded with the same backlog); a ``Repair``
+silent, so a centre that is down is not flooded with the same backlog), or at once when an Ack
+names a later number of the same stream than one sent more than ``HOLE_GRACE_S`` before it and
+still unacknowledged (it was lost on the way: the centre is back, no need to wait); a ``Repair``
 (``P/gw/G/repair``) queues the numbers the centre never received again. A gateway kept waiting
 longer than ``WAIT_WARN_S`` says so once at WARNING (and in its health report), and at INFO when
 acknowledgements resume. With ``mqtt.ack: broker`` a message is deleted at its PUBACK. A lost
@@ -58,6 +60,7 @@ HOUSEKEEPING_S = 1.0  # how often the ack timeout, the retention and the wait ar
 PRUNE_EVERY = 5  # looks between two scans of the retention and the wait
 RESEND_CAP_S = 300.0  # the longest the ack timeout doubles to while the centre is silent
 WAIT_WARN_S = 60.0
+HOLE_GRACE_S = 2.0  # how much later a sibling bridge of a shared subscription may ack
 """Waiting longer than this (or four ack timeouts, if longer) for the centre is worth a WARNING."""
 
 
@@ -217,8 +220,17 @@ class Uplink:
 
     def _acked(self, ack: Ack) -> None:
         now = self.clock()
+        again = 0
         for stream, runs in ack.streams.items():
             self.acked += self.outbox.ack(stream, runs, now)
+            # an earlier number still unacknowledged, sent HOLE_GRACE_S before, was lost on the
+            # way (the centre was back before the broker replayed it, or the broker crashed with
+            # it): it goes now, not at the ack timeout, which has grown while the centre was away
+            first = min(lo for lo, _ in runs)
+            again += self.outbox.resend_below(stream, first, now - HOLE_GRACE_S)
+        if again:
+            logger.debug("uplink: %d message(s) before the acknowledged ones sent again", again)
+            self.wakeup.set()
         self._heard = True
         self._resend_after = self.cfg.ack_timeout_s
         if self._warned:

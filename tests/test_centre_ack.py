@@ -256,3 +256,23 @@ async def test_a_message_the_broker_lost_is_repaired_from_the_outbox(
         if share_group is None:
             await until(running_bridges[0], lambda s: s.repaired == 1 and s.missing == 0)
     assert lost and committed_seqs(tmp_path / "registry.db", gw) >= {1, 2, 3, 4}
+
+
+async def test_a_centre_back_late_gets_the_backlog_at_once_not_at_the_ack_timeout(
+    mosquitto: Mosquitto, store: RegistryStore, sink: SqliteSink, prefix: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    """What the broker delivered to nobody is sent again as soon as the centre acknowledges a
+    later number, not when a long ack timeout (grown while the centre was away) runs out."""
+    cfg, devices, _ = gateway_config(tmp_path, mosquitto.port, prefix, ack_timeout_s=300)
+    gw = cfg.gateway.id
+    async with SimField(devices, update_s=0.2), running(cfg, devices) as agent:
+        uplink = agent.uplink
+        await uplink.wait_until(lambda u: u.published >= 5, within_s=15)
+        produced = agent.outbox.meta("seq:telemetry")
+        bridge = bridge_config(mosquitto.host, mosquitto.port, prefix, tmp_path)
+        async with bridge_on(bridge, store, sink):
+            await uplink.wait_until(
+                lambda u: all(s == 2 for q, s in outbox_streams(agent).items() if q <= produced),
+                within_s=20,
+            )
+    assert committed_seqs(tmp_path / "registry.db", gw) >= set(range(1, produced + 1))

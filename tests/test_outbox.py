@@ -126,6 +126,10 @@ STATE_TABLE = [
     ("the ack timeout queues again only what was sent before it",
      [("send", 2, None), ("send", 2, None), ("resend", 0.5, None)],
      {"a1": "q", "t1": "q", "t2": "s", "t3": "s", "t4": "q"}, (5, 0)),
+    ("an ack of a later number queues again the earlier ones sent well before it (lost)",
+     [("send", 2, None), ("send", 3, None), ("ack", ("telemetry", [(4, 4)]), None),
+      ("below", ("telemetry", 4, 0.5), 1)],
+     {"a1": "s", "t1": "q", "t2": "s", "t3": "s", "t4": "a"}, (4, 1)),
     ("a repair queues acknowledged messages again; they count as unacknowledged",
      [("send", 5, None), ("ack", ("telemetry", [(1, 4)]), None),
       ("repair", ("telemetry", [(2, 3), (9, 9)]), 2)],
@@ -147,6 +151,8 @@ def _step(box: Outbox, op: str, arg: Any, at: float) -> int | None:
         return box.resend(arg)
     if op == "repair":
         return box.repair(*arg)
+    if op == "below":
+        return box.resend_below(*arg)
     return box.prune_acked(arg)
 
 
