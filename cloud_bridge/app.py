@@ -109,7 +109,7 @@ async def run(args: argparse.Namespace) -> None:
         services.append(("bridge", bridge_service(bridge)))
         if getattr(args, "metrics_port", None) is not None:
             services.append(("metrics", metrics_service(bridge, args.http_host, args.metrics_port)))
-        logger.info("bridge: broker %s:%d, prefix %r", cfg.mqtt_host, cfg.mqtt_port, cfg.prefix)
+        logger.info("bridge: broker %s, prefix %r", ", ".join(map(str, cfg.brokers)), cfg.prefix)
         tune_runtime()
         await run_services(services, stop)
 

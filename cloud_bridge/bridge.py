@@ -156,9 +156,12 @@ class Bridge:
         self.sessions[lane] = mqtt
 
         async def serve(client: aiomqtt.Client) -> None:
-            session = Lane(client, replace(settings, version=mqtt.state.version or "5"))
-            logger.info("bridge subscribed on %s:%d (MQTT %s): %s", settings.host, settings.port,
-                        mqtt.state.version, filters)  # fmt: skip
+            on = mqtt.endpoint
+            assert on is not None  # set while serving
+            session = Lane(client, replace(settings, version=mqtt.state.version or "5",
+                                           host=on.host, port=on.port))  # fmt: skip
+            logger.info("bridge subscribed on %s (MQTT %s): %s", on, mqtt.state.version,
+                        filters)  # fmt: skip
             self._lane(lane, up=True)
             try:
                 await self._pump(session, lane)

@@ -8,13 +8,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from gridwatch.ground.endpoints import Endpoint, parse_endpoints
+
 MqttProtocol = Literal["auto", "5", "3.1.1"]
 
 
 @dataclass(frozen=True)
 class BridgeConfig:
     mqtt_host: str = "127.0.0.1"
+    """The broker's host, or the nodes of a broker cluster as ``host[:port],host[:port]``: each
+    session uses one and moves to the next when it is gone."""
     mqtt_port: int = 1883
+    """The port of a broker given without one."""
     mqtt_username: str | None = None
     mqtt_password: str | None = None
     mqtt_protocol: MqttProtocol = "auto"
@@ -47,6 +52,10 @@ class BridgeConfig:
     """Times later than this after the centre's clock are refused."""
     max_devices_per_gateway: int = 1000
     """Devices a gateway may add to the registry by naming them; an installer registers more."""
+
+    @property
+    def brokers(self) -> tuple[Endpoint, ...]:
+        return parse_endpoints(self.mqtt_host, self.mqtt_port)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides: object) -> BridgeConfig:

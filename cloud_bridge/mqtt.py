@@ -20,7 +20,8 @@ import aiomqtt
 
 from cloud_bridge.core import Raw
 from cloud_bridge.errors import BrokerError
-from gridwatch.ground.mqttsession import Endpoint, Protocol, SessionSettings, Version, ack
+from gridwatch.ground.endpoints import parse_endpoints
+from gridwatch.ground.mqttsession import Protocol, SessionSettings, Version, ack
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,10 @@ MqttVersion = Version
 @dataclass(frozen=True)
 class MqttSettings:
     host: str
+    """One broker host, or several written ``host[:port],host[:port]`` (tried in turn); on a
+    connected ``Lane``, the broker it is on."""
     port: int
+    """The port of a broker written without one."""
     client_id: str
     username: str | None = None
     password: str | None = None
@@ -52,7 +56,7 @@ def session_settings(s: MqttSettings, filters: Sequence[str]) -> SessionSettings
     group = s.share_group
     shared = [f"$share/{group}/{f}" if group else f for f in filters]
     return SessionSettings(
-        endpoints=(Endpoint(s.host, s.port),), client_id=s.client_id, username=s.username,
+        endpoints=parse_endpoints(s.host, s.port), client_id=s.client_id, username=s.username,
         password=s.password, protocol="5" if group and s.version == "auto" else s.version,
         receive_maximum=s.receive_maximum, manual_ack=True,
         subscriptions=tuple((f, 1) for f in shared), keepalive_s=s.keepalive,

@@ -233,8 +233,9 @@ async def _run_until_signal(agent: EdgeAgent) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
     logger.info(
-        "edge agent %s: %d devices, uplink %s:%d",
-        agent.cfg.gateway.id, len(agent.pipeline.devices), agent.cfg.mqtt.host, agent.cfg.mqtt.port,
+        "edge agent %s: %d devices, uplink %s",
+        agent.cfg.gateway.id, len(agent.pipeline.devices),
+        ", ".join(f"{b.host}:{b.port}" for b in agent.cfg.mqtt.brokers()),
     )  # fmt: skip
     with contextlib.suppress(asyncio.CancelledError):
         await agent.run()

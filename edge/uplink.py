@@ -2,10 +2,14 @@
 
 On every connection it takes a new session number, publishes a retained Birth on the status topic
 and leaves a retained Death as its last will, so the centre marks the gateway's devices stale the
-moment the connection drops. A message is deleted from the outbox only after its PUBACK. A lost
+moment the connection drops. A clean stop (SIGTERM, Ctrl-C) publishes that Death itself and waits
+for its PUBACK (at most two seconds) before it disconnects: a broker drops the will of a client
+that says goodbye, and the gateway would read "online" until its health reports went missing. A
+message is deleted from the outbox only after its PUBACK. A lost
 connection is retried by ``gridwatch.ground.mqttsession`` with the one jittered exponential backoff
-capped at one second, so the uplink is back within about a second of the broker's return; with
-``protocol: auto`` it falls back to MQTT 3.1.1 when the broker refuses (or ignores) MQTT 5.
+capped at one second, so the uplink is back within about a second of the broker's return, or on
+the next broker of ``mqtt.endpoints`` when there are several; with ``protocol: auto`` it falls
+back to MQTT 3.1.1 when the broker refuses (or ignores) MQTT 5.
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ class Uplink:
         # configuration pushes and commands from the centre: (topic leaf, payload)
         self.on_down: Callable[[str, bytes], Coroutine[Any, Any, None]] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
-        self.mqtt = MqttSession(self._settings(), "uplink", will=self._will)
+        self.mqtt = MqttSession(self._settings(), "uplink", will=self._will,
+                                farewell=self._farewell)  # fmt: skip
         self.watch = self.mqtt.watch  # changes on connect, failure and every acknowledged window
 
     @property
@@ -80,10 +85,9 @@ class Uplink:
     def _settings(self) -> SessionSettings:
         c = self.cfg
         return SessionSettings(
-            endpoints=(Endpoint(c.host, c.port),),
+            endpoints=tuple(Endpoint(b.host, b.port, bool(b.tls)) for b in c.brokers()),
             client_id=f"gridwatch-edge-{self.gateway_id}",
-            username=c.username or self.gateway_id, password=c.password(), tls=c.tls,
-            ca_file=c.ca_file, protocol=c.protocol, persistent=False, keepalive_s=c.keepalive_s,
+            username=c.username or self.gateway_id, password=c.password(), ca_file=c.ca_file, protocol=c.protocol, persistent=False, keepalive_s=c.keepalive_s,
             max_inflight=WINDOW, backoff_first_s=BACKOFF_FIRST_S, backoff_cap_s=BACKOFF_CAP_S,
         )  # fmt: skip
 
@@ -97,8 +101,17 @@ class Uplink:
             except sqlite3.Error as exc:  # disk full: no new session can be recorded yet
                 logger.error("uplink waits: cannot record a new session: %s", exc)
                 await asyncio.sleep(waits.next())
-        death = Death(gateway=self.gateway_id, session=self._session).model_dump_json()
-        return aiomqtt.Will(self.topics.status(self.gateway_id), death, qos=1, retain=True)
+        return aiomqtt.Will(self.topics.status(self.gateway_id), self._death(), qos=1, retain=True)
+
+    def _death(self) -> str:
+        return Death(gateway=self.gateway_id, session=self._session).model_dump_json()
+
+    async def _farewell(self, client: aiomqtt.Client) -> None:
+        """A clean stop: the Death the will would have carried, retained, acknowledged."""
+        self.pipeline.uplink_up = False
+        await client.publish(self.topics.status(self.gateway_id), self._death(), qos=1,
+                             retain=True)  # fmt: skip
+        logger.info("uplink: stopped; session %d ended with its Death", self._session)
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         try:
@@ -124,7 +137,7 @@ class Uplink:
             await client.subscribe(self.topics.command(self.gateway_id), qos=1)
         self.pipeline.session = session
         self.pipeline.uplink_up = True
-        logger.info("uplink: session %d on %s:%d", session, self.cfg.host, self.cfg.port)
+        logger.info("uplink: session %d on %s", session, self.mqtt.state.endpoint)
         self.watch.changed()
 
     async def _read_down(self, client: aiomqtt.Client) -> None:

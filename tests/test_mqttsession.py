@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -195,3 +196,73 @@ async def test_an_idle_session_notices_the_loss_at_once(tmp_path: Path) -> None:
             await s.watch.until(lambda: s.state.connected, 10)
     finally:
         broker.stop()
+
+
+# ---- a fallback that works is no outage ---------------------------------------------------------
+
+
+def _ours(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == level and r.name.startswith(("gridwatch", "edge"))
+    ]
+
+
+async def test_a_fallback_to_mqtt_3_1_1_that_works_logs_no_error(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path, prefix: str
+) -> None:
+    """Issue 12 #9: the edge logged an ERROR for its MQTT 5 try although 3.1.1 worked at once."""
+    from edge.outbox import Outbox
+    from edge.pipeline import Pipeline
+    from edge.uplink import Uplink
+    from gridwatch.ground.contract import Topics
+    from gridwatch.ground.gatewayconf import MqttUplink
+    from tests.fieldkit import gateway_config
+
+    caplog.set_level(logging.DEBUG)
+    port = free_port()
+    cfg, devices, _ = gateway_config(tmp_path, port, prefix)
+    box = Outbox(tmp_path / "outbox.db", 10**7)
+    topics = Topics(prefix)
+    pipe = Pipeline(cfg.gateway.id, devices, box, topics, time.time)
+    uplink = Uplink(MqttUplink(port=port, prefix=prefix, protocol="auto"), cfg.gateway.id, box,
+                    pipe, topics, 1, time.time)  # fmt: skip
+    try:
+        async with embedded_broker("127.0.0.1", port):  # amqtt: MQTT 3.1.1 only
+            task = asyncio.create_task(uplink.run())
+            try:
+                await uplink.wait_until(lambda u: u.connected, within_s=20)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    finally:
+        box.close()
+    assert uplink.mqtt.state.version == "3.1.1" and uplink.reconnects == 0
+    assert _ours(caplog, logging.ERROR) == []
+    assert f"mqtt uplink: 127.0.0.1:{port} speaks MQTT 3.1.1 only; using it" in _ours(
+        caplog, logging.INFO
+    )
+
+
+async def test_a_fallback_that_fails_too_is_the_outage_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Something that takes the TCP connection and answers no CONNECT, of either version."""
+    caplog.set_level(logging.DEBUG, logger="gridwatch.ground.mqttsession")
+    tried = 0
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal tried
+        tried += 1
+        await reader.read()  # until the client gives up
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    s = MqttSession(settings(Endpoint("127.0.0.1", port), timeout_s=0.3), "mute")
+    async with server, running(s, forever):
+        await s.watch.until(lambda: tried >= 4, 10)  # two attempts, each 5 then 3.1.1
+    errors = _ours(caplog, logging.ERROR)
+    assert errors == [f"mqtt mute: 127.0.0.1:{port} cannot connect: Operation timed out"]
+    assert s.state.outages == 1 and not s.state.connected

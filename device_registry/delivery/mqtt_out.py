@@ -20,7 +20,8 @@ import aiomqtt
 from device_registry.alerts.store import OpsStore
 from device_registry.delivery.feed import FeedSignal
 from gridwatch.ground.contract import Topics
-from gridwatch.ground.mqttsession import Endpoint, MqttSession, SessionSettings
+from gridwatch.ground.endpoints import parse_endpoints
+from gridwatch.ground.mqttsession import MqttSession, SessionSettings
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,9 @@ SKIPPED = frozenset({"alert"})
 @dataclass(frozen=True)
 class MqttTarget:
     host: str
+    """One broker host, or several written ``host[:port],host[:port]`` (tried in turn)."""
     port: int
+    """The port of a broker written without one."""
     prefix: str
     username: str | None = None
     password: str | None = None
@@ -45,7 +48,7 @@ class PlatformPublisher:
         self.published = 0
         t = target
         self.mqtt = MqttSession(
-            SessionSettings(endpoints=(Endpoint(t.host, t.port),), client_id=t.client_id,
+            SessionSettings(endpoints=parse_endpoints(t.host, t.port), client_id=t.client_id,
                             username=t.username, password=t.password, persistent=False),
             "platform publisher",
         )  # fmt: skip

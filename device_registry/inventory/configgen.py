@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gridwatch.ground.contract import DEFAULT_PREFIX, Location
+from gridwatch.ground.endpoints import parse_endpoints
 from gridwatch.ground.gatewayconf import GatewayConfig, resolve
 from gridwatch.ground.profiles import ModbusProfile, MqttProfile
 from gridwatch.ground.yamlconf import ConfigError, data_paths, problems_from
@@ -30,7 +31,10 @@ class Uplink:
     """How gateways reach the central broker: what generated configs say."""
 
     host: str = "127.0.0.1"
+    """One broker host, or the nodes of a cluster as ``host[:port],host[:port]``: the config
+    then lists them as ``endpoints``, which the edge uses in turn."""
     port: int = 1883
+    """The port of a broker given without one."""
     prefix: str = DEFAULT_PREFIX
     tls: bool = False
     ca_file: str | None = None
@@ -38,8 +42,13 @@ class Uplink:
     def mqtt_block(self, username: str) -> dict[str, Any]:
         """``username``: the gateway's broker account (``provisioning.username_for``); the
         edge would otherwise log in with its bare id, a name the registry does not own."""
-        block: dict[str, Any] = {"host": self.host, "port": self.port, "prefix": self.prefix,
-                                 "username": username, "password_env": PASSWORD_ENV}  # fmt: skip
+        brokers = parse_endpoints(self.host, self.port)
+        where: dict[str, Any] = (
+            {"host": brokers[0].host, "port": brokers[0].port} if len(brokers) == 1
+            else {"endpoints": [{"host": b.host, "port": b.port} for b in brokers]}
+        )  # fmt: skip
+        block: dict[str, Any] = {**where, "prefix": self.prefix, "username": username,
+                                 "password_env": PASSWORD_ENV}  # fmt: skip
         if self.tls:
             block.update(tls=True, ca_file=self.ca_file)
         return block

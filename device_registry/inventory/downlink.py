@@ -31,7 +31,8 @@ from pydantic import ValidationError
 from device_registry.errors import BrokerUnavailable, RegistryError
 from device_registry.inventory.provisioning import refused_login
 from gridwatch.ground.contract import Command, CommandResult, ConfigAck, ConfigPush, Topics
-from gridwatch.ground.mqttsession import Endpoint, MqttSession, SessionSettings, first_failure
+from gridwatch.ground.endpoints import parse_endpoints
+from gridwatch.ground.mqttsession import MqttSession, SessionSettings, first_failure
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,9 @@ _CONNECT_WAIT_S = 3.0
 @dataclass(frozen=True)
 class BrokerSettings:
     host: str
+    """One broker host, or several written ``host[:port],host[:port]`` (tried in turn)."""
     port: int
+    """The port of a broker written without one."""
     prefix: str
     username: str | None = None
     password: str | None = None
@@ -59,8 +62,8 @@ class BrokerSettings:
 
 def _session_settings(s: BrokerSettings, topics: Topics) -> SessionSettings:
     return SessionSettings(
-        endpoints=(Endpoint(s.host, s.port),), client_id=s.client_id, username=s.username,
-        password=s.password, tls=s.tls, ca_file=s.ca_file, protocol=s.protocol,
+        endpoints=parse_endpoints(s.host, s.port, s.tls), client_id=s.client_id,
+        username=s.username, password=s.password, ca_file=s.ca_file, protocol=s.protocol,
         subscriptions=((topics.all_gateways("config/ack"), 1),
                        (topics.all_gateways("cmd/result"), 1), (CONTROL_RESPONSE, 1)),
     )  # fmt: skip
@@ -88,7 +91,7 @@ class Downlink:
         self.on_connect: Callable[[], Awaitable[None]] | None = None
         self.session = MqttSession(
             _session_settings(settings, self.topics), "registry downlink",
-            explain=lambda code: refused_login(settings.username, self._where(), code),
+            explain=lambda code, at: refused_login(settings.username, str(at), code),
         )  # fmt: skip
         self.dropped = 0
         """Messages on our topics that could not be read or stored (dropped, logged)."""
@@ -171,9 +174,6 @@ class Downlink:
             logger.error("registry downlink: unacknowledged configs not republished: %s", exc)
         self._wake.set()
         await self._push_loop()
-
-    def _where(self) -> str:
-        return f"{self.settings.host}:{self.settings.port}"
 
     async def _read(self, client: aiomqtt.Client) -> None:
         async for msg in client.messages:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from firmware_configs import PROFILES
 from gridwatch.ground.contract import DEFAULT_PREFIX, Location
@@ -25,9 +25,31 @@ class GatewayIdentity(Strict):
     location: Location = Field(default_factory=Location, description="Where the cabinet stands.")
 
 
+DEFAULT_BROKER_HOST = "127.0.0.1"
+DEFAULT_BROKER_PORT = 1883
+
+
+class BrokerEndpoint(Strict):
+    host: str = Field(min_length=1, description="Broker host (one node of the broker cluster).")
+    port: int = Field(default=DEFAULT_BROKER_PORT, ge=1, le=65535, description="Broker port.")
+    tls: bool | None = Field(default=None, description="Connect with TLS; default: mqtt.tls.")
+
+
 class MqttUplink(Strict):
-    host: str = Field(default="127.0.0.1", description="Central broker host.")
-    port: int = Field(default=1883, ge=1, le=65535, description="Central broker port.")
+    host: str | None = Field(
+        default=None, min_length=1,
+        description=f"Central broker host (one broker; default {DEFAULT_BROKER_HOST}); "
+        "several: use endpoints instead.",
+    )  # fmt: skip
+    port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description=f"Central broker port (default {DEFAULT_BROKER_PORT}); with host.",
+    )  # fmt: skip
+    endpoints: list[BrokerEndpoint] | None = Field(
+        default=None, min_length=1,
+        description="Several brokers (the nodes of a cluster), tried in turn: when the one in "
+        "use is gone, the uplink moves to the next. Instead of host and port.",
+    )  # fmt: skip
     prefix: str = Field(default=DEFAULT_PREFIX, description="Topic prefix of the whole tree.")
     username: str | None = Field(default=None, description="Defaults to the gateway id.")
     password_env: str | None = Field(
@@ -41,6 +63,41 @@ class MqttUplink(Strict):
     keepalive_s: int = Field(default=15, ge=2, description="MQTT keepalive.")
     batch_max: int = Field(default=500, ge=1, description="Readings per telemetry message.")
     batch_linger_s: float = Field(default=0.2, ge=0, description="Wait to fill a batch.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_broker_by_default(cls, data: Any) -> Any:
+        # defaults filled in only without endpoints, so that "both given" means both written,
+        # and a config that names the default broker equals one that leaves it out
+        if isinstance(data, dict) and data.get("endpoints") is None:
+            return {"host": DEFAULT_BROKER_HOST, "port": DEFAULT_BROKER_PORT, **data}
+        return data
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints_or_host(
+        cls, value: list[BrokerEndpoint] | None, info: ValidationInfo
+    ) -> list[BrokerEndpoint] | None:
+        # a field validator (not a model one) so the error points at the endpoints line
+        given = [k for k in ("host", "port") if info.data.get(k) is not None]
+        if value is not None and given:
+            raise ValueError(
+                f"give the broker either as host/port (one broker) or as endpoints (several), "
+                f"not both: move {' and '.join(given)} into the endpoints list"
+            )
+        seen = [(e.host, e.port) for e in value or []]
+        twice = sorted({f"{h}:{p}" for h, p in seen if seen.count((h, p)) > 1})
+        if twice:
+            raise ValueError(f"each broker once: {', '.join(twice)} is listed twice")
+        return value
+
+    def brokers(self) -> list[BrokerEndpoint]:
+        """The brokers to use, in order, each with its TLS switch resolved."""
+        listed = self.endpoints or [
+            BrokerEndpoint(host=self.host or DEFAULT_BROKER_HOST,
+                           port=self.port or DEFAULT_BROKER_PORT)
+        ]  # fmt: skip
+        return [e if e.tls is not None else e.model_copy(update={"tls": self.tls}) for e in listed]
 
     def password(self) -> str | None:
         return os.environ.get(self.password_env) if self.password_env else None

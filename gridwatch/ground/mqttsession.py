@@ -17,14 +17,32 @@ the parent and never uncancels it). A reconnect loop that asks ``task.cancelling
 was told to stop then stops after an ordinary broker restart: that is how the registry's
 downlink died after every restart (issue 16). ``first_failure`` runs parallel jobs without it.
 
-The MQTT version: ``"auto"`` starts with MQTT 5 and, until the first connection succeeds, falls
-back to 3.1.1 when the broker says it does not speak 5 (CONNACK code 1 in 3.1.1, 132 in MQTT 5)
-or reached over TCP does not answer an MQTT 5 CONNECT at all (amqtt, the demo's broker). The
-decision (``fall_back``) is taken from codes and types, never from message text.
+Several brokers (the nodes of a broker cluster): ``endpoints`` lists them, and after a failed
+connect *or a lost connection* the session tries the next one, round robin, so a client keeps
+working when one node dies and comes back to it when another does. The one backoff is applied per
+attempt, not per full round: each connect, to whichever broker, waits its jittered delay first.
+Why: a whole fleet that loses the same node moves to the survivors spread over the jitter instead
+of in one burst, and the failover still costs only the first delays (50 ms, then 100 ms, ...: well
+under a second), while a round of brokers that are all down takes no longer than ``len(endpoints)``
+times the cap. A lost connection moves on too (rather than trying the lost node again first): a
+node that crashed is the likeliest to still be down. Subscriptions are made again on every
+connect, so a broker that holds no session for us (a failover, a node that lost its state) gets
+them all the same.
+
+The MQTT version: ``"auto"`` starts with MQTT 5 and, until a connection to that broker succeeds,
+falls back to 3.1.1 at once, in the same attempt, when the broker says it does not speak 5
+(CONNACK code 1 in 3.1.1, 132 in MQTT 5) or reached over TCP does not answer an MQTT 5 CONNECT at
+all (amqtt, the demo's broker). The decision (``fall_back``) is taken from codes and types, never
+from message text, and the version learnt is kept per broker. A fallback that works is no outage:
+it is logged at INFO; only when the fallback fails too is the outage's ERROR logged.
 
 Logging follows the house rule: the first failure of an outage at ERROR, repeats at DEBUG, the
-recovery at INFO. ``state`` says whether the session is up, since when and the last error, for
-health reports; ``watch`` wakes waiters on every change.
+recovery at INFO. ``state`` says whether the session is up, since when, on which broker of the
+list and the last error, for health reports; ``watch`` wakes waiters on every change.
+
+A clean stop (the task is cancelled while connected) runs the owner's ``farewell`` with the
+connected client, bounded by ``farewell_s``, before the DISCONNECT: the edge's uplink publishes its
+Death there, because a broker drops the last will of a client that disconnects cleanly.
 """
 
 from __future__ import annotations
@@ -44,6 +62,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gridwatch.ground.backoff import Backoff
+from gridwatch.ground.endpoints import Endpoint
 from gridwatch.ground.watch import Watch
 
 logger = logging.getLogger(__name__)
@@ -57,23 +76,15 @@ SESSION_EXPIRY_S = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
-class Endpoint:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
 class SessionSettings:
     endpoints: tuple[Endpoint, ...]
-    """Brokers to try in turn; a failed connect moves on to the next one."""
+    """Brokers to try in turn (each with its own TLS switch); a failed connect or a lost
+    connection moves on to the next one."""
     client_id: str
     username: str | None = None
     password: str | None = field(default=None, repr=False)  # never in a log line
-    tls: bool = False
     ca_file: str | None = None
+    """CA bundle for the brokers that use TLS (the system's when None)."""
     protocol: Protocol = "auto"
     persistent: bool = True
     """Keep the session across connections (no clean start; MQTT 5: ``session_expiry_s``), so
@@ -91,10 +102,14 @@ class SessionSettings:
     max_inflight: int = 100
     backoff_first_s: float = 0.05
     backoff_cap_s: float = 1.0
+    farewell_s: float = 2.0
+    """Bound on the owner's ``farewell`` at a clean stop (a stop must not hang on a broker)."""
 
     def __post_init__(self) -> None:
         if not self.endpoints:
             raise ValueError(f"MQTT session {self.client_id!r}: no broker endpoint given")
+        if len(set(self.endpoints)) != len(self.endpoints):
+            raise ValueError(f"MQTT session {self.client_id!r}: a broker is listed twice")
 
 
 @dataclass
@@ -106,15 +121,22 @@ class SessionState:
     """Wall-clock time of the last change between up and down; None: never tried yet."""
     last_error: str | None = None
     endpoint: str | None = None
+    """The current (or last) broker's address, for the log."""
+    broker: int | None = None
+    """Its position in the list of brokers, from 1 (what a public health check may show)."""
+    brokers: int = 1
+    """How many brokers the list has."""
     version: Version | None = None
     """The MQTT version of the current (or last) connection."""
     outages: int = 0
     """Outages so far (a lost connection or a failed first connect; repeats count once)."""
 
     def report(self) -> dict[str, Any]:
-        """What a public health check may show: up or down and since when, never the broker's
-        address or its error text (those are in the process's log)."""
-        return {"connected": self.connected, "since": self.since, "outages": self.outages}
+        """What a public health check may show: up or down, since when, and on which broker of
+        the list (its position, from 1), never the broker's address or its error text (those are
+        in the process's log)."""
+        return {"connected": self.connected, "since": self.since, "outages": self.outages,
+                "broker": self.broker, "brokers": self.brokers}  # fmt: skip
 
     @property
     def failing(self) -> bool:
@@ -167,6 +189,15 @@ def ack(client: aiomqtt.Client, mid: int, qos: int) -> None:
 Serve = Callable[[aiomqtt.Client], Coroutine[Any, Any, None]]
 
 
+class _NotOpened(Exception):
+    """A connect that failed, with what ``fall_back`` decides on (read before the socket is
+    closed); never leaves this module: ``error`` is raised in its place."""
+
+    def __init__(self, error: aiomqtt.MqttError, code: int | None, reached: bool) -> None:
+        super().__init__(str(error))
+        self.error, self.code, self.reached = error, code, reached
+
+
 class MqttSession:
     """``await MqttSession(settings, "bridge telemetry").run(serve)``: runs until cancelled."""
 
@@ -174,36 +205,42 @@ class MqttSession:
         self, settings: SessionSettings, name: str,
         will: Callable[[], Awaitable[aiomqtt.Will | None]] | None = None,
         rng: random.Random | None = None, clock: Callable[[], float] = time.time,
-        explain: Callable[[int], str | None] | None = None,
+        explain: Callable[[int, Endpoint], str | None] | None = None,
+        farewell: Callable[[aiomqtt.Client], Awaitable[None]] | None = None,
     ) -> None:  # fmt: skip
         self.settings, self.name, self.will, self.clock = settings, name, will, clock
         self.explain = explain
-        """A refusal's CONNACK code said in the owner's words (what to check), or None."""
+        """A refusal's CONNACK code (from that broker) said in the owner's words (what to
+        check), or None."""
+        self.farewell = farewell
+        """What to send at a clean stop, before the DISCONNECT (see the module docstring)."""
         self.backoff = Backoff(
             settings.backoff_first_s, settings.backoff_cap_s, rng=rng or random.Random()
         )
-        self.state = SessionState()
+        self.state = SessionState(brokers=len(settings.endpoints))
         self.watch = Watch()
         self.client: aiomqtt.Client | None = None
         """The connected client while the session is up."""
-        self._version: Version = "3.1.1" if settings.protocol == "3.1.1" else "5"
-        self._learnt = settings.protocol != "auto"
+        self._versions: dict[Endpoint, Version] = {}
+        """The version each broker was reached with ("auto": learnt on its first connection)."""
         self._next = 0  # index of the endpoint to try next
         self._down = False  # in an outage: repeats of the failure are logged at DEBUG
 
     async def run(self, serve: Serve) -> NoReturn:
         while True:
             endpoint = self.settings.endpoints[self._next % len(self.settings.endpoints)]
-            client = self._client(endpoint, await self.will() if self.will else None)
+            self._next += 1  # after a failed connect or a loss: the next broker of the list
             try:
-                await self._open(client, endpoint)
+                client, version = await self._connect(endpoint)
             except aiomqtt.MqttError as exc:
-                self._next += 1  # the next broker of the list, if there is one
                 self._failed(endpoint, exc)
                 await asyncio.sleep(self.backoff.next())
                 continue
             try:
-                await self._serve(client, endpoint, serve)
+                await self._serve(client, endpoint, version, serve)
+            except asyncio.CancelledError:
+                await self._say_farewell(client, endpoint)
+                raise
             except aiomqtt.MqttError as exc:
                 self._failed(endpoint, exc)
             except Exception as exc:  # the task's outermost loop: a bug must not end the session
@@ -217,43 +254,83 @@ class MqttSession:
                     await client.__aexit__(None, None, None)
             await asyncio.sleep(self.backoff.next())
 
-    async def _open(self, client: aiomqtt.Client, endpoint: Endpoint) -> None:
+    async def _connect(self, endpoint: Endpoint) -> tuple[aiomqtt.Client, Version]:
+        """Connected to ``endpoint``, with the version it speaks; a refused (or ignored) MQTT 5
+        CONNECT of ``protocol: auto`` is followed at once by a 3.1.1 one (module docstring)."""
+        will = await self.will() if self.will else None
+        learnt = self._versions.get(endpoint)
+        version = learnt or ("3.1.1" if self.settings.protocol == "3.1.1" else "5")
+        client = self._client(endpoint, will, version)
+        try:
+            await self._open(client)
+        except _NotOpened as exc:
+            if learnt or self.settings.protocol != "auto" or not fall_back(exc.code, exc.reached):
+                raise exc.error from None
+            logger.debug("mqtt %s: %s did not take an MQTT %s CONNECT (%s); trying the other "
+                         "version", self.name, endpoint, version, exc.error)  # fmt: skip
+            version = "3.1.1" if version == "5" else "5"
+            client = self._client(endpoint, will, version)
+            try:
+                await self._open(client)
+            except _NotOpened as again:  # the fallback failed too: that is the outage's error
+                raise again.error from None
+            logger.info("mqtt %s: %s speaks MQTT %s only; using it", self.name, endpoint, version)
+        self._versions[endpoint] = version
+        return client, version
+
+    @staticmethod
+    async def _open(client: aiomqtt.Client) -> None:
         try:
             await client.__aenter__()
         except aiomqtt.MqttError as exc:
             reached = client._client.socket() is not None
             if reached:  # aiomqtt leaves the socket of an unanswered CONNECT open
                 client._client.disconnect()
-            if not self._learnt and fall_back(connack_code(exc), reached):
-                self._version = "3.1.1" if self._version == "5" else "5"
-                logger.info("mqtt %s: %s did not take our CONNECT (%s); next try MQTT %s",
-                            self.name, endpoint, exc, self._version)  # fmt: skip
-            raise
+            raise _NotOpened(exc, connack_code(exc), reached) from exc
 
-    async def _serve(self, client: aiomqtt.Client, endpoint: Endpoint, serve: Serve) -> None:
-        if self.settings.subscriptions:
+    async def _serve(
+        self, client: aiomqtt.Client, endpoint: Endpoint, version: Version, serve: Serve
+    ) -> None:
+        if self.settings.subscriptions:  # every connect: this broker may hold no session for us
             await client.subscribe(list(self.settings.subscriptions))
-        self._learnt = True
-        self._went_up(client, endpoint)
+        self._went_up(client, endpoint, version)
         await first_failure(serve(client), _until_lost(client))
         raise aiomqtt.MqttError(f"{self.name}: the session's work ended")  # serve runs forever
 
-    def _went_up(self, client: aiomqtt.Client, endpoint: Endpoint) -> None:
+    async def _say_farewell(self, client: aiomqtt.Client, endpoint: Endpoint) -> None:
+        if self.farewell is None or not self.state.connected:
+            return
+        try:
+            async with asyncio.timeout(self.settings.farewell_s):
+                await self.farewell(client)
+        except (TimeoutError, aiomqtt.MqttError) as exc:
+            logger.warning("mqtt %s: stopping without a goodbye on %s: %s", self.name, endpoint,
+                           exc or "no answer in time")  # fmt: skip
+
+    def _went_up(self, client: aiomqtt.Client, endpoint: Endpoint, version: Version) -> None:
         s = self.state
-        if self._down:
-            logger.info("mqtt %s: %s is back (MQTT %s)", self.name, endpoint, self._version)
+        where = f"{endpoint} (broker {self._position(endpoint)} of {s.brokers}, MQTT {version})"
+        if not self._down:
+            logger.info("mqtt %s: connected to %s", self.name, where)
+        elif s.endpoint in (None, str(endpoint)):
+            logger.info("mqtt %s: %s is back", self.name, where)
         else:
-            logger.info("mqtt %s: connected to %s (MQTT %s)", self.name, endpoint, self._version)
+            logger.info("mqtt %s: moved to %s; %s is away", self.name, where, s.endpoint)
         self._down = False
         self.client = client
         self.backoff.reset()
-        s.connected, s.since, s.endpoint, s.version = (
-            True,
-            self.clock(),
-            str(endpoint),
-            self._version,
-        )
+        s.connected, s.since, s.version = True, self.clock(), version
+        s.endpoint, s.broker = str(endpoint), self._position(endpoint)
         self.watch.changed()
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        """The broker the session is connected to; None while it is down."""
+        b = self.state.broker
+        return self.settings.endpoints[b - 1] if self.state.connected and b else None
+
+    def _position(self, endpoint: Endpoint) -> int:
+        return self.settings.endpoints.index(endpoint) + 1
 
     def _went_down(self) -> None:
         self.client = None
@@ -265,7 +342,8 @@ class MqttSession:
         s = self.state
         if s.connected or not self._down:
             what = "lost" if s.connected else "cannot connect"
-            logger.error("mqtt %s: %s %s: %s", self.name, endpoint, what, self._said(exc))
+            logger.error("mqtt %s: %s %s: %s", self.name, endpoint, what,
+                         self._said(exc, endpoint))  # fmt: skip
             s.outages += 1
         else:
             logger.debug("mqtt %s: %s still down: %s", self.name, endpoint, exc)
@@ -275,20 +353,23 @@ class MqttSession:
         s.last_error = f"{endpoint}: {exc}"
         self.watch.changed()
 
-    def _said(self, exc: BaseException) -> str:
+    def _said(self, exc: BaseException, endpoint: Endpoint) -> str:
         code = connack_code(exc)
-        said = self.explain(code) if self.explain is not None and code is not None else None
+        explain = self.explain
+        said = explain(code, endpoint) if explain is not None and code is not None else None
         return said or str(exc)
 
-    def _client(self, endpoint: Endpoint, will: aiomqtt.Will | None) -> aiomqtt.Client:
+    def _client(
+        self, endpoint: Endpoint, will: aiomqtt.Will | None, version: Version
+    ) -> aiomqtt.Client:
         s = self.settings
-        tls = ssl.create_default_context(cafile=s.ca_file) if s.tls else None
+        tls = ssl.create_default_context(cafile=s.ca_file) if endpoint.tls else None
         common: dict[str, Any] = dict(
             identifier=s.client_id, username=s.username, password=s.password, will=will,
             keepalive=s.keepalive_s, timeout=s.timeout_s, max_inflight_messages=s.max_inflight,
             tls_context=tls,
         )  # fmt: skip
-        if self._version == "5":
+        if version == "5":
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             if s.persistent:
                 props.SessionExpiryInterval = s.session_expiry_s

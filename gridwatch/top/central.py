@@ -56,7 +56,7 @@ class Central:
     @property
     def broker(self) -> str:
         kind = "embedded amqtt, MQTT 3.1.1" if self.embedded else "external"
-        return f"{self.cfg.mqtt_host}:{self.cfg.mqtt_port} ({kind})"
+        return f"{', '.join(map(str, self.cfg.brokers))} ({kind})"
 
     def _bridge_health(self) -> dict[str, Any]:
         bridge = self.bridge

@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from gridwatch.ground.endpoints import parse_endpoints
 from gridwatch.top import healthcli
 
 # subcommand path -> "module:function"; each function takes the parsed args, returns an exit code
@@ -49,12 +50,25 @@ def _bridge_id(value: str) -> str:
     return value
 
 
+def _brokers(value: str) -> str:
+    """``--mqtt-host``: one broker host, or several as ``host[:port],host[:port]``; checked here,
+    split where the sessions are built."""
+    try:
+        parse_endpoints(value, 1883)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def _central_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default="var/central", help="SQLite files and state")
     p.add_argument("--http-host", default="127.0.0.1", help="registry API listen address")
     p.add_argument("--http-port", type=int, default=8080, help="registry API port")
-    p.add_argument("--mqtt-host", default=None, help="broker host; none: embedded broker")
-    p.add_argument("--mqtt-port", type=int, default=1883, help="broker port (or embedded's)")
+    p.add_argument("--mqtt-host", default=None, type=_brokers,
+                   help="broker host, or the nodes of a broker cluster as host[:port],"
+                   "host[:port] (used in turn: on a loss the next); none: embedded broker")  # fmt: skip
+    p.add_argument("--mqtt-port", type=int, default=1883,
+                   help="broker port (of those given without one; or the embedded broker's)")  # fmt: skip
     p.add_argument("--mqtt-username", default=None, help="bridge's broker username")
     p.add_argument("--mqtt-password-env", default=None, help="env var holding its password")
     p.add_argument("--prefix", default="gridwatch", help="topic prefix")
@@ -103,7 +117,9 @@ def _installer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--gateway-mqtt-host",
         default=None,
-        help="broker host that generated gateway configs name; default: --mqtt-host",
+        type=_brokers,
+        help="broker host (or host[:port],host[:port]) that generated gateway configs name; "
+        "default: --mqtt-host",
     )
     p.add_argument(
         "--gateway-mqtt-port",
