@@ -57,7 +57,7 @@ class EdgeAgent:
         self.metrics_url = ""
         path = Path(cfg.outbox.path)
         path = path if path.is_absolute() else base_dir / path
-        self.outbox = Outbox(path, cfg.outbox.max_bytes)
+        self.outbox = Outbox(path, cfg.outbox.max_bytes, cfg.outbox.keep_acked_s)
         self.outbox_dir = path.parent
         stored = path.parent / "pushed-config.json"
         cfg, devices = _newer_pushed_config(cfg, devices, stored)
@@ -165,6 +165,8 @@ class EdgeAgent:
                 memory_mb=round(rss_mb, 1), disk_free_mb=disk.free // 2**20,
                 outbox_depth=self.outbox.depth, outbox_bytes=self.outbox.bytes,
                 outbox_dropped=self.outbox.dropped, uplink_reconnects=self.uplink.reconnects,
+                outbox_unacked=self.uplink.waiting.count,
+                outbox_unacked_oldest_s=self.uplink.waiting.oldest_s,
                 devices=devices,
             )  # fmt: skip
             return msg.model_dump_json().encode()

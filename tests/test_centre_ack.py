@@ -5,6 +5,7 @@ also when bridges share a subscription and each commits part of one stream."""
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +14,9 @@ import pytest
 
 from cloud_bridge import SqliteSink
 from device_registry import RegistryStore
+from edge.app import EdgeAgent
 from gridwatch.ground.contract import Ack, AlertState, Topics
+from gridwatch.top.sim.modbus import SimField
 from tests._central_helpers import (
     alert,
     batch,
@@ -23,7 +26,7 @@ from tests._central_helpers import (
     publisher,
     reading,
 )
-from tests.fieldkit import Listener, listen
+from tests.fieldkit import Listener, gateway_config, listen, running
 from tests.services import Mosquitto
 
 
@@ -122,3 +125,57 @@ async def test_bridges_sharing_a_subscription_acknowledge_what_each_committed(
     runs = [Ack.model_validate(doc).streams["telemetry"] for _, doc, _ in seen.messages]
     assert len(runs) >= 2  # both members acknowledged
     assert any(len(r) > 1 for r in runs) or len(runs) > 2  # neither covered the stream alone
+
+
+def outbox_streams(agent: EdgeAgent) -> dict[int, int]:
+    """{seq: state} of the telemetry the edge still holds (0 queued, 1 sent, 2 acknowledged)."""
+    rows = agent.outbox.db.execute("SELECT seq, state FROM outbox WHERE stream = 'telemetry'")
+    return {int(q): int(s) for q, s in rows}
+
+
+def committed_seqs(registry: Path, gateway: str, stream: str = "telemetry") -> set[int]:
+    with sqlite3.connect(registry) as db:
+        rows = db.execute(
+            "SELECT seq FROM seen_messages WHERE gateway = ? AND stream = ?", (gateway, stream)
+        )
+        return {int(q) for (q,) in rows}
+
+
+async def test_what_the_broker_acknowledged_while_no_bridge_ran_arrives_when_one_starts(
+    mosquitto: Mosquitto, store: RegistryStore, sink: SqliteSink, prefix: str, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The broker PUBACKs every message, but no centre has subscribed yet, so it delivers them
+    to nobody: the edge keeps them (and says so) until a bridge commits them."""
+    monkeypatch.setattr("edge.uplink.WAIT_WARN_S", 1.0)  # the production bound is a minute
+    cfg, devices, _ = gateway_config(tmp_path, mosquitto.port, prefix, ack_timeout_s=0.5)
+    gw = cfg.gateway.id
+    caplog.set_level(logging.INFO, logger="edge.uplink")
+    async with SimField(devices, update_s=0.2), running(cfg, devices) as agent:
+        uplink = agent.uplink
+        await uplink.wait_until(lambda u: u.published >= 5, within_s=15)
+        await uplink.wait_until(lambda u: "not acknowledged by the centre" in caplog.text, 15)
+        produced = agent.outbox.meta("seq:telemetry")
+        assert set(outbox_streams(agent)) >= set(range(1, produced + 1))  # all still held
+        assert uplink.waiting.count > 0 and (uplink.waiting.oldest_s or 0) > 1.0
+        bridge = bridge_config(mosquitto.host, mosquitto.port, prefix, tmp_path)
+        async with bridge_on(bridge, store, sink):
+            await uplink.wait_until(
+                lambda u: all(s == 2 for q, s in outbox_streams(agent).items() if q <= produced),
+                within_s=20,
+            )
+        assert "the centre acknowledges again" in caplog.text
+    assert committed_seqs(tmp_path / "registry.db", gw) >= set(range(1, produced + 1))
+    warnings = [r for r in caplog.records if "not acknowledged by the centre" in r.message]
+    assert [r.levelno for r in warnings] == [logging.WARNING]  # once, not at every look
+
+
+async def test_ack_broker_forgets_a_message_at_its_puback(
+    mosquitto: Mosquitto, prefix: str, tmp_path: Path
+) -> None:
+    """For a third-party centre that never acknowledges: today's behaviour, nothing waits."""
+    cfg, devices, _ = gateway_config(tmp_path, mosquitto.port, prefix, ack="broker")
+    async with SimField(devices, update_s=0.2), running(cfg, devices) as agent:
+        await agent.uplink.wait_until(lambda u: u.published >= 5, within_s=15)
+        await agent.pipeline.watch.until(lambda: not outbox_streams(agent), within_s=5)
+        assert agent.outbox.kept == 0 and agent.uplink.waiting.count == 0

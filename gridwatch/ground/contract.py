@@ -237,6 +237,12 @@ class GatewayHealth(Upstream):
     outbox_depth: Count = 0
     outbox_bytes: Count = 0
     outbox_dropped: Count = 0
+    outbox_unacked: Count = Field(
+        default=0, description="Messages the broker has and the centre has not acknowledged."
+    )
+    outbox_unacked_oldest_s: Finite | None = Field(
+        default=None, ge=0, description="Seconds since the oldest of them was first sent."
+    )
     uplink_reconnects: Count = 0
     devices: list[DeviceHealth] = Field(default_factory=list, max_length=DEVICES_MAX)
 

@@ -63,6 +63,17 @@ class MqttUplink(Strict):
     keepalive_s: int = Field(default=15, ge=2, description="MQTT keepalive.")
     batch_max: int = Field(default=500, ge=1, description="Readings per telemetry message.")
     batch_linger_s: float = Field(default=0.2, ge=0, description="Wait to fill a batch.")
+    ack: Literal["centre", "broker"] = Field(
+        default="centre",
+        description="When a message may leave the outbox: 'centre' once the central platform "
+        "has committed it (its Ack), 'broker' at the broker's PUBACK (for a third-party centre "
+        "that never acknowledges; a broker crash then loses what it had not delivered).",
+    )
+    ack_timeout_s: float = Field(
+        default=15.0, gt=0, le=3600,
+        description="With ack: centre, a message sent and not acknowledged within this is sent "
+        "again (the centre drops repeats by message id); doubled while the centre stays silent.",
+    )  # fmt: skip
 
     @model_validator(mode="before")
     @classmethod
@@ -106,6 +117,11 @@ class MqttUplink(Strict):
 class OutboxConfig(Strict):
     path: str = Field(default="var/edge/outbox.db", description="SQLite file of the outbox.")
     max_bytes: int = Field(default=256 * 1024 * 1024, ge=4096, description="Bound on its size.")
+    keep_acked_s: float = Field(
+        default=600.0, ge=0,
+        description="How long a message the centre acknowledged is kept, to answer the centre's "
+        "repair requests; less when its bytes are needed under max_bytes.",
+    )  # fmt: skip
 
 
 class ModbusTcpBus(Strict):
