@@ -27,6 +27,7 @@ from dataclasses import replace
 from typing import ParamSpec, TypeVar
 
 import aiomqtt
+from pydantic import ValidationError
 
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.core import ClockWindow, IngestCore, Plan, Stats
@@ -39,7 +40,15 @@ from device_registry import Changes, RegistryStore, StoreUnavailable
 from device_registry.errors import StoreRejected
 from device_registry.ingest.changes import DeviceFacts
 from gridwatch.ground.backoff import Backoff
-from gridwatch.ground.contract import Birth, Death, TelemetryBatch, Topics, encode_acks
+from gridwatch.ground.contract import (
+    RANGES_MAX,
+    Birth,
+    Death,
+    Repair,
+    TelemetryBatch,
+    Topics,
+    encode_acks,
+)
 from gridwatch.ground.mqttsession import MqttSession
 
 logger = logging.getLogger(__name__)
@@ -117,6 +126,8 @@ class Bridge:
         self._poison = Stats()  # what the registry refused as it applied: messages, devices
         self._device_limit = cfg.max_devices_per_gateway
         self._limited: set[str] = set()  # gateways warned about their device limit
+        self._lanes: dict[str, Lane] = {}  # each connected lane, to publish repair requests on
+        self.repairs_asked = 0
 
     @property
     def stats(self) -> Stats:
@@ -163,11 +174,13 @@ class Bridge:
             logger.info("bridge subscribed on %s (MQTT %s): %s", on, mqtt.state.version,
                         filters)  # fmt: skip
             self._lane(lane, up=True)
+            self._lanes[lane] = session
             try:
                 await self._pump(session, lane)
             except BrokerError as exc:  # the session is gone: reconnect, the broker redelivers
                 raise aiomqtt.MqttError(str(exc)) from exc
             finally:
+                self._lanes.pop(lane, None)
                 self._lane(lane, up=False)
 
         await mqtt.run(serve)
@@ -236,6 +249,7 @@ class Bridge:
         )
         plan = await _cpu(size, core.plan, decoded, seen, facts)
         await self._write_and_publish(session, plan, stats)
+        await self._ask_again(session, plan.repairs)
         plan.telemetry = []  # written: the pending commit keeps only the registry changes
         return plan
 
@@ -278,6 +292,29 @@ class Bridge:
                 logger.debug("ack not sent: %s", result)
             elif isinstance(result, BaseException):
                 raise result
+
+    async def _ask_again(
+        self, session: Lane | None, repairs: dict[tuple[str, str], list[tuple[int, int]]]
+    ) -> None:
+        """Ask each gateway for the numbers a gap skipped (``Repair``): its outbox still holds
+        them if the centre never acknowledged them, or acknowledged them recently. A lost
+        request costs the repair only: the gap stays counted."""
+        for (gw, stream), runs in repairs.items():
+            if session is None:
+                logger.info("gateway %s %s stream: no session to ask for seq %s again", gw,
+                            stream, runs[:10])  # fmt: skip
+                continue
+            try:
+                msg = Repair.model_validate({"gateway": gw, "stream": stream, "ts": self.clock(),
+                                             "ranges": runs[:RANGES_MAX]})  # fmt: skip
+            except ValidationError:  # not a gateway's stream: nothing to ask
+                continue
+            try:
+                await session.publish(self.topics.repair(gw), msg.model_dump_json().encode())
+            except BrokerError as exc:
+                logger.info("gateway %s: repair request not sent: %s", gw, exc)
+                continue
+            self.repairs_asked += 1
 
     def _over_limit(self, lane: str, refused: dict[str, int]) -> None:
         """Count the new devices the registry did not add (``max_devices_per_gateway``)."""
@@ -429,9 +466,11 @@ class Bridge:
                 runs = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in gap.holes[:10])
                 logger.warning(
                     "gateway %s %s stream: %d message(s) never arrived: seq %s (audited "
-                    "across the shared subscription)",
+                    "across the shared subscription); asking the gateway for them again",
                     gap.gateway, gap.stream, gap.missing, runs,
                 )  # fmt: skip
+            lane = self._lanes.get("events") or next(iter(self._lanes.values()), None)
+            await self._ask_again(lane, {(g.gateway, g.stream): list(g.holes) for g in gaps})
             if gaps:
                 async with self._progress:
                     self._progress.notify_all()

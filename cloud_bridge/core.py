@@ -88,7 +88,9 @@ class Stats:
     duplicates: int = 0
     gaps: int = 0
     missing: int = 0
-    """Messages the sequence numbers say never arrived."""
+    """Messages the sequence numbers say never arrived (less those that came later)."""
+    repaired: int = 0
+    """Messages counted missing that came later (the gateway answered a Repair)."""
     replays: int = 0
     readings: int = 0
     alerts_published: int = 0
@@ -122,7 +124,7 @@ class Stats:
         return {
             "received": self.received, "ingested": dict(self.ingested),
             "rejected": dict(self.rejected), "duplicates": self.duplicates, "gaps": self.gaps,
-            "missing": self.missing, "replays": self.replays, "readings": self.readings,
+            "missing": self.missing, "repaired": self.repaired, "replays": self.replays, "readings": self.readings,
             "alerts_published": self.alerts_published, "points_written": self.points_written,
             "points_skipped": self.points_skipped, "write_failures": self.write_failures,
             "refused": dict(self.refused),
@@ -163,6 +165,8 @@ class Plan:
     delivered: list[tuple[str, str, int]] = field(default_factory=list)
     """(gateway, stream, seq) of every upstream message of the step: stored, duplicate or
     quarantined, all dealt with once the step commits (``contract.Ack``)."""
+    repairs: dict[tuple[str, str], list[tuple[int, int]]] = field(default_factory=dict)
+    """(gateway, stream) -> runs of numbers a gap skipped: to ask the gateway for (``Repair``)."""
 
 
 class IngestCore:
@@ -263,7 +267,7 @@ class IngestCore:
                 continue
             # seen even when refused below: a redelivery is then a duplicate, not quarantined again
             ch.seen_ids[msg.id] = Seen(msg.gateway, msg.kind, msg.session, msg.seq)
-            self._track(msg)
+            self._track(msg, plan.repairs)
             if isinstance(msg, TelemetryBatch):
                 banned = self._foreign(msg, facts) if facts.owners else frozenset()
                 msg = self._telemetry(ch, msg, banned)
@@ -336,13 +340,22 @@ class IngestCore:
         self._log_once(self.topics.status(msg.gateway), why, "refused devices")
         return msg.model_copy(update={"devices": [d for d in msg.devices if d not in foreign]})
 
-    def _track(self, msg: TelemetryBatch | AlertEvent | GatewayHealth) -> None:
+    def _track(
+        self,
+        msg: TelemetryBatch | AlertEvent | GatewayHealth,
+        repairs: dict[tuple[str, str], list[tuple[int, int]]],
+    ) -> None:
         if self._gaps is None:
             return
         seen = self._gaps.observe(msg.gateway, msg.kind, msg.session, msg.seq)
-        if seen.kind is Seq.GAP:
+        if seen.kind is Seq.FILLED:
+            self.stats.missing -= 1
+            self.stats.repaired += 1
+        elif seen.kind is Seq.GAP:
             self.stats.gaps += 1
             self.stats.missing += seen.missing
+            run = (seen.first, seen.first + seen.missing - 1)
+            repairs.setdefault((msg.gateway, msg.kind), []).append(run)
             logger.warning(
                 "gateway %s %s stream skipped %d message(s) before seq %d (session %d)",
                 msg.gateway, msg.kind, seen.missing, msg.seq, msg.session,

@@ -157,6 +157,7 @@ class EdgeAgent:
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         disk = shutil.disk_usage(self.outbox_dir)  # the outbox's own disk: what fills up
         gw = self.cfg.gateway.id
+        waiting = self.outbox.waiting(self.clock())  # also while the uplink is down
 
         def build(seq: int) -> bytes:
             msg = GatewayHealth(
@@ -165,8 +166,10 @@ class EdgeAgent:
                 memory_mb=round(rss_mb, 1), disk_free_mb=disk.free // 2**20,
                 outbox_depth=self.outbox.depth, outbox_bytes=self.outbox.bytes,
                 outbox_dropped=self.outbox.dropped, uplink_reconnects=self.uplink.reconnects,
-                outbox_unacked=self.uplink.waiting.count,
-                outbox_unacked_oldest_s=self.uplink.waiting.oldest_s,
+                outbox_unacked=waiting.count,
+                outbox_unacked_oldest_s=(
+                    None if waiting.oldest_s is None else round(waiting.oldest_s, 1)
+                ),
                 devices=devices,
             )  # fmt: skip
             return msg.model_dump_json().encode()

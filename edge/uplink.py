@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 WINDOW = 200  # messages in flight at once
 HOUSEKEEPING_S = 1.0  # how often the ack timeout, the retention and the wait are looked at
+PRUNE_EVERY = 5  # looks between two scans of the retention and the wait
 RESEND_CAP_S = 300.0  # the longest the ack timeout doubles to while the centre is silent
 WAIT_WARN_S = 60.0
 """Waiting longer than this (or four ack timeouts, if longer) for the centre is worth a WARNING."""
@@ -86,6 +87,7 @@ class Uplink:
         self._heard = False  # an Ack came since the last resend
         self._warned = False
         self._housekept = 0.0
+        self._looks = 0
         self.mqtt = MqttSession(self._settings(), "uplink", will=self._will,
                                 farewell=self._farewell)  # fmt: skip
         self.watch = self.mqtt.watch  # changes on connect, failure and every acknowledged window
@@ -247,6 +249,10 @@ class Uplink:
                     self._resend_after * 2, max(RESEND_CAP_S, self.cfg.ack_timeout_s)
                 )
             self._heard = False
+        self._looks += 1
+        if self._looks % PRUNE_EVERY:
+            return
+        # these scan every acknowledged (or sent) row: not at every look
         self.outbox.prune_acked(now - self.outbox.keep_acked_s)
         self.waiting = self.outbox.waiting(now)
         bound = max(WAIT_WARN_S, 4 * self.cfg.ack_timeout_s)

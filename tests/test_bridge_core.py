@@ -58,8 +58,16 @@ def test_decode(topic: str, payload: bytes, expected: object) -> None:
         ([(1, 7), (2, 0), (2, 1)], [Seq.FIRST, Seq.RESTART, Seq.NEXT]),  # numbering per session
         ([(1, 7), (2, 8)], [Seq.FIRST, Seq.NEXT]),  # numbering across sessions
         ([(1, 7), (2, 10)], [Seq.FIRST, (Seq.GAP, 2)]),
+        # a gap repaired: the missing numbers come later, each filled once, in any order
+        ([(1, 1), (1, 5), (1, 3), (1, 2), (1, 3), (1, 4)],
+         [Seq.FIRST, (Seq.GAP, 3), Seq.FILLED, Seq.FILLED, Seq.REPLAY, Seq.FILLED]),
+        # a repaired message keeps its original session, older than the current one
+        ([(1, 1), (2, 4), (1, 2)], [Seq.FIRST, (Seq.GAP, 2), Seq.FILLED]),
+        # a restart forgets the old numbering's gaps
+        ([(1, 1), (1, 5), (2, 2), (2, 3), (1, 3)],
+         [Seq.FIRST, (Seq.GAP, 3), Seq.RESTART, Seq.NEXT, Seq.REPLAY]),
     ],
-)
+)  # fmt: skip
 def test_gap_tracker(observations: list[tuple[int, int]], expected: list[object]) -> None:
     tracker = GapTracker()
     got: list[object] = []

@@ -4,17 +4,20 @@ also when bridges share a subscription and each commits part of one stream."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
-from cloud_bridge import SqliteSink
+from cloud_bridge import Bridge, SqliteSink
 from device_registry import RegistryStore
 from edge.app import EdgeAgent
+from edge.outbox import Queued
 from gridwatch.ground.contract import Ack, AlertState, Topics
 from gridwatch.top.sim.modbus import SimField
 from tests._central_helpers import (
@@ -25,6 +28,7 @@ from tests._central_helpers import (
     now_ms,
     publisher,
     reading,
+    until,
 )
 from tests.fieldkit import Listener, gateway_config, listen, running
 from tests.services import Mosquitto
@@ -127,6 +131,17 @@ async def test_bridges_sharing_a_subscription_acknowledge_what_each_committed(
     assert any(len(r) > 1 for r in runs) or len(runs) > 2  # neither covered the stream alone
 
 
+async def any_bridge(bridges: list[Bridge], done: Callable[[], bool]) -> None:
+    """Until ``done`` holds, looked at after each committed step of any of ``bridges``."""
+    waiters = [asyncio.create_task(b.until(lambda _: done())) for b in bridges]
+    try:
+        async with asyncio.timeout(10):
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
 def outbox_streams(agent: EdgeAgent) -> dict[int, int]:
     """{seq: state} of the telemetry the edge still holds (0 queued, 1 sent, 2 acknowledged)."""
     rows = agent.outbox.db.execute("SELECT seq, state FROM outbox WHERE stream = 'telemetry'")
@@ -149,12 +164,21 @@ async def test_what_the_broker_acknowledged_while_no_bridge_ran_arrives_when_one
     to nobody: the edge keeps them (and says so) until a bridge commits them."""
     monkeypatch.setattr("edge.uplink.WAIT_WARN_S", 1.0)  # the production bound is a minute
     cfg, devices, _ = gateway_config(tmp_path, mosquitto.port, prefix, ack_timeout_s=0.5)
+    cfg = cfg.model_copy(update={"health_interval_s": 0.5})
     gw = cfg.gateway.id
     caplog.set_level(logging.INFO, logger="edge.uplink")
-    async with SimField(devices, update_s=0.2), running(cfg, devices) as agent:
+    async with (
+        SimField(devices, update_s=0.2),
+        listen(mosquitto.port, Topics(prefix).health(gw)) as health,
+        running(cfg, devices) as agent,
+    ):
         uplink = agent.uplink
         await uplink.wait_until(lambda u: u.published >= 5, within_s=15)
         await uplink.wait_until(lambda u: "not acknowledged by the centre" in caplog.text, 15)
+        # and its health report says so
+        await health.wait_for(lambda h: any(
+            r["outbox_unacked"] > 0 and r["outbox_unacked_oldest_s"] > 1.0 for r in h.on("health")
+        ))  # fmt: skip
         produced = agent.outbox.meta("seq:telemetry")
         assert set(outbox_streams(agent)) >= set(range(1, produced + 1))  # all still held
         assert uplink.waiting.count > 0 and (uplink.waiting.oldest_s or 0) > 1.0
@@ -179,3 +203,46 @@ async def test_ack_broker_forgets_a_message_at_its_puback(
         await agent.uplink.wait_until(lambda u: u.published >= 5, within_s=15)
         await agent.pipeline.watch.until(lambda: not outbox_streams(agent), within_s=5)
         assert agent.outbox.kept == 0 and agent.uplink.waiting.count == 0
+
+
+@pytest.mark.parametrize("share_group", [None, "g"], ids=["lone bridge", "shared subscription"])
+async def test_a_message_the_broker_lost_is_repaired_from_the_outbox(
+    mosquitto: Mosquitto, store: RegistryStore, sink: SqliteSink, prefix: str, tmp_path: Path,
+    share_group: str | None,
+) -> None:  # fmt: skip
+    """Telemetry seq 3 is lost after its PUBACK (a broker crash): the bridge sees the gap (a
+    lone bridge as the numbers arrive, bridges on a shared subscription in their audit), asks
+    the gateway, and the outbox sends it again; the gap is then no longer counted missing."""
+    lost: list[int] = []
+    # the ack timeout would resend it too: far off, so only the repair can bring it back
+    cfg, devices, _ = gateway_config(tmp_path, mosquitto.port, prefix, ack_timeout_s=3600)
+    gw = cfg.gateway.id
+    bridges = [
+        bridge_config(mosquitto.host, mosquitto.port, prefix, tmp_path, share_group=share_group,
+                      client_id=f"{prefix}-{i}", gap_audit_s=0.2, gap_settle_s=0.4)
+        for i in ((1, 2) if share_group else (1,))
+    ]  # fmt: skip
+    async with contextlib.AsyncExitStack() as stack:
+        running_bridges = [await stack.enter_async_context(bridge_on(c, store, sink))
+                           for c in bridges]  # fmt: skip
+        await stack.enter_async_context(SimField(devices, update_s=0.2))
+        agent = await stack.enter_async_context(running(cfg, devices))
+        box, peek = agent.outbox, agent.outbox.peek
+
+        def peek_losing_seq_3(limit: int, after: tuple[int, int] = (-1, 0)) -> list[Queued]:
+            batch = peek(limit, after)
+            for m in batch:
+                if not lost and m.stream == "telemetry" and json.loads(m.payload)["seq"] == 3:
+                    box.sent([m.id], at=agent.clock())  # PUBACKed, then lost with the broker
+                    lost.append(m.id)
+                    return [other for other in batch if other is not m]
+            return batch
+
+        box.peek = peek_losing_seq_3  # type: ignore[method-assign]
+        await agent.uplink.wait_until(lambda u: u.repaired >= 1, within_s=20)
+        registry = tmp_path / "registry.db"
+        await any_bridge(running_bridges, lambda: 3 in committed_seqs(registry, gw))
+        assert sum(b.repairs_asked for b in running_bridges) >= 1
+        if share_group is None:
+            await until(running_bridges[0], lambda s: s.repaired == 1 and s.missing == 0)
+    assert lost and committed_seqs(tmp_path / "registry.db", gw) >= {1, 2, 3, 4}

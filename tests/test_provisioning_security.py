@@ -520,3 +520,54 @@ async def test_an_account_left_by_a_registration_that_failed_half_way_is_replace
 )  # fmt: skip
 def test_when_the_registry_made_an_account(textname: str | None, issued: int) -> None:
     assert issued_ms({"textname": textname}) == issued
+
+
+async def test_a_gateway_hears_the_centres_acks_and_no_other_gateways(
+    dynsec_broker: SecureBroker, prefix: str, tmp_path: Path
+) -> None:
+    """The bridge acknowledges what it committed on ``P/gw/G/ack``: the gateway's role lets it
+    subscribe there; another gateway subscribing to the same topic (or to every gateway's)
+    is granted by the broker and hears nothing."""
+    b, ca = dynsec_broker, dynsec_broker.certs.ca
+    store = await RegistryStore.open(f"sqlite+aiosqlite:///{tmp_path}/bridge.db")
+    sink = await SqliteSink.open(tmp_path / "telemetry.db", retention_hours=1)
+
+    def client(account: dict[str, str], gateway: str) -> aiomqtt.Client:
+        return aiomqtt.Client(
+            "127.0.0.1", b.tls_port, username=account["username"], password=account["password"],
+            tls_context=ssl.create_default_context(cafile=str(ca)),
+            identifier=f"gridwatch-edge-{gateway}", protocol=aiomqtt.ProtocolVersion.V5,
+        )  # fmt: skip
+
+    try:
+        async with registry(tmp_path, installer_settings(b, prefix)) as reg:
+            a = (await reg.call("POST", "/api/v1/gateways", {"id": "gw-a"}, status=201))["mqtt"]
+            e = (await reg.call("POST", "/api/v1/gateways", {"id": "gw-e"}, status=201))["mqtt"]
+            cfg = bridge_config("127.0.0.1", b.mq.port, prefix, tmp_path / "bridge",
+                                mqtt_username=ADMIN_USER, mqtt_password=ADMIN_PASSWORD,
+                                mqtt_protocol="5")  # fmt: skip
+            async with (
+                bridge_on(cfg, store, sink),
+                client(a, "gw-a") as gw,
+                client(e, "gw-e") as eve,
+            ):
+                await gw.subscribe(f"{prefix}/gw/gw-a/ack", qos=1)
+                await eve.subscribe(f"{prefix}/gw/gw-a/ack", qos=1)
+                await eve.subscribe(f"{prefix}/gw/+/ack", qos=1)
+                await eve.subscribe(f"{prefix}/gw/gw-e/ack", qos=1)
+                heard: dict[str, list[str]] = {"gw-a": [], "gw-e": []}
+                # one after the other: gw-a's ack is out before gw-e's is even asked for, so
+                # gw-e, one broker and one order per subscriber, would hear it first
+                for name, c in (("gw-a", gw), ("gw-e", eve)):
+                    msg = batch(name, [reading("d1", "level", 1.0, now_ms())], seq=5)
+                    await c.publish(f"{prefix}/gw/{name}/telemetry", msg.model_dump_json(), qos=1)
+                    async with asyncio.timeout(15):
+                        async for m in c.messages:
+                            heard[name].append(str(m.topic))
+                            if str(m.topic).endswith(f"/{name}/ack"):
+                                break
+                assert heard == {"gw-a": [f"{prefix}/gw/gw-a/ack"],
+                                 "gw-e": [f"{prefix}/gw/gw-e/ack"]}  # fmt: skip
+    finally:
+        await sink.close()
+        await store.close()
