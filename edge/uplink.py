@@ -2,10 +2,7 @@
 
 On every connection it takes a new session number, publishes a retained Birth on the status topic
 and leaves a retained Death as its last will, so the centre marks the gateway's devices stale the
-moment the connection drops. A clean stop (SIGTERM, Ctrl-C) publishes that Death itself and waits
-for its PUBACK (at most two seconds) before it disconnects: a broker drops the will of a client
-that says goodbye, and the gateway would read "online" until its health reports went missing.
-With ``mqtt.ack: centre`` (the default) a message's PUBACK only marks
+moment the connection drops. With ``mqtt.ack: centre`` (the default) a message's PUBACK only marks
 it sent in the outbox: it is forgotten when the centre's ``Ack`` (``P/gw/G/ack``) names it, and sent
 again after a reconnect or when no Ack came within ``ack_timeout_s`` (doubled while the centre stays
 silent, so a centre that is down is not flooded with the same backlog); a ``Repair``
@@ -13,9 +10,14 @@ silent, so a centre that is down is not flooded with the same backlog); a ``Repa
 longer than ``WAIT_WARN_S`` says so once at WARNING (and in its health report), and at INFO when
 acknowledgements resume. With ``mqtt.ack: broker`` a message is deleted at its PUBACK. A lost
 connection is retried by ``gridwatch.ground.mqttsession`` with the one jittered exponential backoff
-capped at one second, so the uplink is back within about a second of the broker's return, or on
-the next broker of ``mqtt.endpoints`` when there are several; with ``protocol: auto`` it falls
-back to MQTT 3.1.1 when the broker refuses (or ignores) MQTT 5.
+capped at one second, so the uplink is back within about a second of the broker's return; with
+``protocol: auto`` it falls back to MQTT 3.1.1 when the broker refuses (or ignores) MQTT 5.
+
+With several brokers (``mqtt.endpoints``, the nodes of a cluster) a lost connection moves the
+uplink to the next one, where it starts a new session with its Birth. A clean stop (SIGTERM,
+Ctrl-C) publishes the session's Death itself and waits for its PUBACK (at most two seconds)
+before it disconnects: a broker drops the will of a client that says goodbye, and the gateway
+would read "online" until its health reports went missing.
 """
 
 from __future__ import annotations
@@ -117,7 +119,8 @@ class Uplink:
         return SessionSettings(
             endpoints=tuple(Endpoint(b.host, b.port, bool(b.tls)) for b in c.brokers()),
             client_id=f"gridwatch-edge-{self.gateway_id}",
-            username=c.username or self.gateway_id, password=c.password(), ca_file=c.ca_file, protocol=c.protocol, persistent=False, keepalive_s=c.keepalive_s,
+            username=c.username or self.gateway_id, password=c.password(), ca_file=c.ca_file,
+            protocol=c.protocol, persistent=False, keepalive_s=c.keepalive_s,
             max_inflight=WINDOW, backoff_first_s=BACKOFF_FIRST_S, backoff_cap_s=BACKOFF_CAP_S,
         )  # fmt: skip
 

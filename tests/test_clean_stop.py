@@ -8,6 +8,7 @@ import asyncio
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiomqtt
@@ -78,3 +79,29 @@ async def test_a_clean_stop_publishes_the_death_and_the_registry_marks_the_gatew
         await sink.close()
         await store.close()
     assert f"uplink: stopped; session {birth.session} ended with its Death" in log.read_text()
+
+
+async def test_a_stop_does_not_hang_on_a_broker_that_answers_nothing(
+    tmp_path: Path, prefix: str
+) -> None:
+    """The broker's process frozen (SIGSTOP): the TCP connection stands, nothing is answered. The
+    Death waits at most its bound, the agent still exits promptly and says why."""
+    broker = Mosquitto(tmp_path / "mq").start()
+    assert broker.proc is not None
+    _, _, path = gateway_config(tmp_path, broker.port, prefix)
+    log = tmp_path / "edge.log"
+    edge = await asyncio.to_thread(start_edge, path, log)
+    try:
+        broker.proc.send_signal(signal.SIGSTOP)
+        began = time.monotonic()
+        edge.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(edge.wait, 15) == 0
+        took = time.monotonic() - began
+    finally:
+        if edge.poll() is None:
+            edge.kill()
+        broker.proc.send_signal(signal.SIGCONT)
+        broker.stop()
+    assert "mqtt uplink: stopping without a goodbye on 127.0.0.1:" in log.read_text()
+    assert "no answer within 2.0 s" in log.read_text()
+    assert took < 9, took  # the 2 s bound on the Death, then the DISCONNECT's own 5 s at most

@@ -6,9 +6,14 @@ subscribed again (an MQTT 5 shared subscription on a persistent session, as the 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +23,8 @@ import pytest
 
 from cloud_bridge import SqliteSink
 from device_registry import RegistryStore
+from device_registry.inventory.configgen import Uplink as ConfigUplink
+from device_registry.inventory.downlink import BrokerSettings, Downlink
 from edge.outbox import PRIO_TELEMETRY, Outbox
 from edge.pipeline import Pipeline
 from edge.uplink import Uplink
@@ -26,7 +33,13 @@ from gridwatch.ground.endpoints import Endpoint, parse_endpoints
 from gridwatch.ground.gatewayconf import GatewayConfig, MqttUplink
 from gridwatch.ground.mqttsession import MqttSession, SessionSettings
 from gridwatch.ground.yamlconf import ConfigError, line_map, validate
-from tests._central_helpers import birth, bridge_config, bridge_on, publisher, until
+from tests._central_helpers import (
+    birth,
+    bridge_config,
+    bridge_on,
+    publisher,
+    until,
+)
 from tests.fieldkit import gateway_config, listen
 from tests.services import Mosquitto, free_port
 from tests.test_mqttsession import forever, running
@@ -142,6 +155,10 @@ BAD_CONFIGS: list[tuple[str, str]] = [
         "  endpoints:\n    - {host: a}\n    - {host: a, port: 1883}\n",
         "g.yaml:5: mqtt -> endpoints: Value error, each broker once: a:1883 is listed twice",
     ),
+    (
+        "  endpoints:\n" + "    - {host: h, port: %d}\n" * 17 % tuple(range(1, 18)),
+        "g.yaml:5: mqtt -> endpoints: List should have at most 16 items after validation, not 17",
+    ),
     ("  endpoints:\n    - {port: 1}\n", "g.yaml:6: mqtt -> endpoints -> 0 -> host: Field required"),
     (
         "  endpoints:\n    - {host: a, prot: 1}\n",
@@ -194,9 +211,9 @@ async def test_the_session_tries_the_brokers_in_turn(
     failures = len(tried) - (1 if on else 0)
     async with running(s, forever):
         await s.watch.until(lambda: s.state.connected if on else _tries(caplog) >= failures, 10)
+        assert s.state.report()["broker"] == on and s.state.report()["brokers"] == len(layout)
     attempts = [endpoints.index(_endpoint(m)) + 1 for m in _failures(caplog)][:failures]
     assert attempts + ([on] if on else []) == tried
-    assert s.state.report()["broker"] == on and s.state.report()["brokers"] == len(layout)
 
 
 def _failures(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -356,3 +373,126 @@ async def _gateways(tmp_path: Path) -> list[Any]:
         return list(await store.gateways())
     finally:
         await store.close()
+
+
+async def test_the_registry_downlink_moves_and_pushes_configs_on_the_other_broker(
+    brokers: tuple[Mosquitto, Mosquitto], prefix: str
+) -> None:
+    a, b = brokers
+    versions = {"gw-1": 1}
+
+    async def config_of(gateway: str) -> tuple[int, dict[str, Any] | None]:
+        return versions[gateway], {"gateway": {"id": gateway}, "buses": [], "devices": []}
+
+    async def nothing_pending() -> list[str]:
+        return []
+
+    async def ignore(_: object) -> None:
+        return None
+
+    settings = BrokerSettings(f"{a.host}:{a.port},{b.host}:{b.port}", 1883, prefix,
+                              client_id=f"reg-{prefix}")  # fmt: skip
+    downlink = Downlink(settings, config_of, nothing_pending, ignore, ignore, lambda: 1)
+    task = asyncio.create_task(downlink.run())
+    try:
+        async with asyncio.timeout(10):
+            await downlink.ready.wait()
+        assert downlink.session.state.broker == 1
+        kill(a)
+        await downlink.session.watch.until(lambda: downlink.session.state.broker == 2, 5)
+        async with listen(b.port, Topics(prefix).config("gw-1")) as seen:
+            versions["gw-1"] = 2
+            downlink.push("gw-1")
+            await seen.wait_for(lambda s: len(s.messages) == 1)
+        assert seen.messages[0][1]["version"] == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+# ---- generated gateway configs -------------------------------------------------------------------
+
+# (what --gateway-mqtt-host says, the broker part of the generated mqtt block)
+GENERATED: list[tuple[str, dict[str, Any]]] = [
+    ("mq.city", {"host": "mq.city", "port": 8883}),
+    (
+        "mq-a:1883,mq-b",
+        {"endpoints": [{"host": "mq-a", "port": 1883}, {"host": "mq-b", "port": 8883}]},
+    ),
+]
+
+
+@pytest.mark.parametrize(("given", "block"), GENERATED)
+def test_generated_configs_list_several_brokers_as_endpoints(
+    given: str, block: dict[str, Any]
+) -> None:
+    mqtt = ConfigUplink(host=given, port=8883, prefix="city").mqtt_block("gw-x")
+    assert {k: v for k, v in mqtt.items() if k in ("host", "port", "endpoints")} == block
+    MqttUplink.model_validate(mqtt)  # what the edge will accept
+
+
+def _sessions(health: dict[str, Any]) -> dict[str, int | None]:
+    """Every MQTT session in a /health answer: where it is -> which broker it is on."""
+    out: dict[str, int | None] = {}
+
+    def walk(node: object, at: str) -> None:
+        if isinstance(node, dict):
+            if "brokers" in node:
+                out[at] = node["broker"]
+            for k, v in node.items():
+                walk(v, f"{at}/{k}")
+
+    walk(health["parts"], "")
+    return out
+
+
+def _health(port: int) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+            body: dict[str, Any] = json.load(r)
+    except urllib.error.HTTPError as err:  # 503 while a part is down: the same body
+        body = json.load(err)
+    return body
+
+
+def _wait_health(port: int, broker: int, within_s: float = 10) -> dict[str, int | None]:
+    """Poll another process's /health until every MQTT session is on ``broker``."""
+    deadline = time.monotonic() + within_s
+    while set((on := _sessions(_health(port))).values()) != {broker}:
+        assert time.monotonic() < deadline, on
+        time.sleep(0.1)
+    return on
+
+
+def test_central_run_with_two_brokers_moves_every_session_and_says_so_on_health(
+    brokers: tuple[Mosquitto, Mosquitto], prefix: str, tmp_path: Path
+) -> None:
+    a, b = brokers
+    port, log = free_port(), tmp_path / "central.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gridwatch.top.cli", "central", "run",
+             "--data-dir", str(tmp_path / "central"), "--http-port", str(port),
+             "--mqtt-host", f"{a.host}:{a.port},{b.host}:{b.port}", "--prefix", prefix,
+             "--bridge-id", f"bridge-{prefix}"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        started = time.monotonic() + 90  # a whole central process: slow on a loaded machine
+        while b"gridwatch central: registry API" not in log.read_bytes():
+            assert proc.poll() is None and time.monotonic() < started, log.read_text()
+            time.sleep(0.1)
+        assert f"broker {a.host}:{a.port}, {b.host}:{b.port} (external)" in log.read_text()
+        on = _wait_health(port, 1)
+        assert {"/bridge/lanes/telemetry", "/bridge/lanes/events", "/registry downlink"} <= set(on)
+        kill(a)
+        began = time.monotonic()
+        _wait_health(port, 2)
+        moved_s = time.monotonic() - began
+        proc.terminate()
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in log.read_text(), log.read_text()
+    assert moved_s < 5, moved_s

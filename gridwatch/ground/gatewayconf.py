@@ -27,6 +27,8 @@ class GatewayIdentity(Strict):
 
 DEFAULT_BROKER_HOST = "127.0.0.1"
 DEFAULT_BROKER_PORT = 1883
+MAX_BROKERS = 16
+"""A broker cluster has a handful of nodes; a longer list is a mistake (each dead one costs a try)."""
 
 
 class BrokerEndpoint(Strict):
@@ -46,7 +48,7 @@ class MqttUplink(Strict):
         description=f"Central broker port (default {DEFAULT_BROKER_PORT}); with host.",
     )  # fmt: skip
     endpoints: list[BrokerEndpoint] | None = Field(
-        default=None, min_length=1,
+        default=None, min_length=1, max_length=MAX_BROKERS,
         description="Several brokers (the nodes of a cluster), tried in turn: when the one in "
         "use is gone, the uplink moves to the next. Instead of host and port.",
     )  # fmt: skip

@@ -123,7 +123,8 @@ class SessionState:
     endpoint: str | None = None
     """The current (or last) broker's address, for the log."""
     broker: int | None = None
-    """Its position in the list of brokers, from 1 (what a public health check may show)."""
+    """Its position in the list of brokers, from 1, while connected (what a public health check
+    may show); None while down."""
     brokers: int = 1
     """How many brokers the list has."""
     version: Version | None = None
@@ -305,14 +306,15 @@ class MqttSession:
                 await self.farewell(client)
         except (TimeoutError, aiomqtt.MqttError) as exc:
             logger.warning("mqtt %s: stopping without a goodbye on %s: %s", self.name, endpoint,
-                           exc or "no answer in time")  # fmt: skip
+                           str(exc) or f"no answer within {self.settings.farewell_s} s")  # fmt: skip
 
     def _went_up(self, client: aiomqtt.Client, endpoint: Endpoint, version: Version) -> None:
         s = self.state
-        where = f"{endpoint} (broker {self._position(endpoint)} of {s.brokers}, MQTT {version})"
-        if not self._down:
+        of = f"broker {self._position(endpoint)} of {s.brokers}, " if s.brokers > 1 else ""
+        where = f"{endpoint} ({of}MQTT {version})"
+        if not self._down or s.endpoint is None:  # the first connection, perhaps after failures
             logger.info("mqtt %s: connected to %s", self.name, where)
-        elif s.endpoint in (None, str(endpoint)):
+        elif s.endpoint == str(endpoint):
             logger.info("mqtt %s: %s is back", self.name, where)
         else:
             logger.info("mqtt %s: moved to %s; %s is away", self.name, where, s.endpoint)
@@ -334,6 +336,7 @@ class MqttSession:
 
     def _went_down(self) -> None:
         self.client = None
+        self.state.broker = None  # on none; ``endpoint`` keeps the last one for the log
         if self.state.connected:
             self.state.connected, self.state.since = False, self.clock()
         self.watch.changed()
