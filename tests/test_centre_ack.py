@@ -48,6 +48,11 @@ async def sink(tmp_path: Path) -> AsyncIterator[SqliteSink]:
     await s.close()
 
 
+def acks_of(seen: Listener, gateway: str) -> list[Ack]:
+    return [Ack.model_validate(doc) for topic, doc, _ in seen.messages
+            if topic.endswith(f"/gw/{gateway}/ack")]  # fmt: skip
+
+
 def acked(seen: Listener, gateway: str) -> dict[str, set[int]]:
     """Every (stream -> seq) the centre has acknowledged to ``gateway`` so far."""
     out: dict[str, set[int]] = {}
@@ -77,7 +82,12 @@ async def test_every_message_dealt_with_is_acknowledged_to_its_own_gateway(
         publisher(mosquitto.host, mosquitto.port) as pub,
     ):
         await pub.publish(topics.telemetry(gw), first.model_dump_json(), qos=1)
-        await pub.publish(topics.telemetry(gw), first.model_dump_json(), qos=1)  # duplicate
+        await seen.wait_for(lambda s: acked(s, gw) == {"telemetry": {1}})
+        # its ack was lost, say: the gateway sends it again, the bridge drops it as a duplicate
+        # and acknowledges it again, or the gateway would send it forever
+        await pub.publish(topics.telemetry(gw), first.model_dump_json(), qos=1)
+        await seen.wait_for(lambda s: len(acks_of(s, gw)) == 2)
+        assert [a.streams for a in acks_of(seen, gw)] == [{"telemetry": [(1, 1)]}] * 2
         await pub.publish(
             topics.telemetry(gw), batch(gw, [reading("d1", "level", 3.0, t)], seq=2)
             .model_dump_json(), qos=1,

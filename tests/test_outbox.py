@@ -169,7 +169,10 @@ def test_a_message_is_kept_until_the_centre_acknowledges_it(
         result = _step(box, op, arg, float(at))
         if returns is not None:
             assert result == returns
-    rows = box.db.execute("SELECT CAST(payload AS TEXT), state FROM outbox").fetchall()
+    rows = box.db.execute(
+        "SELECT CAST(b.payload AS TEXT), o.state FROM outbox o JOIN outbox_body b ON b.id = o.id"
+    ).fetchall()
+    assert box.db.execute("SELECT COUNT(*) FROM outbox_body").fetchone() == (len(rows),)
     assert {p: STATE[s] for p, s in rows} == states
     assert (box.depth, box.kept) == counts
     sizes = dict(box.db.execute("SELECT state = 2, SUM(size) FROM outbox GROUP BY state = 2"))
@@ -195,7 +198,9 @@ def test_the_bound_counts_unacknowledged_messages_and_acknowledged_ones_give_way
     put(box, PRIO_TELEMETRY, "t5" + "x" * 600)  # sent but unacknowledged count: t1 dropped
     assert box.dropped == 1
     put(box, PRIO_ALERT, "b" * 1500)  # alerts are kept past the bound, never dropped
-    kept = [p.decode()[:2] for (p,) in box.db.execute("SELECT payload FROM outbox ORDER BY id")]
+    kept = [
+        p.decode()[:2] for (p,) in box.db.execute("SELECT payload FROM outbox_body ORDER BY id")
+    ]
     assert kept == ["aa", "t2", "t3", "t4", "t5", "bb"]
     assert box.bytes > box.max_bytes and box.dropped == 1
 
@@ -229,6 +234,7 @@ def test_an_outbox_from_before_the_centre_acknowledged_is_upgraded(tmp_path: Pat
     old.commit()
     old.close()
     box = Outbox(path, 10**6)
+    assert sorted(m.payload for m in box.peek(10)) == sorted(p for _, _, p in rows)
     assert [(m.topic, m.stream) for m in box.peek(10)] == [
         ("p/gw/g/config/ack", ""), ("p/gw/g/telemetry", "telemetry"), ("p/gw/g/x", ""),
     ]  # fmt: skip
