@@ -70,7 +70,7 @@ class Rig:
     """Set: the bridges subscribe as members of this MQTT 5 shared-subscription group."""
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     paused: set[str] = field(default_factory=set)
-    metrics_port: int = field(default_factory=free_port)  # the edge's, for its outbox depth
+    metrics_port: int = field(default_factory=free_port)  # the edge's: uplink state, failed polls
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)  # by message id
     watcher_up: asyncio.Event = field(default_factory=asyncio.Event)
     edge_failures: dict[str, int] = field(default_factory=dict)
@@ -136,15 +136,6 @@ class Rig:
 
     def edge_metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         return scrape(f"http://127.0.0.1:{self.metrics_port}/metrics")
-
-    def unsent(self) -> int:
-        """Readings not yet batched plus messages not yet acknowledged, from the running edge's
-        metrics (it holds the outbox file locked)."""
-        got = self.edge_metrics()
-        self._note_failures(got)
-        return int(got[("gridwatch_edge_outbox_depth", ())]) + int(
-            got[("gridwatch_edge_readings_staged", ())]
-        )
 
     def uplink_connected(self) -> bool:
         with contextlib.suppress(OSError):
