@@ -1,4 +1,4 @@
-"""``make bench``: every benchmark once with its defaults, one after the other (about 5 minutes).
+"""``make bench``: every benchmark once with its defaults, one after the other (about 7 minutes).
 
 Each prints its own figures and the machine; a benchmark that fails is reported and the rest
 still run. The exit status is 1 if any failed.
@@ -16,6 +16,7 @@ BENCHES: list[list[str]] = [
     ["bench/edge_bench.py", "--duration", "20"],
     ["-m", "bench.rtu_bench"],
     ["-m", "bench.replay_bench"],
+    ["-m", "bench.replay_e2e_bench"],
     ["-m", "bench.reconnect_bench"],
     ["-m", "bench.alert_latency_bench", "--rounds", "60"],
     ["-m", "bench.bridge_bench", "--batches", "1600"],

@@ -126,9 +126,11 @@ def bridge_process(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
-def wait_for_log(proc: subprocess.Popen[bytes], log: Path, needle: bytes, start: int = 0) -> None:
+def wait_for_log(
+    proc: subprocess.Popen[bytes], log: Path, needle: bytes, start: int = 0, within_s: float = 20
+) -> None:
     """Another process's readiness is in its log (after byte ``start``): poll it, with a deadline."""
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + within_s
     while needle not in log.read_bytes()[start:]:
         if proc.poll() is not None:
             raise RuntimeError(f"exited {proc.returncode}:\n{log.read_text()}")
