@@ -22,6 +22,7 @@ import yaml
 
 from device_registry.http import problems
 from device_registry.http.auth import Role
+from gridwatch.ground.contract import AlertState
 from gridwatch.top.installer import DEFAULT_URL, BadOption, base_url
 from tests._ops_helpers import Registry, registry, smoke
 from tests.services import free_port
@@ -292,12 +293,38 @@ async def test_alert_list_filters_and_actions(reg: Registry) -> None:
     assert await listed("--stage", "acknowledged") == {"a-fut"}
     again = await gridwatch("alert", "ack", "a-fut", "--url", reg.url, token=token)
     assert again.code == FAILED and "409" in again.err, again
+    # the detector stops seeing smoke: only now may the alert be resolved and closed
+    await reg.ingest(smoke("a-fut", district="futian", state=AlertState.CLEARED))
     for action, stage in (("resolve", "resolved"), ("close", "closed")):
         ran = await gridwatch("alert", action, "a-fut", "--url", reg.url, token=token)
         assert ran.code == OK and stage in ran.out, ran
     _, body = await reg.call("GET", "/api/v1/alerts/a-fut", Role.OPERATOR)
-    assert [a["action"] for a in body["actions"]] == ["ack", "resolve", "close"]
+    assert [a["action"] for a in body["actions"]] == ["ack", "device_clear", "resolve", "close"]
     assert body["actions"][0]["note"] == "crew 7 on its way"
+
+
+async def test_an_operator_overrides_a_broken_sensor(reg: Registry) -> None:
+    await reg.ingest(smoke("a-dead"))
+    token = reg.tokens[Role.OPERATOR]
+    refused = await gridwatch("alert", "resolve", "a-dead", "--url", reg.url, token=token)
+    assert refused.code == FAILED and "resolve with override and say why" in refused.err, refused
+    bare = await gridwatch("alert", "resolve", "a-dead", "--override", "--url", reg.url,
+                           token=token)  # fmt: skip
+    assert bare.code == USAGE and "--override needs --note saying why" in bare.err, bare
+    short = await gridwatch("alert", "resolve", "a-dead", "--override", "--note", "broken",
+                            "--url", reg.url, token=token)  # fmt: skip
+    assert short.code == FAILED and "at least 15 characters saying why" in short.err, short
+    why = "detector destroyed by the water"
+    done = await gridwatch("alert", "resolve", "a-dead", "--override", "--note", why, "--url",
+                           reg.url, token=token)  # fmt: skip
+    assert done.code == OK and "resolved" in done.out, done
+    _, body = await reg.call("GET", "/api/v1/alerts/a-dead", Role.OPERATOR)
+    assert [(a["action"], a["override"], a["note"]) for a in body["actions"]] == [
+        ("resolve", True, why),
+    ]
+    no_such = await gridwatch("alert", "ack", "a-dead", "--override", "--url", reg.url,
+                              token=token)  # fmt: skip
+    assert no_such.code == USAGE, no_such  # ack takes no override
 
 
 async def test_an_installer_reads_health(reg: Registry) -> None:
