@@ -420,6 +420,21 @@ async def test_a_broken_sensor_is_resolved_anyway_with_a_reason(
     ]
 
 
+async def test_device_views_carry_each_points_decimals_not_rounded_values(site: Registry) -> None:
+    """The views the device page reads: values as read (a client may want them all), each with
+    the decimals its point is shown with, from the device's profile (smoke-detector-modbus)."""
+    status, dev = await site.call("GET", "/api/v1/devices/gw1:sd-001", Role.OPERATOR)
+    assert status == 200
+    shown = {p: (v["value"], v["decimals"]) for p, v in dev["values"].items()}
+    assert shown["battery"] == (2.3, 2) and shown["alarm"][1] is None
+    assert shown["obscuration"][1] == 2 and shown["obscuration"][0] == pytest.approx(0.73812767)
+    status, read = await site.call(
+        "GET", "/api/v1/devices/gw1:sd-001/readings?point=obscuration&since=0", Role.OPERATOR
+    )
+    assert status == 200 and read["decimals"] == 2
+    assert read["readings"][-1]["value"] == pytest.approx(0.73812767)  # not rounded
+
+
 async def test_a_crew_sees_what_it_may_do_and_no_broken_stream(
     site: Registry, artifacts: Path
 ) -> None:
