@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from device_registry import Changes
+from device_registry.delivery.mqtt_out import MqttTarget
+from device_registry.delivery.runtime import Delivery
 from device_registry.http.auth import Role
-from gridwatch.ground.contract import AlertState, Birth, DeviceInfo
+from gridwatch.ground.contract import AlertState, Birth, DeviceInfo, PlatformLifecycle
 from tests._ops_helpers import now_ms, registry, smoke
+from tests.fieldkit import listen
+from tests.services import Mosquitto
 
 
 async def test_operator_walks_an_alert_to_closed_with_notes(tmp_path: Path) -> None:
@@ -134,3 +138,65 @@ async def test_cleared_and_resolved_alerts_are_closed_at_once(tmp_path: Path) ->
                     {"alert_ids": "c3"}, {"alert_ids": [""]}):  # fmt: skip
             status, err = await reg.call("POST", "/api/v1/alerts/close", Role.OPERATOR, bad)
             assert status == 422 and err["errors"][0]["loc"].startswith("alert_ids"), bad
+
+
+WHY = "detector destroyed by the water, crew confirmed on site"
+
+
+async def test_an_alert_whose_sensor_is_broken_is_resolved_by_override(
+    tmp_path: Path, mosquitto: Mosquitto, prefix: str
+) -> None:
+    """A sensor the flood destroyed keeps reporting nothing new: an operator ends its alert
+    deliberately, with a reason; the registry records it and tells the city platform."""
+    target = MqttTarget("127.0.0.1", mosquitto.port, prefix, client_id=f"reg-{prefix}")
+    async with listen(mosquitto.port, f"{prefix}/platform/lifecycle/#") as seen, \
+            registry(tmp_path, Delivery(mqtt=target, poll_s=0.2)) as reg:  # fmt: skip
+        await reg.ingest(smoke("a1"))
+        status, err = await reg.call("POST", "/api/v1/alerts/a1/resolve", Role.OPERATOR, {})
+        assert status == 409 and err["detail"].endswith(
+            "if the sensor is broken or gone, resolve with override and say why in the note."
+        )
+        # an override must say why, in words
+        for body in ({"override": True}, {"override": True, "note": "broken"}):
+            status, err = await reg.call("POST", "/api/v1/alerts/a1/resolve", Role.OPERATOR, body)
+            assert status == 422, body
+            assert "an override needs a note of at least 15 characters saying why" in str(err)
+        # only operators and admins end alerts, override or not; ack takes no override
+        for role in (Role.MAINTENANCE, Role.PLATFORM, Role.INSTALLER):
+            status, _ = await reg.call("POST", "/api/v1/alerts/a1/resolve", role,
+                                       {"override": True, "note": WHY})  # fmt: skip
+            assert status == 403, role
+        status, _ = await reg.call("POST", "/api/v1/alerts/a1/ack", Role.OPERATOR,
+                                   {"override": True, "note": WHY})  # fmt: skip
+        assert status == 422
+
+        status, a = await reg.call("POST", "/api/v1/alerts/a1/resolve", Role.OPERATOR,
+                                   {"override": True, "note": WHY})  # fmt: skip
+        assert status == 200 and (a["stage"], a["resolved_by"]) == ("resolved", "operator-1")
+        # still reported: closing it needs an override of its own, an admin may give it
+        status, _ = await reg.call("POST", "/api/v1/alerts/a1/close", Role.OPERATOR, {})
+        assert status == 409
+        status, a = await reg.call("POST", "/api/v1/alerts/a1/close", Role.ADMIN,
+                                   {"override": True, "note": "closed after the site visit"})  # fmt: skip
+        assert status == 200 and a["stage"] == "closed"
+
+        _, detail = await reg.call("GET", "/api/v1/alerts/a1", Role.OPERATOR)
+        still = "Smoke detected (obscuration 5.2 %/m, threshold 4); still reported"
+        assert [(s["action"], s["actor"], s["override"], s["sensor"]) for s in detail["actions"]
+                if s["action"] != "ack"] == [
+            ("resolve", "operator-1", True, still), ("close", "admin-1", True, still),
+        ]  # fmt: skip
+        _, audit = await reg.call("GET", "/api/v1/audit?target=a1", Role.ADMIN)
+        assert sorted((e["actor"], e["action"], e["detail"]["override"], e["detail"]["note"])
+                      for e in audit) == [
+            ("admin-1", "alerts.close", True, "closed after the site visit"),
+            ("operator-1", "alerts.resolve", True, WHY),
+        ]  # fmt: skip
+        await seen.wait_for(lambda s: len(s.messages) >= 3)
+    steps = [PlatformLifecycle.model_validate(p) for _, p, _ in seen.messages]
+    assert [(m.action, m.override, m.actor, m.sensor) for m in steps] == [
+        ("open", False, "centre", ""),
+        ("resolve", True, "operator-1", still),
+        ("close", True, "admin-1", still),
+    ]
+    assert steps[1].note == WHY

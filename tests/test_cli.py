@@ -20,10 +20,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from device_registry import Changes
 from device_registry.http import problems
 from device_registry.http.auth import Role
-from gridwatch.top.installer import DEFAULT_URL, BadOption, base_url
-from tests._ops_helpers import Registry, registry, smoke
+from gridwatch.ground.contract import AlertState, Reading
+from gridwatch.top.installer import DEFAULT_URL, BadOption, base_url, shown
+from tests._ops_helpers import Registry, now_ms, registry, smoke
 from tests.services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -237,6 +239,56 @@ async def test_each_field_error_is_said_once_in_plain_words(reg: Registry) -> No
 # ---- the commands ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("value", "decimals", "text"),
+    [
+        (2.896005, 2, "2.90"),  # float32 noise past the sensor's resolution
+        (2.896005, 0, "3"),
+        (2.896005, None, "2.896005"),  # no profile known: as it came
+        (12, 2, "12.00"),
+        (True, 0, "True"),  # on/off is never a number to round
+        ("OK", 2, "OK"),
+        (None, 2, "-"),
+    ],
+)
+def test_values_are_shown_at_their_points_decimals(
+    value: object, decimals: int | None, text: str
+) -> None:
+    assert shown(value, decimals) == text
+
+
+async def test_device_show_and_commission_round_for_people_not_for_the_api(reg: Registry) -> None:
+    bus = {"type": "modbus_tcp", "id": "cabinet", "host": "10.0.0.5", "port": 502}
+    status, _ = await reg.call("POST", "/api/v1/gateways", Role.INSTALLER,
+                               {"id": "gw1", "buses": [bus]})  # fmt: skip
+    assert status == 201
+    status, _ = await reg.call("POST", "/api/v1/devices", Role.INSTALLER,
+                               {"gateway": "gw1", "id": "wl-1", "bus": "cabinet", "unit_id": 1,
+                                "profile": "water-level-pressure"})  # fmt: skip
+    assert status == 201
+    now = now_ms()
+    ch = Changes(now=now)
+    for point, value, unit in (("level", 2.896005, "m"), ("alarm", True, "")):
+        ch.latest[("gw1", "wl-1", point)] = Reading(device="wl-1", point=point, value=value,
+                                                     unit=unit, ts=now)  # fmt: skip
+    ch.device_seen[("gw1", "wl-1")] = now
+    await reg.store.apply(ch)
+    # the API keeps the full value and says how it is shown
+    status, dev = await reg.call("GET", "/api/v1/devices/gw1:wl-1", Role.MAINTENANCE)
+    assert status == 200 and dev["values"]["level"]["value"] == 2.896005
+    assert dev["values"]["level"]["decimals"] == 2
+    assert dev["values"]["alarm"]["decimals"] is None  # on/off
+    token = reg.tokens[Role.INSTALLER]
+    ran = await gridwatch("device", "show", "gw1:wl-1", "--url", reg.url, token=token)
+    assert ran.code == OK and "2.90 m" in " ".join(ran.out.split()), ran
+    assert "2.896005" not in ran.out
+    raw = await gridwatch("device", "show", "gw1:wl-1", "--json", "--url", reg.url, token=token)
+    assert json.loads(raw.out)["values"]["level"]["value"] == 2.896005
+    com = await gridwatch("device", "commission", "gw1:wl-1", "--timeout", "5", "--url", reg.url,
+                          token=token)  # fmt: skip
+    assert "2.90 m" in " ".join(com.out.split()) and "2.896005" not in com.out, com
+
+
 async def test_gateway_config_prints_the_current_config(reg: Registry) -> None:
     bus = {"type": "modbus_tcp", "id": "cabinet", "host": "10.0.0.5", "port": 502}
     status, _ = await reg.call("POST", "/api/v1/gateways", Role.INSTALLER,
@@ -292,12 +344,38 @@ async def test_alert_list_filters_and_actions(reg: Registry) -> None:
     assert await listed("--stage", "acknowledged") == {"a-fut"}
     again = await gridwatch("alert", "ack", "a-fut", "--url", reg.url, token=token)
     assert again.code == FAILED and "409" in again.err, again
+    # the detector stops seeing smoke: only now may the alert be resolved and closed
+    await reg.ingest(smoke("a-fut", district="futian", state=AlertState.CLEARED))
     for action, stage in (("resolve", "resolved"), ("close", "closed")):
         ran = await gridwatch("alert", action, "a-fut", "--url", reg.url, token=token)
         assert ran.code == OK and stage in ran.out, ran
     _, body = await reg.call("GET", "/api/v1/alerts/a-fut", Role.OPERATOR)
-    assert [a["action"] for a in body["actions"]] == ["ack", "resolve", "close"]
+    assert [a["action"] for a in body["actions"]] == ["ack", "device_clear", "resolve", "close"]
     assert body["actions"][0]["note"] == "crew 7 on its way"
+
+
+async def test_an_operator_overrides_a_broken_sensor(reg: Registry) -> None:
+    await reg.ingest(smoke("a-dead"))
+    token = reg.tokens[Role.OPERATOR]
+    refused = await gridwatch("alert", "resolve", "a-dead", "--url", reg.url, token=token)
+    assert refused.code == FAILED and "resolve with override and say why" in refused.err, refused
+    bare = await gridwatch("alert", "resolve", "a-dead", "--override", "--url", reg.url,
+                           token=token)  # fmt: skip
+    assert bare.code == USAGE and "--override needs --note saying why" in bare.err, bare
+    short = await gridwatch("alert", "resolve", "a-dead", "--override", "--note", "broken",
+                            "--url", reg.url, token=token)  # fmt: skip
+    assert short.code == FAILED and "at least 15 characters saying why" in short.err, short
+    why = "detector destroyed by the water"
+    done = await gridwatch("alert", "resolve", "a-dead", "--override", "--note", why, "--url",
+                           reg.url, token=token)  # fmt: skip
+    assert done.code == OK and "resolved" in done.out, done
+    _, body = await reg.call("GET", "/api/v1/alerts/a-dead", Role.OPERATOR)
+    assert [(a["action"], a["override"], a["note"]) for a in body["actions"]] == [
+        ("resolve", True, why),
+    ]
+    no_such = await gridwatch("alert", "ack", "a-dead", "--override", "--url", reg.url,
+                              token=token)  # fmt: skip
+    assert no_such.code == USAGE, no_such  # ack takes no override
 
 
 async def test_an_installer_reads_health(reg: Registry) -> None:

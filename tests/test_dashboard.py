@@ -344,12 +344,95 @@ async def test_a_refused_resolve_is_said_in_the_card(site: Registry) -> None:
                 "This alert cannot be resolved yet: the sensor still reports Smoke detected"
             )
             await expect(a1.locator(".still")).to_have_text(
-                "Sensor reports it again: resolve or close once it clears."
+                "Sensor reports it again: resolve or close once it clears. If the sensor is "
+                "broken or gone, resolve anyway and say why."
             )
             await expect(a1.locator('button[data-act="resolve"]')).to_have_count(0)
         finally:
             await browser.close()
     assert dialogs == []
+
+
+async def test_a_broken_sensor_is_resolved_anyway_with_a_reason(
+    site: Registry, artifacts: Path
+) -> None:
+    """The detector the flood destroyed reports smoke for ever: the card offers the operator
+    "Resolve anyway…", asks for the reason in the card (no pop-up), refuses to send without one,
+    and sends the override with it; the alert leaves the open work, recorded as an override."""
+    from playwright.async_api import Dialog, Request, async_playwright, expect
+
+    dialogs: list[str] = []
+    sent: list[Any] = []
+
+    async def dismiss(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        await dialog.dismiss()
+
+    def posted(request: Request) -> None:
+        if request.method == "POST" and "/api/v1/alerts/" in request.url:
+            sent.append(request.post_data_json)
+
+    why = "detector destroyed by the water, crew saw it"
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 800})
+            page.on("dialog", dismiss)
+            page.on("request", posted)
+            await _log_in(page, site.url, site.tokens[Role.OPERATOR], "#/alerts")
+            a1 = page.locator('[data-alert="a1"]')
+            await expect(a1.locator(".still")).to_have_text(
+                "Sensor still reports it: resolve once it clears. If the sensor is broken or "
+                "gone, resolve anyway and say why."
+            )
+            await a1.locator("button[data-anyway]").click()
+            why_box = a1.locator("input.why")
+            await expect(why_box).to_be_focused()
+            await expect(a1.locator("button[data-anyway]")).to_have_count(0)
+            go = a1.locator('button[data-act="resolve"][data-override]')
+            await expect(go).to_have_text("Resolve against the sensor")
+            await why_box.fill("broken")  # not a reason: said in the card, nothing sent
+            await go.click()
+            await expect(a1.locator(".msg")).to_contain_text(
+                "Say why the sensor is not to be believed, in at least 15 characters"
+            )
+            assert sent == []
+            await why_box.fill(why)
+            assert await page.evaluate("document.documentElement.scrollWidth") <= 1280
+            await page.screenshot(path=str(artifacts / "dashboard-override-desktop.png"),
+                                  full_page=True)  # fmt: skip
+            # Cancel folds it away; opened again, it asks anew
+            await a1.locator("button[data-cancel]").click()
+            await expect(why_box).to_have_count(0)
+            await expect(a1.locator(".msg")).to_have_text("")
+            await a1.locator("button[data-anyway]").click()
+            await why_box.fill(why)
+            await go.click()
+            await expect(a1).to_have_count(0)  # resolved: no longer open work
+        finally:
+            await browser.close()
+    assert dialogs == []
+    assert sent == [{"note": why, "override": True}]
+    _, detail = await site.call("GET", "/api/v1/alerts/a1", Role.OPERATOR)
+    assert (detail["stage"], detail["resolved_by"]) == ("resolved", "operator-1")
+    assert [(s["action"], s["override"], s["note"]) for s in detail["actions"]] == [
+        ("resolve", True, why),
+    ]
+
+
+async def test_device_views_carry_each_points_decimals_not_rounded_values(site: Registry) -> None:
+    """The views the device page reads: values as read (a client may want them all), each with
+    the decimals its point is shown with, from the device's profile (smoke-detector-modbus)."""
+    status, dev = await site.call("GET", "/api/v1/devices/gw1:sd-001", Role.OPERATOR)
+    assert status == 200
+    shown = {p: (v["value"], v["decimals"]) for p, v in dev["values"].items()}
+    assert shown["battery"] == (2.3, 2) and shown["alarm"][1] is None
+    assert shown["obscuration"][1] == 2 and shown["obscuration"][0] == pytest.approx(0.73812767)
+    status, read = await site.call(
+        "GET", "/api/v1/devices/gw1:sd-001/readings?point=obscuration&since=0", Role.OPERATOR
+    )
+    assert status == 200 and read["decimals"] == 2
+    assert read["readings"][-1]["value"] == pytest.approx(0.73812767)  # not rounded
 
 
 async def test_a_crew_sees_what_it_may_do_and_no_broken_stream(
@@ -386,6 +469,7 @@ async def test_a_crew_sees_what_it_may_do_and_no_broken_stream(
             )
             await expect(page.locator("#live")).to_have_text(re.compile(r"^updated \d"))
             assert await page.locator("button[data-act], button[data-inc-act]").count() == 0
+            assert await page.locator("button[data-anyway]").count() == 0  # no override either
             assert await page.locator("input.note").count() == 0
             await expect(page.locator("#close-done")).to_be_hidden()
             assert "/api/v1/alerts/stream" not in asked

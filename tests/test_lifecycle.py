@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 
 from device_registry.alerts.lifecycle import (
+    OVERRIDE_NOTE_MIN,
+    SILENT_MS,
     Action,
+    NoteRequired,
     Refused,
     Stage,
     StillActive,
@@ -13,6 +16,7 @@ from device_registry.alerts.lifecycle import (
     due_at,
     is_overdue,
     needs_escalation,
+    sensor_gone,
     step,
     still_reported,
     time_left_ms,
@@ -76,6 +80,105 @@ def test_an_alert_the_sensor_still_reports_is_not_resolved_or_closed(
     with pytest.raises(Refused, match=refused.replace("(", r"\(").replace(")", r"\)")) as exc:
         step(stage, action, "ops-1", T0, active=SMOKE)
     assert isinstance(exc.value, StillActive) == ("yet" in refused)
+    if isinstance(exc.value, StillActive):  # the operator is told the way out
+        assert str(exc.value).endswith(
+            f"if the sensor is broken or gone, {action.value} with override and say why in the note."
+        )
+
+
+GONE_NOTE = "detector destroyed by the water"
+
+
+@pytest.mark.parametrize(
+    ("retired", "last_reading", "gone"),
+    [
+        (True, T0, "its device is retired"),  # retired: gone, however fresh its last word
+        (False, T0 - SILENT_MS - 1, "no reading for 24 h"),
+        (False, T0 - 30 * 3_600_000, "no reading for 30 h"),
+        (False, T0 - SILENT_MS, None),  # exactly the bound: not yet
+        (False, T0 - MIN, None),
+        (False, None, None),  # never heard: unknown is not gone
+    ],
+)
+def test_when_a_sensor_counts_as_gone(
+    retired: bool, last_reading: int | None, gone: str | None
+) -> None:
+    assert sensor_gone(retired, last_reading, T0) == gone
+
+
+@pytest.mark.parametrize(
+    ("stage", "action", "active", "gone", "override", "note", "outcome"),
+    [
+        # a gone sensor: resolve and close work, recorded with what it last said and why
+        (
+            Stage.OPEN,
+            Action.RESOLVE,
+            SMOKE,
+            "its device is retired",
+            False,
+            "",
+            (Stage.RESOLVED, False, SMOKE + "; its device is retired"),
+        ),
+        (
+            Stage.RESOLVED,
+            Action.CLOSE,
+            SMOKE,
+            "no reading for 30 h",
+            False,
+            "",
+            (Stage.CLOSED, False, SMOKE + "; no reading for 30 h"),
+        ),
+        # a live sensor: only an override with a note that says why
+        (
+            Stage.ACKNOWLEDGED,
+            Action.RESOLVE,
+            SMOKE,
+            None,
+            True,
+            GONE_NOTE,
+            (Stage.RESOLVED, True, SMOKE + "; still reported"),
+        ),
+        (
+            Stage.RESOLVED,
+            Action.CLOSE,
+            SMOKE,
+            None,
+            True,
+            GONE_NOTE,
+            (Stage.CLOSED, True, SMOKE + "; still reported"),
+        ),
+        (Stage.OPEN, Action.RESOLVE, SMOKE, None, True, "", NoteRequired),
+        (Stage.OPEN, Action.RESOLVE, SMOKE, None, True, "  broken   ", NoteRequired),
+        (
+            Stage.OPEN,
+            Action.RESOLVE,
+            SMOKE,
+            None,
+            True,
+            "x" * OVERRIDE_NOTE_MIN,
+            (Stage.RESOLVED, True, SMOKE + "; still reported"),
+        ),
+        (Stage.OPEN, Action.RESOLVE, SMOKE, None, False, GONE_NOTE, StillActive),
+        # the stage still decides first: an override does not skip a step
+        (Stage.OPEN, Action.CLOSE, SMOKE, None, True, GONE_NOTE, Refused),
+        # nothing to override: an ordinary step, not recorded as an override
+        (Stage.CLEARED, Action.CLOSE, None, None, True, GONE_NOTE, (Stage.CLOSED, False, "")),
+        (Stage.OPEN, Action.ACK, SMOKE, None, True, "", (Stage.ACKNOWLEDGED, False, "")),
+    ],
+)
+def test_ending_an_alert_against_its_sensor(
+    stage: Stage, action: Action, active: str | None, gone: str | None, override: bool,
+    note: str, outcome: tuple[Stage, bool, str] | type[Exception],
+) -> None:  # fmt: skip
+    if isinstance(outcome, type):
+        with pytest.raises(outcome) as exc:
+            step(stage, action, "ops-1", T0, note, active, gone, override)
+        assert type(exc.value) is outcome
+        if outcome is NoteRequired:
+            assert f"at least {OVERRIDE_NOTE_MIN} characters saying why" in str(exc.value)
+        return
+    t = step(stage, action, "ops-1", T0, note, active, gone, override)
+    assert (t.after, t.override, t.sensor) == outcome
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,12 @@ import pytest
 from sqlalchemy import update
 
 from device_registry import Changes, RegistryStore, StoreUnavailable
-from device_registry.alerts.lifecycle import Action, Refused, StillActive
+from device_registry.alerts.lifecycle import SILENT_MS, Action, NoteRequired, Refused, StillActive
 from device_registry.alerts.store import AlertFilter, OpsStore
-from device_registry.db.tables import Alert
+from device_registry.db.tables import Alert, Device
 from device_registry.errors import NotFound
 from device_registry.http.auth import Principal, Role
-from gridwatch.ground.contract import AlertEvent, AlertState, Location, Severity, new_id
+from gridwatch.ground.contract import AlertEvent, AlertState, Birth, Location, Severity, new_id
 
 T0 = 1_700_000_000_000
 MIN = 60_000
@@ -234,3 +234,56 @@ async def test_two_operators_closing_at_once_close_each_alert_once(ops: OpsStore
     closes = [e.payload["alert_id"] for e in await ops.feed(0)
               if e.kind == "lifecycle" and e.payload.get("action") == "close"]  # fmt: skip
     assert sorted(closes) == ids
+
+
+async def test_an_alert_whose_sensor_is_gone_can_be_ended(ops: OpsStore) -> None:
+    """A device retired, or silent for a day: its alert leaves the lists without an override,
+    recorded with what the sensor last said and why it was not waited for."""
+    birth = Birth(gateway="gw1", session=1, ts=T0, devices=["sd-1", "sd-2"])
+    await ops.store.apply(Changes(now=T0, status=[birth]))
+    await ingest(ops, smoke("a1", "sd-1", T0), smoke("a2", "sd-2", T0, grid="FT-0100"))
+    with pytest.raises(StillActive):  # a day exactly: not yet
+        await ops.act("a1", Action.RESOLVE, "ops", "", T0 + SILENT_MS)
+    view = await ops.act("a1", Action.RESOLVE, "ops", "", T0 + SILENT_MS + 1)
+    assert view.stage == "resolved"
+    async with ops.store.transaction() as s:
+        await s.execute(update(Device).where(Device.id == "gw1:sd-2").values(retired_at=T0 + MIN))
+    view = await ops.act("a2", Action.RESOLVE, "ops", "removed", T0 + 2 * MIN)
+    assert view.stage == "resolved"
+    _, steps = await ops.alert("a2", T0 + 3 * MIN)
+    assert [(st.action, st.override, st.sensor) for st in steps] == [
+        ("resolve", False, "obscuration 5; its device is retired"),
+    ]
+    _, steps = await ops.alert("a1", T0 + 3 * MIN)
+    assert [(st.override, st.sensor) for st in steps] == [
+        (False, "obscuration 5; no reading for 24 h"),
+    ]
+    # and they close in bulk like any other
+    done = await ops.close_many(["a1", "a2"], Principal("anna", Role.OPERATOR), "",
+                                T0 + SILENT_MS + MIN)  # fmt: skip
+    assert done.closed == ["a1", "a2"]
+
+
+async def test_an_override_needs_a_reason_and_is_recorded(ops: OpsStore) -> None:
+    await ingest(ops, smoke("a1", "sd-1", T0))
+    with pytest.raises(NoteRequired):
+        await ops.act("a1", Action.RESOLVE, "ops", "broken", T0 + MIN, override=True)
+    why = "detector under water since 03:10"
+    view = await ops.act("a1", Action.RESOLVE, "ops-anna", why, T0 + 2 * MIN, override=True)
+    assert (view.stage, view.resolved_by, view.notes) == ("resolved", "ops-anna", {"resolve": why})
+    _, [st] = await ops.alert("a1", T0 + 3 * MIN)
+    assert (st.actor, st.note, st.override, st.sensor) == (
+        "ops-anna", why, True, "obscuration 5; still reported",
+    )  # fmt: skip
+    [msg] = [e.payload for e in await ops.feed(0) if e.payload.get("action") == "resolve"]
+    assert (msg["override"], msg["note"], msg["sensor"]) == (
+        True, why, "obscuration 5; still reported",
+    )  # fmt: skip
+    # the device clears it later: an ordinary close, not an override
+    await ingest(ops, smoke("a1", "sd-1", T0 + 4 * MIN, AlertState.CLEARED), now=T0 + 4 * MIN)
+    view = await ops.act("a1", Action.CLOSE, "ops-anna", "", T0 + 5 * MIN, override=True)
+    _, steps = await ops.alert("a1", T0 + 6 * MIN)
+    assert [(st.action, st.override) for st in steps] == [
+        ("resolve", True),
+        ("close", False),
+    ]

@@ -84,9 +84,41 @@ class StillActive(Refused):
         super().__init__(stage, action, (
             f"this alert cannot be {verb} yet: the sensor still reports {condition}. "
             "It can be acknowledged now; once the device reports the condition gone, the alert "
-            f"shows as cleared and can be {verb}."
+            f"shows as cleared and can be {verb}; if the sensor is broken or gone, "
+            f"{action.value} with override and say why in the note."
         ))  # fmt: skip
         self.condition = condition
+
+
+SILENT_MS = 24 * 3_600_000
+"""A sensor without a reading this long is taken as gone: its alert may be resolved and closed."""
+
+OVERRIDE_NOTE_MIN = 15
+"""An override's note says why in words, not "ok": at least this many characters."""
+
+
+class NoteRequired(ValueError):
+    """An override without a note that says why (an API 422)."""
+
+
+def override_note_problem(note: str) -> str | None:
+    """Why ``note`` cannot carry an override, in words; None when it can."""
+    given = len(note.strip())
+    if given >= OVERRIDE_NOTE_MIN:
+        return None
+    return (f"an override needs a note of at least {OVERRIDE_NOTE_MIN} characters saying why "
+            f"the sensor is not to be believed (e.g. 'detector destroyed by the water'); "
+            f"{'none was given' if not given else f'{given} given'}")  # fmt: skip
+
+
+def sensor_gone(retired: bool, last_reading: int | None, now: int) -> str | None:
+    """Why the sensor counts as gone, in words, or None while it may still report.
+    ``last_reading``: epoch ms of its newest reading or alert update (None: never heard)."""
+    if retired:
+        return "its device is retired"
+    if last_reading is not None and now - last_reading > SILENT_MS:
+        return f"no reading for {(now - last_reading) // 3_600_000} h"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,20 +131,36 @@ class Transition:
     actor: str
     note: str
     at: int
+    override: bool = False
+    """A person ended the alert against a sensor that still reported its condition."""
+    sensor: str = ""
+    """What the sensor last reported and why the step went against it ("" when it did not)."""
 
 
 def step(
-    stage: Stage, action: Action, actor: str, at: int, note: str = "", active: str | None = None
-) -> Transition:
-    """The transition ``action`` makes from ``stage`` at time ``at`` (epoch ms), or ``Refused``.
+    stage: Stage, action: Action, actor: str, at: int, note: str = "", active: str | None = None,
+    gone: str | None = None, override: bool = False,
+) -> Transition:  # fmt: skip
+    """The transition ``action`` makes from ``stage`` at time ``at`` (epoch ms), or ``Refused``
+    (``StillActive``), or ``NoteRequired``.
     ``active``: what the sensor still reports (e.g. "obscuration 5.2 %/m, threshold 4"), None
-    once the device has cleared the condition."""
+    once the device has cleared the condition; ``gone``: why the sensor counts as gone
+    (``sensor_gone``); ``override``: the person ends it anyway (needs a note that says why).
+    An override that nothing needed is not recorded as one."""
     after = TRANSITIONS.get((stage, action))
     if after is None:
         raise Refused(stage, action)
-    if active is not None and action in ENDING:
+    if active is None or action not in ENDING:
+        return Transition(stage, after, action, actor, note, at)
+    if gone is not None:
+        return Transition(stage, after, action, actor, note, at, sensor=f"{active}; {gone}")
+    if not override:
         raise StillActive(stage, action, active)
-    return Transition(stage, after, action, actor, note, at)
+    problem = override_note_problem(note)
+    if problem is not None:
+        raise NoteRequired(problem)
+    sensor = f"{active}; still reported"
+    return Transition(stage, after, action, actor, note, at, override=True, sensor=sensor)
 
 
 def still_reported(

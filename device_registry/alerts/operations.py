@@ -25,6 +25,7 @@ from device_registry.db.tables import (
     AlertOps,
     Device,
     DeviceInfo,
+    Gateway,
     PlatformEvent,
     device_key,
 )
@@ -89,6 +90,7 @@ def _lifecycle_msg(
         alert_id=alert.alert_id, incident_id=ops.incident_id, incident_new=new_incident,
         action="open" if t is None else t.action.value, stage=ops.stage,
         actor=CENTRE if t is None else t.actor, note="" if t is None else t.note,
+        override=t is not None and t.override, sensor="" if t is None else t.sensor,
         gateway=alert.gateway_id, device=alert.device_id.partition(":")[2],
         category=alert.category, severity=alert.severity,
         location=_stored_location(alert), due_at=ops.due_at,
@@ -103,7 +105,8 @@ def _record(s: AsyncSession, alert: Alert, ops: AlertOps, t: Transition) -> None
         setattr(ops, f"{who}_by", t.actor)
         setattr(ops, f"{who}_at", t.at)
     s.add(AlertAction(alert_id=alert.alert_id, action=t.action.value, before=t.before.value,
-                      after=t.after.value, actor=t.actor, note=t.note, at=t.at))  # fmt: skip
+                      after=t.after.value, actor=t.actor, note=t.note, at=t.at,
+                      override=t.override, sensor=t.sensor))  # fmt: skip
     msg = _lifecycle_msg(alert, ops, t, t.at)
     s.add(_event("lifecycle", alert, msg.model_dump(mode="json"), t.at))
 
@@ -185,16 +188,19 @@ class AlertOperations:
     # ---- operators and the clock --------------------------------------------------------------
 
     async def act(
-        self, s: AsyncSession, alert_id: str, action: Action, actor: str, note: str, now: int
-    ) -> Transition | None:
-        """None when there is no such alert; ``lifecycle.Refused`` when the stage forbids it."""
+        self, s: AsyncSession, alert_id: str, action: Action, actor: str, note: str, now: int,
+        override: bool = False,
+    ) -> Transition | None:  # fmt: skip
+        """None when there is no such alert; ``lifecycle.Refused`` when the stage or the sensor
+        forbids it, ``lifecycle.NoteRequired`` for an override without a reason."""
         alert = await s.get(Alert, alert_id)
         ops = await s.get(AlertOps, alert_id)
         if alert is None or ops is None:
             return None
         active = lifecycle.still_reported(alert.state, alert.message, alert.point, alert.value,
                                           alert.unit, alert.threshold)  # fmt: skip
-        t = lifecycle.step(Stage(ops.stage), action, actor, now, note, active)
+        gone = await _sensor_gone(s, alert, now) if active is not None else None
+        t = lifecycle.step(Stage(ops.stage), action, actor, now, note, active, gone, override)
         # two operators (or two registry processes) acting on one alert at once: only the one
         # whose conditional update finds the stage it decided from moves it; on PostgreSQL the
         # other waits for it, then matches nothing and is refused by the stage it now sees
@@ -249,6 +255,18 @@ class AlertOperations:
             unit=entry.unit if entry else "", due_at=ops.due_at,
             time_limit_min=ops.time_limit_min, overdue_ms=now - ops.due_at, ts=now,
         ))  # fmt: skip
+
+
+async def _sensor_gone(s: AsyncSession, alert: Alert, now: int) -> str | None:
+    """Why the alert's sensor counts as gone (``lifecycle.sensor_gone``): its device or gateway
+    retired, or nothing from it (a reading, an alert update) for too long."""
+    device = await s.get(Device, alert.device_id)
+    gateway = await s.get(Gateway, alert.gateway_id)
+    retired = (device is not None and device.retired_at is not None) or (
+        gateway is not None and gateway.retired_at is not None
+    )
+    heard = [t for t in (alert.updated_at, device.last_seen if device else None) if t is not None]
+    return lifecycle.sensor_gone(retired, max(heard, default=None), now)
 
 
 async def _place(s: AsyncSession, device_id: str, loc: Location) -> None:

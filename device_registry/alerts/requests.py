@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from device_registry.alerts.lifecycle import Stage
+from device_registry.alerts.lifecycle import OVERRIDE_NOTE_MIN, Stage, override_note_problem
 
 
 class Request(BaseModel):
@@ -16,6 +16,21 @@ class Request(BaseModel):
 
 class ActionRequest(Request):
     note: str = Field(default="", max_length=2000, description="Why, what was done.")
+
+
+class EndRequest(ActionRequest):
+    """A resolve or close of one alert: the only steps that may override the sensor."""
+
+    override: bool = Field(default=False, description="Resolve or close although the sensor "
+                           "still reports the condition (broken, gone): operators and admins, "
+                           f"with a note of at least {OVERRIDE_NOTE_MIN} characters saying why.")  # fmt: skip
+
+    @model_validator(mode="after")
+    def _says_why(self) -> EndRequest:
+        problem = override_note_problem(self.note) if self.override else None
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
 
 class BulkCloseRequest(Request):

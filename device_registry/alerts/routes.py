@@ -8,16 +8,17 @@ from typing import Any
 
 from aiohttp import web
 
-from device_registry.alerts.lifecycle import Action, Refused
+from device_registry.alerts.lifecycle import ENDING, Action, NoteRequired, Refused
 from device_registry.alerts.requests import (
     ActionRequest,
     AlertQuery,
     BulkCloseRequest,
+    EndRequest,
     LifecycleQuery,
 )
 from device_registry.alerts.store import AlertFilter, OpsStore, stages
 from device_registry.alerts.views import AlertOpsView, AlertView, BulkClosed, IncidentActed
-from device_registry.errors import Conflict
+from device_registry.errors import Conflict, Invalid
 from device_registry.http.auth import PRINCIPAL, Role, roles
 from device_registry.http.routing import Route, route
 from device_registry.http.state import STORE, now_ms
@@ -64,16 +65,25 @@ async def close_alerts(request: web.Request, body: BulkCloseRequest) -> BulkClos
 def _on_alert(action: Action) -> Route:
     async def act(request: web.Request, body: ActionRequest) -> AlertOpsView:
         principal = request[PRINCIPAL]
+        override = isinstance(body, EndRequest) and body.override
         try:
-            return await _ops(request).act(
-                request.match_info["id"], action, principal.name, body.note, now_ms()
-            )
+            return await _ops(request).act(request.match_info["id"], action, principal.name,
+                                           body.note, now_ms(), override, principal)  # fmt: skip
         except Refused as exc:
             raise Conflict(str(exc)) from exc
+        except NoteRequired as exc:
+            raise Invalid([("note", str(exc))], "the body") from exc
 
-    act.__name__ = f"{action.value}_alert"
+    async def end(request: web.Request, body: EndRequest) -> AlertOpsView:
+        return await act(request, body)
+
+    handler = end if action in ENDING else act
+    handler.__name__ = f"{action.value}_alert"
+    summary = f"{action.value.capitalize()} one alert, with a note"
+    if action in ENDING:
+        summary += " (override: although its sensor still reports the condition, saying why)"
     return route("POST", f"/api/v1/alerts/{{id}}/{action.value}", roles(Role.OPERATOR),
-                 f"{action.value.capitalize()} one alert, with a note")(act)  # fmt: skip
+                 summary)(handler)  # fmt: skip
 
 
 def _on_incident(action: Action) -> Route:

@@ -148,18 +148,25 @@ class OpsStore:
                 select(AlertAction).where(AlertAction.alert_id == alert_id).order_by(AlertAction.id)
             )
             steps = [ActionView(action=r.action, before=r.before, after=r.after, actor=r.actor,
-                                note=r.note, at=r.at) for r in rows]  # fmt: skip
+                                note=r.note, at=r.at, override=r.override, sensor=r.sensor)
+                     for r in rows]  # fmt: skip
             [view] = await self._views(s, [(a, o)], now)
             return view, steps
 
     async def act(
-        self, alert_id: str, action: Action, actor: str, note: str, now: int
-    ) -> AlertOpsView:
-        """Raises ``NotFound`` or ``lifecycle.Refused``."""
+        self, alert_id: str, action: Action, actor: str, note: str, now: int,
+        override: bool = False, by: Principal | None = None,
+    ) -> AlertOpsView:  # fmt: skip
+        """Raises ``NotFound``, ``lifecycle.Refused`` or ``lifecycle.NoteRequired``. A step
+        against the sensor (an override, or a sensor gone) is written to the audit log as ``by``
+        in the same transaction."""
         async with self.store.transaction() as s:
-            t = await self.ops.act(s, alert_id, action, actor, note, now)
+            t = await self.ops.act(s, alert_id, action, actor, note, now, override)
             if t is None:
                 raise NotFound("alert", alert_id)
+            if t.sensor and by is not None:
+                detail = {"override": t.override, "sensor": t.sensor, "note": note}
+                s.add(audit_row(by, f"alerts.{action.value}", alert_id, detail))
             a, o = await s.get(Alert, alert_id), await s.get(AlertOps, alert_id)
             assert a is not None and o is not None
             [view] = await self._views(s, [(a, o)], now)

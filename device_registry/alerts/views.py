@@ -86,6 +86,10 @@ class ActionView(BaseModel):
     actor: str
     note: str
     at: int
+    override: bool = Field(default=False, description="A person ended the alert while its "
+                           "sensor still reported the condition.")  # fmt: skip
+    sensor: str = Field(default="", description="What the sensor last reported and why the "
+                        "step went against it; empty when it did not.")  # fmt: skip
 
 
 # ---- webhooks: kept by ``OpsStore`` beside the feed they read (delivery/ serves them) ----

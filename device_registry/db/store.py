@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -34,6 +34,7 @@ from device_registry.db.tables import (
     AlertTransition,
     Base,
     Device,
+    DeviceInfo,
     Gateway,
     GatewayHealthRow,
     LatestReading,
@@ -57,6 +58,7 @@ from device_registry.inventory.places import (
 )
 from device_registry.inventory.views import DeviceView, GatewayView
 from gridwatch.ground.contract import AlertEvent, AlertState, Birth, Death, GatewayHealth, Location
+from gridwatch.ground.profiles import ModbusProfile, MqttProfile, Point, point_decimals
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,9 @@ class RegistryStore:
         self.dialect = engine.dialect.name
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self.ops = AlertOperations(policy)
+        self.profiles: Callable[[], Mapping[str, ModbusProfile | MqttProfile]] | None = None
+        """The device profiles the registry knows (set where installers are wired), for the
+        decimals each point is shown with; None: not known here."""
         """Alert lifecycle, incidents and the delivery feed (``alertops.py``)."""
 
     @classmethod
@@ -511,6 +516,7 @@ class RegistryStore:
         column = Device.id if ":" in key else Device.name
         async with self._tx() as s:
             found = await _device_views(s, _device_query().where(column == key))
+            found = [await self._with_decimals(s, v) for v in found]
             ids = [d.id for d in found]
             q = (
                 select(Alert)
@@ -523,6 +529,20 @@ class RegistryStore:
         if len(found) > 1:
             raise Ambiguous(key, ids)
         return found[0].model_copy(update={"active_alerts": active})
+
+    async def _with_decimals(self, s: AsyncSession, view: DeviceView) -> DeviceView:
+        """The view with each value's decimals from the device's profile: the installer's if
+        registered, else the one its gateway's birth named."""
+        if self.profiles is None or not view.values:
+            return view
+        name = view.profile
+        if name is None:
+            name = await s.scalar(select(DeviceInfo.profile).where(DeviceInfo.device_id == view.id))
+        profile = self.profiles().get(name or "")
+        if profile is None:
+            return view
+        points: Mapping[str, Point] = profile.points
+        return views.with_decimals(view, {p: point_decimals(pt) for p, pt in points.items()})
 
     async def alerts(self, active_only: bool = True, limit: int = 1000) -> list[AlertView]:
         q = select(Alert).order_by(Alert.updated_at.desc()).limit(limit)

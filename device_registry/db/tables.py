@@ -305,6 +305,10 @@ class AlertAction(Base):
     actor: Mapped[str] = mapped_column(String(128))
     note: Mapped[str] = mapped_column(Text, default="")
     at: Mapped[int] = mapped_column()
+    # a resolve or close against the sensor (lifecycle.py): a person's override, and what the
+    # sensor last said with why the step went against it
+    override: Mapped[bool] = mapped_column(Boolean, default=False)
+    sensor: Mapped[str] = mapped_column(Text, default="")
 
 
 class PlatformEvent(Base):

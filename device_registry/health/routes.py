@@ -75,7 +75,9 @@ async def get_readings(request: web.Request, query: ReadingsQuery) -> ReadingsVi
     since = now_ms() - 3_600_000 if query.since is None else query.since
     rows = await history(dev.gateway, dev.device, query.point, since)
     points = [ReadingPoint(ts=ts, value=v, quality=q) for ts, v, q in rows[-_SHOWN:]]
-    return ReadingsView(device=dev.id, point=query.point, readings=points)
+    latest = dev.values.get(query.point)
+    decimals = None if latest is None else latest.decimals
+    return ReadingsView(device=dev.id, point=query.point, readings=points, decimals=decimals)
 
 
 ROUTES: tuple[Route, ...] = (health, get_health, get_readings)

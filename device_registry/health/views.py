@@ -114,3 +114,6 @@ class ReadingsView(BaseModel):
     device: str
     point: str
     readings: list[ReadingPoint]
+    decimals: int | None = Field(default=None, description="Decimals the point's values are "
+                                 "shown with (from the device's profile; values keep their full "
+                                 "precision); null: not known, or not a number.")  # fmt: skip

@@ -3,6 +3,7 @@ become those views (kept apart from the store so the store stays about SQL)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal, cast
 
 from pydantic import BaseModel, Field
@@ -18,6 +19,9 @@ class PointValue(BaseModel):
     quality: str = Field(description="good | stale | comm_error | out_of_range | invalid")
     ts: int = Field(description="Epoch ms of the reading (gateway clock).")
     historical: bool = False
+    decimals: int | None = Field(default=None, description="Decimals the value is shown with "
+                                 "(its point's, from the device's profile; the value itself "
+                                 "keeps its full precision); null: not known, or not a number.")  # fmt: skip
 
 
 class DeviceAlert(BaseModel):
@@ -143,6 +147,14 @@ def device(d: Device, site: Site | None, readings: list[LatestReading]) -> Devic
         install_date=d.install_date, firmware=d.firmware or "",
         labels=d.labels or {},
     )  # fmt: skip
+
+
+def with_decimals(view: DeviceView, decimals: Mapping[str, int | None]) -> DeviceView:
+    """``view`` with each value's decimals (``profiles.point_decimals`` of its point, by name);
+    a point the profile does not name keeps null. The values themselves are not rounded."""
+    values = {point: v.model_copy(update={"decimals": decimals.get(point)})
+              for point, v in view.values.items()}  # fmt: skip
+    return view.model_copy(update={"values": values})
 
 
 def device_alert(a: Alert) -> DeviceAlert:

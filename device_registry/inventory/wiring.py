@@ -70,6 +70,7 @@ def installer_ctx(settings: InstallerSettings) -> Callable[[web.Application], As
                 f"  or start with {auth.ADMIN_TOKEN_ENV} set to choose your own"
             )
         profiles = _profiles(settings.profiles_dir)
+        store.profiles = profiles  # device views show each value's decimals from its profile
         downlink: Downlink | None = None
         pushed: Callable[[str], None] = lambda _gw: None  # noqa: E731 - nothing to push to
         registry = Registry(

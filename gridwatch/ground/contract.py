@@ -372,6 +372,11 @@ class PlatformLifecycle(_Msg):
     stage: Literal["open", "acknowledged", "resolved", "closed", "cleared"]
     actor: str = Field(description="Who: a token's name, 'device' or 'centre'.")
     note: str = ""
+    override: bool = Field(default=False, description="A person resolved or closed it while "
+                           "its sensor still reported the condition (the note says why).")  # fmt: skip
+    sensor: str = Field(default="", description="On a resolve or close the device did not "
+                        "clear: what the sensor last reported, and why the step went against "
+                        "it ('still reported', 'its device is retired', 'no reading for 30 h').")  # fmt: skip
     gateway: str
     device: str
     category: str

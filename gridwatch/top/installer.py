@@ -331,6 +331,17 @@ def _print_gateway(gw: dict[str, Any]) -> None:
         print(f"    config error: {err}")
 
 
+def shown(value: Any, decimals: int | None) -> str:
+    """A value as a person reads it: at its point's decimals (the API's ``decimals``, from the
+    profile), so a float32 2.9 read as 2.896005 shows 2.90; '-' for none; on/off and text as
+    they are. The API keeps the full value; only the printed text is rounded."""
+    if value is None:
+        return "-"
+    if decimals is not None and isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:.{decimals}f}"
+    return str(value)
+
+
 def _print_device(d: dict[str, Any], values: bool = False) -> None:
     state = "retired" if d.get("retired") else d["status"]
     print(f"{d['id']:<32} {state:<8} {d.get('profile') or '-':<26} "
@@ -338,7 +349,8 @@ def _print_device(d: dict[str, Any], values: bool = False) -> None:
     if values:
         print(f"    {_coordinates(d)}")
         for point, v in sorted(d.get("values", {}).items()):
-            print(f"    {point:<16} {v['value']!s:>12} {v['unit']:<6} {v['quality']}")
+            value = shown(v["value"], v.get("decimals"))
+            print(f"    {point:<16} {value:>12} {v['unit']:<6} {v['quality']}")
 
 
 def _coordinates(d: dict[str, Any]) -> str:
@@ -526,13 +538,15 @@ async def commission(api: Api, device: str, timeout: float) -> int:  # noqa: ASY
     for name, v in sorted(dev["values"].items()):
         notes = check_reading(points.get(name), v["value"], v["quality"])
         healthy &= not notes
-        shown = "-" if v["value"] is None else v["value"]
-        print(f"  {name:<16} {shown!s:>14} {v['unit']:<6} {v['quality']:<12} {'; '.join(notes)}")
+        value = shown(v["value"], v.get("decimals"))
+        print(f"  {name:<16} {value:>14} {v['unit']:<6} {v['quality']:<12} {'; '.join(notes)}")
     alarms = dev.get("active_alerts") or []
     for a in alarms:
-        shown = "-" if a["value"] is None else f"{a['value']} {a['unit']}".rstrip()
+        # an alert's value is its point's: shown at the decimals of that point's latest value
+        decimals = (dev["values"].get(a["point"]) or {}).get("decimals")
+        value = "-" if a["value"] is None else f"{shown(a['value'], decimals)} {a['unit']}".rstrip()
         print(f"  IN ALARM: {a['severity']} {a['category']} on {a['point']}: "
-              f"{a['message'] or a['category']}: {shown}")  # fmt: skip
+              f"{a['message'] or a['category']}: {value}")  # fmt: skip
     if not healthy:
         print("NOT commissioned: see the notes above")
     elif alarms:

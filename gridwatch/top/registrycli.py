@@ -15,12 +15,14 @@ import time
 from typing import Any
 
 # the installer's --url/--token/--ca-file/--json, so every registry command reads them alike
-from gridwatch.top.installer import OK, Api, run_api, segment
+from gridwatch.top.installer import OK, Api, BadOption, run_api, segment
 from gridwatch.top.installer import _common as common_arguments
 
 ROLES = ("installer", "maintenance", "operator", "platform", "admin")
 STAGES = ("open", "acknowledged", "cleared", "resolved", "closed")
 ACTIONS = ("ack", "resolve", "close")
+ENDING = ("resolve", "close")
+"""The actions that may override a sensor still reporting the condition."""
 
 
 def add_parsers(sub: Any) -> None:
@@ -52,6 +54,10 @@ def add_parsers(sub: Any) -> None:
         act = alerts.add_parser(action, help=f"{action} one alert, with a note")
         act.add_argument("id", help="the alert id, as `alert list` shows it")
         act.add_argument("--note", default="", help="why, what was done (the audit trail)")
+        if action in ENDING:
+            act.add_argument("--override", action="store_true", help=f"{action} although the "
+                             "sensor still reports the condition (broken, gone): needs --note "
+                             "saying why; recorded as an override and sent to the city platform")  # fmt: skip
         common_arguments(act)
 
 
@@ -109,7 +115,14 @@ async def _alert(args: argparse.Namespace, api: Api) -> int:
             _print_alert(a)
         return OK
     path = f"/api/v1/alerts/{segment(args.id)}/{args.sub}"
-    done = await api.call("POST", path, json={"note": args.note})
+    body: dict[str, Any] = {"note": args.note}
+    if getattr(args, "override", False):
+        # the registry judges the note (how long a reason must be); an empty one is a slip here
+        if not args.note.strip():
+            raise BadOption("--override needs --note saying why the sensor is not to be "
+                            "believed, e.g. --note 'detector destroyed by the water'")  # fmt: skip
+        body["override"] = True
+    done = await api.call("POST", path, json=body)
     print(json.dumps(done, indent=2)) if args.json else _print_alert(done)
     return OK
 

@@ -16,7 +16,7 @@
 const $ = (sel) => document.querySelector(sel);
 const state = {
   alerts: [], health: null, stream: null, role: null, may: new Set(), profiles: new Map(),
-  inputs: new Map(), msgs: new Map(), updated: null,
+  inputs: new Map(), msgs: new Map(), updated: null, overriding: new Set(),
 };
 const SVG = "http://www.w3.org/2000/svg";
 const POLL_MS = 10000;
@@ -310,6 +310,35 @@ function nextActs(a) {
              .filter((act) => can(`POST /api/v1/alerts/{id}/${act}`));
 }
 
+// An alert whose sensor still reports the condition is not resolved or closed (the API's 409),
+// unless its sensor is broken or gone: then an operator ends it anyway, deliberately, saying why
+// (the API's override; recorded and sent to the city platform). The reason is asked in the card.
+const OVERRIDE_NOTE_MIN = 15;  // the API's (lifecycle.OVERRIDE_NOTE_MIN); it judges, this helps
+const ANYWAY = { resolve: "Resolve anyway…", close: "Close anyway…" };
+
+function overrideAct(a) {
+  // the step the sensor blocks, for a role that may take it
+  const act = active(a)
+    ? { open: "resolve", acknowledged: "resolve", cleared: "resolve", resolved: "close" }[a.stage]
+    : null;
+  return act && can(`POST /api/v1/alerts/{id}/${act}`) ? act : null;
+}
+
+function overrideForm(a, act) {
+  const key = `alert:${a.alert_id}`;
+  if (!state.overriding.has(key)) {
+    return h("div", { class: "actions anyway" },
+      h("button", { "data-anyway": act, class: "secondary" }, ANYWAY[act]));
+  }
+  return h("div", { class: "actions override" },
+    h("input", { class: "note why", "data-key": `why:${a.alert_id}`, maxlength: 2000,
+                 placeholder: `why: the sensor is broken or gone (at least ${OVERRIDE_NOTE_MIN} characters)`,
+                 "aria-label": `why ${act} against the sensor` }),
+    h("button", { "data-act": act, "data-override": "1" },
+      `${LABEL[act]} against the sensor`),
+    h("button", { "data-cancel": "1", class: "secondary" }, "Cancel"));
+}
+
 function note(key) {
   return h("input", { class: "note", "data-key": key, placeholder: "note (optional)",
                       "aria-label": "note", maxlength: 2000 });
@@ -327,6 +356,7 @@ function people(a) {
 
 function alertCard(a, inIncident, listed) {
   const acts = nextActs(a);
+  const anyway = overrideAct(a);
   const shown = { decimals: a.decimals };  // the API's, from the device's profile
   const key = `alert:${a.alert_id}`;
   const reading = `${a.message || a.rule}: ${withUnit(a.value, a.unit, shown)}`;
@@ -353,11 +383,13 @@ function alertCard(a, inIncident, listed) {
     active(a) && can("POST /api/v1/alerts/{id}/resolve")
       ? h("div", { class: "meta still" }, ["open", "acknowledged"].includes(a.stage)
           ? "Sensor still reports it: resolve once it clears."
-          : "Sensor reports it again: resolve or close once it clears.")
+          : "Sensor reports it again: resolve or close once it clears.",
+        anyway ? ` If the sensor is broken or gone, ${anyway} anyway and say why.` : "")
       : null,
     acts.length ? h("div", { class: "actions" }, note(key),
       ...acts.map((act) => h("button", { "data-act": act, class: act === "ack" ? null : "secondary" },
                              LABEL[act]))) : null,
+    anyway ? overrideForm(a, anyway) : null,
     h("p", { class: "msg", role: "status", "data-key": key }, state.msgs.get(key) || ""));
 }
 
@@ -489,6 +521,19 @@ function tell(key, message, ok) {
   if (el) { el.textContent = message || ""; el.classList.toggle("ok", !!ok); }
 }
 
+$("#alerts-list").addEventListener("click", (ev) => {
+  // "Resolve anyway…" opens the reason in the card; Cancel folds it away (no pop-ups)
+  const btn = ev.target.closest("button[data-anyway], button[data-cancel]");
+  if (!btn) return;
+  const id = btn.closest("[data-alert]").dataset.alert;
+  const key = `alert:${id}`;
+  if (btn.dataset.anyway) state.overriding.add(key); else state.overriding.delete(key);
+  tell(key, "");
+  renderAlerts();
+  const why = document.querySelector(`input.why[data-key="${CSS.escape(`why:${id}`)}"]`);
+  if (why) why.focus();
+});
+
 $("#alerts-list").addEventListener("click", async (ev) => {
   const btn = ev.target.closest("button[data-act], button[data-inc-act]");
   if (!btn) return;
@@ -496,13 +541,26 @@ $("#alerts-list").addEventListener("click", async (ev) => {
   const alertId = btn.dataset.act ? box.dataset.alert : null;
   const act = btn.dataset.act || btn.dataset.incAct;
   const key = alertId ? `alert:${alertId}` : `incident:${box.dataset.incident}`;
-  const input = box.querySelector("input.note");
+  const override = !!btn.dataset.override;
+  const input = box.querySelector(override ? "input.why" : "input.note:not(.why)");
+  const body = { note: input ? input.value : "" };
+  if (override) {
+    if (body.note.trim().length < OVERRIDE_NOTE_MIN) {
+      tell(key, `Say why the sensor is not to be believed, in at least ${OVERRIDE_NOTE_MIN} ` +
+                "characters (e.g. “detector destroyed by the water”): it is recorded and sent " +
+                "to the city platform.");
+      input.focus();
+      return;
+    }
+    body.override = true;
+  }
   const path = alertId ? `/api/v1/alerts/${encodeURIComponent(alertId)}/${act}`
     : `/api/v1/incidents/${encodeURIComponent(box.dataset.incident)}/${act}`;
   btn.disabled = true;
   try {
-    const done = await send("POST", path, { note: input ? input.value : "" });
+    const done = await send("POST", path, body);
     if (input) input.value = "";
+    if (override) state.overriding.delete(key);
     if (alertId) tell(key, "");
     else tell(key, incidentResult(act, done), !done.skipped.length);
   } catch (e) {
