@@ -1,7 +1,7 @@
 """alert actions record a resolve or close against the sensor: override, and what it said
 
-Revision ID: r0006_dash2
-Revises: r0005
+Revision ID: r0007
+Revises: r0006_places
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "r0006_dash2"
-down_revision = "r0005"
+revision = "r0007"
+down_revision = "r0006_places"
 branch_labels = None
 depends_on = None
 
