@@ -1,4 +1,5 @@
-"""The data gridwatch ships: device profiles, gateway configs, the event catalogue, JSON Schemas.
+"""The data gridwatch ships: device profiles, gateway configs, the event catalogue, the centre's
+example config, JSON Schemas.
 
 This folder is a package, holding nothing but data and the names of its folders, so that a wheel
 carries it and an installed gridwatch finds it with ``importlib.resources`` (see
@@ -11,7 +12,8 @@ PROFILES = "profiles"
 GATEWAYS = "gateways"
 CATALOGUE = "catalogue"
 SCHEMA = "schema"
+CENTRAL = "central"
 
-FOLDERS = (PROFILES, GATEWAYS, CATALOGUE, SCHEMA)
+FOLDERS = (PROFILES, GATEWAYS, CATALOGUE, SCHEMA, CENTRAL)
 
-__all__ = ["CATALOGUE", "FOLDERS", "GATEWAYS", "PROFILES", "SCHEMA"]
+__all__ = ["CATALOGUE", "CENTRAL", "FOLDERS", "GATEWAYS", "PROFILES", "SCHEMA"]
