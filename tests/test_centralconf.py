@@ -246,6 +246,15 @@ def test_the_shipped_schema_is_up_to_date(tmp_path: Path, name: str) -> None:
     )
 
 
+def test_the_example_in_docs_central_md_validates(tmp_path: Path) -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "central.md").read_text()
+    section = doc.split("### The config file: `central.yaml`", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    loaded = load_central(_write(tmp_path, block))
+    assert loaded.config.registry.dynsec is True
+    assert [b.host for b in loaded.config.mqtt.endpoints or []] == ["mq-a", "mq-b"]
+
+
 def test_every_key_of_the_schema_is_described() -> None:
     schema = CentralConfig.model_json_schema()
     for name, sect in [("CentralConfig", schema), *schema["$defs"].items()]:
