@@ -141,6 +141,9 @@ PRECEDENCE: list[tuple[str, list[str], dict[str, Any]]] = [
                      "--bridge-id", "hq2"], {
         "http_port": 0, "mqtt_host": "other", "prefix": "p2", "mqtt_password": "flag-pw",
         "history_hours": 1.0, "bridge_id": "hq2", "http_host": "127.0.0.2"}),
+    # a flag given with the default's value still beats the file
+    ("central run", ["--http-port", "8080", "--data-dir", "var/central"],
+     {"http_port": 8080, "data_dir": "var/central"}),
     ("central run", ["--db-url", "sqlite+aiosqlite:///flag.db"],
      {"db_url": "sqlite+aiosqlite:///flag.db"}),
     ("registry serve", ["--dynsec"], {"dynsec": True, "http_port": 9001,
@@ -164,6 +167,33 @@ def test_flags_override_the_file_and_the_file_the_defaults(
     args = vars(build_parser().parse_args([*role.split(), "-c", str(path), *flags]))
     assert {k: args[k] for k in expected} == expected
     assert args["config"] == str(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (None, "central.yaml: (top level): cannot read: No such file or directory"),
+        ("- http\n", "central.yaml:1: (top level): Input should be a valid dictionary or instance "
+         "of CentralConfig"),
+        ("http: {port: 1\n", "central.yaml:2: (top level): not valid YAML: expected ',' or '}', "
+         "but got '<stream end>'"),
+    ],
+)  # fmt: skip
+def test_a_file_that_is_not_a_central_yaml_stops_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str | None, says: str
+) -> None:
+    path = tmp_path / "central.yaml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args(["registry", "serve", "-c", str(path)])
+    assert done.value.code == 1
+    assert f"{tmp_path}/{says}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["", "# all commented out\n", "http:\nmqtt:\n"])
+def test_an_empty_file_or_section_means_the_defaults(tmp_path: Path, text: str) -> None:
+    assert load_central(_write(tmp_path, text)).config == CentralConfig()
 
 
 def test_without_a_file_the_defaults_are_todays() -> None:
@@ -295,22 +325,30 @@ def _start(path: Path, log: Path, env: dict[str, str] | None = None) -> subproce
     )  # fmt: skip
 
 
-def _health_until(proc: subprocess.Popen[bytes], port: int, log: Path, ok: Any) -> dict[str, Any]:
-    """GET /health until ``ok(body)`` holds; the process must stay up meanwhile."""
-    deadline = time.monotonic() + 30
+def _get_until(proc: subprocess.Popen[bytes], url: str, log: Path, ok: Any) -> bytes:
+    """GET ``url`` until ``ok(body)`` holds; the process must stay up meanwhile. The deadline
+    is generous: a cold start imports for seconds on a loaded machine."""
+    deadline = time.monotonic() + 60
     while True:
         if proc.poll() is not None:
-            raise AssertionError(f"central exited {proc.returncode}:\n{log.read_text()}")
+            raise AssertionError(f"exited {proc.returncode}:\n{log.read_text()}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                body: dict[str, Any] = json.loads(r.read())
+            with urllib.request.urlopen(url, timeout=2) as r:
+                body: bytes = r.read()
             if ok(body):
                 return body
         except (urllib.error.URLError, ConnectionError):
             pass  # not listening yet; or 503 while a part is still connecting
         if time.monotonic() > deadline:
-            raise AssertionError(f"/health never answered as expected:\n{log.read_text()}")
+            raise AssertionError(f"{url} never answered as expected:\n{log.read_text()}")
         time.sleep(0.1)
+
+
+def _health_until(proc: subprocess.Popen[bytes], port: int, log: Path, ok: Any) -> dict[str, Any]:
+    """``/health`` of a registry API, once ``ok(its JSON)`` holds."""
+    body = _get_until(proc, f"http://127.0.0.1:{port}/health", log, lambda b: ok(json.loads(b)))
+    found: dict[str, Any] = json.loads(body)
+    return found
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -364,3 +402,43 @@ def test_central_run_reaches_a_password_broker_with_the_secret_file_the_config_n
     finally:
         _stop(proc)
         broker.stop()
+
+
+def test_one_file_serves_registry_serve_and_bridge_run_each_reading_its_sections(
+    tmp_path: Path, mosquitto: Mosquitto, prefix: str
+) -> None:
+    http, metrics = free_port(), free_port()
+    path = _write(
+        tmp_path,
+        f"""\
+data_dir: {tmp_path / "data"}
+http: {{port: {http}}}
+mqtt:
+  endpoints: [{{host: 127.0.0.1, port: {mosquitto.port}}}]
+  prefix: {prefix}
+  client_id: c-{prefix}
+registry: {{dynsec: false}}
+timeseries: {{history_hours: 2}}
+bridge: {{metrics_port: {metrics}}}
+""",
+    )
+    blog, rlog = tmp_path / "bridge.log", tmp_path / "registry.log"
+    bridge = subprocess.Popen(
+        [sys.executable, "-m", "gridwatch.top.cli", "bridge", "run", "-c", str(path),
+         "--bridge-id", f"b-{prefix}"],
+        stdout=blog.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    registry = subprocess.Popen(
+        [sys.executable, "-m", "gridwatch.top.cli", "registry", "serve", "-c", str(path)],
+        stdout=rlog.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        body = _health_until(registry, http, rlog, lambda b: "registry downlink" in b["parts"])
+        assert "bridge" not in body["parts"]  # the registry alone runs no bridge
+        # the bridge's /metrics on http.host and bridge.metrics_port, its lanes on the file's broker
+        _get_until(bridge, f"http://127.0.0.1:{metrics}/metrics", blog,
+                   lambda b: b"gridwatch_bridge_connected 1.0" in b)  # fmt: skip
+        assert f"bridge: broker 127.0.0.1:{mosquitto.port}, prefix '{prefix}'" in blog.read_text()
+    finally:
+        _stop(registry)
+        _stop(bridge)
