@@ -300,6 +300,29 @@ def test_the_bridge_id_rule_is_the_registrys() -> None:
     assert centralconf.EDGE_CLIENT_PREFIX == EDGE_CLIENT_PREFIX
 
 
+@pytest.mark.parametrize(
+    ("content", "secret", "problem"),
+    [
+        (b"s3cret\n", "s3cret", None),
+        (b" pass word \r\n", " pass word ", None),  # only the line end is not the secret's
+        (b"x" * (64 * 1024 + 1), None, "is longer than 65536 bytes: not a secret"),
+        (b"\xff\xfe", None, "is not UTF-8 text"),
+    ],
+)
+def test_a_secret_file_is_read_as_written(
+    tmp_path: Path, content: bytes, secret: str | None, problem: str | None
+) -> None:
+    pw = tmp_path / "pw"
+    pw.write_bytes(content)
+    path = _write(tmp_path, f"mqtt:\n  password_file: {pw}\n")
+    if problem is None:
+        assert settle(load_central(path), {}, {"mqtt_password_env"})["mqtt_password"] == secret
+        return
+    with pytest.raises(ConfigError) as err:
+        settle(load_central(path), {}, {"mqtt_password_env"})
+    assert str(err.value) == f"{path}:2: mqtt -> password_file: {pw} {problem}"
+
+
 def test_defaults_resolve_without_a_file() -> None:
     out = settle(Loaded(), {}, {"mqtt_password_env", "db_url", "data_dir"})
     assert out == {"mqtt_password_env": None, "mqtt_password": None, "db_url": None,

@@ -297,6 +297,10 @@ def load_central(path: Path | str) -> Loaded:
     return Loaded(cfg, str(p), lines)
 
 
+_SECRET_MAX = 64 * 1024
+"""A secret file is a password or a token: one longer is the wrong file (or /dev/zero)."""
+
+
 def _secret(loaded: Loaded, section: str, stem: str) -> tuple[str | None, ConfigProblem | None]:
     """The secret a section names by ``<stem>_env`` or ``<stem>_file``; (None, None) if none."""
     sect = getattr(loaded.config, section)
@@ -308,11 +312,20 @@ def _secret(loaded: Loaded, section: str, stem: str) -> tuple[str | None, Config
             return None, loaded.problem(where, f"environment variable {env} is not set")
         return value, None
     if file:
+        where = (section, f"{stem}_file")
         try:
-            return Path(file).read_text(encoding="utf-8").strip(), None
+            with open(file, "rb") as f:
+                raw = f.read(_SECRET_MAX + 1)
+            text = raw.decode("utf-8")
         except OSError as exc:
-            where = (section, f"{stem}_file")
             return None, loaded.problem(where, f"cannot read {file}: {exc.strerror}")
+        except UnicodeDecodeError:
+            return None, loaded.problem(where, f"{file} is not UTF-8 text")
+        if len(raw) > _SECRET_MAX:
+            return None, loaded.problem(where, f"{file} is longer than {_SECRET_MAX} bytes: "
+                                        "not a secret")  # fmt: skip
+        # the line end an editor or `echo` adds is not part of the secret; other spaces are
+        return text.rstrip("\r\n"), None
     return None, None
 
 
