@@ -29,7 +29,6 @@ from device_registry.alerts import routes as alerts
 from device_registry.db.engine import default_url
 from device_registry.db.store import RegistryStore
 from device_registry.delivery import routes as delivery_routes
-from device_registry.delivery.mqtt_out import MqttTarget
 from device_registry.delivery.runtime import Delivery, delivery_ctx, delivery_metrics, end_streams
 from device_registry.errors import RegistryError
 from device_registry.health import routes as health
@@ -201,9 +200,9 @@ def delivery_settings(args: argparse.Namespace) -> Delivery:
     named on its command line (none: webhooks and the stream only)."""
     if not getattr(args, "mqtt_host", None):
         return Delivery()
-    target = MqttTarget(args.mqtt_host, args.mqtt_port, args.prefix, args.mqtt_username,
-                        args.mqtt_password,
-                        client_id=f"{args.bridge_id}-registry-platform")  # fmt: skip
+    target = BrokerSettings(args.mqtt_host, args.mqtt_port, args.prefix, args.mqtt_username,
+                            args.mqtt_password, protocol=args.mqtt_protocol,
+                            client_id=f"{args.bridge_id}-registry-platform")  # fmt: skip
     return Delivery(mqtt=target)
 
 
