@@ -465,3 +465,21 @@ bridge: {{metrics_port: {metrics}}}
     finally:
         _stop(registry)
         _stop(bridge)
+
+
+def test_building_the_parser_does_not_load_the_config_models() -> None:
+    """``gridwatch health`` and the installer commands build the same parser: the centre's
+    models (pydantic) load only when a centre subcommand parses its options."""
+    code = ("import sys; from gridwatch.top.cli import build_parser; build_parser(); "
+            "print('gridwatch.ground.centralconf' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_help_names_each_flags_key_and_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["central", "run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("[file: http.port; default 8080]", "[file: mqtt.endpoints]",
+                  "[file: registry.dynsec]", "[file: timeseries.history_hours; default 48.0]"):  # fmt: skip
+        assert shown in text, shown

@@ -13,18 +13,16 @@ import argparse
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gridwatch.ground.centralconf import (
-    Loaded,
-    check_bridge_id,
-    load_central,
-    option_default,
-    settle,
-)
 from gridwatch.ground.endpoints import parse_endpoints
-from gridwatch.ground.yamlconf import ConfigError
+
+# gridwatch.ground.centralconf (pydantic, the models) is imported when a centre subcommand's
+# options are parsed or its help is shown, not when the parser is built: every other command
+# (health, gateway add) would pay seconds for it
 
 
 def _bridge_id(value: str) -> str:
+    from gridwatch.ground.centralconf import check_bridge_id
+
     try:
         check_bridge_id(value)
     except ValueError as exc:
@@ -53,6 +51,9 @@ class CentralOptions(argparse.ArgumentParser):
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
+        from gridwatch.ground.centralconf import Loaded, load_central, settle
+        from gridwatch.ground.yamlconf import ConfigError
+
         given, rest = super().parse_known_args(args, None)
         flags = vars(given)
         path = flags.pop("config", None)
@@ -67,15 +68,22 @@ class CentralOptions(argparse.ArgumentParser):
             setattr(merged, key, value)
         return merged, rest
 
+    def format_help(self) -> str:
+        from gridwatch.ground.centralconf import OPTIONS, option_default
+
+        for action in self._actions:
+            default = option_default(action.dest) if action.dest in OPTIONS else None
+            if action.help and default not in (None, False) and "; default" not in action.help:
+                action.help = f"{action.help[:-1]}; default {default}]"
+        return super().format_help()
+
 
 Adder = Callable[[argparse.ArgumentParser], None]
 
 
 def _opt(p: argparse.ArgumentParser, flag: str, help: str, key: str, **kw: Any) -> None:
-    dest = flag.lstrip("-").replace("-", "_")
-    default = option_default(dest)
-    shown = "" if default is None or default is False else f"; default {default}"
-    p.add_argument(flag, help=f"{help} [file: {key}{shown}]", **kw)
+    # the default is added to the help when it is shown (CentralOptions.format_help)
+    p.add_argument(flag, help=f"{help} [file: {key}]", **kw)
 
 
 def store_args(p: argparse.ArgumentParser) -> None:
