@@ -214,7 +214,7 @@ def test_a_password_flag_naming_an_unset_variable_is_refused(
     with pytest.raises(SystemExit) as done:
         build_parser().parse_args(["bridge", "run", "--mqtt-password-env", "GW_TEST_UNSET_X"])
     assert done.value.code == 1
-    assert "--mqtt-password-env: (top level): environment variable GW_TEST_UNSET_X is not set" in (
+    assert "command line: --mqtt-password-env: environment variable GW_TEST_UNSET_X is not set" in (
         capsys.readouterr().err
     )
 

@@ -344,8 +344,11 @@ def settle(loaded: Loaded, flags: Mapping[str, Any], accepted: set[str]) -> dict
             out[dest] = os.environ.get(name) if name else None
             if name and out[dest] is None:
                 flag = "--" + flag_dest.replace("_", "-")
-                problems.append(ConfigProblem(flag, None, (), f"environment variable {name} "
-                                              "is not set"))  # fmt: skip
+                problems.append(
+                    ConfigProblem(
+                        "command line", None, (flag,), f"environment variable {name} is not set"
+                    )
+                )
             continue
         out[dest], problem = _secret(loaded, section, stem)
         problems += [problem] if problem else []
