@@ -1,9 +1,9 @@
-"""The bridge's settings, from the shared ``central`` command-line options."""
+"""The bridge's settings, from the merged options of ``central run`` / ``bridge run`` (a
+``central.yaml`` and flags over it: ``gridwatch.ground.centralconf``)."""
 
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -59,11 +59,11 @@ class BridgeConfig:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides: object) -> BridgeConfig:
-        password = os.environ.get(args.mqtt_password_env) if args.mqtt_password_env else None
-        token = os.environ.get(args.influx_token_env) if args.influx_token_env else None
+        # the secrets were read where the options were merged (gridwatch.ground.centralconf)
+        token = args.influx_token
         values: dict[str, object] = dict(
             mqtt_host=args.mqtt_host or "127.0.0.1", mqtt_port=args.mqtt_port,
-            mqtt_username=args.mqtt_username, mqtt_password=password,
+            mqtt_username=args.mqtt_username, mqtt_password=args.mqtt_password,
             mqtt_protocol=args.mqtt_protocol, client_id=args.bridge_id,
             share_group=args.share_group, prefix=args.prefix, data_dir=Path(args.data_dir),
             influx_url=args.influx_url, influx_bucket=args.influx_bucket,

@@ -1,5 +1,5 @@
-"""The data gridwatch ships: device profiles, gateway configs, the event catalogue, JSON Schemas,
-and sample files for installers (a device CSV).
+"""The data gridwatch ships: device profiles, gateway configs, the event catalogue, the centre's
+example config, JSON Schemas, and sample files for installers (a device CSV).
 
 This folder is a package, holding nothing but data and the names of its folders, so that a wheel
 carries it and an installed gridwatch finds it with ``importlib.resources`` (see
@@ -13,7 +13,8 @@ GATEWAYS = "gateways"
 CATALOGUE = "catalogue"
 SCHEMA = "schema"
 SAMPLES = "samples"
+CENTRAL = "central"
 
-FOLDERS = (PROFILES, GATEWAYS, CATALOGUE, SCHEMA, SAMPLES)
+FOLDERS = (PROFILES, GATEWAYS, CATALOGUE, SCHEMA, SAMPLES, CENTRAL)
 
-__all__ = ["CATALOGUE", "FOLDERS", "GATEWAYS", "PROFILES", "SAMPLES", "SCHEMA"]
+__all__ = ["CATALOGUE", "CENTRAL", "FOLDERS", "GATEWAYS", "PROFILES", "SAMPLES", "SCHEMA"]

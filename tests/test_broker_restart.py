@@ -13,8 +13,8 @@ import pytest
 
 from cloud_bridge import SqliteSink
 from device_registry import RegistryStore
-from device_registry.delivery.mqtt_out import MqttTarget
 from device_registry.delivery.runtime import Delivery
+from device_registry.inventory.downlink import BrokerSettings
 from gridwatch.ground.contract import Topics
 from tests._central_helpers import (
     batch,
@@ -67,7 +67,7 @@ async def test_bridge_lanes_ingest_again_after_the_broker_is_killed(
 async def test_platform_publisher_publishes_again_after_the_broker_is_killed(
     broker: Mosquitto, prefix: str, tmp_path: Path
 ) -> None:
-    target = MqttTarget(broker.host, broker.port, prefix, client_id=f"reg-{prefix}")
+    target = BrokerSettings(broker.host, broker.port, prefix, client_id=f"reg-{prefix}")
     async with registry(tmp_path, Delivery(mqtt=target, poll_s=0.2)) as reg:
         async with listen(broker.port, f"{prefix}/platform/#") as seen:
             await reg.ingest(smoke("before"))

@@ -19,10 +19,10 @@ from device_registry import RegistryStore
 from device_registry.alerts.store import FeedEvent
 from device_registry.db.tables import ApiToken
 from device_registry.delivery import routes as delivery_routes
-from device_registry.delivery.mqtt_out import MqttTarget
 from device_registry.delivery.runtime import OPS, Delivery
 from device_registry.errors import StoreUnavailable
 from device_registry.http.auth import SYSTEM, Role, TokenRequest, hash_token, issue, revoked_among
+from device_registry.inventory.downlink import BrokerSettings
 from gridwatch.ground.contract import PlatformEscalation, PlatformLifecycle
 from tests._ops_helpers import Registry, now_ms, registry, smoke
 from tests.fieldkit import listen
@@ -84,7 +84,7 @@ async def test_stream_live_filtered_and_resumable(tmp_path: Path) -> None:
 async def test_lifecycle_and_escalation_on_the_platform_tree(
     tmp_path: Path, mosquitto: Mosquitto, prefix: str
 ) -> None:
-    target = MqttTarget("127.0.0.1", mosquitto.port, prefix, client_id=f"reg-{prefix}")
+    target = BrokerSettings("127.0.0.1", mosquitto.port, prefix, client_id=f"reg-{prefix}")
     delivery = Delivery(mqtt=target, poll_s=0.2, escalate_every_s=0.1)
     async with listen(mosquitto.port, f"{prefix}/platform/#") as seen, \
             registry(tmp_path, delivery) as reg:  # fmt: skip

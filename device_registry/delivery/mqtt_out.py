@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 
 import aiomqtt
 
 from device_registry.alerts.store import OpsStore
 from device_registry.delivery.feed import FeedSignal
+from device_registry.inventory.downlink import BrokerSettings
 from gridwatch.ground.contract import Topics
 from gridwatch.ground.endpoints import parse_endpoints
 from gridwatch.ground.mqttsession import MqttSession, SessionSettings
@@ -29,27 +29,18 @@ CURSOR = "mqtt-platform"
 SKIPPED = frozenset({"alert"})
 
 
-@dataclass(frozen=True)
-class MqttTarget:
-    host: str
-    """One broker host, or several written ``host[:port],host[:port]`` (tried in turn)."""
-    port: int
-    """The port of a broker written without one."""
-    prefix: str
-    username: str | None = None
-    password: str | None = None
-    client_id: str = "gridwatch-registry-platform"
-
-
 class PlatformPublisher:
-    def __init__(self, ops: OpsStore, signal: FeedSignal, target: MqttTarget) -> None:
+    def __init__(self, ops: OpsStore, signal: FeedSignal, target: BrokerSettings) -> None:
+        """``target``: the registry's broker access, as its downlink's (one settings class for
+        the centre's sessions), under a client id of the publisher's own."""
         self.ops, self.signal, self.target = ops, signal, target
         self.topics = Topics(target.prefix)
         self.published = 0
         t = target
         self.mqtt = MqttSession(
-            SessionSettings(endpoints=parse_endpoints(t.host, t.port), client_id=t.client_id,
-                            username=t.username, password=t.password, persistent=False),
+            SessionSettings(endpoints=parse_endpoints(t.host, t.port, t.tls), client_id=t.client_id,
+                            username=t.username, password=t.password, ca_file=t.ca_file,
+                            protocol=t.protocol, persistent=False),
             "platform publisher",
         )  # fmt: skip
 

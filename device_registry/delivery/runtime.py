@@ -19,11 +19,12 @@ from device_registry.alerts.store import OpsStore
 from device_registry.delivery.escalator import escalate_forever
 from device_registry.delivery.feed import FeedSignal
 from device_registry.delivery.lease import DeliveryLease
-from device_registry.delivery.mqtt_out import MqttTarget, PlatformPublisher
+from device_registry.delivery.mqtt_out import PlatformPublisher
 from device_registry.delivery.sse import SseHub
 from device_registry.delivery.webhooks import RetryPolicy, SecretBox, WebhookDispatcher
 from device_registry.health.routes import History
 from device_registry.http.state import HEALTH_PARTS, STORE
+from device_registry.inventory.downlink import BrokerSettings
 from gridwatch.ground import metrics
 
 
@@ -47,7 +48,7 @@ LEASE = web.AppKey("lease", DeliveryLease)
 class Delivery:
     """Settings of the delivery side; the defaults suit production."""
 
-    mqtt: MqttTarget | None = None
+    mqtt: BrokerSettings | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     poll_s: float = 1.0
     escalate_every_s: float = 5.0

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import functools
 import logging
-import os
 import signal
 import ssl
 from collections.abc import AsyncIterator
@@ -30,7 +29,6 @@ from device_registry.alerts import routes as alerts
 from device_registry.db.engine import default_url
 from device_registry.db.store import RegistryStore
 from device_registry.delivery import routes as delivery_routes
-from device_registry.delivery.mqtt_out import MqttTarget
 from device_registry.delivery.runtime import Delivery, delivery_ctx, delivery_metrics, end_streams
 from device_registry.errors import RegistryError
 from device_registry.health import routes as health
@@ -174,12 +172,13 @@ def installer_settings(
     """Broker access for the registry's downlink and what generated configs tell gateways."""
     host = mqtt_host or args.mqtt_host
     user = args.broker_admin_user or args.mqtt_username
-    pw_env = args.broker_admin_password_env or args.mqtt_password_env
+    # the secrets were read where the options were merged (gridwatch.ground.centralconf)
+    own = args.broker_admin_password
     broker = None
     if host is not None:
         broker = BrokerSettings(
             host=host, port=args.mqtt_port, prefix=args.prefix, username=user,
-            password=os.environ.get(pw_env) if pw_env else None,
+            password=own if own is not None else args.mqtt_password,
             client_id=f"{args.bridge_id}-registry",
             protocol=cast(Any, protocol or args.mqtt_protocol),
         )  # fmt: skip
@@ -201,9 +200,9 @@ def delivery_settings(args: argparse.Namespace) -> Delivery:
     named on its command line (none: webhooks and the stream only)."""
     if not getattr(args, "mqtt_host", None):
         return Delivery()
-    password = os.environ.get(args.mqtt_password_env) if args.mqtt_password_env else None
-    target = MqttTarget(args.mqtt_host, args.mqtt_port, args.prefix, args.mqtt_username, password,
-                        client_id=f"{args.bridge_id}-registry-platform")  # fmt: skip
+    target = BrokerSettings(args.mqtt_host, args.mqtt_port, args.prefix, args.mqtt_username,
+                            args.mqtt_password, protocol=args.mqtt_protocol,
+                            client_id=f"{args.bridge_id}-registry-platform")  # fmt: skip
     return Delivery(mqtt=target)
 
 

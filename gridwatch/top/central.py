@@ -27,7 +27,6 @@ from cloud_bridge.sink import TelemetrySink
 from cloud_bridge.sink_sqlite import SqliteSink
 from device_registry import RegistryStore
 from device_registry.alerts.operations import drill_policy
-from device_registry.delivery.mqtt_out import MqttTarget
 from device_registry.http.app import (
     Delivery,
     build_app,
@@ -36,6 +35,7 @@ from device_registry.http.app import (
     serving,
     tls_from,
 )
+from device_registry.inventory.downlink import BrokerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +88,9 @@ class Central:
         """Lifecycle and escalation messages go to the bridge's broker; the device detail's
         chart reads the embedded telemetry history when that is the sink."""
         c = self.cfg
-        target = MqttTarget(c.mqtt_host, c.mqtt_port, c.prefix, c.mqtt_username, c.mqtt_password,
-                            client_id=f"{c.client_id}-platform")  # fmt: skip
+        target = BrokerSettings(c.mqtt_host, c.mqtt_port, c.prefix, c.mqtt_username,
+                                c.mqtt_password, protocol=c.mqtt_protocol,
+                                client_id=f"{c.client_id}-platform")  # fmt: skip
         sink = self.sink
         history = sink.history if isinstance(sink, SqliteSink) else None
         bridge = self.bridge

@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import math
 import sys
 from collections.abc import Sequence
 
-from gridwatch.ground.endpoints import parse_endpoints
 from gridwatch.top import healthcli
+from gridwatch.top.centralopts import add_role
 from gridwatch.top.extras import missing_extras
 
 # subcommand path -> "module:function"; each function takes the parsed args, returns an exit code
@@ -27,6 +26,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("sim",): "gridwatch.top.sim:main",
     ("probe", "modbus"): "gridwatch.top.probe:main",
     ("config", "check"): "gridwatch.top.configcheck:main",
+    ("config", "example"): "gridwatch.top.configcheck:example",
     ("demo",): "gridwatch.top.demo:main",
     **{
         ("gateway", c): "gridwatch.top.installer:main"
@@ -64,128 +64,6 @@ PROBE_EXIT_CODES = (
 """gridwatch/top/probe.py's codes; here so that building the parser does not load pymodbus."""
 
 
-def _bridge_id(value: str) -> str:
-    # the centre's sessions are not bound to their accounts: an id in the gateways' space would
-    # let gateway "<rest>-telemetry", bound to gridwatch-edge-<rest>-telemetry, take one over
-    try:
-        from device_registry.inventory.provisioning import EDGE_CLIENT_PREFIX
-    except ModuleNotFoundError:  # argparse checks the default too: main() names the extra
-        return value
-
-    if value.startswith(EDGE_CLIENT_PREFIX) or not value:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not a bridge id: it must not be empty or start with "
-            f"{EDGE_CLIENT_PREFIX!r}, the client ids of gateways (docs/security.md)"
-        )
-    return value
-
-
-def _brokers(value: str) -> str:
-    """``--mqtt-host``: one broker host, or several as ``host[:port],host[:port]``; checked here,
-    split where the sessions are built."""
-    try:
-        parse_endpoints(value, 1883)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return value
-
-
-def _scale(value: str) -> float:
-    try:
-        scale = float(value)
-    except ValueError:
-        scale = math.nan
-    if not 0 < scale <= 1:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not a scale: a number above 0 and at most 1 (0.01 makes an hour's "
-            "time limit 36 s)"
-        )
-    return scale
-
-
-def _drill_args(p: argparse.ArgumentParser) -> None:
-    """Of the processes that open alerts (``central run``, ``bridge run``): docs/alerts.md."""
-    p.add_argument("--escalation-scale", type=_scale, default=1.0, metavar="FACTOR",
-                   help="drill: every alert time limit times FACTOR (0.01: 60 min -> 36 s), "
-                   "for alerts opened from now on; 1 (default) in service")  # fmt: skip
-
-
-def _central_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default="var/central", help="SQLite files and state")
-    p.add_argument("--http-host", default="127.0.0.1", help="registry API listen address")
-    p.add_argument("--http-port", type=int, default=8080, help="registry API port")
-    p.add_argument("--mqtt-host", default=None, type=_brokers,
-                   help="broker host, or the nodes of a broker cluster as host[:port],"
-                   "host[:port] (used in turn: on a loss the next); none: embedded broker")  # fmt: skip
-    p.add_argument("--mqtt-port", type=int, default=1883,
-                   help="broker port (of those given without one; or the embedded broker's)")  # fmt: skip
-    p.add_argument("--mqtt-username", default=None, help="bridge's broker username")
-    p.add_argument("--mqtt-password-env", default=None, help="env var holding its password")
-    p.add_argument("--prefix", default="gridwatch", help="topic prefix")
-    p.add_argument("--influx-url", default=None, help="InfluxDB v2 write API; none: SQLite")
-    p.add_argument("--db-url", default=None, help="SQLAlchemy URL; none: SQLite in data dir")
-    p.add_argument("--share-group", default=None, help="MQTT 5 shared subscription group")
-    p.add_argument(
-        "--bridge-id",
-        default="gridwatch-bridge",
-        type=_bridge_id,
-        help="prefix of the centre's MQTT client ids (-telemetry, -events, -registry, "
-        "-platform); unique per bridge; not gridwatch-edge-*, the gateways' ids",
-    )
-    p.add_argument(
-        "--mqtt-protocol",
-        choices=["auto", "5", "3.1.1"],
-        default="auto",
-        help="MQTT version to the broker; auto tries 5, then 3.1.1",
-    )
-    p.add_argument("--influx-bucket", default="gridwatch", help="InfluxDB bucket")
-    p.add_argument("--influx-org", default="gridwatch", help="InfluxDB organisation")
-    p.add_argument("--influx-token-env", default=None, help="env var holding the InfluxDB token")
-    p.add_argument(
-        "--history-hours",
-        type=float,
-        default=48.0,
-        help="telemetry history kept by the embedded SQLite sink",
-    )
-
-
-def _installer_args(p: argparse.ArgumentParser) -> None:
-    """Registry options of ``registry serve`` and ``central run`` (docs/registry.md)."""
-    p.add_argument("--broker-admin-user", default=None,
-                   help="registry's broker user (configs, commands; dynsec admin); "
-                   "default: --mqtt-username")  # fmt: skip
-    p.add_argument(
-        "--broker-admin-password-env",
-        default=None,
-        help="env var holding its password; default: --mqtt-password-env",
-    )
-    p.add_argument(
-        "--dynsec",
-        action="store_true",
-        help="admit and revoke gateways through mosquitto's dynamic-security plugin",
-    )
-    p.add_argument(
-        "--gateway-mqtt-host",
-        default=None,
-        type=_brokers,
-        help="broker host (or host[:port],host[:port]) that generated gateway configs name; "
-        "default: --mqtt-host",
-    )
-    p.add_argument(
-        "--gateway-mqtt-port",
-        type=int,
-        default=None,
-        help="broker port for gateways (e.g. its TLS listener); default: --mqtt-port",
-    )
-    p.add_argument(
-        "--gateway-mqtt-ca",
-        default=None,
-        help="CA file gateways check the broker's certificate with (turns TLS on)",
-    )
-    p.add_argument("--tls-cert", default=None, help="serve the API over HTTPS with this cert")
-    p.add_argument("--tls-key", default=None, help="and this private key")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gridwatch", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -197,25 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--validate-config", action="store_true", help="check config, exit 0/1")
     run.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
 
-    central = sub.add_parser("central", help="central platform")
-    central_run = central.add_subparsers(dest="sub", required=True).add_parser(
-        "run", help="registry + bridge in one process"
-    )
-    _central_args(central_run)
-    _installer_args(central_run)
-    _drill_args(central_run)
-
-    reg = sub.add_parser("registry", help="device registry").add_subparsers(
-        dest="sub", required=True
-    )
-    reg_serve = reg.add_parser("serve", help="serve the registry API alone")
-    _central_args(reg_serve)
-    _installer_args(reg_serve)
-    bridge = sub.add_parser("bridge", help="cloud bridge").add_subparsers(dest="sub", required=True)
-    bridge_run = bridge.add_parser("run", help="run the bridge alone")
-    _central_args(bridge_run)
-    _drill_args(bridge_run)
-    bridge_run.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
+    # the centre's three roles: a central.yaml and flags over it, each the options it uses
+    add_role(sub.add_parser("central", help="central platform"), "run", "central run",
+             "registry + bridge in one process")  # fmt: skip
+    add_role(sub.add_parser("registry", help="device registry"), "serve", "registry serve",
+             "serve the registry API alone")  # fmt: skip
+    add_role(sub.add_parser("bridge", help="cloud bridge"), "run", "bridge run",
+             "run the bridge alone")  # fmt: skip
 
     sim = sub.add_parser("sim", help="a field of simulated devices")
     sim.add_argument("-c", "--config", required=True, help="gateway config whose devices to serve")
@@ -248,13 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="configuration tools").add_subparsers(
         dest="sub", required=True
     )
-    check = cfg.add_parser("check", help="validate profiles and gateway configs")
+    check = cfg.add_parser("check", help="validate profiles, gateway and centre configs")
     check.add_argument(
         "files",
         nargs="*",
         help="YAML files or folders; none: the shipped profiles, gateways, catalogue",
     )
     check.add_argument("--schema-dir", default=None, help="also write JSON Schemas here")
+    example = cfg.add_parser("example", help="print a commented example config")
+    example.add_argument("name", choices=["central"], help="central: a central.yaml")
 
     # argparse only: no I/O modules load
     from gridwatch.top import installer, registrycli

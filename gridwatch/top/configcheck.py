@@ -1,6 +1,9 @@
-"""``gridwatch config check [FILE...]``: validate profiles and gateway configs, export JSON Schema.
+"""``gridwatch config check [FILE...]``: validate profiles, gateway and centre configs, export JSON
+Schema; ``gridwatch config example central`` prints the commented example ``central.yaml``.
 
-A file is a profile or a catalogue layer when its top-level key says so, else a gateway config. Every
+A file is a centre config when its name starts with ``central`` or it has no ``gateway`` key and
+one of the centre's sections; a profile or a catalogue layer when its top-level key says so; else
+a gateway config. Every
 problem of every file is printed as ``file:line: key -> path: message``; the exit code is 0 when all
 are valid, 1 otherwise. With no FILE it checks what this installation ships (``SHIPPED``), so an
 installed gridwatch can vouch for its own data.
@@ -19,7 +22,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
-from firmware_configs import CATALOGUE, GATEWAYS, PROFILES
+from firmware_configs import CATALOGUE, CENTRAL, GATEWAYS, PROFILES
 from gridwatch.ground.catalogue import (
     Catalogue,
     CatalogueFile,
@@ -28,6 +31,7 @@ from gridwatch.ground.catalogue import (
     load_catalogue,
     rule_problems,
 )
+from gridwatch.ground.centralconf import CentralConfig, load_central
 from gridwatch.ground.gatewayconf import GatewayConfig, load_gateway
 from gridwatch.ground.profiles import ProfileFile, load_profile
 from gridwatch.ground.shipped import firmware
@@ -37,11 +41,15 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "profile.schema.json": ProfileFile,
     "gateway.schema.json": GatewayConfig,
     "catalogue.schema.json": CatalogueFile,
+    "central.schema.json": CentralConfig,
 }
+
+EXAMPLES = {"central": (CENTRAL, "central.example.yaml")}
+"""``gridwatch config example NAME``: (shipped folder, file)."""
 
 
 # the shipped folders checked when no file is named
-SHIPPED = (PROFILES, GATEWAYS, CATALOGUE)
+SHIPPED = (PROFILES, GATEWAYS, CATALOGUE, CENTRAL)
 
 
 def _files(args: list[str]) -> list[Path]:
@@ -52,17 +60,26 @@ def _files(args: list[str]) -> list[Path]:
     return out
 
 
-def _top_key(path: Path) -> str:
+def _kind(path: Path) -> str:
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
         return ""  # the real loader reports it with its line
-    return next(iter(data), "") if isinstance(data, dict) else ""
+    if path.name.startswith("central"):
+        return "central"  # named so: a file of typos only is still reported as a centre config
+    if not isinstance(data, dict) or not data:
+        return ""
+    if "gateway" not in data and set(data) & set(CentralConfig.model_fields):
+        return "central"
+    return str(next(iter(data)))
 
 
 def check(path: Path, catalogue: Catalogue | None = None) -> list[str]:
     try:
-        kind = _top_key(path)
+        kind = _kind(path)
+        if kind == "central":
+            load_central(path)
+            return []
         cat = catalogue or load_catalogue(default_catalogue_dir())
         if kind == "profile":
             rules = load_profile(path).rules
@@ -89,7 +106,7 @@ def catalogue_for(paths: list[Path]) -> Catalogue | None:
     """The catalogue formed by the layers among ``paths`` when one is a city layer (its folder
     holds the whole catalogue); None: the shipped one. A broken layer is reported by ``check``."""
     for p in paths:
-        if _top_key(p) == "catalogue":
+        if _kind(p) == "catalogue":
             try:
                 if isinstance(load_model(CatalogueFile, p).catalogue, CityLayer):
                     return load_catalogue(p.parent)
@@ -129,3 +146,9 @@ def main(args: argparse.Namespace) -> int:
         for target in write_schemas(Path(args.schema_dir)):
             print(f"wrote {target}")
     return 1 if bad else 0
+
+
+def example(args: argparse.Namespace) -> int:
+    folder, name = EXAMPLES[args.name]
+    print(firmware(folder).joinpath(name).read_text(encoding="utf-8"), end="")
+    return 0
