@@ -13,5 +13,9 @@ CATALOGUE = "catalogue"
 SCHEMA = "schema"
 
 FOLDERS = (PROFILES, GATEWAYS, CATALOGUE, SCHEMA)
+"""The folders ``gridwatch config check`` validates."""
 
-__all__ = ["CATALOGUE", "FOLDERS", "GATEWAYS", "PROFILES", "SCHEMA"]
+SYSTEMD = "systemd"
+"""systemd units for the edge, the bridge and the registry (not YAML: not config-checked)."""
+
+__all__ = ["CATALOGUE", "FOLDERS", "GATEWAYS", "PROFILES", "SCHEMA", "SYSTEMD"]
