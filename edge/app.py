@@ -32,7 +32,14 @@ from drivers.errors import UnknownPoint
 from edge.outbox import PRIO_TELEMETRY, Outbox, OutboxBusy
 from edge.pipeline import Pipeline
 from edge.remote import Remote
-from edge.status import STATUS_EVERY_S, RecentErrors, outbox_summary, status_path, write_atomic
+from edge.status import (
+    STATUS_EVERY_S,
+    LastPoll,
+    RecentErrors,
+    outbox_summary,
+    status_path,
+    write_atomic,
+)
 from edge.uplink import Uplink
 from gridwatch.ground import sdnotify
 from gridwatch.ground.contract import DeviceHealth, GatewayHealth, Topics, new_id
@@ -93,7 +100,7 @@ class EdgeAgent:
         # what the service face reports (status file, watchdog)
         self.status_file = status_path(path)
         self.started_at = clock()
-        self.last_outcomes: dict[str, dict[str, object]] = {}
+        self.last_outcomes: dict[str, LastPoll] = {}
         self.batcher_ok_at = time.monotonic()  # the last batcher pass that reached the outbox
         self.outbox_error = ""  # the last batcher pass's failure; "" once one succeeds
         self.recent_errors = RecentErrors()
@@ -127,10 +134,9 @@ class EdgeAgent:
         ]
 
     def _sink(self, outcome: PollOutcome) -> None:
-        self.last_outcomes[outcome.device] = {
-            "ok": outcome.ok, "ts": outcome.ts, "error": outcome.error,
-            "at": time.monotonic(),
-        }  # fmt: skip
+        self.last_outcomes[outcome.device] = LastPoll(
+            outcome.ok, outcome.ts, outcome.error, time.monotonic()
+        )
         self.pipeline.sink(outcome)
 
     async def reconfigure(self, cfg: GatewayConfig, devices: list[ResolvedDevice]) -> None:
@@ -193,8 +199,8 @@ class EdgeAgent:
         for dev in self.pipeline.devices.values():
             if not dev.bus.type.startswith("modbus"):
                 continue  # MQTT sensors speak when they like
-            last = self.last_outcomes.get(dev.id, {}).get("at", self._outcomes_since)
-            assert isinstance(last, float)
+            polled = self.last_outcomes.get(dev.id)
+            last = polled.at if polled else self._outcomes_since
             if now - last > 2 * dev.interval_s + STUCK_GRACE_S:
                 problems.append(f"device {dev.id}: no poll outcome for {now - last:.0f} s")
         return problems
@@ -216,10 +222,9 @@ class EdgeAgent:
                        "endpoint": st.endpoint, "last_error": st.last_error,
                        "outages": st.outages, "session": self.pipeline.session},
             "outbox": outbox,
-            "devices": {d: {k: v for k, v in o.items() if k != "at"}
-                        for d, o in self.last_outcomes.items()}
-            | {d: {"ok": None, "ts": None, "error": ""}
-               for d in self.pipeline.devices if d not in self.last_outcomes},
+            "devices": {d: self.last_outcomes[d].shown() if d in self.last_outcomes
+                        else {"ok": None, "ts": None, "error": ""}
+                        for d in self.pipeline.devices},
             "errors": list(self.recent_errors.records),
             "unhealthy": self.unhealthy(),
         }  # fmt: skip

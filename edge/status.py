@@ -55,6 +55,20 @@ def read_status(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+@dataclass(slots=True)
+class LastPoll:
+    """A device's last poll outcome, as the status file shows it (``at``: monotonic, not
+    shown; the watchdog's check that the device's poll loop turns)."""
+
+    ok: bool
+    ts: int  # epoch ms
+    error: str
+    at: float
+
+    def shown(self) -> dict[str, Any]:
+        return {"ok": self.ok, "ts": self.ts, "error": self.error}
+
+
 class RecentErrors(logging.Handler):
     """Keeps the last ERROR records of the process for the status file."""
 
@@ -225,8 +239,16 @@ def _ago(seconds: float) -> str:
 
 
 def pid_alive(pid: object) -> bool:
+    """Whether ``pid`` is an edge agent still: after a reboot the status file's pid may belong
+    to any process, so its command line must say ``edge run`` (where /proc is readable)."""
     if not isinstance(pid, int) or pid <= 0:
         return False
+    try:
+        return b"edge\0run\0" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc here: the pid's existence is all there is to go on
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

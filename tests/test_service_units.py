@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -17,7 +18,14 @@ from typing import Any
 
 import pytest
 
-from edge.status import EXIT_HEALTHY, EXIT_NOT_RUNNING, EXIT_PROBLEMS, judge, payload_ts
+from edge.status import (
+    EXIT_HEALTHY,
+    EXIT_NOT_RUNNING,
+    EXIT_PROBLEMS,
+    judge,
+    payload_ts,
+    pid_alive,
+)
 from gridwatch.ground import logfmt, sdnotify
 from gridwatch.ground.shipped import shipped
 from tests._service_helpers import NotifySocket, Role
@@ -296,3 +304,15 @@ async def test_bridge_tells_systemd_when_its_sessions_run(tmp_path: Path) -> Non
         bridge.stop(signal.SIGKILL)
         sock.close()
         broker.stop()
+
+
+def test_a_pid_reused_by_another_process_is_not_the_agent() -> None:
+    """After a reboot the status file's pid may name anything: this test's own process, say."""
+    assert not pid_alive(os.getpid())
+    assert not pid_alive(2**22 + 1)  # above pid_max: no such process
+    agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "edge", "run"])
+    try:
+        assert pid_alive(agent.pid)
+    finally:
+        agent.kill()
+        agent.wait()
