@@ -105,6 +105,7 @@ class EdgeAgent:
         self.outbox_error = ""  # the last batcher pass's failure; "" once one succeeds
         self.recent_errors = RecentErrors()
         self._outcomes_since = time.monotonic()  # devices count as stuck from here
+        self._status_failed = False  # the last status write failed (logged once per streak)
 
     async def run(self) -> None:
         try:
@@ -120,6 +121,7 @@ class EdgeAgent:
         finally:
             # whatever the drivers read before the stop is kept for the next start
             self.pipeline.flush()
+            self._write_status(stopped=True)
             self.outbox.close()
 
     def _start_drivers(self) -> None:
@@ -225,28 +227,37 @@ class EdgeAgent:
             "devices": {d: self.last_outcomes[d].shown() if d in self.last_outcomes
                         else {"ok": None, "ts": None, "error": ""}
                         for d in self.pipeline.devices},
+            "brokers": [f"{b.host}:{b.port}" for b in self.cfg.mqtt.brokers()],
             "errors": list(self.recent_errors.records),
             "unhealthy": self.unhealthy(),
         }  # fmt: skip
+
+    def _write_status(self, stopped: bool = False) -> bool:
+        """The status file now; ``stopped``: the last one, of a clean stop. False if not written."""
+        try:
+            status = self.status()
+            if stopped:
+                status["stopped_at"] = status["written_at"]
+            write_atomic(self.status_file, status)
+        except (OSError, sqlite3.Error) as exc:  # a full disk: the outbox's own errors say more
+            logger.log(logging.DEBUG if self._status_failed else logging.ERROR,
+                       "status file %s not written: %s", self.status_file, exc)  # fmt: skip
+            self._status_failed = True
+            return False
+        self._status_failed = False
+        return True
 
     async def _supervise(self) -> None:
         """Readiness once every task is started, then the status file and watchdog pings."""
         sdnotify.notify(READY=1, STATUS=self._one_line())
         ping_every = sdnotify.watchdog_interval(os.environ, os.getpid())
         period = min(STATUS_EVERY_S, ping_every or STATUS_EVERY_S)
-        write_failures = 0
         while True:
             problems = self.unhealthy()
             if ping_every is not None and not problems:
                 sdnotify.notify(WATCHDOG=1)
             sdnotify.notify(STATUS=self._one_line(problems))
-            try:
-                write_atomic(self.status_file, self.status())
-                write_failures = 0
-            except OSError as exc:  # a full disk: the outbox's own errors say more
-                write_failures += 1
-                if write_failures == 1:
-                    logger.error("status file %s not written: %s", self.status_file, exc)
+            self._write_status()
             await asyncio.sleep(period)
 
     def _one_line(self, problems: list[str] | None = None) -> str:

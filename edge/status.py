@@ -150,7 +150,12 @@ def judge(
     the outbox read directly (pure: ``now`` in epoch seconds)."""
     age = now - float(status["written_at"]) if status else None
     if status is None or not alive:
-        when = "never wrote a status" if age is None else f"last status {_ago(age)}"
+        if age is None:
+            when = "never wrote a status"
+        elif status and status.get("stopped_at"):
+            when = f"stopped cleanly {_ago(now - float(status['stopped_at']))}"
+        else:
+            when = f"last status {_ago(age)}: it crashed, was killed, or the box lost power"
         return Report(EXIT_NOT_RUNNING, "not running", [f"agent not running ({when})"],
                       status, outbox)  # fmt: skip
     problems = []
@@ -184,7 +189,8 @@ def render(report: Report, now: float) -> str:
     if up:
         state = "up" if up.get("connected") else "DOWN"
         since = f" since {_clock(up['since'])}" if up.get("since") else ""
-        lines.append(f"uplink: {state}{since}, broker {up.get('endpoint') or '-'}"
+        broker = up.get("endpoint") or ", ".join(s.get("brokers") or []) or "-"
+        lines.append(f"uplink: {state}{since}, broker {broker}"
                      f", {up.get('outages', 0)} outage(s)")  # fmt: skip
     ob = report.outbox
     if ob:
@@ -244,11 +250,13 @@ def pid_alive(pid: object) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
-        return b"edge\0run\0" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except FileNotFoundError:
         return False
     except OSError:  # no /proc here: the pid's existence is all there is to go on
-        pass
+        cmdline = b""
+    if cmdline:  # empty while a process is still being exec'd, and for a zombie
+        return b"edge\0run\0" in cmdline
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -73,8 +73,7 @@ async def test_ready_then_watchdog_pings_that_stop_while_the_outbox_cannot_be_wr
 
             _, hard = resource.prlimit(edge.proc.pid, resource.RLIMIT_FSIZE)
             resource.prlimit(edge.proc.pid, resource.RLIMIT_FSIZE, (1, hard))
-            bad = await notify.until(lambda m: "UNHEALTHY" in m.get("STATUS", ""))
-            assert "outbox" in bad[-1]["STATUS"], bad
+            await notify.until(lambda m: "UNHEALTHY: outbox write failed" in m.get("STATUS", ""))
             after = [await notify.next(5) for _ in range(4)]  # two seconds of supervision
             assert not [m for m in after if "WATCHDOG" in m], after
 
@@ -139,6 +138,9 @@ async def test_edge_status_with_the_broker_stopped_then_after_a_crash(
             code, report = await asyncio.to_thread(edge_status, path, tmp_path)
             assert code == 3 and report["agent"] == "not running"
             assert report["problems"][0].startswith("agent not running (last status ")
+            assert report["problems"][0].endswith(
+                ": it crashed, was killed, or the box lost power)"
+            )
             assert report["outbox"]["waiting"] >= depth  # read from the outbox itself
         finally:
             edge.stop(signal.SIGKILL)
@@ -181,6 +183,8 @@ async def test_sighup_reloads_a_valid_config_and_keeps_the_running_one_on_a_brok
         finally:
             assert edge.stop() == 0
             notify.close()
+    code, report = await asyncio.to_thread(edge_status, path, tmp_path)
+    assert code == 3 and report["problems"][0].startswith("agent not running (stopped cleanly ")
 
 
 def test_the_status_of_an_agent_that_never_ran(tmp_path: Path, prefix: str) -> None:

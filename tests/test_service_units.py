@@ -245,7 +245,10 @@ DOWN = {"connected": False, "since": NOW - 90, "endpoint": "mq:1883",
          ["status not updated since 60 s ago: the agent is hung, or cannot write beside its "
           "outbox (a full disk?)"]),
         (status(written_at=NOW - 180), False, EXIT_NOT_RUNNING,
-         ["agent not running (last status 3 min ago)"]),
+         ["agent not running (last status 3 min ago: it crashed, was killed, or the box lost "
+          "power)"]),
+        (status(written_at=NOW - 180, stopped_at=NOW - 180), False, EXIT_NOT_RUNNING,
+         ["agent not running (stopped cleanly 3 min ago)"]),
         (None, False, EXIT_NOT_RUNNING, ["agent not running (never wrote a status)"]),
     ],
 )  # fmt: skip
