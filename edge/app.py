@@ -280,7 +280,8 @@ class EdgeAgent:
                          self.config_file, self.cfg.version, exc)  # fmt: skip
         else:
             await self.remote.apply_file(cfg, devices, self.config_file)
-        sdnotify.notify(READY=1, STATUS=self._one_line())
+        finally:  # systemd holds the unit in "reloading" until it hears READY=1 again
+            sdnotify.notify(READY=1, STATUS=self._one_line())
 
     async def _metrics(self, port: int) -> None:
         # loaded only when asked for: prometheus-client and aiohttp cost a gateway ~9 MB of RSS

@@ -106,6 +106,13 @@ async def test_edge_status_with_the_broker_stopped_then_after_a_crash(
                 path, tmp_path, lambda c, r: c == 0 and r["status"]["uplink"]["connected"]
             )
             assert report["agent"] == "running" and report["problems"] == []
+            second = await asyncio.to_thread(
+                subprocess.run, [sys.executable, "-m", "gridwatch.top.cli", "edge", "run", "-c",
+                                 str(path)], cwd=tmp_path, capture_output=True, timeout=30,
+            )  # fmt: skip
+            assert second.returncode == 1 and b"another edge agent" in second.stderr
+            _, report = await status_until(path, tmp_path, lambda c, r: True)
+            assert report["status"]["pid"] == edge.proc.pid  # the second left the file alone
             broker.stop()
             stopped_at = time.time()
             code, report = await status_until(
@@ -165,6 +172,11 @@ async def test_sighup_reloads_a_valid_config_and_keeps_the_running_one_on_a_brok
             assert "running config v1 is kept" in error
             await edge.line(lambda x: "devices -> 0 -> unit_id" in x and f"{path}:" in x)
             await notify.until(lambda m: m.get("READY") == "1")  # serving again, as before
+
+            path.write_bytes(b"\xff\xfe version: 2")  # saved by a tool in UTF-16, say
+            edge.proc.send_signal(signal.SIGHUP)
+            await edge.line(lambda x: "not UTF-8 text (byte 0)" in x)
+            await notify.until(lambda m: m.get("READY") == "1")
 
             smaller = {**original, "version": 2, "devices": original["devices"][:2]}
             path.write_text(yaml.safe_dump(smaller, sort_keys=False))
