@@ -28,6 +28,7 @@ from edge.status import (
 )
 from gridwatch.ground import logfmt, sdnotify
 from gridwatch.ground.shipped import shipped
+from gridwatch.top.cli import build_parser
 from tests._service_helpers import NotifySocket, Role
 from tests.services import Mosquitto, free_port
 
@@ -319,3 +320,18 @@ def test_a_pid_reused_by_another_process_is_not_the_agent() -> None:
     finally:
         agent.kill()
         agent.wait()
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_each_units_command_line_is_one_gridwatch_understands(name: str) -> None:
+    """What systemd would run, with its specifiers filled in and the options file empty."""
+    (exec_start,) = directives(unit_text(name))["ExecStart"]
+    words = exec_start.replace("%E", "/etc").replace("%S", "/var/lib").split()
+    assert words[0] == SHIPPED_EXEC
+    args = build_parser().parse_args([w for w in words[1:] if not w.startswith("$")])
+    assert args.log_format == "json"
+    assert (args.cmd, args.sub) == {
+        "gridwatch-edge.service": ("edge", "run"),
+        "gridwatch-bridge.service": ("bridge", "run"),
+        "gridwatch-registry.service": ("registry", "serve"),
+    }[name]
