@@ -1,4 +1,6 @@
-"""Running a process's services: one TaskGroup, started in order, stopped in reverse.
+"""Running a process's services: one TaskGroup, started in order, stopped in reverse. systemd
+hears READY=1 once every service is ready and STOPPING=1 when the stop begins; its watchdog is
+pinged while the event loop turns (``gridwatch.ground.sdnotify``).
 
 A service is a coroutine function that sets its ``ready`` event once it is up and then runs
 until cancelled. Composition roots (``gridwatch central run``, ``bridge run``) build theirs and
@@ -13,6 +15,8 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+
+from gridwatch.ground import sdnotify
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +63,11 @@ async def run_services(services: Sequence[tuple[str, Service]], stop: asyncio.Ev
             if task.done():  # failed while starting: the TaskGroup re-raises its error
                 return
             logger.debug("service %s ready", name)
+        sdnotify.notify(READY=1, STATUS=f"serving: {', '.join(n for n, _ in services)}")
+        watchdog = tg.create_task(sdnotify.keep_alive(), name="watchdog")
         await stop.wait()
+        sdnotify.notify(STOPPING=1, STATUS="stopping")
+        watchdog.cancel()
         logger.info("stopping: %s", ", ".join(t.get_name() for t in reversed(started)))
         for task in reversed(started):
             task.cancel()

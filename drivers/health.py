@@ -41,7 +41,10 @@ class DeviceStats:
     def ok(self, ts_ms: int, response_ms: float) -> None:
         if self.consecutive_failures:
             logger.info(
-                "%s: answering again after %d failed polls", self.device, self.consecutive_failures
+                "%s: answering again after %d failed polls",
+                self.device,
+                self.consecutive_failures,
+                extra={"device": self.device},
             )
         self.reads_ok += 1
         self.recent.append((self.clock(), True))
@@ -59,10 +62,10 @@ class DeviceStats:
         if not attempted:
             return
         if self.consecutive_failures == 1:
-            logger.error("%s: %s", self.device, error)
+            logger.error("%s: %s", self.device, error, extra={"device": self.device})
         else:
             logger.debug("%s: still failing (%d): %s", self.device, self.consecutive_failures,
-                         error)  # fmt: skip
+                         error, extra={"device": self.device})  # fmt: skip
 
     def recent_counts(self) -> tuple[int, int]:
         """(answered, failed) among the recent polls."""

@@ -33,6 +33,7 @@ from drivers.scheduler import DeviceHold, Ticker, phase_offsets
 from drivers.transport import ModbusTransport, serial_transport, tcp_transport
 from gridwatch.ground.contract import BusHealth, DeviceHealth, Quality
 from gridwatch.ground.gatewayconf import ModbusRtuBus, ModbusTcpBus, ResolvedDevice
+from gridwatch.ground.logfmt import log_context
 from gridwatch.ground.profiles import ModbusProfile
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class DevicePoller:
 
     async def run(self, sink: SampleSink, first_due: float) -> None:
         """Poll on every tick until cancelled."""
+        log_context(device=self.id)  # this task's records name the device (JSON logs)
         loop = asyncio.get_running_loop()
         ticker = Ticker(self.interval, first_due)
         while True:

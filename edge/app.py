@@ -3,6 +3,11 @@
 Builds outbox, pipeline, drivers and uplink and runs them as named tasks in one TaskGroup. On
 SIGTERM/SIGINT the tasks are cancelled, what the drivers had read is flushed into the outbox, and
 the outbox is closed last, so a clean stop loses nothing.
+
+As a service (docs/edge.md): it tells systemd when it is ready and pings the watchdog only while
+healthy (``EdgeAgent.unhealthy`` says what that means), writes its status file for
+``gridwatch edge status`` (``edge.status``), and on SIGHUP reloads its config file the way a
+config pushed by the centre is applied (``Remote.apply_file``).
 """
 
 from __future__ import annotations
@@ -22,12 +27,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 from drivers import DRIVERS
-from drivers.base import Driver
+from drivers.base import Driver, PollOutcome
 from drivers.errors import UnknownPoint
 from edge.outbox import PRIO_TELEMETRY, Outbox, OutboxBusy
 from edge.pipeline import Pipeline
 from edge.remote import Remote
+from edge.status import (
+    STATUS_EVERY_S,
+    LastPoll,
+    RecentErrors,
+    outbox_summary,
+    status_path,
+    write_atomic,
+)
 from edge.uplink import Uplink
+from gridwatch.ground import sdnotify
 from gridwatch.ground.contract import BusHealth, DeviceHealth, GatewayHealth, Topics, new_id
 from gridwatch.ground.gatewayconf import (
     GatewayConfig,
@@ -35,11 +49,14 @@ from gridwatch.ground.gatewayconf import (
     load_gateway,
     resolve_with_profiles,
 )
+from gridwatch.ground.logfmt import log_context
 from gridwatch.ground.yamlconf import ConfigError
 
 logger = logging.getLogger(__name__)
 
 TICK_S = 0.2  # batch linger and no-data check period
+STUCK_GRACE_S = 5.0
+"""Slack on top of twice a period before a loop counts as stuck: a loaded box runs late."""
 
 
 class EdgeAgent:
@@ -52,8 +69,10 @@ class EdgeAgent:
         base_dir: Path = Path("."),
         clock: Callable[[], float] = time.time,
         metrics_port: int | None = None,
+        config_file: str | None = None,
     ) -> None:
         self.metrics_port = metrics_port
+        self.config_file = config_file
         self.metrics_url = ""
         path = Path(cfg.outbox.path)
         path = path if path.is_absolute() else base_dir / path
@@ -78,6 +97,15 @@ class EdgeAgent:
         self.drivers = _build_drivers(cfg, devices)
         self._driver_tasks: list[asyncio.Task[None]] = []
         self._tg: asyncio.TaskGroup | None = None
+        # what the service face reports (status file, watchdog)
+        self.status_file = status_path(path)
+        self.started_at = clock()
+        self.last_outcomes: dict[str, LastPoll] = {}
+        self.batcher_ok_at = time.monotonic()  # the last batcher pass that reached the outbox
+        self.outbox_error = ""  # the last batcher pass's failure; "" once one succeeds
+        self.recent_errors = RecentErrors()
+        self._outcomes_since = time.monotonic()  # devices count as stuck from here
+        self._status_failed = False  # the last status write failed (logged once per streak)
 
     async def run(self) -> None:
         try:
@@ -86,20 +114,32 @@ class EdgeAgent:
                 tg.create_task(self.uplink.run(), name="uplink")
                 tg.create_task(self._batcher(), name="batcher")
                 tg.create_task(self._health(), name="health")
+                tg.create_task(self._supervise(), name="supervise")
                 if self.metrics_port is not None:
                     tg.create_task(self._metrics(self.metrics_port), name="metrics")
                 self._start_drivers()
         finally:
             # whatever the drivers read before the stop is kept for the next start
             self.pipeline.flush()
+            self._write_status(stopped=True)
             self.outbox.close()
 
     def _start_drivers(self) -> None:
         assert self._tg is not None
+        self._outcomes_since = time.monotonic()
+        self.last_outcomes = {  # a device a reload removed is no longer reported
+            d: o for d, o in self.last_outcomes.items() if d in self.pipeline.devices
+        }
         self._driver_tasks = [
-            self._tg.create_task(drv.run(self.pipeline.sink), name=f"driver:{bus_id}")
+            self._tg.create_task(drv.run(self._sink), name=f"driver:{bus_id}")
             for bus_id, drv in self.drivers.items()
         ]
+
+    def _sink(self, outcome: PollOutcome) -> None:
+        self.last_outcomes[outcome.device] = LastPoll(
+            outcome.ok, outcome.ts, outcome.error, time.monotonic()
+        )
+        self.pipeline.sink(outcome)
 
     async def reconfigure(self, cfg: GatewayConfig, devices: list[ResolvedDevice]) -> None:
         """Apply a new device list without a restart; outbox and active alerts are kept."""
@@ -128,10 +168,120 @@ class EdgeAgent:
                 self.pipeline.flush()
                 self.pipeline.tick()
                 failures = 0
+                self.batcher_ok_at, self.outbox_error = time.monotonic(), ""
             except (sqlite3.Error, OSError) as exc:  # disk full: the polls wait in the journal
                 failures += 1
+                self.outbox_error = str(exc)
                 if failures == 1 or failures % 100 == 0:
                     logger.error("outbox write failed (%d in a row), retrying: %s", failures, exc)
+
+    # --- the service face: readiness, watchdog, status file, reload -----------------------------
+    def unhealthy(self) -> list[str]:
+        """Why the agent should not ping systemd's watchdog; empty: healthy. Healthy means:
+
+        - the batcher (the loop that moves polls into the outbox) completed a pass within twice
+          its period plus ``STUCK_GRACE_S``, and its last outbox write did not fail (a full or
+          read-only disk makes it fail);
+        - no driver task has ended;
+        - every Modbus device produced a poll outcome (an answer or a failure, both count)
+          within twice its interval plus ``STUCK_GRACE_S``: its poll loop is turning.
+
+        An unreachable broker or device is not unhealthy: a restart cures neither, and the
+        outbox is made for outages. ``gridwatch edge status`` reports those.
+        """
+        now = time.monotonic()
+        problems = []
+        limit = 2 * max(self.cfg.mqtt.batch_linger_s, TICK_S) + STUCK_GRACE_S
+        if now - self.batcher_ok_at > limit:
+            problems.append(f"outbox writes stalled for {now - self.batcher_ok_at:.0f} s"
+                            + (f": {self.outbox_error}" if self.outbox_error else ""))  # fmt: skip
+        elif self.outbox_error:
+            problems.append(f"outbox write failed: {self.outbox_error}")
+        problems += [f"driver {t.get_name()} ended" for t in self._driver_tasks if t.done()]
+        for dev in self.pipeline.devices.values():
+            if not dev.bus.type.startswith("modbus"):
+                continue  # MQTT sensors speak when they like
+            polled = self.last_outcomes.get(dev.id)
+            last = polled.at if polled else self._outcomes_since
+            if now - last > 2 * dev.interval_s + STUCK_GRACE_S:
+                problems.append(f"device {dev.id}: no poll outcome for {now - last:.0f} s")
+        return problems
+
+    def status(self) -> dict[str, object]:
+        """The status file's content (``edge.status``)."""
+        st = self.uplink.mqtt.state
+        outbox: dict[str, object] = {"depth": self.outbox.depth, "bytes": self.outbox.bytes,
+                                     "dropped": self.outbox.dropped}  # fmt: skip
+        try:
+            outbox |= outbox_summary(self.outbox.db)
+        except sqlite3.Error as exc:
+            outbox["error"] = str(exc)
+        return {
+            "gateway": self.cfg.gateway.id, "pid": os.getpid(), "started_at": self.started_at,
+            "written_at": self.clock(), "config_version": self.cfg.version,
+            "config_file": self.config_file,
+            "uplink": {"connected": self.uplink.connected, "since": st.since,
+                       "endpoint": st.endpoint, "last_error": st.last_error,
+                       "outages": st.outages, "session": self.pipeline.session},
+            "outbox": outbox,
+            "devices": {d: self.last_outcomes[d].shown() if d in self.last_outcomes
+                        else {"ok": None, "ts": None, "error": ""}
+                        for d in self.pipeline.devices},
+            "brokers": [f"{b.host}:{b.port}" for b in self.cfg.mqtt.brokers()],
+            "errors": list(self.recent_errors.records),
+            "unhealthy": self.unhealthy(),
+        }  # fmt: skip
+
+    def _write_status(self, stopped: bool = False) -> bool:
+        """The status file now; ``stopped``: the last one, of a clean stop. False if not written."""
+        try:
+            status = self.status()
+            if stopped:
+                status["stopped_at"] = status["written_at"]
+            write_atomic(self.status_file, status)
+        except (OSError, sqlite3.Error) as exc:  # a full disk: the outbox's own errors say more
+            logger.log(logging.DEBUG if self._status_failed else logging.ERROR,
+                       "status file %s not written: %s", self.status_file, exc)  # fmt: skip
+            self._status_failed = True
+            return False
+        self._status_failed = False
+        return True
+
+    async def _supervise(self) -> None:
+        """Readiness once every task is started, then the status file and watchdog pings."""
+        sdnotify.notify(READY=1, STATUS=self._one_line())
+        ping_every = sdnotify.watchdog_interval(os.environ, os.getpid())
+        period = min(STATUS_EVERY_S, ping_every or STATUS_EVERY_S)
+        while True:
+            problems = self.unhealthy()
+            if ping_every is not None and not problems:
+                sdnotify.notify(WATCHDOG=1)
+            sdnotify.notify(STATUS=self._one_line(problems))
+            self._write_status()
+            await asyncio.sleep(period)
+
+    def _one_line(self, problems: list[str] | None = None) -> str:
+        """systemctl status's one line: what a person checks first."""
+        up = "uplink up" if self.uplink.connected else "uplink down"
+        head = f"{len(self.pipeline.devices)} devices, {up}, outbox {self.outbox.depth}"
+        return f"{head}; UNHEALTHY: {problems[0]}" if problems else head
+
+    async def reload(self) -> None:
+        """SIGHUP: read the config file again and apply it as a pushed config is applied; a
+        file that does not validate is logged, problem by problem, and the running config kept."""
+        if self.config_file is None:
+            logger.warning("SIGHUP: no config file to reload")
+            return
+        sdnotify.notify(RELOADING=1, STATUS=f"reloading {self.config_file}")
+        try:
+            cfg, devices = load_gateway(self.config_file)
+        except ConfigError as exc:
+            logger.error("SIGHUP: %s not applied, the running config v%d is kept:\n%s",
+                         self.config_file, self.cfg.version, exc)  # fmt: skip
+        else:
+            await self.remote.apply_file(cfg, devices, self.config_file)
+        finally:  # systemd holds the unit in "reloading" until it hears READY=1 again
+            sdnotify.notify(READY=1, STATUS=self._one_line())
 
     async def _metrics(self, port: int) -> None:
         # loaded only when asked for: prometheus-client and aiohttp cost a gateway ~9 MB of RSS
@@ -223,11 +373,13 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+    log_context(gateway=cfg.gateway.id)  # on every record of this process (JSON logs)
     if args.validate_config:
         print(f"{args.config}: ok ({len(devices)} devices on {len(cfg.buses)} buses)")
         return 0
     try:
-        agent = EdgeAgent(cfg, devices, Path(os.getcwd()), metrics_port=args.metrics_port)
+        agent = EdgeAgent(cfg, devices, Path(os.getcwd()), metrics_port=args.metrics_port,
+                          config_file=args.config)  # fmt: skip
     except OutboxBusy as exc:
         print(f"edge: {exc}", file=sys.stderr)
         return 1
@@ -238,8 +390,22 @@ async def _run_until_signal(agent: EdgeAgent) -> int:
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        sdnotify.notify(STOPPING=1, STATUS="stopping: what was read goes into the outbox")
+        task.cancel()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, stop)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def reload() -> None:
+        job = loop.create_task(agent.reload(), name="reload")
+        reloads.add(job)
+        job.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    logging.getLogger().addHandler(agent.recent_errors)
     logger.info(
         "edge agent %s: %d devices, uplink %s",
         agent.cfg.gateway.id, len(agent.pipeline.devices),

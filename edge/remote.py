@@ -87,13 +87,7 @@ class Remote:
             cfg = GatewayConfig.model_validate(data)
         except ValidationError as exc:
             return [_plain(p) for p in problems_from(exc, where, data_paths(data))], None, []
-        problems = []
-        if cfg.gateway.id != self.gateway:
-            problems.append(
-                f"gateway -> id: is {cfg.gateway.id!r}, this gateway is {self.gateway!r}"
-            )
-        if cfg.mqtt != self.current.mqtt or cfg.outbox != self.current.outbox:
-            problems.append("mqtt/outbox: changing the uplink or the outbox needs a restart")
+        problems = self._unappliable(cfg)
         if problems:
             return problems, None, []
         try:
@@ -101,6 +95,39 @@ class Remote:
         except ConfigError as exc:
             return [_plain(p) for p in exc.problems], None, []
         return [], cfg, devices
+
+    def _unappliable(self, cfg: GatewayConfig) -> list[str]:
+        """What in a valid config cannot be applied to this running gateway."""
+        problems = []
+        if cfg.gateway.id != self.gateway:
+            problems.append(
+                f"gateway -> id: is {cfg.gateway.id!r}, this gateway is {self.gateway!r}"
+            )
+        if cfg.mqtt != self.current.mqtt or cfg.outbox != self.current.outbox:
+            problems.append("mqtt/outbox: changing the uplink or the outbox needs a restart")
+        return problems
+
+    async def apply_file(
+        self, cfg: GatewayConfig, devices: list[ResolvedDevice], where: str
+    ) -> bool:
+        """The config file read again (SIGHUP), already validated: applied like a push, under
+        the same rules, except that it is not stored (the file is its own store) or acknowledged
+        (the centre did not send it). As at start-up, a pushed config of a higher version
+        outranks the file."""
+        async with self._lock:
+            problems = self._unappliable(cfg)
+            if cfg.version < self.current.version:
+                problems.append(f"version: {cfg.version} is older than the running "
+                                f"{self.current.version} (pushed by the centre)")  # fmt: skip
+            if problems:
+                logger.error("%s not applied, the running config v%d is kept: %s", where,
+                             self.current.version, "; ".join(problems))  # fmt: skip
+                return False
+            await self.apply(cfg, devices)
+            self.current = cfg
+            logger.info("%s reloaded: config version %d applied (%d devices)", where,
+                        cfg.version, len(devices))  # fmt: skip
+            return True
 
     def _ack(self, version: int, accepted: bool, errors: list[str]) -> None:
         ack = ConfigAck(

@@ -17,4 +17,7 @@ CENTRAL = "central"
 
 FOLDERS = (PROFILES, GATEWAYS, CATALOGUE, SCHEMA, SAMPLES, CENTRAL)
 
-__all__ = ["CATALOGUE", "CENTRAL", "FOLDERS", "GATEWAYS", "PROFILES", "SAMPLES", "SCHEMA"]
+SYSTEMD = "systemd"
+"""systemd units for the edge, the bridge and the registry (not YAML: not config-checked)."""
+
+__all__ = ["CATALOGUE", "CENTRAL", "FOLDERS", "GATEWAYS", "PROFILES", "SAMPLES", "SCHEMA", "SYSTEMD"]

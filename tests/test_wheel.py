@@ -350,3 +350,13 @@ def _started(bin: Path, args: list[str], log: Path, ready: bytes) -> subprocess.
         )  # fmt: skip
     wait_for_log(proc, log, ready)
     return proc
+
+
+@pytest.mark.slow
+def test_the_systemd_units_ship_in_the_wheel(installed: Path, outside: Path) -> None:
+    found = run(installed / "python", "-c", "from gridwatch.ground.shipped import shipped; "
+                "print(sorted(p.name for p in shipped('firmware_configs', 'systemd').iterdir()))",
+                cwd=outside)  # fmt: skip
+    assert found.strip() == str(
+        ["gridwatch-bridge.service", "gridwatch-edge.service", "gridwatch-registry.service"]
+    )

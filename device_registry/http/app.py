@@ -44,7 +44,7 @@ from device_registry.inventory import routes as inventory
 from device_registry.inventory.configgen import Uplink
 from device_registry.inventory.downlink import BrokerSettings
 from device_registry.inventory.wiring import InstallerSettings, installer_ctx
-from gridwatch.ground import metrics
+from gridwatch.ground import metrics, sdnotify
 
 __all__ = ["Delivery", "InstallerSettings", "build_app", "serving"]
 
@@ -213,8 +213,12 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     app = build_app(db_url_from(args), installers=installer_settings(args),
                     delivery=delivery_settings(args))  # fmt: skip
-    async with serving(app, args.http_host, args.http_port, tls_from(args)):
+    async with serving(app, args.http_host, args.http_port, tls_from(args)) as url:
+        sdnotify.notify(READY=1, STATUS=f"registry API on {url}")
+        watchdog = asyncio.create_task(sdnotify.keep_alive(), name="watchdog")
         await stop.wait()
+        sdnotify.notify(STOPPING=1, STATUS="stopping")
+        watchdog.cancel()
     logger.info("registry stopped")
 
 

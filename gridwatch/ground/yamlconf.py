@@ -142,6 +142,14 @@ def load_model(model: type[M], path: Path | str) -> M:
         raise ConfigError(
             [ConfigProblem(str(p), None, (), f"cannot read: {exc.strerror}")]
         ) from exc
+    except UnicodeDecodeError as exc:  # a binary file, or a config saved in another encoding
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    str(p), None, (), f"not UTF-8 text (byte {exc.start}): save it as UTF-8"
+                )
+            ]
+        ) from exc
     data, lines = parse_yaml(text, str(p))
     return validate(model, data, str(p), lines)
 

@@ -12,13 +12,15 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from gridwatch.top import healthcli
+from gridwatch.ground import logfmt
+from gridwatch.top import edgestatus, healthcli
 from gridwatch.top.centralopts import add_role
 from gridwatch.top.extras import missing_extras
 
 # subcommand path -> "module:function"; each function takes the parsed args, returns an exit code
 COMMANDS: dict[tuple[str, ...], str] = {
     ("edge", "run"): "edge.app:main",
+    ("edge", "status"): "gridwatch.top.edgestatus:main",
     ("central", "run"): "gridwatch.top.central:main",
     ("registry", "serve"): "device_registry.http.app:main",
     ("bridge", "run"): "cloud_bridge.app:main",
@@ -67,6 +69,9 @@ PROBE_EXIT_CODES = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gridwatch", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-format", choices=logfmt.FORMATS, default=None,
+                        help="text, or json (one object per line, for journald and log "
+                        "shippers); default: $GRIDWATCH_LOG_FORMAT, else text")  # fmt: skip
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     edge = sub.add_parser("edge", help="the edge agent").add_subparsers(dest="sub", required=True)
@@ -74,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", required=True, help="gateway config YAML")
     run.add_argument("--validate-config", action="store_true", help="check config, exit 0/1")
     run.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
+    status = edge.add_parser("status", help="the agent's state, read on the gateway box",
+                             epilog=edgestatus.EXIT_CODES)  # fmt: skip
+    edgestatus.add_arguments(status)
 
     # the centre's three roles: a central.yaml and flags over it, each the options it uses
     add_role(sub.add_parser("central", help="central platform"), "run", "central run",
@@ -158,11 +166,13 @@ def _missing_extra(key: tuple[str, ...], args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        fmt = logfmt.chosen_format(args.log_format)
+    except ValueError as exc:
+        parser.error(f"GRIDWATCH_LOG_FORMAT: {exc}")
+    logfmt.setup(logging.DEBUG if args.verbose else logging.INFO, fmt)
     # alembic narrates every plugin and migration step at INFO: keep start-up logs readable
     logging.getLogger("alembic").setLevel(logging.WARNING)
     key = (args.cmd, args.sub) if getattr(args, "sub", None) else (args.cmd,)
