@@ -20,4 +20,13 @@ FOLDERS = (PROFILES, GATEWAYS, CATALOGUE, SCHEMA, SAMPLES, CENTRAL)
 SYSTEMD = "systemd"
 """systemd units for the edge, the bridge and the registry (not YAML: not config-checked)."""
 
-__all__ = ["CATALOGUE", "CENTRAL", "FOLDERS", "GATEWAYS", "PROFILES", "SAMPLES", "SCHEMA", "SYSTEMD"]
+__all__ = [
+    "CATALOGUE",
+    "CENTRAL",
+    "FOLDERS",
+    "GATEWAYS",
+    "PROFILES",
+    "SAMPLES",
+    "SCHEMA",
+    "SYSTEMD",
+]

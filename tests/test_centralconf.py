@@ -227,14 +227,15 @@ INSTALLER = ["broker_admin_user", "broker_admin_password_env", "dynsec", "gatewa
              "gateway_mqtt_port", "gateway_mqtt_ca"]  # fmt: skip
 SINK = ["influx_url", "influx_bucket", "influx_org", "influx_token_env", "history_hours",
         "share_group"]  # fmt: skip
+DRILL = ["escalation_scale"]  # the processes that open alerts
 
 
 @pytest.mark.parametrize(
     ("role", "options"),
     [
-        ("central run", COMMON + HTTP + INSTALLER + SINK),
+        ("central run", COMMON + HTTP + INSTALLER + SINK + DRILL),
         ("registry serve", COMMON + HTTP + INSTALLER),
-        ("bridge run", [*COMMON, *SINK, "http_host", "metrics_port"]),
+        ("bridge run", [*COMMON, *SINK, *DRILL, "http_host", "metrics_port"]),
     ],
 )
 def test_each_subcommand_takes_the_options_it_uses(role: str, options: list[str]) -> None:
