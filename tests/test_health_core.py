@@ -31,12 +31,22 @@ def facts(**kw: Any) -> DeviceFacts:
 
 def report(ok: int = 100, failed: int = 0, consecutive: int = 0, online: bool = True,
            last_ok: int | None = NOW - 1000, recent: tuple[int, int] | None = None,
+           in_a_row: int | None = None, last_failed: int | None = None,
            ) -> dict[str, Any]:  # fmt: skip
-    rep = {"device": "d1", "online": online, "reads_ok": ok, "reads_failed": failed,
-           "consecutive_failures": consecutive, "last_ok": last_ok}  # fmt: skip
+    rep: dict[str, Any] = {"device": "d1", "online": online, "reads_ok": ok,
+                           "reads_failed": failed, "consecutive_failures": consecutive,
+                           "last_ok": last_ok}  # fmt: skip
     if recent is not None:
         rep["recent_ok"], rep["recent_failed"] = recent
+    if in_a_row is not None:
+        rep["consecutive_ok"] = in_a_row
+    if last_failed is not None:
+        rep["last_failed"] = last_failed
     return rep
+
+
+# 2023-11-14 22:13:20 UTC
+T_22_13_20 = 1_700_000_000_000
 
 
 @pytest.mark.parametrize(
@@ -108,6 +118,40 @@ def report(ok: int = 100, failed: int = 0, consecutive: int = 0, online: bool = 
             facts(report=report(ok=10_000, failed=12, recent=(38, 12))),
             Status.ONLINE,
             "failing reads: 12 of the last 50 polls failed",
+        ),
+        (
+            "recovered from a bus outage: 48 of 50 failed, the last 3 answered in a row",
+            facts(report=report(recent=(2, 48), in_a_row=3)),
+            Status.ONLINE,
+            None,
+        ),
+        (
+            "two answers in a row are not yet a recovery",
+            facts(report=report(recent=(2, 48), in_a_row=2)),
+            Status.ONLINE,
+            "failing reads: 48 of the last 50 polls failed",
+        ),
+        (
+            "intermittent: fails every few polls, the window fires and says when the last was",
+            facts(report=report(recent=(38, 12), in_a_row=1, last_failed=T_22_13_20 - 4000)),
+            Status.ONLINE,
+            "failing reads: 12 of the last 50 polls failed, the last at 22:13:16 UTC",
+        ),
+        (
+            "the last failure's time on the centre clock (gateway 10 s ahead)",
+            facts(
+                clock_offset_ms=10_000,
+                last_seen=NOW + 9000,
+                report=report(recent=(38, 12), in_a_row=0, last_failed=T_22_13_20 + 6000),
+            ),
+            Status.ONLINE,
+            "the last at 22:13:16 UTC",
+        ),
+        (
+            "an older edge without answers in a row: the window alone decides",
+            facts(report=report(recent=(2, 48))),
+            Status.ONLINE,
+            "failing reads: 48 of the last 50 polls failed",
         ),
         (
             "a window of a slow device: 2 of 8 in the last 10 minutes",
@@ -401,6 +445,9 @@ def test_recent_polls_window(
     clock.t += later_s
     snap = stats.snapshot()
     assert (snap.recent_ok, snap.recent_failed) == recent, name
+    tail = len(pattern) - len(pattern.rstrip("o"))
+    assert snap.consecutive_ok == tail, name
+    assert (snap.last_failed is None) == ("x" not in pattern), name
     assert snap.reads_ok + snap.reads_failed == len(pattern)  # lifetime counters unchanged
 
 
