@@ -16,7 +16,7 @@ from device_registry.health.core import (
     assess_gateway,
     group_problems,
 )
-from drivers.health import BusState, DeviceStats
+from drivers.health import CHANGES, BusState, DeviceStats
 from gridwatch.top import healthcli
 
 NOW = 1_700_000_000_000
@@ -449,6 +449,44 @@ def test_recent_polls_window(
     assert snap.consecutive_ok == tail, name
     assert (snap.last_failed is None) == ("x" not in pattern), name
     assert snap.reads_ok + snap.reads_failed == len(pattern)  # lifetime counters unchanged
+
+
+@pytest.mark.parametrize(
+    ("name", "pattern", "told"),
+    [
+        ("steady answers: told once, at the first", "o" * 20, 1),
+        ("a one-poll glitch: stops, answers again, 3 in a row", "o" * 5 + "x" + "o" * 5, 4),
+        ("an outage: stops, offline at 3, answers again, recovered at 3 in a row",
+         "o" * 5 + "x" * 10 + "o" * 10, 5),
+        ("failing from the start: stops, offline", "x" * 10, 2),
+    ],
+)  # fmt: skip
+def test_changes_the_edge_reports_at_once(name: str, pattern: str, told: int) -> None:
+    clock = FakeClock()
+    stats = DeviceStats("d1", clock=clock)
+    heard: list[int] = []
+    listener = lambda: heard.append(1)  # noqa: E731
+    CHANGES.listeners.add(listener)
+    try:
+        polls(stats, clock, pattern)
+    finally:
+        CHANGES.listeners.discard(listener)
+    assert len(heard) == told, name
+
+
+def test_a_bus_down_and_back_is_told_once_each() -> None:
+    heard: list[int] = []
+    listener = lambda: heard.append(1)  # noqa: E731
+    CHANGES.listeners.add(listener)
+    try:
+        state = BusState()
+        for _ in range(3):
+            state.down("cabinet unreachable")
+        for _ in range(3):
+            state.up()
+    finally:
+        CHANGES.listeners.discard(listener)
+    assert len(heard) == 2
 
 
 def test_bus_state_down_until_it_connects_again() -> None:
