@@ -25,7 +25,9 @@ from device_registry.delivery.runtime import Delivery
 from device_registry.http.app import build_app, serving
 from device_registry.http.auth import SYSTEM, Role, TokenRequest, issue
 from drivers import DRIVERS
+from drivers.health import CHANGES
 from drivers.mqtt import MqttDriver
+from edge.app import HEALTH_ON_CHANGE_S
 from gridwatch.ground.contract import RECOVERED_POLLS, DeviceHealth, GatewayHealth, new_id
 from gridwatch.ground.gatewayconf import GatewayConfig, ResolvedDevice, load_gateway
 from gridwatch.top.sim import MqttField
@@ -33,7 +35,7 @@ from gridwatch.top.sim.modbus import SimField
 from tests._central_helpers import birth, bridge_config, death, now_ms, running
 from tests._drivers_helpers import Broker, Outcomes, gateway
 from tests._ops_helpers import registry
-from tests.fieldkit import CABINET
+from tests.fieldkit import CABINET, listen
 from tests.fieldkit import running as edge_running
 from tests.services import Mosquitto, free_port
 
@@ -402,3 +404,25 @@ async def test_a_sensor_broker_that_crashes_is_a_bus_down_until_it_is_back(tmp_p
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         broker.stop()
+
+
+async def test_a_flapping_field_makes_at_most_one_extra_report_every_2_s(
+    mosquitto: Mosquitto, prefix: str, tmp_path: Path
+) -> None:
+    """A storm of changes (a flapping bus, many devices failing one after another) does not
+    flood the uplink: at most one extra health report every ``HEALTH_ON_CHANGE_S``."""
+    cfg, devices = field_config(tmp_path, mosquitto, prefix, push=False)
+    cfg = cfg.model_copy(update={"health_interval_s": 3600.0})
+    async with (
+        listen(mosquitto.port, f"{prefix}/gw/+/health") as heard,
+        edge_running(cfg, devices),
+    ):
+        await heard.wait_for(lambda h: len(h.on("health")) >= 1)
+        before = len(heard.on("health"))
+        start = time.monotonic()
+        while time.monotonic() - start < 2 * HEALTH_ON_CHANGE_S + 0.5:
+            CHANGES.changed()
+            await asyncio.sleep(0.05)  # the storm's pace: 20 changes a second
+        await heard.wait_for(lambda h: len(h.on("health")) > before)
+        sent = len(heard.on("health")) - before
+        assert 1 <= sent <= 3, sent  # 4.5 s: one at once, then at +2 s and +4 s at the most
