@@ -364,6 +364,8 @@ async def test_a_gateway_that_never_connected_is_listed_as_never_connected(reg: 
     for argv in (["gateway", "list"], ["gateway", "show", "gw1"]):
         ran = await gridwatch(*argv, "--url", reg.url, token=token)
         assert ran.code == OK and "never connected" in ran.out and "offline" not in ran.out, ran
+    added = await gridwatch("gateway", "add", "gw2", "--url", reg.url, token=token)
+    assert added.code == OK and "never connected" in added.out, added
     listed = await gridwatch("gateway", "list", "--all", "--url", reg.url, token=token)
     assert "retired" in listed.out, listed
     status, body = await reg.call("GET", "/api/v1/gateways/gw1", Role.INSTALLER)
