@@ -1,10 +1,16 @@
 """Per-device health counters, and the outage logging policy: the first failure of an outage
 at ERROR, repeats at DEBUG, the recovery at INFO.
 
+A change the centre should see at once (a bus down or back; a device that stops answering, goes
+offline, answers again, or has answered ``RECOVERED_POLLS`` in a row after failing) is told to ``CHANGES``'s listeners: the edge then sends a health report
+without waiting for its next period (``edge/app.py``). One per process: a gateway is one process,
+and its drivers make their stats without knowing the app.
+
 Besides the lifetime counters a device keeps its recent polls (``RECENT_POLLS``, none older than
 ``RECENT_S``): the centre judges read success on those, so a device that failed through a
 one-minute bus outage and answers every poll since is healthy again within the window, not
-"65 % succeed" for the rest of the gateway's uptime.
+"65 % succeed" for the rest of the gateway's uptime. ``consecutive_ok`` lets the centre tell a
+device that has recovered (answering in a row since) from an intermittent one.
 """
 
 from __future__ import annotations
@@ -14,15 +20,42 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from gridwatch.ground.contract import RECENT_POLLS, RECENT_S, BusHealth, DeviceHealth
+from gridwatch.ground.contract import (
+    RECENT_POLLS,
+    RECENT_S,
+    RECOVERED_POLLS,
+    BusHealth,
+    DeviceHealth,
+)
 
 logger = logging.getLogger(__name__)
+
+OFFLINE_AFTER = 3
+"""Failed polls in a row after which the centre calls a device offline (``Policy.offline_failures``):
+the report is sent at that failure too, not only at the first."""
+
+
+class StateChanges:
+    """Who wants to hear that the health of a bus or device changed. Listeners are called in the
+    event loop's thread (the drivers are asyncio tasks) and must not block."""
+
+    __slots__ = ("listeners",)
+
+    def __init__(self) -> None:
+        self.listeners: set[Callable[[], None]] = set()
+
+    def changed(self) -> None:
+        for listener in list(self.listeners):
+            listener()
+
+
+CHANGES = StateChanges()
 
 
 class DeviceStats:
     __slots__ = (
-        "clock", "consecutive_failures", "device", "last_error", "last_ok", "polls_skipped",
-        "reads_failed", "reads_ok", "recent", "response_ms",
+        "clock", "consecutive_failures", "consecutive_ok", "device", "last_error", "last_failed",
+        "last_ok", "polls_skipped", "reads_failed", "reads_ok", "recent", "response_ms",
     )  # fmt: skip
 
     def __init__(self, device: str, clock: Callable[[], float] = time.monotonic) -> None:
@@ -33,12 +66,17 @@ class DeviceStats:
         self.reads_ok = 0
         self.reads_failed = 0
         self.consecutive_failures = 0
+        self.consecutive_ok = 0
+        self.last_failed: int | None = None
+        """Wall-clock epoch ms of the newest failed poll."""
         self.polls_skipped = 0
         self.response_ms: float | None = None
         self.last_ok: int | None = None
         self.last_error = ""
 
     def ok(self, ts_ms: int, response_ms: float) -> None:
+        if self.consecutive_failures or self.last_ok is None:
+            CHANGES.changed()  # answering (again, or for the first time)
         if self.consecutive_failures:
             logger.info(
                 "%s: answering again after %d failed polls",
@@ -49,6 +87,9 @@ class DeviceStats:
         self.reads_ok += 1
         self.recent.append((self.clock(), True))
         self.consecutive_failures = 0
+        self.consecutive_ok += 1
+        if self.consecutive_ok == RECOVERED_POLLS and self.reads_failed:
+            CHANGES.changed()  # recovered: no longer "failing reads" at the centre
         self.response_ms = response_ms
         self.last_ok = ts_ms
         self.last_error = ""
@@ -58,7 +99,11 @@ class DeviceStats:
         self.reads_failed += 1
         self.recent.append((self.clock(), False))
         self.consecutive_failures += 1
+        self.consecutive_ok = 0
+        self.last_failed = time.time_ns() // 1_000_000
         self.last_error = error
+        if self.consecutive_failures in (1, OFFLINE_AFTER):
+            CHANGES.changed()
         if not attempted:
             return
         if self.consecutive_failures == 1:
@@ -88,6 +133,8 @@ class DeviceStats:
             polls_skipped=self.polls_skipped,
             recent_ok=recent_ok,
             recent_failed=recent_failed,
+            consecutive_ok=self.consecutive_ok,
+            last_failed=self.last_failed,
         )
 
 
@@ -105,9 +152,12 @@ class BusState:
     def down(self, error: str) -> None:
         if self.down_since is None:
             self.down_since = time.time_ns() // 1_000_000
+            CHANGES.changed()
         self.error = error
 
     def up(self) -> None:
+        if self.down_since is not None:
+            CHANGES.changed()
         self.down_since, self.error = None, ""
 
     def snapshot(self, bus: str, kind: str, address: str, devices: list[str]) -> BusHealth:

@@ -29,6 +29,7 @@ from pathlib import Path
 from drivers import DRIVERS
 from drivers.base import Driver, PollOutcome
 from drivers.errors import UnknownPoint
+from drivers.health import CHANGES
 from edge.outbox import PRIO_TELEMETRY, Outbox, OutboxBusy
 from edge.pipeline import Pipeline
 from edge.remote import Remote
@@ -57,6 +58,9 @@ logger = logging.getLogger(__name__)
 TICK_S = 0.2  # batch linger and no-data check period
 STUCK_GRACE_S = 5.0
 """Slack on top of twice a period before a loop counts as stuck: a loaded box runs late."""
+HEALTH_ON_CHANGE_S = 2.0
+"""At most one report on a change per this many seconds: a flapping bus must not flood the
+uplink with reports, and what changed in between goes in the next one."""
 
 
 class EdgeAgent:
@@ -293,12 +297,32 @@ class EdgeAgent:
             await asyncio.Future()  # until cancelled
 
     async def _health(self) -> None:
-        while True:
-            try:
-                self._report_health()
-            except (sqlite3.Error, OSError) as exc:  # disk full: skip this report
-                logger.error("health report not queued: %s", exc)
-            await asyncio.sleep(self.cfg.health_interval_s)
+        """A report every ``health_interval_s``, and one at once (at most one per
+        ``HEALTH_ON_CHANGE_S``) when a bus goes down or comes back or a device stops or starts
+        answering: the centre should not show a bus down for a period after it is back."""
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+        CHANGES.listeners.add(changed.set)
+        try:
+            due, last = loop.time(), -HEALTH_ON_CHANGE_S
+            while True:
+                now = loop.time()
+                if now >= due or (changed.is_set() and now >= last + HEALTH_ON_CHANGE_S):
+                    changed.clear()
+                    try:
+                        self._report_health()
+                    except (sqlite3.Error, OSError) as exc:  # disk full: skip this report
+                        logger.error("health report not queued: %s", exc)
+                    last = now
+                    if now >= due:
+                        due = now + self.cfg.health_interval_s
+                if changed.is_set():  # rate-limited: the next report may go at last + the limit
+                    await asyncio.sleep(max(min(due, last + HEALTH_ON_CHANGE_S) - now, 0))
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), max(due - loop.time(), 0))
+        finally:
+            CHANGES.listeners.discard(changed.set)
 
     def _report_health(self) -> None:
         devices: list[DeviceHealth] = []

@@ -380,4 +380,71 @@ async def test_an_operator_overrides_a_broken_sensor(reg: Registry) -> None:
 
 async def test_an_installer_reads_health(reg: Registry) -> None:
     ran = await gridwatch("health", "--url", reg.url, token=reg.tokens[Role.INSTALLER])
-    assert ran.code == OK and "0 unhealthy" in ran.out, ran
+    assert ran.code == OK and "healthy: 0 of 0 devices unhealthy" in ran.out, ran
+
+
+async def _field_for_health(reg: Registry) -> None:
+    """gw1 in futian with one device, never connected; gw-old retired."""
+    bus = {"type": "modbus_tcp", "id": "cabinet", "host": "10.0.0.5", "port": 502}
+    for gw in ("gw1", "gw-old"):
+        status, _ = await reg.call("POST", "/api/v1/gateways", Role.INSTALLER,
+                                   {"id": gw, "location": {"district": "futian", "grid": "F-7"},
+                                    "buses": [bus]})  # fmt: skip
+        assert status == 201
+    status, _ = await reg.call("POST", "/api/v1/devices", Role.INSTALLER,
+                               {"gateway": "gw1", "id": "wl-1", "bus": "cabinet", "unit_id": 1,
+                                "profile": "water-level-ultrasonic",
+                                "location": {"district": "futian", "grid": "F-7"}})  # fmt: skip
+    assert status == 201, _
+    status, _ = await reg.call("POST", "/api/v1/gateways/gw-old/retire", Role.INSTALLER)
+    assert status == 200
+
+
+HEALTH_NOTHING = [
+    # (arguments, the words on stderr): never "healthy", never exit 0
+    (["--gateway", "gw-nope"], "no gateway 'gw-nope' is registered"),
+    (["--gateway", "gw-old"], "gateway 'gw-old' is retired"),
+    (["--district", "futain"], "nothing matches district 'futain' (districts: futian)"),
+    (["--grid", "F-9"], "nothing matches grid 'F-9' (grids: F-7)"),
+    (["--profile", "nope"], "nothing matches profile 'nope' (profiles: water-level-ultrasonic)"),
+    (["--gateway", "gw1", "--district", "nanshan"], "nothing matches district 'nanshan'"),
+]
+
+
+@pytest.mark.parametrize(("args", "words"), HEALTH_NOTHING)
+async def test_health_of_nothing_is_not_healthy(reg: Registry, args: list[str], words: str) -> None:
+    await _field_for_health(reg)
+    ran = await gridwatch("health", *args, "--url", reg.url, token=reg.tokens[Role.INSTALLER])
+    assert ran.code == FAILED and words in ran.err and "healthy" not in ran.out, ran
+    as_json = await gridwatch("health", *args, "--json", "--url", reg.url,
+                              token=reg.tokens[Role.INSTALLER])  # fmt: skip
+    assert as_json.code == FAILED and '"healthy": true' not in as_json.out, as_json
+
+
+async def test_health_api_refuses_a_gateway_it_does_not_have(reg: Registry) -> None:
+    await _field_for_health(reg)
+    status, body = await reg.call("GET", "/api/v1/health?gateway=gw-nope", Role.INSTALLER)
+    assert status == 404 and body["detail"] == "no gateway 'gw-nope'", body
+    status, body = await reg.call("GET", "/api/v1/health?gateway=gw-old", Role.INSTALLER)
+    assert status == 409 and "retired" in body["detail"], body
+    status, body = await reg.call("GET", "/api/v1/health?district=futain", Role.INSTALLER)
+    assert status == 200 and body["healthy"] is None, body
+    assert body["nothing_matches"] == {"filters": {"district": "futain"},
+                                       "known": {"district": ["futian"]}}  # fmt: skip
+    # a gateway that exists is judged, even while it has nothing to say
+    status, body = await reg.call("GET", "/api/v1/health?gateway=gw1", Role.INSTALLER)
+    assert status == 200 and body["healthy"] is False and body["nothing_matches"] is None, body
+
+
+async def test_a_gateway_that_never_connected_is_listed_as_never_connected(reg: Registry) -> None:
+    await _field_for_health(reg)
+    token = reg.tokens[Role.INSTALLER]
+    for argv in (["gateway", "list"], ["gateway", "show", "gw1"]):
+        ran = await gridwatch(*argv, "--url", reg.url, token=token)
+        assert ran.code == OK and "never connected" in ran.out and "offline" not in ran.out, ran
+    added = await gridwatch("gateway", "add", "gw2", "--url", reg.url, token=token)
+    assert added.code == OK and "never connected" in added.out, added
+    listed = await gridwatch("gateway", "list", "--all", "--url", reg.url, token=token)
+    assert "retired" in listed.out, listed
+    status, body = await reg.call("GET", "/api/v1/gateways/gw1", Role.INSTALLER)
+    assert status == 200 and body["status"] == "never_connected", body

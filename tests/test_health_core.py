@@ -16,7 +16,7 @@ from device_registry.health.core import (
     assess_gateway,
     group_problems,
 )
-from drivers.health import BusState, DeviceStats
+from drivers.health import CHANGES, BusState, DeviceStats
 from gridwatch.top import healthcli
 
 NOW = 1_700_000_000_000
@@ -31,12 +31,22 @@ def facts(**kw: Any) -> DeviceFacts:
 
 def report(ok: int = 100, failed: int = 0, consecutive: int = 0, online: bool = True,
            last_ok: int | None = NOW - 1000, recent: tuple[int, int] | None = None,
+           in_a_row: int | None = None, last_failed: int | None = None,
            ) -> dict[str, Any]:  # fmt: skip
-    rep = {"device": "d1", "online": online, "reads_ok": ok, "reads_failed": failed,
-           "consecutive_failures": consecutive, "last_ok": last_ok}  # fmt: skip
+    rep: dict[str, Any] = {"device": "d1", "online": online, "reads_ok": ok,
+                           "reads_failed": failed, "consecutive_failures": consecutive,
+                           "last_ok": last_ok}  # fmt: skip
     if recent is not None:
         rep["recent_ok"], rep["recent_failed"] = recent
+    if in_a_row is not None:
+        rep["consecutive_ok"] = in_a_row
+    if last_failed is not None:
+        rep["last_failed"] = last_failed
     return rep
+
+
+# 2023-11-14 22:13:20 UTC
+T_22_13_20 = 1_700_000_000_000
 
 
 @pytest.mark.parametrize(
@@ -108,6 +118,40 @@ def report(ok: int = 100, failed: int = 0, consecutive: int = 0, online: bool = 
             facts(report=report(ok=10_000, failed=12, recent=(38, 12))),
             Status.ONLINE,
             "failing reads: 12 of the last 50 polls failed",
+        ),
+        (
+            "recovered from a bus outage: 48 of 50 failed, the last 3 answered in a row",
+            facts(report=report(recent=(2, 48), in_a_row=3)),
+            Status.ONLINE,
+            None,
+        ),
+        (
+            "two answers in a row are not yet a recovery",
+            facts(report=report(recent=(2, 48), in_a_row=2)),
+            Status.ONLINE,
+            "failing reads: 48 of the last 50 polls failed",
+        ),
+        (
+            "intermittent: fails every few polls, the window fires and says when the last was",
+            facts(report=report(recent=(38, 12), in_a_row=1, last_failed=T_22_13_20 - 4000)),
+            Status.ONLINE,
+            "failing reads: 12 of the last 50 polls failed, the last at 22:13:16 UTC",
+        ),
+        (
+            "the last failure's time on the centre clock (gateway 10 s ahead)",
+            facts(
+                clock_offset_ms=10_000,
+                last_seen=NOW + 9000,
+                report=report(recent=(38, 12), in_a_row=0, last_failed=T_22_13_20 + 6000),
+            ),
+            Status.ONLINE,
+            "the last at 22:13:16 UTC",
+        ),
+        (
+            "an older edge without answers in a row: the window alone decides",
+            facts(report=report(recent=(2, 48))),
+            Status.ONLINE,
+            "failing reads: 48 of the last 50 polls failed",
         ),
         (
             "a window of a slow device: 2 of 8 in the last 10 minutes",
@@ -401,7 +445,48 @@ def test_recent_polls_window(
     clock.t += later_s
     snap = stats.snapshot()
     assert (snap.recent_ok, snap.recent_failed) == recent, name
+    tail = len(pattern) - len(pattern.rstrip("o"))
+    assert snap.consecutive_ok == tail, name
+    assert (snap.last_failed is None) == ("x" not in pattern), name
     assert snap.reads_ok + snap.reads_failed == len(pattern)  # lifetime counters unchanged
+
+
+@pytest.mark.parametrize(
+    ("name", "pattern", "told"),
+    [
+        ("steady answers: told once, at the first", "o" * 20, 1),
+        ("a one-poll glitch: stops, answers again, 3 in a row", "o" * 5 + "x" + "o" * 5, 4),
+        ("an outage: stops, offline at 3, answers again, recovered at 3 in a row",
+         "o" * 5 + "x" * 10 + "o" * 10, 5),
+        ("failing from the start: stops, offline", "x" * 10, 2),
+    ],
+)  # fmt: skip
+def test_changes_the_edge_reports_at_once(name: str, pattern: str, told: int) -> None:
+    clock = FakeClock()
+    stats = DeviceStats("d1", clock=clock)
+    heard: list[int] = []
+    listener = lambda: heard.append(1)  # noqa: E731
+    CHANGES.listeners.add(listener)
+    try:
+        polls(stats, clock, pattern)
+    finally:
+        CHANGES.listeners.discard(listener)
+    assert len(heard) == told, name
+
+
+def test_a_bus_down_and_back_is_told_once_each() -> None:
+    heard: list[int] = []
+    listener = lambda: heard.append(1)  # noqa: E731
+    CHANGES.listeners.add(listener)
+    try:
+        state = BusState()
+        for _ in range(3):
+            state.down("cabinet unreachable")
+        for _ in range(3):
+            state.up()
+    finally:
+        CHANGES.listeners.discard(listener)
+    assert len(heard) == 2
 
 
 def test_bus_state_down_until_it_connects_again() -> None:

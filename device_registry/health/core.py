@@ -12,7 +12,9 @@ message (``Birth.device_info``); without it the device cannot be found silent, o
 Read success is judged on the device's recent polls as the gateway counts them
 (``DeviceHealth.recent_ok``/``recent_failed``: the last 50, none older than 10 minutes), so a
 past outage stops counting once the window has moved past it; from an older edge that sends only
-lifetime counters, the lifetime ratio is judged and the reason says so.
+lifetime counters, the lifetime ratio is judged and the reason says so. A device that has answered
+its last ``Policy.recovered_polls`` (3) polls in a row is not failing reads, whatever the window
+says: the window then tells an intermittent device, not one recovered from an outage.
 
 ``group_problems`` turns the assessments into one problem per root cause: a gateway that is
 offline, never connected or silent covers its devices; a bus that is down covers the devices on
@@ -22,9 +24,12 @@ it; what is left is listed device by device.
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from gridwatch.ground.contract import RECOVERED_POLLS
 
 
 class Status(enum.StrEnum):
@@ -48,6 +53,10 @@ class Policy:
     offline_failures: int = 3
     """Consecutive failed reads that make a device offline (as the edge's offline rule)."""
     min_success_rate: float = 0.9
+    recovered_polls: int = RECOVERED_POLLS
+    """A device that has answered this many polls in a row is not "failing reads", whatever its
+    window's ratio: after a bus outage the window still holds the outage for minutes, and the
+    ratio is meant to find an intermittent device, not a recovered one."""
     battery_low: dict[str, float] = field(default_factory=lambda: {"%": 20.0, "V": 2.7, "": 20.0})
     """Battery below this, by unit."""
     signal_weak: dict[str, float] = field(default_factory=lambda: {"dBm": -105.0, "%": 20.0})
@@ -105,12 +114,13 @@ class Assessment:
 def assess_device(f: DeviceFacts, now: int, policy: Policy | None = None) -> Assessment:
     p = policy or Policy()
     rep = f.report or {}
-    rate, why_rate = _success_rate(rep)
+    rate, why_rate = _success_rate(rep, f.clock_offset_ms)
     status, reasons, since = _liveness(f, rep, now, p)
     failures = int(rep.get("consecutive_failures") or 0)
     if status is Status.ONLINE and failures:  # on its way to offline: show it now
         reasons.append(f"failing reads: the last {failures} failed")
-    elif rate is not None and rate < p.min_success_rate and status is Status.ONLINE:
+    elif (rate is not None and rate < p.min_success_rate and status is Status.ONLINE
+          and not _recovered(rep, p)):  # fmt: skip
         reasons.append(f"failing reads: {why_rate}")
     reasons += _levels(f.values, p)
     return Assessment(status, reasons, since, rate)
@@ -142,18 +152,31 @@ def _liveness(
     return Status.ONLINE, [], None
 
 
-def _success_rate(rep: dict[str, Any]) -> tuple[float | None, str]:
+def _recovered(rep: dict[str, Any], p: Policy) -> bool:
+    # an older edge does not count its answers in a row: the window alone decides
+    return int(rep.get("consecutive_ok") or 0) >= p.recovered_polls
+
+
+def _success_rate(rep: dict[str, Any], offset_ms: int = 0) -> tuple[float | None, str]:
     """The share of polls answered, and how to say it when it is too low."""
     if rep.get("recent_ok") is not None and rep.get("recent_failed") is not None:
         ok, failed = int(rep["recent_ok"]), int(rep["recent_failed"])
         n = ok + failed
-        return (None if n == 0 else ok / n), f"{failed} of the last {n} polls failed"
+        why = f"{failed} of the last {n} polls failed"
+        if rep.get("last_failed") is not None:
+            why += f", the last at {_clock(int(rep['last_failed']) - offset_ms)}"
+        return (None if n == 0 else ok / n), why
     # an edge older than the window sends only what it counted since it started
     ok, failed = int(rep.get("reads_ok") or 0), int(rep.get("reads_failed") or 0)
     if ok + failed == 0:
         return None, ""
     rate = ok / (ok + failed)
     return rate, f"{rate:.0%} succeed since the gateway started"
+
+
+def _clock(ms: int) -> str:
+    """A time of day for a crew on site: UTC, as the registry's logs and the CLI's times."""
+    return time.strftime("%H:%M:%S UTC", time.gmtime(ms / 1000))
 
 
 def _levels(values: dict[str, tuple[Any, str]], p: Policy) -> list[str]:

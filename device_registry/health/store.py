@@ -2,6 +2,11 @@
 queries, let the pure core (``core.py``) judge them and group them by root cause, list the
 unhealthy first. Retired gateways and devices are not part of the field.
 
+A filter must name something: ``gateway`` a registered gateway (``NotFound``, 404, for an unknown
+one; ``Conflict``, 409, for a retired one), else the report would say "healthy" about nothing,
+to an installer who mistyped the id. District, grid or profile that match no registered device
+give a report with ``healthy`` null and ``nothing_matches`` naming the values that do exist.
+
 A device's expected interval: the gateway's birth names it (``device_info``); a device registered
 by an installer with a profile but not yet born falls back to the profile catalogue.
 """
@@ -23,6 +28,7 @@ from device_registry.db.tables import (
     LatestReading,
     Site,
 )
+from device_registry.errors import Conflict, NotFound
 from device_registry.health import core as health
 from device_registry.health.core import Assessment, DeviceFacts, GatewayFacts, Policy, Problem
 from device_registry.health.views import (
@@ -31,6 +37,7 @@ from device_registry.health.views import (
     HealthProblem,
     HealthReport,
     HealthSummary,
+    NothingMatches,
 )
 from gridwatch.ground.profiles import load_profiles
 
@@ -58,6 +65,8 @@ def _profiles() -> dict[str, tuple[float, bool]]:
 async def health_report(
     store: RegistryStore, f: HealthFilter, now: int, policy: Policy | None = None
 ) -> HealthReport:
+    if f.gateway is not None:
+        await _known_gateway(store, f.gateway)
     gws, devices = await _facts(store, f)
     if f.district or f.grid or f.profile:  # gateways only as far as the listed devices use them
         used = {d.gateway for d in devices}
@@ -76,8 +85,53 @@ async def health_report(
         gw_views = [g for g in gw_views if not g.healthy]
     dev_views.sort(key=lambda d: (d.healthy, d.district, d.grid, d.id))
     gw_views.sort(key=lambda g: (g.healthy, g.id))
-    return HealthReport(healthy=not problems, unhealthy=len(problems), summary=summary,
-                        problems=problems, devices=dev_views, gateways=gw_views)  # fmt: skip
+    nothing = None
+    if not devices and not gws:
+        nothing = await _nothing_matches(store, f)
+    return HealthReport(healthy=None if nothing else not problems, nothing_matches=nothing,
+                        unhealthy=len(problems), summary=summary, problems=problems,
+                        devices=dev_views, gateways=gw_views)  # fmt: skip
+
+
+async def _known_gateway(store: RegistryStore, gw_id: str) -> None:
+    async with store.transaction() as s:
+        gw = await s.get(Gateway, gw_id)
+    if gw is None:
+        raise NotFound("gateway", gw_id)
+    if gw.retired_at is not None:
+        raise Conflict(f"gateway {gw_id!r} is retired: it is no longer part of the field")
+
+
+_KNOWN_SHOWN = 30
+
+
+async def _nothing_matches(store: RegistryStore, f: HealthFilter) -> NothingMatches | None:
+    """What each given filter could have been: the values the registered devices have."""
+    given = {k: v for k, v in (("district", f.district), ("grid", f.grid),
+                               ("profile", f.profile)) if v is not None}  # fmt: skip
+    if not given:
+        return None  # the whole field is empty: a new registry, nothing was filtered away
+    columns = {"district": Site.district_id, "grid": Site.grid, "profile": Device.profile}
+    known: dict[str, list[str]] = {}
+    async with store.transaction() as s:
+        for name in given:
+            q = (
+                select(columns[name]).distinct()
+                .select_from(Device).outerjoin(Site, Site.id == Device.site_id)
+                .where(Device.retired_at.is_(None), columns[name].is_not(None))
+                .order_by(columns[name]).limit(_KNOWN_SHOWN)
+            )  # fmt: skip
+            values = {str(v) for v in await s.scalars(q) if v}
+            if name == "profile":  # the profile the gateway's birth names counts as well
+                born = (
+                    select(DeviceInfo.profile).distinct()
+                    .join(Device, Device.id == DeviceInfo.device_id)
+                    .where(Device.retired_at.is_(None), DeviceInfo.profile != "")
+                    .limit(_KNOWN_SHOWN)
+                )  # fmt: skip
+                values.update(str(v) for v in await s.scalars(born))
+            known[name] = sorted(values)[:_KNOWN_SHOWN]
+    return NothingMatches(filters=given, known=known)
 
 
 async def _facts(

@@ -93,8 +93,21 @@ class HealthSummary(BaseModel):
     gateways_unhealthy: int
 
 
+class NothingMatches(BaseModel):
+    """The filters asked for match no registered device: there is nothing to judge."""
+
+    filters: dict[str, str] = Field(description="The filters given (district, grid, profile).")
+    known: dict[str, list[str]] = Field(
+        description="For each filter given, the values registered devices have (at most 30)."
+    )
+
+
 class HealthReport(BaseModel):
-    healthy: bool = Field(description="True when there is no problem.")
+    healthy: bool | None = Field(
+        description="True when there is no problem; null when the filters match nothing "
+        "(see nothing_matches)."
+    )
+    nothing_matches: NothingMatches | None = None
     unhealthy: int = Field(description="How many problems (root causes): len(problems).")
     summary: HealthSummary
     problems: list[HealthProblem] = Field(

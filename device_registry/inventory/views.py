@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal, cast
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from device_registry.db.tables import Alert, Device, Gateway, LatestReading, Site
 from device_registry.http.values import Served
@@ -109,6 +109,18 @@ class GatewayView(BaseModel):
     config: ConfigState | None = Field(
         default=None, description="Config delivery: desired vs acknowledged (registered only)."
     )
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="retired; online; never_connected until its first birth or death message "
+        "(registered by an installer, not yet on the broker); else offline. As health says it."
+    )
+    @property
+    def status(self) -> Literal["online", "offline", "never_connected", "retired"]:
+        if self.retired:
+            return "retired"
+        if self.online:
+            return "online"
+        return "never_connected" if self.born_at is None and self.died_at is None else "offline"
 
 
 class MqttAccount(BaseModel):

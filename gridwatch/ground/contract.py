@@ -221,6 +221,9 @@ RECENT_POLLS = 50
 """The window of ``DeviceHealth.recent_ok``/``recent_failed``: the last this many polls..."""
 RECENT_S = 600
 """...none older than this many seconds, so an outage an hour ago no longer counts."""
+RECOVERED_POLLS = 3
+"""A device that answered this many polls in a row has recovered: the window's ratio no longer
+makes it "failing reads" (the centre's rule), and the edge reports at once when it gets there."""
 
 
 class DeviceHealth(_Msg):
@@ -238,6 +241,13 @@ class DeviceHealth(_Msg):
         "than RECENT_S). Absent from an older edge: the centre then judges the lifetime counters.",
     )
     recent_failed: Count | None = Field(default=None, description="Polls failed among them.")
+    consecutive_ok: Count | None = Field(
+        default=None, description="Polls answered in a row since the last failed one (absent "
+        "from an older edge).",
+    )  # fmt: skip
+    last_failed: EpochMs | None = Field(
+        default=None, description="Gateway clock of the newest failed poll."
+    )
 
 
 class BusHealth(_Msg):

@@ -4,9 +4,11 @@ Problems are printed one per root cause, as the registry groups them: a gateway 
 connected or silent (with the devices it accounts for), a bus that is down (with its devices),
 then single devices by district and grid cell.
 
-Exit status: 0 when there is no problem, 1 when there is one or more, 2 for a URL that is
-no URL, 3 when the registry cannot be reached (or refuses the token), so scripts and monitoring
-can act on it. It talks to the registry through the installer's client (``installer.Api``): the
+Exit status, so scripts and monitoring can act on it: 0 means "checked something and all of it is
+healthy"; 1 when there is one problem or more, and also when there was nothing to check (a
+gateway that is not registered or is retired, a district, grid or profile no registered device
+has), so a mistyped id is never told all is well; 2 for a URL that is no URL; 3 when the registry
+cannot be reached (or refuses the token). It talks to the registry through the installer's client (``installer.Api``): the
 same options, the same one-line errors.
 """
 
@@ -21,7 +23,9 @@ from typing import Any, TextIO
 from gridwatch.top.installer import TOKEN_ENV, URL_HELP, Api, BadOption, Refused, Unreachable
 
 HEALTHY, UNHEALTHY, UNREACHABLE = 0, 1, 3
+NOTHING_CHECKED = 1
 USAGE = 2
+_PLURAL = {"district": "districts", "grid": "grids", "profile": "profiles"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -90,6 +94,24 @@ def summary_line(report: dict[str, Any]) -> str:
             f"{s['gateways_unhealthy']} of {s['gateways']} gateways unhealthy")  # fmt: skip
 
 
+def nothing_line(nothing: dict[str, Any]) -> str:
+    """'nothing matches district 'futain' (districts: futian, nanshan)': the values that do
+    exist, for each filter whose value is not among them."""
+    filters: dict[str, str] = nothing.get("filters") or {}
+    known: dict[str, list[str]] = nothing.get("known") or {}
+    said = " and ".join(f"{k} {v!r}" for k, v in filters.items())
+    hints = [f"{_PLURAL.get(k, k)}: {', '.join(known.get(k) or []) or 'none registered'}"
+             for k, v in filters.items() if v not in (known.get(k) or [])]  # fmt: skip
+    return f"nothing matches {said}" + (f" ({'; '.join(hints)})" if hints else "")
+
+
+def _no_gateway(gw: str, exc: Refused) -> str:
+    detail = exc.body.get("detail", "") if isinstance(exc.body, dict) else ""
+    if exc.status == 404:
+        return f"no gateway {gw!r} is registered (`gridwatch gateway list` shows those that are)"
+    return detail or f"gateway {gw!r} is retired"
+
+
 def _status(status: str) -> str:
     return status.replace("_", " ")
 
@@ -100,12 +122,22 @@ def main(args: argparse.Namespace) -> int:
     except BadOption as exc:
         print(f"gridwatch: {exc}", file=sys.stderr)
         return USAGE
-    except (Refused, Unreachable, OSError) as exc:  # OSError: a CA file that cannot be read
+    except Refused as exc:
+        if args.gateway is not None and exc.status in (404, 409):
+            print(f"gridwatch: {_no_gateway(args.gateway, exc)}", file=sys.stderr)
+            return NOTHING_CHECKED
+        print(f"gridwatch: {exc}", file=sys.stderr)
+        return UNREACHABLE
+    except (Unreachable, OSError) as exc:  # OSError: a CA file that cannot be read
         print(f"gridwatch: {exc}", file=sys.stderr)
         return UNREACHABLE
     if args.json:
         print(json.dumps(report, indent=2))
+    elif report.get("nothing_matches"):
+        print(f"gridwatch: {nothing_line(report['nothing_matches'])}", file=sys.stderr)
     else:
         render(report, args.all, sys.stdout)
+    if report.get("healthy") is None:
+        return NOTHING_CHECKED
     # the groups decide: a registry that finds no root cause has nothing for a crew to do
     return UNHEALTHY if report["problems"] else HEALTHY

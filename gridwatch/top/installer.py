@@ -319,9 +319,11 @@ def _loc(args: argparse.Namespace) -> dict[str, Any]:
 
 def _print_gateway(gw: dict[str, Any]) -> None:
     cfg = gw.get("config") or {}
-    state = "retired" if gw.get("retired") else "online" if gw.get("online") else "offline"
+    state = gw.get("status") or (  # an older registry: no status, the flags alone
+        "retired" if gw.get("retired") else "online" if gw.get("online") else "offline"
+    )
     loc = gw.get("location") or {}
-    print(f"{gw['id']:<24} {state:<8} devices {gw['devices']:<5} "
+    print(f"{gw['id']:<24} {state.replace('_', ' '):<15} devices {gw['devices']:<5} "
           f"{loc.get('district', '-')}/{loc.get('grid', '-')}", end="")  # fmt: skip
     if cfg:
         acked = "accepted" if cfg["accepted"] else "REJECTED" if cfg["accepted"] is False else "-"
