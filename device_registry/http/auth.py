@@ -91,7 +91,11 @@ def hash_token(token: str) -> str:
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(32)
+    """32 random bytes, URL-safe; never starting with '-', which a shell user's
+    ``--token $T`` would have taken for an option (one token in 64 did)."""
+    while (token := secrets.token_urlsafe(32)).startswith("-"):
+        pass
+    return token
 
 
 def _bearer(request: web.Request) -> str | None:
