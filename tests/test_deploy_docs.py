@@ -338,3 +338,37 @@ def test_the_guides_bridge_account_may_share_the_subscription() -> None:
         ctrl(lines[2])
         with session(b.plain, lines[0][1], "bridge-pw") as (bridge, _):
             assert suback(bridge, shared) < 0x80
+
+
+# --- links ----------------------------------------------------------------------------------
+
+LINK = re.compile(r"\]\(([a-z]+\.md)(?:#([^)]+))?\)")
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation but ``-`` and ``_`` dropped."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize(
+    ("heading", "anchor"),
+    [("Throughput and alert latency (`bench/bridge_bench.py`)",
+      "throughput-and-alert-latency-benchbridge_benchpy"),
+     ("Broker access (mosquitto dynamic security)", "broker-access-mosquitto-dynamic-security"),
+     ("The uplink: one broker or several", "the-uplink-one-broker-or-several")],
+)  # fmt: skip
+def test_slug(heading: str, anchor: str) -> None:
+    assert slug(heading) == anchor
+
+
+def test_every_link_of_the_guide_reaches_its_section() -> None:
+    broken = []
+    for name, anchor in LINK.findall(DOC.read_text(encoding="utf-8")):
+        target = DOC.parent / name
+        if not target.exists():
+            broken.append(name)
+            continue
+        headings = re.findall(r"^#+ (.+)$", target.read_text(encoding="utf-8"), re.M)
+        if anchor and anchor not in {slug(h) for h in headings}:
+            broken.append(f"{name}#{anchor}")
+    assert broken == []
