@@ -10,7 +10,10 @@
   temporary folder and free loopback ports: the dynsec admin logs in, an anonymous client is
   refused, the TLS listener answers with the CA.
 - The guide's bridge account on that broker: the role the registry gives its centre account
-  refuses a shared subscription until the guide's ``addRoleACL`` line is run, and grants it after.
+  refuses a shared subscription until the guide's ``addRoleACL`` line is run, and grants it after;
+  and the guide's ``bridge run`` command, pointed at that broker, PostgreSQL and VictoriaMetrics,
+  receives what a gateway publishes (without the line it says it subscribed and receives nothing).
+- Every link of the guide to another document reaches a section that exists.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ import shlex
 import shutil
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +45,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from device_registry.inventory.provisioning import CENTRAL_ROLE, central_commands
 from gridwatch.top.cli import build_parser
-from tests.services import free_port, wait_port
+from tests.services import Victoria, free_port, wait_port
 from tests.tls import make_certs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -400,3 +405,60 @@ def test_every_link_of_the_guide_reaches_its_section() -> None:
         if anchor and anchor not in {slug(h) for h in headings}:
             broken.append(f"{name}#{anchor}")
     assert broken == []
+
+
+def guide_bridge_argv(broker_port: int, db_url: str, influx_url: str, metrics: int) -> list[str]:
+    """The guide's ``bridge run`` command with its addresses moved to this machine's services."""
+    argv = next(a for a in fenced_commands() if a[:2] == ["bridge", "run"])
+    here = {"--mqtt-host": "127.0.0.1", "--mqtt-port": str(broker_port), "--db-url": db_url,
+            "--influx-url": influx_url, "--http-host": "127.0.0.1", "--metrics-port": str(metrics)}  # fmt: skip
+    return [here.get(prev, arg) for prev, arg in zip(["", *argv[:-1]], argv, strict=True)]
+
+
+def metric(url: str, name: str) -> float:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return -1.0
+    found = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_the_guides_bridge_receives_on_its_shared_subscription(
+    pg_url: str, victoria: Victoria, tmp_path: Path
+) -> None:
+    """The whole recipe: the guide's mosquitto.conf, the registry's role, the guide's account
+    lines, the guide's bridge command: a message a gateway publishes reaches the bridge."""
+    with guide_broker(mosquitto_confs()[0]) as b:
+        with session(b.plain, ADMIN, ADMIN_PW) as (admin, _):
+            role = [c for c in central_commands("gridwatch", ADMIN) if c["command"] == "createRole"]
+            assert [a.get("error") for a in dynsec(admin, role)] == [None]
+        for args in ctrl_lines():
+            args = [*args, "-p", "bridge-pw"] if args[0] == "createClient" else args
+            subprocess.run(["mosquitto_ctrl", "-h", "127.0.0.1", "-p", str(b.plain), "-u", ADMIN,
+                            "-P", ADMIN_PW, "dynsec", *args], check=True, capture_output=True)  # fmt: skip
+        port = free_port()
+        argv = guide_bridge_argv(b.plain, pg_url, victoria.url, port)
+        env = {**os.environ, "MQ_BRIDGE_PW": "bridge-pw"}
+        log = tmp_path / "bridge.log"
+        with log.open("wb") as out:
+            bridge = subprocess.Popen([sys.executable, "-m", "gridwatch.top.cli", *argv],
+                                      env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)  # fmt: skip
+        url = f"http://127.0.0.1:{port}/metrics"
+        try:
+            deadline = time.monotonic() + 60
+            while metric(url, "gridwatch_bridge_connected") < 1:
+                assert bridge.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            with session(b.plain, "centre-bridge", "bridge-pw") as (gw, _):
+                gw.publish("gridwatch/gw/gw-ft-12/telemetry", b"not json", qos=1).wait_for_publish(
+                    5
+                )
+            while metric(url, "gridwatch_bridge_received_total") < 1:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        finally:
+            bridge.terminate()
+            bridge.wait(30)
