@@ -303,3 +303,22 @@ async def test_alert_list_filters_and_actions(reg: Registry) -> None:
 async def test_an_installer_reads_health(reg: Registry) -> None:
     ran = await gridwatch("health", "--url", reg.url, token=reg.tokens[Role.INSTALLER])
     assert ran.code == OK and "0 unhealthy" in ran.out, ran
+
+
+async def test_a_reader_that_closes_early_ends_the_command_quietly(reg: Registry) -> None:
+    """``gridwatch health | head -3``: the reader is gone before we write; no traceback, no
+    ``[Errno 32] Broken pipe``, and 141 (128 + SIGPIPE) as a Unix tool would."""
+    await reg.ingest(smoke("a-1"), smoke("a-2", "sd-002"))
+    env = {k: v for k, v in os.environ.items() if k not in ("GRIDWATCH_TOKEN", "GRIDWATCH_URL")}
+    env |= {"PYTHONPATH": str(ROOT), "GRIDWATCH_TOKEN": reg.tokens[Role.OPERATOR]}
+    for argv in (["health"], ["profile", "list"], ["alert", "list"]):  # healthcli, run_api
+        read, write = os.pipe()
+        os.close(read)  # the reader closed early: every write now meets a broken pipe
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gridwatch.top.cli", *argv, "--url", reg.url, env=env,
+            cwd=ROOT, stdout=write, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        os.close(write)
+        async with asyncio.timeout(60):
+            _, err = await proc.communicate()
+        assert (proc.returncode, err.decode()) == (141, ""), argv

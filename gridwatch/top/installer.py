@@ -662,6 +662,8 @@ def run_api(
     except Unreachable as exc:
         print(f"gridwatch: {exc}", file=sys.stderr)
         return UNREACHABLE
+    except BrokenPipeError:  # our reader went away (`| head`): cli.main ends quietly
+        raise
     except OSError as exc:  # a CSV or config file that cannot be read or written
         print(f"gridwatch: {exc}", file=sys.stderr)
         return FAILED
