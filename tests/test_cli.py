@@ -22,7 +22,9 @@ import yaml
 
 from device_registry.http import problems
 from device_registry.http.auth import Role
+from gridwatch.ground.contract import AlertState
 from gridwatch.top.installer import DEFAULT_URL, BadOption, base_url
+from gridwatch.top.registrycli import alert_subject
 from tests._ops_helpers import Registry, registry, smoke
 from tests.services import free_port
 
@@ -275,6 +277,8 @@ async def test_alert_list_filters_and_actions(reg: Registry) -> None:
     await reg.ingest(
         smoke("a-fut", district="futian"), smoke("a-nan", "sd-002", district="nanshan")
     )
+    await reg.ingest(smoke("a-old", "sd-003"))
+    await reg.ingest(smoke("a-old", "sd-003", state=AlertState.CLEARED))  # the sensor is fine
     token = reg.tokens[Role.OPERATOR]
 
     async def listed(*filters: str) -> set[str]:
@@ -282,7 +286,8 @@ async def test_alert_list_filters_and_actions(reg: Registry) -> None:
         assert ran.code == OK, ran
         return {a["alert_id"] for a in json.loads(ran.out)}
 
-    assert await listed() == {"a-fut", "a-nan"}
+    assert await listed() == {"a-fut", "a-nan"}  # open and acknowledged: not a-old, cleared
+    assert await listed("--stage", "cleared") == {"a-old"}
     assert await listed("--district", "futian") == {"a-fut"}
     assert await listed("--severity", "critical") == {"a-fut", "a-nan"}
     assert await listed("--severity", "warning") == set()
@@ -298,6 +303,21 @@ async def test_alert_list_filters_and_actions(reg: Registry) -> None:
     _, body = await reg.call("GET", "/api/v1/alerts/a-fut", Role.OPERATOR)
     assert [a["action"] for a in body["actions"]] == ["ack", "resolve", "close"]
     assert body["actions"][0]["note"] == "crew 7 on its way"
+
+
+SUBJECTS = [
+    # (point, value, message, as `alert list` prints it): a silent or offline alert names no point
+    ("obscuration", 5.2, "Smoke detected", "gw1:sd-1.obscuration"),
+    ("", None, "", "gw1:sd-1 (sends no data)"),
+    ("", 3.0, "", "gw1:sd-1 (no answer to 3 polls in a row)"),
+    ("", None, "Detector silent", "gw1:sd-1 (Detector silent)"),
+]
+
+
+@pytest.mark.parametrize(("point", "value", "message", "printed"), SUBJECTS)
+def test_alert_subject(point: str, value: float | None, message: str, printed: str) -> None:
+    a = {"gateway": "gw1", "device": "sd-1", "point": point, "value": value, "message": message}
+    assert alert_subject(a) == printed
 
 
 async def test_an_installer_reads_health(reg: Registry) -> None:
