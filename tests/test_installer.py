@@ -274,7 +274,15 @@ async def test_what_a_newcomer_missed_is_said(registry: Registry, tmp_path: Path
     code, out, _ = await registry.cli("gateway", "list")
     assert (code, out) == (0, "no live gateways (--all shows retired ones too)\n")
     code, _, err = await registry.cli("gateway", "add", "gw-1", "--bus", "type=mqtt,id=local")
-    assert code == 0, err
+    assert (
+        code == 0
+        and "note: mqtt bus 'local' reads the sensors' field broker at "
+        "127.0.0.1:1883, on the gateway itself; give host="
+        in err
+    ), err
+    code, _, err = await registry.cli("gateway", "add", "gw-2", "--bus",
+                                      "type=mqtt,id=local,host=10.0.0.9")  # fmt: skip
+    assert (code, err) == (0, ""), err
     code, _, err = await registry.cli("gateway", "edit", "gw-1", "--name", "Cabinet 7, Shennan Rd")
     assert code == 0, err
     for argv in (("gateway", "list"), ("gateway", "show", "gw-1")):

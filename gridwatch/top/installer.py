@@ -360,6 +360,11 @@ async def _gateway(args: argparse.Namespace, api: Api) -> int:
                 "buses": [_bus(b) for b in args.bus], "labels": _kv(args.label, "--label")}  # fmt: skip
         gw = await api.call("POST", "/api/v1/gateways", json=body)
         _print_issued(gw, args.json)
+        for bus in body["buses"]:
+            if bus.get("type") == "mqtt" and "host" not in bus:
+                print(f"note: mqtt bus {bus.get('id')!r} reads the sensors' field broker at "
+                      f"127.0.0.1:{bus.get('port', 1883)}, on the gateway itself; give host=... "
+                      "(and port=...) when that broker runs elsewhere", file=sys.stderr)  # fmt: skip
         if args.write_config:
             doc, text = await _config(api, args.id)
             await asyncio.to_thread(Path(args.write_config).write_text, text)
