@@ -46,6 +46,7 @@ class Remote:
         self.apply, self.write, self.clock = apply, write, clock
         self.gateway = current.gateway.id
         self._lock = asyncio.Lock()  # one config change at a time
+        self._retired = False  # said once: a cleared config comes again on a resubscribe
 
     async def handle(self, leaf: str, payload: bytes) -> None:
         if leaf == "config":
@@ -55,6 +56,18 @@ class Remote:
 
     # --- configuration -----------------------------------------------------------------------
     async def _config(self, payload: bytes) -> None:
+        if not payload.strip():
+            # the registry clears the retained config when it retires the gateway: no push to
+            # read, and no error of this box; the centre drops what it still sends
+            if not self._retired:
+                self._retired = True
+                logger.warning(
+                    "gateway %s was retired at the centre (its config there was cleared): the "
+                    "centre no longer takes what it sends. Stop this edge and take the box off "
+                    "the network, or, if it should stay, register it again (gridwatch gateway add "
+                    "%s) and give it the new MQTT password", self.gateway, self.gateway,
+                )  # fmt: skip
+            return
         try:
             push = ConfigPush.model_validate_json(payload)
         except ValidationError as exc:

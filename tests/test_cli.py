@@ -25,6 +25,7 @@ from device_registry.http import problems
 from device_registry.http.auth import Role
 from gridwatch.ground.contract import AlertState, Reading
 from gridwatch.top.installer import DEFAULT_URL, BadOption, base_url, shown
+from gridwatch.top.registrycli import alert_subject
 from tests._ops_helpers import Registry, now_ms, registry, smoke
 from tests.services import free_port
 
@@ -327,6 +328,8 @@ async def test_alert_list_filters_and_actions(reg: Registry) -> None:
     await reg.ingest(
         smoke("a-fut", district="futian"), smoke("a-nan", "sd-002", district="nanshan")
     )
+    await reg.ingest(smoke("a-old", "sd-003"))
+    await reg.ingest(smoke("a-old", "sd-003", state=AlertState.CLEARED))  # the sensor is fine
     token = reg.tokens[Role.OPERATOR]
 
     async def listed(*filters: str) -> set[str]:
@@ -334,7 +337,8 @@ async def test_alert_list_filters_and_actions(reg: Registry) -> None:
         assert ran.code == OK, ran
         return {a["alert_id"] for a in json.loads(ran.out)}
 
-    assert await listed() == {"a-fut", "a-nan"}
+    assert await listed() == {"a-fut", "a-nan"}  # open and acknowledged: not a-old, cleared
+    assert await listed("--stage", "cleared") == {"a-old"}
     assert await listed("--district", "futian") == {"a-fut"}
     assert await listed("--severity", "critical") == {"a-fut", "a-nan"}
     assert await listed("--severity", "warning") == set()
@@ -376,6 +380,21 @@ async def test_an_operator_overrides_a_broken_sensor(reg: Registry) -> None:
     no_such = await gridwatch("alert", "ack", "a-dead", "--override", "--url", reg.url,
                               token=token)  # fmt: skip
     assert no_such.code == USAGE, no_such  # ack takes no override
+
+
+SUBJECTS = [
+    # (point, value, message, as `alert list` prints it): a silent or offline alert names no point
+    ("obscuration", 5.2, "Smoke detected", "gw1:sd-1.obscuration"),
+    ("", None, "", "gw1:sd-1 (sends no data)"),
+    ("", 3.0, "", "gw1:sd-1 (no answer to 3 polls in a row)"),
+    ("", None, "Detector silent", "gw1:sd-1 (Detector silent)"),
+]
+
+
+@pytest.mark.parametrize(("point", "value", "message", "printed"), SUBJECTS)
+def test_alert_subject(point: str, value: float | None, message: str, printed: str) -> None:
+    a = {"gateway": "gw1", "device": "sd-1", "point": point, "value": value, "message": message}
+    assert alert_subject(a) == printed
 
 
 async def test_an_installer_reads_health(reg: Registry) -> None:
@@ -448,3 +467,25 @@ async def test_a_gateway_that_never_connected_is_listed_as_never_connected(reg: 
     assert "retired" in listed.out, listed
     status, body = await reg.call("GET", "/api/v1/gateways/gw1", Role.INSTALLER)
     assert status == 200 and body["status"] == "never_connected", body
+
+
+    assert ran.code == OK and "0 unhealthy" in ran.out, ran
+
+
+async def test_a_reader_that_closes_early_ends_the_command_quietly(reg: Registry) -> None:
+    """``gridwatch health | head -3``: the reader is gone before we write; no traceback, no
+    ``[Errno 32] Broken pipe``, and 141 (128 + SIGPIPE) as a Unix tool would."""
+    await reg.ingest(smoke("a-1"), smoke("a-2", "sd-002"))
+    env = {k: v for k, v in os.environ.items() if k not in ("GRIDWATCH_TOKEN", "GRIDWATCH_URL")}
+    env |= {"PYTHONPATH": str(ROOT), "GRIDWATCH_TOKEN": reg.tokens[Role.OPERATOR]}
+    for argv in (["health"], ["profile", "list"], ["alert", "list"]):  # healthcli, run_api
+        read, write = os.pipe()
+        os.close(read)  # the reader closed early: every write now meets a broken pipe
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gridwatch.top.cli", *argv, "--url", reg.url, env=env,
+            cwd=ROOT, stdout=write, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        os.close(write)
+        async with asyncio.timeout(60):
+            _, err = await proc.communicate()
+        assert (proc.returncode, err.decode()) == (141, ""), argv

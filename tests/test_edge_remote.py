@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import uuid
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import pytest
 import yaml
 
 from gridwatch.ground.contract import Command, ConfigPush, Topics
@@ -134,3 +137,35 @@ async def test_command_runs_on_the_device_and_its_result_comes_back(
     assert results[ok_id]["ok"] is True and results[ok_id]["expired"] is False
     assert results[bad_id]["ok"] is False and "obscuration" in results[bad_id]["error"]
     assert json.dumps(results)  # plain JSON for the platform
+
+
+async def test_a_cleared_config_says_once_that_the_gateway_was_retired(
+    mosquitto: Mosquitto, prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The registry clears the retained config when it retires a gateway: the edge reads that
+    as retired, in one WARNING that says what to do, never as an unreadable push (ERROR)."""
+    cfg, devices, _ = gateway_config(tmp_path, mosquitto.port, prefix)
+    gw, topic = cfg.gateway.id, Topics(prefix).config(cfg.gateway.id)
+    caplog.set_level(logging.INFO, logger="edge")
+
+    def retired() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "was retired at the centre" in r.getMessage()]
+
+    said = asyncio.Event()
+    handler = logging.Handler()
+    handler.emit = lambda record: said.set() if "was retired" in record.getMessage() else None  # type: ignore[method-assign]
+    logging.getLogger("edge.remote").addHandler(handler)
+    async with SimField(devices, update_s=3600), running(cfg, devices) as agent:
+        await agent.uplink.mqtt.watch.until(lambda: agent.uplink.mqtt.state.connected, 10)
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port) as c:
+            await c.publish(topic, b"", qos=1, retain=True)  # what `gateway retire` sends
+        try:
+            await asyncio.wait_for(said.wait(), 10)
+        finally:
+            logging.getLogger("edge.remote").removeHandler(handler)
+        await agent.remote.handle("config", b"")  # cleared again (a resubscribe): no repeat
+        assert agent.remote.current.version == cfg.version
+    [warning] = retired()
+    assert warning.levelno == logging.WARNING
+    assert f"register it again (gridwatch gateway add {gw})" in warning.getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR and "edge" in r.name]

@@ -267,3 +267,29 @@ async def test_gateway_list_hides_retired_gateways_unless_all(registry: Registry
     assert "retired" in old and "gw-live" in out, out
     _, out, _ = await registry.cli("gateway", "list", "--json")
     assert [g["id"] for g in json.loads(out)] == ["gw-live"]
+
+
+async def test_what_a_newcomer_missed_is_said(registry: Registry, tmp_path: Path) -> None:
+    """No live gateway says so; the name `--name` set shows; a refused CSV says how many rows."""
+    code, out, _ = await registry.cli("gateway", "list")
+    assert (code, out) == (0, "no live gateways (--all shows retired ones too)\n")
+    code, _, err = await registry.cli("gateway", "add", "gw-1", "--bus", "type=mqtt,id=local")
+    assert (
+        code == 0
+        and "note: mqtt bus 'local' reads the sensors' field broker at "
+        "127.0.0.1:1883, on the gateway itself; give host="
+        in err
+    ), err
+    code, _, err = await registry.cli("gateway", "add", "gw-2", "--bus",
+                                      "type=mqtt,id=local,host=10.0.0.9")  # fmt: skip
+    assert (code, err) == (0, ""), err
+    code, _, err = await registry.cli("gateway", "edit", "gw-1", "--name", "Cabinet 7, Shennan Rd")
+    assert code == 0, err
+    for argv in (("gateway", "list"), ("gateway", "show", "gw-1")):
+        _, out, _ = await registry.cli(*argv)
+        assert "'Cabinet 7, Shennan Rd'" in out, (argv, out)
+    csv = tmp_path / "devices.csv"
+    csv.write_text("gateway,id,profile,bus\ngw-1,sd-1,smoke-detector-mqtt,local\n"
+                   "gw-1,sd-2,no-such-profile,local\n", encoding="utf-8")  # fmt: skip
+    code, _, err = await registry.cli("device", "import", str(csv))
+    assert code == 1 and "the CSV file (1 of 2 rows refused; nothing imported)" in err, err

@@ -266,3 +266,33 @@ async def test_a_fallback_that_fails_too_is_the_outage_error(
     errors = _ours(caplog, logging.ERROR)
     assert errors == [f"mqtt mute: 127.0.0.1:{port} cannot connect: Operation timed out"]
     assert s.state.outages == 1 and not s.state.connected
+
+
+async def test_the_fallback_to_the_embedded_broker_costs_the_probe_not_the_timeout(
+    mosquitto: Mosquitto,
+) -> None:
+    """amqtt never answers an MQTT 5 CONNECT: with the default 5 s timeout, the edge used to wait
+    all of it before its 3.1.1 CONNECT. Now the first CONNECT waits ``probe_s`` (2 s); the
+    connected client, on amqtt or on mosquitto (MQTT 5), gets the full timeout for its calls."""
+    timeouts: list[float] = []
+    served = asyncio.Event()
+
+    async def note(client: aiomqtt.Client) -> None:
+        timeouts.append(client.timeout)
+        served.set()
+        await forever(client)
+
+    port = free_port()
+    async with embedded_broker("127.0.0.1", port):
+        s = MqttSession(settings(Endpoint("127.0.0.1", port)), "t")
+        started = time.monotonic()
+        async with running(s, note):
+            await s.watch.until(lambda: s.state.connected, 10)
+            took = time.monotonic() - started
+            await asyncio.wait_for(served.wait(), 10)
+    assert s.settings.timeout_s == 5.0 and took < 3.5, took  # 5 s and more before
+    five = MqttSession(settings(Endpoint(mosquitto.host, mosquitto.port)), "t")
+    served.clear()
+    async with running(five, note):
+        await asyncio.wait_for(served.wait(), 10)
+    assert timeouts == [5.0, 5.0]

@@ -237,13 +237,15 @@ def test_a_shipped_profile_reads_as_the_edge_would(sim: int) -> None:
     assert lines[0] == "unit 9 as smoke-detector-modbus (Photoelectric smoke detector, Modbus RTU)"
     got = rows(out)
     assert list(got) == ["obscuration", "alarm", "fault", "battery", "sounder"]
-    assert got["battery"] == ["input", "3", "0x012C", "3", "V", "good"]  # 300 x 0.01 V
-    assert got["alarm"] == ["input", "2", "bit", "0", "0x0000", "false", "good"]
-    assert got["fault"] == ["input", "2", "bit", "1", "0x0000", "false", "good"]
-    assert got["sounder"] == ["coil", "0", "0", "false", "good"]
+    # each value with its point's decimals (the dashboard's), bits and coils as on/off
+    assert got["battery"] == ["input", "3", "0x012C", "3.00", "V", "good"]  # 300 x 0.01 V
+    assert got["alarm"] == ["input", "2", "bit", "0", "0x0000", "off", "good"]
+    assert got["fault"] == ["input", "2", "bit", "1", "0x0000", "off", "good"]
+    assert got["sounder"] == ["coil", "0", "0", "off", "good"]
     table, where, _, _, value, unit, quality = got["obscuration"]
     assert (table, where, unit, quality) == ("input", "0..1", "%/m", "good")
     assert 0.0 <= float(value) <= 1.0  # base 0.3 %/m with a little noise
+    assert len(value.partition(".")[2]) == 2, value  # not float32's 0.3197032
 
 
 def test_a_profile_file_reads_too_and_a_refused_point_exits_3(
@@ -253,7 +255,14 @@ def test_a_profile_file_reads_too_and_a_refused_point_exits_3(
     target = str(profiles / "target.yaml")
     code, out = run_probe("--port", str(port), "--unit", "7", "--profile", target)
     assert code == 0, out
-    assert rows(out)["level"] == ["holding", "0..1", "0xE979", "0x42F6", "123.456", "good"]
+    assert rows(out)["level"] == [
+        "holding",
+        "0..1",
+        "0xE979",
+        "0x42F6",
+        "123.46",
+        "good",
+    ]  # 2 decimals: a float point
     assert rows(out)["code"] == ["holding", "2", "0x002A", "42", "good"]
     # a smoke detector has no holding registers: both points refused, each named
     code, out = run_probe("--port", str(port), "--unit", "9", "--profile", target)
@@ -312,7 +321,7 @@ async def test_a_serial_line_reads_and_a_silent_unit_times_out(
                                           "smoke-detector-modbus")  # fmt: skip
         silent = await asyncio.to_thread(run_probe, *serial, "--unit", "4")
     assert coil == (0, "unit 3 coil 0\n     0 off\n")
-    assert profile[0] == 0 and rows(profile[1])["battery"][-3:] == ["3", "V", "good"]
+    assert profile[0] == 0 and rows(profile[1])["battery"][-3:] == ["3.00", "V", "good"]
     assert silent == (1, "")
     assert capsys.readouterr().err == (
         f"No answer from unit 4 at {port} within 0.3 s: check the unit id, wiring, baud rate "

@@ -32,7 +32,8 @@ them all the same.
 The MQTT version: ``"auto"`` starts with MQTT 5 and, until a connection to that broker succeeds,
 falls back to 3.1.1 at once, in the same attempt, when the broker says it does not speak 5
 (CONNACK code 1 in 3.1.1, 132 in MQTT 5) or reached over TCP does not answer an MQTT 5 CONNECT at
-all (amqtt, the demo's broker). The decision (``fall_back``) is taken from codes and types, never
+all (amqtt, the demo's broker) within ``probe_s`` (2 s, not the full ``timeout_s``: that silence is
+the fallback's whole cost; a slow MQTT 5 broker then gets the 3.1.1 CONNECT, which it takes too). The decision (``fall_back``) is taken from codes and types, never
 from message text, and the version learnt is kept per broker. A fallback that works is no outage:
 it is logged at INFO; only when the fallback fails too is the outage's ERROR logged.
 
@@ -99,6 +100,10 @@ class SessionSettings:
     keepalive_s: int = 30
     timeout_s: float = 5.0
     """For the CONNACK and every awaited call of aiomqtt."""
+    probe_s: float = 2.0
+    """``protocol: auto``, a broker whose version is not learnt yet: the wait for the answer to
+    the first MQTT 5 CONNECT. A 3.1.1-only broker (amqtt) never answers it, so this is what the
+    fallback costs; the 3.1.1 CONNECT, and brokers known to speak 5, get ``timeout_s``."""
     max_inflight: int = 100
     backoff_first_s: float = 0.05
     backoff_cap_s: float = 1.0
@@ -261,9 +266,13 @@ class MqttSession:
         will = await self.will() if self.will else None
         learnt = self._versions.get(endpoint)
         version = learnt or ("3.1.1" if self.settings.protocol == "3.1.1" else "5")
+        probing = not learnt and self.settings.protocol == "auto"
         client = self._client(endpoint, will, version)
+        if probing:
+            client.timeout = min(self.settings.timeout_s, self.settings.probe_s)
         try:
             await self._open(client)
+            client.timeout = self.settings.timeout_s  # connected: every later call gets it
         except _NotOpened as exc:
             if learnt or self.settings.protocol != "auto" or not fall_back(exc.code, exc.reached):
                 raise exc.error from None

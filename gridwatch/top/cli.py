@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -58,6 +59,10 @@ EXTRAS: dict[tuple[str, ...], tuple[str, ...]] = {
 MISSING_EXTRA = 2
 """Exit status of a command whose extra is not installed: argparse's, for a command that cannot
 run as asked."""
+CLOSED_STDOUT = 141
+"""Exit status when the reader of our output went away (``gridwatch health | head -3``): 128 +
+SIGPIPE, what a shell reports for a Unix tool that SIGPIPE ended, so ``set -o pipefail`` scripts
+tell it from a failure the command itself met."""
 PROBE_EXIT_CODES = (
     "exit status: 0 read; 1 nothing answered (cannot connect, no answer in time, a garbled "
     "answer, or a converter saying the unit behind it is silent: 0x0A/0x0B); 2 bad arguments "
@@ -166,6 +171,19 @@ def _missing_extra(key: tuple[str, ...], args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        result = _run(argv)
+        sys.stdout.flush()  # a reader gone early shows here, inside the try, not at exit
+        return result
+    except BrokenPipeError:
+        # quiet, as Unix tools are; stdout now points at devnull so that Python's own flush at
+        # exit does not fail a second time (the recipe in the signal module's docs)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return CLOSED_STDOUT
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

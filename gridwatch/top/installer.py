@@ -185,7 +185,9 @@ def _explain(status: int, body: Any) -> str:
         return f"{head}: {body.get('detail', '')}".rstrip(": ")
     lines = [f"  - {e['msg']}" if _whole(e["loc"]) else f"  - {e['loc']}: {e['msg']}"
              for e in errors]  # fmt: skip
-    return "\n".join([f"{head}:", *lines])
+    # what was invalid, with its summary: "the CSV file (2 of 20 rows refused; nothing imported)"
+    where = str(body.get("detail", "")).partition(" is invalid: ")[0]
+    return "\n".join([f"{head}: {where} is invalid:" if where else f"{head}:", *lines])
 
 
 def segment(name: str) -> str:
@@ -325,6 +327,8 @@ def _print_gateway(gw: dict[str, Any]) -> None:
     loc = gw.get("location") or {}
     print(f"{gw['id']:<24} {state.replace('_', ' '):<15} devices {gw['devices']:<5} "
           f"{loc.get('district', '-')}/{loc.get('grid', '-')}", end="")  # fmt: skip
+    if gw.get("name"):  # as `gateway add|edit --name` set it
+        print(f"  {gw['name']!r}", end="")
     if cfg:
         acked = "accepted" if cfg["accepted"] else "REJECTED" if cfg["accepted"] is False else "-"
         print(f"  config v{cfg['desired']} (acknowledged v{cfg['acknowledged']} {acked})", end="")
@@ -370,6 +374,11 @@ async def _gateway(args: argparse.Namespace, api: Api) -> int:
                 "buses": [_bus(b) for b in args.bus], "labels": _kv(args.label, "--label")}  # fmt: skip
         gw = await api.call("POST", "/api/v1/gateways", json=body)
         _print_issued(gw, args.json)
+        for bus in body["buses"]:
+            if bus.get("type") == "mqtt" and "host" not in bus:
+                print(f"note: mqtt bus {bus.get('id')!r} reads the sensors' field broker at "
+                      f"127.0.0.1:{bus.get('port', 1883)}, on the gateway itself; give host=... "
+                      "(and port=...) when that broker runs elsewhere", file=sys.stderr)  # fmt: skip
         if args.write_config:
             doc, text = await _config(api, args.id)
             await asyncio.to_thread(Path(args.write_config).write_text, text)
@@ -389,6 +398,10 @@ async def _gateway(args: argparse.Namespace, api: Api) -> int:
             print(json.dumps(gws, indent=2))
         for gw in [] if args.json else gws:
             _print_gateway(gw)
+        if not gws and not args.json:
+            where = f" in {args.district}" if args.district else ""
+            print(f"no gateways{where}" if args.all else
+                  f"no live gateways{where} (--all shows retired ones too)")  # fmt: skip
         return OK
     if args.sub == "new-password":
         _print_issued(await api.call("POST", f"/api/v1/gateways/{args.id}/credentials"), args.json)
@@ -678,6 +691,8 @@ def run_api(
     except Unreachable as exc:
         print(f"gridwatch: {exc}", file=sys.stderr)
         return UNREACHABLE
+    except BrokenPipeError:  # our reader went away (`| head`): cli.main ends quietly
+        raise
     except OSError as exc:  # a CSV or config file that cannot be read or written
         print(f"gridwatch: {exc}", file=sys.stderr)
         return FAILED

@@ -43,7 +43,13 @@ from drivers.planner import MAX_BITS, MAX_REGISTERS
 from drivers.transport import ModbusTransport, serial_transport, tcp_transport
 from gridwatch.ground.contract import Value
 from gridwatch.ground.gatewayconf import ModbusRtuBus, ModbusTcpBus, default_profiles_dir
-from gridwatch.ground.profiles import ModbusPoint, ModbusProfile, load_profile, load_profiles
+from gridwatch.ground.profiles import (
+    ModbusPoint,
+    ModbusProfile,
+    load_profile,
+    load_profiles,
+    point_decimals,
+)
 from gridwatch.ground.yamlconf import ConfigError
 
 OK, UNREACHABLE, USAGE, REFUSED = 0, 1, 2, 3
@@ -219,11 +225,16 @@ def _raw(point: ModbusPoint, data: Sequence[int] | Sequence[bool]) -> str:
     return " ".join(f"0x{int(w):04X}" for w in data)
 
 
-def _shown(value: Value) -> str:
+def shown(value: Value, point: ModbusPoint) -> str:
+    """A decoded value as the dashboard shows it: the point's decimals (float32 noise such as
+    0.3197032 is not the sensor's resolution), on/off for a bit or coil."""
     if value is None:
         return "-"  # a sentinel or an invalid number: the edge sends no value either
     if isinstance(value, bool):
-        return "true" if value else "false"
+        return "on" if value else "off"
+    decimals = point_decimals(point)
+    if decimals is not None and isinstance(value, int | float):
+        return f"{value:.{decimals}f}"
     return _fmt(value) if isinstance(value, float) else str(value)
 
 
@@ -246,7 +257,7 @@ async def read_profile(args: argparse.Namespace, profile: ModbusProfile, out: Te
                 worst = REFUSED
                 continue
             value, quality = decode(data, point)
-            print(f"{name:<16} {_where(point):<18} {_raw(point, data):<24} {_shown(value):>12} "
+            print(f"{name:<16} {_where(point):<18} {_raw(point, data):<24} {shown(value, point):>12} "
                   f"{point.unit:<6} {quality.value}", file=out)  # fmt: skip
     finally:
         await transport.close()

@@ -20,6 +20,7 @@ from gridwatch.top.installer import _common as common_arguments
 
 ROLES = ("installer", "maintenance", "operator", "platform", "admin")
 STAGES = ("open", "acknowledged", "cleared", "resolved", "closed")
+LIVE = "open,acknowledged"  # what `alert list` shows unless --stage says otherwise: work to do
 ACTIONS = ("ack", "resolve", "close")
 ENDING = ("resolve", "close")
 """The actions that may override a sensor still reporting the condition."""
@@ -43,8 +44,11 @@ def add_parsers(sub: Any) -> None:
 
     alert = sub.add_parser("alert", help="list alerts and act on them (operators)")
     alerts = alert.add_subparsers(dest="sub", required=True)
-    ls = alerts.add_parser("list", help="alerts with their stage and time left; default: open ones")
-    ls.add_argument("--stage", default=None, help=f"comma-separated, among {','.join(STAGES)}")
+    ls = alerts.add_parser(
+        "list", help="alerts with their stage and time left; default: open and acknowledged ones"
+    )
+    ls.add_argument("--stage", default=LIVE, help=f"comma-separated, among {','.join(STAGES)} "
+                    f"(default: {LIVE})")  # fmt: skip
     ls.add_argument("--severity", default=None, help="e.g. critical")
     ls.add_argument("--district", default=None)
     ls.add_argument("--category", default=None, help="catalogue code, e.g. FIRE-SMOKE-01")
@@ -98,9 +102,23 @@ def _time_left(ms: int | None) -> str:
     return f"{minutes} min overdue" if ms < 0 else f"{minutes} min left"
 
 
+def alert_subject(a: dict[str, Any]) -> str:
+    """What the alert is about: ``gateway:device.point``, or for an alert on the whole device
+    (its silent and offline rules name no point) the device and what befell it, in words."""
+    where = f"{a['gateway']}:{a['device']}"
+    if a.get("point"):
+        return f"{where}.{a['point']}"
+    value = a.get("value")
+    if a.get("message"):
+        return f"{where} ({a['message']})"
+    if isinstance(value, int | float) and not isinstance(value, bool):  # offline: its failures
+        return f"{where} (no answer to {value:g} polls in a row)"
+    return f"{where} (sends no data)"
+
+
 def _print_alert(a: dict[str, Any]) -> None:
     print(f"{a['alert_id']:<14} {a['stage']:<13} {a['severity']:<9} {a['category']:<20} "
-          f"{a['district'] or '-'}/{a['grid'] or '-'}  {a['gateway']}:{a['device']}.{a['point']}  "
+          f"{a['district'] or '-'}/{a['grid'] or '-'}  {alert_subject(a)}  "
           f"{_time_left(a['time_left_ms'])}")  # fmt: skip
 
 

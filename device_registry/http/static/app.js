@@ -359,7 +359,10 @@ function alertCard(a, inIncident, listed) {
   const anyway = overrideAct(a);
   const shown = { decimals: a.decimals };  // the API's, from the device's profile
   const key = `alert:${a.alert_id}`;
-  const reading = `${a.message || a.rule}: ${withUnit(a.value, a.unit, shown)}`;
+  // a silent or offline alert is about the whole device: no point, no reading to show
+  const reading = a.point ? `${a.message || a.rule}: ${withUnit(a.value, a.unit, shown)}`
+    : a.message || (typeof a.value === "number" ? `no answer to ${a.value} polls in a row`
+      : "the device sends no data");
   return h("article", { class: `card alert ${a.severity} ${a.overdue ? "overdue" : ""} ${listed ? "" : "context"}`,
                         "data-alert": a.alert_id, "data-stage": a.stage },
     h("h5", {},
