@@ -468,7 +468,6 @@ async def test_a_gateway_that_never_connected_is_listed_as_never_connected(reg: 
     status, body = await reg.call("GET", "/api/v1/gateways/gw1", Role.INSTALLER)
     assert status == 200 and body["status"] == "never_connected", body
 
-
     assert ran.code == OK and "0 unhealthy" in ran.out, ran
 
 

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import io
 import itertools
@@ -462,3 +463,43 @@ def test_the_guides_bridge_receives_on_its_shared_subscription(
         finally:
             bridge.terminate()
             bridge.wait(30)
+
+
+async def test_a_bridge_the_broker_refuses_its_share_says_so_and_is_not_up() -> None:
+    """Without the guide's addRoleACL line, dynamic security refuses the shared filter in the
+    SUBACK and keeps the connection: the bridge used to log 'subscribed' and hear nothing. Its
+    session now fails, names the filter, and tries again (gridwatch.ground.mqttsession)."""
+    from gridwatch.ground.endpoints import Endpoint
+    from gridwatch.ground.mqttsession import MqttSession, SessionSettings
+
+    lines = ctrl_lines()
+    shared = "$share/ingest/gridwatch/gw/+/telemetry"
+    with guide_broker(mosquitto_confs()[0]) as b:
+        with session(b.plain, ADMIN, ADMIN_PW) as (admin, _):
+            role = [c for c in central_commands("gridwatch", ADMIN) if c["command"] == "createRole"]
+            assert [a.get("error") for a in dynsec(admin, role)] == [None]
+        for args in lines[:2]:  # the account and its role, not the $share line
+            args = [*args, "-p", "bridge-pw"] if args[0] == "createClient" else args
+            await asyncio.to_thread(
+                subprocess.run, ["mosquitto_ctrl", "-h", "127.0.0.1", "-p", str(b.plain), "-u",
+                                 ADMIN, "-P", ADMIN_PW, "dynsec", *args],
+                check=True, capture_output=True,
+            )  # fmt: skip
+        settings = SessionSettings(
+            endpoints=(Endpoint("127.0.0.1", b.plain),), client_id=f"bridge-{free_port()}",
+            username=lines[0][1], password="bridge-pw", protocol="5",
+            subscriptions=((shared, 1),),
+        )  # fmt: skip
+        s = MqttSession(settings, "telemetry")
+
+        async def serve(_client: object) -> None:
+            await asyncio.Event().wait()
+
+        task = asyncio.create_task(s.run(serve))  # type: ignore[arg-type]
+        try:
+            await s.watch.until(lambda: "refused the subscription" in (s.state.last_error or ""),
+                                20)  # fmt: skip
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert not s.state.connected and shared in (s.state.last_error or "")

@@ -17,13 +17,14 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cloud_bridge.broker import embedded_broker
+from cloud_bridge.broker import Scope, embedded_broker
 from gridwatch.ground.mqttsession import (
     Endpoint,
     MqttSession,
     SessionSettings,
     connack_code,
     fall_back,
+    refused_filters,
 )
 from tests.services import Mosquitto, free_port
 
@@ -229,7 +230,8 @@ async def test_a_fallback_to_mqtt_3_1_1_that_works_logs_no_error(
     uplink = Uplink(MqttUplink(port=port, prefix=prefix, protocol="auto"), cfg.gateway.id, box,
                     pipe, topics, 1, time.time)  # fmt: skip
     try:
-        async with embedded_broker("127.0.0.1", port):  # amqtt: MQTT 3.1.1 only
+        # amqtt: MQTT 3.1.1 only; scoped to this test's prefix, as central run scopes it to its own
+        async with embedded_broker("127.0.0.1", port, Scope(prefix)):
             task = asyncio.create_task(uplink.run())
             try:
                 await uplink.wait_until(lambda u: u.connected, within_s=20)
@@ -296,3 +298,20 @@ async def test_the_fallback_to_the_embedded_broker_costs_the_probe_not_the_timeo
     async with running(five, note):
         await asyncio.wait_for(served.wait(), 10)
     assert timeouts == [5.0, 5.0]
+
+
+# (the filters asked, what the SUBACK granted, the refusals named): 3.1.1 grants QoS or 0x80,
+# MQTT 5 answers reason codes (0x87 "not authorized" from an ACL)
+REFUSALS = [
+    ([("a/#", 1), ("b/#", 1)], [1, 0], []),
+    ([("a/#", 1), ("$share/g/b/#", 1)], [1, 0x80], ["$share/g/b/#"]),
+    ([("a/#", 1)], [ReasonCode(PacketTypes.SUBACK, identifier=0x87)], ["a/#"]),
+    ([("a/#", 1)], [ReasonCode(PacketTypes.SUBACK, identifier=1)], []),
+]
+
+
+@pytest.mark.parametrize(("subs", "granted", "names"), REFUSALS)
+def test_a_refused_subscription_is_named(
+    subs: list[tuple[str, int]], granted: list[object], names: list[str]
+) -> None:
+    assert [r.split(" (")[0] for r in refused_filters(subs, granted)] == names

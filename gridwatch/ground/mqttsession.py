@@ -54,7 +54,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 
@@ -148,6 +148,20 @@ class SessionState:
     def failing(self) -> bool:
         """Down after having tried: not merely still starting up."""
         return not self.connected and self.since is not None
+
+
+def refused_filters(
+    subscriptions: Sequence[tuple[str, int]], granted: Sequence[object]
+) -> list[str]:
+    """The filters a SUBACK refused, each with its code: 0x80 and up is a refusal (a granted QoS
+    in MQTT 3.1.1, a reason code in MQTT 5; mosquitto's dynamic security answers 0x87, "not
+    authorized", for a filter its ACL does not allow, and the connection stays up)."""
+    out = []
+    for (topic_filter, _), code in zip(subscriptions, granted, strict=False):
+        value = int(getattr(code, "value", code))  # type: ignore[call-overload]
+        if value >= 0x80:
+            out.append(f"{topic_filter} (0x{value:02x})")
+    return out
 
 
 def connack_code(exc: BaseException) -> int | None:
@@ -302,7 +316,14 @@ class MqttSession:
         self, client: aiomqtt.Client, endpoint: Endpoint, version: Version, serve: Serve
     ) -> None:
         if self.settings.subscriptions:  # every connect: this broker may hold no session for us
-            await client.subscribe(list(self.settings.subscriptions))
+            granted = await client.subscribe(list(self.settings.subscriptions))
+            refused = refused_filters(self.settings.subscriptions, granted)
+            if refused:  # a session that hears nothing must not call itself up
+                raise aiomqtt.MqttError(
+                    f"the broker refused the subscription to {', '.join(refused)}: check the "
+                    "account's ACL (a shared subscription needs its $share/GROUP/... filter "
+                    "allowed: docs/deploy.md)"
+                )
         self._went_up(client, endpoint, version)
         await first_failure(serve(client), _until_lost(client))
         raise aiomqtt.MqttError(f"{self.name}: the session's work ended")  # serve runs forever
