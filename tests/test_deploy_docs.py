@@ -4,8 +4,6 @@
   (``gridwatch/top/cli.py`` ``build_parser``): subcommand, flags, values. A command named in the
   text (an inline code span) names a subcommand that exists and flags it takes; the commands the
   guide says do not exist yet (``NOT_YET``) must not parse, so the guide is updated when they land.
-  A command the guide names as built on another branch (``PENDING``) parses, or fails on exactly
-  the word that branch adds: the guide holds before the merge and is checked in full after it.
 - Every ``mosquitto.conf`` block starts the real mosquitto, with its paths and ports moved to a
   temporary folder and free loopback ports: the dynsec admin logs in, an anonymous client is
   refused, the TLS listener answers with the CA.
@@ -56,15 +54,6 @@ INLINE = re.compile(r"`((?:/opt/gridwatch/bin/)?gridwatch [^`]+)`")
 SHELL_OPS = {"|", "||", ">", ">>", "<", "&&", ";", "&", "2>&1"}
 NOT_YET: set[str] = set()
 """Commands the guide marks **not yet**: when one parses, write it into the guide properly."""
-PENDING = {
-    "gridwatch edge status -c /etc/gridwatch/gateway.yaml --outbox "
-    "/var/lib/gridwatch-edge/var/edge/gw-ft-12/outbox.db": "'status'",
-    "gridwatch bridge run -c /etc/gridwatch/central.yaml": "-c",
-    "gridwatch registry serve -c /etc/gridwatch/central.yaml": "-c",
-    "gridwatch config example central": "'example'",
-}
-"""Commands built on other branches (service, centralconf), not merged here yet: the word their
-branch adds, which the parser of this one names in its refusal."""
 ADMIN, ADMIN_PW = "registry-admin", "admin-pw-for-the-guide"
 DYNSEC = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 
@@ -156,22 +145,14 @@ def test_every_command_in_the_text_exists(text: str) -> None:
     argv = shlex.split(text)[1:]
     if text in NOT_YET:
         assert parse_error(argv) is not None, f"`{text}` exists now: describe it in the guide"
-    elif text in PENDING:
-        error = parse_error(argv)
-        if error is None or PENDING[text] not in error:  # merged: its words must exist
-            assert unknown_words(argv) == [], text
     else:
         assert unknown_words(argv) == [], text
-
-
-def test_every_pending_command_is_in_the_guide() -> None:
-    assert sorted(PENDING.keys() - set(inline_commands())) == []
 
 
 @pytest.mark.parametrize(
     ("argv", "unknown"),
     [(["bridge", "run", "--share-group", "g"], []), (["bridge", "run", "--sharegroup", "g"],
-     ["--sharegroup"]), (["edge", "status"], ["status"]), (["gateway", "add"], []),
+     ["--sharegroup"]), (["edge", "stats"], ["stats"]), (["gateway", "add"], []),
      (["registry", "serve", "--tls-cert=a.pem"], []), (["central"], ["(missing subcommand)"])],
 )  # fmt: skip
 def test_unknown_words(argv: list[str], unknown: list[str]) -> None:
@@ -503,3 +484,19 @@ async def test_a_bridge_the_broker_refuses_its_share_says_so_and_is_not_up() -> 
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         assert not s.state.connected and shared in (s.state.last_error or "")
+
+
+@pytest.mark.parametrize(
+    ("unit", "line"),
+    [("gridwatch-edge.service", "EnvironmentFile=-%E/gridwatch/edge.env"),
+     ("gridwatch-edge.service", "WorkingDirectory=%S/gridwatch-edge"),
+     ("gridwatch-bridge.service", "EnvironmentFile=-%E/gridwatch/bridge.env"),
+     ("gridwatch-registry.service", "EnvironmentFile=-%E/gridwatch/registry.env"),
+     ("gridwatch-registry.service", "LimitNOFILE=16384")],
+)  # fmt: skip
+def test_the_shipped_units_are_as_the_guide_says(unit: str, line: str) -> None:
+    """The guide sends installers to the shipped units with no drop-in: what it says they read
+    (the password files, the working directory the relative outbox path lands in) they read."""
+    assert f"`firmware_configs/systemd/{unit}`" in DOC.read_text(encoding="utf-8")
+    text = (ROOT / "firmware_configs" / "systemd" / unit).read_text(encoding="utf-8")
+    assert line in text.splitlines(), f"{unit} lacks {line}"
