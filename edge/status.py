@@ -84,21 +84,36 @@ class RecentErrors(logging.Handler):
 
 # --- the outbox, read by either side --------------------------------------------------------
 def outbox_summary(db: sqlite3.Connection) -> dict[str, Any]:
-    """Waiting messages per priority and the time of the oldest. Tolerant of the outbox's
-    schema growing: rows in a ``state`` column other than 0 (already sent) are not waiting, and
-    a payload the reader cannot date leaves the age unknown."""
+    """What the outbox holds for the centre, per priority, and the time of the oldest. A message
+    is waiting until the centre acknowledges it (``mqtt.ack: centre``): not yet sent, or sent
+    (the broker has it) and not acknowledged; acknowledged ones kept for repair are not
+    waiting. Tolerant of an outbox from before the acknowledgement (no ``state``: every row
+    waits; the payload in the row itself)."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
-    waiting = "WHERE state = 0" if "state" in columns else ""
-    by_prio = dict(db.execute(f"SELECT prio, COUNT(*) FROM outbox {waiting} GROUP BY prio"))
+    acked = "state = 2" if "state" in columns else "0"
+    rows = db.execute(
+        f"SELECT prio, COUNT(*), SUM(CASE WHEN {acked} THEN 0 ELSE 1 END), "
+        f"SUM(CASE WHEN {'state = 1' if 'state' in columns else '0'} THEN 1 ELSE 0 END) "
+        "FROM outbox GROUP BY prio"
+    ).fetchall()
+    by_prio = {prio: int(waiting or 0) for prio, _, waiting, _ in rows if waiting}
+    unacked = sum(int(sent or 0) for *_, sent in rows)
     oldest_ts: int | None = None
+    body = "outbox_body b ON b.id = o.id" if "state" in columns else None
+    query = (
+        f"SELECT b.payload FROM outbox o JOIN {body} WHERE NOT o.{acked} ORDER BY o.id LIMIT 1"
+        if body
+        else "SELECT payload FROM outbox ORDER BY id LIMIT 1"
+    )
     try:
-        row = db.execute(f"SELECT payload FROM outbox {waiting} ORDER BY id LIMIT 1").fetchone()
+        row = db.execute(query).fetchone()
         oldest_ts = payload_ts(bytes(row[0])) if row else None
-    except sqlite3.Error:  # the payload lives elsewhere in a later schema
+    except sqlite3.Error:  # a schema this reader does not know: the age stays unknown
         pass
     return {
         "by_kind": {KINDS.get(p, f"priority {p}"): n for p, n in sorted(by_prio.items())},
         "waiting": sum(by_prio.values()),
+        "unacknowledged": unacked,
         "oldest_ts": oldest_ts,
     }
 
@@ -198,7 +213,9 @@ def render(report: Report, now: float) -> str:
         oldest = ob.get("oldest_ts")
         age = f", oldest from {_ago(now - oldest / 1000)}" if oldest else ""
         dropped = f", {ob['dropped']} dropped on overflow" if ob.get("dropped") else ""
-        lines.append(f"outbox: {ob.get('waiting', 0)} waiting ({kinds}){age}{dropped}")
+        sent = ob.get("unacknowledged") or 0
+        told = f", {sent} of them sent, not yet acknowledged by the centre" if sent else ""
+        lines.append(f"outbox: {ob.get('waiting', 0)} waiting ({kinds}){told}{age}{dropped}")
     devices = s.get("devices") or {}
     if devices:
         lines.append("devices:")

@@ -247,3 +247,21 @@ def test_an_outbox_from_before_the_centre_acknowledged_is_upgraded(tmp_path: Pat
     box.sent([m.id for m in box.peek(10)], at=1.0)
     assert box.ack("telemetry", [(7, 7)], at=2.0) == 1
     assert (box.depth, box.kept) == (2, 1)
+
+
+def test_edge_status_counts_what_the_centre_has_not_acknowledged(tmp_path: Path) -> None:
+    """`gridwatch edge status` said '0 waiting (empty)' while 158 messages waited for the
+    centre's Ack, and never dated the oldest (the payload moved to its own table)."""
+    from edge.status import outbox_summary
+
+    box = Outbox(tmp_path / "o.db", 10**6)
+    for ts in (1000, 2000, 3000, 4000):
+        box.enqueue(PRIO_TELEMETRY, "telemetry", "t",
+                    lambda seq, t=ts: f'{{"ts": {t}}}'.encode())  # type: ignore[misc]  # fmt: skip
+    box.enqueue(PRIO_ALERT, "alert", "a", lambda seq: b'{"ts": 5000}')
+    box.sent([m.id for m in box.peek(3)], at=1.0)  # the alert, telemetry 1 and 2
+    box.ack("telemetry", [(1, 1)], at=2.0)  # telemetry 1: the centre has it
+    summary = outbox_summary(box.db)
+    assert summary == {"by_kind": {"alerts": 1, "telemetry and the rest": 3}, "waiting": 4,
+                       "unacknowledged": 2, "oldest_ts": 2000}  # fmt: skip
+    box.close()
