@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from device_registry import Changes
-from device_registry.delivery.mqtt_out import MqttTarget
 from device_registry.delivery.runtime import Delivery
 from device_registry.http.auth import Role
+from device_registry.inventory.downlink import BrokerSettings
 from gridwatch.ground.contract import AlertState, Birth, DeviceInfo, PlatformLifecycle
 from tests._ops_helpers import now_ms, registry, smoke
 from tests.fieldkit import listen
@@ -148,7 +148,7 @@ async def test_an_alert_whose_sensor_is_broken_is_resolved_by_override(
 ) -> None:
     """A sensor the flood destroyed keeps reporting nothing new: an operator ends its alert
     deliberately, with a reason; the registry records it and tells the city platform."""
-    target = MqttTarget("127.0.0.1", mosquitto.port, prefix, client_id=f"reg-{prefix}")
+    target = BrokerSettings("127.0.0.1", mosquitto.port, prefix, client_id=f"reg-{prefix}")
     async with listen(mosquitto.port, f"{prefix}/platform/lifecycle/#") as seen, \
             registry(tmp_path, Delivery(mqtt=target, poll_s=0.2)) as reg:  # fmt: skip
         await reg.ingest(smoke("a1"))
