@@ -27,7 +27,14 @@ from gridwatch.ground.contract import DEFAULT_PREFIX
 from gridwatch.ground.endpoints import Endpoint
 from gridwatch.ground.gatewayconf import MAX_BROKERS
 from gridwatch.ground.profiles import Strict
-from gridwatch.ground.yamlconf import ConfigError, ConfigProblem, KeyPath, parse_yaml, validate
+from gridwatch.ground.yamlconf import (
+    ConfigError,
+    ConfigProblem,
+    KeyPath,
+    parse_yaml,
+    read_text,
+    validate,
+)
 
 EDGE_CLIENT_PREFIX = "gridwatch-edge-"
 """``device_registry.inventory.provisioning.EDGE_CLIENT_PREFIX``, the gateways' client ids, not
@@ -290,12 +297,7 @@ class Loaded:
 def load_central(path: Path | str) -> Loaded:
     """Read and validate one ``central.yaml``; raises ConfigError with every problem found."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            [ConfigProblem(str(p), None, (), f"cannot read: {exc.strerror}")]
-        ) from exc
+    text = read_text(p)
     data, lines = parse_yaml(text, str(p))
     cfg = validate(CentralConfig, {} if data is None else data, str(p), lines)
     return Loaded(cfg, str(p), lines)

@@ -38,6 +38,14 @@ class ValueRange(Strict):
     max: float | None = Field(default=None, description="Highest physically plausible value.")
 
 
+Decimals = Annotated[
+    int | None,
+    Field(ge=0, le=6, description="Decimals a value is shown with; default: from the scale "
+          "(0.01 -> 2), 2 for a float, 0 for an integer."),
+]  # fmt: skip
+"""How a point's value is shown to people; the value itself is never rounded."""
+
+
 class ModbusPoint(Strict):
     table: Table = Field(description="Modbus table the point lives in.")
     address: int = Field(ge=0, le=65535, description="Zero-based protocol address.")
@@ -54,13 +62,7 @@ class ModbusPoint(Strict):
         default_factory=list, description="Raw values meaning 'sensor absent' (e.g. 65535)."
     )
     writable: bool = Field(default=False, description="Commands may write this point.")
-    decimals: int | None = Field(
-        default=None,
-        ge=0,
-        le=6,
-        description="Decimals a value is shown with; default: from "
-        "the scale (0.01 -> 2), 2 for a float, 0 for an integer.",
-    )
+    decimals: Decimals = None
 
     @model_validator(mode="after")
     def _check_shape(self) -> ModbusPoint:
@@ -89,13 +91,7 @@ class MqttPoint(Strict):
     scale: float = Field(default=1.0, description="value = raw * scale + offset")
     offset: float = Field(default=0.0, description="value = raw * scale + offset")
     range: ValueRange | None = Field(default=None, description="Valid range; outside is flagged.")
-    decimals: int | None = Field(
-        default=None,
-        ge=0,
-        le=6,
-        description="Decimals a value is shown with; default: from "
-        "the scale (0.01 -> 2), 2 for a float, 0 for an integer.",
-    )
+    decimals: Decimals = None
 
 
 Point = ModbusPoint | MqttPoint

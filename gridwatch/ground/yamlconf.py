@@ -133,16 +133,17 @@ def _real_path(loc: KeyPath, lines: dict[KeyPath, int], keep_last: bool) -> KeyP
     return path
 
 
-def load_model(model: type[M], path: Path | str) -> M:
-    """Read one YAML file into ``model``; raises ConfigError naming file, line and keys."""
+def read_text(path: Path | str) -> str:
+    """A config file's text; raises ConfigError naming the file when it cannot be read or is
+    not UTF-8 (a binary file, or a config saved in another encoding)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        return p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(
             [ConfigProblem(str(p), None, (), f"cannot read: {exc.strerror}")]
         ) from exc
-    except UnicodeDecodeError as exc:  # a binary file, or a config saved in another encoding
+    except UnicodeDecodeError as exc:
         raise ConfigError(
             [
                 ConfigProblem(
@@ -150,8 +151,12 @@ def load_model(model: type[M], path: Path | str) -> M:
                 )
             ]
         ) from exc
-    data, lines = parse_yaml(text, str(p))
-    return validate(model, data, str(p), lines)
+
+
+def load_model(model: type[M], path: Path | str) -> M:
+    """Read one YAML file into ``model``; raises ConfigError naming file, line and keys."""
+    data, lines = parse_yaml(read_text(path), str(path))
+    return validate(model, data, str(path), lines)
 
 
 def iter_yaml_files(root: Path) -> Iterator[Path]:
