@@ -494,12 +494,12 @@ async def test_a_crew_sees_what_it_may_do_and_no_broken_stream(
             )
             await page.unroute("**/api/v1/alerts/lifecycle*")
 
-            # an installer has no page here: the dashboard says where its work is done
+            # an installer reads health while commissioning (issue 12 #7), not the alerts
             await page.click("#logout")
             await _log_in(page, site.url, site.tokens[Role.INSTALLER])
-            await expect(page.locator("#nothing")).to_contain_text("no page for the installer role")
+            await expect(page.locator("#nav-health")).to_be_visible()
             await expect(page.locator("#nav-alerts")).to_be_hidden()
-            await expect(page.locator("#nav-health")).to_be_hidden()
+            await expect(page.locator("#nothing")).to_be_hidden()
         finally:
             await browser.close()
 
