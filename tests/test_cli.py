@@ -468,8 +468,6 @@ async def test_a_gateway_that_never_connected_is_listed_as_never_connected(reg: 
     status, body = await reg.call("GET", "/api/v1/gateways/gw1", Role.INSTALLER)
     assert status == 200 and body["status"] == "never_connected", body
 
-    assert ran.code == OK and "0 unhealthy" in ran.out, ran
-
 
 async def test_a_reader_that_closes_early_ends_the_command_quietly(reg: Registry) -> None:
     """``gridwatch health | head -3``: the reader is gone before we write; no traceback, no
