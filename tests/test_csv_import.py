@@ -40,7 +40,7 @@ BUSES = [{"type": "modbus_tcp", "id": f"b{i}", "host": "10.0.0.5", "timeout_s": 
          for i in range(5)]  # fmt: skip
 HEADER = "gateway,id,profile,bus,unit_id,district,street,grid,install_date,firmware,labels"
 CSV = {"Content-Type": "text/csv"}
-MAX_INGEST_WAIT_S = 5.0
+MAX_INGEST_WAIT_S = 15.0
 
 
 def big_csv(rows: int, bad_line: int | None = None) -> str:
@@ -149,7 +149,9 @@ async def test_50000_rows_import_while_ingest_goes_on(central: Central) -> None:
     # transaction) at most: before, one transaction held the database for the whole import
     # (minutes at this size). The bound is loose because this runs on shared 2-core machines:
     # at a load average of 10, ingest commits alone took up to 2-3 s with no import holding
-    # anything; the last transaction (50,000 rows registered) takes ~0.3 s on an idle machine
+    # anything; the last transaction (50,000 rows registered) takes ~0.3 s on an idle machine.
+    # 5 s was missed at 6-9 s under the parallel fault tests and helpers' load; the import
+    # takes 60 s and more, so 15 s still tells chunked commits from one long transaction
     assert len(waits) >= 5, (took, waits)
     assert max(waits) < MAX_INGEST_WAIT_S, (
         f"an ingest commit waited {max(waits):.2f}s (import {took:.1f}s)"
