@@ -84,7 +84,8 @@ async def test_rest_api_lists_what_gateways_reported(
             (f"{gw}:d2", "online", None),
         ]
         assert devices[0]["values"]["level"] == {
-            "value": 2.5, "unit": "m", "quality": "good", "ts": t, "historical": False
+            "value": 2.5, "unit": "m", "quality": "good", "ts": t, "historical": False,
+            "decimals": None,  # a list does not look up profiles (docs/registry.md)
         }  # fmt: skip
         assert devices[1]["values"]["level"]["quality"] == "comm_error"
         assert [d["id"] for d in await get(http, f"{api}/devices?gateway={gw}&district=north")] == [
