@@ -119,7 +119,7 @@ def delivery_key(topics: Topics, topic: str, payload: bytes) -> tuple[str, str, 
         return None
     try:
         doc = json.loads(payload)
-    except ValueError:  # not JSON (nor UTF-8): not from an outbox
-        return None
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the parser's
+        return None  # depth: not from an outbox
     seq = doc.get("seq") if isinstance(doc, dict) else None
     return (parsed[0], parsed[1], seq) if type(seq) is int else None

@@ -154,6 +154,17 @@ def test_the_decoder_never_crashes_and_accepts_only_what_is_in_range(
     core.plan(core.decode([Raw(T.gateway(GW, leaf), payload)], now_ms()), seen=set())
 
 
+def test_planning_survives_json_nested_past_the_parsers_depth() -> None:
+    """Found by the mixed-batch test: the decoder refused such a payload, then planning looked
+    for its (stream, seq) with a plain json.loads, which raised RecursionError and killed the
+    lane. Planning must treat it as any refused message."""
+    core = IngestCore(T)
+    for leaf in ("telemetry", "alerts", "health"):
+        for payload in (b"[" * 100_000, b'{"a":' * 50_000 + b"1" + b"}" * 50_000):
+            raw = Raw(T.gateway(GW, leaf), payload)
+            core.plan(core.decode([raw], now_ms()), seen=set())
+
+
 def _corpus(count: int) -> list[tuple[str, bytes]]:
     """``count`` hostile messages the decoder refuses, from the same generator, reproducibly."""
     found: list[tuple[str, bytes]] = []
