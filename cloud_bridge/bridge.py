@@ -239,8 +239,12 @@ class Bridge:
         size = sum(len(m.payload) for m in batch)
         decoded = await _cpu(size, core.decode, batch, self.clock())
         ids = decoded.ids()
+        # written by a step not yet committed. Taken before the lookup, not after: a step that
+        # commits while the lookup runs leaves ``unfinished`` but may be missing from what the
+        # lookup read, and its ids would be written a second time.
+        in_flight = {i for i in ids if i in unfinished}
         seen = await self._retrying(stats, "registry", self.store.seen, ids) if ids else set()
-        seen.update(i for i in ids if i in unfinished)  # written by a step not yet committed
+        seen |= in_flight
         named = decoded.devices()
         facts = (
             await self._retrying(stats, "registry", self.store.device_facts, named)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
@@ -125,6 +126,58 @@ async def test_same_batch_twice_is_written_once(
         await until(b, lambda s: s.duplicates == 1)
     assert await export(victoria, gw, 1) == {("d1", "level", "good"): [(t, 2.0)]}
     assert b.stats.points_written == 1
+
+
+class _LateLookup(RegistryStore):
+    """A registry that commits the first step only once the second step's seen-id lookup has
+    read, and answers that lookup only after the commit: a slow database under load, which the
+    fault tests hit."""
+
+    bridge: Bridge | None = None
+    lookups = 0
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.second_read, self.committing = asyncio.Event(), asyncio.Event()
+
+    async def seen(self, ids: Collection[str]) -> set[str]:
+        found = await super().seen(ids)
+        self.lookups += 1
+        if self.lookups == 2 and self.bridge is not None:
+            self.second_read.set()
+            await until(self.bridge, lambda s: s.ingested["telemetry"] == 1)
+        return found
+
+    async def apply(self, *args: Any, **kw: Any) -> Any:
+        self.committing.set()
+        await self.second_read.wait()
+        return await super().apply(*args, **kw)
+
+
+async def test_a_redelivery_looked_up_while_its_first_copy_commits_is_written_once(
+    mosquitto: Mosquitto, prefix: str, tmp_path: Path
+) -> None:
+    gw, t = prefix, now_ms()
+    payload = batch(gw, [reading("d1", "level", 2.0, t)]).model_dump_json()
+    store = await _LateLookup.open(f"sqlite+aiosqlite:///{tmp_path}/registry.db")
+    sink = await SqliteSink.open(tmp_path / "telemetry.db")
+    cfg = bridge_config(mosquitto.host, mosquitto.port, prefix, tmp_path, registry_window_s=0.5)
+    try:
+        async with (
+            bridge_on(cfg, store, sink) as b,
+            publisher(mosquitto.host, mosquitto.port) as pub,
+        ):
+            store.bridge = b
+            await pub.publish(Topics(prefix).telemetry(gw), payload, qos=1)
+            async with asyncio.timeout(10):
+                await store.committing.wait()  # the first copy is written and committing
+            await pub.publish(Topics(prefix).telemetry(gw), payload, qos=1)
+            await until(b, lambda s: s.ingested["telemetry"] + s.duplicates == 2)
+        assert (b.stats.ingested["telemetry"], b.stats.duplicates) == (1, 1)
+        assert b.stats.points_written == 1
+    finally:
+        await sink.close()
+        await store.close()
 
 
 async def test_garbage_is_counted_and_quarantined_and_good_messages_still_flow(
