@@ -6,6 +6,7 @@ a test that stops a service (fault injection) starts its own with the classes in
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import uuid
@@ -67,6 +68,20 @@ ADMIN_TOKEN = "test-admin-token"
 def admin_token(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("GRIDWATCH_ADMIN_TOKEN", ADMIN_TOKEN)
     return ADMIN_TOKEN
+
+
+@pytest.fixture(autouse=True)
+def root_logging() -> Iterator[None]:
+    """The root logger as it was before the test: a CLI run inside a test (``main()``) sets a
+    handler on that test's captured stderr, which is closed when the test ends; left in place,
+    the next test's log lines fail with "I/O operation on closed file" in its own stderr."""
+    root = logging.getLogger()
+    before, level = set(root.handlers), root.level
+    yield
+    for h in root.handlers[:]:
+        if type(h) is logging.StreamHandler and h not in before:  # not pytest's own
+            root.removeHandler(h)
+    root.setLevel(level)
 
 
 @pytest.fixture
