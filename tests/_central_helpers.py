@@ -127,7 +127,7 @@ def bridge_process(args: list[str], log: Path) -> subprocess.Popen[bytes]:
 
 
 def wait_for_log(
-    proc: subprocess.Popen[bytes], log: Path, needle: bytes, start: int = 0, within_s: float = 20
+    proc: subprocess.Popen[bytes], log: Path, needle: bytes, start: int = 0, within_s: float = 60
 ) -> None:
     """Another process's readiness is in its log (after byte ``start``): poll it, with a deadline."""
     deadline = time.monotonic() + within_s
