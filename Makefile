@@ -46,7 +46,8 @@ lint: venv
 # they start and kill, not on the CPU: they run beside the rest, in a second pytest, so the
 # whole run stays well under 30 minutes on 2 cores. Their output is printed when both end.
 # pytest exits 5 when a selection (PYTEST_ARGS="-k ...") matched no test: say so, don't fail.
-FAULTS := tests/test_faults.py tests/test_faults_crash.py tests/test_faults_chaos.py
+FAULTS := tests/test_faults.py tests/test_faults_crash.py tests/test_faults_chaos.py \
+          tests/test_faults_centre.py
 test: venv test-deps lint
 	@mkdir -p test-artifacts
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(FAULTS) $(PYTEST_ARGS) \
