@@ -9,6 +9,13 @@ status, health) arrive on two MQTT sessions that run these steps independently. 
 outage is retried with the messages unacknowledged; a broker failure reconnects, and the broker
 redelivers.
 
+Alerts do not wait for the registry: while a step waits for its lookups (``RELAY_AFTER_S``, or
+at once when the registry failed), its messages and all that arrive behind it are relayed
+(``_relay``, ``relay.py``): their platform alerts published, their telemetry written, and the
+registry records them later in the waiting step. Every platform publish, normal or relayed, is
+checked against and recorded in the bridge's publish ledger (``ledger.py``), so a transition goes
+out once, across restarts too.
+
 A registry that *refuses* a step (``StoreRejected``: a bug, or data the contract let through and
 the database does not take) is not an outage: retrying would refuse it forever and stop the lane
 for every gateway. The step is then applied in halves until the messages the registry refuses are
@@ -30,11 +37,14 @@ import aiomqtt
 from pydantic import ValidationError
 
 from cloud_bridge.config import BridgeConfig
-from cloud_bridge.core import ClockWindow, IngestCore, Plan, Stats
+from cloud_bridge.core import ClockWindow, IngestCore, Plan, PlatformOut, Stats
 from cloud_bridge.decode import Message, Reason, Rejection
-from cloud_bridge.errors import BridgeError, BrokerError, SinkError
+from cloud_bridge.errors import BridgeError, BrokerError, LocalStoreError, SinkError
+from cloud_bridge.inbox import Inbox
+from cloud_bridge.ledger import PublishLedger, ledger_path
 from cloud_bridge.mqtt import Inbound, Lane, MqttSettings, session_settings
 from cloud_bridge.pending import Group, Pending
+from cloud_bridge.relay import FactsCache, fresh
 from cloud_bridge.sink import TelemetrySink
 from device_registry import Changes, RegistryStore, StoreUnavailable
 from device_registry.errors import StoreRejected
@@ -42,6 +52,7 @@ from device_registry.ingest.changes import DeviceFacts
 from gridwatch.ground.backoff import Backoff
 from gridwatch.ground.contract import (
     RANGES_MAX,
+    AlertEvent,
     Birth,
     Death,
     Repair,
@@ -68,6 +79,10 @@ LANES: dict[str, tuple[str, ...]] = {
 
 _OFFLOAD_BYTES = 64 * 1024
 _DRAIN_S = 10.0  # how long a lost session waits for its written steps to commit
+RELAY_AFTER_S = 0.3
+"""How long a step may wait for the registry's answer before its alerts are relayed without it:
+at once when the registry has failed, this long when it hangs (a network partition)."""
+_EARLY_MAX = 100_000  # ids of batches written ahead of the registry, remembered to skip once
 
 
 async def _cpu(size: int, fn: Callable[..., X], *args: object) -> X:
@@ -79,11 +94,12 @@ async def _cpu(size: int, fn: Callable[..., X], *args: object) -> X:
     return fn(*args)
 
 
-async def _first(work: Awaitable[X], watched: asyncio.Task[None]) -> X:
-    """``work``'s result, unless ``watched`` (a task that runs forever) fails first: its error."""
+async def _first(work: Awaitable[X], *watched: asyncio.Task[None]) -> X:
+    """``work``'s result, unless one of ``watched`` (tasks that run forever) fails first: its
+    error."""
     task = asyncio.ensure_future(work)
     try:
-        await asyncio.wait([task, watched], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([task, *watched], return_when=asyncio.FIRST_COMPLETED)
     finally:
         if not task.done():
             task.cancel()
@@ -91,7 +107,9 @@ async def _first(work: Awaitable[X], watched: asyncio.Task[None]) -> X:
         # unretrieved ("Task exception was never retrieved" at exit)
         await asyncio.gather(task, return_exceptions=True)
     if not task.done() or task.cancelled():
-        watched.result()  # raises what stopped it
+        for stopped in watched:
+            if stopped.done():
+                stopped.result()  # raises what stopped it
     return task.result()
 
 
@@ -128,6 +146,23 @@ class Bridge:
         self._limited: set[str] = set()  # gateways warned about their device limit
         self._lanes: dict[str, Lane] = {}  # each connected lane, to publish repair requests on
         self.repairs_asked = 0
+        # relaying while the registry does not answer (``relay.py``): stand-in cores that plan
+        # without counting, the device facts last read, the lanes whose step waits for the
+        # registry, the transitions being published, the batches written ahead of the registry
+        self._standins = {
+            lane: IngestCore(self.topics, track_gaps=False, window=window) for lane in LANES
+        }
+        self._facts = FactsCache()
+        self._stalled: set[str] = set()
+        # one relay at a time per lane, in the order the batches came (a raise before its clear)
+        self._relay_turn = {lane: asyncio.Lock() for lane in LANES}
+        self._claims: set[str] = set()
+        self._written_early: set[str] = set()
+        self._failing: dict[str, asyncio.Event] = {}
+        self.ledger: PublishLedger | None = None
+        """The record of published transitions, open while the bridge runs."""
+        self.relays = 0
+        """Batches relayed because a step waited for the registry (``_relay``)."""
 
     @property
     def stats(self) -> Stats:
@@ -144,12 +179,17 @@ class Bridge:
     async def run(self) -> None:
         if self.cfg.share_group and self.cfg.mqtt_protocol == "3.1.1":
             raise BridgeError("shared subscriptions (--share-group) need MQTT 5")
-        async with asyncio.TaskGroup() as tg:
-            for lane, leaves in LANES.items():
-                tg.create_task(self._mqtt_loop(lane, leaves), name=f"bridge-{lane}")
-            tg.create_task(self._maintenance_loop(), name="bridge-maintenance")
-            if self.cfg.share_group:
-                tg.create_task(self._audit_loop(), name="bridge-gap-audit")
+        self.ledger = await PublishLedger.open(ledger_path(self.cfg.data_dir, self.cfg.client_id))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for lane, leaves in LANES.items():
+                    tg.create_task(self._mqtt_loop(lane, leaves), name=f"bridge-{lane}")
+                tg.create_task(self._maintenance_loop(), name="bridge-maintenance")
+                if self.cfg.share_group:
+                    tg.create_task(self._audit_loop(), name="bridge-gap-audit")
+        finally:
+            ledger, self.ledger = self.ledger, None
+            await ledger.close()
 
     async def until(self, predicate: Callable[[Stats], bool], live: bool = False) -> None:
         """Wait until ``predicate`` holds for the stats as of the last completed (acknowledged)
@@ -212,15 +252,26 @@ class Bridge:
             window = 0.0  # a 3.1.1 broker may allow as few as 20 unacknowledged messages
         pending = Pending(window, self.cfg.max_unacked // 2)
         core = self.cores[lane]
+        inbox = Inbox()
         committer = asyncio.create_task(
             self._commit_loop(session, lane, pending), name=f"bridge-{lane}-commit"
         )
+        receiver = asyncio.create_task(
+            self._receive(session, lane, inbox), name=f"bridge-{lane}-receive"
+        )
         try:
             while True:
-                batch = await _first(session.receive(self.cfg.max_batch), committer)
-                plan = await self._write(session, batch, core, pending.unfinished)
+                batch = await _first(inbox.take(self.cfg.max_batch), committer, receiver)
+                # watched while it writes too: a step waiting out a registry outage must not
+                # also wait out a lost broker session, or nothing is relayed until both are back
+                plan = await _first(
+                    self._write(session, lane, batch, inbox, pending.unfinished), receiver
+                )
                 pending.add(batch, plan, copy.deepcopy(core.stats))
         finally:
+            # what it received and the writer did not take stays unacknowledged: redelivered
+            receiver.cancel()
+            await asyncio.gather(receiver, return_exceptions=True)
             # The session is gone (or the bridge stops). What was written must still be
             # committed, its message ids above all: the broker redelivers every unacknowledged
             # message, and without those ids the redelivery would be written to the store twice.
@@ -229,12 +280,21 @@ class Bridge:
             committer.cancel()  # the registry is down too: redelivery is all that is left
             await asyncio.gather(committer, return_exceptions=True)
 
+    async def _receive(self, session: Lane, lane: str, inbox: Inbox) -> None:
+        while True:
+            batch = await session.receive(self.cfg.max_batch)
+            inbox.put(batch)
+            if lane in self._stalled:  # the writer waits for the registry: do not wait with it
+                async with self._relay_turn[lane]:
+                    await self._relay(session, lane, batch)
+
     # ---- one ingest step ---------------------------------------------------------------------
 
     async def _write(
-        self, session: Lane, batch: list[Inbound], core: IngestCore, unfinished: set[str]
+        self, session: Lane, lane: str, batch: list[Inbound], inbox: Inbox, unfinished: set[str]
     ) -> Plan:
         """Validate, dedupe, plan; write the telemetry and publish the platform alerts."""
+        core = self.cores[lane]
         stats = core.stats
         size = sum(len(m.payload) for m in batch)
         decoded = await _cpu(size, core.decode, batch, self.clock())
@@ -243,19 +303,163 @@ class Bridge:
         # commits while the lookup runs leaves ``unfinished`` but may be missing from what the
         # lookup read, and its ids would be written a second time.
         in_flight = {i for i in ids if i in unfinished}
-        seen = await self._retrying(stats, "registry", self.store.seen, ids) if ids else set()
+        seen, facts = await self._look_up(session, lane, batch, inbox, ids, decoded.devices())
         seen |= in_flight
-        named = decoded.devices()
-        facts = (
-            await self._retrying(stats, "registry", self.store.device_facts, named)
-            if named
-            else DeviceFacts()
-        )
         plan = await _cpu(size, core.plan, decoded, seen, facts)
+        self._skip_written_early(plan)
         await self._write_and_publish(session, plan, stats)
         await self._ask_again(session, plan.repairs)
         plan.telemetry = []  # written: the pending commit keeps only the registry changes
         return plan
+
+    async def _look_up(
+        self, session: Lane, lane: str, batch: list[Inbound], inbox: Inbox, ids: list[str],
+        named: set[tuple[str, str]],
+    ) -> tuple[set[str], DeviceFacts]:  # fmt: skip
+        """The registry's seen ids and device facts for a step. While it keeps the step waiting
+        (it failed, or has not answered within ``RELAY_AFTER_S``), the step's messages and all
+        that arrive behind it are relayed (``_relay``): an alert does not wait for the registry."""
+        stats = self.cores[lane].stats
+
+        async def both() -> tuple[set[str], DeviceFacts]:
+            seen = await self._retrying(stats, "registry", self.store.seen, ids) if ids else set()
+            if not named:
+                return seen, DeviceFacts()
+            return seen, await self._retrying(stats, "registry", self.store.device_facts, named)
+
+        lookup = asyncio.ensure_future(both())
+        failing = asyncio.ensure_future(self._failing_event("registry").wait())
+        try:
+            await asyncio.wait(
+                [lookup, failing], timeout=RELAY_AFTER_S, return_when=asyncio.FIRST_COMPLETED
+            )
+            # relayed also when the lookup failed in a way not retried (the registry refused it):
+            # that error then stops the step, but not before the alerts are out
+            if not lookup.done() or lookup.exception() is not None:
+                # from here on the receiver relays what comes; it waits for its turn (taken
+                # here without a pause) until what came before is relayed
+                self._stalled.add(lane)
+                async with self._relay_turn[lane]:
+                    for waiting in [batch, *inbox.waiting()]:
+                        await self._relay(session, lane, waiting)
+            seen, facts = await lookup
+        finally:
+            self._stalled.discard(lane)
+            for task in (lookup, failing):
+                task.cancel()
+            await asyncio.gather(lookup, failing, return_exceptions=True)
+        self._facts.remember(named, facts)
+        return seen, facts
+
+    async def _relay(self, session: Lane, lane: str, batch: list[Inbound]) -> None:
+        """Publish ``batch``'s platform alerts now, placed by the device facts last read, and
+        write its telemetry once; the step that waits for the registry records them when it
+        answers (and neither publishes nor writes them again)."""
+        standin, stats = self._standins[lane], self.cores[lane].stats
+        size = sum(len(m.payload) for m in batch)
+        decoded = await _cpu(size, standin.decode, batch, self.clock())
+        facts, unknown = self._facts.recall(decoded.devices())
+        plan = await _cpu(size, standin.plan, decoded, set(), facts)
+        placed_by_payload = unknown & {
+            (m.gateway, m.device) for m in decoded.messages if isinstance(m, AlertEvent)
+        }
+        if placed_by_payload and plan.platform:
+            logger.warning(
+                "registry out: alerts of %s relayed at the place their payload names (the "
+                "registry was not asked about these devices since the bridge started)",
+                ", ".join(f"{gw}/{dev}" for gw, dev in sorted(placed_by_payload)[:10]),
+            )  # fmt: skip
+        relayed = await self._publish(session, plan.platform, stats)
+        if relayed:
+            logger.info("registry out: %d alert(s) relayed to the platform; recorded in the "
+                        "registry when it answers again", relayed)  # fmt: skip
+        if plan.telemetry:
+            await self._write_early(plan.telemetry, stats)
+        self.relays += 1
+        async with self._progress:
+            self._progress.notify_all()
+
+    async def _write_early(self, batches: list[TelemetryBatch], stats: Stats) -> None:
+        """Telemetry written ahead of the registry, once: if the store fails too, the waiting
+        step writes it (retrying) as usual."""
+        batches = [b for b in batches if b.id not in self._written_early]
+        if not batches:
+            return
+        try:
+            written, skipped = await self.sink.write(batches)
+        except SinkError as exc:
+            logger.debug("telemetry not written ahead of the registry: %s", exc)
+            return
+        stats.points_written += written
+        stats.points_skipped += skipped
+        if len(self._written_early) > _EARLY_MAX:  # left by lost sessions: rewriting is harmless
+            self._written_early.clear()
+        self._written_early.update(b.id for b in batches)
+
+    def _skip_written_early(self, plan: Plan) -> None:
+        if self._written_early and plan.telemetry:
+            early = self._written_early
+            kept = [b for b in plan.telemetry if b.id not in early]
+            early.difference_update(b.id for b in plan.telemetry)
+            plan.telemetry = kept
+
+    async def _publish(self, session: Lane, outgoing: list[PlatformOut], stats: Stats) -> int:
+        """Publish the transitions not published before, by this bridge now or in an earlier
+        run; each once, even when the normal step and the relay hold it at the same time.
+        Recorded once the broker has them. Returns how many went out."""
+        if not outgoing:
+            return 0
+        before = await self._published_before([o.transition for o in outgoing])
+        todo = fresh(outgoing, before | self._claims)  # no await between this and the claim
+        self._claims.update(o.transition for o in todo)
+        done: list[str] = []
+        sent: list[BaseException | None] = []
+        recorded = False
+        try:
+            sent = await asyncio.gather(
+                *(session.publish(o.topic, o.payload, qos=1) for o in todo),
+                return_exceptions=True,
+            )
+            done = [o.transition for o, r in zip(todo, sent, strict=True) if r is None]
+            recorded = await self._record_published(done)
+        finally:
+            # kept in memory while the ledger cannot record them: then not sent twice by this run
+            self._claims.difference_update(
+                o.transition for o in todo if o.transition not in done or recorded
+            )
+        stats.alerts_published += len(done)
+        for result in sent:
+            if isinstance(result, BaseException):
+                raise result
+        return len(done)
+
+    async def _published_before(self, transitions: list[str]) -> set[str]:
+        if self.ledger is None:
+            return set()
+        try:
+            found = await self.ledger.published(transitions)
+        except LocalStoreError as exc:
+            self._ledger_failed(exc)
+            return set()
+        self._recovered("ledger")
+        return found
+
+    async def _record_published(self, transitions: list[str]) -> bool:
+        if self.ledger is None or not transitions:
+            return True
+        try:
+            await self.ledger.record(transitions, self.clock())
+        except LocalStoreError as exc:
+            self._ledger_failed(exc)
+            return False
+        self._recovered("ledger")
+        return True
+
+    def _ledger_failed(self, exc: LocalStoreError) -> None:
+        level = logging.DEBUG if self._outage.get("ledger") else logging.ERROR
+        self._outage["ledger"] = True
+        logger.log(level, "%s; alerts are published all the same (a bridge restart may "
+                   "publish one twice)", exc)  # fmt: skip
 
     async def _commit_loop(self, session: Lane, lane: str, pending: Pending) -> None:
         """Apply each group of steps in one transaction, then acknowledge its messages."""
@@ -401,14 +605,13 @@ class Bridge:
             async with asyncio.TaskGroup() as tg:
                 if plan.telemetry:
                     tg.create_task(self._write_telemetry(plan.telemetry, stats))
-                for topic, payload in plan.platform:
-                    tg.create_task(session.publish(topic, payload, qos=1))
+                if plan.platform:
+                    tg.create_task(self._publish(session, plan.platform, stats))
         except BaseExceptionGroup as group:
             lost, _ = group.split(BrokerError)
             if lost is None:
                 raise
             raise lost.exceptions[0] from group  # the session is gone: reconnect, redeliver
-        stats.alerts_published += len(plan.platform)
 
     async def _write_telemetry(self, batches: list[TelemetryBatch], stats: Stats) -> None:
         written, skipped = await self._retrying(stats, "sink", self.sink.write, batches)
@@ -441,13 +644,28 @@ class Bridge:
         # first failure of an outage at ERROR, repeats at DEBUG, recovery at INFO
         level = logging.DEBUG if self._outage.get(what) else logging.ERROR
         self._outage[what] = True
+        self._failing_event(what).set()
         logger.log(level, "%s unavailable (messages stay unacknowledged): %s", what, exc)
 
     def _recovered(self, what: str) -> None:
+        self._failing_event(what).clear()
         if self._outage.pop(what, False):
             logger.info("%s is back", what)
 
+    def _failing_event(self, what: str) -> asyncio.Event:
+        """Set while ``what``'s last call failed: a step that waits for it need not wait long."""
+        return self._failing.setdefault(what, asyncio.Event())
+
     # ---- housekeeping ------------------------------------------------------------------------
+
+    async def _prune_ledger(self, now: int) -> None:
+        """Published transitions are kept as long as the registry keeps message ids."""
+        if self.ledger is None:
+            return
+        try:
+            await self.ledger.prune(now - self.cfg.seen_retention_s * 1000)
+        except LocalStoreError as exc:
+            logger.warning("housekeeping skipped: %s", exc)
 
     async def _audit_loop(self) -> None:
         """Every ``gap_audit_s``: audit the numbers received ``gap_settle_s`` ago or earlier
@@ -492,6 +710,7 @@ class Bridge:
             except (SinkError, StoreUnavailable) as exc:
                 logger.warning("housekeeping skipped: %s", exc)
                 continue
+            await self._prune_ledger(now)
             rate = (self.stats.points_written - last) / self.cfg.maintenance_s
             last = self.stats.points_written
             logger.info(

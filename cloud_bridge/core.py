@@ -80,6 +80,22 @@ class Raw:
     payload: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class PlatformOut:
+    """A platform alert to publish at QoS 1, with the transition it tells of."""
+
+    transition: str
+    """``transition_key``: the same transition has the same key however often it is planned."""
+    topic: str
+    payload: bytes
+
+
+def transition_key(gateway: str, message_id: str) -> str:
+    """The key of one alert transition: its message id (the edge's dedupe key, kept across
+    resends), under its gateway so that one gateway's ids never hide another's alerts."""
+    return f"{gateway}/{message_id}"
+
+
 @dataclass
 class Stats:
     received: int = 0
@@ -157,8 +173,8 @@ class Decoded:
 class Plan:
     changes: Changes
     telemetry: list[TelemetryBatch] = field(default_factory=list)
-    platform: list[tuple[str, bytes]] = field(default_factory=list)
-    """(topic, payload) of each PlatformAlert to publish at QoS 1."""
+    platform: list[PlatformOut] = field(default_factory=list)
+    """Each PlatformAlert to publish at QoS 1."""
     accepted: list[Message] = field(default_factory=list)
     """The messages ``changes`` was built from, as planned (windowed, scoped): should the
     registry refuse the whole step, the shell finds the one it refuses (``changes_for``)."""
@@ -426,9 +442,10 @@ class IngestCore:
         for dev in report.devices:
             ch.device_seen.setdefault((report.gateway, dev.device), None)
 
-    def _platform_alert(self, ev: AlertEvent) -> tuple[str, bytes]:
+    def _platform_alert(self, ev: AlertEvent) -> PlatformOut:
         topic = self.topics.platform_alert(ev.location.district, ev.category, ev.severity.value)
-        return topic, PlatformAlert.from_event(ev).model_dump_json().encode()
+        payload = PlatformAlert.from_event(ev).model_dump_json().encode()
+        return PlatformOut(transition_key(ev.gateway, ev.id), topic, payload)
 
 
 def quarantine_entry(raw: Raw, why: Rejection, now: int) -> QuarantineEntry:

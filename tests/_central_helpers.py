@@ -114,7 +114,7 @@ def start_vm_with_dedup(workdir: Path) -> Victoria:
     return Victoria(workdir, extra_args=["-dedup.minScrapeInterval=1ms"]).start()
 
 
-def bridge_process(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def bridge_process(args: list[str], log: Path, within_s: float = 20) -> subprocess.Popen[bytes]:
     """``gridwatch bridge run`` as its own process; returns once it has subscribed."""
     start = log.stat().st_size if log.exists() else 0
     out = open(log, "ab")  # noqa: SIM115 - lives as long as the process
@@ -122,7 +122,7 @@ def bridge_process(args: list[str], log: Path) -> subprocess.Popen[bytes]:
         [sys.executable, "-m", "gridwatch.top.cli", "bridge", "run", *args],
         stdout=out, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    wait_for_log(proc, log, b"bridge subscribed", start)
+    wait_for_log(proc, log, b"bridge subscribed", start, within_s)
     return proc
 
 

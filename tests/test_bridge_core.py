@@ -124,9 +124,10 @@ def test_plan_drops_duplicates_and_coalesces_last_values() -> None:
     }
     assert plan.changes.device_seen == {("g1", "d1"): 3000}
     assert set(plan.changes.seen_ids) == {first.id, second.id, ev.id}
-    [(topic, payload)] = plan.platform
-    assert topic == "p/platform/alert/north/W-01/major"
-    assert json.loads(payload)["alert_id"] == "g1:a1"  # scoped by its gateway
+    [out] = plan.platform
+    assert out.topic == "p/platform/alert/north/W-01/major"
+    assert json.loads(out.payload)["alert_id"] == "g1:a1"  # scoped by its gateway
+    assert out.transition == f"g1/{ev.id}"  # the key the platform is deduped by
     [q] = plan.changes.quarantine
     assert (q.reason, q.payload, q.received_at) == ("bad_json", b"junk", 5000)
 
@@ -257,7 +258,7 @@ def test_plan_refuses_times_outside_the_clock_window() -> None:
     assert {k: r.ts for k, r in plan.changes.latest.items()} == {("g1", "d1", "level"): NOW}
     assert plan.changes.device_seen == {("g1", "d1"): NOW}
     assert [len(b.readings) for b in plan.telemetry] == [1]  # nor to the time-series store
-    assert [json.loads(p)["alert_id"] for _, p in plan.platform] == ["g1:a2"]
+    assert [json.loads(o.payload)["alert_id"] for o in plan.platform] == ["g1:a2"]
     assert [a.alert_id for a in plan.changes.alerts] == ["g1:a2"]
     [q] = plan.changes.quarantine
     assert (q.topic, q.reason) == (T.alert("g1"), "clock")
