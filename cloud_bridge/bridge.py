@@ -400,7 +400,7 @@ class Bridge:
         try:
             async with asyncio.TaskGroup() as tg:
                 if plan.telemetry:
-                    tg.create_task(self._write_telemetry(plan.telemetry, stats))
+                    tg.create_task(self._write_telemetry(plan.telemetry, plan.facts, stats))
                 for topic, payload in plan.platform:
                     tg.create_task(session.publish(topic, payload, qos=1))
         except BaseExceptionGroup as group:
@@ -410,8 +410,10 @@ class Bridge:
             raise lost.exceptions[0] from group  # the session is gone: reconnect, redeliver
         stats.alerts_published += len(plan.platform)
 
-    async def _write_telemetry(self, batches: list[TelemetryBatch], stats: Stats) -> None:
-        written, skipped = await self._retrying(stats, "sink", self.sink.write, batches)
+    async def _write_telemetry(
+        self, batches: list[TelemetryBatch], facts: DeviceFacts, stats: Stats
+    ) -> None:
+        written, skipped = await self._retrying(stats, "sink", self.sink.write, batches, facts)
         stats.points_written += written
         stats.points_skipped += skipped
 
