@@ -6,6 +6,7 @@ Every public method converts SQLAlchemy/driver errors into ``StoreUnavailable``.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import functools
@@ -59,7 +60,6 @@ from device_registry.inventory.places import (
 )
 from device_registry.inventory.views import DeviceView, GatewayView
 from gridwatch.ground.contract import AlertEvent, AlertState, Birth, Death, GatewayHealth, Location
-from gridwatch.ground.gatewayconf import default_profiles_dir
 from gridwatch.ground.profiles import (
     ModbusProfile,
     MqttProfile,
@@ -77,6 +77,9 @@ _ID_CHUNK = 500  # bound on ids in one IN (...) list: SQLite's variable limit, P
 def _shipped_profiles() -> Mapping[str, ModbusProfile | MqttProfile]:
     """The profiles gridwatch ships: what a registry knows where no installer wiring gave it
     its own (``RegistryStore.profiles``), as in a bridge running alone."""
+    # imported here: the gateway config models are not otherwise part of a bridge's start
+    from gridwatch.ground.gatewayconf import default_profiles_dir
+
     return load_profiles(default_profiles_dir())
 
 
@@ -152,6 +155,9 @@ class RegistryStore:
         owners: dict[str, set[str]] = {}
         locations: dict[tuple[str, str], Location] = {}
         units: dict[tuple[str, str], Mapping[str, str]] = {}
+        if self.profiles is None and not _shipped_profiles.cache_info().currsize:
+            # once per process: a few hundred ms of YAML, which the alerts lane must not wait for
+            await asyncio.to_thread(_shipped_profiles)
         point_units = self._point_units()
         q = (
             # its own coordinates, the site's only for a device that has none (a pair)
