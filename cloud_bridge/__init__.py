@@ -1,8 +1,8 @@
 """cloud_bridge: the central ingest service, MQTT -> time-series store + device registry.
 
-Pure core (``core``, ``decode``, ``sequence``, ``lineproto``, ``relay``) and thin I/O shells
-(``bridge``, ``mqtt``, ``inbox``, ``ledger``, ``sink_*``). It may import device_registry's store and gridwatch.ground.contract, nothing else
-of ours.
+Pure core (``core``, ``decode``, ``sequence``, ``labels``, ``lineproto``, ``relay``) and thin
+I/O shells (``bridge``, ``mqtt``, ``inbox``, ``ledger``, ``sink_*``). It may import
+device_registry's store and gridwatch.ground.contract, nothing else of ours.
 """
 
 from cloud_bridge.bridge import Bridge

@@ -604,7 +604,7 @@ class Bridge:
         try:
             async with asyncio.TaskGroup() as tg:
                 if plan.telemetry:
-                    tg.create_task(self._write_telemetry(plan.telemetry, stats))
+                    tg.create_task(self._write_telemetry(plan.telemetry, plan.facts, stats))
                 if plan.platform:
                     tg.create_task(self._publish(session, plan.platform, stats))
         except BaseExceptionGroup as group:
@@ -613,8 +613,10 @@ class Bridge:
                 raise
             raise lost.exceptions[0] from group  # the session is gone: reconnect, redeliver
 
-    async def _write_telemetry(self, batches: list[TelemetryBatch], stats: Stats) -> None:
-        written, skipped = await self._retrying(stats, "sink", self.sink.write, batches)
+    async def _write_telemetry(
+        self, batches: list[TelemetryBatch], facts: DeviceFacts, stats: Stats
+    ) -> None:
+        written, skipped = await self._retrying(stats, "sink", self.sink.write, batches, facts)
         stats.points_written += written
         stats.points_skipped += skipped
 

@@ -183,6 +183,9 @@ class Plan:
     quarantined, all dealt with once the step commits (``contract.Ack``)."""
     repairs: dict[tuple[str, str], list[tuple[int, int]]] = field(default_factory=dict)
     """(gateway, stream) -> runs of numbers a gap skipped: to ask the gateway for (``Repair``)."""
+    facts: DeviceFacts = field(default_factory=DeviceFacts)
+    """The registry's word on the devices the plan names: the sinks label ``telemetry`` by it
+    (``labels.series_labels``)."""
 
 
 class IngestCore:
@@ -268,6 +271,7 @@ class IngestCore:
         """Drop duplicates (``seen``: ids the registry has), track sequences, add the rest;
         ``facts``: the registry's word on the devices named (``Decoded.devices``)."""
         ch, facts = plan.changes, facts or DeviceFacts()
+        plan.facts = facts
         for msg in messages:
             if isinstance(msg, Birth | Death):
                 if isinstance(msg, Birth) and self._off_clock(ch, msg, msg.ts):

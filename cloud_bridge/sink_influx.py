@@ -13,7 +13,9 @@ from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 from influxdb_client.domain.write_precision import WritePrecision
 
 from cloud_bridge.errors import SinkError
+from cloud_bridge.labels import NO_FACTS
 from cloud_bridge.lineproto import batch_lines
+from device_registry.ingest.changes import DeviceFacts
 from gridwatch.ground.contract import TelemetryBatch
 
 logger = logging.getLogger(__name__)
@@ -44,12 +46,14 @@ class InfluxSink:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise SinkError(self.name, f"{self.url} unreachable: {exc!r}") from exc
 
-    async def write(self, batches: Sequence[TelemetryBatch]) -> tuple[int, int]:
+    async def write(
+        self, batches: Sequence[TelemetryBatch], facts: DeviceFacts = NO_FACTS
+    ) -> tuple[int, int]:
         if sum(len(b.readings) for b in batches) > _OFFLOAD_READINGS:
             # 100s of ms of CPU for a big step: a worker thread keeps the event loop responsive
-            body, lines, skipped = await asyncio.to_thread(self._body, batches)
+            body, lines, skipped = await asyncio.to_thread(self._body, batches, facts)
         else:
-            body, lines, skipped = self._body(batches)
+            body, lines, skipped = self._body(batches, facts)
         if lines:
             async with self._errors():
                 await self._write.write(
@@ -57,11 +61,13 @@ class InfluxSink:
                 )
         return lines, skipped
 
-    def _body(self, batches: Sequence[TelemetryBatch]) -> tuple[bytes, int, int]:
+    def _body(
+        self, batches: Sequence[TelemetryBatch], facts: DeviceFacts
+    ) -> tuple[bytes, int, int]:
         lines: list[str] = []
         skipped = 0
         for batch in batches:
-            skipped += batch_lines(batch, self.measurement, lines)
+            skipped += batch_lines(batch, self.measurement, lines, facts)
         return "\n".join(lines).encode(), len(lines), skipped
 
     async def maintain(self, now: int) -> None:

@@ -2,6 +2,11 @@
 
 Writes are idempotent (primary key device point + timestamp, INSERT OR IGNORE), so a
 redelivered batch is not stored twice even when the bridge crashed before recording its id.
+
+Each row carries the labels VictoriaMetrics gets (``labels.LABELS``: district, street, grid,
+unit; "" where there is none) as columns of their own, so the same questions can be asked in SQL
+(docs/analytics.md). A file written before they existed gets them when it is opened, "" in its
+old rows: the history of those rows is still found by gateway, device and point.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from pathlib import Path
 import aiosqlite
 
 from cloud_bridge.errors import SinkError
+from cloud_bridge.labels import LABELS, NO_FACTS, series_labels
+from device_registry.ingest.changes import DeviceFacts
 from gridwatch.ground.contract import TelemetryBatch, Value
 
 _SCHEMA = """
@@ -24,8 +31,10 @@ CREATE TABLE IF NOT EXISTS samples (
 ) WITHOUT ROWID, STRICT;
 CREATE INDEX IF NOT EXISTS samples_ts ON samples (ts);
 """
-_INSERT = "INSERT OR IGNORE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?)"
-Row = tuple[str, str, str, int, Value, str, int]
+_COLUMNS = ("gateway", "device", "point", "ts", "value", "quality", "historical", *LABELS)
+_INSERT = (f"INSERT OR IGNORE INTO samples ({', '.join(_COLUMNS)}) "
+           f"VALUES ({', '.join('?' for _ in _COLUMNS)})")  # fmt: skip
+Row = tuple[str | int | Value, ...]
 
 
 class SqliteSink:
@@ -44,6 +53,7 @@ class SqliteSink:
             await conn.execute("PRAGMA journal_mode=WAL")
             await conn.execute("PRAGMA synchronous=NORMAL")
             await conn.executescript(_SCHEMA)
+            await _add_label_columns(conn)
         except sqlite3.Error as exc:
             raise SinkError(cls.name, f"cannot open {path}: {exc}") from exc
         return cls(conn, path, int(retention_hours * 3_600_000))
@@ -55,12 +65,15 @@ class SqliteSink:
         except sqlite3.Error as exc:
             raise SinkError(self.name, f"{self.path}: {exc}") from exc
 
-    async def write(self, batches: Sequence[TelemetryBatch]) -> tuple[int, int]:
+    async def write(
+        self, batches: Sequence[TelemetryBatch], facts: DeviceFacts = NO_FACTS
+    ) -> tuple[int, int]:
         rows: list[Row] = [
-            (b.gateway, r.device, r.point, r.ts, r.value, r.quality.value, int(r.historical))
+            (b.gateway, r.device, r.point, r.ts, r.value, r.quality.value, int(r.historical),
+             *series_labels(facts, b.gateway, r))
             for b in batches
             for r in b.readings
-        ]
+        ]  # fmt: skip
         if rows:
             async with self._errors():
                 await self._conn.executemany(_INSERT, rows)
@@ -83,3 +96,21 @@ class SqliteSink:
 
     async def close(self) -> None:
         await self._conn.close()
+
+
+async def _add_label_columns(conn: aiosqlite.Connection) -> None:
+    """Give a file written before a label existed its column ("" in the old rows). In one
+    write transaction: a second process opening the same file waits, then finds them there."""
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        async with conn.execute("SELECT name FROM pragma_table_info('samples')") as cur:
+            have = {name for (name,) in await cur.fetchall()}
+        for name in LABELS:
+            if name not in have:
+                await conn.execute(
+                    f"ALTER TABLE samples ADD COLUMN {name} TEXT NOT NULL DEFAULT ''"
+                )
+        await conn.commit()
+    except BaseException:
+        await conn.rollback()
+        raise

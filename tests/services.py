@@ -141,6 +141,9 @@ class Mosquitto:
         self.proc.send_signal(1)
 
 
+_VM_TEST_FLAGS = ["-retentionPeriod=100y", "-search.latencyOffset=0s", "-search.disableCache"]
+
+
 @dataclass
 class Victoria:
     """VictoriaMetrics, which accepts InfluxDB's /api/v2/write."""
@@ -148,6 +151,9 @@ class Victoria:
     workdir: Path
     port: int = field(default_factory=free_port)
     extra_args: list[str] = field(default_factory=list)  # e.g. -dedup.minScrapeInterval=1ms
+    flags: list[str] | None = None
+    """Every flag but the address and data folder (a command line the docs give); None: the
+    tests' own (``_VM_TEST_FLAGS``)."""
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -161,9 +167,7 @@ class Victoria:
                 _need("victoria-metrics"),
                 f"-httpListenAddr=127.0.0.1:{self.port}",
                 f"-storageDataPath={self.workdir / 'data'}",
-                "-retentionPeriod=100y",
-                "-search.latencyOffset=0s",
-                "-search.disableCache",
+                *(self.flags if self.flags is not None else _VM_TEST_FLAGS),
                 "-loggerLevel=ERROR",
                 *self.extra_args,
             ],

@@ -6,8 +6,10 @@ Every public method converts SQLAlchemy/driver errors into ``StoreUnavailable``.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -58,11 +60,27 @@ from device_registry.inventory.places import (
 )
 from device_registry.inventory.views import DeviceView, GatewayView
 from gridwatch.ground.contract import AlertEvent, AlertState, Birth, Death, GatewayHealth, Location
-from gridwatch.ground.profiles import ModbusProfile, MqttProfile, Point, point_decimals
+from gridwatch.ground.profiles import (
+    ModbusProfile,
+    MqttProfile,
+    Point,
+    load_profiles,
+    point_decimals,
+)
 
 logger = logging.getLogger(__name__)
 
 _ID_CHUNK = 500  # bound on ids in one IN (...) list: SQLite's variable limit, PG's plan size
+
+
+@functools.cache
+def _shipped_profiles() -> Mapping[str, ModbusProfile | MqttProfile]:
+    """The profiles gridwatch ships: what a registry knows where no installer wiring gave it
+    its own (``RegistryStore.profiles``), as in a bridge running alone."""
+    # imported here: the gateway config models are not otherwise part of a bridge's start
+    from gridwatch.ground.gatewayconf import default_profiles_dir
+
+    return load_profiles(default_profiles_dir())
 
 
 class RegistryStore:
@@ -73,7 +91,8 @@ class RegistryStore:
         self.ops = AlertOperations(policy)
         self.profiles: Callable[[], Mapping[str, ModbusProfile | MqttProfile]] | None = None
         """The device profiles the registry knows (set where installers are wired), for the
-        decimals each point is shown with; None: not known here."""
+        decimals each point is shown with and the units of its time series; None: not known
+        here (the time series then take the shipped profiles' units)."""
         """Alert lifecycle, incidents and the delivery feed (``alertops.py``)."""
 
     @classmethod
@@ -130,13 +149,20 @@ class RegistryStore:
         return found
 
     async def device_facts(self, pairs: Collection[tuple[str, str]]) -> DeviceFacts:
-        """Who registered the devices named in ``pairs`` ((gateway, device)), and where."""
+        """Who registered the devices named in ``pairs`` ((gateway, device)), where, and with
+        which profile (the unit of each of its points)."""
         names = sorted({dev for _, dev in pairs})
         owners: dict[str, set[str]] = {}
         locations: dict[tuple[str, str], Location] = {}
+        units: dict[tuple[str, str], Mapping[str, str]] = {}
+        if self.profiles is None and not _shipped_profiles.cache_info().currsize:
+            # once per process: a few hundred ms of YAML, which the alerts lane must not wait for
+            await asyncio.to_thread(_shipped_profiles)
+        point_units = self._point_units()
         q = (
             # its own coordinates, the site's only for a device that has none (a pair)
-            select(Device.name, Device.gateway_id, Site.district_id, Site.street, Site.grid,
+            select(Device.name, Device.gateway_id, Device.profile, Site.district_id, Site.street,
+                   Site.grid,
                    case((Device.lat.is_(None) & Device.lon.is_(None), Site.lat),
                         else_=Device.lat),
                    case((Device.lat.is_(None) & Device.lon.is_(None), Site.lon),
@@ -147,7 +173,7 @@ class RegistryStore:
         async with self._tx() as s:
             for i in range(0, len(names), _ID_CHUNK):
                 chunk = names[i : i + _ID_CHUNK]
-                for name, gw, district, street, grid, lat, lon in await s.execute(
+                for name, gw, profile, district, street, grid, lat, lon in await s.execute(
                     q.where(Device.name.in_(chunk))
                 ):
                     owners.setdefault(name, set()).add(gw)
@@ -155,7 +181,26 @@ class RegistryStore:
                         locations[(gw, name)] = Location(
                             district=district, street=street, grid=grid, lat=lat, lon=lon
                         )
-        return DeviceFacts({k: frozenset(v) for k, v in owners.items()}, locations)
+                    known = point_units(profile)
+                    if known is not None:
+                        units[(gw, name)] = known
+        return DeviceFacts({k: frozenset(v) for k, v in owners.items()}, locations, units)
+
+    def _point_units(self) -> Callable[[str | None], Mapping[str, str] | None]:
+        """Profile id -> the unit of each of its points (None: a profile the registry does not
+        know), one mapping per profile however many devices use it."""
+        profiles = self.profiles() if self.profiles is not None else _shipped_profiles()
+        found: dict[str, Mapping[str, str]] = {}
+
+        def units(profile: str | None) -> Mapping[str, str] | None:
+            if profile is None or profile not in profiles:
+                return None
+            if profile not in found:
+                points: Mapping[str, Point] = profiles[profile].points
+                found[profile] = {name: point.unit for name, point in points.items()}
+            return found[profile]
+
+        return units
 
     async def apply(self, ch: Changes, device_limit: int | None = None) -> dict[str, int]:
         """Write one ingest step atomically: a crash leaves all of it or none.

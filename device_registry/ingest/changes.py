@@ -7,6 +7,7 @@ device), so an upsert never touches a row twice.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gridwatch.ground.contract import AlertEvent, Birth, Death, GatewayHealth, Location, Reading
@@ -75,13 +76,18 @@ class Changes:
 
 @dataclass(frozen=True)
 class DeviceFacts:
-    """What the registry knows of the devices a batch names, for the bridge's core to decide by:
-    a gateway speaks only for its own registered devices, at their registered places."""
+    """What the registry knows of the devices a batch names, for the bridge's core to decide by
+    (a gateway speaks only for its own registered devices, at their registered places) and for
+    the labels of their time series (``cloud_bridge.labels``): one query per ingest step, none
+    per reading."""
 
     owners: dict[str, frozenset[str]] = field(default_factory=dict)
     """Device name -> the gateways an installer registered it under (active devices only)."""
     locations: dict[tuple[str, str], Location] = field(default_factory=dict)
     """(gateway, device) -> where the installer registered it (devices with a site only)."""
+    units: dict[tuple[str, str], Mapping[str, str]] = field(default_factory=dict)
+    """(gateway, device) -> point -> unit, from the profile the installer registered it with
+    (devices whose profile the registry knows only): the time-series store's ``unit`` label."""
 
     def foreign(self, gateway: str, device: str) -> bool:
         """Registered under other gateways, not this one: another gateway's device."""
