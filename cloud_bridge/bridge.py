@@ -49,7 +49,7 @@ from gridwatch.ground.contract import (
     Topics,
     encode_acks,
 )
-from gridwatch.ground.mqttsession import MqttSession
+from gridwatch.ground.mqttsession import MqttSession, SessionSettings
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,15 @@ LANES: dict[str, tuple[str, ...]] = {
     "telemetry": ("telemetry",),
     "events": ("alert", "status", "health"),
 }
+UNSHARED = frozenset({"status"})
+"""Leaves every member of a share group takes whole: a Birth or a Death is state (retained,
+ordered by its session, applying it twice changes nothing) and not in the gateway's outbox, so a
+turn of it held by a member that is gone, or dropped with that member's expired session, would
+be lost; a plain subscription also gets the retained ones again when a session starts anew."""
+SHARED_KEEPALIVE_S = 10
+"""The events lane's keepalive under a share group: a member that hangs (SIGSTOP, a frozen VM, a
+cut cable) keeps its connection, and its turn of the alerts, until the broker has heard nothing
+for 1.5 keepalives (15 s); only then does its session's expiry start."""
 
 
 _OFFLOAD_BYTES = 64 * 1024
@@ -145,8 +154,8 @@ class Bridge:
         if self.cfg.share_group and self.cfg.mqtt_protocol == "3.1.1":
             raise BridgeError("shared subscriptions (--share-group) need MQTT 5")
         async with asyncio.TaskGroup() as tg:
-            for lane, leaves in LANES.items():
-                tg.create_task(self._mqtt_loop(lane, leaves), name=f"bridge-{lane}")
+            for lane in LANES:
+                tg.create_task(self._mqtt_loop(lane), name=f"bridge-{lane}")
             tg.create_task(self._maintenance_loop(), name="bridge-maintenance")
             if self.cfg.share_group:
                 tg.create_task(self._audit_loop(), name="bridge-gap-audit")
@@ -160,10 +169,10 @@ class Bridge:
 
     # ---- the MQTT session --------------------------------------------------------------------
 
-    async def _mqtt_loop(self, lane: str, leaves: tuple[str, ...]) -> None:
+    async def _mqtt_loop(self, lane: str) -> None:
         settings = self._settings(lane)
-        filters = [self.topics.all_gateways(leaf) for leaf in leaves]
-        mqtt = MqttSession(session_settings(settings, filters), f"bridge {lane}")
+        mqtt = MqttSession(self._session_settings(lane), f"bridge {lane}")
+        filters = [f for f, _ in mqtt.settings.subscriptions]
         self.sessions[lane] = mqtt
 
         async def serve(client: aiomqtt.Client) -> None:
@@ -195,14 +204,27 @@ class Bridge:
         else:
             self.connected.clear()
 
+    def _session_settings(self, lane: str) -> SessionSettings:
+        leaves = LANES[lane]
+        filters = [self.topics.all_gateways(leaf) for leaf in leaves]
+        whole = [self.topics.all_gateways(leaf) for leaf in leaves if leaf in UNSHARED]
+        return session_settings(self._settings(lane), filters, whole)
+
     def _settings(self, lane: str) -> MqttSettings:
         c = self.cfg
-        return MqttSettings(
+        settings = MqttSettings(
             host=c.mqtt_host, port=c.mqtt_port, client_id=f"{c.client_id}-{lane}",
             receive_maximum=c.max_unacked,
             username=c.mqtt_username,
             password=c.mqtt_password, version=c.mqtt_protocol, share_group=c.share_group,
+            data_dir=c.data_dir,
         )  # fmt: skip
+        if c.share_group and lane == "events":
+            # what the gateways send again (alerts, health) must not wait for a member that is
+            # gone: past the expiry the broker stops queueing its turn (docs/central.md)
+            settings = replace(settings, session_expiry_s=c.shared_events_expiry_s,
+                               keepalive=min(settings.keepalive, SHARED_KEEPALIVE_S))  # fmt: skip
+        return settings
 
     async def _pump(self, session: Lane, lane: str) -> None:
         """Write steps as messages come; commit them to the registry (and acknowledge them) in a
