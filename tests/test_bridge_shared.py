@@ -1,11 +1,13 @@
 """Bridges on a shared subscription, on a real mosquitto (issue 17): a bridge owns its
-subscriptions (moved into, out of or between share groups it takes only its turn), and a member
-that stops holds no alert past the stated bound."""
+subscriptions (moved into, out of or between share groups it takes only its turn), a member
+that stops holds no alert past the stated bound, and a gap reported while a member was away is
+withdrawn when its turn arrives after all."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shlex
 import shutil
 import sqlite3
@@ -283,3 +285,39 @@ async def test_a_stopped_member_holds_no_alert_past_the_bound(
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
         broker.stop()
+
+
+async def test_a_gap_filled_by_a_member_back_late_is_withdrawn(
+    mosquitto: Mosquitto, store: RegistryStore, sink: SqliteSink, prefix: str, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """One member is stopped while a stream flows: its turn waits in its telemetry session, and
+    the other member's audit reports those numbers as never arrived. When it is back it
+    ingests them, and the report is withdrawn: counted missing no more, here and in the
+    registry, and said at INFO."""
+    caplog.set_level(logging.INFO, logger="cloud_bridge.bridge")
+    gw, t, n = prefix, now_ms(), 10
+    members = [bridge_config(mosquitto.host, mosquitto.port, prefix, tmp_path / f"b{i}",
+                             client_id=f"{prefix}-{i}", share_group="g", gap_audit_s=0.2,
+                             gap_settle_s=0.4) for i in (1, 2)]  # fmt: skip
+    async with (
+        bridge_on(members[0], store, sink) as b1,
+        publisher(mosquitto.host, mosquitto.port) as pub,
+    ):
+        async with bridge_on(members[1], store, sink):
+            pass  # a member, then stopped: its turn of the stream waits in its session
+        for seq in range(1, n + 1):
+            msg = batch(gw, [reading("d1", "level", float(seq), t + seq)], seq=seq)
+            await pub.publish(Topics(prefix).telemetry(gw), msg.model_dump_json(), qos=1)
+        await any_until((b1,), lambda: b1.stats.missing > 0)
+        async with bridge_on(members[1], store, sink) as b2:
+            both = (b1, b2)
+            await any_until(both, lambda: sum(b.committed.ingested["telemetry"] for b in both) == n)
+            await any_until(both, lambda: b1.stats.missing + b2.stats.missing == 0)
+    assert b1.stats.repaired > 0 and b1.stats.gaps + b2.stats.gaps == 0  # all withdrawn
+    assert "reported never arrived came after all" in caplog.text
+    with contextlib.closing(sqlite3.connect(tmp_path / "registry.db")) as db:
+        (missing,) = db.execute(
+            "SELECT missing FROM seq_audit WHERE gateway = ? AND stream = 'telemetry'", (gw,)
+        ).fetchone()
+    assert missing == 0
