@@ -49,6 +49,7 @@ from cloud_bridge.sink import TelemetrySink
 from device_registry import Changes, RegistryStore, StoreUnavailable
 from device_registry.errors import StoreRejected
 from device_registry.ingest.changes import DeviceFacts
+from device_registry.ingest.seqaudit import Gap, closed
 from gridwatch.ground.backoff import Backoff
 from gridwatch.ground.contract import (
     RANGES_MAX,
@@ -60,7 +61,7 @@ from gridwatch.ground.contract import (
     Topics,
     encode_acks,
 )
-from gridwatch.ground.mqttsession import MqttSession
+from gridwatch.ground.mqttsession import MqttSession, SessionSettings
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +76,21 @@ LANES: dict[str, tuple[str, ...]] = {
     "telemetry": ("telemetry",),
     "events": ("alert", "status", "health"),
 }
+UNSHARED = frozenset({"status"})
+"""Leaves every member of a share group takes whole: a Birth or a Death is state (retained,
+ordered by its session, applying it twice changes nothing) and not in the gateway's outbox, so a
+turn of it held by a member that is gone, or dropped with that member's expired session, would
+be lost; a plain subscription also gets the retained ones again when a session starts anew."""
+SHARED_KEEPALIVE_S = 10
+"""The events lane's keepalive under a share group: a member that hangs (SIGSTOP, a frozen VM, a
+cut cable) keeps its connection, and its turn of the alerts, until the broker has heard nothing
+for 1.5 keepalives (15 s); only then does its session's expiry start."""
 
 
 _OFFLOAD_BYTES = 64 * 1024
+UNFILLED_MAX = 200
+"""Gaps a member of a share group reported and keeps looking for (one indexed query each per
+audit)."""
 _DRAIN_S = 10.0  # how long a lost session waits for its written steps to commit
 RELAY_AFTER_S = 0.3
 """How long a step may wait for the registry's answer before its alerts are relayed without it:
@@ -117,6 +130,22 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _as_runs(numbers: list[int]) -> tuple[tuple[int, int], ...]:
+    """Sorted numbers as (first, last) runs."""
+    runs: list[tuple[int, int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], n)
+        else:
+            runs.append((n, n))
+    return tuple(runs)
+
+
+def _runs(runs: tuple[tuple[int, int], ...]) -> str:
+    """The first ten runs as a person reads them: ``5, 7-9``."""
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:10])
+
+
 class Bridge:
     def __init__(
         self, cfg: BridgeConfig, store: RegistryStore, sink: TelemetrySink,
@@ -141,6 +170,9 @@ class Bridge:
         self._outage: dict[str, bool] = {}
         self._committed = {lane: Stats() for lane in LANES}
         self._audit = Stats()  # gaps the shared audit found: counted when its claim commits
+        self._unfilled: list[Gap] = []
+        """Gaps this member reported, still open, oldest first: withdrawn as their numbers
+        arrive."""
         self._poison = Stats()  # what the registry refused as it applied: messages, devices
         self._device_limit = cfg.max_devices_per_gateway
         self._limited: set[str] = set()  # gateways warned about their device limit
@@ -182,8 +214,8 @@ class Bridge:
         self.ledger = await PublishLedger.open(ledger_path(self.cfg.data_dir, self.cfg.client_id))
         try:
             async with asyncio.TaskGroup() as tg:
-                for lane, leaves in LANES.items():
-                    tg.create_task(self._mqtt_loop(lane, leaves), name=f"bridge-{lane}")
+                for lane in LANES:
+                    tg.create_task(self._mqtt_loop(lane), name=f"bridge-{lane}")
                 tg.create_task(self._maintenance_loop(), name="bridge-maintenance")
                 if self.cfg.share_group:
                     tg.create_task(self._audit_loop(), name="bridge-gap-audit")
@@ -200,10 +232,10 @@ class Bridge:
 
     # ---- the MQTT session --------------------------------------------------------------------
 
-    async def _mqtt_loop(self, lane: str, leaves: tuple[str, ...]) -> None:
+    async def _mqtt_loop(self, lane: str) -> None:
         settings = self._settings(lane)
-        filters = [self.topics.all_gateways(leaf) for leaf in leaves]
-        mqtt = MqttSession(session_settings(settings, filters), f"bridge {lane}")
+        mqtt = MqttSession(self._session_settings(lane), f"bridge {lane}")
+        filters = [f for f, _ in mqtt.settings.subscriptions]
         self.sessions[lane] = mqtt
 
         async def serve(client: aiomqtt.Client) -> None:
@@ -235,14 +267,27 @@ class Bridge:
         else:
             self.connected.clear()
 
+    def _session_settings(self, lane: str) -> SessionSettings:
+        leaves = LANES[lane]
+        filters = [self.topics.all_gateways(leaf) for leaf in leaves]
+        whole = [self.topics.all_gateways(leaf) for leaf in leaves if leaf in UNSHARED]
+        return session_settings(self._settings(lane), filters, whole)
+
     def _settings(self, lane: str) -> MqttSettings:
         c = self.cfg
-        return MqttSettings(
+        settings = MqttSettings(
             host=c.mqtt_host, port=c.mqtt_port, client_id=f"{c.client_id}-{lane}",
             receive_maximum=c.max_unacked,
             username=c.mqtt_username,
             password=c.mqtt_password, version=c.mqtt_protocol, share_group=c.share_group,
+            data_dir=c.data_dir,
         )  # fmt: skip
+        if c.share_group and lane == "events":
+            # what the gateways send again (alerts, health) must not wait for a member that is
+            # gone: past the expiry the broker stops queueing its turn (docs/central.md)
+            settings = replace(settings, session_expiry_s=c.shared_events_expiry_s,
+                               keepalive=min(settings.keepalive, SHARED_KEEPALIVE_S))  # fmt: skip
+        return settings
 
     async def _pump(self, session: Lane, lane: str) -> None:
         """Write steps as messages come; commit them to the registry (and acknowledge them) in a
@@ -684,20 +729,52 @@ class Bridge:
             # overlapping windows: a stream whose claim lost a race is looked at once more (the
             # ranges audited start where the stored audit stopped, so nothing is counted twice)
             since = settled - int(self.cfg.gap_audit_s * 1000)
+            filled = await self._withdraw_filled()
             for gap in gaps:
                 self._audit.gaps += len(gap.holes)
                 self._audit.missing += gap.missing
-                runs = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in gap.holes[:10])
                 logger.warning(
                     "gateway %s %s stream: %d message(s) never arrived: seq %s (audited "
                     "across the shared subscription); asking the gateway for them again",
-                    gap.gateway, gap.stream, gap.missing, runs,
+                    gap.gateway, gap.stream, gap.missing, _runs(gap.holes),
                 )  # fmt: skip
+                self._unfilled.append(gap)
+            # each open gap costs a look at every audit: the oldest are forgotten (and stay
+            # counted missing) past a bound
+            del self._unfilled[:-UNFILLED_MAX]
             lane = self._lanes.get("events") or next(iter(self._lanes.values()), None)
             await self._ask_again(lane, {(g.gateway, g.stream): list(g.holes) for g in gaps})
-            if gaps:
+            if gaps or filled:
                 async with self._progress:
                     self._progress.notify_all()
+
+    async def _withdraw_filled(self) -> int:
+        """The numbers this member reported missing that have arrived since (a stopped member's
+        turn delivered when it is back, a gateway's answer to the Repair): no longer counted
+        missing, here and in the registry, and said at INFO. Returns how many."""
+        total, still = 0, list[Gap]()
+        for i, gap in enumerate(self._unfilled):
+            try:
+                left, filled = await self.store.withdraw_filled(gap)
+            except StoreUnavailable as exc:
+                logger.debug("filled gaps not looked for: %s", exc)
+                self._unfilled = still + self._unfilled[i:]  # the next audit looks again
+                return total
+            if filled:
+                total += len(filled)
+                self._audit.gaps -= closed(gap.holes, left.holes if left else ())
+                self._audit.missing -= len(filled)
+                self._audit.repaired += len(filled)
+                logger.info(
+                    "gateway %s %s stream: %d message(s) reported never arrived came after all: "
+                    "seq %s; no longer counted missing (%d still missing there)",
+                    gap.gateway, gap.stream, len(filled), _runs(_as_runs(filled)),
+                    left.missing if left else 0,
+                )  # fmt: skip
+            if left is not None:
+                still.append(left)
+        self._unfilled = still
+        return total
 
     async def _maintenance_loop(self) -> None:
         last = self.stats.points_written

@@ -45,6 +45,11 @@ class BridgeConfig:
     """Under a shared subscription: how often a member audits the streams for gaps."""
     gap_settle_s: float = 10.0
     """...and how old a number must be to be audited (every member has committed it by then)."""
+    shared_events_expiry_s: int = 30
+    """Under a shared subscription: how long the broker keeps the events lane's session (alerts,
+    health) of a member that is gone, queueing that member's turn of the stream for it. Past it
+    the session and what it queued are gone, the other members take the whole stream, and the
+    gateways send again what no bridge acknowledged (docs/central.md, "A member that stops")."""
     maintenance_s: float = 60.0
     clock_back_s: float = 7 * 24 * 3600.0
     """Times older than this before the centre's clock are refused (``core.ClockWindow``)."""

@@ -7,7 +7,10 @@ sessions are set up (``session_settings``) and what the bridge does with a conne
 into the paho client for it in that one place.
 
 The session is persistent (fixed client id, no clean start, a session expiry on MQTT 5), so
-messages received but not yet acknowledged when the bridge dies are delivered again.
+messages received but not yet acknowledged when the bridge dies are delivered again. It owns its
+subscriptions (``gridwatch.ground.mqttsession``): its note lives in the data dir, and a resumed
+session drops the plain and the shared form (of the current group) of each filter it does not
+want now, so a bridge moved into, out of or between share groups takes only what it should.
 """
 
 from __future__ import annotations
@@ -15,13 +18,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiomqtt
 
 from cloud_bridge.core import Raw
 from cloud_bridge.errors import BrokerError
 from gridwatch.ground.endpoints import parse_endpoints
-from gridwatch.ground.mqttsession import Protocol, SessionSettings, Version, ack
+from gridwatch.ground.mqttsession import (
+    SESSION_EXPIRY_S,
+    Protocol,
+    SessionSettings,
+    Version,
+    ack,
+    subscriptions_note,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,22 +55,42 @@ class MqttSettings:
     receive_maximum: int = 1000
     """MQTT 5: unacknowledged messages the broker may send us at once (our memory bound)."""
     keepalive: int = 30
+    session_expiry_s: int = SESSION_EXPIRY_S
+    """MQTT 5: how long the broker keeps the session (and queues its share) while we are away."""
+    data_dir: Path | None = None
+    """Where the session notes its subscriptions; None: no note."""
 
     def __repr__(self) -> str:  # the password never reaches a log line or a traceback
         return f"MqttSettings({self.client_id}, {self.username}@{self.host}:{self.port})"
 
 
-def session_settings(s: MqttSettings, filters: Sequence[str]) -> SessionSettings:
+def wanted_filters(
+    group: str | None, filters: Sequence[str], unshared: Sequence[str] = ()
+) -> tuple[list[str], list[str]]:
+    """The filters to subscribe to (each of ``filters`` shared by ``group`` if set, those of
+    ``unshared`` always plain), and those an earlier configuration of the same client may have
+    left in its session: the other form of each (the shared one of the current group only: an
+    earlier group's name is known from the note alone)."""
+    wanted = [f"$share/{group}/{f}" if group and f not in unshared else f for f in filters]
+    forms = {*filters, *(f"$share/{group}/{f}" for f in filters if group)}
+    return wanted, sorted(forms - set(wanted))
+
+
+def session_settings(
+    s: MqttSettings, filters: Sequence[str], unshared: Sequence[str] = ()
+) -> SessionSettings:
     """A persistent, manually acknowledged session subscribed to ``filters`` at QoS 1 (shared
-    by ``share_group`` if set, which needs MQTT 5); back within a second of the broker's return,
-    like the edge: the broker is the bridge's only input."""
+    by ``share_group`` if set, which needs MQTT 5, except ``unshared``); back within a second
+    of the broker's return, like the edge: the broker is the bridge's only input."""
     group = s.share_group
-    shared = [f"$share/{group}/{f}" if group else f for f in filters]
+    wanted, may_hold = wanted_filters(group, filters, unshared)
+    note = subscriptions_note(s.data_dir, s.client_id) if s.data_dir is not None else None
     return SessionSettings(
         endpoints=parse_endpoints(s.host, s.port), client_id=s.client_id, username=s.username,
         password=s.password, protocol="5" if group and s.version == "auto" else s.version,
         receive_maximum=s.receive_maximum, manual_ack=True,
-        subscriptions=tuple((f, 1) for f in shared), keepalive_s=s.keepalive,
+        subscriptions=tuple((f, 1) for f in wanted), keepalive_s=s.keepalive,
+        session_expiry_s=s.session_expiry_s, note_file=note, may_hold=tuple(may_hold),
     )  # fmt: skip
 
 
@@ -105,4 +136,4 @@ class Lane:
             raise BrokerError(f"publish to {topic} failed: {exc}") from exc
 
 
-__all__ = ["Inbound", "Lane", "MqttSettings", "MqttVersion", "session_settings"]
+__all__ = ["Inbound", "Lane", "MqttSettings", "MqttVersion", "session_settings", "wanted_filters"]

@@ -24,7 +24,11 @@ from gridwatch.ground.mqttsession import (
     SessionSettings,
     connack_code,
     fall_back,
+    read_note,
     refused_filters,
+    stale_filters,
+    subscriptions_note,
+    write_note,
 )
 from tests.services import Mosquitto, free_port
 
@@ -315,3 +319,91 @@ def test_a_refused_subscription_is_named(
     subs: list[tuple[str, int]], granted: list[object], names: list[str]
 ) -> None:
     assert [r.split(" (")[0] for r in refused_filters(subs, granted)] == names
+
+
+# ---- a session owns its subscriptions --------------------------------------------------------
+
+# (wanted now, noted by an earlier run, may hold from an earlier configuration, unsubscribed)
+STALE: list[tuple[list[str], list[str], list[str], list[str]]] = [
+    (["$share/g/a"], ["a"], ["a"], ["a"]),  # plain, then in a group
+    (["$share/g/a"], [], ["a"], ["a"]),  # ... with the note lost: the plain form is a guess
+    (["$share/g2/a"], ["$share/g1/a"], ["a", "$share/g2/a"], ["$share/g1/a", "a"]),  # new group
+    (["a"], ["$share/g/a"], [], ["$share/g/a"]),  # out of the group
+    (["a"], [], [], []),  # out of a group, note lost: its name is unknowable
+    (["a", "b"], ["a", "b"], [], []),  # the same again: nothing to drop
+    (["a"], ["a", "b"], ["b"], ["b"]),  # a filter no longer wanted, in both lists: once
+    ([], ["a"], [], ["a"]),  # wants nothing now
+]
+
+
+@pytest.mark.parametrize(("wanted", "noted", "may_hold", "dropped"), STALE)
+def test_stale_filters(
+    wanted: list[str], noted: list[str], may_hold: list[str], dropped: list[str]
+) -> None:
+    assert stale_filters(wanted, noted, may_hold) == sorted(dropped)
+
+
+def test_the_note_is_one_file_per_client_id_whatever_its_characters(tmp_path: Path) -> None:
+    ids = ["bridge-events", "a/b", "../x", "a%2Fb", "é"]
+    paths = [subscriptions_note(tmp_path, i) for i in ids]
+    assert len(set(paths)) == len(ids)
+    assert all(p.parent == tmp_path / "mqtt-subscriptions" for p in paths)
+    for i, p in zip(ids, paths, strict=True):
+        write_note(p, [f"{i}/#"])
+        assert read_note(p) == {f"{i}/#"}
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"{not json", b"[]", b'{"filters": "a/#"}', b'{"filters": [1]}', b"\xff"]
+)
+def test_a_damaged_note_is_said_and_taken_as_none(
+    tmp_path: Path, content: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = subscriptions_note(tmp_path, "c")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    assert read_note(path) == set()
+    assert str(path) in caplog.text
+    assert read_note(tmp_path / "none.json") == set()  # no note: a first start, said nothing
+
+
+async def test_a_resumed_session_drops_what_it_no_longer_wants(
+    mosquitto: Mosquitto, prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A persistent session subscribed to ``old``; the next run of the same client id wants
+    ``new`` only. The broker resumes the session with ``old`` in it: the session drops it."""
+    caplog.set_level(logging.INFO, logger="gridwatch.ground.mqttsession")
+    old, new = f"{prefix}/old/#", f"{prefix}/new/#"
+    client_id = f"{prefix}-owner"
+    note = subscriptions_note(tmp_path, client_id)
+    heard: asyncio.Queue[str] = asyncio.Queue()
+
+    async def listen(client: aiomqtt.Client) -> None:
+        async for m in client.messages:
+            await heard.put(str(m.topic))
+
+    def session(filters: str) -> MqttSession:
+        return MqttSession(SessionSettings(
+            endpoints=(Endpoint(mosquitto.host, mosquitto.port),), client_id=client_id,
+            protocol="5", subscriptions=((filters, 1),), note_file=note), "t")  # fmt: skip
+
+    first = session(old)
+    async with running(first, listen):
+        await first.watch.until(lambda: first.state.connected, 10)
+    assert read_note(note) == {old}
+    second = session(new)
+    async with running(second, listen), publisher(mosquitto) as pub:
+        await second.watch.until(lambda: second.state.connected, 10)
+        await pub.publish(f"{prefix}/old/x", b"1", qos=1)
+        await pub.publish(f"{prefix}/new/x", b"2", qos=1)
+        async with asyncio.timeout(5):
+            assert await heard.get() == f"{prefix}/new/x"  # in order: the old one never came
+        assert heard.empty()
+    assert read_note(note) == {new}
+    assert f"unsubscribed ['{old}']" in caplog.text
+
+
+@asynccontextmanager
+async def publisher(broker: Mosquitto) -> AsyncIterator[aiomqtt.Client]:
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        yield client

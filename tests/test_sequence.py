@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from device_registry.ingest.seqaudit import AuditState, Span, holes, plan_audit
+from device_registry.ingest.seqaudit import AuditState, Span, closed, fill, holes, plan_audit
 
 S = AuditState
 
@@ -52,3 +52,41 @@ def test_plan_audit(
 )
 def test_holes(after: int, through: int, seen: list[int], expected: tuple[tuple[int, int]]) -> None:
     assert holes(after, through, seen) == expected
+
+
+# (holes reported, numbers seen in the registry since, holes still open, numbers that filled)
+FILL: list[
+    tuple[tuple[tuple[int, int], ...], list[int], tuple[tuple[int, int], ...], list[int]]
+] = [
+    (((5, 5),), [5], (), [5]),  # the one number came
+    (((5, 9),), [7], ((5, 6), (8, 9)), [7]),  # one in the middle splits the run
+    (((5, 9),), [5, 9], ((6, 8),), [5, 9]),  # both ends
+    (((5, 9), (12, 12)), [4, 10, 11, 13], ((5, 9), (12, 12)), []),  # around, not in: nothing
+    (((5, 9), (12, 12)), [12, 12, 6], ((5, 5), (7, 9)), [6, 12]),  # repeats count once
+    (((1, 3),), [3, 2, 1], (), [1, 2, 3]),  # all of it, in any order
+    (((1, 3),), [], ((1, 3),), []),
+]
+
+
+@pytest.mark.parametrize(("runs", "arrived", "left", "filled"), FILL)
+def test_fill(
+    runs: tuple[tuple[int, int], ...], arrived: list[int],
+    left: tuple[tuple[int, int], ...], filled: list[int],
+) -> None:  # fmt: skip
+    assert fill(runs, arrived) == (left, filled)
+
+
+@pytest.mark.parametrize(
+    ("runs", "left", "whole"),
+    [
+        (((5, 5),), (), 1),
+        (((5, 9), (12, 12)), ((5, 6), (8, 9)), 1),  # split, still a gap; the other closed
+        (((5, 9),), ((9, 9),), 0),
+        (((1, 2), (4, 4), (6, 8)), ((7, 7),), 2),
+        ((), (), 0),
+    ],
+)
+def test_closed(
+    runs: tuple[tuple[int, int], ...], left: tuple[tuple[int, int], ...], whole: int
+) -> None:
+    assert closed(runs, left) == whole

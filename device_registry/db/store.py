@@ -48,7 +48,7 @@ from device_registry.db.tables import (
 )
 from device_registry.errors import Ambiguous, NotFound, StoreRejected, StoreUnavailable
 from device_registry.ingest.changes import Changes, DeviceFacts
-from device_registry.ingest.seqaudit import AuditState, Gap, Span, holes, plan_audit
+from device_registry.ingest.seqaudit import AuditState, Gap, Span, fill, holes, plan_audit
 from device_registry.ingest.views import QuarantineView, quarantined
 from device_registry.inventory import views
 from device_registry.inventory.places import (
@@ -293,7 +293,30 @@ class RegistryStore:
                 )  # fmt: skip
             if not getattr(claim, "rowcount", 0):
                 return None
-        return Gap(gw, stream, step.lo, step.hi, runs) if runs else None
+        return Gap(gw, stream, step.lo, step.hi, runs, step.session) if runs else None
+
+    async def withdraw_filled(self, gap: Gap) -> tuple[Gap | None, list[int]]:
+        """The numbers of ``gap``'s holes that have arrived since it was reported, withdrawn
+        from the stream's stored count of missing numbers in the same transaction; and the gap
+        with what is still missing (None: every hole is filled). Only the member that reported
+        the gap asks, once per number, so nothing is withdrawn twice."""
+        m = SeenMessage
+        lo, hi = gap.holes[0][0], gap.holes[-1][1]
+        async with self._tx() as s:
+            seen = await s.scalars(
+                select(m.seq).distinct().where(
+                    m.gateway == gap.gateway, m.stream == gap.stream, m.session >= gap.session,
+                    m.seq >= lo, m.seq <= hi,
+                )
+            )  # fmt: skip
+            left, filled = fill(gap.holes, [int(q) for q in seen if q is not None])
+            if filled:
+                await s.execute(
+                    update(SeqAudit)
+                    .where(SeqAudit.gateway == gap.gateway, SeqAudit.stream == gap.stream)
+                    .values(missing=SeqAudit.missing - len(filled))
+                )
+        return (dataclasses.replace(gap, holes=left) if left else None), filled
 
     # ---- the pieces of apply ---------------------------------------------------------------
 

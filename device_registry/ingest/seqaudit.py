@@ -6,6 +6,11 @@ stream, session, seq) goes into the registry with its id; every few seconds a me
 numbers that have settled (received long enough ago that the other members have committed
 theirs), and claims the audited range with a conditional update, so exactly one member reports
 each gap however many members there are (``RegistryStore.audit_sequences``).
+
+A number reported missing may come later all the same: the turn of a member that was stopped,
+delivered when it is back, or the gateway's answer to the Repair. The member that reported the
+gap keeps its holes and looks for them in the registry at every audit (``fill``); what arrived is
+withdrawn from the count (``RegistryStore.withdraw_filled``) and said at INFO.
 """
 
 from __future__ import annotations
@@ -76,6 +81,8 @@ class Gap:
     after: int
     through: int
     holes: tuple[tuple[int, int], ...]
+    session: int = 0
+    """The numbering audited: numbers seen in this session or a later one count."""
 
     @property
     def missing(self) -> int:
@@ -95,3 +102,26 @@ def holes(after: int, through: int, seen: list[int]) -> tuple[tuple[int, int], .
     if expect <= through:
         runs.append((expect, through))
     return tuple(runs)
+
+
+def fill(
+    runs: tuple[tuple[int, int], ...], arrived: list[int]
+) -> tuple[tuple[tuple[int, int], ...], list[int]]:
+    """``runs`` (first, last) without the numbers in ``arrived``, and those numbers (sorted,
+    once each): the holes still open, and what filled the others."""
+    inside = sorted({n for n in arrived if any(a <= n <= b for a, b in runs)})
+    left: list[tuple[int, int]] = []
+    for first, last in runs:
+        expect = first
+        for n in (n for n in inside if first <= n <= last):
+            if n > expect:
+                left.append((expect, n - 1))
+            expect = n + 1
+        if expect <= last:
+            left.append((expect, last))
+    return tuple(left), inside
+
+
+def closed(runs: tuple[tuple[int, int], ...], left: tuple[tuple[int, int], ...]) -> int:
+    """How many of ``runs`` have no number in ``left``: gaps filled whole, no longer gaps."""
+    return sum(1 for a, b in runs if not any(x <= b and a <= y for x, y in left))

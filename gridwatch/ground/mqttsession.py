@@ -44,18 +44,34 @@ list and the last error, for health reports; ``watch`` wakes waiters on every ch
 A clean stop (the task is cancelled while connected) runs the owner's ``farewell`` with the
 connected client, bounded by ``farewell_s``, before the DISCONNECT: the edge's uplink publishes its
 Death there, because a broker drops the last will of a client that disconnects cleanly.
+
+A session owns its subscriptions. A persistent session keeps at the broker whatever it ever
+subscribed to, and subscribing to something new removes nothing: a bridge once run without a
+share group and then with one kept its plain subscription for the session's 7 days and took the
+whole stream besides its share (issue 17). MQTT has no "list my subscriptions", so the session
+notes what it subscribes to in ``note_file`` (written before the SUBSCRIBE, so a crash in
+between leaves a note that says too much, never too little), and when the CONNACK says the broker
+resumed the session (``session present``) it first unsubscribes what it noted or ``may_hold``
+lists and no longer wants (``stale_filters``). Unsubscribing a filter the session does not hold
+is harmless (MQTT 5 answers "no subscription existed"), so ``may_hold`` covers a lost note: the
+forms of each filter an earlier configuration could have used. One note per client id, not per
+broker: the brokers of a cluster share the sessions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+import urllib.parse
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 import aiomqtt
@@ -97,6 +113,14 @@ class SessionSettings:
     """Acknowledge received messages with ``ack`` (after they are stored), not on receipt."""
     subscriptions: tuple[tuple[str, int], ...] = ()
     """(filter, QoS), subscribed on every connect before ``serve`` runs."""
+    note_file: Path | None = None
+    """Where the filters subscribed to are noted (``subscriptions_note``), so that a resumed
+    session drops what an earlier run subscribed to and this one does not want; None: no note
+    (only ``may_hold`` is dropped)."""
+    may_hold: tuple[str, ...] = ()
+    """Filters an earlier configuration of this client may have left in its session (the plain
+    form of a filter now shared, the shared form of one now plain): unsubscribed on a resumed
+    session unless wanted now, whatever the note says."""
     keepalive_s: int = 30
     timeout_s: float = 5.0
     """For the CONNACK and every awaited call of aiomqtt."""
@@ -162,6 +186,49 @@ def refused_filters(
         if value >= 0x80:
             out.append(f"{topic_filter} (0x{value:02x})")
     return out
+
+
+def stale_filters(
+    wanted: Iterable[str], noted: Iterable[str], may_hold: Iterable[str]
+) -> list[str]:
+    """What a resumed session unsubscribes: what it noted or may hold, less what it wants."""
+    return sorted({*noted, *may_hold} - set(wanted))
+
+
+def subscriptions_note(folder: Path, client_id: str) -> Path:
+    """The note of ``client_id``'s subscriptions in ``folder`` (a client id may hold any
+    character: it is quoted into the file name, one file per id)."""
+    return folder / "mqtt-subscriptions" / f"{urllib.parse.quote(client_id, safe='')}.json"
+
+
+def read_note(path: Path) -> set[str]:
+    """The filters noted in ``path``; none when there is no note (a first start, a lost data
+    dir). An unreadable note is said once and taken as none: ``may_hold`` still applies."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return set()
+    except (OSError, ValueError) as exc:
+        logger.warning("%s: cannot read the note of subscriptions (%s); dropping only the "
+                       "filters this client may hold", path, exc)  # fmt: skip
+        return set()
+    filters = doc.get("filters") if isinstance(doc, dict) else None
+    if not isinstance(filters, list) or not all(isinstance(f, str) for f in filters):
+        logger.warning("%s: not a note of subscriptions (no list of filters); ignored", path)
+        return set()
+    return set(filters)
+
+
+def write_note(path: Path, filters: Iterable[str]) -> None:
+    """Replace the note, durably (written aside, synced, renamed over): a note that outlives a
+    power cut half-written would hide what the session holds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"filters": sorted(set(filters))}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def connack_code(exc: BaseException) -> int | None:
@@ -245,6 +312,7 @@ class MqttSession:
         """The version each broker was reached with ("auto": learnt on its first connection)."""
         self._next = 0  # index of the endpoint to try next
         self._down = False  # in an outage: repeats of the failure are logged at DEBUG
+        self._resumed = False  # the last CONNACK's "session present"
 
     async def run(self, serve: Serve) -> NoReturn:
         while True:
@@ -315,6 +383,7 @@ class MqttSession:
     async def _serve(
         self, client: aiomqtt.Client, endpoint: Endpoint, version: Version, serve: Serve
     ) -> None:
+        await self._own_subscriptions(client)
         if self.settings.subscriptions:  # every connect: this broker may hold no session for us
             granted = await client.subscribe(list(self.settings.subscriptions))
             refused = refused_filters(self.settings.subscriptions, granted)
@@ -327,6 +396,30 @@ class MqttSession:
         self._went_up(client, endpoint, version)
         await first_failure(serve(client), _until_lost(client))
         raise aiomqtt.MqttError(f"{self.name}: the session's work ended")  # serve runs forever
+
+    async def _own_subscriptions(self, client: aiomqtt.Client) -> None:
+        """Drop from a resumed session what this client no longer wants, then note what it is
+        about to subscribe to (module docstring)."""
+        s = self.settings
+        wanted = [f for f, _ in s.subscriptions]
+        noted = read_note(s.note_file) if s.note_file is not None else set()
+        if self._resumed:
+            stale = stale_filters(wanted, noted, s.may_hold)
+            if stale:
+                await client.unsubscribe(stale)
+                held = [f for f in stale if f in noted]
+                if held:  # known to have been held: worth saying (the guesses are not)
+                    logger.info("mqtt %s: unsubscribed %s, which an earlier run subscribed to "
+                                "and this one does not want", self.name, held)  # fmt: skip
+                logger.debug("mqtt %s: unsubscribed (if held) %s", self.name, stale)
+        if s.note_file is None or noted == set(wanted):
+            return
+        try:
+            write_note(s.note_file, wanted)
+        except OSError as exc:  # the note is an aid: ingest goes on without it
+            logger.warning("mqtt %s: cannot note its subscriptions in %s (%s): a later change "
+                           "of its filters may leave the old ones in its session", self.name,
+                           s.note_file, exc)  # fmt: skip
 
     async def _say_farewell(self, client: aiomqtt.Client, endpoint: Endpoint) -> None:
         if self.farewell is None or not self.state.connected:
@@ -421,7 +514,19 @@ class MqttSession:
         client.pending_calls_threshold = max(s.max_inflight, 10)
         if s.manual_ack:
             client._client.manual_ack_set(True)  # before connecting: no PUBACK on receipt
+        self._hear_session_present(client)
         return client
+
+    def _hear_session_present(self, client: aiomqtt.Client) -> None:
+        """Keep the CONNACK's "session present" flag, which aiomqtt reads and drops."""
+        self._resumed = False
+        theirs = client._client.on_connect
+
+        def on_connect(paho: Any, userdata: Any, flags: Any, *rest: Any) -> None:
+            self._resumed = bool(getattr(flags, "session_present", False))
+            theirs(paho, userdata, flags, *rest)  # type: ignore[misc]
+
+        client._client.on_connect = on_connect
 
 
 __all__ = [
@@ -435,4 +540,8 @@ __all__ = [
     "connack_code",
     "fall_back",
     "first_failure",
+    "read_note",
+    "stale_filters",
+    "subscriptions_note",
+    "write_note",
 ]
