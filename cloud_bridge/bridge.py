@@ -14,14 +14,21 @@ the database does not take) is not an outage: retrying would refuse it forever a
 for every gateway. The step is then applied in halves until the messages the registry refuses are
 found; each is quarantined once (``store_refused``) and acknowledged with the rest, which is
 written (``_apply_apart``).
+
+What the bridge depends on is told by ``report`` (``device_registry.health.centre``): each
+lane's session, the two stores as its calls met them, the oldest message received and not yet
+committed. The registry in the same process reads it live; every ``heartbeat_s`` it is also
+written to the registry database for registries in other processes (``_heartbeat_loop``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import ParamSpec, TypeVar
@@ -38,6 +45,8 @@ from cloud_bridge.pending import Group, Pending
 from cloud_bridge.sink import TelemetrySink
 from device_registry import Changes, RegistryStore, StoreUnavailable
 from device_registry.errors import StoreRejected
+from device_registry.health.centre import BridgeReport, LaneState, Link
+from device_registry.health.store import beat, forget
 from device_registry.ingest.changes import DeviceFacts
 from gridwatch.ground.backoff import Backoff
 from gridwatch.ground.contract import (
@@ -128,6 +137,11 @@ class Bridge:
         self._limited: set[str] = set()  # gateways warned about their device limit
         self._lanes: dict[str, Lane] = {}  # each connected lane, to publish repair requests on
         self.repairs_asked = 0
+        self.links = {"sink": Link(), "registry": Link()}
+        """How the bridge's calls met each store, for health reports."""
+        self._waiting: dict[str, deque[int]] = {lane: deque() for lane in LANES}
+        """Per lane, when each batch received and not yet committed was received (in order)."""
+        self._commit_delay_ms: int | None = None
 
     @property
     def stats(self) -> Stats:
@@ -148,6 +162,7 @@ class Bridge:
             for lane, leaves in LANES.items():
                 tg.create_task(self._mqtt_loop(lane, leaves), name=f"bridge-{lane}")
             tg.create_task(self._maintenance_loop(), name="bridge-maintenance")
+            tg.create_task(self._heartbeat_loop(), name="bridge-heartbeat")
             if self.cfg.share_group:
                 tg.create_task(self._audit_loop(), name="bridge-gap-audit")
 
@@ -218,6 +233,7 @@ class Bridge:
         try:
             while True:
                 batch = await _first(session.receive(self.cfg.max_batch), committer)
+                self._waiting[lane].append(self.clock())
                 plan = await self._write(session, batch, core, pending.unfinished)
                 pending.add(batch, plan, copy.deepcopy(core.stats))
         finally:
@@ -228,6 +244,7 @@ class Bridge:
             await asyncio.wait([committer], timeout=_DRAIN_S)
             committer.cancel()  # the registry is down too: redelivery is all that is left
             await asyncio.gather(committer, return_exceptions=True)
+            self._waiting[lane].clear()  # the broker holds them again
 
     # ---- one ingest step ---------------------------------------------------------------------
 
@@ -276,6 +293,7 @@ class Bridge:
                 self._over_limit(lane, refused)
             for batch in group.batches:
                 session.ack(batch)  # written everywhere: the broker may forget them
+            self._committed_now(lane, len(group.batches))
             await self._tell_gateways(session, group.delivered)
             pending.committed(group)
             async with self._progress:
@@ -428,12 +446,14 @@ class Bridge:
             try:
                 result = await call(*args, **kwargs)
             except (SinkError, StoreUnavailable) as exc:
+                self.links[what].failed(self.clock(), exc)
                 self._failed(what, exc)
                 stats.write_failures += 1
                 async with self._progress:
                     self._progress.notify_all()
                 await asyncio.sleep(backoff.next())
                 continue
+            self.links[what].ok(self.clock())
             self._recovered(what)
             return result
 
@@ -446,6 +466,54 @@ class Bridge:
     def _recovered(self, what: str) -> None:
         if self._outage.pop(what, False):
             logger.info("%s is back", what)
+
+    # ---- health ------------------------------------------------------------------------------
+
+    def _committed_now(self, lane: str, batches: int) -> None:
+        waiting = self._waiting[lane]
+        first = waiting[0] if waiting else None
+        for _ in range(min(batches, len(waiting))):
+            waiting.popleft()
+        if first is not None:
+            self._commit_delay_ms = self.clock() - first
+
+    def report(self) -> BridgeReport:
+        """What this bridge depends on, and how it is going, now."""
+        lanes = {}
+        for lane in LANES:
+            session = self.sessions.get(lane)
+            since = None if session is None else session.state.since
+            lanes[lane] = LaneState(connected=session is not None and session.state.connected,
+                                    since=None if since is None else int(since * 1000))  # fmt: skip
+        oldest = [w[0] for w in self._waiting.values() if w]
+        return BridgeReport(
+            bridge=self.cfg.client_id, at=self.clock(), lanes=lanes,
+            store="influx" if self.cfg.influx_url else "sqlite",
+            sink=self.links["sink"].state, registry=self.links["registry"].state,
+            oldest_uncommitted=min(oldest) if oldest else None,
+            commit_delay_ms=self._commit_delay_ms,
+        )  # fmt: skip
+
+    async def _heartbeat_loop(self) -> None:
+        """Write ``report`` to the registry database for registries in other processes; a
+        clean stop removes it (a crash leaves it to go stale: "not heard from")."""
+        refused = False
+        try:
+            while True:
+                try:
+                    async with self._registry_turn:
+                        await beat(self.store, self.report())
+                except StoreUnavailable as exc:  # the registry says "database down" itself
+                    logger.debug("heartbeat not written: %s", exc)
+                except StoreRejected as exc:  # an unmigrated database: ingest must go on
+                    level = logging.DEBUG if refused else logging.WARNING
+                    logger.log(level, "heartbeat refused by the registry: %s", exc)
+                    refused = True
+                await asyncio.sleep(self.cfg.heartbeat_s)
+        finally:
+            with contextlib.suppress(StoreUnavailable, StoreRejected, TimeoutError):
+                async with asyncio.timeout(self.cfg.heartbeat_s):
+                    await forget(self.store, self.cfg.client_id)
 
     # ---- housekeeping ------------------------------------------------------------------------
 

@@ -46,6 +46,9 @@ class BridgeConfig:
     gap_settle_s: float = 10.0
     """...and how old a number must be to be audited (every member has committed it by then)."""
     maintenance_s: float = 60.0
+    heartbeat_s: float = 2.0
+    """How often the bridge writes its health report to the registry database (for registries
+    in other processes, ``device_registry.health.centre``)."""
     clock_back_s: float = 7 * 24 * 3600.0
     """Times older than this before the centre's clock are refused (``core.ClockWindow``)."""
     clock_ahead_s: float = 300.0
