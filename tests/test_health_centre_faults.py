@@ -10,6 +10,7 @@ stopped: ``/health`` says database down."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import tempfile
@@ -20,21 +21,26 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from cloud_bridge import Bridge
 from cloud_bridge.app import bridge_metrics
 from cloud_bridge.sink_influx import InfluxSink
-from device_registry import RegistryStore
+from device_registry import Changes, RegistryStore
 from device_registry.db.tables import BridgeHeartbeat
 from device_registry.delivery.runtime import Delivery
+from device_registry.health.centre import BridgeReport, LaneState, LinkState
+from device_registry.health.store import beat
 from device_registry.http.app import build_app, serving
 from device_registry.http.auth import SYSTEM, Role, TokenRequest, issue
+from gridwatch.ground.contract import Birth, DeviceInfo, Location
 from gridwatch.top.sim.modbus import SimField
 from tests._central_helpers import bridge_config, bridge_process, now_ms, running
 from tests._ops_helpers import registry
 from tests.fieldkit import listen
 from tests.fieldkit import running as edge_running
 from tests.services import Mosquitto, Postgres, Victoria
+from tests.test_dashboard import CHROMIUM, FLAGS
 from tests.test_health_field import LAST, Centre, field_config, within
 from tests.test_metrics import scrape
 
@@ -371,3 +377,48 @@ async def test_a_heartbeat_this_registry_cannot_read_is_said_not_dropped(
         )
         (d,) = body["dependencies"][1:]
         assert d["reason"] == "its heartbeat is of another version: this registry cannot read it"
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed")
+async def test_the_dashboard_shows_the_failing_dependency_and_no_silent_device(
+    tmp_path: Path, artifacts: Path
+) -> None:
+    """A bridge not heard from for 16 s (its heartbeat stale), two devices without data for
+    15 s: the health page shows the dependency that fails and one centre card holding both
+    devices, none of them called silent."""
+    from playwright.async_api import async_playwright, expect
+
+    now = now_ms()
+    here = Location(district="futian", street="shennan-road", grid="FT-0042")
+    birth = Birth(gateway="gw1", session=1, ts=now, devices=["d1", "d2"], device_info=[
+        DeviceInfo(device=d, profile="water-level-ultrasonic", interval_s=1, location=here)
+        for d in ("d1", "d2")])  # fmt: skip
+    up = LaneState(connected=True, since=now - 60_000)
+    stale = BridgeReport(bridge="b-east", at=now - 16_000, lanes={"events": up, "telemetry": up},
+                         store="influx", sink=LinkState(), registry=LinkState())  # fmt: skip
+    async with registry(tmp_path) as reg:
+        await reg.store.apply(Changes(now=now, status=[birth]))
+        await reg.store.apply(Changes(now=now, device_seen={("gw1", d): now - 15_000
+                                                            for d in ("d1", "d2")}))  # fmt: skip
+        await beat(reg.store, stale)
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            try:
+                page = await browser.new_page(viewport={"width": 390, "height": 844})
+                await page.goto(f"{reg.url}/dashboard")
+                await page.fill("#token", reg.tokens[Role.MAINTENANCE])
+                await page.click("#login-form button[type=submit]")
+                deps = page.locator('[data-kind="dependencies"]')
+                await expect(deps.locator('[data-dependency="bridge b-east: bridge"]')).to_contain_text(
+                    "bridge b-east · bridge: down: no report since")  # fmt: skip
+                centre = page.locator('[data-problem="centre"]')
+                await expect(centre).to_contain_text("the centre is not ingesting since")
+                await expect(centre.locator("li[data-member]")).to_have_count(2)
+                await expect(page.locator("#health-summary")).to_have_text(
+                    "1 problem · 0 of 2 devices unhealthy (2 unknown: the centre is not "
+                    "ingesting) · 0 of 1 gateways unhealthy")  # fmt: skip
+                await expect(page.locator(".badge.silent")).to_have_count(0)
+                await page.screenshot(path=str(artifacts / "dashboard-health-centre.png"),
+                                      full_page=True)  # fmt: skip
+            finally:
+                await browser.close()
