@@ -81,7 +81,20 @@ def bridge_metrics(bridge: Bridge) -> list[metrics.Spec]:
     )
     specs.append(metrics.gauge("gridwatch_bridge_connected", "1 while every lane is subscribed",
                                lambda: float(bridge.connected.is_set())))  # fmt: skip
+    specs.append(metrics.gauge(
+        "gridwatch_bridge_store_failures", "Consecutive failed calls to each store (0: the last "
+        "one succeeded)", lambda: {k: v.state.failures for k, v in bridge.links.items()}, "store",
+    ))  # fmt: skip
+    specs.append(metrics.gauge("gridwatch_bridge_ingest_lag_seconds", "How long the oldest "
+                               "message received and not yet committed has waited",
+                               lambda: _lag_s(bridge)))  # fmt: skip
     return specs
+
+
+def _lag_s(bridge: Bridge) -> float:
+    report = bridge.report()
+    oldest = report.oldest_uncommitted
+    return 0.0 if oldest is None else max(0, report.at - oldest) / 1000
 
 
 def metrics_service(bridge: Bridge, host: str, port: int) -> Service:

@@ -21,14 +21,21 @@ the database does not take) is not an outage: retrying would refuse it forever a
 for every gateway. The step is then applied in halves until the messages the registry refuses are
 found; each is quarantined once (``store_refused``) and acknowledged with the rest, which is
 written (``_apply_apart``).
+
+What the bridge depends on is told by ``report`` (``device_registry.health.centre``): each
+lane's session, the two stores as its calls met them, the oldest message received and not yet
+committed. The registry in the same process reads it live; every ``heartbeat_s`` it is also
+written to the registry database for registries in other processes (``_heartbeat_loop``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import ParamSpec, TypeVar
@@ -48,6 +55,8 @@ from cloud_bridge.relay import FactsCache, fresh
 from cloud_bridge.sink import TelemetrySink
 from device_registry import Changes, RegistryStore, StoreUnavailable
 from device_registry.errors import StoreRejected
+from device_registry.health.centre import BridgeReport, LaneState, Link
+from device_registry.health.store import beat, forget
 from device_registry.ingest.changes import DeviceFacts
 from device_registry.ingest.seqaudit import Gap, closed
 from gridwatch.ground.backoff import Backoff
@@ -195,6 +204,11 @@ class Bridge:
         """The record of published transitions, open while the bridge runs."""
         self.relays = 0
         """Batches relayed because a step waited for the registry (``_relay``)."""
+        self.links = {"sink": Link(), "registry": Link()}
+        """How the bridge's calls met each store, for health reports."""
+        self._waiting: dict[str, deque[int]] = {lane: deque() for lane in LANES}
+        """Per lane, when each batch received and not yet committed was received (in order)."""
+        self._commit_delay_ms: int | None = None
 
     @property
     def stats(self) -> Stats:
@@ -307,6 +321,7 @@ class Bridge:
         try:
             while True:
                 batch = await _first(inbox.take(self.cfg.max_batch), committer, receiver)
+                self._waiting[lane].append(self.clock())
                 # watched while it writes too: a step waiting out a registry outage must not
                 # also wait out a lost broker session, or nothing is relayed until both are back
                 plan = await _first(
@@ -324,6 +339,7 @@ class Bridge:
             await asyncio.wait([committer], timeout=_DRAIN_S)
             committer.cancel()  # the registry is down too: redelivery is all that is left
             await asyncio.gather(committer, return_exceptions=True)
+            self._waiting[lane].clear()  # the broker holds them again
 
     async def _receive(self, session: Lane, lane: str, inbox: Inbox) -> None:
         while True:
@@ -525,6 +541,7 @@ class Bridge:
                 self._over_limit(lane, refused)
             for batch in group.batches:
                 session.ack(batch)  # written everywhere: the broker may forget them
+            self._committed_now(lane, len(group.batches))
             await self._tell_gateways(session, group.delivered)
             pending.committed(group)
             async with self._progress:
@@ -678,12 +695,14 @@ class Bridge:
             try:
                 result = await call(*args, **kwargs)
             except (SinkError, StoreUnavailable) as exc:
+                self.links[what].failed(self.clock(), exc)
                 self._failed(what, exc)
                 stats.write_failures += 1
                 async with self._progress:
                     self._progress.notify_all()
                 await asyncio.sleep(backoff.next())
                 continue
+            self.links[what].ok(self.clock())
             self._recovered(what)
             return result
 
@@ -702,6 +721,54 @@ class Bridge:
     def _failing_event(self, what: str) -> asyncio.Event:
         """Set while ``what``'s last call failed: a step that waits for it need not wait long."""
         return self._failing.setdefault(what, asyncio.Event())
+
+    # ---- health ------------------------------------------------------------------------------
+
+    def _committed_now(self, lane: str, batches: int) -> None:
+        waiting = self._waiting[lane]
+        first = waiting[0] if waiting else None
+        for _ in range(min(batches, len(waiting))):
+            waiting.popleft()
+        if first is not None:
+            self._commit_delay_ms = self.clock() - first
+
+    def report(self) -> BridgeReport:
+        """What this bridge depends on, and how it is going, now."""
+        lanes = {}
+        for lane in LANES:
+            session = self.sessions.get(lane)
+            since = None if session is None else session.state.since
+            lanes[lane] = LaneState(connected=session is not None and session.state.connected,
+                                    since=None if since is None else int(since * 1000))  # fmt: skip
+        oldest = [w[0] for w in self._waiting.values() if w]
+        return BridgeReport(
+            bridge=self.cfg.client_id, at=self.clock(), lanes=lanes,
+            store="influx" if self.cfg.influx_url else "sqlite",
+            sink=self.links["sink"].state, registry=self.links["registry"].state,
+            oldest_uncommitted=min(oldest) if oldest else None,
+            commit_delay_ms=self._commit_delay_ms,
+        )  # fmt: skip
+
+    async def _heartbeat_loop(self) -> None:
+        """Write ``report`` to the registry database for registries in other processes; a
+        clean stop removes it (a crash leaves it to go stale: "not heard from")."""
+        refused = False
+        try:
+            while True:
+                try:
+                    async with self._registry_turn:
+                        await beat(self.store, self.report())
+                except StoreUnavailable as exc:  # the registry says "database down" itself
+                    logger.debug("heartbeat not written: %s", exc)
+                except StoreRejected as exc:  # an unmigrated database: ingest must go on
+                    level = logging.DEBUG if refused else logging.WARNING
+                    logger.log(level, "heartbeat refused by the registry: %s", exc)
+                    refused = True
+                await asyncio.sleep(self.cfg.heartbeat_s)
+        finally:
+            with contextlib.suppress(StoreUnavailable, StoreRejected, TimeoutError):
+                async with asyncio.timeout(self.cfg.heartbeat_s):
+                    await forget(self.store, self.cfg.client_id)
 
     # ---- housekeeping ------------------------------------------------------------------------
 

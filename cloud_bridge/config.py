@@ -51,6 +51,9 @@ class BridgeConfig:
     the session and what it queued are gone, the other members take the whole stream, and the
     gateways send again what no bridge acknowledged (docs/central.md, "A member that stops")."""
     maintenance_s: float = 60.0
+    heartbeat_s: float = 2.0
+    """How often the bridge writes its health report to the registry database (for registries
+    in other processes, ``device_registry.health.centre``)."""
     clock_back_s: float = 7 * 24 * 3600.0
     """Times older than this before the centre's clock are refused (``core.ClockWindow``)."""
     clock_ahead_s: float = 300.0

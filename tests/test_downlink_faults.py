@@ -71,7 +71,10 @@ async def test_registering_works_again_after_a_long_broker_outage(
             assert r.status == 503
             body = await r.text()
         health = json.loads(body)
-        assert (health["status"], health["failing"]) == ("degraded", ["registry downlink"])
+        assert (health["status"], health["failing"]) == ("down", ["registry downlink"])
+        (session,) = [d for d in health["dependencies"] if d["name"] == "registry downlink"]
+        assert session["status"] == "down" and session["reason"].startswith("broker session "
+                                                                            "lost since")  # fmt: skip
         assert health["parts"]["registry downlink"]["connected"] is False
         assert str(b.mq.port) not in body and str(b.tls_port) not in body
         b.mq.proc = None

@@ -352,7 +352,8 @@ async def test_gateway_states_retired_never_connected_and_silent(tmp_path: Path)
         assert len(h["problems"]) == 3  # not one per device
         # q1 has no interval known (a bare birth): its gateway's silence is the finding
         assert h["summary"] == {"devices": 3, "devices_unhealthy": 2, "gateways": 3,
-                                "gateways_unhealthy": 3}  # fmt: skip
+                                "gateways_unhealthy": 3, "devices_unknown": 0,
+                                "gateways_unknown": 0}  # fmt: skip
 
         for gw in ("gw-old", "gw-new", "gw-quiet"):
             status, body = await reg.call("POST", f"/api/v1/gateways/{gw}/retire", Role.INSTALLER)

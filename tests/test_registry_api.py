@@ -139,11 +139,20 @@ async def test_registry_serves_alone_on_its_own_store(
 ) -> None:
     app = build_app(f"sqlite+aiosqlite:///{tmp_path}/r.db")
     async with serving(app, "127.0.0.1", 0) as url:
-        assert (await get(http, f"{url}/health")) == {
+        body = await get(http, f"{url}/health")
+        assert body["dependencies"][0].pop("reason").startswith("last success ")
+        assert body["dependencies"][0].pop("detail")["failures"] == 0
+        assert body == {
             "status": "ok",
             "database": "sqlite",
             "failing": [],
+            "dependencies": [
+                {"name": "database", "part": "registry", "status": "ok", "since": None},
+            ],
+            # alone, with no bridge in its process or heartbeat in its database: it says so
+            "bridges": "no bridge reports to this registry: none runs in this process and none "
+            "has written a heartbeat to its database in the last hour",
             "parts": {},
-        }
+        }  # fmt: skip
         assert await get(http, f"{url}/api/v1/devices") == []
         assert await get(http, f"{url}/api/v1/quarantine?limit=10") == []

@@ -274,7 +274,7 @@ async def test_a_database_outage_is_a_503_problem_and_health_says_degraded(
                 assert problem["type"] == "urn:gridwatch:problem:store-unavailable", problem
             async with reg.http.get(reg.url + "/health") as r:
                 assert r.status == 503 and r.content_type == "application/json"
-                assert strict_json(await r.text())["status"] == "degraded"
+                assert strict_json(await r.text())["status"] == "down"
     finally:
         if (pg.data / "postmaster.pid").exists():
             pg.stop()

@@ -372,3 +372,13 @@ class DeviceInfo(Base):
     interval_s: Mapped[float | None] = mapped_column(Float, default=None)
     firmware: Mapped[str] = mapped_column(String(64), default="")
     updated_at: Mapped[int] = mapped_column()
+
+
+class BridgeHeartbeat(Base):
+    """Each bridge's latest report of its dependencies (``health.centre.BridgeReport``),
+    written every few seconds: how a registry in another process knows them."""
+
+    __tablename__ = "bridge_heartbeats"
+    bridge_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    beat_at: Mapped[int] = mapped_column()
+    report: Mapped[dict[str, Any]] = mapped_column()

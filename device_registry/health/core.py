@@ -16,9 +16,15 @@ lifetime counters, the lifetime ratio is judged and the reason says so. A device
 its last ``Policy.recovered_polls`` (3) polls in a row is not failing reads, whatever the window
 says: the window then tells an intermittent device, not one recovered from an outage.
 
-``group_problems`` turns the assessments into one problem per root cause: a gateway that is
-offline, never connected or silent covers its devices; a bus that is down covers the devices on
-it; what is left is listed device by device.
+``group_problems`` turns the assessments into one problem per root cause: a centre that is not
+ingesting covers the devices and gateways it cannot judge; a gateway that is offline, never
+connected or silent covers its devices; a bus that is down covers the devices on it; what is left
+is listed device by device.
+
+The centre's own faults (``centre.py``): while it is not ingesting (a time-series store or a
+broker session down, ingestion behind), a device whose data stopped after that began is not
+silent but ``unknown``, "no data for 23 s: the centre is not ingesting (...)": the centre cannot
+tell its silence from its own. One that was silent before is silent still.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from device_registry.health.centre import Stall, clock
 from gridwatch.ground.contract import RECOVERED_POLLS
 
 
@@ -39,6 +46,8 @@ class Status(enum.StrEnum):
     """A device without data; a gateway connected but without a health report."""
     NEVER_CONNECTED = "never_connected"
     """A gateway registered by an installer that has not sent its birth message yet."""
+    UNKNOWN = "unknown"
+    """No recent data while the centre is not ingesting: it cannot tell a silence from its own."""
 
 
 @dataclass(frozen=True)
@@ -111,11 +120,13 @@ class Assessment:
         return self.status is Status.ONLINE and not self.reasons
 
 
-def assess_device(f: DeviceFacts, now: int, policy: Policy | None = None) -> Assessment:
+def assess_device(
+    f: DeviceFacts, now: int, policy: Policy | None = None, centre: Stall | None = None
+) -> Assessment:
     p = policy or Policy()
     rep = f.report or {}
     rate, why_rate = _success_rate(rep, f.clock_offset_ms)
-    status, reasons, since = _liveness(f, rep, now, p)
+    status, reasons, since = _liveness(f, rep, now, p, centre)
     failures = int(rep.get("consecutive_failures") or 0)
     if status is Status.ONLINE and failures:  # on its way to offline: show it now
         reasons.append(f"failing reads: the last {failures} failed")
@@ -127,7 +138,7 @@ def assess_device(f: DeviceFacts, now: int, policy: Policy | None = None) -> Ass
 
 
 def _liveness(
-    f: DeviceFacts, rep: dict[str, Any], now: int, p: Policy
+    f: DeviceFacts, rep: dict[str, Any], now: int, p: Policy, centre: Stall | None = None
 ) -> tuple[Status, list[str], int | None]:
     if not f.gateway_connected_once:
         return Status.OFFLINE, [f"gateway {f.gateway} never connected"], None
@@ -147,9 +158,24 @@ def _liveness(
         silent_for = now - (seen - f.clock_offset_ms)
         limit = int(f.interval_s * 1000 * p.silent_after_intervals) + p.silent_grace_ms
         if silent_for > limit:
+            last = seen - f.clock_offset_ms
+            if _centre_blind(centre, last, limit):
+                return Status.UNKNOWN, [_not_ingesting(silent_for, centre)], last
             reason = f"no data for {silent_for / 1000:.0f} s (expected every {f.interval_s:g} s)"
-            return Status.SILENT, [reason], seen - f.clock_offset_ms
+            return Status.SILENT, [reason], last
     return Status.ONLINE, [], None
+
+
+def _centre_blind(centre: Stall | None, last: int, limit: int) -> bool:
+    """Whether the centre's stall hides what came after ``last``: it began before the silence
+    would have been found. A silence found before it began stays a silence."""
+    return centre is not None and last + limit >= centre.since
+
+
+def _not_ingesting(quiet_ms: int, centre: Stall | None) -> str:
+    assert centre is not None
+    return (f"no data for {quiet_ms / 1000:.0f} s: the centre is not ingesting since "
+            f"{clock(centre.since)} ({centre.why})")  # fmt: skip
 
 
 def _recovered(rep: dict[str, Any], p: Policy) -> bool:
@@ -215,7 +241,9 @@ def clock_offset_ms(report_ts: int | None, received_at: int | None) -> int:
     return report_ts - received_at
 
 
-def assess_gateway(g: GatewayFacts, now: int, policy: Policy | None = None) -> Assessment:
+def assess_gateway(
+    g: GatewayFacts, now: int, policy: Policy | None = None, centre: Stall | None = None
+) -> Assessment:
     p = policy or Policy()
     if not g.connected_once:
         return Assessment(Status.NEVER_CONNECTED, ["never connected"])
@@ -225,7 +253,10 @@ def assess_gateway(g: GatewayFacts, now: int, policy: Policy | None = None) -> A
     interval = float(rep.get("interval_s") or g.report_interval_s)
     heard = g.received_at if g.received_at is not None else g.last_seen
     age = now - heard
-    if age > max(interval * p.report_stale_intervals, p.report_stale_min_s) * 1000:
+    limit = int(max(interval * p.report_stale_intervals, p.report_stale_min_s) * 1000)
+    if age > limit:
+        if _centre_blind(centre, heard, limit):
+            return Assessment(Status.UNKNOWN, [_not_ingesting(age, centre)], heard)
         # connected as far as the broker knows, yet its agent says nothing: stopped, hung, or
         # cut off in a way that did not fire its will
         why = (
@@ -246,7 +277,7 @@ def assess_gateway(g: GatewayFacts, now: int, policy: Policy | None = None) -> A
     return Assessment(Status.ONLINE, reasons)
 
 
-Kind = Literal["gateway", "bus", "device"]
+Kind = Literal["centre", "gateway", "bus", "device"]
 
 
 @dataclass(frozen=True)
@@ -255,7 +286,7 @@ class Problem:
 
     kind: Kind
     id: str
-    """The gateway id, ``gateway/bus``, or the device's registry id."""
+    """``centre``, the gateway id, ``gateway/bus``, or the device's registry id."""
     gateway: str
     status: str
     reason: str
@@ -280,16 +311,21 @@ _NOT_ANSWERING = ("is not answering", "are not answering")
 def group_problems(
     gateways: Sequence[tuple[GatewayFacts, Assessment]],
     devices: Sequence[tuple[DeviceFacts, Assessment]],
+    centre: Stall | None = None,
 ) -> list[Problem]:
-    """Root causes first (gateways, then buses), then each device no cause accounts for."""
-    sick = [(f, a) for f, a in devices if not a.healthy]
+    """Root causes first (the centre, gateways, then buses), then each device no cause accounts
+    for."""
+    out: list[Problem] = []
+    covered: set[str] = set()
+    if centre is not None:
+        out.append(_centre_problem(centre, gateways, devices))
+        covered.update(out[0].devices)
+    sick = [(f, a) for f, a in devices if not a.healthy and f.id not in covered]
     by_gw: dict[str, list[DeviceFacts]] = {}
     for f, _ in sick:
         by_gw.setdefault(f.gateway, []).append(f)
-    out: list[Problem] = []
-    covered: set[str] = set()
     for g, a in sorted(gateways, key=lambda ga: ga[0].id):
-        if a.healthy:
+        if a.healthy or a.status is Status.UNKNOWN:  # the centre's problem names it
             continue
         mine = by_gw.get(g.id, []) if a.status is not Status.ONLINE else []
         reason = "; ".join(a.reasons)
@@ -309,6 +345,21 @@ def group_problems(
     out += [Problem("device", f.id, f.gateway, a.status.value, "; ".join(a.reasons), a.since,
                     (f.id,), district=f.district, grid=f.grid) for f, a in rest]  # fmt: skip
     return out
+
+
+def _centre_problem(
+    centre: Stall,
+    gateways: Sequence[tuple[GatewayFacts, Assessment]],
+    devices: Sequence[tuple[DeviceFacts, Assessment]],
+) -> Problem:
+    blind = sorted(f.id for f, a in devices if a.status is Status.UNKNOWN)
+    gws = sum(a.status is Status.UNKNOWN for _, a in gateways)
+    reason = f"the centre is not ingesting since {clock(centre.since)}: {centre.why}"
+    counts = [f"{n} {what}{'s' if n != 1 else ''}"
+              for n, what in ((len(blind), "device"), (gws, "gateway")) if n]  # fmt: skip
+    if counts:
+        reason += f"; {' and '.join(counts)} without recent data cannot be judged"
+    return Problem("centre", "centre", "", "not_ingesting", reason, centre.since, tuple(blind))
 
 
 def _bus_problems(g: GatewayFacts, sick: list[DeviceFacts], covered: set[str]) -> list[Problem]:

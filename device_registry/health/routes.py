@@ -1,18 +1,33 @@
-"""The health endpoints: the liveness check, the health report, and a device's recent readings."""
+"""The health endpoints: the liveness check, the health report, and a device's recent readings.
+
+Both health endpoints start from the centre's dependencies (``centre.py``): ``/health`` lists
+them, the health report uses them to tell a centre that is not ingesting from silent devices.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from device_registry.errors import StoreUnavailable
-from device_registry.health.store import HealthFilter, health_report
-from device_registry.health.views import HealthReport, HealthView, ReadingPoint, ReadingsView
+from device_registry.health import centre
+from device_registry.health.centre import CentrePolicy, Dependency, Level
+from device_registry.health.store import HealthFilter, health_report, heartbeats
+from device_registry.health.views import (
+    CentreView,
+    DependencyView,
+    HealthReport,
+    HealthView,
+    ReadingPoint,
+    ReadingsView,
+)
 from device_registry.http.auth import PUBLIC, Role, roles
 from device_registry.http.routing import Route, json_reply, route
-from device_registry.http.state import HEALTH_PARTS, STORE, now_ms
+from device_registry.http.state import BRIDGES, DB_LINK, HEALTH_PARTS, STORE, now_ms
 from gridwatch.ground.contract import Value
 
 History = Callable[[str, str, str, int], Awaitable[list[tuple[int, Value, str]]]]
@@ -38,21 +53,90 @@ class ReadingsQuery(BaseModel):
                               "an hour ago.")  # fmt: skip
 
 
-@route("GET", "/health", PUBLIC, "Liveness and database check (503 when degraded)",
-       shows=HealthView)  # fmt: skip
-async def health(request: web.Request) -> web.Response:
-    # raw, not a problem when degraded: the same view, with a 503 for a load balancer
-    store = request.app[STORE]
-    parts = {name: report() for name, report in request.app[HEALTH_PARTS].items()}
-    failing = sorted(name for name, part in parts.items() if part.get("failing"))
+_OWN_DB = CentrePolicy(down_after_failures=1)  # a failed ping is the database down, now
+
+
+@dataclass
+class Dependencies:
+    found: list[Dependency] = field(default_factory=list)
+    database: str = ""
+    bridges: str = ""
+    """Where the bridges' state comes from, or why it is not known."""
+    known: bool = False
+    """Some bridge reports (live or by heartbeat): the centre's ingestion can be judged."""
+
+
+async def dependencies(app: web.Application, now: int, parts: dict[str, Any]) -> Dependencies:
+    """The registry's database (pinged), each bridge (live in this process, else its heartbeat),
+    the registry's own broker sessions (``parts`` that say whether they fail)."""
+    store, link, out = app[STORE], app[DB_LINK], Dependencies()
     try:
         await store.ping()
+        link.ok(now)
+        out.database = store.dialect
     except StoreUnavailable as exc:
-        view = HealthView(status="degraded", database=str(exc), failing=failing, parts=parts)
-        return json_reply(view.model_dump(mode="json"), 503)
-    view = HealthView(status="degraded" if failing else "ok", database=store.dialect,
-                      failing=failing, parts=parts)  # fmt: skip
-    return json_reply(view.model_dump(mode="json"), 503 if failing else 200)
+        link.failed(now, exc)
+    db = centre.judge_database(link.state, now, _OWN_DB)
+    out.found.append(db)
+    out.database = out.database or db.reason
+    live = [probe() for probe in app[BRIDGES]]
+    for r in live:
+        out.found += centre.judge_bridge(r, now)
+    out.bridges = "; ".join(f"bridge {r.bridge}: in this process (live)" for r in live)
+    if db.status is Level.OK:
+        try:
+            beats, unread = await heartbeats(store, now)
+        except StoreUnavailable:
+            beats, unread = [], []  # down since the ping: the next call says so
+        mine = {r.bridge for r in live}
+        others = [r for r in beats if r.bridge not in mine]
+        for r in others:
+            out.found += centre.judge_bridge(r, now, live=False)
+        out.found += [Dependency("bridge", f"bridge {b}", Level.DEGRADED, "its heartbeat is "
+                                 "of another version: this registry cannot read it")
+                      for b in unread if b not in mine]  # fmt: skip
+        if others:
+            out.bridges = "; ".join(filter(None, [out.bridges, f"{len(others)} other bridge(s) "
+                                                  "by their heartbeat in the database"]))  # fmt: skip
+        out.known = bool(live or others)
+    else:
+        out.known = bool(live)
+        out.bridges = "; ".join(filter(None, [out.bridges, "bridges in other processes cannot "
+                                              "be known while the database is down"]))  # fmt: skip
+    if not out.bridges:
+        out.bridges = ("no bridge reports to this registry: none runs in this process and none "
+                       "has written a heartbeat to its database in the last hour")  # fmt: skip
+    out.found += [_session(name, part) for name, part in parts.items() if "failing" in part]
+    return out
+
+
+def _session(name: str, part: dict[str, Any]) -> Dependency:
+    """One of the registry's broker sessions (its downlink, the platform publisher)."""
+    since = part.get("since")
+    at = None if since is None else int(float(since) * 1000)
+    if not part.get("failing"):
+        return Dependency(name, "registry", Level.OK, "connected" if part.get("connected")
+                          else "not connected (not needed: another process delivers)")  # fmt: skip
+    when = "" if at is None else f" since {centre.clock(at)}"
+    return Dependency(name, "registry", Level.DOWN, f"broker session lost{when}", at)
+
+
+@route("GET", "/health", PUBLIC, "The centre's dependencies, each ok, degraded or down (503 "
+       "unless all are ok)", shows=HealthView)  # fmt: skip
+async def health(request: web.Request) -> web.Response:
+    # raw, not a problem when degraded: the same view, with a 503 for a load balancer
+    parts = {name: report() for name, report in request.app[HEALTH_PARTS].items()}
+    deps = await dependencies(request.app, now_ms(), parts)
+    overall = centre.worst(d.status for d in deps.found)
+    view = HealthView(
+        status=overall.value, database=deps.database, bridges=deps.bridges,
+        failing=sorted(d.label for d in deps.found if d.status is not Level.OK),
+        dependencies=[DependencyView(name=d.name, part=d.part, status=d.status.value,
+                                     reason=d.reason, since=d.since, detail=d.detail)
+                      for d in deps.found],
+        parts=parts,
+    )  # fmt: skip
+    return json_reply(view.model_dump(mode="json"), 200 if overall is Level.OK else 503)
 
 
 # installers too: commissioning a cabinet ends with `gridwatch health --gateway G` coming up clean
@@ -61,7 +145,15 @@ async def health(request: web.Request) -> web.Response:
 async def get_health(request: web.Request, query: HealthQuery) -> HealthReport:
     f = HealthFilter(query.district, query.grid, query.gateway, query.profile,
                      unhealthy_only=query.unhealthy)  # fmt: skip
-    return await health_report(request.app[STORE], f, now_ms())
+    now = now_ms()
+    deps = await dependencies(request.app, now, {})
+    stalled = centre.stall(deps.found, now)
+    report = await health_report(request.app[STORE], f, now, centre=stalled)
+    report.centre = CentreView(
+        ingesting=stalled is None, reason="" if stalled is None else stalled.why,
+        since=None if stalled is None else stalled.since, known=deps.known,
+    )  # fmt: skip
+    return report
 
 
 @route("GET", "/api/v1/devices/{id}/readings",

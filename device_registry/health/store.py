@@ -9,6 +9,9 @@ give a report with ``healthy`` null and ``nothing_matches`` naming the values th
 
 A device's expected interval: the gateway's birth names it (``device_info``); a device registered
 by an installer with a profile but not yet born falls back to the profile catalogue.
+
+The bridges' heartbeats (``beat``, ``heartbeats``, ``forget``): each bridge's ``BridgeReport``,
+one row per bridge, so that a registry in another process knows their dependencies.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from pydantic import ValidationError
+from sqlalchemy import delete, select
 
 from device_registry.db.store import RegistryStore
 from device_registry.db.tables import (
+    BridgeHeartbeat,
     Device,
     DeviceInfo,
     Gateway,
@@ -30,6 +35,7 @@ from device_registry.db.tables import (
 )
 from device_registry.errors import Conflict, NotFound
 from device_registry.health import core as health
+from device_registry.health.centre import BridgeReport, Stall
 from device_registry.health.core import Assessment, DeviceFacts, GatewayFacts, Policy, Problem
 from device_registry.health.views import (
     DeviceHealthView,
@@ -63,22 +69,28 @@ def _profiles() -> dict[str, tuple[float, bool]]:
 
 
 async def health_report(
-    store: RegistryStore, f: HealthFilter, now: int, policy: Policy | None = None
-) -> HealthReport:
+    store: RegistryStore, f: HealthFilter, now: int, policy: Policy | None = None,
+    centre: Stall | None = None,
+) -> HealthReport:  # fmt: skip
+    """``centre``: since when, and why, the centre has not been ingesting (``centre.stall``)."""
     if f.gateway is not None:
         await _known_gateway(store, f.gateway)
     gws, devices = await _facts(store, f)
     if f.district or f.grid or f.profile:  # gateways only as far as the listed devices use them
         used = {d.gateway for d in devices}
         gws = {k: g for k, g in gws.items() if k in used}
-    judged_gws = [(g, health.assess_gateway(g, now, policy)) for g in gws.values()]
-    judged = [(d, health.assess_device(d, now, policy)) for d in devices]
-    problems = [_problem_view(p) for p in health.group_problems(judged_gws, judged)]
+    judged_gws = [(g, health.assess_gateway(g, now, policy, centre)) for g in gws.values()]
+    judged = [(d, health.assess_device(d, now, policy, centre)) for d in devices]
+    grouped = health.group_problems(judged_gws, judged, centre)
+    problems = [_problem_view(p) for p in grouped]
     gw_views = [_gateway_view(g, a) for g, a in judged_gws]
     dev_views = [_device_view(d, a) for d, a in judged]
     summary = HealthSummary(
-        devices=len(dev_views), devices_unhealthy=sum(not d.healthy for d in dev_views),
-        gateways=len(gw_views), gateways_unhealthy=sum(not g.healthy for g in gw_views),
+        devices=len(dev_views), gateways=len(gw_views),
+        devices_unhealthy=sum(not d.healthy and d.status != "unknown" for d in dev_views),
+        gateways_unhealthy=sum(not g.healthy and g.status != "unknown" for g in gw_views),
+        devices_unknown=sum(d.status == "unknown" for d in dev_views),
+        gateways_unknown=sum(g.status == "unknown" for g in gw_views),
     )  # fmt: skip
     if f.unhealthy_only:
         dev_views = [d for d in dev_views if not d.healthy]
@@ -246,3 +258,39 @@ def _problem_view(p: Problem) -> HealthProblem:
         since=p.since, devices=list(p.devices), bus=p.bus, address=p.address,
         district=p.district, grid=p.grid,
     )  # fmt: skip
+
+
+# ---- the bridges' heartbeats ---------------------------------------------------------------
+
+HEARTBEAT_KEEP_MS = 3_600_000
+"""A bridge not heard from for an hour is no longer listed (one stopped cleanly removes its row
+at once): a crashed bridge is reported down for that long, not for ever."""
+
+
+async def beat(store: RegistryStore, report: BridgeReport) -> None:
+    async with store.transaction() as s:
+        await s.merge(BridgeHeartbeat(bridge_id=report.bridge, beat_at=report.at,
+                                      report=report.model_dump(mode="json")))  # fmt: skip
+
+
+async def forget(store: RegistryStore, bridge: str) -> None:
+    """A bridge that stops cleanly: it is no longer part of the centre."""
+    async with store.transaction() as s:
+        await s.execute(delete(BridgeHeartbeat).where(BridgeHeartbeat.bridge_id == bridge))
+
+
+async def heartbeats(store: RegistryStore, now: int) -> tuple[list[BridgeReport], list[str]]:
+    """The bridges' latest reports, of the last hour; and the ids of those whose row this
+    version cannot read (another version's bridge)."""
+    async with store.transaction() as s:
+        rows = await s.scalars(
+            select(BridgeHeartbeat).where(BridgeHeartbeat.beat_at > now - HEARTBEAT_KEEP_MS)
+            .order_by(BridgeHeartbeat.bridge_id)
+        )  # fmt: skip
+        out, unread = [], []
+        for row in rows:
+            try:
+                out.append(BridgeReport.model_validate(row.report))
+            except ValidationError:
+                unread.append(row.bridge_id)
+    return out, unread

@@ -8,16 +8,41 @@ from pydantic import BaseModel, Field
 
 from device_registry.http.values import Served
 
+Level = Literal["ok", "degraded", "down"]
+
+
+class DependencyView(BaseModel):
+    """One thing the centre depends on, as one part of it sees it."""
+
+    name: str = Field(description="broker, database, time-series store (telemetry history "
+                      "with the embedded one), ingest lag, bridge (a bridge not heard from), "
+                      "or a registry session (registry downlink, platform publisher).")  # fmt: skip
+    part: str = Field(description="Whose view: registry, or bridge <id>.")
+    status: Level
+    reason: str = Field(description="In plain words; an error by its kind, never its text.")
+    since: int | None = Field(default=None, description="When the trouble began (epoch ms).")
+    detail: dict[str, Any] = Field(default_factory=dict, description="The facts judged: a "
+                                   "store's ok_at, failures, failing_since, error; each lane's "
+                                   "connected and since; the lag's oldest_uncommitted and "
+                                   "commit_delay_ms (epoch ms, ms).")  # fmt: skip
+
 
 class HealthView(BaseModel):
-    """``degraded`` (HTTP 503) when the database cannot be reached or a part of this process is
-    failing: the bridge's broker sessions, the registry's downlink session (without it gateways
-    cannot be registered, retired or commanded), the platform publisher while this process is
-    the one delivering. A part still making its first connection is not failing yet."""
+    """The worst of the dependencies decides: ``ok`` (HTTP 200), else ``degraded`` or ``down``
+    (HTTP 503). Dependencies: the registry database; each bridge's broker sessions, its
+    time-series store, the registry database as its writes met it, its ingest lag (a bridge in
+    this process live, one elsewhere from its heartbeat in the database); the registry's
+    downlink session (without it gateways cannot be registered, retired or commanded), the
+    platform publisher while this process is the one delivering. A part still making its first
+    connection is not failing yet."""
 
-    status: Literal["ok", "degraded"]
-    database: str
-    failing: list[str] = Field(default_factory=list, description="The parts that are failing.")
+    status: Level
+    database: str = Field(description="The dialect, or why the database cannot be reached.")
+    failing: list[str] = Field(default_factory=list,
+                               description="The dependencies that are not ok, by label.")  # fmt: skip
+    dependencies: list[DependencyView] = Field(default_factory=list)
+    bridges: str = Field(default="", description="Where the bridges' state comes from, or why "
+                         "it is not known.")  # fmt: skip
     parts: dict[str, Any] = Field(
         default_factory=dict,
         description="What each part of the process reports: connected, since (epoch s), "
@@ -33,7 +58,10 @@ class DeviceHealthView(BaseModel):
     grid: str
     profile: str
     firmware: str
-    status: Literal["online", "offline", "silent"]
+    status: Literal["online", "offline", "silent", "unknown"] = Field(
+        description="unknown: no recent data while the centre is not ingesting (its reason "
+        "says why): the centre cannot tell whether the device is silent."
+    )
     healthy: bool
     reasons: list[str]
     since: int | None = Field(description="When the trouble began (centre clock, epoch ms).")
@@ -48,10 +76,11 @@ class DeviceHealthView(BaseModel):
 
 class GatewayHealthView(BaseModel):
     id: str
-    status: Literal["online", "offline", "silent", "never_connected"] = Field(
+    status: Literal["online", "offline", "silent", "never_connected", "unknown"] = Field(
         description="offline from its death message until its next birth; never_connected "
         "until its first birth; silent while connected without a health report for three of "
-        "its report periods."
+        "its report periods; unknown when that silence began while the centre was not "
+        "ingesting."
     )
     healthy: bool
     reasons: list[str]
@@ -70,11 +99,13 @@ class GatewayHealthView(BaseModel):
 
 
 class HealthProblem(BaseModel):
-    """One root cause: a gateway (offline, never connected, silent, or with findings), a bus
+    """One root cause: the centre not ingesting (status ``not_ingesting``: it covers the devices
+    it cannot judge), a gateway (offline, never connected, silent, or with findings), a bus
     that is down, or a device that no gateway or bus accounts for."""
 
-    kind: Literal["gateway", "bus", "device"]
-    id: str = Field(description="Gateway id, 'gateway/bus', or the device's registry id.")
+    kind: Literal["centre", "gateway", "bus", "device"]
+    id: str = Field(description="'centre', gateway id, 'gateway/bus', or the device's registry "
+                    "id.")  # fmt: skip
     gateway: str
     status: str
     reason: str = Field(description="One line, naming the cause and how many devices it covers.")
@@ -91,6 +122,9 @@ class HealthSummary(BaseModel):
     devices_unhealthy: int
     gateways: int = Field(description="Gateways checked (retired ones are not).")
     gateways_unhealthy: int
+    devices_unknown: int = Field(default=0, description="Devices the centre cannot judge while "
+                                 "it is not ingesting (not counted as unhealthy).")  # fmt: skip
+    gateways_unknown: int = 0
 
 
 class NothingMatches(BaseModel):
@@ -102,7 +136,19 @@ class NothingMatches(BaseModel):
     )
 
 
+class CentreView(BaseModel):
+    """Whether the centre is ingesting, so that no data is not taken for silent devices."""
+
+    ingesting: bool
+    reason: str = Field(description="Why not, in plain words (the first dependency that "
+                        "keeps readings from the registry); empty while ingesting.")  # fmt: skip
+    since: int | None = Field(default=None, description="Not ingesting since (epoch ms).")
+    known: bool = Field(description="False when no bridge reports to this registry (none in "
+                        "its process, no heartbeat in its database): it cannot tell.")  # fmt: skip
+
+
 class HealthReport(BaseModel):
+    centre: CentreView | None = None
     healthy: bool | None = Field(
         description="True when there is no problem; null when the filters match nothing "
         "(see nothing_matches)."
@@ -111,7 +157,7 @@ class HealthReport(BaseModel):
     unhealthy: int = Field(description="How many problems (root causes): len(problems).")
     summary: HealthSummary
     problems: list[HealthProblem] = Field(
-        description="One per root cause: gateways, then buses, then single devices."
+        description="One per root cause: the centre, gateways, then buses, then single devices."
     )
     devices: list[DeviceHealthView] = Field(description="Unhealthy first.")
     gateways: list[GatewayHealthView] = Field(description="Unhealthy first.")

@@ -32,13 +32,21 @@ from device_registry.delivery import routes as delivery_routes
 from device_registry.delivery.runtime import Delivery, delivery_ctx, delivery_metrics, end_streams
 from device_registry.errors import RegistryError
 from device_registry.health import routes as health
+from device_registry.health.centre import Link
 from device_registry.http import access, dashboard
 from device_registry.http.auth import AUTH_STORE, PUBLIC, authenticate
 from device_registry.http.limits import CONNECTION_LOG, ServerLimits
 from device_registry.http.openapi import document
 from device_registry.http.problems import problem_answers
 from device_registry.http.routing import Route, add_routes, route
-from device_registry.http.state import HEALTH_PARTS, STORE, HealthPart
+from device_registry.http.state import (
+    BRIDGES,
+    DB_LINK,
+    HEALTH_PARTS,
+    STORE,
+    BridgeProbe,
+    HealthPart,
+)
 from device_registry.ingest import routes as ingest
 from device_registry.inventory import routes as inventory
 from device_registry.inventory.configgen import Uplink
@@ -61,8 +69,10 @@ def build_app(
     health_parts: dict[str, HealthPart] | None = None,
     installers: InstallerSettings | None = None,
     delivery: Delivery | None = None,
+    bridges: list[BridgeProbe] | None = None,
 ) -> web.Application:
-    """The API on its own store (``db_url``) or on one the caller owns (``store``)."""
+    """The API on its own store (``db_url``) or on one the caller owns (``store``); ``bridges``:
+    those running in this process, whose dependencies ``/health`` reports live."""
     if (db_url is None) == (store is None):
         raise ValueError("give build_app a db_url or a store, not both")
     d = delivery or Delivery()
@@ -71,6 +81,8 @@ def build_app(
     )
     app[AUTH_STORE] = lambda: app[STORE]
     app[HEALTH_PARTS] = dict(health_parts or {})  # the rooms add theirs as they start
+    app[BRIDGES] = list(bridges or [])
+    app[DB_LINK] = Link()
     if d.history is not None:
         app[health.HISTORY] = d.history
     registry = metrics.registry_of(*delivery_metrics(app), *d.extra_metrics)

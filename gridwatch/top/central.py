@@ -63,19 +63,21 @@ class Central:
         bridge = self.bridge
         if bridge is None:
             return {"connected": False}
-        # no broker address here: /health is public (the address is in the start-up log)
+        # no broker address here: /health is public (the address is in the start-up log);
+        # whether it fails is judged from ``bridge.report`` (``bridges=`` below)
         return {
             "connected": bridge.connected.is_set(),
             "lanes": {lane: s.state.report() for lane, s in bridge.sessions.items()},
-            "failing": any(s.state.failing for s in bridge.sessions.values()),
             **bridge.stats.as_dict(),
         }
 
     def _registry_service(self, store: RegistryStore) -> Service:
         async def service(ready: asyncio.Event) -> None:
             installers = installer_settings(self.args, self.cfg.mqtt_host, self.cfg.mqtt_protocol)
+            assert self.bridge is not None
             app = build_app(store=store, health_parts={"bridge": self._bridge_health},
-                            installers=installers, delivery=self._delivery())  # fmt: skip
+                            installers=installers, delivery=self._delivery(),
+                            bridges=[self.bridge.report])  # fmt: skip
             tls = tls_from(self.args)
             async with serving(app, self.args.http_host, self.args.http_port, tls) as url:
                 self.registry_url = url

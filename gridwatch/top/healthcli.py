@@ -1,15 +1,18 @@
 """``gridwatch health``: what is unhealthy in the field, from the registry API.
 
-Problems are printed one per root cause, as the registry groups them: a gateway offline, never
-connected or silent (with the devices it accounts for), a bus that is down (with its devices),
-then single devices by district and grid cell.
+Problems are printed one per root cause, as the registry groups them: the centre when it is not
+ingesting (the devices it cannot judge are counted under it, not called silent), a gateway
+offline, never connected or silent (with the devices it accounts for), a bus that is down (with
+its devices), then single devices by district and grid cell.
 
 Exit status, so scripts and monitoring can act on it: 0 means "checked something and all of it is
 healthy"; 1 when there is one problem or more, and also when there was nothing to check (a
 gateway that is not registered or is retired, a district, grid or profile no registered device
 has), so a mistyped id is never told all is well; 2 for a URL that is no URL; 3 when the registry
-cannot be reached (or refuses the token). It talks to the registry through the installer's client (``installer.Api``): the
-same options, the same one-line errors.
+cannot be reached (or refuses the token), and when the centre is not ingesting (a store or a
+broker session down, ingestion behind): the field cannot be judged, retry later. It talks to the
+registry through the installer's client (``installer.Api``): the same options, the same one-line
+errors.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from typing import Any, TextIO
 from gridwatch.top.installer import TOKEN_ENV, URL_HELP, Api, BadOption, Refused, Unreachable
 
 HEALTHY, UNHEALTHY, UNREACHABLE = 0, 1, 3
+CENTRE_DEGRADED = UNREACHABLE
+"""The centre is not ingesting: as with a registry out of reach, the answer is "retry later"."""
 NOTHING_CHECKED = 1
 USAGE = 2
 _PLURAL = {"district": "districts", "grid": "grids", "profile": "profiles"}
@@ -62,6 +67,12 @@ def render(report: dict[str, Any], show_all: bool, out: TextIO) -> None:
     devices = {d["id"]: d for d in report["devices"]}
     last = None
     for p in problems:
+        if p["kind"] == "centre":
+            print(f"\ncentre: {_status(p['status'])}: {p['reason']}", file=out)
+            if show_all:  # else one line: the whole field, each "unknown" for the same reason
+                for dev_id in p["devices"]:
+                    print(f"  {dev_id:<28} unknown", file=out)
+            continue
         if p["kind"] == "device":
             where = (p["district"] or "-", p["grid"] or "-")
             if where != last:
@@ -90,8 +101,10 @@ def summary_line(report: dict[str, Any]) -> str:
     s = report["summary"]
     n = len(report.get("problems", []))
     head = "healthy" if n == 0 else "1 problem" if n == 1 else f"{n} problems"
-    return (f"{head}: {s['devices_unhealthy']} of {s['devices']} devices unhealthy; "
-            f"{s['gateways_unhealthy']} of {s['gateways']} gateways unhealthy")  # fmt: skip
+    dev_unknown = f", {s['devices_unknown']} unknown" if s.get("devices_unknown") else ""
+    gw_unknown = f", {s['gateways_unknown']} unknown" if s.get("gateways_unknown") else ""
+    return (f"{head}: {s['devices_unhealthy']} of {s['devices']} devices unhealthy{dev_unknown}; "
+            f"{s['gateways_unhealthy']} of {s['gateways']} gateways unhealthy{gw_unknown}")  # fmt: skip
 
 
 def nothing_line(nothing: dict[str, Any]) -> str:
@@ -139,5 +152,7 @@ def main(args: argparse.Namespace) -> int:
         render(report, args.all, sys.stdout)
     if report.get("healthy") is None:
         return NOTHING_CHECKED
+    if any(p["kind"] == "centre" for p in report["problems"]):
+        return CENTRE_DEGRADED
     # the groups decide: a registry that finds no root cause has nothing for a crew to do
     return UNHEALTHY if report["problems"] else HEALTHY

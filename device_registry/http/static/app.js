@@ -217,12 +217,14 @@ function deviceCard(d) {
 // its devices listed inside it; single devices get their own card
 function problemCard(p, devices) {
   const cls = p.status === "online" ? "unhealthy" : p.status === "never_connected" ? "offline" : p.status;
-  const title = p.kind === "bus" ? `bus ${p.bus} · gateway ${p.gateway}` : `gateway ${p.gateway}`;
+  const title = p.kind === "centre" ? "the centre"
+    : p.kind === "bus" ? `bus ${p.bus} · gateway ${p.gateway}` : `gateway ${p.gateway}`;
   const members = p.devices.map((id) => {
     const d = devices.get(id);
+    // under the centre every device's reason is the centre's: said once, in the card
     return h("li", { "data-member": id },
       h("a", { href: `#/device/${encodeURIComponent(id)}` }, d ? d.device : id),
-      d && d.reasons.length ? ` · ${d.reasons.join("; ")}` : "");
+      d && d.reasons.length && p.kind !== "centre" ? ` · ${d.reasons.join("; ")}` : "");
   });
   return h("article", { class: `card ${cls}`, "data-problem": p.id, "data-kind": p.kind },
     h("h5", {}, title, " ", h("span", { class: `badge ${cls}` }, p.status.replace("_", " "))),
@@ -254,8 +256,20 @@ function byPlace(title, list) {
   return parts;
 }
 
+// the centre's own dependencies (public /health: 503 unless all are ok), shown only when one
+// is not ok, so that frozen values are not read as silent devices
+async function dependencyCard() {
+  const body = await fetch("/health").then((r) => r.json()).catch(() => null);
+  if (!body || body.status === "ok") return null;
+  const bad = body.dependencies.filter((d) => d.status !== "ok");
+  return h("article", { class: "card not_ingesting", "data-kind": "dependencies" },
+    h("h5", {}, "the centre's dependencies ", h("span", { class: "badge not_ingesting" }, body.status)),
+    h("ul", { class: "reasons" }, ...bad.map((d) =>
+      h("li", { "data-dependency": `${d.part}: ${d.name}` }, `${d.part} · ${d.name}: ${d.status}: ${d.reason}`))));
+}
+
 async function loadHealth() {
-  const hr = await api("/api/v1/health");
+  const [hr, deps] = await Promise.all([api("/api/v1/health"), dependencyCard()]);
   state.health = hr;
   const s = hr.summary, devices = new Map(hr.devices.map((d) => [d.id, d]));
   const causes = hr.problems.filter((p) => p.kind !== "device");
@@ -264,11 +278,12 @@ async function loadHealth() {
   // devices and gateways are counted apart, never added together
   $("#health-summary").textContent =
     `${n === 0 ? "no problems" : n === 1 ? "1 problem" : `${n} problems`} · ` +
-    `${s.devices_unhealthy} of ${s.devices} devices unhealthy · ` +
+    `${s.devices_unhealthy} of ${s.devices} devices unhealthy` +
+    `${s.devices_unknown ? ` (${s.devices_unknown} unknown: the centre is not ingesting)` : ""} · ` +
     `${s.gateways_unhealthy} of ${s.gateways} gateways unhealthy`;
-  const parts = [];
+  const parts = deps ? [h("div", { class: "cards" }, deps)] : [];
   if (causes.length) {
-    parts.push(h("h2", { class: "group" }, "Gateways and buses"),
+    parts.push(h("h2", { class: "group" }, "Root causes"),
                h("div", { class: "cards" }, ...causes.map((p) => problemCard(p, devices))));
   }
   if (single.length) parts.push(...byPlace("Unhealthy", single));
