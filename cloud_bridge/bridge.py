@@ -231,6 +231,7 @@ class Bridge:
                 for lane in LANES:
                     tg.create_task(self._mqtt_loop(lane), name=f"bridge-{lane}")
                 tg.create_task(self._maintenance_loop(), name="bridge-maintenance")
+                tg.create_task(self._heartbeat_loop(), name="bridge-heartbeat")
                 if self.cfg.share_group:
                     tg.create_task(self._audit_loop(), name="bridge-gap-audit")
         finally:
