@@ -50,6 +50,7 @@ from gridwatch.ground.contract import (
     encode_acks,
 )
 from gridwatch.ground.mqttsession import MqttSession
+from gridwatch.ground.outage import Outage
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class Bridge:
         self._progress = asyncio.Condition()
         self.sessions: dict[str, MqttSession] = {}
         """Each lane's MQTT session (its ``state`` for health reports)."""
-        self._outage: dict[str, bool] = {}
+        self._outage: dict[str, Outage] = {}
         self._committed = {lane: Stats() for lane in LANES}
         self._audit = Stats()  # gaps the shared audit found: counted when its claim commits
         self._poison = Stats()  # what the registry refused as it applied: messages, devices
@@ -438,14 +439,14 @@ class Bridge:
             return result
 
     def _failed(self, what: str, exc: Exception) -> None:
-        # first failure of an outage at ERROR, repeats at DEBUG, recovery at INFO
-        level = logging.DEBUG if self._outage.get(what) else logging.ERROR
-        self._outage[what] = True
-        logger.log(level, "%s unavailable (messages stay unacknowledged): %s", what, exc)
+        # first failure of an outage at ERROR, repeats at DEBUG, its end at INFO: the one helper
+        if what not in self._outage:
+            self._outage[what] = Outage(logger, "bridge", what, "messages stay unacknowledged")
+        self._outage[what].failed(exc)
 
     def _recovered(self, what: str) -> None:
-        if self._outage.pop(what, False):
-            logger.info("%s is back", what)
+        if what in self._outage:
+            self._outage[what].ok()
 
     # ---- housekeeping ------------------------------------------------------------------------
 

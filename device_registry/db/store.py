@@ -1,7 +1,9 @@
 """The registry store: what the bridge writes and the API reads, over SQLAlchemy async.
 
 One class, the same code on SQLite and PostgreSQL; only the upsert construct is per dialect.
-Every public method converts SQLAlchemy/driver errors into ``StoreUnavailable``.
+Every public method converts SQLAlchemy/driver errors into ``StoreUnavailable`` (an outage:
+retry later) or ``StoreRejected`` (the database refused this statement), as ``faults.py`` judges
+them by SQLSTATE and type.
 """
 
 from __future__ import annotations
@@ -14,13 +16,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from sqlalchemy import Select, and_, case, delete, func, select, update
-from sqlalchemy.exc import (
-    DBAPIError,
-    InterfaceError,
-    OperationalError,
-    SQLAlchemyError,
-)
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -29,6 +25,7 @@ from device_registry.alerts.views import AlertView
 from device_registry.alerts.views import alert as alert_view
 from device_registry.db import migrate
 from device_registry.db.engine import make_engine, upsert
+from device_registry.db.faults import Fault, classify
 from device_registry.db.tables import (
     Alert,
     AlertTransition,
@@ -93,18 +90,18 @@ class RegistryStore:
 
     @asynccontextmanager
     async def _errors(self) -> AsyncIterator[None]:
+        """Database errors as ours: an outage (``StoreUnavailable``: retry later) or a refusal
+        (``StoreRejected``), judged by SQLSTATE and type in ``faults.py``, each in one line."""
         try:
             yield
-        except (OperationalError, InterfaceError, PoolTimeout, OSError, TimeoutError) as exc:
-            raise StoreUnavailable(f"{self.dialect} store unavailable: {exc}") from exc
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise StoreUnavailable(f"{self.dialect} connection lost: {exc}") from exc
-            raise StoreRejected(f"{self.dialect} refused: {exc}") from exc
-        except SQLAlchemyError as exc:
-            raise StoreRejected(f"{self.dialect} store: {exc}") from exc
-        except OverflowError as exc:  # sqlite3 binds an int beyond 64 bits this way, unwrapped
-            raise StoreRejected(f"{self.dialect} refused a number: {exc}") from exc
+        except (SQLAlchemyError, OSError, TimeoutError, OverflowError) as exc:
+            # OverflowError: sqlite3 binds an int beyond 64 bits this way, unwrapped
+            verdict = classify(exc)
+            if verdict.fault is Fault.OUTAGE:
+                raise StoreUnavailable(
+                    f"{self.dialect} database unavailable: {verdict.reason}"
+                ) from exc
+            raise StoreRejected(f"{self.dialect} refused: {verdict.reason}") from exc
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncSession]:
