@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequen
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from sqlalchemy import Select, and_, case, delete, func, select, update
+from sqlalchemy import Select, and_, case, delete, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
@@ -497,10 +497,13 @@ class RegistryStore:
         """Filtered, in id order; ``retired=None`` lists retired and active devices alike."""
         q = _device_query()
         for column, value in ((Device.gateway_id, gateway), (Site.district_id, district),
-                              (Site.grid, grid), (Device.profile, profile),
-                              (Device.status, status)):  # fmt: skip
+                              (Site.grid, grid), (Device.status, status)):  # fmt: skip
             if value is not None:
                 q = q.where(column == value)
+        if profile is not None:  # the profile the view shows: the installer's, else the birth's
+            born = select(DeviceInfo.device_id).where(DeviceInfo.profile == profile)
+            unset = or_(Device.profile.is_(None), Device.profile == "")
+            q = q.where(or_(Device.profile == profile, and_(unset, Device.id.in_(born))))
         if retired is not None:
             q = q.where(Device.retired_at.is_not(None) if retired else Device.retired_at.is_(None))
         if limit is not None:
@@ -532,10 +535,7 @@ class RegistryStore:
         registered, else the one its gateway's birth named."""
         if self.profiles is None or not view.values:
             return view
-        name = view.profile
-        if name is None:
-            name = await s.scalar(select(DeviceInfo.profile).where(DeviceInfo.device_id == view.id))
-        profile = self.profiles().get(name or "")
+        profile = self.profiles().get(view.profile or "")
         if profile is None:
             return view
         points: Mapping[str, Point] = profile.points
@@ -612,8 +612,12 @@ async def _device_views(s: AsyncSession, q: _DeviceRows) -> list[DeviceView]:
     rows = (await s.execute(q)).all()
     ids = [row[0].id for row in rows]
     readings: dict[str, list[LatestReading]] = {}
+    born: dict[str, str] = {}  # the profile each device's gateway named in its birth
     for i in range(0, len(ids), _ID_CHUNK):
         chunk = ids[i : i + _ID_CHUNK]
         for r in await s.scalars(select(LatestReading).where(LatestReading.device_id.in_(chunk))):
             readings.setdefault(r.device_id, []).append(r)
-    return [views.device(d, site, readings.get(d.id, [])) for d, site in rows]
+        info = select(DeviceInfo.device_id, DeviceInfo.profile)
+        born.update((i, p) for i, p in await s.execute(info.where(DeviceInfo.device_id.in_(chunk))))
+    return [views.device(d, site, readings.get(d.id, []), born.get(d.id))
+            for d, site in rows]  # fmt: skip
