@@ -71,6 +71,7 @@ from gridwatch.ground.contract import (
     encode_acks,
 )
 from gridwatch.ground.mqttsession import MqttSession, SessionSettings
+from gridwatch.ground.outage import Outage
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ class Bridge:
         self._progress = asyncio.Condition()
         self.sessions: dict[str, MqttSession] = {}
         """Each lane's MQTT session (its ``state`` for health reports)."""
-        self._outage: dict[str, bool] = {}
+        self._outage: dict[str, Outage] = {}
         self._committed = {lane: Stats() for lane in LANES}
         self._audit = Stats()  # gaps the shared audit found: counted when its claim commits
         self._unfilled: list[Gap] = []
@@ -518,10 +519,12 @@ class Bridge:
         return True
 
     def _ledger_failed(self, exc: LocalStoreError) -> None:
-        level = logging.DEBUG if self._outage.get("ledger") else logging.ERROR
-        self._outage["ledger"] = True
-        logger.log(level, "%s; alerts are published all the same (a bridge restart may "
-                   "publish one twice)", exc)  # fmt: skip
+        if "ledger" not in self._outage:
+            self._outage["ledger"] = Outage(
+                logger, "bridge", "ledger",
+                "alerts are published all the same (a bridge restart may publish one twice)",
+            )  # fmt: skip
+        self._outage["ledger"].failed(exc)
 
     async def _commit_loop(self, session: Lane, lane: str, pending: Pending) -> None:
         """Apply each group of steps in one transaction, then acknowledge its messages."""
@@ -708,16 +711,16 @@ class Bridge:
             return result
 
     def _failed(self, what: str, exc: Exception) -> None:
-        # first failure of an outage at ERROR, repeats at DEBUG, recovery at INFO
-        level = logging.DEBUG if self._outage.get(what) else logging.ERROR
-        self._outage[what] = True
+        # first failure of an outage at ERROR, repeats at DEBUG, its end at INFO: the one helper
+        if what not in self._outage:
+            self._outage[what] = Outage(logger, "bridge", what, "messages stay unacknowledged")
+        self._outage[what].failed(exc)
         self._failing_event(what).set()
-        logger.log(level, "%s unavailable (messages stay unacknowledged): %s", what, exc)
 
     def _recovered(self, what: str) -> None:
         self._failing_event(what).clear()
-        if self._outage.pop(what, False):
-            logger.info("%s is back", what)
+        if what in self._outage:
+            self._outage[what].ok()
 
     def _failing_event(self, what: str) -> asyncio.Event:
         """Set while ``what``'s last call failed: a step that waits for it need not wait long."""

@@ -1,9 +1,11 @@
 """Errors of the device registry.
 
     RegistryError                 base of everything raised here
-    ├── StoreUnavailable          the database cannot be reached (connection, timeout): retry
+    ├── StoreUnavailable          the database cannot be reached or cannot work now (connection,
+    │                             timeout, shutting down or starting up, deadlock): retry
     ├── StoreRejected             the database refused a statement (a bug, bad data): retrying
     │                             the same thing will not help
+    │                             (``db/faults.py`` tells the two apart by SQLSTATE and type)
     ├── NotFound                  no such gateway/device/alert (``kind``, ``key``)
     ├── Ambiguous                 a short device id matches devices of several gateways
     ├── Invalid                   a request the registry refuses: ``problems`` = [(field path,

@@ -45,6 +45,20 @@ def postgres() -> Iterator[Postgres]:
 
 
 @pytest.fixture
+def own_postgres() -> Iterator[Postgres]:
+    """A PostgreSQL of one test's own, to stop and start under the centre (the session's is
+    shared by every test)."""
+    workdir = Path(tempfile.mkdtemp(prefix="gridwatch-pg-own-"))
+    pg = Postgres(workdir).start()
+    try:
+        yield pg
+    finally:
+        if (pg.data / "postmaster.pid").exists():
+            pg.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
 def pg_url(postgres: Postgres) -> str:
     """A fresh, empty PostgreSQL database for one test."""
     return postgres.create_database("t_" + uuid.uuid4().hex[:12])

@@ -248,9 +248,14 @@ class Postgres:
         )  # fmt: skip
         return self.url(name)
 
-    def stop(self, mode: str = "immediate") -> None:
-        """``immediate``: as in a crash; ``fast``: a clean shutdown (clients told 57P01/57P03)."""
-        self._as_postgres(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "stop")
+    def stop(self, mode: str = "immediate", wait: bool = True) -> None:
+        """``mode``: immediate (a crash), fast (an administrator's restart: sessions end with
+        57P01), smart (new sessions refused with 57P03 until the open ones end); ``wait``:
+        return when it has stopped, else at once."""
+        self._as_postgres(
+            str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode,
+            *(() if wait else ("-W",)), "stop",
+        )  # fmt: skip
 
 
 def _pg_bindir() -> Path:

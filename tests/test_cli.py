@@ -30,7 +30,7 @@ from tests._ops_helpers import Registry, now_ms, registry, smoke
 from tests.services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
+OK, FAILED, USAGE, UNREACHABLE, REFUSED = 0, 1, 2, 3, 4  # docs/cli.md: 3 is "retry later"
 
 
 @dataclass
@@ -170,10 +170,11 @@ async def test_missing_or_rejected_token_says_what_to_set(reg: Registry) -> None
     hint = "set GRIDWATCH_TOKEN or use --token; an admin creates one with `gridwatch token create"
     for argv in (["gateway", "list"], ["health"], ["alert", "list"]):
         missing = await gridwatch(*argv, "--url", reg.url)
-        assert missing.code in (FAILED, UNREACHABLE) and "no API token: " + hint in missing.err
+        assert missing.code == REFUSED and "no API token: " + hint in missing.err
         assert "Authorization" not in missing.err, missing
         wrong = await gridwatch(*argv, "--url", reg.url, token="not-a-token")
         assert "does not know this API token" in wrong.err and hint in wrong.err, wrong
+        assert wrong.code == REFUSED, wrong
         assert wrong.err.count("\n") == 1, wrong
 
 
@@ -186,7 +187,7 @@ async def test_an_admin_creates_a_token_that_works(reg: Registry) -> None:
     assert listed.code == OK, listed
     # an installer cannot make tokens: refused, in the registry's words, once
     refused = await gridwatch("token", "create", "--role", "admin", "--url", reg.url, token=token)
-    assert refused.code == FAILED and "403" in refused.err, refused
+    assert refused.code == REFUSED and "403" in refused.err, refused
 
 
 # ---- errors said once, in plain words ----------------------------------------------------------
@@ -217,12 +218,12 @@ async def test_each_field_error_is_said_once_in_plain_words(reg: Registry) -> No
     ran = await gridwatch("gateway", "add", "gw1", "--url", reg.url,
                           "--bus", "type=modbus_tcp,id=cab,host=10.0.0.5,port=abc",
                           token=reg.tokens[Role.INSTALLER])  # fmt: skip
-    assert ran.code == FAILED, ran
+    assert ran.code == REFUSED, ran
     assert ran.err.count("buses.0.modbus_tcp.port") + ran.err.count("buses.0.port") == 1, ran.err
     # a validator's own words, without pydantic's "Value error," and no field for a whole query
     bad = await gridwatch("alert", "list", "--stage", "bogus", "--url", reg.url,
                           token=reg.tokens[Role.OPERATOR])  # fmt: skip
-    assert bad.code == FAILED and bad.err.count("stage must be among") == 1, bad
+    assert bad.code == REFUSED and bad.err.count("stage must be among") == 1, bad
     assert "Value error" not in bad.err, bad
     status, body = await reg.call("GET", "/api/v1/alerts/lifecycle?stage=bogus", Role.OPERATOR)
     assert status == 422 and "Value error" not in json.dumps(body), body
@@ -233,7 +234,7 @@ async def test_each_field_error_is_said_once_in_plain_words(reg: Registry) -> No
     dev = await gridwatch("device", "add", "gw1", "wl-1", "--profile", "water-level-ultrasonic",
                           "--bus", "nope", "--unit-id", "1", "--url", reg.url,
                           token=reg.tokens[Role.INSTALLER])  # fmt: skip
-    assert dev.code == FAILED and "'nope'" in dev.err and dev.err.count("\n") == 2, dev
+    assert dev.code == REFUSED and "'nope'" in dev.err and dev.err.count("\n") == 2, dev
     assert "(top level)" not in dev.err and "Value error" not in dev.err, dev
 
 
@@ -347,7 +348,7 @@ async def test_alert_list_filters_and_actions(reg: Registry) -> None:
     assert ack.code == OK and "acknowledged" in ack.out, ack
     assert await listed("--stage", "acknowledged") == {"a-fut"}
     again = await gridwatch("alert", "ack", "a-fut", "--url", reg.url, token=token)
-    assert again.code == FAILED and "409" in again.err, again
+    assert again.code == REFUSED and "409" in again.err, again
     # the detector stops seeing smoke: only now may the alert be resolved and closed
     await reg.ingest(smoke("a-fut", district="futian", state=AlertState.CLEARED))
     for action, stage in (("resolve", "resolved"), ("close", "closed")):
@@ -362,13 +363,13 @@ async def test_an_operator_overrides_a_broken_sensor(reg: Registry) -> None:
     await reg.ingest(smoke("a-dead"))
     token = reg.tokens[Role.OPERATOR]
     refused = await gridwatch("alert", "resolve", "a-dead", "--url", reg.url, token=token)
-    assert refused.code == FAILED and "resolve with override and say why" in refused.err, refused
+    assert refused.code == REFUSED and "resolve with override and say why" in refused.err, refused
     bare = await gridwatch("alert", "resolve", "a-dead", "--override", "--url", reg.url,
                            token=token)  # fmt: skip
     assert bare.code == USAGE and "--override needs --note saying why" in bare.err, bare
     short = await gridwatch("alert", "resolve", "a-dead", "--override", "--note", "broken",
                             "--url", reg.url, token=token)  # fmt: skip
-    assert short.code == FAILED and "at least 15 characters saying why" in short.err, short
+    assert short.code == REFUSED and "at least 15 characters saying why" in short.err, short
     why = "detector destroyed by the water"
     done = await gridwatch("alert", "resolve", "a-dead", "--override", "--note", why, "--url",
                            reg.url, token=token)  # fmt: skip

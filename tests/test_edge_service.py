@@ -145,7 +145,7 @@ async def test_edge_status_with_the_broker_stopped_then_after_a_crash(
 
             edge.stop(signal.SIGKILL)  # a crash: the status file stays, the pid is gone
             code, report = await asyncio.to_thread(edge_status, path, tmp_path)
-            assert code == 3 and report["agent"] == "not running"
+            assert code == 1 and report["agent"] == "not running"  # bad news: docs/cli.md
             assert report["problems"][0].startswith("agent not running (last status ")
             assert report["problems"][0].endswith(
                 ": it crashed, was killed, or the box lost power)"
@@ -198,12 +198,12 @@ async def test_sighup_reloads_a_valid_config_and_keeps_the_running_one_on_a_brok
             assert edge.stop() == 0
             notify.close()
     code, report = await asyncio.to_thread(edge_status, path, tmp_path)
-    assert code == 3 and report["problems"][0].startswith("agent not running (stopped cleanly ")
+    assert code == 1 and report["problems"][0].startswith("agent not running (stopped cleanly ")
 
 
 def test_the_status_of_an_agent_that_never_ran(tmp_path: Path, prefix: str) -> None:
     _, _, path = gateway_config(tmp_path, 1, prefix)
     code, report = edge_status(path, tmp_path)
-    assert code == 3 and report["problems"][0] == "agent not running (never wrote a status)"
+    assert code == 1 and report["problems"][0] == "agent not running (never wrote a status)"
     assert any("no outbox yet" in p for p in report["problems"])
     assert not os.path.exists(tmp_path / "outbox.db")  # the reader creates nothing

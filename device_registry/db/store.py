@@ -1,7 +1,9 @@
 """The registry store: what the bridge writes and the API reads, over SQLAlchemy async.
 
 One class, the same code on SQLite and PostgreSQL; only the upsert construct is per dialect.
-Every public method converts SQLAlchemy/driver errors into ``StoreUnavailable``.
+Every public method converts SQLAlchemy/driver errors into ``StoreUnavailable`` (an outage:
+retry later) or ``StoreRejected`` (the database refused this statement), as ``faults.py`` judges
+them by SQLSTATE and type.
 """
 
 from __future__ import annotations
@@ -15,14 +17,8 @@ from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequen
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from sqlalchemy import Select, and_, case, delete, func, select, update
-from sqlalchemy.exc import (
-    DBAPIError,
-    InterfaceError,
-    OperationalError,
-    SQLAlchemyError,
-)
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy import Select, and_, case, delete, func, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -31,6 +27,7 @@ from device_registry.alerts.views import AlertView
 from device_registry.alerts.views import alert as alert_view
 from device_registry.db import migrate
 from device_registry.db.engine import make_engine, upsert
+from device_registry.db.faults import Fault, classify
 from device_registry.db.tables import (
     Alert,
     AlertTransition,
@@ -112,18 +109,18 @@ class RegistryStore:
 
     @asynccontextmanager
     async def _errors(self) -> AsyncIterator[None]:
+        """Database errors as ours: an outage (``StoreUnavailable``: retry later) or a refusal
+        (``StoreRejected``), judged by SQLSTATE and type in ``faults.py``, each in one line."""
         try:
             yield
-        except (OperationalError, InterfaceError, PoolTimeout, OSError, TimeoutError) as exc:
-            raise StoreUnavailable(f"{self.dialect} store unavailable: {exc}") from exc
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise StoreUnavailable(f"{self.dialect} connection lost: {exc}") from exc
-            raise StoreRejected(f"{self.dialect} refused: {exc}") from exc
-        except SQLAlchemyError as exc:
-            raise StoreRejected(f"{self.dialect} store: {exc}") from exc
-        except OverflowError as exc:  # sqlite3 binds an int beyond 64 bits this way, unwrapped
-            raise StoreRejected(f"{self.dialect} refused a number: {exc}") from exc
+        except (SQLAlchemyError, OSError, TimeoutError, OverflowError) as exc:
+            # OverflowError: sqlite3 binds an int beyond 64 bits this way, unwrapped
+            verdict = classify(exc)
+            if verdict.fault is Fault.OUTAGE:
+                raise StoreUnavailable(
+                    f"{self.dialect} database unavailable: {verdict.reason}"
+                ) from exc
+            raise StoreRejected(f"{self.dialect} refused: {verdict.reason}") from exc
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncSession]:
@@ -568,10 +565,13 @@ class RegistryStore:
         """Filtered, in id order; ``retired=None`` lists retired and active devices alike."""
         q = _device_query()
         for column, value in ((Device.gateway_id, gateway), (Site.district_id, district),
-                              (Site.grid, grid), (Device.profile, profile),
-                              (Device.status, status)):  # fmt: skip
+                              (Site.grid, grid), (Device.status, status)):  # fmt: skip
             if value is not None:
                 q = q.where(column == value)
+        if profile is not None:  # the profile the view shows: the installer's, else the birth's
+            born = select(DeviceInfo.device_id).where(DeviceInfo.profile == profile)
+            unset = or_(Device.profile.is_(None), Device.profile == "")
+            q = q.where(or_(Device.profile == profile, and_(unset, Device.id.in_(born))))
         if retired is not None:
             q = q.where(Device.retired_at.is_not(None) if retired else Device.retired_at.is_(None))
         if limit is not None:
@@ -603,10 +603,7 @@ class RegistryStore:
         registered, else the one its gateway's birth named."""
         if self.profiles is None or not view.values:
             return view
-        name = view.profile
-        if name is None:
-            name = await s.scalar(select(DeviceInfo.profile).where(DeviceInfo.device_id == view.id))
-        profile = self.profiles().get(name or "")
+        profile = self.profiles().get(view.profile or "")
         if profile is None:
             return view
         points: Mapping[str, Point] = profile.points
@@ -683,8 +680,12 @@ async def _device_views(s: AsyncSession, q: _DeviceRows) -> list[DeviceView]:
     rows = (await s.execute(q)).all()
     ids = [row[0].id for row in rows]
     readings: dict[str, list[LatestReading]] = {}
+    born: dict[str, str] = {}  # the profile each device's gateway named in its birth
     for i in range(0, len(ids), _ID_CHUNK):
         chunk = ids[i : i + _ID_CHUNK]
         for r in await s.scalars(select(LatestReading).where(LatestReading.device_id.in_(chunk))):
             readings.setdefault(r.device_id, []).append(r)
-    return [views.device(d, site, readings.get(d.id, [])) for d, site in rows]
+        info = select(DeviceInfo.device_id, DeviceInfo.profile)
+        born.update((i, p) for i, p in await s.execute(info.where(DeviceInfo.device_id.in_(chunk))))
+    return [views.device(d, site, readings.get(d.id, []), born.get(d.id))
+            for d, site in rows]  # fmt: skip

@@ -26,6 +26,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from device_registry.db.faults import classify
+from gridwatch.ground.outage import Outage
+
 logger = logging.getLogger(__name__)
 
 _LEASE_KEY = 0x67726465  # any constant, apart from the migrations' lock
@@ -36,6 +39,8 @@ class DeliveryLease:
         self.engine = engine
         self.retry_s = retry_s
         self.held = False
+        self.outage = Outage(logger, "delivery lease", "database connection",
+                             "this process delivers nothing until it holds the lease again")  # fmt: skip
 
     @contextlib.asynccontextmanager
     async def holding(self) -> AsyncIterator[asyncio.Future[None]]:
@@ -52,9 +57,10 @@ class DeliveryLease:
         while True:
             conn = await self._try_connect()
             if conn is not None:
-                if await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": _LEASE_KEY}):
+                if await self._try_lock(conn):
                     break
-                await conn.close()
+                with contextlib.suppress(SQLAlchemyError, OSError):
+                    await conn.close()
             await asyncio.sleep(self.retry_s)
         lost = asyncio.get_running_loop().create_future()
         watch = asyncio.create_task(self._watch(conn, lost))
@@ -70,10 +76,23 @@ class DeliveryLease:
 
     async def _try_connect(self) -> AsyncConnection | None:
         try:
-            return await self.engine.connect()
+            conn = await self.engine.connect()
         except (SQLAlchemyError, OSError) as exc:
-            logger.debug("delivery lease: no database connection: %s", exc)
+            self.outage.failed(classify(exc).reason)
             return None
+        self.outage.ok()
+        return conn
+
+    async def _try_lock(self, conn: AsyncConnection) -> bool:
+        """Whether this connection took the lock; a connection lost meanwhile did not (it was
+        an unguarded call once, and its error ended delivery in this process for good)."""
+        try:
+            return bool(
+                await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": _LEASE_KEY})
+            )
+        except (SQLAlchemyError, OSError) as exc:
+            self.outage.failed(classify(exc).reason)
+            return False
 
     async def _watch(self, conn: AsyncConnection, lost: asyncio.Future[None]) -> None:
         while True:
@@ -81,7 +100,7 @@ class DeliveryLease:
             try:
                 await conn.scalar(text("SELECT 1"))
             except (SQLAlchemyError, OSError) as exc:
-                logger.error("delivery lease lost with the database connection: %s", exc)
+                self.outage.failed(f"lease lost: {classify(exc).reason}")
                 lost.set_result(None)
                 return
 

@@ -18,10 +18,12 @@ import aiomqtt
 
 from device_registry.alerts.store import OpsStore
 from device_registry.delivery.feed import FeedSignal
+from device_registry.errors import StoreUnavailable
 from device_registry.inventory.downlink import BrokerSettings
 from gridwatch.ground.contract import Topics
 from gridwatch.ground.endpoints import parse_endpoints
 from gridwatch.ground.mqttsession import MqttSession, SessionSettings
+from gridwatch.ground.outage import Outage
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +38,8 @@ class PlatformPublisher:
         self.ops, self.signal, self.target = ops, signal, target
         self.topics = Topics(target.prefix)
         self.published = 0
+        self.outage = Outage(logger, "platform publisher", "registry database",
+                             "the broker session stays up, nothing new to publish")  # fmt: skip
         t = target
         self.mqtt = MqttSession(
             SessionSettings(endpoints=parse_endpoints(t.host, t.port, t.tls), client_id=t.client_id,
@@ -49,19 +53,29 @@ class PlatformPublisher:
         return self.mqtt.state.connected
 
     async def run(self) -> None:
-        if await self.ops.cursor(CURSOR) is None:  # first start: from now on, not the history
-            await self.ops.set_cursor(CURSOR, await self.ops.last_seq())
+        while True:  # a database away at start delays the publisher; it does not end it
+            with self.outage.guard(StoreUnavailable, catch=StoreUnavailable):
+                if await self.ops.cursor(CURSOR) is None:  # first start: from now on
+                    await self.ops.set_cursor(CURSOR, await self.ops.last_seq())
+                break
+            await self.signal.wait()
         await self.mqtt.run(self._pump)
 
     async def _pump(self, client: aiomqtt.Client) -> None:
         while True:
-            cursor = await self.ops.cursor(CURSOR) or 0
-            for event in await self.ops.feed(cursor):
-                if event.kind not in SKIPPED:
-                    topic = self.topics.platform(event.kind, event.district, event.category,
-                                                 event.severity)  # fmt: skip
-                    payload = json.dumps(event.payload, separators=(",", ":"))
-                    await client.publish(topic, payload, qos=1)  # returns on the PUBACK
-                    self.published += 1
-                await self.ops.set_cursor(CURSOR, event.seq)
+            # a database outage is the registry's, not the broker's: the session stays up (a
+            # broker error still ends it, and the session helper reconnects)
+            with self.outage.guard(StoreUnavailable, catch=StoreUnavailable):
+                await self._publish_new(client)
             await self.signal.wait()
+
+    async def _publish_new(self, client: aiomqtt.Client) -> None:
+        cursor = await self.ops.cursor(CURSOR) or 0
+        for event in await self.ops.feed(cursor):
+            if event.kind not in SKIPPED:
+                topic = self.topics.platform(event.kind, event.district, event.category,
+                                             event.severity)  # fmt: skip
+                payload = json.dumps(event.payload, separators=(",", ":"))
+                await client.publish(topic, payload, qos=1)  # returns on the PUBACK
+                self.published += 1
+            await self.ops.set_cursor(CURSOR, event.seq)

@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from device_registry.alerts.store import OpsStore
-from device_registry.delivery.escalator import escalate_forever
+from device_registry.delivery.escalator import escalate_forever, escalation_outage
 from device_registry.delivery.feed import FeedSignal
 from device_registry.delivery.lease import DeliveryLease
 from device_registry.delivery.mqtt_out import PlatformPublisher
@@ -87,9 +87,12 @@ async def _running(app: web.Application, d: Delivery) -> AsyncIterator[None]:
         if d.mqtt is not None:
             ops.publisher = publisher = PlatformPublisher(store, signal, d.mqtt)
 
+        clock_outage = escalation_outage()
+
         def jobs() -> list[tuple[str, Coroutine[Any, Any, None]]]:
             out = [("webhooks", ops.dispatcher.run()),
-                   ("escalation", escalate_forever(store, d.escalate_every_s))]  # fmt: skip
+                   ("escalation", escalate_forever(store, d.escalate_every_s,
+                                                   outage=clock_outage))]  # fmt: skip
             if ops.publisher is not None:
                 out.append(("platform-publisher", ops.publisher.run()))
             return out

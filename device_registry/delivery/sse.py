@@ -31,6 +31,8 @@ from aiohttp import web
 
 from device_registry.alerts.store import FeedEvent, OpsStore, matches
 from device_registry.delivery.feed import FeedSignal
+from device_registry.errors import StoreUnavailable
+from gridwatch.ground.outage import Outage
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +90,9 @@ class SseHub:
         self._reader: asyncio.Task[None] | None = None
         self._warden: asyncio.Task[None] | None = None
         self._starting = asyncio.Lock()
+        self.feed_outage = Outage(logger, "alert stream", "feed", "streams wait")
+        self.token_outage = Outage(logger, "alert stream", "token check",
+                                   "revoked tokens are cut off when it is back")  # fmt: skip
 
     @property
     def clients(self) -> int:
@@ -157,19 +162,13 @@ class SseHub:
 
     async def _read(self) -> None:
         """The one feed reader; it stops when the last stream has gone."""
-        failing = False
         while self._subs:
-            try:
+            # the reader's outermost loop: streams wait, it tries again
+            with self.feed_outage.guard(StoreUnavailable):
                 batch = await self.ops.feed(self.cursor, PAGE)
-            except Exception:  # the reader's outermost loop: streams wait, it tries again
-                logger.log(logging.DEBUG if failing else logging.ERROR,
-                           "alert stream cannot read the feed", exc_info=True)  # fmt: skip
-                failing = True
+            if self.feed_outage.down:
                 await self.signal.wait()
                 continue
-            if failing:
-                logger.info("alert stream reads the feed again")
-                failing = False
             if batch:
                 self.cursor = batch[-1].seq
                 for sub in self._subs:
@@ -179,19 +178,13 @@ class SseHub:
 
     async def _watch(self, revoked: Revoked) -> None:
         """Ends the streams whose token was revoked; it stops when the last stream has gone."""
-        failing = False
         while self._subs:
             await asyncio.sleep(self.recheck_s)  # a period, not a wait for something
-            try:
+            # the warden's outermost loop: it asks again next period
+            with self.token_outage.guard(StoreUnavailable):
                 gone = await revoked({sub.key for sub in self._subs})
-            except Exception:  # the warden's outermost loop: it asks again next period
-                logger.log(logging.DEBUG if failing else logging.ERROR,
-                           "alert stream cannot check its clients' tokens", exc_info=True)  # fmt: skip
-                failing = True
+            if self.token_outage.down:
                 continue
-            if failing:
-                logger.info("alert stream checks its clients' tokens again")
-                failing = False
             for sub in self._subs:
                 if sub.key in gone:
                     sub.revoked = True

@@ -37,8 +37,9 @@ from sqlalchemy import select
 from device_registry.alerts.store import FeedEvent, OpsStore, matches
 from device_registry.db.tables import Webhook
 from device_registry.delivery.feed import FeedSignal
-from device_registry.errors import RegistryError
+from device_registry.errors import RegistryError, StoreUnavailable
 from gridwatch.ground.backoff import Backoff
+from gridwatch.ground.outage import Outage
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +193,9 @@ class WebhookDispatcher:
         self.delivered = 0
         self.failed_attempts = 0
         self.dead = 0
+        self.outage = Outage(logger, "webhook delivery", "registry database", "deliveries wait")
+        """The lister's and every worker's: one line when the database goes, one when it is
+        back, not one per poll and subscription (``gridwatch.ground.outage``)."""
 
     async def run(self) -> None:
         """One worker per active subscription; new and deleted subscriptions are picked up."""
@@ -199,7 +203,11 @@ class WebhookDispatcher:
         await self._reseal()
         try:
             while True:
-                hooks = {h.id: h for h in await self._hooks()}
+                listed = await self._hooks()
+                if listed is None:  # the database is away: the workers stay as they are
+                    await self.signal.wait()
+                    continue
+                hooks = {h.id: h for h in listed}
                 for gone in set(workers) - set(hooks):
                     workers.pop(gone).cancel()
                 for hid in set(hooks) - set(workers):
@@ -213,7 +221,7 @@ class WebhookDispatcher:
     async def _reseal(self) -> None:
         """Seal plain-text secrets (and those under an older key) with the current key, once,
         when delivery starts; say which secrets cannot be opened (their hooks cannot sign)."""
-        try:
+        with self.outage.guard(StoreUnavailable):
             async with self.ops.store.transaction() as s:
                 for hook in await s.scalars(select(Webhook).with_for_update()):
                     try:
@@ -225,24 +233,20 @@ class WebhookDispatcher:
                     if sealed is not None:
                         hook.secret = sealed
                         logger.info("webhook %d: secret encrypted at rest", hook.id)
-        except Exception:  # delivery goes on with what is stored; the next start tries again
-            logger.exception("cannot encrypt the stored webhook secrets")
+        # failed: delivery goes on with what is stored; the next start tries again
 
-    async def _hooks(self) -> list[Webhook]:
-        try:
+    async def _hooks(self) -> list[Webhook] | None:
+        """The active subscriptions; None when they cannot be read (the loop outlives a
+        database outage: the next poll tries again)."""
+        with self.outage.guard(StoreUnavailable):
             return await self.ops.webhooks(active_only=True)
-        except Exception:  # the loop outlives a database outage; the next poll tries again
-            logger.exception("cannot list webhook subscriptions")
-            return []
+        return None
 
     async def _worker(self, hook_id: int) -> None:
         while True:
-            try:
+            # the task's outermost loop: log (an outage once), wait, go on from the cursor
+            with self.outage.guard(StoreUnavailable):
                 await self._drain(hook_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the task's outermost loop: log, wait, go on from the cursor
-                logger.exception("webhook %d delivery failed", hook_id)
             await self.signal.wait()
 
     async def _drain(self, hook_id: int) -> None:

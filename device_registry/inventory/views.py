@@ -54,7 +54,11 @@ class DeviceView(BaseModel):
     # what an installer registered (empty for a device only auto-registered from telemetry)
     registered: bool = False
     retired: bool = False
-    profile: str | None = None
+    profile: str | None = Field(
+        default=None,
+        description="The installer's, else the one the "
+        "gateway's birth names; null when neither names one.",
+    )
     bus: str | None = None
     unit_id: int | None = None
     address: str = ""
@@ -135,7 +139,11 @@ class IssuedGateway(GatewayView):
     mqtt: MqttAccount
 
 
-def device(d: Device, site: Site | None, readings: list[LatestReading]) -> DeviceView:
+def device(
+    d: Device, site: Site | None, readings: list[LatestReading], born_profile: str | None = None
+) -> DeviceView:
+    """``born_profile``: the profile the gateway's birth named for the device, shown when no
+    installer registered one (a device its gateway added by naming it has only that)."""
     where = located(site, (d.lat, d.lon))
     lat, lon, district, grid, street = (
         where.lat,
@@ -153,7 +161,7 @@ def device(d: Device, site: Site | None, readings: list[LatestReading]) -> Devic
         values={r.point: PointValue(value=r.value, unit=r.unit, quality=r.quality, ts=r.ts,
                                     historical=r.historical) for r in readings},
         health=d.health, registered=d.registered_at is not None, retired=d.retired_at is not None,
-        profile=d.profile, bus=d.bus, unit_id=d.unit_id, address=d.address or "",
+        profile=d.profile or born_profile or None, bus=d.bus, unit_id=d.unit_id, address=d.address or "",
         street=street or "", lat=lat, lon=lon,
         coordinates=cast(Literal["device", "site", "none"], source),
         install_date=d.install_date, firmware=d.firmware or "",

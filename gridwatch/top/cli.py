@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from gridwatch.ground import logfmt
-from gridwatch.top import edgestatus, healthcli
+from gridwatch.top import edgestatus, exits, healthcli
 from gridwatch.top.centralopts import add_role
 from gridwatch.top.extras import missing_extras
 
@@ -56,17 +56,17 @@ EXTRAS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("bridge", "run"): ("central",),
     ("demo",): ("all",),
 }
-MISSING_EXTRA = 2
+MISSING_EXTRA = exits.USAGE
 """Exit status of a command whose extra is not installed: argparse's, for a command that cannot
 run as asked."""
-CLOSED_STDOUT = 141
+CLOSED_STDOUT = exits.CLOSED_STDOUT
 """Exit status when the reader of our output went away (``gridwatch health | head -3``): 128 +
 SIGPIPE, what a shell reports for a Unix tool that SIGPIPE ended, so ``set -o pipefail`` scripts
 tell it from a failure the command itself met."""
 PROBE_EXIT_CODES = (
     "exit status: 0 read; 1 nothing answered (cannot connect, no answer in time, a garbled "
     "answer, or a converter saying the unit behind it is silent: 0x0A/0x0B); 2 bad arguments "
-    "or profile; 3 the unit answered with a Modbus exception (it refused)"
+    "or profile; 4 the unit answered with a Modbus exception (it refused)"
 )
 """gridwatch/top/probe.py's codes; here so that building the parser does not load pymodbus."""
 
@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     installer.add_parsers(sub)
     registrycli.add_parsers(sub)
 
-    health = sub.add_parser("health", help="what is unhealthy in the field (exit 0/1/3)")
+    health = sub.add_parser("health", help="what is unhealthy in the field (exit 0/1/2/3/4)")
     healthcli.add_arguments(health)
 
     demo = sub.add_parser("demo", help="a simulated district, end to end, on this machine")

@@ -11,10 +11,20 @@ import sys
 import time
 from pathlib import Path
 
-from edge.status import judge, pid_alive, read_outbox, read_status, render, status_path
+from edge.status import (
+    EXIT_NOT_RUNNING,
+    judge,
+    pid_alive,
+    read_outbox,
+    read_status,
+    render,
+    status_path,
+)
+from gridwatch.top import exits
 
 EXIT_CODES = ("exit status: 0 healthy; 1 problems (uplink down, a device failing, the agent "
-              "hung or unhealthy); 2 the config cannot be read; 3 the agent is not running")  # fmt: skip
+              "hung, unhealthy or not running: --json's agent says which); 2 the config cannot "
+              "be read. The table of every command: docs/cli.md")  # fmt: skip
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
         cfg, _ = load_gateway(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        return 2
+        return exits.USAGE
     outbox = Path(args.outbox or cfg.outbox.path)
     outbox = outbox if outbox.is_absolute() else Path(os.getcwd()) / outbox
     status = read_status(status_path(outbox))
@@ -45,12 +55,15 @@ def main(args: argparse.Namespace) -> int:
     report = judge(status, alive, direct, now)
     if why:
         report.problems.append(why)
+    # a stopped agent is bad news like any other problem, not "retry later" (3 in the table of
+    # every command, gridwatch.top.exits)
+    code = exits.BAD_NEWS if report.exit == EXIT_NOT_RUNNING else report.exit
     if args.json:
-        print(json.dumps({"exit": report.exit, "agent": report.running,
+        print(json.dumps({"exit": code, "agent": report.running,
                           "problems": report.problems, "status": report.status,
                           "outbox": report.outbox}, indent=1))  # fmt: skip
     else:
         if status is None:
             print(f"no status file at {status_path(outbox)}")
         print(render(report, now))
-    return report.exit
+    return code

@@ -9,10 +9,11 @@ Exit status, so scripts and monitoring can act on it: 0 means "checked something
 healthy"; 1 when there is one problem or more, and also when there was nothing to check (a
 gateway that is not registered or is retired, a district, grid or profile no registered device
 has), so a mistyped id is never told all is well; 2 for a URL that is no URL; 3 when the registry
-cannot be reached (or refuses the token), and when the centre is not ingesting (a store or a
-broker session down, ingestion behind): the field cannot be judged, retry later. It talks to the
-registry through the installer's client (``installer.Api``): the same options, the same one-line
-errors.
+cannot be reached or cannot answer now (503), and when the centre is not ingesting (a store or
+a broker session down, ingestion behind): the field cannot be judged, retry later; 4 when it
+refuses the token or the role: the one table of every command (``gridwatch.top.exits``,
+docs/cli.md). It talks to the registry through the installer's client (``installer.Api``): the
+same options, the same one-line errors.
 """
 
 from __future__ import annotations
@@ -23,17 +24,18 @@ import json
 import sys
 from typing import Any, TextIO
 
+from gridwatch.top import exits
 from gridwatch.top.installer import TOKEN_ENV, URL_HELP, Api, BadOption, Refused, Unreachable
 
-HEALTHY, UNHEALTHY, UNREACHABLE = 0, 1, 3
-CENTRE_DEGRADED = UNREACHABLE
+HEALTHY, UNHEALTHY, NOTHING_CHECKED = exits.OK, exits.BAD_NEWS, exits.BAD_NEWS
+USAGE = exits.USAGE
+CENTRE_DEGRADED = exits.RETRY_LATER
 """The centre is not ingesting: as with a registry out of reach, the answer is "retry later"."""
-NOTHING_CHECKED = 1
-USAGE = 2
 _PLURAL = {"district": "districts", "grid": "grids", "profile": "profiles"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = exits.CLIENT_EPILOG
     p.add_argument("--url", default=None, help=URL_HELP)
     p.add_argument("--token", default=None, help=f"API token (default: env {TOKEN_ENV})")
     p.add_argument("--token-env", default=TOKEN_ENV, help="env var holding the API token")
@@ -140,10 +142,10 @@ def main(args: argparse.Namespace) -> int:
             print(f"gridwatch: {_no_gateway(args.gateway, exc)}", file=sys.stderr)
             return NOTHING_CHECKED
         print(f"gridwatch: {exc}", file=sys.stderr)
-        return UNREACHABLE
+        return exits.for_http(exc.status)
     except (Unreachable, OSError) as exc:  # OSError: a CA file that cannot be read
         print(f"gridwatch: {exc}", file=sys.stderr)
-        return UNREACHABLE
+        return exits.RETRY_LATER
     if args.json:
         print(json.dumps(report, indent=2))
     elif report.get("nothing_matches"):

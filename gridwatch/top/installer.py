@@ -1,7 +1,9 @@
 """``gridwatch gateway ...`` and ``gridwatch device ...``: the installer's side of the registry API.
 
-Exit codes, for scripts: 0 done, 1 refused or failed (the registry said no, a device did not
-report, a value looks wrong), 2 usage, 3 the registry cannot be reached.
+Exit codes, for scripts: ``gridwatch.top.exits``' table, as every command (docs/cli.md): 0 done,
+1 bad news (no such gateway or device, a device that did not report or reads wrong, a command not
+carried out), 2 usage, 3 retry later (the registry cannot be reached, or answers 503), 4 refused
+(a token it does not know, a role that may not, a value it does not take).
 
 ``Api`` is the one client every command that talks to the registry uses (here, ``healthcli`` and
 ``registrycli``): the address from ``--url``, ``GRIDWATCH_URL`` or ``DEFAULT_URL`` (``http://``
@@ -33,7 +35,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
+from gridwatch.top import exits
+from gridwatch.top.exits import OK, USAGE
+
+FAILED = exits.BAD_NEWS
 TOKEN_ENV = "GRIDWATCH_TOKEN"
 URL_ENV = "GRIDWATCH_URL"
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -49,6 +54,7 @@ TOKEN_HINT = (
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    p.epilog = p.epilog or exits.CLIENT_EPILOG
     p.add_argument("--url", default=None, help=URL_HELP)
     p.add_argument("--token", default=None, help=f"API token (default: env {TOKEN_ENV})")
     p.add_argument("--ca-file", default=None, help="CA that signed the API's certificate")
@@ -165,7 +171,8 @@ class Unreachable(Exception):
 
 
 class BadOption(Exception):
-    """The registry's address or the CA file given cannot be used: a usage mistake (exit 2)."""
+    """An option that cannot be used as given (the registry's address, the CA file, a
+    ``key=value`` that is not one): a usage mistake (exit 2)."""
 
 
 class Refused(Exception):
@@ -179,6 +186,9 @@ def _explain(status: int, body: Any) -> str:
         return f"HTTP {status}: {body}"
     # the registry's errors are problems (RFC 9457): title, detail, and each field's error.
     # A 422's detail repeats its first errors in one line: print the list alone, each field once
+    if exits.for_http(status) == exits.RETRY_LATER:  # not a refusal: say so, and what to do
+        said = f"the registry cannot do this now ({status} {body.get('title', '')})"
+        return f"{said}: {body.get('detail', '')}; try again later".replace(": ;", ";")
     head = f"refused ({status} {body.get('title', '')})"
     errors = body.get("errors") or []
     if not errors:
@@ -299,7 +309,7 @@ def _kv(pairs: Sequence[str], what: str) -> dict[str, str]:
         for part in pair.split(","):
             key, eq, value = part.partition("=")
             if not eq:
-                raise SystemExit(f"gridwatch: {what} must be key=value, got {part!r}")
+                raise BadOption(f"{what} must be key=value, got {part!r}")
             out[key.strip()] = value.strip()
     return out
 
@@ -581,9 +591,7 @@ async def command(api: Api, device: str, point: str, text: str, timeout: float) 
         try:
             value = float(text) if "." in text else int(text)
         except ValueError:
-            raise SystemExit(
-                f"gridwatch: value must be true, false or a number, got {text!r}"
-            ) from None
+            raise BadOption(f"value must be true, false or a number, got {text!r}") from None
     sent = await api.call("POST", f"/api/v1/devices/{device}/commands",
                           json={"point": point, "value": value})  # fmt: skip
     done = await _wait(api, f"/api/v1/commands/{sent['id']}", lambda c: c["state"] != "sent",
@@ -687,10 +695,10 @@ def run_api(
         return USAGE
     except Refused as exc:
         print(f"gridwatch: {exc}", file=sys.stderr)
-        return FAILED
+        return exits.for_http(exc.status)
     except Unreachable as exc:
         print(f"gridwatch: {exc}", file=sys.stderr)
-        return UNREACHABLE
+        return exits.RETRY_LATER
     except BrokenPipeError:  # our reader went away (`| head`): cli.main ends quietly
         raise
     except OSError as exc:  # a CSV or config file that cannot be read or written

@@ -11,13 +11,14 @@ A failure says what happened in words, for the installer at the cabinet: a Modbu
 named (0x02 "illegal data address": the register does not exist on that unit; 0x0B: the
 converter answered, the unit behind it did not), with what to check next.
 
-Exit codes (``--help``, from ``cli.PROBE_EXIT_CODES``, and docs/edge.md say the same)::
+Exit codes (``--help``, from ``cli.PROBE_EXIT_CODES``, and docs/edge.md say the same; the one
+table of every command, ``gridwatch.top.exits``)::
 
     0  read (or, with --scan, found at least one unit)
     1  nothing answered: cannot connect, no answer in time, a garbled answer, or a TCP
        converter reporting that the unit behind it is silent (exception 0x0A/0x0B)
     2  bad arguments (also argparse's own code), an unknown or broken profile
-    3  the unit answered but refused (a Modbus exception: 0x01, 0x02, 0x03, 0x04, 0x06, ...)
+    4  the unit answered but refused (a Modbus exception: 0x01, 0x02, 0x03, 0x04, 0x06, ...)
 """
 
 from __future__ import annotations
@@ -51,8 +52,11 @@ from gridwatch.ground.profiles import (
     point_decimals,
 )
 from gridwatch.ground.yamlconf import ConfigError
+from gridwatch.top import exits
 
-OK, UNREACHABLE, USAGE, REFUSED = 0, 1, 2, 3
+# the one table of every command (gridwatch.top.exits): a unit that does not answer is the bad
+# news the installer probes for; an exception is the unit refusing the request
+OK, UNREACHABLE, USAGE, REFUSED = exits.OK, exits.BAD_NEWS, exits.USAGE, exits.REFUSED
 SCAN_PARALLEL = 8
 BIT_TABLES = ("coil", "discrete")
 KIND = {"holding": "holding register", "input": "input register", "coil": "coil",

@@ -3,8 +3,9 @@ for whoever is not registering hardware (that is ``installer.py``): device profi
 API tokens for an admin to hand out, alerts for an operator to list and act on.
 
 They share the installer's client (``installer.Api``): the same ``--url``/``--token`` options,
-the same one-line errors and the same exit codes: 0 done, 1 refused or failed, 2 usage, 3 the
-registry cannot be reached.
+the same one-line errors and the same exit codes (``gridwatch.top.exits``, docs/cli.md): 0
+done, 1 bad news (no such alert or profile), 2 usage, 3 retry later (the registry cannot be
+reached, or answers 503), 4 refused (the token, the role, the request).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import time
 from typing import Any
 
 # the installer's --url/--token/--ca-file/--json, so every registry command reads them alike
-from gridwatch.top.installer import OK, Api, BadOption, run_api, segment
+from gridwatch.top.exits import OK
+from gridwatch.top.installer import Api, BadOption, run_api, segment
 from gridwatch.top.installer import _common as common_arguments
 
 ROLES = ("installer", "maintenance", "operator", "platform", "admin")
