@@ -419,7 +419,10 @@ class Bridge:
         if relayed:
             logger.info("registry out: %d alert(s) relayed to the platform; recorded in the "
                         "registry when it answers again", relayed)  # fmt: skip
-        if plan.telemetry:
+        # written ahead only when the registry failed, not when it is merely slow: without its
+        # seen ids a redelivered batch is written again (stored once only where the store
+        # dedupes, as VictoriaMetrics with its dedup flag)
+        if plan.telemetry and self._failing_event("registry").is_set():
             await self._write_early(plan.telemetry, stats)
         self.relays += 1
         async with self._progress:
@@ -710,13 +713,16 @@ class Bridge:
         logger.log(level, "%s unavailable (messages stay unacknowledged): %s", what, exc)
 
     def _recovered(self, what: str) -> None:
-        self._failing_event(what).clear()
+        if (failing := self._failing.get(what)) is not None:
+            failing.clear()
         if self._outage.pop(what, False):
             logger.info("%s is back", what)
 
     def _failing_event(self, what: str) -> asyncio.Event:
         """Set while ``what``'s last call failed: a step that waits for it need not wait long."""
-        return self._failing.setdefault(what, asyncio.Event())
+        if what not in self._failing:
+            self._failing[what] = asyncio.Event()
+        return self._failing[what]
 
     # ---- housekeeping ------------------------------------------------------------------------
 

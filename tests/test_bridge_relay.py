@@ -178,10 +178,11 @@ async def test_alert_reaches_the_platform_within_a_second_while_the_registry_db_
             print(f"\nalert latency, registry database down ({how}): {latency * 1000:.0f} ms")
             assert latency < LATENCY_S
             assert acked(acks, gw, "alert") == {1}  # not recorded yet: no Ack
-            # telemetry reaches the time-series store all the same
             await pub.publish(topics.telemetry(gw), readings.model_dump_json(), qos=1)
-            await poll(lambda: count_rows(tmp_path / "telemetry.db", "samples") == 1)
-            assert b.relays >= 2
+            await poll(lambda: b.relays >= 2)  # the telemetry step waited too
+            if how != "hang":  # failed: telemetry reaches the time-series store all the same
+                # (hung, only slow: it waits, as it has no seen ids to drop a redelivery by)
+                await poll(lambda: count_rows(tmp_path / "telemetry.db", "samples") == 1)
             back()
         await acks.wait_for(lambda s: acked(s, gw, "alert") == {1, 2}, within_s=30)
         await acks.wait_for(lambda s: acked(s, gw, "telemetry") == {1}, within_s=30)
