@@ -53,6 +53,7 @@ from cloud_bridge.mqtt import Inbound, Lane, MqttSettings, session_settings
 from cloud_bridge.pending import Group, Pending
 from cloud_bridge.relay import FactsCache, fresh
 from cloud_bridge.sink import TelemetrySink
+from cloud_bridge.spool import Spool, Spooled, spool_path
 from device_registry import Changes, RegistryStore, StoreUnavailable
 from device_registry.errors import StoreRejected
 from device_registry.health.centre import BridgeReport, LaneState, Link
@@ -106,6 +107,9 @@ RELAY_AFTER_S = 0.3
 """How long a step may wait for the registry's answer before its alerts are relayed without it:
 at once when the registry has failed, this long when it hangs (a network partition)."""
 _EARLY_MAX = 100_000  # ids of batches written ahead of the registry, remembered to skip once
+SPOOLED = frozenset({"events"})
+"""Lanes that spool while the registry is out (``spool.py``): alerts, status and health, small
+and few. Telemetry waits in the broker: a city's readings would fill a disk."""
 
 
 async def _cpu(size: int, fn: Callable[..., X], *args: object) -> X:
@@ -203,6 +207,8 @@ class Bridge:
         self._failing: dict[str, asyncio.Event] = {}
         self.ledger: PublishLedger | None = None
         """The record of published transitions, open while the bridge runs."""
+        self.spool: Spool | None = None
+        """The events lane's spool while the registry is out, open while the bridge runs."""
         self.relays = 0
         """Batches relayed because a step waited for the registry (``_relay``)."""
         self.links = {"sink": Link(), "registry": Link()}
@@ -228,6 +234,11 @@ class Bridge:
             raise BridgeError("shared subscriptions (--share-group) need MQTT 5")
         self.ledger = await PublishLedger.open(ledger_path(self.cfg.data_dir, self.cfg.client_id))
         try:
+            self.spool = await Spool.open(spool_path(self.cfg.data_dir, self.cfg.client_id))
+        except BaseException:
+            await self.ledger.close()
+            raise
+        try:
             async with asyncio.TaskGroup() as tg:
                 for lane in LANES:
                     tg.create_task(self._mqtt_loop(lane), name=f"bridge-{lane}")
@@ -237,7 +248,9 @@ class Bridge:
                     tg.create_task(self._audit_loop(), name="bridge-gap-audit")
         finally:
             ledger, self.ledger = self.ledger, None
+            spool, self.spool = self.spool, None
             await ledger.close()
+            await spool.close()
 
     async def until(self, predicate: Callable[[Stats], bool], live: bool = False) -> None:
         """Wait until ``predicate`` holds for the stats as of the last completed (acknowledged)
@@ -313,7 +326,8 @@ class Bridge:
             window = 0.0  # a 3.1.1 broker may allow as few as 20 unacknowledged messages
         pending = Pending(window, self.cfg.max_unacked // 2)
         core = self.cores[lane]
-        inbox = Inbox()
+        spool = self.spool if lane in SPOOLED else None
+        inbox = Inbox(spool, lane, await spool.last(lane) if spool else 0)
         committer = asyncio.create_task(
             self._commit_loop(session, lane, pending), name=f"bridge-{lane}-commit"
         )
@@ -344,9 +358,22 @@ class Bridge:
             self._waiting[lane].clear()  # the broker holds them again
 
     async def _receive(self, session: Lane, lane: str, inbox: Inbox) -> None:
+        spooled = lane in SPOOLED and self.spool is not None
         while True:
             batch = await session.receive(self.cfg.max_batch)
-            inbox.put(batch)
+            if spooled and (lane in self._stalled or inbox.spooling):
+                # the writer waits for the registry (or has not caught up with the spool): hold
+                # it on disk and let the broker send more, or after Receive Maximum messages
+                # the next alert would wait in the broker
+                try:
+                    await inbox.hold(batch)
+                except LocalStoreError as exc:  # a full disk: the broker keeps it, as before
+                    self._local_failed(exc, "messages stay unacknowledged in the broker")
+                    inbox.put(batch)
+                else:
+                    session.ack(batch)
+            else:
+                inbox.put(batch)
             if lane in self._stalled:  # the writer waits for the registry: do not wait with it
                 async with self._relay_turn[lane]:
                     await self._relay(session, lane, batch)
@@ -403,7 +430,9 @@ class Bridge:
                 # here without a pause) until what came before is relayed
                 self._stalled.add(lane)
                 async with self._relay_turn[lane]:
-                    for waiting in [batch, *inbox.waiting()]:
+                    behind = [batch, *inbox.waiting()]
+                    await self._spill(session, lane, batch, inbox)
+                    for waiting in behind:
                         await self._relay(session, lane, waiting)
             seen, facts = await lookup
         finally:
@@ -413,6 +442,23 @@ class Bridge:
             await asyncio.gather(lookup, failing, return_exceptions=True)
         self._facts.remember(named, facts)
         return seen, facts
+
+    async def _spill(self, session: Lane, lane: str, batch: list[Inbound], inbox: Inbox) -> None:
+        """A spooled lane that stalls moves what it holds unacknowledged (the step's ``batch``,
+        in place, and what waits in memory) into its spool, and acknowledges it: the broker
+        sends a session no more than its Receive Maximum of unacknowledged messages."""
+        if lane not in SPOOLED or self.spool is None or not batch:
+            return
+        if isinstance(batch[0], Spooled):  # read from the spool: acknowledged already
+            return
+        try:
+            spooled, moved = await inbox.spill(batch)
+        except LocalStoreError as exc:
+            self._local_failed(exc, "messages stay unacknowledged in the broker")
+            return
+        for held in [batch, *moved]:
+            session.ack(held)
+        batch[:] = spooled  # committed later as spooled rows: the spool forgets them then
 
     async def _relay(self, session: Lane, lane: str, batch: list[Inbound]) -> None:
         """Publish ``batch``'s platform alerts now, placed by the device facts last read, and
@@ -436,7 +482,10 @@ class Bridge:
         if relayed:
             logger.info("registry out: %d alert(s) relayed to the platform; recorded in the "
                         "registry when it answers again", relayed)  # fmt: skip
-        if plan.telemetry:
+        # written ahead only when the registry failed, not when it is merely slow: without its
+        # seen ids a redelivered batch is written again (stored once only where the store
+        # dedupes, as VictoriaMetrics with its dedup flag)
+        if plan.telemetry and self._failing_event("registry").is_set():
             await self._write_early(plan.telemetry, stats)
         self.relays += 1
         async with self._progress:
@@ -519,11 +568,13 @@ class Bridge:
         return True
 
     def _ledger_failed(self, exc: LocalStoreError) -> None:
+        self._local_failed(exc, "alerts are published all the same (a bridge restart may "
+                           "publish one twice)")  # fmt: skip
+
+    def _local_failed(self, exc: LocalStoreError, consequence: str) -> None:
+        """A file of the bridge's own failed: ERROR once, until one of them works again."""
         if "ledger" not in self._outage:
-            self._outage["ledger"] = Outage(
-                logger, "bridge", "ledger",
-                "alerts are published all the same (a bridge restart may publish one twice)",
-            )  # fmt: skip
+            self._outage["ledger"] = Outage(logger, "bridge", "its own files", consequence)
         self._outage["ledger"].failed(exc)
 
     async def _commit_loop(self, session: Lane, lane: str, pending: Pending) -> None:
@@ -546,11 +597,23 @@ class Bridge:
             for batch in group.batches:
                 session.ack(batch)  # written everywhere: the broker may forget them
             self._committed_now(lane, len(group.batches))
+            await self._unspool(group)
             await self._tell_gateways(session, group.delivered)
             pending.committed(group)
             async with self._progress:
                 self._committed[lane] = group.stats
                 self._progress.notify_all()
+
+    async def _unspool(self, group: Group) -> None:
+        """Committed: the spool may forget what it held of the group. Should that fail, the
+        next run ingests them again, and the registry drops them as duplicates."""
+        rows = [m.row for batch in group.batches for m in batch if isinstance(m, Spooled)]
+        if not rows or self.spool is None:
+            return
+        try:
+            await self.spool.forget(rows)
+        except LocalStoreError as exc:
+            self._local_failed(exc, "the next start ingests them again (as duplicates)")
 
     async def _tell_gateways(self, session: Lane, delivered: list[tuple[str, str, int]]) -> None:
         """Committed: tell each gateway which of its messages it may now forget (one Ack per
@@ -718,13 +781,16 @@ class Bridge:
         self._failing_event(what).set()
 
     def _recovered(self, what: str) -> None:
-        self._failing_event(what).clear()
+        if (failing := self._failing.get(what)) is not None:
+            failing.clear()
         if what in self._outage:
             self._outage[what].ok()
 
     def _failing_event(self, what: str) -> asyncio.Event:
         """Set while ``what``'s last call failed: a step that waits for it need not wait long."""
-        return self._failing.setdefault(what, asyncio.Event())
+        if what not in self._failing:
+            self._failing[what] = asyncio.Event()
+        return self._failing[what]
 
     # ---- health ------------------------------------------------------------------------------
 

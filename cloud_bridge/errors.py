@@ -4,8 +4,9 @@
     ├── BrokerError               the MQTT connection failed or was lost (from aiomqtt's MqttError)
     ├── SinkError                 the time-series store refused or could not be reached
     │                             (influx-client, aiohttp, sqlite errors); ``sink`` names it
-    └── LocalStoreError           a file of the bridge's own (its publish ledger, ``ledger.py``)
-                                  could not be read or written (sqlite errors); ``path`` names it
+    └── LocalStoreError           a file of the bridge's own (its publish ledger, ``ledger.py``;
+                                  its spool, ``spool.py``) could not be read or written (sqlite
+                                  errors); ``path`` names it
 
 A malformed message is not an error: the pure core turns it into a ``Rejection`` that is
 counted, logged and quarantined. Registry failures arrive as device_registry's
