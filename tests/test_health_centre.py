@@ -188,8 +188,9 @@ def test_the_stall(name: str, deps: list[Dependency], expected: Stall | None) ->
     ("name", "report", "since"),
     [
         ("all well", bridge(), None),
-        ("one failed write, retried at once: degraded, not a stall", bridge(sink=failing(2, NOW)),
-         None),
+        # the step waits for the store from its first failure, and its devices' data with it
+        ("a write failing: degraded, and a stall from its first failure",
+         bridge(sink=failing(2, NOW - 1500)), NOW - 1500),
         ("the store down", bridge(sink=failing(3, NOW - 9000)), NOW - 9000),
         ("the database down as the bridge meets it", bridge(registry=failing(3, NOW - 4000)),
          NOW - 4000),

@@ -123,8 +123,9 @@ class Dependency:
     reason: str
     since: int | None = None
     stalls: bool = False
-    """It keeps readings from reaching the registry: a store or session down, a bridge not heard
-    from, a lag above the bound (a single failed call, retried at once, is not a stall)."""
+    """It keeps readings from reaching the registry: a store failing (from its first failed call:
+    the bridge's step waits for it), a session down, a bridge not heard from, a lag above the
+    bound."""
     detail: dict[str, Any] = field(default_factory=dict)
     """The facts judged, for a machine: a store's ``LinkState``, each lane's state, the lag."""
 
@@ -175,7 +176,9 @@ def _link(
     state = "down" if level is Level.DOWN else "failing"
     tries = "1 failed call" if s.failures == 1 else f"{s.failures} failed calls"
     why = f"{what} {state} since {clock(since)} ({tries}, {s.error or 'error'}; retrying)"
-    return Dependency(name, part, level, why, since, blocks and level is Level.DOWN, facts)
+    # a bridge's step waits for a failing store from its first failure: its devices' data stops
+    # then, not after the third, so from then on a quiet device cannot be told from the centre
+    return Dependency(name, part, level, why, since, blocks, facts)
 
 
 def _lanes(part: str, lanes: dict[str, LaneState]) -> Dependency:
