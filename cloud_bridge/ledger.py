@@ -18,7 +18,6 @@ publishes without it (a transition may then go out twice).
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections.abc import Collection
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import aiosqlite
 
 from cloud_bridge.errors import LocalStoreError
+from cloud_bridge.localdb import local_path, open_local
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS published (
@@ -38,7 +38,7 @@ _CHUNK = 500  # ids per query: below SQLite's bound on host parameters
 
 def ledger_path(data_dir: Path, bridge_id: str) -> Path:
     """One file per bridge: two bridges sharing a data dir keep their own."""
-    return data_dir / f"published-{re.sub(r'[^A-Za-z0-9._-]', '_', bridge_id)}.db"
+    return local_path(data_dir, "published", bridge_id)
 
 
 class PublishLedger:
@@ -48,20 +48,7 @@ class PublishLedger:
 
     @classmethod
     async def open(cls, path: Path) -> PublishLedger:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = await aiosqlite.connect(path, timeout=5)
-        except (OSError, sqlite3.Error) as exc:
-            raise LocalStoreError(path, f"publish ledger: cannot open: {exc}") from exc
-        try:
-            await conn.execute("PRAGMA journal_mode=WAL")
-            await conn.execute("PRAGMA synchronous=FULL")  # fsync'd at every commit
-            await conn.executescript(_SCHEMA)
-            await conn.commit()
-        except sqlite3.Error as exc:
-            await conn.close()
-            raise LocalStoreError(path, f"publish ledger: cannot open: {exc}") from exc
-        return cls(conn, path)
+        return cls(await open_local(path, _SCHEMA, "publish ledger"), path)
 
     async def published(self, transitions: Collection[str]) -> set[str]:
         """The subset of ``transitions`` published already."""

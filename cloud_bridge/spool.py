@@ -16,7 +16,6 @@ broker keeps the rest, as without a spool.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 import aiosqlite
 
 from cloud_bridge.errors import LocalStoreError
+from cloud_bridge.localdb import local_path, open_local
 from cloud_bridge.mqtt import Inbound
 
 SPOOL_MAX = 200_000
@@ -47,7 +47,7 @@ class Spooled(Inbound):
 
 
 def spool_path(data_dir: Path, bridge_id: str) -> Path:
-    return data_dir / f"spool-{re.sub(r'[^A-Za-z0-9._-]', '_', bridge_id)}.db"
+    return local_path(data_dir, "spool", bridge_id)
 
 
 class Spool:
@@ -57,20 +57,7 @@ class Spool:
 
     @classmethod
     async def open(cls, path: Path) -> Spool:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = await aiosqlite.connect(path, timeout=5)
-        except (OSError, sqlite3.Error) as exc:
-            raise LocalStoreError(path, f"spool: cannot open: {exc}") from exc
-        try:
-            await conn.execute("PRAGMA journal_mode=WAL")
-            await conn.execute("PRAGMA synchronous=FULL")
-            await conn.executescript(_SCHEMA)
-            await conn.commit()
-        except sqlite3.Error as exc:
-            await conn.close()
-            raise LocalStoreError(path, f"spool: cannot open: {exc}") from exc
-        return cls(conn, path)
+        return cls(await open_local(path, _SCHEMA, "spool"), path)
 
     async def hold(self, lane: str, batch: Sequence[Inbound]) -> int:
         """On disk when this returns; the last row written."""
