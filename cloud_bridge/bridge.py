@@ -38,7 +38,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import aiomqtt
 from pydantic import ValidationError
@@ -206,6 +206,7 @@ class Bridge:
         self._written_early: set[str] = set()
         self._failing: dict[str, asyncio.Event] = {}
         self.ledger: PublishLedger | None = None
+        self._recording: set[asyncio.Future[Any]] = set()  # platform publishes in flight
         """The record of published transitions, open while the bridge runs."""
         self.spool: Spool | None = None
         """The events lane's spool while the registry is out, open while the bridge runs."""
@@ -247,6 +248,8 @@ class Bridge:
                 if self.cfg.share_group:
                     tg.create_task(self._audit_loop(), name="bridge-gap-audit")
         finally:
+            if self._recording:  # what went out is on the ledger before it closes
+                await asyncio.wait(self._recording, timeout=5)
             ledger, self.ledger = self.ledger, None
             spool, self.spool = self.spool, None
             await ledger.close()
@@ -528,12 +531,13 @@ class Bridge:
         sent: list[BaseException | None] = []
         recorded = False
         try:
-            sent = await asyncio.gather(
-                *(session.publish(o.topic, o.payload, qos=1) for o in todo),
-                return_exceptions=True,
-            )
-            done = [o.transition for o, r in zip(todo, sent, strict=True) if r is None]
-            recorded = await self._record_published(done)
+            # a stop (cancellation) while the broker takes them must neither lose the record nor
+            # cut the sending short, or the next run publishes them again: the sending and its
+            # record finish in a task of their own, and ``run`` waits for it before it closes
+            sending = asyncio.ensure_future(self._send_and_record(session, todo))
+            self._recording.add(sending)
+            sending.add_done_callback(self._recording.discard)
+            sent, done, recorded = await asyncio.shield(sending)
         finally:
             # kept in memory while the ledger cannot record them: then not sent twice by this run
             self._claims.difference_update(
@@ -544,6 +548,15 @@ class Bridge:
             if isinstance(result, BaseException):
                 raise result
         return len(done)
+
+    async def _send_and_record(
+        self, session: Lane, todo: list[PlatformOut]
+    ) -> tuple[list[BaseException | None], list[str], bool]:
+        sent: list[BaseException | None] = await asyncio.gather(
+            *(session.publish(o.topic, o.payload, qos=1) for o in todo), return_exceptions=True
+        )
+        done = [o.transition for o, r in zip(todo, sent, strict=True) if r is None]
+        return sent, done, await self._record_published(done)
 
     async def _published_before(self, transitions: list[str]) -> set[str]:
         if self.ledger is None:
