@@ -272,6 +272,10 @@ async def test_a_database_outage_is_a_503_problem_and_health_says_degraded(
                     status, problem = await _check(r, path, worst=503)
                 assert status == 503, (path, problem)
                 assert problem["type"] == "urn:gridwatch:problem:store-unavailable", problem
+                # the database's address stays in the log: the caller may not even be known
+                assert problem["detail"] == (
+                    "the registry's database cannot be reached now; try again later"
+                ), problem
             async with reg.http.get(reg.url + "/health") as r:
                 assert r.status == 503 and r.content_type == "application/json"
                 assert strict_json(await r.text())["status"] == "down"

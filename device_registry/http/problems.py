@@ -31,6 +31,7 @@ from device_registry.errors import (
     Unauthorized,
 )
 from device_registry.http.routing import json_reply, problems
+from gridwatch.ground.outage import Outage
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +96,32 @@ def answer(exc: RegistryError, request: web.Request) -> web.Response:
                      exc, exc_info=exc)  # fmt: skip
         return problem(status, kind, title, "the registry could not do this; see its log")
     if status == 503:
-        logger.error("%s serving %s: %s", title.lower(), request.path, exc)
+        # one ERROR line when requests start meeting the outage, one INFO when one works again;
+        # the answer does not carry the error's text: it names the database's address, and a
+        # caller whose token could not even be checked reads it
+        _serving(kind).failed(f"{exc} (serving {request.path})")
+        return problem(status, kind, title, _UNAVAILABLE.get(kind, "try again later"))
     return problem(status, kind, title, str(exc))
+
+
+_UNAVAILABLE = {
+    "store-unavailable": "the registry's database cannot be reached now; try again later",
+    "broker-unavailable": "the MQTT broker cannot be reached now; try again later",
+}
+_OUTAGES: dict[str, Outage] = {}
+
+
+def _serving(kind: str) -> Outage:
+    if kind not in _OUTAGES:
+        dependency = "database" if kind == "store-unavailable" else "MQTT broker"
+        _OUTAGES[kind] = Outage(logger, "registry API", dependency, "requests answered 503")
+    return _OUTAGES[kind]
+
+
+def served() -> None:
+    """A request answered without an outage: any outage the answers met is over."""
+    for outage in _OUTAGES.values():
+        outage.ok()
 
 
 # what pydantic puts before the words of a validator's own error: jargon to whoever reads it
@@ -133,7 +158,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def problem_answers(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The outermost middleware: whatever is raised serving a request becomes a problem."""
     try:
-        return await handler(request)
+        response = await handler(request)
     except RegistryError as exc:
         return answer(exc, request)
     except ValidationError as exc:  # a model built from what the client sent, deeper in
@@ -148,6 +173,9 @@ async def problem_answers(request: web.Request, handler: Handler) -> web.StreamR
         logger.exception("internal error serving %s %s", request.method, request.path[:200])
         return problem(500, "internal", "Internal error", "the registry could not do this; "
                        "see its log")  # fmt: skip
+    if response.status < 500 and request.path.startswith("/api/"):  # the API reads the database
+        served()
+    return response
 
 
 def _http(exc: web.HTTPException, request: web.Request) -> web.Response:
