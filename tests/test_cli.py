@@ -441,6 +441,23 @@ async def test_health_of_nothing_is_not_healthy(reg: Registry, args: list[str], 
     assert as_json.code == FAILED and '"healthy": true' not in as_json.out, as_json
 
 
+@pytest.mark.parametrize(
+    ("args", "code", "words"),
+    [
+        (["--district", "futain"], FAILED, "no device matches district 'futain'"),
+        (["--gateway", "gw-nope"], FAILED, "no device matches gateway 'gw-nope'"),
+        (["--district", "futian"], OK, ""),
+    ],
+)  # fmt: skip
+async def test_a_device_list_that_matches_nothing_is_bad_news(
+    reg: Registry, args: list[str], code: int, words: str
+) -> None:
+    await _field_for_health(reg)
+    ran = await gridwatch("device", "list", *args, "--url", reg.url,
+                          token=reg.tokens[Role.INSTALLER])  # fmt: skip
+    assert ran.code == code and words in ran.err, ran
+
+
 async def test_health_api_refuses_a_gateway_it_does_not_have(reg: Registry) -> None:
     await _field_for_health(reg)
     status, body = await reg.call("GET", "/api/v1/health?gateway=gw-nope", Role.INSTALLER)

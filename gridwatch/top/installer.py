@@ -516,6 +516,11 @@ async def _device(args: argparse.Namespace, api: Api) -> int:
             print(json.dumps(devices, indent=2))
         for d in [] if args.json else devices:
             _print_device(d)
+        asked = {k: v for k, v in q.items() if k not in ("retired", "limit")}
+        if not devices and asked:  # a mistyped filter is not "all is well" (docs/cli.md: 1)
+            said = " and ".join(f"{k} {v!r}" for k, v in asked.items())
+            print(f"gridwatch device list: no device matches {said}", file=sys.stderr)
+            return FAILED
         return OK
     if args.sub == "commission":
         return await commission(api, args.id, args.timeout)
