@@ -319,8 +319,9 @@ class EdgeAgent:
                 if changed.is_set():  # rate-limited: the next report may go at last + the limit
                     await asyncio.sleep(max(min(due, last + HEALTH_ON_CHANGE_S) - now, 0))
                     continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), max(due - loop.time(), 0))
+                with contextlib.suppress(TimeoutError):  # (not wait_for: see uplink.py)
+                    async with asyncio.timeout(max(due - loop.time(), 0)):
+                        await changed.wait()
         finally:
             CHANGES.listeners.discard(changed.set)
 

@@ -289,8 +289,11 @@ class Uplink:
             self._housekeeping()
             batch = self.outbox.peek(WINDOW)
             if not batch:
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+                # cancellation that comes as the event is set, and the agent never stops
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wakeup.wait(), timeout=HOUSEKEEPING_S)
+                    async with asyncio.timeout(HOUSEKEEPING_S):
+                        await self.wakeup.wait()
                 continue
             results = await asyncio.gather(
                 *(client.publish(m.topic, m.payload, qos=1) for m in batch),

@@ -93,19 +93,20 @@ async def test_flood_alert_reaches_the_city_platform_and_telemetry_the_store(
         await field.set_value("wl-001", "level", 1.1)
         await seen.wait_for(lambda s: any(a.state == "cleared" for a in platform(s)), within_s=20)
         await seen.wait_for(lambda s: len(s.on("telemetry")) >= 6)
-    sent = {
-        (r.ts, r.value)
-        for p in seen.on("telemetry")
-        for r in TelemetryBatch.model_validate(p).readings
-        if r.device == "wl-001" and r.point == "level"
-    }
-    # the bridge writes the store, then the registry, then acknowledges: once the registry has
-    # seen the newest reading, the store holds every one before it
-    newest = max(ts for ts, _ in sent)
-    devices_api = await eventually(
-        lambda: get_json(f"{central}/api/v1/devices?gateway={gw}"),
-        lambda ds: any(d["device"] == "wl-001" and (d["last_seen"] or 0) >= newest for d in ds),
-    )
+        sent = {
+            (r.ts, r.value)
+            for p in seen.on("telemetry")
+            for r in TelemetryBatch.model_validate(p).readings
+            if r.device == "wl-001" and r.point == "level"
+        }
+        # the bridge writes the store, then the registry, then acknowledges: once the registry has
+        # seen the newest reading, the store holds every one before it. Asked while the gateway
+        # runs: stopped cleanly, it sends its Death and its devices read stale (issue 12)
+        newest = max(ts for ts, _ in sent)
+        devices_api = await eventually(
+            lambda: get_json(f"{central}/api/v1/devices?gateway={gw}"),
+            lambda ds: any(d["device"] == "wl-001" and (d["last_seen"] or 0) >= newest for d in ds),
+        )
     alerts_api = await asyncio.to_thread(get_json, f"{central}/api/v1/alerts?state=all")
 
     # exactly one raise and one clear, on the district/category/severity topic
