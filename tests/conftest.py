@@ -10,11 +10,13 @@ import logging
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from cloud_bridge import SqliteSink
+from device_registry import RegistryStore
 from tests.services import Mosquitto, Postgres, Victoria
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -96,6 +98,22 @@ def root_logging() -> Iterator[None]:
         if type(h) is logging.StreamHandler and h not in before:  # not pytest's own
             root.removeHandler(h)
     root.setLevel(level)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[RegistryStore]:
+    """A fresh registry on a SQLite file (a module that needs PostgreSQL or both overrides it)."""
+    s = await RegistryStore.open(f"sqlite+aiosqlite:///{tmp_path}/registry.db")
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def sink(tmp_path: Path) -> AsyncIterator[SqliteSink]:
+    """The embedded telemetry history, kept an hour."""
+    s = await SqliteSink.open(tmp_path / "telemetry.db", retention_hours=1)
+    yield s
+    await s.close()
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ import sqlite3
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,13 +226,6 @@ class Seeded:
     t0: int
     acked_at: float
     """time.monotonic() when the bridge had acknowledged the last of them."""
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[RegistryStore]:
-    s = await RegistryStore.open(f"sqlite+aiosqlite:///{tmp_path}/registry.db")
-    yield s
-    await s.close()
 
 
 async def seed(

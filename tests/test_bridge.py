@@ -40,13 +40,6 @@ from tests.services import Mosquitto, Victoria, free_port
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[RegistryStore]:
-    s = await RegistryStore.open(f"sqlite+aiosqlite:///{tmp_path}/registry.db")
-    yield s
-    await s.close()
-
-
-@pytest.fixture
 async def influx(victoria: Victoria) -> AsyncIterator[InfluxSink]:
     sink = InfluxSink(victoria.url)
     yield sink

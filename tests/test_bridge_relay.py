@@ -66,13 +66,6 @@ async def store(pg: Postgres, prefix: str) -> AsyncIterator[RegistryStore]:
     await s.close()
 
 
-@pytest.fixture
-async def sink(tmp_path: Path) -> AsyncIterator[SqliteSink]:
-    s = await SqliteSink.open(tmp_path / "telemetry.db", retention_hours=1)
-    yield s
-    await s.close()
-
-
 def smoke(gw: str, alert_id: str, ts: int, seq: int) -> AlertEvent:
     """A critical fire alert, as the issue raised it."""
     ev = alert(gw, alert_id, AlertState.RAISED, ts, seq=seq)

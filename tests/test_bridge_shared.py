@@ -12,7 +12,7 @@ import shlex
 import shutil
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -108,20 +108,6 @@ def test_the_docs_two_bridge_layout_puts_both_bridges_in_one_group(
 
 
 # ---- on the broker ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[RegistryStore]:
-    s = await RegistryStore.open(f"sqlite+aiosqlite:///{tmp_path}/registry.db")
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-async def sink(tmp_path: Path) -> AsyncIterator[SqliteSink]:
-    s = await SqliteSink.open(tmp_path / "telemetry.db", retention_hours=1)
-    yield s
-    await s.close()
 
 
 async def any_until(

@@ -9,7 +9,7 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,20 +32,6 @@ from tests._central_helpers import (
 )
 from tests.fieldkit import Listener, gateway_config, listen, running
 from tests.services import Mosquitto
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[RegistryStore]:
-    s = await RegistryStore.open(f"sqlite+aiosqlite:///{tmp_path}/registry.db")
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-async def sink(tmp_path: Path) -> AsyncIterator[SqliteSink]:
-    s = await SqliteSink.open(tmp_path / "telemetry.db", retention_hours=1)
-    yield s
-    await s.close()
 
 
 def acks_of(seen: Listener, gateway: str) -> list[Ack]:
