@@ -108,6 +108,15 @@ class Device(Base):
     install_date: Mapped[str | None] = mapped_column(String(10), default=None)
     firmware: Mapped[str] = mapped_column(String(64), default="")
     labels: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # the city component (部件) it is attached to, 16 digits (inventory/components.py), and the
+    # component's departments: 主管 competent, 权属 owner, 养护 maintainer (code and name each)
+    component_id: Mapped[str | None] = mapped_column(String(16), default=None, index=True)
+    dept_competent_code: Mapped[str | None] = mapped_column(String(32), default=None)
+    dept_competent_name: Mapped[str] = mapped_column(String(200), default="")
+    dept_owner_code: Mapped[str | None] = mapped_column(String(32), default=None)
+    dept_owner_name: Mapped[str] = mapped_column(String(200), default="")
+    dept_maintainer_code: Mapped[str | None] = mapped_column(String(32), default=None)
+    dept_maintainer_name: Mapped[str] = mapped_column(String(200), default="")
 
 
 class LatestReading(Base):
