@@ -36,7 +36,7 @@ PREFIX = "bench"
 
 
 def write_config(work: Path, mqtt_port: int, interval: float) -> Path:
-    cfg = yaml.safe_load(CABINET.read_text())
+    cfg = yaml.safe_load(CABINET.read_text(encoding="utf-8"))
     cfg["mqtt"].update({"port": mqtt_port, "prefix": PREFIX, "batch_linger_s": 0.05})
     cfg["outbox"]["path"] = str(work / "outbox.db")
     modbus = free_port()

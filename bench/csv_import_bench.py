@@ -39,7 +39,7 @@ def csv_text(rows: int, tag: str) -> str:
     for i in range(rows):
         k = i // GATEWAYS  # each device of a gateway at its own bus and unit id (1,000 a gateway)
         out.append(f"{tag}gw{i % GATEWAYS:02d},wl-{i:05d},water-level-ultrasonic,b{k % 5},"
-                   f"{k // 5 % 247 + 1},futian,Shennan Rd {i % 40},FT-{i % 25},2026-11-20,1.2,"
+                   f"{k // 5 % 247 + 1},310104,漕溪北路 {i % 40},310104017021{i % 25:03d},2026-11-20,1.2,"
                    f"crew={i % 9};lot=A")  # fmt: skip
     return "\n".join(out) + "\n"
 

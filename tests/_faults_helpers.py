@@ -78,7 +78,7 @@ class Rig:
     _failures_now: dict[str, int] = field(default_factory=dict)  # the running edge's, scraped
     _failures_frozen: bool = False
 
-    gateway = "gw-futian-01"
+    gateway = "gw-xuhui-01"
 
     def log(self, name: str) -> Path:
         return self.work / f"{name}.log"

@@ -25,8 +25,8 @@ def now_ms() -> int:
 
 
 def smoke(alert_id: str, device: str = "sd-001", at: int | None = None,
-          state: AlertState = AlertState.RAISED, district: str = "futian",
-          grid: str = "FT-0042", gateway: str = "gw1") -> AlertEvent:  # fmt: skip
+          state: AlertState = AlertState.RAISED, district: str = "310104",
+          grid: str = "310104014024001", gateway: str = "gw1") -> AlertEvent:  # fmt: skip
     at = now_ms() if at is None else at
     return AlertEvent(
         id=new_id(), gateway=gateway, seq=1, session=1, alert_id=alert_id, state=state,

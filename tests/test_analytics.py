@@ -48,18 +48,18 @@ from tests._central_helpers import batch, bridge_config, bridge_on, now_ms, publ
 from tests.services import Mosquitto, Victoria
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-GW = "gw-ft-12"
+GW = "gw-xh-12"
 BUS = {"type": "modbus_tcp", "id": "cabinet", "host": "10.0.0.5", "port": 502, "timeout_s": 0.5}
-SHENNAN = {"district": "futian", "street": "Shennan Rd"}
+CAOXI = {"district": "310104", "street": "漕溪北路"}
 DEVICES = {
     # device: (profile, where an installer registers it)
-    "wl-001": ("water-level-ultrasonic", {**SHENNAN, "grid": "FT-0042"}),
-    "wl-002": ("water-level-pressure", {**SHENNAN, "grid": "FT-0043"}),
-    "wl-003": ("water-level-ultrasonic", {"district": "futian", "street": "Fuhua Rd",
-                                          "grid": "FT-0042"}),
+    "wl-001": ("water-level-ultrasonic", {**CAOXI, "grid": "310104014024001"}),
+    "wl-002": ("water-level-pressure", {**CAOXI, "grid": "310104003019001"}),
+    "wl-003": ("water-level-ultrasonic", {"district": "310104", "street": "肇嘉浜路",
+                                          "grid": "310104014024001"}),
     # a street of the same name in another district
-    "wl-004": ("water-level-ultrasonic", {"district": "luohu", "street": "Shennan Rd",
-                                          "grid": "LH-0007"}),
+    "wl-004": ("water-level-ultrasonic", {"district": "310106", "street": "漕溪北路",
+                                          "grid": "310106001001007"}),
 }  # fmt: skip
 UNKNOWN = "wl-099"  # sends readings, nobody registered it
 LEVELS = {  # the level each device reads 20 s, 10 s and 0 s before t0
@@ -169,7 +169,7 @@ HOSTILE = [
 
 
 async def test_place_names_people_type_land_as_typed(victoria: Victoria, prefix: str) -> None:
-    facts = DeviceFacts(locations={(prefix, f"d{i}"): Location(district="futian", street=typed)
+    facts = DeviceFacts(locations={(prefix, f"d{i}"): Location(district="310104", street=typed)
                                    for i, (typed, _) in enumerate(HOSTILE)})  # fmt: skip
     t = now_ms()
     sink = InfluxSink(victoria.url)
@@ -202,7 +202,11 @@ async def register(store: RegistryStore) -> Registry:
     reg = Registry(store, NoBrokerAccess(), Uplink(), profiles, lambda _gw: None)
     await reg.add_gateway(
         GatewayCreate.model_validate(
-            {"id": GW, "location": {"district": "futian", "grid": "FT-0042"}, "buses": [BUS]}
+            {
+                "id": GW,
+                "location": {"district": "310104", "grid": "310104014024001"},
+                "buses": [BUS],
+            }
         ),
         SYSTEM,
     )
@@ -269,7 +273,7 @@ async def test_readings_land_with_their_registered_place_and_unit(
     seeded = await seed(mosquitto, store, docs_vm.url, prefix, tmp_path)
 
     # a dashboard's query by street, as it asks: exactly that street's sensors, without a flush
-    street = 'gridwatch_value{district="futian", street="Shennan Rd", point="level"}'
+    street = 'gridwatch_value{district="310104", street="漕溪北路", point="level"}'
     newest = {"wl-001": 2.7, "wl-002": 1.1}
     await poll(docs_vm, street,
                lambda r: {x["metric"]["device"]: float(x["value"][1]) for x in r} == newest)  # fmt: skip
@@ -283,14 +287,14 @@ async def test_readings_land_with_their_registered_place_and_unit(
     assert series == {
         # sent before it was registered: its own series, found by gateway, device and point
         ("wl-001", "level", ("", "", "", "m")): [(t0 - 50_000, EARLY)],
-        ("wl-001", "level", ("futian", "Shennan Rd", "FT-0042", "m")):
+        ("wl-001", "level", ("310104", "漕溪北路", "310104014024001", "m")):
             list(zip(at, LEVELS["wl-001"], strict=True)),
-        ("wl-002", "level", ("futian", "Shennan Rd", "FT-0043", "m")):
+        ("wl-002", "level", ("310104", "漕溪北路", "310104003019001", "m")):
             list(zip(at, LEVELS["wl-002"], strict=True)),
-        ("wl-002", "temperature", ("futian", "Shennan Rd", "FT-0043", "C")): [(t0, 18.5)],
-        ("wl-003", "level", ("futian", "Fuhua Rd", "FT-0042", "m")):
+        ("wl-002", "temperature", ("310104", "漕溪北路", "310104003019001", "C")): [(t0, 18.5)],
+        ("wl-003", "level", ("310104", "肇嘉浜路", "310104014024001", "m")):
             list(zip(at, LEVELS["wl-003"], strict=True)),
-        ("wl-004", "level", ("luohu", "Shennan Rd", "LH-0007", "m")):
+        ("wl-004", "level", ("310106", "漕溪北路", "310106001001007", "m")):
             list(zip(at, LEVELS["wl-004"], strict=True)),
         # nobody registered it: no place, the unit its gateway sent, and not dropped
         (UNKNOWN, "level", ("", "", "", "m")): list(zip(at, LEVELS[UNKNOWN], strict=True)),
@@ -309,19 +313,19 @@ async def test_readings_land_with_their_registered_place_and_unit(
 # The expectation of every PromQL query of docs/analytics.md, evaluated one second after t0:
 # (the labels that tell its answers apart, {their values: the answer}).
 EXPECTED: dict[str, tuple[tuple[str, ...], dict[tuple[str, ...], float]]] = {
-    'max by (gateway, device, point) (gridwatch_value{gateway="gw-ft-12", device="wl-001", '
+    'max by (gateway, device, point) (gridwatch_value{gateway="gw-xh-12", device="wl-001", '
     'point="level"})': (("device",), {("wl-001",): 2.7}),
-    'gridwatch_value{district="futian", street="Shennan Rd", point="level"}':
+    'gridwatch_value{district="310104", street="漕溪北路", point="level"}':
         (("device",), {("wl-001",): 2.7, ("wl-002",): 1.1}),
     'max by (district, street) (gridwatch_value{point="level"})':
-        (("district", "street"), {("futian", "Shennan Rd"): 2.7, ("futian", "Fuhua Rd"): 3.1,
-                                  ("luohu", "Shennan Rd"): 2.9,
+        (("district", "street"), {("310104", "漕溪北路"): 2.7, ("310104", "肇嘉浜路"): 3.1,
+                                  ("310106", "漕溪北路"): 2.9,
                                   # wl-001 before it was registered, and wl-099
                                   ("", ""): EARLY}),
-    'avg by (grid) (gridwatch_value{district="futian", point="level"})':
-        (("grid",), {("FT-0042",): (2.7 + 3.1) / 2, ("FT-0043",): 1.1}),
+    'avg by (grid) (gridwatch_value{district="310104", point="level"})':
+        (("grid",), {("310104014024001",): (2.7 + 3.1) / 2, ("310104003019001",): 1.1}),
     "sum by (district) (count_over_time(gridwatch_value[1m]))":
-        (("district",), {("futian",): 3 + 4 + 3, ("luohu",): 3, ("",): 1 + 3}),
+        (("district",), {("310104",): 3 + 4 + 3, ("310106",): 3, ("",): 1 + 3}),
     'gridwatch_value{point="level", unit="m"} > 2.5':
         (("device",), {("wl-001",): 2.7, ("wl-003",): 3.1, ("wl-004",): 2.9}),
     'max_over_time(gridwatch_value{point="level", unit="m"}[1h]) > 2.5':
@@ -363,7 +367,9 @@ async def test_device_facts_give_place_and_profile_units(registry_url: str) -> N
     store = await RegistryStore.open(registry_url)
     try:
         reg = await register(store)
-        moved = {"location": {"district": "futian", "street": "Fuhua Rd", "grid": "FT-0044"}}
+        moved = {
+            "location": {"district": "310104", "street": "肇嘉浜路", "grid": "310104014006001"}
+        }
         await reg.update_device(f"{GW}:wl-003", DevicePatch.model_validate(moved), SYSTEM)
         await reg.retire_device(f"{GW}:wl-004", SYSTEM)
         facts = await store.device_facts(
@@ -372,9 +378,9 @@ async def test_device_facts_give_place_and_profile_units(registry_url: str) -> N
         )
         shipped = profiles()
         assert {k: (v.district, v.street, v.grid) for k, v in facts.locations.items()} == {
-            (GW, "wl-001"): ("futian", "Shennan Rd", "FT-0042"),
-            (GW, "wl-002"): ("futian", "Shennan Rd", "FT-0043"),
-            (GW, "wl-003"): ("futian", "Fuhua Rd", "FT-0044"),  # moved: its new place
+            (GW, "wl-001"): ("310104", "漕溪北路", "310104014024001"),
+            (GW, "wl-002"): ("310104", "漕溪北路", "310104003019001"),
+            (GW, "wl-003"): ("310104", "肇嘉浜路", "310104014006001"),  # moved: its new place
         }
         assert dict(facts.units[(GW, "wl-002")]) == {
             "level": "m", "temperature": "C", "status": "", "overpressure": ""
@@ -403,7 +409,7 @@ CREATE TABLE samples (
     PRIMARY KEY (gateway, device, point, ts)
 ) WITHOUT ROWID, STRICT;
 CREATE INDEX samples_ts ON samples (ts);
-INSERT INTO samples VALUES ('gw-ft-12', 'wl-001', 'level', 1000, 1.5, 'good', 0);
+INSERT INTO samples VALUES ('gw-xh-12', 'wl-001', 'level', 1000, 1.5, 'good', 0);
 """
 
 
@@ -443,11 +449,11 @@ async def test_sqlite_sink_keeps_the_labels_and_upgrades_an_old_file(
         old_row = db.execute("SELECT district, street, grid, unit FROM samples WHERE ts = 1000")
         assert old_row.fetchall() == [("", "", "", "")]
     assert sorted(labelled) == [
-        ("wl-001", "level", "futian", "Shennan Rd", "FT-0042", "m"),
-        ("wl-002", "level", "futian", "Shennan Rd", "FT-0043", "m"),
-        ("wl-002", "temperature", "futian", "Shennan Rd", "FT-0043", "C"),
-        ("wl-003", "level", "futian", "Fuhua Rd", "FT-0042", "m"),
-        ("wl-004", "level", "luohu", "Shennan Rd", "LH-0007", "m"),
+        ("wl-001", "level", "310104", "漕溪北路", "310104014024001", "m"),
+        ("wl-002", "level", "310104", "漕溪北路", "310104003019001", "m"),
+        ("wl-002", "temperature", "310104", "漕溪北路", "310104003019001", "C"),
+        ("wl-003", "level", "310104", "肇嘉浜路", "310104014024001", "m"),
+        ("wl-004", "level", "310106", "漕溪北路", "310106001001007", "m"),
         (UNKNOWN, "level", "", "", "", "m"),
     ]
     # the guide's SQL: the water level of every sensor on one street, newest first

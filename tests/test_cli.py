@@ -294,7 +294,7 @@ async def test_device_show_and_commission_round_for_people_not_for_the_api(reg: 
 async def test_gateway_config_prints_the_current_config(reg: Registry) -> None:
     bus = {"type": "modbus_tcp", "id": "cabinet", "host": "10.0.0.5", "port": 502}
     status, _ = await reg.call("POST", "/api/v1/gateways", Role.INSTALLER,
-                               {"id": "gw1", "location": {"district": "futian"}, "buses": [bus]})  # fmt: skip
+                               {"id": "gw1", "location": {"district": "310104"}, "buses": [bus]})  # fmt: skip
     assert status == 201
     status, _ = await reg.call("POST", "/api/v1/devices", Role.INSTALLER,
                                {"gateway": "gw1", "id": "wl-1", "bus": "cabinet", "unit_id": 1,
@@ -326,9 +326,7 @@ async def test_profile_list_and_show(reg: Registry) -> None:
 
 
 async def test_alert_list_filters_and_actions(reg: Registry) -> None:
-    await reg.ingest(
-        smoke("a-fut", district="futian"), smoke("a-nan", "sd-002", district="nanshan")
-    )
+    await reg.ingest(smoke("a-fut", district="310104"), smoke("a-nan", "sd-002", district="310105"))
     await reg.ingest(smoke("a-old", "sd-003"))
     await reg.ingest(smoke("a-old", "sd-003", state=AlertState.CLEARED))  # the sensor is fine
     token = reg.tokens[Role.OPERATOR]
@@ -340,7 +338,7 @@ async def test_alert_list_filters_and_actions(reg: Registry) -> None:
 
     assert await listed() == {"a-fut", "a-nan"}  # open and acknowledged: not a-old, cleared
     assert await listed("--stage", "cleared") == {"a-old"}
-    assert await listed("--district", "futian") == {"a-fut"}
+    assert await listed("--district", "310104") == {"a-fut"}
     assert await listed("--severity", "critical") == {"a-fut", "a-nan"}
     assert await listed("--severity", "warning") == set()
     ack = await gridwatch("alert", "ack", "a-fut", "--note", "crew 7 on its way", "--url",
@@ -350,7 +348,7 @@ async def test_alert_list_filters_and_actions(reg: Registry) -> None:
     again = await gridwatch("alert", "ack", "a-fut", "--url", reg.url, token=token)
     assert again.code == REFUSED and "409" in again.err, again
     # the detector stops seeing smoke: only now may the alert be resolved and closed
-    await reg.ingest(smoke("a-fut", district="futian", state=AlertState.CLEARED))
+    await reg.ingest(smoke("a-fut", district="310104", state=AlertState.CLEARED))
     for action, stage in (("resolve", "resolved"), ("close", "closed")):
         ran = await gridwatch("alert", action, "a-fut", "--url", reg.url, token=token)
         assert ran.code == OK and stage in ran.out, ran
@@ -404,17 +402,17 @@ async def test_an_installer_reads_health(reg: Registry) -> None:
 
 
 async def _field_for_health(reg: Registry) -> None:
-    """gw1 in futian with one device, never connected; gw-old retired."""
+    """gw1 in 310104 with one device, never connected; gw-old retired."""
     bus = {"type": "modbus_tcp", "id": "cabinet", "host": "10.0.0.5", "port": 502}
     for gw in ("gw1", "gw-old"):
         status, _ = await reg.call("POST", "/api/v1/gateways", Role.INSTALLER,
-                                   {"id": gw, "location": {"district": "futian", "grid": "F-7"},
+                                   {"id": gw, "location": {"district": "310104", "grid": "F-7"},
                                     "buses": [bus]})  # fmt: skip
         assert status == 201
     status, _ = await reg.call("POST", "/api/v1/devices", Role.INSTALLER,
                                {"gateway": "gw1", "id": "wl-1", "bus": "cabinet", "unit_id": 1,
                                 "profile": "water-level-ultrasonic",
-                                "location": {"district": "futian", "grid": "F-7"}})  # fmt: skip
+                                "location": {"district": "310104", "grid": "F-7"}})  # fmt: skip
     assert status == 201, _
     status, _ = await reg.call("POST", "/api/v1/gateways/gw-old/retire", Role.INSTALLER)
     assert status == 200
@@ -424,10 +422,10 @@ HEALTH_NOTHING = [
     # (arguments, the words on stderr): never "healthy", never exit 0
     (["--gateway", "gw-nope"], "no gateway 'gw-nope' is registered"),
     (["--gateway", "gw-old"], "gateway 'gw-old' is retired"),
-    (["--district", "futain"], "nothing matches district 'futain' (districts: futian)"),
+    (["--district", "31014"], "nothing matches district '31014' (districts: 310104)"),
     (["--grid", "F-9"], "nothing matches grid 'F-9' (grids: F-7)"),
     (["--profile", "nope"], "nothing matches profile 'nope' (profiles: water-level-ultrasonic)"),
-    (["--gateway", "gw1", "--district", "nanshan"], "nothing matches district 'nanshan'"),
+    (["--gateway", "gw1", "--district", "310105"], "nothing matches district '310105'"),
 ]
 
 
@@ -444,9 +442,9 @@ async def test_health_of_nothing_is_not_healthy(reg: Registry, args: list[str], 
 @pytest.mark.parametrize(
     ("args", "code", "words"),
     [
-        (["--district", "futain"], FAILED, "no device matches district 'futain'"),
+        (["--district", "31014"], FAILED, "no device matches district '31014'"),
         (["--gateway", "gw-nope"], FAILED, "no device matches gateway 'gw-nope'"),
-        (["--district", "futian"], OK, ""),
+        (["--district", "310104"], OK, ""),
     ],
 )  # fmt: skip
 async def test_a_device_list_that_matches_nothing_is_bad_news(
@@ -464,10 +462,10 @@ async def test_health_api_refuses_a_gateway_it_does_not_have(reg: Registry) -> N
     assert status == 404 and body["detail"] == "no gateway 'gw-nope'", body
     status, body = await reg.call("GET", "/api/v1/health?gateway=gw-old", Role.INSTALLER)
     assert status == 409 and "retired" in body["detail"], body
-    status, body = await reg.call("GET", "/api/v1/health?district=futain", Role.INSTALLER)
+    status, body = await reg.call("GET", "/api/v1/health?district=31014", Role.INSTALLER)
     assert status == 200 and body["healthy"] is None, body
-    assert body["nothing_matches"] == {"filters": {"district": "futain"},
-                                       "known": {"district": ["futian"]}}  # fmt: skip
+    assert body["nothing_matches"] == {"filters": {"district": "31014"},
+                                       "known": {"district": ["310104"]}}  # fmt: skip
     # a gateway that exists is judged, even while it has nothing to say
     status, body = await reg.call("GET", "/api/v1/health?gateway=gw1", Role.INSTALLER)
     assert status == 200 and body["healthy"] is False and body["nothing_matches"] is None, body

@@ -202,7 +202,9 @@ async def test_csv_import_carries_components_and_names_line_and_column(api: Api)
 
 
 async def test_device_show_prints_the_component_and_its_departments(api: Api) -> None:
-    body = device("wl-1", 1, component_id=MANHOLE, dept_competent=WATER, dept_maintainer=CREW)
+    where = {"district": "310104", "street": "漕溪北路", "grid": "310104014024001"}
+    body = device("wl-1", 1, component_id=MANHOLE, dept_competent=WATER, dept_maintainer=CREW,
+                  location=where)  # fmt: skip
     await api.call("POST", "/api/v1/devices", body, 201)
     await api.call("POST", "/api/v1/devices", device("wl-2", 2), 201)
     ran = await gridwatch("device", "show", "gw1:wl-1", "--url", api.url, token=api.token)
@@ -211,6 +213,7 @@ async def test_device_show_prints_the_component_and_its_departments(api: Api) ->
     assert "主管 competent: 310104SW01 徐汇区水务局" in ran.out
     assert "养护 maintainer: XHSZ-07 徐汇市政养护七队" in ran.out
     assert "权属" not in ran.out  # none registered: no empty line for it
+    assert "place: 徐汇区 徐家汇街道 漕溪北路 310104014024001 (area class A)" in ran.out
     ran = await gridwatch("device", "show", "gw1:wl-2", "--url", api.url, token=api.token)
     assert "component 部件: none attached" in ran.out, ran.out
 

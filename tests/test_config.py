@@ -117,9 +117,9 @@ def test_catalogue_layers_merge_and_every_rule_code_exists() -> None:
 
     cat = load_catalogue(ROOT / "catalogue")
     assert cat.lookup("FLOOD-WATERLOG-01").time_limit_min == 60  # type: ignore[union-attr]
-    assert cat.lookup("FLOOD-WATERLOG-01", "futian").time_limit_min == 45  # type: ignore[union-attr]
-    assert cat.lookup("FT-FLOOD-SCHOOL-01", "futian") is not None
-    assert cat.lookup("FT-FLOOD-SCHOOL-01", "luohu") is None
+    assert cat.lookup("FLOOD-WATERLOG-01", "310104").time_limit_min == 45  # type: ignore[union-attr]
+    assert cat.lookup("XH-FLOOD-SCHOOL-01", "310104") is not None
+    assert cat.lookup("XH-FLOOD-SCHOOL-01", "310106") is None
     for profile in load_profiles(ROOT / "profiles").values():
         for rule in profile.rules:
             assert cat.lookup(rule.category) is not None, (profile.id, rule.id, rule.category)
@@ -225,7 +225,7 @@ RULED = (
         ),
         (
             "a code a district layer adds is a catalogue code",
-            RULED.replace("FLOOD-WATERLOG-01", "FT-FLOOD-SCHOOL-01").replace(
+            RULED.replace("FLOOD-WATERLOG-01", "XH-FLOOD-SCHOOL-01").replace(
                 "severity: major", "severity: critical").replace(
                 "FLOOD-WATERLOG-02", "FLOOD-WATERLOG-04"),
             [],

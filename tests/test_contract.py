@@ -50,7 +50,7 @@ def test_documented_example_is_valid(name: str, text: str) -> None:
 @pytest.mark.parametrize(
     ("district", "category", "severity", "topic"),
     [
-        ("futian", "FLOOD-WATERLOG-01", "major", "p/platform/alert/futian/FLOOD-WATERLOG-01/major"),
+        ("310104", "FLOOD-WATERLOG-01", "major", "p/platform/alert/310104/FLOOD-WATERLOG-01/major"),
         ("", "X", "minor", "p/platform/alert/_/X/minor"),
         ("a/b+#", "c", "info", "p/platform/alert/a_b__/c/info"),
     ],
@@ -96,7 +96,7 @@ def test_edge_payloads_follow_the_contract(tmp_path: Path) -> None:
     ]
     assert [a.state for a in alerts] == ["raised", "cleared"]
     assert alerts[0].alert_id == alerts[1].alert_id
-    assert alerts[0].location.district == "futian"
+    assert alerts[0].location.district == "310104"
     readings = [r for b in batches for r in b.readings]
     assert [r.value for r in readings] == [1.0, 2.7, 2.8, 2.0, 2.0, None]
     assert readings[-1].quality is Quality.COMM_ERROR

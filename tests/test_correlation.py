@@ -16,8 +16,8 @@ T0 = 1_700_000_000_000
 S = 1000
 
 
-def cand(alert_id: str, at: int, *, grid: str = "FT-0042", category: str = "FIRE-SMOKE-01",
-         device: str = "sd-001", gateway: str = "gw1", district: str = "futian",
+def cand(alert_id: str, at: int, *, grid: str = "310104014024001", category: str = "FIRE-SMOKE-01",
+         device: str = "sd-001", gateway: str = "gw1", district: str = "310104",
          incident: str | None = "inc-1", waiting: bool = True) -> Candidate:  # fmt: skip
     return Candidate(alert_id, at, district, grid, category, gateway, device, incident, waiting)
 
@@ -45,7 +45,7 @@ def cand(alert_id: str, at: int, *, grid: str = "FT-0042", category: str = "FIRE
         ),
         (
             "another grid cell",
-            cand("a2", T0 + 5 * S, grid="FT-0043", device="sd-002"),
+            cand("a2", T0 + 5 * S, grid="310104003019001", device="sd-002"),
             [cand("a1", T0)],
             None,
         ),
@@ -57,7 +57,7 @@ def cand(alert_id: str, at: int, *, grid: str = "FT-0042", category: str = "FIRE
         ),
         (
             "another district, same grid name",
-            cand("a2", T0 + 5 * S, district="nanshan", device="sd-002"),
+            cand("a2", T0 + 5 * S, district="310105", device="sd-002"),
             [cand("a1", T0)],
             None,
         ),

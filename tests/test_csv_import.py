@@ -51,8 +51,8 @@ def big_csv(rows: int, bad_line: int | None = None) -> str:
         profile = "no-such-profile" if i + 2 == bad_line else "water-level-ultrasonic"
         # each device of a gateway at its own bus and unit id: two at one would answer as one
         k = i // GATEWAYS
-        out.append(f"gw{i % GATEWAYS:02d},wl-{i:05d},{profile},b{k % 5},{k // 5 % 247 + 1},futian,"
-                   f"Shennan Rd {i % 40},FT-{i % 25},2026-11-20,1.2,crew={i % 9};lot=A")  # fmt: skip
+        out.append(f"gw{i % GATEWAYS:02d},wl-{i:05d},{profile},b{k % 5},{k // 5 % 247 + 1},310104,"
+                   f"漕溪北路 {i % 40},310104017021{i % 25:03d},2026-11-20,1.2,crew={i % 9};lot=A")  # fmt: skip
     return "\n".join(out) + "\n"
 
 
@@ -88,7 +88,7 @@ class Central:
 
 async def _register_gateways(c: Central) -> None:
     for g in range(GATEWAYS):
-        body = {"id": f"gw{g:02d}", "location": {"district": "futian"}, "buses": BUSES}
+        body = {"id": f"gw{g:02d}", "location": {"district": "310104"}, "buses": BUSES}
         async with c.http.post(c.url + "/api/v1/gateways", json=body) as r:
             assert r.status == 201, await r.text()
 
@@ -200,7 +200,7 @@ async def test_devices_their_gateway_reported_are_adopted(central: Central) -> N
     async with central.http.get(central.url + "/api/v1/devices/gw00:wl-00000") as r:
         dev = await r.json()
     assert (dev["profile"], dev["street"], dev["firmware"]) == (
-        "water-level-ultrasonic", "Shennan Rd 0", "1.2")  # fmt: skip
+        "water-level-ultrasonic", "漕溪北路 0", "1.2")  # fmt: skip
 
 
 async def test_a_file_over_16_mib_is_refused_with_the_limit(central: Central) -> None:
@@ -357,8 +357,8 @@ FILES: list[tuple[str, int, list[tuple[int, str, str]]]] = [
      [(2, "unit_id", "line 3"), (3, "id", "should match pattern"), (3, "unit_id", "line 2"),
       (4, "gateway", "required: the cell is empty")]),
     (f"{H}\ngw1,a,{WL},cab,1,,extra\n", 1, [(2, "(row)", "7 cells, but the header names 6")]),
-    (f"gateway,id,profile,bus,lat,lon\ngw1,a,{WL},cab,122.54,114.05\n", 1,
-     [(2, "lat", "must be a latitude, -90 to 90 (got '122.54')")]),
+    (f"gateway,id,profile,bus,lat,lon\ngw1,a,{WL},cab,131.19,121.43\n", 1,
+     [(2, "lat", "must be a latitude, -90 to 90 (got '131.19')")]),
 ]  # fmt: skip
 
 
@@ -417,16 +417,16 @@ def test_every_problem_of_a_file_comes_in_one_round() -> None:
 
 def test_a_device_read_faster_than_its_bus_times_out_is_told_how_to_fix_it() -> None:
     slow = {"buses": [{"type": "modbus_tcp", "id": "cabinet", "host": "10.0.0.5"}]}  # 1.0 s
-    gw = csvimport.GatewayState("gw-ft-12", True, False, 1, Location(), slow, [], {})
-    row = {"gateway": "gw-ft-12", "id": "gd-001", "profile": "gas-detector", "bus": "cabinet",
+    gw = csvimport.GatewayState("gw-xh-12", True, False, 1, Location(), slow, [], {})
+    row = {"gateway": "gw-xh-12", "id": "gd-001", "profile": "gas-detector", "bus": "cabinet",
            "unit_id": 6}  # fmt: skip
     [report] = csvimport.judge([(2, csvimport.DeviceCreate.model_validate(row))],
-                               {"gw-ft-12": gw}, PROFILES)  # fmt: skip
+                               {"gw-xh-12": gw}, PROFILES)  # fmt: skip
     [(where, message)] = report.errors
     assert where == "bus" and report.line == 2
     assert "gas device 'gd-001' (gas-detector) is read every 1 s" in message
     assert "bus 'cabinet' waits up to 1 s" in message
-    assert "gridwatch gateway edit gw-ft-12 --bus cabinet --timeout 0.5" in message
+    assert "gridwatch gateway edit gw-xh-12 --bus cabinet --timeout 0.5" in message
 
 
 # ---- the file an installer starts from, and the count -----------------------------------------
@@ -434,7 +434,7 @@ def test_a_device_read_faster_than_its_bus_times_out_is_told_how_to_fix_it() -> 
 
 async def test_the_shipped_sample_imports_as_it_is(central: Central) -> None:
     """``firmware_configs/samples/devices.csv``, for the gateway docs/registry.md registers."""
-    body = {"id": "gw-ft-12", "location": {"district": "futian", "grid": "FT-0042"},
+    body = {"id": "gw-xh-12", "location": {"district": "310104", "grid": "310104014024001"},
             "buses": [{"type": "modbus_tcp", "id": "cabinet", "host": "10.0.0.5", "port": 502,
                        "timeout_s": 0.5}, {"type": "mqtt", "id": "local"}]}  # fmt: skip
     async with central.http.post(central.url + "/api/v1/gateways", json=body) as r:
@@ -442,19 +442,26 @@ async def test_the_shipped_sample_imports_as_it_is(central: Central) -> None:
     text = (firmware(SAMPLES) / "devices.csv").read_text(encoding="utf-8")
     result = await central.post_csv(text, 200)
     assert result["imported"] == 20
-    async with central.http.get(central.url + "/api/v1/devices?gateway=gw-ft-12") as r:
+    async with central.http.get(central.url + "/api/v1/devices?gateway=gw-xh-12") as r:
         devices = await r.json()
     coords = {(d["lat"], d["lon"]) for d in devices}
-    assert len(coords) == 20 and {d["grid"] for d in devices} == {"FT-0042"}
+    assert len(coords) == 20 and {d["grid"] for d in devices} == {"310104014024001"}
+    # the sensors under manhole covers name their component (雨水/上水/燃气井盖) and its
+    # departments; smoke detectors and cameras watch none
+    attached = {d["device"]: (d["class_code"], d["dept_competent"]["code"]) for d in devices
+                if d["component_id"]}  # fmt: skip
+    assert {c for c, _ in attached.values()} == {"0103", "0101", "0111"}
+    assert len(attached) == 12 and attached["wl-001"] == ("0103", "XH-SW"), attached
+    assert {d["place"]["street"]["zh"] for d in devices} == {"徐家汇街道"}
 
 
 async def test_the_count_is_the_files_data_rows_and_names_each_refused_line_once(
     central: Central,
 ) -> None:
     """20 rows, 2 refused (one malformed, one the registry refuses twice over): '2 of 20'."""
-    rows = [f"gw00,wl-{i:02d},{WL},b0,{i + 1},futian" for i in range(20)]
-    rows[4] = f"gw00,wl-04,{WL},b0,many,futian"  # line 6
-    rows[9] = "gw00,wl-09,no-such-profile,rs485,10,futian"  # line 11
+    rows = [f"gw00,wl-{i:02d},{WL},b0,{i + 1},310104" for i in range(20)]
+    rows[4] = f"gw00,wl-04,{WL},b0,many,310104"  # line 6
+    rows[9] = "gw00,wl-09,no-such-profile,rs485,10,310104"  # line 11
     text = "gateway,id,profile,bus,unit_id,district\n" + "\n".join(rows) + "\n"
     report = await central.post_csv(text, 422)
     assert "(2 of 20 rows refused; nothing imported)" in report["detail"], report["detail"]

@@ -50,7 +50,7 @@ pytestmark = pytest.mark.skipif(
 async def seed(reg: Registry, sink: SqliteSink) -> None:
     """A gateway with four devices: one not answering, one with a low battery, two fine."""
     now = now_ms()
-    here = Location(district="futian", street="shennan-road", grid="FT-0042")
+    here = Location(district="310104", street="漕溪北路", grid="310104014024001")
     names = ["wl-001", "sd-001", "sd-002", "wl-002"]
     birth = Birth(gateway="gw1", session=1, ts=now, devices=names, device_info=[
         DeviceInfo(device=n, profile="smoke-detector-modbus" if n.startswith("sd") else
@@ -115,7 +115,7 @@ async def test_crew_and_operator_views(site: Registry, size: str, artifacts: Pat
             cards = await page.locator("#health-list article[data-device]").all_inner_texts()
             assert "wl-001" in cards[0] or "wl-001" in cards[1]  # unhealthy before healthy
             assert "sd-002" in cards[2] or "sd-002" in cards[3]
-            await expect(page.locator("h3.district").first).to_have_text("futian")
+            await expect(page.locator("h3.district").first).to_have_text("310104")
             assert await page.evaluate("document.documentElement.scrollWidth") <= width
             await page.screenshot(path=str(artifacts / f"dashboard-health-{size}.png"),
                                   full_page=True)  # fmt: skip
@@ -143,7 +143,7 @@ async def test_crew_and_operator_views(site: Registry, size: str, artifacts: Pat
             await expect(page.locator("#live")).to_have_text("live")
 
             # a new alert arrives at the centre: the page shows it without a reload
-            await site.ingest(smoke("a2", device="sd-002", gateway="gw1", grid="FT-0050"))
+            await site.ingest(smoke("a2", device="sd-002", gateway="gw1", grid="310104017021050"))
             await expect(page.locator('[data-alert="a2"] .badge.stage')).to_have_text("open")
             # a second detector in a1's grid cell within the minute: one incident of two alerts
             await site.ingest(smoke("a3", device="sd-003", gateway="gw1"))
@@ -246,7 +246,7 @@ async def test_a_note_survives_an_alert_burst_and_incidents_act_as_one(
 
             # the burst: eight alerts in other cells and another district, each a live refresh
             for n in range(8):
-                district = "luohu" if n % 2 else "futian"
+                district = "310106" if n % 2 else "310104"
                 await site.ingest(smoke(f"b{n}", device=f"sd-1{n}", district=district,
                                         grid=f"G-{n}"))  # fmt: skip
                 await expect(page.locator(f'[data-alert="b{n}"]')).to_have_count(1)
@@ -282,9 +282,9 @@ async def test_a_note_survives_an_alert_burst_and_incidents_act_as_one(
                                   full_page=True)  # fmt: skip
 
             # the filters: what is listed, and the heading says it
-            await page.select_option("#f-district", "luohu")
+            await page.select_option("#f-district", "310106")
             await expect(page.locator("#alerts-title")).to_have_text(
-                "Open work: 4 alerts in 4 incidents (luohu)"
+                "Open work: 4 alerts in 4 incidents (310106)"
             )
             await expect(page.locator("#alerts-list article[data-alert]")).to_have_count(4)
             await page.select_option("#f-district", "")
@@ -552,7 +552,7 @@ async def seed_hostile(reg: Registry) -> str:
         "alert_id": ALERT, "device": DEVICE, "gateway": GATEWAY,
         "location": Location(district=short("a-dist"), grid=short("a-grid")),
     })  # fmt: skip
-    second = smoke("a2", grid="FT-0099").model_copy(update={
+    second = smoke("a2", grid="310104017021099").model_copy(update={
         "alert_id": hostile("alert2"), "device": DEVICE, "gateway": GATEWAY,
         "category": hostile("category"), "unit": hostile("aunit"), "message": hostile("message"),
         "location": here,

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from gridwatch.ground.contract import Location
+from gridwatch.top.demo import place_words
+
 
 @pytest.mark.timeout(180)
 def test_demo_shows_a_flood_alert_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
@@ -50,9 +53,21 @@ def test_demo_shows_a_flood_alert_and_stops_cleanly_on_ctrl_c(tmp_path: Path) ->
     out = "".join(seen)
     assert "dashboard       http://127.0.0.1:" in out and "log in with token" in out
     assert "FLOOD-WATERLOG-01" in seen[-1] and "wl-00" in seen[-1]
+    assert "徐汇区" in seen[-1] and "街道" in seen[-1], seen[-1]  # the demo is in Xuhui
     assert "stopping..." in rest
     assert proc.returncode == 0, rest
     print(f"first alert after {raised_after:.1f}s at speedup 4")
     for name in ("central", "sim", "edge"):
         log = (tmp_path / f"{name}.log").read_text()
         assert "Traceback" not in log, f"{name}.log:\n{log[-3000:]}"
+
+
+@pytest.mark.parametrize(("loc", "said"), [
+    (Location(district="310104", street="漕溪北路", grid="310104014024001"),
+     "徐汇区 徐家汇街道 漕溪北路 310104014024001 (A)"),
+    (Location(district="310104", grid="310104103005001"), "徐汇区 华泾镇 310104103005001 (C)"),
+    (Location(district="310105", grid="G7"), "310105 G7 (B)"),  # no places file for it
+    (Location(), "an unknown place"),
+])  # fmt: skip
+def test_the_demo_says_where_an_alert_is_as_the_centre_does(loc: Location, said: str) -> None:
+    assert place_words(loc) == said

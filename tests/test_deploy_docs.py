@@ -435,7 +435,7 @@ def test_the_guides_bridge_receives_on_its_shared_subscription(
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
             with session(b.plain, "centre-bridge", "bridge-pw") as (gw, _):
-                gw.publish("gridwatch/gw/gw-ft-12/telemetry", b"not json", qos=1).wait_for_publish(
+                gw.publish("gridwatch/gw/gw-xh-12/telemetry", b"not json", qos=1).wait_for_publish(
                     5
                 )
             while metric(url, "gridwatch_bridge_received_total") < 1:

@@ -16,7 +16,7 @@ PROFILES = {"sd-001": "smoke-detector-modbus", "wl-001": "water-level-ultrasonic
 
 async def _born(reg: Registry) -> None:
     now = now_ms()
-    here = Location(district="futian", street="shennan-road", grid="FT-0042")
+    here = Location(district="310104", street="漕溪北路", grid="310104014024001")
     birth = Birth(gateway="gw1", session=1, ts=now, devices=list(PROFILES), device_info=[
         DeviceInfo(device=n, profile=p, interval_s=60, location=here) for n, p in PROFILES.items()
     ])  # fmt: skip

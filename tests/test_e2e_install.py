@@ -135,7 +135,7 @@ async def test_installer_registers_commissions_and_commands(
 
     gw = "gw-e2e"
     code, out = await cli(
-        central, installer, "gateway", "add", gw, "--district", "futian", "--grid", "FT-0042",
+        central, installer, "gateway", "add", gw, "--district", "310104", "--grid", "310104014024001",
         "--bus", f"type=modbus_tcp,id=cabinet,host=127.0.0.1,port={modbus_port},timeout_s=0.5",
         "--write-config", str(tmp_path / "gateway.yaml"),
     )  # fmt: skip

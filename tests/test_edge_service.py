@@ -192,7 +192,7 @@ async def test_sighup_reloads_a_valid_config_and_keeps_the_running_one_on_a_brok
             stale = {**original, "version": 2, "gateway": {**original["gateway"], "id": "gw-x"}}
             path.write_text(yaml.safe_dump(stale, sort_keys=False))
             edge.proc.send_signal(signal.SIGHUP)
-            await edge.line(lambda x: "this gateway is 'gw-futian-01'" in x)
+            await edge.line(lambda x: "this gateway is 'gw-xuhui-01'" in x)
             assert edge.proc.poll() is None
         finally:
             assert edge.stop() == 0

@@ -33,11 +33,11 @@ MIN = 60_000
 @pytest.mark.parametrize(
     ("category", "district", "scale", "due"),
     [
-        ("FIRE-SMOKE-01", "futian", 1.0, T0 + 15 * MIN),  # in service: the catalogue's limit
-        ("FIRE-SMOKE-01", "futian", 0.01, T0 + 9_000),  # 15 min -> 9 s
-        ("FLOOD-WATERLOG-01", "futian", 0.01, T0 + 27_000),  # the district's 45 min, scaled
-        ("FLOOD-WATERLOG-01", "nanshan", 0.5, T0 + 30 * MIN),
-        ("NO-SUCH-CODE", "futian", 0.01, None),  # no limit stays no limit
+        ("FIRE-SMOKE-01", "310104", 1.0, T0 + 15 * MIN),  # in service: the catalogue's limit
+        ("FIRE-SMOKE-01", "310104", 0.01, T0 + 9_000),  # 15 min -> 9 s
+        ("FLOOD-WATERLOG-01", "310104", 0.01, T0 + 27_000),  # the district's 45 min, scaled
+        ("FLOOD-WATERLOG-01", "310105", 0.5, T0 + 30 * MIN),
+        ("NO-SUCH-CODE", "310104", 0.01, None),  # no limit stays no limit
     ],
 )
 def test_due_at_under_a_drill(category: str, district: str, scale: float, due: int | None) -> None:

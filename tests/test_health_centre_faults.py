@@ -389,7 +389,7 @@ async def test_the_dashboard_shows_the_failing_dependency_and_no_silent_device(
     from playwright.async_api import async_playwright, expect
 
     now = now_ms()
-    here = Location(district="futian", street="shennan-road", grid="FT-0042")
+    here = Location(district="310104", street="漕溪北路", grid="310104014024001")
     birth = Birth(gateway="gw1", session=1, ts=now, devices=["d1", "d2"], device_info=[
         DeviceInfo(device=d, profile="water-level-ultrasonic", interval_s=1, location=here)
         for d in ("d1", "d2")])  # fmt: skip

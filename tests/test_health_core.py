@@ -514,8 +514,8 @@ def cli_report(problems: list[dict[str, Any]], devices: list[dict[str, Any]],
 
 def cli_dev(i: str, healthy: bool = False, reason: str = "not answering") -> dict[str, Any]:
     return {"id": f"gw1:{i}", "device": i, "status": "online" if healthy else "offline",
-            "healthy": healthy, "reasons": [] if healthy else [reason], "district": "futian",
-            "grid": "FT-1"}  # fmt: skip
+            "healthy": healthy, "reasons": [] if healthy else [reason], "district": "310104",
+            "grid": "310104017021001"}  # fmt: skip
 
 
 BUS_DOWN = {"kind": "bus", "id": "gw1/cab", "gateway": "gw1", "status": "offline",
@@ -524,7 +524,7 @@ BUS_DOWN = {"kind": "bus", "id": "gw1/cab", "gateway": "gw1", "status": "offline
             "address": "10.0.0.5:502", "district": "", "grid": ""}  # fmt: skip
 ALONE = {"kind": "device", "id": "gw1:c", "gateway": "gw1", "status": "offline",
          "reason": "not answering", "since": 1, "devices": ["gw1:c"], "bus": "", "address": "",
-         "district": "futian", "grid": "FT-1"}  # fmt: skip
+         "district": "310104", "grid": "310104017021001"}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -539,7 +539,7 @@ ALONE = {"kind": "device", "id": "gw1:c", "gateway": "gw1", "status": "offline",
           "devices are not answering",
           "  gw1:a                        offline  not answering",
           "  gw1:b                        offline  not answering",
-          "", "futian / FT-1",
+          "", "310104 / 310104017021001",
           "  gw1:c                        offline  not answering",
           "", "2 problems: 3 of 4 devices unhealthy; 0 of 1 gateways unhealthy"]),
         ("--all adds the healthy ones", cli_report([], [cli_dev("d", True)]), True,

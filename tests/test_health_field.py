@@ -61,7 +61,7 @@ def field_config(
     cfg["buses"].append({"type": "mqtt", "id": "local", "host": "127.0.0.1", "port": broker.port})
     cfg["devices"] += [
         {"id": f"sm-{i}", "profile": "smoke-detector-mqtt", "bus": "local",
-         "address": f"{prefix}-sm{i}", "interval_s": INTERVAL_S, "location": {"grid": "FT-0044"}}
+         "address": f"{prefix}-sm{i}", "interval_s": INTERVAL_S, "location": {"grid": "310104014006001"}}
         for i in (1, 2)
     ]  # fmt: skip
     path = tmp / "gateway.yaml"
@@ -139,12 +139,12 @@ async def test_offline_silent_and_low_battery_show_up_with_their_reasons(
             return len(h["devices"]) == 6 and seen and h["healthy"]
 
         await within("the field healthy", 20, all_healthy)
-        ok = await asyncio.to_thread(c.cli, "--district", "futian")
+        ok = await asyncio.to_thread(c.cli, "--district", "310104")
         assert ok.returncode == 0, ok.stdout + ok.stderr
         h = await c.health(http)
         assert {(d["device"], d["grid"], d["profile"]) for d in h["devices"]} >= {
-            ("wl-002", "FT-0043", "water-level-ultrasonic"),
-            ("sm-1", "FT-0044", "smoke-detector-mqtt"),
+            ("wl-002", "310104003019001", "water-level-ultrasonic"),
+            ("sm-1", "310104014006001", "smoke-detector-mqtt"),
         }
 
         t0 = time.monotonic()
@@ -181,13 +181,13 @@ async def test_offline_silent_and_low_battery_show_up_with_their_reasons(
             f"battery {battery:.2f} s, silent {silent:.2f} s (interval {INTERVAL_S} s)"
         )
 
-        bad = await asyncio.to_thread(c.cli, "--district", "futian")
+        bad = await asyncio.to_thread(c.cli, "--district", "310104")
         assert bad.returncode == 1, bad.stdout + bad.stderr
         out = bad.stdout
         assert "wl-002" in out and "offline" in out and "consecutive failed reads" in out
         assert "sm-2" in out and "silent" in out and "battery low: 2.4 V" in out
         assert "wl-001" not in out  # healthy devices are not listed without --all
-        cell = await asyncio.to_thread(c.cli, "--grid", "FT-0043")
+        cell = await asyncio.to_thread(c.cli, "--grid", "310104003019001")
         assert cell.returncode == 1 and "wl-002" in cell.stdout and "sm-2" not in cell.stdout
         listed = await c.health(http)
         assert {d["device"] for d in listed["devices"][:3]} == {"wl-002", "sd-001", "sm-2"}
@@ -230,7 +230,7 @@ async def test_a_bus_down_is_one_problem_naming_the_bus_and_its_address(
         took = await within("one bus problem", 3 * INTERVAL_S + HEALTH_S + 5, bus_down, t0)
         print(f"bus down seen as one problem after {took:.2f} s (interval {INTERVAL_S} s)")
         (p,) = (await c.health(http))["problems"]
-        assert p["reason"] == (f"bus cabinet-tcp ({address}) on gateway gw-futian-01 unreachable: "
+        assert p["reason"] == (f"bus cabinet-tcp ({address}) on gateway gw-xuhui-01 unreachable: "
                                "its 4 devices are not answering")  # fmt: skip
         assert p["address"] == address and p["since"] is not None
         out = await asyncio.to_thread(c.cli)
@@ -239,7 +239,7 @@ async def test_a_bus_down_is_one_problem_naming_the_bus_and_its_address(
         head = next(i for i, line in enumerate(lines) if line.startswith("bus "))
         assert "unreachable" in lines[head]
         assert {line.split()[0] for line in lines[head + 1 : head + 5]} == {
-            f"gw-futian-01:{d.id}" for d in devices
+            f"gw-xuhui-01:{d.id}" for d in devices
         }
         assert lines[-1] == "1 problem: 4 of 4 devices unhealthy; 0 of 1 gateways unhealthy"
 

@@ -184,7 +184,7 @@ async def registry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> AsyncI
         await store.close()
 
 
-GAS = ("device", "add", "gw-ft-12", "gd-001", "--profile", "gas-detector", "--bus", "cabinet",
+GAS = ("device", "add", "gw-xh-12", "gd-001", "--profile", "gas-detector", "--bus", "cabinet",
        "--unit-id", "6")  # fmt: skip
 
 
@@ -193,34 +193,34 @@ async def test_a_gas_detector_refused_for_the_bus_timeout_goes_in_after_gateway_
 ) -> None:
     """The bus left at its default timeout (1 s), as an installer following the docs leaves it:
     the refusal names the command that fixes it, and that command does."""
-    code, _, err = await registry.cli("gateway", "add", "gw-ft-12", "--district", "futian",
-                                      "--grid", "FT-0042",
+    code, _, err = await registry.cli("gateway", "add", "gw-xh-12", "--district", "310104",
+                                      "--grid", "310104014024001",
                                       "--bus", "type=modbus_tcp,id=cabinet,host=10.0.0.5")  # fmt: skip
     assert code == 0, err
     code, _, err = await registry.cli(*GAS)
     assert code == REFUSED  # 422
-    fix = "gridwatch gateway edit gw-ft-12 --bus cabinet --timeout 0.5"
+    fix = "gridwatch gateway edit gw-xh-12 --bus cabinet --timeout 0.5"
     assert fix in err and "gas device 'gd-001' (gas-detector) is read every 1 s" in err, err
     code, out, err = await registry.cli(*fix.split()[1:])
     assert code == 0, err
     assert "config v2 goes to the gateway now" in out, out
     code, _, err = await registry.cli(*GAS)
     assert code == 0, err
-    gw = await registry.gateway("gw-ft-12")
+    gw = await registry.gateway("gw-xh-12")
     assert (gw["devices"], gw["config"]["desired"]) == (1, 3)
 
     # name and location: given parts merged into what it has, its own coordinates kept
-    code, _, err = await registry.cli("gateway", "edit", "gw-ft-12", "--name", "Cabinet 12",
-                                      "--street", "Shennan Rd", "--lat", "22.5431",
-                                      "--lon", "114.0572", "--label", "crew=north")  # fmt: skip
+    code, _, err = await registry.cli("gateway", "edit", "gw-xh-12", "--name", "Cabinet 12",
+                                      "--street", "漕溪北路", "--lat", "31.1931",
+                                      "--lon", "121.4372", "--label", "crew=north")  # fmt: skip
     assert code == 0, err
-    code, _, err = await registry.cli("gateway", "edit", "gw-ft-12", "--grid", "FT-0043")
+    code, _, err = await registry.cli("gateway", "edit", "gw-xh-12", "--grid", "310104003019001")
     assert code == 0, err
-    gw = await registry.gateway("gw-ft-12")
+    gw = await registry.gateway("gw-xh-12")
     assert (gw["name"], gw["labels"], gw["coordinates"]) == ("Cabinet 12", {"crew": "north"},
                                                              "gateway")  # fmt: skip
-    assert gw["location"] == {"district": "futian", "street": "Shennan Rd", "grid": "FT-0043",
-                              "lat": 22.5431, "lon": 114.0572}  # fmt: skip
+    assert gw["location"] == {"district": "310104", "street": "漕溪北路", "grid": "310104003019001",
+                              "lat": 31.1931, "lon": 121.4372}  # fmt: skip
 
 
 # (gateway edit's arguments, exit code, words of what it prints on stderr): a 422 is refused, 4
@@ -258,7 +258,7 @@ async def test_gateway_edit(
 
 async def test_gateway_list_hides_retired_gateways_unless_all(registry: Registry) -> None:
     for gw in ("gw-live", "gw-old"):
-        code, _, err = await registry.cli("gateway", "add", gw, "--district", "futian")
+        code, _, err = await registry.cli("gateway", "add", gw, "--district", "310104")
         assert code == 0, err
     code, _, err = await registry.cli("gateway", "retire", "gw-old")
     assert code == 0, err
@@ -285,11 +285,11 @@ async def test_what_a_newcomer_missed_is_said(registry: Registry, tmp_path: Path
     code, _, err = await registry.cli("gateway", "add", "gw-2", "--bus",
                                       "type=mqtt,id=local,host=10.0.0.9")  # fmt: skip
     assert (code, err) == (0, ""), err
-    code, _, err = await registry.cli("gateway", "edit", "gw-1", "--name", "Cabinet 7, Shennan Rd")
+    code, _, err = await registry.cli("gateway", "edit", "gw-1", "--name", "Cabinet 7, 漕溪北路")
     assert code == 0, err
     for argv in (("gateway", "list"), ("gateway", "show", "gw-1")):
         _, out, _ = await registry.cli(*argv)
-        assert "'Cabinet 7, Shennan Rd'" in out, (argv, out)
+        assert "'Cabinet 7, 漕溪北路'" in out, (argv, out)
     csv = tmp_path / "devices.csv"
     csv.write_text("gateway,id,profile,bus\ngw-1,sd-1,smoke-detector-mqtt,local\n"
                    "gw-1,sd-2,no-such-profile,local\n", encoding="utf-8")  # fmt: skip

@@ -217,11 +217,11 @@ def test_device_clear(stage: Stage, after: Stage | None) -> None:
     ("category", "district", "limit_min"),
     [
         ("FLOOD-WATERLOG-01", "", 60),  # city base
-        ("FLOOD-WATERLOG-01", "futian", 45),  # the district layer tightens it
-        ("FLOOD-WATERLOG-01", "nanshan", 60),  # a district without a layer: the city's
-        ("FT-FLOOD-SCHOOL-01", "futian", 20),  # a district's own category
-        ("FT-FLOOD-SCHOOL-01", "", None),  # ... unknown to the city
-        ("NO-SUCH-CODE", "futian", None),
+        ("FLOOD-WATERLOG-01", "310104", 45),  # the district layer tightens it
+        ("FLOOD-WATERLOG-01", "310105", 60),  # a district without a layer: the city's
+        ("XH-FLOOD-SCHOOL-01", "310104", 20),  # a district's own category
+        ("XH-FLOOD-SCHOOL-01", "", None),  # ... unknown to the city
+        ("NO-SUCH-CODE", "310104", None),
     ],
 )
 def test_time_limit_from_city_and_district_layers(

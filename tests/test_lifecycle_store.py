@@ -29,11 +29,11 @@ async def ops(registry_url: str) -> AsyncIterator[OpsStore]:
 
 
 def smoke(alert_id: str, device: str, at: int, state: AlertState = AlertState.RAISED,
-          grid: str = "FT-0042") -> AlertEvent:  # fmt: skip
+          grid: str = "310104014024001") -> AlertEvent:  # fmt: skip
     return AlertEvent(
         id=new_id(), gateway="gw1", seq=1, session=1, alert_id=alert_id, state=state,
         rule="smoke", category="FIRE-SMOKE-01", severity=Severity.CRITICAL, device=device,
-        point="obscuration", location=Location(district="futian", grid=grid), value=5.0,
+        point="obscuration", location=Location(district="310104", grid=grid), value=5.0,
         raised_at=at, ts=at,
     )  # fmt: skip
 
@@ -83,7 +83,7 @@ async def test_device_clear_moves_an_open_alert_to_cleared(ops: OpsStore) -> Non
 
 async def test_two_detectors_in_one_cell_are_one_incident(ops: OpsStore) -> None:
     await ingest(ops, smoke("a1", "sd-1", T0), smoke("a2", "sd-2", T0 + 20_000))
-    await ingest(ops, smoke("a3", "sd-3", T0 + 30_000, grid="FT-0099"))
+    await ingest(ops, smoke("a3", "sd-3", T0 + 30_000, grid="310104017021099"))
     await ingest(ops, smoke("a4", "sd-4", T0 + 5 * MIN))
     views = {a.alert_id: a for a in await ops.alerts(AlertFilter(), now=T0)}
     assert views["a1"].incident_id == views["a2"].incident_id
@@ -98,8 +98,10 @@ async def test_two_detectors_in_one_cell_are_one_incident(ops: OpsStore) -> None
 
 
 async def test_overdue_alert_is_escalated_once(ops: OpsStore) -> None:
-    await ingest(ops, smoke("a1", "sd-1", T0), smoke("a2", "sd-2", T0, grid="FT-0100"))
-    await ingest(ops, smoke("a2", "sd-2", T0 + MIN // 2, AlertState.CLEARED, grid="FT-0100"))
+    await ingest(ops, smoke("a1", "sd-1", T0), smoke("a2", "sd-2", T0, grid="310104017021100"))
+    await ingest(
+        ops, smoke("a2", "sd-2", T0 + MIN // 2, AlertState.CLEARED, grid="310104017021100")
+    )
     await ops.act("a2", Action.RESOLVE, "ops", "", T0 + MIN)
     assert await ops.escalate(T0 + 15 * MIN) == []
     assert await ops.escalate(T0 + 15 * MIN + 1) == ["a1"]
@@ -108,7 +110,7 @@ async def test_overdue_alert_is_escalated_once(ops: OpsStore) -> None:
     assert a.overdue and a.escalated_at == T0 + 15 * MIN + 1
     [esc] = [e for e in await ops.feed(0) if e.kind == "escalation"]
     assert esc.payload["overdue_ms"] == 1 and esc.payload["unit"] == "Fire and rescue brigade"
-    assert (esc.district, esc.category, esc.severity) == ("futian", "FIRE-SMOKE-01", "critical")
+    assert (esc.district, esc.category, esc.severity) == ("310104", "FIRE-SMOKE-01", "critical")
 
 
 async def test_feed_is_pruned_except_what_a_dead_letter_needs(ops: OpsStore) -> None:
@@ -157,7 +159,7 @@ async def test_two_registry_processes_escalate_an_alert_once(ops: OpsStore) -> N
 async def test_an_incident_is_acknowledged_and_resolved_as_one(ops: OpsStore) -> None:
     """Two detectors in one cell: the operator acts on the incident, not alert by alert."""
     await ingest(ops, smoke("a1", "sd-1", T0), smoke("a2", "sd-2", T0 + 20_000))
-    await ingest(ops, smoke("x9", "sd-9", T0, grid="FT-0099"))  # another incident
+    await ingest(ops, smoke("x9", "sd-9", T0, grid="310104017021099"))  # another incident
     views = {a.alert_id: a for a in await ops.alerts(AlertFilter(), now=T0)}
     incident = views["a1"].incident_id
     await ops.act("a1", Action.ACK, "ops-1", "seen on camera", T0 + MIN)
@@ -196,7 +198,7 @@ async def test_an_alert_stored_before_the_contract_had_ranges_still_moves(ops: O
     """A row written before the contract bounded its strings (an 800 KB street) must not stop
     the ingest of its clear: the platform message is built from what is stored."""
     await ingest(ops, smoke("old-1", "sd-1", T0))
-    legacy = {"district": "futian", "street": "x" * 800_000, "grid": "FT-0042"}
+    legacy = {"district": "310104", "street": "x" * 800_000, "grid": "310104014024001"}
     async with ops.store.transaction() as s:
         await s.execute(update(Alert).where(Alert.alert_id == "old-1").values(location=legacy))
     await ingest(ops, smoke("old-1", "sd-1", T0 + MIN, AlertState.CLEARED), now=T0 + MIN)
@@ -241,7 +243,7 @@ async def test_an_alert_whose_sensor_is_gone_can_be_ended(ops: OpsStore) -> None
     recorded with what the sensor last said and why it was not waited for."""
     birth = Birth(gateway="gw1", session=1, ts=T0, devices=["sd-1", "sd-2"])
     await ops.store.apply(Changes(now=T0, status=[birth]))
-    await ingest(ops, smoke("a1", "sd-1", T0), smoke("a2", "sd-2", T0, grid="FT-0100"))
+    await ingest(ops, smoke("a1", "sd-1", T0), smoke("a2", "sd-2", T0, grid="310104017021100"))
     with pytest.raises(StillActive):  # a day exactly: not yet
         await ops.act("a1", Action.RESOLVE, "ops", "", T0 + SILENT_MS)
     view = await ops.act("a1", Action.RESOLVE, "ops", "", T0 + SILENT_MS + 1)

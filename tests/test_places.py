@@ -41,10 +41,10 @@ from tests.services import Mosquitto
 KEYS = [
     # (location, its site key)
     (Location(), None),
-    (Location(street="Shennan Rd", grid="FT-1"), None),  # no district: nowhere
-    (Location(district="futian"), ("futian", "", "")),
-    (Location(district="futian", grid="FT-1"), ("futian", "", "FT-1")),
-    (Location(district="futian", street="Shennan Rd", grid="FT-1", lat=22.5), ("futian", "Shennan Rd", "FT-1")),
+    (Location(street="漕溪北路", grid="310104017021001"), None),  # no district: nowhere
+    (Location(district="310104"), ("310104", "", "")),
+    (Location(district="310104", grid="310104017021001"), ("310104", "", "310104017021001")),
+    (Location(district="310104", street="漕溪北路", grid="310104017021001", lat=31.2), ("310104", "漕溪北路", "310104017021001")),
 ]  # fmt: skip
 
 
@@ -69,12 +69,12 @@ async def counts(store: RegistryStore) -> dict[str, int]:
     return {t.__tablename__: await count(store, t) for t in (District, Street, GridCell, Site)}
 
 
-SAME = Location(district="d-new", street="Shennan Rd", grid="FT-0001", lat=22.54, lon=114.05)
+SAME = Location(district="d-new", street="漕溪北路", grid="310104017021001", lat=31.19, lon=121.43)
 OTHERS = [
-    Location(district="d-new", street="Shennan Rd", grid="FT-0002"),
-    Location(district="d-new", street="Fuhua Rd", grid="FT-0001"),
-    Location(district="d-new", grid="FT-0003"),
-    Location(district="d-other", street="Shennan Rd", grid="OT-0001"),
+    Location(district="d-new", street="漕溪北路", grid="310104017021002"),
+    Location(district="d-new", street="肇嘉浜路", grid="310104017021001"),
+    Location(district="d-new", grid="310104017021003"),
+    Location(district="d-other", street="漕溪北路", grid="OT-0001"),
 ]
 
 
@@ -93,7 +93,7 @@ async def test_twenty_writers_racing_for_one_new_place_make_one_row_each(
             if i % 2:
                 site = await resolve_site(s, SAME)
                 assert site is not None
-                return {("d-new", "Shennan Rd", "FT-0001"): site}
+                return {("d-new", "漕溪北路", "310104017021001"): site}
             # the overlapping places, each writer in another order
             places = [SAME, *OTHERS]
             k = i // 2 % len(places)
@@ -111,9 +111,9 @@ async def test_twenty_writers_racing_for_one_new_place_make_one_row_each(
     assert len(ids) == 1 + len(OTHERS)
     assert await counts(store) == {"districts": 2, "streets": 3, "grid_cells": 4, "sites": 5}
     async with store.transaction() as s:
-        first = await s.get(Site, ids[("d-new", "Shennan Rd", "FT-0001")].pop())
+        first = await s.get(Site, ids[("d-new", "漕溪北路", "310104017021001")].pop())
         cell = await s.get(GridCell, "OT-0001")
-    assert first is not None and (first.lat, first.lon) == (22.54, 114.05)
+    assert first is not None and (first.lat, first.lon) == (31.19, 121.43)
     assert cell is not None and cell.district_id == "d-other"
 
 
@@ -121,7 +121,7 @@ async def test_a_place_resolved_again_is_the_same_site(store: RegistryStore) -> 
     async with store.transaction() as s:
         first = await resolve_site(s, SAME)
         again = await resolve_site(s, SAME.model_copy(update={"lat": 1.0}))
-        nowhere = await resolve_site(s, Location(street="Shennan Rd"))
+        nowhere = await resolve_site(s, Location(street="漕溪北路"))
     async with store.transaction() as s:
         later = await resolve_site(s, SAME)
     assert first == again == later and first is not None and nowhere is None
@@ -166,15 +166,15 @@ async def test_ingest_and_installers_share_the_place(store: RegistryStore) -> No
 
 # ---- each device's own coordinates ------------------------------------------------------------
 
-SHARED = Location(district="futian", street="Shennan Rd", grid="FT-0042")
+SHARED = Location(district="310104", street="漕溪北路", grid="310104014024001")
 
 # (locations, the place they share, whether they agreed on all of it)
 SHARED_PLACES = [
     ([], Location(), True),
-    ([SHARED, SHARED.model_copy(update={"lat": 22.5, "lon": 114.0})], SHARED, True),
-    ([SHARED, SHARED.model_copy(update={"grid": "FT-0043"})],
-     Location(district="futian", street="Shennan Rd"), False),
-    ([SHARED, Location(district="luohu", grid="FT-0042")], Location(), False),
+    ([SHARED, SHARED.model_copy(update={"lat": 31.2, "lon": 121.4})], SHARED, True),
+    ([SHARED, SHARED.model_copy(update={"grid": "310104003019001"})],
+     Location(district="310104", street="漕溪北路"), False),
+    ([SHARED, Location(district="310106", grid="310104014024001")], Location(), False),
     ([SHARED, Location()], Location(), False),
 ]  # fmt: skip
 
@@ -186,9 +186,9 @@ def test_shared_place(locs: list[Location], shared: Location, agreed: bool) -> N
 
 # (site coordinates, own coordinates, the coordinates shown)
 LOCATED = [
-    ((22.5, 114.0), (None, None), (22.5, 114.0)),  # none of its own: the site's stand in
-    ((22.5, 114.0), (22.54311, 114.05721), (22.54311, 114.05721)),  # its own win
-    ((None, None), (22.54311, 114.05721), (22.54311, 114.05721)),
+    ((31.2, 121.4), (None, None), (31.2, 121.4)),  # none of its own: the site's stand in
+    ((31.2, 121.4), (31.19311, 121.43721), (31.19311, 121.43721)),  # its own win
+    ((None, None), (31.19311, 121.43721), (31.19311, 121.43721)),
     ((None, None), (None, None), (None, None)),
 ]
 
@@ -199,18 +199,18 @@ def test_located(
     own: tuple[float | None, float | None],
     shown: tuple[float | None, float | None],
 ) -> None:
-    row = Site(id=1, district_id="futian", street="Shennan Rd", grid="FT-0042",
+    row = Site(id=1, district_id="310104", street="漕溪北路", grid="310104014024001",
                lat=site[0], lon=site[1])  # fmt: skip
     loc = located(row, own)
-    assert (loc.lat, loc.lon) == shown and (loc.district, loc.grid) == ("futian", "FT-0042")
+    assert (loc.lat, loc.lon) == shown and (loc.district, loc.grid) == ("310104", "310104014024001")
 
 
 # (where a coordinate enters, the field named in the refusal)
 OUT_OF_RANGE = [
-    ({"lat": 122.54, "lon": 114.05}, "lat"),
-    ({"lat": -90.5, "lon": 114.05}, "lat"),
-    ({"lat": 22.54, "lon": 184.05}, "lon"),
-    ({"lat": 22.54, "lon": -180.01}, "lon"),
+    ({"lat": 131.19, "lon": 121.43}, "lat"),
+    ({"lat": -90.5, "lon": 121.43}, "lat"),
+    ({"lat": 31.19, "lon": 184.05}, "lon"),
+    ({"lat": 31.19, "lon": -180.01}, "lon"),
 ]
 
 
@@ -220,7 +220,7 @@ def test_a_coordinate_out_of_range_is_refused_where_it_enters(
 ) -> None:
     """The contract (a birth's device info, an alert), the API's request models and a CSV row."""
     with pytest.raises(ValidationError) as wire:
-        DeviceInfo.model_validate({"device": "d1", "location": {"district": "futian", **coords}})
+        DeviceInfo.model_validate({"device": "d1", "location": {"district": "310104", **coords}})
     assert [e["loc"] for e in wire.value.errors()] == [("location", field)]
     with pytest.raises(ValidationError) as api:
         DeviceCreate.model_validate(
@@ -236,7 +236,7 @@ def test_a_coordinate_out_of_range_is_refused_where_it_enters(
     assert (report.line, where) == (2, field) and span in message, report
 
 
-@pytest.mark.parametrize("coords", [{"lat": 22.54}, {"lon": 114.05}])
+@pytest.mark.parametrize("coords", [{"lat": 31.19}, {"lon": 121.43}])
 def test_coordinates_come_as_a_pair(coords: dict[str, float]) -> None:
     """A latitude alone sends a crew nowhere; the edge would complete it with its cabinet's."""
     with pytest.raises(ValidationError) as api:
@@ -258,9 +258,9 @@ async def test_the_migration_copies_the_site_coordinates_to_each_device(registry
     engine = make_engine(registry_url)
     async with engine.begin() as conn:
         await conn.run_sync(lambda c: migrate.command.upgrade(migrate.alembic_config(c), "r0005"))
-        await conn.execute(text("INSERT INTO districts (id, name) VALUES ('futian', '')"))
+        await conn.execute(text("INSERT INTO districts (id, name) VALUES ('310104', '')"))
         await conn.execute(text("INSERT INTO sites (id, district_id, street, grid, lat, lon) "
-                                "VALUES (7, 'futian', '', 'FT-1', 22.5, 114.1)"))  # fmt: skip
+                                "VALUES (7, '310104', '', '310104017021001', 31.2, 121.5)"))  # fmt: skip
         await conn.execute(text("INSERT INTO gateways (id, site_id, online, session, software, "
                                 "config_version, first_seen, last_seen, config_desired, "
                                 "config_acked) VALUES ('gw', 7, false, 0, '', 0, 1, 1, 0, 0)"))  # fmt: skip
@@ -274,10 +274,10 @@ async def test_the_migration_copies_the_site_coordinates_to_each_device(registry
         async with store.transaction() as s:
             rows = {d.id: (d.lat, d.lon) for d in await s.scalars(select(Device))}
             gw = await s.get(Gateway, "gw")
-        assert rows == {"gw:a": (22.5, 114.1), "gw:b": (None, None)}
-        assert gw is not None and (gw.lat, gw.lon) == (22.5, 114.1)
+        assert rows == {"gw:a": (31.2, 121.5), "gw:b": (None, None)}
+        assert gw is not None and (gw.lat, gw.lon) == (31.2, 121.5)
         a = await store.device("gw:a")
-        assert (a.lat, a.lon, a.coordinates) == (22.5, 114.1, "device")
+        assert (a.lat, a.lon, a.coordinates) == (31.2, 121.5, "device")
     finally:
         await store.close()
 
@@ -287,28 +287,28 @@ async def test_a_gateway_nobody_registered_is_sited_where_its_birth_says(
 ) -> None:
     """Its devices' location when they agree (each device keeps its own coordinates), what they
     share when they do not, said in the log."""
-    here = SHARED.model_copy(update={"lat": 22.54311, "lon": 114.05721})
-    there = SHARED.model_copy(update={"lat": 22.54388, "lon": 114.05799})
+    here = SHARED.model_copy(update={"lat": 31.19311, "lon": 121.43721})
+    there = SHARED.model_copy(update={"lat": 31.19388, "lon": 121.43799})
     infos = [DeviceInfo(device="d1", location=here), DeviceInfo(device="d2", location=there)]
     b = Birth(gateway="gw-a", session=1, ts=100, devices=["d1", "d2"], device_info=infos)
     split = [DeviceInfo(device="d3", location=SHARED),
-             DeviceInfo(device="d4", location=SHARED.model_copy(update={"grid": "FT-0043"}))]  # fmt: skip
+             DeviceInfo(device="d4", location=SHARED.model_copy(update={"grid": "310104003019001"}))]  # fmt: skip
     b2 = Birth(gateway="gw-b", session=1, ts=100, devices=["d3", "d4"], device_info=split)
     await store.apply(Changes(now=1000, status=[b, b2]))
     async with store.transaction() as s:
         places = {gw.id: (site.district_id, site.street, site.grid) for gw, site in
                   await s.execute(select(Gateway, Site).join(Site, Site.id == Gateway.site_id))}  # fmt: skip
-    assert places == {"gw-a": ("futian", "Shennan Rd", "FT-0042"),
-                      "gw-b": ("futian", "Shennan Rd", "")}  # fmt: skip
+    assert places == {"gw-a": ("310104", "漕溪北路", "310104014024001"),
+                      "gw-b": ("310104", "漕溪北路", "")}  # fmt: skip
     assert "gw-b connected unregistered; its devices are in 2 places" in caplog.text
     d1, d2 = await store.device("gw-a:d1"), await store.device("gw-a:d2")
-    assert (d1.lat, d1.lon, d2.lat, d2.lon) == (22.54311, 114.05721, 22.54388, 114.05799)
+    assert (d1.lat, d1.lon, d2.lat, d2.lon) == (31.19311, 121.43721, 31.19388, 121.43799)
     assert d1.coordinates == d2.coordinates == "device"
 
 
 CABINET = {"type": "modbus_tcp", "id": "cabinet", "host": "10.0.0.5", "timeout_s": 0.5}
 # two manholes and a gauge in one grid cell, on one street, metres apart
-WL_A, WL_B, MH_C = (22.54311, 114.05721), (22.54388, 114.05799), (22.54350, 114.05750)
+WL_A, WL_B, MH_C = (31.19311, 121.43721), (31.19388, 121.43799), (31.19350, 121.43750)
 
 
 @pytest.mark.timeout(120)
@@ -321,17 +321,17 @@ async def test_devices_in_one_grid_cell_keep_their_own_coordinates_to_the_platfo
     token = (await issue(store, TokenRequest(name="anna", role=Role.INSTALLER), SYSTEM)).token
     app = build_app(store=store, installers=InstallerSettings())
     gw = f"gw-{prefix}"
-    cell = "district=futian,street=Shennan Rd,grid=FT-0042"
+    cell = "district=310104,street=漕溪北路,grid=310104014024001"
     csv = ("gateway,id,profile,bus,unit_id,district,street,grid,lat,lon\n"
-           f"{gw},wl-a,water-level-ultrasonic,cabinet,1,futian,Shennan Rd,FT-0042,{WL_A[0]},{WL_A[1]}\n"
-           f"{gw},wl-b,water-level-ultrasonic,cabinet,2,futian,Shennan Rd,FT-0042,{WL_B[0]},{WL_B[1]}\n")  # fmt: skip
+           f"{gw},wl-a,water-level-ultrasonic,cabinet,1,310104,漕溪北路,310104014024001,{WL_A[0]},{WL_A[1]}\n"
+           f"{gw},wl-b,water-level-ultrasonic,cabinet,2,310104,漕溪北路,310104014024001,{WL_B[0]},{WL_B[1]}\n")  # fmt: skip
     try:
         async with (
             serving(app, "127.0.0.1", 0) as url,
             aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http,
         ):
             where = dict(kv.split("=") for kv in cell.split(","))
-            body = {"id": gw, "location": {**where, "lat": 22.5400, "lon": 114.0500},
+            body = {"id": gw, "location": {**where, "lat": 31.1900, "lon": 121.4300},
                     "buses": [CABINET]}  # fmt: skip
             async with http.post(url + "/api/v1/gateways", json=body) as r:
                 assert r.status == 201, await r.text()
@@ -345,7 +345,7 @@ async def test_devices_in_one_grid_cell_keep_their_own_coordinates_to_the_platfo
                 async with http.post(url + "/api/v1/devices", json=body) as r:
                     assert r.status == 201, await r.text()
                     shown = await r.json()
-                    assert (shown["lat"], shown["lon"]) == (coords or (22.54, 114.05)), shown
+                    assert (shown["lat"], shown["lon"]) == (coords or (31.19, 121.43)), shown
             async with http.get(url + f"/api/v1/gateways/{gw}/config") as r:
                 config = {d["id"]: d.get("location", {}) for d in (await r.json())["devices"]}
             shown = {}
@@ -359,15 +359,15 @@ async def test_devices_in_one_grid_cell_keep_their_own_coordinates_to_the_platfo
                 assert f"coordinates: {d['lat']}, {d['lon']}" in text_out, text_out
         assert shown == {"wl-a": (*WL_A, "device"), "wl-b": (*WL_B, "device"),
                          "mh-c": (*MH_C, "device"),
-                         "sd-d": (22.54, 114.05, "site")}  # fmt: skip
+                         "sd-d": (31.19, 121.43, "site")}  # fmt: skip
         # the edge gets each device's own, and a device without its own the cabinet's
         assert (config["wl-a"]["lat"], config["wl-b"]["lon"]) == (WL_A[0], WL_B[1])
-        assert (config["sd-d"]["lat"], config["sd-d"]["lon"]) == (22.54, 114.05)
+        assert (config["sd-d"]["lat"], config["sd-d"]["lon"]) == (31.19, 121.43)
 
         # alerts that come in at the cabinet's coordinates go out at each device's own
         sink = await SqliteSink.open(tmp_path / "ts.db")
         topics = Topics(prefix)
-        gateway_said = Location(**where, lat=22.54, lon=114.05)
+        gateway_said = Location(**where, lat=31.19, lon=121.43)
         events = [alert(gw, f"a-{d}", AlertState.RAISED, now_ms()).model_copy(
                       update={"device": d, "location": gateway_said})
                   for d in ("wl-a", "wl-b", "mh-c")]  # fmt: skip
@@ -402,11 +402,11 @@ async def test_an_alert_gives_coordinates_only_to_a_device_nobody_registered(
         s.add(Gateway(id="g1", first_seen=1, last_seen=1))
         await s.flush()  # no ORM relationship orders the two inserts
         s.add(Device(id="g1:d9", gateway_id="g1", name="d9", first_seen=1, registered_at=1,
-                     lat=22.54311, lon=114.05721))  # fmt: skip
+                     lat=31.19311, lon=121.43721))  # fmt: skip
     said = Location(district="north", street="Main St", grid="G7", lat=22.6, lon=114.2)
     events = [alert("g1", f"a-{d}", AlertState.RAISED, 100).model_copy(
                   update={"device": d, "location": said}) for d in ("d1", "d9")]  # fmt: skip
     await store.apply(Changes(now=1000, alerts=events, device_seen={("g1", "d1"): 100}))
     d1, d9 = await store.device("g1:d1"), await store.device("g1:d9")
     assert (d1.lat, d1.lon, d1.coordinates) == (22.6, 114.2, "device")
-    assert (d9.lat, d9.lon, d9.coordinates) == (22.54311, 114.05721, "device")
+    assert (d9.lat, d9.lon, d9.coordinates) == (31.19311, 121.43721, "device")

@@ -59,8 +59,8 @@ async def api(registry_url: str) -> AsyncIterator[Api]:
 BUS = {"type": "modbus_tcp", "id": "cabinet", "host": "10.0.0.5", "port": 502, "timeout_s": 0.5}
 
 
-async def gateway(api: Api, gw: str = "gw1", district: str = "futian") -> dict[str, Any]:
-    body = {"id": gw, "location": {"district": district, "grid": "FT-1"}, "buses": [BUS]}
+async def gateway(api: Api, gw: str = "gw1", district: str = "310104") -> dict[str, Any]:
+    body = {"id": gw, "location": {"district": district, "grid": "310104017021001"}, "buses": [BUS]}
     result: dict[str, Any] = await api.call("POST", "/api/v1/gateways", body, 201)
     return result
 
@@ -77,12 +77,12 @@ async def test_gateway_and_device_lifecycle_with_generated_configs(api: Api) -> 
     assert "password" not in await api.call("GET", "/api/v1/gateways/gw1")
     await api.call("POST", "/api/v1/gateways", {"id": "gw1"}, 409)
 
-    loc = {"district": "futian", "street": "Shennan Rd", "grid": "FT-2"}
+    loc = {"district": "310104", "street": "漕溪北路", "grid": "310104017021002"}
     d = await api.call("POST", "/api/v1/devices", device("wl-1", location=loc, firmware="1.2",
                                                          install_date="2026-11-01",
                                                          labels={"crew": "7"}), 201)  # fmt: skip
     assert (d["id"], d["status"], d["profile"], d["street"], d["grid"]) == (
-        "gw1:wl-1", "new", "water-level-ultrasonic", "Shennan Rd", "FT-2")  # fmt: skip
+        "gw1:wl-1", "new", "water-level-ultrasonic", "漕溪北路", "310104017021002")  # fmt: skip
     assert (d["install_date"], d["firmware"], d["labels"]) == ("2026-11-01", "1.2", {"crew": "7"})
     await api.call("POST", "/api/v1/devices", device("wl-2", unit_id=2), 201)
     await api.call("POST", "/api/v1/devices", device("wl-1"), 409)
@@ -110,11 +110,11 @@ async def test_gateway_and_device_lifecycle_with_generated_configs(api: Api) -> 
 
 
 async def test_filters_and_pagination(api: Api) -> None:
-    await gateway(api, "gw1", "futian")
-    await gateway(api, "gw2", "luohu")
+    await gateway(api, "gw1", "310104")
+    await gateway(api, "gw2", "310106")
     for i in range(5):
         await api.call("POST", "/api/v1/devices", device(f"d{i}", unit_id=i + 1,
-                       location={"district": "futian", "grid": f"G{i % 2}"}), 201)  # fmt: skip
+                       location={"district": "310104", "grid": f"G{i % 2}"}), 201)  # fmt: skip
     await api.call(
         "POST", "/api/v1/devices", device("s1", gw="gw2", profile="smoke-detector-modbus"), 201
     )
@@ -126,14 +126,14 @@ async def test_filters_and_pagination(api: Api) -> None:
         ("gateway=gw2", ["gw2:s1"]),
         ("grid=G1", ["gw1:d1", "gw1:d3"]),
         ("profile=smoke-detector-modbus", ["gw2:s1"]),
-        ("district=futian&grid=G0&limit=2", ["gw1:d0", "gw1:d2"]),
-        ("district=futian&grid=G0&limit=2&offset=2", ["gw1:d4"]),
+        ("district=310104&grid=G0&limit=2", ["gw1:d0", "gw1:d2"]),
+        ("district=310104&grid=G0&limit=2&offset=2", ["gw1:d4"]),
         ("status=new&gateway=gw1&limit=1", ["gw1:d0"]),
         ("status=online", []),
     ]
     for query, want in table:
         assert ids(await api.call("GET", f"/api/v1/devices?{query}")) == want, query
-    assert [g["id"] for g in await api.call("GET", "/api/v1/gateways?district=luohu")] == ["gw2"]
+    assert [g["id"] for g in await api.call("GET", "/api/v1/gateways?district=310106")] == ["gw2"]
     assert [g["id"] for g in await api.call("GET", "/api/v1/gateways?limit=1&offset=1")] == ["gw2"]
     assert (await api.call("GET", "/api/v1/gateways/gw1"))["devices"] == 5
 
@@ -191,8 +191,8 @@ async def test_bad_requests_are_4xx_with_the_reason(
 
 
 CSV_GOOD = """gateway,id,profile,bus,unit_id,district,grid,install_date,labels
-gw1,wl-10,water-level-ultrasonic,cabinet,10,futian,FT-9,2026-11-20,crew=7;lot=A
-gw1,wl-11,water-level-ultrasonic,cabinet,11,futian,FT-9,,
+gw1,wl-10,water-level-ultrasonic,cabinet,10,310104,310104017021009,2026-11-20,crew=7;lot=A
+gw1,wl-11,water-level-ultrasonic,cabinet,11,310104,310104017021009,,
 """
 
 CSV_BAD = """gateway,id,profile,bus,unit_id
@@ -211,7 +211,7 @@ async def test_csv_import_is_all_or_nothing_with_a_row_report(api: Api) -> None:
     assert done == {"imported": 2, "devices": ["gw1:wl-10", "gw1:wl-11"]}
     wl10 = await api.call("GET", "/api/v1/devices/gw1:wl-10")
     assert (wl10["grid"], wl10["labels"], wl10["install_date"]) == (
-        "FT-9",
+        "310104017021009",
         {"crew": "7", "lot": "A"},
         "2026-11-20",
     )

@@ -13,10 +13,12 @@ from device_registry.ingest.changes import DeviceFacts
 from gridwatch.ground.contract import Location, Reading, TelemetryBatch, Topics
 from tests._central_helpers import batch
 
-SHENNAN = Location(district="futian", street="Shennan Rd", grid="FT-0042", lat=22.54, lon=114.05)
+CAOXI = Location(
+    district="310104", street="漕溪北路 88号", grid="310104014024001", lat=31.19, lon=121.43
+)
 FACTS = DeviceFacts(
     owners={"wl-1": frozenset({"gw1"}), "wl-2": frozenset({"gw1"}), "wl-3": frozenset({"gw1"})},
-    locations={("gw1", "wl-1"): SHENNAN, ("gw1", "wl-2"): Location(district="luohu")},
+    locations={("gw1", "wl-1"): CAOXI, ("gw1", "wl-2"): Location(district="310106")},
     units={("gw1", "wl-1"): {"level": "m", "counter": ""}, ("gw1", "wl-3"): {"level": "m"}},
 )
 
@@ -30,13 +32,13 @@ def test_label_names() -> None:
     ("why", "facts", "gateway", "device", "point", "sent", "labels"),
     [
         ("registered at a place, with a profile: both the registry's", FACTS, "gw1", "wl-1",
-         "level", "cm", ("futian", "Shennan Rd", "FT-0042", "m")),
+         "level", "cm", ("310104", "漕溪北路 88号", "310104014024001", "m")),
         ("its profile gives the point no unit: none, whatever was sent", FACTS, "gw1", "wl-1",
-         "counter", "n", ("futian", "Shennan Rd", "FT-0042", "")),
+         "counter", "n", ("310104", "漕溪北路 88号", "310104014024001", "")),
         ("a point its profile lacks: the unit its gateway sent", FACTS, "gw1", "wl-1",
-         "battery", "V", ("futian", "Shennan Rd", "FT-0042", "V")),
+         "battery", "V", ("310104", "漕溪北路 88号", "310104014024001", "V")),
         ("a place of a district alone", FACTS, "gw1", "wl-2", "level", "m",
-         ("luohu", "", "", "m")),
+         ("310106", "", "", "m")),
         ("registered without a place", FACTS, "gw1", "wl-3", "level", "", ("", "", "", "m")),
         ("a device the registry does not know", FACTS, "gw1", "wl-9", "level", "m",
          ("", "", "", "m")),
@@ -71,11 +73,11 @@ def at(device: str, point: str = "level", unit: str = "m", ts: int = 1000) -> Re
         # the device's place after its id, the point's unit after the point: the store sorts
         # labels itself, the order saves building a device's part again for each point
         (FACTS, at("wl-1"),
-         r"gridwatch,gateway=gw1,device=wl-1,district=futian,street=Shennan\ Rd,grid=FT-0042,"
+         r"gridwatch,gateway=gw1,device=wl-1,district=310104,street=漕溪北路\ 88号,grid=310104014024001,"
          r"point=level,quality=good,unit=m value=1.5 1000"),
         # empty labels are left out (line protocol has no empty tag values), not written as "_"
         (FACTS, at("wl-2"),
-         "gridwatch,gateway=gw1,device=wl-2,district=luohu,point=level,quality=good,unit=m "
+         "gridwatch,gateway=gw1,device=wl-2,district=310106,point=level,quality=good,unit=m "
          "value=1.5 1000"),
         (FACTS, at("wl-9", unit=""),
          "gridwatch,gateway=gw1,device=wl-9,point=level,quality=good value=1.5 1000"),
@@ -101,12 +103,12 @@ def test_a_moved_device_gets_its_new_place_at_once() -> None:
     """The series cache keys by the labels too: a device an installer moves between two steps
     is written at its new place by the next step, not at the one the cache saw first."""
     before = _lines(FACTS, at("wl-1", ts=1000))
-    moved = DeviceFacts(locations={("gw1", "wl-1"): Location(district="futian", street="Fuhua Rd",
-                                                              grid="FT-0043")},
+    moved = DeviceFacts(locations={("gw1", "wl-1"): Location(district="310104", street="肇嘉浜路 1号",
+                                                              grid="310104003019001")},
                         units=FACTS.units)  # fmt: skip
     after = _lines(moved, at("wl-1", ts=2000))
-    assert "street=Shennan\\ Rd,grid=FT-0042" in before[0]
-    assert "street=Fuhua\\ Rd,grid=FT-0043" in after[0] and "2000" in after[0]
+    assert "street=漕溪北路\\ 88号,grid=310104014024001" in before[0]
+    assert "street=肇嘉浜路\\ 1号,grid=310104003019001" in after[0] and "2000" in after[0]
 
 
 def test_a_batch_that_mixes_devices_labels_each_reading_by_its_own() -> None:
@@ -115,8 +117,8 @@ def test_a_batch_that_mixes_devices_labels_each_reading_by_its_own() -> None:
     tags = [dict(t.split("=", 1) for t in line.split(" value=")[0].split(",")[1:])
             for line in lines]  # fmt: skip
     assert [(t["device"], t.get("district", ""), t.get("unit", "")) for t in tags] == [
-        ("wl-1", "futian", "m"), ("wl-9", "", "cm"), ("wl-1", "futian", ""),
-        ("wl-2", "luohu", "m"), ("wl-9", "", "V"),
+        ("wl-1", "310104", "m"), ("wl-9", "", "cm"), ("wl-1", "310104", ""),
+        ("wl-2", "310106", "m"), ("wl-9", "", "V"),
     ]  # fmt: skip
 
 

@@ -58,8 +58,8 @@ async def collect(reg: Registry, n: int, headers: dict[str, str], query: str = "
 async def test_stream_live_filtered_and_resumable(tmp_path: Path) -> None:
     async with registry(tmp_path) as reg:
         # since=0: from the start of the feed, so the test need not race the connection
-        reader = asyncio.create_task(collect(reg, 3, {}, "?district=futian&since=0"))
-        await reg.ingest(smoke("n1", district="nanshan"))
+        reader = asyncio.create_task(collect(reg, 3, {}, "?district=310104&since=0"))
+        await reg.ingest(smoke("n1", district="310105"))
         await reg.ingest(smoke("a1"))
         await reg.call("POST", "/api/v1/alerts/a1/ack", Role.OPERATOR, {"note": "seen"})
         async with asyncio.timeout(10):
@@ -73,7 +73,7 @@ async def test_stream_live_filtered_and_resumable(tmp_path: Path) -> None:
 
         # a reconnect with Last-Event-ID gets what came after it, no more, no less
         async with asyncio.timeout(10):
-            again = await collect(reg, 2, {"Last-Event-ID": events[0]["id"]}, "?district=futian")
+            again = await collect(reg, 2, {"Last-Event-ID": events[0]["id"]}, "?district=310104")
         assert [e["id"] for e in again] == [events[1]["id"], events[2]["id"]]
         assert again[1]["data"] == events[2]["data"]
 
@@ -90,7 +90,7 @@ async def test_lifecycle_and_escalation_on_the_platform_tree(
             registry(tmp_path, delivery) as reg:  # fmt: skip
         # raised 16 minutes ago: past the 15-minute limit of FIRE-SMOKE-01
         await reg.ingest(smoke("old", at=now_ms() - 16 * 60_000))
-        await reg.ingest(smoke("new", grid="FT-0077"))
+        await reg.ingest(smoke("new", grid="310104017021077"))
         await reg.call("POST", "/api/v1/alerts/new/ack", Role.OPERATOR, {})
         await seen.wait_for(
             lambda s: (
@@ -101,8 +101,8 @@ async def test_lifecycle_and_escalation_on_the_platform_tree(
     esc = [PlatformEscalation.model_validate(p) for t, p in by_topic if "/escalation/" in t]
     assert [e.alert_id for e in esc] == ["old"] and esc[0].overdue_ms >= 60_000
     assert {t for t, _ in by_topic} == {
-        "/platform/lifecycle/futian/FIRE-SMOKE-01/critical",
-        "/platform/escalation/futian/FIRE-SMOKE-01/critical",
+        "/platform/lifecycle/310104/FIRE-SMOKE-01/critical",
+        "/platform/escalation/310104/FIRE-SMOKE-01/critical",
     }  # the device transitions ("alert") are the bridge's to publish
     steps = [PlatformLifecycle.model_validate(p) for t, p in by_topic if "/lifecycle/" in t]
     assert [(s.alert_id, s.action) for s in steps] == [("old", "open"), ("new", "open"),
@@ -276,7 +276,7 @@ async def test_a_client_of_a_replaced_database_gets_the_new_feed(tmp_path: Path)
         # the client saw seq 1000 of a feed this database never had (restored from a backup)
         reader = asyncio.create_task(collect(reg, 2, {"Last-Event-ID": "1000"}))
         await until(lambda: reg.app[OPS].hub.clients == 1)
-        await reg.ingest(smoke("a2", grid="FT-0077"))
+        await reg.ingest(smoke("a2", grid="310104017021077"))
         async with asyncio.timeout(10):
             events = await reader
         assert [(e["event"], e["data"]["alert_id"]) for e in events] == [

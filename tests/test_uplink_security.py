@@ -22,7 +22,7 @@ from tests.tls import Certs, make_certs
 
 @pytest.fixture
 def secure_broker() -> Iterator[tuple[Mosquitto, Certs]]:
-    broker = Mosquitto(Path(tempfile.mkdtemp()), users={"gw-futian-01": "s3cret-pass"})
+    broker = Mosquitto(Path(tempfile.mkdtemp()), users={"gw-xuhui-01": "s3cret-pass"})
     certs = make_certs(broker._rundir() / "certs")  # where mosquitto's own user can read them
     broker.extra = [f"cafile {certs.ca}", f"certfile {certs.cert}", f"keyfile {certs.key}"]
     yield broker.start(), certs
@@ -73,9 +73,9 @@ async def test_the_edge_logs_in_with_what_the_registry_issued_on_a_dynsec_broker
     the account to ``gridwatch-edge-<id>``, so the edge must connect with exactly that id."""
     b = dynsec_broker
     async with registry(tmp_path, installer_settings(b, prefix)) as reg:
-        issued = await reg.call("POST", "/api/v1/gateways", {"id": "gw-futian-01"}, status=201)
-        generated = (await reg.call("GET", "/api/v1/gateways/gw-futian-01/config"))["mqtt"]
-        assert generated["username"] == issued["mqtt"]["username"] == "gw-gw-futian-01"
+        issued = await reg.call("POST", "/api/v1/gateways", {"id": "gw-xuhui-01"}, status=201)
+        generated = (await reg.call("GET", "/api/v1/gateways/gw-xuhui-01/config"))["mqtt"]
+        assert generated["username"] == issued["mqtt"]["username"] == "gw-gw-xuhui-01"
         monkeypatch.setenv(generated["password_env"], issued["mqtt"]["password"])
         mqtt = {k: generated[k] for k in ("host", "port", "username", "password_env", "tls",
                                           "ca_file")}  # fmt: skip

@@ -104,7 +104,7 @@ async def test_retries_dead_letters_and_replay(tmp_path: Path) -> None:
             "POST",
             "/api/v1/webhooks",
             Role.ADMIN,
-            {"url": rec.url, "secret": SECRET, "district": "futian"},
+            {"url": rec.url, "secret": SECRET, "district": "310104"},
         )
         assert status == 201
 
@@ -120,7 +120,7 @@ async def test_retries_dead_letters_and_replay(tmp_path: Path) -> None:
         assert gaps[0] >= 0.1 and gaps[1] >= 0.2  # exponential: 0.1 s, then 0.2 s
 
         # another district is filtered out; a receiver down for good makes a dead letter
-        await reg.ingest(smoke("n1", district="nanshan"))
+        await reg.ingest(smoke("n1", district="310105"))
         rec.fail_always = True
         await reg.call("POST", "/api/v1/alerts/a1/ack", Role.OPERATOR, {"note": "on it"})
         async with asyncio.timeout(10):
@@ -142,7 +142,7 @@ async def test_retries_dead_letters_and_replay(tmp_path: Path) -> None:
         assert rec.delivered[-1]["action"] == "ack"
         _, dead = await reg.call("GET", "/api/v1/webhooks/dead-letters", Role.ADMIN)
         assert dead == []
-        assert all(m["location"]["district"] == "futian" for m in rec.delivered)
+        assert all(m["location"]["district"] == "310104" for m in rec.delivered)
         assert rec.bad_signatures == 0
         _, [h] = await reg.call("GET", "/api/v1/webhooks", Role.ADMIN)
         assert h["id"] == hook["id"] and h["cursor"] >= d["seq"]

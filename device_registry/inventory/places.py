@@ -1,4 +1,14 @@
-"""Where equipment stands: a location's district, street, grid cell and site, found or made.
+"""Where equipment stands: a location's district, street, grid cell and site, found or made,
+and what the district's places data says about it (``resolve_place``).
+
+``resolve_place`` answers, for a location: the district (code and names), the street or town
+(街道 / 镇: 9-digit code and names), the grid cell and its area class (A core / B / C), from the
+places file of the district (``gridwatch.ground.places``, shipped as ``firmware_configs/places``).
+A location's ``street`` is the road the equipment stands on as an installer writes it (漕溪北路);
+the 街道 comes from the grid cell's code (its street digits), or from ``street`` when that names a
+街道 by code or Chinese name. A place the data does not cover keeps its codes with empty names,
+and the area class ``DEFAULT_AREA_CLASS`` (B), or the district file's ``default_area_class``:
+time limits are never left undefined for want of a grid cell.
 
 One resolution for every writer: ingest (the location an alert carries), device info from a
 gateway, and installers registering gateways and devices one by one or by CSV. So a place is the
@@ -20,9 +30,11 @@ because the devices of one street or grid cell stand metres apart and a crew is 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,6 +42,12 @@ from device_registry.db.engine import upsert
 from device_registry.db.tables import Base, District, GridCell, Site, Street
 from device_registry.errors import StoreRejected
 from gridwatch.ground.contract import Location
+from gridwatch.ground.places import (
+    DEFAULT_AREA_CLASS,
+    AreaClass,
+    DistrictPlaces,
+    shipped_places,
+)
 
 Coordinates = tuple[float | None, float | None]
 
@@ -82,6 +100,55 @@ def shared_place(locs: Iterable[Location]) -> tuple[Location, bool]:
     shared = Location(district=districts.pop(), street=streets.pop() if len(streets) == 1 else "",
                       grid=grids.pop() if len(grids) == 1 else "")  # fmt: skip
     return shared, len(keys) == 1
+
+
+class PlaceName(BaseModel):
+    code: str = Field(description="Administrative code: 6 digits a district, 9 a street/town.")
+    zh: str = Field(default="", description="Chinese name; empty: not in the places data.")
+    en: str = Field(default="", description="English name (a pinyin transliteration, unsourced).")
+
+
+class Place(BaseModel):
+    """What the places data says about a location."""
+
+    district: PlaceName | None = Field(description="null: the location names no district.")
+    street: PlaceName | None = Field(description="The 街道 or 镇; null: not known.")
+    road: str = Field(default="", description="The road, as registered (the location's street).")
+    grid: str = Field(default="", description="Grid cell code, as registered.")
+    area_class: AreaClass = Field(description="A (core) / B / C: picks disposal time limits; "
+                                  "the district's default (B) when the cell is not listed.")  # fmt: skip
+
+
+def resolve_place(loc: Location, places: Mapping[str, DistrictPlaces] | None = None) -> Place:
+    """The district, 街道, grid cell and area class of a location (``places``: by district
+    code; default: the shipped places files). Shared answers: do not change one."""
+    if places is None:
+        return _shipped_place(loc.district, loc.street, loc.grid)
+    return _place(loc, places)
+
+
+@functools.lru_cache(maxsize=8192)
+def _shipped_place(district: str, street: str, grid: str) -> Place:
+    # a device list shows each device's place: ~30 us to build, the same few places each time
+    return _place(Location.model_construct(district=district, street=street, grid=grid),
+                  shipped_places())  # fmt: skip
+
+
+def _place(loc: Location, places: Mapping[str, DistrictPlaces]) -> Place:
+    data = places.get(loc.district)
+    if data is None:
+        district = PlaceName(code=loc.district) if loc.district else None
+        return Place(district=district, street=None, road=loc.street, grid=loc.grid,
+                     area_class=DEFAULT_AREA_CLASS)  # fmt: skip
+    named = data.district
+    street = data.street_of_cell(loc.grid) or data.by_street.get(loc.street)
+    cell = data.by_cell.get(loc.grid)
+    return Place(
+        district=PlaceName(code=named.code, zh=named.zh, en=named.en),
+        street=PlaceName(code=street.code, zh=street.zh, en=street.en) if street else None,
+        road="" if street is not None and loc.street in (street.code, street.zh) else loc.street,
+        grid=loc.grid, area_class=cell.area_class if cell else data.default_area_class,
+    )  # fmt: skip
 
 
 async def resolve_site(s: AsyncSession, loc: Location) -> int | None:

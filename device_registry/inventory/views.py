@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, computed_field
 from device_registry.db.tables import Alert, Device, Gateway, LatestReading, Site
 from device_registry.http.values import Served
 from device_registry.inventory.components import Department, class_code
-from device_registry.inventory.places import located
+from device_registry.inventory.places import Place, located, resolve_place
 
 
 class PointValue(BaseModel):
@@ -71,6 +71,8 @@ class DeviceView(BaseModel):
         description="Whose lat/lon these are: the device's own, or (it has none) its site's, "
         "the first location registered in its district/street/grid cell: only a guess.",
     )
+    place: Place | None = Field(default=None, description="What the district's places data "
+                                "says of where it is: district and 街道 names, area class.")  # fmt: skip
     install_date: str | None = None
     firmware: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
@@ -171,7 +173,7 @@ def device(
         health=d.health, registered=d.registered_at is not None, retired=d.retired_at is not None,
         profile=d.profile or born_profile or None, bus=d.bus, unit_id=d.unit_id, address=d.address or "",
         street=street or "", lat=lat, lon=lon,
-        coordinates=cast(Literal["device", "site", "none"], source),
+        coordinates=cast(Literal["device", "site", "none"], source), place=resolve_place(where),
         install_date=d.install_date, firmware=d.firmware or "",
         labels=d.labels or {}, component_id=d.component_id, class_code=class_code(d.component_id),
         dept_competent=_department(d.dept_competent_code, d.dept_competent_name),

@@ -222,7 +222,7 @@ def resolve(
 ) -> list[ResolvedDevice]:
     """Join devices with profiles and buses; every unknown profile or mismatch reported."""
     buses = {b.id: b for b in cfg.buses}
-    lines = line_map(Path(file).read_text()) if file and Path(file).exists() else {}
+    lines = line_map(Path(file).read_text(encoding="utf-8")) if file and Path(file).exists() else {}
     out, problems = [], []
     for i, d in enumerate(cfg.devices):
         where = ("devices", i, "profile")

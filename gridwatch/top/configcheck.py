@@ -2,8 +2,8 @@
 Schema; ``gridwatch config example central`` prints the commented example ``central.yaml``.
 
 A file is a centre config when its name starts with ``central`` or it has no ``gateway`` key and
-one of the centre's sections; a profile or a catalogue layer when its top-level key says so; else
-a gateway config. Every
+one of the centre's sections; a profile, a catalogue layer or a district's places when its
+top-level key says so; else a gateway config. Every
 problem of every file is printed as ``file:line: key -> path: message``; the exit code is 0 when all
 are valid, 1 otherwise. With no FILE it checks what this installation ships (``SHIPPED``), so an
 installed gridwatch can vouch for its own data.
@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
-from firmware_configs import CATALOGUE, CENTRAL, GATEWAYS, PROFILES
+from firmware_configs import CATALOGUE, CENTRAL, GATEWAYS, PLACES, PROFILES
 from gridwatch.ground.catalogue import (
     Catalogue,
     CatalogueFile,
@@ -33,6 +33,7 @@ from gridwatch.ground.catalogue import (
 )
 from gridwatch.ground.centralconf import CentralConfig, load_central
 from gridwatch.ground.gatewayconf import GatewayConfig, load_gateway
+from gridwatch.ground.places import PlacesFile
 from gridwatch.ground.profiles import ProfileFile, load_profile
 from gridwatch.ground.shipped import firmware
 from gridwatch.ground.yamlconf import ConfigError, iter_yaml_files, line_map, load_model
@@ -49,7 +50,7 @@ EXAMPLES = {"central": (CENTRAL, "central.example.yaml")}
 
 
 # the shipped folders checked when no file is named
-SHIPPED = (PROFILES, GATEWAYS, CATALOGUE, CENTRAL)
+SHIPPED = (PROFILES, GATEWAYS, CATALOGUE, CENTRAL, PLACES)
 
 
 def _files(args: list[str]) -> list[Path]:
@@ -62,7 +63,7 @@ def _files(args: list[str]) -> list[Path]:
 
 def _kind(path: Path) -> str:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return ""  # the real loader reports it with its line
     if path.name.startswith("central"):
@@ -87,6 +88,9 @@ def check(path: Path, catalogue: Catalogue | None = None) -> list[str]:
         elif kind == "catalogue":
             load_model(CatalogueFile, path)
             found = []
+        elif kind == "places":
+            load_model(PlacesFile, path)
+            found = []
         else:
             cfg, _ = load_gateway(path)
             lines = _lines(path)
@@ -99,7 +103,7 @@ def check(path: Path, catalogue: Catalogue | None = None) -> list[str]:
 
 
 def _lines(path: Path) -> dict[tuple[str | int, ...], int]:
-    return line_map(path.read_text())
+    return line_map(path.read_text(encoding="utf-8"))
 
 
 def catalogue_for(paths: list[Path]) -> Catalogue | None:

@@ -30,8 +30,9 @@ from typing import IO
 import aiomqtt
 import yaml
 
+from device_registry.inventory.places import resolve_place
 from firmware_configs import GATEWAYS
-from gridwatch.ground.contract import PlatformAlert, Topics
+from gridwatch.ground.contract import Location, PlatformAlert, Topics
 from gridwatch.ground.shipped import firmware
 
 
@@ -49,7 +50,7 @@ def _port(preferred: int) -> int:
 
 
 def _write_config(workdir: Path, mqtt_port: int, modbus_port: int) -> Path:
-    cfg = yaml.safe_load((firmware(GATEWAYS) / "demo.yaml").read_text())
+    cfg = yaml.safe_load((firmware(GATEWAYS) / "demo.yaml").read_text(encoding="utf-8"))
     cfg["mqtt"]["port"] = mqtt_port
     cfg["mqtt"]["protocol"] = "3.1.1"  # the embedded broker speaks 3.1.1 only
     cfg["outbox"]["path"] = str(workdir / "edge" / "outbox.db")
@@ -172,11 +173,20 @@ def format_alert(payload: bytes) -> str:
     when = time.strftime("%H:%M:%S", time.localtime(a.ts / 1000))
     value = f"{a.value:.3f}" if isinstance(a.value, float) else str(a.value)
     limit = f" (threshold {a.threshold})" if a.threshold is not None else ""
-    where = "/".join(x for x in (a.location.district, a.location.grid) if x)
+    where = place_words(a.location)
     return (
         f"{when} ALERT {a.state.value.upper():8} {a.category} {a.severity.value:8} "
         f"{a.device} {a.point or a.rule}={value} {a.unit}{limit} at {where}  [{a.alert_id}]"
     )
+
+
+def place_words(loc: Location) -> str:
+    """Where, as the operations centre says it: '徐汇区 徐家汇街道 漕溪北路 310104014024001 (A)'."""
+    place = resolve_place(loc)
+    district = place.district.zh or place.district.code if place.district else ""
+    words = (district, place.street.zh if place.street else "", place.road, place.grid)
+    said = " ".join(w for w in words if w)
+    return f"{said} ({place.area_class})" if said else "an unknown place"
 
 
 # a child that dies is noticed at once (check_children); the deadline only bounds a slow start,

@@ -110,7 +110,7 @@ def summary_line(report: dict[str, Any]) -> str:
 
 
 def nothing_line(nothing: dict[str, Any]) -> str:
-    """'nothing matches district 'futain' (districts: futian, nanshan)': the values that do
+    """'nothing matches district '31014' (districts: 310104, 310105)': the values that do
     exist, for each filter whose value is not among them."""
     filters: dict[str, str] = nothing.get("filters") or {}
     known: dict[str, list[str]] = nothing.get("known") or {}

@@ -364,6 +364,8 @@ def _print_device(d: dict[str, Any], values: bool = False) -> None:
           f"{d.get('district') or '-'}/{d.get('grid') or '-'}")  # fmt: skip
     if values:
         print(f"    {_coordinates(d)}")
+        if d.get("place"):
+            print(f"    place: {_place(d['place'])}")
         for line in _component(d):
             print(f"    {line}")
         for point, v in sorted(d.get("values", {}).items()):
@@ -373,6 +375,15 @@ def _print_device(d: dict[str, Any], values: bool = False) -> None:
 
 _DEPARTMENTS = (("dept_competent", "主管 competent"), ("dept_owner", "权属 owner"),
                 ("dept_maintainer", "养护 maintainer"))  # fmt: skip
+
+
+def _place(p: dict[str, Any]) -> str:
+    """'徐汇区 徐家汇街道 漕溪北路 310104014024001 (area class A)': the names the places data
+    gives, else the codes as registered."""
+    district, street = p.get("district") or {}, p.get("street") or {}
+    words = (district.get("zh") or district.get("code"), street.get("zh"), p.get("road"),
+             p.get("grid"))  # fmt: skip
+    return f"{' '.join(w for w in words if w) or 'none registered'} (area class {p['area_class']})"
 
 
 def _component(d: dict[str, Any]) -> list[str]:
