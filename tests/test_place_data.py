@@ -150,6 +150,8 @@ def test_gcj02_centroids_become_wgs84_half_a_kilometre_away_and_back(
     assert 400 < _metres(gcj, wgs) < 600, _metres(gcj, wgs)
     assert wgs[0] < gcj[0] and wgs[1] > gcj[1]
     assert _metres(wgs84_to_gcj02(*wgs), gcj) < 0.01  # the inverse returns the point (1 cm)
+    [street] = [s for s in shipped_places()["310104"].streets if s.centroid_gcj02 == gcj]
+    assert street.centroid_wgs84 == wgs  # what the places data hands out as a position
 
 
 def test_the_published_forward_transform_and_the_world_outside_china() -> None:

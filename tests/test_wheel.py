@@ -39,7 +39,7 @@ SOURCES = ("pyproject.toml", "README.md", "gridwatch", "drivers", "edge", "cloud
            "device_registry", "firmware_configs")  # fmt: skip
 SHIPPED_YAML = sorted(
     p.relative_to(ROOT).as_posix()
-    for folder in ("profiles", "gateways", "catalogue", "central")
+    for folder in ("profiles", "gateways", "catalogue", "central", "places")
     for p in (ROOT / "firmware_configs" / folder).glob("*.yaml")
 )
 

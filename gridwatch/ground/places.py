@@ -25,6 +25,7 @@ from typing import Literal, Self
 from pydantic import Field, model_validator
 
 from firmware_configs import PLACES
+from gridwatch.ground.geo import gcj02_to_wgs84
 from gridwatch.ground.profiles import Strict
 from gridwatch.ground.shipped import firmware
 from gridwatch.ground.yamlconf import (
@@ -58,6 +59,11 @@ class Street(Strict):
     centroid_gcj02: tuple[float, float] | None = Field(
         default=None, description="lon, lat as given by Chinese web maps (GCJ-02); null: none."
     )
+
+    @property
+    def centroid_wgs84(self) -> tuple[float, float] | None:
+        """The centroid as a position (lon, lat, WGS-84): what a map or a crew is given."""
+        return gcj02_to_wgs84(*self.centroid_gcj02) if self.centroid_gcj02 else None
 
 
 class GridFormat(Strict):
