@@ -14,7 +14,8 @@ at once when the registry failed), its messages and all that arrive behind it ar
 (``_relay``, ``relay.py``): their platform alerts published, their telemetry written, and the
 registry records them later in the waiting step. Every platform publish, normal or relayed, is
 checked against and recorded in the bridge's publish ledger (``ledger.py``), so a transition goes
-out once, across restarts too.
+out once, across restarts too; under a share group also against the other members' claims
+(``claims.py``), so a resend the group hands to another member does not go out again.
 
 A registry that *refuses* a step (``StoreRejected``: a bug, or data the contract let through and
 the database does not take) is not an outage: retrying would refuse it forever and stop the lane
@@ -33,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import json
 import logging
 import time
 from collections import deque
@@ -43,6 +45,7 @@ from typing import Any, ParamSpec, TypeVar
 import aiomqtt
 from pydantic import ValidationError
 
+from cloud_bridge.claims import Claims, claim_topic
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.core import ClockWindow, IngestCore, Plan, PlatformOut, Stats
 from cloud_bridge.decode import Message, Reason, Rejection
@@ -206,6 +209,10 @@ class Bridge:
         self._written_early: set[str] = set()
         self._failing: dict[str, asyncio.Event] = {}
         self.ledger: PublishLedger | None = None
+        self.claims: Claims | None = None
+        """Under a share group: what the members said they published (``claims.py``)."""
+        if cfg.share_group:
+            self.claims = Claims(self._claims_settings(), self.topics, cfg.claims_expiry_s)
         self._recording: set[asyncio.Future[Any]] = set()  # platform publishes in flight
         """The record of published transitions, open while the bridge runs."""
         self.spool: Spool | None = None
@@ -245,6 +252,8 @@ class Bridge:
                     tg.create_task(self._mqtt_loop(lane), name=f"bridge-{lane}")
                 tg.create_task(self._maintenance_loop(), name="bridge-maintenance")
                 tg.create_task(self._heartbeat_loop(), name="bridge-heartbeat")
+                if self.claims is not None:
+                    tg.create_task(self.claims.run(), name="bridge-claims")
                 if self.cfg.share_group:
                     tg.create_task(self._audit_loop(), name="bridge-gap-audit")
         finally:
@@ -304,6 +313,14 @@ class Bridge:
         filters = [self.topics.all_gateways(leaf) for leaf in leaves]
         whole = [self.topics.all_gateways(leaf) for leaf in leaves if leaf in UNSHARED]
         return session_settings(self._settings(lane), filters, whole)
+
+    def _claims_settings(self) -> SessionSettings:
+        """A clean session (the retained claims come again on each connect), acknowledged on
+        receipt: what it hears is advice, kept in memory."""
+        s = session_settings(self._settings("claims"), [])
+        return replace(s, persistent=False, manual_ack=False, receive_maximum=None,
+                       note_file=None, may_hold=(), protocol="5",
+                       subscriptions=((self.topics.all_gateways("published/+"), 1),))  # fmt: skip
 
     def _settings(self, lane: str) -> MqttSettings:
         c = self.cfg
@@ -524,7 +541,10 @@ class Bridge:
         Recorded once the broker has them. Returns how many went out."""
         if not outgoing:
             return 0
-        before = await self._published_before([o.transition for o in outgoing])
+        keys = [o.transition for o in outgoing]
+        before = await self._published_before(keys)
+        if self.claims is not None:  # another member of the group may have published it
+            before |= await self.claims.claimed(keys)
         todo = fresh(outgoing, before | self._claims)  # no await between this and the claim
         self._claims.update(o.transition for o in todo)
         done: list[str] = []
@@ -556,7 +576,29 @@ class Bridge:
             *(session.publish(o.topic, o.payload, qos=1) for o in todo), return_exceptions=True
         )
         done = [o.transition for o, r in zip(todo, sent, strict=True) if r is None]
-        return sent, done, await self._record_published(done)
+        recorded = await self._record_published(done)
+        await self._claim(session, done)
+        return sent, done, recorded
+
+    async def _claim(self, session: Lane, transitions: list[str]) -> None:
+        """Tell the other members of the group (``claims.py``); a claim that does not reach the
+        broker costs a possible second publish by another member, never this alert."""
+        if self.claims is None or not transitions:
+            return
+        self.claims.heard(transitions)
+        payload = json.dumps({"bridge": self.cfg.client_id, "at": self.clock()}).encode()
+        sent = await asyncio.gather(
+            *(session.publish(claim_topic(self.topics, t), payload, qos=1, retain=True,
+                              expiry_s=self.cfg.claims_expiry_s) for t in transitions),
+            return_exceptions=True,
+        )  # fmt: skip
+        for result in sent:
+            if isinstance(result, BrokerError):
+                logger.warning("claim not published (another bridge of the group may publish "
+                               "the alert again): %s", result)  # fmt: skip
+                return
+            if isinstance(result, BaseException):
+                raise result
 
     async def _published_before(self, transitions: list[str]) -> set[str]:
         if self.ledger is None:
@@ -940,6 +982,8 @@ class Bridge:
                 logger.warning("housekeeping skipped: %s", exc)
                 continue
             await self._prune_ledger(now)
+            if self.claims is not None:
+                self.claims.book.prune(now)
             rate = (self.stats.points_written - last) / self.cfg.maintenance_s
             last = self.stats.points_written
             logger.info(
