@@ -185,6 +185,10 @@ class Bridge:
         self.sessions: dict[str, MqttSession] = {}
         """Each lane's MQTT session (its ``state`` for health reports)."""
         self._outage: dict[str, Outage] = {}
+        self._audit_outage = Outage(logger, "bridge gap audit", "registry",
+                                    "gaps are audited when it is back")  # fmt: skip
+        self._housekeeping_outage = Outage(logger, "bridge housekeeping", "a store",
+                                           "ids and old samples are pruned when it is back")  # fmt: skip
         self._committed = {lane: Stats() for lane in LANES}
         self._audit = Stats()  # gaps the shared audit found: counted when its claim commits
         self._unfilled: list[Gap] = []
@@ -915,9 +919,10 @@ class Bridge:
             settled = self.clock() - int(self.cfg.gap_settle_s * 1000)
             try:
                 gaps = await self.store.audit_sequences(since, settled)
-            except StoreUnavailable as exc:
-                logger.warning("gap audit skipped: %s", exc)
+            except StoreUnavailable as exc:  # one line per outage, not one per audit
+                self._audit_outage.failed(exc)
                 continue
+            self._audit_outage.ok()
             # overlapping windows: a stream whose claim lost a race is looked at once more (the
             # ranges audited start where the stored audit stopped, so nothing is counted twice)
             since = settled - int(self.cfg.gap_audit_s * 1000)
@@ -979,8 +984,9 @@ class Bridge:
                 )
                 await self.sink.maintain(now)
             except (SinkError, StoreUnavailable) as exc:
-                logger.warning("housekeeping skipped: %s", exc)
+                self._housekeeping_outage.failed(exc)
                 continue
+            self._housekeeping_outage.ok()
             await self._prune_ledger(now)
             if self.claims is not None:
                 self.claims.book.prune(now)

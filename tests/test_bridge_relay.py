@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import shutil
 import signal
@@ -390,3 +391,28 @@ async def test_two_bridges_of_a_share_group_publish_a_resent_alert_once(
         await acks.wait_for(lambda s: acked(s, gw, "alert") == {1, 2}, within_s=30)
         await city.wait_for(lambda c: copies(c, after))
     assert (len(copies(city, fire)), len(copies(city, after))) == (1, 1)
+
+
+async def test_the_gap_audit_logs_one_line_per_database_outage(
+    mosquitto: Mosquitto, pg: Postgres, store: RegistryStore, sink: SqliteSink, prefix: str,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """A member of a share group audits for gaps every ``gap_audit_s`` (5 s): during a database
+    outage that is one ERROR when it starts and one INFO when it ends, not a WARNING per audit."""
+    caplog.set_level(logging.DEBUG, logger="cloud_bridge.bridge")
+    cfg = bridge_config(mosquitto.host, mosquitto.port, prefix, tmp_path, share_group="g",
+                        mqtt_protocol="5", gap_audit_s=0.05)  # fmt: skip
+
+    def audits(level: int) -> list[logging.LogRecord]:
+        return [r for r in caplog.records
+                if r.getMessage().startswith("bridge gap audit") and r.levelno >= level]  # fmt: skip
+
+    async with bridge_on(cfg, store, sink):
+        with outage(pg, "crash") as back:
+            await poll(lambda: len(audits(logging.DEBUG)) >= 5)  # five audits met the outage
+            back()
+        await poll(
+            lambda: any("registry is back" in r.getMessage() for r in audits(logging.INFO)), 30
+        )
+    assert [r.levelname for r in audits(logging.INFO)] == ["ERROR", "INFO"]
+    assert not [r for r in caplog.records if "gap audit skipped" in r.getMessage()]
