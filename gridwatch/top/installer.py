@@ -186,10 +186,9 @@ def _explain(status: int, body: Any) -> str:
         return f"HTTP {status}: {body}"
     # the registry's errors are problems (RFC 9457): title, detail, and each field's error.
     # A 422's detail repeats its first errors in one line: print the list alone, each field once
+    head = f"{exits.said(status)} ({status} {body.get('title', '')})"  # as its exit code says
     if exits.for_http(status) == exits.RETRY_LATER:  # not a refusal: say so, and what to do
-        said = f"the registry cannot do this now ({status} {body.get('title', '')})"
-        return f"{said}: {body.get('detail', '')}; try again later".replace(": ;", ";")
-    head = f"refused ({status} {body.get('title', '')})"
+        return f"{head}: {body.get('detail', '')}; try again later".replace(": ;", ";")
     errors = body.get("errors") or []
     if not errors:
         return f"{head}: {body.get('detail', '')}".rstrip(": ")
