@@ -22,7 +22,7 @@ from pathlib import Path
 import asyncpg
 
 from gridwatch.ground.contract import AlertState, Topics
-from tests._central_helpers import publisher, wait_for_log
+from tests._central_helpers import end_all, publisher, wait_for_log
 from tests._faults_helpers import STARTUP_S, spawn
 from tests._ops_helpers import smoke
 from tests.fieldkit import Listener, listen
@@ -107,8 +107,12 @@ async def running(centre: Centre, bridges: int = 2, registries: int = 2) -> Asyn
             await asyncio.to_thread(centre.start_registry, f"registry-{'ab'[i]}")
         yield centre
     finally:
-        for name in list(centre.procs):
-            centre.stop(name, signal.SIGKILL)
+        procs = list(centre.procs.values())
+        try:
+            for name in list(centre.procs):
+                centre.stop(name, signal.SIGKILL)
+        finally:  # one that would not stop must not leave the others running
+            end_all(procs)
 
 
 async def raise_alert(pub: object, platform: Listener, topics: Topics, alert_id: str,
