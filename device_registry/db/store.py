@@ -171,9 +171,17 @@ class RegistryStore:
         async with self._tx() as s:
             for i in range(0, len(names), _ID_CHUNK):
                 chunk = names[i : i + _ID_CHUNK]
-                for name, gw, profile, registered, district, street, grid, lat, lon in (
-                    await s.execute(q.where(Device.name.in_(chunk)))
-                ):
+                for (
+                    name,
+                    gw,
+                    profile,
+                    registered,
+                    district,
+                    street,
+                    grid,
+                    lat,
+                    lon,
+                ) in await s.execute(q.where(Device.name.in_(chunk))):
                     place = None if district is None else Location(
                         district=district, street=street, grid=grid, lat=lat, lon=lon
                     )  # fmt: skip
@@ -187,9 +195,7 @@ class RegistryStore:
                     known = point_units(profile)
                     if known is not None:
                         units[(gw, name)] = known
-        return DeviceFacts(
-            {k: frozenset(v) for k, v in owners.items()}, locations, units, reported
-        )
+        return DeviceFacts({k: frozenset(v) for k, v in owners.items()}, locations, units, reported)
 
     def _point_units(self) -> Callable[[str | None], Mapping[str, str] | None]:
         """Profile id -> the unit of each of its points (None: a profile the registry does not
