@@ -116,7 +116,7 @@ def start_vm_with_dedup(workdir: Path) -> Victoria:
     return Victoria(workdir, extra_args=["-dedup.minScrapeInterval=1ms"]).start()
 
 
-def bridge_process(args: list[str], log: Path, within_s: float = 20) -> subprocess.Popen[bytes]:
+def bridge_process(args: list[str], log: Path, within_s: float = 60) -> subprocess.Popen[bytes]:
     """``gridwatch bridge run`` as its own process; returns once it has subscribed. A process
     that does not get there is killed before the error is raised: the caller never had it."""
     start = log.stat().st_size if log.exists() else 0
