@@ -57,9 +57,10 @@ from cloud_bridge.pending import Group, Pending
 from cloud_bridge.relay import FactsCache, fresh
 from cloud_bridge.sink import TelemetrySink
 from cloud_bridge.spool import Spool, Spooled, spool_path
+from cloud_bridge.watched import Watched
 from device_registry import Changes, RegistryStore, StoreUnavailable
 from device_registry.errors import StoreRejected
-from device_registry.health.centre import BridgeReport, LaneState, Link
+from device_registry.health.centre import BridgeReport, LaneState
 from device_registry.health.store import beat, forget
 from device_registry.ingest.changes import DeviceFacts
 from device_registry.ingest.seqaudit import Gap, closed
@@ -184,7 +185,7 @@ class Bridge:
         self._progress = asyncio.Condition()
         self.sessions: dict[str, MqttSession] = {}
         """Each lane's MQTT session (its ``state`` for health reports)."""
-        self._outage: dict[str, Outage] = {}
+        self._files_outage: Outage | None = None  # the bridge's own files (ledger, spool)
         self._audit_outage = Outage(logger, "bridge gap audit", "registry",
                                     "gaps are audited when it is back")  # fmt: skip
         self._housekeeping_outage = Outage(logger, "bridge housekeeping", "a store",
@@ -211,7 +212,6 @@ class Bridge:
         self._relay_turn = {lane: asyncio.Lock() for lane in LANES}
         self._claims: set[str] = set()
         self._written_early: set[str] = set()
-        self._failing: dict[str, asyncio.Event] = {}
         self.ledger: PublishLedger | None = None
         self.claims: Claims | None = None
         """Under a share group: what the members said they published (``claims.py``)."""
@@ -223,8 +223,10 @@ class Bridge:
         """The events lane's spool while the registry is out, open while the bridge runs."""
         self.relays = 0
         """Batches relayed because a step waited for the registry (``_relay``)."""
-        self.links = {"sink": Link(), "registry": Link()}
-        """How the bridge's calls met each store, for health reports."""
+        self.stores = {what: Watched(logger, what, "messages stay unacknowledged")
+                       for what in ("sink", "registry")}  # fmt: skip
+        """How the bridge's calls meet each store: for health reports, the log and the steps
+        that wait for it (``watched.py``)."""
         self._waiting: dict[str, deque[int]] = {lane: deque() for lane in LANES}
         """Per lane, when each batch received and not yet committed was received (in order)."""
         self._commit_delay_ms: int | None = None
@@ -442,7 +444,7 @@ class Bridge:
             return seen, await self._retrying(stats, "registry", self.store.device_facts, named)
 
         lookup = asyncio.ensure_future(both())
-        failing = asyncio.ensure_future(self._failing_event("registry").wait())
+        failing = asyncio.ensure_future(self.stores["registry"].failing.wait())
         try:
             await asyncio.wait(
                 [lookup, failing], timeout=RELAY_AFTER_S, return_when=asyncio.FIRST_COMPLETED
@@ -509,7 +511,7 @@ class Bridge:
         # written ahead only when the registry failed, not when it is merely slow: without its
         # seen ids a redelivered batch is written again (stored once only where the store
         # dedupes, as VictoriaMetrics with its dedup flag)
-        if plan.telemetry and self._failing_event("registry").is_set():
+        if plan.telemetry and self.stores["registry"].failing.is_set():
             await self._write_early(plan.telemetry, stats)
         self.relays += 1
         async with self._progress:
@@ -612,7 +614,7 @@ class Bridge:
         except LocalStoreError as exc:
             self._ledger_failed(exc)
             return set()
-        self._recovered("ledger")
+        self._files_ok()
         return found
 
     async def _record_published(self, transitions: list[str]) -> bool:
@@ -623,7 +625,7 @@ class Bridge:
         except LocalStoreError as exc:
             self._ledger_failed(exc)
             return False
-        self._recovered("ledger")
+        self._files_ok()
         return True
 
     def _ledger_failed(self, exc: LocalStoreError) -> None:
@@ -632,9 +634,13 @@ class Bridge:
 
     def _local_failed(self, exc: LocalStoreError, consequence: str) -> None:
         """A file of the bridge's own failed: ERROR once, until one of them works again."""
-        if "ledger" not in self._outage:
-            self._outage["ledger"] = Outage(logger, "bridge", "its own files", consequence)
-        self._outage["ledger"].failed(exc)
+        if self._files_outage is None:
+            self._files_outage = Outage(logger, "bridge", "its own files", consequence)
+        self._files_outage.failed(exc)
+
+    def _files_ok(self) -> None:
+        if self._files_outage is not None:
+            self._files_outage.ok()
 
     async def _commit_loop(self, session: Lane, lane: str, pending: Pending) -> None:
         """Apply each group of steps in one transaction, then acknowledge its messages."""
@@ -821,35 +827,16 @@ class Bridge:
             try:
                 result = await call(*args, **kwargs)
             except (SinkError, StoreUnavailable) as exc:
-                self.links[what].failed(self.clock(), exc)
-                self._failed(what, exc)
+                # ERROR at an outage's start, DEBUG for the repeats, INFO at its end (the one
+                # helper), the health report, and the steps that wait for it: ``watched.py``
+                self.stores[what].failed(self.clock(), exc)
                 stats.write_failures += 1
                 async with self._progress:
                     self._progress.notify_all()
                 await asyncio.sleep(backoff.next())
                 continue
-            self.links[what].ok(self.clock())
-            self._recovered(what)
+            self.stores[what].ok(self.clock())
             return result
-
-    def _failed(self, what: str, exc: Exception) -> None:
-        # first failure of an outage at ERROR, repeats at DEBUG, its end at INFO: the one helper
-        if what not in self._outage:
-            self._outage[what] = Outage(logger, "bridge", what, "messages stay unacknowledged")
-        self._outage[what].failed(exc)
-        self._failing_event(what).set()
-
-    def _recovered(self, what: str) -> None:
-        if (failing := self._failing.get(what)) is not None:
-            failing.clear()
-        if what in self._outage:
-            self._outage[what].ok()
-
-    def _failing_event(self, what: str) -> asyncio.Event:
-        """Set while ``what``'s last call failed: a step that waits for it need not wait long."""
-        if what not in self._failing:
-            self._failing[what] = asyncio.Event()
-        return self._failing[what]
 
     # ---- health ------------------------------------------------------------------------------
 
@@ -873,7 +860,7 @@ class Bridge:
         return BridgeReport(
             bridge=self.cfg.client_id, at=self.clock(), lanes=lanes,
             store="influx" if self.cfg.influx_url else "sqlite",
-            sink=self.links["sink"].state, registry=self.links["registry"].state,
+            sink=self.stores["sink"].state, registry=self.stores["registry"].state,
             oldest_uncommitted=min(oldest) if oldest else None,
             commit_delay_ms=self._commit_delay_ms,
         )  # fmt: skip
