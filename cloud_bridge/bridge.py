@@ -210,7 +210,7 @@ class Bridge:
         self._stalled: set[str] = set()
         # one relay at a time per lane, in the order the batches came (a raise before its clear)
         self._relay_turn = {lane: asyncio.Lock() for lane in LANES}
-        self._claims: set[str] = set()
+        self._publishing: set[str] = set()
         self._written_early: set[str] = set()
         self.ledger: PublishLedger | None = None
         self.claims: Claims | None = None
@@ -551,8 +551,8 @@ class Bridge:
         before = await self._published_before(keys)
         if self.claims is not None:  # another member of the group may have published it
             before |= await self.claims.claimed(keys)
-        todo = fresh(outgoing, before | self._claims)  # no await between this and the claim
-        self._claims.update(o.transition for o in todo)
+        todo = fresh(outgoing, before | self._publishing)  # no await between this and the claim
+        self._publishing.update(o.transition for o in todo)
         done: list[str] = []
         sent: list[BaseException | None] = []
         recorded = False
@@ -566,7 +566,7 @@ class Bridge:
             sent, done, recorded = await asyncio.shield(sending)
         finally:
             # kept in memory while the ledger cannot record them: then not sent twice by this run
-            self._claims.difference_update(
+            self._publishing.difference_update(
                 o.transition for o in todo if o.transition not in done or recorded
             )
         stats.alerts_published += len(done)
