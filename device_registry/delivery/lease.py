@@ -100,9 +100,11 @@ class DeliveryLease:
         while True:
             conn = await self._try_connect()
             if conn is not None:
-                if await self._try_lock(conn):
+                took = await self._try_lock(conn)
+                if took:
                     break
-                await self._look_at_holder(conn)
+                if took is False:  # another process holds it
+                    await self._look_at_holder(conn)
                 with contextlib.suppress(SQLAlchemyError, OSError):
                     await conn.close()
             await asyncio.sleep(self.retry_s)
@@ -127,16 +129,17 @@ class DeliveryLease:
         self.outage.ok()
         return conn
 
-    async def _try_lock(self, conn: AsyncConnection) -> bool:
-        """Whether this connection took the lock; a connection lost meanwhile did not (it was
-        an unguarded call once, and its error ended delivery in this process for good)."""
+    async def _try_lock(self, conn: AsyncConnection) -> bool | None:
+        """Whether this connection took the lock (False: another holds it); None when the
+        connection was lost meanwhile (it was an unguarded call once, and its error ended
+        delivery in this process for good)."""
         try:
             return bool(
                 await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": _LEASE_KEY})
             )
         except (SQLAlchemyError, OSError) as exc:
             self.outage.failed(classify(exc).reason)
-            return False
+            return None
 
     async def _look_at_holder(self, conn: AsyncConnection) -> None:
         """Another process holds the lease: is it alive (``Elsewhere``)?"""
