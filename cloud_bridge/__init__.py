@@ -1,7 +1,7 @@
 """cloud_bridge: the central ingest service, MQTT -> time-series store + device registry.
 
 Pure core (``core``, ``decode``, ``sequence``, ``labels``, ``lineproto``, ``relay``) and thin
-I/O shells (``bridge``, ``mqtt``, ``inbox``, ``ledger``, ``sink_*``). It may import
+I/O shells (``bridge``, ``mqtt``, ``inbox``, ``ledger``, ``claims``, ``watched``, ``sink_*``). It may import
 device_registry's store and gridwatch.ground.contract, nothing else of ours.
 """
 

@@ -83,7 +83,7 @@ def bridge_metrics(bridge: Bridge) -> list[metrics.Spec]:
                                lambda: float(bridge.connected.is_set())))  # fmt: skip
     specs.append(metrics.gauge(
         "gridwatch_bridge_store_failures", "Consecutive failed calls to each store (0: the last "
-        "one succeeded)", lambda: {k: v.state.failures for k, v in bridge.links.items()}, "store",
+        "one succeeded)", lambda: {k: v.state.failures for k, v in bridge.stores.items()}, "store",
     ))  # fmt: skip
     specs.append(metrics.gauge("gridwatch_bridge_ingest_lag_seconds", "How long the oldest "
                                "message received and not yet committed has waited",

@@ -14,7 +14,8 @@ at once when the registry failed), its messages and all that arrive behind it ar
 (``_relay``, ``relay.py``): their platform alerts published, their telemetry written, and the
 registry records them later in the waiting step. Every platform publish, normal or relayed, is
 checked against and recorded in the bridge's publish ledger (``ledger.py``), so a transition goes
-out once, across restarts too.
+out once, across restarts too; under a share group also against the other members' claims
+(``claims.py``), so a resend the group hands to another member does not go out again.
 
 A registry that *refuses* a step (``StoreRejected``: a bug, or data the contract let through and
 the database does not take) is not an outage: retrying would refuse it forever and stop the lane
@@ -33,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import json
 import logging
 import time
 from collections import deque
@@ -43,6 +45,7 @@ from typing import Any, ParamSpec, TypeVar
 import aiomqtt
 from pydantic import ValidationError
 
+from cloud_bridge.claims import Claims, claim_topic
 from cloud_bridge.config import BridgeConfig
 from cloud_bridge.core import ClockWindow, IngestCore, Plan, PlatformOut, Stats
 from cloud_bridge.decode import Message, Reason, Rejection
@@ -54,9 +57,10 @@ from cloud_bridge.pending import Group, Pending
 from cloud_bridge.relay import FactsCache, fresh
 from cloud_bridge.sink import TelemetrySink
 from cloud_bridge.spool import Spool, Spooled, spool_path
+from cloud_bridge.watched import Watched
 from device_registry import Changes, RegistryStore, StoreUnavailable
 from device_registry.errors import StoreRejected
-from device_registry.health.centre import BridgeReport, LaneState, Link
+from device_registry.health.centre import BridgeReport, LaneState
 from device_registry.health.store import beat, forget
 from device_registry.ingest.changes import DeviceFacts
 from device_registry.ingest.seqaudit import Gap, closed
@@ -181,7 +185,11 @@ class Bridge:
         self._progress = asyncio.Condition()
         self.sessions: dict[str, MqttSession] = {}
         """Each lane's MQTT session (its ``state`` for health reports)."""
-        self._outage: dict[str, Outage] = {}
+        self._files_outage: Outage | None = None  # the bridge's own files (ledger, spool)
+        self._audit_outage = Outage(logger, "bridge gap audit", "registry",
+                                    "gaps are audited when it is back")  # fmt: skip
+        self._housekeeping_outage = Outage(logger, "bridge housekeeping", "a store",
+                                           "ids and old samples are pruned when it is back")  # fmt: skip
         self._committed = {lane: Stats() for lane in LANES}
         self._audit = Stats()  # gaps the shared audit found: counted when its claim commits
         self._unfilled: list[Gap] = []
@@ -202,18 +210,23 @@ class Bridge:
         self._stalled: set[str] = set()
         # one relay at a time per lane, in the order the batches came (a raise before its clear)
         self._relay_turn = {lane: asyncio.Lock() for lane in LANES}
-        self._claims: set[str] = set()
+        self._publishing: set[str] = set()
         self._written_early: set[str] = set()
-        self._failing: dict[str, asyncio.Event] = {}
         self.ledger: PublishLedger | None = None
+        self.claims: Claims | None = None
+        """Under a share group: what the members said they published (``claims.py``)."""
+        if cfg.share_group:
+            self.claims = Claims(self._claims_settings(), self.topics, cfg.claims_expiry_s)
         self._recording: set[asyncio.Future[Any]] = set()  # platform publishes in flight
         """The record of published transitions, open while the bridge runs."""
         self.spool: Spool | None = None
         """The events lane's spool while the registry is out, open while the bridge runs."""
         self.relays = 0
         """Batches relayed because a step waited for the registry (``_relay``)."""
-        self.links = {"sink": Link(), "registry": Link()}
-        """How the bridge's calls met each store, for health reports."""
+        self.stores = {what: Watched(logger, what, "messages stay unacknowledged")
+                       for what in ("sink", "registry")}  # fmt: skip
+        """How the bridge's calls meet each store: for health reports, the log and the steps
+        that wait for it (``watched.py``)."""
         self._waiting: dict[str, deque[int]] = {lane: deque() for lane in LANES}
         """Per lane, when each batch received and not yet committed was received (in order)."""
         self._commit_delay_ms: int | None = None
@@ -245,6 +258,8 @@ class Bridge:
                     tg.create_task(self._mqtt_loop(lane), name=f"bridge-{lane}")
                 tg.create_task(self._maintenance_loop(), name="bridge-maintenance")
                 tg.create_task(self._heartbeat_loop(), name="bridge-heartbeat")
+                if self.claims is not None:
+                    tg.create_task(self.claims.run(), name="bridge-claims")
                 if self.cfg.share_group:
                     tg.create_task(self._audit_loop(), name="bridge-gap-audit")
         finally:
@@ -304,6 +319,14 @@ class Bridge:
         filters = [self.topics.all_gateways(leaf) for leaf in leaves]
         whole = [self.topics.all_gateways(leaf) for leaf in leaves if leaf in UNSHARED]
         return session_settings(self._settings(lane), filters, whole)
+
+    def _claims_settings(self) -> SessionSettings:
+        """A clean session (the retained claims come again on each connect), acknowledged on
+        receipt: what it hears is advice, kept in memory."""
+        s = session_settings(self._settings("claims"), [])
+        return replace(s, persistent=False, manual_ack=False, receive_maximum=None,
+                       note_file=None, may_hold=(), protocol="5",
+                       subscriptions=((self.topics.all_gateways("published/+"), 1),))  # fmt: skip
 
     def _settings(self, lane: str) -> MqttSettings:
         c = self.cfg
@@ -421,7 +444,7 @@ class Bridge:
             return seen, await self._retrying(stats, "registry", self.store.device_facts, named)
 
         lookup = asyncio.ensure_future(both())
-        failing = asyncio.ensure_future(self._failing_event("registry").wait())
+        failing = asyncio.ensure_future(self.stores["registry"].failing.wait())
         try:
             await asyncio.wait(
                 [lookup, failing], timeout=RELAY_AFTER_S, return_when=asyncio.FIRST_COMPLETED
@@ -488,7 +511,7 @@ class Bridge:
         # written ahead only when the registry failed, not when it is merely slow: without its
         # seen ids a redelivered batch is written again (stored once only where the store
         # dedupes, as VictoriaMetrics with its dedup flag)
-        if plan.telemetry and self._failing_event("registry").is_set():
+        if plan.telemetry and self.stores["registry"].failing.is_set():
             await self._write_early(plan.telemetry, stats)
         self.relays += 1
         async with self._progress:
@@ -524,9 +547,12 @@ class Bridge:
         Recorded once the broker has them. Returns how many went out."""
         if not outgoing:
             return 0
-        before = await self._published_before([o.transition for o in outgoing])
-        todo = fresh(outgoing, before | self._claims)  # no await between this and the claim
-        self._claims.update(o.transition for o in todo)
+        keys = [o.transition for o in outgoing]
+        before = await self._published_before(keys)
+        if self.claims is not None:  # another member of the group may have published it
+            before |= await self.claims.claimed(keys)
+        todo = fresh(outgoing, before | self._publishing)  # no await between this and the claim
+        self._publishing.update(o.transition for o in todo)
         done: list[str] = []
         sent: list[BaseException | None] = []
         recorded = False
@@ -540,7 +566,7 @@ class Bridge:
             sent, done, recorded = await asyncio.shield(sending)
         finally:
             # kept in memory while the ledger cannot record them: then not sent twice by this run
-            self._claims.difference_update(
+            self._publishing.difference_update(
                 o.transition for o in todo if o.transition not in done or recorded
             )
         stats.alerts_published += len(done)
@@ -556,7 +582,29 @@ class Bridge:
             *(session.publish(o.topic, o.payload, qos=1) for o in todo), return_exceptions=True
         )
         done = [o.transition for o, r in zip(todo, sent, strict=True) if r is None]
-        return sent, done, await self._record_published(done)
+        recorded = await self._record_published(done)
+        await self._claim(session, done)
+        return sent, done, recorded
+
+    async def _claim(self, session: Lane, transitions: list[str]) -> None:
+        """Tell the other members of the group (``claims.py``); a claim that does not reach the
+        broker costs a possible second publish by another member, never this alert."""
+        if self.claims is None or not transitions:
+            return
+        self.claims.heard(transitions)
+        payload = json.dumps({"bridge": self.cfg.client_id, "at": self.clock()}).encode()
+        sent = await asyncio.gather(
+            *(session.publish(claim_topic(self.topics, t), payload, qos=1, retain=True,
+                              expiry_s=self.cfg.claims_expiry_s) for t in transitions),
+            return_exceptions=True,
+        )  # fmt: skip
+        for result in sent:
+            if isinstance(result, BrokerError):
+                logger.warning("claim not published (another bridge of the group may publish "
+                               "the alert again): %s", result)  # fmt: skip
+                return
+            if isinstance(result, BaseException):
+                raise result
 
     async def _published_before(self, transitions: list[str]) -> set[str]:
         if self.ledger is None:
@@ -566,7 +614,7 @@ class Bridge:
         except LocalStoreError as exc:
             self._ledger_failed(exc)
             return set()
-        self._recovered("ledger")
+        self._files_ok()
         return found
 
     async def _record_published(self, transitions: list[str]) -> bool:
@@ -577,7 +625,7 @@ class Bridge:
         except LocalStoreError as exc:
             self._ledger_failed(exc)
             return False
-        self._recovered("ledger")
+        self._files_ok()
         return True
 
     def _ledger_failed(self, exc: LocalStoreError) -> None:
@@ -586,9 +634,13 @@ class Bridge:
 
     def _local_failed(self, exc: LocalStoreError, consequence: str) -> None:
         """A file of the bridge's own failed: ERROR once, until one of them works again."""
-        if "ledger" not in self._outage:
-            self._outage["ledger"] = Outage(logger, "bridge", "its own files", consequence)
-        self._outage["ledger"].failed(exc)
+        if self._files_outage is None:
+            self._files_outage = Outage(logger, "bridge", "its own files", consequence)
+        self._files_outage.failed(exc)
+
+    def _files_ok(self) -> None:
+        if self._files_outage is not None:
+            self._files_outage.ok()
 
     async def _commit_loop(self, session: Lane, lane: str, pending: Pending) -> None:
         """Apply each group of steps in one transaction, then acknowledge its messages."""
@@ -775,35 +827,16 @@ class Bridge:
             try:
                 result = await call(*args, **kwargs)
             except (SinkError, StoreUnavailable) as exc:
-                self.links[what].failed(self.clock(), exc)
-                self._failed(what, exc)
+                # ERROR at an outage's start, DEBUG for the repeats, INFO at its end (the one
+                # helper), the health report, and the steps that wait for it: ``watched.py``
+                self.stores[what].failed(self.clock(), exc)
                 stats.write_failures += 1
                 async with self._progress:
                     self._progress.notify_all()
                 await asyncio.sleep(backoff.next())
                 continue
-            self.links[what].ok(self.clock())
-            self._recovered(what)
+            self.stores[what].ok(self.clock())
             return result
-
-    def _failed(self, what: str, exc: Exception) -> None:
-        # first failure of an outage at ERROR, repeats at DEBUG, its end at INFO: the one helper
-        if what not in self._outage:
-            self._outage[what] = Outage(logger, "bridge", what, "messages stay unacknowledged")
-        self._outage[what].failed(exc)
-        self._failing_event(what).set()
-
-    def _recovered(self, what: str) -> None:
-        if (failing := self._failing.get(what)) is not None:
-            failing.clear()
-        if what in self._outage:
-            self._outage[what].ok()
-
-    def _failing_event(self, what: str) -> asyncio.Event:
-        """Set while ``what``'s last call failed: a step that waits for it need not wait long."""
-        if what not in self._failing:
-            self._failing[what] = asyncio.Event()
-        return self._failing[what]
 
     # ---- health ------------------------------------------------------------------------------
 
@@ -827,7 +860,7 @@ class Bridge:
         return BridgeReport(
             bridge=self.cfg.client_id, at=self.clock(), lanes=lanes,
             store="influx" if self.cfg.influx_url else "sqlite",
-            sink=self.links["sink"].state, registry=self.links["registry"].state,
+            sink=self.stores["sink"].state, registry=self.stores["registry"].state,
             oldest_uncommitted=min(oldest) if oldest else None,
             commit_delay_ms=self._commit_delay_ms,
         )  # fmt: skip
@@ -873,9 +906,10 @@ class Bridge:
             settled = self.clock() - int(self.cfg.gap_settle_s * 1000)
             try:
                 gaps = await self.store.audit_sequences(since, settled)
-            except StoreUnavailable as exc:
-                logger.warning("gap audit skipped: %s", exc)
+            except StoreUnavailable as exc:  # one line per outage, not one per audit
+                self._audit_outage.failed(exc)
                 continue
+            self._audit_outage.ok()
             # overlapping windows: a stream whose claim lost a race is looked at once more (the
             # ranges audited start where the stored audit stopped, so nothing is counted twice)
             since = settled - int(self.cfg.gap_audit_s * 1000)
@@ -937,9 +971,12 @@ class Bridge:
                 )
                 await self.sink.maintain(now)
             except (SinkError, StoreUnavailable) as exc:
-                logger.warning("housekeeping skipped: %s", exc)
+                self._housekeeping_outage.failed(exc)
                 continue
+            self._housekeeping_outage.ok()
             await self._prune_ledger(now)
+            if self.claims is not None:
+                self.claims.book.prune(now)
             rate = (self.stats.points_written - last) / self.cfg.maintenance_s
             last = self.stats.points_written
             logger.info(

@@ -50,6 +50,10 @@ class BridgeConfig:
     health) of a member that is gone, queueing that member's turn of the stream for it. Past it
     the session and what it queued are gone, the other members take the whole stream, and the
     gateways send again what no bridge acknowledged (docs/central.md, "A member that stops")."""
+    claims_expiry_s: int = 24 * 3600
+    """Under a shared subscription: how long the broker keeps a member's claim that it published
+    an alert transition (``claims.py``), so no other member publishes it again: longer than a
+    registry outage the group rides out without a double (docs/central.md)."""
     maintenance_s: float = 60.0
     heartbeat_s: float = 2.0
     """How often the bridge writes its health report to the registry database (for registries

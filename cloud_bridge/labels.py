@@ -5,8 +5,10 @@ the registry's record of the device: ``DeviceFacts``, which the bridge asks the 
 per ingest step, for the devices the step names; never once per reading.
 
 - A registered device carries its registered place: the installer's word, the place its alerts
-  are put at. A device nobody registered carries none (its gateway's word is no place to count
-  by); its readings still land, with those labels left out.
+  are put at. A device nobody registered carries the place its gateway's Birth gave it
+  (``device_info``; the registry sites it there: ``DeviceFacts.reported``), so that a district's
+  queries find it before an installer gets to it; without one, those labels are left out and its
+  readings land all the same. Registering it later at another place starts new series there.
 - ``unit`` is the unit of the point in the profile the device is registered with; where the
   registry knows no profile for the device, or no such point in it, the unit its gateway sent.
 - An empty label is left out of the line: to VictoriaMetrics, as to Prometheus, a missing label
@@ -61,7 +63,7 @@ class DeviceLabels:
 
 def device_labels(facts: DeviceFacts, gateway: str, device: str) -> DeviceLabels:
     key = (gateway, device)
-    place = facts.locations.get(key)
+    place = facts.locations.get(key) or facts.reported.get(key)
     where = _NOWHERE if place is None else (place.district, place.street, place.grid)
     return DeviceLabels(where, facts.units.get(key))
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from cloud_bridge.core import Raw
 from cloud_bridge.errors import BrokerError
@@ -128,10 +130,18 @@ class Lane:
         for m in messages:
             ack(self._client, m.mid, m.qos)
 
-    async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
-        """Returns once the broker has the message (PUBACK)."""
+    async def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+        expiry_s: int | None = None,
+    ) -> None:  # fmt: skip
+        """Returns once the broker has the message (PUBACK). ``expiry_s``: MQTT 5's message
+        expiry (the broker drops it, retained or queued, after that long)."""
+        props = None
+        if expiry_s is not None and self.settings.version == "5":
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.MessageExpiryInterval = expiry_s
         try:
-            await self._client.publish(topic, payload, qos=qos)
+            await self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         except aiomqtt.MqttError as exc:
             raise BrokerError(f"publish to {topic} failed: {exc}") from exc
 

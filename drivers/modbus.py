@@ -20,6 +20,7 @@ from drivers.codec import BlockDecoder, CodecError, Decoded, PointDecoder, compi
 from drivers.errors import (
     BadConfig,
     CommunicationError,
+    ConnectError,
     DeviceBusy,
     DeviceFailure,
     DeviceRefused,
@@ -29,7 +30,7 @@ from drivers.errors import (
 )
 from drivers.health import DeviceStats
 from drivers.planner import ReadPlan, ReadRequest
-from drivers.scheduler import DeviceHold, Ticker, phase_offsets
+from drivers.scheduler import REPOLL_MAX_S, DeviceHold, Ticker, phase_offsets
 from drivers.transport import ModbusTransport, serial_transport, tcp_transport
 from gridwatch.ground.contract import BusHealth, DeviceHealth, Quality
 from gridwatch.ground.gatewayconf import ModbusRtuBus, ModbusTcpBus, ResolvedDevice
@@ -39,7 +40,6 @@ from gridwatch.ground.profiles import ModbusProfile
 logger = logging.getLogger(__name__)
 
 RECHECK_BAD_S = 600.0  # refused points get another chance (firmware may have been updated)
-MAX_BACKOFF_S = 30.0
 _UNREAD: Decoded = (None, Quality.INVALID)  # a point the device refuses to serve
 
 
@@ -68,7 +68,7 @@ class DevicePoller:
         # per request of the plan, by identity: hashing a request hashes all its slices
         self._blocks: dict[int, tuple[ReadRequest, BlockDecoder]] = {}
         self.stats = DeviceStats(self.id)
-        self.backoff = DeviceHold(base_s=self.interval, max_s=max(MAX_BACKOFF_S, self.interval))
+        self.backoff = DeviceHold(base_s=self.interval, max_s=max(REPOLL_MAX_S, self.interval))
         self._recheck_at = 0.0
 
     async def run(self, sink: SampleSink, first_due: float) -> None:
@@ -98,7 +98,10 @@ class DevicePoller:
         try:
             values = await self._read_all()
         except CommunicationError as exc:
-            self.backoff.failed(asyncio.get_running_loop().time())
+            # a bus that cannot be opened is paced by its own reconnect backoff: holding the
+            # device as well would add the two waits up (33-49 s before a returned bus was read)
+            if not isinstance(exc, ConnectError):
+                self.backoff.failed(asyncio.get_running_loop().time())
             error = (
                 f"{exc.reason} (address {exc.address})" if exc.address is not None else exc.reason
             )

@@ -41,6 +41,17 @@ class Ticker:
         return missed
 
 
+REPOLL_MAX_S = 10.0
+"""The longest any backoff keeps a device or a bus from being asked again: a bus (a TCP endpoint,
+a serial port) that cannot be opened is tried again after 0.25 s, doubling, at most this long
+(jittered down to half); a device that stops answering on a bus that works is held after 2 failed
+polls for its interval, doubling, at most this long (or its interval, if longer). So a bus that
+comes back is polled again within ``REPOLL_MAX_S`` plus one interval (docs/edge.md). Why 10 s:
+the one timeout per hold that a dead device costs the others on a shared serial line stays
+under a tenth of the line's time, and an installer who plugs a cable back sees readings within
+a few seconds of looking."""
+
+
 @dataclass(slots=True)
 class DeviceHold:
     """After ``after`` consecutive failures, stop asking the device for a growing while

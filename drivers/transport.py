@@ -21,6 +21,7 @@ from pymodbus.framer import FramerType
 
 from drivers.errors import ConnectError, check_response, modbus_errors
 from drivers.health import BusState
+from drivers.scheduler import REPOLL_MAX_S
 from gridwatch.ground.backoff import Backoff
 from gridwatch.ground.gatewayconf import ModbusRtuBus, ModbusTcpBus
 
@@ -74,7 +75,7 @@ class _Slot:
         self.factory = factory
         self.client: Any = None
         self.retry_at = 0.0
-        self.waits = Backoff(0.25, 30.0)  # between connect attempts to an unreachable device
+        self.waits = Backoff(0.25, REPOLL_MAX_S)  # between connects to an unreachable bus
         self.silent = 0  # consecutive timeouts
         self.quiet_until = 0.0  # monotonic time before which the line must stay silent
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -114,16 +116,34 @@ def start_vm_with_dedup(workdir: Path) -> Victoria:
     return Victoria(workdir, extra_args=["-dedup.minScrapeInterval=1ms"]).start()
 
 
-def bridge_process(args: list[str], log: Path, within_s: float = 20) -> subprocess.Popen[bytes]:
-    """``gridwatch bridge run`` as its own process; returns once it has subscribed."""
+def bridge_process(args: list[str], log: Path, within_s: float = 60) -> subprocess.Popen[bytes]:
+    """``gridwatch bridge run`` as its own process; returns once it has subscribed. A process
+    that does not get there is killed before the error is raised: the caller never had it."""
     start = log.stat().st_size if log.exists() else 0
-    out = open(log, "ab")  # noqa: SIM115 - lives as long as the process
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gridwatch.top.cli", "bridge", "run", *args],
-        stdout=out, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    wait_for_log(proc, log, b"bridge subscribed", start, within_s)
+    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gridwatch.top.cli", "bridge", "run", *args],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_for_log(proc, log, b"bridge subscribed", start, within_s)
+    except BaseException:
+        end_all([proc])
+        raise
     return proc
+
+
+def end_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGKILL every process of ``procs`` still running and reap it, each whatever happens to
+    the others (a test that failed must leave none behind)."""
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGCONT)  # a paused one takes SIGKILL all the same
+                proc.kill()
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
 
 
 def wait_for_log(

@@ -38,7 +38,7 @@ import aiomqtt
 import yaml
 
 from gridwatch.ground.contract import TelemetryBatch
-from tests._central_helpers import wait_for_log
+from tests._central_helpers import end_all, wait_for_log
 from tests.fieldkit import CABINET
 from tests.services import Mosquitto, Victoria, free_port
 from tests.test_metrics import scrape
@@ -415,8 +415,12 @@ async def running_rig(
     finally:
         for t in tasks:
             t.cancel()
-        for name in list(rig.procs):
-            rig.stop(name, signal.SIGKILL)
+        procs = list(rig.procs.values())
+        try:
+            for name in list(rig.procs):
+                rig.stop(name, signal.SIGKILL)
+        finally:  # one that would not stop must not leave the others running
+            end_all(procs)
 
 
 async def until_true(what: str, check: Any, within_s: float = 20) -> None:

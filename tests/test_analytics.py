@@ -41,7 +41,7 @@ from device_registry.inventory.configgen import Uplink
 from device_registry.inventory.provisioning import NoBrokerAccess
 from device_registry.inventory.registry import Registry
 from device_registry.inventory.requests import DeviceCreate, DevicePatch, GatewayCreate
-from gridwatch.ground.contract import Location, Reading, Topics
+from gridwatch.ground.contract import Birth, DeviceInfo, Location, Reading, Topics
 from gridwatch.ground.gatewayconf import default_profiles_dir
 from gridwatch.ground.profiles import load_profiles
 from tests._central_helpers import batch, bridge_config, bridge_on, now_ms, publisher, until
@@ -398,6 +398,38 @@ async def test_device_facts_give_place_and_profile_units(registry_url: str) -> N
         assert dict(facts.units[(GW, "wl-002")]) == {"level": "cm"}
     finally:
         await store.close()
+
+
+async def test_a_device_nobody_registered_is_labelled_where_its_gateways_birth_puts_it(
+    mosquitto: Mosquitto, store: RegistryStore, sink: SqliteSink, prefix: str, tmp_path: Path
+) -> None:
+    """A gateway nobody registered names its devices in its Birth with their places
+    (``device_info``): their readings carry those places, so a district's queries find them
+    before an installer registers them; a device the Birth places nowhere gets no place."""
+    gw, t = prefix, now_ms()
+    topics = Topics(prefix)
+    xuhui = Location(district="xuhui", street="Caoxi Rd", grid="XH-0101")
+    born = Birth(gateway=gw, session=1, ts=t, devices=["wl-a", "wl-b"], device_info=[
+        DeviceInfo(device="wl-a", profile="water-level-ultrasonic", interval_s=5, location=xuhui),
+        DeviceInfo(device="wl-b", profile="water-level-ultrasonic", interval_s=5)])  # fmt: skip
+    sent = batch(gw, [Reading(device=d, point="level", value=1.0, unit="m", ts=t)
+                      for d in ("wl-a", "wl-b")])  # fmt: skip
+    async with (
+        bridge_on(bridge_config(mosquitto.host, mosquitto.port, prefix, tmp_path), store,
+                  sink) as b,
+        publisher(mosquitto.host, mosquitto.port) as pub,
+    ):  # fmt: skip
+        await pub.publish(topics.status(gw), born.model_dump_json(), qos=1, retain=True)
+        await until(b, lambda s: s.ingested.get("birth", 0) >= 1)
+        await pub.publish(topics.telemetry(gw), sent.model_dump_json(), qos=1)
+        await until(b, lambda s: s.points_written >= 2)
+    with sqlite3.connect(tmp_path / "telemetry.db") as db:
+        rows = db.execute("SELECT device, district, street, grid FROM samples ORDER BY device")
+        assert list(rows) == [("wl-a", "xuhui", "Caoxi Rd", "XH-0101"), ("wl-b", "", "", "")]
+    # still nobody's: no owner, no place to put its alerts at; the Birth's place for its series
+    facts = await store.device_facts({(gw, "wl-a"), (gw, "wl-b")})
+    assert (facts.owners, facts.locations) == ({}, {})
+    assert {k: v.street for k, v in facts.reported.items()} == {(gw, "wl-a"): "Caoxi Rd"}
 
 
 # ---- the embedded SQLite sink ----------------------------------------------------------------

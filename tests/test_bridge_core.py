@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from cloud_bridge.lineproto import batch_lines
 from cloud_bridge.mqtt import Inbound
 from cloud_bridge.pending import Pending
 from cloud_bridge.sequence import GapTracker, Seq
+from cloud_bridge.watched import Watched
 from gridwatch.ground.contract import AlertState, Quality, Reading, TelemetryBatch, Topics
 from tests._central_helpers import alert, batch, birth, reading
 
@@ -265,3 +267,35 @@ def test_plan_refuses_times_outside_the_clock_window() -> None:
     assert "1 h after the centre's clock" in q.detail
     assert core.stats.refused == {"clock": 3}  # two readings, one alert
     assert set(plan.changes.seen_ids) == {tele.id, future.id, fine.id}  # a redelivery is a dupe
+
+
+# ---- a store as the bridge's calls meet it (``cloud_bridge.watched``) -------------------------
+
+# (outcomes of calls at 1000, 2000, ...: True ok, False failed; then: failures in a row, failing
+# since, the event set, log lines at ERROR and INFO)
+WATCHED: list[tuple[list[bool], int, int | None, bool, int, int]] = [
+    ([], 0, None, False, 0, 0),
+    ([False], 1, 1000, True, 1, 0),
+    ([False, False, False], 3, 1000, True, 1, 0),  # one line per outage, not per call
+    ([False, False, True], 0, None, False, 1, 1),  # its end: one INFO line
+    ([False, True, False], 1, 3000, True, 2, 1),  # a new outage
+    ([True, True], 0, None, False, 0, 0),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("calls", "failures", "since", "failing", "errors", "infos"), WATCHED)
+def test_a_watched_store_tells_the_report_the_log_and_the_waiting_steps_alike(
+    calls: list[bool], failures: int, since: int | None, failing: bool, errors: int, infos: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    caplog.set_level(logging.INFO, logger="test.watched")
+    store = Watched(logging.getLogger("test.watched"), "registry", "messages stay unacknowledged")
+    for i, ok in enumerate(calls, start=1):
+        if ok:
+            store.ok(i * 1000)
+        else:
+            store.failed(i * 1000, ConnectionRefusedError("connection refused"))
+    assert (store.state.failures, store.state.failing_since) == (failures, since)
+    assert store.failing.is_set() is failing and store.outage.down is failing
+    levels = [r.levelno for r in caplog.records]
+    assert (levels.count(logging.ERROR), levels.count(logging.INFO)) == (errors, infos)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import uuid
 from pathlib import Path
 
 import aiomqtt
+import pytest
 
 from gridwatch.ground.contract import Topics
 from tests._central_helpers import (
@@ -18,7 +20,7 @@ from tests._central_helpers import (
     reading,
     start_vm_with_dedup,
 )
-from tests.services import Mosquitto, Victoria
+from tests.services import Mosquitto, Victoria, free_port
 
 BATCHES, DEVICES, POINTS = 200, 10, 10
 
@@ -101,3 +103,25 @@ async def test_sigterm_stops_the_bridge_cleanly(
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+def test_a_bridge_process_that_never_subscribes_is_not_left_running(tmp_path: Path) -> None:
+    """A test whose bridge process does not come up fails; the process must not outlive it."""
+    bridge_id = f"leak-check-{uuid.uuid4().hex[:8]}"
+    args = ["--mqtt-host", "127.0.0.1", "--mqtt-port", str(free_port()), "--prefix", "p",
+            "--data-dir", str(tmp_path), "--bridge-id", bridge_id]  # fmt: skip
+    with pytest.raises(TimeoutError):
+        bridge_process(args, tmp_path / "bridge.log", within_s=1.0)  # nobody listens there
+    assert running_with(bridge_id) == []
+
+
+def running_with(word: str) -> list[int]:
+    """The processes whose command line holds ``word``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if word.encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:  # gone meanwhile
+            continue
+    return found

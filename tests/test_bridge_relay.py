@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import shutil
 import signal
@@ -349,3 +350,69 @@ async def test_a_bridge_stopped_with_a_full_spool_ingests_it_when_it_runs_again(
     assert len(await store.alerts(limit=100)) == 30
     assert count_rows(spool, "held") == 0
     assert [len(copies(city, ev)) for ev in minor] == [1] * 30
+
+
+async def test_two_bridges_of_a_share_group_publish_a_resent_alert_once(
+    mosquitto: Mosquitto, pg: Postgres, store: RegistryStore, sink: SqliteSink, prefix: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """The database is down past the gateway's ack timeout: the gateway sends the alert again
+    and the share group hands the resend to the other bridge, whose own ledger never saw it.
+    The bridges tell each other what they published (``claims.py``): the platform has it
+    once, during the outage and after it."""
+    gw, t = prefix, now_ms()
+    topics = Topics(prefix)
+    fire, after = smoke(gw, "fire", t, seq=1), smoke(gw, "after", t + 1, seq=2)
+    cfgs = [bridge_config(mosquitto.host, mosquitto.port, prefix, tmp_path / name,
+                          client_id=f"{name}-{prefix}", share_group="ingest",
+                          mqtt_protocol="5") for name in ("a", "b")]  # fmt: skip
+    async with (
+        listen(mosquitto.port, topics.platform_alerts()) as city,
+        listen(mosquitto.port, topics.ack(gw)) as acks,
+        bridge_on(cfgs[0], store, sink) as a,
+        bridge_on(cfgs[1], store, sink) as b,
+        publisher(mosquitto.host, mosquitto.port) as pub,
+    ):
+        with outage(pg, "crash") as back:
+            sends = 0
+            # the gateway's resends (every ack timeout) until each bridge has been handed one;
+            # the group takes turns, so two or three sends do it
+            while a.stats.received == 0 or b.stats.received == 0:
+                assert sends < 6, "the share group never handed the alert to both bridges"
+                await pub.publish(topics.alert(gw), fire.model_dump_json(), qos=1)
+                sends += 1
+                await poll(lambda n=sends: a.relays + b.relays >= n)  # type: ignore[misc]
+            assert len(copies(city, fire)) == 1
+            back()
+        await acks.wait_for(lambda s: 1 in acked(s, gw, "alert"), within_s=30)
+        # once the registry is back, a resend is a duplicate the registry knows
+        await pub.publish(topics.alert(gw), fire.model_dump_json(), qos=1)
+        await pub.publish(topics.alert(gw), after.model_dump_json(), qos=1)
+        await acks.wait_for(lambda s: acked(s, gw, "alert") == {1, 2}, within_s=30)
+        await city.wait_for(lambda c: copies(c, after))
+    assert (len(copies(city, fire)), len(copies(city, after))) == (1, 1)
+
+
+async def test_the_gap_audit_logs_one_line_per_database_outage(
+    mosquitto: Mosquitto, pg: Postgres, store: RegistryStore, sink: SqliteSink, prefix: str,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """A member of a share group audits for gaps every ``gap_audit_s`` (5 s): during a database
+    outage that is one ERROR when it starts and one INFO when it ends, not a WARNING per audit."""
+    caplog.set_level(logging.DEBUG, logger="cloud_bridge.bridge")
+    cfg = bridge_config(mosquitto.host, mosquitto.port, prefix, tmp_path, share_group="g",
+                        mqtt_protocol="5", gap_audit_s=0.05)  # fmt: skip
+
+    def audits(level: int) -> list[logging.LogRecord]:
+        return [r for r in caplog.records
+                if r.getMessage().startswith("bridge gap audit") and r.levelno >= level]  # fmt: skip
+
+    async with bridge_on(cfg, store, sink):
+        with outage(pg, "crash") as back:
+            await poll(lambda: len(audits(logging.DEBUG)) >= 5)  # five audits met the outage
+            back()
+        await poll(
+            lambda: any("registry is back" in r.getMessage() for r in audits(logging.INFO)), 30
+        )
+    assert [r.levelname for r in audits(logging.INFO)] == ["ERROR", "INFO"]
+    assert not [r for r in caplog.records if "gap audit skipped" in r.getMessage()]

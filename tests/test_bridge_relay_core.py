@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from cloud_bridge.claims import ClaimBook, claim_topic, claimed_transition
 from cloud_bridge.core import PlatformOut, transition_key
 from cloud_bridge.relay import FactsCache, fresh
 from device_registry.ingest.changes import DeviceFacts
-from gridwatch.ground.contract import Location
+from gridwatch.ground.contract import Location, Topics
 
 
 def out(transition: str) -> PlatformOut:
@@ -111,3 +112,47 @@ def test_facts_cache_starts_again_past_its_bound(monkeypatch: pytest.MonkeyPatch
     cache.remember({("g1", "d3"), ("g1", "d4")}, DeviceFacts())  # past 3: d1, d2 forgotten
     _, unknown = cache.recall([("g1", "d1"), ("g1", "d2"), ("g1", "d3"), ("g1", "d4")])
     assert unknown == {("g1", "d1"), ("g1", "d2")}
+
+
+# ---- claims: what the members of a share group said they published (``cloud_bridge.claims``) --
+
+# (topic, the transition it claims)
+CLAIM_TOPICS: list[tuple[str, str | None]] = [
+    ("p/gw/gw1/published/m-1", "gw1/m-1"),
+    ("p/gw/gw1/published/", None),  # no message id
+    ("p/gw/gw1/published/m/1", None),  # ids hold no "/"
+    ("p/gw/gw1/alert", None),
+    ("q/gw/gw1/published/m-1", None),  # another prefix
+]
+
+
+@pytest.mark.parametrize(("topic", "transition"), CLAIM_TOPICS)
+def test_a_claims_topic_names_its_transition(topic: str, transition: str | None) -> None:
+    topics = Topics("p")
+    assert claimed_transition(topics, topic) == transition
+    if transition is not None:
+        assert claim_topic(topics, transition) == topic
+        assert transition == transition_key("gw1", "m-1")
+
+
+# (claims heard as (transition, at ms), asked at, limit, claimed)
+BOOK: list[tuple[list[tuple[str, int]], int, int, set[str]]] = [
+    ([], 0, 10, set()),
+    ([("a", 0)], 1_000, 10, {"a"}),
+    ([("a", 0)], 60_000, 10, {"a"}),  # as old as a claim lives: still claimed
+    ([("a", 0)], 60_001, 10, set()),  # expired at the broker: forgotten here too
+    ([("a", 0), ("a", 50_000)], 100_000, 10, {"a"}),  # heard again: lives on
+    ([("a", 0), ("b", 1), ("c", 2)], 10, 2, {"b", "c"}),  # over the bound: the oldest go
+]
+
+
+@pytest.mark.parametrize(("heard", "now", "limit", "claimed"), BOOK)
+def test_the_claim_book_remembers_a_claim_as_long_as_it_lives(
+    heard: list[tuple[str, int]], now: int, limit: int, claimed: set[str]
+) -> None:
+    book = ClaimBook(keep_ms=60_000, limit=limit)
+    for transition, at in heard:
+        book.add([transition], at)
+    assert book.claimed(["a", "b", "c"], now) == claimed
+    book.prune(now)
+    assert len(book) == len(claimed)

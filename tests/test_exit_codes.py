@@ -17,7 +17,7 @@ import pytest
 
 from device_registry.http.app import Delivery
 from device_registry.http.auth import Role
-from gridwatch.top.exits import for_http
+from gridwatch.top.exits import for_http, said
 from tests._ops_helpers import registry
 from tests.services import Postgres, free_port
 from tests.test_cli import Ran, gridwatch
@@ -34,6 +34,17 @@ OK, BAD_NEWS, USAGE, RETRY_LATER, REFUSED = 0, 1, 2, 3, 4
 )  # fmt: skip
 def test_each_http_status_has_one_exit_code(status: int, code: int) -> None:
     assert for_http(status) == code
+
+
+@pytest.mark.parametrize(
+    ("status", "words"),
+    [(400, "refused"), (403, "refused"), (404, "not found"), (410, "not found"),
+     (422, "refused"), (429, "the registry cannot do this now"),
+     (500, "the registry failed at it"), (503, "the registry cannot do this now")],
+)  # fmt: skip
+def test_the_message_says_what_the_exit_code_says(status: int, words: str) -> None:
+    """A 404 exits 1 (bad news), so its message must not say "refused" (exit 4)."""
+    assert said(status).startswith(words)
 
 
 COMMANDS: list[tuple[list[str], Role, Role | None, list[str] | None]] = [
@@ -83,6 +94,7 @@ async def test_the_same_failure_is_the_same_exit_code_for_every_command(
         )
         for (argv, _), r in zip(missing, found, strict=True):
             assert r.code == BAD_NEWS and r.err.count("\n") == 1, (argv, r)
+            assert "refused" not in r.err, (argv, r)  # exit 1 is not 4's word
         # the database goes: every command is told to retry later, none that it was refused
         await asyncio.to_thread(own_postgres.stop)
         _check(await _run_all(reg.url, may), RETRY_LATER, "503")

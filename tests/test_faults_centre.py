@@ -21,8 +21,8 @@ from pathlib import Path
 
 import asyncpg
 
-from gridwatch.ground.contract import AlertState, Topics
-from tests._central_helpers import publisher, wait_for_log
+from gridwatch.ground.contract import AlertEvent, AlertState, Topics
+from tests._central_helpers import end_all, publisher, wait_for_log
 from tests._faults_helpers import STARTUP_S, spawn
 from tests._ops_helpers import smoke
 from tests.fieldkit import Listener, listen
@@ -31,6 +31,8 @@ from tests.services import Mosquitto, Postgres, Victoria, free_port
 GW = "gw-xh-centre"
 OUTAGE_S = 20.0
 """How long each store stays down: the issue's 20 s."""
+RESEND_S = 5.0
+"""The gateway's ack timeout (``mqtt.ack_timeout_s``, 15 s), shortened to fit the outage."""
 
 
 @dataclass
@@ -107,20 +109,24 @@ async def running(centre: Centre, bridges: int = 2, registries: int = 2) -> Asyn
             await asyncio.to_thread(centre.start_registry, f"registry-{'ab'[i]}")
         yield centre
     finally:
-        for name in list(centre.procs):
-            centre.stop(name, signal.SIGKILL)
+        procs = list(centre.procs.values())
+        try:
+            for name in list(centre.procs):
+                centre.stop(name, signal.SIGKILL)
+        finally:  # one that would not stop must not leave the others running
+            end_all(procs)
 
 
 async def raise_alert(pub: object, platform: Listener, topics: Topics, alert_id: str,
-                      seq: int) -> float:  # fmt: skip
+                      seq: int) -> tuple[float, AlertEvent]:  # fmt: skip
     """Publish a critical smoke alert as the gateway would; seconds until the city platform's
-    alert topic carries it."""
+    alert topic carries it, and the event (to send again as the gateway does)."""
     event = smoke(alert_id, gateway=GW).model_copy(update={"seq": seq})
     assert event.state is AlertState.RAISED
     started = time.monotonic()
     await pub.publish(topics.alert(GW), event.model_dump_json(), qos=1)  # type: ignore[attr-defined]
     await platform.wait_for(lambda s: on_platform(s, alert_id) >= 1, within_s=OUTAGE_S)
-    return time.monotonic() - started
+    return time.monotonic() - started, event
 
 
 def on_platform(platform: Listener, alert_id: str) -> int:
@@ -162,11 +168,17 @@ async def test_a_critical_alert_during_a_database_crash_reaches_the_platform_at_
             listen(mq.port, topics.ack(GW)) as acks,
             publisher(mq.host, mq.port) as gw,
         ):
-            before = await raise_alert(gw, platform, topics, "before", seq=1)
+            before, _ = await raise_alert(gw, platform, topics, "before", seq=1)
             pg.stop()  # -m immediate: a crash
             crashed = time.monotonic()
-            during = await raise_alert(gw, platform, topics, "during", seq=2)
+            during, event = await raise_alert(gw, platform, topics, "during", seq=2)
             assert time.monotonic() - crashed < OUTAGE_S  # on the platform with the store down
+            # unacknowledged, the gateway sends it again after each ack timeout (15 s; here
+            # every 5 s), and the share group hands the resends to both bridges in turn
+            # (mosquitto 2.0: round robin), so one goes to the bridge that did not publish it
+            for _ in range(3):
+                await asyncio.sleep(RESEND_S)  # the gateway's ack timeout, shortened
+                await gw.publish(topics.alert(GW), event.model_dump_json(), qos=1)
             await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - crashed)))  # the outage
             pg.start()
             want = {f"{GW}:before", f"{GW}:during"}

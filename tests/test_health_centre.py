@@ -307,7 +307,16 @@ def test_a_centre_problem_alone_when_nothing_is_late_yet() -> None:
 def _report(problems: list[dict[str, Any]], **summary: int) -> dict[str, Any]:
     s = {"devices": 3, "devices_unhealthy": 0, "gateways": 1, "gateways_unhealthy": 0}
     s.update(summary)
-    return {"healthy": not problems, "problems": problems, "devices": [], "summary": s}
+    devices = [
+        {
+            "id": "gw1:a",
+            "status": "unknown",
+            "healthy": False,
+            "last_seen": NOW - 50_000,
+            "reasons": ["no data for 30 s: the centre is not ingesting since 22:13:00 UTC"],
+        }
+    ]
+    return {"healthy": not problems, "problems": problems, "devices": devices, "summary": s}
 
 
 CENTRE = {"kind": "centre", "id": "centre", "gateway": "", "status": "not_ingesting",
@@ -325,8 +334,11 @@ CENTRE = {"kind": "centre", "id": "centre", "gateway": "", "status": "not_ingest
           "1 problem: 0 of 3 devices unhealthy, 2 unknown; 0 of 1 gateways unhealthy"]),
         ("--all lists them", _report([CENTRE], devices_unknown=2, gateways_unknown=1), True,
          ["centre: not ingesting: the centre is not ingesting since 22:13:00 UTC: time-series "
-          "store down", "  gw1:a                        unknown",
-          "  gw1:b                        unknown",
+          "store down",
+          "  gw1:a                        unknown  last heard from at 22:12:30 UTC; cannot tell "
+          "whether it is silent while the centre is not ingesting (above)",
+          "  gw1:b                        unknown  never heard from; cannot tell whether it is "
+          "silent while the centre is not ingesting (above)",
           "1 problem: 0 of 3 devices unhealthy, 2 unknown; 0 of 1 gateways unhealthy, 1 unknown"]),
     ],
 )  # fmt: skip

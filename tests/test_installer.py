@@ -33,7 +33,13 @@ from gridwatch.ground.contract import (
 from gridwatch.ground.profiles import ModbusPoint, ValueRange
 from gridwatch.top.cli import main as cli
 from gridwatch.top.exits import REFUSED
-from gridwatch.top.installer import Api, byte_order_alternatives, check_reading, commission
+from gridwatch.top.installer import (
+    Api,
+    byte_order_alternatives,
+    check_reading,
+    commission,
+    config_said,
+)
 from tests._ops_helpers import now_ms
 from tests._ops_helpers import registry as ops_registry
 
@@ -295,3 +301,35 @@ async def test_what_a_newcomer_missed_is_said(registry: Registry, tmp_path: Path
                    "gw-1,sd-2,no-such-profile,local\n", encoding="utf-8")  # fmt: skip
     code, _, err = await registry.cli("device", "import", str(csv))
     assert code == REFUSED and "the CSV file (1 of 2 rows refused; nothing imported)" in err, err
+
+
+def cfg(desired: int, acked: int, accepted: bool | None, running: int) -> dict[str, Any]:
+    return {"desired": desired, "acknowledged": acked, "accepted": accepted, "running": running,
+            "errors": []}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("why", "config", "said"),
+    [
+        ("the box runs what it accepted", cfg(3, 3, True, 3),
+         "config v3: the box accepted v3; the box runs v3"),
+        ("not there yet", cfg(3, 2, True, 2), "config v3: the box accepted v2; the box runs v2"),
+        ("never acknowledged, a copied config of its own running",
+         cfg(1, 0, None, 1), "config v1: never acknowledged; the box runs v1"),
+        ("never acknowledged, no Birth with a version", cfg(1, 0, None, 0),
+         "config v1: never acknowledged; the box has not said which version it runs"),
+        ("refused: the box runs another", cfg(2, 2, False, 5),
+         "config v2: the box REJECTED v2; the box runs v5, newer than this registry's: a config "
+         "not from it"),
+        ("refused, running the older one", cfg(2, 2, False, 1),
+         "config v2: the box REJECTED v2; the box runs v1"),
+        ("accepted but its Birth names another", cfg(2, 2, True, 1),
+         "config v2: the box accepted v2; the box runs v1"),
+    ],
+)  # fmt: skip
+def test_gateway_show_says_only_what_the_registry_knows_of_the_config(
+    why: str, config: dict[str, Any], said: str
+) -> None:
+    """It once said "acknowledged v1" for a box that had never acknowledged anything and ran a
+    config copied onto it: the version the box's Birth names is shown beside the ack."""
+    assert config_said(config) == said, why

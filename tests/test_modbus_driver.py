@@ -265,3 +265,21 @@ async def test_a_cancelled_read_raises_even_when_the_library_swallows_it() -> No
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_bus_that_cannot_be_opened_does_not_also_hold_its_devices() -> None:
+    """The bus's reconnect backoff paces a dead endpoint; holding each device on top of it added
+    the two waits up (33-49 s before a bus that came back was read). Here no device hold grows
+    however often the connect fails, and neither wait can pass ``REPOLL_MAX_S``."""
+    port = free_port()  # nothing listens: every connect is refused
+    devices = gateway([tcp_bus(port)], [{"id": "wl", "profile": "water-level-ultrasonic",
+                                         "bus": "t", "interval_s": INTERVAL}])  # fmt: skip
+    driver = ModbusDriver(devices[0].bus, devices)  # type: ignore[arg-type]
+    poller = driver.pollers["wl"]
+    loop = asyncio.get_running_loop()
+    outcomes = [await poller.poll(loop.time()) for _ in range(6)]
+    assert [o.ok for o in outcomes] == [False] * 6
+    assert not poller.backoff.holds(loop.time()) and poller.backoff.failures == 0
+    # the longest waits, after a long outage: a returned bus is read within 10 s + an interval
+    assert poller.backoff.waits.delay(100) == 10.0
+    assert poller.transport._slots[0].waits.delay(100) <= 10.0

@@ -22,6 +22,13 @@ FACTS = DeviceFacts(
     units={("gw1", "wl-1"): {"level": "m", "counter": ""}, ("gw1", "wl-3"): {"level": "m"}},
 )
 
+BORN = DeviceFacts(
+    owners=FACTS.owners, units=FACTS.units,
+    locations={("gw1", "wl-1"): SHENNAN},
+    reported={("gw1", "wl-9"): Location(district="xuhui", street="Caoxi Rd", grid="XH-0101"),
+              ("gw1", "wl-1"): Location(district="xuhui")},
+)  # fmt: skip
+
 
 def test_label_names() -> None:
     # written out: these are the names analysts' queries and the SQLite sink's columns use
@@ -46,6 +53,10 @@ def test_label_names() -> None:
          "level", "cm", ("", "", "", "cm")),
         ("no facts at all (the registry was not asked)", NO_FACTS, "gw1", "wl-1", "level", "",
          ("", "", "", "")),
+        ("nobody registered it; its gateway's Birth put it somewhere: there", BORN, "gw1",
+         "wl-9", "level", "m", ("xuhui", "Caoxi Rd", "XH-0101", "m")),
+        ("registered: the installer's place, not its gateway's", BORN, "gw1", "wl-1", "level",
+         "m", ("futian", "Shennan Rd", "FT-0042", "m")),
     ],
 )  # fmt: skip
 def test_series_labels(

@@ -151,6 +151,7 @@ class RegistryStore:
         names = sorted({dev for _, dev in pairs})
         owners: dict[str, set[str]] = {}
         locations: dict[tuple[str, str], Location] = {}
+        reported: dict[tuple[str, str], Location] = {}  # sited by a Birth, nobody registered it
         units: dict[tuple[str, str], Mapping[str, str]] = {}
         if self.profiles is None and not _shipped_profiles.cache_info().currsize:
             # once per process: a few hundred ms of YAML, which the alerts lane must not wait for
@@ -158,30 +159,43 @@ class RegistryStore:
         point_units = self._point_units()
         q = (
             # its own coordinates, the site's only for a device that has none (a pair)
-            select(Device.name, Device.gateway_id, Device.profile, Site.district_id, Site.street,
-                   Site.grid,
+            select(Device.name, Device.gateway_id, Device.profile, Device.registered_at,
+                   Site.district_id, Site.street, Site.grid,
                    case((Device.lat.is_(None) & Device.lon.is_(None), Site.lat),
                         else_=Device.lat),
                    case((Device.lat.is_(None) & Device.lon.is_(None), Site.lon),
                         else_=Device.lon))
             .outerjoin(Site, Site.id == Device.site_id)
-            .where(Device.registered_at.is_not(None), Device.retired_at.is_(None))
+            .where(Device.retired_at.is_(None))
         )  # fmt: skip
         async with self._tx() as s:
             for i in range(0, len(names), _ID_CHUNK):
                 chunk = names[i : i + _ID_CHUNK]
-                for name, gw, profile, district, street, grid, lat, lon in await s.execute(
-                    q.where(Device.name.in_(chunk))
-                ):
+                for (
+                    name,
+                    gw,
+                    profile,
+                    registered,
+                    district,
+                    street,
+                    grid,
+                    lat,
+                    lon,
+                ) in await s.execute(q.where(Device.name.in_(chunk))):
+                    place = None if district is None else Location(
+                        district=district, street=street, grid=grid, lat=lat, lon=lon
+                    )  # fmt: skip
+                    if registered is None:
+                        if place is not None:
+                            reported[(gw, name)] = place
+                        continue
                     owners.setdefault(name, set()).add(gw)
-                    if district is not None:
-                        locations[(gw, name)] = Location(
-                            district=district, street=street, grid=grid, lat=lat, lon=lon
-                        )
+                    if place is not None:
+                        locations[(gw, name)] = place
                     known = point_units(profile)
                     if known is not None:
                         units[(gw, name)] = known
-        return DeviceFacts({k: frozenset(v) for k, v in owners.items()}, locations, units)
+        return DeviceFacts({k: frozenset(v) for k, v in owners.items()}, locations, units, reported)
 
     def _point_units(self) -> Callable[[str | None], Mapping[str, str] | None]:
         """Profile id -> the unit of each of its points (None: a profile the registry does not

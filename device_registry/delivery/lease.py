@@ -10,6 +10,14 @@ process holds the lease carries on where the last holder stopped.
   ``retry_s``, and the holder checks its connection as often.
 - SQLite (one machine): an exclusive ``flock`` on ``<database>-delivery.lock``, released by the
   kernel when the holder exits.
+
+A standby says whether some process delivers (``elsewhere``), for ``/health``: "not needed,
+another process delivers" only while its last try, at most ``FRESH_TRIES`` tries ago, found the
+lease held by a holder that is alive. On PostgreSQL alive means that the holder's connection ran
+a statement within ``STALE_TRIES`` of its checks (it checks every ``retry_s``; a holder that
+hangs, SIGSTOP or a frozen VM, keeps its connection and the lock, and delivers nothing). A
+standby that cannot reach the database knows no holder: while the database is down, no process
+delivers either (each holder loses its lease with its connection).
 """
 
 from __future__ import annotations
@@ -19,7 +27,9 @@ import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
+from enum import Enum
 from pathlib import Path
 
 from sqlalchemy import text
@@ -32,13 +42,46 @@ from gridwatch.ground.outage import Outage
 logger = logging.getLogger(__name__)
 
 _LEASE_KEY = 0x67726465  # any constant, apart from the migrations' lock
+FRESH_TRIES = 2.5
+"""A standby's word on the holder is good for this many of its tries (``retry_s`` each)."""
+STALE_TRIES = 3.0
+"""A holder whose connection ran nothing for this many ``retry_s`` has hung."""
+
+# the holder's backend and when it last ran a statement (a bigint advisory key is split into
+# classid, the high half, and objid, the low half, with objsubid 1)
+_HOLDER_IDLE = text(
+    "SELECT extract(epoch FROM clock_timestamp() - a.query_start) FROM pg_locks l "
+    "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+    "AND l.classid = 0 AND l.objid = :k AND l.objsubid = 1 "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
+
+class Elsewhere(Enum):
+    """What a standby last found about the lease's holder."""
+
+    UNKNOWN = (
+        "no registry process is known to deliver: this one cannot reach the database to take "
+        "the delivery lease"
+    )
+    LIVE = "not needed: another registry process delivers"
+    HUNG = (
+        "no registry process delivers: the one holding the delivery lease has not used its "
+        "database connection for a while (hung?); this one takes over when it lets go"
+    )
 
 
 class DeliveryLease:
-    def __init__(self, engine: AsyncEngine, retry_s: float = 5.0) -> None:
+    def __init__(
+        self, engine: AsyncEngine, retry_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:  # fmt: skip
         self.engine = engine
         self.retry_s = retry_s
+        self.clock = clock
         self.held = False
+        self._found = Elsewhere.UNKNOWN
+        self._found_at: float | None = None
         self.outage = Outage(logger, "delivery lease", "database connection",
                              "this process delivers nothing until it holds the lease again")  # fmt: skip
 
@@ -57,8 +100,11 @@ class DeliveryLease:
         while True:
             conn = await self._try_connect()
             if conn is not None:
-                if await self._try_lock(conn):
+                took = await self._try_lock(conn)
+                if took:
                     break
+                if took is False:  # another process holds it
+                    await self._look_at_holder(conn)
                 with contextlib.suppress(SQLAlchemyError, OSError):
                     await conn.close()
             await asyncio.sleep(self.retry_s)
@@ -83,16 +129,40 @@ class DeliveryLease:
         self.outage.ok()
         return conn
 
-    async def _try_lock(self, conn: AsyncConnection) -> bool:
-        """Whether this connection took the lock; a connection lost meanwhile did not (it was
-        an unguarded call once, and its error ended delivery in this process for good)."""
+    async def _try_lock(self, conn: AsyncConnection) -> bool | None:
+        """Whether this connection took the lock (False: another holds it); None when the
+        connection was lost meanwhile (it was an unguarded call once, and its error ended
+        delivery in this process for good)."""
         try:
             return bool(
                 await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": _LEASE_KEY})
             )
         except (SQLAlchemyError, OSError) as exc:
             self.outage.failed(classify(exc).reason)
-            return False
+            return None
+
+    async def _look_at_holder(self, conn: AsyncConnection) -> None:
+        """Another process holds the lease: is it alive (``Elsewhere``)?"""
+        try:
+            idle = await conn.scalar(_HOLDER_IDLE, {"k": _LEASE_KEY})
+        except (SQLAlchemyError, OSError) as exc:
+            self.outage.failed(classify(exc).reason)
+            return
+        # gone between the try and the look (None): the next try takes it
+        hung = idle is not None and float(idle) > STALE_TRIES * self.retry_s
+        self._saw(Elsewhere.HUNG if hung else Elsewhere.LIVE)
+
+    def _saw(self, found: Elsewhere) -> None:
+        self._found, self._found_at = found, self.clock()
+
+    @property
+    def elsewhere(self) -> Elsewhere:
+        """While this process does not hold the lease: whether another delivers, as last
+        found within ``FRESH_TRIES`` tries (older: ``UNKNOWN``)."""
+        at = self._found_at
+        if at is None or self.clock() - at > FRESH_TRIES * self.retry_s:
+            return Elsewhere.UNKNOWN
+        return self._found
 
     async def _watch(self, conn: AsyncConnection, lost: asyncio.Future[None]) -> None:
         while True:
@@ -117,7 +187,8 @@ class DeliveryLease:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
-                except BlockingIOError:
+                except BlockingIOError:  # held by a process on this machine (gone: unlocked)
+                    self._saw(Elsewhere.LIVE)
                     await asyncio.sleep(self.retry_s)
             self._took()
             try:

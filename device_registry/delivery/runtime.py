@@ -18,7 +18,7 @@ from aiohttp import web
 from device_registry.alerts.store import OpsStore
 from device_registry.delivery.escalator import escalate_forever, escalation_outage
 from device_registry.delivery.feed import FeedSignal
-from device_registry.delivery.lease import DeliveryLease
+from device_registry.delivery.lease import DeliveryLease, Elsewhere
 from device_registry.delivery.mqtt_out import PlatformPublisher
 from device_registry.delivery.sse import SseHub
 from device_registry.delivery.webhooks import RetryPolicy, SecretBox, WebhookDispatcher
@@ -26,6 +26,7 @@ from device_registry.health.routes import History
 from device_registry.http.state import HEALTH_PARTS, STORE
 from device_registry.inventory.downlink import BrokerSettings
 from gridwatch.ground import metrics
+from gridwatch.ground.mqttsession import SessionState
 
 
 @dataclass
@@ -100,10 +101,9 @@ async def _running(app: web.Application, d: Delivery) -> AsyncIterator[None]:
         lease = app[LEASE] = DeliveryLease(app[STORE].engine, d.lease_retry_s)
         if ops.publisher is not None:
             # only the process holding the lease publishes: the others' session is down by design
-            app[HEALTH_PARTS]["platform publisher"] = lambda: {
-                **publisher.mqtt.state.report(), "delivering": lease.held,
-                "failing": lease.held and publisher.mqtt.state.failing,
-            }  # fmt: skip
+            app[HEALTH_PARTS]["platform publisher"] = lambda: publisher_part(
+                lease, publisher.mqtt.state
+            )
         leading = asyncio.create_task(_deliver_while_leading(lease, jobs), name="delivery")
         try:
             yield
@@ -111,6 +111,17 @@ async def _running(app: web.Application, d: Delivery) -> AsyncIterator[None]:
             leading.cancel()
             await asyncio.gather(leading, return_exceptions=True)
             store.ops.on_feed.remove(signal.notify)
+
+
+def publisher_part(lease: DeliveryLease, state: SessionState) -> dict[str, Any]:
+    """The platform publisher for ``/health``: the holder's session, or a standby's word on
+    whether another process delivers (``DeliveryLease.elsewhere``). ``standby``: why this
+    process does not publish, in plain words; ``failing`` also when no process is known to."""
+    part: dict[str, Any] = {**state.report(), "delivering": lease.held}
+    if lease.held:
+        return {**part, "failing": state.failing}
+    elsewhere = lease.elsewhere
+    return {**part, "failing": elsewhere is not Elsewhere.LIVE, "standby": elsewhere.value}
 
 
 async def _deliver_while_leading(

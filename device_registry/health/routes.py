@@ -114,9 +114,12 @@ def _session(name: str, part: dict[str, Any]) -> Dependency:
     """One of the registry's broker sessions (its downlink, the platform publisher)."""
     since = part.get("since")
     at = None if since is None else int(float(since) * 1000)
+    standby = part.get("standby")  # a process that does not deliver: why (lease.py)
     if not part.get("failing"):
         return Dependency(name, "registry", Level.OK, "connected" if part.get("connected")
-                          else "not connected (not needed: another process delivers)")  # fmt: skip
+                          else f"not connected ({standby or 'not needed'})")  # fmt: skip
+    if standby:
+        return Dependency(name, "registry", Level.DOWN, f"not connected: {standby}")
     when = "" if at is None else f" since {centre.clock(at)}"
     return Dependency(name, "registry", Level.DOWN, f"broker session lost{when}", at)
 

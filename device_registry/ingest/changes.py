@@ -88,6 +88,10 @@ class DeviceFacts:
     units: dict[tuple[str, str], Mapping[str, str]] = field(default_factory=dict)
     """(gateway, device) -> point -> unit, from the profile the installer registered it with
     (devices whose profile the registry knows only): the time-series store's ``unit`` label."""
+    reported: dict[tuple[str, str], Location] = field(default_factory=dict)
+    """(gateway, device) -> where its gateway's Birth (``device_info``) put a device nobody
+    registered: for its time series' place labels only, never to place an alert or to decide
+    whose device it is."""
 
     def foreign(self, gateway: str, device: str) -> bool:
         """Registered under other gateways, not this one: another gateway's device."""

@@ -21,7 +21,9 @@ once for people in docs/cli.md.
     141  CLOSED_STDOUT  the reader of the output went away (``gridwatch alert list | head``):
                       128 + SIGPIPE, as a shell reports for a Unix tool that SIGPIPE ended
 
-An HTTP error from the registry becomes its code through ``for_http``, in one place.
+An HTTP error from the registry becomes its code through ``for_http``, in one place, and the
+first words of its message through ``said``, so that a person reads what the code says: "not
+found" for a 404 that exits 1, "refused" only for what exits 4.
 """
 
 from __future__ import annotations
@@ -55,6 +57,18 @@ def for_http(status: int) -> int:
     return BAD_NEWS  # 500, 501: the registry failed at it (its log says why)
 
 
+def said(status: int) -> str:
+    """The first words of the message for an HTTP error status, agreeing with ``for_http``."""
+    code = for_http(status)
+    if code == RETRY_LATER:
+        return "the registry cannot do this now"
+    if code == REFUSED:
+        return "refused"
+    if status in _NOT_THERE:
+        return "not found"
+    return "the registry failed at it (its log says why)"
+
+
 __all__ = [
     "BAD_NEWS",
     "CLIENT_EPILOG",
@@ -64,4 +78,5 @@ __all__ = [
     "RETRY_LATER",
     "USAGE",
     "for_http",
+    "said",
 ]

@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from typing import Any, TextIO
 
 from gridwatch.top import exits
@@ -32,6 +33,11 @@ USAGE = exits.USAGE
 CENTRE_DEGRADED = exits.RETRY_LATER
 """The centre is not ingesting: as with a registry out of reach, the answer is "retry later"."""
 _PLURAL = {"district": "districts", "grid": "grids", "profile": "profiles"}
+
+
+def clock(ms: int) -> str:
+    """A time of day, UTC, as the registry's reasons print it."""
+    return time.strftime("%H:%M:%S UTC", time.gmtime(ms / 1000))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -73,7 +79,8 @@ def render(report: dict[str, Any], show_all: bool, out: TextIO) -> None:
             print(f"\ncentre: {_status(p['status'])}: {p['reason']}", file=out)
             if show_all:  # else one line: the whole field, each "unknown" for the same reason
                 for dev_id in p["devices"]:
-                    print(f"  {dev_id:<28} unknown", file=out)
+                    print(f"  {dev_id:<28} unknown  {_why_unknown(devices.get(dev_id))}",
+                          file=out)  # fmt: skip
             continue
         if p["kind"] == "device":
             where = (p["district"] or "-", p["grid"] or "-")
@@ -95,6 +102,14 @@ def render(report: dict[str, Any], show_all: bool, out: TextIO) -> None:
         for d in healthy:
             print(f"  {d['id']:<28} {_status(d['status']):<8} ok", file=out)
     print(f"\n{summary_line(report)}", file=out)
+
+
+def _why_unknown(device: dict[str, Any] | None) -> str:
+    """Why a device the centre's problem covers is "unknown": when it was last heard of, and
+    that its silence cannot be judged while the centre is behind (the reason is above)."""
+    seen = None if device is None else device.get("last_seen")
+    last = "never heard from" if seen is None else f"last heard from at {clock(int(seen))}"
+    return f"{last}; cannot tell whether it is silent while the centre is not ingesting (above)"
 
 
 def summary_line(report: dict[str, Any]) -> str:

@@ -186,10 +186,9 @@ def _explain(status: int, body: Any) -> str:
         return f"HTTP {status}: {body}"
     # the registry's errors are problems (RFC 9457): title, detail, and each field's error.
     # A 422's detail repeats its first errors in one line: print the list alone, each field once
+    head = f"{exits.said(status)} ({status} {body.get('title', '')})"  # as its exit code says
     if exits.for_http(status) == exits.RETRY_LATER:  # not a refusal: say so, and what to do
-        said = f"the registry cannot do this now ({status} {body.get('title', '')})"
-        return f"{said}: {body.get('detail', '')}; try again later".replace(": ;", ";")
-    head = f"refused ({status} {body.get('title', '')})"
+        return f"{head}: {body.get('detail', '')}; try again later".replace(": ;", ";")
     errors = body.get("errors") or []
     if not errors:
         return f"{head}: {body.get('detail', '')}".rstrip(": ")
@@ -329,7 +328,33 @@ def _loc(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in loc.items() if v is not None}
 
 
-def _print_gateway(gw: dict[str, Any]) -> None:
+VERSIONS_ONLY = (
+    "    the registry knows config versions, not what the box holds: a config copied onto the box "
+    "with the same version looks the same here (`gridwatch edge status` on the box names the "
+    "file it runs)"
+)
+
+
+def config_said(cfg: dict[str, Any]) -> str:
+    """A gateway's config as far as the registry knows it: the version it issued, what the box
+    acknowledged of it, and the version the box's last Birth says it runs. Versions only."""
+    desired, acked, accepted = cfg["desired"], cfg["acknowledged"], cfg["accepted"]
+    running = cfg.get("running")  # an older registry does not say
+    if acked == 0:
+        said = "never acknowledged"
+    else:
+        verdict = {True: "accepted", False: "REJECTED"}.get(accepted, "acknowledged")
+        said = f"the box {verdict} v{acked}"
+    if not running:
+        said += "; the box has not said which version it runs"
+    elif running > desired:
+        said += f"; the box runs v{running}, newer than this registry's: a config not from it"
+    else:  # a number: whether it is this registry's config, only the box can tell
+        said += f"; the box runs v{running}"
+    return f"config v{desired}: {said}"
+
+
+def _print_gateway(gw: dict[str, Any], detail: bool = False) -> None:
     cfg = gw.get("config") or {}
     state = gw.get("status") or (  # an older registry: no status, the flags alone
         "retired" if gw.get("retired") else "online" if gw.get("online") else "offline"
@@ -340,11 +365,12 @@ def _print_gateway(gw: dict[str, Any]) -> None:
     if gw.get("name"):  # as `gateway add|edit --name` set it
         print(f"  {gw['name']!r}", end="")
     if cfg:
-        acked = "accepted" if cfg["accepted"] else "REJECTED" if cfg["accepted"] is False else "-"
-        print(f"  config v{cfg['desired']} (acknowledged v{cfg['acknowledged']} {acked})", end="")
+        print(f"  {config_said(cfg)}", end="")
     print()
     for err in cfg.get("errors", []):
         print(f"    config error: {err}")
+    if cfg and detail:
+        print(VERSIONS_ONLY)
 
 
 def shown(value: Any, decimals: int | None) -> str:
@@ -447,7 +473,7 @@ async def _gateway(args: argparse.Namespace, api: Api) -> int:
         return OK
     path = f"/api/v1/gateways/{args.id}" + ("/retire" if args.sub == "retire" else "")
     gw = await api.call("POST" if args.sub == "retire" else "GET", path)
-    print(json.dumps(gw, indent=2)) if args.json else _print_gateway(gw)
+    print(json.dumps(gw, indent=2)) if args.json else _print_gateway(gw, detail=True)
     return OK
 
 
