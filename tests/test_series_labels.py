@@ -24,9 +24,9 @@ FACTS = DeviceFacts(
 
 BORN = DeviceFacts(
     owners=FACTS.owners, units=FACTS.units,
-    locations={("gw1", "wl-1"): SHENNAN},
-    reported={("gw1", "wl-9"): Location(district="xuhui", street="Caoxi Rd", grid="XH-0101"),
-              ("gw1", "wl-1"): Location(district="xuhui")},
+    locations={("gw1", "wl-1"): CAOXI},
+    reported={("gw1", "wl-9"): Location(district="310104", street="虹桥路", grid="310104012002001"),
+              ("gw1", "wl-1"): Location(district="310105")},
 )  # fmt: skip
 
 
@@ -54,9 +54,9 @@ def test_label_names() -> None:
         ("no facts at all (the registry was not asked)", NO_FACTS, "gw1", "wl-1", "level", "",
          ("", "", "", "")),
         ("nobody registered it; its gateway's Birth put it somewhere: there", BORN, "gw1",
-         "wl-9", "level", "m", ("xuhui", "Caoxi Rd", "XH-0101", "m")),
+         "wl-9", "level", "m", ("310104", "虹桥路", "310104012002001", "m")),
         ("registered: the installer's place, not its gateway's", BORN, "gw1", "wl-1", "level",
-         "m", ("futian", "Shennan Rd", "FT-0042", "m")),
+         "m", ("310104", "漕溪北路 88号", "310104014024001", "m")),
     ],
 )  # fmt: skip
 def test_series_labels(
