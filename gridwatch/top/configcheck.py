@@ -31,9 +31,8 @@ from gridwatch.ground.catalogue import (
     CatalogueFile,
     CityLayer,
     default_catalogue_dir,
-    layer_context,
+    layer_problems,
     load_catalogue,
-    load_catalogue_files,
     rule_problems,
 )
 from gridwatch.ground.centralconf import CentralConfig, load_central
@@ -110,13 +109,9 @@ def check(path: Path, catalogue: Catalogue | None = None) -> list[str]:
 def check_layer(path: Path) -> list[str]:
     """A catalogue layer's problems, judged with the layers below it (its folder's, else the
     shipped ones); problems of its neighbours are theirs, reported when they are checked."""
-    load_model(CatalogueFile, path)
-    try:
-        load_catalogue_files(layer_context(path, default_catalogue_dir()), str(path.parent))
-    except ConfigError as exc:
-        mine = (str(path), str(path.parent))
-        return [str(p) for p in exc.problems if p.file in mine]
-    return []
+    mine = (str(path), str(path.parent))
+    found = layer_problems(path, default_catalogue_dir())
+    return [str(p) for p in found if p.file in mine]
 
 
 def _lines(path: Path) -> dict[tuple[str | int, ...], int]:
