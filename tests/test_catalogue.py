@@ -340,3 +340,18 @@ def test_an_installation_runs_on_the_catalogue_folder_it_is_given(
         "catalogue: a rule under it must be major too, or use a code that fits the rule (got "
         "'minor')",
     ]
+
+
+def test_a_centre_process_refuses_to_start_on_a_broken_catalogue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Said at start with file:line, not at the first alert deep in the ingest loop."""
+    folder(tmp_path, CITY, district("  overrides:\n    - {code: '0406', limits_min: {C: 91}}\n"))
+    monkeypatch.setenv("GRIDWATCH_CATALOGUE", str(tmp_path))
+    with pytest.raises(SystemExit) as stopped:
+        cli(["registry", "serve", "--data-dir", str(tmp_path / "data")])
+    assert stopped.value.code == 1
+    assert (
+        f"{tmp_path}/district.yaml:7: catalogue -> overrides -> 0 -> limits_min -> C: loosens "
+        "0406 '名0406' in area class C from the city's 90 min"
+    ) in capsys.readouterr().err

@@ -6,7 +6,8 @@ one of the centre's sections; a profile or a catalogue layer when its top-level 
 a gateway config. Every
 problem of every file is printed as ``file:line: key -> path: message``; the exit code is 0 when all
 are valid, 1 otherwise. With no FILE it checks what this installation ships (``SHIPPED``), so an
-installed gridwatch can vouch for its own data.
+installed gridwatch can vouch for its own data (the catalogue it runs on: ``GRIDWATCH_CATALOGUE``
+when set).
 
 Rules (a profile's, or a device's in a gateway config) are held to the catalogue: their
 category must be an item's code, their severity the item's, and a rule under an item the centre
@@ -57,7 +58,8 @@ SHIPPED = (PROFILES, GATEWAYS, CATALOGUE, CENTRAL)
 
 
 def _files(args: list[str]) -> list[Path]:
-    roots = [Path(a) for a in args] or [firmware(folder) for folder in SHIPPED]
+    shipped = [default_catalogue_dir() if f == CATALOGUE else firmware(f) for f in SHIPPED]
+    roots = [Path(a) for a in args] or shipped
     out: list[Path] = []
     for p in roots:
         out.extend(iter_yaml_files(p) if p.is_dir() else [p])
