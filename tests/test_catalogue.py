@@ -61,7 +61,7 @@ CITY = city(("0406", "event"), ("0103", "component"), ("2101", "event"))
 
 @pytest.mark.parametrize(
     ("area_class", "minutes"),
-    [("A", 30), ("B", 60), ("C", 90), ("", 60), ("Z", 60)],  # unknown: "B", as places says
+    [("A", 30), ("B", 60), ("C", 90), ("a", 30), ("", 60), ("Z", 60)],  # unknown: "B"
 )
 def test_limit_by_area_class(tmp_path: Path, area_class: str, minutes: int) -> None:
     cat = load_catalogue(folder(tmp_path, CITY))

@@ -159,8 +159,9 @@ class Category(Strict):
         return int(self.code[:2]) >= LOCAL_MAJOR
 
     def limit_min(self, area_class: str) -> int:
-        """Minutes allowed for disposal in an area of this class; an unknown class is "B"."""
-        key = area_class if area_class in ("A", "B", "C") else DEFAULT_AREA_CLASS
+        """Minutes allowed for disposal in an area of this class ("a" is "A"); an unknown or
+        empty class is "B", the spec's default for a place whose grid cell is not known."""
+        key = area_class.upper() if area_class.upper() in ("A", "B", "C") else DEFAULT_AREA_CLASS
         return int(getattr(self.limits_min, key))
 
 
