@@ -355,3 +355,28 @@ def test_a_centre_process_refuses_to_start_on_a_broken_catalogue(
         f"{tmp_path}/district.yaml:7: catalogue -> overrides -> 0 -> limits_min -> C: loosens "
         "0406 '名0406' in area class C from the city's 90 min"
     ) in capsys.readouterr().err
+
+
+def test_the_ponding_gauge_raises_at_the_catalogues_lines_on_the_edge() -> None:
+    """The shipped ponding-depth profile, run by the edge's rules engine on a rising storm: 0406
+    once two samples are over 15 cm, 040602 over 30 cm, with values the centre files on."""
+    from drivers.base import PollOutcome, Sample
+    from edge.rules import DeviceRules
+    from gridwatch.ground.contract import AlertState, Quality
+    from gridwatch.ground.profiles import load_profile
+
+    profile = load_profile(SHIPPED.parent / "profiles" / "ponding_depth.yaml")
+    cat = load_catalogue(SHIPPED)
+    rules = DeviceRules("pd-1", profile.rules, profile.interval_s, now=0)
+    raised = []
+    for t, depth in enumerate([-0.6, -0.1, 0.14, 0.16, 0.18, 0.29, 0.31, 0.2, 0.1]):
+        ts = t * 5_000
+        sample = Sample("pd-1", "water_depth", depth, "m", ts, Quality.GOOD)
+        for tr in rules.feed(PollOutcome("pd-1", ts, [sample], True)):
+            if tr.state is AlertState.RAISED:
+                raised.append((tr.rule.category, tr.value))
+    assert raised == [("0406", 0.18), ("040602", 0.31)]
+    for code, value in raised:
+        item = cat.lookup(code, "310104")
+        assert item is not None and item.filing.auto and item.filing.above is not None
+        assert isinstance(value, float) and value > item.filing.above
