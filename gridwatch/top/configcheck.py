@@ -6,11 +6,15 @@ one of the centre's sections; a profile, a catalogue layer or a district's place
 top-level key says so; else a gateway config. Every
 problem of every file is printed as ``file:line: key -> path: message``; the exit code is 0 when all
 are valid, 1 otherwise. With no FILE it checks what this installation ships (``SHIPPED``), so an
-installed gridwatch can vouch for its own data.
+installed gridwatch can vouch for its own data (the catalogue it runs on: ``GRIDWATCH_CATALOGUE``
+when set).
 
-Rules (a profile's, or a device's in a gateway config) are held to the event catalogue: their
-category must be a catalogue code and their severity that code's. The catalogue is the one among
-the files checked when they hold a city layer, else the one this installation ships.
+Rules (a profile's, or a device's in a gateway config) are held to the catalogue: their
+category must be an item's code, their severity the item's, and a rule under an item the centre
+files by itself must catch its filing condition (gridwatch.ground.catalogue.rule_problems). The
+catalogue is the one among the files checked when they hold a city layer, else the one this
+installation ships. A catalogue layer is checked in its folder, with the shipped layers below it
+when the folder lacks them: a district may add items and tighten limits, not loosen or redefine.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from gridwatch.ground.catalogue import (
     CatalogueFile,
     CityLayer,
     default_catalogue_dir,
+    layer_problems,
     load_catalogue,
     rule_problems,
 )
@@ -54,7 +59,8 @@ SHIPPED = (PROFILES, GATEWAYS, CATALOGUE, CENTRAL, PLACES)
 
 
 def _files(args: list[str]) -> list[Path]:
-    roots = [Path(a) for a in args] or [firmware(folder) for folder in SHIPPED]
+    shipped = [default_catalogue_dir() if f == CATALOGUE else firmware(f) for f in SHIPPED]
+    roots = [Path(a) for a in args] or shipped
     out: list[Path] = []
     for p in roots:
         out.extend(iter_yaml_files(p) if p.is_dir() else [p])
@@ -72,6 +78,8 @@ def _kind(path: Path) -> str:
         return ""
     if "gateway" not in data and set(data) & set(CentralConfig.model_fields):
         return "central"
+    if "catalogue" in data:
+        return "catalogue"  # beside its x- anchor blocks, which may come first
     return str(next(iter(data)))
 
 
@@ -83,23 +91,33 @@ def check(path: Path, catalogue: Catalogue | None = None) -> list[str]:
             return []
         cat = catalogue or load_catalogue(default_catalogue_dir())
         if kind == "profile":
-            rules = load_profile(path).rules
-            found = rule_problems(rules, cat, str(path), ("profile", "rules"), _lines(path))
+            prof = load_profile(path)
+            found = rule_problems(prof.rules, cat, str(path), ("profile", "rules"), _lines(path),
+                                  dict(prof.points), prof.interval_s)  # fmt: skip
         elif kind == "catalogue":
-            load_model(CatalogueFile, path)
-            found = []
+            return check_layer(path)
         elif kind == "places":
             load_model(PlacesFile, path)
             found = []
         else:
-            cfg, _ = load_gateway(path)
+            cfg, devices = load_gateway(path)
             lines = _lines(path)
+            run = {r.id: r for r in devices}
             found = [p for i, d in enumerate(cfg.devices) if d.rules is not None
                      for p in rule_problems(d.rules, cat, str(path), ("devices", i, "rules"),
-                                            lines)]  # fmt: skip
+                                            lines, dict(run[d.id].profile.points),
+                                            run[d.id].interval_s)]  # fmt: skip
     except ConfigError as exc:
         return [str(p) for p in exc.problems]
     return [str(p) for p in found]
+
+
+def check_layer(path: Path) -> list[str]:
+    """A catalogue layer's problems, judged with the layers below it (its folder's, else the
+    shipped ones); problems of its neighbours are theirs, reported when they are checked."""
+    mine = (str(path), str(path.parent))
+    found = layer_problems(path, default_catalogue_dir())
+    return [str(p) for p in found if p.file in mine]
 
 
 def _lines(path: Path) -> dict[tuple[str | int, ...], int]:
