@@ -174,6 +174,16 @@ def _marked_calls() -> list[str]:
                     and (len(node.args) != 1 or isinstance(node.args[0], built))
                 ):
                     bad.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+                if isinstance(node, ast.JoinedStr):  # extraction does not look inside f-strings
+                    bad += [
+                        f"{path.relative_to(ROOT)}:{inner.lineno} (inside an f-string)"
+                        for inner in ast.walk(node)
+                        if isinstance(inner, ast.Call)
+                        and isinstance(inner.func, ast.Name)
+                        and inner.func.id in ("_", "N_")
+                        and inner.args
+                        and isinstance(inner.args[0], ast.Constant)
+                    ]
     return bad
 
 

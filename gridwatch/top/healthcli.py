@@ -98,7 +98,10 @@ def render(report: dict[str, Any], show_all: bool, out: TextIO) -> None:
             print(f"  {p['id']:<28} {_status(p['status']):<8} {p['reason']}", file=out)
             continue
         kind = _(_KIND[p["kind"]]) if p["kind"] in _KIND else p["kind"]
-        print(f"\n{kind} {p['id']}: {_status(p['status'])}: {p['reason']}", file=out)
+        said = _("{kind} {id}: {status}: {reason}").format(
+            kind=kind, id=p["id"], status=_status(p["status"]), reason=p["reason"]
+        )
+        print(f"\n{said}", file=out)
         for dev_id in p["devices"]:
             d = devices.get(dev_id, {"status": "", "reasons": []})
             print(f"  {dev_id:<28} {_status(d['status']):<8} {'; '.join(d['reasons'])}",
@@ -108,8 +111,9 @@ def render(report: dict[str, Any], show_all: bool, out: TextIO) -> None:
         healthy = [d for d in report["devices"] if d["id"] not in listed and d["healthy"]]
         if healthy:
             print("\n" + _("healthy"), file=out)
+        ok = _("ok")
         for d in healthy:
-            print(f"  {d['id']:<28} {_status(d['status']):<8} {_('ok')}", file=out)
+            print(f"  {d['id']:<28} {_status(d['status']):<8} {ok}", file=out)
     print(f"\n{summary_line(report)}", file=out)
 
 
@@ -137,11 +141,13 @@ def nothing_line(nothing: dict[str, Any]) -> str:
     said = _(" and ").join(
         f"{_(_FILTER[k]) if k in _FILTER else k} {v!r}" for k, v in filters.items()
     )
-    hints = [f"{_(_PLURAL[k]) if k in _PLURAL else k}: "
-             f"{', '.join(known.get(k) or []) or _('none registered')}"
+    none = _("none registered")
+    hints = [_("{what}: {values}").format(what=_(_PLURAL[k]) if k in _PLURAL else k,
+                                          values=", ".join(known.get(k) or []) or none)
              for k, v in filters.items() if v not in (known.get(k) or [])]  # fmt: skip
-    line = _("nothing matches {filters}").format(filters=said)
-    return line + (f" ({'; '.join(hints)})" if hints else "")
+    if not hints:
+        return _("nothing matches {filters}").format(filters=said)
+    return _("nothing matches {filters} ({hints})").format(filters=said, hints="; ".join(hints))
 
 
 def _no_gateway(gw: str, exc: Refused) -> str:

@@ -211,7 +211,8 @@ def _explain(status: int, body: Any) -> str:
     head = _("refused ({status} {title})").format(status=status, title=body.get("title", ""))
     errors = body.get("errors") or []
     if not errors:
-        return f"{head}: {body.get('detail', '')}".rstrip(": ")
+        detail = body.get("detail", "")
+        return _("{head}: {detail}").format(head=head, detail=detail) if detail else head
     lines = [f"  - {e['msg']}" if _whole(e["loc"]) else f"  - {e['loc']}: {e['msg']}"
              for e in errors]  # fmt: skip
     # what was invalid, with its summary: "the CSV file (2 of 20 rows refused; nothing imported)";

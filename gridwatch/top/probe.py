@@ -209,7 +209,8 @@ def render(words: Sequence[int], address: int) -> list[str]:
 
 
 def render_bits(bits: Sequence[bool], address: int) -> list[str]:
-    return [f"{address + i:>6} {_('on') if b else _('off')}" for i, b in enumerate(bits)]
+    on, off = _("on"), _("off")
+    return [f"{address + i:>6} {on if b else off}" for i, b in enumerate(bits)]
 
 
 def _printable(data: bytes) -> str:
