@@ -98,7 +98,6 @@ WHERE = {
     "the body": N_("the body"),
     "the query string": N_("the query string"),
     "the path": N_("the path"),
-    "Last-Event-ID": "Last-Event-ID",
 }
 """What an Invalid names as invalid (``Invalid.where``) -> in words; others as raised (a CSV
 import's summary, which says how many rows were refused)."""
@@ -145,7 +144,8 @@ def answer(exc: RegistryError, request: web.Request) -> web.Response:
 
 def said_of(exc: RegistryError) -> str:
     """An error's detail in the request's language: a NotFound and an Ambiguous by their facts;
-    another by its message when the raise site marked it (``N_``), else as written."""
+    another as its raise site said it, which is that language when the site wrote ``_()`` (the
+    request's language is set before any handler runs) or marked a constant with ``N_``."""
     if isinstance(exc, NotFound):
         thing = _(THINGS[exc.kind]) if exc.kind in THINGS else exc.kind
         return _("no {thing} {key!r}").format(thing=thing, key=exc.key)
