@@ -100,21 +100,32 @@ class Demo:
     def banner(self) -> str:
         alerts = self.topics.platform_alerts()
         url = f"http://127.0.0.1:{self.http_port}"
+        _ = i18n._
         return "\n".join(
             [
-                "gridwatch demo: a simulated district is running",
-                f"  dashboard       {url}/dashboard   (log in with token {self.token})",
-                f"  registry API    curl -H 'Authorization: Bearer {self.token}' {url}/api/v1/devices",
-                f"  health          GRIDWATCH_TOKEN={self.token} gridwatch health --url {url}",
-                f"  MQTT broker     127.0.0.1:{self.mqtt_port} (embedded)",
-                f"  city alerts     mosquitto_sub -p {self.mqtt_port} -t '{alerts}' -v",
-                f"  gateway data    mosquitto_sub -p {self.mqtt_port} -t 'gridwatch/gw/#' -v",
-                f"  logs            {self.workdir}/*.log",
-                "A rain event starts in a few seconds; the water level passes its warning line "
-                "within a minute. Ctrl-C stops everything.",
+                _("gridwatch demo: a simulated district is running"),
+                _("  dashboard       {url}/dashboard   (log in with token {token})").format(
+                    url=url, token=self.token
+                ),
+                _("  registry API    {command}").format(
+                    command=f"curl -H 'Authorization: Bearer {self.token}' {url}/api/v1/devices"
+                ),
+                _("  health          {command}").format(
+                    command=f"GRIDWATCH_TOKEN={self.token} gridwatch health --url {url}"
+                ),
+                _("  MQTT broker     127.0.0.1:{port} (embedded)").format(port=self.mqtt_port),
+                _("  city alerts     {command}").format(
+                    command=f"mosquitto_sub -p {self.mqtt_port} -t '{alerts}' -v"
+                ),
+                _("  gateway data    {command}").format(
+                    command=f"mosquitto_sub -p {self.mqtt_port} -t 'gridwatch/gw/#' -v"
+                ),
+                _("  logs            {files}").format(files=f"{self.workdir}/*.log"),
+                _("A rain event starts in a few seconds; the water level passes its warning line "
+                  "within a minute. Ctrl-C stops everything."),
                 "",
             ]
-        )
+        )  # fmt: skip
 
     async def watch_alerts(self) -> None:
         """Print every alert the city platform receives, as it arrives."""
@@ -142,7 +153,9 @@ class Demo:
     def check_children(self) -> str | None:
         for name, proc in self.procs:
             if proc.returncode is not None:
-                return f"{name} exited with {proc.returncode}; see {self.workdir / (name + '.log')}"
+                return i18n._("{name} exited with {code}; see {log}").format(
+                    name=name, code=proc.returncode, log=self.workdir / (name + ".log")
+                )
         return None
 
 
@@ -207,17 +220,17 @@ async def _run(args: argparse.Namespace) -> int:
         while deadline is None or time.monotonic() < deadline:
             problem = demo.check_children()
             if problem:
-                print(f"demo stopped: {problem}", file=sys.stderr)
+                print(i18n._("demo stopped: {problem}").format(problem=problem), file=sys.stderr)
                 return 1
             await asyncio.sleep(0.5)
         watcher.cancel()
     except asyncio.CancelledError:
         pass
     except RuntimeError as exc:
-        print(f"demo could not start: {exc}", file=sys.stderr)
+        print(i18n._("demo could not start: {why}").format(why=exc), file=sys.stderr)
         return 1
     finally:
-        print("stopping...", flush=True)
+        print(i18n._("stopping..."), flush=True)
         await demo.stop()
     return 0
 
