@@ -17,8 +17,9 @@ import pytest
 
 from device_registry.http.auth import Role
 from gridwatch.ground import i18n
-from gridwatch.ground.alertwords import AlertFacts, alert_text, alert_texts
-from tests._ops_helpers import Registry, registry
+from gridwatch.ground.alertwords import AlertFacts, alert_text, alert_texts, platform_alert
+from gridwatch.ground.contract import PlatformAlert
+from tests._ops_helpers import Registry, registry, smoke
 
 ROOT = Path(__file__).resolve().parent.parent
 ZH = {"LANG": "zh_CN.UTF-8"}
@@ -243,3 +244,17 @@ def test_an_alert_in_words(facts: AlertFacts, lang: i18n.Lang, text: str) -> Non
 def test_an_alert_in_every_language_chinese_first() -> None:
     texts = alert_texts(FLOOD)
     assert list(texts) == ["zh_CN", "en"] and texts["zh_CN"].startswith("告警发生")
+
+
+def test_the_platform_alert_carries_the_sentence_in_every_language() -> None:
+    """What the bridge publishes and the centre delivers (webhooks, SSE): the rule's own
+    ``message`` as it was, and ``text`` in Chinese and English, through the wire contract."""
+    sent = platform_alert(smoke("a-1"), name={"zh": "烟感报警", "en": "smoke alarm"})
+    got = PlatformAlert.model_validate_json(sent.model_dump_json())
+    assert got.message == "Smoke detected"
+    assert got.text == {
+        "zh_CN": "告警发生【严重】烟感报警（FIRE-SMOKE-01）：sd-001 obscuration = 5.2 %/m"
+        "（阈值 4 %/m），FT-0042：Smoke detected",
+        "en": "ALERT RAISED [critical] smoke alarm (FIRE-SMOKE-01): sd-001 obscuration = 5.2 %/m "
+        "(threshold 4 %/m), FT-0042: Smoke detected",
+    }

@@ -2,9 +2,10 @@
 
 One function renders the sentence a crew member or an operator reads about an alert, in one
 language (``alert_text``) or in every language shipped (``alert_texts``): whoever shows an alert to
-a person, or sends it to one (the demo's console, the centre's platform messages), calls it with
-the alert's facts (``facts_of`` takes them from a ``PlatformAlert``). The words come from the
-message catalogue (``gridwatch/ground/i18n.py``); the wire contract stays free of them. A
+a person, or sends it to one, calls it with the alert's facts (``facts_of`` takes them from a
+``PlatformAlert``). ``platform_alert`` builds the platform's message with its ``text`` in every
+language: the bridge and the centre send alerts to the city platform through it. The words come
+from the message catalogue (``gridwatch/ground/i18n.py``); the wire contract only carries them. A
 category's name is the catalogue's (``name.zh`` / ``name.en``), handed in by whoever has the
 catalogue; without one the class code stands alone. The rule's own message is the profile's data
 and is said as written.
@@ -18,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gridwatch.ground.contract import PlatformAlert
+from gridwatch.ground.contract import AlertEvent, PlatformAlert
 from gridwatch.ground.i18n import LANGS, N_, Lang, translator
 
 STATES = {
@@ -71,6 +72,12 @@ def facts_of(alert: PlatformAlert, name: Mapping[str, str] | None = None) -> Ale
     )
 
 
+def platform_alert(ev: AlertEvent, name: Mapping[str, str] | None = None) -> PlatformAlert:
+    """The city platform's message for ``ev``, its ``text`` said in every language shipped."""
+    alert = PlatformAlert.from_event(ev)
+    return alert.model_copy(update={"text": alert_texts(facts_of(alert, name))})
+
+
 def _number(value: float | int | bool | str | None, unit: str, lang: Lang) -> str:
     _ = translator(lang)
     if value is None:
@@ -111,4 +118,4 @@ def alert_texts(facts: AlertFacts) -> dict[Lang, str]:
     return {lang: alert_text(facts, lang) for lang in LANGS}
 
 
-__all__ = ["AlertFacts", "alert_text", "alert_texts", "facts_of"]
+__all__ = ["AlertFacts", "alert_text", "alert_texts", "facts_of", "platform_alert"]
