@@ -32,12 +32,12 @@ from cloud_bridge.decode import Cleared, Message, Reason, Rejection, decode, del
 from cloud_bridge.sequence import GapTracker, Seq
 from device_registry import Changes, QuarantineEntry, Seen
 from device_registry.ingest.changes import DeviceFacts
+from gridwatch.ground.alertwords import platform_alert
 from gridwatch.ground.contract import (
     AlertEvent,
     Birth,
     Death,
     GatewayHealth,
-    PlatformAlert,
     Quality,
     Reading,
     TelemetryBatch,
@@ -448,7 +448,7 @@ class IngestCore:
 
     def _platform_alert(self, ev: AlertEvent) -> PlatformOut:
         topic = self.topics.platform_alert(ev.location.district, ev.category, ev.severity.value)
-        payload = PlatformAlert.from_event(ev).model_dump_json().encode()
+        payload = platform_alert(ev).model_dump_json().encode()  # with its words for people
         return PlatformOut(transition_key(ev.gateway, ev.id), topic, payload)
 
 

@@ -296,6 +296,32 @@ def test_a_gateway_install_names_the_extra_a_command_needs(
 
 
 @pytest.mark.slow
+def test_a_gateway_install_speaks_chinese_without_babel(
+    edge_installed: Path, outside: Path
+) -> None:
+    """The compiled catalogues ship in the wheel and are read with the standard library: a
+    gateway's install speaks Chinese, and English when asked, with no babel installed."""
+    env = {k: v for k, v in _clean_env().items() if k not in ("GRIDWATCH_LANG", "LC_ALL")}
+    said = {}
+    for lang in ("zh_CN.UTF-8", "en_US.UTF-8"):
+        done = subprocess.run(
+            [str(edge_installed / "gridwatch"), "probe", "modbus", "--count", "0"], cwd=outside,
+            env={**env, "LANG": lang}, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        said[lang] = (done.returncode, done.stderr)
+    assert said["zh_CN.UTF-8"] == (
+        2,
+        "gridwatch probe modbus: --table holding 时 --count 须为 1..125\n",
+    )
+    assert said["en_US.UTF-8"] == (
+        2,
+        "gridwatch probe modbus: --count must be 1..125 for --table holding\n",
+    )
+    assert run(edge_installed / "python", "-c", "import importlib.util as u; print(u.find_spec('babel'))",
+               cwd=outside).strip() == "None"  # fmt: skip
+
+
+@pytest.mark.slow
 def test_a_gateway_install_has_no_central_stack(edge_installed: Path, outside: Path) -> None:
     found = run(edge_installed / "python", "-c", "import importlib.metadata as m, sys\n"
                 "for name in sys.argv[1:]:\n"

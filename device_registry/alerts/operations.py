@@ -30,13 +30,13 @@ from device_registry.db.tables import (
     device_key,
 )
 from device_registry.inventory.places import coordinates, resolve_site
+from gridwatch.ground.alertwords import platform_alert
 from gridwatch.ground.catalogue import Catalogue, default_catalogue_dir, load_catalogue
 from gridwatch.ground.contract import (
     AlertEvent,
     AlertState,
     Birth,
     Location,
-    PlatformAlert,
     PlatformEscalation,
     PlatformLifecycle,
 )
@@ -134,7 +134,7 @@ class AlertOperations:
             alert = await s.get(Alert, ev.alert_id)
             if alert is None:
                 continue
-            s.add(_event("alert", alert, PlatformAlert.from_event(ev).model_dump(mode="json"), now))
+            s.add(_event("alert", alert, platform_alert(ev).model_dump(mode="json"), now))
             fed = True
             ops = await s.get(AlertOps, ev.alert_id)
             if ops is None:

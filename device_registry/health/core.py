@@ -25,6 +25,10 @@ The centre's own faults (``centre.py``): while it is not ingesting (a time-serie
 broker session down, ingestion behind), a device whose data stopped after that began is not
 silent but ``unknown``, "no data for 23 s: the centre is not ingesting (...)": the centre cannot
 tell its silence from its own. One that was silent before is silent still.
+
+The reasons are sentences for a crew, in the language spoken now (``gridwatch/ground/i18n.py``):
+the API sets it per request from Accept-Language, so the crew view and ``gridwatch health`` read
+them in Chinese or English; statuses and kinds stay the API's words.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Any, Literal
 
 from device_registry.health.centre import Stall, clock
 from gridwatch.ground.contract import RECOVERED_POLLS
+from gridwatch.ground.i18n import N_, _
 
 
 class Status(enum.StrEnum):
@@ -129,10 +134,10 @@ def assess_device(
     status, reasons, since = _liveness(f, rep, now, p, centre)
     failures = int(rep.get("consecutive_failures") or 0)
     if status is Status.ONLINE and failures:  # on its way to offline: show it now
-        reasons.append(f"failing reads: the last {failures} failed")
+        reasons.append(_("failing reads: the last {n} failed").format(n=failures))
     elif (rate is not None and rate < p.min_success_rate and status is Status.ONLINE
           and not _recovered(rep, p)):  # fmt: skip
-        reasons.append(f"failing reads: {why_rate}")
+        reasons.append(_("failing reads: {why}").format(why=why_rate))
     reasons += _levels(f.values, p)
     return Assessment(status, reasons, since, rate)
 
@@ -141,18 +146,22 @@ def _liveness(
     f: DeviceFacts, rep: dict[str, Any], now: int, p: Policy, centre: Stall | None = None
 ) -> tuple[Status, list[str], int | None]:
     if not f.gateway_connected_once:
-        return Status.OFFLINE, [f"gateway {f.gateway} never connected"], None
+        return Status.OFFLINE, [_("gateway {id} never connected").format(id=f.gateway)], None
     if not f.gateway_online:
-        return Status.OFFLINE, [f"gateway {f.gateway} offline"], f.gateway_died_at
+        return (Status.OFFLINE, [_("gateway {id} offline").format(id=f.gateway)],
+                f.gateway_died_at)  # fmt: skip
     failures = int(rep.get("consecutive_failures") or 0)
     if failures >= p.offline_failures or (rep.get("online") is False and failures):
         last_ok = rep.get("last_ok")
         since = None if last_ok is None else int(last_ok) - f.clock_offset_ms
         if f.push:
-            quiet = "no data" if since is None else f"no data for {(now - since) / 1000:.0f} s"
-            expected = f" (expected every {f.interval_s:g} s)" if f.interval_s else ""
+            quiet = (_("no data") if since is None
+                     else _("no data for {s:.0f} s").format(s=(now - since) / 1000))  # fmt: skip
+            expected = (_(" (expected every {s:g} s)").format(s=f.interval_s)
+                        if f.interval_s else "")  # fmt: skip
             return Status.SILENT, [quiet + expected], since
-        return Status.OFFLINE, [f"not answering: {failures} consecutive failed reads"], since
+        said = _("not answering: {n} consecutive failed reads").format(n=failures)
+        return Status.OFFLINE, [said], since
     seen = f.last_seen
     if f.interval_s and seen is not None:
         silent_for = now - (seen - f.clock_offset_ms)
@@ -161,7 +170,9 @@ def _liveness(
             last = seen - f.clock_offset_ms
             if _centre_blind(centre, last, limit):
                 return Status.UNKNOWN, [_not_ingesting(silent_for, centre)], last
-            reason = f"no data for {silent_for / 1000:.0f} s (expected every {f.interval_s:g} s)"
+            reason = _("no data for {s:.0f} s").format(s=silent_for / 1000) + _(
+                " (expected every {s:g} s)"
+            ).format(s=f.interval_s)
             return Status.SILENT, [reason], last
     return Status.ONLINE, [], None
 
@@ -174,8 +185,9 @@ def _centre_blind(centre: Stall | None, last: int, limit: int) -> bool:
 
 def _not_ingesting(quiet_ms: int, centre: Stall | None) -> str:
     assert centre is not None
-    return (f"no data for {quiet_ms / 1000:.0f} s: the centre is not ingesting since "
-            f"{clock(centre.since)} ({centre.why})")  # fmt: skip
+    return _("no data for {s:.0f} s: the centre is not ingesting since {since} ({why})").format(
+        s=quiet_ms / 1000, since=clock(centre.since), why=centre.why
+    )
 
 
 def _recovered(rep: dict[str, Any], p: Policy) -> bool:
@@ -188,16 +200,17 @@ def _success_rate(rep: dict[str, Any], offset_ms: int = 0) -> tuple[float | None
     if rep.get("recent_ok") is not None and rep.get("recent_failed") is not None:
         ok, failed = int(rep["recent_ok"]), int(rep["recent_failed"])
         n = ok + failed
-        why = f"{failed} of the last {n} polls failed"
+        why = _("{failed} of the last {n} polls failed").format(failed=failed, n=n)
         if rep.get("last_failed") is not None:
-            why += f", the last at {_clock(int(rep['last_failed']) - offset_ms)}"
+            at = _clock(int(rep["last_failed"]) - offset_ms)
+            why += _(", the last at {time}").format(time=at)
         return (None if n == 0 else ok / n), why
     # an edge older than the window sends only what it counted since it started
     ok, failed = int(rep.get("reads_ok") or 0), int(rep.get("reads_failed") or 0)
     if ok + failed == 0:
         return None, ""
     rate = ok / (ok + failed)
-    return rate, f"{rate:.0%} succeed since the gateway started"
+    return rate, _("{rate:.0%} succeed since the gateway started").format(rate=rate)
 
 
 def _clock(ms: int) -> str:
@@ -207,13 +220,13 @@ def _clock(ms: int) -> str:
 
 def _levels(values: dict[str, tuple[Any, str]], p: Policy) -> list[str]:
     out = []
-    for point, limits, what in (("battery", p.battery_low, "battery low"),
-                                ("signal", p.signal_weak, "weak signal")):  # fmt: skip
+    for point, limits, what in (("battery", p.battery_low, N_("battery low")),
+                                ("signal", p.signal_weak, N_("weak signal"))):  # fmt: skip
         value, unit = values.get(point, (None, ""))
         if isinstance(value, int | float) and not isinstance(value, bool):
             limit = limits.get(unit)
             if limit is not None and value < limit:
-                out.append(f"{what}: {value:g} {unit}".rstrip())
+                out.append(f"{_(what)}: {value:g} {unit}".rstrip())
     return out
 
 
@@ -246,9 +259,9 @@ def assess_gateway(
 ) -> Assessment:
     p = policy or Policy()
     if not g.connected_once:
-        return Assessment(Status.NEVER_CONNECTED, ["never connected"])
+        return Assessment(Status.NEVER_CONNECTED, [_(_COVERS[Status.NEVER_CONNECTED])])
     if not g.online:
-        return Assessment(Status.OFFLINE, ["offline (death message)"], g.died_at)
+        return Assessment(Status.OFFLINE, [_(_COVERS[Status.OFFLINE])], g.died_at)
     rep = g.report or {}
     interval = float(rep.get("interval_s") or g.report_interval_s)
     heard = g.received_at if g.received_at is not None else g.last_seen
@@ -260,20 +273,20 @@ def assess_gateway(
         # connected as far as the broker knows, yet its agent says nothing: stopped, hung, or
         # cut off in a way that did not fire its will
         why = (
-            "no health report"
+            _("no health report")
             if g.received_at is None
-            else f"no health report for {age / 1000:.0f} s"
+            else _("no health report for {s:.0f} s").format(s=age / 1000)
         )
-        return Assessment(Status.SILENT, [f"connected, but {why} (expected every {interval:g} s)"],
-                          heard)  # fmt: skip
+        said = _("connected, but {why} (expected every {s:g} s)").format(why=why, s=interval)
+        return Assessment(Status.SILENT, [said], heard)
     reasons: list[str] = []
     offset = clock_offset_ms(rep.get("ts"), g.received_at)
     if abs(offset) > p.clock_offset_ms:
-        reasons.append(f"clock off by {offset / 1000:+.1f} s")
+        reasons.append(_("clock off by {s:+.1f} s").format(s=offset / 1000))
     if int(rep.get("outbox_depth") or 0) > p.outbox_depth:
-        reasons.append(f"outbox backlog: {rep['outbox_depth']} messages")
+        reasons.append(_("outbox backlog: {n} messages").format(n=rep["outbox_depth"]))
     if int(rep.get("outbox_dropped") or 0) > 0:
-        reasons.append(f"outbox dropped {rep['outbox_dropped']} messages")
+        reasons.append(_("outbox dropped {n} messages").format(n=rep["outbox_dropped"]))
     return Assessment(Status.ONLINE, reasons)
 
 
@@ -299,13 +312,16 @@ class Problem:
     grid: str = ""
 
 
-_COVERS = {Status.OFFLINE: "offline (death message)", Status.NEVER_CONNECTED: "never connected"}
+# the words are translated where a reason is made, in the language of the request it serves
+_COVERS = {Status.OFFLINE: N_("offline (death message)"),
+           Status.NEVER_CONNECTED: N_("never connected")}  # fmt: skip
 _DEVICES_ARE = {  # (one device, several)
-    Status.OFFLINE: ("is stale", "are stale"),
-    Status.NEVER_CONNECTED: ("has never reported", "have never reported"),
-    Status.SILENT: ("is not reported on", "are not reported on"),
-}
-_NOT_ANSWERING = ("is not answering", "are not answering")
+    Status.OFFLINE: (N_("its device is stale"), N_("its {n} devices are stale")),
+    Status.NEVER_CONNECTED: (N_("its device has never reported"),
+                             N_("its {n} devices have never reported")),
+    Status.SILENT: (N_("its device is not reported on"), N_("its {n} devices are not reported on")),
+}  # fmt: skip
+_NOT_ANSWERING = (N_("its device is not answering"), N_("its {n} devices are not answering"))
 
 
 def group_problems(
@@ -322,7 +338,7 @@ def group_problems(
         covered.update(out[0].devices)
     sick = [(f, a) for f, a in devices if not a.healthy and f.id not in covered]
     by_gw: dict[str, list[DeviceFacts]] = {}
-    for f, _ in sick:
+    for f, _a in sick:
         by_gw.setdefault(f.gateway, []).append(f)
     for g, a in sorted(gateways, key=lambda ga: ga[0].id):
         if a.healthy or a.status is Status.UNKNOWN:  # the centre's problem names it
@@ -330,7 +346,8 @@ def group_problems(
         mine = by_gw.get(g.id, []) if a.status is not Status.ONLINE else []
         reason = "; ".join(a.reasons)
         if a.status is not Status.ONLINE:
-            reason = f"gateway {g.id} {_COVERS.get(a.status, reason)}"
+            covers = _COVERS.get(a.status)
+            reason = _("gateway {id} {what}").format(id=g.id, what=_(covers) if covers else reason)
             if mine:
                 reason += f": {_its(len(mine), _DEVICES_ARE[a.status])}"
         out.append(Problem("gateway", g.id, g.id, a.status.value, reason, a.since,
@@ -353,12 +370,17 @@ def _centre_problem(
     devices: Sequence[tuple[DeviceFacts, Assessment]],
 ) -> Problem:
     blind = sorted(f.id for f, a in devices if a.status is Status.UNKNOWN)
-    gws = sum(a.status is Status.UNKNOWN for _, a in gateways)
-    reason = f"the centre is not ingesting since {clock(centre.since)}: {centre.why}"
-    counts = [f"{n} {what}{'s' if n != 1 else ''}"
-              for n, what in ((len(blind), "device"), (gws, "gateway")) if n]  # fmt: skip
+    gws = sum(a.status is Status.UNKNOWN for _g, a in gateways)
+    reason = _("the centre is not ingesting since {since}: {why}").format(
+        since=clock(centre.since), why=centre.why
+    )
+    counts = [(_(one) if n == 1 else _(more).format(n=n))
+              for n, one, more in ((len(blind), N_("1 device"), N_("{n} devices")),
+                                   (gws, N_("1 gateway"), N_("{n} gateways"))) if n]  # fmt: skip
     if counts:
-        reason += f"; {' and '.join(counts)} without recent data cannot be judged"
+        reason += _("; {counts} without recent data cannot be judged").format(
+            counts=_(" and ").join(counts)
+        )
     return Problem("centre", "centre", "", "not_ingesting", reason, centre.since, tuple(blind))
 
 
@@ -370,10 +392,12 @@ def _bus_problems(g: GatewayFacts, sick: list[DeviceFacts], covered: set[str]) -
     for bus in (g.report or {}).get("buses") or []:
         names = set(bus.get("devices") or [])
         on_bus = [f for f in sick if f.device in names]
-        where = f"bus {bus.get('bus')}" + (f" ({bus['address']})" if bus.get("address") else "")
+        where = _("bus {id}").format(id=bus.get("bus")) + (
+            f" ({bus['address']})" if bus.get("address") else ""
+        )
         since = bus.get("down_since")
         if bus.get("up") is False:
-            reason = f"{where} on gateway {g.id} unreachable"
+            reason = _("{where} on gateway {id} unreachable").format(where=where, id=g.id)
             if on_bus:
                 reason += f": {_its(len(on_bus), _NOT_ANSWERING)}"
         else:
@@ -381,7 +405,9 @@ def _bus_problems(g: GatewayFacts, sick: list[DeviceFacts], covered: set[str]) -
             if len(names) < 2 or len(failing) < len(names):
                 continue  # one device alone, or some still answer: the devices are the problem
             on_bus, since = failing, None
-            reason = f"{where} on gateway {g.id}: none of its {len(names)} devices answers"
+            reason = _("{where} on gateway {id}: none of its {n} devices answers").format(
+                where=where, id=g.id, n=len(names)
+            )
         out.append(Problem("bus", f"{g.id}/{bus.get('bus')}", g.id, Status.OFFLINE.value, reason,
                            None if since is None else int(since) - offset,
                            tuple(f.id for f in on_bus), bus=str(bus.get("bus") or ""),
@@ -394,5 +420,5 @@ def _failing(f: DeviceFacts) -> bool:
     return bool(f.report) and int((f.report or {}).get("consecutive_failures") or 0) > 0
 
 
-def _its(n: int, verb: tuple[str, str]) -> str:
-    return f"its device {verb[0]}" if n == 1 else f"its {n} devices {verb[1]}"
+def _its(n: int, said: tuple[str, str]) -> str:
+    return _(said[0]) if n == 1 else _(said[1]).format(n=n)

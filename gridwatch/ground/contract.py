@@ -359,6 +359,11 @@ class PlatformAlert(_Msg):
     message: str = ""
     raised_at: Int64
     ts: Int64
+    text: dict[str, str] = Field(
+        default_factory=dict,
+        description="The alert as a sentence for people, by language: zh_CN first, then en "
+        "(filled by gridwatch/ground/alertwords.py; ``message`` is the rule's own words).",
+    )
 
     @classmethod
     def from_event(cls, ev: AlertEvent) -> PlatformAlert:

@@ -38,6 +38,7 @@ from gridwatch.ground.catalogue import (
 )
 from gridwatch.ground.centralconf import CentralConfig, load_central
 from gridwatch.ground.gatewayconf import GatewayConfig, load_gateway
+from gridwatch.ground.i18n import _
 from gridwatch.ground.places import PlacesFile
 from gridwatch.ground.profiles import ProfileFile, load_profile
 from gridwatch.ground.shipped import firmware
@@ -163,10 +164,10 @@ def main(args: argparse.Namespace) -> int:
         if problems:
             bad += 1
         else:
-            print(f"{path}: ok")
+            print(_("{file}: ok").format(file=path))
     if args.schema_dir:
         for target in write_schemas(Path(args.schema_dir)):
-            print(f"wrote {target}")
+            print(_("wrote {file}").format(file=target))
     return 1 if bad else 0
 
 

@@ -32,6 +32,8 @@ import yaml
 
 from device_registry.inventory.places import resolve_place
 from firmware_configs import GATEWAYS
+from gridwatch.ground import i18n
+from gridwatch.ground.alertwords import alert_text, facts_of
 from gridwatch.ground.contract import Location, PlatformAlert, Topics
 from gridwatch.ground.shipped import firmware
 
@@ -99,21 +101,32 @@ class Demo:
     def banner(self) -> str:
         alerts = self.topics.platform_alerts()
         url = f"http://127.0.0.1:{self.http_port}"
+        _ = i18n._
         return "\n".join(
             [
-                "gridwatch demo: a simulated district is running",
-                f"  dashboard       {url}/dashboard   (log in with token {self.token})",
-                f"  registry API    curl -H 'Authorization: Bearer {self.token}' {url}/api/v1/devices",
-                f"  health          GRIDWATCH_TOKEN={self.token} gridwatch health --url {url}",
-                f"  MQTT broker     127.0.0.1:{self.mqtt_port} (embedded)",
-                f"  city alerts     mosquitto_sub -p {self.mqtt_port} -t '{alerts}' -v",
-                f"  gateway data    mosquitto_sub -p {self.mqtt_port} -t 'gridwatch/gw/#' -v",
-                f"  logs            {self.workdir}/*.log",
-                "A rain event starts in a few seconds; the water level passes its warning line "
-                "within a minute. Ctrl-C stops everything.",
+                _("gridwatch demo: a simulated district is running"),
+                _("  dashboard       {url}/dashboard   (log in with token {token})").format(
+                    url=url, token=self.token
+                ),
+                _("  registry API    {command}").format(
+                    command=f"curl -H 'Authorization: Bearer {self.token}' {url}/api/v1/devices"
+                ),
+                _("  health          {command}").format(
+                    command=f"GRIDWATCH_TOKEN={self.token} gridwatch health --url {url}"
+                ),
+                _("  MQTT broker     127.0.0.1:{port} (embedded)").format(port=self.mqtt_port),
+                _("  city alerts     {command}").format(
+                    command=f"mosquitto_sub -p {self.mqtt_port} -t '{alerts}' -v"
+                ),
+                _("  gateway data    {command}").format(
+                    command=f"mosquitto_sub -p {self.mqtt_port} -t 'gridwatch/gw/#' -v"
+                ),
+                _("  logs            {files}").format(files=f"{self.workdir}/*.log"),
+                _("A rain event starts in a few seconds; the water level passes its warning line "
+                  "within a minute. Ctrl-C stops everything."),
                 "",
             ]
-        )
+        )  # fmt: skip
 
     async def watch_alerts(self) -> None:
         """Print every alert the city platform receives, as it arrives."""
@@ -141,7 +154,9 @@ class Demo:
     def check_children(self) -> str | None:
         for name, proc in self.procs:
             if proc.returncode is not None:
-                return f"{name} exited with {proc.returncode}; see {self.workdir / (name + '.log')}"
+                return i18n._("{name} exited with {code}; see {log}").format(
+                    name=name, code=proc.returncode, log=self.workdir / (name + ".log")
+                )
         return None
 
 
@@ -169,15 +184,11 @@ def format_alert(payload: bytes) -> str:
     try:
         a = PlatformAlert.model_validate_json(payload)
     except ValueError:
-        return f"(unreadable alert: {payload[:200]!r})"
+        return i18n._("(unreadable alert: {payload!r})").format(payload=payload[:200])
     when = time.strftime("%H:%M:%S", time.localtime(a.ts / 1000))
-    value = f"{a.value:.3f}" if isinstance(a.value, float) else str(a.value)
-    limit = f" (threshold {a.threshold})" if a.threshold is not None else ""
     where = place_words(a.location)
-    return (
-        f"{when} ALERT {a.state.value.upper():8} {a.category} {a.severity.value:8} "
-        f"{a.device} {a.point or a.rule}={value} {a.unit}{limit} at {where}  [{a.alert_id}]"
-    )
+    said = alert_text(facts_of(a), i18n.current())  # the one rendering of an alert in words
+    return f"{when} {said}  [{where} {a.alert_id}]"
 
 
 def place_words(loc: Location) -> str:
@@ -186,7 +197,7 @@ def place_words(loc: Location) -> str:
     district = place.district.zh or place.district.code if place.district else ""
     words = (district, place.street.zh if place.street else "", place.road, place.grid)
     said = " ".join(w for w in words if w)
-    return f"{said} ({place.area_class})" if said else "an unknown place"
+    return f"{said} ({place.area_class})" if said else i18n._("an unknown place")
 
 
 # a child that dies is noticed at once (check_children); the deadline only bounds a slow start,
@@ -219,17 +230,17 @@ async def _run(args: argparse.Namespace) -> int:
         while deadline is None or time.monotonic() < deadline:
             problem = demo.check_children()
             if problem:
-                print(f"demo stopped: {problem}", file=sys.stderr)
+                print(i18n._("demo stopped: {problem}").format(problem=problem), file=sys.stderr)
                 return 1
             await asyncio.sleep(0.5)
         watcher.cancel()
     except asyncio.CancelledError:
         pass
     except RuntimeError as exc:
-        print(f"demo could not start: {exc}", file=sys.stderr)
+        print(i18n._("demo could not start: {why}").format(why=exc), file=sys.stderr)
         return 1
     finally:
-        print("stopping...", flush=True)
+        print(i18n._("stopping..."), flush=True)
         await demo.stop()
     return 0
 

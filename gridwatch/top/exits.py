@@ -28,6 +28,8 @@ found" for a 404 that exits 1, "refused" only for what exits 4.
 
 from __future__ import annotations
 
+from gridwatch.ground.i18n import _
+
 OK = 0
 BAD_NEWS = 1
 USAGE = 2
@@ -61,12 +63,12 @@ def said(status: int) -> str:
     """The first words of the message for an HTTP error status, agreeing with ``for_http``."""
     code = for_http(status)
     if code == RETRY_LATER:
-        return "the registry cannot do this now"
+        return _("the registry cannot do this now")
     if code == REFUSED:
-        return "refused"
+        return _("refused")
     if status in _NOT_THERE:
-        return "not found"
-    return "the registry failed at it (its log says why)"
+        return _("not found")
+    return _("the registry failed at it (its log says why)")
 
 
 __all__ = [
