@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from gridwatch.ground import i18n, logfmt
 from gridwatch.ground.i18n import N_, _
-from gridwatch.top import edgestatus, exits, healthcli
+from gridwatch.top import edgestatus, exits, healthcli, simopts
 from gridwatch.top.centralopts import add_role
 from gridwatch.top.extras import missing_extras
 
@@ -28,6 +28,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("bridge", "run"): "cloud_bridge.app:main",
     ("health",): "gridwatch.top.healthcli:main",
     ("sim",): "gridwatch.top.sim:main",
+    ("sim", "district"): "gridwatch.top.sim.districtrun:main",
     ("probe", "modbus"): "gridwatch.top.probe:main",
     ("config", "check"): "gridwatch.top.configcheck:main",
     ("config", "example"): "gridwatch.top.configcheck:example",
@@ -52,6 +53,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
 EXTRAS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("edge", "run"): ("edge",),
     ("sim",): ("edge",),
+    ("sim", "district"): ("edge",),
     ("probe", "modbus"): ("edge",),
     ("central", "run"): ("central",),
     ("registry", "serve"): ("central",),
@@ -105,11 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_role(sub.add_parser("bridge", help=_("cloud bridge")), "run", "bridge run",
              "run the bridge alone")  # fmt: skip
 
-    sim = sub.add_parser("sim", help=_("a field of simulated devices"))
-    sim.add_argument(
-        "-c", "--config", required=True, help=_("gateway config whose devices to serve")
-    )
+    sim = sub.add_parser("sim", help=_("a field of simulated devices; `sim district`: gateways"))
+    sim.add_argument("-c", "--config", help=_("gateway config whose devices to serve"))
     sim.add_argument("--speedup", type=float, default=1.0, help=_("run sim events faster"))
+    sims = sim.add_subparsers(dest="sub", required=False, metavar="district")
+    simopts.add_arguments(sims.add_parser(
+        "district", help=_("a district's gateways on a broker (docs/central.md)"),
+        description=_("Gateways speaking the wire contract, one MQTT connection each, spread "
+                      "over Xuhui's streets: births, telemetry, a storm's alerts, health, deaths."),
+    ))  # fmt: skip
 
     probe = sub.add_parser("probe", help=_("commissioning tools")).add_subparsers(
         dest="sub", required=True

@@ -9,6 +9,9 @@ From Python (tests, demo, benchmarks)::
 
 ``RtuField`` does the same for the devices on ``modbus_rtu`` buses, over socat pty pairs
 that keep the baud rate's timing, and ``MqttField`` publishes for the devices on ``mqtt`` buses.
+
+``gridwatch sim district`` (``districtrun``, ``district``) is the other simulator: whole gateways
+speaking the wire contract to the centre's broker, a district of them, without the edge.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 
 from gridwatch.ground.gatewayconf import load_gateway
+from gridwatch.top import exits
 from gridwatch.top.sim.modbus import SimField, SimUnit
 from gridwatch.top.sim.mqtt import MqttField, SimSensor
 from gridwatch.top.sim.rtu import RtuField, RtuLine
@@ -45,5 +50,12 @@ async def serve(config: str, speedup: float = 1.0) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if not args.config:
+        print(
+            "gridwatch sim: -c CONFIG is required (the gateway config whose devices to "
+            "serve); or `gridwatch sim district` for a district's gateways",
+            file=sys.stderr,
+        )
+        return exits.USAGE
     asyncio.run(serve(args.config, args.speedup))
-    return 0
+    return exits.OK
