@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 DEBS   := mosquitto mosquitto-clients victoria-metrics socat postgresql chromium
 
-.PHONY: demo test test-deps lint venv bench clean
+.PHONY: demo test test-deps lint venv bench clean i18n
 
 venv: $(STAMP)
 
@@ -57,6 +57,21 @@ test: venv test-deps lint
 	echo "--- the fault tests (test-artifacts/faults.log) ---"; cat test-artifacts/faults.log; \
 	[ $$rc -eq 5 ] && rc=0; [ $$frc -eq 5 ] && frc=0; \
 	if [ $$rc -ne 0 ] || [ $$frc -ne 0 ]; then exit 1; fi
+
+# The message catalogues (gridwatch/ground/i18n.py): extract every string marked _() or N_() in the
+# code, bring each language's .po up to date with them (new ones empty: tests/test_i18n.py then
+# fails until someone translates them), and compile every domain's .po to the .mo the installs
+# read. No line numbers and a sorted catalogue: a change of code elsewhere does not touch the .po.
+I18N_CODE := gridwatch device_registry edge drivers cloud_bridge
+LOCALES   := gridwatch/locale
+i18n: venv
+	@mkdir -p var/i18n
+	$(BIN)/pybabel extract --no-wrap --no-location --sort-output --add-comments=TRANSLATORS: \
+	  --project=gridwatch --version=0.1.0 -o var/i18n/gridwatch.pot $(I18N_CODE)
+	$(BIN)/pybabel update --no-wrap --ignore-pot-creation-date --ignore-obsolete --no-fuzzy-matching \
+	  -i var/i18n/gridwatch.pot -d $(LOCALES) -D gridwatch
+	@for po in $(LOCALES)/*/LC_MESSAGES/*.po; do \
+	  $(BIN)/pybabel compile -i $$po -o $${po%.po}.mo || exit 1; done
 
 bench: venv test-deps
 	$(BIN)/python bench/run_all.py

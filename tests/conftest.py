@@ -7,6 +7,7 @@ a test that stops a service (fault injection) starts its own with the classes in
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import uuid
@@ -17,7 +18,22 @@ import pytest
 
 from cloud_bridge import SqliteSink
 from device_registry import RegistryStore
+from gridwatch.ground import i18n
 from tests.services import Mosquitto, Postgres, Victoria
+
+# gridwatch speaks Chinese first (gridwatch/ground/i18n.py); the suite's assertions read English,
+# so every command and server it starts, in-process or as a child, speaks English unless a test
+# asks otherwise (tests/test_i18n*.py do, with LANG and Accept-Language). GRIDWATCH_LANG and not
+# LANG: initdb and Chromium, which inherit it, would refuse an en_US locale the machine lacks.
+os.environ["GRIDWATCH_LANG"] = "en"
+
+
+@pytest.fixture(autouse=True)
+def _language_of_the_environment() -> Iterator[None]:
+    """A command run in-process with ``--lang`` does not leave its language to the next test."""
+    yield
+    i18n.use(None)
+
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 

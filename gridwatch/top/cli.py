@@ -13,7 +13,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from gridwatch.ground import logfmt
+from gridwatch.ground import i18n, logfmt
+from gridwatch.ground.i18n import _
 from gridwatch.top import edgestatus, exits, healthcli
 from gridwatch.top.centralopts import add_role
 from gridwatch.top.extras import missing_extras
@@ -74,6 +75,9 @@ PROBE_EXIT_CODES = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gridwatch", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--lang", choices=i18n.LANGS, default=None,
+                        help=_("language of messages: zh_CN or en; default: from "
+                               "GRIDWATCH_LANG, LC_ALL, LC_MESSAGES, LANG, else zh_CN"))  # fmt: skip
     parser.add_argument("--log-format", choices=logfmt.FORMATS, default=None,
                         help="text, or json (one object per line, for journald and log "
                         "shippers); default: $GRIDWATCH_LOG_FORMAT, else text")  # fmt: skip
@@ -167,7 +171,9 @@ def _missing_extra(key: tuple[str, ...], args: argparse.Namespace) -> str:
         return ""
     if missing[0] == "metrics":
         command += " --metrics-port"
-    return f'{command} needs the {missing[0]} extra: pip install "gridwatch[{",".join(needs)}]"'
+    return _('{command} needs the {extra} extra: pip install "gridwatch[{extras}]"').format(
+        command=command, extra=missing[0], extras=",".join(needs)
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -183,7 +189,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return CLOSED_STDOUT
 
 
+def _lang_asked(argv: Sequence[str]) -> i18n.Lang | None:
+    """``--lang`` read before the parser is built, so that its help is in that language too."""
+    for i, arg in enumerate(argv):
+        value = arg.partition("=")[2] if arg.startswith("--lang=") else ""
+        if arg == "--lang" and i + 1 < len(argv):
+            value = argv[i + 1]
+        for lang in i18n.LANGS:
+            if value == lang:
+                return lang
+    return None
+
+
 def _run(argv: Sequence[str] | None) -> int:
+    # every call decides afresh: tests run several commands, in several languages, in one process
+    i18n.use(_lang_asked(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
