@@ -31,6 +31,7 @@ EXPECTED: dict[tuple[str, str], set[Role]] = {
     ("GET", "/"): PUBLIC,
     ("GET", "/dashboard"): PUBLIC,
     ("GET", "/static/{name}"): PUBLIC,
+    ("GET", "/dashboard/messages"): PUBLIC,  # the page's words: the login form needs them too
     # the browser's session: logging in and out need no token; who am I needs one
     ("POST", "/api/v1/session"): PUBLIC,
     ("DELETE", "/api/v1/session"): PUBLIC,
@@ -45,6 +46,7 @@ EXPECTED: dict[tuple[str, str], set[Role]] = {
     ("POST", "/api/v1/gateways/{id}/credentials"): {INS, ADM},
     ("GET", "/api/v1/gateways/{id}/config"): {INS, MNT, ADM},
     ("GET", "/api/v1/devices"): READERS,
+    ("GET", "/api/v1/map"): READERS,  # positions, as the device list gives them
     ("POST", "/api/v1/devices"): {INS, ADM},
     ("GET", "/api/v1/devices/{id}"): READERS,
     ("PATCH", "/api/v1/devices/{id}"): {INS, MNT, ADM},
