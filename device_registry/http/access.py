@@ -40,6 +40,7 @@ from device_registry.http.auth import (
 )
 from device_registry.http.routing import NumericId, Route, route
 from device_registry.http.state import STORE
+from gridwatch.ground.i18n import _
 
 ADMIN = roles(Role.ADMIN)
 
@@ -115,7 +116,7 @@ async def log_in(request: web.Request, body: SessionRequest) -> web.Response:
         raise Forbidden(why)
     principal = await lookup(request.app[AUTH_STORE](), body.token)
     if principal is None:
-        raise Unauthorized("unknown or revoked token")
+        raise Unauthorized(_("unknown or revoked token"))
     resp = _session(request, principal)
     resp.set_cookie(COOKIE, body.token, path="/", httponly=True, samesite="Strict",
                     secure=request.secure or None)  # fmt: skip

@@ -36,6 +36,7 @@ from sqlalchemy import select
 from device_registry.db.store import RegistryStore
 from device_registry.db.tables import ApiToken, AuditEntry
 from device_registry.errors import Forbidden, NotFound, Unauthorized
+from gridwatch.ground.i18n import _
 
 logger = logging.getLogger(__name__)
 
@@ -120,17 +121,17 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         return await handler(request)
     token = _presented(request)
     if token is None:
-        raise Unauthorized("send 'Authorization: Bearer <token>'")
+        raise Unauthorized(_("send 'Authorization: Bearer <token>'"))
     if _bearer(request) is None and (why := forged(request)) is not None:
         raise Forbidden(why)
     principal = await lookup(request.app[AUTH_STORE](), token)
     if principal is None:
-        raise Unauthorized("unknown or revoked token")
+        raise Unauthorized(_("unknown or revoked token"))
     if allowed is None or principal.role not in allowed:
         names = sorted(r.value for r in allowed or ())
         where = match.route.resource.canonical if match.route.resource else request.path[:200]
-        raise Forbidden(f"role {principal.role} may not {request.method} {where}; "
-                        f"allowed: {names}")  # fmt: skip
+        raise Forbidden(_("role {role} may not {method} {where}; allowed: {names}").format(
+            role=principal.role, method=request.method, where=where, names=names))  # fmt: skip
     request[PRINCIPAL] = principal
     return await handler(request)
 

@@ -8,6 +8,13 @@ Handlers raise the registry's errors (``device_registry/errors.py``); ``problem_
 one place that turns them into answers, by the ``KINDS`` table. ``type`` is stable for a client
 to branch on; ``title`` and ``detail`` are for people. Nothing the client sent is echoed back
 whole: validation messages name the field, not its value.
+
+``title`` and ``detail`` are in the language the request's ``Accept-Language`` picks (Chinese
+first, English second: ``gridwatch/ground/i18n.py``; without the header, the server's own), with
+``Content-Language`` saying which; ``type``, ``status`` and ``errors[].loc`` are the same in every
+language. ``problem_answers`` sets the request's language first, so every ``_()`` deeper in the
+request (a field's message, a store's NotFound) speaks it too. A detail whose words are the
+raise site's own (a sentence built with values) stays as written until that site marks it.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from device_registry.errors import (
     Unauthorized,
 )
 from device_registry.http.routing import json_reply, problems
+from gridwatch.ground import i18n
+from gridwatch.ground.i18n import N_, _
 from gridwatch.ground.outage import Outage
 
 logger = logging.getLogger(__name__)
@@ -58,17 +67,41 @@ class ProblemView(BaseModel):
 
 
 KINDS: list[tuple[type[RegistryError], int, str, str]] = [
-    (Unauthorized, 401, "unauthorized", "Unauthorized"),
-    (Forbidden, 403, "forbidden", "Forbidden"),
-    (NotFound, 404, "not-found", "Not found"),
-    (Ambiguous, 409, "ambiguous", "Ambiguous id"),
-    (Conflict, 409, "conflict", "Conflict"),
-    (Invalid, 422, "invalid", "Invalid request"),
-    (StoreRejected, 500, "internal", "Internal error"),
-    (StoreUnavailable, 503, "store-unavailable", "Store unavailable"),
-    (BrokerUnavailable, 503, "broker-unavailable", "Broker unavailable"),
+    (Unauthorized, 401, "unauthorized", N_("Unauthorized")),
+    (Forbidden, 403, "forbidden", N_("Forbidden")),
+    (NotFound, 404, "not-found", N_("Not found")),
+    (Ambiguous, 409, "ambiguous", N_("Ambiguous id")),
+    (Conflict, 409, "conflict", N_("Conflict")),
+    (Invalid, 422, "invalid", N_("Invalid request")),
+    (StoreRejected, 500, "internal", N_("Internal error")),
+    (StoreUnavailable, 503, "store-unavailable", N_("Store unavailable")),
+    (BrokerUnavailable, 503, "broker-unavailable", N_("Broker unavailable")),
 ]
-"""Error class -> (status, type, title); the first class the error is an instance of wins."""
+"""Error class -> (status, type, title); the first class the error is an instance of wins. The
+title is translated where the answer is made."""
+
+THINGS = {
+    "gateway": N_("gateway"),
+    "device": N_("device"),
+    "registered device": N_("registered device"),
+    "alert": N_("alert"),
+    "incident": N_("incident"),
+    "command": N_("command"),
+    "profile": N_("profile"),
+    "token": N_("token"),
+    "webhook": N_("webhook"),
+    "dead letter": N_("dead letter"),
+}
+"""What a NotFound names (``NotFound.kind``) -> in words; a kind not here is said as raised."""
+WHERE = {
+    "the request": N_("the request"),
+    "the body": N_("the body"),
+    "the query string": N_("the query string"),
+    "the path": N_("the path"),
+    "Last-Event-ID": "Last-Event-ID",
+}
+"""What an Invalid names as invalid (``Invalid.where``) -> in words; others as raised (a CSV
+import's summary, which says how many rows were refused)."""
 
 
 def problem(
@@ -76,37 +109,57 @@ def problem(
 ) -> web.Response:
     view = ProblemView(type=_TYPE.format(kind), title=title, status=status, detail=detail,
                        errors=[FieldError(loc=f, msg=m) for f, m in errors or []])  # fmt: skip
-    headers = {"WWW-Authenticate": 'Bearer realm="gridwatch"'} if status == 401 else None
+    headers = {"Content-Language": i18n.current().replace("_", "-"), "Vary": "Accept-Language"}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="gridwatch"'
     return json_reply(view.model_dump(mode="json"), status, MEDIA, headers)
 
 
 def answer(exc: RegistryError, request: web.Request) -> web.Response:
-    """The problem answer to ``exc`` raised serving ``request``."""
-    status, kind, title = next((s, k, t) for cls, s, k, t in KINDS if isinstance(exc, cls))
+    """The problem answer to ``exc`` raised serving ``request``, in the request's language."""
+    status, kind, title = next((s, k, _(t)) for cls, s, k, t in KINDS if isinstance(exc, cls))
     if isinstance(exc, Invalid):
         found = [(_cut(loc, _LOC), _cut(plain(msg), _MSG)) for loc, msg in exc.problems[:_LISTED]]
         said = "; ".join(msg if whole(loc) else f"{loc}: {msg}" for loc, msg in found[:_SAID])
         more = len(exc.problems) - min(len(found), _SAID)
-        detail = f"{exc.where} is invalid: {said}" + (f" (and {more} more)" if more else "")
+        where = _(WHERE[exc.where]) if exc.where in WHERE else exc.where
+        detail = _("{where} is invalid: {problems}").format(where=where, problems=said)
+        if more:
+            detail += _(" (and {more} more)").format(more=more)
         return problem(422, kind, title, detail, found)
     if isinstance(exc, StoreRejected):
         # a statement the database refused is our bug (or a check we lack): log it whole, and
         # answer without the database's words
         logger.error("store refused a statement serving %s %s: %s", request.method, request.path,
                      exc, exc_info=exc)  # fmt: skip
-        return problem(status, kind, title, "the registry could not do this; see its log")
+        return problem(status, kind, title, _("the registry could not do this; see its log"))
     if status == 503:
         # one ERROR line when requests start meeting the outage, one INFO when one works again;
         # the answer does not carry the error's text: it names the database's address, and a
         # caller whose token could not even be checked reads it
         _serving(kind).failed(f"{exc} (serving {request.path})")
-        return problem(status, kind, title, _UNAVAILABLE.get(kind, "try again later"))
-    return problem(status, kind, title, str(exc))
+        unavailable = _UNAVAILABLE.get(kind, N_("try again later"))
+        return problem(status, kind, title, _(unavailable))
+    return problem(status, kind, title, said_of(exc))
+
+
+def said_of(exc: RegistryError) -> str:
+    """An error's detail in the request's language: a NotFound and an Ambiguous by their facts;
+    another by its message when the raise site marked it (``N_``), else as written."""
+    if isinstance(exc, NotFound):
+        thing = _(THINGS[exc.kind]) if exc.kind in THINGS else exc.kind
+        return _("no {thing} {key!r}").format(thing=thing, key=exc.key)
+    if isinstance(exc, Ambiguous):
+        return _("device id {key!r} is ambiguous; use one of {candidates}").format(
+            key=exc.key, candidates=exc.candidates
+        )
+    message = str(exc)
+    return _(message)
 
 
 _UNAVAILABLE = {
-    "store-unavailable": "the registry's database cannot be reached now; try again later",
-    "broker-unavailable": "the MQTT broker cannot be reached now; try again later",
+    "store-unavailable": N_("the registry's database cannot be reached now; try again later"),
+    "broker-unavailable": N_("the MQTT broker cannot be reached now; try again later"),
 }
 _OUTAGES: dict[str, Outage] = {}
 
@@ -156,7 +209,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def problem_answers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The outermost middleware: whatever is raised serving a request becomes a problem."""
+    """The outermost middleware: whatever is raised serving a request becomes a problem. It
+    sets the request's language first (its task's own context: no other request sees it)."""
+    asked = request.headers.get("Accept-Language")
+    i18n.use(i18n.negotiate(asked) if asked else None)  # None: the server's own language
     try:
         response = await handler(request)
     except RegistryError as exc:
@@ -171,11 +227,26 @@ async def problem_answers(request: web.Request, handler: Handler) -> web.StreamR
     except Exception:
         # the request's outermost frame: a bug, logged whole; the client gets the same shape
         logger.exception("internal error serving %s %s", request.method, request.path[:200])
-        return problem(500, "internal", "Internal error", "the registry could not do this; "
-                       "see its log")  # fmt: skip
+        return problem(500, "internal", _("Internal error"),
+                       _("the registry could not do this; see its log"))  # fmt: skip
     if response.status < 500 and request.path.startswith("/api/"):  # the API reads the database
         served()
     return response
+
+
+HTTP_TITLES = {
+    reason: reason
+    for reason in (
+        N_("Bad Request"),
+        N_("Not Found"),
+        N_("Method Not Allowed"),
+        N_("Gone"),
+        N_("Request Entity Too Large"),
+        N_("Unsupported Media Type"),
+        N_("Not Implemented"),
+    )
+}
+"""aiohttp's reasons that reach a person (its ``type`` stays the English reason's)."""
 
 
 def _http(exc: web.HTTPException, request: web.Request) -> web.Response:
@@ -183,8 +254,9 @@ def _http(exc: web.HTTPException, request: web.Request) -> web.Response:
     raises for plain HTTP facts (410 Gone, 415, 501), with the handler's words if it gave any."""
     default = f"{exc.status}: {exc.reason}"
     given = exc.text if exc.text and exc.text != default else ""
-    detail = given or f"{request.method} {request.path[:200]}"
-    resp = problem(exc.status, exc.reason.lower().replace(" ", "-"), exc.reason, detail)
+    detail = _(given) if given else f"{request.method} {request.path[:200]}"
+    title = _(HTTP_TITLES[exc.reason]) if exc.reason in HTTP_TITLES else exc.reason
+    resp = problem(exc.status, exc.reason.lower().replace(" ", "-"), title, detail)
     if "Allow" in exc.headers:
         resp.headers["Allow"] = exc.headers["Allow"]
     return resp

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from device_registry.errors import Invalid
 from device_registry.http.auth import ROLES_ATTR, Role
+from gridwatch.ground.i18n import N_, _, validation_message
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -161,7 +162,7 @@ def parse(where: str, model: type[M], data: Mapping[str, Any]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        unknown = "unknown parameter" if where == "the query string" else "unknown field"
+        unknown = N_("unknown parameter") if where == "the query string" else N_("unknown field")
         raise Invalid(problems(exc, unknown), where) from None
 
 
@@ -185,17 +186,22 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
     try:
         data = pydantic_core.from_json(raw or b"{}", allow_inf_nan=False)
     except ValueError as exc:
-        raise Invalid([("(body)", f"not valid JSON: {_short(str(exc))}")], "the body") from None
+        said = _("not valid JSON: {why}").format(why=_short(str(exc)))
+        raise Invalid([("(body)", said)], "the body") from None
     if not isinstance(data, dict):
-        raise Invalid([("(body)", f"expected a JSON object, got {_json_type(data)}")], "the body")
+        kind = _json_type(data)
+        said = _("expected a JSON object, got {type}").format(type=_(kind))
+        raise Invalid([("(body)", said)], "the body")
     return parse("the body", model, data)
 
 
-def problems(exc: ValidationError, unknown: str = "unknown field") -> list[tuple[str, str]]:
+def problems(exc: ValidationError, unknown: str = N_("unknown field")) -> list[tuple[str, str]]:
     """(dotted field path, message) of each error; pydantic's ``input`` is left out on purpose.
-    A name the model does not know is said in words (``unknown``), the same on every endpoint."""
+    A name the model does not know is said in words (``unknown``), the same on every endpoint.
+    The messages are in the request's language (``i18n.validation_message``); the paths are not
+    translated: they are the API's field names."""
     return [(".".join(str(x) for x in e["loc"]) or "(body)",
-             unknown if e["type"] == "extra_forbidden" else _short(e["msg"]))
+             _(unknown) if e["type"] == "extra_forbidden" else _short(validation_message(e)))
             for e in exc.errors(include_url=False, include_input=False)]  # fmt: skip
 
 
@@ -204,8 +210,8 @@ def _short(text: str, limit: int = 300) -> str:
 
 
 def _json_type(value: Any) -> str:
-    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number",
-             float: "a number", type(None): "null"}  # fmt: skip
+    names = {list: N_("an array"), str: N_("a string"), bool: N_("a boolean"), int: N_("a number"),
+             float: N_("a number"), type(None): "null"}  # fmt: skip
     return names.get(type(value), type(value).__name__)
 
 

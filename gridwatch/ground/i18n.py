@@ -36,9 +36,10 @@ from __future__ import annotations
 import gettext as _gettext
 import os
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from functools import cache
 from importlib.resources import files
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 Lang = Literal["zh_CN", "en"]
 LANGS: Final[tuple[Lang, ...]] = ("zh_CN", "en")
@@ -137,23 +138,26 @@ def catalog(lang: Lang, domain: str = DOMAIN) -> dict[str, str]:
     return {k: v for k, v in messages.items() if isinstance(k, str) and k}
 
 
-# The language of this process (a command, or a server's default when a request names none).
-_current: Lang | None = None
+# The language spoken now: a command sets it once for its process; the API's outermost middleware
+# sets it for each request from its Accept-Language, and asyncio gives every request's task its
+# own copy of the context, so code deep in a request (a NotFound raised by a store) speaks the
+# request's language without being handed it. None: the environment's (``from_env``).
+_current: ContextVar[Lang | None] = ContextVar("gridwatch_lang", default=None)
 
 
 def use(lang: Lang | None) -> None:
-    """Speak ``lang`` from now on in this process; None: whatever its environment picks."""
-    global _current
-    _current = lang
+    """Speak ``lang`` from now on in this context (a command's process, a request's task);
+    None: whatever the environment picks."""
+    _current.set(lang)
 
 
 def current() -> Lang:
-    """The language of this process: set by ``use()``, else picked from the environment."""
-    return _current or from_env()
+    """The language spoken now: set by ``use()``, else picked from the environment."""
+    return _current.get() or from_env()
 
 
 def _(message: str) -> str:
-    """``message`` in this process's language (``current()``)."""
+    """``message`` in the language spoken now (``current()``)."""
     return translator(current())(message)
 
 
@@ -161,6 +165,62 @@ def N_(message: str) -> str:
     """Marks ``message`` for extraction without translating it: for tables built at import, whose
     entries are translated with ``_()`` where they are shown."""
     return message
+
+
+# pydantic's error type -> its English message with the error's context as placeholders: these are
+# what a person sees of a config file or a request body that a model refused
+_VALIDATION = {
+    "missing": N_("Field required"),
+    "extra_forbidden": N_("Extra inputs are not permitted"),
+    "string_type": N_("Input should be a valid string"),
+    "int_type": N_("Input should be a valid integer"),
+    "int_parsing": N_("Input should be a valid integer, unable to parse string as an integer"),
+    "int_from_float": N_("Input should be a valid integer, got a number with a fractional part"),
+    "float_type": N_("Input should be a valid number"),
+    "float_parsing": N_("Input should be a valid number, unable to parse string as a number"),
+    "finite_number": N_("Input should be a finite number"),
+    "bool_type": N_("Input should be a valid boolean"),
+    "bool_parsing": N_("Input should be a valid boolean, unable to interpret input"),
+    "dict_type": N_("Input should be a valid dictionary"),
+    "model_type": N_("Input should be a valid dictionary or instance of {class_name}"),
+    "list_type": N_("Input should be a valid list"),
+    "literal_error": N_("Input should be {expected}"),
+    "enum": N_("Input should be {expected}"),
+    "greater_than": N_("Input should be greater than {gt}"),
+    "greater_than_equal": N_("Input should be greater than or equal to {ge}"),
+    "less_than": N_("Input should be less than {lt}"),
+    "less_than_equal": N_("Input should be less than or equal to {le}"),
+    "string_too_short": N_("String should have at least {min_length} characters"),
+    "string_too_long": N_("String should have at most {max_length} characters"),
+    "string_pattern_mismatch": N_("String should match pattern '{pattern}'"),
+    "too_short": N_("{field_type} should have at least {min_length} items after validation, "
+                    "not {actual_length}"),
+    "too_long": N_("{field_type} should have at most {max_length} items after validation, "
+                   "not {actual_length}"),
+}  # fmt: skip
+_VALUE_ERROR = ("Value error, ", "Assertion failed, ")
+
+
+def validation_message(error: Mapping[str, Any]) -> str:
+    """One pydantic error's message (an item of ``ValidationError.errors()``) in the language
+    spoken now. English keeps pydantic's own words; a validator's message (``Value error, ...``)
+    is translated when its raise site marked it with ``N_``, else said as written; pydantic's
+    ``Value error,`` prefix is English jargon, left out of every other language."""
+    msg = str(error.get("msg", ""))
+    if current() == "en":
+        return msg
+    kind, ctx = str(error.get("type", "")), error.get("ctx") or {}
+    if kind in ("value_error", "assertion_error"):
+        for prefix in _VALUE_ERROR:
+            if msg.startswith(prefix):
+                return _(msg[len(prefix) :])
+        return msg
+    if kind not in _VALIDATION:
+        return msg
+    try:
+        return _(_VALIDATION[kind]).format(**ctx)
+    except (KeyError, IndexError, ValueError):  # a context this pydantic names otherwise
+        return msg
 
 
 __all__ = [
@@ -178,4 +238,5 @@ __all__ = [
     "translations",
     "translator",
     "use",
+    "validation_message",
 ]

@@ -5,6 +5,11 @@ A bad file is reported like::
     firmware_configs/gateways/demo.yaml:14: devices -> 3 -> address: Input should be ... (got 'x')
 
 Nothing is dropped silently: every error in the file is reported, not just the first.
+
+The file, line and key path stay as they are; the sentence is in the language spoken now
+(``gridwatch/ground/i18n.py``: a command's ``--lang`` or ``LANG``), pydantic's messages too::
+
+    firmware_configs/gateways/demo.yaml:14: devices -> 3 -> address: 输入应为有效的整数 (值为 'x')
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
+
+from gridwatch.ground.i18n import _, validation_message
 
 M = TypeVar("M", bound=BaseModel)
 KeyPath = tuple[str | int, ...]
@@ -31,8 +38,8 @@ class ConfigProblem:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        keys = " -> ".join(str(p) for p in self.path) or "(top level)"
-        got = "" if self.value is None else f" (got {self.value!r})"
+        keys = " -> ".join(str(p) for p in self.path) or _("(top level)")
+        got = "" if self.value is None else _(" (got {value!r})").format(value=self.value)
         return f"{where}: {keys}: {self.message}{got}"
 
 
@@ -94,7 +101,11 @@ def parse_yaml(text: str, file: str) -> tuple[Any, dict[KeyPath, int]]:
         mark = exc.problem_mark
         line = mark.line + 1 if mark else None
         raise ConfigError(
-            [ConfigProblem(file, line, (), f"not valid YAML: {exc.problem}")]
+            [
+                ConfigProblem(
+                    file, line, (), _("not valid YAML: {problem}").format(problem=exc.problem)
+                )
+            ]
         ) from exc
     return data, lines
 
@@ -118,7 +129,8 @@ def problems_from(
         value = None if err["type"] == "missing" else err.get("input")
         if isinstance(value, dict | list):
             value = None
-        out.append(ConfigProblem(file, _nearest_line(lines, path), path, err["msg"], value))
+        said = validation_message(err)
+        out.append(ConfigProblem(file, _nearest_line(lines, path), path, said, value))
     return out
 
 
@@ -141,13 +153,16 @@ def read_text(path: Path | str) -> str:
         return p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(
-            [ConfigProblem(str(p), None, (), f"cannot read: {exc.strerror}")]
+            [ConfigProblem(str(p), None, (), _("cannot read: {why}").format(why=exc.strerror))]
         ) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(
             [
                 ConfigProblem(
-                    str(p), None, (), f"not UTF-8 text (byte {exc.start}): save it as UTF-8"
+                    str(p),
+                    None,
+                    (),
+                    _("not UTF-8 text (byte {byte}): save it as UTF-8").format(byte=exc.start),
                 )
             ]
         ) from exc

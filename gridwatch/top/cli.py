@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from gridwatch.ground import i18n, logfmt
-from gridwatch.ground.i18n import _
+from gridwatch.ground.i18n import N_, _
 from gridwatch.top import edgestatus, exits, healthcli
 from gridwatch.top.centralopts import add_role
 from gridwatch.top.extras import missing_extras
@@ -64,7 +64,7 @@ CLOSED_STDOUT = exits.CLOSED_STDOUT
 """Exit status when the reader of our output went away (``gridwatch health | head -3``): 128 +
 SIGPIPE, what a shell reports for a Unix tool that SIGPIPE ended, so ``set -o pipefail`` scripts
 tell it from a failure the command itself met."""
-PROBE_EXIT_CODES = (
+PROBE_EXIT_CODES = N_(
     "exit status: 0 read; 1 nothing answered (cannot connect, no answer in time, a garbled "
     "answer, or a converter saying the unit behind it is silent: 0x0A/0x0B); 2 bad arguments "
     "or profile; 4 the unit answered with a Modbus exception (it refused)"
@@ -73,73 +73,80 @@ PROBE_EXIT_CODES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gridwatch", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = argparse.ArgumentParser(prog="gridwatch", description=_(
+        "gridwatch: edge gateways, the device registry and the tools of the people who install "
+        "and look after them. `gridwatch COMMAND --help` says more; docs/cli.md has them all."))  # fmt: skip
+    parser.add_argument("-v", "--verbose", action="store_true", help=_("debug logging"))
     parser.add_argument("--lang", choices=i18n.LANGS, default=None,
                         help=_("language of messages: zh_CN or en; default: from "
                                "GRIDWATCH_LANG, LC_ALL, LC_MESSAGES, LANG, else zh_CN"))  # fmt: skip
     parser.add_argument("--log-format", choices=logfmt.FORMATS, default=None,
-                        help="text, or json (one object per line, for journald and log "
-                        "shippers); default: $GRIDWATCH_LOG_FORMAT, else text")  # fmt: skip
+                        help=_("text, or json (one object per line, for journald and log "
+                               "shippers); default: $GRIDWATCH_LOG_FORMAT, else text"))  # fmt: skip
     sub = parser.add_subparsers(dest="cmd", required=True)
 
-    edge = sub.add_parser("edge", help="the edge agent").add_subparsers(dest="sub", required=True)
-    run = edge.add_parser("run", help="run the edge agent")
-    run.add_argument("-c", "--config", required=True, help="gateway config YAML")
-    run.add_argument("--validate-config", action="store_true", help="check config, exit 0/1")
-    run.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
-    status = edge.add_parser("status", help="the agent's state, read on the gateway box",
-                             epilog=edgestatus.EXIT_CODES)  # fmt: skip
+    edge = sub.add_parser("edge", help=_("the edge agent")).add_subparsers(
+        dest="sub", required=True
+    )
+    run = edge.add_parser("run", help=_("run the edge agent"))
+    run.add_argument("-c", "--config", required=True, help=_("gateway config YAML"))
+    run.add_argument("--validate-config", action="store_true", help=_("check config, exit 0/1"))
+    run.add_argument("--metrics-port", type=int, default=None, help=_("serve /metrics here"))
+    status = edge.add_parser("status", help=_("the agent's state, read on the gateway box"),
+                             epilog=_(edgestatus.EXIT_CODES))  # fmt: skip
     edgestatus.add_arguments(status)
 
     # the centre's three roles: a central.yaml and flags over it, each the options it uses
-    add_role(sub.add_parser("central", help="central platform"), "run", "central run",
+    add_role(sub.add_parser("central", help=_("central platform")), "run", "central run",
              "registry + bridge in one process")  # fmt: skip
-    add_role(sub.add_parser("registry", help="device registry"), "serve", "registry serve",
+    add_role(sub.add_parser("registry", help=_("device registry")), "serve", "registry serve",
              "serve the registry API alone")  # fmt: skip
-    add_role(sub.add_parser("bridge", help="cloud bridge"), "run", "bridge run",
+    add_role(sub.add_parser("bridge", help=_("cloud bridge")), "run", "bridge run",
              "run the bridge alone")  # fmt: skip
 
-    sim = sub.add_parser("sim", help="a field of simulated devices")
-    sim.add_argument("-c", "--config", required=True, help="gateway config whose devices to serve")
-    sim.add_argument("--speedup", type=float, default=1.0, help="run sim events faster")
+    sim = sub.add_parser("sim", help=_("a field of simulated devices"))
+    sim.add_argument(
+        "-c", "--config", required=True, help=_("gateway config whose devices to serve")
+    )
+    sim.add_argument("--speedup", type=float, default=1.0, help=_("run sim events faster"))
 
-    probe = sub.add_parser("probe", help="commissioning tools").add_subparsers(
+    probe = sub.add_parser("probe", help=_("commissioning tools")).add_subparsers(
         dest="sub", required=True
     )
-    pm = probe.add_parser("modbus", help="read registers and show every decoding",
-                          description="Read registers, coils or discrete inputs of one unit "
-                          "and show what they mean; or read a unit as its profile declares.",
-                          epilog=PROBE_EXIT_CODES)  # fmt: skip
+    pm = probe.add_parser("modbus", help=_("read registers and show every decoding"),
+                          description=_("Read registers, coils or discrete inputs of one "
+                          "unit and show what they mean; or read a unit as its profile "
+                          "declares."),
+                          epilog=_(PROBE_EXIT_CODES))  # fmt: skip
     pm.add_argument("--host", default="127.0.0.1")
     pm.add_argument("--port", type=int, default=502)
-    pm.add_argument("--serial", default=None, help="serial device instead of TCP")
+    pm.add_argument("--serial", default=None, help=_("serial device instead of TCP"))
     pm.add_argument("--baudrate", type=int, default=9600)
-    pm.add_argument("--unit", type=int, default=1, help="unit id")
+    pm.add_argument("--unit", type=int, default=1, help=_("unit id"))
     pm.add_argument("--table", choices=["holding", "input", "coil", "discrete"],
                     default="holding",
-                    help="registers (shown under every decoding) or bits (on/off)")  # fmt: skip
-    pm.add_argument("--address", type=int, default=0, help="first address, from 0")
-    pm.add_argument("--count", type=int, default=4, help="1..125 registers or 1..2000 bits")
+                    help=_("registers (shown under every decoding) or bits (on/off)"))  # fmt: skip
+    pm.add_argument("--address", type=int, default=0, help=_("first address, from 0"))
+    pm.add_argument("--count", type=int, default=4, help=_("1..125 registers or 1..2000 bits"))
     pm.add_argument("--profile", default=None, metavar="NAME",
-                    help="read every point of a shipped profile (by id) or a profile file, "
+                    help=_("read every point of a shipped profile (by id) or a profile file, "
                     "decoded with its unit and scale as the edge would; --table, --address "
-                    "and --count are then not used")  # fmt: skip
-    pm.add_argument("--scan", action="store_true", help="scan unit ids 1..247 that answer")
-    pm.add_argument("--timeout", type=float, default=0.5, help="seconds to wait for an answer")
+                    "and --count are then not used"))  # fmt: skip
+    pm.add_argument("--scan", action="store_true", help=_("scan unit ids 1..247 that answer"))
+    pm.add_argument("--timeout", type=float, default=0.5, help=_("seconds to wait for an answer"))
 
-    cfg = sub.add_parser("config", help="configuration tools").add_subparsers(
+    cfg = sub.add_parser("config", help=_("configuration tools")).add_subparsers(
         dest="sub", required=True
     )
-    check = cfg.add_parser("check", help="validate profiles, gateway and centre configs")
+    check = cfg.add_parser("check", help=_("validate profiles, gateway and centre configs"))
     check.add_argument(
         "files",
         nargs="*",
-        help="YAML files or folders; none: the shipped profiles, gateways, catalogue",
+        help=_("YAML files or folders; none: the shipped profiles, gateways, catalogue"),
     )
-    check.add_argument("--schema-dir", default=None, help="also write JSON Schemas here")
-    example = cfg.add_parser("example", help="print a commented example config")
-    example.add_argument("name", choices=["central"], help="central: a central.yaml")
+    check.add_argument("--schema-dir", default=None, help=_("also write JSON Schemas here"))
+    example = cfg.add_parser("example", help=_("print a commented example config"))
+    example.add_argument("name", choices=["central"], help=_("central: a central.yaml"))
 
     # argparse only: no I/O modules load
     from gridwatch.top import installer, registrycli
@@ -147,17 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
     installer.add_parsers(sub)
     registrycli.add_parsers(sub)
 
-    health = sub.add_parser("health", help="what is unhealthy in the field (exit 0/1/2/3/4)")
+    health = sub.add_parser("health", help=_("what is unhealthy in the field (exit 0/1/2/3/4)"))
     healthcli.add_arguments(health)
 
-    demo = sub.add_parser("demo", help="a simulated district, end to end, on this machine")
-    demo.add_argument("--duration", type=float, default=0, help="stop after N seconds (0: never)")
+    demo = sub.add_parser("demo", help=_("a simulated district, end to end, on this machine"))
+    demo.add_argument(
+        "--duration", type=float, default=0, help=_("stop after N seconds (0: never)")
+    )
     demo.add_argument(
         "--workdir",
         default="var/demo",
-        help="where state and logs go (relative: to this directory)",
+        help=_("where state and logs go (relative: to this directory)"),
     )
-    demo.add_argument("--speedup", type=float, default=1.0, help="run the rain event faster")
+    demo.add_argument("--speedup", type=float, default=1.0, help=_("run the rain event faster"))
     return parser
 
 

@@ -33,6 +33,7 @@ from gridwatch.ground.catalogue import (
 )
 from gridwatch.ground.centralconf import CentralConfig, load_central
 from gridwatch.ground.gatewayconf import GatewayConfig, load_gateway
+from gridwatch.ground.i18n import _
 from gridwatch.ground.profiles import ProfileFile, load_profile
 from gridwatch.ground.shipped import firmware
 from gridwatch.ground.yamlconf import ConfigError, iter_yaml_files, line_map, load_model
@@ -88,7 +89,7 @@ def check(path: Path, catalogue: Catalogue | None = None) -> list[str]:
             load_model(CatalogueFile, path)
             found = []
         else:
-            cfg, _ = load_gateway(path)
+            cfg, _source = load_gateway(path)
             lines = _lines(path)
             found = [p for i, d in enumerate(cfg.devices) if d.rules is not None
                      for p in rule_problems(d.rules, cat, str(path), ("devices", i, "rules"),
@@ -141,10 +142,10 @@ def main(args: argparse.Namespace) -> int:
         if problems:
             bad += 1
         else:
-            print(f"{path}: ok")
+            print(_("{file}: ok").format(file=path))
     if args.schema_dir:
         for target in write_schemas(Path(args.schema_dir)):
-            print(f"wrote {target}")
+            print(_("wrote {file}").format(file=target))
     return 1 if bad else 0
 
 

@@ -31,6 +31,8 @@ import aiomqtt
 import yaml
 
 from firmware_configs import GATEWAYS
+from gridwatch.ground import i18n
+from gridwatch.ground.alertwords import alert_text, facts_of
 from gridwatch.ground.contract import PlatformAlert, Topics
 from gridwatch.ground.shipped import firmware
 
@@ -168,15 +170,11 @@ def format_alert(payload: bytes) -> str:
     try:
         a = PlatformAlert.model_validate_json(payload)
     except ValueError:
-        return f"(unreadable alert: {payload[:200]!r})"
+        return i18n._("(unreadable alert: {payload!r})").format(payload=payload[:200])
     when = time.strftime("%H:%M:%S", time.localtime(a.ts / 1000))
-    value = f"{a.value:.3f}" if isinstance(a.value, float) else str(a.value)
-    limit = f" (threshold {a.threshold})" if a.threshold is not None else ""
     where = "/".join(x for x in (a.location.district, a.location.grid) if x)
-    return (
-        f"{when} ALERT {a.state.value.upper():8} {a.category} {a.severity.value:8} "
-        f"{a.device} {a.point or a.rule}={value} {a.unit}{limit} at {where}  [{a.alert_id}]"
-    )
+    said = alert_text(facts_of(a), i18n.current())  # the one rendering of an alert in words
+    return f"{when} {said}  [{where} {a.alert_id}]"
 
 
 # a child that dies is noticed at once (check_children); the deadline only bounds a slow start,

@@ -20,19 +20,21 @@ from edge.status import (
     render,
     status_path,
 )
+from gridwatch.ground.i18n import N_, _
 from gridwatch.top import exits
 
-EXIT_CODES = ("exit status: 0 healthy; 1 problems (uplink down, a device failing, the agent "
-              "hung, unhealthy or not running: --json's agent says which); 2 the config cannot "
-              "be read. The table of every command: docs/cli.md")  # fmt: skip
+EXIT_CODES = N_("exit status: 0 healthy; 1 problems (uplink down, a device failing, the agent "
+                "hung, unhealthy or not running: --json's agent says which); 2 the config cannot "
+                "be read. The table of every command: docs/cli.md")  # fmt: skip
+"""``edge status --help``'s epilog, translated where the parser is built."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", required=True, help="the gateway config the agent runs")
+    p.add_argument("-c", "--config", required=True, help=_("the gateway config the agent runs"))
     p.add_argument("--outbox", default=None,
-                   help="the outbox file, if the config names it relative to another "
-                   "directory than this one (the agent's working directory)")  # fmt: skip
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+                   help=_("the outbox file, if the config names it relative to another "
+                          "directory than this one (the agent's working directory)"))  # fmt: skip
+    p.add_argument("--json", action="store_true", help=_("machine-readable output"))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -42,7 +44,7 @@ def main(args: argparse.Namespace) -> int:
     from gridwatch.ground.yamlconf import ConfigError
 
     try:
-        cfg, _ = load_gateway(args.config)
+        cfg, _source = load_gateway(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return exits.USAGE
@@ -64,6 +66,6 @@ def main(args: argparse.Namespace) -> int:
                           "outbox": report.outbox}, indent=1))  # fmt: skip
     else:
         if status is None:
-            print(f"no status file at {status_path(outbox)}")
+            print(_("no status file at {file}").format(file=status_path(outbox)))
         print(render(report, now))
     return code

@@ -24,26 +24,40 @@ import json
 import sys
 from typing import Any, TextIO
 
+from gridwatch.ground.i18n import N_, _
 from gridwatch.top import exits
-from gridwatch.top.installer import TOKEN_ENV, URL_HELP, Api, BadOption, Refused, Unreachable
+from gridwatch.top.installer import (
+    TOKEN_ENV,
+    Api,
+    BadOption,
+    Refused,
+    Unreachable,
+    said_state,
+    url_help,
+)
 
 HEALTHY, UNHEALTHY, NOTHING_CHECKED = exits.OK, exits.BAD_NEWS, exits.BAD_NEWS
 USAGE = exits.USAGE
 CENTRE_DEGRADED = exits.RETRY_LATER
 """The centre is not ingesting: as with a registry out of reach, the answer is "retry later"."""
-_PLURAL = {"district": "districts", "grid": "grids", "profile": "profiles"}
+_PLURAL = {"district": N_("districts"), "grid": N_("grids"), "profile": N_("profiles")}
+_FILTER = {"district": N_("district"), "grid": N_("grid"), "gateway": N_("gateway"),
+           "profile": N_("profile")}  # fmt: skip
+_KIND = {"gateway": N_("gateway"), "bus": N_("bus")}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.epilog = exits.CLIENT_EPILOG
-    p.add_argument("--url", default=None, help=URL_HELP)
-    p.add_argument("--token", default=None, help=f"API token (default: env {TOKEN_ENV})")
-    p.add_argument("--token-env", default=TOKEN_ENV, help="env var holding the API token")
-    p.add_argument("--ca-file", default=None, help="CA that signed the API's certificate")
+    p.epilog = _(exits.CLIENT_EPILOG)
+    p.add_argument("--url", default=None, help=url_help())
+    p.add_argument("--token", default=None,
+                   help=_("API token (default: env {env})").format(env=TOKEN_ENV))  # fmt: skip
+    p.add_argument("--token-env", default=TOKEN_ENV, help=_("env var holding the API token"))
+    p.add_argument("--ca-file", default=None, help=_("CA that signed the API's certificate"))
     for name in ("district", "grid", "gateway", "profile"):
-        p.add_argument(f"--{name}", default=None, help=f"only this {name}")
-    p.add_argument("--all", action="store_true", help="list healthy devices too")
-    p.add_argument("--json", action="store_true", help="print the API's JSON")
+        p.add_argument(f"--{name}", default=None,
+                       help=_("only this {what}").format(what=_(_FILTER[name])))  # fmt: skip
+    p.add_argument("--all", action="store_true", help=_("list healthy devices too"))
+    p.add_argument("--json", action="store_true", help=_("print the API's JSON"))
     p.add_argument("--timeout", type=float, default=10.0)
 
 
@@ -70,10 +84,11 @@ def render(report: dict[str, Any], show_all: bool, out: TextIO) -> None:
     last = None
     for p in problems:
         if p["kind"] == "centre":
-            print(f"\ncentre: {_status(p['status'])}: {p['reason']}", file=out)
+            print("\n" + _("centre: {status}: {reason}").format(
+                status=_status(p["status"]), reason=p["reason"]), file=out)  # fmt: skip
             if show_all:  # else one line: the whole field, each "unknown" for the same reason
                 for dev_id in p["devices"]:
-                    print(f"  {dev_id:<28} unknown", file=out)
+                    print(f"  {dev_id:<28} {_status('unknown')}", file=out)
             continue
         if p["kind"] == "device":
             where = (p["district"] or "-", p["grid"] or "-")
@@ -82,7 +97,8 @@ def render(report: dict[str, Any], show_all: bool, out: TextIO) -> None:
                 last = where
             print(f"  {p['id']:<28} {_status(p['status']):<8} {p['reason']}", file=out)
             continue
-        print(f"\n{p['kind']} {p['id']}: {_status(p['status'])}: {p['reason']}", file=out)
+        kind = _(_KIND[p["kind"]]) if p["kind"] in _KIND else p["kind"]
+        print(f"\n{kind} {p['id']}: {_status(p['status'])}: {p['reason']}", file=out)
         for dev_id in p["devices"]:
             d = devices.get(dev_id, {"status": "", "reasons": []})
             print(f"  {dev_id:<28} {_status(d['status']):<8} {'; '.join(d['reasons'])}",
@@ -91,9 +107,9 @@ def render(report: dict[str, Any], show_all: bool, out: TextIO) -> None:
         listed = {i for p in problems for i in p["devices"]}
         healthy = [d for d in report["devices"] if d["id"] not in listed and d["healthy"]]
         if healthy:
-            print("\nhealthy", file=out)
+            print("\n" + _("healthy"), file=out)
         for d in healthy:
-            print(f"  {d['id']:<28} {_status(d['status']):<8} ok", file=out)
+            print(f"  {d['id']:<28} {_status(d['status']):<8} {_('ok')}", file=out)
     print(f"\n{summary_line(report)}", file=out)
 
 
@@ -102,11 +118,15 @@ def summary_line(report: dict[str, Any]) -> str:
     are counted apart, never added together."""
     s = report["summary"]
     n = len(report.get("problems", []))
-    head = "healthy" if n == 0 else "1 problem" if n == 1 else f"{n} problems"
-    dev_unknown = f", {s['devices_unknown']} unknown" if s.get("devices_unknown") else ""
-    gw_unknown = f", {s['gateways_unknown']} unknown" if s.get("gateways_unknown") else ""
-    return (f"{head}: {s['devices_unhealthy']} of {s['devices']} devices unhealthy{dev_unknown}; "
-            f"{s['gateways_unhealthy']} of {s['gateways']} gateways unhealthy{gw_unknown}")  # fmt: skip
+    head = _("healthy") if n == 0 else _("1 problem") if n == 1 else _("{n} problems").format(n=n)
+    unknown = _(", {n} unknown")
+    dev_unknown = unknown.format(n=s["devices_unknown"]) if s.get("devices_unknown") else ""
+    gw_unknown = unknown.format(n=s["gateways_unknown"]) if s.get("gateways_unknown") else ""
+    return _("{head}: {devices_unhealthy} of {devices} devices unhealthy{devices_unknown}; "
+             "{gateways_unhealthy} of {gateways} gateways unhealthy{gateways_unknown}").format(
+        head=head, devices_unhealthy=s["devices_unhealthy"], devices=s["devices"],
+        devices_unknown=dev_unknown, gateways_unhealthy=s["gateways_unhealthy"],
+        gateways=s["gateways"], gateways_unknown=gw_unknown)  # fmt: skip
 
 
 def nothing_line(nothing: dict[str, Any]) -> str:
@@ -114,21 +134,26 @@ def nothing_line(nothing: dict[str, Any]) -> str:
     exist, for each filter whose value is not among them."""
     filters: dict[str, str] = nothing.get("filters") or {}
     known: dict[str, list[str]] = nothing.get("known") or {}
-    said = " and ".join(f"{k} {v!r}" for k, v in filters.items())
-    hints = [f"{_PLURAL.get(k, k)}: {', '.join(known.get(k) or []) or 'none registered'}"
+    said = _(" and ").join(
+        f"{_(_FILTER[k]) if k in _FILTER else k} {v!r}" for k, v in filters.items()
+    )
+    hints = [f"{_(_PLURAL[k]) if k in _PLURAL else k}: "
+             f"{', '.join(known.get(k) or []) or _('none registered')}"
              for k, v in filters.items() if v not in (known.get(k) or [])]  # fmt: skip
-    return f"nothing matches {said}" + (f" ({'; '.join(hints)})" if hints else "")
+    line = _("nothing matches {filters}").format(filters=said)
+    return line + (f" ({'; '.join(hints)})" if hints else "")
 
 
 def _no_gateway(gw: str, exc: Refused) -> str:
     detail = exc.body.get("detail", "") if isinstance(exc.body, dict) else ""
     if exc.status == 404:
-        return f"no gateway {gw!r} is registered (`gridwatch gateway list` shows those that are)"
-    return detail or f"gateway {gw!r} is retired"
+        return _("no gateway {id!r} is registered (`gridwatch gateway list` shows those that "
+                 "are)").format(id=gw)  # fmt: skip
+    return detail or _("gateway {id!r} is retired").format(id=gw)
 
 
 def _status(status: str) -> str:
-    return status.replace("_", " ")
+    return said_state(status)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from gridwatch.ground import i18n
+from gridwatch.ground.i18n import N_, _
 from gridwatch.top import exits
 from gridwatch.top.exits import OK, USAGE
 
@@ -43,28 +45,37 @@ TOKEN_ENV = "GRIDWATCH_TOKEN"
 URL_ENV = "GRIDWATCH_URL"
 DEFAULT_URL = "http://127.0.0.1:8080"
 """Where ``gridwatch central run`` and ``registry serve`` listen unless told otherwise."""
-URL_HELP = f"registry API base URL (default: env {URL_ENV}, else {DEFAULT_URL})"
-TOKEN_HINT = (
-    f"set {TOKEN_ENV} or use --token; an admin creates one with "
-    "`gridwatch token create --role installer`"
-)
+URL_HELP = N_("registry API base URL (default: env {env}, else {url})")
+"""``--url``'s help, to translate and fill with ``url_help()``."""
+
+
+def url_help() -> str:
+    return _(URL_HELP).format(env=URL_ENV, url=DEFAULT_URL)
+
+
+def token_hint() -> str:
+    return _(
+        "set {env} or use --token; an admin creates one with "
+        "`gridwatch token create --role installer`"
+    ).format(env=TOKEN_ENV)
 
 
 # ---- arguments ------------------------------------------------------------------------------
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.epilog = p.epilog or exits.CLIENT_EPILOG
-    p.add_argument("--url", default=None, help=URL_HELP)
-    p.add_argument("--token", default=None, help=f"API token (default: env {TOKEN_ENV})")
-    p.add_argument("--ca-file", default=None, help="CA that signed the API's certificate")
-    p.add_argument("--json", action="store_true", help="print the registry's JSON answer")
+    p.epilog = p.epilog or _(exits.CLIENT_EPILOG)
+    p.add_argument("--url", default=None, help=url_help())
+    p.add_argument("--token", default=None,
+                   help=_("API token (default: env {env})").format(env=TOKEN_ENV))  # fmt: skip
+    p.add_argument("--ca-file", default=None, help=_("CA that signed the API's certificate"))
+    p.add_argument("--json", action="store_true", help=_("print the registry's JSON answer"))
 
 
 def _location(p: argparse.ArgumentParser) -> None:
     p.add_argument("--district", default=None)
     p.add_argument("--street", default=None)
-    p.add_argument("--grid", default=None, help="grid cell of the city's management grid")
+    p.add_argument("--grid", default=None, help=_("grid cell of the city's management grid"))
     p.add_argument("--lat", type=float, default=None)
     p.add_argument("--lon", type=float, default=None)
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
@@ -75,19 +86,19 @@ _BUS_SETTINGS = ("type", "host", "port", "timeout_s", "max_concurrency", "framer
 
 
 def _edit_parser(gws: Any) -> None:
-    ed = gws.add_parser("edit", help="change a registered gateway: name, location, labels, or "
-                        "one field bus's settings (a new config is pushed to it)")  # fmt: skip
+    ed = gws.add_parser("edit", help=_("change a registered gateway: name, location, labels, "
+                        "or one field bus's settings (a new config is pushed to it)"))  # fmt: skip
     ed.add_argument("id")
     ed.add_argument("--name", default=None)
     _location(ed)
-    b = ed.add_argument_group("a field bus", "e.g. --bus cabinet --timeout 0.5; with --type, "
-                              "a bus to add")  # fmt: skip
-    b.add_argument("--bus", default=None, metavar="ID", help="the bus to change (or add)")
+    b = ed.add_argument_group(_("a field bus"), _("e.g. --bus cabinet --timeout 0.5; with "
+                              "--type, a bus to add"))  # fmt: skip
+    b.add_argument("--bus", default=None, metavar="ID", help=_("the bus to change (or add)"))
     b.add_argument("--type", default=None, choices=["modbus_tcp", "modbus_rtu", "mqtt"])
     b.add_argument("--host", default=None)
-    b.add_argument("--port", default=None, help="TCP port, or the serial device (modbus_rtu)")
+    b.add_argument("--port", default=None, help=_("TCP port, or the serial device (modbus_rtu)"))
     b.add_argument("--timeout", dest="timeout_s", type=float, default=None, metavar="SECONDS",
-                   help="how long to wait for a device's answer")  # fmt: skip
+                   help=_("how long to wait for a device's answer"))  # fmt: skip
     b.add_argument("--max-concurrency", type=int, default=None)
     b.add_argument("--framer", default=None, choices=["socket", "rtu"])
     b.add_argument("--baudrate", type=int, default=None)
@@ -98,67 +109,70 @@ def _edit_parser(gws: Any) -> None:
 
 
 def add_parsers(sub: Any) -> None:
-    gw = sub.add_parser("gateway", help="register and inspect gateways (installers)")
+    gw = sub.add_parser("gateway", help=_("register and inspect gateways (installers)"))
     gws = gw.add_subparsers(dest="sub", required=True)
-    add = gws.add_parser("add", help="register a gateway: prints its MQTT password once")
+    add = gws.add_parser("add", help=_("register a gateway: prints its MQTT password once"))
     add.add_argument("id")
     add.add_argument("--name", default="")
     add.add_argument("--bus", action="append", default=[], metavar="type=...,id=...,...",
-                     help="a field bus, e.g. type=modbus_tcp,id=cabinet,host=10.0.0.5,port=502")  # fmt: skip
+                     help=_("a field bus, e.g. type=modbus_tcp,id=cabinet,host=10.0.0.5,port=502"))  # fmt: skip
     add.add_argument("--write-config", default=None, metavar="FILE",
-                     help="write the gateway's config (YAML) to FILE, to copy onto the box")  # fmt: skip
+                     help=_("write the gateway's config (YAML) to FILE, to copy onto the box"))  # fmt: skip
     _location(add)
-    for name, helptext in (("list", "list gateways"), ("show", "one gateway, with its config state"),
-                           ("config", "print the gateway's current config (YAML), e.g. "
-                            "> gw.yaml"),
-                           ("retire", "retire a gateway: its broker access ends at once"),
-                           ("new-password", "a new MQTT password (the old one stops at once): "
-                            "printed once")):  # fmt: skip
+    for name, helptext in (("list", _("list gateways")),
+                           ("show", _("one gateway, with its config state")),
+                           ("config", _("print the gateway's current config (YAML), e.g. "
+                            "> gw.yaml")),
+                           ("retire", _("retire a gateway: its broker access ends at once")),
+                           ("new-password", _("a new MQTT password (the old one stops at once): "
+                            "printed once"))):  # fmt: skip
         p = gws.add_parser(name, help=helptext)
         if name != "list":
             p.add_argument("id")
         else:
             p.add_argument("--district", default=None)
-            p.add_argument("--all", action="store_true", help="retired gateways too (marked)")
+            p.add_argument("--all", action="store_true", help=_("retired gateways too (marked)"))
         _common(p)
     _common(add)
     _edit_parser(gws)
 
-    dev = sub.add_parser("device", help="register, commission and retire devices (installers)")
+    dev = sub.add_parser("device", help=_("register, commission and retire devices (installers)"))
     devs = dev.add_subparsers(dest="sub", required=True)
-    d = devs.add_parser("add", help="register a device on a gateway")
+    d = devs.add_parser("add", help=_("register a device on a gateway"))
     d.add_argument("gateway")
     d.add_argument("id")
     d.add_argument("--profile", required=True)
     d.add_argument("--bus", required=True)
-    d.add_argument("--unit-id", type=int, default=None, help="Modbus unit id")
-    d.add_argument("--address", default=None, help="MQTT device address")
+    d.add_argument("--unit-id", type=int, default=None, help=_("Modbus unit id"))
+    d.add_argument("--address", default=None, help=_("MQTT device address"))
     d.add_argument("--install-date", default=None, help="YYYY-MM-DD")
     d.add_argument("--firmware", default=None)
     _location(d)
     _common(d)
-    imp = devs.add_parser("import", help="register devices from a CSV file (all or nothing)")
+    imp = devs.add_parser("import", help=_("register devices from a CSV file (all or nothing)"))
     imp.add_argument("file")
     _common(imp)
-    ls = devs.add_parser("list", help="list devices")
+    ls = devs.add_parser("list", help=_("list devices"))
     for f in ("gateway", "district", "grid", "profile", "status"):
         ls.add_argument(f"--{f}", default=None)
     ls.add_argument("--retired", choices=["true", "false", "any"], default=None)
     ls.add_argument("--limit", type=int, default=None)
     _common(ls)
-    for name, helptext in (("show", "one device with its last values"),
-                           ("retire", "retire a device (it leaves its gateway's config)")):  # fmt: skip
+    for name, helptext in (("show", _("one device with its last values")),
+                           ("retire", _("retire a device (it leaves its gateway's config)"))):  # fmt: skip
         p = devs.add_parser(name, help=helptext)
-        p.add_argument("id", help="'gateway:device' or a device id unique across gateways")
+        p.add_argument("id", help=_("'gateway:device' or a device id unique across gateways"))
         _common(p)
-    com = devs.add_parser("commission", help="wait for a device's first readings and check them")
+    com = devs.add_parser("commission", help=_("wait for a device's first readings and check them"))
     com.add_argument("id")
-    com.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
+    com.add_argument("--timeout", type=float, default=60.0, help=_("seconds to wait"))
     _common(com)
-    cmd = devs.add_parser("command", help="write a value to a device's point; wait for the result")
+    cmd = devs.add_parser(
+        "command", help=_("write a value to a device's point; wait for the result")
+    )
     cmd.add_argument("id")
     cmd.add_argument("point")
-    cmd.add_argument("value", help="true/false or a number")
+    cmd.add_argument("value", help=_("true/false or a number"))
     cmd.add_argument("--timeout", type=float, default=30.0)
     _common(cmd)
 
@@ -183,21 +197,28 @@ class Refused(Exception):
 
 def _explain(status: int, body: Any) -> str:
     if not isinstance(body, dict):
-        return f"HTTP {status}: {body}"
+        return f"HTTP {status}: {body}"  # no words of ours to translate
     # the registry's errors are problems (RFC 9457): title, detail, and each field's error.
     # A 422's detail repeats its first errors in one line: print the list alone, each field once
     if exits.for_http(status) == exits.RETRY_LATER:  # not a refusal: say so, and what to do
-        said = f"the registry cannot do this now ({status} {body.get('title', '')})"
-        return f"{said}: {body.get('detail', '')}; try again later".replace(": ;", ";")
-    head = f"refused ({status} {body.get('title', '')})"
+        said = _("the registry cannot do this now ({status} {title})").format(
+            status=status, title=body.get("title", "")
+        )
+        detail = body.get("detail", "")
+        if not detail:
+            return _("{said}; try again later").format(said=said)
+        return _("{said}: {detail}; try again later").format(said=said, detail=detail)
+    head = _("refused ({status} {title})").format(status=status, title=body.get("title", ""))
     errors = body.get("errors") or []
     if not errors:
         return f"{head}: {body.get('detail', '')}".rstrip(": ")
     lines = [f"  - {e['msg']}" if _whole(e["loc"]) else f"  - {e['loc']}: {e['msg']}"
              for e in errors]  # fmt: skip
-    # what was invalid, with its summary: "the CSV file (2 of 20 rows refused; nothing imported)"
-    where = str(body.get("detail", "")).partition(" is invalid: ")[0]
-    return "\n".join([f"{head}: {where} is invalid:" if where else f"{head}:", *lines])
+    # what was invalid, with its summary: "the CSV file (2 of 20 rows refused; nothing imported)";
+    # the registry answers in our language (Accept-Language), so its own words mark the cut
+    where = str(body.get("detail", "")).partition(_(" is invalid: "))[0]
+    said = _("{head}: {where} is invalid:").format(head=head, where=where)
+    return "\n".join([said if where else f"{head}:", *lines])
 
 
 def segment(name: str) -> str:
@@ -217,16 +238,21 @@ def base_url(text: str, source: str) -> str:
     url = text.strip()
     if "://" not in url:
         url = "http://" + url
-    fix = f"set {source} to an address like {DEFAULT_URL} or https://registry.example:8443"
+    fix = _("set {source} to an address like {url} or https://registry.example:8443").format(
+        source=source, url=DEFAULT_URL
+    )
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - parsing the port is what raises for a bad one
     except ValueError as exc:
-        raise BadOption(f"{source} is {text!r}, not a URL ({exc}): {fix}") from None
+        raise BadOption(_("{source} is {text!r}, not a URL ({why}): {fix}").format(
+            source=source, text=text, why=exc, fix=fix)) from None  # fmt: skip
     if parts.scheme not in ("http", "https"):
-        raise BadOption(f"{source} is {text!r}, not an http:// or https:// address: {fix}")
+        raise BadOption(_("{source} is {text!r}, not an http:// or https:// address: {fix}")
+                        .format(source=source, text=text, fix=fix))  # fmt: skip
     if not parts.hostname:
-        raise BadOption(f"{source} is {text!r}, which names no host: {fix}")
+        raise BadOption(_("{source} is {text!r}, which names no host: {fix}").format(
+            source=source, text=text, fix=fix))  # fmt: skip
     return url.rstrip("/")
 
 
@@ -247,8 +273,9 @@ def _trusting(ca_file: str | None) -> ssl.SSLContext | bool:
         return ssl.create_default_context(cafile=ca_file)
     except OSError as exc:  # ssl.SSLError too: a file that holds no certificate
         why = exc.strerror or str(exc)
-        raise BadOption(f"--ca-file {ca_file}: cannot use it ({why}); give the PEM file of "
-                        "the CA that signed the registry's certificate") from None  # fmt: skip
+        raise BadOption(_("--ca-file {file}: cannot use it ({why}); give the PEM file of "
+                          "the CA that signed the registry's certificate").format(
+                              file=ca_file, why=why)) from None  # fmt: skip
 
 
 IMPORT_TIMEOUT_S = 600.0
@@ -259,6 +286,8 @@ class Api:
         self.base = url_of(args)
         self.token = getattr(args, "token", None) or os.environ.get(token_env, "")
         self.headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        # the registry's problems come back in the language this command speaks
+        self.headers["Accept-Language"] = i18n.current().replace("_", "-")
         self.ssl = _trusting(getattr(args, "ca_file", None))
 
     async def __aenter__(self) -> Api:
@@ -291,13 +320,14 @@ class Api:
             # every way the registry cannot be talked to (refused, no such host, TLS, a URL
             # aiohttp will not take, an answer cut off): one line, never a traceback
             why = str(exc) or type(exc).__name__
-            raise Unreachable(f"the registry at {self.base} cannot be reached: {why}") from exc
+            raise Unreachable(_("the registry at {url} cannot be reached: {why}").format(
+                url=self.base, why=why)) from exc  # fmt: skip
 
     def _token_problem(self) -> str:
         if not self.token:
-            return f"no API token: {TOKEN_HINT}"
-        return (f"the registry at {self.base} does not know this API token (mistyped, or "
-                f"revoked): {TOKEN_HINT}")  # fmt: skip
+            return _("no API token: {hint}").format(hint=token_hint())
+        return _("the registry at {url} does not know this API token (mistyped, or revoked): "
+                 "{hint}").format(url=self.base, hint=token_hint())  # fmt: skip
 
 
 # ---- commands -------------------------------------------------------------------------------
@@ -309,7 +339,8 @@ def _kv(pairs: Sequence[str], what: str) -> dict[str, str]:
         for part in pair.split(","):
             key, eq, value = part.partition("=")
             if not eq:
-                raise BadOption(f"{what} must be key=value, got {part!r}")
+                raise BadOption(_("{what} must be key=value, got {part!r}").format(
+                    what=what, part=part))  # fmt: skip
             out[key.strip()] = value.strip()
     return out
 
@@ -335,16 +366,40 @@ def _print_gateway(gw: dict[str, Any]) -> None:
         "retired" if gw.get("retired") else "online" if gw.get("online") else "offline"
     )
     loc = gw.get("location") or {}
-    print(f"{gw['id']:<24} {state.replace('_', ' '):<15} devices {gw['devices']:<5} "
-          f"{loc.get('district', '-')}/{loc.get('grid', '-')}", end="")  # fmt: skip
+    print(_("{id:<24} {state:<15} devices {devices:<5} {district}/{grid}").format(
+        id=gw["id"], state=said_state(state), devices=gw["devices"],
+        district=loc.get("district", "-"), grid=loc.get("grid", "-")), end="")  # fmt: skip
     if gw.get("name"):  # as `gateway add|edit --name` set it
         print(f"  {gw['name']!r}", end="")
     if cfg:
-        acked = "accepted" if cfg["accepted"] else "REJECTED" if cfg["accepted"] is False else "-"
-        print(f"  config v{cfg['desired']} (acknowledged v{cfg['acknowledged']} {acked})", end="")
+        acked = (_("accepted") if cfg["accepted"]
+                 else _("REJECTED") if cfg["accepted"] is False else "-")  # fmt: skip
+        print(_("  config v{desired} (acknowledged v{acknowledged} {acked})").format(
+            desired=cfg["desired"], acknowledged=cfg["acknowledged"], acked=acked), end="")  # fmt: skip
     print()
     for err in cfg.get("errors", []):
-        print(f"    config error: {err}")
+        print(_("    config error: {error}").format(error=err))
+
+
+# a gateway's or device's state as the registry names it -> as a person reads it
+STATES = {
+    "online": N_("online"),
+    "offline": N_("offline"),
+    "retired": N_("retired"),
+    "never_connected": N_("never connected"),
+    "stale": N_("stale"),
+    "new": N_("new"),
+    "silent": N_("silent"),
+    "unknown": N_("unknown"),
+    "not_ingesting": N_("not ingesting"),
+    "degraded": N_("degraded"),
+    "down": N_("down"),
+}
+
+
+def said_state(state: str) -> str:
+    """A state in the command's language; one the table does not know, as the registry said it."""
+    return _(STATES[state]) if state in STATES else state.replace("_", " ")
 
 
 def shown(value: Any, decimals: int | None) -> str:
@@ -359,7 +414,7 @@ def shown(value: Any, decimals: int | None) -> str:
 
 
 def _print_device(d: dict[str, Any], values: bool = False) -> None:
-    state = "retired" if d.get("retired") else d["status"]
+    state = said_state("retired" if d.get("retired") else d["status"])
     print(f"{d['id']:<32} {state:<8} {d.get('profile') or '-':<26} "
           f"{d.get('district') or '-'}/{d.get('grid') or '-'}")  # fmt: skip
     if values:
@@ -371,10 +426,10 @@ def _print_device(d: dict[str, Any], values: bool = False) -> None:
 
 def _coordinates(d: dict[str, Any]) -> str:
     if d.get("lat") is None and d.get("lon") is None:
-        return "coordinates: none registered"
-    whose = {"device": "its own", "site": "its site's, a guess: it has none of its own"}
-    return (
-        f"coordinates: {d.get('lat')}, {d.get('lon')} ({whose.get(d.get('coordinates', ''), '')})"
+        return _("coordinates: none registered")
+    whose = {"device": _("its own"), "site": _("its site's, a guess: it has none of its own")}
+    return _("coordinates: {lat}, {lon} ({whose})").format(
+        lat=d.get("lat"), lon=d.get("lon"), whose=whose.get(d.get("coordinates", ""), "")
     )
 
 
@@ -386,13 +441,16 @@ async def _gateway(args: argparse.Namespace, api: Api) -> int:
         _print_issued(gw, args.json)
         for bus in body["buses"]:
             if bus.get("type") == "mqtt" and "host" not in bus:
-                print(f"note: mqtt bus {bus.get('id')!r} reads the sensors' field broker at "
-                      f"127.0.0.1:{bus.get('port', 1883)}, on the gateway itself; give host=... "
-                      "(and port=...) when that broker runs elsewhere", file=sys.stderr)  # fmt: skip
+                print(_("note: mqtt bus {bus!r} reads the sensors' field broker at "
+                        "127.0.0.1:{port}, on the gateway itself; give host=... (and port=...) "
+                        "when that broker runs elsewhere").format(
+                            bus=bus.get("id"), port=bus.get("port", 1883)),
+                      file=sys.stderr)  # fmt: skip
         if args.write_config:
             doc, text = await _config(api, args.id)
             await asyncio.to_thread(Path(args.write_config).write_text, text)
-            print(f"config v{doc['version']} written to {args.write_config}")
+            print(_("config v{version} written to {file}").format(
+                version=doc["version"], file=args.write_config))  # fmt: skip
         return OK
     if args.sub == "config":
         doc, text = await _config(api, args.id)
@@ -409,9 +467,7 @@ async def _gateway(args: argparse.Namespace, api: Api) -> int:
         for gw in [] if args.json else gws:
             _print_gateway(gw)
         if not gws and not args.json:
-            where = f" in {args.district}" if args.district else ""
-            print(f"no gateways{where}" if args.all else
-                  f"no live gateways{where} (--all shows retired ones too)")  # fmt: skip
+            print(_no_gateways(args.district, args.all))
         return OK
     if args.sub == "new-password":
         _print_issued(await api.call("POST", f"/api/v1/gateways/{args.id}/credentials"), args.json)
@@ -420,6 +476,17 @@ async def _gateway(args: argparse.Namespace, api: Api) -> int:
     gw = await api.call("POST" if args.sub == "retire" else "GET", path)
     print(json.dumps(gw, indent=2)) if args.json else _print_gateway(gw)
     return OK
+
+
+def _no_gateways(district: str | None, retired_too: bool) -> str:
+    if retired_too:
+        return (_("no gateways in {district}").format(district=district) if district
+                else _("no gateways"))  # fmt: skip
+    if district:
+        return _("no live gateways in {district} (--all shows retired ones too)").format(
+            district=district
+        )
+    return _("no live gateways (--all shows retired ones too)")
 
 
 async def _config(api: Api, gateway: str) -> tuple[dict[str, Any], str]:
@@ -438,13 +505,14 @@ async def edit_gateway(args: argparse.Namespace, api: Api) -> int:
         bus["port"] = int(bus["port"])
     loc, labels = _loc(args), _kv(args.label, "--label")
     if bus and args.bus is None:
-        return _usage(f"{', '.join('--' + k.removesuffix('_s') for k in bus)}: name the bus "
-                      "to change with --bus ID")  # fmt: skip
+        return _usage(_("{options}: name the bus to change with --bus ID").format(
+            options=", ".join("--" + k.removesuffix("_s") for k in bus)))  # fmt: skip
     if args.bus is not None and not bus:
-        return _usage(f"--bus {args.bus}: say what to change (--timeout, --host, --port, ...)")
+        return _usage(_("--bus {bus}: say what to change (--timeout, --host, --port, ...)")
+                      .format(bus=args.bus))  # fmt: skip
     if args.name is None and not loc and not labels and args.bus is None:
-        return _usage("nothing to change: give --name, a location (--district, --street, "
-                      "--grid, --lat, --lon), --label, or --bus ID with its settings")  # fmt: skip
+        return _usage(_("nothing to change: give --name, a location (--district, --street, "
+                        "--grid, --lat, --lon), --label, or --bus ID with its settings"))  # fmt: skip
     patch: dict[str, Any] = {} if args.name is None else {"name": args.name}
     if loc or labels:
         now = await api.call("GET", f"/api/v1/gateways/{quote(args.id, safe='')}")
@@ -464,8 +532,9 @@ async def edit_gateway(args: argparse.Namespace, api: Api) -> int:
         print(json.dumps(gw, indent=2))
         return OK
     _print_gateway(gw)
-    print(f"config v{(gw.get('config') or {}).get('desired', '?')} goes to the gateway now "
-          f"(see it arrive: gridwatch gateway show {args.id})")  # fmt: skip
+    print(_("config v{version} goes to the gateway now (see it arrive: gridwatch gateway "
+            "show {id})").format(version=(gw.get("config") or {}).get("desired", "?"),
+                                 id=args.id))  # fmt: skip
     return OK
 
 
@@ -479,9 +548,9 @@ def _print_issued(gw: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(gw, indent=2))
         return
     _print_gateway(gw)
-    print(f"MQTT username: {gw['mqtt']['username']}")
-    print(f"MQTT password: {gw['mqtt']['password']}   (shown once: put it in the "
-          f"gateway's environment as GRIDWATCH_MQTT_PASSWORD)")  # fmt: skip
+    print(_("MQTT username: {username}").format(username=gw["mqtt"]["username"]))
+    print(_("MQTT password: {password}   (shown once: put it in the gateway's environment as "
+            "GRIDWATCH_MQTT_PASSWORD)").format(password=gw["mqtt"]["password"]))  # fmt: skip
 
 
 async def _device(args: argparse.Namespace, api: Api) -> int:
@@ -505,7 +574,9 @@ async def _device(args: argparse.Namespace, api: Api) -> int:
                                 headers={"Content-Type": "text/csv"},
                                 timeout=aiohttp.ClientTimeout(total=IMPORT_TIMEOUT_S))  # fmt: skip
         print(
-            json.dumps(result, indent=2) if args.json else f"imported {result['imported']} devices"
+            json.dumps(result, indent=2)
+            if args.json
+            else _("imported {count} devices").format(count=result["imported"])
         )
         return OK
     if args.sub == "list":
@@ -518,8 +589,9 @@ async def _device(args: argparse.Namespace, api: Api) -> int:
             _print_device(d)
         asked = {k: v for k, v in q.items() if k not in ("retired", "limit")}
         if not devices and asked:  # a mistyped filter is not "all is well" (docs/cli.md: 1)
-            said = " and ".join(f"{k} {v!r}" for k, v in asked.items())
-            print(f"gridwatch device list: no device matches {said}", file=sys.stderr)
+            said = _(" and ").join(f"{k} {v!r}" for k, v in asked.items())
+            print(_("gridwatch device list: no device matches {filters}").format(filters=said),
+                  file=sys.stderr)  # fmt: skip
             return FAILED
         return OK
     if args.sub == "commission":
@@ -548,22 +620,25 @@ async def _wait(api: Api, path: str, done: Any, within_s: float, what: str) -> A
             return None
         end = "\r" if sys.stderr.isatty() else "\n"
         if sys.stderr.isatty() or i % 5 == 0:
-            print(f"{spinner[i % 4]} {what} ({elapsed:.0f}s of {within_s:.0f}s)", end=end,
-                  file=sys.stderr, flush=True)  # fmt: skip
+            said = _("{what} ({elapsed:.0f}s of {within:.0f}s)").format(
+                what=what, elapsed=elapsed, within=within_s)  # fmt: skip
+            print(f"{spinner[i % 4]} {said}", end=end, file=sys.stderr, flush=True)
         i += 1
         await asyncio.sleep(1.0)
 
 
 async def commission(api: Api, device: str, timeout: float) -> int:  # noqa: ASYNC109 - a poll budget
     dev = await _wait(api, f"/api/v1/devices/{device}", lambda d: bool(d.get("values")),
-                      timeout, f"waiting for the first readings of {device}")  # fmt: skip
+                      timeout, _("waiting for the first readings of {device}").format(
+                          device=device))  # fmt: skip
     if dev is None:
-        print(f"{device}: no readings within {timeout:.0f}s. Check the wiring, the unit id / "
-              "address, the bus settings, and that its gateway is online "
-              "(gridwatch gateway show GATEWAY).")  # fmt: skip
+        print(_("{device}: no readings within {timeout:.0f}s. Check the wiring, the unit id / "
+                "address, the bus settings, and that its gateway is online "
+                "(gridwatch gateway show GATEWAY).").format(device=device, timeout=timeout))  # fmt: skip
         return FAILED
     points = _profile_points(dev.get("profile"))
-    print(f"{dev['id']} ({dev.get('profile') or 'no profile'}) reports:")
+    print(_("{device} ({profile}) reports:").format(
+        device=dev["id"], profile=dev.get("profile") or _("no profile")))  # fmt: skip
     healthy = True
     for name, v in sorted(dev["values"].items()):
         notes = check_reading(points.get(name), v["value"], v["quality"])
@@ -575,18 +650,19 @@ async def commission(api: Api, device: str, timeout: float) -> int:  # noqa: ASY
         # an alert's value is its point's: shown at the decimals of that point's latest value
         decimals = (dev["values"].get(a["point"]) or {}).get("decimals")
         value = "-" if a["value"] is None else f"{shown(a['value'], decimals)} {a['unit']}".rstrip()
-        print(f"  IN ALARM: {a['severity']} {a['category']} on {a['point']}: "
-              f"{a['message'] or a['category']}: {value}")  # fmt: skip
+        print(_("  IN ALARM: {severity} {category} on {point}: {message}: {value}").format(
+            severity=a["severity"], category=a["category"], point=a["point"],
+            message=a["message"] or a["category"], value=value))  # fmt: skip
     if not healthy:
-        print("NOT commissioned: see the notes above")
+        print(_("NOT commissioned: see the notes above"))
     elif alarms:
         # the wiring reads true, and what it reads is an alarm: the installer must know that
         # before leaving the site, not learn it from the operations centre
-        n = "1 alert" if len(alarms) == 1 else f"{len(alarms)} alerts"
-        print(f"commissioned: every value reads correctly, but the device is in alarm ({n} "
-              "above): confirm on site whether it is real")  # fmt: skip
+        n = _("1 alert") if len(alarms) == 1 else _("{n} alerts").format(n=len(alarms))
+        print(_("commissioned: every value reads correctly, but the device is in alarm ({n} "
+                "above): confirm on site whether it is real").format(n=n))  # fmt: skip
     else:
-        print("commissioned: every value is good, no alert active")
+        print(_("commissioned: every value is good, no alert active"))
     return OK if healthy else FAILED
 
 
@@ -596,17 +672,20 @@ async def command(api: Api, device: str, point: str, text: str, timeout: float) 
         try:
             value = float(text) if "." in text else int(text)
         except ValueError:
-            raise BadOption(f"value must be true, false or a number, got {text!r}") from None
+            raise BadOption(_("value must be true, false or a number, got {text!r}").format(
+                text=text)) from None  # fmt: skip
     sent = await api.call("POST", f"/api/v1/devices/{device}/commands",
                           json={"point": point, "value": value})  # fmt: skip
     done = await _wait(api, f"/api/v1/commands/{sent['id']}", lambda c: c["state"] != "sent",
-                       timeout, f"waiting for the result of command {sent['id']}")  # fmt: skip
+                       timeout, _("waiting for the result of command {id}").format(
+                           id=sent["id"]))  # fmt: skip
     if done is None:
-        print(f"command {sent['id']}: no result within {timeout:.0f}s (is the gateway online?)")
+        print(_("command {id}: no result within {timeout:.0f}s (is the gateway online?)").format(
+            id=sent["id"], timeout=timeout))  # fmt: skip
         return FAILED
-    print(
-        f"command {done['id']} {device}.{point}={value}: {done['state']} {done['error']}".rstrip()
-    )
+    print(_("command {id} {device}.{point}={value}: {state} {error}").format(
+        id=done["id"], device=device, point=point, value=value, state=done["state"],
+        error=done["error"] or "").rstrip())  # fmt: skip
     return OK if done["state"] == "ok" else FAILED
 
 
@@ -653,12 +732,13 @@ def byte_order_alternatives(point: Any, value: float) -> list[Alternative]:
 
 def check_reading(point: Any, value: Any, quality: str) -> list[str]:
     """What an installer should look at in one reading (empty: it looks right)."""
-    notes = [] if quality == "good" else [f"quality {quality}"]
+    notes = [] if quality == "good" else [_("quality {quality}").format(quality=quality)]
     if point is None or not isinstance(value, int | float) or isinstance(value, bool):
         if quality in ("out_of_range", "invalid") and point is not None and point.data_type in (
             "float32", "float64", "int32", "uint32", "int64", "uint64"):  # fmt: skip
-            notes.append("a multi-register value out of range: check byte/word order "
-                         f"(gridwatch probe modbus --address {point.address} shows every order)")  # fmt: skip
+            notes.append(_("a multi-register value out of range: check byte/word order "
+                           "(gridwatch probe modbus --address {address} shows every order)")
+                         .format(address=point.address))  # fmt: skip
         return notes
     lo = point.range.min if point.range and point.range.min is not None else -math.inf
     hi = point.range.max if point.range and point.range.max is not None else math.inf
@@ -668,10 +748,13 @@ def check_reading(point: Any, value: Any, quality: str) -> list[str]:
         a for a in byte_order_alternatives(point, float(value)) if _plausible(a.value, lo, hi)
     ]
     if better:
-        alts = ", ".join(f"{a.layout} would read {a.value:.6g}" for a in better)
-        notes.append(f"looks like a byte-order mistake: {alts}")
+        alts = ", ".join(
+            _("{layout} would read {value:.6g}").format(layout=a.layout, value=a.value)
+            for a in better
+        )
+        notes.append(_("looks like a byte-order mistake: {alternatives}").format(alternatives=alts))
     else:
-        notes.append("implausible value")
+        notes.append(_("implausible value"))
     return notes
 
 

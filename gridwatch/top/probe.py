@@ -44,6 +44,7 @@ from drivers.planner import MAX_BITS, MAX_REGISTERS
 from drivers.transport import ModbusTransport, serial_transport, tcp_transport
 from gridwatch.ground.contract import Value
 from gridwatch.ground.gatewayconf import ModbusRtuBus, ModbusTcpBus, default_profiles_dir
+from gridwatch.ground.i18n import N_, _
 from gridwatch.ground.profiles import (
     ModbusPoint,
     ModbusProfile,
@@ -59,8 +60,11 @@ from gridwatch.top import exits
 OK, UNREACHABLE, USAGE, REFUSED = exits.OK, exits.BAD_NEWS, exits.USAGE, exits.REFUSED
 SCAN_PARALLEL = 8
 BIT_TABLES = ("coil", "discrete")
-KIND = {"holding": "holding register", "input": "input register", "coil": "coil",
-        "discrete": "discrete input"}  # fmt: skip
+KIND = {"holding": N_("holding register"), "input": N_("input register"), "coil": N_("coil"),
+        "discrete": N_("discrete input")}  # fmt: skip
+KINDS = {"holding": N_("holding registers"), "input": N_("input registers"),
+         "coil": N_("coils"), "discrete": N_("discrete inputs")}  # fmt: skip
+"""``KIND`` for more than one: the words of each table are translated where they are shown."""
 FUNCTION = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 MANUAL_BASE = {"holding": 40001, "input": 30001}
 """Manuals often number registers from these (Modicon numbering): 40001 is address 0 here."""
@@ -80,50 +84,59 @@ class Request:
 
     @property
     def span(self) -> str:
-        kind = KIND[self.table]
         if self.count == 1:
-            return f"{kind} {self.address}"
-        return f"{kind}s {self.address}..{self.address + self.count - 1}"
+            return f"{_(KIND[self.table])} {self.address}"
+        return f"{_(KINDS[self.table])} {self.address}..{self.address + self.count - 1}"
 
 
 # Modbus exception code -> (its name in the specification, what happened, what to check).
-# Fields: {unit} {span} {kind} {fc} {endpoint} {does}. 0x0A and 0x0B come from a TCP gateway.
+# Fields: {unit} {span} {kinds} {fc} {endpoint}. 0x0A and 0x0B come from a TCP gateway. The
+# specification's names stay English: they are what manuals and forums search for.
 EXCEPTIONS: dict[int, tuple[str, str, str]] = {
-    0x01: ("illegal function", "unit {unit} does not serve {kind}s (function {fc})",
-           "try another --table, as its manual's register map lists them"),
-    0x02: ("illegal data address", "{span} {does} not exist on unit {unit}",
-           "check the address in the device's register map"),
-    0x03: ("illegal data value", "unit {unit} refused reading {span}",
-           "the count may be more than it serves in one request; try a smaller --count"),
-    0x04: ("server device failure", "unit {unit} failed while reading {span}",
-           "the device reports an internal fault"),
-    0x05: ("acknowledge", "unit {unit} accepted the request but needs longer", "try again"),
-    0x06: ("server device busy", "unit {unit} is busy", "try again in a moment"),
-    0x08: ("memory parity error", "unit {unit} reports a memory parity error",
-           "the device needs service"),
+    0x01: ("illegal function", N_("unit {unit} does not serve {kinds} (function {fc})"),
+           N_("try another --table, as its manual's register map lists them")),
+    0x02: ("illegal data address", N_("{span} does not exist on unit {unit}"),
+           N_("check the address in the device's register map")),
+    0x03: ("illegal data value", N_("unit {unit} refused reading {span}"),
+           N_("the count may be more than it serves in one request; try a smaller --count")),
+    0x04: ("server device failure", N_("unit {unit} failed while reading {span}"),
+           N_("the device reports an internal fault")),
+    0x05: ("acknowledge", N_("unit {unit} accepted the request but needs longer"),
+           N_("try again")),
+    0x06: ("server device busy", N_("unit {unit} is busy"), N_("try again in a moment")),
+    0x08: ("memory parity error", N_("unit {unit} reports a memory parity error"),
+           N_("the device needs service")),
     0x0A: ("gateway path unavailable",
-           "the converter at {endpoint} answered but has no path to unit {unit}",
-           "check its routing or serial-port settings"),
+           N_("the converter at {endpoint} answered but has no path to unit {unit}"),
+           N_("check its routing or serial-port settings")),
     0x0B: ("gateway target device failed to respond",
-           "the converter at {endpoint} answered but unit {unit} behind it did not",
-           "check the unit id, the RS-485 wiring and the converter's baud rate and parity"),
+           N_("the converter at {endpoint} answered but unit {unit} behind it did not"),
+           N_("check the unit id, the RS-485 wiring and the converter's baud rate and parity")),
 }  # fmt: skip
-_UNKNOWN = ("unknown exception", "unit {unit} refused {span}", "")
+_UNKNOWN = ("unknown exception", N_("unit {unit} refused {span}"), "")
+# English says "do not" of more than one register; a fact of its own, not a placeholder, so that
+# a language without that agreement translates it whole
+_MORE_THAN_ONE = {0x02: N_("{span} do not exist on unit {unit}")}
 
 
 def exception_text(code: int, req: Request) -> str:
     """A Modbus exception in words, naming the unit and registers of ``req``."""
     name, fact, advice = EXCEPTIONS.get(code, _UNKNOWN)
-    fact = fact.format(unit=req.unit, span=req.span, kind=KIND[req.table],
-                       fc=FUNCTION[req.table], endpoint=req.endpoint,
-                       does="does" if req.count == 1 else "do")  # fmt: skip
-    text = f"{fact[0].upper()}{fact[1:]} (Modbus exception {code:#04x}: {name})"
+    if req.count > 1:
+        fact = _MORE_THAN_ONE.get(code, fact)
+    fact = _(fact).format(unit=req.unit, span=req.span, kinds=_(KINDS[req.table]),
+                          fc=FUNCTION[req.table], endpoint=req.endpoint)  # fmt: skip
+    text = _("{fact} (Modbus exception {code:#04x}: {name})").format(
+        fact=f"{fact[0].upper()}{fact[1:]}", code=code, name=name
+    )
     if advice:
-        text += f": {advice}"
+        text += f": {_(advice)}"
     base = MANUAL_BASE.get(req.table)
     if code == 0x02 and base is not None and base <= req.address < base + 10000:
-        text += (f"; manuals often number {KIND[req.table]}s from {base}, which is address 0 "
-                 f"here: {req.address} would be --address {req.address - base}")  # fmt: skip
+        text += _("; manuals often number {kinds} from {base}, which is address 0 here: "
+                  "{address} would be --address {fixed}").format(
+            kinds=_(KINDS[req.table]), base=base, address=req.address,
+            fixed=req.address - base)  # fmt: skip
     return text
 
 
@@ -132,14 +145,21 @@ def explain(exc: DriverError, req: Request) -> str:
     if isinstance(exc, DeviceRefused | GatewayNoResponse):
         return exception_text(exc.code, req)
     if isinstance(exc, ConnectError):
-        check = "the serial device" if req.serial else "the address, the port and the network"
-        return f"Cannot connect to {req.endpoint}: check {check}"
+        if req.serial:
+            return _("Cannot connect to {endpoint}: check the serial device").format(
+                endpoint=req.endpoint
+            )
+        return _("Cannot connect to {endpoint}: check the address, the port and the network"
+                 ).format(endpoint=req.endpoint)  # fmt: skip
     if isinstance(exc, DeviceTimeout):
-        check = "unit id, wiring, baud rate and parity" if req.serial else (
+        check = _("unit id, wiring, baud rate and parity") if req.serial else _(
             "unit id, and that nothing else holds the device's only connection")  # fmt: skip
-        return (f"No answer from unit {req.unit} at {req.endpoint} within {req.timeout_s:g} s: "
-                f"check the {check}")  # fmt: skip
-    return f"Unit {req.unit} at {req.endpoint}: {exc.reason}"
+        return _("No answer from unit {unit} at {endpoint} within {timeout:g} s: check the "
+                 "{check}").format(unit=req.unit, endpoint=req.endpoint,
+                                   timeout=req.timeout_s, check=check)  # fmt: skip
+    return _("Unit {unit} at {endpoint}: {reason}").format(
+        unit=req.unit, endpoint=req.endpoint, reason=exc.reason
+    )
 
 
 def exit_code(exc: DriverError) -> int:
@@ -169,18 +189,18 @@ def _fmt(value: float) -> str:
 
 def render(words: Sequence[int], address: int) -> list[str]:
     """The table: one row per (start address, data type), one column per order."""
-    head = f"{'addr':>6} {'type':<8}" + "".join(f"{label:>22}" for label, _, _ in ORDERS)
+    head = f"{'addr':>6} {'type':<8}" + "".join(f"{label:>22}" for label, _bo, _wo in ORDERS)
     lines = [
         "raw: " + " ".join(f"{address + i}=0x{w:04X}" for i, w in enumerate(words)),
         head,
         "-" * len(head),
     ]
     for offset in range(len(words)):
-        for dtype, (_, n) in TYPES.items():
+        for dtype, (_fc, n) in TYPES.items():
             if offset + n > len(words):
                 continue
             chunk = words[offset : offset + n]
-            cells = [_fmt(decode_raw(chunk, dtype, bo, wo)) for _, bo, wo in ORDERS]
+            cells = [_fmt(decode_raw(chunk, dtype, bo, wo)) for _label, bo, wo in ORDERS]
             lines.append(f"{address + offset:>6} {dtype:<8}" + "".join(f"{c:>22}" for c in cells))
     text = b"".join(w.to_bytes(2, "big") for w in words)
     swapped = b"".join(w.to_bytes(2, "little") for w in words)
@@ -189,7 +209,7 @@ def render(words: Sequence[int], address: int) -> list[str]:
 
 
 def render_bits(bits: Sequence[bool], address: int) -> list[str]:
-    return [f"{address + i:>6} {'on' if b else 'off'}" for i, b in enumerate(bits)]
+    return [f"{address + i:>6} {_('on') if b else _('off')}" for i, b in enumerate(bits)]
 
 
 def _printable(data: bytes) -> str:
@@ -206,7 +226,7 @@ async def read(args: argparse.Namespace, out: TextIO) -> int:
         return exit_code(exc)
     finally:
         await transport.close()
-    print(f"unit {args.unit} {req.span}", file=out)
+    print(_("unit {unit} {span}").format(unit=args.unit, span=req.span), file=out)
     if args.table in BIT_TABLES:
         lines = render_bits([bool(b) for b in data], args.address)
     else:
@@ -235,7 +255,7 @@ def shown(value: Value, point: ModbusPoint) -> str:
     if value is None:
         return "-"  # a sentinel or an invalid number: the edge sends no value either
     if isinstance(value, bool):
-        return "on" if value else "off"
+        return _("on") if value else _("off")
     decimals = point_decimals(point)
     if decimals is not None and isinstance(value, int | float):
         return f"{value:.{decimals}f}"
@@ -244,7 +264,8 @@ def shown(value: Value, point: ModbusPoint) -> str:
 
 async def read_profile(args: argparse.Namespace, profile: ModbusProfile, out: TextIO) -> int:
     """Every point of ``profile``, read and decoded as the edge would; one request each."""
-    print(f"unit {args.unit} as {profile.id} ({profile.name})", file=out)
+    print(_("unit {unit} as {profile} ({name})").format(
+        unit=args.unit, profile=profile.id, name=profile.name), file=out)  # fmt: skip
     print(f"{'point':<16} {'where':<18} {'raw':<24} {'value':>12} {'unit':<6} quality", file=out)
     transport = transport_for(args)
     worst = OK
@@ -254,7 +275,8 @@ async def read_profile(args: argparse.Namespace, profile: ModbusProfile, out: Te
             try:
                 data = await transport.read(point.table, point.address, point.count, args.unit)
             except DriverError as exc:
-                print(f"{name:<16} {_where(point):<18} not read: {explain(exc, req)}", file=out)
+                said = _("not read: {why}").format(why=explain(exc, req))
+                print(f"{name:<16} {_where(point):<18} {said}", file=out)
                 if isinstance(exc, CommunicationError):  # the rest would only wait as long
                     print(explain(exc, req), file=sys.stderr)
                     return UNREACHABLE
@@ -266,8 +288,8 @@ async def read_profile(args: argparse.Namespace, profile: ModbusProfile, out: Te
     finally:
         await transport.close()
     if worst == REFUSED:
-        print(f"unit {args.unit} refused some points of {profile.id}: see 'not read' above",
-              file=sys.stderr)  # fmt: skip
+        print(_("unit {unit} refused some points of {profile}: see 'not read' above").format(
+            unit=args.unit, profile=profile.id), file=sys.stderr)  # fmt: skip
     return worst
 
 
@@ -290,10 +312,10 @@ async def scan(args: argparse.Namespace, out: TextIO) -> int:
         await transport.close()
     answering = [u for u, ok in zip(units, found, strict=True) if ok]
     for unit in answering:
-        print(f"unit {unit} answers", file=out)
+        print(_("unit {unit} answers").format(unit=unit), file=out)
     if not answering:
-        print(f"no unit 1..247 answered at {args.serial or f'{args.host}:{args.port}'}",
-              file=sys.stderr)  # fmt: skip
+        print(_("no unit 1..247 answered at {endpoint}").format(
+            endpoint=args.serial or f"{args.host}:{args.port}"), file=sys.stderr)  # fmt: skip
     return OK if answering else UNREACHABLE
 
 
@@ -312,30 +334,35 @@ def find_profile(name: str) -> ModbusProfile:
             if name not in shipped:
                 modbus = sorted(p for p, v in shipped.items() if isinstance(v, ModbusProfile))
                 raise ProfileProblem(
-                    f"no shipped profile {name!r}; Modbus profiles shipped: {', '.join(modbus)}; "
-                    "or give a profile file's path"
+                    _(
+                        "no shipped profile {name!r}; Modbus profiles shipped: {shipped}; or give "
+                        "a profile file's path"
+                    ).format(name=name, shipped=", ".join(modbus))
                 )
             profile = shipped[name]
     except ConfigError as exc:  # its message names file, line and key path
-        raise ProfileProblem(f"profile {exc}") from exc
+        raise ProfileProblem(_("profile {problems}").format(problems=exc)) from exc
     except OSError as exc:
-        raise ProfileProblem(f"profile {name}: {exc.strerror or exc}") from exc
+        raise ProfileProblem(_("profile {name}: {why}").format(
+            name=name, why=exc.strerror or exc)) from exc  # fmt: skip
     if not isinstance(profile, ModbusProfile):
-        raise ProfileProblem(f"profile {profile.id!r} is an MQTT profile; probe modbus reads "
-                             "Modbus profiles")  # fmt: skip
+        raise ProfileProblem(_("profile {id!r} is an MQTT profile; probe modbus reads Modbus "
+                               "profiles").format(id=profile.id))  # fmt: skip
     return profile
 
 
 def _usage_error(args: argparse.Namespace) -> str:
     limit = MAX_BITS if args.table in BIT_TABLES else MAX_REGISTERS
     if not 1 <= args.count <= limit:
-        return f"--count must be 1..{limit} for --table {args.table}"
+        return _("--count must be 1..{limit} for --table {table}").format(
+            limit=limit, table=args.table
+        )
     if args.address < 0 or args.address + args.count > 65536:
-        return "--address must be 0 or more, and --address + --count at most 65536"
+        return _("--address must be 0 or more, and --address + --count at most 65536")
     if not 0 <= args.unit <= 247:
-        return "--unit must be 0..247"
+        return _("--unit must be 0..247")
     if args.profile and args.scan:
-        return "--profile reads one unit; --scan looks for units: give one of them"
+        return _("--profile reads one unit; --scan looks for units: give one of them")
     return ""
 
 

@@ -15,6 +15,8 @@ import json
 import time
 from typing import Any
 
+from gridwatch.ground.i18n import N_, _
+
 # the installer's --url/--token/--ca-file/--json, so every registry command reads them alike
 from gridwatch.top.exits import OK
 from gridwatch.top.installer import Api, BadOption, run_api, segment
@@ -26,44 +28,64 @@ LIVE = "open,acknowledged"  # what `alert list` shows unless --stage says otherw
 ACTIONS = ("ack", "resolve", "close")
 ENDING = ("resolve", "close")
 """The actions that may override a sensor still reporting the condition."""
+STAGE_WORDS = {
+    "open": N_("open"),
+    "acknowledged": N_("acknowledged"),
+    "cleared": N_("cleared"),
+    "resolved": N_("resolved"),
+    "closed": N_("closed"),
+    # the city's case workflow (立案 派遣 处置 核查 结案)
+    "reported": N_("reported"),
+    "filed": N_("filed"),
+    "dispatched": N_("dispatched"),
+    "disposed": N_("disposed"),
+    "verified": N_("verified"),
+}
+"""An alert's stage as the registry names it -> as a person reads it."""
+ACTION_HELP = {
+    "ack": N_("acknowledge one alert, with a note"),
+    "resolve": N_("resolve one alert, with a note"),
+    "close": N_("close one alert, with a note"),
+}
 
 
 def add_parsers(sub: Any) -> None:
-    prof = sub.add_parser("profile", help="device profiles the registry knows")
+    prof = sub.add_parser("profile", help=_("device profiles the registry knows"))
     profs = prof.add_subparsers(dest="sub", required=True)
-    common_arguments(profs.add_parser("list", help="every profile with its protocol and points"))
-    show = profs.add_parser("show", help="one profile, every point in full")
+    common_arguments(profs.add_parser("list", help=_("every profile with its protocol and points")))
+    show = profs.add_parser("show", help=_("one profile, every point in full"))
     show.add_argument("name")
     common_arguments(show)
 
-    tok = sub.add_parser("token", help="API tokens (admin)")
+    tok = sub.add_parser("token", help=_("API tokens (admin)"))
     toks = tok.add_subparsers(dest="sub", required=True)
-    create = toks.add_parser("create", help="issue a token for a person or machine: shown once")
+    create = toks.add_parser("create", help=_("issue a token for a person or machine: shown once"))
     create.add_argument("--role", required=True, choices=ROLES)
-    create.add_argument("--name", default=None, help="who holds it (default: ROLE-YYYYMMDD-HHMM); "
-                        "it names them in the audit log")  # fmt: skip
+    create.add_argument("--name", default=None, help=_("who holds it (default: "
+                        "ROLE-YYYYMMDD-HHMM); it names them in the audit log"))  # fmt: skip
     common_arguments(create)
 
-    alert = sub.add_parser("alert", help="list alerts and act on them (operators)")
+    alert = sub.add_parser("alert", help=_("list alerts and act on them (operators)"))
     alerts = alert.add_subparsers(dest="sub", required=True)
     ls = alerts.add_parser(
-        "list", help="alerts with their stage and time left; default: open and acknowledged ones"
+        "list", help=_("alerts with their stage and time left; default: open and acknowledged ones")
     )
-    ls.add_argument("--stage", default=LIVE, help=f"comma-separated, among {','.join(STAGES)} "
-                    f"(default: {LIVE})")  # fmt: skip
-    ls.add_argument("--severity", default=None, help="e.g. critical")
+    ls.add_argument("--stage", default=LIVE, help=_("comma-separated, among {stages} (default: "
+                    "{default})").format(stages=",".join(STAGES), default=LIVE))  # fmt: skip
+    ls.add_argument("--severity", default=None, help=_("e.g. critical"))
     ls.add_argument("--district", default=None)
-    ls.add_argument("--category", default=None, help="catalogue code, e.g. FIRE-SMOKE-01")
+    ls.add_argument("--category", default=None, help=_("catalogue code, e.g. FIRE-SMOKE-01"))
     ls.add_argument("--limit", type=int, default=None)
     common_arguments(ls)
     for action in ACTIONS:
-        act = alerts.add_parser(action, help=f"{action} one alert, with a note")
-        act.add_argument("id", help="the alert id, as `alert list` shows it")
-        act.add_argument("--note", default="", help="why, what was done (the audit trail)")
+        act = alerts.add_parser(action, help=_(ACTION_HELP[action]))
+        act.add_argument("id", help=_("the alert id, as `alert list` shows it"))
+        act.add_argument("--note", default="", help=_("why, what was done (the audit trail)"))
         if action in ENDING:
-            act.add_argument("--override", action="store_true", help=f"{action} although the "
+            act.add_argument("--override", action="store_true", help=_("{action} although the "
                              "sensor still reports the condition (broken, gone): needs --note "
-                             "saying why; recorded as an override and sent to the city platform")  # fmt: skip
+                             "saying why; recorded as an override and sent to the city platform")
+                             .format(action=action))  # fmt: skip
         common_arguments(act)
 
 
@@ -91,9 +113,10 @@ async def _token(args: argparse.Namespace, api: Api) -> int:
     if args.json:
         print(json.dumps(issued, indent=2))
         return OK
-    print(f"token {issued['id']} for {issued['name']!r}, role {issued['role']}:")
+    print(_("token {id} for {name!r}, role {role}:").format(
+        id=issued["id"], name=issued["name"], role=issued["role"]))  # fmt: skip
     print(issued["token"])
-    print("(shown once: give it to its holder, who sets GRIDWATCH_TOKEN to it)")
+    print(_("(shown once: give it to its holder, who sets GRIDWATCH_TOKEN to it)"))
     return OK
 
 
@@ -101,7 +124,8 @@ def _time_left(ms: int | None) -> str:
     if ms is None:
         return "-"
     minutes = abs(ms) // 60_000
-    return f"{minutes} min overdue" if ms < 0 else f"{minutes} min left"
+    said = _("{minutes} min overdue") if ms < 0 else _("{minutes} min left")
+    return said.format(minutes=minutes)
 
 
 def alert_subject(a: dict[str, Any]) -> str:
@@ -114,12 +138,17 @@ def alert_subject(a: dict[str, Any]) -> str:
     if a.get("message"):
         return f"{where} ({a['message']})"
     if isinstance(value, int | float) and not isinstance(value, bool):  # offline: its failures
-        return f"{where} (no answer to {value:g} polls in a row)"
-    return f"{where} (sends no data)"
+        return _("{where} (no answer to {polls:g} polls in a row)").format(where=where, polls=value)
+    return _("{where} (sends no data)").format(where=where)
+
+
+def stage_said(stage: str) -> str:
+    """An alert's stage in the command's language; one the table lacks, as the registry said it."""
+    return _(STAGE_WORDS[stage]) if stage in STAGE_WORDS else stage
 
 
 def _print_alert(a: dict[str, Any]) -> None:
-    print(f"{a['alert_id']:<14} {a['stage']:<13} {a['severity']:<9} {a['category']:<20} "
+    print(f"{a['alert_id']:<14} {stage_said(a['stage']):<13} {a['severity']:<9} {a['category']:<20} "
           f"{a['district'] or '-'}/{a['grid'] or '-'}  {alert_subject(a)}  "
           f"{_time_left(a['time_left_ms'])}")  # fmt: skip
 
@@ -139,8 +168,8 @@ async def _alert(args: argparse.Namespace, api: Api) -> int:
     if getattr(args, "override", False):
         # the registry judges the note (how long a reason must be); an empty one is a slip here
         if not args.note.strip():
-            raise BadOption("--override needs --note saying why the sensor is not to be "
-                            "believed, e.g. --note 'detector destroyed by the water'")  # fmt: skip
+            raise BadOption(_("--override needs --note saying why the sensor is not to be "
+                              "believed, e.g. --note 'detector destroyed by the water'"))  # fmt: skip
         body["override"] = True
     done = await api.call("POST", path, json=body)
     print(json.dumps(done, indent=2)) if args.json else _print_alert(done)
