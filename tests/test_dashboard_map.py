@@ -119,9 +119,10 @@ async def log_in(page: Any, url: str, token: str, where: str = "") -> None:
 
 WORDS: Mapping[str, Mapping[str, str]] = {
     "zh-CN": {"nav": "运维", "offline": "离线", "critical": "紧急", "legend": "单元网格",
-              "cases": "案件", "note": "台设备没有位置"},
+              "cases": "案件", "note": "台设备没有位置", "position": "坐标（WGS-84）"},
     "en": {"nav": "Maintenance", "offline": "offline", "critical": "critical",
-           "legend": "grid cell", "cases": "Cases", "note": "device has no position"},
+           "legend": "grid cell", "cases": "Cases", "note": "device has no position",
+           "position": "Position (WGS-84)"},
 }  # fmt: skip
 
 
@@ -189,6 +190,19 @@ async def test_the_map_in_both_languages(
             if lang == "zh-CN":
                 assert await untranslated(page) == []
             await page.screenshot(path=str(artifacts / f"map-cases-{lang}-{size}.png"),
+                                  full_page=True)  # fmt: skip
+
+            # the device's page from its marker's popup: no map there, its position in words
+            await box.locator('[data-pin="gw1:wl-001"]').click()
+            await page.locator(".leaflet-popup .pop a").click()
+            detail = page.locator("#device-detail")
+            await expect(detail).to_contain_text(words["position"])
+            await expect(detail).to_contain_text("31.191800, 121.436500")
+            await expect(box).to_be_hidden()
+            assert await page.evaluate("document.documentElement.scrollWidth") <= width
+            if lang == "zh-CN":
+                assert await untranslated(page) == []
+            await page.screenshot(path=str(artifacts / f"device-{lang}-{size}.png"),
                                   full_page=True)  # fmt: skip
         finally:
             await browser.close()
@@ -296,3 +310,50 @@ def test_the_page_may_load_images_from_the_tile_server_only() -> None:
     assert "img-src 'self' https://gis.example.gov.cn;" in policy
     # one Trusted Types policy, the page's own (trusted.js), and scripts from here only
     assert "trusted-types default" in policy and "script-src 'self'" in policy
+
+
+async def test_a_crew_sees_the_unhealthy_first_and_the_healthy_a_page_at_a_time(
+    tmp_path: Path, artifacts: Path
+) -> None:
+    """250 devices, one not answering: the phone lists it first, then 100 healthy ones and a
+    button for more (a district has thousands; a phone that draws them all is slow)."""
+    from playwright.async_api import async_playwright, expect
+
+    now = now_ms()
+    names = [f"wl-{i:03d}" for i in range(250)]
+    here = Location(district=DISTRICT, street="虹桥路", grid=PLACES[3][2])
+    birth = Birth(gateway="gw1", session=1, ts=now, devices=names, device_info=[
+        DeviceInfo(device=n, profile="water-level-ultrasonic", interval_s=3600, location=here)
+        for n in names
+    ])  # fmt: skip
+    health = GatewayHealth(id=new_id(), gateway="gw1", seq=1, session=1, ts=now, devices=[
+        DeviceHealth(device="wl-249", online=False, reads_ok=1, reads_failed=5,
+                     consecutive_failures=5, last_ok=now - 30_000),
+    ])  # fmt: skip
+    async with registry(tmp_path) as reg, async_playwright() as pw:
+        await reg.store.apply(Changes(now=now, status=[birth], health=[health]))
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            context = await browser.new_context(viewport={"width": 390, "height": 844},
+                                                locale="zh-CN")  # fmt: skip
+            page = await context.new_page()
+            await log_in(page, reg.url, reg.tokens[Role.MAINTENANCE])
+            cards = page.locator("#health-list article[data-device]")
+            await expect(cards).to_have_count(101)
+            await expect(cards.first).to_have_attribute("data-device", "gw1:wl-249")
+            more = page.locator("#more-healthy")
+            await expect(more).to_have_text("再显示 100 台正常设备")
+            await expect(page.locator("#health-list .more")).to_contain_text(
+                "已显示 249 台正常设备中的 100 台"
+            )
+            await page.screenshot(path=str(artifacts / "crew-page-zh-CN-phone.png"))
+            await more.click()
+            await expect(cards).to_have_count(201)
+            await expect(more).to_have_text("再显示 49 台正常设备")
+            await more.click()
+            await expect(cards).to_have_count(250)
+            await expect(more).to_have_count(0)
+            # no positions: the page says why there is no map instead of an empty one
+            await expect(page.locator("#map-empty")).to_contain_text("还没有设备登记位置")
+        finally:
+            await browser.close()

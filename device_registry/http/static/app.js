@@ -20,7 +20,7 @@
 const $ = (sel) => document.querySelector(sel);
 const state = {
   alerts: [], health: null, stream: null, role: null, may: new Set(), profiles: new Map(),
-  inputs: new Map(), msgs: new Map(), updated: null, overriding: new Set(),
+  inputs: new Map(), msgs: new Map(), updated: null, overriding: new Set(), healthyShown: 100,
 };
 const SVG = "http://www.w3.org/2000/svg";
 const POLL_MS = 10000;
@@ -79,6 +79,9 @@ const STATUS_WORDS = {
   unhealthy: N_("unhealthy"), never_connected: N_("never connected"), not_ingesting: N_("not ingesting"),
   retired: N_("retired"), degraded: N_("degraded"), ok: N_("ok"), down: N_("down"),
 };
+const QUALITY_WORDS = { good: N_("good"), stale: N_("stale value"), comm_error: N_("no answer"),
+                        out_of_range: N_("out of range"), invalid: N_("invalid") };
+const qualityWord = (q) => (QUALITY_WORDS[q] ? t(QUALITY_WORDS[q]) : text(q));
 const severityWord = (s) => (SEVERITY_WORDS[s] ? t(SEVERITY_WORDS[s]) : text(s));
 const stageWord = (s) => (STAGE_WORDS[s] ? t(STAGE_WORDS[s]) : text(s));
 const statusWord = (s) => (STATUS_WORDS[s] ? t(STATUS_WORDS[s]) : text(s).replace("_", " "));
@@ -311,6 +314,14 @@ async function dependencyCard() {
       h("li", { "data-dependency": `${d.part}: ${d.name}` }, `${d.part} · ${d.name}: ${d.status}: ${d.reason}`))));
 }
 
+const HEALTHY_PAGE = 100;
+
+$("#health-list").addEventListener("click", (ev) => {
+  if (!ev.target.closest("#more-healthy")) return;
+  state.healthyShown += HEALTHY_PAGE;
+  route();
+});
+
 async function loadHealth() {
   const [hr, deps] = await Promise.all([api("/api/v1/health"), dependencyCard()]);
   state.health = hr;
@@ -331,8 +342,15 @@ async function loadHealth() {
                h("div", { class: "cards" }, ...causes.map((p) => problemCard(p, devices))));
   }
   if (single.length) parts.push(...byPlace(t("Unhealthy"), single));
+  // the healthy ones a page at a time: a district has thousands, and a phone draws them all
   const healthy = hr.devices.filter((d) => d.healthy);
-  if (healthy.length) parts.push(...byPlace(t("Healthy"), healthy));
+  if (healthy.length) parts.push(...byPlace(t("Healthy"), healthy.slice(0, state.healthyShown)));
+  if (healthy.length > state.healthyShown) {
+    const more = Math.min(HEALTHY_PAGE, healthy.length - state.healthyShown);
+    parts.push(h("p", { class: "more" },
+      h("button", { class: "secondary", id: "more-healthy" }, tn(N_("Show 1 more healthy device"), N_("Show {n} more healthy devices"), more)),
+      " ", h("span", { class: "meta" }, t("{shown} of {all} healthy devices shown", { shown: state.healthyShown, all: healthy.length }))));
+  }
   if (!parts.length) parts.push(h("p", { class: "empty" }, t("No devices known yet.")));
   $("#health-list").replaceChildren(...parts);
   await drawMap($("#map-box"), hr.devices, await mapCases(), true).catch(mapFailed);
@@ -981,7 +999,7 @@ async function loadDevice(id) {
   for (const [point, v] of Object.entries(d.values || {})) {
     const shown = shownOf(profile, point);
     const box = h("div", { class: "point", "data-point": point },
-      h("h4", { class: "grid" }, `${point}: ${withUnit(v.value, v.unit, shown)} (${text(v.quality)})`));
+      h("h4", { class: "grid" }, `${point}: ${withUnit(v.value, v.unit, shown)} (${qualityWord(v.quality)})`));
     parts.push(box);
     if (!readable) continue;
     try {
