@@ -357,3 +357,55 @@ async def test_a_crew_sees_the_unhealthy_first_and_the_healthy_a_page_at_a_time(
             await expect(page.locator("#map-empty")).to_contain_text("还没有设备登记位置")
         finally:
             await browser.close()
+
+
+# a 1x1 grey PNG: a tile, as far as Leaflet and the browser care
+TILE = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000010000000108000000003a7e9b55"
+    "0000000a49444154789c63b8070000810080e1e2a1a50000000049454e44ae426082"
+)
+
+
+async def test_the_city_gis_servers_tiles_are_laid_under_the_map(
+    site: Registry, monkeypatch: pytest.MonkeyPatch, artifacts: Path
+) -> None:
+    """With GRIDWATCH_MAP_TILES the page loads the tiles from that server (another origin, which
+    the page's policy then admits) under the same cells and markers, and says whose they are."""
+    from aiohttp import web
+    from playwright.async_api import ConsoleMessage, async_playwright, expect
+
+    from device_registry.http.app import serving
+
+    asked: list[str] = []
+
+    async def tile(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        return web.Response(body=TILE, content_type="image/png")
+
+    gis = web.Application()
+    gis.router.add_get("/tiles/{z}/{x}/{y}.png", tile)
+    errors: list[str] = []
+
+    def logged(msg: ConsoleMessage) -> None:
+        if msg.type == "error":
+            errors.append(msg.text)
+
+    async with serving(gis, "127.0.0.1", 0) as gis_url, async_playwright() as pw:
+        monkeypatch.setenv("GRIDWATCH_MAP_TILES", f"{gis_url}/tiles/{{z}}/{{x}}/{{y}}.png")
+        monkeypatch.setenv("GRIDWATCH_MAP_ATTRIBUTION", "徐汇区城市网格化管理中心")
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            context = await browser.new_context(viewport={"width": 1280, "height": 800},
+                                                locale="zh-CN")  # fmt: skip
+            page = await context.new_page()
+            page.on("console", logged)
+            await log_in(page, site.url, site.tokens[Role.OPERATOR])
+            box = page.locator("#map-box")
+            await expect(box.locator("img.leaflet-tile-loaded").first).to_be_visible()
+            await expect(box.locator(".pin")).to_have_count(4)
+            await expect(box.locator("#map-note")).to_contain_text("底图：徐汇区城市网格化管理中心")
+            await page.screenshot(path=str(artifacts / "map-tiles-zh-CN-desktop.png"))
+        finally:
+            await browser.close()
+    assert asked and all(re.fullmatch(r"/tiles/\d+/\d+/\d+\.png", p) for p in asked)
+    assert [e for e in errors if "Content Security" in e or "Trusted Type" in e] == []
