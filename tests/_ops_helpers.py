@@ -30,7 +30,7 @@ def smoke(alert_id: str, device: str = "sd-001", at: int | None = None,
     at = now_ms() if at is None else at
     return AlertEvent(
         id=new_id(), gateway=gateway, seq=1, session=1, alert_id=alert_id, state=state,
-        rule="smoke", category="FIRE-SMOKE-01", severity=Severity.CRITICAL, device=device,
+        rule="smoke", category="2201", severity=Severity.CRITICAL, device=device,
         point="obscuration", location=Location(district=district, grid=grid), value=5.2,
         threshold=4.0, unit="%/m", message="Smoke detected", raised_at=at, ts=at,
     )  # fmt: skip

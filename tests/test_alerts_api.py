@@ -22,7 +22,7 @@ async def test_operator_walks_an_alert_to_closed_with_notes(tmp_path: Path) -> N
         assert 0 < a["time_left_ms"] <= 15 * 60_000
         # the catalogue's words beside the code; no profile known yet, so no decimals
         assert (a["category_name"], a["responsible_unit"], a["decimals"]) == (
-            "Smoke detected in a public building", "Fire and rescue brigade", None,
+            "烟感火警", "消防救援机构", None,
         )  # fmt: skip
         # its gateway says the device is a Modbus smoke detector: obscuration has two decimals
         info = DeviceInfo(device="sd-001", profile="smoke-detector-modbus", interval_s=2)

@@ -33,11 +33,11 @@ MIN = 60_000
 @pytest.mark.parametrize(
     ("category", "district", "scale", "due"),
     [
-        ("FIRE-SMOKE-01", "futian", 1.0, T0 + 15 * MIN),  # in service: the catalogue's limit
-        ("FIRE-SMOKE-01", "futian", 0.01, T0 + 9_000),  # 15 min -> 9 s
-        ("FLOOD-WATERLOG-01", "futian", 0.01, T0 + 27_000),  # the district's 45 min, scaled
-        ("FLOOD-WATERLOG-01", "nanshan", 0.5, T0 + 30 * MIN),
-        ("NO-SUCH-CODE", "futian", 0.01, None),  # no limit stays no limit
+        ("2201", "310104", 1.0, T0 + 15 * MIN),  # in service: the catalogue's limit
+        ("2201", "310104", 0.01, T0 + 9_000),  # 15 min -> 9 s
+        ("0406", "310104", 0.01, T0 + 27_000),  # the district's 45 min, scaled
+        ("0406", "310110", 0.5, T0 + 30 * MIN),  # a district without a layer: the city's 60
+        ("NO-SUCH-CODE", "310104", 0.01, None),  # no limit stays no limit
     ],
 )
 def test_due_at_under_a_drill(category: str, district: str, scale: float, due: int | None) -> None:
@@ -85,7 +85,7 @@ async def test_a_drill_escalates_in_seconds(
     ):
         await sub.subscribe(f"{prefix}/platform/#", qos=1)
         t = now_ms()
-        event = smoke("a1", gateway=gw, at=t)  # FIRE-SMOKE-01: 15 min, 4.5 s in this drill
+        event = smoke("a1", gateway=gw, at=t)  # 2201 smoke alarm: 15 min, 4.5 s in this drill
         await pub.publish(Topics(prefix).alert(gw), event.model_dump_json(), qos=1)
         got: dict[str, dict[str, Any]] = {}
         async with asyncio.timeout(30):  # the escalation clock looks every 5 s

@@ -214,21 +214,25 @@ def test_device_clear(stage: Stage, after: Stage | None) -> None:
 
 
 @pytest.mark.parametrize(
-    ("category", "district", "limit_min"),
+    ("category", "district", "area_class", "limit_min"),
     [
-        ("FLOOD-WATERLOG-01", "", 60),  # city base
-        ("FLOOD-WATERLOG-01", "futian", 45),  # the district layer tightens it
-        ("FLOOD-WATERLOG-01", "nanshan", 60),  # a district without a layer: the city's
-        ("FT-FLOOD-SCHOOL-01", "futian", 20),  # a district's own category
-        ("FT-FLOOD-SCHOOL-01", "", None),  # ... unknown to the city
-        ("NO-SUCH-CODE", "futian", None),
+        ("0406", "", "B", 60),  # city layer
+        ("0406", "310104", "B", 45),  # the district layer tightens it
+        ("0406", "xuhui", "B", 45),  # ... by the name device locations give it
+        ("0406", "310104", "A", 30),  # the core area (A) keeps the city's tighter limit
+        ("0406", "310104", "C", 90),
+        ("0406", "310104", "", 45),  # area class not known: "B"
+        ("0406", "310110", "B", 60),  # a district without a layer: the city's
+        ("040611", "310104", "B", 20),  # a district's own item
+        ("040611", "", "B", None),  # ... unknown to the city
+        ("NO-SUCH-CODE", "310104", "B", None),
     ],
 )
-def test_time_limit_from_city_and_district_layers(
-    category: str, district: str, limit_min: int | None
+def test_time_limit_from_city_and_district_layers_by_area_class(
+    category: str, district: str, area_class: str, limit_min: int | None
 ) -> None:
     cat = load_catalogue(default_catalogue_dir())
-    due = due_at(cat, category, district, T0)
+    due = due_at(cat, category, district, T0, area_class=area_class)
     assert due == (None if limit_min is None else T0 + limit_min * MIN)
 
 

@@ -32,7 +32,7 @@ def smoke(alert_id: str, device: str, at: int, state: AlertState = AlertState.RA
           grid: str = "FT-0042") -> AlertEvent:  # fmt: skip
     return AlertEvent(
         id=new_id(), gateway="gw1", seq=1, session=1, alert_id=alert_id, state=state,
-        rule="smoke", category="FIRE-SMOKE-01", severity=Severity.CRITICAL, device=device,
+        rule="smoke", category="2201", severity=Severity.CRITICAL, device=device,
         point="obscuration", location=Location(district="futian", grid=grid), value=5.0,
         raised_at=at, ts=at,
     )  # fmt: skip
@@ -58,7 +58,7 @@ async def test_lifecycle_is_persisted_with_who_and_when(ops: OpsStore) -> None:
     assert (view.resolved_by, view.resolved_at) == ("ops-bob", T0 + 10 * MIN)
     assert view.notes == {"ack": "crew on the way", "resolve": "false alarm: kitchen"}
     assert (view.category_name, view.responsible_unit) == (
-        "Smoke detected in a public building", "Fire and rescue brigade",
+        "烟感火警", "消防救援机构",
     )  # fmt: skip
     view = await ops.act("a1", Action.CLOSE, "ops-anna", "", T0 + 11 * MIN)
     assert view.stage == "closed" and view.acked_by == "ops-anna" and view.resolved_by == "ops-bob"
@@ -107,8 +107,8 @@ async def test_overdue_alert_is_escalated_once(ops: OpsStore) -> None:
     [a] = await ops.alerts(AlertFilter(stages=frozenset({"open"})), now=T0 + 16 * MIN)
     assert a.overdue and a.escalated_at == T0 + 15 * MIN + 1
     [esc] = [e for e in await ops.feed(0) if e.kind == "escalation"]
-    assert esc.payload["overdue_ms"] == 1 and esc.payload["unit"] == "Fire and rescue brigade"
-    assert (esc.district, esc.category, esc.severity) == ("futian", "FIRE-SMOKE-01", "critical")
+    assert esc.payload["overdue_ms"] == 1 and esc.payload["unit"] == "消防救援机构"
+    assert (esc.district, esc.category, esc.severity) == ("futian", "2201", "critical")
 
 
 async def test_feed_is_pruned_except_what_a_dead_letter_needs(ops: OpsStore) -> None:

@@ -88,7 +88,7 @@ async def test_lifecycle_and_escalation_on_the_platform_tree(
     delivery = Delivery(mqtt=target, poll_s=0.2, escalate_every_s=0.1)
     async with listen(mosquitto.port, f"{prefix}/platform/#") as seen, \
             registry(tmp_path, delivery) as reg:  # fmt: skip
-        # raised 16 minutes ago: past the 15-minute limit of FIRE-SMOKE-01
+        # raised 16 minutes ago: past the 15-minute limit of 2201
         await reg.ingest(smoke("old", at=now_ms() - 16 * 60_000))
         await reg.ingest(smoke("new", grid="FT-0077"))
         await reg.call("POST", "/api/v1/alerts/new/ack", Role.OPERATOR, {})
@@ -101,8 +101,8 @@ async def test_lifecycle_and_escalation_on_the_platform_tree(
     esc = [PlatformEscalation.model_validate(p) for t, p in by_topic if "/escalation/" in t]
     assert [e.alert_id for e in esc] == ["old"] and esc[0].overdue_ms >= 60_000
     assert {t for t, _ in by_topic} == {
-        "/platform/lifecycle/futian/FIRE-SMOKE-01/critical",
-        "/platform/escalation/futian/FIRE-SMOKE-01/critical",
+        "/platform/lifecycle/futian/2201/critical",
+        "/platform/escalation/futian/2201/critical",
     }  # the device transitions ("alert") are the bridge's to publish
     steps = [PlatformLifecycle.model_validate(p) for t, p in by_topic if "/lifecycle/" in t]
     assert [(s.alert_id, s.action) for s in steps] == [("old", "open"), ("new", "open"),

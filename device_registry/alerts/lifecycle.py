@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from gridwatch.ground.catalogue import Catalogue
+from gridwatch.ground.catalogue import DEFAULT_AREA_CLASS, Catalogue
 
 
 class Stage(enum.StrEnum):
@@ -188,18 +188,22 @@ def device_cleared(stage: Stage, at: int) -> Transition | None:
     return Transition(stage, after, Action.DEVICE_CLEAR, DEVICE, "", at)
 
 
-def time_limit_ms(catalogue: Catalogue, category: str, district: str) -> int | None:
-    """The disposal time limit of a category in a district (its layer may tighten the city's)."""
+def time_limit_ms(
+    catalogue: Catalogue, category: str, district: str, area_class: str = DEFAULT_AREA_CLASS
+) -> int | None:
+    """The disposal time limit of a category in a district (its layer may tighten the city's)
+    for the place's area class (A core, B, C; "B" when the grid cell is not known)."""
     entry = catalogue.lookup(category, district)
-    return None if entry is None else entry.time_limit_min * 60_000
+    return None if entry is None else entry.limit_min(area_class) * 60_000
 
 
 def due_at(
-    catalogue: Catalogue, category: str, district: str, raised_at: int, scale: float = 1.0
-) -> int | None:
+    catalogue: Catalogue, category: str, district: str, raised_at: int, scale: float = 1.0,
+    area_class: str = DEFAULT_AREA_CLASS,
+) -> int | None:  # fmt: skip
     """When the alert's time limit runs out; ``scale`` shortens every limit for an escalation
     drill (0.01: an hour's limit runs out after 36 s), 1 in service."""
-    limit = time_limit_ms(catalogue, category, district)
+    limit = time_limit_ms(catalogue, category, district, area_class)
     return None if limit is None else raised_at + round(limit * scale)
 
 

@@ -252,7 +252,7 @@ class AlertOperations:
             gateway=alert.gateway_id, device=alert.device_id.partition(":")[2],
             category=alert.category, severity=alert.severity,
             location=_stored_location(alert),
-            unit=entry.unit if entry else "", due_at=ops.due_at,
+            unit=entry.department.zh if entry else "", due_at=ops.due_at,
             time_limit_min=ops.time_limit_min, overdue_ms=now - ops.due_at, ts=now,
         ))  # fmt: skip
 

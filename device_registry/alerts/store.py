@@ -81,7 +81,8 @@ def ops_view(
         overdue=lifecycle.is_overdue(stage, ops.due_at, now), escalated_at=ops.escalated_at,
         acked_by=ops.acked_by, acked_at=ops.acked_at, resolved_by=ops.resolved_by,
         resolved_at=ops.resolved_at, closed_by=ops.closed_by, closed_at=ops.closed_at,
-        category_name=entry.name if entry else "", responsible_unit=entry.unit if entry else "",
+        category_name=entry.name.zh if entry else "",
+        responsible_unit=entry.department.zh if entry else "",
         notes=notes or {}, decimals=decimals,
     )  # fmt: skip
 
