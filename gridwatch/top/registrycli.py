@@ -21,10 +21,10 @@ from gridwatch.top.installer import Api, BadOption, run_api, segment
 from gridwatch.top.installer import _common as common_arguments
 
 ROLES = ("installer", "maintenance", "operator", "platform", "admin")
-STAGES = ("open", "acknowledged", "cleared", "resolved", "closed")
-LIVE = "open,acknowledged"  # what `alert list` shows unless --stage says otherwise: work to do
-ACTIONS = ("ack", "resolve", "close")
-ENDING = ("resolve", "close")
+STAGES = ("reported", "filed", "dispatched", "disposed", "verified", "closed")
+LIVE = "reported,filed,dispatched,disposed,verified"  # `alert list` unless --stage: work to do
+ACTIONS = ("file", "dispatch", "dispose", "verify", "reject", "close", "urge")
+ENDING = ("verify", "close")
 """The actions that may override a sensor still reporting the condition."""
 
 
@@ -47,7 +47,7 @@ def add_parsers(sub: Any) -> None:
     alert = sub.add_parser("alert", help="list alerts and act on them (operators)")
     alerts = alert.add_subparsers(dest="sub", required=True)
     ls = alerts.add_parser(
-        "list", help="alerts with their stage and time left; default: open and acknowledged ones"
+        "list", help="alerts with their case stage and time left; default: all but closed"
     )
     ls.add_argument("--stage", default=LIVE, help=f"comma-separated, among {','.join(STAGES)} "
                     f"(default: {LIVE})")  # fmt: skip
