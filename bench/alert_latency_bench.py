@@ -43,7 +43,7 @@ def write_config(work: Path, mqtt_port: int, interval: float) -> Path:
     for bus in cfg["buses"]:
         bus.update({"port": modbus, "timeout_s": min(0.3, interval / 2)})
     rule = {"id": "level_high", "kind": "threshold", "point": "level", "above": 2.5,
-            "hysteresis": 0.2, "category": "FLOOD-WATERLOG-01", "severity": "major"}  # fmt: skip
+            "hysteresis": 0.2, "category": "040401", "severity": "major"}  # fmt: skip
     cfg["devices"] = [
         {"id": "wl-001", "profile": "water-level-ultrasonic", "bus": cfg["buses"][0]["id"],
          "unit_id": 1, "interval_s": interval, "rules": [rule]},

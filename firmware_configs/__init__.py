@@ -1,5 +1,6 @@
-"""The data gridwatch ships: device profiles, gateway configs, the event catalogue, the centre's
-example config, JSON Schemas, and sample files for installers (a device CSV).
+"""The data gridwatch ships: device profiles, gateway configs, the event catalogue, the
+district's places (streets, grid cells, area classes), the centre's example config, JSON
+Schemas, and sample files for installers (a device CSV).
 
 This folder is a package, holding nothing but data and the names of its folders, so that a wheel
 carries it and an installed gridwatch finds it with ``importlib.resources`` (see
@@ -14,8 +15,9 @@ CATALOGUE = "catalogue"
 SCHEMA = "schema"
 SAMPLES = "samples"
 CENTRAL = "central"
+PLACES = "places"
 
-FOLDERS = (PROFILES, GATEWAYS, CATALOGUE, SCHEMA, SAMPLES, CENTRAL)
+FOLDERS = (PROFILES, GATEWAYS, CATALOGUE, SCHEMA, SAMPLES, CENTRAL, PLACES)
 
 SYSTEMD = "systemd"
 """systemd units for the edge, the bridge and the registry (not YAML: not config-checked)."""
@@ -25,6 +27,7 @@ __all__ = [
     "CENTRAL",
     "FOLDERS",
     "GATEWAYS",
+    "PLACES",
     "PROFILES",
     "SAMPLES",
     "SCHEMA",

@@ -112,30 +112,13 @@ def test_cli_exit_codes_and_schema_export(tmp_path: Path) -> None:
     assert cli(["edge", "run", "-c", str(bad), "--validate-config"]) == 1
 
 
-def test_catalogue_layers_merge_and_every_rule_code_exists() -> None:
+def test_every_shipped_rule_code_is_a_catalogue_item() -> None:
     from gridwatch.ground.catalogue import load_catalogue
 
     cat = load_catalogue(ROOT / "catalogue")
-    assert cat.lookup("FLOOD-WATERLOG-01").time_limit_min == 60  # type: ignore[union-attr]
-    assert cat.lookup("FLOOD-WATERLOG-01", "futian").time_limit_min == 45  # type: ignore[union-attr]
-    assert cat.lookup("FT-FLOOD-SCHOOL-01", "futian") is not None
-    assert cat.lookup("FT-FLOOD-SCHOOL-01", "luohu") is None
     for profile in load_profiles(ROOT / "profiles").values():
         for rule in profile.rules:
             assert cat.lookup(rule.category) is not None, (profile.id, rule.id, rule.category)
-
-
-def test_district_may_not_loosen_a_city_limit(tmp_path: Path) -> None:
-    from gridwatch.ground.catalogue import load_catalogue
-    from gridwatch.ground.yamlconf import ConfigError
-
-    (tmp_path / "city.yaml").write_text((ROOT / "catalogue" / "city-base.yaml").read_text())
-    (tmp_path / "d.yaml").write_text(
-        "catalogue:\n  layer: district\n  district: x\n  extends: city.yaml\n  name: X\n"
-        "  overrides:\n    - {code: FIRE-SMOKE-01, time_limit_min: 999}\n"
-    )
-    with pytest.raises(ConfigError, match="may only tighten the city limit of 15 min"):
-        load_catalogue(tmp_path)
 
 
 def test_poll_interval_not_longer_than_bus_timeout_is_refused_at_load(tmp_path: Path) -> None:
@@ -191,14 +174,14 @@ RULED = (
       kind: threshold
       point: level
       above: 2.5
-      category: "FLOOD-WATERLOG-01"
+      category: "040401"
       severity: major
     - id: level_rising
       kind: rate_of_change
       point: level
       rise: 0.5
       window_s: 60
-      category: "FLOOD-WATERLOG-02"
+      category: "040602"
       severity: minor
 """
 )
@@ -207,27 +190,29 @@ RULED = (
 @pytest.mark.parametrize(
     ("what", "text", "expected"),
     [
-        ("code and severity agree", RULED.replace("FLOOD-WATERLOG-02", "FLOOD-WATERLOG-04"), []),
+        ("code and severity agree", RULED.replace("040602", "040402"), []),
         (
             "a minor rule under a critical code (the issue's pressure sensor)",
             RULED,
-            [":25: profile -> rules -> 1 -> severity: FLOOD-WATERLOG-02 is 'Underpass flooding', "
-             "critical in the event catalogue: a rule under it must be critical too, or use a "
-             "code that fits the rule (got 'minor')"],
+            [":25: profile -> rules -> 1 -> severity: 040602 is '道路积水超过30厘米' (Road "
+             "waterlogging over 30 cm), critical in the catalogue: a rule under it must be "
+             "critical too, or use a code that fits the rule (got 'minor')",
+             ":20: profile -> rules -> 1 -> kind: 040602 '道路积水超过30厘米' is filed by the "
+             "centre when water_depth crosses a line: only a threshold rule can catch that "
+             "(got 'rate_of_change')"],
         ),
         (
             "a code the catalogue does not have",
-            RULED.replace("FLOOD-WATERLOG-01", "FLOOD-WATERLOG-99"),
-            [":17: profile -> rules -> 0 -> category: not a code of the event catalogue (got "
-             "'FLOOD-WATERLOG-99')", ":25: profile -> rules -> 1 -> severity: FLOOD-WATERLOG-02 "
-             "is 'Underpass flooding', critical in the event catalogue: a rule under it must be "
-             "critical too, or use a code that fits the rule (got 'minor')"],
+            RULED.replace("040401", "FLOOD-WATERLOG-01").replace("040602", "040402"),
+            [":17: profile -> rules -> 0 -> category: not a code of the catalogue (got "
+             "'FLOOD-WATERLOG-01')"],
         ),
         (
             "a code a district layer adds is a catalogue code",
-            RULED.replace("FLOOD-WATERLOG-01", "FT-FLOOD-SCHOOL-01").replace(
-                "severity: major", "severity: critical").replace(
-                "FLOOD-WATERLOG-02", "FLOOD-WATERLOG-04"),
+            RULED.replace("point: level\n      above: 2.5", "point: water_depth\n      above: 0.1")
+            .replace("    level:", "    water_depth:").replace("point: level", "point: water_depth")
+            .replace("040401", "040611").replace("severity: major", "severity: critical")
+            .replace("040602", "040402"),
             [],
         ),
     ],
@@ -246,21 +231,27 @@ def test_a_device_rule_in_a_gateway_config_must_agree_with_the_catalogue(tmp_pat
     path.write_text(
         "gateway: {id: g1}\nbuses:\n  - {type: modbus_tcp, id: b, host: h}\n"
         "devices:\n  - id: d1\n    profile: water-level-ultrasonic\n    bus: b\n    rules:\n"
-        "      - {id: smoke, kind: threshold, point: level, above: 1, category: FIRE-SMOKE-01,\n"
+        "      - {id: smoke, kind: threshold, point: level, above: 1, category: '2201',\n"
         "         severity: minor}\n"
     )
     [problem] = check(path)
-    assert problem.startswith(f"{path}:10: devices -> 0 -> rules -> 0 -> severity: FIRE-SMOKE-01")
+    assert problem.startswith(f"{path}:10: devices -> 0 -> rules -> 0 -> severity: 2201")
 
 
 def test_a_checked_catalogue_is_the_one_rules_are_held_to(tmp_path: Path) -> None:
     """`config check` given a catalogue folder and a profile judges the profile by that folder."""
     cat = tmp_path / "catalogue"
     cat.mkdir()
+    (cat / "national.yaml").write_text((ROOT / "catalogue" / "national.yaml").read_text())
     (cat / "city.yaml").write_text(
-        "catalogue:\n  layer: city\n  name: C\n  categories:\n"
-        "    - {code: FLOOD-WATERLOG-01, name: W, severity: major, time_limit_min: 60}\n"
-        "    - {code: FLOOD-WATERLOG-02, name: Rising, severity: minor, time_limit_min: 60}\n"
+        "catalogue:\n  layer: city\n  city: '310000'\n  extends: national.yaml\n"
+        "  name: {zh: 城, en: C}\n  categories:\n"
+        + "".join(
+            f"    - {{code: '{code}', kind: event, name: {{zh: 水, en: W}}, severity: {sev},\n"
+            "       filing: {zh: 报, en: F}, limits_min: {A: 1, B: 2, C: 3},\n"
+            "       closure: {zh: 结, en: C}, department: {code: D, zh: 部, en: D}}\n"
+            for code, sev in (("040401", "major"), ("040602", "minor"))
+        )
     )
     prof = tmp_path / "p.yaml"
     prof.write_text(RULED)

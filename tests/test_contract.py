@@ -33,7 +33,6 @@ MESSAGES = [
     "Repair",
     "PlatformAlert",
     "PlatformLifecycle",
-    "PlatformEscalation",
 ]
 
 
@@ -50,7 +49,7 @@ def test_documented_example_is_valid(name: str, text: str) -> None:
 @pytest.mark.parametrize(
     ("district", "category", "severity", "topic"),
     [
-        ("futian", "FLOOD-WATERLOG-01", "major", "p/platform/alert/futian/FLOOD-WATERLOG-01/major"),
+        ("futian", "040401", "major", "p/platform/alert/futian/040401/major"),
         ("", "X", "minor", "p/platform/alert/_/X/minor"),
         ("a/b+#", "c", "info", "p/platform/alert/a_b__/c/info"),
     ],

@@ -126,8 +126,8 @@ async def test_crew_and_operator_views(site: Registry, size: str, artifacts: Pat
             await expect(card.locator(".badge.stage")).to_have_text("open")
             await expect(card.locator(".timeleft")).to_contain_text("left")
             # the catalogue's words beside the code, and the value at the point's decimals
-            await expect(card).to_contain_text("Smoke detected in a public building")
-            await expect(card).to_contain_text("Fire and rescue brigade")
+            await expect(card).to_contain_text("烟感火警")
+            await expect(card).to_contain_text("消防救援机构")
             await expect(card.locator(".reading")).to_have_text("Smoke detected: 5.20 %/m")
             await expect(page.locator("#alerts-title")).to_have_text(
                 "Open work: 1 alert in 1 incident"

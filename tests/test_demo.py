@@ -49,7 +49,7 @@ def test_demo_shows_a_flood_alert_and_stops_cleanly_on_ctrl_c(tmp_path: Path) ->
             proc.kill()
     out = "".join(seen)
     assert "dashboard       http://127.0.0.1:" in out and "log in with token" in out
-    assert "FLOOD-WATERLOG-01" in seen[-1] and "wl-00" in seen[-1]
+    assert "040401" in seen[-1] and "wl-00" in seen[-1]
     assert "stopping..." in rest
     assert proc.returncode == 0, rest
     print(f"first alert after {raised_after:.1f}s at speedup 4")

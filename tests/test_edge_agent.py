@@ -38,9 +38,7 @@ async def test_threshold_alert_raises_once_and_clears_once(
     got = alerts(seen)
     assert [(a.state, a.device) for a in got] == [("raised", "wl-001"), ("cleared", "wl-001")]
     assert got[0].alert_id == got[1].alert_id
-    assert (
-        got[0].value == 3.0 and got[0].threshold == 2.5 and got[0].category == "FLOOD-WATERLOG-01"
-    )
+    assert got[0].value == 3.0 and got[0].threshold == 2.5 and got[0].category == "040401"
     assert (got[0].location.district, got[0].location.grid) == ("futian", "FT-0042")
     assert [a.seq for a in got] == [1, 2]
     batches = [TelemetryBatch.model_validate(p) for p in seen.on("telemetry")]

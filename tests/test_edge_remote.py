@@ -56,7 +56,7 @@ async def test_config_push_is_applied_without_restart_and_acknowledged(
                     "point": "level",
                     "above": 1.5,
                     "hysteresis": 0.1,
-                    "category": "FLOOD-WATERLOG-01",
+                    "category": "040401",
                 }
             ]
             await push(

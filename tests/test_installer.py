@@ -122,7 +122,7 @@ async def test_commission_names_the_active_alerts(
                 alert_id="gw1:wl-001:level_high:1",
                 state=AlertState.RAISED,
                 rule="level_high",
-                category="FLOOD-WATERLOG-01",
+                category="040401",
                 severity=Severity.MAJOR,
                 device="wl-001",
                 point="level",
@@ -144,7 +144,7 @@ async def test_commission_names_the_active_alerts(
     assert code == 0, out
     assert out[-1] == last_line, name
     alarm_lines = [line for line in out if "IN ALARM" in line]
-    expected = ["  IN ALARM: major FLOOD-WATERLOG-01 on level: Water level above warning line: "
+    expected = ["  IN ALARM: major 040401 on level: Water level above warning line: "
                 "2 m"] if alarm else []  # fmt: skip
     assert alarm_lines == expected, out
 

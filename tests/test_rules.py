@@ -15,7 +15,7 @@ from gridwatch.ground.gatewayconf import load_gateway
 from gridwatch.ground.profiles import NoDataRule, OfflineRule, RateRule, ThresholdRule
 
 CABINET = Path(__file__).resolve().parent / "data" / "cabinet.yaml"
-OFFLINE_RULE = OfflineRule(kind="offline", id="offline", category="DEVICE-OFFLINE")
+OFFLINE_RULE = OfflineRule(kind="offline", id="offline", category="2101")
 
 HIGH = ThresholdRule(
     kind="threshold", id="high", point="level", above=2.5, hysteresis=0.2, category="FLOOD"

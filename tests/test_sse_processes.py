@@ -71,8 +71,8 @@ async def test_registry_process_streams_what_the_bridge_process_ingests(
         # across processes the registry polls the feed (1 s); in one process it is woken at once
         assert latency < 5, latency
         topics = {t.removeprefix(prefix) for t, _, _ in seen.messages}
-        assert {"/platform/alert/futian/FIRE-SMOKE-01/critical",
-                "/platform/lifecycle/futian/FIRE-SMOKE-01/critical"} <= topics  # fmt: skip
+        assert {"/platform/alert/futian/2201/critical",
+                "/platform/lifecycle/futian/2201/critical"} <= topics  # fmt: skip
         assert event.state is AlertState.RAISED
     finally:
         for proc in (registry, bridge):

@@ -4,8 +4,9 @@ reported with its line, and nothing imported unless every row is good.
 Columns (header required, any order, spaces around the names and their case ignored; only
 ``gateway``, ``id``, ``profile`` and ``bus`` must have values): gateway, id, profile, bus,
 unit_id, address, district, street, grid, lat, lon (the device's own), install_date
-(YYYY-MM-DD), firmware, labels (``key=value;key=value``). ``firmware_configs/samples/devices.csv``
-is a file to start from.
+(YYYY-MM-DD), firmware, labels (``key=value;key=value``), component_id (the city component, 部件,
+16 digits) and its departments dept_competent (主管), dept_owner (权属), dept_maintainer (养护),
+each ``CODE:NAME`` (or ``CODE``). ``firmware_configs/samples/devices.csv`` is a file to start from.
 
 Two pure steps: ``parse`` checks each row on its own (types, required values, coordinates in
 range) and the rows against each other (one device id twice, two devices at one bus's unit id or
@@ -31,6 +32,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from device_registry.inventory.components import DEPARTMENTS, department_cell
 from device_registry.inventory.configgen import (
     ConfigProblems,
     DeviceSpec,
@@ -44,7 +46,9 @@ from gridwatch.ground.contract import Location
 COLUMNS = (
     "gateway", "id", "profile", "bus", "unit_id", "address", "district", "street", "grid",
     "lat", "lon", "install_date", "firmware", "labels",
+    "component_id", "dept_competent", "dept_owner", "dept_maintainer",
 )  # fmt: skip
+_DEPARTMENTS = tuple(f"dept_{d}" for d in DEPARTMENTS)
 REQUIRED = ("gateway", "id", "profile", "bus")
 _LOCATION = ("district", "street", "grid", "lat", "lon")
 MAX_ROWS = 50_000
@@ -152,9 +156,18 @@ def _where(loc: tuple[int | str, ...]) -> str:
         return "lat/lon"  # the location as a whole: its coordinates, given as a pair
     if parts[:1] == ["location"]:
         parts = parts[1:]
+    if parts[:1] and parts[0] in _DEPARTMENTS:
+        return parts[0]  # the cell holds code and name: the column is what the installer fixes
     return ".".join(parts) or "(row)"
 
 
+_DEPT_WORDS = {
+    ("code", "string_too_short"): "the code before the colon is empty",
+    ("code", "string_pattern_mismatch"): "the code holds letters, digits, '-', '_', '.' only",
+    ("code", "string_too_long"): "the code is at most 32 characters",
+    ("name", "string_pattern_mismatch"): "the name holds a control character",
+    ("name", "string_too_long"): "the name is at most 200 characters",
+}
 _RANGE = {"lat": "a latitude, -90 to 90", "lon": "a longitude, -180 to 180"}
 
 
@@ -162,6 +175,10 @@ def _plain(err: Any) -> str:
     """An empty cell and a coordinate out of range in the installer's words; others as pydantic
     words them."""
     column = _where(err["loc"])
+    if column in _DEPARTMENTS:
+        part = "code" if "code" in err["loc"] else "name"
+        why = _DEPT_WORDS.get((part, err["type"]), str(err["msg"]))
+        return f"must be CODE:NAME, e.g. 310104SW01:徐汇区水务局: {why} (got {err['input']!r})"
     if err["type"] == "missing":
         return "required: the cell is empty"
     if column in _RANGE and err["type"] in ("less_than_equal", "greater_than_equal"):
@@ -176,6 +193,9 @@ def _fields(row: dict[str, str]) -> dict[str, Any]:
         data["location"] = loc
     if "labels" in data:
         data["labels"] = _labels(data["labels"])
+    for column in _DEPARTMENTS:
+        if column in data:
+            data[column] = department_cell(data[column])
     return data
 
 

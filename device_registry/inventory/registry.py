@@ -35,6 +35,7 @@ from device_registry.db.tables import (
 from device_registry.errors import Conflict, Invalid, NotFound, RegistryError, StoreRejected
 from device_registry.http.auth import Principal, audit_row
 from device_registry.inventory import csvimport, views
+from device_registry.inventory.components import DEPARTMENTS, Department
 from device_registry.inventory.configgen import (
     ConfigProblems,
     DeviceSpec,
@@ -574,6 +575,22 @@ def _apply_fields(row: Device, req: DeviceFields) -> None:
             setattr(row, name, value)
     if req.install_date is not None:
         row.install_date = req.install_date.isoformat()
+    # detached (""): the departments not given again go too, they were the component's
+    for column, value in _component_values(req, detach=req.component_id == "").items():
+        setattr(row, column, value)
+
+
+def _component_values(req: DeviceFields, detach: bool = False) -> dict[str, Any]:
+    """The component columns ``req`` sets (all of them, emptied, when ``detach``)."""
+    out: dict[str, Any] = {}
+    if req.component_id is not None or detach:
+        out["component_id"] = req.component_id or None
+    for dept in DEPARTMENTS:
+        given: Department | None = getattr(req, f"dept_{dept}")
+        if given is not None or detach:
+            out[f"dept_{dept}_code"] = given.code if given else None
+            out[f"dept_{dept}_name"] = given.name if given else ""
+    return out
 
 
 def _account(gw: Gateway) -> Account:
@@ -626,7 +643,8 @@ def _device_values(req: DeviceCreate, sites: dict[tuple[str, str, str], int]) ->
             "lat": loc.lat, "lon": loc.lon,
             "address": req.address or "", "firmware": req.firmware or "", "labels": req.labels,
             "install_date": req.install_date.isoformat() if req.install_date else None,
-            "site_id": sites.get((loc.district, loc.street, loc.grid))}  # fmt: skip
+            "site_id": sites.get((loc.district, loc.street, loc.grid)),
+            **_component_values(req, detach=True)}  # fmt: skip
 
 
 def _import_audit(by: Principal, rows: csvimport.Rows) -> list[AuditEntry]:

@@ -13,8 +13,10 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
+from device_registry.inventory.components import ComponentIdError, Department, parse_component_id
 from gridwatch.ground.contract import ID_MAX, Location
 from gridwatch.ground.gatewayconf import Bus
+from gridwatch.ground.places import shipped_places
 
 _GW_ID = r"^[A-Za-z0-9_.-]+$"
 _DEV_ID = r"^[A-Za-z0-9_.:-]+$"
@@ -33,6 +35,20 @@ def _paired(loc: Location | None) -> Location | None:
 
 
 Located = Annotated[Location, AfterValidator(_paired)]
+
+
+def _component(text: str) -> str:
+    """A component id checked against the districts of the shipped places ("": none)."""
+    if text:
+        districts = {code: p.district.zh for code, p in shipped_places().items()}
+        try:
+            parse_component_id(text, districts)
+        except ComponentIdError as exc:
+            raise PydanticCustomError("component_id", str(exc)) from None
+    return text
+
+
+ComponentIdText = Annotated[str, AfterValidator(_component)]
 
 
 class GatewayCreate(Request):
@@ -80,6 +96,13 @@ class DeviceFields(Request):
     install_date: datetime.date | None = None
     firmware: str | None = Field(default=None, max_length=64)
     labels: dict[str, str] | None = None
+    component_id: ComponentIdText | None = Field(
+        default=None, description="The city component (部件) it is attached to: 16 digits, "
+        "district 6 + class 4 + serial 6; \"\" detaches it (and clears its departments).",
+    )  # fmt: skip
+    dept_competent: Department | None = Field(default=None, description="主管: competent dept.")
+    dept_owner: Department | None = Field(default=None, description="权属: owner.")
+    dept_maintainer: Department | None = Field(default=None, description="养护: maintainer.")
 
 
 class DeviceCreate(DeviceFields):

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, computed_field
 
 from device_registry.db.tables import Alert, Device, Gateway, LatestReading, Site
 from device_registry.http.values import Served
+from device_registry.inventory.components import Department, class_code
 from device_registry.inventory.places import located
 
 
@@ -73,6 +74,13 @@ class DeviceView(BaseModel):
     install_date: str | None = None
     firmware: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
+    component_id: str | None = Field(default=None, description="The city component (部件) "
+                                     "it is attached to: 16 digits; null: none.")  # fmt: skip
+    class_code: str | None = Field(default=None, description="The component's 4-digit class "
+                                   "(digits 7-10 of its id), e.g. 0103 storm-water cover.")  # fmt: skip
+    dept_competent: Department | None = Field(default=None, description="主管: competent dept.")
+    dept_owner: Department | None = Field(default=None, description="权属: owner.")
+    dept_maintainer: Department | None = Field(default=None, description="养护: maintainer.")
     active_alerts: list[DeviceAlert] = Field(
         default_factory=list,
         description="Its alerts not cleared at the device (one device's view only; lists leave "
@@ -165,8 +173,16 @@ def device(
         street=street or "", lat=lat, lon=lon,
         coordinates=cast(Literal["device", "site", "none"], source),
         install_date=d.install_date, firmware=d.firmware or "",
-        labels=d.labels or {},
+        labels=d.labels or {}, component_id=d.component_id, class_code=class_code(d.component_id),
+        dept_competent=_department(d.dept_competent_code, d.dept_competent_name),
+        dept_owner=_department(d.dept_owner_code, d.dept_owner_name),
+        dept_maintainer=_department(d.dept_maintainer_code, d.dept_maintainer_name),
     )  # fmt: skip
+
+
+def _department(code: str | None, name: str | None) -> Department | None:
+    # as stored, not validated again (a row is shown as it was written)
+    return Department.model_construct(code=code, name=name or "") if code else None
 
 
 def with_decimals(view: DeviceView, decimals: Mapping[str, int | None]) -> DeviceView:

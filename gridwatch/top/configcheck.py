@@ -8,9 +8,12 @@ problem of every file is printed as ``file:line: key -> path: message``; the exi
 are valid, 1 otherwise. With no FILE it checks what this installation ships (``SHIPPED``), so an
 installed gridwatch can vouch for its own data.
 
-Rules (a profile's, or a device's in a gateway config) are held to the event catalogue: their
-category must be a catalogue code and their severity that code's. The catalogue is the one among
-the files checked when they hold a city layer, else the one this installation ships.
+Rules (a profile's, or a device's in a gateway config) are held to the catalogue: their
+category must be an item's code, their severity the item's, and a rule under an item the centre
+files by itself must catch its filing condition (gridwatch.ground.catalogue.rule_problems). The
+catalogue is the one among the files checked when they hold a city layer, else the one this
+installation ships. A catalogue layer is checked in its folder, with the shipped layers below it
+when the folder lacks them: a district may add items and tighten limits, not loosen or redefine.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from gridwatch.ground.catalogue import (
     CatalogueFile,
     CityLayer,
     default_catalogue_dir,
+    layer_context,
     load_catalogue,
+    load_catalogue_files,
     rule_problems,
 )
 from gridwatch.ground.centralconf import CentralConfig, load_central
@@ -72,6 +77,8 @@ def _kind(path: Path) -> str:
         return ""
     if "gateway" not in data and set(data) & set(CentralConfig.model_fields):
         return "central"
+    if "catalogue" in data:
+        return "catalogue"  # beside its x- anchor blocks, which may come first
     return str(next(iter(data)))
 
 
@@ -83,20 +90,34 @@ def check(path: Path, catalogue: Catalogue | None = None) -> list[str]:
             return []
         cat = catalogue or load_catalogue(default_catalogue_dir())
         if kind == "profile":
-            rules = load_profile(path).rules
-            found = rule_problems(rules, cat, str(path), ("profile", "rules"), _lines(path))
+            prof = load_profile(path)
+            found = rule_problems(prof.rules, cat, str(path), ("profile", "rules"), _lines(path),
+                                  dict(prof.points), prof.interval_s)  # fmt: skip
         elif kind == "catalogue":
-            load_model(CatalogueFile, path)
-            found = []
+            return check_layer(path)
         else:
-            cfg, _source = load_gateway(path)
+            cfg, devices = load_gateway(path)
             lines = _lines(path)
+            run = {r.id: r for r in devices}
             found = [p for i, d in enumerate(cfg.devices) if d.rules is not None
                      for p in rule_problems(d.rules, cat, str(path), ("devices", i, "rules"),
-                                            lines)]  # fmt: skip
+                                            lines, dict(run[d.id].profile.points),
+                                            run[d.id].interval_s)]  # fmt: skip
     except ConfigError as exc:
         return [str(p) for p in exc.problems]
     return [str(p) for p in found]
+
+
+def check_layer(path: Path) -> list[str]:
+    """A catalogue layer's problems, judged with the layers below it (its folder's, else the
+    shipped ones); problems of its neighbours are theirs, reported when they are checked."""
+    load_model(CatalogueFile, path)
+    try:
+        load_catalogue_files(layer_context(path, default_catalogue_dir()), str(path.parent))
+    except ConfigError as exc:
+        mine = (str(path), str(path.parent))
+        return [str(p) for p in exc.problems if p.file in mine]
+    return []
 
 
 def _lines(path: Path) -> dict[tuple[str | int, ...], int]:

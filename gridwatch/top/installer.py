@@ -419,9 +419,27 @@ def _print_device(d: dict[str, Any], values: bool = False) -> None:
           f"{d.get('district') or '-'}/{d.get('grid') or '-'}")  # fmt: skip
     if values:
         print(f"    {_coordinates(d)}")
+        for line in _component(d):
+            print(f"    {line}")
         for point, v in sorted(d.get("values", {}).items()):
             value = shown(v["value"], v.get("decimals"))
             print(f"    {point:<16} {value:>12} {v['unit']:<6} {v['quality']}")
+
+
+_DEPARTMENTS = (("dept_competent", "主管 competent"), ("dept_owner", "权属 owner"),
+                ("dept_maintainer", "养护 maintainer"))  # fmt: skip
+
+
+def _component(d: dict[str, Any]) -> list[str]:
+    """The city component (部件) a device is attached to, and its departments."""
+    cid = d.get("component_id")
+    lines = [f"component 部件: {cid} (class {d.get('class_code') or cid[6:10]})" if cid else
+             "component 部件: none attached"]  # fmt: skip
+    for key, title in _DEPARTMENTS:
+        dept = d.get(key)
+        if dept:
+            lines.append(f"{title}: {dept['code']} {dept.get('name', '')}".rstrip())
+    return lines
 
 
 def _coordinates(d: dict[str, Any]) -> str:
