@@ -38,7 +38,7 @@ from gridwatch.ground.contract import (
     Reading,
     new_id,
 )
-from tests._ops_helpers import Registry, now_ms, registry, smoke
+from tests._ops_helpers import Registry, now_ms, ponding, registry
 from tests.test_dashboard import CHROMIUM, FLAGS, SIZES, pytestmark  # noqa: F401
 
 DISTRICT = "310104"
@@ -52,12 +52,10 @@ PLACES = [
 UNPLACED = "sd-009"  # registered without a position: not on the map, and the page says so
 
 
-def ponding(alert_id: str, device: str, lat: float, lon: float) -> AlertEvent:
-    """An alert at a device's position (what the map places by the device's registry row)."""
+def ponding_at(alert_id: str, device: str, lat: float, lon: float) -> AlertEvent:
+    """Road waterlogging (0406) at a device's position (the map places it by the device's row)."""
     here = Location(district=DISTRICT, street="漕溪北路", grid=PLACES[0][2], lat=lat, lon=lon)
-    return smoke(alert_id, device=device, district=DISTRICT, grid=PLACES[0][2]).model_copy(
-        update={"location": here}
-    )
+    return ponding(alert_id, device=device).model_copy(update={"location": here})
 
 
 async def seed(reg: Registry) -> None:
@@ -85,7 +83,7 @@ async def seed(reg: Registry) -> None:
             row = await s.get(Device, f"gw1:{name}")
             assert row is not None
             row.lat, row.lon = lat, lon
-    await reg.ingest(ponding("p1", "wl-001", PLACES[0][3], PLACES[0][4]))
+    await reg.ingest(ponding_at("p1", "wl-001", PLACES[0][3], PLACES[0][4]))
 
 
 @pytest.fixture
@@ -118,9 +116,9 @@ async def log_in(page: Any, url: str, token: str, where: str = "") -> None:
 
 
 WORDS: Mapping[str, Mapping[str, str]] = {
-    "zh-CN": {"nav": "运维", "offline": "离线", "critical": "紧急", "legend": "单元网格",
+    "zh-CN": {"nav": "运维", "offline": "离线", "major": "重要 · 上报", "legend": "单元网格",
               "cases": "案件", "note": "台设备没有位置", "position": "坐标（WGS-84）"},
-    "en": {"nav": "Maintenance", "offline": "offline", "critical": "critical",
+    "en": {"nav": "Maintenance", "offline": "offline", "major": "major · reported",
            "legend": "grid cell", "cases": "Cases", "note": "device has no position",
            "position": "Position (WGS-84)"},
 }  # fmt: skip
@@ -162,8 +160,8 @@ async def test_the_map_in_both_languages(
                 words["offline"]
             )
             case = box.locator('[data-pin="gw1:wl-001"]')
-            await expect(case.locator(".words")).to_contain_text(f"{words['critical']} · ")
-            await expect(case).to_have_class(re.compile(r"\bbad\b"))
+            await expect(case.locator(".words")).to_have_text(words["major"])
+            await expect(case).to_have_class(re.compile(r"\bwarn\b"))
             await expect(box.locator('[data-pin="gw1:sd-002"] .words')).to_have_count(0)
             await expect(box.locator(".legend")).to_contain_text(words["legend"])
             await expect(box.locator("#map-note")).to_contain_text(words["note"])
@@ -181,9 +179,7 @@ async def test_the_map_in_both_languages(
             await page.click("#nav-alerts")
             await expect(page.locator('[data-alert="p1"]')).to_be_visible()
             await expect(box.locator(".pin")).to_have_count(4)
-            await expect(box.locator('[data-pin="gw1:wl-001"] .words')).to_contain_text(
-                words["critical"]
-            )
+            await expect(box.locator('[data-pin="gw1:wl-001"] .words')).to_have_text(words["major"])
             stage = await page.locator('[data-alert="p1"] .badge.stage').text_content() or "?"
             await expect(box.locator('[data-pin="gw1:wl-001"] .words')).to_contain_text(stage)
             assert await page.evaluate("document.documentElement.scrollWidth") <= width

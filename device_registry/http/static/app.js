@@ -71,8 +71,6 @@ const STAGE_WORDS = {
   // the city's case workflow (立案 派遣 处置 核查 结案)
   reported: N_("reported"), filed: N_("filed"), dispatched: N_("dispatched"), disposed: N_("disposed"),
   verified: N_("verified"), closed: N_("closed"),
-  // the alert lifecycle of registries before it
-  open: N_("open"), acknowledged: N_("acknowledged"), cleared: N_("cleared"), resolved: N_("resolved"),
 };
 const STATUS_WORDS = {
   online: N_("online"), offline: N_("offline"), stale: N_("stale"), new: N_("new"), silent: N_("silent"),
@@ -369,98 +367,82 @@ function mapFailed(e) {
   $("#map-box").replaceChildren(h("p", { class: "empty" }, said(e, t("draw the map"))));
 }
 
-// ---- operators: cases and alerts ----------------------------------------------------------
+// ---- operators: cases ------------------------------------------------------------------------
 //
 // The page keeps the whole not-closed list and filters it here: counts for the heading, the
 // filters' choices and the bulk close come from the same list. A refresh (live or by the clock)
 // rebuilds the cards, but a note being typed is never lost: the very same input element moves
 // into the new card, keeps its text, and keeps the focus and the caret.
 //
-// Two stage models: the city's case workflow (上报 reported -> 立案 filed -> 派遣 dispatched ->
-// 处置 disposed -> 核查 verified -> 结案 closed; docs/alerts.md), and the alert lifecycle of the
-// registries before it (open -> acknowledged -> cleared/resolved -> closed). The page asks for
-// the workflow's stages and falls back to the lifecycle's when the registry does not know them
-// (422), so it works with either; a button is drawn only for a call the role may make.
+// Every alert is a case of the city's workflow (docs/alerts.md): 上报 reported -> 立案 filed ->
+// 派遣 dispatched -> 处置 disposed -> 核查 verified -> 结案 closed, with re-dispatch when the
+// verification fails and 督办 (urging) of an overdue case. A button is drawn only for a step the
+// stage allows and the role may call; the API judges.
 
 const SEVERITY_RANK = { critical: 0, major: 1, minor: 2, info: 3 };
 const CASE_STAGES = ["reported", "filed", "dispatched", "disposed", "verified"];
-const OLD_STAGES = ["open", "acknowledged", "cleared", "resolved"];
+// a case that is over: verified, or cleared by its sensor before anyone filed it
+const closable = (a) => a.stage === "verified" || (a.stage === "reported" && a.state === "cleared");
+const WORK = ["reported", "filed", "dispatched", "disposed"];
 const STAGE_VIEWS = {
-  cases: {
-    work: { label: N_("Open work"), stages: ["reported", "filed", "dispatched", "disposed"] },
-    done: { label: N_("Verified, to close"), stages: ["verified"] },
-    all: { label: N_("All not closed"), stages: CASE_STAGES },
-    reported: { label: N_("Reported, to file"), stages: ["reported"] },
-    filed: { label: N_("Filed, to dispatch"), stages: ["filed"] },
-    dispatched: { label: N_("Dispatched, being disposed"), stages: ["dispatched"] },
-    disposed: { label: N_("Disposed, to verify"), stages: ["disposed"] },
-    verified: { label: N_("Verified, to close"), stages: ["verified"] },
-  },
-  alerts: {
-    work: { label: N_("Open work"), stages: ["open", "acknowledged"] },
-    done: { label: N_("Cleared and resolved, to close"), stages: ["cleared", "resolved"] },
-    all: { label: N_("All not closed"), stages: OLD_STAGES },
-    open: { label: N_("Open"), stages: ["open"] },
-    acknowledged: { label: N_("Acknowledged"), stages: ["acknowledged"] },
-    cleared: { label: N_("Cleared by the sensor"), stages: ["cleared"] },
-    resolved: { label: N_("Resolved"), stages: ["resolved"] },
-  },
+  work: { label: N_("Open work"), has: (a) => WORK.includes(a.stage) && !closable(a) },
+  done: { label: N_("Verified or cleared, to close"), has: closable },
+  all: { label: N_("All not closed"), has: (a) => CASE_STAGES.includes(a.stage) },
+  reported: { label: N_("Reported, to file"), has: (a) => a.stage === "reported" },
+  filed: { label: N_("Filed, to dispatch"), has: (a) => a.stage === "filed" },
+  dispatched: { label: N_("Dispatched, being disposed"), has: (a) => a.stage === "dispatched" },
+  disposed: { label: N_("Disposed, to verify"), has: (a) => a.stage === "disposed" },
+  verified: { label: N_("Verified, to close"), has: (a) => a.stage === "verified" },
 };
-const views = () => STAGE_VIEWS[state.model === "alerts" ? "alerts" : "cases"];
-const WORK = { cases: STAGE_VIEWS.cases.work.stages, alerts: STAGE_VIEWS.alerts.work.stages };
-const TO_CLOSE = { cases: ["verified"], alerts: ["cleared", "resolved"] };
 
 const LABEL = {
-  ack: N_("Acknowledge"), resolve: N_("Resolve"), close: N_("Close"),
-  // the workflow's steps, as the city names them
   file: N_("File the case"), dispatch: N_("Dispatch"), dispose: N_("Report disposed"),
-  verify: N_("Verified: passed"), reject: N_("Verification failed: dispatch again"), urge: N_("Urge"),
+  verify: N_("Verified: passed"), reject: N_("Verification failed: dispatch again"),
+  close: N_("Close the case"), urge: N_("Urge"),
 };
-const CASE_CLOSE = N_("Close the case");
 const DOING = {
-  ack: N_("acknowledge this alert"), resolve: N_("resolve this alert"), close: N_("close this alert"),
   file: N_("file this case"), dispatch: N_("dispatch this case"), dispose: N_("report this case disposed"),
-  verify: N_("verify this case"), reject: N_("send this case back for disposal"), urge: N_("urge this case"),
+  verify: N_("verify this case"), reject: N_("send this case back for disposal"),
+  close: N_("close this case"), urge: N_("urge this case"),
 };
-const DOING_CASE_CLOSE = N_("close this case");
-const INC_LABEL = { ack: N_("Acknowledge all"), resolve: N_("Resolve all"), close: N_("Close all") };
-const DOING_INC = { ack: N_("acknowledge this incident"), resolve: N_("resolve this incident"),
-                    close: N_("close this incident") };
-// what the city's workflow allows at each stage (the API judges; this draws the buttons)
-const CASE_ACTS = { reported: ["file"], filed: ["dispatch"], dispatched: ["dispose"],
+const INC_LABEL = { file: N_("File all"), dispatch: N_("Dispatch all"), dispose: N_("Report all disposed"),
+                    close: N_("Close all") };
+const DOING_INC = { file: N_("file this incident's cases"), dispatch: N_("dispatch this incident's cases"),
+                    dispose: N_("report this incident's cases disposed"), close: N_("close this incident's cases") };
+// what the workflow allows at each stage (lifecycle.TRANSITIONS; the API judges, this draws)
+const CASE_ACTS = { reported: ["file", "close"], filed: ["dispatch"], dispatched: ["dispose"],
                     disposed: ["verify", "reject"], verified: ["close"] };
-const NOTE_NEEDED = new Set(["verify", "reject"]);  // an inspector says what was found
+const URGED_IN = ["filed", "dispatched"];  // the time limit runs: the department has to act
+const ENDING = ["verify", "close"];  // refused while the sensor still reports the condition
+const NOTE_NEEDED = new Set(["verify", "reject", "urge"]);  // a person says what and why
+const NOTE_ASK = {
+  verify: N_("Say what the inspection found: the note is kept with the case and sent to the city platform."),
+  reject: N_("Say why the verification failed: the note is kept with the case and sent to the city platform."),
+  urge: N_("Say what is urged: the note is kept with the case and sent to the department."),
+};
 
-const isCase = (a) => CASE_STAGES.includes(a.stage) || (a.stage === "closed" && state.model === "cases");
 const active = (a) => a.state !== "cleared";  // the sensor still reports the condition
-const label = (a, act) => t(isCase(a) && act === "close" ? CASE_CLOSE : LABEL[act]);
-const doing = (a, act) => t(isCase(a) && act === "close" ? DOING_CASE_CLOSE : DOING[act]);
+const label = (act) => t(LABEL[act]);
+const doing = (act) => t(DOING[act]);
 
 function nextActs(a) {
-  // what may be done with this alert or case now
-  let acts;
-  if (isCase(a)) {
-    acts = [...(CASE_ACTS[a.stage] || []), ...(a.overdue ? ["urge"] : [])];
-  } else {
-    // resolve and close wait for the sensor to clear it
-    acts = ({ open: ["ack", "resolve"], acknowledged: ["resolve"], cleared: ["resolve", "close"],
-              resolved: ["close"] }[a.stage] || []).filter((act) => !(active(a) && act !== "ack"));
-  }
-  return acts.filter((act) => can(`POST /api/v1/alerts/{id}/${act}`));
+  // what may be done with this case now: verify and close wait for the sensor to clear it (a
+  // reported case that never cleared is filed, not closed)
+  const acts = [...(CASE_ACTS[a.stage] || []), ...(a.overdue && URGED_IN.includes(a.stage) ? ["urge"] : [])];
+  return acts.filter((act) => !(active(a) && ENDING.includes(act)))
+             .filter((act) => can(`POST /api/v1/alerts/{id}/${act}`));
 }
 
-// An alert whose sensor still reports the condition is not resolved or closed (the API's 409),
+// A case whose sensor still reports the condition is not verified or closed (the API's 409),
 // unless its sensor is broken or gone: then an operator ends it anyway, deliberately, saying why
 // (the API's override; recorded and sent to the city platform). The reason is asked in the card.
 const OVERRIDE_NOTE_MIN = 15;  // the API's (lifecycle.OVERRIDE_NOTE_MIN); it judges, this helps
-const ANYWAY = { resolve: N_("Resolve anyway…"), close: N_("Close anyway…") };
-const AGAINST = { resolve: N_("Resolve against the sensor"), close: N_("Close against the sensor") };
+const ANYWAY = { verify: N_("Verify anyway…"), close: N_("Close anyway…") };
+const AGAINST = { verify: N_("Verify against the sensor"), close: N_("Close against the sensor") };
 
 function overrideAct(a) {
-  // the step the sensor blocks, for a role that may take it (the alert lifecycle only)
-  const act = !isCase(a) && active(a)
-    ? { open: "resolve", acknowledged: "resolve", cleared: "resolve", resolved: "close" }[a.stage]
-    : null;
+  // the step the sensor blocks, for a role that may take it
+  const act = active(a) ? { disposed: "verify", verified: "close" }[a.stage] : null;
   return act && can(`POST /api/v1/alerts/{id}/${act}`) ? act : null;
 }
 
@@ -480,36 +462,52 @@ function overrideForm(a, act) {
 
 function note(key, needed) {
   return h("input", { class: "note", "data-key": key, maxlength: 2000,
-                      placeholder: needed ? t("what the inspection found") : t("note (optional)"),
+                      placeholder: needed ? t("note (required)") : t("note (optional)"),
                       "aria-label": t("note") });
 }
 
+// who took each step, when, and what they said: the centre and the sensor take steps too
+const STEPS = [
+  ["filed", N_("filed by {who} {ago}"), "file"], ["dispatched", N_("dispatched by {who} {ago}"), "dispatch"],
+  ["disposed", N_("disposal reported by {who} {ago}"), "dispose"], ["verified", N_("verified by {who} {ago}"), "verify"],
+];
+const ACTORS = { centre: N_("the centre"), sensor: N_("the sensor (自动核查)") };
+
 function people(a) {
   const n = a.notes || {};
-  const line = (what, by, at, words) => by
-    ? h("div", { class: `meta who-${what}`, title: clock(at) },
-        what === "acknowledged" ? t("acknowledged by {who} {ago}", { who: by, ago: ago(at) })
-          : t("resolved by {who} {ago}", { who: by, ago: ago(at) }),
-        words ? `: “${words}”` : "")
-    : null;
-  return [line("acknowledged", a.acked_by, a.acked_at, n.ack),
-          line("resolved", a.resolved_by, a.resolved_at, n.resolve)];
+  return STEPS.map(([step, words, action]) => {
+    const by = a[`${step}_by`], at = a[`${step}_at`];
+    if (!by) return null;
+    const who = ACTORS[by] ? t(ACTORS[by]) : by;
+    return h("div", { class: `meta who-${step}`, title: clock(at) },
+      t(words, { who, ago: ago(at) }), n[action] ? `: “${n[action]}”` : "");
+  });
 }
 
 function urgedCount(a) {
-  // 督办 (urged): the API says how often (a number) or only that it was (true)
-  return typeof a.urged === "number" ? a.urged : a.urged ? 1 : 0;
+  return a.urge_count || (a.urged ? 1 : 0);  // 督办: how often
 }
 
 function caseLines(a) {
-  // the city's facts of a case: class code and component, the department it goes to
+  // the city's facts of a case: component and area class, the department it goes to
   const dept = named(a.department);
   return [
     a.component_id ? h("div", { class: "meta component" },
       t("component {id}", { id: a.component_id }),
       a.area_class ? " · " + t("area class {c}", { c: a.area_class }) : "") : null,
-    dept ? h("div", { class: "meta department" }, t("department: {dept}", { dept })) : null,
+    dept ? h("div", { class: "meta department" }, t("department: {dept}", { dept }),
+      a.dispatch_count > 1 ? " · " + t("dispatched {n} times", { n: a.dispatch_count }) : "") : null,
   ];
+}
+
+function stillLine(a, anyway) {
+  // why no "verify" or "close": the sensor still reports it
+  if (!active(a) || !["disposed", "verified"].includes(a.stage) || !anyway) return null;
+  return h("div", { class: "meta still" },
+    a.stage === "disposed" ? t("Sensor still reports it: verify once it clears.")
+      : t("Sensor reports it again: close once it clears."),
+    " " + (anyway === "verify" ? t("If the sensor is broken or gone, verify anyway and say why.")
+      : t("If the sensor is broken or gone, close anyway and say why.")));
 }
 
 function alertCard(a, inIncident, listed) {
@@ -523,7 +521,6 @@ function alertCard(a, inIncident, listed) {
     : a.message || (typeof a.value === "number" ? t("no answer to {n} polls in a row", { n: a.value })
       : t("the device sends no data"));
   const catName = named(a.category_name);
-  const unit = isCase(a) ? "" : a.responsible_unit;
   return h("article", { class: `card alert ${a.severity} ${a.overdue ? "overdue" : ""} ${listed ? "" : "context"}`,
                         "data-alert": a.alert_id, "data-stage": a.stage },
     h("h5", {},
@@ -532,9 +529,7 @@ function alertCard(a, inIncident, listed) {
       a.overdue ? h("span", { class: "badge overdue" }, t("overdue")) : null,
       urged ? h("span", { class: "badge urged" }, urged > 1 ? t("urged ×{n}", { n: urged }) : t("urged")) : null,
       h("span", { class: "code" }, a.class_code || a.category)),
-    catName || unit ? h("div", { class: "catline" },
-      h("span", { class: "catname" }, catName),
-      unit ? h("span", { class: "unit" }, ` · ${unit}`) : null) : null,
+    catName ? h("div", { class: "catline" }, h("span", { class: "catname" }, catName)) : null,
     ...caseLines(a),
     h("div", { class: "reading" }, reading,
       active(a) ? null : h("span", { class: "meta" }, " · " + t("sensor cleared {ago}", { ago: ago(a.cleared_at) }))),
@@ -543,19 +538,13 @@ function alertCard(a, inIncident, listed) {
       inIncident ? null : ` · ${a.district} ${a.grid}`,
       " · " + t("raised {ago}", { ago: ago(a.raised_at) })),
     ...people(a),
-    a.due_at == null || a.stage === "verified" ? null : h("div", {},
-      h("span", { class: `timeleft ${a.due_at < Date.now() ? "overdue" : ""}`, "data-due": a.due_at },
+    a.time_left_ms == null || a.due_at == null ? null : h("div", {},
+      h("span", { class: `timeleft ${a.time_left_ms < 0 ? "overdue" : ""}`, "data-due": a.due_at },
         span(a.due_at - Date.now()))),
-    !isCase(a) && active(a) && can("POST /api/v1/alerts/{id}/resolve")
-      ? h("div", { class: "meta still" }, ["open", "acknowledged"].includes(a.stage)
-          ? t("Sensor still reports it: resolve once it clears.")
-          : t("Sensor reports it again: resolve or close once it clears."),
-        anyway === "resolve" ? " " + t("If the sensor is broken or gone, resolve anyway and say why.")
-          : anyway ? " " + t("If the sensor is broken or gone, close anyway and say why.") : "")
-      : null,
+    stillLine(a, anyway),
     acts.length ? h("div", { class: "actions" }, note(key, acts.some((x) => NOTE_NEEDED.has(x))),
-      ...acts.map((act) => h("button", { "data-act": act, class: acts[0] === act && act !== "urge" ? null : "secondary" },
-                             label(a, act)))) : null,
+      ...acts.map((act, i) => h("button", { "data-act": act, class: i === 0 && act !== "urge" ? null : "secondary" },
+                                label(act)))) : null,
     anyway ? overrideForm(a, anyway) : null,
     h("p", { class: "msg", role: "status", "data-key": key }, state.msgs.get(key) || ""));
 }
@@ -563,22 +552,22 @@ function alertCard(a, inIncident, listed) {
 function incidentBox(id, alerts, listed) {
   const key = `incident:${id}`;
   const first = alerts[0];
-  const acts = ["ack", "resolve", "close"].filter((act) =>
+  const acts = Object.keys(INC_LABEL).filter((act) =>
     can(`POST /api/v1/incidents/{id}/${act}`) && alerts.some((a) => nextActs(a).includes(act)));
   return h("section", { class: "incident", "data-incident": id },
     h("div", { class: "incident-head" },
       h("h4", {}, h("span", { class: "badge incident" }, t("incident of {n}", { n: alerts.length })), " ",
         named(first.category_name) || first.category, " · ", `${first.district} ${first.grid}`),
       acts.length ? h("div", { class: "actions" }, note(key),
-        ...acts.map((act) => h("button", { "data-inc-act": act, class: act === "ack" ? null : "secondary" },
-                               t(INC_LABEL[act])))) : null,
+        ...acts.map((act, i) => h("button", { "data-inc-act": act, class: i === 0 ? null : "secondary" },
+                                  t(INC_LABEL[act])))) : null,
       h("p", { class: "msg", role: "status", "data-key": key }, state.msgs.get(key) || "")),
     h("div", { class: "cards" }, ...alerts.map((a) => alertCard(a, true, listed.has(a.alert_id)))));
 }
 
 function urgency(a) {
   // open work first, then the overdue, the urged, the severe, the newest
-  const waiting = [...WORK.cases, ...WORK.alerts].includes(a.stage) ? 0 : 1;
+  const waiting = STAGE_VIEWS.work.has(a) ? 0 : 1;
   return [waiting, a.overdue ? 0 : 1, -urgedCount(a), SEVERITY_RANK[a.severity] ?? 9, -a.raised_at];
 }
 
@@ -589,21 +578,19 @@ function before(x, y) {
 }
 
 function filters() {
-  const v = views();
-  const stage = v[$("#f-stage").value] ? $("#f-stage").value : "work";
+  const stage = STAGE_VIEWS[$("#f-stage").value] ? $("#f-stage").value : "work";
   return { stage, district: $("#f-district").value,
            category: $("#f-category").value, severity: $("#f-severity").value };
 }
 
 function stageChoices() {
-  // the stage filter speaks the registry's model, in the page's language
+  // the stage filter, in the page's language
   const sel = $("#f-stage");
   const keep = sel.value || "work";
-  const same = `${state.model}:${I18N.lang}`;
-  if (sel.dataset.opts === same) return;
-  sel.dataset.opts = same;
-  sel.replaceChildren(...Object.entries(views()).map(([value, v]) => h("option", { value }, t(v.label))));
-  sel.value = views()[keep] ? keep : "work";
+  if (sel.dataset.opts === I18N.lang) return;
+  sel.dataset.opts = I18N.lang;
+  sel.replaceChildren(...Object.entries(STAGE_VIEWS).map(([value, v]) => h("option", { value }, t(v.label))));
+  sel.value = STAGE_VIEWS[keep] ? keep : "work";
 }
 
 function choices(sel, values, all, word) {
@@ -619,24 +606,13 @@ function choices(sel, values, all, word) {
 }
 
 function matches(a, f, stageToo) {
-  return (!stageToo || views()[f.stage].stages.includes(a.stage))
+  return (!stageToo || STAGE_VIEWS[f.stage].has(a))
     && (!f.district || a.district === f.district) && (!f.category || a.category === f.category)
     && (!f.severity || a.severity === f.severity);
 }
 
-async function loadCases() {
-  // the city's workflow where the registry has it, else the alert lifecycle before it
-  if (state.model !== "alerts") {
-    try {
-      const list = await api(`/api/v1/alerts/lifecycle?stage=${CASE_STAGES.join(",")}`);
-      state.model = "cases";
-      return list;
-    } catch (e) {
-      if (e.status !== 422) throw e;
-      state.model = "alerts";
-    }
-  }
-  return api(`/api/v1/alerts/lifecycle?stage=${OLD_STAGES.join(",")}`);
+function loadCases() {
+  return api(`/api/v1/alerts/lifecycle?stage=${CASE_STAGES.join(",")}`);
 }
 
 async function loadAlerts() {
@@ -652,7 +628,6 @@ function categoryWord(code) {
 
 function renderAlerts() {
   const list = state.alerts;
-  const model = state.model === "alerts" ? "alerts" : "cases";
   stageChoices();
   choices($("#f-district"), list.map((a) => a.district).filter(Boolean), t("all districts"));
   choices($("#f-category"), list.map((a) => a.category), t("all categories"), categoryWord);
@@ -669,23 +644,21 @@ function renderAlerts() {
   const listed = new Set(shown.map((a) => a.alert_id));
   const narrowed = [f.district, f.category, f.severity && severityWord(f.severity)].filter(Boolean).join(", ");
   // (a marked text inside another's arguments escapes the extraction: each stands alone)
-  const listedCount = model === "cases" ? tn(N_("1 case"), N_("{n} cases"), shown.length)
-    : tn(N_("1 alert"), N_("{n} alerts"), shown.length);
+  const listedCount = tn(N_("1 case"), N_("{n} cases"), shown.length);
   const incidentCount = tn(N_("1 incident"), N_("{n} incidents"), incidents.size);
   $("#alerts-title").textContent =
-    t("{view}: {count}", { view: t(views()[f.stage].label), count: listedCount }) +
+    t("{view}: {count}", { view: t(STAGE_VIEWS[f.stage].label), count: listedCount }) +
     (shown.length ? t(" in {incidents}", { incidents: incidentCount }) : "") +
     (narrowed ? ` (${narrowed})` : "");
-  const count = (stages) => around.filter((a) => stages.includes(a.stage)).length;
   const overdue = around.filter((a) => a.overdue).length;
-  const toClose = count(TO_CLOSE[model]);
+  const toClose = around.filter(closable);
   $("#alerts-summary").textContent = [
-    ...WORK[model].map((st) => t("{n} {stage}", { n: count([st]), stage: stageWord(st) })),
+    ...WORK.map((st) => t("{n} {stage}", { n: around.filter((a) => a.stage === st && !closable(a)).length,
+                                          stage: stageWord(st) })),
     overdue ? t("{n} overdue", { n: overdue }) : null,
-    model === "cases" ? t("{n} verified, to close", { n: toClose })
-      : t("{n} cleared or resolved, to close", { n: toClose }),
+    t("{n} verified or cleared, to close", { n: toClose.length }),
   ].filter(Boolean).join(" · ");
-  bulkButton(around.filter((a) => TO_CLOSE[model].includes(a.stage)));
+  bulkButton(toClose);
 
   // incidents of several alerts in boxes; the single alerts between them side by side
   const parts = [];
@@ -696,7 +669,7 @@ function renderAlerts() {
     }
     parts[parts.length - 1].append(alertCard(alerts[0], false, true));
   }
-  const empty = f.stage === "work" ? t("No open work: nothing waits for people.") : t("No alerts match.");
+  const empty = f.stage === "work" ? t("No open work: nothing waits for people.") : t("No cases match.");
   place($("#alerts-list"), parts.length ? parts : [h("p", { class: "empty" }, empty)]);
   // the map shows what the list shows
   if (!$("#alerts").hidden) drawMap($("#map-box"), null, shown, false).catch(mapFailed);
@@ -728,10 +701,7 @@ function bulkButton(done) {
   const btn = $("#close-done");
   btn.hidden = !done.length || !can("POST /api/v1/alerts/close");
   btn.dataset.ids = JSON.stringify(done.map((a) => a.alert_id));
-  if (!btn.dataset.armed) {
-    btn.textContent = state.model === "cases" ? t("Close {n} verified", { n: done.length })
-      : t("Close {n} cleared and resolved", { n: done.length });
-  }
+  if (!btn.dataset.armed) btn.textContent = t("Close {n} verified or cleared", { n: done.length });
 }
 
 function tell(key, message, ok) {
@@ -763,7 +733,6 @@ $("#alerts-list").addEventListener("click", async (ev) => {
   const override = !!btn.dataset.override;
   const input = box.querySelector(override ? "input.why" : "input.note:not(.why)");
   const body = { note: input ? input.value : "" };
-  const a = alertId ? state.alerts.find((x) => x.alert_id === alertId) : null;
   if (override) {
     if (body.note.trim().length < OVERRIDE_NOTE_MIN) {
       tell(key, t("Say why the sensor is not to be believed, in at least {n} characters (e.g. “detector destroyed by the water”): it is recorded and sent to the city platform.", { n: OVERRIDE_NOTE_MIN }));
@@ -773,7 +742,7 @@ $("#alerts-list").addEventListener("click", async (ev) => {
     body.override = true;
   }
   if (NOTE_NEEDED.has(act) && !body.note.trim()) {
-    tell(key, t("Say what the inspection found: the note is kept with the case and sent to the city platform."));
+    tell(key, t(NOTE_ASK[act]));
     if (input) input.focus();
     return;
   }
@@ -787,7 +756,7 @@ $("#alerts-list").addEventListener("click", async (ev) => {
     if (alertId) tell(key, "");
     else tell(key, incidentResult(act, done), !done.skipped.length);
   } catch (e) {
-    tell(key, said(e, alertId ? doing(a || {}, act) : t(DOING_INC[act])));
+    tell(key, said(e, alertId ? doing(act) : t(DOING_INC[act])));
     btn.disabled = false;
     // a 404 or 409 means the alert changed under the page: show it as it is now (the message
     // stays); after a network failure or a refusal there is nothing new to show
@@ -797,8 +766,10 @@ $("#alerts-list").addEventListener("click", async (ev) => {
 });
 
 function incidentResult(act, done) {
-  const moved = { ack: N_("{n} acknowledged."), resolve: N_("{n} resolved."), close: N_("{n} closed.") }[act];
-  const kept = { ack: N_("{n} not acknowledged:"), resolve: N_("{n} not resolved:"), close: N_("{n} not closed:") }[act];
+  const moved = { file: N_("{n} filed."), dispatch: N_("{n} dispatched."), dispose: N_("{n} reported disposed."),
+                  close: N_("{n} closed.") }[act];
+  const kept = { file: N_("{n} not filed:"), dispatch: N_("{n} not dispatched:"),
+                 dispose: N_("{n} not reported disposed:"), close: N_("{n} not closed:") }[act];
   const head = t(moved, { n: done.applied.length });
   if (!done.skipped.length) return head;
   const why = done.skipped.map((s) => `${s.alert_id}: ${sentence(s.reason)}`).join(" ");
@@ -815,7 +786,7 @@ $("#close-done").addEventListener("click", async () => {
   if (!btn.dataset.armed) {
     // a second tap confirms: closing many is not undone, and no pop-up asks
     btn.dataset.armed = "1";
-    btn.textContent = t("Tap again to close {n} alerts", { n: ids.length });
+    btn.textContent = t("Tap again to close {n} cases", { n: ids.length });
     state.disarm = setTimeout(() => { delete btn.dataset.armed; renderAlerts(); }, 6000);
     return;
   }
@@ -830,11 +801,11 @@ $("#close-done").addEventListener("click", async () => {
       closed += done.closed.length;
       left.push(...done.skipped);
     }
-    $("#alerts-msg").textContent = tn(N_("Closed 1 alert."), N_("Closed {n} alerts."), closed) +
+    $("#alerts-msg").textContent = tn(N_("Closed 1 case."), N_("Closed {n} cases."), closed) +
       (left.length ? " " + t("{n} left open:", { n: left.length }) + " " +
         left.map((s) => `${s.alert_id}: ${sentence(s.reason)}`).join(" ") : "");
   } catch (e) {
-    $("#alerts-msg").textContent = said(e, t("close these alerts"));
+    $("#alerts-msg").textContent = said(e, t("close these cases"));
   } finally {
     btn.disabled = false;
   }
