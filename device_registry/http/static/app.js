@@ -20,7 +20,8 @@
 const $ = (sel) => document.querySelector(sel);
 const state = {
   alerts: [], health: null, stream: null, role: null, may: new Set(), profiles: new Map(),
-  inputs: new Map(), msgs: new Map(), updated: null, overriding: new Set(), healthyShown: 100,
+  inputs: new Map(), msgs: new Map(), updated: null, overriding: new Set(), listed: 100,
+  healthPaged: null,
 };
 const SVG = "http://www.w3.org/2000/svg";
 const POLL_MS = 10000;
@@ -125,7 +126,8 @@ function withUnit(value, unit, shown) {
 
 // ---- talking to the API, and saying what went wrong in words --------------------------------
 
-async function api(path, options) {
+// one call to the API: the answer once it is fine, else an error that says what in words
+async function request(path, options) {
   let r;
   try {
     const headers = { "Accept-Language": I18N.lang, ...((options && options.headers) || {}) };
@@ -142,7 +144,20 @@ async function api(path, options) {
     const body = await r.json().catch(() => ({}));
     throw Object.assign(new Error(body.detail || body.title || `HTTP ${r.status}`), { status: r.status });
   }
-  return r.json();
+  return r;
+}
+
+async function api(path, options) {
+  return (await request(path, options)).json();
+}
+
+// a list a page at a time (docs/registry.md, "Lists and pages"): the rows, whether a next page
+// exists (the Link header), and how many rows match on all pages (X-Total-Count)
+async function apiPage(path) {
+  const r = await request(path);
+  const total = r.headers.get("X-Total-Count");
+  return { body: await r.json(), next: /<[^>]*>;\s*rel="?next"?/.test(r.headers.get("Link") || ""),
+           total: total == null ? null : Number(total) };
 }
 
 function send(method, path, body) {
@@ -312,16 +327,48 @@ async function dependencyCard() {
       h("li", { "data-dependency": `${d.part}: ${d.name}` }, `${d.part} · ${d.name}: ${d.status}: ${d.reason}`))));
 }
 
-const HEALTHY_PAGE = 100;
+// A district has thousands of healthy devices, and a phone that draws them all is slow: the crew
+// view lists a page of devices, unhealthy first, and a button brings the next. The registry pages
+// them (limit, Link, X-Total-Count: docs/health.md) and orders the unhealthy first; a registry
+// that does not (a 422 for limit) answers them all, and the page lists them a page at a time.
+const PAGE = 100;
 
 $("#health-list").addEventListener("click", (ev) => {
-  if (!ev.target.closest("#more-healthy")) return;
-  state.healthyShown += HEALTHY_PAGE;
+  if (!ev.target.closest("#more-devices")) return;
+  state.listed += PAGE;
   route();
 });
 
+async function healthReport() {
+  if (state.healthPaged !== false) {
+    try {
+      const p = await apiPage(`/api/v1/health?limit=${Math.min(state.listed, 10000)}`);
+      state.healthPaged = true;
+      return { hr: p.body, more: p.next, total: p.total ?? p.body.devices.length };
+    } catch (e) {
+      if (e.status !== 422) throw e;
+      state.healthPaged = false;
+    }
+  }
+  const hr = await api("/api/v1/health");
+  return { hr, more: false, total: hr.devices.length };
+}
+
+function moreDevices(listed, total) {
+  const more = Math.min(PAGE, total - listed);
+  return h("p", { class: "more" },
+    h("button", { class: "secondary", id: "more-devices" }, tn(N_("Show 1 more device"), N_("Show {n} more devices"), more)),
+    " ", h("span", { class: "meta" }, t("{shown} of {all} devices listed", { shown: listed, all: total })));
+}
+
 async function loadHealth() {
-  const [hr, deps] = await Promise.all([api("/api/v1/health"), dependencyCard()]);
+  const [page, deps] = await Promise.all([healthReport(), dependencyCard()]);
+  const hr = page.hr;
+  if (!state.healthPaged) {  // the registry answered them all: the unhealthy first, then a page
+    const sick = hr.devices.filter((d) => !d.healthy);
+    hr.devices = [...sick, ...hr.devices.filter((d) => d.healthy)].slice(0, Math.max(state.listed, sick.length));
+    page.more = hr.devices.length < page.total;
+  }
   state.health = hr;
   const s = hr.summary, devices = new Map(hr.devices.map((d) => [d.id, d]));
   const causes = hr.problems.filter((p) => p.kind !== "device");
@@ -340,18 +387,15 @@ async function loadHealth() {
                h("div", { class: "cards" }, ...causes.map((p) => problemCard(p, devices))));
   }
   if (single.length) parts.push(...byPlace(t("Unhealthy"), single));
-  // the healthy ones a page at a time: a district has thousands, and a phone draws them all
   const healthy = hr.devices.filter((d) => d.healthy);
-  if (healthy.length) parts.push(...byPlace(t("Healthy"), healthy.slice(0, state.healthyShown)));
-  if (healthy.length > state.healthyShown) {
-    const more = Math.min(HEALTHY_PAGE, healthy.length - state.healthyShown);
-    parts.push(h("p", { class: "more" },
-      h("button", { class: "secondary", id: "more-healthy" }, tn(N_("Show 1 more healthy device"), N_("Show {n} more healthy devices"), more)),
-      " ", h("span", { class: "meta" }, t("{shown} of {all} healthy devices shown", { shown: state.healthyShown, all: healthy.length }))));
-  }
+  if (healthy.length) parts.push(...byPlace(t("Healthy"), healthy));
+  if (page.more) parts.push(moreDevices(hr.devices.length, page.total));
   if (!parts.length) parts.push(h("p", { class: "empty" }, t("No devices known yet.")));
   $("#health-list").replaceChildren(...parts);
-  await drawMap($("#map-box"), hr.devices, await mapCases(), true).catch(mapFailed);
+  // on the map, a device not listed is healthy when every unhealthy one is listed
+  const unwell = hr.devices.filter((d) => !d.healthy).length;
+  const restHealthy = unwell >= s.devices_unhealthy + (s.devices_unknown || 0);
+  await drawMap($("#map-box"), hr.devices, await mapCases(), true, restHealthy).catch(mapFailed);
 }
 
 async function mapCases() {

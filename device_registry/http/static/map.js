@@ -57,7 +57,7 @@ function markersOf(data, health, cases) {
   return { markers: [...byId.values()], lost };
 }
 
-function markerLook(m, showHealth) {
+function markerLook(m, showHealth, restHealthy) {
   // the most urgent of the device's cases, else its health: a tone and the words for it
   const sorted = [...m.cases].sort(before);
   if (sorted.length) {
@@ -66,7 +66,7 @@ function markerLook(m, showHealth) {
     return { tone: TONE[a.severity] || "info", words: [severityWord(a.severity), stageWord(a.stage)].join(" · ") + more };
   }
   if (!showHealth) return { tone: "unknown", words: "" };
-  const tone = healthTone(m.health);
+  const tone = !m.health && restHealthy ? "ok" : healthTone(m.health);
   return { tone, words: tone === "ok" ? "" : healthWord(m.health) };
 }
 
@@ -112,7 +112,8 @@ function legend(showHealth) {
 }
 
 // draws the map into `box` (#map-box): devices, their health (crew) and open cases (both)
-async function drawMap(box, health, cases, showHealth) {
+// (restHealthy: the health list is one page, and every device left off it is healthy)
+async function drawMap(box, health, cases, showHealth, restHealthy) {
   const data = await mapData();
   box.hidden = false;
   if (!data.devices.length && !(cases || []).some((a) => a.location && a.location.lat != null)) {
@@ -132,7 +133,7 @@ async function drawMap(box, health, cases, showHealth) {
     layers.addLayer(L.marker([c.north, c.west], { icon: name, interactive: false, keyboard: false, zIndexOffset: -1000 }));
   }
   const { markers, lost } = markersOf(data, health, cases);
-  const shown = markers.map((m) => ({ m, look: markerLook(m, showHealth) }))
+  const shown = markers.map((m) => ({ m, look: markerLook(m, showHealth, restHealthy) }))
     // the urgent on top of the rest
     .sort((x, y) => TONE_RANK[y.look.tone] - TONE_RANK[x.look.tone]);
   shown.forEach(({ m, look }, i) => {
