@@ -400,7 +400,25 @@ class AlertOperations:
         self._record(s, alert, ops, t, department)
         if t.action is Action.FILE:
             await self._dispatch_by_catalogue(s, alert, ops, t.at)
+        if t.action is Action.CLOSE and t.before is Stage.VERIFIED:
+            await self._close_followers(s, alert, ops, t.at)
         return True
+
+    async def _close_followers(self, s: AsyncSession, case: Alert, ops: AlertOps, at: int) -> None:
+        """A closed case takes with it the alerts its incident gathered and never filed (a
+        neighbour's sensor, the condition's return) whose devices have cleared them: they were
+        this case, not work of their own. One still reported stays, for people to look at."""
+        q = (
+            select(Alert, AlertOps)
+            .join(AlertOps, AlertOps.alert_id == Alert.alert_id)
+            .where(AlertOps.incident_id == ops.incident_id, AlertOps.alert_id != case.alert_id,
+                   AlertOps.stage == Stage.REPORTED.value,
+                   Alert.state == AlertState.CLEARED.value)
+        )  # fmt: skip
+        note = wording.CLOSED_WITH_CASE.format(case=case.alert_id)
+        for alert, follower in list(await s.execute(q)):
+            t = lifecycle.step(Stage.REPORTED, Action.CLOSE, CENTRE, at, note)
+            await self._apply(s, alert, follower, t)
 
     async def _dispatch_by_catalogue(
         self, s: AsyncSession, alert: Alert, ops: AlertOps, at: int
