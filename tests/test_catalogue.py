@@ -16,6 +16,7 @@ from gridwatch.ground.catalogue import (
 )
 from gridwatch.ground.profiles import ModbusPoint, OfflineRule, RateRule, ThresholdRule
 from gridwatch.ground.yamlconf import ConfigError
+from gridwatch.top.cli import main as cli
 from gridwatch.top.configcheck import check
 
 SHIPPED = default_catalogue_dir()
@@ -60,7 +61,7 @@ CITY = city(("0406", "event"), ("0103", "component"), ("2101", "event"))
 
 @pytest.mark.parametrize(
     ("area_class", "minutes"),
-    [("A", 30), ("B", 60), ("C", 90), ("", 60), ("Z", 60)],  # unknown: "B", as places says
+    [("A", 30), ("B", 60), ("C", 90), ("a", 30), ("", 60), ("Z", 60)],  # unknown: "B"
 )
 def test_limit_by_area_class(tmp_path: Path, area_class: str, minutes: int) -> None:
     cat = load_catalogue(folder(tmp_path, CITY))
@@ -313,3 +314,44 @@ def test_shipped_layers_say_they_are_a_subset_with_placeholders(name: str) -> No
     assert "REPRESENTATIVE SUBSET" in text and "catalogue import" in text
     if name != "national.yaml":
         assert "PLACEHOLDERS" in text
+
+
+def test_the_shipped_schema_is_up_to_date(tmp_path: Path) -> None:
+    """Editors validate layer files with it (x- anchor blocks allowed beside `catalogue`)."""
+    assert cli(["config", "check", str(SHIPPED), "--schema-dir", str(tmp_path)]) == 0
+    shipped = SHIPPED.parent / "schema" / "catalogue.schema.json"
+    assert (tmp_path / "catalogue.schema.json").read_text() == shipped.read_text(), (
+        "regenerate: gridwatch config check --schema-dir firmware_configs/schema"
+    )
+
+
+def test_an_installation_runs_on_the_catalogue_folder_it_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GRIDWATCH_CATALOGUE names a district's own (imported) layers; profiles are held to it."""
+    folder(tmp_path, CITY)  # its 0406 is filed by an operator, severity major
+    profile = SHIPPED.parent / "profiles" / "ponding_depth.yaml"
+    assert check(profile) == []
+    monkeypatch.setenv("GRIDWATCH_CATALOGUE", str(tmp_path))
+    assert default_catalogue_dir() == tmp_path
+    assert [p.split(": ", 1)[1] for p in check(profile)] == [
+        "profile -> rules -> 1 -> category: not a code of the catalogue (got '040602')",
+        "profile -> rules -> 2 -> severity: 2101 is '名2101' (Item 2101), major in the "
+        "catalogue: a rule under it must be major too, or use a code that fits the rule (got "
+        "'minor')",
+    ]
+
+
+def test_a_centre_process_refuses_to_start_on_a_broken_catalogue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Said at start with file:line, not at the first alert deep in the ingest loop."""
+    folder(tmp_path, CITY, district("  overrides:\n    - {code: '0406', limits_min: {C: 91}}\n"))
+    monkeypatch.setenv("GRIDWATCH_CATALOGUE", str(tmp_path))
+    with pytest.raises(SystemExit) as stopped:
+        cli(["registry", "serve", "--data-dir", str(tmp_path / "data")])
+    assert stopped.value.code == 1
+    assert (
+        f"{tmp_path}/district.yaml:7: catalogue -> overrides -> 0 -> limits_min -> C: loosens "
+        "0406 '名0406' in area class C from the city's 90 min"
+    ) in capsys.readouterr().err

@@ -169,6 +169,10 @@ async def test_the_condition_back_during_the_window_re_dispatches(ops: OpsStore)
     await ingest(ops, ponding("a2", "wl-1", back + MIN, AlertState.CLEARED), now=back + MIN)
     await ops.act("a1", Action.DISPOSE, "ops-anna", "inlet dredged", back + 2 * MIN)
     assert await ops.tick(back + 2 * MIN + WINDOW_MS) == [("a1", "disposed -> closed")]
+    # the return was this case, not work of its own: it is closed with it
+    closed = await ops.alerts(AlertFilter(stages=frozenset({"closed"})), now=T0)
+    assert sorted(a.alert_id for a in closed) == ["a1", "a2"]
+    assert await steps_of(ops, "a2") == [("close", "closed", "centre")]
 
 
 async def test_still_there_a_window_after_disposal_re_dispatches(ops: OpsStore) -> None:

@@ -385,22 +385,43 @@ class AlertOperations:
             if department is None:
                 raise Unroutable(wording.NO_DEPARTMENT.format(code=alert.category))
         # two operators (or two registry processes, or a person and the clock) acting on one
-        # case at once: only the one whose conditional update finds the stage (and the urging)
-        # it decided from moves it; on PostgreSQL the other waits, then matches nothing
+        # case at once: only the one whose conditional update finds the stage it decided from
+        # (for an urging, also the last urging) moves it; on PostgreSQL the other waits, then
+        # matches nothing
+        claim_q = update(AlertOps).where(
+            AlertOps.alert_id == alert.alert_id, AlertOps.stage == t.before.value
+        )
+        if t.action is Action.URGE:
+            last = AlertOps.urged_at
+            claim_q = claim_q.where(last.is_(None) if ops.urged_at is None
+                                    else last == ops.urged_at).values(urged_at=t.at)  # fmt: skip
         claim = await s.execute(
-            update(AlertOps)
-            .where(AlertOps.alert_id == alert.alert_id, AlertOps.stage == t.before.value,
-                   (AlertOps.urged_at.is_(None) if ops.urged_at is None
-                    else AlertOps.urged_at == ops.urged_at))
-            .values(stage=t.after.value, urged_at=t.at if t.action is Action.URGE else ops.urged_at)
-            .execution_options(synchronize_session=False)
-        )  # fmt: skip
+            claim_q.values(stage=t.after.value).execution_options(synchronize_session=False)
+        )
         if not getattr(claim, "rowcount", 0):
             return False
         self._record(s, alert, ops, t, department)
         if t.action is Action.FILE:
             await self._dispatch_by_catalogue(s, alert, ops, t.at)
+        if t.action is Action.CLOSE and t.before is Stage.VERIFIED:
+            await self._close_followers(s, alert, ops, t.at)
         return True
+
+    async def _close_followers(self, s: AsyncSession, case: Alert, ops: AlertOps, at: int) -> None:
+        """A closed case takes with it the alerts its incident gathered and never filed (a
+        neighbour's sensor, the condition's return) whose devices have cleared them: they were
+        this case, not work of their own. One still reported stays, for people to look at."""
+        q = (
+            select(Alert, AlertOps)
+            .join(AlertOps, AlertOps.alert_id == Alert.alert_id)
+            .where(AlertOps.incident_id == ops.incident_id, AlertOps.alert_id != case.alert_id,
+                   AlertOps.stage == Stage.REPORTED.value,
+                   Alert.state == AlertState.CLEARED.value)
+        )  # fmt: skip
+        note = wording.CLOSED_WITH_CASE.format(case=case.alert_id)
+        for alert, follower in list(await s.execute(q)):
+            t = lifecycle.step(Stage.REPORTED, Action.CLOSE, CENTRE, at, note)
+            await self._apply(s, alert, follower, t)
 
     async def _dispatch_by_catalogue(
         self, s: AsyncSession, alert: Alert, ops: AlertOps, at: int

@@ -30,11 +30,12 @@ import`` turns a full list (CSV or YAML) into a layer file (gridwatch.ground.cat
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import ConfigDict, Discriminator, Field, Tag, model_validator
 
 from firmware_configs import CATALOGUE
 from gridwatch.ground.contract import Severity
@@ -158,8 +159,9 @@ class Category(Strict):
         return int(self.code[:2]) >= LOCAL_MAJOR
 
     def limit_min(self, area_class: str) -> int:
-        """Minutes allowed for disposal in an area of this class; an unknown class is "B"."""
-        key = area_class if area_class in ("A", "B", "C") else DEFAULT_AREA_CLASS
+        """Minutes allowed for disposal in an area of this class ("a" is "A"); an unknown or
+        empty class is "B", the spec's default for a place whose grid cell is not known."""
+        key = area_class.upper() if area_class.upper() in ("A", "B", "C") else DEFAULT_AREA_CLASS
         return int(getattr(self.limits_min, key))
 
 
@@ -228,6 +230,10 @@ TaggedLayer = Annotated[
 class CatalogueFile(Strict):
     """A layer file. Top-level keys starting with ``x-`` hold YAML anchors (departments, limit
     sets) the items refer to, as in docker compose files; nothing else may stand beside it."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra={"patternProperties": {"^x-": {}}}
+    )
 
     catalogue: TaggedLayer
 
@@ -436,6 +442,10 @@ def _read_layer(path: Path) -> _Loaded:
     return str(path), validate(CatalogueFile, data, str(path), lines).catalogue, lines
 
 
+def _lines_of(loaded: list[_Loaded], file: str) -> dict[KeyPath, int]:
+    return next(lines for f, _, lines in loaded if f == file)
+
+
 def _one(loaded: list[_Loaded], kind: type[Layer], what: str, root: str) -> _Loaded:
     found = [x for x in loaded if isinstance(x[1], kind)]
     if len(found) != 1:
@@ -476,6 +486,7 @@ def load_catalogue_files(paths: Sequence[Path], where: str) -> Catalogue:
     cfile, city, clines = _one(loaded, CityLayer, "city", where)
     assert isinstance(national, NationalLayer) and isinstance(city, CityLayer)
     classes = {(c.kind, c.code): c for c in national.classes}
+    problems += class_problems(national, nfile, _lines_of(loaded, nfile))
     problems += _extends(cfile, clines, city, nfile)
     problems += item_problems(city.categories, classes, {}, cfile, clines, "city")
     items = {c.code: c for c in city.categories}
@@ -496,17 +507,55 @@ def load_catalogue_files(paths: Sequence[Path], where: str) -> Catalogue:
     return Catalogue(classes, items, districts, aliases)
 
 
-def layer_context(path: Path, shipped: Path) -> list[Path]:
-    """The files a layer is checked with: its folder's layers, and the shipped layers below it
-    that the folder lacks (a district checking its own file alone is judged against the shipped
-    city and national layers, by the file names its ``extends`` gives)."""
-    here = [p for p in iter_yaml_files(path.parent)
-            if p.resolve() != path.resolve() and _safe_layer(p) is not None]  # fmt: skip
+_BELOW: dict[type[Layer], tuple[type[Layer], ...]] = {
+    NationalLayer: (),
+    CityLayer: (NationalLayer,),
+    DistrictLayer: (NationalLayer, CityLayer),
+}
+
+
+def layer_context(path: Path, shipped: Path, folder: Path | None = None) -> list[Path]:
+    """The files a layer is checked with: the layers of its folder (or ``folder``: where an
+    import will write it), and the shipped layers below it that the folder lacks (a district
+    checking its own file alone is judged against the shipped city and national layers)."""
+    here = [p for p in iter_yaml_files(folder or path.parent)
+            if p.name != path.name and _safe_layer(p) is not None]  # fmt: skip
     kinds = {type(_safe_layer(p)) for p in [path, *here]}
     out = [path, *here]
-    for kind in (NationalLayer, CityLayer):
+    for kind in _BELOW.get(type(_safe_layer(path)), ()):  # type: ignore[arg-type]
         if kind not in kinds:
             out += [p for p in iter_yaml_files(shipped) if isinstance(_safe_layer(p), kind)]
+    return out
+
+
+def layer_problems(path: Path, shipped: Path, folder: Path | None = None) -> list[ConfigProblem]:
+    """Every problem of the layer set ``path`` is checked in (``layer_context``); a national
+    layer with no city layer above it is checked on its own (its classes repeated or not)."""
+    file = str(path)
+    data, lines = parse_yaml(read_text(path), file)
+    layer = validate(CatalogueFile, data, file, lines).catalogue
+    context = layer_context(path, shipped, folder)
+    if isinstance(layer, NationalLayer) and not any(
+        isinstance(_safe_layer(p), CityLayer) for p in context
+    ):
+        return class_problems(layer, file, lines)
+    try:
+        load_catalogue_files(context, str(folder or path.parent))
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+def class_problems(
+    layer: NationalLayer, file: str, lines: Mapping[KeyPath, int]
+) -> list[ConfigProblem]:
+    """A national class listed twice (the same kind and code)."""
+    out, seen = [], set()
+    for i, c in enumerate(layer.classes):
+        if (c.kind, c.code) in seen:
+            at: KeyPath = ("catalogue", "classes", i, "code")
+            out.append(_problem(file, lines, at, f"{c.kind} class repeated", c.code))
+        seen.add((c.kind, c.code))
     return out
 
 
@@ -522,6 +571,12 @@ def load_layer(path: Path | str) -> Layer:
     return load_model(CatalogueFile, path).catalogue
 
 
+CATALOGUE_ENV = "GRIDWATCH_CATALOGUE"
+"""A folder of layer files (a district's imported lists) used instead of the shipped layers."""
+
+
 def default_catalogue_dir() -> Path:
-    """The catalogue layers gridwatch ships (package data, wherever gridwatch is installed)."""
-    return firmware(CATALOGUE)
+    """The catalogue this installation runs on: the folder ``GRIDWATCH_CATALOGUE`` names, else
+    the layers gridwatch ships (package data, wherever gridwatch is installed)."""
+    chosen = os.environ.get(CATALOGUE_ENV, "")
+    return Path(chosen) if chosen else firmware(CATALOGUE)

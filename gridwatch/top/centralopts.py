@@ -44,7 +44,8 @@ def _brokers(value: str) -> str:
 class CentralOptions(argparse.ArgumentParser):
     """A subcommand parser whose result is the merged options: defaults < ``-c`` file <
     environment (the secrets it names) < flags. A bad file ends the command with every problem
-    as ``file:line: key -> path: message`` and exit status 1."""
+    as ``file:line: key -> path: message`` and exit status 1; so does a broken catalogue (the
+    folder ``GRIDWATCH_CATALOGUE`` names), at start rather than at the first alert."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(argument_default=argparse.SUPPRESS, **kwargs)
@@ -52,6 +53,7 @@ class CentralOptions(argparse.ArgumentParser):
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
+        from gridwatch.ground.catalogue import default_catalogue_dir, load_catalogue
         from gridwatch.ground.centralconf import Loaded, load_central, settle
         from gridwatch.ground.yamlconf import ConfigError
 
@@ -62,6 +64,7 @@ class CentralOptions(argparse.ArgumentParser):
         try:
             loaded = load_central(path) if path else Loaded()
             values = settle(loaded, flags, accepted)
+            load_catalogue(default_catalogue_dir())
         except ConfigError as exc:
             self.exit(1, f"{self.prog}: the configuration is not valid:\n{exc}\n")
         merged = namespace if namespace is not None else argparse.Namespace()
@@ -157,8 +160,9 @@ def _scale(value: str) -> float:
 
 def drill_args(p: argparse.ArgumentParser) -> None:
     """Of the processes that open alerts (``central run``, ``bridge run``): docs/alerts.md."""
-    _opt(p, "--escalation-scale", "drill: every alert time limit times FACTOR (0.01: 60 min -> "
-         "36 s), for alerts opened from now on; 1 in service", "bridge.escalation_scale",
+    _opt(p, "--escalation-scale", "drill: every time of the case workflow (filing hold, time "
+         "limit, verification window) times FACTOR (0.01: 60 min -> 36 s), for cases from now "
+         "on; 1 in service", "bridge.escalation_scale",
          type=_scale, metavar="FACTOR")  # fmt: skip
 
 

@@ -31,6 +31,7 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("probe", "modbus"): "gridwatch.top.probe:main",
     ("config", "check"): "gridwatch.top.configcheck:main",
     ("config", "example"): "gridwatch.top.configcheck:example",
+    ("catalogue", "import"): "gridwatch.top.cataloguecli:main",
     ("demo",): "gridwatch.top.demo:main",
     **{
         ("gateway", c): "gridwatch.top.installer:main"
@@ -152,8 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     example.add_argument("name", choices=["central"], help=_("central: a central.yaml"))
 
     # argparse only: no I/O modules load
-    from gridwatch.top import installer, registrycli
+    from gridwatch.top import cataloguecli, installer, registrycli
 
+    cataloguecli.add_parsers(sub)
     installer.add_parsers(sub)
     registrycli.add_parsers(sub)
 

@@ -6,7 +6,8 @@ one of the centre's sections; a profile or a catalogue layer when its top-level 
 a gateway config. Every
 problem of every file is printed as ``file:line: key -> path: message``; the exit code is 0 when all
 are valid, 1 otherwise. With no FILE it checks what this installation ships (``SHIPPED``), so an
-installed gridwatch can vouch for its own data.
+installed gridwatch can vouch for its own data (the catalogue it runs on: ``GRIDWATCH_CATALOGUE``
+when set).
 
 Rules (a profile's, or a device's in a gateway config) are held to the catalogue: their
 category must be an item's code, their severity the item's, and a rule under an item the centre
@@ -31,9 +32,8 @@ from gridwatch.ground.catalogue import (
     CatalogueFile,
     CityLayer,
     default_catalogue_dir,
-    layer_context,
+    layer_problems,
     load_catalogue,
-    load_catalogue_files,
     rule_problems,
 )
 from gridwatch.ground.centralconf import CentralConfig, load_central
@@ -59,7 +59,8 @@ SHIPPED = (PROFILES, GATEWAYS, CATALOGUE, CENTRAL)
 
 
 def _files(args: list[str]) -> list[Path]:
-    roots = [Path(a) for a in args] or [firmware(folder) for folder in SHIPPED]
+    shipped = [default_catalogue_dir() if f == CATALOGUE else firmware(f) for f in SHIPPED]
+    roots = [Path(a) for a in args] or shipped
     out: list[Path] = []
     for p in roots:
         out.extend(iter_yaml_files(p) if p.is_dir() else [p])
@@ -111,13 +112,9 @@ def check(path: Path, catalogue: Catalogue | None = None) -> list[str]:
 def check_layer(path: Path) -> list[str]:
     """A catalogue layer's problems, judged with the layers below it (its folder's, else the
     shipped ones); problems of its neighbours are theirs, reported when they are checked."""
-    load_model(CatalogueFile, path)
-    try:
-        load_catalogue_files(layer_context(path, default_catalogue_dir()), str(path.parent))
-    except ConfigError as exc:
-        mine = (str(path), str(path.parent))
-        return [str(p) for p in exc.problems if p.file in mine]
-    return []
+    mine = (str(path), str(path.parent))
+    found = layer_problems(path, default_catalogue_dir())
+    return [str(p) for p in found if p.file in mine]
 
 
 def _lines(path: Path) -> dict[tuple[str | int, ...], int]:

@@ -78,7 +78,9 @@ def add_parsers(sub: Any) -> None:
                     "{default})").format(stages=",".join(STAGES), default=LIVE))  # fmt: skip
     ls.add_argument("--severity", default=None, help=_("e.g. critical"))
     ls.add_argument("--district", default=None)
-    ls.add_argument("--category", default=None, help=_("catalogue code, e.g. FIRE-SMOKE-01"))
+    ls.add_argument(
+        "--category", default=None, help=_("catalogue code, e.g. 0406 (road waterlogging)")
+    )
     ls.add_argument("--limit", type=int, default=None)
     common_arguments(ls)
     for action in ACTIONS:
