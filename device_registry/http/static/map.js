@@ -10,7 +10,7 @@
 // elements and text, never as HTML (the Trusted Types policy would refuse it: trusted.js).
 "use strict";
 
-const MAP = { map: null, layers: null, fitted: "", data: null, at: 0 };
+const MAP = { map: null, layers: null, fitted: "", data: null, at: 0, open: null };
 const MAP_TTL_MS = 30000;  // positions change when installers work, not every refresh
 const TONE = { critical: "bad", major: "warn", minor: "minor", info: "info" };
 const TONE_RANK = { bad: 0, warn: 1, minor: 2, info: 3, ok: 4, unknown: 5 };
@@ -124,6 +124,9 @@ async function drawMap(box, health, cases, showHealth, restHealthy) {
   }
   ensureMap(box, data);
   const layers = MAP.layers;
+  // a refresh redraws every marker: the popup the reader opened stays open on its device
+  const reopen = MAP.open;
+  MAP.map.closePopup();
   layers.clearLayers();
   for (const c of data.cells) {
     layers.addLayer(L.rectangle([[c.south, c.west], [c.north, c.east]],
@@ -141,7 +144,10 @@ async function drawMap(box, health, cases, showHealth, restHealthy) {
     const marker = L.marker([m.at.lat, m.at.lon], { icon, zIndexOffset: i, keyboard: true,
                                                      title: `${m.at.device} ${look.words}`.trim() });
     marker.bindPopup(popup(m), { closeButton: false });
+    marker.on("popupopen", () => { MAP.open = m.at.id; });
+    marker.on("popupclose", () => { if (MAP.open === m.at.id) MAP.open = null; });
     layers.addLayer(marker);
+    if (m.at.id === reopen) marker.openPopup();
   });
   const key = markers.map((m) => m.at.id).sort().join("|");
   if (key !== MAP.fitted) {  // keep where the user panned and zoomed, until the set changes
@@ -165,6 +171,6 @@ function hideMap() {
 function forgetMap() {
   // a language change redraws the map's words; a logout forgets the positions
   if (MAP.map) MAP.map.remove();
-  Object.assign(MAP, { map: null, layers: null, fitted: "", data: null, at: 0 });
+  Object.assign(MAP, { map: null, layers: null, fitted: "", data: null, at: 0, open: null });
   $("#map-box").replaceChildren();
 }
