@@ -5,7 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
-DEBS   := mosquitto mosquitto-clients victoria-metrics socat postgresql chromium
+# fonts-wqy-microhei: Chinese glyphs for Chromium, so the dashboard's screenshots in Chinese show
+# words, not boxes (a crew's phone has its own; the test machine has none)
+DEBS   := mosquitto mosquitto-clients victoria-metrics socat postgresql chromium fonts-wqy-microhei
 
 .PHONY: demo test test-deps lint venv bench clean i18n
 
@@ -59,7 +61,7 @@ test: venv test-deps lint
 	if [ $$rc -ne 0 ] || [ $$frc -ne 0 ]; then exit 1; fi
 
 # The message catalogues (gridwatch/ground/i18n.py): extract every string marked _() or N_() in the
-# code, bring each language's .po up to date with them (new ones empty: tests/test_i18n.py then
+# code (the dashboard's own domain: t() and N_() in its scripts, data-i18n in its page), bring each language's .po up to date with them (new ones empty: tests/test_i18n.py then
 # fails until someone translates them), and compile every domain's .po to the .mo the installs
 # read. No line numbers and a sorted catalogue: a change of code elsewhere does not touch the .po.
 I18N_CODE := gridwatch device_registry edge drivers cloud_bridge
@@ -70,6 +72,11 @@ i18n: venv
 	  --project=gridwatch --version=0.1.0 -o var/i18n/gridwatch.pot $(I18N_CODE)
 	$(BIN)/pybabel update --no-wrap --ignore-pot-creation-date --ignore-obsolete --no-fuzzy-matching \
 	  -i var/i18n/gridwatch.pot -d $(LOCALES) -D gridwatch
+	$(BIN)/pybabel extract --no-wrap --no-location --sort-output --no-default-keywords -k t -k N_ \
+	  -F $(LOCALES)/dashboard.cfg --project=gridwatch --version=0.1.0 \
+	  -o var/i18n/dashboard.pot device_registry/http/static
+	$(BIN)/pybabel update --no-wrap --ignore-pot-creation-date --ignore-obsolete --no-fuzzy-matching \
+	  -i var/i18n/dashboard.pot -d $(LOCALES) -D dashboard
 	@for po in $(LOCALES)/*/LC_MESSAGES/*.po; do \
 	  $(BIN)/pybabel compile -i $$po -o $${po%.po}.mo || exit 1; done
 

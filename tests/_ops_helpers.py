@@ -36,6 +36,37 @@ def smoke(alert_id: str, device: str = "sd-001", at: int | None = None,
     )  # fmt: skip
 
 
+CALIXI_NORTH = "310104014024001"
+"""A grid cell of 漕溪北路 (徐家汇街道), area class A in the shipped places data."""
+
+
+def ponding(alert_id: str, device: str = "wl-001", at: int | None = None,
+            state: AlertState = AlertState.RAISED, value: float = 0.22,
+            grid: str = CALIXI_NORTH, gateway: str = "gw1") -> AlertEvent:  # fmt: skip
+    """Road waterlogging (0406) seen by a level sensor under a storm-water inlet, in Xuhui."""
+    at = now_ms() if at is None else at
+    return AlertEvent(
+        id=new_id(), gateway=gateway, seq=1, session=1, alert_id=alert_id, state=state,
+        rule="ponding", category="0406", severity=Severity.MAJOR, device=device, point="water_depth",
+        location=Location(district="310104", grid=grid), value=value, threshold=0.15, unit="m",
+        message="Ponding on the road", raised_at=at, ts=at,
+    )  # fmt: skip
+
+
+def parked(alert_id: str, device: str = "cam-001", at: int | None = None,
+           state: AlertState = AlertState.RAISED, district: str = "310104",
+           grid: str = "310104014024001", gateway: str = "gw1") -> AlertEvent:  # fmt: skip
+    """A car in a fire lane seen by a camera (050501): an operator files it, so its alert makes
+    two platform messages (the alert, and its case reported), for tests of delivery itself."""
+    at = now_ms() if at is None else at
+    return AlertEvent(
+        id=new_id(), gateway=gateway, seq=1, session=1, alert_id=alert_id, state=state,
+        rule="fire_lane", category="050501", severity=Severity.MINOR, device=device, point="",
+        location=Location(district=district, grid=grid), value=True,
+        message="Car in the fire lane", raised_at=at, ts=at,
+    )  # fmt: skip
+
+
 @dataclass
 class Registry:
     url: str

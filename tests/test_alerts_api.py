@@ -1,4 +1,5 @@
-"""Operators acknowledge, resolve and close alerts through the API; roles are enforced."""
+"""Operators move cases through the city's workflow over the API; roles are enforced; refused
+steps are 409 problems in words, missing notes 422."""
 
 from __future__ import annotations
 
@@ -9,75 +10,120 @@ from device_registry.delivery.runtime import Delivery
 from device_registry.http.auth import Role
 from device_registry.inventory.downlink import BrokerSettings
 from gridwatch.ground.contract import AlertState, Birth, DeviceInfo, PlatformLifecycle
-from tests._ops_helpers import now_ms, registry, smoke
+from tests._ops_helpers import now_ms, ponding, registry
 from tests.fieldkit import listen
 from tests.services import Mosquitto
 
 
-async def test_operator_walks_an_alert_to_closed_with_notes(tmp_path: Path) -> None:
+async def test_operator_walks_a_case_through_the_workflow_with_notes(tmp_path: Path) -> None:
     async with registry(tmp_path) as reg:
-        await reg.ingest(smoke("a1"))
+        await reg.ingest(ponding("a1"))
         status, [a] = await reg.call("GET", "/api/v1/alerts/lifecycle", Role.OPERATOR)
-        assert status == 200 and a["stage"] == "open" and a["time_limit_min"] == 15
-        assert 0 < a["time_left_ms"] <= 15 * 60_000
-        # the catalogue's words beside the code; no profile known yet, so no decimals
-        assert (a["category_name"], a["responsible_unit"], a["decimals"]) == (
-            "烟感火警", "消防救援机构", None,
+        assert status == 200 and (a["stage"], a["stage_zh"], a["class_code"]) == (
+            "reported", "上报", "0406",
         )  # fmt: skip
-        # its gateway says the device is a Modbus smoke detector: obscuration has two decimals
-        info = DeviceInfo(device="sd-001", profile="smoke-detector-modbus", interval_s=2)
-        birth = Birth(gateway="gw1", session=1, ts=now_ms(), devices=["sd-001"], device_info=[info])
+        assert a["area_class"] == "A" and a["due_at"] is None  # 漕溪北路: a core-area cell
+        assert a["department"]["zh"] and a["category_name"]["zh"]  # the catalogue's words
+        assert a["decimals"] is None  # no profile known yet
+        # its gateway says the device is a ponding-depth gauge: water_depth has three decimals
+        info = DeviceInfo(device="wl-001", profile="ponding-depth", interval_s=5)
+        birth = Birth(gateway="gw1", session=1, ts=now_ms(), devices=["wl-001"], device_info=[info])
         await reg.store.apply(Changes(now=now_ms(), status=[birth]))
         _, [a] = await reg.call("GET", "/api/v1/alerts/lifecycle", Role.OPERATOR)
-        assert a["decimals"] == 2
+        assert a["decimals"] == 3
 
-        status, a = await reg.call("POST", "/api/v1/alerts/a1/ack", Role.OPERATOR,
-                                   {"note": "crew dispatched"})  # fmt: skip
-        assert status == 200 and a["stage"] == "acknowledged" and a["acked_by"] == "operator-1"
+        status, a = await reg.call("POST", "/api/v1/alerts/a1/file", Role.OPERATOR,
+                                   {"note": "seen on the 漕溪北路 camera"})  # fmt: skip
+        assert status == 200 and (a["stage"], a["filed_by"], a["dispatched_by"]) == (
+            "dispatched", "operator-1", "centre",
+        )  # fmt: skip
+        assert a["due_at"] == a["filed_at"] + a["time_limit_min"] * 60_000 and not a["overdue"]
         status, err = await reg.call("POST", "/api/v1/alerts/a1/close", Role.OPERATOR)
-        assert status == 409 and "cannot close an alert that is acknowledged" in err["detail"]
-        # the detector still sees smoke: resolving it would hide the fire from every list
-        status, err = await reg.call("POST", "/api/v1/alerts/a1/resolve", Role.OPERATOR, {})
+        assert status == 409 and err["detail"] == "cannot close a case that is dispatched"
+        status, a = await reg.call("POST", "/api/v1/alerts/a1/dispose", Role.OPERATOR,
+                                   {"note": "inlet cleared"})  # fmt: skip
+        assert status == 200 and a["stage"] == "disposed"
+        # an inspector's verification says what was found
+        status, err = await reg.call("POST", "/api/v1/alerts/a1/verify", Role.OPERATOR, {})
+        assert status == 422 and err["errors"] == [{
+            "loc": "note", "msg": "verify needs a note saying what the inspector found on site; "
+            "none was given"}]  # fmt: skip
+        # the water is still there: verifying it would hide the flood from every list
+        status, err = await reg.call("POST", "/api/v1/alerts/a1/verify", Role.OPERATOR,
+                                     {"note": "looks fine"})  # fmt: skip
         assert status == 409 and err["detail"].startswith(
-            "this alert cannot be resolved yet: the sensor still reports Smoke detected "
-            "(obscuration 5.2 %/m, threshold 4)."
+            "this case cannot be verified yet: the sensor still reports Ponding on the road "
+            "(water_depth 0.22 m, threshold 0.15)."
         )
-        await reg.ingest(smoke("a1", state=AlertState.CLEARED))
-        status, _ = await reg.call("POST", "/api/v1/alerts/a1/resolve", Role.OPERATOR, {})
-        assert status == 200
+        await reg.ingest(ponding("a1", state=AlertState.CLEARED))
+        status, a = await reg.call("POST", "/api/v1/alerts/a1/verify", Role.OPERATOR,
+                                   {"note": "road dry, inlet clear"})  # fmt: skip
+        assert status == 200 and (a["stage"], a["verified_by"]) == ("verified", "operator-1")
         status, a = await reg.call("POST", "/api/v1/alerts/a1/close", Role.ADMIN)
-        assert status == 200 and a["stage"] == "closed"
+        assert status == 200 and (a["stage"], a["stage_zh"]) == ("closed", "结案")
 
         status, detail = await reg.call("GET", "/api/v1/alerts/a1", Role.PLATFORM)
-        assert [(s["action"], s["actor"], s["note"]) for s in detail["actions"]] == [
-            ("ack", "operator-1", "crew dispatched"),
-            ("device_clear", "device", ""),
-            ("resolve", "operator-1", ""),
-            ("close", "admin-1", ""),
+        assert [(s["action"], s["after"], s["actor"]) for s in detail["actions"]] == [
+            ("file", "filed", "operator-1"),
+            ("dispatch", "dispatched", "centre"),
+            ("dispose", "disposed", "operator-1"),
+            ("verify", "verified", "operator-1"),
+            ("close", "closed", "admin-1"),
         ]
+        assert detail["notes"]["verify"] == "road dry, inlet clear"
+
+
+async def test_a_dispatch_names_another_department_or_is_refused_in_words(
+    tmp_path: Path,
+) -> None:
+    async with registry(tmp_path) as reg:
+        await reg.ingest(ponding("a1"), ponding("x1", grid="G-2").model_copy(
+            update={"category": "9999"}))  # fmt: skip
+        await reg.call("POST", "/api/v1/alerts/a1/file", Role.OPERATOR, {})
+        roads = {"code": "XH-RD", "zh": "区道路管理所", "en": "District roads office"}
+        status, a = await reg.call("POST", "/api/v1/alerts/a1/dispatch", Role.OPERATOR,
+                                   {"note": "roads own this inlet", "department": roads})  # fmt: skip
+        assert status == 200 and a["department"] == roads and a["dispatch_count"] == 2
+        # a category the catalogue does not know: filed, then dispatched by name only
+        status, x = await reg.call("POST", "/api/v1/alerts/x1/file", Role.OPERATOR, {})
+        assert status == 200 and (x["stage"], x["department"]) == ("filed", None)
+        status, err = await reg.call("POST", "/api/v1/alerts/x1/dispatch", Role.OPERATOR, {})
+        assert status == 422 and err["errors"][0]["loc"] == "department"
+        assert "no department to dispatch to" in err["errors"][0]["msg"]
+        status, x = await reg.call("POST", "/api/v1/alerts/x1/dispatch", Role.OPERATOR,
+                                   {"department": roads})  # fmt: skip
+        assert status == 200 and x["stage"] == "dispatched"
+        # 督办: an operator urges with a note, the stage stays
+        status, err = await reg.call("POST", "/api/v1/alerts/x1/urge", Role.OPERATOR, {})
+        assert status == 422 and err["errors"][0]["loc"] == "note"
+        status, x = await reg.call("POST", "/api/v1/alerts/x1/urge", Role.OPERATOR,
+                                   {"note": "called the roads office"})  # fmt: skip
+        assert status == 200 and (x["stage"], x["urged"], x["urge_count"]) == (
+            "dispatched", True, 1,
+        )  # fmt: skip
 
 
 async def test_roles_and_bad_requests(tmp_path: Path) -> None:
     async with registry(tmp_path) as reg:
-        await reg.ingest(smoke("a1"))
+        await reg.ingest(ponding("a1"))
         for role in (Role.MAINTENANCE, Role.PLATFORM, Role.INSTALLER):
-            status, _ = await reg.call("POST", "/api/v1/alerts/a1/ack", role)
+            status, _ = await reg.call("POST", "/api/v1/alerts/a1/file", role)
             assert status == 403, role
-        async with reg.http.post(f"{reg.url}/api/v1/alerts/a1/ack") as r:
+        async with reg.http.post(f"{reg.url}/api/v1/alerts/a1/file") as r:
             assert r.status == 401
-        status, _ = await reg.call("POST", "/api/v1/alerts/nope/ack", Role.OPERATOR)
+        status, _ = await reg.call("POST", "/api/v1/alerts/nope/file", Role.OPERATOR)
         assert status == 404
         _, alert = await reg.call("GET", "/api/v1/alerts/a1", Role.OPERATOR)
-        incident = f"/api/v1/incidents/{alert['incident_id']}/ack"
+        incident = f"/api/v1/incidents/{alert['incident_id']}/file"
         for role in (Role.MAINTENANCE, Role.PLATFORM, Role.INSTALLER):
             status, _ = await reg.call("POST", incident, role)
             assert status == 403, role
-        status, _ = await reg.call("POST", "/api/v1/incidents/nope/ack", Role.OPERATOR)
+        status, _ = await reg.call("POST", "/api/v1/incidents/nope/file", Role.OPERATOR)
         assert status == 404
         status, done = await reg.call("POST", incident, Role.OPERATOR, {"note": "crew sent"})
-        assert status == 200 and [a["stage"] for a in done["applied"]] == ["acknowledged"]
+        assert status == 200 and [a["stage"] for a in done["applied"]] == ["dispatched"]
         # the same mistake is a 422 everywhere, a body's as a query's
-        status, err = await reg.call("POST", "/api/v1/alerts/a1/ack", Role.OPERATOR, {"nte": "x"})
+        status, err = await reg.call("POST", "/api/v1/alerts/a1/urge", Role.OPERATOR, {"nte": "x"})
         assert status == 422 and err["errors"] == [{"loc": "nte", "msg": "unknown field"}]
         status, err = await reg.call("GET", "/api/v1/alerts/lifecycle?stage=bogus", Role.OPERATOR)
         assert status == 422 and err["errors"][0]["loc"] == "stage"
@@ -90,27 +136,31 @@ async def test_roles_and_bad_requests(tmp_path: Path) -> None:
 async def test_openapi_describes_the_alert_and_health_endpoints(tmp_path: Path) -> None:
     async with registry(tmp_path) as reg, reg.http.get(f"{reg.url}/api/v1/openapi.json") as r:
         spec = await r.json()
-    for path, method in [("/api/v1/alerts/{id}/ack", "post"), ("/api/v1/health", "get"),
+    for path, method in [("/api/v1/alerts/{id}/dispose", "post"), ("/api/v1/health", "get"),
                          ("/api/v1/alerts/stream", "get"), ("/api/v1/webhooks", "post"),
                          ("/api/v1/webhooks/dead-letters/{id}/replay", "post"),
                          ("/api/v1/devices/{id}/readings", "get"),
-                         ("/api/v1/incidents/{id}/resolve", "post")]:  # fmt: skip
+                         ("/api/v1/incidents/{id}/urge", "post")]:  # fmt: skip
         assert method in spec["paths"][path], path
-    assert {"PlatformLifecycle", "PlatformEscalation", "HealthReport"} <= set(
+    assert {"PlatformLifecycle", "DispatchRequest", "HealthReport"} <= set(
         spec["components"]["schemas"]
     )
 
 
-async def test_cleared_and_resolved_alerts_are_closed_at_once(tmp_path: Path) -> None:
+async def test_cleared_alerts_and_verified_cases_are_closed_at_once(tmp_path: Path) -> None:
     """After a burst, cleared alerts pile up: one call closes them; what may not be closed (the
-    sensor still reports it, no such alert) stays, each with the reason."""
+    sensor still reports it, a case not verified, no such alert) stays, each with the reason."""
     async with registry(tmp_path) as reg:
-        await reg.ingest(*(smoke(f"c{n}", grid=f"G-{n}") for n in range(4)), smoke("live"))
-        await reg.ingest(*(smoke(f"c{n}", grid=f"G-{n}", state=AlertState.CLEARED)
+        await reg.ingest(*(ponding(f"c{n}", f"wl-{n}", grid=f"G-{n}") for n in range(4)),
+                         ponding("live"))  # fmt: skip
+        await reg.ingest(*(ponding(f"c{n}", f"wl-{n}", grid=f"G-{n}", state=AlertState.CLEARED)
                            for n in range(3)))  # fmt: skip
-        status, _ = await reg.call("POST", "/api/v1/alerts/c2/resolve", Role.OPERATOR,
-                                   {"note": "pump restarted"})  # fmt: skip
-        assert status == 200
+        for action, note in (("file", ""), ("dispose", "pump restarted"),
+                             ("verify", "inspector: dry")):  # fmt: skip
+            status, _ = await reg.call("POST", f"/api/v1/alerts/c2/{action}", Role.OPERATOR,
+                                       {"note": note})  # fmt: skip
+            assert status == 200, action
+        await reg.call("POST", "/api/v1/alerts/c3/file", Role.OPERATOR, {})
         body = {"alert_ids": ["c0", "c1", "c2", "c3", "live", "nope", "c0"], "note": "after rain"}
         for role in (Role.MAINTENANCE, Role.PLATFORM, Role.INSTALLER):
             status, _ = await reg.call("POST", "/api/v1/alerts/close", role, body)
@@ -119,12 +169,13 @@ async def test_cleared_and_resolved_alerts_are_closed_at_once(tmp_path: Path) ->
         assert status == 200 and done["closed"] == ["c0", "c1", "c2"]
         skipped = {s["alert_id"]: s["reason"] for s in done["skipped"]}
         assert skipped["nope"] == "no such alert"
-        assert skipped["c3"] == skipped["live"] == "cannot close an alert that is open"
+        assert skipped["c3"] == "cannot close a case that is dispatched"
+        assert skipped["live"].startswith("this case cannot be closed yet: the sensor still")
         status, left = await reg.call("GET", "/api/v1/alerts/lifecycle", Role.OPERATOR)
         assert sorted(a["alert_id"] for a in left) == ["c3", "live"]
         _, c2 = await reg.call("GET", "/api/v1/alerts/c2", Role.OPERATOR)
-        assert (c2["stage"], c2["closed_by"], c2["notes"]) == (
-            "closed", "operator-1", {"resolve": "pump restarted", "close": "after rain"},
+        assert (c2["stage"], c2["closed_by"], c2["notes"]["close"]) == (
+            "closed", "operator-1", "after rain",
         )  # fmt: skip
         # one audit entry says who closed which
         _, [entry] = await reg.call("GET", "/api/v1/audit?target=alerts:3", Role.ADMIN)
@@ -143,36 +194,39 @@ async def test_cleared_and_resolved_alerts_are_closed_at_once(tmp_path: Path) ->
 WHY = "detector destroyed by the water, crew confirmed on site"
 
 
-async def test_an_alert_whose_sensor_is_broken_is_resolved_by_override(
+async def test_a_case_whose_sensor_is_broken_is_verified_by_override(
     tmp_path: Path, mosquitto: Mosquitto, prefix: str
 ) -> None:
-    """A sensor the flood destroyed keeps reporting nothing new: an operator ends its alert
-    deliberately, with a reason; the registry records it and tells the city platform."""
+    """A gauge the flood buried keeps reporting water that is gone: an operator verifies the
+    case deliberately, with a reason; the registry records it and tells the city platform."""
     target = BrokerSettings("127.0.0.1", mosquitto.port, prefix, client_id=f"reg-{prefix}")
     async with listen(mosquitto.port, f"{prefix}/platform/lifecycle/#") as seen, \
             registry(tmp_path, Delivery(mqtt=target, poll_s=0.2)) as reg:  # fmt: skip
-        await reg.ingest(smoke("a1"))
-        status, err = await reg.call("POST", "/api/v1/alerts/a1/resolve", Role.OPERATOR, {})
+        await reg.ingest(ponding("a1"))
+        for action in ("file", "dispose"):
+            await reg.call("POST", f"/api/v1/alerts/a1/{action}", Role.OPERATOR, {})
+        status, err = await reg.call("POST", "/api/v1/alerts/a1/verify", Role.OPERATOR,
+                                     {"note": "dry"})  # fmt: skip
         assert status == 409 and err["detail"].endswith(
-            "if the sensor is broken or gone, resolve with override and say why in the note."
+            "if the sensor is broken or gone, verify with override and say why in the note."
         )
         # an override must say why, in words
-        for body in ({"override": True}, {"override": True, "note": "broken"}):
-            status, err = await reg.call("POST", "/api/v1/alerts/a1/resolve", Role.OPERATOR, body)
+        for body in ({"override": True, "note": "x"}, {"override": True, "note": "broken"}):
+            status, err = await reg.call("POST", "/api/v1/alerts/a1/verify", Role.OPERATOR, body)
             assert status == 422, body
             assert "an override needs a note of at least 15 characters saying why" in str(err)
-        # only operators and admins end alerts, override or not; ack takes no override
+        # only operators and admins, override or not; dispose takes no override
         for role in (Role.MAINTENANCE, Role.PLATFORM, Role.INSTALLER):
-            status, _ = await reg.call("POST", "/api/v1/alerts/a1/resolve", role,
+            status, _ = await reg.call("POST", "/api/v1/alerts/a1/verify", role,
                                        {"override": True, "note": WHY})  # fmt: skip
             assert status == 403, role
-        status, _ = await reg.call("POST", "/api/v1/alerts/a1/ack", Role.OPERATOR,
+        status, _ = await reg.call("POST", "/api/v1/alerts/a1/dispose", Role.OPERATOR,
                                    {"override": True, "note": WHY})  # fmt: skip
         assert status == 422
 
-        status, a = await reg.call("POST", "/api/v1/alerts/a1/resolve", Role.OPERATOR,
+        status, a = await reg.call("POST", "/api/v1/alerts/a1/verify", Role.OPERATOR,
                                    {"override": True, "note": WHY})  # fmt: skip
-        assert status == 200 and (a["stage"], a["resolved_by"]) == ("resolved", "operator-1")
+        assert status == 200 and (a["stage"], a["verified_by"]) == ("verified", "operator-1")
         # still reported: closing it needs an override of its own, an admin may give it
         status, _ = await reg.call("POST", "/api/v1/alerts/a1/close", Role.OPERATOR, {})
         assert status == 409
@@ -181,22 +235,27 @@ async def test_an_alert_whose_sensor_is_broken_is_resolved_by_override(
         assert status == 200 and a["stage"] == "closed"
 
         _, detail = await reg.call("GET", "/api/v1/alerts/a1", Role.OPERATOR)
-        still = "Smoke detected (obscuration 5.2 %/m, threshold 4); still reported"
+        still = "Ponding on the road (water_depth 0.22 m, threshold 0.15); still reported"
         assert [(s["action"], s["actor"], s["override"], s["sensor"]) for s in detail["actions"]
-                if s["action"] != "ack"] == [
-            ("resolve", "operator-1", True, still), ("close", "admin-1", True, still),
+                if s["action"] in ("verify", "close")] == [
+            ("verify", "operator-1", True, still), ("close", "admin-1", True, still),
         ]  # fmt: skip
         _, audit = await reg.call("GET", "/api/v1/audit?target=a1", Role.ADMIN)
         assert sorted((e["actor"], e["action"], e["detail"]["override"], e["detail"]["note"])
                       for e in audit) == [
             ("admin-1", "alerts.close", True, "closed after the site visit"),
-            ("operator-1", "alerts.resolve", True, WHY),
+            ("operator-1", "alerts.verify", True, WHY),
         ]  # fmt: skip
-        await seen.wait_for(lambda s: len(s.messages) >= 3)
+        await seen.wait_for(lambda s: len(s.messages) >= 6)
     steps = [PlatformLifecycle.model_validate(p) for _, p, _ in seen.messages]
-    assert [(m.action, m.override, m.actor, m.sensor) for m in steps] == [
-        ("open", False, "centre", ""),
-        ("resolve", True, "operator-1", still),
-        ("close", True, "admin-1", still),
+    assert [(m.action, m.stage, m.override, m.actor) for m in steps] == [
+        ("open", "reported", False, "centre"),
+        ("file", "filed", False, "operator-1"),
+        ("dispatch", "dispatched", False, "centre"),
+        ("dispose", "disposed", False, "operator-1"),
+        ("verify", "verified", True, "operator-1"),
+        ("close", "closed", True, "admin-1"),
     ]
-    assert steps[1].note == WHY
+    assert steps[4].note == WHY and steps[4].sensor == still
+    assert {(m.class_code, m.area_class) for m in steps} == {("0406", "A")}
+    assert steps[2].department is not None and steps[2].department == steps[-1].department

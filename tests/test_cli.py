@@ -26,7 +26,7 @@ from device_registry.http.auth import Role
 from gridwatch.ground.contract import AlertState, Reading
 from gridwatch.top.installer import DEFAULT_URL, BadOption, base_url, shown
 from gridwatch.top.registrycli import alert_subject
-from tests._ops_helpers import Registry, now_ms, registry, smoke
+from tests._ops_helpers import Registry, now_ms, parked, registry, smoke
 from tests.services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -194,7 +194,7 @@ async def test_an_admin_creates_a_token_that_works(reg: Registry) -> None:
 
 PLAIN = [
     # (pydantic's message, as people read it)
-    ("Value error, stage must be among open,acknowledged", "stage must be among open,acknowledged"),
+    ("Value error, stage must be among reported,filed", "stage must be among reported,filed"),
     ("Assertion failed, timeout must be below interval", "timeout must be below interval"),
     ("Field required", "Field required"),
     ("a Value error, in the middle stays", "a Value error, in the middle stays"),
@@ -326,9 +326,11 @@ async def test_profile_list_and_show(reg: Registry) -> None:
 
 
 async def test_alert_list_filters_and_actions(reg: Registry) -> None:
-    await reg.ingest(smoke("a-fut", district="310104"), smoke("a-nan", "sd-002", district="310105"))
-    await reg.ingest(smoke("a-old", "sd-003"))
-    await reg.ingest(smoke("a-old", "sd-003", state=AlertState.CLEARED))  # the sensor is fine
+    await reg.ingest(
+        parked("a-fut", district="310104"), parked("a-nan", "cam-002", district="310105")
+    )
+    await reg.ingest(parked("a-old", "cam-003", grid="G-3"))
+    await reg.ingest(parked("a-old", "cam-003", grid="G-3", state=AlertState.CLEARED))
     token = reg.tokens[Role.OPERATOR]
 
     async def listed(*filters: str) -> set[str]:
@@ -336,49 +338,61 @@ async def test_alert_list_filters_and_actions(reg: Registry) -> None:
         assert ran.code == OK, ran
         return {a["alert_id"] for a in json.loads(ran.out)}
 
-    assert await listed() == {"a-fut", "a-nan"}  # open and acknowledged: not a-old, cleared
-    assert await listed("--stage", "cleared") == {"a-old"}
-    assert await listed("--district", "310104") == {"a-fut"}
-    assert await listed("--severity", "critical") == {"a-fut", "a-nan"}
-    assert await listed("--severity", "warning") == set()
-    ack = await gridwatch("alert", "ack", "a-fut", "--note", "crew 7 on its way", "--url",
-                          reg.url, token=token)  # fmt: skip
-    assert ack.code == OK and "acknowledged" in ack.out, ack
-    assert await listed("--stage", "acknowledged") == {"a-fut"}
-    again = await gridwatch("alert", "ack", "a-fut", "--url", reg.url, token=token)
+    assert await listed() == {"a-fut", "a-nan", "a-old"}  # every stage but closed
+    assert await listed("--stage", "reported") == {"a-fut", "a-nan", "a-old"}
+    assert await listed("--district", "310105") == {"a-nan"}
+    assert await listed("--severity", "minor") == {"a-fut", "a-nan", "a-old"}
+    assert await listed("--severity", "critical") == set()
+    filed = await gridwatch("alert", "file", "a-fut", "--note", "crew 7 on its way", "--url",
+                            reg.url, token=token)  # fmt: skip
+    assert filed.code == OK and "dispatched" in filed.out, filed  # to the catalogue's department
+    assert await listed("--stage", "dispatched") == {"a-fut"}
+    again = await gridwatch("alert", "file", "a-fut", "--url", reg.url, token=token)
     assert again.code == REFUSED and "409" in again.err, again
-    # the detector stops seeing smoke: only now may the alert be resolved and closed
-    await reg.ingest(smoke("a-fut", district="310104", state=AlertState.CLEARED))
-    for action, stage in (("resolve", "resolved"), ("close", "closed")):
-        ran = await gridwatch("alert", action, "a-fut", "--url", reg.url, token=token)
+    ran = await gridwatch("alert", "dispose", "a-fut", "--url", reg.url, token=token)
+    assert ran.code == OK and "disposed" in ran.out, ran
+    bare = await gridwatch("alert", "verify", "a-fut", "--url", reg.url, token=token)
+    assert bare.code == REFUSED and "verify needs a note saying what the inspector found" in \
+        bare.err, bare  # fmt: skip
+    # the camera stops seeing the car: only now may the case be verified and closed
+    await reg.ingest(parked("a-fut", district="310104", state=AlertState.CLEARED))
+    for action, stage in (("verify", "verified"), ("close", "closed")):
+        ran = await gridwatch("alert", action, "a-fut", "--note", "lane clear", "--url", reg.url,
+                              token=token)  # fmt: skip
         assert ran.code == OK and stage in ran.out, ran
     _, body = await reg.call("GET", "/api/v1/alerts/a-fut", Role.OPERATOR)
-    assert [a["action"] for a in body["actions"]] == ["ack", "device_clear", "resolve", "close"]
+    assert [a["action"] for a in body["actions"]] == [
+        "file", "dispatch", "dispose", "verify", "close",
+    ]  # fmt: skip
     assert body["actions"][0]["note"] == "crew 7 on its way"
+    closed = await gridwatch("alert", "close", "a-old", "--url", reg.url, token=token)
+    assert closed.code == OK and "closed" in closed.out, closed  # gone by itself: never filed
 
 
 async def test_an_operator_overrides_a_broken_sensor(reg: Registry) -> None:
-    await reg.ingest(smoke("a-dead"))
+    await reg.ingest(smoke("a-dead"))  # a smoke alarm: filed and dispatched at once
     token = reg.tokens[Role.OPERATOR]
-    refused = await gridwatch("alert", "resolve", "a-dead", "--url", reg.url, token=token)
-    assert refused.code == REFUSED and "resolve with override and say why" in refused.err, refused
-    bare = await gridwatch("alert", "resolve", "a-dead", "--override", "--url", reg.url,
+    ran = await gridwatch("alert", "dispose", "a-dead", "--url", reg.url, token=token)
+    assert ran.code == OK, ran
+    refused = await gridwatch("alert", "verify", "a-dead", "--note", "no fire", "--url", reg.url,
+                              token=token)  # fmt: skip
+    assert refused.code == REFUSED and "verify with override and say why" in refused.err, refused
+    bare = await gridwatch("alert", "verify", "a-dead", "--override", "--url", reg.url,
                            token=token)  # fmt: skip
     assert bare.code == USAGE and "--override needs --note saying why" in bare.err, bare
-    short = await gridwatch("alert", "resolve", "a-dead", "--override", "--note", "broken",
+    short = await gridwatch("alert", "verify", "a-dead", "--override", "--note", "broken",
                             "--url", reg.url, token=token)  # fmt: skip
     assert short.code == REFUSED and "at least 15 characters saying why" in short.err, short
     why = "detector destroyed by the water"
-    done = await gridwatch("alert", "resolve", "a-dead", "--override", "--note", why, "--url",
+    done = await gridwatch("alert", "verify", "a-dead", "--override", "--note", why, "--url",
                            reg.url, token=token)  # fmt: skip
-    assert done.code == OK and "resolved" in done.out, done
+    assert done.code == OK and "verified" in done.out, done
     _, body = await reg.call("GET", "/api/v1/alerts/a-dead", Role.OPERATOR)
-    assert [(a["action"], a["override"], a["note"]) for a in body["actions"]] == [
-        ("resolve", True, why),
-    ]
-    no_such = await gridwatch("alert", "ack", "a-dead", "--override", "--url", reg.url,
+    assert [(a["action"], a["override"], a["note"]) for a in body["actions"]
+            if a["action"] == "verify"] == [("verify", True, why)]  # fmt: skip
+    no_such = await gridwatch("alert", "dispose", "a-dead", "--override", "--url", reg.url,
                               token=token)  # fmt: skip
-    assert no_such.code == USAGE, no_such  # ack takes no override
+    assert no_such.code == USAGE, no_such  # dispose takes no override
 
 
 SUBJECTS = [

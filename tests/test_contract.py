@@ -33,7 +33,6 @@ MESSAGES = [
     "Repair",
     "PlatformAlert",
     "PlatformLifecycle",
-    "PlatformEscalation",
 ]
 
 

@@ -1,6 +1,6 @@
 """The dashboard in a real browser (Debian's Chromium driven by Playwright), at desktop and phone
-sizes: a crew sees the unhealthy devices first with why; an operator acknowledges an alert and its
-state changes; a new alert appears live (SSE) without a reload; the device detail charts its
+sizes: a crew sees the unhealthy devices first with why; an operator files a case, the centre
+dispatches it, its disposal is reported, and the card follows each stage; a new alert appears live (SSE) without a reload; the device detail charts its
 readings. Hostile ids, names and labels show as text and run nothing; the token stays in an
 HttpOnly cookie. Screenshots go to test-artifacts/."""
 
@@ -33,7 +33,7 @@ from gridwatch.ground.contract import (
     TelemetryBatch,
     new_id,
 )
-from tests._ops_helpers import Registry, now_ms, registry, smoke
+from tests._ops_helpers import CALIXI_NORTH, Registry, now_ms, ponding, registry, smoke
 
 CHROMIUM = "/usr/bin/chromium"
 # the flags shared/COMPONENTS.md gives for Debian's Chromium in this environment
@@ -50,7 +50,7 @@ pytestmark = pytest.mark.skipif(
 async def seed(reg: Registry, sink: SqliteSink) -> None:
     """A gateway with four devices: one not answering, one with a low battery, two fine."""
     now = now_ms()
-    here = Location(district="310104", street="漕溪北路", grid="310104014024001")
+    here = Location(district="310104", street="漕溪北路", grid=CALIXI_NORTH)
     names = ["wl-001", "sd-001", "sd-002", "wl-002"]
     birth = Birth(gateway="gw1", session=1, ts=now, devices=names, device_info=[
         DeviceInfo(device=n, profile="smoke-detector-modbus" if n.startswith("sd") else
@@ -77,7 +77,8 @@ async def seed(reg: Registry, sink: SqliteSink) -> None:
         ch.device_seen[("gw1", r.device)] = r.ts
     await reg.store.apply(ch)
     await sink.write([batch])
-    await reg.ingest(smoke("a1", device="sd-001", gateway="gw1"))
+    # water on 漕溪北路 under the storm-water inlet wl-002 watches: a case of road waterlogging
+    await reg.ingest(ponding("a1", device="wl-002"))
 
 
 @pytest.fixture
@@ -120,44 +121,48 @@ async def test_crew_and_operator_views(site: Registry, size: str, artifacts: Pat
             await page.screenshot(path=str(artifacts / f"dashboard-health-{size}.png"),
                                   full_page=True)  # fmt: skip
 
-            # operator view: acknowledge, and the state changes
+            # operator view: a reported case is filed, the centre dispatches it to the catalogue's
+            # department, the department's disposal is reported
             await page.click("#nav-alerts")
             card = page.locator('[data-alert="a1"]')
-            await expect(card.locator(".badge.stage")).to_have_text("open")
-            await expect(card.locator(".timeleft")).to_contain_text("left")
-            # the catalogue's words beside the code, and the value at the point's decimals
-            await expect(card).to_contain_text("烟感火警")
-            await expect(card).to_contain_text("消防救援机构")
-            await expect(card.locator(".reading")).to_have_text("Smoke detected: 5.20 %/m")
+            await expect(card.locator(".badge.stage")).to_have_text("reported")
+            # the catalogue's words beside the class code, and the value as read
+            await expect(card.locator(".code")).to_have_text("0406")
+            await expect(card.locator(".catname")).to_have_text("Road waterlogging")
+            await expect(card.locator(".reading")).to_have_text("Ponding on the road: 0.220 m")
             await expect(page.locator("#alerts-title")).to_have_text(
-                "Open work: 1 alert in 1 incident"
+                "Open work: 1 case in 1 incident"
             )
             await card.locator("input").fill("crew on the way")
-            await card.locator('button[data-act="ack"]').click()
-            await expect(card.locator(".badge.stage")).to_have_text("acknowledged")
-            await expect(card).to_contain_text("acknowledged by operator-1")
+            await card.locator('button[data-act="file"]').click()
+            await expect(card.locator(".badge.stage")).to_have_text("dispatched")
+            await expect(card.locator(".who-filed")).to_contain_text("filed by operator-1")
             await expect(card).to_contain_text("“crew on the way”")
-            # the detector still sees smoke: no resolve, and the card says why
-            await expect(card.locator('button[data-act="resolve"]')).to_have_count(0)
-            await expect(card.locator(".still")).to_contain_text("Sensor still reports it")
+            await expect(card.locator(".who-dispatched")).to_contain_text("by the centre")
+            await expect(card.locator(".department")).to_contain_text("department: ")
+            await expect(card.locator(".timeleft")).to_contain_text("left")
             await expect(page.locator("#live")).to_have_text("live")
 
-            # a new alert arrives at the centre: the page shows it without a reload
-            await site.ingest(smoke("a2", device="sd-002", gateway="gw1", grid="310104017021050"))
-            await expect(page.locator('[data-alert="a2"] .badge.stage')).to_have_text("open")
-            # a second detector in a1's grid cell within the minute: one incident of two alerts
-            await site.ingest(smoke("a3", device="sd-003", gateway="gw1"))
+            # a new case arrives at the centre: the page shows it without a reload
+            await site.ingest(ponding("a2", device="wl-001", grid="310104014024002"))
+            await expect(page.locator('[data-alert="a2"] .badge.stage')).to_have_text("reported")
+            # a second sensor in a1's grid cell within the minute: one incident, one case
+            await site.ingest(ponding("a3", device="wl-003", grid=CALIXI_NORTH))
             incident = page.locator("section.incident").filter(has=card)
             await expect(incident.locator(".badge.incident")).to_have_text("incident of 2")
-            await expect(incident.locator('button[data-inc-act="ack"]')).to_have_text(
-                "Acknowledge all"
-            )
+
+            # the department reports disposal; the water is still there: no verification yet,
+            # and the card says why
+            await card.locator('button[data-act="dispose"]').click()
+            await expect(card.locator(".badge.stage")).to_have_text("disposed")
+            await expect(card.locator('button[data-act="verify"]')).to_have_count(0)
+            await expect(card.locator(".still")).to_contain_text("Sensor still reports it")
             assert await page.evaluate("document.documentElement.scrollWidth") <= width
             await page.screenshot(path=str(artifacts / f"dashboard-alerts-{size}.png"),
                                   full_page=True)  # fmt: skip
 
             # device detail: identity, location, health and a chart of recent readings
-            await card.locator("a").first.click()
+            await page.goto(f"{site.url}/dashboard#/device/gw1:sd-001")
             detail = page.locator("#device-detail")
             await expect(detail).to_contain_text("gw1:sd-001")
             await expect(detail).to_contain_text("battery low: 2.3 V")
@@ -227,10 +232,9 @@ async def _log_in(page: Any, url: str, token: str, where: str = "") -> None:
 async def test_a_note_survives_an_alert_burst_and_incidents_act_as_one(
     site: Registry, artifacts: Path
 ) -> None:
-    """An operator types a note while an alert burst arrives live: the note, its focus and its
-    caret survive every refresh. The incident's buttons act on all its alerts; what the API
-    refuses (a detector that still sees smoke) is said in the incident, in words. Filters narrow
-    the list, and cleared and resolved alerts are closed with one button (and a second tap)."""
+    """An operator types a note while a burst of cases arrives live: the note, its focus and its
+    caret survive every refresh. The incident's buttons act on all its cases. Filters narrow the
+    list, and verified cases are closed with one button (and a second tap)."""
     from playwright.async_api import async_playwright, expect
 
     async with async_playwright() as pw:
@@ -244,67 +248,61 @@ async def test_a_note_survives_an_alert_burst_and_incidents_act_as_one(
             await note.click()
             await page.keyboard.type("crew 12 at the")
 
-            # the burst: eight alerts in other cells and another district, each a live refresh
+            # the burst: eight cases in other cells and another district, each a live refresh
             for n in range(8):
-                district = "310106" if n % 2 else "310104"
-                await site.ingest(smoke(f"b{n}", device=f"sd-1{n}", district=district,
-                                        grid=f"G-{n}"))  # fmt: skip
+                district = "310105" if n % 2 else "310104"
+                await site.ingest(ponding(f"b{n}", device=f"wl-1{n}", grid=f"G-{n}").model_copy(
+                    update={"location": Location(district=district, grid=f"G-{n}")}))  # fmt: skip
                 await expect(page.locator(f'[data-alert="b{n}"]')).to_have_count(1)
             await expect(page.locator("#alerts-title")).to_have_text(
-                "Open work: 9 alerts in 9 incidents"
+                "Open work: 9 cases in 9 incidents"
             )
             await expect(note).to_have_value("crew 12 at the")
             assert await page.evaluate("document.activeElement.dataset.key") == "alert:a1"
             await page.keyboard.type(" pump")  # typing goes on where it was
             await expect(note).to_have_value("crew 12 at the pump")
 
-            # a second detector in a1's cell: one incident; its buttons act on both alerts
-            await site.ingest(smoke("a3", device="sd-003"))
+            # a second sensor in a1's cell: one incident; its button files both
+            await site.ingest(ponding("a3", device="wl-003"))
             incident = page.locator("section.incident").filter(has=a1)
             await expect(incident.locator(".badge.incident")).to_have_text("incident of 2")
             await expect(note).to_have_value("crew 12 at the pump")  # moved into the incident
-            await incident.locator(".incident-head input.note").fill("brigade called")
-            await incident.locator('button[data-inc-act="ack"]').click()
-            await expect(incident.locator(".incident-head .msg")).to_have_text("2 acknowledged.")
-            await expect(a1.locator(".badge.stage")).to_have_text("acknowledged")
-            await expect(a1).to_contain_text("“brigade called”")
-
-            # a1's detector clears, a3's still sees smoke: resolving the incident moves a1 only,
-            # and says why a3 stays
-            await site.ingest(smoke("a1", state=AlertState.CLEARED))
-            await expect(a1.locator(".badge.stage")).to_have_text("cleared")
-            await incident.locator('button[data-inc-act="resolve"]').click()
-            said = incident.locator(".incident-head .msg")
-            await expect(said).to_contain_text("1 resolved. 1 not resolved: a3: This alert cannot "
-                                               "be resolved yet: the sensor still reports Smoke "
-                                               "detected (obscuration 5.2 %/m, threshold 4).")  # fmt: skip
+            await incident.locator(".incident-head input.note").fill("pumps called")
+            await incident.locator('button[data-inc-act="file"]').click()
+            await expect(incident.locator(".incident-head .msg")).to_contain_text("filed.")
+            await expect(a1.locator(".badge.stage")).to_have_text("dispatched")
+            await expect(a1).to_contain_text("“pumps called”")
             await page.screenshot(path=str(artifacts / "dashboard-incident-desktop.png"),
                                   full_page=True)  # fmt: skip
 
             # the filters: what is listed, and the heading says it
-            await page.select_option("#f-district", "310106")
+            await page.select_option("#f-district", "310105")
             await expect(page.locator("#alerts-title")).to_have_text(
-                "Open work: 4 alerts in 4 incidents (310106)"
+                "Open work: 4 cases in 4 incidents (310105)"
             )
             await expect(page.locator("#alerts-list article[data-alert]")).to_have_count(4)
             await page.select_option("#f-district", "")
+
+            # disposed, the water gone, verified by an inspector: one button closes the verified
+            await site.call("POST", "/api/v1/alerts/a1/dispose", Role.OPERATOR, {"note": "pumped"})
+            await site.ingest(ponding("a1", device="wl-002", state=AlertState.CLEARED))
+            await site.ingest(ponding("a3", device="wl-003", state=AlertState.CLEARED))
+            await page.select_option("#f-stage", "disposed")
+            verify = a1.locator('button[data-act="verify"]')
+            await expect(verify).to_be_visible()
+            await verify.click()  # without a note: asked for, nothing sent
+            await expect(a1.locator(".msg")).to_contain_text("Say what the inspection found")
+            await a1.locator("input.note").fill("road dry, inlet clear")
+            await verify.click()
             await page.select_option("#f-stage", "done")
-            await expect(page.locator("#alerts-title")).to_have_text(
-                "Cleared and resolved, to close: 1 alert in 1 incident"
-            )
-            # a3, still burning, is shown beside it: an incident is listed whole
-            await expect(page.locator('[data-alert="a3"]')).to_have_class(re.compile("context"))
-            # the resolved card says who resolved it, when, and the note
-            await expect(a1.locator(".who-resolved")).to_have_text(
-                re.compile(r"^resolved by operator-1 \d+ s ago")
-            )
-            # many at once: one button, a second tap confirms, no pop-up
+            await expect(a1.locator(".badge.stage")).to_have_text("verified")
+            await expect(a1.locator(".who-verified")).to_contain_text("verified by operator-1")
             close = page.locator("#close-done")
-            await expect(close).to_have_text("Close 1 cleared and resolved")
+            await expect(close).to_have_text("Close 1 verified or cleared")
             await close.click()
-            await expect(close).to_have_text("Tap again to close 1 alerts")
+            await expect(close).to_have_text("Tap again to close 1 cases")
             await close.click()
-            await expect(page.locator("#alerts-msg")).to_have_text("Closed 1 alert.")
+            await expect(page.locator("#alerts-msg")).to_have_text("Closed 1 case.")
             await expect(a1).to_have_count(0)
             await expect(close).to_be_hidden()
         finally:
@@ -313,9 +311,9 @@ async def test_a_note_survives_an_alert_burst_and_incidents_act_as_one(
     assert closed["stage"] == "closed"
 
 
-async def test_a_refused_resolve_is_said_in_the_card(site: Registry) -> None:
-    """The sensor raises the alert again between the page's refresh and the operator's tap: the
-    API refuses, and the card says why in words (no pop-up), then shows the alert as it is."""
+async def test_a_refused_verification_is_said_in_the_card(site: Registry) -> None:
+    """The water comes back between the page's refresh and the inspector's tap: the API refuses,
+    and the card says why in words (no pop-up), then shows the case as it is."""
     from playwright.async_api import Dialog, Route, async_playwright, expect
 
     dialogs: list[str] = []
@@ -327,7 +325,9 @@ async def test_a_refused_resolve_is_said_in_the_card(site: Registry) -> None:
     async def no_stream(route: Route) -> None:
         await route.abort()  # no live refresh: the page cannot know before the tap
 
-    await site.ingest(smoke("a1", state=AlertState.CLEARED))
+    for step in ("file", "dispose"):
+        await site.call("POST", f"/api/v1/alerts/a1/{step}", Role.OPERATOR, {"note": ""})
+    await site.ingest(ponding("a1", device="wl-002", state=AlertState.CLEARED))
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
@@ -335,30 +335,25 @@ async def test_a_refused_resolve_is_said_in_the_card(site: Registry) -> None:
             page.on("dialog", dismiss)
             await page.route("**/api/v1/alerts/stream", no_stream)
             await _log_in(page, site.url, site.tokens[Role.OPERATOR], "#/alerts")
-            await page.select_option("#f-stage", "done")
+            await page.select_option("#f-stage", "disposed")
             a1 = page.locator('[data-alert="a1"]')
-            await expect(a1.locator('button[data-act="resolve"]')).to_be_visible()
-            await site.ingest(smoke("a1"))  # smoke again
-            await a1.locator('button[data-act="resolve"]').click()
-            await expect(a1.locator(".msg")).to_contain_text(
-                "This alert cannot be resolved yet: the sensor still reports Smoke detected"
-            )
-            await expect(a1.locator(".still")).to_have_text(
-                "Sensor reports it again: resolve or close once it clears. If the sensor is "
-                "broken or gone, resolve anyway and say why."
-            )
-            await expect(a1.locator('button[data-act="resolve"]')).to_have_count(0)
+            await expect(a1.locator('button[data-act="verify"]')).to_be_visible()
+            await site.ingest(ponding("a1", device="wl-002"))  # water again
+            await a1.locator("input.note").fill("looked dry from the corner")
+            await a1.locator('button[data-act="verify"]').click()
+            await expect(a1.locator(".msg")).to_contain_text("the sensor still reports")
+            await expect(a1.locator('button[data-act="verify"]')).to_have_count(0)
         finally:
             await browser.close()
     assert dialogs == []
 
 
-async def test_a_broken_sensor_is_resolved_anyway_with_a_reason(
+async def test_a_broken_sensor_is_verified_anyway_with_a_reason(
     site: Registry, artifacts: Path
 ) -> None:
-    """The detector the flood destroyed reports smoke for ever: the card offers the operator
-    "Resolve anyway…", asks for the reason in the card (no pop-up), refuses to send without one,
-    and sends the override with it; the alert leaves the open work, recorded as an override."""
+    """The level sensor the flood destroyed reports water for ever: the card offers the operator
+    "Verify anyway…", asks for the reason in the card (no pop-up), refuses to send without one,
+    and sends the override with it; the case is verified, recorded as an override."""
     from playwright.async_api import Dialog, Request, async_playwright, expect
 
     dialogs: list[str] = []
@@ -372,7 +367,9 @@ async def test_a_broken_sensor_is_resolved_anyway_with_a_reason(
         if request.method == "POST" and "/api/v1/alerts/" in request.url:
             sent.append(request.post_data_json)
 
-    why = "detector destroyed by the water, crew saw it"
+    for step in ("file", "dispose"):
+        await site.call("POST", f"/api/v1/alerts/a1/{step}", Role.OPERATOR, {"note": ""})
+    why = "level sensor destroyed by the water, crew saw it"
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
@@ -382,15 +379,15 @@ async def test_a_broken_sensor_is_resolved_anyway_with_a_reason(
             await _log_in(page, site.url, site.tokens[Role.OPERATOR], "#/alerts")
             a1 = page.locator('[data-alert="a1"]')
             await expect(a1.locator(".still")).to_have_text(
-                "Sensor still reports it: resolve once it clears. If the sensor is broken or "
-                "gone, resolve anyway and say why."
+                "Sensor still reports it: verify once it clears. If the sensor is broken or "
+                "gone, verify anyway and say why."
             )
             await a1.locator("button[data-anyway]").click()
             why_box = a1.locator("input.why")
             await expect(why_box).to_be_focused()
             await expect(a1.locator("button[data-anyway]")).to_have_count(0)
-            go = a1.locator('button[data-act="resolve"][data-override]')
-            await expect(go).to_have_text("Resolve against the sensor")
+            go = a1.locator('button[data-act="verify"][data-override]')
+            await expect(go).to_have_text("Verify against the sensor")
             await why_box.fill("broken")  # not a reason: said in the card, nothing sent
             await go.click()
             await expect(a1.locator(".msg")).to_contain_text(
@@ -408,16 +405,14 @@ async def test_a_broken_sensor_is_resolved_anyway_with_a_reason(
             await a1.locator("button[data-anyway]").click()
             await why_box.fill(why)
             await go.click()
-            await expect(a1).to_have_count(0)  # resolved: no longer open work
+            await expect(a1).to_have_count(0)  # verified: no longer open work
         finally:
             await browser.close()
     assert dialogs == []
     assert sent == [{"note": why, "override": True}]
     _, detail = await site.call("GET", "/api/v1/alerts/a1", Role.OPERATOR)
-    assert (detail["stage"], detail["resolved_by"]) == ("resolved", "operator-1")
-    assert [(s["action"], s["override"], s["note"]) for s in detail["actions"]] == [
-        ("resolve", True, why),
-    ]
+    assert (detail["stage"], detail["verified_by"]) == ("verified", "operator-1")
+    assert [(s["action"], s["override"]) for s in detail["actions"]][-1] == ("verify", True)
 
 
 async def test_device_views_carry_each_points_decimals_not_rounded_values(site: Registry) -> None:
@@ -448,9 +443,9 @@ async def test_a_crew_sees_what_it_may_do_and_no_broken_stream(
     async def no_network(route: Route) -> None:
         await route.abort("internetdisconnected")
 
-    await site.ingest(*(smoke(f"c{n}", device=f"sd-2{n}", grid=f"C-{n}") for n in range(90)))
-    await site.ingest(*(smoke(f"c{n}", device=f"sd-2{n}", grid=f"C-{n}", state=AlertState.CLEARED)
-                        for n in range(80)))  # fmt: skip
+    await site.ingest(*(ponding(f"c{n}", device=f"wl-2{n}", grid=f"C-{n}") for n in range(90)))
+    await site.ingest(*(ponding(f"c{n}", device=f"wl-2{n}", grid=f"C-{n}",
+                                state=AlertState.CLEARED) for n in range(80)))  # fmt: skip
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
@@ -462,10 +457,10 @@ async def test_a_crew_sees_what_it_may_do_and_no_broken_stream(
             page.on("request", requested)
             await _log_in(page, site.url, site.tokens[Role.MAINTENANCE], "#/alerts")
             await expect(page.locator("#alerts-title")).to_have_text(
-                "Open work: 11 alerts in 11 incidents"
+                "Open work: 11 cases in 11 incidents"
             )
             await expect(page.locator("#alerts-summary")).to_contain_text(
-                "80 cleared or resolved, to close"
+                "80 verified or cleared, to close"
             )
             await expect(page.locator("#live")).to_have_text(re.compile(r"^updated \d"))
             assert await page.locator("button[data-act], button[data-inc-act]").count() == 0
@@ -474,18 +469,18 @@ async def test_a_crew_sees_what_it_may_do_and_no_broken_stream(
             await expect(page.locator("#close-done")).to_be_hidden()
             assert "/api/v1/alerts/stream" not in asked
             # a refusal, had one happened, reads as a sentence for the crew
-            words = await page.evaluate('said({status: 403}, "acknowledge this alert")')
-            assert words == "Your role (maintenance) may not acknowledge this alert."
+            words = await page.evaluate('said({status: 403}, "dispatch this case")')
+            assert words == "Your role (maintenance) may not dispatch this case."
             assert await page.evaluate("document.documentElement.scrollWidth") <= 390
             height = await page.evaluate("document.documentElement.scrollHeight")
             await page.screenshot(path=str(artifacts / "dashboard-alerts-crew-phone.png"),
                                   full_page=True)  # fmt: skip
-            # 11 open alerts of 91 not closed: the phone shows the open work, compactly
+            # 11 open cases of 91 not closed: the phone shows the open work, compactly
             assert height < 11 * 200, height
             await expect(page.locator("#live")).not_to_have_text("reconnecting")
 
             # without a stream, the clock brings news: a new alert shows within a poll
-            await site.ingest(smoke("late", device="sd-999", grid="L-1"))
+            await site.ingest(ponding("late", device="wl-999", grid="L-1"))
             await expect(page.locator('[data-alert="late"]')).to_have_count(1, timeout=15_000)
             # and when the registry cannot be reached, the header says since when, in words
             await page.route("**/api/v1/alerts/lifecycle*", no_network)
@@ -590,7 +585,7 @@ async def test_hostile_data_is_shown_as_text_and_runs_nothing(tmp_path: Path) ->
 
     async with registry(tmp_path) as reg, async_playwright() as pw:
         device_id = await seed_hostile(reg)
-        # an admin may name a token anything: the name shows as "acknowledged by ..."
+        # an admin may name a token anything: the name shows as "disposal reported by ..."
         name = "<img src=planted-name onerror=alert('name')>"
         crew = await issue(reg.store, TokenRequest(name=name, role=Role.OPERATOR), SYSTEM)
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
@@ -630,9 +625,9 @@ async def test_hostile_data_is_shown_as_text_and_runs_nothing(tmp_path: Path) ->
             for text in ("category", "message", "aunit"):
                 await expect(other).to_contain_text(hostile(text))
             await alert.locator("input.note").fill(hostile("note"))  # people's words, shown back
-            await alert.locator('button[data-act="ack"]').click()
-            await expect(alert.locator(".badge.stage")).to_have_text("acknowledged")
-            await expect(alert).to_contain_text(f"acknowledged by {name}")
+            await alert.locator('button[data-act="dispose"]').click()
+            await expect(alert.locator(".badge.stage")).to_have_text("disposed")
+            await expect(alert).to_contain_text(f"disposal reported by {name}")
             await expect(alert).to_contain_text(hostile("note"))
 
             # the device's page: labels, point, value and unit

@@ -231,8 +231,8 @@ FLOOD = AlertFacts(
         (AlertFacts(state="cleared", category="0406", severity="major", device="wl-01",
                     point="level", value=0.1, unit="m"), "zh_CN",
          "告警解除【重要】0406：wl-01 level = 0.1 m"),
-        (AlertFacts(state="raised", category="FIRE-SMOKE-01", severity="minor", device="sd-1",
-                    point="alarm", value=True), "zh_CN", "告警发生【一般】FIRE-SMOKE-01：sd-1 alarm = 开"),
+        (AlertFacts(state="raised", category="2201", severity="minor", device="sd-1",
+                    point="alarm", value=True), "zh_CN", "告警发生【一般】2201：sd-1 alarm = 开"),
         (AlertFacts(state="raised", category="0101", severity="info", device="mh-1", point="",
                     value=None), "en", "ALERT RAISED [info] 0101: mh-1 = no value"),
     ],
@@ -253,8 +253,8 @@ def test_the_platform_alert_carries_the_sentence_in_every_language() -> None:
     got = PlatformAlert.model_validate_json(sent.model_dump_json())
     assert got.message == "Smoke detected"
     assert got.text == {
-        "zh_CN": "告警发生【严重】烟感报警（FIRE-SMOKE-01）：sd-001 obscuration = 5.2 %/m"
-        "（阈值 4 %/m），FT-0042：Smoke detected",
-        "en": "ALERT RAISED [critical] smoke alarm (FIRE-SMOKE-01): sd-001 obscuration = 5.2 %/m "
-        "(threshold 4 %/m), FT-0042: Smoke detected",
+        "zh_CN": "告警发生【严重】烟感报警（2201）：sd-001 obscuration = 5.2 %/m"
+        "（阈值 4 %/m），310104014024001：Smoke detected",
+        "en": "ALERT RAISED [critical] smoke alarm (2201): sd-001 obscuration = 5.2 %/m "
+        "(threshold 4 %/m), 310104014024001: Smoke detected",
     }

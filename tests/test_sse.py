@@ -1,5 +1,5 @@
 """The SSE alert stream and the MQTT platform tree carry the same messages as the webhooks; an
-overdue alert is escalated on the platform topic tree. Many streams share one feed reader; a
+overdue case is urged on the platform topic tree. Many streams share one feed reader; a
 revoked token's stream ends; a stream that falls behind catches up. Real mosquitto, real HTTP."""
 
 from __future__ import annotations
@@ -14,17 +14,18 @@ from typing import Any
 
 import aiohttp
 import pytest
+from sqlalchemy import update
 
 from device_registry import RegistryStore
 from device_registry.alerts.store import FeedEvent
-from device_registry.db.tables import ApiToken
+from device_registry.db.tables import AlertOps, ApiToken
 from device_registry.delivery import routes as delivery_routes
 from device_registry.delivery.runtime import OPS, Delivery
 from device_registry.errors import StoreUnavailable
 from device_registry.http.auth import SYSTEM, Role, TokenRequest, hash_token, issue, revoked_among
 from device_registry.inventory.downlink import BrokerSettings
-from gridwatch.ground.contract import PlatformEscalation, PlatformLifecycle
-from tests._ops_helpers import Registry, now_ms, registry, smoke
+from gridwatch.ground.contract import AlertState, PlatformLifecycle
+from tests._ops_helpers import Registry, now_ms, parked, ponding, registry
 from tests.fieldkit import listen
 from tests.services import Mosquitto
 
@@ -58,55 +59,61 @@ async def collect(reg: Registry, n: int, headers: dict[str, str], query: str = "
 async def test_stream_live_filtered_and_resumable(tmp_path: Path) -> None:
     async with registry(tmp_path) as reg:
         # since=0: from the start of the feed, so the test need not race the connection
-        reader = asyncio.create_task(collect(reg, 3, {}, "?district=310104&since=0"))
-        await reg.ingest(smoke("n1", district="310105"))
-        await reg.ingest(smoke("a1"))
-        await reg.call("POST", "/api/v1/alerts/a1/ack", Role.OPERATOR, {"note": "seen"})
+        reader = asyncio.create_task(collect(reg, 4, {}, "?district=310104&since=0"))
+        await reg.ingest(parked("n1", district="310105"))
+        await reg.ingest(parked("a1"))
+        await reg.ingest(parked("a1", state=AlertState.CLEARED))
+        await reg.call("POST", "/api/v1/alerts/a1/close", Role.OPERATOR, {"note": "seen"})
         async with asyncio.timeout(10):
             events = await reader
         assert [(e["event"], e["data"]["alert_id"]) for e in events] == [
             ("alert", "a1"),
             ("lifecycle", "a1"),
+            ("alert", "a1"),
             ("lifecycle", "a1"),
         ]
-        assert events[2]["data"]["action"] == "ack" and events[2]["data"]["actor"] == "operator-1"
+        assert (events[3]["data"]["action"], events[3]["data"]["stage"]) == ("close", "closed")
+        assert events[3]["data"]["actor"] == "operator-1"
 
         # a reconnect with Last-Event-ID gets what came after it, no more, no less
         async with asyncio.timeout(10):
-            again = await collect(reg, 2, {"Last-Event-ID": events[0]["id"]}, "?district=310104")
-        assert [e["id"] for e in again] == [events[1]["id"], events[2]["id"]]
-        assert again[1]["data"] == events[2]["data"]
+            again = await collect(reg, 3, {"Last-Event-ID": events[0]["id"]}, "?district=310104")
+        assert [e["id"] for e in again] == [e["id"] for e in events[1:]]
+        assert again[2]["data"] == events[3]["data"]
 
         status, _ = await reg.call("GET", "/api/v1/alerts/stream", Role.MAINTENANCE)
         assert status == 403
 
 
-async def test_lifecycle_and_escalation_on_the_platform_tree(
+async def test_case_steps_and_urging_on_the_platform_tree(
     tmp_path: Path, mosquitto: Mosquitto, prefix: str
 ) -> None:
     target = BrokerSettings("127.0.0.1", mosquitto.port, prefix, client_id=f"reg-{prefix}")
     delivery = Delivery(mqtt=target, poll_s=0.2, escalate_every_s=0.1)
     async with listen(mosquitto.port, f"{prefix}/platform/#") as seen, \
             registry(tmp_path, delivery) as reg:  # fmt: skip
-        # raised 16 minutes ago: past the 15-minute limit of 2201
-        await reg.ingest(smoke("old", at=now_ms() - 16 * 60_000))
-        await reg.ingest(smoke("new", grid="310104017021077"))
-        await reg.call("POST", "/api/v1/alerts/new/ack", Role.OPERATOR, {})
-        await seen.wait_for(
-            lambda s: (
-                len(s.on("critical")) >= 4 and any("/escalation/" in t for t, _, _ in s.messages)
-            )
-        )
+        await reg.ingest(ponding("late"), ponding("new", "wl-002", grid="G-77"))
+        for alert_id in ("late", "new"):
+            await reg.call("POST", f"/api/v1/alerts/{alert_id}/file", Role.OPERATOR, {})
+        # the department let its time limit run out (as if filed long ago)
+        async with reg.store.transaction() as s:
+            await s.execute(update(AlertOps).where(AlertOps.alert_id == "late")
+                            .values(due_at=now_ms() - 60_000))  # fmt: skip
+        await seen.wait_for(lambda s: any(p.get("action") == "urge" for _, p, _ in s.messages))
     by_topic = [(t.removeprefix(prefix), p) for t, p, _ in seen.messages]
-    esc = [PlatformEscalation.model_validate(p) for t, p in by_topic if "/escalation/" in t]
-    assert [e.alert_id for e in esc] == ["old"] and esc[0].overdue_ms >= 60_000
     assert {t for t, _ in by_topic} == {
-        "/platform/lifecycle/310104/2201/critical",
-        "/platform/escalation/310104/2201/critical",
+        "/platform/lifecycle/310104/0406/major",
     }  # the device transitions ("alert") are the bridge's to publish
-    steps = [PlatformLifecycle.model_validate(p) for t, p in by_topic if "/lifecycle/" in t]
-    assert [(s.alert_id, s.action) for s in steps] == [("old", "open"), ("new", "open"),
-                                                        ("new", "ack")]  # fmt: skip
+    steps = [PlatformLifecycle.model_validate(p) for t, p in by_topic]
+    assert [(s.alert_id, s.action, s.stage) for s in steps] == [
+        ("late", "open", "reported"), ("new", "open", "reported"),
+        ("late", "file", "filed"), ("late", "dispatch", "dispatched"),
+        ("new", "file", "filed"), ("new", "dispatch", "dispatched"),
+        ("late", "urge", "dispatched"),
+    ]  # fmt: skip
+    urge = steps[-1]
+    assert (urge.actor, urge.urged, urge.urge_count, urge.overdue) == ("centre", True, 1, True)
+    assert urge.department is not None and urge.class_code == "0406"
 
 
 async def test_open_streams_do_not_hold_up_shutdown(tmp_path: Path) -> None:
@@ -123,7 +130,7 @@ async def test_open_streams_do_not_hold_up_shutdown(tmp_path: Path) -> None:
                 got_first.set()
 
     async with registry(tmp_path) as reg:
-        await reg.ingest(smoke("a1"))
+        await reg.ingest(parked("a1"))
         reader = asyncio.create_task(hold(reg))
         async with asyncio.timeout(5):
             await got_first.wait()
@@ -176,7 +183,7 @@ async def test_many_streams_share_one_feed_read_per_tick(
 
         # and every stream still gets every event, woken at once by this process's write
         before = len(reads)
-        await reg.ingest(smoke("a1"))
+        await reg.ingest(parked("a1"))
         async with asyncio.timeout(10):
             got = await asyncio.gather(*readers)
         assert all([e["event"] for e in events] == ["alert", "lifecycle"] for events in got)
@@ -218,7 +225,7 @@ async def test_a_stream_that_falls_behind_reads_the_rest_from_the_database(
         reader = asyncio.create_task(collect(reg, 10, {}))
         await until(lambda: hub.clients == 1)
         assert hub.catch_ups == 0
-        await reg.ingest(*(smoke(f"b{n}", grid=f"G-{n}") for n in range(5)))
+        await reg.ingest(*(parked(f"b{n}", grid=f"G-{n}") for n in range(5)))
         async with asyncio.timeout(10):
             events = await reader
         # nothing lost, nothing twice, in order
@@ -258,7 +265,7 @@ async def test_one_token_check_serves_all_streams_and_ends_only_the_revoked(
                 for resp in streams[:2]:
                     await resp.content.read()  # ended by the server
             await until(lambda: hub.clients == 3)
-            await reg.ingest(smoke("a1"))
+            await reg.ingest(parked("a1"))
             for resp in streams[2:]:  # the others still deliver
                 async with asyncio.timeout(5):
                     async for event in sse_events(resp):
@@ -272,11 +279,11 @@ async def test_one_token_check_serves_all_streams_and_ends_only_the_revoked(
 
 async def test_a_client_of_a_replaced_database_gets_the_new_feed(tmp_path: Path) -> None:
     async with registry(tmp_path) as reg:
-        await reg.ingest(smoke("a1"))
+        await reg.ingest(parked("a1"))
         # the client saw seq 1000 of a feed this database never had (restored from a backup)
         reader = asyncio.create_task(collect(reg, 2, {"Last-Event-ID": "1000"}))
         await until(lambda: reg.app[OPS].hub.clients == 1)
-        await reg.ingest(smoke("a2", grid="310104017021077"))
+        await reg.ingest(parked("a2", grid="310104017021077"))
         async with asyncio.timeout(10):
             events = await reader
         assert [(e["event"], e["data"]["alert_id"]) for e in events] == [
@@ -301,7 +308,7 @@ async def test_the_feed_reader_outlives_a_failing_store(
         reader = asyncio.create_task(collect(reg, 2, {}))
         await until(lambda: reg.app[OPS].hub.clients == 1)
         monkeypatch.setattr(ops, "feed", feed)
-        await reg.ingest(smoke("a1"))
+        await reg.ingest(parked("a1"))
         async with asyncio.timeout(10):
             events = await reader
         assert [e["data"]["alert_id"] for e in events] == ["a1", "a1"]

@@ -33,7 +33,7 @@ from device_registry.delivery.webhooks import (
 )
 from device_registry.errors import RegistryError
 from device_registry.http.auth import Role
-from tests._ops_helpers import registry, smoke
+from tests._ops_helpers import parked, registry, smoke
 
 SECRET = "s3cret-for-the-city-platform"
 
@@ -108,11 +108,14 @@ async def test_retries_dead_letters_and_replay(tmp_path: Path) -> None:
         )
         assert status == 201
 
-        # two failures, then the third attempt gets through: the alert and its lifecycle "open"
+        # two failures, then the third attempt gets through: the alert and its case's steps (a
+        # smoke alarm is filed and dispatched at once)
         rec.fail_next = 2
         await reg.ingest(smoke("a1"))
-        await rec.wait(lambda r: len(r.delivered) == 2)
-        assert [m["kind"] for m in rec.delivered] == ["alert", "lifecycle"]
+        await rec.wait(lambda r: len(r.delivered) == 4)
+        assert [m.get("action", m["kind"]) for m in rec.delivered] == [
+            "alert", "open", "file", "dispatch"
+        ]  # fmt: skip
         assert rec.delivered[0]["alert_id"] == "a1" and rec.delivered[1]["incident_new"] is True
         first = [t for t, seq in rec.attempts if seq == rec.attempts[0][1]]
         assert len(first) == 3
@@ -120,9 +123,9 @@ async def test_retries_dead_letters_and_replay(tmp_path: Path) -> None:
         assert gaps[0] >= 0.1 and gaps[1] >= 0.2  # exponential: 0.1 s, then 0.2 s
 
         # another district is filtered out; a receiver down for good makes a dead letter
-        await reg.ingest(smoke("n1", district="310105"))
+        await reg.ingest(smoke("n1", "sd-009", district="310105"))
         rec.fail_always = True
-        await reg.call("POST", "/api/v1/alerts/a1/ack", Role.OPERATOR, {"note": "on it"})
+        await reg.call("POST", "/api/v1/alerts/a1/urge", Role.OPERATOR, {"note": "on it"})
         async with asyncio.timeout(10):
             while True:
                 status, dead = await reg.call("GET", "/api/v1/webhooks/dead-letters", Role.OPERATOR)
@@ -131,7 +134,8 @@ async def test_retries_dead_letters_and_replay(tmp_path: Path) -> None:
                 await asyncio.sleep(0.05)  # polling another component's state, with a deadline
         [d] = dead
         assert d["attempts"] == 3 and d["last_error"] == "HTTP 500"
-        assert d["message"]["action"] == "ack" and d["message"]["note"] == "on it"
+        assert d["message"]["action"] == "urge" and d["message"]["note"] == "on it"
+        assert (d["message"]["stage"], d["message"]["urged"]) == ("dispatched", True)
 
         # replay once the receiver is back: delivered, and gone from the pending list
         rec.fail_always = False
@@ -139,7 +143,7 @@ async def test_retries_dead_letters_and_replay(tmp_path: Path) -> None:
             "POST", f"/api/v1/webhooks/dead-letters/{d['id']}/replay", Role.OPERATOR
         )
         assert status == 200 and replay["delivered"] is True
-        assert rec.delivered[-1]["action"] == "ack"
+        assert rec.delivered[-1]["action"] == "urge"
         _, dead = await reg.call("GET", "/api/v1/webhooks/dead-letters", Role.ADMIN)
         assert dead == []
         assert all(m["location"]["district"] == "310104" for m in rec.delivered)
@@ -172,7 +176,7 @@ async def test_two_registry_processes_deliver_each_message_once_and_take_over(
             status, _ = await second.call("POST", "/api/v1/webhooks", Role.ADMIN,
                                           {"url": rec.url, "secret": SECRET})  # fmt: skip
             assert status == 201
-            await second.ingest(smoke("a1"))
+            await second.ingest(parked("a1"))
             await rec.wait(lambda r: len(r.delivered) == 2)
             await asyncio.sleep(1.0)  # time enough for a second deliverer to send them again
             assert [(m["kind"], m["alert_id"]) for m in rec.delivered] == [
@@ -181,7 +185,7 @@ async def test_two_registry_processes_deliver_each_message_once_and_take_over(
             assert not second.app[LEASE].held
         # the delivering process is gone: the other takes over where its cursor stopped
         await until(lambda: second.app[LEASE].held)
-        await second.ingest(smoke("a2"))
+        await second.ingest(parked("a2"))
         await rec.wait(lambda r: len(r.delivered) == 4)
         assert [(m["kind"], m["alert_id"]) for m in rec.delivered][2:] == [
             ("alert", "a2"), ("lifecycle", "a2")
@@ -219,7 +223,7 @@ async def test_the_secret_is_encrypted_at_rest_and_signing_still_verifies(
         [stored] = await stored_secrets(reg)
         assert stored.startswith("fernet:v1:") and len(stored) <= 200  # fits the column as it is
         assert LONG_SECRET not in stored and "x" * 20 not in stored
-        await reg.ingest(smoke("a1"))
+        await reg.ingest(parked("a1"))
         await rec.wait(lambda r: len(r.delivered) == 2)
         assert rec.bad_signatures == 0
 
@@ -233,7 +237,7 @@ async def test_plain_text_secrets_are_read_then_encrypted_and_keys_rotate(
             await reg.call("POST", "/api/v1/webhooks", Role.ADMIN,
                            {"url": rec.url, "secret": SECRET})  # fmt: skip
             assert await stored_secrets(reg) == [SECRET]
-            await reg.ingest(smoke("a1"))
+            await reg.ingest(parked("a1"))
             await rec.wait(lambda r: len(r.seqs) == 2)
         warned = [r for r in caplog.records if SECRET_KEY_ENV in r.getMessage()]
         assert [(r.levelname, r.getMessage()) for r in warned] == [
@@ -245,20 +249,20 @@ async def test_plain_text_secrets_are_read_then_encrypted_and_keys_rotate(
         async with registry(tmp_path, FAST, name="keyed") as reg:
             await until(lambda: reg.app[LEASE].held)
             [sealed_a] = await until_stored(reg, lambda v: v.startswith("fernet:v1:"))
-            await reg.ingest(smoke("a2"))
+            await reg.ingest(parked("a2"))
             await rec.wait(lambda r: len(r.seqs) == 4)
 
         monkeypatch.setenv(SECRET_KEY_ENV, f"{KEY_B},{KEY_A}")  # a new key first, the old after
         async with registry(tmp_path, FAST, name="rotated") as reg:
             [sealed_b] = await until_stored(reg, lambda v: v != sealed_a)
             assert sealed_b.startswith("fernet:v1:")
-            await reg.ingest(smoke("a3"))
+            await reg.ingest(parked("a3"))
             await rec.wait(lambda r: len(r.seqs) == 6)
         assert rec.bad_signatures == 0
 
         monkeypatch.setenv(SECRET_KEY_ENV, KEY_A)  # the key it was sealed with is gone
         async with registry(tmp_path, FAST, name="lost") as reg:
-            await reg.ingest(smoke("a4"))
+            await reg.ingest(parked("a4"))
             dead = await until_dead(reg)
             assert dead[0]["last_error"] == (
                 f"cannot sign: the secret was encrypted with a key that is not in {SECRET_KEY_ENV}"

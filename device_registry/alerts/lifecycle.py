@@ -1,104 +1,123 @@
-"""An alert's lifecycle at the centre: the pure core (no I/O, time is an argument).
+"""A case's life at the centre, the city's workflow: the pure core (no I/O, time is an argument).
 
-The edge says what the device sees (raised, updated, cleared); the centre adds what people do::
+The edge says what the device sees (raised, updated, cleared); the centre turns an alert into a
+case of the city's grid-management workflow (GB/T 30428.8: 立案 filing, 派遣 dispatch, 处置
+disposal, 核查 verification, 结案 closure)::
 
-    open --ack--> acknowledged --resolve--> resolved --close--> closed
-      |               |
-      +---- device clears ----> cleared --close / resolve--> ...
+    reported --file--> filed --dispatch--> dispatched --dispose--> disposed --verify--> verified
+       |                                       ^                      |                   |
+       +--close (never filed)--> closed        +------- reject -------+      closed <--close-+
 
-An operator may resolve an open alert without acknowledging it first (the fix was quick), and
-close a cleared one (the condition went away by itself). Every accepted step becomes a
+``urge`` (督办) flags a filed or dispatched case and counts, without moving it. An alert that
+arrives is ``reported``; it becomes a case when an operator files it, or when the catalogue's
+filing condition holds (``should_file``). A filed case is dispatched to the catalogue's
+department at once. After the department reports disposal, the sensor verifies it
+(``verify_by_sensor``): the condition stayed clear for the catalogue's verification window ->
+verified, then closed; the condition came back, or never went -> re-dispatched (``reject``). An
+inspector may verify or reject with a note at any time. Every accepted step becomes a
 ``Transition`` the store persists: who did what, when, with a note.
 
-Nobody may resolve or close an alert while its sensor still reports the condition
-(``StillActive``): a closed alert leaves every list, and a flood that is still there would then be
-shown by nothing. Such an alert can be acknowledged; it becomes ``cleared`` when the device says
-the condition is gone, and can be resolved or closed from there.
+Nobody may verify or close a case while its sensor still reports the condition (``StillActive``):
+a closed case leaves every list, and a flood that is still there would then be shown by nothing.
+If the sensor is gone or broken, the person says so (override with a note).
 
-Time limits come from the event catalogue (the city base list with the alert's district layer on
-top); an alert still waiting for people (open or acknowledged) past its limit is overdue, and is
-escalated once. A drill scales every limit down (``due_at``'s ``scale``) so that escalation can
-be rehearsed in minutes; the catalogue's own minutes are still what messages report.
+Time limits (处置时限) come from the catalogue by the grid cell's area class (A core, B, C); they
+run from filing, again from each re-dispatch. A filed or dispatched case past its limit is
+overdue, and is urged once per limit it is late. A drill scales every time of the workflow
+(filing hold, time limit, verification window) by ``scale`` so that it can be rehearsed in
+minutes; the catalogue's own minutes are still what messages report.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Protocol
 
-from gridwatch.ground.catalogue import DEFAULT_AREA_CLASS, Catalogue
+from device_registry.alerts import wording
 
 
 class Stage(enum.StrEnum):
-    OPEN = "open"
-    ACKNOWLEDGED = "acknowledged"
-    RESOLVED = "resolved"
+    REPORTED = "reported"
+    FILED = "filed"
+    DISPATCHED = "dispatched"
+    DISPOSED = "disposed"
+    VERIFIED = "verified"
     CLOSED = "closed"
-    CLEARED = "cleared"
+
+    @property
+    def zh(self) -> str:
+        return wording.STAGE_ZH[self.value]
 
 
 class Action(enum.StrEnum):
-    ACK = "ack"
-    RESOLVE = "resolve"
+    FILE = "file"
+    DISPATCH = "dispatch"
+    DISPOSE = "dispose"
+    VERIFY = "verify"
+    REJECT = "reject"
     CLOSE = "close"
-    DEVICE_CLEAR = "device_clear"
+    URGE = "urge"
 
 
-DEVICE = "device"
-"""The actor of a transition the device caused."""
+CENTRE = "centre"
+"""The actor of a step the centre took by itself (filing, dispatch, closure, urging)."""
+SENSOR = "sensor"
+"""The actor of a verification (or a re-dispatch) decided by what the sensor reported."""
 
 # (stage, action) -> next stage; a pair not in the table is refused
 TRANSITIONS: dict[tuple[Stage, Action], Stage] = {
-    (Stage.OPEN, Action.ACK): Stage.ACKNOWLEDGED,
-    (Stage.OPEN, Action.RESOLVE): Stage.RESOLVED,
-    (Stage.OPEN, Action.DEVICE_CLEAR): Stage.CLEARED,
-    (Stage.ACKNOWLEDGED, Action.RESOLVE): Stage.RESOLVED,
-    (Stage.ACKNOWLEDGED, Action.DEVICE_CLEAR): Stage.CLEARED,
-    (Stage.CLEARED, Action.RESOLVE): Stage.RESOLVED,
-    (Stage.CLEARED, Action.CLOSE): Stage.CLOSED,
-    (Stage.RESOLVED, Action.CLOSE): Stage.CLOSED,
+    (Stage.REPORTED, Action.FILE): Stage.FILED,
+    # not filed: the condition went away by itself, there is nothing to dispatch
+    (Stage.REPORTED, Action.CLOSE): Stage.CLOSED,
+    (Stage.FILED, Action.DISPATCH): Stage.DISPATCHED,
+    (Stage.DISPATCHED, Action.DISPATCH): Stage.DISPATCHED,  # to another department
+    (Stage.DISPATCHED, Action.DISPOSE): Stage.DISPOSED,
+    (Stage.DISPOSED, Action.VERIFY): Stage.VERIFIED,
+    (Stage.DISPOSED, Action.REJECT): Stage.DISPATCHED,
+    (Stage.VERIFIED, Action.CLOSE): Stage.CLOSED,
+    (Stage.FILED, Action.URGE): Stage.FILED,
+    (Stage.DISPATCHED, Action.URGE): Stage.DISPATCHED,
 }
 
-WAITING = frozenset({Stage.OPEN, Stage.ACKNOWLEDGED})
-"""Stages in which the time limit runs: somebody still has to act."""
+WAITING = frozenset({Stage.FILED, Stage.DISPATCHED})
+"""Stages in which the time limit runs: the department still has to act."""
+LIVE = frozenset({Stage.FILED, Stage.DISPATCHED, Stage.DISPOSED, Stage.VERIFIED})
+"""Stages of a case that is filed and not closed yet."""
+ENDING = frozenset({Action.VERIFY, Action.CLOSE})
+"""Actions that take a case off the department's lists: refused while the condition lasts."""
+NOTED = frozenset({Action.VERIFY, Action.REJECT, Action.URGE})
+"""Actions a person must explain: what the inspector found, why it failed, what is urged."""
 
 
 class Refused(ValueError):
-    """An action that the alert's stage does not allow (an API 409)."""
+    """An action that the case's stage does not allow (an API 409)."""
 
     def __init__(self, stage: Stage, action: Action, message: str = "") -> None:
-        super().__init__(message or f"cannot {action.value} an alert that is {stage.value}")
+        super().__init__(message or wording.REFUSED.format(action=action.value, stage=stage.value))
         self.stage = stage
         self.action = action
 
 
-ENDING = frozenset({Action.RESOLVE, Action.CLOSE})
-"""Actions that take an alert off the operators' lists: refused while the condition lasts."""
-
-
 class StillActive(Refused):
-    """Resolve or close of an alert whose sensor still reports the condition (an API 409)."""
+    """Verify or close of a case whose sensor still reports the condition (an API 409)."""
 
     def __init__(self, stage: Stage, action: Action, condition: str) -> None:
-        verb = {Action.RESOLVE: "resolved", Action.CLOSE: "closed"}[action]
-        super().__init__(stage, action, (
-            f"this alert cannot be {verb} yet: the sensor still reports {condition}. "
-            "It can be acknowledged now; once the device reports the condition gone, the alert "
-            f"shows as cleared and can be {verb}; if the sensor is broken or gone, "
-            f"{action.value} with override and say why in the note."
-        ))  # fmt: skip
+        verb = wording.STILL_ACTIVE_VERB[action.value]
+        text = wording.STILL_ACTIVE.format(verb=verb, condition=condition, action=action.value)
+        super().__init__(stage, action, text)
         self.condition = condition
 
 
+class NoteRequired(ValueError):
+    """A step that needs a note without one (an API 422)."""
+
+
 SILENT_MS = 24 * 3_600_000
-"""A sensor without a reading this long is taken as gone: its alert may be resolved and closed."""
+"""A sensor without a reading this long is taken as gone: its case may be verified and closed."""
 
 OVERRIDE_NOTE_MIN = 15
 """An override's note says why in words, not "ok": at least this many characters."""
-
-
-class NoteRequired(ValueError):
-    """An override without a note that says why (an API 422)."""
 
 
 def override_note_problem(note: str) -> str | None:
@@ -106,18 +125,24 @@ def override_note_problem(note: str) -> str | None:
     given = len(note.strip())
     if given >= OVERRIDE_NOTE_MIN:
         return None
-    return (f"an override needs a note of at least {OVERRIDE_NOTE_MIN} characters saying why "
-            f"the sensor is not to be believed (e.g. 'detector destroyed by the water'); "
-            f"{'none was given' if not given else f'{given} given'}")  # fmt: skip
+    said = wording.OVERRIDE_GIVEN.format(count=given) if given else wording.OVERRIDE_NONE_GIVEN
+    return wording.OVERRIDE_NOTE.format(minimum=OVERRIDE_NOTE_MIN, given=said)
+
+
+def note_problem(action: Action, note: str) -> str | None:
+    """Why ``action`` cannot go without a note; None when it has one or needs none."""
+    if action not in NOTED or note.strip():
+        return None
+    return wording.NOTE_REQUIRED.format(action=action.value, why=wording.NOTE_WHY[action.value])
 
 
 def sensor_gone(retired: bool, last_reading: int | None, now: int) -> str | None:
     """Why the sensor counts as gone, in words, or None while it may still report.
     ``last_reading``: epoch ms of its newest reading or alert update (None: never heard)."""
     if retired:
-        return "its device is retired"
+        return wording.SENSOR_RETIRED
     if last_reading is not None and now - last_reading > SILENT_MS:
-        return f"no reading for {(now - last_reading) // 3_600_000} h"
+        return wording.SENSOR_SILENT.format(hours=(now - last_reading) // 3_600_000)
     return None
 
 
@@ -132,7 +157,7 @@ class Transition:
     note: str
     at: int
     override: bool = False
-    """A person ended the alert against a sensor that still reported its condition."""
+    """A person ended the case against a sensor that still reported its condition."""
     sensor: str = ""
     """What the sensor last reported and why the step went against it ("" when it did not)."""
 
@@ -150,6 +175,9 @@ def step(
     after = TRANSITIONS.get((stage, action))
     if after is None:
         raise Refused(stage, action)
+    problem = note_problem(action, note)
+    if problem is not None:
+        raise NoteRequired(problem)
     if active is None or action not in ENDING:
         return Transition(stage, after, action, actor, note, at)
     if gone is not None:
@@ -170,50 +198,147 @@ def still_reported(
     (``state`` is the device's own: raised, updated, cleared)."""
     if state == "cleared":
         return None
+    return (
+        f"{message} ({reading(point, value, unit, threshold)})"
+        if message
+        else reading(point, value, unit, threshold)
+    )
+
+
+def reading(point: str, value: object, unit: str, threshold: float | None) -> str:
+    """A reading in words: "depth 0.18 m, threshold 0.15"."""
     # four significant digits: a sentence, not a record (the reading's own view has them all)
     shown = str(value)
     if isinstance(value, float):
         shown = f"{value:.4g}" if abs(value) < 10_000 else f"{value:.0f}"
-    reading = " ".join(x for x in (point, shown, unit) if x)
+    said = " ".join(x for x in (point, shown, unit) if x)
     if threshold is not None:
-        reading += f", threshold {threshold:g}"
-    return f"{message} ({reading})" if message else reading
+        said += f", threshold {threshold:g}"
+    return said
 
 
-def device_cleared(stage: Stage, at: int) -> Transition | None:
-    """What the device's clear changes: nothing once people have resolved or closed it."""
-    after = TRANSITIONS.get((stage, Action.DEVICE_CLEAR))
-    if after is None:
+# ---- the catalogue as the workflow reads it (gridwatch.ground.catalogue.Category has these) ----
+
+
+class Filing(Protocol):
+    @property
+    def auto(self) -> bool: ...
+    @property
+    def point(self) -> str | None: ...
+    @property
+    def above(self) -> float | None: ...
+    @property
+    def below(self) -> float | None: ...
+    @property
+    def for_s(self) -> int: ...
+
+
+class Closure(Protocol):
+    @property
+    def verify_window_s(self) -> int | None: ...
+
+
+class CaseRules(Protocol):
+    """A catalogue category, as far as the workflow decides by it."""
+
+    @property
+    def filing(self) -> Filing: ...
+    @property
+    def closure(self) -> Closure: ...
+    def limit_min(self, area_class: str) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Sensed:
+    """What the device reports about an alert's condition, as the workflow sees it."""
+
+    state: str
+    """raised, updated or cleared (the device's own)."""
+    point: str
+    value: object
+    raised_at: int
+    changed_at: int
+    """Epoch ms of the latest raise or clear (the current state began then)."""
+
+
+def should_file(category: CaseRules, alert: Sensed, now: int, scale: float = 1.0) -> bool:
+    """Whether the catalogue's filing condition holds: filed by the centre itself (``auto``),
+    the alert still active, raised at least ``for_s`` (times a drill's ``scale``) ago, its value
+    on ``point`` past ``above`` (or under ``below``). The edge's rule already held the value
+    past its line since the raise; the value checked here is the latest one."""
+    f = category.filing
+    if not f.auto or alert.state == "cleared":
+        return False
+    if f.point and alert.point != f.point:
+        return False
+    if f.above is not None or f.below is not None:
+        value = alert.value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if f.above is not None and not value > f.above:
+            return False
+        if f.below is not None and not value < f.below:
+            return False
+    return now - alert.raised_at >= round(f.for_s * 1000 * scale)
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """A case, as sensor verification sees it."""
+
+    stage: Stage
+    disposed_at: int | None
+    sensed: Sensed
+    """The device's latest alert of the case's condition (a new raise after a clear included)."""
+
+
+def verify_by_sensor(
+    category: CaseRules, case: Case, now: int, scale: float = 1.0
+) -> Action | None:
+    """What the sensor's reports decide about a disposed case (自动核查): ``VERIFY`` once the
+    condition has stayed clear for the catalogue's verification window after disposal;
+    ``REJECT`` (re-dispatch) when the condition came back after disposal, or is still there a
+    window after it; None while the window runs, or when the catalogue gives the sensor no
+    say (no window: an inspector verifies)."""
+    window_s = category.closure.verify_window_s
+    if case.stage is not Stage.DISPOSED or window_s is None or case.disposed_at is None:
         return None
-    return Transition(stage, after, Action.DEVICE_CLEAR, DEVICE, "", at)
+    window = round(window_s * 1000 * scale)
+    sensed = case.sensed
+    if sensed.state != "cleared":
+        back = sensed.changed_at > case.disposed_at
+        return Action.REJECT if back or now - case.disposed_at >= window else None
+    clear_since = max(case.disposed_at, sensed.changed_at)
+    return Action.VERIFY if now - clear_since >= window else None
 
 
-def time_limit_ms(
-    catalogue: Catalogue, category: str, district: str, area_class: str = DEFAULT_AREA_CLASS
-) -> int | None:
-    """The disposal time limit of a category in a district (its layer may tighten the city's)
-    for the place's area class (A core, B, C; "B" when the grid cell is not known)."""
-    entry = catalogue.lookup(category, district)
-    return None if entry is None else entry.limit_min(area_class) * 60_000
+# ---- time limits ----------------------------------------------------------------------------
+
+AREA_DEFAULT = "B"
+"""The area class of a place whose grid cell is unknown (docs/alerts.md)."""
 
 
-def due_at(
-    catalogue: Catalogue, category: str, district: str, raised_at: int, scale: float = 1.0,
-    area_class: str = DEFAULT_AREA_CLASS,
-) -> int | None:  # fmt: skip
-    """When the alert's time limit runs out; ``scale`` shortens every limit for an escalation
-    drill (0.01: an hour's limit runs out after 36 s), 1 in service."""
-    limit = time_limit_ms(catalogue, category, district, area_class)
-    return None if limit is None else raised_at + round(limit * scale)
+def due_at(limit_min: int | None, since: int, scale: float = 1.0) -> int | None:
+    """When a time limit of ``limit_min`` minutes that starts at ``since`` runs out; ``scale``
+    shortens it for a drill (0.01: an hour's limit runs out after 36 s), 1 in service."""
+    return None if limit_min is None else since + round(limit_min * 60_000 * scale)
 
 
 def is_overdue(stage: Stage, due: int | None, now: int) -> bool:
     return due is not None and stage in WAITING and now > due
 
 
-def needs_escalation(stage: Stage, due: int | None, escalated_at: int | None, now: int) -> bool:
-    """Escalate once: an overdue alert not escalated before."""
-    return escalated_at is None and is_overdue(stage, due, now)
+def needs_urge(
+    stage: Stage, due: int | None, limit_ms: int | None, urged_at: int | None, now: int
+) -> bool:
+    """Urge an overdue case once per time limit it is late: at the first look past ``due``,
+    then again each time another limit (``limit_ms``, as scaled) has passed since the last
+    urging (a person's included); an urging before the case was late does not count."""
+    if not is_overdue(stage, due, now) or due is None:
+        return False
+    if urged_at is None or urged_at <= due:  # an urging before it was late does not count
+        return True
+    return limit_ms is not None and now - urged_at >= limit_ms
 
 
 def time_left_ms(stage: Stage, due: int | None, now: int) -> int | None:
@@ -221,3 +346,10 @@ def time_left_ms(stage: Stage, due: int | None, now: int) -> int | None:
     if due is None or stage not in WAITING:
         return None
     return due - now
+
+
+def class_code(code: str) -> str:
+    """The 4-digit class code of a catalogue code (a city item may carry a longer detail code);
+    "" for a code that is not on the national classification."""
+    head = code[:4]
+    return head if len(head) == 4 and head.isdigit() else ""

@@ -1,5 +1,5 @@
-"""What the alert endpoints accept: an operator's note, a list of alerts to close, and the query
-strings of the lists."""
+"""What the alert endpoints accept: an operator's note (and a department to dispatch to), a list of
+alerts to close, and the query strings of the lists."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ class ActionRequest(Request):
 
 
 class EndRequest(ActionRequest):
-    """A resolve or close of one alert: the only steps that may override the sensor."""
+    """A verify or close of one case: the only steps that may override the sensor."""
 
-    override: bool = Field(default=False, description="Resolve or close although the sensor "
+    override: bool = Field(default=False, description="Verify or close although the sensor "
                            "still reports the condition (broken, gone): operators and admins, "
                            f"with a note of at least {OVERRIDE_NOTE_MIN} characters saying why.")  # fmt: skip
 
@@ -33,10 +33,24 @@ class EndRequest(ActionRequest):
         return self
 
 
+class DepartmentBody(Request):
+    code: str = Field(min_length=1, max_length=32, description="The department's code.")
+    zh: str = Field(min_length=1, max_length=200, description="Its name in Chinese.")
+    en: str = Field(default="", max_length=200, description="Its name in English.")
+
+
+class DispatchRequest(ActionRequest):
+    """A dispatch (派遣), to the catalogue's department unless another is named."""
+
+    department: DepartmentBody | None = Field(default=None, description="Dispatch to this "
+                                              "department instead of the catalogue's.")  # fmt: skip
+
+
 class BulkCloseRequest(Request):
     alert_ids: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
         min_length=1, max_length=1000,
-        description="The alerts to close (at most 1,000): each must be cleared or resolved.",
+        description="The alerts to close (at most 1,000): each must be verified, or reported "
+        "and cleared by its device (never filed).",
     )  # fmt: skip
     note: str = Field(default="", max_length=2000, description="Why, what was done.")
 
@@ -51,7 +65,7 @@ STAGES = ",".join(s.value for s in Stage)
 
 class LifecycleQuery(Request):
     stage: str | None = Field(default=None, max_length=200, description=f"Comma-separated, "
-                              f"among {STAGES}; default: the open ones.")  # fmt: skip
+                              f"among {STAGES}; default: all but closed.")  # fmt: skip
     district: str | None = Field(default=None, max_length=200)
     category: str | None = Field(default=None, max_length=200, description="Catalogue code.")
     severity: str | None = Field(default=None, max_length=200,

@@ -1,6 +1,7 @@
-"""Reads and writes of alert operations for the API and the delivery tasks, on the registry store.
+"""Reads and writes of alerts and their cases for the API and the delivery tasks, on the registry
+store.
 
-Thin: SQL in, views out; the decisions are ``lifecycle``'s and ``alertops``'s. Every method opens
+Thin: SQL in, views out; the decisions are ``lifecycle``'s and ``operations``'s. Every method opens
 its own transaction through ``RegistryStore.transaction`` (errors become ``StoreUnavailable``).
 """
 
@@ -15,12 +16,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from device_registry.alerts import lifecycle
 from device_registry.alerts.lifecycle import Action, Refused, Stage
+from device_registry.alerts.operations import Unroutable, department_of
 from device_registry.alerts.views import (
     ActionView,
     AlertOpsView,
     BulkClosed,
     DeadLetterView,
+    DepartmentView,
     IncidentActed,
+    NameView,
     SkippedAlert,
     WebhookRequest,
     WebhookView,
@@ -72,17 +76,24 @@ def ops_view(
     notes: dict[str, str] | None = None, decimals: int | None = None,
 ) -> AlertOpsView:  # fmt: skip
     """``entry``: the alert's catalogue category in its district; ``notes``: the latest note of
-    each action people took on it; ``decimals``: its point's, from the device's profile."""
+    each action taken on it; ``decimals``: its point's, from the device's profile."""
     stage = Stage(ops.stage)
+    department = ops.department or department_of(entry)
     return AlertOpsView(
-        **alert_view(a).model_dump(), stage=stage.value, incident_id=ops.incident_id,
-        due_at=ops.due_at, time_limit_min=ops.time_limit_min,
+        **alert_view(a).model_dump(), stage=stage.value, stage_zh=stage.zh,
+        incident_id=ops.incident_id, class_code=lifecycle.class_code(a.category),
+        component_id=ops.component_id,
+        department=DepartmentView(**department) if department else None,
+        area_class=ops.area_class, due_at=ops.due_at, time_limit_min=ops.time_limit_min,
         time_left_ms=lifecycle.time_left_ms(stage, ops.due_at, now),
-        overdue=lifecycle.is_overdue(stage, ops.due_at, now), escalated_at=ops.escalated_at,
-        acked_by=ops.acked_by, acked_at=ops.acked_at, resolved_by=ops.resolved_by,
-        resolved_at=ops.resolved_at, closed_by=ops.closed_by, closed_at=ops.closed_at,
-        category_name=entry.name.zh if entry else "",
-        responsible_unit=entry.department.zh if entry else "",
+        overdue=lifecycle.is_overdue(stage, ops.due_at, now), urged=bool(ops.urge_count),
+        urge_count=ops.urge_count or 0, urged_at=ops.urged_at,
+        dispatch_count=ops.dispatch_count or 0, filed_by=ops.filed_by, filed_at=ops.filed_at,
+        dispatched_by=ops.dispatched_by, dispatched_at=ops.dispatched_at,
+        disposed_by=ops.disposed_by, disposed_at=ops.disposed_at,
+        verified_by=ops.verified_by, verified_at=ops.verified_at, closed_by=ops.closed_by,
+        closed_at=ops.closed_at,
+        category_name=NameView(zh=entry.name.zh, en=entry.name.en) if entry else None,
         notes=notes or {}, decimals=decimals,
     )  # fmt: skip
 
@@ -157,12 +168,13 @@ class OpsStore:
     async def act(
         self, alert_id: str, action: Action, actor: str, note: str, now: int,
         override: bool = False, by: Principal | None = None,
+        department: dict[str, str] | None = None,
     ) -> AlertOpsView:  # fmt: skip
-        """Raises ``NotFound``, ``lifecycle.Refused`` or ``lifecycle.NoteRequired``. A step
-        against the sensor (an override, or a sensor gone) is written to the audit log as ``by``
-        in the same transaction."""
+        """Raises ``NotFound``, ``lifecycle.Refused``, ``lifecycle.NoteRequired`` or
+        ``Unroutable``. A step against the sensor (an override, or a sensor gone) is written to
+        the audit log as ``by`` in the same transaction."""
         async with self.store.transaction() as s:
-            t = await self.ops.act(s, alert_id, action, actor, note, now, override)
+            t = await self.ops.act(s, alert_id, action, actor, note, now, override, department)
             if t is None:
                 raise NotFound("alert", alert_id)
             if t.sensor and by is not None:
@@ -178,7 +190,8 @@ class OpsStore:
         self, incident_id: str, action: Action, actor: str, note: str, now: int
     ) -> IncidentActed:
         """The action on every alert of the incident whose stage allows it, in one transaction;
-        the others are listed with the reason. Raises ``NotFound`` for an unknown incident."""
+        the others are listed with the reason. Raises ``NotFound`` for an unknown incident,
+        ``lifecycle.NoteRequired`` for an action that needs a note without one."""
         out = IncidentActed(incident_id=incident_id)
         moved: list[tuple[Alert, AlertOps]] = []
         async with self.store.transaction() as s:
@@ -196,6 +209,10 @@ class OpsStore:
                         SkippedAlert(alert_id=alert_id, stage=exc.stage.value, reason=str(exc))
                     )
                     continue
+                except Unroutable as exc:
+                    out.skipped.append(SkippedAlert(alert_id=alert_id, stage=Stage.FILED.value,
+                                                    reason=str(exc)))  # fmt: skip
+                    continue
                 a, o = await s.get(Alert, alert_id), await s.get(AlertOps, alert_id)
                 assert a is not None and o is not None
                 moved.append((a, o))
@@ -207,8 +224,9 @@ class OpsStore:
     async def close_many(
         self, alert_ids: Sequence[str], by: Principal, note: str, now: int
     ) -> BulkClosed:
-        """Close each of these alerts whose stage and sensor allow it, in one transaction, with
-        one audit entry; the others are listed with the reason (an unknown id among them)."""
+        """Close each of these alerts whose stage and sensor allow it (reported and cleared by
+        the device, never filed; or verified), in one transaction, with one audit entry; the
+        others are listed with the reason (an unknown id among them)."""
         out = BulkClosed()
         async with self.store.transaction() as s:
             for alert_id in dict.fromkeys(alert_ids):  # once each, in the order given
@@ -230,9 +248,11 @@ class OpsStore:
             self.ops.fed()
         return out
 
-    async def escalate(self, now: int) -> list[str]:
+    async def tick(self, now: int) -> list[tuple[str, str]]:
+        """The clock's round (``AlertOperations.tick``): filing, sensor verification and
+        urging; (alert id, step) of each step taken."""
         async with self.store.transaction() as s:
-            done = await self.ops.escalate(s, now)
+            done = await self.ops.tick(s, now)
         if done:
             self.ops.fed()
         return done

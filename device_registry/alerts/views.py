@@ -34,25 +34,54 @@ class AlertView(BaseModel):
     transitions: int
 
 
+class DepartmentView(BaseModel):
+    code: str
+    zh: str
+    en: str
+
+
+class NameView(BaseModel):
+    zh: str
+    en: str
+
+
 class AlertOpsView(AlertView):
-    stage: str = Field(description="open | acknowledged | resolved | closed | cleared")
+    """An alert with its case in the city's workflow (docs/alerts.md)."""
+
+    stage: str = Field(description="reported 上报 | filed 立案 | dispatched 派遣 | disposed 处置 "
+                       "| verified 核查 | closed 结案")  # fmt: skip
+    stage_zh: str = Field(description="The stage's name in the city's words.")
     incident_id: str
-    due_at: int | None = Field(description="Epoch ms its catalogue time limit ends.")
+    class_code: str = Field(description="4-digit class code of the category (GB/T 30428.2); "
+                            "empty for a code off the national classification.")  # fmt: skip
+    component_id: str | None = Field(description="16-digit id of the city component (部件) "
+                                     "its device is attached to.")  # fmt: skip
+    department: DepartmentView | None = Field(description="Dispatched to (or, before dispatch, "
+                                              "the catalogue's responsible department).")  # fmt: skip
+    area_class: str | None = Field(description="A (core) | B | C: the grid cell's area class, "
+                                   "which sets the time limit.")  # fmt: skip
+    due_at: int | None = Field(description="Epoch ms its time limit ends.")
     time_limit_min: int | None
     time_left_ms: int | None = Field(description="Negative when overdue; null when none runs.")
     overdue: bool
-    escalated_at: int | None
-    acked_by: str | None
-    acked_at: int | None
-    resolved_by: str | None
-    resolved_at: int | None
+    urged: bool = Field(description="Urged (督办) at least once.")
+    urge_count: int
+    urged_at: int | None
+    dispatch_count: int = Field(description="Dispatches, re-dispatches included.")
+    filed_by: str | None
+    filed_at: int | None
+    dispatched_by: str | None
+    dispatched_at: int | None
+    disposed_by: str | None
+    disposed_at: int | None
+    verified_by: str | None = Field(description="An inspector, or 'sensor' (自动核查).")
+    verified_at: int | None
     closed_by: str | None
     closed_at: int | None
-    category_name: str = Field(default="", description="The catalogue's name of the category.")
-    responsible_unit: str = Field(default="", description="Who the catalogue makes "
-                                  "responsible for it.")  # fmt: skip
+    category_name: NameView | None = Field(default=None, description="The catalogue's name of "
+                                           "the category, in Chinese and English.")  # fmt: skip
     notes: dict[str, str] = Field(default_factory=dict, description="The note of the latest "
-                                  "ack, resolve and close, by action (those given one).")  # fmt: skip
+                                  "step of each action, by action (those given one).")  # fmt: skip
     decimals: int | None = Field(default=None, description="Decimals its point's values are "
                                  "shown with (from the device's profile); null: not known, or "
                                  "not a number.")  # fmt: skip
@@ -86,8 +115,8 @@ class ActionView(BaseModel):
     actor: str
     note: str
     at: int
-    override: bool = Field(default=False, description="A person ended the alert while its "
-                           "sensor still reported the condition.")  # fmt: skip
+    override: bool = Field(default=False, description="A person verified or closed it while "
+                           "its sensor still reported the condition.")  # fmt: skip
     sensor: str = Field(default="", description="What the sensor last reported and why the "
                         "step went against it; empty when it did not.")  # fmt: skip
 

@@ -284,7 +284,8 @@ class CommandRow(Base):
 
 
 class AlertOps(Base):
-    """What people (and the clock) did with an alert; the device's view is in ``alerts``."""
+    """An alert's case in the city's workflow (``alerts/lifecycle.py``): what people, the
+    centre and the sensor did with it; the device's view is in ``alerts``."""
 
     __tablename__ = "alert_ops"
     __table_args__ = (Index("ix_alert_ops_due", "stage", "due_at"),)
@@ -293,11 +294,22 @@ class AlertOps(Base):
     incident_id: Mapped[str] = mapped_column(String(64), index=True)
     due_at: Mapped[int | None] = mapped_column(default=None)
     time_limit_min: Mapped[int | None] = mapped_column(Integer, default=None)
-    escalated_at: Mapped[int | None] = mapped_column(default=None)
-    acked_by: Mapped[str | None] = mapped_column(String(128), default=None)
-    acked_at: Mapped[int | None] = mapped_column(default=None)
-    resolved_by: Mapped[str | None] = mapped_column(String(128), default=None)
-    resolved_at: Mapped[int | None] = mapped_column(default=None)
+    # as the case was filed: the component the device is attached to, the grid cell's area class
+    # (which set the time limit) and the department it went to ({code, zh, en})
+    component_id: Mapped[str | None] = mapped_column(String(16), default=None)
+    area_class: Mapped[str | None] = mapped_column(String(1), default=None)
+    department: Mapped[dict[str, str] | None] = mapped_column(JSON, default=None)
+    dispatch_count: Mapped[int] = mapped_column(Integer, default=0)
+    urged_at: Mapped[int | None] = mapped_column(default=None)
+    urge_count: Mapped[int] = mapped_column(Integer, default=0)
+    filed_by: Mapped[str | None] = mapped_column(String(128), default=None)
+    filed_at: Mapped[int | None] = mapped_column(default=None)
+    dispatched_by: Mapped[str | None] = mapped_column(String(128), default=None)
+    dispatched_at: Mapped[int | None] = mapped_column(default=None)
+    disposed_by: Mapped[str | None] = mapped_column(String(128), default=None)
+    disposed_at: Mapped[int | None] = mapped_column(default=None)
+    verified_by: Mapped[str | None] = mapped_column(String(128), default=None)
+    verified_at: Mapped[int | None] = mapped_column(default=None)
     closed_by: Mapped[str | None] = mapped_column(String(128), default=None)
     closed_at: Mapped[int | None] = mapped_column(default=None)
 

@@ -1,5 +1,5 @@
 """Delivery of platform messages to subscribers: webhooks, the SSE stream, MQTT; and the clock
-that escalates overdue alerts.
+of the case workflow (automatic filing, sensor verification, urging).
 
 Every channel reads the same ordered feed (``opsmodels.PlatformEvent``) from a cursor of its own,
 so all three carry the same messages in the same order; docs/alerts.md describes them.

@@ -1,7 +1,7 @@
 """The delivery lease: one registry process at a time delivers.
 
 Registry processes scale out on one database, and each serves the API and SSE. Webhook delivery,
-the MQTT platform publisher and the escalation clock must run in one of them only, or every
+the MQTT platform publisher and the case clock must run in one of them only, or every
 subscriber gets each message once per process. Their cursors live in the database, so whichever
 process holds the lease carries on where the last holder stopped.
 
@@ -201,4 +201,4 @@ class DeliveryLease:
 
     def _took(self) -> None:
         self.held = True
-        logger.info("this registry process now delivers (webhooks, platform topics, escalation)")
+        logger.info("this registry process now delivers (webhooks, platform topics, case clock)")

@@ -1,5 +1,5 @@
-"""Publishes the centre's own platform messages (lifecycle, escalation) on the MQTT platform topic
-tree at QoS 1, from a persisted cursor: a restart resumes where the broker last acknowledged.
+"""Publishes the centre's own platform messages (the cases' steps) on the MQTT platform topic tree
+at QoS 1, from a persisted cursor: a restart resumes where the broker last acknowledged.
 
 The device transitions (``alert``) are published by the bridge as it ingests them, on the fast
 path; this publisher skips them so each message is on the tree once.

@@ -12,7 +12,7 @@ from device_registry.delivery.runtime import OPS
 from device_registry.http.auth import PRINCIPAL, Role, revoked_among, roles, token_key
 from device_registry.http.routing import NumericId, Route, parse, route
 from device_registry.http.state import STORE, now_ms
-from gridwatch.ground.contract import PlatformAlert, PlatformEscalation, PlatformLifecycle
+from gridwatch.ground.contract import PlatformAlert, PlatformLifecycle
 
 ADMIN = roles(Role.ADMIN)
 
@@ -20,7 +20,7 @@ ADMIN = roles(Role.ADMIN)
 @route("GET", "/api/v1/alerts/stream", roles(Role.PLATFORM, Role.OPERATOR),
        "Live alert messages (Server-Sent Events: id = feed seq, event = kind, data = the "
        "message); resumes after Last-Event-ID", media="text/event-stream",
-       shows=PlatformAlert | PlatformLifecycle | PlatformEscalation)  # fmt: skip
+       shows=PlatformAlert | PlatformLifecycle)  # fmt: skip
 async def stream(request: web.Request, query: StreamQuery) -> web.StreamResponse:
     last = request.headers.get("Last-Event-ID")
     start = query.since if last is None else parse("Last-Event-ID", LastEventId, {"seq": last}).seq

@@ -147,7 +147,7 @@ def delivery_metrics(app: web.Application) -> list[metrics.Spec]:
     return [
         metrics.gauge("gridwatch_delivery_leader",
                       "1 in the registry process that delivers webhooks, platform topics and "
-                      "escalations (one at a time)",
+                      "the case clock (one at a time)",
                       lambda: float(app[LEASE].held) if LEASE in app else 0.0),
         metrics.counter("gridwatch_webhook_deliveries", "Webhook messages delivered",
                         part(lambda o: o.dispatcher.delivered)),
@@ -157,7 +157,7 @@ def delivery_metrics(app: web.Application) -> list[metrics.Spec]:
                         part(lambda o: o.dispatcher.dead)),
         metrics.gauge("gridwatch_sse_clients", "Open alert streams",
                       part(lambda o: o.hub.clients)),
-        metrics.counter("gridwatch_platform_published", "Lifecycle and escalation messages "
-                        "published on the MQTT platform tree",
+        metrics.counter("gridwatch_platform_published", "Case lifecycle messages published "
+                        "on the MQTT platform tree",
                         part(lambda o: o.publisher.published if o.publisher else 0)),
     ]  # fmt: skip

@@ -34,7 +34,7 @@ from device_registry.errors import RegistryError
 from device_registry.health import routes as health
 from device_registry.health.centre import Link
 from device_registry.http import access, dashboard
-from device_registry.http.auth import AUTH_STORE, PUBLIC, authenticate
+from device_registry.http.auth import AUTH_STORE, PUBLIC, Role, authenticate, roles
 from device_registry.http.limits import CONNECTION_LOG, ServerLimits
 from device_registry.http.openapi import document
 from device_registry.http.problems import problem_answers
@@ -137,6 +137,11 @@ _PAGES = (
     # a name of plain characters only: anything else (a NUL, a slash) is no asset, 404
     route("GET", "/static/{name:[A-Za-z0-9._-]+}", PUBLIC, "The dashboard's scripts and styles",
           media="application/octet-stream")(dashboard.asset),
+    route("GET", "/dashboard/messages", PUBLIC, "The dashboard's words in the page's language "
+          "(Chinese first)")(dashboard.messages),
+    route("GET", "/api/v1/map", roles(Role.INSTALLER, Role.MAINTENANCE, Role.OPERATOR,
+          Role.PLATFORM), "The devices' positions and grid cells for the dashboard's map")(
+          dashboard.map_data),
 )  # fmt: skip
 
 

@@ -195,9 +195,10 @@ class BridgeSection(Strict):
                                     "of several bridges.")  # fmt: skip
     metrics_port: int | None = Field(default=None, ge=0, le=65535, description="bridge run "
                                      "alone: serve /metrics on http.host at this port.")  # fmt: skip
-    escalation_scale: float = Field(default=1.0, gt=0, le=1, description="Drill: every alert "
-                                    "time limit times this (0.01: 60 min -> 36 s), for alerts "
-                                    "opened from then on; 1 in service (docs/alerts.md).")  # fmt: skip
+    escalation_scale: float = Field(default=1.0, gt=0, le=1, description="Drill: every time "
+                                    "of the case workflow (filing hold, time limit, verification "
+                                    "window) times this (0.01: 60 min -> 36 s), for cases from "
+                                    "then on; 1 in service (docs/alerts.md).")  # fmt: skip
 
 
 class CentralConfig(Strict):

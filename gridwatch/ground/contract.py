@@ -17,9 +17,9 @@ gateway's MQTT username so a broker ACL ``pattern readwrite P/gw/%u/#`` confines
     P/gw/G/ack                       Ack: what the centre has committed            (down)
     P/gw/G/repair                    Repair: numbers the centre never received     (down)
     P/platform/alert/D/C/S           PlatformAlert  (district D, category C, severity S)
-    P/platform/lifecycle/D/C/S       PlatformLifecycle  (opened with its incident, acknowledged,
-                                     resolved, closed, cleared: who, when, time limit)
-    P/platform/escalation/D/C/S      PlatformEscalation (past its time limit; once per alert)
+    P/platform/lifecycle/D/C/S       PlatformLifecycle  (the case's steps: reported with its
+                                     incident, filed, dispatched, disposed, verified, closed,
+                                     re-dispatched, urged: who, when, department, time limit)
 
 Upstream messages carry a message id and a per-gateway, per-stream sequence number so the
 central side drops duplicates (at-least-once delivery) and notices gaps. The centre answers
@@ -371,11 +371,26 @@ class PlatformAlert(_Msg):
         return cls(**data)
 
 
-class PlatformLifecycle(_Msg):
-    """A step of an alert's lifecycle at the centre, with the incident it belongs to.
+class Department(_Msg):
+    """A responsible (dispatch) department, as the catalogue names it."""
 
-    ``action`` ``open`` is sent once per alert when the centre first stores it; alerts with the
-    same ``incident_id`` are one incident (``incident_new`` is true on its first alert only).
+    code: str
+    zh: str
+    en: str
+
+
+CaseStage = Literal["reported", "filed", "dispatched", "disposed", "verified", "closed"]
+CaseAction = Literal["open", "file", "dispatch", "dispose", "verify", "reject", "close", "urge"]
+
+
+class PlatformLifecycle(_Msg):
+    """A step of an alert's case in the city's workflow (上报 立案 派遣 处置 核查 结案, 督办),
+    with the incident it belongs to.
+
+    ``action`` ``open`` is sent once per alert when the centre first stores it (stage
+    ``reported``); alerts with the same ``incident_id`` are one incident (``incident_new`` is
+    true on its first alert only). ``urge`` (督办) keeps the stage. ``actor`` ``sensor`` marks a
+    verification (or a re-dispatch) the sensor's own reports decided.
     """
 
     v: Literal[1] = SCHEMA_VERSION
@@ -383,48 +398,35 @@ class PlatformLifecycle(_Msg):
     alert_id: str
     incident_id: str
     incident_new: bool = False
-    action: Literal["open", "ack", "resolve", "close", "device_clear"]
-    stage: Literal["open", "acknowledged", "resolved", "closed", "cleared"]
-    actor: str = Field(description="Who: a token's name, 'device' or 'centre'.")
+    action: CaseAction
+    stage: CaseStage
+    actor: str = Field(description="Who: a token's name, 'centre' or 'sensor'.")
     note: str = ""
-    override: bool = Field(default=False, description="A person resolved or closed it while "
+    override: bool = Field(default=False, description="A person verified or closed it while "
                            "its sensor still reported the condition (the note says why).")  # fmt: skip
-    sensor: str = Field(default="", description="On a resolve or close the device did not "
+    sensor: str = Field(default="", description="On a verify or close the device did not "
                         "clear: what the sensor last reported, and why the step went against "
                         "it ('still reported', 'its device is retired', 'no reading for 30 h').")  # fmt: skip
     gateway: str
     device: str
     category: str
+    class_code: str = Field(default="", description="4-digit class code (GB/T 30428.2).")
+    component_id: str | None = Field(default=None, description="16-digit id of the city "
+                                     "component (部件) the device is attached to.")  # fmt: skip
+    department: Department | None = Field(default=None, description="Dispatched to.")
+    area_class: str | None = Field(default=None, description="A, B or C: sets the time limit.")
     severity: Severity
     location: Location
     due_at: Int64 | None = Field(default=None, description="Epoch ms the time limit ends.")
     time_limit_min: Int64 | None = None
+    overdue: bool = False
+    urged: bool = Field(default=False, description="Urged (督办) at least once.")
+    urge_count: Int64 = 0
+    dispatch_count: Int64 = Field(default=0, description="Dispatches, re-dispatches included.")
     ts: Int64
 
 
-class PlatformEscalation(_Msg):
-    """An alert still waiting for people past its catalogue time limit (sent once)."""
-
-    v: Literal[1] = SCHEMA_VERSION
-    kind: Literal["escalation"] = "escalation"
-    alert_id: str
-    incident_id: str
-    stage: Literal["open", "acknowledged"]
-    gateway: str
-    device: str
-    category: str
-    severity: Severity
-    location: Location
-    unit: str = Field(default="", description="Responsible unit from the catalogue.")
-    due_at: Int64
-    time_limit_min: Int64
-    overdue_ms: Int64
-    ts: Int64
-
-
-PlatformMessage = Annotated[
-    PlatformAlert | PlatformLifecycle | PlatformEscalation, Field(discriminator="kind")
-]
+PlatformMessage = Annotated[PlatformAlert | PlatformLifecycle, Field(discriminator="kind")]
 
 
 UpstreamMessage = Annotated[
@@ -564,7 +566,7 @@ class Topics:
         return f"{self.prefix}/platform/alert/#"
 
     def platform(self, kind: str, district: str, category: str, severity: str) -> str:
-        """``kind``: alert, lifecycle or escalation (a platform message's ``kind``)."""
+        """``kind``: alert or lifecycle (a platform message's ``kind``)."""
         return f"{self.prefix}/platform/{kind}/{_level(district)}/{_level(category)}/{severity}"
 
     def platform_all(self) -> str:

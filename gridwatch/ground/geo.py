@@ -1,74 +1,84 @@
-"""GCJ-02 <-> WGS-84: positions from Chinese web maps are offset, positions gridwatch stores are not.
+"""Coordinates from Chinese web maps: GCJ-02 to WGS-84 and back. Pure, no I/O.
 
-Chinese web maps (Amap/高德, Tencent) publish coordinates in GCJ-02, a datum that shifts WGS-84 by
-a few hundred metres in a way that varies smoothly with position (in Xuhui about 500 m). GPS
-receivers, Leaflet's default tiles and gridwatch's stored ``lat``/``lon`` are WGS-84. A centroid
-copied from Amap (``firmware_configs/places``) is therefore converted before it is used as a
-position; leaving it as it is would put a crew half a kilometre off.
+gridwatch stores and serves positions in WGS-84 (what GPS receivers, OpenStreetMap and most GIS
+servers use). Positions read off the Chinese web maps (Amap/Gaode, Tencent, and Baidu's map
+after its own further shift, BD-09, which this module does not handle) are in GCJ-02, the
+national obfuscated datum: about 300-500 m off WGS-84 in Shanghai, enough to send a crew to the
+wrong manhole. An installer who copies a position from such a map converts it with
+``gcj02_to_wgs84``; the dashboard's map draws WGS-84 only.
 
-The forward transform is the published GCJ-02 approximation (Krasovsky 1940 ellipsoid and the
-well-known polynomial correction); it has no closed-form inverse, so ``gcj02_to_wgs84``
-iterates the forward one until it returns the given point (to ~1 mm). Outside China's bounding
-box GCJ-02 is WGS-84 and both functions return the point unchanged.
+The forward transform (WGS-84 -> GCJ-02) is the published algorithm: an offset from a fixed
+polynomial-and-sine series in (lon - 105, lat - 35), scaled to degrees on the Krasovsky
+ellipsoid (a = 6378245 m). It has no closed inverse, so ``gcj02_to_wgs84`` solves
+``wgs84_to_gcj02(w) = g`` by fixed-point iteration: w <- w - (wgs84_to_gcj02(w) - g). The offset
+changes slowly (its derivative is below 1e-3), so each step gains about three digits; the loop
+stops when a step moves less than ``TOLERANCE_DEG`` (1e-10 degree, about 0.01 mm) and the
+round trip ``wgs84_to_gcj02(gcj02_to_wgs84(g))`` is within 1e-9 degree of ``g``
+(tests/test_geo.py checks it over the district and over China).
+
+Outside mainland China's rough bounding box GCJ-02 equals WGS-84, as the published algorithm
+says; positions there pass unchanged. The box also covers neighbouring countries (a known
+simplification of the algorithm); the district is far inside it.
 """
 
 from __future__ import annotations
 
 import math
 
-_A = 6378245.0  # semi-major axis of the Krasovsky 1940 ellipsoid, metres
-_EE = 0.00669342162296594323  # its first eccentricity squared
-_CHINA = (72.004, 137.8347, 0.8293, 55.8271)  # lon min, lon max, lat min, lat max
-_TOLERANCE_DEG = 1e-8  # about 1 mm
-_MAX_STEPS = 20  # converges in 3-5 steps; a bound, not a tuning knob
+# the Krasovsky 1940 ellipsoid the algorithm scales its offset on (not WGS-84's)
+A = 6378245.0
+EE = 0.00669342162296594323  # its first eccentricity squared
+TOLERANCE_DEG = 1e-10
+MAX_STEPS = 30  # a step gains ~3 digits: 5 are enough, 30 bound a loop that would never end
 
 
-def in_china(lon: float, lat: float) -> bool:
-    """Inside the box where GCJ-02 differs from WGS-84."""
-    lon_min, lon_max, lat_min, lat_max = _CHINA
-    return lon_min <= lon <= lon_max and lat_min <= lat <= lat_max
+def in_china(lat: float, lon: float) -> bool:
+    """Whether the algorithm shifts this position (its rough box around mainland China)."""
+    return 72.004 <= lon <= 137.8347 and 0.8293 <= lat <= 55.8271
 
 
-def _shift_lat(x: float, y: float) -> float:
-    pi = math.pi
-    out = -100.0 + 2.0 * x + 3.0 * y + 0.2 * y * y + 0.1 * x * y + 0.2 * math.sqrt(abs(x))
-    out += (20.0 * math.sin(6.0 * x * pi) + 20.0 * math.sin(2.0 * x * pi)) * 2.0 / 3.0
-    out += (20.0 * math.sin(y * pi) + 40.0 * math.sin(y / 3.0 * pi)) * 2.0 / 3.0
-    out += (160.0 * math.sin(y / 12.0 * pi) + 320.0 * math.sin(y * pi / 30.0)) * 2.0 / 3.0
-    return out
+def _series(x: float, y: float) -> tuple[float, float]:
+    """The published offset series, in metres-like units before scaling: (dlat, dlon) for
+    x = lon - 105, y = lat - 35."""
+    waves = 20.0 * math.sin(6.0 * x * math.pi) + 20.0 * math.sin(2.0 * x * math.pi)
+    dlat = -100.0 + 2.0 * x + 3.0 * y + 0.2 * y * y + 0.1 * x * y + 0.2 * math.sqrt(abs(x))
+    dlat += (waves + 20.0 * math.sin(y * math.pi) + 40.0 * math.sin(y / 3.0 * math.pi)) * 2 / 3
+    dlat += (160.0 * math.sin(y / 12.0 * math.pi) + 320.0 * math.sin(y * math.pi / 30.0)) * 2 / 3
+    dlon = 300.0 + x + 2.0 * y + 0.1 * x * x + 0.1 * x * y + 0.1 * math.sqrt(abs(x))
+    dlon += (waves + 20.0 * math.sin(x * math.pi) + 40.0 * math.sin(x / 3.0 * math.pi)) * 2 / 3
+    dlon += (150.0 * math.sin(x / 12.0 * math.pi) + 300.0 * math.sin(x / 30.0 * math.pi)) * 2 / 3
+    return dlat, dlon
 
 
-def _shift_lon(x: float, y: float) -> float:
-    pi = math.pi
-    out = 300.0 + x + 2.0 * y + 0.1 * x * x + 0.1 * x * y + 0.1 * math.sqrt(abs(x))
-    out += (20.0 * math.sin(6.0 * x * pi) + 20.0 * math.sin(2.0 * x * pi)) * 2.0 / 3.0
-    out += (20.0 * math.sin(x * pi) + 40.0 * math.sin(x / 3.0 * pi)) * 2.0 / 3.0
-    out += (150.0 * math.sin(x / 12.0 * pi) + 300.0 * math.sin(x / 30.0 * pi)) * 2.0 / 3.0
-    return out
+def _offset(lat: float, lon: float) -> tuple[float, float]:
+    """GCJ-02 minus WGS-84 at a WGS-84 position, in degrees."""
+    dlat, dlon = _series(lon - 105.0, lat - 35.0)
+    rad = math.radians(lat)
+    magic = 1 - EE * math.sin(rad) ** 2
+    root = math.sqrt(magic)
+    dlat = dlat * 180.0 / ((A * (1 - EE)) / (magic * root) * math.pi)
+    dlon = dlon * 180.0 / (A / root * math.cos(rad) * math.pi)
+    return dlat, dlon
 
 
-def wgs84_to_gcj02(lon: float, lat: float) -> tuple[float, float]:
-    """Where a Chinese web map draws a WGS-84 point: (lon, lat) in GCJ-02."""
-    if not in_china(lon, lat):
-        return lon, lat
-    dlat = _shift_lat(lon - 105.0, lat - 35.0)
-    dlon = _shift_lon(lon - 105.0, lat - 35.0)
-    rad = lat / 180.0 * math.pi
-    magic = 1.0 - _EE * math.sin(rad) ** 2
-    dlat = (dlat * 180.0) / ((_A * (1.0 - _EE)) / (magic * math.sqrt(magic)) * math.pi)
-    dlon = (dlon * 180.0) / (_A / math.sqrt(magic) * math.cos(rad) * math.pi)
-    return lon + dlon, lat + dlat
+def wgs84_to_gcj02(lat: float, lon: float) -> tuple[float, float]:
+    """A WGS-84 position as the Chinese web maps show it (GCJ-02): (lat, lon)."""
+    if not in_china(lat, lon):
+        return lat, lon
+    dlat, dlon = _offset(lat, lon)
+    return lat + dlat, lon + dlon
 
 
-def gcj02_to_wgs84(lon: float, lat: float) -> tuple[float, float]:
-    """The WGS-84 point a Chinese web map's (lon, lat) stands for."""
-    if not in_china(lon, lat):
-        return lon, lat
-    wlon, wlat = lon, lat
-    for _ in range(_MAX_STEPS):
-        glon, glat = wgs84_to_gcj02(wlon, wlat)
-        elon, elat = glon - lon, glat - lat
-        if abs(elon) < _TOLERANCE_DEG and abs(elat) < _TOLERANCE_DEG:
+def gcj02_to_wgs84(lat: float, lon: float) -> tuple[float, float]:
+    """A position read off a Chinese web map (GCJ-02) in WGS-84: (lat, lon), to within
+    ``TOLERANCE_DEG`` of the exact inverse (see the module's docstring)."""
+    if not in_china(lat, lon):
+        return lat, lon
+    w_lat, w_lon = lat, lon
+    for _ in range(MAX_STEPS):
+        g_lat, g_lon = wgs84_to_gcj02(w_lat, w_lon)
+        step_lat, step_lon = g_lat - lat, g_lon - lon
+        w_lat, w_lon = w_lat - step_lat, w_lon - step_lon
+        if max(abs(step_lat), abs(step_lon)) < TOLERANCE_DEG:
             break
-        wlon, wlat = wlon - elon, wlat - elat
-    return wlon, wlat
+    return w_lat, w_lon

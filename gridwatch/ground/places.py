@@ -63,7 +63,11 @@ class Street(Strict):
     @property
     def centroid_wgs84(self) -> tuple[float, float] | None:
         """The centroid as a position (lon, lat, WGS-84): what a map or a crew is given."""
-        return gcj02_to_wgs84(*self.centroid_gcj02) if self.centroid_gcj02 else None
+        if not self.centroid_gcj02:
+            return None
+        lon, lat = self.centroid_gcj02
+        wgs_lat, wgs_lon = gcj02_to_wgs84(lat, lon)  # geo speaks (lat, lon), as maps are read
+        return wgs_lon, wgs_lat
 
 
 class GridFormat(Strict):

@@ -87,7 +87,7 @@ class Central:
         return service
 
     def _delivery(self) -> Delivery:
-        """Lifecycle and escalation messages go to the bridge's broker; the device detail's
+        """The cases' lifecycle messages go to the bridge's broker; the device detail's
         chart reads the embedded telemetry history when that is the sink."""
         c = self.cfg
         target = BrokerSettings(c.mqtt_host, c.mqtt_port, c.prefix, c.mqtt_username,
@@ -133,12 +133,12 @@ class Central:
 
 def banner(registry_url: str, broker: str, prefix: str, scale: float) -> str:
     """The start-up line: where the API, the dashboard and every platform topic are (the city
-    platform subscribes to all three kinds: docs/alerts.md)."""
+    platform subscribes to both kinds: docs/alerts.md)."""
     platform = f"{prefix}/platform"
     drill = (f" | DRILL: alert time limits x{scale:g}" if scale != 1 else "")  # fmt: skip
     return (f"gridwatch central: registry API {registry_url}/api/v1/devices | broker {broker} | "
             f"topics {prefix}/gw/+/... | platform alerts {platform}/alert/# | "
-            f"lifecycle {platform}/lifecycle/# | escalation {platform}/escalation/# | "
+            f"lifecycle {platform}/lifecycle/# | "
             f"dashboard {registry_url}/dashboard{drill}")  # fmt: skip
 
 

@@ -160,8 +160,9 @@ def _scale(value: str) -> float:
 
 def drill_args(p: argparse.ArgumentParser) -> None:
     """Of the processes that open alerts (``central run``, ``bridge run``): docs/alerts.md."""
-    _opt(p, "--escalation-scale", "drill: every alert time limit times FACTOR (0.01: 60 min -> "
-         "36 s), for alerts opened from now on; 1 in service", "bridge.escalation_scale",
+    _opt(p, "--escalation-scale", "drill: every time of the case workflow (filing hold, time "
+         "limit, verification window) times FACTOR (0.01: 60 min -> 36 s), for cases from now "
+         "on; 1 in service", "bridge.escalation_scale",
          type=_scale, metavar="FACTOR")  # fmt: skip
 
 

@@ -45,7 +45,10 @@ COMMANDS: dict[tuple[str, ...], str] = {
     ("profile", "list"): "gridwatch.top.registrycli:main",
     ("profile", "show"): "gridwatch.top.registrycli:main",
     ("token", "create"): "gridwatch.top.registrycli:main",
-    **{("alert", c): "gridwatch.top.registrycli:main" for c in ("list", "ack", "resolve", "close")},
+    **{
+        ("alert", c): "gridwatch.top.registrycli:main"
+        for c in ("list", "file", "dispatch", "dispose", "verify", "reject", "close", "urge")
+    },
 }
 # the extras (pyproject.toml) a command needs beyond the base install, checked before its module
 # is imported (gridwatch.top.extras); a command not named here runs on the base alone. `edge run

@@ -23,10 +23,10 @@ from gridwatch.top.installer import Api, BadOption, run_api, segment
 from gridwatch.top.installer import _common as common_arguments
 
 ROLES = ("installer", "maintenance", "operator", "platform", "admin")
-STAGES = ("open", "acknowledged", "cleared", "resolved", "closed")
-LIVE = "open,acknowledged"  # what `alert list` shows unless --stage says otherwise: work to do
-ACTIONS = ("ack", "resolve", "close")
-ENDING = ("resolve", "close")
+STAGES = ("reported", "filed", "dispatched", "disposed", "verified", "closed")
+LIVE = "reported,filed,dispatched,disposed,verified"  # `alert list` unless --stage: work to do
+ACTIONS = ("file", "dispatch", "dispose", "verify", "reject", "close", "urge")
+ENDING = ("verify", "close")
 """The actions that may override a sensor still reporting the condition."""
 STAGE_WORDS = {
     "open": N_("open"),
@@ -43,9 +43,13 @@ STAGE_WORDS = {
 }
 """An alert's stage as the registry names it -> as a person reads it."""
 ACTION_HELP = {
-    "ack": N_("acknowledge one alert, with a note"),
-    "resolve": N_("resolve one alert, with a note"),
-    "close": N_("close one alert, with a note"),
+    "file": N_("file one alert's case (立案), with a note"),
+    "dispatch": N_("dispatch one case to its department (派遣), with a note"),
+    "dispose": N_("report one case disposed (处置), with a note"),
+    "verify": N_("verify one disposed case (核查): the note says what was found"),
+    "reject": N_("verification failed: dispatch the case again, the note says why"),
+    "close": N_("close one case (结案), with a note"),
+    "urge": N_("urge one overdue case (督办): the note says what is urged"),
 }
 
 
@@ -68,7 +72,7 @@ def add_parsers(sub: Any) -> None:
     alert = sub.add_parser("alert", help=_("list alerts and act on them (operators)"))
     alerts = alert.add_subparsers(dest="sub", required=True)
     ls = alerts.add_parser(
-        "list", help=_("alerts with their stage and time left; default: open and acknowledged ones")
+        "list", help=_("alerts with their case stage and time left; default: all but closed")
     )
     ls.add_argument("--stage", default=LIVE, help=_("comma-separated, among {stages} (default: "
                     "{default})").format(stages=",".join(STAGES), default=LIVE))  # fmt: skip
