@@ -112,7 +112,7 @@ COMMANDS = [  # one of each module's way to the registry: installer, health, reg
     ["gateway", "config", "gw1"],
     ["health"],
     ["token", "create", "--role", "installer"],
-    ["alert", "ack", "a1", "--note", "crew 7"],
+    ["alert", "file", "a1", "--note", "crew 7"],
 ]
 
 

@@ -54,7 +54,7 @@ COMMANDS: list[tuple[list[str], Role, Role | None, list[str] | None]] = [
     (["gateway", "list"], Role.INSTALLER, None, ["gateway", "show", "gw9"]),
     (["health"], Role.INSTALLER, Role.PLATFORM, ["health", "--gateway", "gw9"]),
     (["alert", "list"], Role.OPERATOR, Role.INSTALLER,
-     ["alert", "ack", "nope", "--note", "crew 7"]),
+     ["alert", "file", "nope", "--note", "crew 7"]),
     (["profile", "list"], Role.INSTALLER, None, ["profile", "show", "nope"]),
     (["token", "create", "--role", "installer"], Role.ADMIN, Role.INSTALLER, None),
 ]  # fmt: skip
