@@ -76,9 +76,20 @@ async def fill(url: str, n_devices: int) -> None:
     await store.close()
 
 
-def requests(n_devices: int, rng: random.Random) -> tuple[str, str]:
+MIXES = {
+    "lists": ["lookup", "lookup", "by_grid", "by_district_profile", "by_gateway"],
+    # the crew view: the unhealthy first page of the whole field, or of a district
+    "health": ["health_field", "health_district"],
+}
+
+
+def requests(n_devices: int, rng: random.Random, mix: str = "lists") -> tuple[str, str]:
     """One request of the mix: (kind, path)."""
-    kind = rng.choice(["lookup", "lookup", "by_grid", "by_district_profile", "by_gateway"])
+    kind = rng.choice(MIXES[mix])
+    if kind == "health_field":
+        return kind, "/api/v1/health?health=unhealthy&limit=50"
+    if kind == "health_district":
+        return kind, f"/api/v1/health?district=d{rng.randrange(10)}&health=unhealthy&limit=50"
     if kind == "lookup":
         i = rng.randrange(n_devices)
         return kind, f"/api/v1/devices/gw{i // 100:04d}:dev{i % 100:03d}"
@@ -91,12 +102,15 @@ def requests(n_devices: int, rng: random.Random) -> tuple[str, str]:
     return kind, f"/api/v1/devices?gateway=gw{rng.randrange(n_devices // 100):04d}"
 
 
-async def client(base: str, n: int, until: float, seed: int, out: dict[str, list[float]]) -> None:
+async def client(
+    base: str, n: int, until: float, seed: int, out: dict[str, list[float]], mix: str = "lists"
+) -> None:
     rng = random.Random(seed)
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    async with aiohttp.ClientSession(headers=headers) as http:
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
         while time.monotonic() < until:
-            kind, path = requests(n, rng)
+            kind, path = requests(n, rng, mix)
             t0 = time.perf_counter()
             async with http.get(base + path) as r:
                 await r.read()
@@ -140,9 +154,13 @@ async def main() -> None:
     ap.add_argument("--registries", type=int, default=1, help="registry processes")
     ap.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     ap.add_argument("--db-url", default=None)
+    ap.add_argument("--mix", choices=sorted(MIXES), default="lists",
+                    help="lists: lookups and device lists; health: the crew view's first page")  # fmt: skip
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="registry-bench-"))
-    pg = Postgres(work / "pg").start() if args.db == "postgres" and not args.db_url else None
+    # its own temp dir: the postgres user must reach it, and ``work`` is private to us
+    pg = (Postgres(Path(tempfile.mkdtemp(prefix="registry-bench-pg-"))).start()
+          if args.db == "postgres" and not args.db_url else None)  # fmt: skip
     url = args.db_url or (pg.create_database("bench") if pg else
                           f"sqlite+aiosqlite:///{work}/registry.db")  # fmt: skip
     procs: list[subprocess.Popen[bytes]] = []
@@ -158,11 +176,11 @@ async def main() -> None:
             await ready(base)
         lat: dict[str, list[float]] = defaultdict(list)
         await asyncio.gather(*(client(bases[i % len(bases)], args.devices, time.monotonic() + 2,
-                                      i, defaultdict(list)) for i in range(4)))  # warm-up  # fmt: skip
+                                      i, defaultdict(list), args.mix) for i in range(4)))  # warm-up  # fmt: skip
         cpu0 = [cpu_seconds(p.pid) for p in procs]
         start = time.monotonic()
         await asyncio.gather(*(client(bases[i % len(bases)], args.devices, start + args.seconds,
-                                      i, lat) for i in range(args.clients)))  # fmt: skip
+                                      i, lat, args.mix) for i in range(args.clients)))  # fmt: skip
         took = time.monotonic() - start
         cpu = [cpu_seconds(p.pid) - c for p, c in zip(procs, cpu0, strict=True)]
     finally:

@@ -5,6 +5,7 @@ queries are what ``DeviceView`` (and so the OpenAPI document) says."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pydantic import TypeAdapter
 from sqlalchemy import insert, update
 
 from device_registry import RegistryStore
+from device_registry.db.pages import sliced
 from device_registry.db.tables import (
     Alert,
     Device,
@@ -26,9 +28,11 @@ from device_registry.db.tables import (
     Site,
 )
 from device_registry.errors import Invalid
+from device_registry.health.views import HealthSummary
 from device_registry.http import paging
 from device_registry.http.app import build_app, serving
 from device_registry.inventory.views import DeviceView
+from tests._central_helpers import now_ms
 from tests.conftest import ADMIN_TOKEN
 
 T0 = 1_764_000_000_000
@@ -326,3 +330,217 @@ async def test_rows_are_device_views_and_the_document_says_so(api: Api) -> None:
     assert one_doc["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/DeviceView"
     }
+
+
+# ---- the health report's device list -----------------------------------------------------------
+
+
+async def fresh(api: Api, numbers: list[int]) -> int:
+    """Make these devices report now (the others stay silent since T0); returns now."""
+    now = now_ms()
+    async with api.store.transaction() as s:
+        await s.execute(update(Device).where(Device.id.in_([spec(i)["id"] for i in numbers]))
+                        .values(last_seen=now))  # fmt: skip
+    return now
+
+
+async def health_walk(api: Api, query: str) -> tuple[list[dict[str, Any]], list[Any], list[int]]:
+    """Every page of the health report: its devices in order, each page's summary, totals."""
+    path = f"/api/v1/health?{query}"
+    devices: list[dict[str, Any]] = []
+    summaries, totals = [], []
+    for _ in range(1000):
+        body, r = await api.page(path)
+        devices += body["devices"]
+        summaries.append(body["summary"])
+        totals.append(int(r.headers["X-Total-Count"]))
+        link = r.headers.get("Link")
+        if link is None:
+            return devices, summaries, totals
+        found = NEXT.match(link)
+        assert found, link
+        path = found["url"]
+    raise AssertionError("the Link headers never ended")
+
+
+HEALTH_FILTERS = ["", "health=unhealthy", "health=healthy", "street=xujiahui", "q=GW1:",
+                  "district=310104&health=healthy", "grid=310104003001002&q=dev-0"]  # fmt: skip
+
+
+@pytest.mark.parametrize("query", HEALTH_FILTERS)
+async def test_the_health_device_list_pages_unhealthy_first(api: Api, query: str) -> None:
+    await fresh(api, [i for i in range(N) if i % 2 == 0])
+    everything, _ = await api.page(f"/api/v1/health?{query}&limit=10000")
+    want = everything["devices"]
+    devices, summaries, totals = await health_walk(api, f"{query}&limit=4")
+    assert [d["id"] for d in devices] == [d["id"] for d in want]
+    assert len({d["id"] for d in devices}) == len(devices)
+    assert set(totals) == {len(want)}
+    # the summary counts the whole field the filters match, on every page
+    assert all(s == everything["summary"] for s in summaries)
+    # unhealthy first: once a healthy device is listed, no unhealthy one follows
+    flags = [d["healthy"] for d in devices]
+    assert flags == sorted(flags)
+    words = dict(p.split("=") for p in query.split("&") if p)
+    listed = [d for d in expected(**{k: v for k, v in words.items() if k != "health"})]
+    healthy = {spec(i)["id"] for i in range(N) if i % 2 == 0}
+    if words.get("health") == "healthy":
+        listed = [i for i in listed if i in healthy]
+    elif words.get("health") == "unhealthy":
+        listed = [i for i in listed if i not in healthy]
+    assert sorted(d["id"] for d in devices) == sorted(listed)
+
+
+async def test_a_device_list_cursor_is_refused_by_the_health_list(api: Api) -> None:
+    _, r = await api.page("/api/v1/devices?limit=2")
+    link = NEXT.match(r.headers["Link"])
+    assert link
+    cursor = link["url"].split("after=")[1]
+    problem, _ = await api.page(f"/api/v1/health?after={cursor}", 422)
+    assert [e["loc"] for e in problem["errors"]] == ["after"]
+
+
+Key2 = tuple[int, str]
+# (sorted keys, start after, limit, the page, the key to go on after)
+SLICES: list[tuple[list[Key2], Key2 | None, int, list[Key2], Key2 | None]] = [
+    ([(0, "a"), (0, "b"), (1, "a")], None, 2, [(0, "a"), (0, "b")], (0, "b")),
+    ([(0, "a"), (0, "b"), (1, "a")], (0, "b"), 2, [(1, "a")], None),
+    ([(0, "a"), (0, "b"), (1, "a")], (0, "a"), 2, [(0, "b"), (1, "a")], None),
+    # the row a cursor names is gone: the page starts at the next one
+    ([(0, "a"), (1, "a")], (0, "b"), 5, [(1, "a")], None),
+    ([(0, "a")], (9, "z"), 5, [], None),
+    ([], None, 3, [], None),
+]
+
+
+@pytest.mark.parametrize(("keys", "start", "limit", "page", "nxt"), SLICES)
+def test_a_list_judged_in_memory_pages_by_key(
+    keys: list[tuple[int, str]], start: tuple[int, str] | None, limit: int,
+    page: list[tuple[int, str]], nxt: tuple[int, str] | None,
+) -> None:  # fmt: skip
+    assert sliced(keys, lambda k: k, start, limit) == (page, nxt)
+
+
+# ---- the alert list (operations stage) ---------------------------------------------------------
+
+
+def alert_spec(i: int, stage: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Alert number ``i``: raised in threes at the same ms (ties ordered by id), in 2 grid
+    cells of 2 districts, on the device of the same number."""
+    d = spec(i % N)
+    district, grid = SITES[i % 4][1], SITES[i % 4][3]
+    alert = {
+        "alert_id": f"{d['gateway_id']}:al-{i:03d}", "gateway_id": d["gateway_id"],
+        "device_id": d["id"], "point": "level", "state": "raised", "rule": "r",
+        "category": "0406", "severity": "major", "district": district, "grid": grid,
+        "location": {"district": district, "grid": grid}, "value": 2.5, "unit": "m",
+        "message": "high", "raised_at": T0 + 1000 * (i // 3), "updated_at": T0 + 1000 * (i // 3),
+    }  # fmt: skip
+    ops = {"alert_id": alert["alert_id"], "stage": stage, "incident_id": f"inc-{i}"}
+    return alert, ops
+
+
+async def add_alerts(store: RegistryStore, numbers: range) -> None:
+    from device_registry.alerts.store import AlertFilter
+    from device_registry.db.tables import AlertOps
+
+    stage = sorted(AlertFilter().stages)[0]  # a stage the list shows by default
+    specs = [alert_spec(i, stage) for i in numbers]
+    async with store.transaction() as s:
+        await s.execute(insert(Alert), [a for a, _ in specs])
+        await s.execute(insert(AlertOps), [o for _, o in specs])
+
+
+def alert_order(numbers: range, **f: str) -> list[str]:
+    """The ids the alert list should give, newest raised first, ties by id descending."""
+    chosen = []
+    for i in numbers:
+        a, _ = alert_spec(i, "")
+        if (
+            f.get("grid", a["grid"]) != a["grid"]
+            or f.get("district", a["district"]) != a["district"]
+        ):
+            continue
+        if "q" in f and f["q"].lower() not in (a["alert_id"] + " " + a["device_id"]).lower():
+            continue
+        chosen.append(a)
+    return [a["alert_id"] for a in sorted(chosen, key=lambda a: (a["raised_at"], a["alert_id"]),
+                                          reverse=True)]  # fmt: skip
+
+
+async def test_the_alert_list_walks_newest_first_once_while_alerts_arrive(api: Api) -> None:
+    await add_alerts(api.store, range(30))
+    first = alert_order(range(30))
+    arrived = iter(range(100, 200, 2))
+
+    async def more(n: int) -> None:
+        i = next(arrived)
+        await add_alerts(api.store, range(i, i + 2))  # newer than all: ahead of the cursor
+
+    path = "/api/v1/alerts/lifecycle?limit=4"
+    ids: list[str] = []
+    totals: list[int] = []
+    for n in range(100):
+        rows, r = await api.page(path)
+        ids += [a["alert_id"] for a in rows]
+        totals.append(int(r.headers["X-Total-Count"]))
+        link = r.headers.get("Link")
+        if link is None:
+            break
+        found = NEXT.match(link)
+        assert found, link
+        path = found["url"]
+        await more(n)
+    assert ids == first  # once each, in order; those raised since the first page come next walk
+    assert set(totals) == {30}
+
+
+ALERT_FILTERS = [{"grid": "310104003001002"}, {"district": "310101"}, {"q": "GW2:AL-01"},
+                 {"district": "310104", "q": "dev-00"}, {"grid": "nowhere"}]  # fmt: skip
+
+
+@pytest.mark.parametrize("f", ALERT_FILTERS, ids=str)
+async def test_alert_filters_combine_over_pages(api: Api, f: dict[str, str]) -> None:
+    await add_alerts(api.store, range(30))
+    query = "&".join(f"{k}={v}" for k, v in f.items())
+    path = f"/api/v1/alerts/lifecycle?{query}&limit=3"
+    ids: list[str] = []
+    for _ in range(100):
+        rows, r = await api.page(path)
+        ids += [a["alert_id"] for a in rows]
+        assert r.headers["X-Total-Count"] == str(len(alert_order(range(30), **f)))
+        found = NEXT.match(r.headers.get("Link", ""))
+        if found is None:
+            break
+        path = found["url"]
+    assert ids == alert_order(range(30), **f)
+    problem, _ = await api.page("/api/v1/alerts/lifecycle?after=" + _cursor("alerts", 1, 2), 422)
+    assert [e["loc"] for e in problem["errors"]] == ["after"]
+
+
+async def test_a_judged_field_is_reused_for_as_long_as_judging_it_took() -> None:
+    from device_registry.health.store import Judged, Judgements
+
+    clock = [100.0]
+    made: list[Judged] = []
+    gate = asyncio.Event()
+
+    async def judge() -> Judged:
+        await gate.wait()
+        clock[0] += 3.0  # judging took 3 s
+        made.append(Judged([], [], [], HealthSummary(devices=len(made), devices_unhealthy=0,
+                                                     gateways=0, gateways_unhealthy=0), None))  # fmt: skip
+        return made[-1]
+
+    j = Judgements(clock=lambda: clock[0])
+    # fifty requests at once: one judging, all get it
+    waiting = [asyncio.create_task(j.get("all", judge)) for _ in range(50)]
+    await asyncio.sleep(0)
+    gate.set()
+    got = await asyncio.gather(*waiting)
+    assert len(made) == 1 and all(g is made[0] for g in got)
+    clock[0] += 2.9  # still fresh: as old as judging took, less a little
+    assert await j.get("all", judge) is made[0]
+    assert await j.get("district", judge) is made[1]  # another filter: judged apart
+    clock[0] += 3.2  # "all" is now older than its judging took: judged again
+    assert await j.get("all", judge) is made[2]

@@ -3,8 +3,10 @@ matching rows, and the sort key to continue after (``http/paging.py`` turns it i
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 Key = tuple[str | int | None, ...]
 """A row's sort key, as its list orders it (the device list: the device's id)."""
@@ -23,3 +25,24 @@ def like(text: str) -> str:
     """``%text%`` for a LIKE with ``\\`` as escape: a ``%`` or ``_`` typed is matched as itself."""
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
+
+
+T = TypeVar("T")
+
+
+def sliced(
+    items: Sequence[T], key: Callable[[T], Key], after: Key | None, limit: int | None
+) -> tuple[list[T], Key | None]:
+    """The page of ``items`` (sorted by ``key``, keys unique) after the key ``after``, and the
+    key to continue after (None: the last page): a list judged in memory, paged as the tables
+    are. ``limit`` None: all the rest."""
+    keys = [key(item) for item in items]
+    first = 0 if after is None else bisect.bisect_right(keys, _comparable(after), key=_comparable)
+    end = len(items) if limit is None else first + limit
+    more = end < len(items)
+    return list(items[first:end]), (keys[end - 1] if more else None)
+
+
+def _comparable(key: Key) -> tuple[tuple[bool, str | int], ...]:
+    # None sorts first and never meets a str or int in a comparison
+    return tuple((part is not None, part if part is not None else 0) for part in key)

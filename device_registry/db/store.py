@@ -129,8 +129,9 @@ class RegistryStore:
             yield session
 
     @asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reading columns: no ORM session, no objects (the lists' hot path)."""
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reading columns: no ORM session, no objects (the lists' hot path,
+        the health report's facts); database errors as everywhere in the store."""
         async with self._errors(), self.engine.connect() as conn:
             yield conn
 
@@ -589,7 +590,7 @@ class RegistryStore:
             q = q.where(Device.id > after[0])
         if limit is not None:
             q = q.limit(limit + 1).offset(offset)
-        async with self._read() as s:
+        async with self.read() as s:
             rows = (await s.execute(q)).all()
             more = limit is not None and len(rows) > limit
             rows = rows[:limit] if more else rows
@@ -604,7 +605,7 @@ class RegistryStore:
         """One device by registry id ``gateway:device``, or by the bare device id when that is
         unique, in ``DeviceView``'s shape with its values' decimals and its active alerts."""
         column = Device.id if ":" in key else Device.name
-        async with self._read() as s:
+        async with self.read() as s:
             rows = (await s.execute(_device_columns().where(column == key).limit(2))).all()
             if not rows:
                 raise NotFound("device", key)

@@ -22,6 +22,7 @@ import binascii
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -75,10 +76,17 @@ def after(value: str | None, lst: str, shape: Sequence[type]) -> Start | None:
 
 def reply(request: web.Request, lst: str, page: Page) -> web.Response:
     """The page as the list endpoint answers it: rows, ``X-Total-Count`` and ``Link``."""
-    headers = {"X-Total-Count": str(page.total)}
-    if page.next is not None:
+    return reply_with(request, lst, page.rows, page.total, page.next)
+
+
+def reply_with(
+    request: web.Request, lst: str, body: Any, total: int, nxt: Key | None
+) -> web.Response:
+    """``body`` (the page's rows, or a report whose list is paged) with the page's headers."""
+    headers = {"X-Total-Count": str(total)}
+    if nxt is not None:
         # the same query with ``after`` for the next page (an ``offset`` would skip rows again)
         query = {k: v for k, v in request.rel_url.query.items() if k not in ("after", "offset")}
-        nxt = request.rel_url.with_query({**query, "after": cursor(lst, page.next, page.total)})
-        headers["Link"] = f'<{nxt}>; rel="next"'
-    return json_reply(page.rows, headers=headers)
+        url = request.rel_url.with_query({**query, "after": cursor(lst, nxt, total)})
+        headers["Link"] = f'<{url}>; rel="next"'
+    return json_reply(body, headers=headers)
