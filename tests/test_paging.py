@@ -418,7 +418,7 @@ def test_a_list_judged_in_memory_pages_by_key(
     keys: list[tuple[int, str]], start: tuple[int, str] | None, limit: int,
     page: list[tuple[int, str]], nxt: tuple[int, str] | None,
 ) -> None:  # fmt: skip
-    assert sliced(keys, lambda k: k, start, limit) == (page, nxt)
+    assert sliced(keys, keys, start, limit) == (page, nxt)
 
 
 # ---- the alert list (operations stage) ---------------------------------------------------------

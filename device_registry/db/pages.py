@@ -4,7 +4,7 @@ matching rows, and the sort key to continue after (``http/paging.py`` turns it i
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -31,12 +31,11 @@ T = TypeVar("T")
 
 
 def sliced(
-    items: Sequence[T], key: Callable[[T], Key], after: Key | None, limit: int | None
+    items: Sequence[T], keys: Sequence[Key], after: Key | None, limit: int | None
 ) -> tuple[list[T], Key | None]:
-    """The page of ``items`` (sorted by ``key``, keys unique) after the key ``after``, and the
-    key to continue after (None: the last page): a list judged in memory, paged as the tables
-    are. ``limit`` None: all the rest."""
-    keys = [key(item) for item in items]
+    """The page of ``items`` (sorted, ``keys`` their unique sort keys) after the key ``after``,
+    and the key to continue after (None: the last page): a list judged in memory, paged as the
+    tables are. ``limit`` None: all the rest."""
     first = 0 if after is None else bisect.bisect_right(keys, _comparable(after), key=_comparable)
     end = len(items) if limit is None else first + limit
     more = end < len(items)

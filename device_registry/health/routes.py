@@ -175,12 +175,13 @@ async def get_health(request: web.Request, query: HealthQuery) -> web.Response:
     report, listed, nxt = await health_report(request.app[STORE], f, now, centre=stalled,
                                               listing=listing,
                                               judgements=request.app[JUDGEMENTS])  # fmt: skip
-    report.centre = CentreView(
+    view = CentreView(
         ingesting=stalled is None, reason="" if stalled is None else stalled.why,
         since=None if stalled is None else stalled.since, known=deps.known,
     )  # fmt: skip
     total = listed if start is None else start.total
-    return paging.reply_with(request, "health", report.model_dump(mode="json"), total, nxt)
+    body = {"centre": view.model_dump(mode="json"), **report}
+    return paging.reply_with(request, "health", body, total, nxt)
 
 
 @route("GET", "/api/v1/devices/{id}/readings",

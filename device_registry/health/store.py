@@ -17,10 +17,11 @@ one row per bridge, so that a registry in another process knows their dependenci
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import time
-from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -102,6 +103,29 @@ class Judged:
     problems: list[HealthProblem]
     summary: HealthSummary
     nothing: NothingMatches | None
+    lists: dict[str | None, tuple[list[tuple[DeviceFacts, Assessment]], list[Key]]] = field(
+        default_factory=dict
+    )
+    """The devices judged so (None: all) and their keys, made once per judgement: a page of a
+    100,000-device field is then a bisection, not a pass over the field."""
+    whole: dict[str, Any] = field(default_factory=dict)
+    """The report but for its devices and centre, as JSON, made once per judgement (its
+    problems name every unhealthy device: 100,000 ids to write out)."""
+
+    def report(self) -> dict[str, Any]:
+        if not self.whole:
+            report = HealthReport(healthy=None if self.nothing else not self.problems,
+                                  nothing_matches=self.nothing, unhealthy=len(self.problems),
+                                  summary=self.summary, problems=self.problems, devices=[],
+                                  gateways=self.gateways)  # fmt: skip
+            self.whole.update(report.model_dump(mode="json", exclude={"devices", "centre"}))
+        return self.whole
+
+    def listed(self, health: str | None) -> tuple[list[tuple[DeviceFacts, Assessment]], list[Key]]:
+        if health not in self.lists:
+            chosen = [(d, a) for d, a in self.devices if health is None or judged_as(a) == health]
+            self.lists[health] = (chosen, [_listed_order(x) for x in chosen])
+        return self.lists[health]
 
 
 class Judgements:
@@ -143,12 +167,12 @@ async def health_report(
     store: RegistryStore, f: HealthFilter, now: int, policy: Policy | None = None,
     centre: Stall | None = None, listing: Listing = Listing(),
     judgements: Judgements | None = None,
-) -> tuple[HealthReport, int, Key | None]:  # fmt: skip
-    """``centre``: since when, and why, the centre has not been ingesting (``centre.stall``).
-    Every device the filter matches is judged (the problems and the summary need them all),
-    by ``judgements`` when given (reused while fresh); only the listed page becomes views.
-    Also returns how many devices ``listing`` picks on all pages, and the key to go on after
-    (None: the last page)."""
+) -> tuple[dict[str, Any], int, Key | None]:  # fmt: skip
+    """The report (``HealthReport``'s shape as JSON, without ``centre``); ``centre``: since
+    when, and why, the centre has not been ingesting (``centre.stall``). Every device the
+    filter matches is judged (the problems and the summary need them all), by ``judgements``
+    when given (reused while fresh); only the listed page becomes views. Also returns how many
+    devices ``listing`` picks on all pages, and the key to go on after (None: the last page)."""
     if f.gateway is not None:
         await _known_gateway(store, f.gateway)
 
@@ -156,20 +180,29 @@ async def health_report(
         return await _judge(store, f, now, policy, centre)
 
     j = await (judge() if judgements is None else judgements.get((f, centre, policy), judge))
-    listed = [(d, a) for d, a in j.devices
-              if listing.health is None or judged_as(a) == listing.health]  # fmt: skip
-    page, nxt = sliced(listed, _listed_order, listing.after, listing.limit)
-    report = HealthReport(healthy=None if j.nothing else not j.problems,
-                          nothing_matches=j.nothing, unhealthy=len(j.problems),
-                          summary=j.summary, problems=j.problems,
-                          devices=[_device_view(d, a) for d, a in page], gateways=j.gateways)  # fmt: skip
-    return report, len(listed), nxt
+    listed, keys = j.listed(listing.health)
+    page, nxt = sliced(listed, keys, listing.after, listing.limit)
+    devices = [_device_view(d, a).model_dump(mode="json") for d, a in page]
+    return {**j.report(), "devices": devices}, len(listed), nxt
 
 
 async def _judge(
     store: RegistryStore, f: HealthFilter, now: int, policy: Policy | None, centre: Stall | None
 ) -> Judged:
-    gws, devices = await _facts(store, f)
+    gws, facts = await _facts(store, f)
+    # judging 100,000 devices is seconds of CPU: in a thread, so that the event loop keeps
+    # answering the lists and lookups meanwhile (they share the GIL, not a queue)
+    judged = await asyncio.to_thread(_judged, f, gws, facts, now, policy, centre)
+    if not judged.summary.devices and not judged.summary.gateways:  # the filters matched none
+        judged = dataclasses.replace(judged, nothing=await _nothing_matches(store, f))
+    return judged
+
+
+def _judged(
+    f: HealthFilter, gws: dict[str, GatewayFacts], facts: Callable[[], list[DeviceFacts]],
+    now: int, policy: Policy | None, centre: Stall | None,
+) -> Judged:  # fmt: skip
+    devices = facts()
     if f.district or f.grid or f.profile or f.street or f.q:
         # gateways only as far as the listed devices use them
         used = {d.gateway for d in devices}
@@ -190,8 +223,7 @@ async def _judge(
         gw_views = [g for g in gw_views if not g.healthy]
     judged.sort(key=_listed_order)
     gw_views.sort(key=lambda g: (g.healthy, g.id))
-    nothing = await _nothing_matches(store, f) if not devices and not gws else None
-    return Judged(gw_views, judged, [_problem_view(p) for p in grouped], summary, nothing)
+    return Judged(gw_views, judged, [_problem_view(p) for p in grouped], summary, None)
 
 
 def judged_as(a: Assessment) -> str:
@@ -248,7 +280,7 @@ async def _nothing_matches(store: RegistryStore, f: HealthFilter) -> NothingMatc
 
 async def _facts(
     store: RegistryStore, f: HealthFilter
-) -> tuple[dict[str, GatewayFacts], list[DeviceFacts]]:
+) -> tuple[dict[str, GatewayFacts], Callable[[], list[DeviceFacts]]]:
     # columns, not ORM objects: at 100,000 devices the objects cost more than the judging
     q = (
         select(Device.id, Device.gateway_id, Device.name, Device.profile, Device.firmware,
@@ -271,12 +303,20 @@ async def _facts(
     async with store.read() as conn:
         rows = (await conn.execute(q)).all()
         levels = await _levels(conn, [r[0] for r in rows])
+    # the facts are made in the judging thread (``_judged``): 100,000 of them take a while
+    return gws, functools.partial(_made, f, gws, rows, levels)
+
+
+def _made(
+    f: HealthFilter, gws: dict[str, GatewayFacts], rows: Sequence[Any],
+    levels: dict[str, dict[str, tuple[Any, str]]],
+) -> list[DeviceFacts]:  # fmt: skip
     offsets = {k: _offset(g) for k, g in gws.items()}
     devices = [_device_facts(r, gws.get(r[1]), offsets.get(r[1], 0), levels.get(r[0], {}))
                for r in rows]  # fmt: skip
     if f.profile is not None:
         devices = [d for d in devices if d.profile == f.profile]
-    return gws, devices
+    return devices
 
 
 def _offset(g: GatewayFacts) -> int:
