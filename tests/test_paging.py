@@ -542,5 +542,28 @@ async def test_a_judged_field_is_reused_for_as_long_as_judging_it_took() -> None
     clock[0] += 2.9  # still fresh: as old as judging took, less a little
     assert await j.get("all", judge) is made[0]
     assert await j.get("district", judge) is made[1]  # another filter: judged apart
-    clock[0] += 3.2  # "all" is now older than its judging took: judged again
+    clock[0] += 3.2  # "all" is now older than its judging took: judged again, and meanwhile
+    assert await j.get("all", judge) is made[0]  # the last one is served (slow to judge)
+    for _ in range(5):  # the judging task runs
+        await asyncio.sleep(0)
     assert await j.get("all", judge) is made[2]
+    clock[0] += 700  # not asked for 10 minutes: forgotten, the next request waits for a new one
+    assert await j.get("all", judge) is made[3]
+
+
+async def test_a_field_quick_to_judge_is_judged_again_while_the_request_waits() -> None:
+    from device_registry.health.store import Judged, Judgements
+
+    clock = [0.0]
+    made: list[Judged] = []
+
+    async def judge() -> Judged:
+        clock[0] += 0.01  # a small field
+        made.append(Judged([], [], [], HealthSummary(devices=0, devices_unhealthy=0, gateways=0,
+                                                     gateways_unhealthy=0), None))  # fmt: skip
+        return made[-1]
+
+    j = Judgements(clock=lambda: clock[0])
+    assert await j.get("all", judge) is made[0]
+    clock[0] += 0.02  # a change, then the next request: it sees a new judgement, not the last
+    assert await j.get("all", judge) is made[1]

@@ -129,27 +129,37 @@ class Judged:
 
 
 class Judgements:
-    """Each filter's judged field, reused for as long as judging it took (and shared by the
-    requests that arrive while it is judged). A field of a few hundred devices is judged anew
-    for every request; one of 100,000 takes seconds of CPU (docs/central.md, "Scaling"), and a
-    crew walking its pages, or fifty of them opening the view at once, must not make the
-    registry judge it again for each: so at most about half of a core goes to judging, and a
-    report is at most that long older than its request."""
+    """Each filter's judged field, reused for as long as judging it took, then served stale
+    while the next judgement is made (and shared by the requests that arrive meanwhile). A
+    field of a few hundred devices is judged anew for every request; one of 100,000 takes
+    seconds of CPU (docs/central.md, "Scaling"), and a crew walking its pages, or fifty of them
+    opening the view at once, must not make the registry judge it again for each, nor wait for
+    it: at most about half of a core goes to judging, and only the first request of a filter
+    waits. A report is as old as the judging before it took, at most (plus the one running)."""
+
+    FORGET_S = 600.0
+    """A filter not asked for this long is forgotten (its judgement holds every device)."""
+    STALE_AFTER_S = 1.0
+    """Only a field that takes longer than this to judge is served stale meanwhile: a small
+    one is judged again while the request waits, so a change shows in the next answer."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._done: dict[Hashable, tuple[float, Judged]] = {}
+        self._done: dict[Hashable, tuple[float, float, Judged]] = {}
+        """key -> (fresh until, how long judging took, the judgement)"""
         self._running: dict[Hashable, asyncio.Task[Judged]] = {}
 
     async def get(self, key: Hashable, judge: Callable[[], Awaitable[Judged]]) -> Judged:
         now = self._clock()
-        self._done = {k: v for k, v in self._done.items() if v[0] > now}  # forget the stale
+        self._done = {k: v for k, v in self._done.items() if v[0] + self.FORGET_S > now}
         done = self._done.get(key)
-        if done is not None:
-            return done[1]
+        if done is not None and now < done[0]:
+            return done[2]
         task = self._running.get(key)
         if task is None:
             task = self._running[key] = asyncio.create_task(self._judge(key, judge))
+        if done is not None and done[1] > self.STALE_AFTER_S:
+            return done[2]  # stale while the next is judged: nobody waits twice
         return await asyncio.shield(task)  # one request leaving does not stop the others'
 
     async def _judge(self, key: Hashable, judge: Callable[[], Awaitable[Judged]]) -> Judged:
@@ -157,7 +167,7 @@ class Judgements:
             start = self._clock()
             judged = await judge()
             end = self._clock()
-            self._done[key] = (end + (end - start), judged)
+            self._done[key] = (end + (end - start), end - start, judged)
             return judged
         finally:
             del self._running[key]
