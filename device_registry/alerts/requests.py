@@ -71,7 +71,13 @@ class LifecycleQuery(Request):
     severity: str | None = Field(default=None, max_length=200,
                                  description="Only this severity, e.g. critical.")  # fmt: skip
     incident: str | None = Field(default=None, max_length=200)
-    limit: int = Field(default=1000, ge=1, le=10000, description="At most this many.")
+    grid: str | None = Field(default=None, max_length=200, description="In this grid cell.")
+    q: str | None = Field(default=None, min_length=1, max_length=128, description="Part of the "
+                          "alert's id or its device's (gateway:device), any case.")  # fmt: skip
+    limit: int = Field(default=1000, ge=1, le=10000, description="At most this many (default "
+                       "1000, at most 10000), newest raised first.")  # fmt: skip
+    after: str | None = Field(default=None, max_length=1024, description="Where the page "
+                              "starts: the cursor in the previous page's Link header (opaque).")  # fmt: skip
 
     @field_validator("stage")
     @classmethod

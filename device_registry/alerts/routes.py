@@ -21,6 +21,7 @@ from device_registry.alerts.requests import (
 from device_registry.alerts.store import AlertFilter, OpsStore, stages
 from device_registry.alerts.views import AlertOpsView, AlertView, BulkClosed, IncidentActed
 from device_registry.errors import Conflict, Invalid
+from device_registry.http import paging
 from device_registry.http.auth import PRINCIPAL, Role, roles
 from device_registry.http.routing import Route, route
 from device_registry.http.state import STORE, now_ms
@@ -44,12 +45,19 @@ async def list_alerts(request: web.Request, query: AlertQuery) -> list[AlertView
 
 
 @route("GET", "/api/v1/alerts/lifecycle", WATCHERS, "Alerts with their case: stage, department, "
-       "time limit and incident")  # fmt: skip
-async def list_alert_ops(request: web.Request, query: LifecycleQuery) -> list[AlertOpsView]:
+       "time limit and incident, newest raised first, a page at a time", shows=list[AlertOpsView],
+       headers=paging.HEADERS)  # fmt: skip
+async def list_alert_ops(request: web.Request, query: LifecycleQuery) -> web.Response:
+    start = paging.after(query.after, "alerts", (int, str))
     chosen = AlertFilter().stages if query.stage is None else stages(query.stage.split(","))
     f = AlertFilter(chosen, query.district, query.category, query.incident, query.limit,
-                    query.severity)  # fmt: skip
-    return await _ops(request).alerts(f, now_ms())
+                    query.severity, grid=query.grid, q=query.q)  # fmt: skip
+    after = None if start is None else (int(start.key[0] or 0), str(start.key[1]))
+    views, total, last = await _ops(request).alert_page(
+        f, now_ms(), after, None if start is None else start.total
+    )
+    rows = [v.model_dump(mode="json") for v in views]
+    return paging.reply_with(request, "alerts", rows, total, last)
 
 
 @route("GET", "/api/v1/alerts/{id}", WATCHERS, "One alert with the actions taken on it")

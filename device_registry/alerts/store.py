@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 
 from device_registry.alerts import lifecycle
 from device_registry.alerts.lifecycle import Action, Refused, Stage
@@ -30,6 +31,7 @@ from device_registry.alerts.views import (
     WebhookView,
 )
 from device_registry.alerts.views import alert as alert_view
+from device_registry.db.pages import like
 from device_registry.db.store import RegistryStore
 from device_registry.db.tables import (
     Alert,
@@ -69,6 +71,9 @@ class AlertFilter:
     incident: str | None = None
     limit: int = 1000
     severity: str | None = None
+    grid: str | None = None
+    q: str | None = None
+    """Part of the alert's id or its device's registry id, any case."""
 
 
 def ops_view(
@@ -116,24 +121,45 @@ class OpsStore:
     # ---- alerts -------------------------------------------------------------------------------
 
     async def alerts(self, f: AlertFilter, now: int) -> list[AlertOpsView]:
-        q = (
-            select(Alert, AlertOps)
-            .join(AlertOps, AlertOps.alert_id == Alert.alert_id)
-            .where(AlertOps.stage.in_(sorted(f.stages)))
-            .order_by(Alert.raised_at.desc())
-            .limit(f.limit)
-        )
-        if f.district is not None:
-            q = q.where(Alert.district == f.district)
-        if f.category is not None:
-            q = q.where(Alert.category == f.category)
-        if f.incident is not None:
-            q = q.where(AlertOps.incident_id == f.incident)
-        if f.severity is not None:
-            q = q.where(Alert.severity == f.severity)
+        return (await self.alert_page(f, now, count=False))[0]
+
+    async def alert_page(
+        self, f: AlertFilter, now: int, after: tuple[int, str] | None = None,
+        total: int | None = None, count: bool = True,
+    ) -> tuple[list[AlertOpsView], int, tuple[int, str] | None]:  # fmt: skip
+        """The alerts ``f`` picks, newest raised first, after the one ``after`` names (its
+        raised_at and id), at most ``f.limit``; how many match (``total`` as given, else counted
+        when ``count``); and the key to go on after, None on the last page."""
+        where: list[ColumnElement[bool]] = [AlertOps.stage.in_(sorted(f.stages))]
+        for column, value in ((Alert.district, f.district), (Alert.category, f.category),
+                              (AlertOps.incident_id, f.incident), (Alert.severity, f.severity),
+                              (Alert.grid, f.grid)):  # fmt: skip
+            if value is not None:
+                where.append(column == value)
+        if f.q:
+            pattern = like(f.q)
+            where.append(or_(Alert.alert_id.ilike(pattern, escape="\\"),
+                             Alert.device_id.ilike(pattern, escape="\\")))  # fmt: skip
+        joined = select(Alert, AlertOps).join(AlertOps, AlertOps.alert_id == Alert.alert_id)
+        q = joined.where(*where).order_by(Alert.raised_at.desc(), Alert.alert_id.desc())
+        if after is not None:
+            raised, alert_id = after
+            q = q.where(or_(Alert.raised_at < raised,
+                            and_(Alert.raised_at == raised, Alert.alert_id < alert_id)))  # fmt: skip
         async with self.store.transaction() as s:
-            rows = list(await s.execute(q))
-            return await self._views(s, rows, now)
+            rows = list(await s.execute(q.limit(f.limit + 1)))
+            more = len(rows) > f.limit
+            rows = rows[: f.limit]
+            if total is None and count:
+                counted = (
+                    select(func.count())
+                    .select_from(Alert)
+                    .join(AlertOps, AlertOps.alert_id == Alert.alert_id)
+                )
+                total = int(await s.scalar(counted.where(*where)) or 0)
+            views = await self._views(s, rows, now)
+        last = (rows[-1][0].raised_at, rows[-1][0].alert_id) if more else None
+        return views, len(views) if total is None else total, last
 
     async def _views(
         self, s: AsyncSession, rows: Sequence[tuple[Alert, AlertOps]], now: int

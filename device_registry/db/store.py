@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Select, and_, case, delete, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
 from device_registry.alerts.operations import AlertOperations, Policy
@@ -28,6 +28,7 @@ from device_registry.alerts.views import alert as alert_view
 from device_registry.db import migrate
 from device_registry.db.engine import make_engine, upsert
 from device_registry.db.faults import Fault, classify
+from device_registry.db.pages import Key, Page, like
 from device_registry.db.tables import (
     Alert,
     AlertTransition,
@@ -126,6 +127,13 @@ class RegistryStore:
     async def _tx(self) -> AsyncIterator[AsyncSession]:
         async with self._errors(), self._sessions.begin() as session:
             yield session
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reading columns: no ORM session, no objects (the lists' hot path,
+        the health report's facts); database errors as everywhere in the store."""
+        async with self._errors(), self.engine.connect() as conn:
+            yield conn
 
     def transaction(self) -> AbstractAsyncContextManager[AsyncSession]:
         """One transaction for the registry's other modules (registration, tokens, audit);
@@ -576,52 +584,76 @@ class RegistryStore:
         grid: str | None = None, profile: str | None = None, status: str | None = None,
         retired: bool | None = None, limit: int | None = None, offset: int = 0,
     ) -> list[DeviceView]:  # fmt: skip
-        """Filtered, in id order; ``retired=None`` lists retired and active devices alike."""
-        q = _device_query()
-        for column, value in ((Device.gateway_id, gateway), (Site.district_id, district),
-                              (Site.grid, grid), (Device.status, status)):  # fmt: skip
-            if value is not None:
-                q = q.where(column == value)
-        if profile is not None:  # the profile the view shows: the installer's, else the birth's
-            born = select(DeviceInfo.device_id).where(DeviceInfo.profile == profile)
-            unset = or_(Device.profile.is_(None), Device.profile == "")
-            q = q.where(or_(Device.profile == profile, and_(unset, Device.id.in_(born))))
-        if retired is not None:
-            q = q.where(Device.retired_at.is_not(None) if retired else Device.retired_at.is_(None))
-        if limit is not None:
-            q = q.limit(limit).offset(offset)
-        async with self._tx() as s:
-            return await _device_views(s, q)
+        """Filtered, in id order; ``retired=None`` lists retired and active devices alike. The
+        API serves ``device_page``'s rows as they are; this validates them into views."""
+        f = DeviceFilter(gateway=gateway, district=district, grid=grid, profile=profile,
+                         status=status, retired=retired)  # fmt: skip
+        page = await self.device_page(f, limit=limit, offset=offset, count=False)
+        return [DeviceView.model_validate(row) for row in page.rows]
 
-    async def device(self, key: str) -> DeviceView:
-        """By registry id ``gateway:device``, or by the bare device id when that is unique."""
+    async def device_page(
+        self, f: DeviceFilter, *, limit: int | None = None, after: Key | None = None,
+        offset: int = 0, total: int | None = None, count: bool = True,
+    ) -> Page:  # fmt: skip
+        """Devices matching ``f`` in id order, after the device ``after`` names, as dicts in
+        ``DeviceView``'s shape (no per-row ORM object or model: this is the API's hot path);
+        the page's ``total``: as given (the first page counted it), else counted if ``count``."""
+        where = _device_filters(f)
+        q = _device_columns().where(*where).order_by(Device.id)
+        if after is not None:
+            q = q.where(Device.id > after[0])
+        if limit is not None:
+            q = q.limit(limit + 1).offset(offset)
+        async with self.read() as s:
+            rows = (await s.execute(q)).all()
+            more = limit is not None and len(rows) > limit
+            rows = rows[:limit] if more else rows
+            ids = [r[0] for r in rows]
+            values = await _latest(s, ids)
+            if total is None and count:
+                total = int(await s.scalar(_joined(select(func.count()), f).where(*where)) or 0)
+        found = [views.device_row(r, values.get(id_, {})) for r, id_ in zip(rows, ids, strict=True)]
+        return Page(found, len(found) if total is None else total, (ids[-1],) if more else None)
+
+    async def device_row(self, key: str) -> dict[str, Any]:
+        """One device by registry id ``gateway:device``, or by the bare device id when that is
+        unique, in ``DeviceView``'s shape with its values' decimals and its active alerts."""
         column = Device.id if ":" in key else Device.name
-        async with self._tx() as s:
-            found = await _device_views(s, _device_query().where(column == key))
-            found = [await self._with_decimals(s, v) for v in found]
-            ids = [d.id for d in found]
+        async with self.read() as s:
+            rows = (await s.execute(_device_columns().where(column == key).limit(2))).all()
+            if not rows:
+                raise NotFound("device", key)
+            if len(rows) > 1:
+                names = (await s.scalars(select(Device.id).where(column == key))).all()
+                raise Ambiguous(key, sorted(names))
+            [r] = rows
+            values = (await _latest(s, [r.id])).get(r.id, {})
             q = (
-                select(Alert)
-                .where(Alert.device_id.in_(ids[:1]), Alert.state != AlertState.CLEARED.value)
+                select(*_ALERT_COLUMNS)
+                .where(Alert.device_id == r.id, Alert.state != AlertState.CLEARED.value)
                 .order_by(Alert.raised_at)
             )
-            active = [views.device_alert(a) for a in await s.scalars(q)]
-        if not found:
-            raise NotFound("device", key)
-        if len(found) > 1:
-            raise Ambiguous(key, ids)
-        return found[0].model_copy(update={"active_alerts": active})
+            active = [dict(a._mapping) for a in await s.execute(q)]
+        found = views.device_row(r, values, active)
+        self._with_decimals(found)
+        return found
 
-    async def _with_decimals(self, s: AsyncSession, view: DeviceView) -> DeviceView:
-        """The view with each value's decimals from the device's profile: the installer's if
-        registered, else the one its gateway's birth named."""
-        if self.profiles is None or not view.values:
-            return view
-        profile = self.profiles().get(view.profile or "")
+    async def device(self, key: str) -> DeviceView:
+        """``device_row`` as a view, for callers in the process."""
+        return DeviceView.model_validate(await self.device_row(key))
+
+    def _with_decimals(self, row: dict[str, Any]) -> None:
+        """Each value's decimals from the device's profile: the installer's if registered, else
+        the one its gateway's birth named (the view's ``profile``)."""
+        if self.profiles is None or not row["values"]:
+            return
+        profile = self.profiles().get(row["profile"] or "")
         if profile is None:
-            return view
+            return
         points: Mapping[str, Point] = profile.points
-        return views.with_decimals(view, {p: point_decimals(pt) for p, pt in points.items()})
+        for name, value in row["values"].items():
+            point = points.get(name)
+            value["decimals"] = None if point is None else point_decimals(point)
 
     async def alerts(self, active_only: bool = True, limit: int = 1000) -> list[AlertView]:
         q = select(Alert).order_by(Alert.updated_at.desc()).limit(limit)
@@ -683,23 +715,93 @@ def _advance_alert(row: Alert, ev: AlertEvent) -> None:
     row.cleared_at = ev.ts if ev.state is AlertState.CLEARED else None
 
 
-_DeviceRows = Select[Device, Site]  # a device and its site
+@dataclasses.dataclass(frozen=True)
+class DeviceFilter:
+    """What a device list is narrowed to; None: any. ``q``: part of the registry id
+    (``gateway:device``), any case."""
+
+    gateway: str | None = None
+    district: str | None = None
+    street: str | None = None
+    grid: str | None = None
+    profile: str | None = None
+    status: str | None = None
+    retired: bool | None = None
+    q: str | None = None
 
 
-def _device_query() -> _DeviceRows:
-    return select(Device, Site).outerjoin(Site, Site.id == Device.site_id).order_by(Device.id)
+def _device_columns() -> Select[Any]:
+    """A device's columns, its site's and the profile its gateway's birth named: one row each,
+    in the order ``views.device_row`` unpacks (built once: a statement is immutable)."""
+    return _DEVICE_COLUMNS
 
 
-async def _device_views(s: AsyncSession, q: _DeviceRows) -> list[DeviceView]:
-    rows = (await s.execute(q)).all()
-    ids = [row[0].id for row in rows]
-    readings: dict[str, list[LatestReading]] = {}
-    born: dict[str, str] = {}  # the profile each device's gateway named in its birth
+def _build_device_columns() -> Select[Any]:
+    return _joined(
+        select(
+            Device.id, Device.gateway_id.label("gateway"), Device.name.label("device"),
+            Device.status, Site.district_id.label("district"), Site.grid, Site.street,
+            Device.first_seen, Device.last_seen, Device.health, Device.registered_at,
+            Device.retired_at, Device.profile, DeviceInfo.profile.label("born"), Device.bus,
+            Device.unit_id, Device.address, Device.lat, Device.lon,
+            Site.lat.label("site_lat"), Site.lon.label("site_lon"), Device.install_date,
+            Device.firmware, Device.labels, Device.component_id, Device.dept_competent_code,
+            Device.dept_competent_name, Device.dept_owner_code, Device.dept_owner_name,
+            Device.dept_maintainer_code, Device.dept_maintainer_name,
+        ),
+        None,
+    )  # fmt: skip
+
+
+def _joined(q: Select[Any], f: DeviceFilter | None) -> Select[Any]:
+    """``q`` from the devices, with the site and birth profile joined (``f`` None), or only
+    the site when ``f`` filters by place: a count by gateway alone reads one index, a count by
+    place and profile the covering index ``ix_devices_site`` (migration r0009_i14_api)."""
+    q = q.select_from(Device)
+    if f is None or f.district is not None or f.street is not None or f.grid is not None:
+        q = q.outerjoin(Site, Site.id == Device.site_id)
+    if f is None:
+        q = q.outerjoin(DeviceInfo, DeviceInfo.device_id == Device.id)
+    return q
+
+
+_DEVICE_COLUMNS = _build_device_columns()
+
+
+def _device_filters(f: DeviceFilter) -> list[ColumnElement[bool]]:
+    where: list[ColumnElement[bool]] = []
+    for column, value in ((Device.gateway_id, f.gateway), (Site.district_id, f.district),
+                          (Site.street, f.street), (Site.grid, f.grid),
+                          (Device.status, f.status)):  # fmt: skip
+        if value is not None:
+            where.append(column == value)
+    if f.profile is not None:  # the profile the view shows: the installer's, else the birth's
+        unset = or_(Device.profile.is_(None), Device.profile == "")
+        born = select(DeviceInfo.device_id).where(DeviceInfo.profile == f.profile)
+        where.append(or_(Device.profile == f.profile, and_(unset, Device.id.in_(born))))
+    if f.retired is not None:
+        where.append(Device.retired_at.is_not(None) if f.retired else Device.retired_at.is_(None))
+    if f.q:
+        where.append(Device.id.ilike(like(f.q), escape="\\"))
+    return where
+
+
+async def _latest(s: AsyncConnection, ids: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Device id -> point -> its last value, in ``PointValue``'s shape (decimals not known)."""
+    r = LatestReading
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     for i in range(0, len(ids), _ID_CHUNK):
-        chunk = ids[i : i + _ID_CHUNK]
-        for r in await s.scalars(select(LatestReading).where(LatestReading.device_id.in_(chunk))):
-            readings.setdefault(r.device_id, []).append(r)
-        info = select(DeviceInfo.device_id, DeviceInfo.profile)
-        born.update((i, p) for i, p in await s.execute(info.where(DeviceInfo.device_id.in_(chunk))))
-    return [views.device(d, site, readings.get(d.id, []), born.get(d.id))
-            for d, site in rows]  # fmt: skip
+        q = select(r.device_id, r.point, r.value, r.unit, r.quality, r.ts, r.historical).where(
+            r.device_id.in_(ids[i : i + _ID_CHUNK])
+        )
+        for dev, point, value, unit, quality, ts, historical in await s.execute(q):
+            out.setdefault(dev, {})[point] = {
+                "value": value, "unit": unit, "quality": quality, "ts": ts,
+                "historical": bool(historical), "decimals": None,
+            }  # fmt: skip
+    return out
+
+
+_ALERT_COLUMNS = (Alert.alert_id, Alert.category, Alert.severity, Alert.point, Alert.message,
+                  Alert.value, Alert.unit, Alert.raised_at)  # fmt: skip
+"""A device's active alert, in ``DeviceAlert``'s shape."""

@@ -45,7 +45,10 @@ class Site(Base):
     ``Device.lon``) come first, these only stand in for a device that has none."""
 
     __tablename__ = "sites"
-    __table_args__ = (UniqueConstraint("district_id", "street", "grid"),)
+    __table_args__ = (
+        UniqueConstraint("district_id", "street", "grid"),
+        Index("ix_sites_grid", "grid"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     district_id: Mapped[str] = mapped_column(ForeignKey("districts.id"))
     street: Mapped[str] = mapped_column(String(200), default="")
@@ -85,6 +88,11 @@ class Gateway(Base):
 
 class Device(Base):
     __tablename__ = "devices"
+    __table_args__ = (
+        # the device lists by place (and profile), in id pages, and their counts from the
+        # index alone (docs/central.md, "Scaling")
+        Index("ix_devices_site", "site_id", "retired_at", "profile", "id"),
+    )
     id: Mapped[str] = mapped_column(String(260), primary_key=True)
     gateway_id: Mapped[str] = mapped_column(ForeignKey("gateways.id"), index=True)
     name: Mapped[str] = mapped_column(String(128), index=True)
@@ -389,7 +397,7 @@ class DeviceInfo(Base):
 
     __tablename__ = "device_info"
     device_id: Mapped[str] = mapped_column(String(260), primary_key=True)
-    profile: Mapped[str] = mapped_column(String(128), default="")
+    profile: Mapped[str] = mapped_column(String(128), default="", index=True)
     interval_s: Mapped[float | None] = mapped_column(Float, default=None)
     firmware: Mapped[str] = mapped_column(String(64), default="")
     updated_at: Mapped[int] = mapped_column()

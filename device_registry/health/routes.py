@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,7 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from device_registry.errors import StoreUnavailable
 from device_registry.health import centre
 from device_registry.health.centre import CentrePolicy, Dependency, Level
-from device_registry.health.store import HealthFilter, health_report, heartbeats
+from device_registry.health.store import (
+    HealthFilter,
+    Judgements,
+    Listing,
+    health_report,
+    heartbeats,
+)
 from device_registry.health.views import (
     CentreView,
     DependencyView,
@@ -25,6 +31,7 @@ from device_registry.health.views import (
     ReadingPoint,
     ReadingsView,
 )
+from device_registry.http import paging
 from device_registry.http.auth import PUBLIC, Role, roles
 from device_registry.http.routing import Route, json_reply, route
 from device_registry.http.state import BRIDGES, DB_LINK, HEALTH_PARTS, STORE, now_ms
@@ -35,15 +42,29 @@ History = Callable[[str, str, str, int], Awaitable[list[tuple[int, Value, str]]]
 HISTORY: web.AppKey[History] = web.AppKey("history")
 """Set when the hosting process keeps telemetry history (``central run`` on its SQLite sink)."""
 _SHOWN = 5000
+JUDGEMENTS = web.AppKey("health_judgements", Judgements)
+"""The judged field, reused while fresh (``store.Judgements``); set by the app."""
 
 
 class HealthQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
     district: str | None = Field(default=None, max_length=200)
+    street: str | None = Field(default=None, max_length=200)
     grid: str | None = Field(default=None, max_length=200)
     gateway: str | None = Field(default=None, max_length=128)
     profile: str | None = Field(default=None, max_length=128)
-    unhealthy: bool = Field(default=False, description="Only what is unhealthy.")
+    q: str | None = Field(default=None, min_length=1, max_length=128, description="Part of the "
+                          "device's registry id (gateway:device), any case.")  # fmt: skip
+    unhealthy: bool = Field(default=False, description="Only what is unhealthy (devices and "
+                            "gateways).")  # fmt: skip
+    health: Literal["healthy", "unhealthy", "unknown"] | None = Field(
+        default=None, description="List only the devices judged so (unknown: the centre is not "
+        "ingesting); the summary and problems still count every device the filters match.",
+    )  # fmt: skip
+    limit: int = Field(default=1000, ge=1, le=10000, description="At most this many devices "
+                       "(default 1000, at most 10000), unhealthy first.")  # fmt: skip
+    after: str | None = Field(default=None, max_length=1024, description="Where the device "
+                              "list starts: the cursor in the previous page's Link header.")  # fmt: skip
 
 
 class ReadingsQuery(BaseModel):
@@ -144,19 +165,26 @@ async def health(request: web.Request) -> web.Response:
 
 # installers too: commissioning a cabinet ends with `gridwatch health --gateway G` coming up clean
 @route("GET", "/api/v1/health", roles(Role.MAINTENANCE, Role.OPERATOR, Role.INSTALLER),
-       "Health of every device and gateway, unhealthy first")  # fmt: skip
-async def get_health(request: web.Request, query: HealthQuery) -> HealthReport:
+       "Health of every device and gateway, unhealthy first; the devices a page at a time",
+       shows=HealthReport, headers=paging.HEADERS)  # fmt: skip
+async def get_health(request: web.Request, query: HealthQuery) -> web.Response:
+    start = paging.after(query.after, "health", (int, str, str, str))
     f = HealthFilter(query.district, query.grid, query.gateway, query.profile,
-                     unhealthy_only=query.unhealthy)  # fmt: skip
+                     unhealthy_only=query.unhealthy, street=query.street, q=query.q)  # fmt: skip
     now = now_ms()
     deps = await dependencies(request.app, now, {})
     stalled = centre.stall(deps.found, now)
-    report = await health_report(request.app[STORE], f, now, centre=stalled)
-    report.centre = CentreView(
+    listing = Listing(query.health, None if start is None else start.key, query.limit)
+    report, listed, nxt = await health_report(request.app[STORE], f, now, centre=stalled,
+                                              listing=listing,
+                                              judgements=request.app[JUDGEMENTS])  # fmt: skip
+    view = CentreView(
         ingesting=stalled is None, reason="" if stalled is None else stalled.why,
         since=None if stalled is None else stalled.since, known=deps.known,
     )  # fmt: skip
-    return report
+    total = listed if start is None else start.total
+    body = {"centre": view.model_dump(mode="json"), **report}
+    return paging.reply_with(request, "health", body, total, nxt)
 
 
 @route("GET", "/api/v1/devices/{id}/readings",

@@ -16,13 +16,18 @@ one row per bridge, so that a registry in another process knows their dependenci
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import functools
-from dataclasses import dataclass
+import time
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import delete, select
 
+from device_registry.db.pages import Key, like, sliced
 from device_registry.db.store import RegistryStore
 from device_registry.db.tables import (
     BridgeHeartbeat,
@@ -36,7 +41,14 @@ from device_registry.db.tables import (
 from device_registry.errors import Conflict, NotFound
 from device_registry.health import core as health
 from device_registry.health.centre import BridgeReport, Stall
-from device_registry.health.core import Assessment, DeviceFacts, GatewayFacts, Policy, Problem
+from device_registry.health.core import (
+    Assessment,
+    DeviceFacts,
+    GatewayFacts,
+    Policy,
+    Problem,
+    Status,
+)
 from device_registry.health.views import (
     DeviceHealthView,
     GatewayHealthView,
@@ -57,6 +69,9 @@ class HealthFilter:
     gateway: str | None = None
     profile: str | None = None
     unhealthy_only: bool = False
+    street: str | None = None
+    q: str | None = None
+    """Part of the device's registry id (gateway:device), any case."""
 
 
 @functools.cache
@@ -68,41 +83,167 @@ def _profiles() -> dict[str, tuple[float, bool]]:
     return {pid: (p.interval_s, p.protocol == "mqtt") for pid, p in shipped}
 
 
+@dataclass(frozen=True)
+class Listing:
+    """Which judged devices the report lists: those judged ``health`` (healthy, unhealthy,
+    unknown; None: all), in ``device_order``, the page after ``after`` of at most ``limit``."""
+
+    health: str | None = None
+    after: Key | None = None
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class Judged:
+    """The field a filter matches, judged: what a report and each page of it is made from."""
+
+    gateways: list[GatewayHealthView]
+    devices: list[tuple[DeviceFacts, Assessment]]
+    """In ``device_order``: unhealthy first, then district, grid cell, id."""
+    problems: list[HealthProblem]
+    summary: HealthSummary
+    nothing: NothingMatches | None
+    lists: dict[str | None, tuple[list[tuple[DeviceFacts, Assessment]], list[Key]]] = field(
+        default_factory=dict
+    )
+    """The devices judged so (None: all) and their keys, made once per judgement: a page of a
+    100,000-device field is then a bisection, not a pass over the field."""
+    whole: dict[str, Any] = field(default_factory=dict)
+    """The report but for its devices and centre, as JSON, made once per judgement (its
+    problems name every unhealthy device: 100,000 ids to write out)."""
+
+    def report(self) -> dict[str, Any]:
+        if not self.whole:
+            report = HealthReport(healthy=None if self.nothing else not self.problems,
+                                  nothing_matches=self.nothing, unhealthy=len(self.problems),
+                                  summary=self.summary, problems=self.problems, devices=[],
+                                  gateways=self.gateways)  # fmt: skip
+            self.whole.update(report.model_dump(mode="json", exclude={"devices", "centre"}))
+        return self.whole
+
+    def listed(self, health: str | None) -> tuple[list[tuple[DeviceFacts, Assessment]], list[Key]]:
+        if health not in self.lists:
+            chosen = [(d, a) for d, a in self.devices if health is None or judged_as(a) == health]
+            self.lists[health] = (chosen, [_listed_order(x) for x in chosen])
+        return self.lists[health]
+
+
+class Judgements:
+    """Each filter's judged field, reused for as long as judging it took, then served stale
+    while the next judgement is made (and shared by the requests that arrive meanwhile). A
+    field of a few hundred devices is judged anew for every request; one of 100,000 takes
+    seconds of CPU (docs/central.md, "Scaling"), and a crew walking its pages, or fifty of them
+    opening the view at once, must not make the registry judge it again for each, nor wait for
+    it: at most about half of a core goes to judging, and only the first request of a filter
+    waits. A report is as old as the judging before it took, at most (plus the one running)."""
+
+    FORGET_S = 600.0
+    """A filter not asked for this long is forgotten (its judgement holds every device)."""
+    STALE_AFTER_S = 1.0
+    """Only a field that takes longer than this to judge is served stale meanwhile: a small
+    one is judged again while the request waits, so a change shows in the next answer."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._done: dict[Hashable, tuple[float, float, Judged]] = {}
+        """key -> (fresh until, how long judging took, the judgement)"""
+        self._running: dict[Hashable, asyncio.Task[Judged]] = {}
+
+    async def get(self, key: Hashable, judge: Callable[[], Awaitable[Judged]]) -> Judged:
+        now = self._clock()
+        self._done = {k: v for k, v in self._done.items() if v[0] + self.FORGET_S > now}
+        done = self._done.get(key)
+        if done is not None and now < done[0]:
+            return done[2]
+        task = self._running.get(key)
+        if task is None:
+            task = self._running[key] = asyncio.create_task(self._judge(key, judge))
+        if done is not None and done[1] > self.STALE_AFTER_S:
+            return done[2]  # stale while the next is judged: nobody waits twice
+        return await asyncio.shield(task)  # one request leaving does not stop the others'
+
+    async def _judge(self, key: Hashable, judge: Callable[[], Awaitable[Judged]]) -> Judged:
+        try:
+            start = self._clock()
+            judged = await judge()
+            end = self._clock()
+            self._done[key] = (end + (end - start), end - start, judged)
+            return judged
+        finally:
+            del self._running[key]
+
+
 async def health_report(
     store: RegistryStore, f: HealthFilter, now: int, policy: Policy | None = None,
-    centre: Stall | None = None,
-) -> HealthReport:  # fmt: skip
-    """``centre``: since when, and why, the centre has not been ingesting (``centre.stall``)."""
+    centre: Stall | None = None, listing: Listing = Listing(),
+    judgements: Judgements | None = None,
+) -> tuple[dict[str, Any], int, Key | None]:  # fmt: skip
+    """The report (``HealthReport``'s shape as JSON, without ``centre``); ``centre``: since
+    when, and why, the centre has not been ingesting (``centre.stall``). Every device the
+    filter matches is judged (the problems and the summary need them all), by ``judgements``
+    when given (reused while fresh); only the listed page becomes views. Also returns how many
+    devices ``listing`` picks on all pages, and the key to go on after (None: the last page)."""
     if f.gateway is not None:
         await _known_gateway(store, f.gateway)
-    gws, devices = await _facts(store, f)
-    if f.district or f.grid or f.profile:  # gateways only as far as the listed devices use them
+
+    async def judge() -> Judged:
+        return await _judge(store, f, now, policy, centre)
+
+    j = await (judge() if judgements is None else judgements.get((f, centre, policy), judge))
+    listed, keys = j.listed(listing.health)
+    page, nxt = sliced(listed, keys, listing.after, listing.limit)
+    devices = [_device_view(d, a).model_dump(mode="json") for d, a in page]
+    return {**j.report(), "devices": devices}, len(listed), nxt
+
+
+async def _judge(
+    store: RegistryStore, f: HealthFilter, now: int, policy: Policy | None, centre: Stall | None
+) -> Judged:
+    gws, facts = await _facts(store, f)
+    # judging 100,000 devices is seconds of CPU: in a thread, so that the event loop keeps
+    # answering the lists and lookups meanwhile (they share the GIL, not a queue)
+    judged = await asyncio.to_thread(_judged, f, gws, facts, now, policy, centre)
+    if not judged.summary.devices and not judged.summary.gateways:  # the filters matched none
+        judged = dataclasses.replace(judged, nothing=await _nothing_matches(store, f))
+    return judged
+
+
+def _judged(
+    f: HealthFilter, gws: dict[str, GatewayFacts], facts: Callable[[], list[DeviceFacts]],
+    now: int, policy: Policy | None, centre: Stall | None,
+) -> Judged:  # fmt: skip
+    devices = facts()
+    if f.district or f.grid or f.profile or f.street or f.q:
+        # gateways only as far as the listed devices use them
         used = {d.gateway for d in devices}
         gws = {k: g for k, g in gws.items() if k in used}
     judged_gws = [(g, health.assess_gateway(g, now, policy, centre)) for g in gws.values()]
     judged = [(d, health.assess_device(d, now, policy, centre)) for d in devices]
     grouped = health.group_problems(judged_gws, judged, centre)
-    problems = [_problem_view(p) for p in grouped]
     gw_views = [_gateway_view(g, a) for g, a in judged_gws]
-    dev_views = [_device_view(d, a) for d, a in judged]
     summary = HealthSummary(
-        devices=len(dev_views), gateways=len(gw_views),
-        devices_unhealthy=sum(not d.healthy and d.status != "unknown" for d in dev_views),
+        devices=len(judged), gateways=len(gw_views),
+        devices_unhealthy=sum(not a.healthy and a.status is not Status.UNKNOWN for _, a in judged),
         gateways_unhealthy=sum(not g.healthy and g.status != "unknown" for g in gw_views),
-        devices_unknown=sum(d.status == "unknown" for d in dev_views),
+        devices_unknown=sum(a.status is Status.UNKNOWN for _, a in judged),
         gateways_unknown=sum(g.status == "unknown" for g in gw_views),
     )  # fmt: skip
     if f.unhealthy_only:
-        dev_views = [d for d in dev_views if not d.healthy]
+        judged = [(d, a) for d, a in judged if not a.healthy]
         gw_views = [g for g in gw_views if not g.healthy]
-    dev_views.sort(key=lambda d: (d.healthy, d.district, d.grid, d.id))
+    judged.sort(key=_listed_order)
     gw_views.sort(key=lambda g: (g.healthy, g.id))
-    nothing = None
-    if not devices and not gws:
-        nothing = await _nothing_matches(store, f)
-    return HealthReport(healthy=None if nothing else not problems, nothing_matches=nothing,
-                        unhealthy=len(problems), summary=summary, problems=problems,
-                        devices=dev_views, gateways=gw_views)  # fmt: skip
+    return Judged(gw_views, judged, [_problem_view(p) for p in grouped], summary, None)
+
+
+def judged_as(a: Assessment) -> str:
+    """healthy, unhealthy or unknown (not ingesting: the centre cannot tell)."""
+    return "unknown" if a.status is Status.UNKNOWN else "healthy" if a.healthy else "unhealthy"
+
+
+def _listed_order(judged: tuple[DeviceFacts, Assessment]) -> tuple[int, str, str, str]:
+    d, a = judged
+    return (int(a.healthy), d.district, d.grid, d.id)
 
 
 async def _known_gateway(store: RegistryStore, gw_id: str) -> None:
@@ -119,14 +260,15 @@ _KNOWN_SHOWN = 30
 
 async def _nothing_matches(store: RegistryStore, f: HealthFilter) -> NothingMatches | None:
     """What each given filter could have been: the values the registered devices have."""
-    given = {k: v for k, v in (("district", f.district), ("grid", f.grid),
-                               ("profile", f.profile)) if v is not None}  # fmt: skip
+    given = {k: v for k, v in (("district", f.district), ("street", f.street), ("grid", f.grid),
+                               ("profile", f.profile), ("q", f.q)) if v is not None}  # fmt: skip
     if not given:
         return None  # the whole field is empty: a new registry, nothing was filtered away
-    columns = {"district": Site.district_id, "grid": Site.grid, "profile": Device.profile}
-    known: dict[str, list[str]] = {}
+    columns = {"district": Site.district_id, "street": Site.street, "grid": Site.grid,
+               "profile": Device.profile}  # fmt: skip
+    known: dict[str, list[str]] = {"q": []} if f.q else {}  # ids are not listed
     async with store.transaction() as s:
-        for name in given:
+        for name in (n for n in given if n in columns):
             q = (
                 select(columns[name]).distinct()
                 .select_from(Device).outerjoin(Site, Site.id == Device.site_id)
@@ -148,30 +290,49 @@ async def _nothing_matches(store: RegistryStore, f: HealthFilter) -> NothingMatc
 
 async def _facts(
     store: RegistryStore, f: HealthFilter
-) -> tuple[dict[str, GatewayFacts], list[DeviceFacts]]:
+) -> tuple[dict[str, GatewayFacts], Callable[[], list[DeviceFacts]]]:
+    # columns, not ORM objects: at 100,000 devices the objects cost more than the judging
     q = (
-        select(Device, Site.district_id, Site.grid, DeviceInfo)
+        select(Device.id, Device.gateway_id, Device.name, Device.profile, Device.firmware,
+               Device.last_seen, Device.first_seen, Device.health, Site.district_id, Site.grid,
+               DeviceInfo.profile, DeviceInfo.interval_s, DeviceInfo.firmware)
         .outerjoin(Site, Site.id == Device.site_id)
         .outerjoin(DeviceInfo, DeviceInfo.device_id == Device.id)
         .outerjoin(Gateway, Gateway.id == Device.gateway_id)
         .where(Device.retired_at.is_(None), Gateway.retired_at.is_(None))
         .order_by(Device.id)
-    )
-    if f.district is not None:
-        q = q.where(Site.district_id == f.district)
-    if f.grid is not None:
-        q = q.where(Site.grid == f.grid)
-    if f.gateway is not None:
-        q = q.where(Device.gateway_id == f.gateway)
+    )  # fmt: skip
+    for column, value in ((Site.district_id, f.district), (Site.grid, f.grid),
+                          (Device.gateway_id, f.gateway), (Site.street, f.street)):  # fmt: skip
+        if value is not None:
+            q = q.where(column == value)
+    if f.q:
+        q = q.where(Device.id.ilike(like(f.q), escape="\\"))
     async with store.transaction() as s:
-        rows = (await s.execute(q)).all()
         gws = await _gateways(s, f.gateway)
-        levels = await _levels(s, [r[0].id for r in rows])
-    devices = [_device_facts(d, district, grid, info, gws.get(d.gateway_id), levels.get(d.id, {}))
-               for d, district, grid, info in rows]  # fmt: skip
+    async with store.read() as conn:
+        rows = (await conn.execute(q)).all()
+        levels = await _levels(conn, [r[0] for r in rows])
+    # the facts are made in the judging thread (``_judged``): 100,000 of them take a while
+    return gws, functools.partial(_made, f, gws, rows, levels)
+
+
+def _made(
+    f: HealthFilter, gws: dict[str, GatewayFacts], rows: Sequence[Any],
+    levels: dict[str, dict[str, tuple[Any, str]]],
+) -> list[DeviceFacts]:  # fmt: skip
+    offsets = {k: _offset(g) for k, g in gws.items()}
+    devices = [_device_facts(r, gws.get(r[1]), offsets.get(r[1], 0), levels.get(r[0], {}))
+               for r in rows]  # fmt: skip
     if f.profile is not None:
         devices = [d for d in devices if d.profile == f.profile]
-    return gws, devices
+    return devices
+
+
+def _offset(g: GatewayFacts) -> int:
+    if g.report is None:
+        return 0
+    return health.clock_offset_ms(g.report.get("ts"), g.received_at)
 
 
 async def _gateways(s: Any, only: str | None) -> dict[str, GatewayFacts]:
@@ -194,36 +355,33 @@ async def _gateways(s: Any, only: str | None) -> dict[str, GatewayFacts]:
     return out
 
 
-async def _levels(s: Any, ids: list[str]) -> dict[str, dict[str, tuple[Any, str]]]:
+async def _levels(conn: Any, ids: list[str]) -> dict[str, dict[str, tuple[Any, str]]]:
+    r = LatestReading
     out: dict[str, dict[str, tuple[Any, str]]] = {}
     for i in range(0, len(ids), 500):
-        q = select(LatestReading).where(
-            LatestReading.device_id.in_(ids[i : i + 500]), LatestReading.point.in_(LEVEL_POINTS)
+        q = select(r.device_id, r.point, r.value, r.unit).where(
+            r.device_id.in_(ids[i : i + 500]), r.point.in_(LEVEL_POINTS), r.quality == "good"
         )
-        for r in await s.scalars(q):
-            if r.quality == "good":
-                out.setdefault(r.device_id, {})[r.point] = (r.value, r.unit)
+        for device_id, point, value, unit in await conn.execute(q):
+            out.setdefault(device_id, {})[point] = (value, unit)
     return out
 
 
 def _device_facts(
-    d: Device, district: str | None, grid: str | None, info: DeviceInfo | None,
-    gw: GatewayFacts | None, values: dict[str, tuple[Any, str]],
-) -> DeviceFacts:  # fmt: skip
-    profile = (info.profile if info and info.profile else None) or d.profile or ""
+    row: Any, gw: GatewayFacts | None, offset: int, values: dict[str, tuple[Any, str]]
+) -> DeviceFacts:
+    (id_, gateway, name, own_profile, own_firmware, last_seen, first_seen, report, district,
+     grid, born_profile, interval_s, born_firmware) = row  # fmt: skip
+    profile = born_profile or own_profile or ""
     known = _profiles().get(profile)
-    interval = info.interval_s if info and info.interval_s else known[0] if known else None
-    offset = 0
-    if gw is not None and gw.report is not None:
-        offset = health.clock_offset_ms(gw.report.get("ts"), gw.received_at)
+    interval = interval_s or (known[0] if known else None)
     return DeviceFacts(
-        id=d.id, gateway=d.gateway_id, device=d.name, district=district or "", grid=grid or "",
+        id=id_, gateway=gateway, device=name, district=district or "", grid=grid or "",
         profile=profile, interval_s=interval, push=bool(known and known[1]),
-        firmware=(info.firmware if info and info.firmware else "") or d.firmware or "",
-        last_seen=d.last_seen, first_seen=d.first_seen,
+        firmware=born_firmware or own_firmware or "", last_seen=last_seen, first_seen=first_seen,
         gateway_online=gw.online if gw else True, gateway_died_at=gw.died_at if gw else None,
         gateway_connected_once=gw.connected_once if gw else True,
-        clock_offset_ms=offset, report=d.health, values=values,
+        clock_offset_ms=offset, report=report, values=values,
     )  # fmt: skip
 
 

@@ -33,6 +33,7 @@ from device_registry.delivery.runtime import Delivery, delivery_ctx, delivery_me
 from device_registry.errors import RegistryError
 from device_registry.health import routes as health
 from device_registry.health.centre import Link
+from device_registry.health.store import Judgements
 from device_registry.http import access, dashboard
 from device_registry.http.auth import AUTH_STORE, PUBLIC, Role, authenticate, roles
 from device_registry.http.limits import CONNECTION_LOG, ServerLimits
@@ -83,6 +84,7 @@ def build_app(
     app[HEALTH_PARTS] = dict(health_parts or {})  # the rooms add theirs as they start
     app[BRIDGES] = list(bridges or [])
     app[DB_LINK] = Link()
+    app[health.JUDGEMENTS] = Judgements()
     if d.history is not None:
         app[health.HISTORY] = d.history
     registry = metrics.registry_of(*delivery_metrics(app), *d.extra_metrics)

@@ -120,7 +120,13 @@ def _parameters(r: Route, schemas: _Schemas) -> list[dict[str, Any]]:
 def _responses(r: Route, schemas: _Schemas) -> dict[str, Any]:
     key = (r, "answer")
     content = {"schema": schemas.of[key]} if key in schemas.of else {}
-    ok = {"description": "OK", "content": {r.media: content or {"schema": {"type": "string"}}}}
+    ok: dict[str, Any] = {
+        "description": "OK",
+        "content": {r.media: content or {"schema": {"type": "string"}}},
+    }
+    if r.headers:
+        ok["headers"] = {name: {"description": text, "schema": {"type": "string"}}
+                         for name, text in r.headers}  # fmt: skip
     problem = {"description": "A problem (RFC 9457)",
                "content": {PROBLEM: {"schema": schemas.of["problem"]}}}  # fmt: skip
     out: dict[str, Any] = {str(r.status): ok}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from device_registry.inventory.components import ComponentIdError, Department, parse_component_id
@@ -128,8 +128,10 @@ def retired_flag(value: Retired | None) -> bool | None:
 
 
 class Page(Request):
-    limit: int = Field(default=1000, ge=1, le=10000, description="At most this many.")
-    offset: int = Field(default=0, ge=0, le=10**9, description="Skip this many first.")
+    limit: int = Field(default=1000, ge=1, le=10000, description="At most this many (default "
+                       "1000, at most 10000).")  # fmt: skip
+    offset: int = Field(default=0, ge=0, le=10**9, description="Skip this many first (slow "
+                        "deep in a long list; the device list pages with after).")  # fmt: skip
 
 
 class GatewayQuery(Page):
@@ -139,9 +141,21 @@ class GatewayQuery(Page):
 
 
 class DeviceQuery(Page):
+    after: str | None = Field(default=None, max_length=1024, description="Where the page "
+                              "starts: the cursor in the previous page's Link header (opaque).")  # fmt: skip
     gateway: str | None = Field(default=None, max_length=128, description="This gateway's.")
     district: str | None = Field(default=None, max_length=200, description="Sited in it.")
-    grid: str | None = Field(default=None, max_length=200)
+    street: str | None = Field(default=None, max_length=200, description="Sited in it.")
+    grid: str | None = Field(default=None, max_length=200, description="In this grid cell.")
     profile: str | None = Field(default=None, max_length=128)
     status: str | None = Field(default=None, max_length=32, description="online, stale or new.")
     retired: Retired = Field(default="false", description="Default: in service only.")
+    q: str | None = Field(default=None, min_length=1, max_length=128, description="Part of the "
+                          "registry id (gateway:device), any case.")  # fmt: skip
+
+    @model_validator(mode="after")
+    def _one_start(self) -> DeviceQuery:
+        if self.after is not None and self.offset:
+            raise PydanticCustomError("after_offset", "after and offset exclude each other: "
+                                      "follow the Link header, which uses after")  # fmt: skip
+        return self

@@ -11,9 +11,11 @@ from typing import Any
 
 from aiohttp import web
 
+from device_registry.db.store import DeviceFilter
 from device_registry.errors import Invalid, NotFound
+from device_registry.http import paging
 from device_registry.http.auth import PRINCIPAL, Role, roles
-from device_registry.http.routing import Route, route
+from device_registry.http.routing import Route, json_reply, route
 from device_registry.http.state import STORE
 from device_registry.inventory import csvimport
 from device_registry.inventory.commands import CommandRequest, CommandView
@@ -117,19 +119,23 @@ async def gateway_config(request: web.Request) -> dict[str, Any]:
 
 
 @route("GET", "/api/v1/devices", READERS, "Devices with status, last_seen and last values with "
-       "quality")  # fmt: skip
-async def list_devices(request: web.Request, query: DeviceQuery) -> list[DeviceView]:
-    return await request.app[STORE].devices(
-        query.gateway, query.district, grid=query.grid, profile=query.profile,
-        status=query.status, retired=retired_flag(query.retired), limit=query.limit,
-        offset=query.offset,
+       "quality, in id order, a page at a time", shows=list[DeviceView], headers=paging.HEADERS)  # fmt: skip
+async def list_devices(request: web.Request, query: DeviceQuery) -> web.Response:
+    f = DeviceFilter(gateway=query.gateway, district=query.district, street=query.street,
+                     grid=query.grid, profile=query.profile, status=query.status,
+                     retired=retired_flag(query.retired), q=query.q)  # fmt: skip
+    start = paging.after(query.after, "devices", (str,))
+    page = await request.app[STORE].device_page(
+        f, limit=query.limit, offset=query.offset, after=start.key if start else None,
+        total=start.total if start else None,
     )  # fmt: skip
+    return paging.reply(request, "devices", page)
 
 
 @route("GET", "/api/v1/devices/{id}", READERS, "One device, by 'gateway:device' or by a device "
-       "id unique across gateways")  # fmt: skip
-async def get_device(request: web.Request) -> DeviceView:
-    return await request.app[STORE].device(request.match_info["id"])
+       "id unique across gateways", shows=DeviceView)  # fmt: skip
+async def get_device(request: web.Request) -> web.Response:
+    return json_reply(await request.app[STORE].device_row(request.match_info["id"]))
 
 
 @route("POST", "/api/v1/devices", INSTALLER, "Register a device on a registered gateway",
