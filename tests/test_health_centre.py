@@ -353,3 +353,18 @@ def test_the_cli_says_the_centre_first(
 def test_a_centre_that_is_not_ingesting_is_retry_later_not_unhealthy() -> None:
     assert healthcli.CENTRE_DEGRADED == 3
     assert healthcli.CENTRE_DEGRADED not in (healthcli.HEALTHY, healthcli.UNHEALTHY)
+
+
+def test_the_cli_asks_for_the_largest_page_and_says_when_the_field_is_larger() -> None:
+    """The API pages its device list (1,000 by default): the CLI asks for its largest page
+    and, when that is full, says the rest is not listed instead of dropping it silently."""
+    report = _report([], devices=25_000)
+    report["devices"] = [{"id": f"gw1:d{i}", "status": "online", "healthy": True,
+                          "last_seen": NOW, "reasons": []}
+                         for i in range(healthcli.MAX_DEVICES)]  # fmt: skip
+    out = io.StringIO()
+    healthcli.render(report, False, out)
+    assert "only the first 10000 devices are listed: narrow with --district" in out.getvalue()
+    small = io.StringIO()
+    healthcli.render(_report([]), False, small)
+    assert "only the first" not in small.getvalue()

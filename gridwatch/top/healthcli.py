@@ -72,6 +72,9 @@ async def fetch(args: argparse.Namespace) -> dict[str, Any]:
 
     query = {k: getattr(args, k) for k in ("district", "grid", "gateway", "profile")}
     params = {k: v for k, v in query.items() if v is not None}
+    # the API pages its device list (1,000 by default); a crew's question is one district or
+    # gateway, so the largest page holds it: a field larger than that is cut, and says so
+    params["limit"] = str(MAX_DEVICES)
     async with Api(args, token_env=args.token_env) as api:
         body: dict[str, Any] = await api.call(
             "GET",
@@ -80,6 +83,10 @@ async def fetch(args: argparse.Namespace) -> dict[str, Any]:
             timeout=aiohttp.ClientTimeout(total=args.timeout),
         )
         return body
+
+
+MAX_DEVICES = 10_000
+"""The API's largest page of devices (docs/registry.md, "Lists and pages")."""
 
 
 def render(report: dict[str, Any], show_all: bool, out: TextIO) -> None:
@@ -121,6 +128,9 @@ def render(report: dict[str, Any], show_all: bool, out: TextIO) -> None:
         ok = _("ok")
         for d in healthy:
             print(f"  {d['id']:<28} {_status(d['status']):<8} {ok}", file=out)
+    if len(report["devices"]) >= MAX_DEVICES:  # the API's largest page: the rest is not here
+        print("\n" + _("only the first {n} devices are listed: narrow with --district, --grid "
+                        "or --gateway").format(n=MAX_DEVICES), file=out)  # fmt: skip
     print(f"\n{summary_line(report)}", file=out)
 
 
