@@ -167,7 +167,7 @@ async def test_a_bad_row_at_line_40000_is_named_and_nothing_is_imported(central:
     assert report["errors"] == [
         {"loc": "line 40000 (gw48:wl-39998).profile",
          "msg": "unknown profile (got 'no-such-profile'); known profiles: camera-mqtt, "
-                "gas-detector, manhole-tilt, smoke-detector-modbus, smoke-detector-mqtt, "
+                "gas-detector, manhole-tilt, ponding-depth, smoke-detector-modbus, smoke-detector-mqtt, "
                 "water-level-pressure, water-level-ultrasonic"},
     ]  # fmt: skip
     assert await central.registered() == 0 and await central.registered(unregistered=True) == 0
