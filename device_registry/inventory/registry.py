@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import Table, and_, delete, func, insert, select, update
+from sqlalchemy import Table, and_, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
+from device_registry.db.engine import upsert
 from device_registry.db.store import RegistryStore
 from device_registry.db.tables import (
     AuditEntry,
@@ -331,15 +332,10 @@ class Registry:
         if gw.retired_at is not None:
             raise Conflict(f"gateway {req.gateway!r} is retired")
         key = device_key(req.gateway, req.id)
-        row = await s.get(Device, key)
-        if row is not None and row.registered_at is not None:
+        row = await _claim_device(s, self.store.dialect, req.gateway, req.id)
+        if row.registered_at is not None:
             state = "retired" if row.retired_at is not None else "registered"
             raise Conflict(f"device {key!r} is already {state}")
-        if row is None:
-            row = Device(
-                id=key, gateway_id=req.gateway, name=req.id, first_seen=_now(), status="new"
-            )
-            s.add(row)
         _refuse_unknown_bus(gw, req.bus)
         await _refuse_taken_slot(s, gw.id, req.id, req.bus, req.unit_id, req.address)
         row.registered_at = _now()
@@ -393,7 +389,7 @@ class Registry:
         try:
             for i in range(0, len(new), IMPORT_CHUNK):
                 await _to_its_end(self._stage([r for _, r in new[i : i + IMPORT_CHUNK]], now))
-            await _to_its_end(self._commit_import(plan, adopt, len(new), by, now))
+            await _to_its_end(self._commit_import(plan, adopt, new, by, now))
         except BaseException:
             if new:
                 await self._unstage(gateways, now)
@@ -402,11 +398,16 @@ class Registry:
             self.pushed(gw)
 
     async def _commit_import(
-        self, plan: ImportPlan, adopt: csvimport.Rows, staged: int, by: Principal, now: int
-    ) -> None:
+        self, plan: ImportPlan, adopt: csvimport.Rows, new: csvimport.Rows, by: Principal,
+        now: int,
+    ) -> None:  # fmt: skip
         async with self.store.transaction() as s:
             await self._claim_gateways(s, plan.states)
-            await _register_staged(s, sorted(plan.states), now, staged)
+            # rows the bridge created meanwhile (a Birth, a reading) were not staged: adopt them
+            created = await _created_meanwhile(s, [device_key(r.gateway, r.id) for _, r in new],
+                                               now)  # fmt: skip
+            adopt = [*adopt, *((ln, r) for ln, r in new if device_key(r.gateway, r.id) in created)]
+            await _register_staged(s, sorted(plan.states), now, len(new) - len(created))
             await _adopt(s, [r for _, r in adopt], await resolve_sites(s, _locs(adopt)), now)
             s.add_all(_import_audit(by, plan.rows))
 
@@ -433,7 +434,8 @@ class Registry:
                 values = [{**_device_values(r, sites), "id": device_key(r.gateway, r.id),
                            "gateway_id": r.gateway, "name": r.id, "first_seen": now,
                            "status": "new", "registered_at": None} for r in chunk]  # fmt: skip
-                await s.execute(insert(_table(Device)), values)
+                # a row the bridge created meanwhile stays as it is; the last step adopts it
+                await s.execute(upsert(self.store.dialect, Device).on_conflict_do_nothing(), values)
         except StoreRejected as exc:  # a device of the file appeared meanwhile
             raise Conflict(f"devices of this file appeared while it was imported ({exc}); "
                            "nothing was imported: send the file again") from exc  # fmt: skip
@@ -678,6 +680,18 @@ def _staged(gateways: Sequence[str], stamp: int) -> ColumnElement[bool]:
                 Device.profile.is_not(None), Device.first_seen == stamp)  # fmt: skip
 
 
+async def _created_meanwhile(s: AsyncSession, keys: list[str], stamp: int) -> set[str]:
+    """Of the rows an import meant to stage, those it did not write: unregistered rows their
+    gateway reported (the bridge's) before or while the import staged its own."""
+    found: set[str] = set()
+    for i in range(0, len(keys), _ID_CHUNK):
+        mine = and_(Device.profile.is_not(None), Device.first_seen == stamp)
+        q = select(Device.id).where(Device.id.in_(keys[i : i + _ID_CHUNK]),
+                                    Device.registered_at.is_(None), ~mine)  # fmt: skip
+        found.update(await s.scalars(q))
+    return found
+
+
 async def _register_staged(s: AsyncSession, gateways: list[str], stamp: int, count: int) -> None:
     done = 0
     for i in range(0, len(gateways), _ID_CHUNK):
@@ -737,6 +751,20 @@ async def _refuse_taken_slot(
         if holder is not None:
             raise Conflict(f"{what} {value} on bus {bus!r} is already device {holder!r} (two "
                            "devices would answer as one)")  # fmt: skip
+
+
+async def _claim_device(s: AsyncSession, dialect: str, gw_id: str, dev: str) -> Device:
+    """The device's row, locked, created unregistered if it is not there yet: insert-or-adopt in
+    one statement, so a bridge that creates the same row from a Birth or a reading at the same
+    moment (its own upsert) cannot make the registration fail on the primary key; the
+    registration then adopts the row. A concurrent registration of the same device waits for
+    this one's lock and finds it registered (a 409)."""
+    key = device_key(gw_id, dev)
+    blank = {"id": key, "gateway_id": gw_id, "name": dev, "first_seen": _now(), "status": "new"}
+    await s.execute(upsert(dialect, Device).values(blank).on_conflict_do_nothing())
+    row = await s.get(Device, key, populate_existing=True, with_for_update=True)
+    assert row is not None  # inserted or already there, in this transaction
+    return row
 
 
 def _blank_gateway(s: AsyncSession, gw_id: str) -> Gateway:
