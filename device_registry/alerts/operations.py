@@ -46,6 +46,7 @@ from gridwatch.ground.contract import (
     Location,
     PlatformLifecycle,
 )
+from gridwatch.ground.i18n import _
 from gridwatch.ground.places import shipped_places
 
 logger = logging.getLogger(__name__)
@@ -103,6 +104,11 @@ def department_of(entry: Category | None) -> dict[str, str] | None:
         return None
     d = entry.department
     return {"code": d.code, "zh": d.zh, "en": d.en}
+
+
+def _name_of(entry: Category | None) -> dict[str, str] | None:
+    """A catalogue item's name as a platform alert's sentence names the category."""
+    return None if entry is None else {"zh": entry.name.zh, "en": entry.name.en}
 
 
 def _event(kind: str, alert: Alert, payload: dict[str, object], at: int) -> PlatformEvent:
@@ -178,7 +184,8 @@ class AlertOperations:
             alert = await s.get(Alert, ev.alert_id)
             if alert is None:
                 continue
-            s.add(_event("alert", alert, platform_alert(ev).model_dump(mode="json"), now))
+            named = platform_alert(ev, _name_of(self.entry(alert)))
+            s.add(_event("alert", alert, named.model_dump(mode="json"), now))
             fed = True
             ops = await s.get(AlertOps, ev.alert_id)
             if ops is None:
@@ -383,7 +390,7 @@ class AlertOperations:
         if t.action is Action.DISPATCH:
             department = department or ops.department or department_of(self.entry(alert))
             if department is None:
-                raise Unroutable(wording.NO_DEPARTMENT.format(code=alert.category))
+                raise Unroutable(_(wording.NO_DEPARTMENT).format(code=alert.category))
         # two operators (or two registry processes, or a person and the clock) acting on one
         # case at once: only the one whose conditional update finds the stage it decided from
         # (for an urging, also the last urging) moves it; on PostgreSQL the other waits, then

@@ -1,10 +1,16 @@
-"""Every sentence the case workflow says to a person, in one place (English for now; the
-translation catalogues take them from here).
+"""Every sentence the case workflow says to a person, in one place.
 
-Each is a ``str.format`` template; the names in braces are what the caller fills in.
+Each is a ``str.format`` template marked ``N_`` (the message catalogues, gridwatch/locale/, take
+them from here); the names in braces are what the caller fills in. A refusal is said with
+``_()`` where it is raised, so an API answer speaks the request's language (``stage_word`` and
+``action_word`` name a stage and an action in it too). The notes of the centre's own steps are
+stored and sent in English as before (``note``).
 """
 
 from __future__ import annotations
+
+from gridwatch.ground import i18n
+from gridwatch.ground.i18n import N_
 
 STAGE_ZH = {
     "reported": "上报",
@@ -16,26 +22,48 @@ STAGE_ZH = {
 }
 """The city's name of each stage (GB/T 30428.8's words), shown beside the English value."""
 
-REFUSED = "cannot {action} a case that is {stage}"
-NOTE_REQUIRED = "{action} needs a note saying {why}; none was given"
-NOTE_WHY = {
-    "verify": "what the inspector found on site",
-    "reject": "why the disposal did not pass verification",
-    "urge": "what is urged and of whom",
+ACTION_ZH = {
+    "file": "立案",
+    "dispatch": "派遣",
+    "dispose": "报告处置",
+    "verify": "核查",
+    "reject": "退回重派",
+    "close": "结案",
+    "urge": "督办",
 }
-STILL_ACTIVE = (
+"""The city's words for each action, as a Chinese sentence names it."""
+
+
+def stage_word(stage: str) -> str:
+    """A stage as the current language names it: 立案 in Chinese, ``filed`` in English."""
+    return STAGE_ZH.get(stage, stage) if i18n.current() == "zh_CN" else stage
+
+
+def action_word(action: str) -> str:
+    """An action as the current language names it: 核查 in Chinese, ``verify`` in English."""
+    return ACTION_ZH.get(action, action) if i18n.current() == "zh_CN" else action
+
+
+REFUSED = N_("cannot {action} a case that is {stage}")
+NOTE_REQUIRED = N_("{action} needs a note saying {why}; none was given")
+NOTE_WHY = {
+    "verify": N_("what the inspector found on site"),
+    "reject": N_("why the disposal did not pass verification"),
+    "urge": N_("what is urged and of whom"),
+}
+STILL_ACTIVE = N_(
     "this case cannot be {verb} yet: the sensor still reports {condition}. "
     "Once the device reports the condition gone, it can be {verb}; if the sensor is broken or "
     "gone, {action} with override and say why in the note."
 )
-STILL_ACTIVE_VERB = {"verify": "verified", "close": "closed"}
-OVERRIDE_NOTE = (
+STILL_ACTIVE_VERB = {"verify": N_("verified"), "close": N_("closed")}
+OVERRIDE_NOTE = N_(
     "an override needs a note of at least {minimum} characters saying why the sensor is not "
     "to be believed (e.g. 'detector destroyed by the water'); {given}"
 )
-OVERRIDE_NONE_GIVEN = "none was given"
-OVERRIDE_GIVEN = "{count} given"
-NO_DEPARTMENT = (
+OVERRIDE_NONE_GIVEN = N_("none was given")
+OVERRIDE_GIVEN = N_("{count} given")
+NO_DEPARTMENT = N_(
     "no department to dispatch to: the catalogue names none for {code}; give one in the body "
     '("department": {{"code": ..., "zh": ..., "en": ...}})'
 )

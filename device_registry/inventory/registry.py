@@ -65,8 +65,14 @@ from device_registry.inventory.requests import (
 from device_registry.inventory.views import GatewayView
 from gridwatch.ground.contract import ConfigAck, Location
 from gridwatch.ground.gatewayconf import Bus
+from gridwatch.ground.i18n import N_, _
 
 logger = logging.getLogger(__name__)
+
+_ALREADY = {"registered": N_("{thing} {key!r} is already registered"),
+            "retired": N_("{thing} {key!r} is already retired")}  # fmt: skip
+"""A registration refused because the id is taken, by what holds it (in the request's language:
+``http/problems.py`` sets it before any handler runs)."""
 
 
 class BrokerAccess(Protocol):
@@ -142,7 +148,7 @@ class Registry:
         gw = await s.get(Gateway, gw_id)
         if gw is not None and gw.registered_at is not None:
             state = "retired" if gw.retired_at is not None else "registered"
-            raise Conflict(f"gateway {gw_id!r} is already {state}")
+            raise Conflict(_(_ALREADY[state]).format(thing=_("gateway"), key=gw_id))
 
     async def update_gateway(self, gw_id: str, req: GatewayPatch, by: Principal) -> GatewayView:
         async with self.store.transaction() as s:
@@ -328,14 +334,18 @@ class Registry:
         # locked: two registrations on one gateway at once must see each other's unit ids
         gw = await s.get(Gateway, req.gateway, with_for_update=True)
         if gw is None or gw.registered_at is None:
-            raise Invalid([("gateway", f"gateway {req.gateway!r} is not registered")])
+            raise Invalid(
+                [("gateway", _("gateway {key!r} is not registered").format(key=req.gateway))]
+            )
         if gw.retired_at is not None:
-            raise Conflict(f"gateway {req.gateway!r} is retired")
+            raise Conflict(
+                _("{thing} {key!r} is retired").format(thing=_("gateway"), key=req.gateway)
+            )
         key = device_key(req.gateway, req.id)
         row = await _claim_device(s, self.store.dialect, req.gateway, req.id)
         if row.registered_at is not None:
             state = "retired" if row.retired_at is not None else "registered"
-            raise Conflict(f"device {key!r} is already {state}")
+            raise Conflict(_(_ALREADY[state]).format(thing=_("device"), key=key))
         _refuse_unknown_bus(gw, req.bus)
         await _refuse_taken_slot(s, gw.id, req.id, req.bus, req.unit_id, req.address)
         row.registered_at = _now()
@@ -743,14 +753,15 @@ async def _refuse_taken_slot(
     its readings would be the other's, its commands go to the other."""
     live = (Device.gateway_id == gw_id, Device.bus == bus, Device.name != name,
             Device.registered_at.is_not(None), Device.retired_at.is_(None))  # fmt: skip
-    for column, value, what in ((Device.unit_id, unit_id, "unit id"),
-                                (Device.address, address, "address")):  # fmt: skip
+    for column, value, what in ((Device.unit_id, unit_id, N_("unit id")),
+                                (Device.address, address, N_("address"))):  # fmt: skip
         if value is None or value == "":
             continue
         holder = await s.scalar(select(Device.id).where(*live, column == value).limit(1))
         if holder is not None:
-            raise Conflict(f"{what} {value} on bus {bus!r} is already device {holder!r} (two "
-                           "devices would answer as one)")  # fmt: skip
+            raise Conflict(_("{what} {value} on bus {bus!r} is already device {holder!r} (two "
+                             "devices would answer as one)").format(what=_(what), value=value,
+                                                                    bus=bus, holder=holder))  # fmt: skip
 
 
 async def _claim_device(s: AsyncSession, dialect: str, gw_id: str, dev: str) -> Device:
@@ -780,7 +791,7 @@ async def _live_gateway(s: AsyncSession, gw_id: str) -> Gateway:
     if gw is None or gw.registered_at is None:
         raise NotFound("gateway", gw_id)
     if gw.retired_at is not None:
-        raise Conflict(f"gateway {gw_id!r} is retired")
+        raise Conflict(_("{thing} {key!r} is retired").format(thing=_("gateway"), key=gw_id))
     return gw
 
 
@@ -791,7 +802,7 @@ async def _live_device(s: AsyncSession, key: str) -> tuple[Device, Gateway]:
         raise NotFound("registered device", key)
     row = rows[0]
     if row.retired_at is not None:
-        raise Conflict(f"device {row.id!r} is retired")
+        raise Conflict(_("{thing} {key!r} is retired").format(thing=_("device"), key=row.id))
     return row, await _live_gateway(s, row.gateway_id)
 
 
