@@ -1,5 +1,6 @@
 """What the case workflow and the registry say to a person comes in the request's language
-(Accept-Language), and the platform's alert sentence names the catalogue category."""
+(Accept-Language), the platform's alert sentence names the catalogue category, and the map
+names the places the dashboard heads by code."""
 
 from __future__ import annotations
 
@@ -48,3 +49,12 @@ async def test_the_platform_alert_names_the_category(tmp_path: Path) -> None:
         text = rows[0].payload["text"]
         assert name.name.zh in text["zh_CN"] and name.name.en in text["en"], text
 
+
+async def test_the_map_names_the_district_and_its_streets(tmp_path: Path) -> None:
+    """The dashboard heads a district's devices with its name (徐汇区), not its code."""
+    async with registry(tmp_path) as reg:
+        status, body = await reg.call("GET", "/api/v1/map", Role.OPERATOR)
+    assert status == 200, body
+    places = body["places"]
+    assert places["310104"] == {"zh": "徐汇区", "en": "Xuhui District"}, places["310104"]
+    assert places["310104003"]["zh"] == "天平路街道", places["310104003"]
