@@ -10,10 +10,20 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from device_registry.alerts.store import AlertFilter, OpsStore
 from device_registry.db.tables import PlatformEvent
 from device_registry.http.auth import Role
 from gridwatch.ground.catalogue import default_catalogue_dir, load_catalogue
 from tests._ops_helpers import Registry, parked, registry
+from tests.test_lifecycle_store import (  # noqa: F401  (ops: the fixture)
+    DEPT,
+    FOR_MS,
+    PONDING,
+    T0,
+    ingest,
+    ops,
+    ponding,
+)
 
 
 async def _ask(reg: Registry, path: str, lang: str, body: Any) -> tuple[int, dict[str, Any]]:
@@ -58,3 +68,23 @@ async def test_the_map_names_the_district_and_its_streets(tmp_path: Path) -> Non
     places = body["places"]
     assert places["310104"] == {"zh": "徐汇区", "en": "Xuhui District"}, places["310104"]
     assert places["310104003"]["zh"] == "天平路街道", places["310104003"]
+
+
+async def test_the_centres_own_notes_are_kept_and_sent_in_chinese_too(ops: OpsStore) -> None:  # noqa: F811
+    """Notes are data: the centre's are stored and sent in English (note, as before) and in
+    Chinese (note_zh), whatever language the request that caused them spoke."""
+    await ingest(ops, ponding("a1", "wl-1", T0))
+    await ops.tick(T0 + FOR_MS)
+    _, steps = await ops.alert("a1", T0 + FOR_MS)
+    by = {st.action: st for st in steps}
+    assert by["file"].note.startswith("filed by the centre: "), by["file"]
+    assert by["file"].note_zh.startswith("中心自动立案：" + PONDING.filing.zh), by["file"]
+    assert by["dispatch"].note.startswith("dispatched by the centre to "), by["dispatch"]
+    assert by["dispatch"].note_zh.startswith("中心派遣至" + DEPT["zh"]), by["dispatch"]
+    [view] = await ops.alerts(AlertFilter(), now=T0 + FOR_MS)
+    assert view.notes_zh["file"] == by["file"].note_zh and view.notes["file"] == by["file"].note
+    async with ops.store.transaction() as s:
+        q = select(PlatformEvent).where(PlatformEvent.kind == "lifecycle")
+        sent = {e.payload["action"]: e.payload for e in await s.scalars(q)}
+    assert sent["file"]["note_zh"] == by["file"].note_zh, sent["file"]
+    assert sent["file"]["note"] == by["file"].note

@@ -167,6 +167,8 @@ class Transition:
     """A person ended the case against a sensor that still reported its condition."""
     sensor: str = ""
     """What the sensor last reported and why the step went against it ("" when it did not)."""
+    note_zh: str = ""
+    """The centre's own note in Chinese (``note`` is its English); "" for a person's note."""
 
 
 def step(

@@ -4,7 +4,8 @@ Each is a ``str.format`` template marked ``N_`` (the message catalogues, gridwat
 them from here); the names in braces are what the caller fills in. A refusal is said with
 ``_()`` where it is raised, so an API answer speaks the request's language (``stage_word`` and
 ``action_word`` name a stage and an action in it too). The notes of the centre's own steps are
-stored and sent in English as before (``note``).
+data: stored and sent in English as before (``note``) and in Chinese beside it (``note_zh``),
+both made by ``centre_note`` whatever the language of the request that caused the step.
 """
 
 from __future__ import annotations
@@ -71,11 +72,23 @@ SENSOR_RETIRED = "its device is retired"
 SENSOR_SILENT = "no reading for {hours} h"
 
 # notes of the steps the centre takes by itself (actor "centre" or "sensor")
-AUTO_FILED = "filed by the centre: {filing} ({reading})"
-AUTO_DISPATCHED = "dispatched by the centre to {department} ({area} area, {limit} min)"
-SENSOR_VERIFIED = "verified by the sensor: the condition stayed clear for {window} s after disposal"
-SENSOR_CLOSED = "closed by the centre after the sensor's verification"
-CLOSED_WITH_CASE = "closed with the case of alert {case}, of the same incident"
-SENSOR_BACK = "re-dispatched: the sensor reports the condition again after disposal ({reading})"
-SENSOR_STILL = "re-dispatched: the sensor still reports the condition {window} s after disposal"
-AUTO_URGED = "urged by the centre: {overdue_min} min past the {limit} min time limit"
+AUTO_FILED = N_("filed by the centre: {filing} ({reading})")
+AUTO_DISPATCHED = N_("dispatched by the centre to {department} ({area} area, {limit} min)")
+SENSOR_VERIFIED = N_(
+    "verified by the sensor: the condition stayed clear for {window} s after disposal"
+)
+SENSOR_CLOSED = N_("closed by the centre after the sensor's verification")
+CLOSED_WITH_CASE = N_("closed with the case of alert {case}, of the same incident")
+SENSOR_BACK = N_("re-dispatched: the sensor reports the condition again after disposal ({reading})")
+SENSOR_STILL = N_("re-dispatched: the sensor still reports the condition {window} s after disposal")
+AUTO_URGED = N_("urged by the centre: {overdue_min} min past the {limit} min time limit")
+
+
+def centre_note(
+    template: str, en: dict[str, object], zh: dict[str, object] | None = None
+) -> tuple[str, str]:
+    """A note of the centre's own step as (English, Chinese): ``en`` fills the template in
+    English, ``zh`` in Chinese where a value has words of its own language (a department's
+    name, a filing condition); without it, ``en``'s values."""
+    said_zh = i18n.translator("zh_CN")(template).format(**(en if zh is None else zh))
+    return template.format(**en), said_zh

@@ -526,7 +526,8 @@ const STEPS = [
 const ACTORS = { centre: N_("the centre"), sensor: N_("the sensor (自动核查)") };
 
 function people(a) {
-  const n = a.notes || {};
+  // the centre's own notes come in Chinese too (notes_zh); a person's note as typed
+  const n = { ...(a.notes || {}), ...(I18N.lang.startsWith("zh") ? a.notes_zh || {} : {}) };
   return STEPS.map(([step, words, action]) => {
     const by = a[`${step}_by`], at = a[`${step}_at`];
     if (!by) return null;
