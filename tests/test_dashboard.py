@@ -116,7 +116,7 @@ async def test_crew_and_operator_views(site: Registry, size: str, artifacts: Pat
             cards = await page.locator("#health-list article[data-device]").all_inner_texts()
             assert "wl-001" in cards[0] or "wl-001" in cards[1]  # unhealthy before healthy
             assert "sd-002" in cards[2] or "sd-002" in cards[3]
-            await expect(page.locator("h3.district").first).to_have_text("310104")
+            await expect(page.locator("h3.district").first).to_have_text("Xuhui District")
             assert await page.evaluate("document.documentElement.scrollWidth") <= width
             await page.screenshot(path=str(artifacts / f"dashboard-health-{size}.png"),
                                   full_page=True)  # fmt: skip

@@ -333,3 +333,32 @@ def test_gateway_show_says_only_what_the_registry_knows_of_the_config(
     """It once said "acknowledged v1" for a box that had never acknowledged anything and ran a
     config copied onto it: the version the box's Birth names is shown beside the ack."""
     assert config_said(config) == said, why
+
+
+async def test_device_add_attaches_a_component_and_its_departments(registry: Registry) -> None:
+    """The CLI takes what the CSV takes: the component id and CODE:NAME departments (a Chinese
+    keyboard's full-width colon too)."""
+    code, _, err = await registry.cli("gateway", "add", "gw-1",
+                                      "--bus", "type=modbus_tcp,id=cabinet,host=10.0.0.5")  # fmt: skip
+    assert code == 0, err
+    code, _, err = await registry.cli(
+        "device", "add", "gw-1", "wl-1", "--profile", "water-level-ultrasonic", "--bus", "cabinet",
+        "--component-id", "3101040101000123", "--dept-competent", "310104SW01:徐汇区水务局",
+        "--dept-owner", "310104SW02：徐汇区排水所", "--dept-maintainer", "310104YH07",
+    )  # fmt: skip
+    assert code == 0, err
+    code, out, err = await registry.cli("device", "show", "gw-1:wl-1", "--json")
+    assert code == 0, err
+    dev = json.loads(out)
+    assert dev["component_id"] == "3101040101000123", dev
+    assert (dev["dept_competent"], dev["dept_owner"], dev["dept_maintainer"]) == (
+        {"code": "310104SW01", "name": "徐汇区水务局"},
+        {"code": "310104SW02", "name": "徐汇区排水所"},
+        {"code": "310104YH07", "name": ""},
+    )
+    # a wrong id is refused with the registry's reason, and nothing is registered
+    code, _, err = await registry.cli(
+        "device", "add", "gw-1", "wl-2", "--profile", "water-level-ultrasonic", "--bus", "cabinet",
+        "--unit-id", "2", "--component-id", "31010401",
+    )  # fmt: skip
+    assert code == REFUSED and "16 digits" in err, err

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from device_registry.alerts import wording
+from gridwatch.ground.i18n import _
 
 
 class Stage(enum.StrEnum):
@@ -94,7 +95,9 @@ class Refused(ValueError):
     """An action that the case's stage does not allow (an API 409)."""
 
     def __init__(self, stage: Stage, action: Action, message: str = "") -> None:
-        super().__init__(message or wording.REFUSED.format(action=action.value, stage=stage.value))
+        said = _(wording.REFUSED).format(action=wording.action_word(action.value),
+                                         stage=wording.stage_word(stage.value))  # fmt: skip
+        super().__init__(message or said)
         self.stage = stage
         self.action = action
 
@@ -103,8 +106,9 @@ class StillActive(Refused):
     """Verify or close of a case whose sensor still reports the condition (an API 409)."""
 
     def __init__(self, stage: Stage, action: Action, condition: str) -> None:
-        verb = wording.STILL_ACTIVE_VERB[action.value]
-        text = wording.STILL_ACTIVE.format(verb=verb, condition=condition, action=action.value)
+        verb = _(wording.STILL_ACTIVE_VERB[action.value])
+        text = _(wording.STILL_ACTIVE).format(verb=verb, condition=condition,
+                                              action=wording.action_word(action.value))  # fmt: skip
         super().__init__(stage, action, text)
         self.condition = condition
 
@@ -125,22 +129,25 @@ def override_note_problem(note: str) -> str | None:
     given = len(note.strip())
     if given >= OVERRIDE_NOTE_MIN:
         return None
-    said = wording.OVERRIDE_GIVEN.format(count=given) if given else wording.OVERRIDE_NONE_GIVEN
-    return wording.OVERRIDE_NOTE.format(minimum=OVERRIDE_NOTE_MIN, given=said)
+    said = (
+        _(wording.OVERRIDE_GIVEN).format(count=given) if given else _(wording.OVERRIDE_NONE_GIVEN)
+    )
+    return _(wording.OVERRIDE_NOTE).format(minimum=OVERRIDE_NOTE_MIN, given=said)
 
 
 def note_problem(action: Action, note: str) -> str | None:
     """Why ``action`` cannot go without a note; None when it has one or needs none."""
     if action not in NOTED or note.strip():
         return None
-    return wording.NOTE_REQUIRED.format(action=action.value, why=wording.NOTE_WHY[action.value])
+    return _(wording.NOTE_REQUIRED).format(action=wording.action_word(action.value),
+                                           why=_(wording.NOTE_WHY[action.value]))  # fmt: skip
 
 
 def sensor_gone(retired: bool, last_reading: int | None, now: int) -> str | None:
     """Why the sensor counts as gone, in words, or None while it may still report.
     ``last_reading``: epoch ms of its newest reading or alert update (None: never heard)."""
     if retired:
-        return wording.SENSOR_RETIRED
+        return wording.SENSOR_RETIRED  # stored with the step (data): English
     if last_reading is not None and now - last_reading > SILENT_MS:
         return wording.SENSOR_SILENT.format(hours=(now - last_reading) // 3_600_000)
     return None
@@ -160,6 +167,8 @@ class Transition:
     """A person ended the case against a sensor that still reported its condition."""
     sensor: str = ""
     """What the sensor last reported and why the step went against it ("" when it did not)."""
+    note_zh: str = ""
+    """The centre's own note in Chinese (``note`` is its English); "" for a person's note."""
 
 
 def step(

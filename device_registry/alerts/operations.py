@@ -14,6 +14,7 @@ Decisions are the pure cores' (``lifecycle``, ``correlation``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import uuid
@@ -46,6 +47,7 @@ from gridwatch.ground.contract import (
     Location,
     PlatformLifecycle,
 )
+from gridwatch.ground.i18n import _
 from gridwatch.ground.places import shipped_places
 
 logger = logging.getLogger(__name__)
@@ -105,6 +107,16 @@ def department_of(entry: Category | None) -> dict[str, str] | None:
     return {"code": d.code, "zh": d.zh, "en": d.en}
 
 
+def _noted(t: Transition, notes: tuple[str, str]) -> Transition:
+    """A step of the centre's own with its note in Chinese beside the English."""
+    return dataclasses.replace(t, note_zh=notes[1])
+
+
+def _name_of(entry: Category | None) -> dict[str, str] | None:
+    """A catalogue item's name as a platform alert's sentence names the category."""
+    return None if entry is None else {"zh": entry.name.zh, "en": entry.name.en}
+
+
 def _event(kind: str, alert: Alert, payload: dict[str, object], at: int) -> PlatformEvent:
     return PlatformEvent(
         at=at, kind=kind, alert_id=alert.alert_id, district=alert.district,
@@ -127,6 +139,7 @@ def _lifecycle_msg(
         alert_id=alert.alert_id, incident_id=ops.incident_id, incident_new=new_incident,
         action="open" if t is None else t.action.value, stage=stage.value,
         actor=CENTRE if t is None else t.actor, note="" if t is None else t.note,
+        note_zh="" if t is None else t.note_zh,
         override=t is not None and t.override, sensor="" if t is None else t.sensor,
         gateway=alert.gateway_id, device=alert.device_id.partition(":")[2],
         category=alert.category, class_code=lifecycle.class_code(alert.category),
@@ -178,7 +191,8 @@ class AlertOperations:
             alert = await s.get(Alert, ev.alert_id)
             if alert is None:
                 continue
-            s.add(_event("alert", alert, platform_alert(ev).model_dump(mode="json"), now))
+            named = platform_alert(ev, _name_of(self.entry(alert)))
+            s.add(_event("alert", alert, named.model_dump(mode="json"), now))
             fed = True
             ops = await s.get(AlertOps, ev.alert_id)
             if ops is None:
@@ -266,8 +280,9 @@ class AlertOperations:
         line = f.above if f.above is not None else f.below
         said = lifecycle.reading(alert.point, alert.value, alert.unit,
                                  None if line is None else float(line))  # fmt: skip
-        note = wording.AUTO_FILED.format(filing=f.en, reading=said)
-        t = lifecycle.step(Stage.REPORTED, Action.FILE, CENTRE, now, note)
+        notes = wording.centre_note(wording.AUTO_FILED, {"filing": f.en, "reading": said},
+                                    {"filing": f.zh, "reading": said})  # fmt: skip
+        t = _noted(lifecycle.step(Stage.REPORTED, Action.FILE, CENTRE, now, notes[0]), notes)
         return await self._apply(s, alert, ops, t)
 
     async def _incident_has_case(self, s: AsyncSession, ops: AlertOps) -> bool:
@@ -289,18 +304,20 @@ class AlertOperations:
         verdict = lifecycle.verify_by_sensor(entry, case, now, self.scale)
         window = entry.closure.verify_window_s
         if verdict is Action.VERIFY:
-            t = lifecycle.step(Stage.DISPOSED, Action.VERIFY, SENSOR, now,
-                               wording.SENSOR_VERIFIED.format(window=window))  # fmt: skip
+            notes = wording.centre_note(wording.SENSOR_VERIFIED, {"window": window})
+            t = _noted(lifecycle.step(Stage.DISPOSED, Action.VERIFY, SENSOR, now, notes[0]),
+                       notes)  # fmt: skip
             if not await self._apply(s, alert, ops, t):
                 return False
-            closing = lifecycle.step(Stage.VERIFIED, Action.CLOSE, CENTRE, now,
-                                     wording.SENSOR_CLOSED)  # fmt: skip
+            notes = wording.centre_note(wording.SENSOR_CLOSED, {})
+            closing = _noted(lifecycle.step(Stage.VERIFIED, Action.CLOSE, CENTRE, now, notes[0]),
+                             notes)  # fmt: skip
             return await self._apply(s, alert, ops, closing)
         if verdict is Action.REJECT:
             back = latest.raised_at > (ops.disposed_at or 0) and latest.state != "cleared"
-            note = (wording.SENSOR_BACK.format(reading=_still_reported(latest)) if back
-                    else wording.SENSOR_STILL.format(window=window))  # fmt: skip
-            t = lifecycle.step(Stage.DISPOSED, Action.REJECT, SENSOR, now, note)
+            notes = (wording.centre_note(wording.SENSOR_BACK, {"reading": _still_reported(latest)})
+                     if back else wording.centre_note(wording.SENSOR_STILL, {"window": window}))  # fmt: skip
+            t = _noted(lifecycle.step(Stage.DISPOSED, Action.REJECT, SENSOR, now, notes[0]), notes)
             return await self._apply(s, alert, ops, t)
         return False
 
@@ -323,9 +340,9 @@ class AlertOperations:
         if not lifecycle.needs_urge(Stage(ops.stage), ops.due_at, limit, ops.urged_at, now):
             return False
         assert ops.due_at is not None
-        note = wording.AUTO_URGED.format(overdue_min=(now - ops.due_at) // 60_000,
-                                         limit=ops.time_limit_min)  # fmt: skip
-        t = lifecycle.step(Stage(ops.stage), Action.URGE, CENTRE, now, note)
+        notes = wording.centre_note(wording.AUTO_URGED, {
+            "overdue_min": (now - ops.due_at) // 60_000, "limit": ops.time_limit_min})  # fmt: skip
+        t = _noted(lifecycle.step(Stage(ops.stage), Action.URGE, CENTRE, now, notes[0]), notes)
         return await self._apply(s, alert, ops, t)
 
     async def tick(self, s: AsyncSession, now: int) -> list[tuple[str, str]]:
@@ -383,7 +400,7 @@ class AlertOperations:
         if t.action is Action.DISPATCH:
             department = department or ops.department or department_of(self.entry(alert))
             if department is None:
-                raise Unroutable(wording.NO_DEPARTMENT.format(code=alert.category))
+                raise Unroutable(_(wording.NO_DEPARTMENT).format(code=alert.category))
         # two operators (or two registry processes, or a person and the clock) acting on one
         # case at once: only the one whose conditional update finds the stage it decided from
         # (for an urging, also the last urging) moves it; on PostgreSQL the other waits, then
@@ -418,9 +435,9 @@ class AlertOperations:
                    AlertOps.stage == Stage.REPORTED.value,
                    Alert.state == AlertState.CLEARED.value)
         )  # fmt: skip
-        note = wording.CLOSED_WITH_CASE.format(case=case.alert_id)
+        notes = wording.centre_note(wording.CLOSED_WITH_CASE, {"case": case.alert_id})
         for alert, follower in list(await s.execute(q)):
-            t = lifecycle.step(Stage.REPORTED, Action.CLOSE, CENTRE, at, note)
+            t = _noted(lifecycle.step(Stage.REPORTED, Action.CLOSE, CENTRE, at, notes[0]), notes)
             await self._apply(s, alert, follower, t)
 
     async def _dispatch_by_catalogue(
@@ -429,9 +446,11 @@ class AlertOperations:
         department = department_of(self.entry(alert))
         if department is None:
             return  # an operator dispatches it, naming the department
-        note = wording.AUTO_DISPATCHED.format(department=department["zh"],
-                                              area=ops.area_class, limit=ops.time_limit_min)  # fmt: skip
-        t = lifecycle.step(Stage.FILED, Action.DISPATCH, CENTRE, at, note)
+        facts = {"area": ops.area_class, "limit": ops.time_limit_min}
+        notes = wording.centre_note(wording.AUTO_DISPATCHED,
+                                    {**facts, "department": department["zh"]},  # as ever
+                                    {**facts, "department": department["zh"]})  # fmt: skip
+        t = _noted(lifecycle.step(Stage.FILED, Action.DISPATCH, CENTRE, at, notes[0]), notes)
         await self._apply(s, alert, ops, t, department)
 
     def _record(
@@ -457,7 +476,8 @@ class AlertOperations:
         if t.action is Action.URGE:
             ops.urged_at, ops.urge_count = t.at, (ops.urge_count or 0) + 1
         s.add(AlertAction(alert_id=alert.alert_id, action=t.action.value, before=t.before.value,
-                          after=t.after.value, actor=t.actor, note=t.note, at=t.at,
+                          after=t.after.value, actor=t.actor, note=t.note, note_zh=t.note_zh,
+                          at=t.at,
                           override=t.override, sensor=t.sensor))  # fmt: skip
         msg = _lifecycle_msg(alert, ops, t, t.at)
         s.add(_event("lifecycle", alert, msg.model_dump(mode="json"), t.at))

@@ -79,6 +79,7 @@ class AlertFilter:
 def ops_view(
     a: Alert, ops: AlertOps, now: int, entry: Category | None = None,
     notes: dict[str, str] | None = None, decimals: int | None = None,
+    notes_zh: dict[str, str] | None = None,
 ) -> AlertOpsView:  # fmt: skip
     """``entry``: the alert's catalogue category in its district; ``notes``: the latest note of
     each action taken on it; ``decimals``: its point's, from the device's profile."""
@@ -99,7 +100,7 @@ def ops_view(
         verified_by=ops.verified_by, verified_at=ops.verified_at, closed_by=ops.closed_by,
         closed_at=ops.closed_at,
         category_name=NameView(zh=entry.name.zh, en=entry.name.en) if entry else None,
-        notes=notes or {}, decimals=decimals,
+        notes=notes or {}, notes_zh=notes_zh or {}, decimals=decimals,
     )  # fmt: skip
 
 
@@ -165,7 +166,7 @@ class OpsStore:
         self, s: AsyncSession, rows: Sequence[tuple[Alert, AlertOps]], now: int
     ) -> list[AlertOpsView]:
         """The views of these alerts, with their notes and their points' decimals."""
-        notes = await _notes(s, [a.alert_id for a, _ in rows])
+        notes, notes_zh = await _notes(s, [a.alert_id for a, _ in rows])
         kinds = await _profile_ids(s, [a.device_id for a, _ in rows]) if self.profiles else {}
         known = self.profiles() if self.profiles else {}
         out = []
@@ -174,7 +175,8 @@ class OpsStore:
             point = profile.points.get(a.point) if profile else None
             entry = self.ops.policy.catalogue.lookup(a.category, a.district)
             decimals = point_decimals(point) if point is not None else None
-            out.append(ops_view(a, o, now, entry, notes.get(a.alert_id), decimals))
+            out.append(ops_view(a, o, now, entry, notes.get(a.alert_id), decimals,
+                                notes_zh.get(a.alert_id)))  # fmt: skip
         return out
 
     async def alert(self, alert_id: str, now: int) -> tuple[AlertOpsView, list[ActionView]]:
@@ -186,7 +188,8 @@ class OpsStore:
                 select(AlertAction).where(AlertAction.alert_id == alert_id).order_by(AlertAction.id)
             )
             steps = [ActionView(action=r.action, before=r.before, after=r.after, actor=r.actor,
-                                note=r.note, at=r.at, override=r.override, sensor=r.sensor)
+                                note=r.note, note_zh=r.note_zh, at=r.at, override=r.override,
+                                sensor=r.sensor)
                      for r in rows]  # fmt: skip
             [view] = await self._views(s, [(a, o)], now)
             return view, steps
@@ -412,18 +415,26 @@ class OpsStore:
                 d.last_error = error[:2000]
 
 
-async def _notes(s: AsyncSession, alert_ids: Sequence[str]) -> dict[str, dict[str, str]]:
-    """alert id -> action -> the note of its latest such action, for the notes people gave."""
+async def _notes(
+    s: AsyncSession, alert_ids: Sequence[str]
+) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
+    """alert id -> action -> the note of its latest such action, for the notes people gave;
+    and the same for the Chinese of the centre's own notes (``note_zh``)."""
     out: dict[str, dict[str, str]] = {}
+    out_zh: dict[str, dict[str, str]] = {}
     for i in range(0, len(alert_ids), 500):  # a bounded number of parameters per statement
         q = (
-            select(AlertAction.alert_id, AlertAction.action, AlertAction.note)
+            select(AlertAction.alert_id, AlertAction.action, AlertAction.note, AlertAction.note_zh)
             .where(AlertAction.alert_id.in_(alert_ids[i : i + 500]), AlertAction.note != "")
             .order_by(AlertAction.id)
         )
-        for alert_id, action, note in await s.execute(q):
+        for alert_id, action, note, note_zh in await s.execute(q):
             out.setdefault(alert_id, {})[action] = note
-    return out
+            zh = out_zh.setdefault(alert_id, {})
+            zh.pop(action, None)  # a later person's note has no Chinese of its own
+            if note_zh:
+                zh[action] = note_zh
+    return out, out_zh
 
 
 async def _profile_ids(s: AsyncSession, device_ids: Sequence[str]) -> dict[str, str]:

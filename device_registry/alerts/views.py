@@ -82,6 +82,10 @@ class AlertOpsView(AlertView):
                                            "the category, in Chinese and English.")  # fmt: skip
     notes: dict[str, str] = Field(default_factory=dict, description="The note of the latest "
                                   "step of each action, by action (those given one).")  # fmt: skip
+    notes_zh: dict[str, str] = Field(default_factory=dict, description="The Chinese of those "
+                                     "notes the centre wrote itself (filed by the centre, "
+                                     "verified by the sensor ...), by action; a person's note "
+                                     "is in notes only, as typed.")  # fmt: skip
     decimals: int | None = Field(default=None, description="Decimals its point's values are "
                                  "shown with (from the device's profile); null: not known, or "
                                  "not a number.")  # fmt: skip
@@ -114,6 +118,8 @@ class ActionView(BaseModel):
     after: str
     actor: str
     note: str
+    note_zh: str = Field(default="", description="The centre's own note in Chinese; empty for "
+                         "a person's note (note, as typed).")  # fmt: skip
     at: int
     override: bool = Field(default=False, description="A person verified or closed it while "
                            "its sensor still reported the condition.")  # fmt: skip

@@ -333,6 +333,8 @@ class AlertAction(Base):
     after: Mapped[str] = mapped_column(String(16))
     actor: Mapped[str] = mapped_column(String(128))
     note: Mapped[str] = mapped_column(Text, default="")
+    # the centre's own notes in Chinese too (wording.py); "" for a person's note, kept as typed
+    note_zh: Mapped[str] = mapped_column(Text, default="", server_default="")
     at: Mapped[int] = mapped_column()
     # a resolve or close against the sensor (lifecycle.py): a person's override, and what the
     # sensor last said with why the step went against it

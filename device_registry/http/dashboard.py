@@ -39,6 +39,7 @@ from device_registry.db.tables import Device, Site
 from device_registry.http.auth import public
 from device_registry.http.state import STORE
 from gridwatch.ground import i18n
+from gridwatch.ground.places import shipped_places
 from gridwatch.ground.shipped import shipped
 
 logger = logging.getLogger(__name__)
@@ -211,6 +212,11 @@ class MapCell(BaseModel):
     devices: int = Field(description="Its devices with a position.")
 
 
+class PlaceName(BaseModel):
+    zh: str
+    en: str
+
+
 class MapView(BaseModel):
     devices: list[MapDevice] = Field(description="Devices with a position (not retired).")
     unplaced: int = Field(description="Devices with no position, theirs or their site's.")
@@ -218,6 +224,19 @@ class MapView(BaseModel):
                                  f"{CELL_PAD_M:.0f} m beyond them (no boundaries are known).")  # fmt: skip
     tiles: str | None = Field(description=f"Tile URL template ({TILES_ENV}); null: none.")
     attribution: str = Field(description=f"Shown under the map ({ATTRIBUTION_ENV}).")
+    places: dict[str, PlaceName] = Field(default_factory=dict, description="The name of each "
+                                         "district (6-digit code) and street or town (9-digit "
+                                         "code) of the places data, in Chinese and English, "
+                                         "for headings that would show a code.")  # fmt: skip
+
+
+def place_names() -> dict[str, PlaceName]:
+    """Code -> name of every district and street of the shipped places data."""
+    out: dict[str, PlaceName] = {}
+    for code, places in shipped_places().items():
+        out[code] = PlaceName(zh=places.district.zh, en=places.district.en)
+        out.update({st.code: PlaceName(zh=st.zh, en=st.en) for st in places.streets})
+    return out
 
 
 Row = tuple[str, str, str, float | None, float | None, str | None, str, str, float | None,
@@ -271,4 +290,5 @@ async def map_data(request: web.Request) -> MapView:
     tiles = tiles_from(os.environ)
     return MapView(devices=devices, unplaced=unplaced, cells=cells(devices),
                    tiles=tiles.url if tiles else None,
-                   attribution=tiles.attribution if tiles else "")  # fmt: skip
+                   attribution=tiles.attribution if tiles else "",
+                   places=place_names())  # fmt: skip

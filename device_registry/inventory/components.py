@@ -19,6 +19,10 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 
+# the three departments and the CODE:NAME parser live in gridwatch/ground: the CLI uses them too
+from gridwatch.ground.departments import DEPARTMENTS as DEPARTMENTS
+from gridwatch.ground.departments import department_cell as department_cell
+
 COMPONENT_ID_DIGITS = 16
 NATIONAL_MAJORS = {"01": "公用设施", "02": "道路交通", "03": "市容环境", "04": "园林绿化",
                    "05": "房屋土地", "06": "其他设施"}  # fmt: skip
@@ -84,14 +88,3 @@ class Department(BaseModel):
                       description="The department's code, e.g. 310104SW01.")  # fmt: skip
     name: str = Field(default="", max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$",
                       description="Its name, e.g. 徐汇区水务局.")  # fmt: skip
-
-
-DEPARTMENTS = {"competent": "主管", "owner": "权属", "maintainer": "养护"}
-"""The three departments of a component record (domain-facts §2: DeptCode1-3)."""
-
-
-def department_cell(text: str) -> dict[str, str]:
-    """A department written in one CSV cell: ``CODE:NAME`` (or ``CODE`` alone); a Chinese
-    keyboard's full-width colon is taken too."""
-    code, _, name = text.replace("：", ":").partition(":")
-    return {"code": code.strip(), "name": name.strip()}

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import Table, and_, delete, func, insert, select, update
+from sqlalchemy import Table, and_, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
+from device_registry.db.engine import upsert
 from device_registry.db.store import RegistryStore
 from device_registry.db.tables import (
     AuditEntry,
@@ -64,8 +65,14 @@ from device_registry.inventory.requests import (
 from device_registry.inventory.views import GatewayView
 from gridwatch.ground.contract import ConfigAck, Location
 from gridwatch.ground.gatewayconf import Bus
+from gridwatch.ground.i18n import N_, _
 
 logger = logging.getLogger(__name__)
+
+_ALREADY = {"registered": N_("{thing} {key!r} is already registered"),
+            "retired": N_("{thing} {key!r} is already retired")}  # fmt: skip
+"""A registration refused because the id is taken, by what holds it (in the request's language:
+``http/problems.py`` sets it before any handler runs)."""
 
 
 class BrokerAccess(Protocol):
@@ -141,7 +148,7 @@ class Registry:
         gw = await s.get(Gateway, gw_id)
         if gw is not None and gw.registered_at is not None:
             state = "retired" if gw.retired_at is not None else "registered"
-            raise Conflict(f"gateway {gw_id!r} is already {state}")
+            raise Conflict(_(_ALREADY[state]).format(thing=_("gateway"), key=gw_id))
 
     async def update_gateway(self, gw_id: str, req: GatewayPatch, by: Principal) -> GatewayView:
         async with self.store.transaction() as s:
@@ -327,19 +334,18 @@ class Registry:
         # locked: two registrations on one gateway at once must see each other's unit ids
         gw = await s.get(Gateway, req.gateway, with_for_update=True)
         if gw is None or gw.registered_at is None:
-            raise Invalid([("gateway", f"gateway {req.gateway!r} is not registered")])
-        if gw.retired_at is not None:
-            raise Conflict(f"gateway {req.gateway!r} is retired")
-        key = device_key(req.gateway, req.id)
-        row = await s.get(Device, key)
-        if row is not None and row.registered_at is not None:
-            state = "retired" if row.retired_at is not None else "registered"
-            raise Conflict(f"device {key!r} is already {state}")
-        if row is None:
-            row = Device(
-                id=key, gateway_id=req.gateway, name=req.id, first_seen=_now(), status="new"
+            raise Invalid(
+                [("gateway", _("gateway {key!r} is not registered").format(key=req.gateway))]
             )
-            s.add(row)
+        if gw.retired_at is not None:
+            raise Conflict(
+                _("{thing} {key!r} is retired").format(thing=_("gateway"), key=req.gateway)
+            )
+        key = device_key(req.gateway, req.id)
+        row = await _claim_device(s, self.store.dialect, req.gateway, req.id)
+        if row.registered_at is not None:
+            state = "retired" if row.retired_at is not None else "registered"
+            raise Conflict(_(_ALREADY[state]).format(thing=_("device"), key=key))
         _refuse_unknown_bus(gw, req.bus)
         await _refuse_taken_slot(s, gw.id, req.id, req.bus, req.unit_id, req.address)
         row.registered_at = _now()
@@ -393,7 +399,7 @@ class Registry:
         try:
             for i in range(0, len(new), IMPORT_CHUNK):
                 await _to_its_end(self._stage([r for _, r in new[i : i + IMPORT_CHUNK]], now))
-            await _to_its_end(self._commit_import(plan, adopt, len(new), by, now))
+            await _to_its_end(self._commit_import(plan, adopt, new, by, now))
         except BaseException:
             if new:
                 await self._unstage(gateways, now)
@@ -402,11 +408,16 @@ class Registry:
             self.pushed(gw)
 
     async def _commit_import(
-        self, plan: ImportPlan, adopt: csvimport.Rows, staged: int, by: Principal, now: int
-    ) -> None:
+        self, plan: ImportPlan, adopt: csvimport.Rows, new: csvimport.Rows, by: Principal,
+        now: int,
+    ) -> None:  # fmt: skip
         async with self.store.transaction() as s:
             await self._claim_gateways(s, plan.states)
-            await _register_staged(s, sorted(plan.states), now, staged)
+            # rows the bridge created meanwhile (a Birth, a reading) were not staged: adopt them
+            created = await _created_meanwhile(s, [device_key(r.gateway, r.id) for _, r in new],
+                                               now)  # fmt: skip
+            adopt = [*adopt, *((ln, r) for ln, r in new if device_key(r.gateway, r.id) in created)]
+            await _register_staged(s, sorted(plan.states), now, len(new) - len(created))
             await _adopt(s, [r for _, r in adopt], await resolve_sites(s, _locs(adopt)), now)
             s.add_all(_import_audit(by, plan.rows))
 
@@ -433,7 +444,8 @@ class Registry:
                 values = [{**_device_values(r, sites), "id": device_key(r.gateway, r.id),
                            "gateway_id": r.gateway, "name": r.id, "first_seen": now,
                            "status": "new", "registered_at": None} for r in chunk]  # fmt: skip
-                await s.execute(insert(_table(Device)), values)
+                # a row the bridge created meanwhile stays as it is; the last step adopts it
+                await s.execute(upsert(self.store.dialect, Device).on_conflict_do_nothing(), values)
         except StoreRejected as exc:  # a device of the file appeared meanwhile
             raise Conflict(f"devices of this file appeared while it was imported ({exc}); "
                            "nothing was imported: send the file again") from exc  # fmt: skip
@@ -678,6 +690,18 @@ def _staged(gateways: Sequence[str], stamp: int) -> ColumnElement[bool]:
                 Device.profile.is_not(None), Device.first_seen == stamp)  # fmt: skip
 
 
+async def _created_meanwhile(s: AsyncSession, keys: list[str], stamp: int) -> set[str]:
+    """Of the rows an import meant to stage, those it did not write: unregistered rows their
+    gateway reported (the bridge's) before or while the import staged its own."""
+    found: set[str] = set()
+    for i in range(0, len(keys), _ID_CHUNK):
+        mine = and_(Device.profile.is_not(None), Device.first_seen == stamp)
+        q = select(Device.id).where(Device.id.in_(keys[i : i + _ID_CHUNK]),
+                                    Device.registered_at.is_(None), ~mine)  # fmt: skip
+        found.update(await s.scalars(q))
+    return found
+
+
 async def _register_staged(s: AsyncSession, gateways: list[str], stamp: int, count: int) -> None:
     done = 0
     for i in range(0, len(gateways), _ID_CHUNK):
@@ -729,14 +753,29 @@ async def _refuse_taken_slot(
     its readings would be the other's, its commands go to the other."""
     live = (Device.gateway_id == gw_id, Device.bus == bus, Device.name != name,
             Device.registered_at.is_not(None), Device.retired_at.is_(None))  # fmt: skip
-    for column, value, what in ((Device.unit_id, unit_id, "unit id"),
-                                (Device.address, address, "address")):  # fmt: skip
+    for column, value, what in ((Device.unit_id, unit_id, N_("unit id")),
+                                (Device.address, address, N_("address"))):  # fmt: skip
         if value is None or value == "":
             continue
         holder = await s.scalar(select(Device.id).where(*live, column == value).limit(1))
         if holder is not None:
-            raise Conflict(f"{what} {value} on bus {bus!r} is already device {holder!r} (two "
-                           "devices would answer as one)")  # fmt: skip
+            raise Conflict(_("{what} {value} on bus {bus!r} is already device {holder!r} (two "
+                             "devices would answer as one)").format(what=_(what), value=value,
+                                                                    bus=bus, holder=holder))  # fmt: skip
+
+
+async def _claim_device(s: AsyncSession, dialect: str, gw_id: str, dev: str) -> Device:
+    """The device's row, locked, created unregistered if it is not there yet: insert-or-adopt in
+    one statement, so a bridge that creates the same row from a Birth or a reading at the same
+    moment (its own upsert) cannot make the registration fail on the primary key; the
+    registration then adopts the row. A concurrent registration of the same device waits for
+    this one's lock and finds it registered (a 409)."""
+    key = device_key(gw_id, dev)
+    blank = {"id": key, "gateway_id": gw_id, "name": dev, "first_seen": _now(), "status": "new"}
+    await s.execute(upsert(dialect, Device).values(blank).on_conflict_do_nothing())
+    row = await s.get(Device, key, populate_existing=True, with_for_update=True)
+    assert row is not None  # inserted or already there, in this transaction
+    return row
 
 
 def _blank_gateway(s: AsyncSession, gw_id: str) -> Gateway:
@@ -752,7 +791,7 @@ async def _live_gateway(s: AsyncSession, gw_id: str) -> Gateway:
     if gw is None or gw.registered_at is None:
         raise NotFound("gateway", gw_id)
     if gw.retired_at is not None:
-        raise Conflict(f"gateway {gw_id!r} is retired")
+        raise Conflict(_("{thing} {key!r} is retired").format(thing=_("gateway"), key=gw_id))
     return gw
 
 
@@ -763,7 +802,7 @@ async def _live_device(s: AsyncSession, key: str) -> tuple[Device, Gateway]:
         raise NotFound("registered device", key)
     row = rows[0]
     if row.retired_at is not None:
-        raise Conflict(f"device {row.id!r} is retired")
+        raise Conflict(_("{thing} {key!r} is retired").format(thing=_("device"), key=row.id))
     return row, await _live_gateway(s, row.gateway_id)
 
 

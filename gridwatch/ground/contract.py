@@ -401,7 +401,10 @@ class PlatformLifecycle(_Msg):
     action: CaseAction
     stage: CaseStage
     actor: str = Field(description="Who: a token's name, 'centre' or 'sensor'.")
-    note: str = ""
+    note: str = Field(default="", description="The step's note: a person's as typed; the "
+                      "centre's own in English.")  # fmt: skip
+    note_zh: str = Field(default="", description="The centre's own note in Chinese; empty for "
+                         "a person's note.")  # fmt: skip
     override: bool = Field(default=False, description="A person verified or closed it while "
                            "its sensor still reported the condition (the note says why).")  # fmt: skip
     sensor: str = Field(default="", description="On a verify or close the device did not "

@@ -36,6 +36,7 @@ from typing import Any
 from urllib.parse import quote
 
 from gridwatch.ground import i18n
+from gridwatch.ground.departments import DEPARTMENTS, department_cell
 from gridwatch.ground.i18n import N_, _
 from gridwatch.top import exits
 from gridwatch.top.exits import OK, USAGE
@@ -147,6 +148,18 @@ def add_parsers(sub: Any) -> None:
     d.add_argument("--address", default=None, help=_("MQTT device address"))
     d.add_argument("--install-date", default=None, help="YYYY-MM-DD")
     d.add_argument("--firmware", default=None)
+    d.add_argument(
+        "--component-id",
+        default=None,
+        help=_("the city component (部件) it is attached to: 16 digits"),
+    )
+    for dept, zh in DEPARTMENTS.items():
+        d.add_argument(
+            f"--dept-{dept}",
+            default=None,
+            metavar="CODE:NAME",
+            help=_("{zh} department, as the CSV takes it").format(zh=zh),
+        )
     _location(d)
     _common(d)
     imp = devs.add_parser("import", help=_("register devices from a CSV file (all or nothing)"))
@@ -614,9 +627,12 @@ async def _device(args: argparse.Namespace, api: Api) -> int:
         body: dict[str, Any] = {"gateway": args.gateway, "id": args.id, "profile": args.profile,
                                 "bus": args.bus, "location": _loc(args),
                                 "labels": _kv(args.label, "--label")}  # fmt: skip
-        for key in ("unit_id", "address", "install_date", "firmware"):
+        for key in ("unit_id", "address", "install_date", "firmware", "component_id"):
             if getattr(args, key) is not None:
                 body[key] = getattr(args, key)
+        for dept in DEPARTMENTS:
+            if getattr(args, f"dept_{dept}") is not None:
+                body[f"dept_{dept}"] = department_cell(getattr(args, f"dept_{dept}"))
         dev = await api.call("POST", "/api/v1/devices", json=body)
         print(json.dumps(dev, indent=2)) if args.json else _print_device(dev)
         return OK

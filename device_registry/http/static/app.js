@@ -304,10 +304,17 @@ function grouped(devices) {
   return out;
 }
 
+// a district's code (310104) as its name (徐汇区), from the map's places data; the code until
+// that has come, or for a code the data does not know
+function placeName(code) {
+  const n = MAP.data && MAP.data.places && MAP.data.places[code];
+  return n ? named(n) : code;
+}
+
 function byPlace(title, list) {
   const parts = [h("h2", { class: "group" }, title)];
   for (const [district, cells] of grouped(list)) {
-    parts.push(h("h3", { class: "district" }, district));
+    parts.push(h("h3", { class: "district", title: district }, placeName(district)));
     for (const [grid, devs] of cells) {
       parts.push(h("h4", { class: "grid" }, grid), h("div", { class: "cards" }, ...devs.map(deviceCard)));
     }
@@ -362,7 +369,8 @@ function moreDevices(listed, total) {
 }
 
 async function loadHealth() {
-  const [page, deps] = await Promise.all([healthReport(), dependencyCard()]);
+  // the map's data brings the places' names for the headings (cached: no extra request mostly)
+  const [page, deps] = await Promise.all([healthReport(), dependencyCard(), mapData().catch(() => null)]);
   const hr = page.hr;
   if (!state.healthPaged) {  // the registry answered them all: the unhealthy first, then a page
     const sick = hr.devices.filter((d) => !d.healthy);
@@ -518,7 +526,8 @@ const STEPS = [
 const ACTORS = { centre: N_("the centre"), sensor: N_("the sensor (自动核查)") };
 
 function people(a) {
-  const n = a.notes || {};
+  // the centre's own notes come in Chinese too (notes_zh); a person's note as typed
+  const n = { ...(a.notes || {}), ...(I18N.lang.startsWith("zh") ? a.notes_zh || {} : {}) };
   return STEPS.map(([step, words, action]) => {
     const by = a[`${step}_by`], at = a[`${step}_at`];
     if (!by) return null;
