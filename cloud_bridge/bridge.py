@@ -869,7 +869,7 @@ class Bridge:
             store="influx" if self.cfg.influx_url else "sqlite",
             sink=self.stores["sink"].state, registry=self.stores["registry"].state,
             oldest_uncommitted=min(oldest) if oldest else None,
-            commit_delay_ms=self._commit_delay_ms,
+            commit_delay_ms=self._commit_delay_ms, share_group=self.cfg.share_group,
         )  # fmt: skip
 
     async def _heartbeat_loop(self) -> None:
