@@ -115,6 +115,10 @@ def _session(name: str, part: dict[str, Any]) -> Dependency:
     since = part.get("since")
     at = None if since is None else int(float(since) * 1000)
     standby = part.get("standby")  # a process that does not deliver: why (lease.py)
+    waiting = part.get("waiting")  # the lease lost with the database: what still goes out
+    if waiting:
+        session = "broker session connected" if part.get("connected") else "not connected"
+        return Dependency(name, "registry", Level.DEGRADED, f"{waiting} ({session})")
     if not part.get("failing"):
         return Dependency(name, "registry", Level.OK, "connected" if part.get("connected")
                           else f"not connected ({standby or 'not needed'})")  # fmt: skip
