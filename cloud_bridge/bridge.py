@@ -511,20 +511,27 @@ class Bridge:
         # written ahead only when the registry failed, not when it is merely slow: without its
         # seen ids a redelivered batch is written again (stored once only where the store
         # dedupes, as VictoriaMetrics with its dedup flag)
-        if plan.telemetry and self.stores["registry"].failing.is_set():
-            await self._write_early(plan.telemetry, stats)
+        # and only of devices whose facts were read before: a series without its place labels
+        # would be a series of its own, a hole in every district's query; those wait
+        ahead = [b for b in plan.telemetry if not any((b.gateway, r.device) in unknown
+                                                      for r in b.readings)]  # fmt: skip
+        if ahead and self.stores["registry"].failing.is_set():
+            await self._write_early(ahead, facts, stats)
         self.relays += 1
         async with self._progress:
             self._progress.notify_all()
 
-    async def _write_early(self, batches: list[TelemetryBatch], stats: Stats) -> None:
-        """Telemetry written ahead of the registry, once: if the store fails too, the waiting
-        step writes it (retrying) as usual."""
+    async def _write_early(
+        self, batches: list[TelemetryBatch], facts: DeviceFacts, stats: Stats
+    ) -> None:
+        """Telemetry written ahead of the registry, once, labelled by the device facts last read
+        (the series it had before the outage); if the store fails too, the waiting step writes
+        it (retrying) as usual."""
         batches = [b for b in batches if b.id not in self._written_early]
         if not batches:
             return
         try:
-            written, skipped = await self.sink.write(batches)
+            written, skipped = await self.sink.write(batches, facts)
         except SinkError as exc:
             logger.debug("telemetry not written ahead of the registry: %s", exc)
             return
@@ -862,7 +869,7 @@ class Bridge:
             store="influx" if self.cfg.influx_url else "sqlite",
             sink=self.stores["sink"].state, registry=self.stores["registry"].state,
             oldest_uncommitted=min(oldest) if oldest else None,
-            commit_delay_ms=self._commit_delay_ms,
+            commit_delay_ms=self._commit_delay_ms, share_group=self.cfg.share_group,
         )  # fmt: skip
 
     async def _heartbeat_loop(self) -> None:

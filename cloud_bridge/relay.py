@@ -11,12 +11,16 @@ shell keeps durably (``ledger.py``) so that a restart does not publish a transit
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from cloud_bridge.core import PlatformOut
 from device_registry.ingest.changes import DeviceFacts
 from gridwatch.ground.contract import Location
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 FACTS_MAX = 200_000
 """Devices remembered: a city's registered fleet; names a hostile gateway makes up must not grow
@@ -38,42 +42,51 @@ def fresh(outgoing: Sequence[PlatformOut], published: Collection[str]) -> list[P
 @dataclass
 class FactsCache:
     """The registry's last word on each device it was asked about (``DeviceFacts``), to place an
-    alert while the registry cannot be asked."""
+    alert, and to label the telemetry written ahead of the registry, while the registry cannot be
+    asked: the same labels as before the outage, so a district's series has no hole in it."""
 
     owners: dict[str, frozenset[str]] = field(default_factory=dict)
     """Device name -> the gateways it is registered under; an empty set: asked, not registered."""
     locations: dict[tuple[str, str], Location] = field(default_factory=dict)
+    units: dict[tuple[str, str], Mapping[str, str]] = field(default_factory=dict)
+    reported: dict[tuple[str, str], Location] = field(default_factory=dict)
 
     def remember(self, named: Iterable[tuple[str, str]], facts: DeviceFacts) -> None:
         """``facts``: the registry's answer about ``named`` ((gateway, device) pairs)."""
         pairs = set(named)
         if len(self.owners) + len(pairs) > FACTS_MAX:
             self.owners.clear()
-            self.locations.clear()
+            for kept in (self.locations, self.units, self.reported):
+                kept.clear()
         for gw, dev in pairs:
             self.owners[dev] = facts.owners.get(dev, frozenset())
-            place = facts.locations.get((gw, dev))
-            if place is None:
-                self.locations.pop((gw, dev), None)
-            else:
-                self.locations[(gw, dev)] = place
+            _keep(self.locations, facts.locations, (gw, dev))
+            _keep(self.units, facts.units, (gw, dev))
+            _keep(self.reported, facts.reported, (gw, dev))
 
     def recall(self, named: Iterable[tuple[str, str]]) -> tuple[DeviceFacts, set[tuple[str, str]]]:
         """What was last read about ``named``, and the pairs never asked about (unknown)."""
-        owners: dict[str, frozenset[str]] = {}
-        places: dict[tuple[str, str], Location] = {}
-        unknown: set[tuple[str, str]] = set()
+        out, unknown = DeviceFacts(), set[tuple[str, str]]()
         for gw, dev in named:
             known = self.owners.get(dev)
             if known is None:
                 unknown.add((gw, dev))
                 continue
             if known:
-                owners[dev] = known
-            place = self.locations.get((gw, dev))
-            if place is not None:
-                places[(gw, dev)] = place
-        return DeviceFacts(owners, places), unknown
+                out.owners[dev] = known
+            _keep(out.locations, self.locations, (gw, dev))
+            _keep(out.units, self.units, (gw, dev))
+            _keep(out.reported, self.reported, (gw, dev))
+        return out, unknown
+
+
+def _keep(into: dict[_K, _V], source: Mapping[_K, _V], key: _K) -> None:
+    """``into[key]`` as ``source`` has it: set, or gone where ``source`` has none."""
+    value = source.get(key)
+    if value is None:
+        into.pop(key, None)
+    else:
+        into[key] = value
 
 
 __all__ = ["FACTS_MAX", "FactsCache", "fresh"]

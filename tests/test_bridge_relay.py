@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import signal
+import sqlite3
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -27,7 +28,14 @@ from cloud_bridge import Bridge, InfluxSink, SqliteSink
 from cloud_bridge.ledger import ledger_path
 from cloud_bridge.spool import spool_path
 from device_registry import RegistryStore
+from device_registry.http.auth import SYSTEM
+from device_registry.inventory.configgen import Uplink
+from device_registry.inventory.provisioning import NoBrokerAccess
+from device_registry.inventory.registry import Registry
+from device_registry.inventory.requests import DeviceCreate, GatewayCreate
 from gridwatch.ground.contract import Ack, AlertEvent, AlertState, Severity, Topics
+from gridwatch.ground.gatewayconf import default_profiles_dir
+from gridwatch.ground.profiles import load_profiles
 from tests._central_helpers import (
     alert,
     batch,
@@ -185,6 +193,45 @@ async def test_alert_reaches_the_platform_within_a_second_while_the_registry_db_
     assert count_rows(tmp_path / "telemetry.db", "samples") == 1
     # the Ack came after the step that published nothing again: the platform has it once
     assert (len(copies(city, before)), len(copies(city, during))) == (1, 1)
+
+
+async def test_telemetry_written_while_the_registry_db_is_down_keeps_its_place_labels(
+    mosquitto: Mosquitto, pg: Postgres, store: RegistryStore, sink: SqliteSink, prefix: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """The readings written ahead of the registry land in the series the device had before the
+    outage (its district, street, grid and unit), not in a series of their own."""
+    gw, t = prefix, now_ms()
+    topics = Topics(prefix)
+    reg = Registry(store, NoBrokerAccess(), Uplink(),
+                   lambda: load_profiles(default_profiles_dir()), lambda _gw: None)  # fmt: skip
+    bus = {"type": "modbus_tcp", "id": "cabinet", "host": "10.0.0.5", "port": 502}
+    await reg.add_gateway(GatewayCreate.model_validate({"id": gw, "buses": [bus]}), SYSTEM)
+    await reg.add_device(DeviceCreate.model_validate(
+        {"gateway": gw, "id": "d1", "profile": "water-level-ultrasonic", "bus": "cabinet",
+         "unit_id": 1, "location": {"district": "310104", "street": "漕溪北路",
+                                    "grid": "310104014024001"}}), SYSTEM)  # fmt: skip
+    cfg = bridge_config(mosquitto.host, mosquitto.port, prefix, tmp_path)
+    db = tmp_path / "telemetry.db"
+    async with (
+        listen(mosquitto.port, topics.ack(gw)) as acks,
+        bridge_on(cfg, store, sink) as b,
+        publisher(mosquitto.host, mosquitto.port) as pub,
+    ):
+        first = batch(gw, [reading("d1", "level", 4.5, t)], seq=1)
+        await pub.publish(topics.telemetry(gw), first.model_dump_json(), qos=1)
+        await acks.wait_for(lambda s: acked(s, gw, "telemetry") == {1})
+        with outage(pg, "crash") as back:
+            during = batch(gw, [reading("d1", "level", 4.6, t + 1000)], seq=2)
+            await pub.publish(topics.telemetry(gw), during.model_dump_json(), qos=1)
+            await poll(lambda: b.relays >= 1 and count_rows(db, "samples") == 2)
+            back()
+        await acks.wait_for(lambda s: acked(s, gw, "telemetry") == {1, 2}, within_s=30)
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute("SELECT value, district, street, grid, unit FROM samples "
+                            "ORDER BY ts").fetchall()  # fmt: skip
+    place = ("310104", "漕溪北路", "310104014024001", "m")
+    assert rows == [(4.5, *place), (4.6, *place)]
 
 
 async def test_a_bridge_killed_after_relaying_does_not_publish_the_alert_again(

@@ -21,6 +21,7 @@ from gridwatch.ground import centralconf
 from gridwatch.ground.centralconf import CentralConfig, Loaded, load_central, settle
 from gridwatch.ground.shipped import firmware
 from gridwatch.ground.yamlconf import ConfigError
+from gridwatch.top import exits
 from gridwatch.top.cli import build_parser
 from gridwatch.top.cli import main as cli
 from gridwatch.top.configcheck import check
@@ -108,6 +109,25 @@ def test_a_broken_central_yaml_stops_the_command_with_its_line(tmp_path: Path) -
         proc.stderr
     )
     assert cli(["config", "check", str(path)]) == 1
+
+
+def test_a_secret_key_that_is_no_fernet_key_stops_central_before_it_makes_anything(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    env = {**os.environ, "GRIDWATCH_SECRET_KEY": "not-a-fernet-key", "GRIDWATCH_LANG": "en"}
+    env.pop("GRIDWATCH_ADMIN_TOKEN", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gridwatch.top.cli", "central", "run", "--data-dir", str(data),
+         "--mqtt-host", "127.0.0.1", "--mqtt-port", "1", "--http-port", "0"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert proc.returncode == exits.BAD_NEWS, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "GRIDWATCH_SECRET_KEY must be Fernet keys" in lines[0]
+    assert "shown once" not in proc.stdout + proc.stderr
+    assert not (data / "registry.db").exists()  # nothing made: no database, no admin token
 
 
 FILE = """\

@@ -16,6 +16,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -24,7 +25,7 @@ from device_registry import Changes
 from device_registry.http import problems
 from device_registry.http.auth import Role
 from gridwatch.ground.contract import AlertState, Reading
-from gridwatch.top.installer import DEFAULT_URL, BadOption, base_url, shown
+from gridwatch.top.installer import DEFAULT_URL, BadOption, Refused, base_url, shown
 from gridwatch.top.registrycli import alert_subject
 from tests._ops_helpers import Registry, now_ms, parked, registry, smoke
 from tests.services import free_port
@@ -81,6 +82,8 @@ URLS = [
     ("localhost:abc", None, "not a URL"),
     ("http://", None, "names no host"),
     ("", None, "names no host"),
+    ("ht!tp:/bad", None, "whose host 'ht!tp' is no host name or address"),
+    ("http://注册中心.example:8080", "http://注册中心.example:8080", None),
 ]
 
 
@@ -131,6 +134,7 @@ async def test_no_url_or_failure_ever_prints_a_traceback(reg: Registry) -> None:
         ("http://[::1", "--url", USAGE, "--url is 'http://[::1', not a URL"),
         ("http://127.0.0.1:99999", "--url", USAGE, "not a URL"),
         ("http://", "env", USAGE, "names no host"),
+        ("ht!tp:/bad", "--url", USAGE, "--url is 'ht!tp:/bad', whose host"),
         (reg.url, "no CA file", USAGE, "--ca-file /nonexistent/ca.pem: cannot use it"),
         (reg.url, "not a CA", USAGE, "--ca-file README.md: cannot use it"),
     ]
@@ -516,3 +520,23 @@ async def test_a_reader_that_closes_early_ends_the_command_quietly(reg: Registry
         async with asyncio.timeout(60):
             _, err = await proc.communicate()
         assert (proc.returncode, err.decode()) == (141, ""), argv
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "said"),
+    [
+        # the registry's 503 says what to do already: once, not "try again later; try again later"
+        (503, {"title": "Service Unavailable", "detail": "the registry's database cannot be "
+               "reached now; try again later"},
+         "the registry cannot do this now (503 Service Unavailable): the registry's database "
+         "cannot be reached now; try again later"),
+        (503, {"title": "Service Unavailable", "detail": "maintenance"},
+         "the registry cannot do this now (503 Service Unavailable): maintenance; try again later"),
+        (503, None, "the registry cannot do this now (503); try again later"),
+        # a server that is not the registry: its text, after the words its exit code says
+        (400, "Bad Request\n<hr>nginx", "refused (400): Bad Request <hr>nginx"),
+        (404, "Not Found", "not found (404): Not Found"),
+    ],
+)  # fmt: skip
+def test_an_http_error_is_said_as_its_exit_code_says(status: int, body: Any, said: str) -> None:
+    assert str(Refused(status, body)) == said

@@ -9,16 +9,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import asyncpg
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from device_registry.delivery.lease import _LEASE_KEY, DeliveryLease, Elsewhere
-from device_registry.delivery.runtime import publisher_part
+from device_registry.delivery.runtime import (
+    LEASE,
+    OPS,
+    WAITING_FOR_DATABASE,
+    Delivery,
+    publisher_part,
+)
 from device_registry.health.centre import Level
 from device_registry.health.routes import _session
+from device_registry.inventory.downlink import BrokerSettings
 from gridwatch.ground.mqttsession import SessionState
-from tests.services import Postgres
+from tests._ops_helpers import registry
+from tests.services import Mosquitto, Postgres
 
 RETRY_S = 0.2  # the lease's tries; a holder idle for 3 of them (0.6 s) has hung
 
@@ -96,7 +105,39 @@ async def test_with_the_database_down_no_process_is_said_to_deliver(own_postgres
                 "the standby knows no holder", lambda: standby.elsewhere is Elsewhere.UNKNOWN
             )
             status, reason = health_of(standby)
-            assert status is Level.DOWN and "no registry process is known to deliver" in reason
+            # the truth: the bridges relay device alerts; what the registry says itself waits
+            assert status is Level.DEGRADED, reason
+            assert reason.startswith(WAITING_FOR_DATABASE), reason
         finally:
             own_postgres.start()
         await until("one holds the lease again", lambda: first.held or second.held, within_s=30)
+
+
+async def test_the_platform_session_stays_up_through_a_database_outage(
+    own_postgres: Postgres, mosquitto: Mosquitto, prefix: str, tmp_path: Path
+) -> None:
+    """The lease goes with the database; the platform publisher's broker session does not (no
+    MQTT reconnect because the database went away), and /health says what still reaches the
+    platform rather than "down"."""
+    url = own_postgres.create_database("session")
+    target = BrokerSettings(mosquitto.host, mosquitto.port, prefix, client_id=f"reg-{prefix}")
+    delivery = Delivery(mqtt=target, poll_s=0.2, lease_retry_s=RETRY_S)
+    async with registry(tmp_path, delivery, db_url=url) as reg:
+        lease, publisher = reg.app[LEASE], reg.app[OPS].publisher
+        assert publisher is not None
+        await until("the publisher connected", lambda: lease.held and publisher.connected)
+        connected_since = publisher.mqtt.state.since
+        own_postgres.stop()
+        try:
+            await until("the lease lost", lambda: not lease.held)
+            await until("the database down seen", lambda: lease.database_down)
+            async with reg.http.get(f"{reg.url}/health") as r:
+                body = await r.json()
+            part = next(d for d in body["dependencies"] if d["name"] == "platform publisher")
+            assert part["status"] == "degraded", part
+            assert part["reason"] == f"{WAITING_FOR_DATABASE} (broker session connected)"
+            assert publisher.connected and publisher.mqtt.state.since == connected_since
+        finally:
+            own_postgres.start()
+        await until("the lease back", lambda: lease.held, within_s=30)
+        assert publisher.connected and publisher.mqtt.state.since == connected_since

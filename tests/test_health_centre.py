@@ -20,6 +20,7 @@ from device_registry.health.centre import (
     Stall,
     error_kind,
     judge_bridge,
+    judge_bridges,
     judge_database,
     stall,
     worst,
@@ -203,6 +204,50 @@ def test_the_stall(name: str, deps: list[Dependency], expected: Stall | None) ->
 def test_what_stalls_ingestion(name: str, report: BridgeReport, since: int | None) -> None:
     got = stall(judge_bridge(report, NOW), NOW)
     assert (got and got.since) == since, (name, got)
+
+
+LOST = {"events": LaneState(connected=False, since=NOW - 7000), "telemetry": UP}
+
+
+@pytest.mark.parametrize(
+    ("name", "reports", "stalled", "degraded"),
+    [
+        ("two members, both well", [(bridge(share_group="ingest"), True),
+                                    (bridge(bridge="b2", share_group="ingest", at=NOW - 3000),
+                                     False)], None, []),
+        # the case: one of two killed, its heartbeat stale; the other takes the stream
+        ("one of two not heard from: a degraded part, the centre ingests",
+         [(bridge(share_group="ingest"), True),
+          (bridge(bridge="b2", share_group="ingest", at=NOW - 20_000), False)],
+         None, ["bridge b2: bridge"]),
+        ("one of two with its session lost",
+         [(bridge(share_group="ingest"), True),
+          (bridge(bridge="b2", share_group="ingest", lanes=LOST), True)],
+         None, ["bridge b2: broker"]),
+        ("both of a group down: not ingesting",
+         [(bridge(share_group="ingest", lanes=LOST), True),
+          (bridge(bridge="b2", share_group="ingest", at=NOW - 20_000), False)],
+         NOW - 20_000, []),
+        ("another group does not cover for it",
+         [(bridge(share_group="east"), True),
+          (bridge(bridge="b2", share_group="west", at=NOW - 20_000), False)],
+         NOW - 20_000, []),
+        ("bridges without a group each take every message: none covers for another",
+         [(bridge(), True), (bridge(bridge="b2", at=NOW - 20_000), False)], NOW - 20_000, []),
+    ],
+)  # fmt: skip
+def test_a_share_group_ingests_while_one_member_does(
+    name: str, reports: list[tuple[BridgeReport, bool]], stalled: int | None,
+    degraded: list[str],
+) -> None:  # fmt: skip
+    deps = judge_bridges(reports, NOW)
+    got = stall(deps, NOW)
+    assert (got and got.since) == stalled, (name, got)
+    if stalled is None:
+        assert [d.label for d in deps if d.status is not Level.OK] == degraded, name
+        assert all(d.status is Level.DEGRADED for d in deps if d.status is not Level.OK), name
+        assert all("share group ingest ingests without it (bridge b1)" in d.reason
+                   for d in deps if d.status is not Level.OK), name  # fmt: skip
 
 
 def test_the_worst_level_decides() -> None:

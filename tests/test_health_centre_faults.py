@@ -9,6 +9,7 @@ stopped: ``/health`` says database down."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import shutil
@@ -34,6 +35,7 @@ from device_registry.health.store import beat
 from device_registry.http.app import build_app, serving
 from device_registry.http.auth import SYSTEM, Role, TokenRequest, issue
 from gridwatch.ground.contract import Birth, DeviceInfo, Location
+from gridwatch.top import exits, healthcli
 from gridwatch.top.sim.modbus import SimField
 from tests._central_helpers import bridge_config, bridge_process, now_ms, running
 from tests._ops_helpers import registry
@@ -358,6 +360,45 @@ async def test_a_crashed_bridge_is_not_heard_from_and_a_restarted_one_is_back(
         if proc is not None:
             proc.kill()
             proc.wait(10)
+
+
+async def test_one_of_two_bridges_of_a_share_group_down_is_a_degraded_part_not_an_outage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two bridges in share group ``ingest``, one killed (its heartbeat stale): the other takes
+    the whole stream, so the centre is ingesting; /health names the dead member as degraded,
+    the health report judges the devices, and ``gridwatch health`` says so and exits 0."""
+    now = now_ms()
+    here = Location(district="310104", street="漕溪北路", grid="310104014024001")
+    birth = Birth(gateway="gw1", session=1, ts=now, devices=["d1"], device_info=[
+        DeviceInfo(device="d1", profile="water-level-ultrasonic", interval_s=1, location=here)])  # fmt: skip
+    up = LaneState(connected=True, since=now - 60_000)
+    member = {"lanes": {"events": up, "telemetry": up}, "store": "influx", "sink": LinkState(),
+              "registry": LinkState(), "share_group": "ingest"}  # fmt: skip
+    async with registry(tmp_path) as reg:
+        await reg.store.apply(Changes(now=now, status=[birth], device_seen={("gw1", "d1"): now}))
+        await beat(reg.store, BridgeReport(bridge="b-live", at=now, **member))
+        await beat(reg.store, BridgeReport(bridge="b-dead", at=now - 20_000, **member))
+        code, body = await health(reg.http, reg.url)
+        assert (code, body["status"], body["failing"]) == (503, "degraded",
+                                                           ["bridge b-dead: bridge"])  # fmt: skip
+        dead = next(d for d in body["dependencies"] if d["part"] == "bridge b-dead")
+        assert dead["reason"].endswith("share group ingest ingests without it (bridge b-live)")
+        status, report = await reg.call("GET", "/api/v1/health", Role.MAINTENANCE)
+        assert status == 200 and report["centre"]["ingesting"] is True, report
+        assert [p["kind"] for p in report["problems"]] == [], report
+        assert report["centre"]["degraded"] == [f"bridge b-dead: bridge: {dead['reason']}"]
+        args = healthcli_args(reg.url, reg.tokens[Role.MAINTENANCE])
+        assert await asyncio.to_thread(healthcli.main, args) == exits.OK
+        out = capsys.readouterr().out
+        assert "centre: degraded, still ingesting: bridge b-dead: bridge: no report since" in out
+        assert "not ingesting" not in out
+
+
+def healthcli_args(url: str, token: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    healthcli.add_arguments(parser)
+    return parser.parse_args(["--url", url, "--token", token])
 
 
 async def test_a_heartbeat_this_registry_cannot_read_is_said_not_dropped(

@@ -82,6 +82,9 @@ class DeliveryLease:
         self.held = False
         self._found = Elsewhere.UNKNOWN
         self._found_at: float | None = None
+        self.another_delivers = asyncio.Event()
+        """Set when a try finds the lease held by a live process other than this one; cleared
+        when this one takes it: what ends a platform session kept across a lost lease."""
         self.outage = Outage(logger, "delivery lease", "database connection",
                              "this process delivers nothing until it holds the lease again")  # fmt: skip
 
@@ -154,6 +157,13 @@ class DeliveryLease:
 
     def _saw(self, found: Elsewhere) -> None:
         self._found, self._found_at = found, self.clock()
+        if found is Elsewhere.LIVE:
+            self.another_delivers.set()
+
+    @property
+    def database_down(self) -> bool:
+        """This process's last try at the lease could not reach the database."""
+        return self.outage.down
 
     @property
     def elsewhere(self) -> Elsewhere:
@@ -201,4 +211,5 @@ class DeliveryLease:
 
     def _took(self) -> None:
         self.held = True
+        self.another_delivers.clear()
         logger.info("this registry process now delivers (webhooks, platform topics, case clock)")

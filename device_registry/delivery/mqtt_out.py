@@ -7,10 +7,17 @@ path; this publisher skips them so each message is on the tree once.
 The connection is ``gridwatch.ground.mqttsession``'s: it comes back after any broker restart,
 and the pump resumes from the cursor (at-least-once: an event published but not yet recorded in
 the cursor when the connection dropped goes out again).
+
+It publishes only while this process holds the delivery lease (``leading``, set by
+``runtime.py``). A database outage takes the lease away (its lock lives in a database session)
+but not the broker session: it stays connected, publishing nothing, until this process holds the
+lease again, and is closed only when another process is found to deliver (which connects under
+the same client id).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -38,6 +45,8 @@ class PlatformPublisher:
         self.ops, self.signal, self.target = ops, signal, target
         self.topics = Topics(target.prefix)
         self.published = 0
+        self.leading = asyncio.Event()
+        """This process holds the delivery lease: it may publish."""
         self.outage = Outage(logger, "platform publisher", "registry database",
                              "the broker session stays up, nothing new to publish")  # fmt: skip
         t = target
@@ -63,6 +72,7 @@ class PlatformPublisher:
 
     async def _pump(self, client: aiomqtt.Client) -> None:
         while True:
+            await self.leading.wait()
             # a database outage is the registry's, not the broker's: the session stays up (a
             # broker error still ends it, and the session helper reconnects)
             with self.outage.guard(StoreUnavailable, catch=StoreUnavailable):
@@ -72,6 +82,8 @@ class PlatformPublisher:
     async def _publish_new(self, client: aiomqtt.Client) -> None:
         cursor = await self.ops.cursor(CURSOR) or 0
         for event in await self.ops.feed(cursor):
+            if not self.leading.is_set():  # the lease went meanwhile: another may publish now
+                return
             if event.kind not in SKIPPED:
                 topic = self.topics.platform(event.kind, event.district, event.category,
                                              event.severity)  # fmt: skip

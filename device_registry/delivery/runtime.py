@@ -94,8 +94,6 @@ async def _running(app: web.Application, d: Delivery) -> AsyncIterator[None]:
             out = [("webhooks", ops.dispatcher.run()),
                    ("escalation", escalate_forever(store, d.escalate_every_s,
                                                    outage=clock_outage))]  # fmt: skip
-            if ops.publisher is not None:
-                out.append(("platform-publisher", ops.publisher.run()))
             return out
 
         lease = app[LEASE] = DeliveryLease(app[STORE].engine, d.lease_retry_s)
@@ -104,7 +102,8 @@ async def _running(app: web.Application, d: Delivery) -> AsyncIterator[None]:
             app[HEALTH_PARTS]["platform publisher"] = lambda: publisher_part(
                 lease, publisher.mqtt.state
             )
-        leading = asyncio.create_task(_deliver_while_leading(lease, jobs), name="delivery")
+        leading = asyncio.create_task(_deliver_while_leading(lease, jobs, ops.publisher),
+                                      name="delivery")  # fmt: skip
         try:
             yield
         finally:
@@ -121,22 +120,61 @@ def publisher_part(lease: DeliveryLease, state: SessionState) -> dict[str, Any]:
     if lease.held:
         return {**part, "failing": state.failing}
     elsewhere = lease.elsewhere
+    if elsewhere is Elsewhere.UNKNOWN and lease.database_down:
+        # the bridges publish the device alerts themselves, from their spools: only what the
+        # registry itself says (lifecycle, escalation) waits, and it is in the database
+        return {**part, "failing": True, "waiting": WAITING_FOR_DATABASE}
     return {**part, "failing": elsewhere is not Elsewhere.LIVE, "standby": elsewhere.value}
 
 
+WAITING_FOR_DATABASE = (
+    "waiting for the registry database: device alerts reach the platform through the bridges; "
+    "lifecycle and escalation messages go out when the database is back"
+)
+
+
 async def _deliver_while_leading(
-    lease: DeliveryLease, jobs: Callable[[], list[tuple[str, Coroutine[Any, Any, None]]]]
-) -> None:
-    """Run the delivery jobs whenever this process holds the lease; stand by otherwise."""
-    while True:
-        async with lease.holding() as lost:
-            tasks = [asyncio.create_task(job, name=name) for name, job in jobs()]
-            try:
-                await lost
-            finally:
-                for task in reversed(tasks):
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
+    lease: DeliveryLease, jobs: Callable[[], list[tuple[str, Coroutine[Any, Any, None]]]],
+    publisher: PlatformPublisher | None = None,
+) -> None:  # fmt: skip
+    """Run the delivery jobs whenever this process holds the lease; stand by otherwise. The
+    platform publisher's broker session outlives a lost lease (``mqtt_out``): it publishes
+    again when the lease is back, and goes only when another process delivers."""
+    session: asyncio.Task[None] | None = None
+    try:
+        while True:
+            async with lease.holding() as lost:
+                if publisher is not None:
+                    if session is None or session.done():
+                        session = asyncio.create_task(_platform_session(lease, publisher),
+                                                      name="platform-publisher")  # fmt: skip
+                    publisher.leading.set()
+                tasks = [asyncio.create_task(job, name=name) for name, job in jobs()]
+                try:
+                    await lost
+                finally:
+                    if publisher is not None:
+                        publisher.leading.clear()
+                    for task in reversed(tasks):
+                        task.cancel()
+                        await asyncio.gather(task, return_exceptions=True)
+    finally:
+        if session is not None:
+            session.cancel()
+            await asyncio.gather(session, return_exceptions=True)
+
+
+async def _platform_session(lease: DeliveryLease, publisher: PlatformPublisher) -> None:
+    """The publisher's session, from the first time this process holds the lease until another
+    process is found to deliver."""
+    run = asyncio.create_task(publisher.run())
+    other = asyncio.create_task(lease.another_delivers.wait())
+    try:
+        await asyncio.wait([run, other], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (run, other):
+            task.cancel()
+        await asyncio.gather(run, other, return_exceptions=True)
 
 
 def delivery_metrics(app: web.Application) -> list[metrics.Spec]:

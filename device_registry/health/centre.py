@@ -31,7 +31,7 @@ import enum
 import socket
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -99,6 +99,9 @@ class BridgeReport(BaseModel):
     commit_delay_ms: int | None = Field(
         default=None, description="Receive to commit of the last committed step."
     )
+    share_group: str | None = Field(
+        default=None, description="The MQTT share group it ingests in (``--share-group``); "
+        "null: it takes every message itself (and a heartbeat of an older bridge).")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,33 @@ def judge_bridge(
         _link("database", part, "registry database", r.registry, now, p, True),
         _lag(part, r, now, p),
     ]
+
+
+def judge_bridges(
+    reports: Sequence[tuple[BridgeReport, bool]], now: int, p: CentrePolicy | None = None
+) -> list[Dependency]:
+    """Every bridge's dependencies (``judge_bridge``; each report with whether it is ``live``),
+    judged by share group: a group ingests while one member of it does, as the broker gives the
+    whole stream to the members it can reach. A member that does not (stopped, not heard from,
+    its session lost) is then a degraded part, named, not a centre that is not ingesting: its
+    findings do not stall device health. A bridge without a group is a group of its own."""
+    p = p or CentrePolicy()
+    judged = [(r, judge_bridge(r, now, p, live)) for r, live in reports]
+    working: dict[str, list[str]] = {}
+    for r, deps in judged:
+        if r.share_group is not None and not any(d.stalls for d in deps):
+            working.setdefault(r.share_group, []).append(r.bridge)
+    out: list[Dependency] = []
+    for r, deps in judged:
+        others = working.get(r.share_group or "", []) if r.share_group is not None else []
+        if not others or r.bridge in others:
+            out += deps
+            continue
+        names = ", ".join(f"bridge {b}" for b in others)
+        cover = f"; share group {r.share_group} ingests without it ({names})"
+        out += [replace(d, status=Level.DEGRADED, reason=d.reason + cover, stalls=False)
+                if d.stalls else d for d in deps]  # fmt: skip
+    return out
 
 
 def _link(

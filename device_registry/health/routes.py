@@ -101,8 +101,7 @@ async def dependencies(app: web.Application, now: int, parts: dict[str, Any]) ->
     out.found.append(db)
     out.database = out.database or db.reason
     live = [probe() for probe in app[BRIDGES]]
-    for r in live:
-        out.found += centre.judge_bridge(r, now)
+    reports = [(r, True) for r in live]
     out.bridges = "; ".join(f"bridge {r.bridge}: in this process (live)" for r in live)
     if db.status is Level.OK:
         try:
@@ -111,8 +110,8 @@ async def dependencies(app: web.Application, now: int, parts: dict[str, Any]) ->
             beats, unread = [], []  # down since the ping: the next call says so
         mine = {r.bridge for r in live}
         others = [r for r in beats if r.bridge not in mine]
-        for r in others:
-            out.found += centre.judge_bridge(r, now, live=False)
+        reports += [(r, False) for r in others]
+        out.found += centre.judge_bridges(reports, now)
         out.found += [Dependency("bridge", f"bridge {b}", Level.DEGRADED, "its heartbeat is "
                                  "of another version: this registry cannot read it")
                       for b in unread if b not in mine]  # fmt: skip
@@ -121,6 +120,7 @@ async def dependencies(app: web.Application, now: int, parts: dict[str, Any]) ->
                                                   "by their heartbeat in the database"]))  # fmt: skip
         out.known = bool(live or others)
     else:
+        out.found += centre.judge_bridges(reports, now)
         out.known = bool(live)
         out.bridges = "; ".join(filter(None, [out.bridges, "bridges in other processes cannot "
                                               "be known while the database is down"]))  # fmt: skip
@@ -136,6 +136,10 @@ def _session(name: str, part: dict[str, Any]) -> Dependency:
     since = part.get("since")
     at = None if since is None else int(float(since) * 1000)
     standby = part.get("standby")  # a process that does not deliver: why (lease.py)
+    waiting = part.get("waiting")  # the lease lost with the database: what still goes out
+    if waiting:
+        session = "broker session connected" if part.get("connected") else "not connected"
+        return Dependency(name, "registry", Level.DEGRADED, f"{waiting} ({session})")
     if not part.get("failing"):
         return Dependency(name, "registry", Level.OK, "connected" if part.get("connected")
                           else f"not connected ({standby or 'not needed'})")  # fmt: skip
@@ -181,6 +185,8 @@ async def get_health(request: web.Request, query: HealthQuery) -> web.Response:
     view = CentreView(
         ingesting=stalled is None, reason="" if stalled is None else stalled.why,
         since=None if stalled is None else stalled.since, known=deps.known,
+        degraded=[f"{d.label}: {d.reason}" for d in deps.found
+                  if d.status is not Level.OK and not d.stalls],
     )  # fmt: skip
     total = listed if start is None else start.total
     body = {"centre": view.model_dump(mode="json"), **report}

@@ -145,6 +145,9 @@ class CentreView(BaseModel):
     since: int | None = Field(default=None, description="Not ingesting since (epoch ms).")
     known: bool = Field(description="False when no bridge reports to this registry (none in "
                         "its process, no heartbeat in its database): it cannot tell.")  # fmt: skip
+    degraded: list[str] = Field(default_factory=list, description="Parts of the centre that "
+                                "fail without stopping ingestion, each '<part>: <reason>' (a "
+                                "member of a share group the others cover for).")  # fmt: skip
 
 
 class HealthReport(BaseModel):

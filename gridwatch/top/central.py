@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -27,6 +28,8 @@ from cloud_bridge.sink import TelemetrySink
 from cloud_bridge.sink_sqlite import SqliteSink
 from device_registry import RegistryStore
 from device_registry.alerts.operations import drill_policy
+from device_registry.delivery.webhooks import SECRET_KEY_ENV, SecretBox
+from device_registry.errors import RegistryError
 from device_registry.http.app import (
     Delivery,
     build_app,
@@ -36,6 +39,7 @@ from device_registry.http.app import (
     tls_from,
 )
 from device_registry.inventory.downlink import BrokerSettings
+from gridwatch.top import exits
 
 logger = logging.getLogger(__name__)
 
@@ -147,4 +151,12 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    # a key that cannot be used is said before anything is made of the start: no database, no
+    # admin token "shown once", no broker session for a centre that is not going to run
+    if os.environ.get(SECRET_KEY_ENV, "").strip():
+        try:
+            SecretBox.from_env()
+        except RegistryError as exc:
+            logger.error("%s", exc)
+            return exits.BAD_NEWS
     return exit_code(_main(args))

@@ -95,6 +95,10 @@ def render(report: dict[str, Any], show_all: bool, out: TextIO) -> None:
     problems = report.get("problems", [])
     devices = {d["id"]: d for d in report["devices"]}
     last = None
+    # a part of the centre that fails while the centre still ingests (a share group's member
+    # the others cover for): named, but the field is judged as usual
+    for part in (report.get("centre") or {}).get("degraded") or []:
+        print(_("centre: degraded, still ingesting: {part}").format(part=part), file=out)
     for p in problems:
         if p["kind"] == "centre":
             print("\n" + _("centre: {status}: {reason}").format(

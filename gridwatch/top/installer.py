@@ -38,6 +38,7 @@ from urllib.parse import quote
 from gridwatch.ground import i18n
 from gridwatch.ground.departments import DEPARTMENTS, department_cell
 from gridwatch.ground.i18n import N_, _
+from gridwatch.ground.outage import one_line
 from gridwatch.top import exits
 from gridwatch.top.exits import OK, USAGE
 
@@ -209,15 +210,20 @@ class Refused(Exception):
 
 
 def _explain(status: int, body: Any) -> str:
-    if not isinstance(body, dict):
-        return f"HTTP {status}: {body}"  # no words of ours to translate
+    if not isinstance(body, dict):  # not the registry's problem (a proxy, another server): its
+        # text, on one line, after the words its exit code says ("refused" for what exits 4)
+        body = {"detail": one_line(str(body))} if body else {}
     # the registry's errors are problems (RFC 9457): title, detail, and each field's error.
     # A 422's detail repeats its first errors in one line: print the list alone, each field once
-    head = f"{exits.said(status)} ({status} {body.get('title', '')})"  # as its exit code says
+    title = str(body.get("title") or "")
+    said = exits.said(status)  # as its exit code says
+    head = f"{said} ({status} {title})" if title else f"{said} ({status})"
     if exits.for_http(status) == exits.RETRY_LATER:  # not a refusal: say so, and what to do
-        detail = body.get("detail", "")
+        detail = str(body.get("detail") or "")
         if not detail:
             return _("{head}; try again later").format(head=head)
+        if detail.endswith(_("try again later")):  # the registry's own words say it already
+            return _("{head}: {detail}").format(head=head, detail=detail)
         return _("{head}: {detail}; try again later").format(head=head, detail=detail)
     errors = body.get("errors") or []
     if not errors:
@@ -264,6 +270,10 @@ def base_url(text: str, source: str) -> str:
     if not parts.hostname:
         raise BadOption(_("{source} is {text!r}, which names no host: {fix}").format(
             source=source, text=text, fix=fix))  # fmt: skip
+    if not all(c.isalnum() or c in "-._:%" for c in parts.hostname):  # ``ht!tp:/bad``
+        raise BadOption(_("{source} is {text!r}, whose host {host!r} is no host name or "
+                          "address: {fix}").format(source=source, text=text,
+                                                   host=parts.hostname, fix=fix))  # fmt: skip
     return url.rstrip("/")
 
 
