@@ -6,15 +6,19 @@ that). Start-up waits on the service's own readiness (a TCP connect or /health),
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,3 +267,49 @@ def _pg_bindir() -> Path:
     if not versions:
         raise RuntimeError("PostgreSQL server is not installed: run `make test-deps`")
     return versions[-1]
+
+
+@contextlib.contextmanager
+def central_run(
+    mosquitto: Mosquitto, victoria: Victoria, prefix: str, workdir: Path, *extra: str,
+    start_within_s: float = 60, check_exit: bool = True,
+) -> Iterator[str]:  # fmt: skip
+    """``gridwatch central run`` (registry on SQLite, bridge, platform publisher) as its own
+    process on ``mosquitto`` and ``victoria``, ready once its bridge subscribed; yields its URL.
+    It is stopped however the test ends, and its log must hold no traceback (nor, with
+    ``check_exit``, a stop other than a clean one)."""
+    port = free_port()
+    log = workdir / "central.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gridwatch.top.cli", "central", "run",
+             "--data-dir", str(workdir / "central"), "--http-port", str(port),
+             "--mqtt-host", "127.0.0.1", "--mqtt-port", str(mosquitto.port), "--prefix", prefix,
+             "--influx-url", victoria.url, "--bridge-id", f"bridge-{prefix}", *extra],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + start_within_s
+        while b"bridge subscribed" not in log.read_bytes():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)  # another process's log, polled with a deadline
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        code = proc.wait(15)
+    if check_exit:
+        assert code == 0, log.read_text()
+    assert "Traceback" not in log.read_text(), log.read_text()
+
+
+async def eventually(fetch: Any, ok: Any, within_s: float = 10.0) -> Any:
+    """Another process's state, fetched (blocking, in a thread) until ``ok`` holds: a deadline,
+    not a fixed sleep."""
+    deadline = time.monotonic() + within_s
+    while True:
+        value = await asyncio.to_thread(fetch)
+        if ok(value):
+            return value
+        assert time.monotonic() < deadline, f"still not there after {within_s}s: {value}"
+        await asyncio.sleep(0.1)

@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +33,7 @@ from gridwatch.ground.gatewayconf import GatewayConfig, ResolvedDevice, load_gat
 from gridwatch.top.sim.modbus import SimField
 from tests.conftest import ADMIN_TOKEN
 from tests.fieldkit import Listener, listen, running
-from tests.services import Mosquitto, Victoria, free_port
+from tests.services import Mosquitto, Victoria, central_run, free_port
 
 DISTRICT, STREET, CELL = "310104", "310104014", "310104014024001"  # 徐家汇街道, 漕溪北路: area A
 COVER = "3101040103000017"  # 310104 + 0103 雨水井盖 (storm-water cover) + serial
@@ -58,30 +55,10 @@ def call(url: str, method: str = "GET", body: Any = None) -> Any:
 
 @pytest.fixture
 def central(mosquitto: Mosquitto, victoria: Victoria, prefix: str, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    log = tmp_path / "central.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gridwatch.top.cli", "central", "run",
-             "--data-dir", str(tmp_path / "central"), "--http-port", str(port),
-             "--mqtt-host", "127.0.0.1", "--mqtt-port", str(mosquitto.port), "--prefix", prefix,
-             "--influx-url", victoria.url, "--bridge-id", f"bridge-{prefix}",
-             "--escalation-scale", f"{SCALE:.6f}"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        # a generous deadline: the machine the suite runs on may be busy
-        deadline = time.monotonic() + 60
-        while b"bridge subscribed" not in log.read_bytes():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)  # another process's log, polled with a deadline
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        code = proc.wait(15)
-    assert code == 0, log.read_text()
-    assert "Traceback" not in log.read_text(), log.read_text()
+    # a generous start deadline: the machine the suite runs on may be busy
+    with central_run(mosquitto, victoria, prefix, tmp_path,
+                     "--escalation-scale", f"{SCALE:.6f}") as url:  # fmt: skip
+        yield url
 
 
 def inlet_gateway(

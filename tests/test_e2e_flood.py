@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ from gridwatch.ground.contract import PlatformAlert, TelemetryBatch
 from gridwatch.top.sim.modbus import SimField
 from tests.conftest import ADMIN_TOKEN
 from tests.fieldkit import Listener, gateway_config, listen, running
-from tests.services import Mosquitto, Victoria, free_port
+from tests.services import Mosquitto, Victoria, central_run, eventually
 
 
 def get_json(url: str) -> Any:
@@ -33,37 +31,8 @@ def get_json(url: str) -> Any:
 
 @pytest.fixture
 def central(mosquitto: Mosquitto, victoria: Victoria, prefix: str, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    log = tmp_path / "central.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gridwatch.top.cli", "central", "run",
-             "--data-dir", str(tmp_path / "central"), "--http-port", str(port),
-             "--mqtt-host", "127.0.0.1", "--mqtt-port", str(mosquitto.port), "--prefix", prefix,
-             "--influx-url", victoria.url, "--bridge-id", f"bridge-{prefix}"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while b"bridge subscribed" not in log.read_bytes():
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
-    yield url
-    proc.terminate()
-    assert proc.wait(15) == 0, log.read_text()
-    assert "Traceback" not in log.read_text(), log.read_text()
-
-
-async def eventually(fetch: Any, ok: Any, within_s: float = 10.0) -> Any:
-    """Another process's state, fetched until ``ok`` holds (a deadline, not a fixed sleep)."""
-    deadline = time.monotonic() + within_s
-    while True:
-        value = await asyncio.to_thread(fetch)
-        if ok(value):
-            return value
-        assert time.monotonic() < deadline, f"still not there after {within_s}s: {value}"
-        await asyncio.sleep(0.1)
+    with central_run(mosquitto, victoria, prefix, tmp_path, start_within_s=20) as url:
+        yield url
 
 
 def platform(seen: Listener) -> list[PlatformAlert]:

@@ -8,7 +8,6 @@ import contextlib
 import io
 import json
 import re
-import subprocess
 import sys
 import time
 import urllib.request
@@ -43,7 +42,7 @@ from gridwatch.top.sim.districtrun import (
 from gridwatch.top.sim.xuhui import DISTRICT, STORM_PATH, STREETS
 from tests.conftest import ADMIN_TOKEN
 from tests.fieldkit import Listener, listen
-from tests.services import Mosquitto, Victoria, free_port
+from tests.services import Mosquitto, Victoria, central_run, eventually
 
 T0 = 1_796_000_000_000
 MODELS: dict[str, Any] = {
@@ -227,37 +226,12 @@ def get_json(url: str) -> Any:
 def central(mosquitto: Mosquitto, victoria: Victoria, prefix: str, tmp_path: Path) -> Iterator[str]:
     """``gridwatch central run`` (registry on SQLite, bridge, platform publisher) on the
     session's broker and VictoriaMetrics."""
-    port = free_port()
-    log = tmp_path / "central.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gridwatch.top.cli", "central", "run",
-             "--data-dir", str(tmp_path / "central"), "--http-port", str(port),
-             "--mqtt-host", "127.0.0.1", "--mqtt-port", str(mosquitto.port), "--prefix", prefix,
-             "--influx-url", victoria.url, "--bridge-id", f"bridge-{prefix}"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while b"bridge subscribed" not in log.read_bytes():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(15)
-    assert "Traceback" not in log.read_text(), log.read_text()
+    with central_run(mosquitto, victoria, prefix, tmp_path, check_exit=False) as url:
+        yield url
 
 
-async def eventually(fetch: Any, ok: Any, within_s: float = 20.0) -> Any:
-    deadline = time.monotonic() + within_s
-    while True:
-        value = await asyncio.to_thread(fetch)
-        if ok(value):
-            return value
-        assert time.monotonic() < deadline, f"still not there after {within_s}s: {value}"
-        await asyncio.sleep(0.2)
+WITHIN_S = 20.0
+"""How long another process's state may take to show here, on a busy machine."""
 
 
 def canonical(doc: Any) -> str:
@@ -315,10 +289,11 @@ async def _check_the_centre(
     ids = {g.id for g in district.gateways}
     # the births registered every gateway and its devices, with their profiles
     await eventually(lambda: get_json(f"{central}/api/v1/gateways"),
-                     lambda gws: ids <= {g["id"] for g in gws})  # fmt: skip
+                     lambda gws: ids <= {g["id"] for g in gws}, WITHIN_S)  # fmt: skip
     devices = await eventually(
         lambda: get_json(f"{central}/api/v1/devices?limit=1000"),
         lambda ds: len([d for d in ds if d["gateway"] in ids]) == 80,
+        WITHIN_S,
     )
     assert all(d["profile"] for d in devices if d["gateway"] in ids)
     # a storm alert reaches the city platform's topic, under Xuhui's code
@@ -328,12 +303,13 @@ async def _check_the_centre(
     assert topic == Topics(prefix).platform_alert(DISTRICT, "040401", "major")
     assert alert.location.district == DISTRICT and alert.gateway in ids
     # the cut gateway's Death marks its devices stale; its next Birth brings them back
-    await eventually(lambda: stale_of(central, cut), lambda st: st == ["stale"] * 10)
-    await eventually(lambda: stale_of(central, cut), lambda st: st == ["online"] * 10)
+    await eventually(lambda: stale_of(central, cut), lambda st: st == ["stale"] * 10, WITHIN_S)
+    await eventually(lambda: stale_of(central, cut), lambda st: st == ["online"] * 10, WITHIN_S)
     # the telemetry is in the store, every gateway's
     series = await eventually(
         lambda: victoria.export(f'gridwatch_value{{gateway=~"{"|".join(ids)}"}}'),
         lambda ss: ids == {s["metric"]["gateway"] for s in ss},
+        WITHIN_S,
     )
     assert {s["metric"]["point"] for s in series} >= {"level", "battery", "lel"}
     # the centre acknowledges what it stored: the simulator holds only the last moments' messages
