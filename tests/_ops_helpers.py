@@ -17,7 +17,38 @@ from device_registry import Changes, RegistryStore
 from device_registry.delivery.runtime import Delivery
 from device_registry.http.app import build_app, serving
 from device_registry.http.auth import SYSTEM, Role, TokenRequest, issue
+from device_registry.inventory.configgen import Uplink
+from device_registry.inventory.wiring import InstallerSettings
 from gridwatch.ground.contract import AlertEvent, AlertState, Location, Severity, new_id
+
+
+@dataclass
+class Installing:
+    """A registry with installer settings, served on a free port, and an HTTP session that
+    holds an installer's token (``token``); ``store`` is the registry's own."""
+
+    url: str
+    http: aiohttp.ClientSession
+    store: RegistryStore
+    token: str
+
+
+@asynccontextmanager
+async def installing(registry_url: str) -> AsyncIterator[Installing]:
+    """The registry an installer talks to: its configs name the uplink broker.example:8883,
+    prefix ``city``. The store is closed however the test ends."""
+    store = await RegistryStore.open(registry_url)
+    try:
+        token = (await issue(store, TokenRequest(name="anna", role=Role.INSTALLER), SYSTEM)).token
+        settings = InstallerSettings(uplink=Uplink(host="broker.example", port=8883, prefix="city"))
+        app = build_app(store=store, installers=settings)
+        async with (
+            serving(app, "127.0.0.1", 0) as base,
+            aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as h,
+        ):
+            yield Installing(base, h, store, token)
+    finally:
+        await store.close()
 
 
 def now_ms() -> int:

@@ -16,8 +16,6 @@ from sqlalchemy import text
 from device_registry import RegistryStore
 from device_registry.db import migrate
 from device_registry.db.engine import make_engine
-from device_registry.http.app import build_app, serving
-from device_registry.http.auth import SYSTEM, Role, TokenRequest, issue
 from device_registry.inventory.components import (
     ComponentId,
     ComponentIdError,
@@ -25,9 +23,8 @@ from device_registry.inventory.components import (
     department_cell,
     parse_component_id,
 )
-from device_registry.inventory.configgen import Uplink
-from device_registry.inventory.wiring import InstallerSettings
 from gridwatch.top.exits import OK
+from tests._ops_helpers import installing
 from tests.test_cli import gridwatch
 
 XUHUI = {"310104": "徐汇区"}
@@ -90,21 +87,11 @@ class Api:
 
 @pytest.fixture
 async def api(registry_url: str) -> AsyncIterator[Api]:
-    store = await RegistryStore.open(registry_url)
-    token = (await issue(store, TokenRequest(name="anna", role=Role.INSTALLER), SYSTEM)).token
-    settings = InstallerSettings(uplink=Uplink(host="broker.example", port=8883, prefix="city"))
-    app = build_app(store=store, installers=settings)
-    try:
-        async with (
-            serving(app, "127.0.0.1", 0) as base,
-            aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as h,
-        ):
-            api = Api(base, h, token)
-            bus = {"type": "modbus_tcp", "id": "cabinet", "host": "10.0.0.5", "port": 502}
-            await api.call("POST", "/api/v1/gateways", {"id": "gw1", "buses": [bus]}, 201)
-            yield api
-    finally:
-        await store.close()
+    async with installing(registry_url) as reg:
+        api = Api(reg.url, reg.http, reg.token)
+        bus = {"type": "modbus_tcp", "id": "cabinet", "host": "10.0.0.5", "port": 502}
+        await api.call("POST", "/api/v1/gateways", {"id": "gw1", "buses": [bus]}, 201)
+        yield api
 
 
 WATER = {"code": "310104SW01", "name": "徐汇区水务局"}

@@ -11,12 +11,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from device_registry import RegistryStore
-from device_registry.http.app import build_app, serving
 from device_registry.http.auth import SYSTEM, Role, TokenRequest, issue
-from device_registry.inventory.configgen import Uplink
-from device_registry.inventory.wiring import InstallerSettings
 from gridwatch.ground.gatewayconf import GatewayConfig
+from tests._ops_helpers import installing
 
 
 @dataclass
@@ -40,20 +37,9 @@ class Api:
 
 @pytest.fixture
 async def api(registry_url: str) -> AsyncIterator[Api]:
-    store = await RegistryStore.open(registry_url)
-    token = (await issue(store, TokenRequest(name="anna", role=Role.INSTALLER), SYSTEM)).token
-    op = (await issue(store, TokenRequest(name="olga", role=Role.OPERATOR), SYSTEM)).token
-    settings = InstallerSettings(uplink=Uplink(host="broker.example", port=8883, prefix="city"))
-    app = build_app(store=store, installers=settings)
-    headers = {"Authorization": f"Bearer {token}"}
-    try:
-        async with (
-            serving(app, "127.0.0.1", 0) as base,
-            aiohttp.ClientSession(headers=headers) as h,
-        ):
-            yield Api(base, h, {"Authorization": f"Bearer {op}"})
-    finally:
-        await store.close()
+    async with installing(registry_url) as reg:
+        op = (await issue(reg.store, TokenRequest(name="olga", role=Role.OPERATOR), SYSTEM)).token
+        yield Api(reg.url, reg.http, {"Authorization": f"Bearer {op}"})
 
 
 BUS = {"type": "modbus_tcp", "id": "cabinet", "host": "10.0.0.5", "port": 502, "timeout_s": 0.5}

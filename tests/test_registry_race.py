@@ -13,13 +13,10 @@ import aiohttp
 import pytest
 
 from device_registry import RegistryStore
-from device_registry.http.app import build_app, serving
-from device_registry.http.auth import SYSTEM, Role, TokenRequest, issue
 from device_registry.http.state import now_ms
 from device_registry.ingest.changes import Changes
-from device_registry.inventory.configgen import Uplink
-from device_registry.inventory.wiring import InstallerSettings
 from gridwatch.ground.contract import Birth
+from tests._ops_helpers import installing
 
 ROUNDS = 12
 BUS = {"type": "modbus_tcp", "id": "cabinet", "host": "10.0.0.5", "port": 502, "timeout_s": 0.5}
@@ -48,21 +45,11 @@ class Race:
 
 @pytest.fixture
 async def race(registry_url: str) -> AsyncIterator[Race]:
-    store = await RegistryStore.open(registry_url)
-    token = (await issue(store, TokenRequest(name="anna", role=Role.INSTALLER), SYSTEM)).token
-    settings = InstallerSettings(uplink=Uplink(host="broker.example", port=8883, prefix="city"))
-    app = build_app(store=store, installers=settings)
-    try:
-        async with (
-            serving(app, "127.0.0.1", 0) as base,
-            aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as h,
-        ):
-            r = Race(base, h, store)
-            status, body = await r.post("/api/v1/gateways", json={"id": "gw1", "buses": [BUS]})
-            assert status == 201, body
-            yield r
-    finally:
-        await store.close()
+    async with installing(registry_url) as reg:
+        r = Race(reg.url, reg.http, reg.store)
+        status, body = await r.post("/api/v1/gateways", json={"id": "gw1", "buses": [BUS]})
+        assert status == 201, body
+        yield r
 
 
 def device(dev: str, unit: int) -> dict[str, Any]:
