@@ -134,8 +134,25 @@ class GatewayWill(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no type 
         return False
 
 
+class Subscriptions(dict[str, Any]):
+    """amqtt's table of subscriptions, iterated over a copy.
+
+    amqtt 0.12's broadcast loop walks ``_subscriptions.items()`` and awaits inside the walk (its
+    topic filter plugins), so a SUBSCRIBE or UNSUBSCRIBE arriving meanwhile raised "dictionary
+    changed size during iteration" and the message being broadcast reached nobody after it. A
+    copy of the pairs makes the walk see the table as it was when the message arrived.
+    """
+
+    def items(self) -> list[tuple[str, Any]]:  # type: ignore[override]
+        return list(super().items())
+
+
 class EmbeddedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
     """amqtt's broker, sending retained messages only where they belong (module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._subscriptions = Subscriptions(getattr(self, "_subscriptions"))  # noqa: B009
 
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Any

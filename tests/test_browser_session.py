@@ -81,7 +81,7 @@ SHAPES = [
 ]
 
 
-async def _ack(reg: Registry, n: int, who: str, origin: str | None, ctype: str | None,
+async def _file(reg: Registry, n: int, who: str, origin: str | None, ctype: str | None,
                body: bytes) -> tuple[int, str]:  # fmt: skip
     headers = {}
     if who == "cookie":
@@ -92,22 +92,25 @@ async def _ack(reg: Registry, n: int, who: str, origin: str | None, ctype: str |
         headers["Origin"] = reg.url if origin == "self" else "https://evil.example"
     if ctype is not None:
         headers["Content-Type"] = ctype
-    async with reg.http.post(f"{reg.url}/api/v1/alerts/s{n}/ack", data=body,
+    async with reg.http.post(f"{reg.url}/api/v1/alerts/s{n}/file", data=body,
                              headers=headers) as r:  # fmt: skip
         return r.status, (await r.json()).get("detail", "")
 
 
 async def test_forged_writes_are_refused_and_ours_pass(tmp_path: Path) -> None:
     async with registry(tmp_path) as reg:
-        await reg.ingest(*(smoke(f"s{n}", grid=f"G-{n}") for n in range(len(SHAPES))))
-        got = [await _ack(reg, n, *shape[:4]) for n, shape in enumerate(SHAPES)]
+        # a class the operator files by hand (a fire lane blocked): the centre files nothing itself
+        by_hand = {"category": "050501"}
+        await reg.ingest(*(smoke(f"s{n}", grid=f"G-{n}").model_copy(update=by_hand)
+                           for n in range(len(SHAPES))))  # fmt: skip
+        got = [await _file(reg, n, *shape[:4]) for n, shape in enumerate(SHAPES)]
         assert [status for status, _ in got] == [shape[4] for shape in SHAPES], got
         # a refusal says what is wrong, in words
         assert "from 'https://evil.example' is refused" in got[3][1]
         assert "must send its body as application/json, not text/plain" in got[4][1]
         # and a refused write changed nothing
         _, forged = await reg.call("GET", "/api/v1/alerts/s3", R.ADMIN)
-        assert forged["stage"] == "open" and forged["actions"] == []
+        assert forged["stage"] == "reported" and forged["actions"] == []
 
 
 async def test_log_in_sets_an_httponly_cookie_and_log_out_clears_it(tmp_path: Path) -> None:
@@ -129,7 +132,7 @@ async def test_log_in_sets_an_httponly_cookie_and_log_out_clears_it(tmp_path: Pa
         assert (who["name"], who["role"]) == ("maintenance-1", "maintenance")
         # what the page may offer this role: the middleware's own table, not a copy in the page
         assert {"GET /api/v1/health", "GET /api/v1/alerts/lifecycle"} <= set(who["may"])
-        assert not {"POST /api/v1/alerts/{id}/ack", "GET /api/v1/alerts/stream",
+        assert not {"POST /api/v1/alerts/{id}/file", "GET /api/v1/alerts/stream",
                     "POST /api/v1/alerts/close"} & set(who["may"])  # fmt: skip
         assert morsel.value == reg.tokens[R.MAINTENANCE]
         assert morsel["httponly"] and morsel["samesite"] == "Strict" and morsel["path"] == "/"

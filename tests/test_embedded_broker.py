@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -219,6 +220,36 @@ async def test_a_retained_message_still_reaches_a_matching_filter() -> None:
                 Got("foo/kept", b"last value", True),
                 Got("foo/marker", b"marker", False),
             ]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_subscribers_coming_and_going_lose_nobody_a_message(
+    seed: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """amqtt 0.12 walks its subscription table while it awaits: a SUBSCRIBE meanwhile broke the
+    walk, and the message being sent reached nobody after the break (``Subscriptions``)."""
+    rng = random.Random(seed)
+    async with broker() as port, client(port, "sensor") as sensor, \
+            client(port, "steady") as steady:  # fmt: skip
+        await steady.subscribe("foo/#", qos=1)
+
+        async def churn() -> None:  # seeded: clients subscribing and leaving at random moments
+            for n in range(25):
+                async with client(port, f"churn-{n}") as c:
+                    for k in range(rng.randint(1, 4)):
+                        await c.subscribe(f"foo/{n}/{k}", qos=rng.choice((0, 1)))
+                    await asyncio.sleep(rng.random() / 50)
+
+        async def send() -> None:
+            for n in range(200):
+                await sensor.publish(f"foo/{n % 7}", str(n).encode(), qos=1)
+                if rng.random() < 0.3:
+                    await asyncio.sleep(0)
+            await sensor.publish("foo/end", b"end", qos=1)
+
+        got, *_ = await asyncio.gather(until(steady, "foo/end"), churn(), send())
+    assert [g.payload for g in got] == [str(n).encode() for n in range(200)] + [b"end"]
+    assert not [r for r in caplog.records if r.exc_info], "a broadcast failed"
 
 
 async def test_start_up_says_what_it_does_not_enforce(caplog: pytest.LogCaptureFixture) -> None:

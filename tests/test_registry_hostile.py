@@ -57,8 +57,8 @@ BODIES: list[tuple[str, str, str, bytes]] = [
             ("/api/v1/devices", "gateway"),
             ("/api/v1/tokens", "name"),
             ("/api/v1/webhooks", "url"),
-            ("/api/v1/alerts/a1/ack", "note"),
-            ("/api/v1/incidents/x/ack", "note"),
+            ("/api/v1/alerts/a1/file", "note"),
+            ("/api/v1/incidents/x/file", "note"),
             ("/api/v1/devices/gw-h:d1/commands", "value"),
         ]
     ],
@@ -75,7 +75,7 @@ BODIES: list[tuple[str, str, str, bytes]] = [
         b'{"id": "gw-s", "location": {"district": "\\ud800"}}',
     ),
     ("POST", "/api/v1/gateways", "application/json", b'{"id": "gw-s", "labels": {"\\ud800": "x"}}'),
-    ("POST", "/api/v1/alerts/a1/ack", "application/json", b'{"note": "\\udfff"}'),
+    ("POST", "/api/v1/alerts/a1/file", "application/json", b'{"note": "\\udfff"}'),
     # NaN and Infinity are not JSON
     (
         "POST",
@@ -185,7 +185,9 @@ async def test_hostile_bodies_are_problems_never_500(
 async def test_nan_and_infinity_in_a_body_are_422_naming_the_body(reg: Registry) -> None:
     for raw in (b'{"note": NaN}', b'{"note": Infinity}', b'{"note": -Infinity}'):
         headers = {**reg.auth(Role.OPERATOR), "Content-Type": "application/json"}
-        async with reg.http.post(reg.url + "/api/v1/alerts/a1/ack", data=raw, headers=headers) as r:
+        async with reg.http.post(
+            reg.url + "/api/v1/alerts/a1/file", data=raw, headers=headers
+        ) as r:
             status, problem = await _check(r, raw.decode())
         assert status == 422 and problem["errors"][0]["loc"] == "(body)", problem
 

@@ -217,7 +217,11 @@ def _explain(status: int, body: Any) -> str:
     # A 422's detail repeats its first errors in one line: print the list alone, each field once
     title = str(body.get("title") or "")
     said = exits.said(status)  # as its exit code says
-    head = f"{said} ({status} {title})" if title else f"{said} ({status})"
+    head = (
+        _("{said} ({status} {title})").format(said=said, status=status, title=title)
+        if title
+        else _("{said} ({status})").format(said=said, status=status)
+    )
     if exits.for_http(status) == exits.RETRY_LATER:  # not a refusal: say so, and what to do
         detail = str(body.get("detail") or "")
         if not detail:
